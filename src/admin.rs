@@ -1,0 +1,93 @@
+//! The admin HTTP listener: `/healthz`, `/readyz` and `/metrics`.
+//!
+//! A deliberately small HTTP/1.1 responder (one GET per connection, no keep-alive): these
+//! endpoints are scraped every few seconds by Prometheus and probed by orchestrators, and
+//! nothing more is needed than a status line and a body. Requests are bounded in size and
+//! time, so a stuck or hostile prober cannot hold memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::health::UpstreamHealth;
+
+/// The largest request head read.
+const MAX_REQUEST: usize = 8 * 1024;
+
+/// What the admin endpoints report on.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Renders the Prometheus text format.
+    pub prometheus: Option<PrometheusHandle>,
+    /// Whether Redis answers.
+    pub health: Arc<UpstreamHealth>,
+    /// Name of the command table's source, for `/readyz`.
+    pub table_source: &'static str,
+}
+
+/// Serve admin requests until shutdown.
+pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), respond(stream, &state)).await;
+        });
+    }
+}
+
+async fn respond(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 || buf.len() + n > MAX_REQUEST {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let path = parts.next().unwrap_or_default();
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    let (status, content_type, body) = if method != b"GET" {
+        ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
+    } else {
+        match path {
+            b"/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+            b"/readyz" if state.health.is_up() => (
+                "200 OK",
+                "text/plain",
+                format!("ready: upstream answering, command table from {}\n", state.table_source),
+            ),
+            b"/readyz" => (
+                "503 Service Unavailable",
+                "text/plain",
+                "not ready: upstream not answering\n".to_string(),
+            ),
+            b"/metrics" => match &state.prometheus {
+                Some(p) => ("200 OK", "text/plain; version=0.0.4", p.render()),
+                None => ("404 Not Found", "text/plain", "metrics disabled\n".to_string()),
+            },
+            _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

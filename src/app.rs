@@ -1,0 +1,160 @@
+//! Starting and stopping a whole proxy: the pieces wired together from a [`Config`].
+//!
+//! The binary calls this, and so do the integration tests, which start proxies in-process
+//! on port 0 and stop them through the returned [`ProxyHandle`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::command::{CommandTable, TableSource};
+use crate::config::Config;
+use crate::health::{self, UpstreamHealth};
+use crate::listener::Listener;
+use crate::session::Shared;
+use crate::telemetry::ProxyMetrics;
+use crate::upstream::{read_replies, ConnectGate, GateSettings};
+
+/// How often the health monitor PINGs Redis.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A running proxy.
+pub struct ProxyHandle {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// Where the admin HTTP listener is, if enabled.
+    pub admin_addr: Option<SocketAddr>,
+    /// The command table in use.
+    pub table: Arc<CommandTable>,
+    shutdown: watch::Sender<bool>,
+    listener: JoinHandle<()>,
+}
+
+impl ProxyHandle {
+    /// Stop accepting, let sessions finish within the drain timeout, and return when done.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.listener.await;
+    }
+}
+
+/// The process's Prometheus recorder, installed once.
+fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
+
+/// Start a proxy: bind its listeners, load the command table, and serve.
+pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
+    let prometheus = prometheus();
+    let metrics = ProxyMetrics::register();
+    let raw = &config.raw;
+    let gate = Arc::new(ConnectGate::new(
+        config.upstream.clone(),
+        GateSettings {
+            connect_timeout: raw.upstream.connect_timeout.0,
+            backoff_min: raw.upstream.backoff_min.0,
+            backoff_max: raw.upstream.backoff_max.0,
+            max_connects_per_second: raw.upstream.max_connects_per_second,
+        },
+    ));
+    let table = Arc::new(load_command_table(&gate, config.command_table_from_upstream).await);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (proxy.listen): {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let health = Arc::new(UpstreamHealth::default());
+    tokio::spawn(health::watch_upstream(
+        Arc::clone(&gate),
+        Arc::clone(&health),
+        HEALTH_INTERVAL,
+        raw.upstream.connect_timeout.0,
+        shutdown_rx.clone(),
+    ));
+
+    let admin_addr = match config.admin_listen {
+        Some(a) => {
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {a} (admin.listen): {e}"))?;
+            let bound = l.local_addr()?;
+            let state = AdminState {
+                prometheus,
+                health,
+                table_source: match table.source() {
+                    TableSource::Upstream => "upstream",
+                    TableSource::Builtin => "builtin",
+                },
+            };
+            tokio::spawn(admin::serve(l, state, shutdown_rx.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let shared = Arc::new(Shared {
+        table: Arc::clone(&table),
+        gate,
+        limits: config.limits,
+        max_pending: raw.proxy.max_pending_commands,
+        output_buffer: raw.proxy.output_buffer.0 as usize,
+        drain_timeout: raw.proxy.drain_timeout.0,
+        metrics,
+    });
+    let listener = Listener::new(listener, shared, raw.proxy.max_clients);
+    let drain = raw.proxy.drain_timeout.0;
+    let listener = tokio::spawn(listener.run(shutdown_rx, drain));
+    tracing::info!(%addr, upstream = %config.upstream.address, ?admin_addr, "respguard listening");
+    Ok(ProxyHandle {
+        addr,
+        admin_addr,
+        table,
+        shutdown,
+        listener,
+    })
+}
+
+/// Read the upstream's `COMMAND` reply, or fall back to the built-in table and say why.
+async fn load_command_table(gate: &ConnectGate, from_upstream: bool) -> CommandTable {
+    if !from_upstream {
+        return CommandTable::builtin();
+    }
+    let result = async {
+        let mut conn = gate.connect().await.map_err(|e| e.to_string())?;
+        conn.write_all(b"*1\r\n$7\r\nCOMMAND\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = read_replies(&mut conn, 1)
+            .await
+            .map_err(|e| e.to_string())?
+            .pop()
+            .expect("one reply");
+        let bytes = reply.map_err(|e| format!("COMMAND refused: {e}"))?;
+        CommandTable::from_command_reply(&bytes, TableSource::Upstream).map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), result).await {
+        Ok(Ok(table)) => {
+            tracing::info!(commands = table.len(), "command table read from the upstream");
+            table
+        }
+        Ok(Err(reason)) => {
+            tracing::warn!(%reason, "using the built-in command table (Redis 7.0)");
+            CommandTable::builtin()
+        }
+        Err(_) => {
+            tracing::warn!("COMMAND timed out; using the built-in command table (Redis 7.0)");
+            CommandTable::builtin()
+        }
+    }
+}

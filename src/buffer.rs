@@ -1,0 +1,82 @@
+//! The read buffers of a session, sized to what the connection does.
+//!
+//! An idle connection should cost little memory (1,000 idle clients must fit in a few
+//! MiB), while a connection streaming a pipeline or a large value wants large reads. A
+//! [`ReadBuffer`] starts with small reads, doubles the read size whenever a read fills the
+//! space it was given, and when it is drained after a burst gives its memory back.
+
+use bytes::{Buf, BytesMut};
+
+/// The smallest read, and the size an idle connection keeps.
+pub const MIN_READ: usize = 4 * 1024;
+/// The largest read.
+pub const MAX_READ: usize = 64 * 1024;
+
+/// A growable byte buffer for one direction of a connection.
+#[derive(Debug)]
+pub struct ReadBuffer {
+    buf: BytesMut,
+    read_size: usize,
+}
+
+impl Default for ReadBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReadBuffer {
+    /// An empty buffer; no memory is taken until the first read.
+    pub fn new() -> Self {
+        ReadBuffer {
+            buf: BytesMut::new(),
+            read_size: MIN_READ,
+        }
+    }
+
+    /// Make room for the next read. An empty buffer that grew during a burst is released
+    /// first, so an idle connection goes back to a small buffer.
+    pub fn prepare(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > MAX_READ {
+            self.buf = BytesMut::new();
+            self.read_size = MIN_READ;
+        }
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
+        }
+    }
+
+    /// Note that `n` bytes were read: a read that filled the space asks for more next time.
+    pub fn after_read(&mut self, n: usize) {
+        if n >= self.read_size && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        } else if n < MIN_READ && self.buf.len() == n {
+            self.read_size = MIN_READ;
+        }
+    }
+
+    /// The buffered bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The buffer itself, for a read to append to.
+    pub fn bytes_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Take the first `n` bytes out without copying.
+    pub fn split_to(&mut self, n: usize) -> BytesMut {
+        self.buf.split_to(n)
+    }
+
+    /// Drop the first `n` bytes.
+    pub fn discard(&mut self, n: usize) {
+        self.buf.advance(n);
+    }
+
+    /// Bytes of memory held.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}

@@ -1,0 +1,621 @@
+//! The command table: what each Redis command is (write or read, grows memory or not,
+//! blocks or not) and where its keys are.
+//!
+//! It is read from the upstream's own `COMMAND` reply at start, so it matches the Redis or
+//! Valkey version behind the proxy, modules included. When `COMMAND` is refused (ACLs, an old
+//! server) the table falls back to a `COMMAND` reply recorded from Redis 7.0 and shipped in
+//! the binary (`data/command-reply-redis-7.0.resp`): both go through the same parser, so the
+//! fallback is never a second, less tested path.
+//!
+//! Keys are found with Redis's key specifications (`begin_search` by index or keyword,
+//! `find_keys` by range or key count), which also cover movable-key commands such as EVAL
+//! and XREAD. A command the table does not know is treated as a write with no known keys.
+//!
+//! Parsing happens once, off the hot path, with the `redis-protocol` decoder. Looking a
+//! command up on the hot path lower-cases its name into a stack buffer and probes a hash map:
+//! no allocation.
+
+use std::collections::HashMap;
+
+use redis_protocol::resp2::types::OwnedFrame;
+
+/// The recorded `COMMAND` reply used when the upstream's cannot be read.
+pub const BUILTIN_COMMAND_REPLY: &[u8] = include_bytes!("../data/command-reply-redis-7.0.resp");
+
+/// Command flags, as Redis names them in `COMMAND`; only the ones the proxy uses are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flags(u32);
+
+impl Flags {
+    /// Modifies data.
+    pub const WRITE: Flags = Flags(1);
+    /// Only reads data.
+    pub const READONLY: Flags = Flags(1 << 1);
+    /// May grow memory; Redis refuses it under OOM.
+    pub const DENYOOM: Flags = Flags(1 << 2);
+    /// May block the connection (BLPOP, XREAD BLOCK, ...).
+    pub const BLOCKING: Flags = Flags(1 << 3);
+    /// A pub/sub command.
+    pub const PUBSUB: Flags = Flags(1 << 4);
+    /// An administrative command.
+    pub const ADMIN: Flags = Flags(1 << 5);
+    /// Keys can only be found by looking at the arguments.
+    pub const MOVABLEKEYS: Flags = Flags(1 << 6);
+    /// Not allowed from scripts.
+    pub const NOSCRIPT: Flags = Flags(1 << 7);
+
+    /// True when every flag of `other` is set.
+    pub fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    fn from_name(name: &[u8]) -> Flags {
+        match name {
+            b"write" => Flags::WRITE,
+            b"readonly" => Flags::READONLY,
+            b"denyoom" => Flags::DENYOOM,
+            b"blocking" => Flags::BLOCKING,
+            b"pubsub" => Flags::PUBSUB,
+            b"admin" => Flags::ADMIN,
+            b"movablekeys" => Flags::MOVABLEKEYS,
+            b"noscript" => Flags::NOSCRIPT,
+            _ => Flags(0),
+        }
+    }
+}
+
+impl std::ops::BitOr for Flags {
+    type Output = Flags;
+    fn bitor(self, rhs: Flags) -> Flags {
+        Flags(self.0 | rhs.0)
+    }
+}
+
+/// Where a key specification starts looking for keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BeginSearch {
+    /// At this argument index.
+    Index(usize),
+    /// After the first occurrence of this (lower-case) keyword, searching from `start_from`
+    /// (negative: from the end, backwards).
+    Keyword { keyword: Box<[u8]>, start_from: i64 },
+    /// Keys cannot be found from the arguments.
+    Unknown,
+}
+
+/// How a key specification finds keys once it has a starting point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FindKeys {
+    /// Keys from the start to `last_key` (negative: counted from the end), every `step`;
+    /// with `limit` > 1, only the first 1/limit of the remaining arguments.
+    Range { last_key: i64, step: usize, limit: usize },
+    /// The argument at `keynum_idx` (relative) holds the number of keys, which begin at
+    /// `first_key` (relative), every `step`.
+    KeyNum { keynum_idx: usize, first_key: usize, step: usize },
+    /// Keys cannot be found from the arguments.
+    Unknown,
+}
+
+/// One key specification, as in Redis's `COMMAND` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeySpec {
+    begin: BeginSearch,
+    find: FindKeys,
+}
+
+/// The three families of pub/sub subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubKind {
+    /// SUBSCRIBE / UNSUBSCRIBE.
+    Channel,
+    /// PSUBSCRIBE / PUNSUBSCRIBE.
+    Pattern,
+    /// SSUBSCRIBE / SUNSUBSCRIBE.
+    Shard,
+}
+
+/// Commands whose replies or effects the session follows; resolved once when the table is
+/// built, so the hot path matches an enum rather than comparing names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    /// An ordinary command: one reply, no effect on the connection the proxy tracks.
+    None,
+    /// SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE.
+    Subscribe(SubKind),
+    /// UNSUBSCRIBE, PUNSUBSCRIBE, SUNSUBSCRIBE.
+    Unsubscribe(SubKind),
+    /// HELLO.
+    Hello,
+    /// AUTH.
+    Auth,
+    /// CLIENT SETNAME.
+    ClientSetName,
+    /// CLIENT SETINFO.
+    ClientSetInfo,
+    /// CLIENT REPLY.
+    ClientReply,
+    /// MONITOR.
+    Monitor,
+    /// RESET.
+    Reset,
+    /// QUIT.
+    Quit,
+    /// MULTI.
+    Multi,
+    /// EXEC or DISCARD.
+    EndMulti,
+}
+
+impl Special {
+    fn from_name(name: &[u8]) -> Special {
+        match name {
+            b"subscribe" => Special::Subscribe(SubKind::Channel),
+            b"psubscribe" => Special::Subscribe(SubKind::Pattern),
+            b"ssubscribe" => Special::Subscribe(SubKind::Shard),
+            b"unsubscribe" => Special::Unsubscribe(SubKind::Channel),
+            b"punsubscribe" => Special::Unsubscribe(SubKind::Pattern),
+            b"sunsubscribe" => Special::Unsubscribe(SubKind::Shard),
+            b"hello" => Special::Hello,
+            b"auth" => Special::Auth,
+            b"client|setname" => Special::ClientSetName,
+            b"client|setinfo" => Special::ClientSetInfo,
+            b"client|reply" => Special::ClientReply,
+            b"monitor" => Special::Monitor,
+            b"reset" => Special::Reset,
+            b"quit" => Special::Quit,
+            b"multi" => Special::Multi,
+            b"exec" | b"discard" => Special::EndMulti,
+            _ => Special::None,
+        }
+    }
+}
+
+/// Everything the proxy knows about one command (or subcommand, named `container|sub`).
+#[derive(Debug, Clone)]
+pub struct CommandInfo {
+    /// Lower-case name, e.g. `set` or `config|set`.
+    pub name: Box<str>,
+    /// Dense index of this command in its table, for per-command metrics.
+    pub id: u16,
+    /// Redis's arity: positive is exact, negative is a minimum.
+    pub arity: i64,
+    /// The command's flags.
+    pub flags: Flags,
+    /// How the session must follow it.
+    pub special: Special,
+    key_specs: Vec<KeySpec>,
+    has_subcommands: bool,
+}
+
+impl CommandInfo {
+    /// True when the command is known to write (an unknown command counts as one).
+    pub fn is_write(&self) -> bool {
+        self.flags.contains(Flags::WRITE)
+    }
+
+    /// Push the argument indices of this command's keys into `out`.
+    pub fn key_positions<A: AsRef<[u8]>>(&self, args: &[A], out: &mut Vec<usize>) {
+        for spec in &self.key_specs {
+            spec.find_keys(args, out);
+        }
+    }
+}
+
+impl KeySpec {
+    fn find_keys<A: AsRef<[u8]>>(&self, args: &[A], out: &mut Vec<usize>) {
+        let argc = args.len();
+        let start = match &self.begin {
+            BeginSearch::Index(i) => *i,
+            BeginSearch::Keyword { keyword, start_from } => {
+                let found = if *start_from >= 0 {
+                    (*start_from as usize..argc)
+                        .find(|&i| args[i].as_ref().eq_ignore_ascii_case(keyword))
+                } else {
+                    let from = argc as i64 + start_from;
+                    (1..=from.max(0) as usize)
+                        .rev()
+                        .find(|&i| i < argc && args[i].as_ref().eq_ignore_ascii_case(keyword))
+                };
+                match found {
+                    Some(i) => i + 1,
+                    None => return,
+                }
+            }
+            BeginSearch::Unknown => return,
+        };
+        if start >= argc {
+            return;
+        }
+        match self.find {
+            FindKeys::Range {
+                last_key,
+                step,
+                limit,
+            } => {
+                let last = if last_key >= 0 {
+                    (start + last_key as usize).min(argc - 1)
+                } else if limit > 1 {
+                    let remaining = argc - start;
+                    start + (remaining / limit).max(1) - 1
+                } else {
+                    let l = argc as i64 + last_key;
+                    if l < start as i64 {
+                        return;
+                    }
+                    l as usize
+                };
+                let mut i = start;
+                while i <= last && i < argc {
+                    out.push(i);
+                    i += step.max(1);
+                }
+            }
+            FindKeys::KeyNum {
+                keynum_idx,
+                first_key,
+                step,
+            } => {
+                let idx = start + keynum_idx;
+                let Some(n) = args
+                    .get(idx)
+                    .and_then(|a| crate::scanner::request::parse_int(a.as_ref()))
+                else {
+                    return;
+                };
+                let mut i = start + first_key;
+                for _ in 0..n.max(0) {
+                    if i >= argc {
+                        break;
+                    }
+                    out.push(i);
+                    i += step.max(1);
+                }
+            }
+            FindKeys::Unknown => {}
+        }
+    }
+}
+
+/// Why a `COMMAND` reply could not be turned into a table.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("COMMAND reply is not valid RESP: {0}")]
+    Decode(String),
+    #[error("COMMAND reply is incomplete")]
+    Incomplete,
+    #[error("COMMAND reply has an unexpected shape: {0}")]
+    Shape(&'static str),
+    #[error("COMMAND was refused: {0}")]
+    Refused(String),
+}
+
+/// Where a table came from, for logs and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableSource {
+    /// The upstream's own `COMMAND` reply.
+    Upstream,
+    /// The recorded Redis 7.0 reply shipped with the binary.
+    Builtin,
+}
+
+/// All known commands, looked up by name.
+#[derive(Debug)]
+pub struct CommandTable {
+    commands: Vec<CommandInfo>,
+    by_name: HashMap<Box<[u8]>, u16>,
+    unknown: CommandInfo,
+    source: TableSource,
+}
+
+/// The longest command name the lookup lower-cases; longer names are unknown commands.
+const MAX_NAME: usize = 64;
+
+impl CommandTable {
+    /// Parse a RESP2 `COMMAND` reply.
+    pub fn from_command_reply(reply: &[u8], source: TableSource) -> Result<Self, TableError> {
+        let (frame, _) = redis_protocol::resp2::decode::decode(reply)
+            .map_err(|e| TableError::Decode(e.to_string()))?
+            .ok_or(TableError::Incomplete)?;
+        let entries = match frame {
+            OwnedFrame::Array(a) => a,
+            OwnedFrame::Error(e) => return Err(TableError::Refused(e)),
+            _ => return Err(TableError::Shape("top level is not an array")),
+        };
+        let mut table = CommandTable {
+            commands: Vec::with_capacity(entries.len() * 2),
+            by_name: HashMap::with_capacity(entries.len() * 2),
+            unknown: CommandInfo {
+                name: "other".into(),
+                id: 0,
+                arity: -1,
+                flags: Flags::WRITE,
+                special: Special::None,
+                key_specs: Vec::new(),
+                has_subcommands: false,
+            },
+            source,
+        };
+        for entry in &entries {
+            table.add(entry)?;
+        }
+        if table.commands.is_empty() {
+            return Err(TableError::Shape("no commands"));
+        }
+        table.unknown.id = table.commands.len() as u16;
+        Ok(table)
+    }
+
+    /// The table recorded from Redis 7.0 and shipped in the binary.
+    pub fn builtin() -> Self {
+        Self::from_command_reply(BUILTIN_COMMAND_REPLY, TableSource::Builtin)
+            .expect("the built-in COMMAND reply parses")
+    }
+
+    /// Where this table came from.
+    pub fn source(&self) -> TableSource {
+        self.source
+    }
+
+    /// Number of commands and subcommands known.
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// True when no command is known (never, for a table that was built).
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    /// All entries, indexed by [`CommandInfo::id`]; the unknown command comes last.
+    pub fn all(&self) -> impl Iterator<Item = &CommandInfo> {
+        self.commands.iter().chain(std::iter::once(&self.unknown))
+    }
+
+    /// The entry with this id.
+    pub fn by_id(&self, id: u16) -> &CommandInfo {
+        self.commands.get(id as usize).unwrap_or(&self.unknown)
+    }
+
+    /// The entry used for commands the table does not know.
+    pub fn unknown(&self) -> &CommandInfo {
+        &self.unknown
+    }
+
+    fn add(&mut self, entry: &OwnedFrame) -> Result<(), TableError> {
+        let OwnedFrame::Array(fields) = entry else {
+            return Err(TableError::Shape("command entry is not an array"));
+        };
+        if fields.len() < 6 {
+            return Err(TableError::Shape("command entry has fewer than 6 fields"));
+        }
+        let name = text(&fields[0])
+            .ok_or(TableError::Shape("command name"))?
+            .to_ascii_lowercase();
+        let arity = match fields[1] {
+            OwnedFrame::Integer(n) => n,
+            _ => return Err(TableError::Shape("arity")),
+        };
+        let mut flags = Flags::default();
+        if let OwnedFrame::Array(fl) = &fields[2] {
+            for f in fl {
+                if let Some(t) = text(f) {
+                    flags = flags | Flags::from_name(&t.to_ascii_lowercase());
+                }
+            }
+        }
+        let mut key_specs = Vec::new();
+        if let Some(OwnedFrame::Array(specs)) = fields.get(8) {
+            for spec in specs {
+                key_specs.push(parse_key_spec(spec));
+            }
+        }
+        if key_specs.is_empty() {
+            // Servers before 7.0 give only first/last/step.
+            let int = |f: &OwnedFrame| match f {
+                OwnedFrame::Integer(n) => *n,
+                _ => 0,
+            };
+            let (first, last, step) = (int(&fields[3]), int(&fields[4]), int(&fields[5]));
+            if first > 0 {
+                key_specs.push(KeySpec {
+                    begin: BeginSearch::Index(first as usize),
+                    find: FindKeys::Range {
+                        last_key: if last < 0 { last + 1 } else { last - first },
+                        step: step.max(1) as usize,
+                        limit: 0,
+                    },
+                });
+            }
+        }
+        let subcommands = match fields.get(9) {
+            Some(OwnedFrame::Array(subs)) if !subs.is_empty() => Some(subs),
+            _ => None,
+        };
+        let id = self.commands.len() as u16;
+        self.by_name.insert(name.clone().into_boxed_slice(), id);
+        self.commands.push(CommandInfo {
+            name: String::from_utf8_lossy(&name).into(),
+            id,
+            arity,
+            flags,
+            special: Special::from_name(&name),
+            key_specs,
+            has_subcommands: subcommands.is_some(),
+        });
+        if let Some(subs) = subcommands {
+            for sub in subs {
+                self.add(sub)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry for a command given its arguments (argument 0 is the name). Container
+    /// commands (`CONFIG`, `CLIENT`, ...) resolve to their subcommand when it is known.
+    pub fn lookup<A: AsRef<[u8]>>(&self, args: &[A]) -> &CommandInfo {
+        let Some(name) = args.first() else {
+            return &self.unknown;
+        };
+        let name = name.as_ref();
+        let mut lower = [0u8; MAX_NAME * 2 + 1];
+        if name.len() > MAX_NAME {
+            return &self.unknown;
+        }
+        for (d, s) in lower.iter_mut().zip(name) {
+            *d = s.to_ascii_lowercase();
+        }
+        let Some(&id) = self.by_name.get(&lower[..name.len()]) else {
+            return &self.unknown;
+        };
+        let info = &self.commands[id as usize];
+        if info.has_subcommands {
+            if let Some(sub) = args.get(1).map(|s| s.as_ref()) {
+                if sub.len() <= MAX_NAME {
+                    let n = name.len();
+                    lower[n] = b'|';
+                    for (d, s) in lower[n + 1..].iter_mut().zip(sub) {
+                        *d = s.to_ascii_lowercase();
+                    }
+                    if let Some(&sid) = self.by_name.get(&lower[..n + 1 + sub.len()]) {
+                        return &self.commands[sid as usize];
+                    }
+                }
+            }
+        }
+        info
+    }
+}
+
+fn text(f: &OwnedFrame) -> Option<Vec<u8>> {
+    match f {
+        OwnedFrame::SimpleString(s) | OwnedFrame::BulkString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Read a flat RESP2 map (`[k1, v1, k2, v2, ...]`) into (key, value) pairs.
+fn pairs(f: &OwnedFrame) -> Vec<(Vec<u8>, &OwnedFrame)> {
+    match f {
+        OwnedFrame::Array(items) => items
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [k, v] => text(k).map(|k| (k, v)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn get<'a>(pairs: &'a [(Vec<u8>, &'a OwnedFrame)], key: &[u8]) -> Option<&'a OwnedFrame> {
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+}
+
+fn int_of(pairs: &[(Vec<u8>, &OwnedFrame)], key: &[u8]) -> i64 {
+    match get(pairs, key) {
+        Some(OwnedFrame::Integer(n)) => *n,
+        _ => 0,
+    }
+}
+
+fn parse_key_spec(spec: &OwnedFrame) -> KeySpec {
+    let fields = pairs(spec);
+    let begin = match get(&fields, b"begin_search").map(pairs) {
+        Some(bs) => {
+            let ty = get(&bs, b"type").and_then(text);
+            let sp = get(&bs, b"spec").map(pairs).unwrap_or_default();
+            match ty.as_deref() {
+                Some(b"index") => BeginSearch::Index(int_of(&sp, b"index").max(0) as usize),
+                Some(b"keyword") => BeginSearch::Keyword {
+                    keyword: get(&sp, b"keyword")
+                        .and_then(text)
+                        .unwrap_or_default()
+                        .to_ascii_lowercase()
+                        .into_boxed_slice(),
+                    start_from: int_of(&sp, b"startfrom"),
+                },
+                _ => BeginSearch::Unknown,
+            }
+        }
+        None => BeginSearch::Unknown,
+    };
+    let find = match get(&fields, b"find_keys").map(pairs) {
+        Some(fk) => {
+            let ty = get(&fk, b"type").and_then(text);
+            let sp = get(&fk, b"spec").map(pairs).unwrap_or_default();
+            match ty.as_deref() {
+                Some(b"range") => FindKeys::Range {
+                    last_key: int_of(&sp, b"lastkey"),
+                    step: int_of(&sp, b"keystep").max(int_of(&sp, b"step")).max(1) as usize,
+                    limit: int_of(&sp, b"limit").max(0) as usize,
+                },
+                Some(b"keynum") => FindKeys::KeyNum {
+                    keynum_idx: int_of(&sp, b"keynumidx").max(0) as usize,
+                    first_key: int_of(&sp, b"firstkey").max(0) as usize,
+                    step: int_of(&sp, b"keystep").max(int_of(&sp, b"step")).max(1) as usize,
+                },
+                _ => FindKeys::Unknown,
+            }
+        }
+        None => FindKeys::Unknown,
+    };
+    KeySpec { begin, find }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(table: &CommandTable, cmd: &str) -> (String, Vec<String>) {
+        let args: Vec<&[u8]> = cmd.split(' ').map(|s| s.as_bytes()).collect();
+        let info = table.lookup(&args);
+        let mut out = Vec::new();
+        info.key_positions(&args, &mut out);
+        (
+            info.name.to_string(),
+            out.iter()
+                .map(|&i| String::from_utf8_lossy(args[i]).into_owned())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn builtin_table_knows_flags_and_keys() {
+        let t = CommandTable::builtin();
+        assert!(t.len() > 200);
+        let set = t.lookup(&[b"SeT".as_slice()]);
+        assert!(set.flags.contains(Flags::WRITE | Flags::DENYOOM));
+        assert!(t.lookup(&[b"get".as_slice()]).flags.contains(Flags::READONLY));
+        assert!(t.lookup(&[b"blpop".as_slice()]).flags.contains(Flags::BLOCKING));
+        assert_eq!(keys(&t, "SET k v EX 10"), ("set".into(), vec!["k".into()]));
+        assert_eq!(
+            keys(&t, "MSET a 1 b 2"),
+            ("mset".into(), vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            keys(&t, "EVAL s 2 k1 k2 a1"),
+            ("eval".into(), vec!["k1".into(), "k2".into()])
+        );
+        assert_eq!(
+            keys(&t, "XREAD COUNT 2 STREAMS s1 s2 0 0"),
+            ("xread".into(), vec!["s1".into(), "s2".into()])
+        );
+        assert_eq!(
+            keys(&t, "BLPOP l1 l2 0"),
+            ("blpop".into(), vec!["l1".into(), "l2".into()])
+        );
+        assert_eq!(keys(&t, "CONFIG SET maxmemory 1").0, "config|set");
+        assert_eq!(keys(&t, "NOSUCHCMD x").0, "other");
+        assert!(t.lookup(&[b"nosuchcmd".as_slice()]).is_write());
+    }
+
+    #[test]
+    fn a_refused_command_reply_is_reported() {
+        let err = CommandTable::from_command_reply(
+            b"-NOPERM this user has no permissions to run the 'command' command\r\n",
+            TableSource::Upstream,
+        )
+        .unwrap_err();
+        assert!(matches!(err, TableError::Refused(_)), "{err}");
+    }
+}

@@ -1,0 +1,522 @@
+//! Configuration: the TOML file, the command-line and environment overrides, and their
+//! validation.
+//!
+//! [`RawConfig`] is what the file says, with every default filled in and every unknown key
+//! refused (serde's `deny_unknown_fields`, so a typo names the key instead of being ignored).
+//! [`Config`] is the validated form the proxy runs on: the upstream URL parsed, sizes and
+//! durations checked. `respguard check-config` prints the `RawConfig` back as TOML, which is
+//! the effective configuration.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::scanner::request::Limits;
+
+/// A configuration that could not be loaded; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// A duration written like `250ms`, `5s` or `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. 250ms, 5s, 1h")))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// A size in bytes written like `1MiB`, `64KiB`, `512MB` or a plain number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parse `123`, `64KiB`, `1.5MiB`, `10MB`, `2GiB` (binary and decimal units).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size; write e.g. 1MiB, 64KiB, 1048576"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1000 * 1000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "gib" => 1 << 30,
+            other => return Err(format!("unknown size unit `{other}` in `{s}`")),
+        };
+        Ok(ByteSize((n * mult as f64).round() as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if n >= size && n % size == 0 {
+                return write!(f, "{}{unit}", n / size);
+            }
+        }
+        write!(f, "{n}")
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Int(u64),
+            Str(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Int(n) => Ok(ByteSize(n)),
+            Either::Str(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// The configuration file as written, defaults filled in.
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// The client-facing listener and its limits.
+    pub proxy: RawProxy,
+    /// The Redis behind the proxy.
+    pub upstream: RawUpstream,
+    /// The HTTP listener for health and metrics.
+    pub admin: RawAdmin,
+    /// Logging.
+    pub log: RawLog,
+    /// Request parsing bounds.
+    pub protocol: RawProtocol,
+}
+
+/// `[proxy]`: the listener clients connect to.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProxy {
+    /// Address clients connect to.
+    pub listen: String,
+    /// Most client connections open at once.
+    pub max_clients: usize,
+    /// Most commands in flight (sent, reply not yet delivered) per connection.
+    pub max_pending_commands: usize,
+    /// Unwritten bytes per direction after which the proxy stops reading the other side.
+    pub output_buffer: ByteSize,
+    /// How long in-flight replies may take to finish on shutdown.
+    pub drain_timeout: HumanDuration,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            listen: "127.0.0.1:6380".into(),
+            max_clients: 10_000,
+            max_pending_commands: 4096,
+            output_buffer: ByteSize(256 * 1024),
+            drain_timeout: HumanDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// `[upstream]`: the Redis server and how to reach it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// How long one connection attempt may take.
+    pub connect_timeout: HumanDuration,
+    /// First wait after a failed attempt; doubles per failure, with jitter.
+    pub backoff_min: HumanDuration,
+    /// Longest wait between attempts.
+    pub backoff_max: HumanDuration,
+    /// Connection attempts per second across all clients.
+    pub max_connects_per_second: u32,
+    /// `upstream` to read the command table from Redis, or `builtin` for the shipped one.
+    pub command_table: String,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            url: "redis://127.0.0.1:6379".into(),
+            connect_timeout: HumanDuration(Duration::from_secs(1)),
+            backoff_min: HumanDuration(Duration::from_millis(50)),
+            backoff_max: HumanDuration(Duration::from_secs(5)),
+            max_connects_per_second: 500,
+            command_table: "upstream".into(),
+        }
+    }
+}
+
+/// `[admin]`: health and metrics over HTTP.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Address of the HTTP listener; empty to disable it.
+    pub listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: "127.0.0.1:9121".into(),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// A `tracing` filter: `info`, `debug`, `respguard=debug,warn`...
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// `[protocol]`: bounds on what a client may send.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProtocol {
+    /// Longest inline command or length line (Redis: 64KiB).
+    pub max_inline_len: ByteSize,
+    /// Most arguments in one command.
+    pub max_args: u64,
+    /// Largest argument (Redis's `proto-max-bulk-len`: 512MiB).
+    pub max_bulk_len: ByteSize,
+    /// Arguments larger than this are streamed through instead of buffered.
+    pub stream_threshold: ByteSize,
+    /// A command whose buffered part grows past this is streamed from there on.
+    pub max_buffered_command: ByteSize,
+}
+
+impl Default for RawProtocol {
+    fn default() -> Self {
+        let l = Limits::default();
+        RawProtocol {
+            max_inline_len: ByteSize(l.max_inline_len as u64),
+            max_args: l.max_args,
+            max_bulk_len: ByteSize(l.max_bulk_len),
+            stream_threshold: ByteSize(l.stream_threshold),
+            max_buffered_command: ByteSize(l.max_buffered_command as u64),
+        }
+    }
+}
+
+/// The upstream Redis address and credentials, from its URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// `host:port`.
+    pub address: String,
+    /// ACL user, if given.
+    pub username: Option<String>,
+    /// Password, if given.
+    pub password: Option<String>,
+    /// Database to SELECT after connecting.
+    pub db: u32,
+}
+
+impl fmt::Debug for UpstreamTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the password.
+        f.debug_struct("UpstreamTarget")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .finish()
+    }
+}
+
+impl UpstreamTarget {
+    /// Parse `redis://[user:password@]host[:port][/db]`.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let key = "upstream.url";
+        let url = url::Url::parse(s).map_err(|e| invalid(key, format!("`{s}`: {e}")))?;
+        match url.scheme() {
+            "redis" => {}
+            "rediss" => {
+                return Err(invalid(
+                    key,
+                    "TLS upstreams (rediss://) are not supported by this build yet",
+                ))
+            }
+            other => {
+                return Err(invalid(
+                    key,
+                    format!("scheme `{other}`: expected redis://host:port"),
+                ))
+            }
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| invalid(key, "no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = url.port().unwrap_or(6379);
+        let address = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let decode = |p: &str| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let username = (!url.username().is_empty()).then(|| decode(url.username()));
+        let password = url.password().map(decode);
+        let path = url.path().trim_start_matches('/');
+        let db = if path.is_empty() {
+            0
+        } else {
+            path.parse()
+                .map_err(|_| invalid(key, format!("database `{path}` is not a number")))?
+        };
+        Ok(UpstreamTarget {
+            address,
+            username,
+            password,
+            db,
+        })
+    }
+}
+
+/// The validated configuration the proxy runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file's contents as parsed, for printing and for what the rest reads directly.
+    pub raw: RawConfig,
+    /// Client listener address.
+    pub listen: SocketAddr,
+    /// Admin listener address, if enabled.
+    pub admin_listen: Option<SocketAddr>,
+    /// Where Redis is.
+    pub upstream: UpstreamTarget,
+    /// Request scanner bounds.
+    pub limits: Limits,
+    /// Whether to read the command table from the upstream.
+    pub command_table_from_upstream: bool,
+}
+
+impl RawConfig {
+    /// Read and parse a file (no validation yet).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parse TOML text (no validation yet).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Check every value and build the configuration the proxy runs on.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let listen = self
+            .proxy
+            .listen
+            .parse()
+            .map_err(|e| invalid("proxy.listen", format!("`{}`: {e}", self.proxy.listen)))?;
+        let admin_listen = if self.admin.listen.is_empty() {
+            None
+        } else {
+            Some(
+                self.admin
+                    .listen
+                    .parse()
+                    .map_err(|e| invalid("admin.listen", format!("`{}`: {e}", self.admin.listen)))?,
+            )
+        };
+        let upstream = UpstreamTarget::parse(&self.upstream.url)?;
+        if self.proxy.max_clients == 0 {
+            return Err(invalid("proxy.max_clients", "must be at least 1"));
+        }
+        if self.proxy.max_pending_commands == 0 {
+            return Err(invalid("proxy.max_pending_commands", "must be at least 1"));
+        }
+        if self.proxy.output_buffer.0 < 4096 {
+            return Err(invalid("proxy.output_buffer", "must be at least 4KiB"));
+        }
+        if self.upstream.max_connects_per_second == 0 {
+            return Err(invalid("upstream.max_connects_per_second", "must be at least 1"));
+        }
+        if self.upstream.backoff_min.0 > self.upstream.backoff_max.0 {
+            return Err(invalid(
+                "upstream.backoff_min",
+                "must not be larger than upstream.backoff_max",
+            ));
+        }
+        let command_table_from_upstream = match self.upstream.command_table.as_str() {
+            "upstream" => true,
+            "builtin" => false,
+            other => {
+                return Err(invalid(
+                    "upstream.command_table",
+                    format!("`{other}`: expected `upstream` or `builtin`"),
+                ))
+            }
+        };
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "log.format",
+                format!("`{}`: expected `text` or `json`", self.log.format),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", format!("`{}`: {e}", self.log.level)))?;
+        let p = &self.protocol;
+        if p.max_inline_len.0 < 1024 {
+            return Err(invalid("protocol.max_inline_len", "must be at least 1KiB"));
+        }
+        if p.max_args == 0 || p.max_args > i32::MAX as u64 {
+            return Err(invalid("protocol.max_args", "must be between 1 and 2147483647"));
+        }
+        if p.stream_threshold.0 < 1024 || p.stream_threshold.0 > p.max_buffered_command.0 {
+            return Err(invalid(
+                "protocol.stream_threshold",
+                "must be at least 1KiB and at most protocol.max_buffered_command",
+            ));
+        }
+        let limits = Limits {
+            max_inline_len: p.max_inline_len.0 as usize,
+            max_args: p.max_args,
+            max_bulk_len: p.max_bulk_len.0,
+            stream_threshold: p.stream_threshold.0,
+            max_buffered_command: p.max_buffered_command.0 as usize,
+        };
+        Ok(Config {
+            raw: self,
+            listen,
+            admin_listen,
+            upstream,
+            limits,
+            command_table_from_upstream,
+        })
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a RawConfig always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let c = RawConfig::default().validate().unwrap();
+        assert_eq!(c.upstream.address, "127.0.0.1:6379");
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        let c = RawConfig::from_toml(
+            "[proxy]\ndrain_timeout = \"250ms\"\noutput_buffer = \"1MiB\"\n[protocol]\nmax_bulk_len = 1048576\n",
+        )
+        .unwrap();
+        assert_eq!(c.proxy.drain_timeout.0, Duration::from_millis(250));
+        assert_eq!(c.proxy.output_buffer.0, 1 << 20);
+        assert_eq!(c.protocol.max_bulk_len, ByteSize(1 << 20));
+        assert_eq!(ByteSize::parse("1.5KiB").unwrap(), ByteSize(1536));
+        assert!(ByteSize::parse("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = RawConfig::from_toml("[proxy]\nmax_client = 5\n").unwrap_err().to_string();
+        assert!(e.contains("max_client"), "{e}");
+        let e = RawConfig::from_toml("[proxy]\ndrain_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("drain_timeout") && e.contains("not a duration"), "{e}");
+        let e = RawConfig::from_toml("[proxy]\nmax_clients = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy.max_clients"), "{e}");
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let t = UpstreamTarget::parse("redis://app:s%40cret@redis.internal:6400/3").unwrap();
+        assert_eq!(t.address, "redis.internal:6400");
+        assert_eq!(t.username.as_deref(), Some("app"));
+        assert_eq!(t.password.as_deref(), Some("s@cret"));
+        assert_eq!(t.db, 3);
+        assert!(!format!("{t:?}").contains("s@cret"));
+        let t = UpstreamTarget::parse("redis://:pw@[::1]").unwrap();
+        assert_eq!(t.address, "[::1]:6379");
+        assert_eq!(t.username, None);
+        assert!(UpstreamTarget::parse("http://x").is_err());
+        assert!(UpstreamTarget::parse("redis://h/x").is_err());
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let raw = RawConfig::default();
+        let again = RawConfig::from_toml(&raw.to_toml()).unwrap();
+        assert_eq!(raw, again);
+    }
+}

@@ -1,0 +1,38 @@
+//! respguard: a Redis-protocol proxy that guards Redis against the failures that keep
+//! taking it down, while behaving, for the application, exactly like Redis.
+//!
+//! # Layout
+//!
+//! The modules follow one command's path through the proxy:
+//!
+//! - [`listener`] accepts a client connection (within `proxy.max_clients`) and starts a
+//!   [`session`], which opens the client's own upstream connection through the shared
+//!   [`upstream::ConnectGate`] (rate limit, circuit breaker, AUTH/SELECT handshake).
+//! - The session reads client bytes into a [`buffer::ReadBuffer`]; the
+//!   [`scanner::request::RequestScanner`] finds each command without copying it; the
+//!   [`command::CommandTable`] says what the command is; the [`reply_queue::ReplyQueue`]
+//!   records what to do with its reply; the bytes go upstream unchanged.
+//! - Replies come back through the [`scanner::reply::ReplyScanner`], are matched with the
+//!   queue's head, and go to the client (or are hidden, or replaced).
+//!
+//! Around that path: [`config`] (the TOML file and overrides), [`health`] (is Redis
+//! answering), [`admin`] (HTTP health and metrics), [`telemetry`] (metric handles),
+//! [`app`] (wiring it all together), [`identity`] (who a client is), [`wire`] (what the
+//! proxy itself says in RESP).
+//!
+//! See `ARCHITECTURE.md` for the invariants.
+
+pub mod admin;
+pub mod app;
+pub mod buffer;
+pub mod command;
+pub mod config;
+pub mod health;
+pub mod identity;
+pub mod listener;
+pub mod reply_queue;
+pub mod scanner;
+pub mod session;
+pub mod telemetry;
+pub mod upstream;
+pub mod wire;

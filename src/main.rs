@@ -1,0 +1,118 @@
+//! The `respguard` binary: command-line parsing, logging, signals. Everything else is in the
+//! library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use respguard::config::RawConfig;
+
+/// A Redis-protocol guarding proxy.
+#[derive(Parser, Debug)]
+#[command(name = "respguard", version, about)]
+struct Cli {
+    /// Configuration file (TOML); every key has a default.
+    #[arg(long, short, env = "RESPGUARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Address clients connect to (overrides proxy.listen).
+    #[arg(long, env = "RESPGUARD_LISTEN")]
+    listen: Option<String>,
+    /// Redis URL, redis://[user:password@]host:port[/db] (overrides upstream.url).
+    #[arg(long, env = "RESPGUARD_UPSTREAM")]
+    upstream: Option<String>,
+    /// Address of the health and metrics listener; empty disables it (overrides admin.listen).
+    #[arg(long, env = "RESPGUARD_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Log filter, e.g. info or respguard=debug (overrides log.level).
+    #[arg(long, env = "RESPGUARD_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Log format: text or json (overrides log.format).
+    #[arg(long, env = "RESPGUARD_LOG_FORMAT")]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate a configuration file and print the effective configuration.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+impl Cli {
+    /// The file's configuration with the command line and environment applied on top.
+    fn raw_config(&self, file: Option<&PathBuf>) -> anyhow::Result<RawConfig> {
+        let mut raw = match file {
+            Some(path) => RawConfig::from_file(path)?,
+            None => RawConfig::default(),
+        };
+        if let Some(v) = &self.listen {
+            raw.proxy.listen = v.clone();
+        }
+        if let Some(v) = &self.upstream {
+            raw.upstream.url = v.clone();
+        }
+        if let Some(v) = &self.admin_listen {
+            raw.admin.listen = v.clone();
+        }
+        if let Some(v) = &self.log_level {
+            raw.log.level = v.clone();
+        }
+        if let Some(v) = &self.log_format {
+            raw.log.format = v.clone();
+        }
+        Ok(raw)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        let raw = cli.raw_config(Some(file))?;
+        let text = raw.to_toml();
+        raw.validate()
+            .with_context(|| format!("{} is not valid", file.display()))?;
+        println!("# {} is valid; effective configuration:\n{text}", file.display());
+        return Ok(());
+    }
+    let config = cli
+        .raw_config(cli.config.as_ref())?
+        .validate()
+        .context("invalid configuration")?;
+    init_logging(&config.raw.log.level, &config.raw.log.format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let proxy = respguard::app::start(config).await?;
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining connections");
+        proxy.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn init_logging(level: &str, format: &str) {
+    let filter = tracing_subscriber::EnvFilter::new(level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,521 @@
+//! The reply queue: for every command sent upstream (or answered by the proxy), what to do
+//! with its reply, in order.
+//!
+//! Redis answers commands in the order it receives them, but not always one reply per
+//! command: SUBSCRIBE with three channels gets three confirmations, commands under
+//! `CLIENT REPLY OFF` get none, and pub/sub messages, MONITOR lines and RESP3 pushes arrive
+//! unasked. The queue follows all of that, so that each reply is matched with the command
+//! that caused it. That pairing is what lets the proxy:
+//! - hide the replies of commands it added itself ([`Disposition::Hide`]),
+//! - answer a command itself, in the right place among Redis's replies
+//!   ([`Disposition::Local`]),
+//! - learn from a reply (the client's user after AUTH, its protocol after HELLO).
+//!
+//! The queue never touches a socket. It has a fixed capacity: the session stops reading the
+//! client while it is full, which bounds the commands in flight per connection.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+pub use crate::command::SubKind;
+use crate::scanner::reply::{ReplyInfo, ReplyKind};
+
+/// What to do with the reply (or replies) of one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Pass Redis's reply to the client.
+    Forward,
+    /// Swallow Redis's reply: the proxy sent this command on its own behalf.
+    Hide,
+    /// The command never went upstream; send these bytes to the client in its place.
+    Local(Bytes),
+}
+
+/// How many replies Redis will send for a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Exactly one.
+    One,
+    /// Pub/sub confirmations, one per channel; an error reply ends them early.
+    Confirmations(u32),
+    /// One confirmation per subscription of `kind` held when Redis runs it (at least one).
+    UnsubscribeAll(SubKind),
+}
+
+/// What a successful reply changes in the session's view of the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing.
+    None,
+    /// HELLO succeeded: protocol version (when given) and user (when AUTH was given).
+    Hello { protocol: Option<u8>, user: Option<Bytes> },
+    /// AUTH succeeded as this user.
+    Auth(Bytes),
+    /// CLIENT SETNAME succeeded.
+    SetName(Bytes),
+    /// CLIENT SETINFO LIB-NAME succeeded.
+    SetLibName(Bytes),
+    /// MONITOR succeeded: from now on Redis streams every command it runs.
+    Monitor,
+    /// RESET succeeded: the connection is as new.
+    Reset,
+    /// QUIT: Redis closes the connection after this reply.
+    Quit,
+}
+
+/// One command's place in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// How many replies to wait for.
+    pub expect: Expect,
+    /// What to do with them.
+    pub disposition: Disposition,
+    /// What a successful reply changes.
+    pub effect: Effect,
+    /// The command's id in the command table, for metrics.
+    pub command: u16,
+}
+
+impl Pending {
+    /// A command whose single reply goes to the client unchanged.
+    pub fn forward(command: u16) -> Self {
+        Pending {
+            expect: Expect::One,
+            disposition: Disposition::Forward,
+            effect: Effect::None,
+            command,
+        }
+    }
+
+    /// A command the proxy added, whose reply the client must never see.
+    pub fn hidden(command: u16) -> Self {
+        Pending {
+            disposition: Disposition::Hide,
+            ..Pending::forward(command)
+        }
+    }
+
+    /// A command answered by the proxy with `reply`.
+    pub fn local(command: u16, reply: Bytes) -> Self {
+        Pending {
+            disposition: Disposition::Local(reply),
+            ..Pending::forward(command)
+        }
+    }
+}
+
+/// How the session must treat one complete reply from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matched {
+    /// Not an answer to any command (a message, an invalidation, a MONITOR line):
+    /// forward it.
+    OutOfBand,
+    /// An answer to the queue's head command. `finished` holds the entry when this was its
+    /// last reply, so the caller can apply its effect.
+    Reply {
+        disposition: Disposition,
+        finished: Option<Pending>,
+    },
+}
+
+/// The per-connection queue of commands awaiting replies, and the reply-shaping state of the
+/// connection (subscriptions, MONITOR) that decides which replies are answers.
+#[derive(Debug)]
+pub struct ReplyQueue {
+    entries: VecDeque<Pending>,
+    capacity: usize,
+    channels: i64,
+    patterns: i64,
+    shard_channels: i64,
+    resp3: bool,
+    monitoring: bool,
+}
+
+impl ReplyQueue {
+    /// An empty queue holding at most `capacity` commands.
+    pub fn new(capacity: usize) -> Self {
+        ReplyQueue {
+            entries: VecDeque::with_capacity(capacity.min(64)),
+            capacity,
+            channels: 0,
+            patterns: 0,
+            shard_channels: 0,
+            resp3: false,
+            monitoring: false,
+        }
+    }
+
+    /// Commands waiting.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The commands waiting, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.entries.iter()
+    }
+
+    /// Remove and return the oldest command waiting.
+    pub fn pop_front(&mut self) -> Option<Pending> {
+        self.entries.pop_front()
+    }
+
+    /// Forget every command waiting (the connection is going away).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// True while Redis streams MONITOR output on this connection.
+    pub fn is_monitoring(&self) -> bool {
+        self.monitoring
+    }
+
+    /// True when no command is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// True when the session must stop reading commands until replies drain.
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= self.capacity
+    }
+
+    /// Room for this many more commands.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.entries.len())
+    }
+
+    /// True when the connection is in RESP3.
+    pub fn is_resp3(&self) -> bool {
+        self.resp3
+    }
+
+    /// True while the connection holds any subscription.
+    pub fn is_subscribed(&self) -> bool {
+        self.channels + self.patterns + self.shard_channels > 0
+    }
+
+    /// Add a command at the tail. The caller checks [`Self::is_full`] before reading more
+    /// commands; a command already read is always accepted, so the bound can be exceeded by
+    /// at most the commands of one read.
+    pub fn push(&mut self, p: Pending) {
+        self.entries.push_back(p);
+    }
+
+    /// Take the head entry if it is a local answer, so the session can send it now.
+    pub fn pop_local(&mut self) -> Option<Bytes> {
+        match self.entries.front() {
+            Some(Pending {
+                disposition: Disposition::Local(_),
+                ..
+            }) => match self.entries.pop_front() {
+                Some(Pending {
+                    disposition: Disposition::Local(b),
+                    ..
+                }) => Some(b),
+                _ => unreachable!(),
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether the reply beginning with `first_byte` (still arriving) goes to the client.
+    pub fn forwards_reply_starting_with(&self, first_byte: u8) -> bool {
+        if first_byte == b'>' {
+            return true;
+        }
+        !matches!(
+            self.entries.front(),
+            Some(Pending {
+                disposition: Disposition::Hide,
+                ..
+            })
+        )
+    }
+
+    /// Match one complete reply against the head of the queue.
+    pub fn on_reply(&mut self, info: &ReplyInfo) -> Matched {
+        let confirmation = self.confirmation_kind(info);
+        if self.is_out_of_band(info, confirmation.is_some()) {
+            return Matched::OutOfBand;
+        }
+        if let Some((kind, subscribing)) = confirmation {
+            self.track_subscription(kind, subscribing, info.last_int.unwrap_or(0));
+        }
+        let Some(head) = self.entries.front_mut() else {
+            // Redis sent something nobody asked for; the client sees it as Redis sent it.
+            return Matched::OutOfBand;
+        };
+        let done = match &mut head.expect {
+            Expect::One => true,
+            Expect::Confirmations(n) => {
+                *n -= 1;
+                *n == 0 || info.kind == ReplyKind::Error
+            }
+            Expect::UnsubscribeAll(kind) => {
+                // The count in the first confirmation tells how many follow.
+                if info.kind == ReplyKind::Error {
+                    true
+                } else {
+                    let held_before = match kind {
+                        SubKind::Channel => self.channels + 1,
+                        SubKind::Pattern => self.patterns + 1,
+                        SubKind::Shard => self.shard_channels + 1,
+                    };
+                    let remaining = (held_before - 1).max(0) as u32;
+                    head.expect = Expect::Confirmations(remaining.max(1));
+                    remaining == 0
+                }
+            }
+        };
+        let disposition = head.disposition.clone();
+        let finished = if done {
+            let entry = self.entries.pop_front();
+            if let Some(e) = &entry {
+                if info.kind != ReplyKind::Error {
+                    self.apply(&e.effect);
+                }
+            }
+            entry
+        } else {
+            None
+        };
+        Matched::Reply {
+            disposition,
+            finished,
+        }
+    }
+
+    /// Record what a successful reply changes in the queue's own view of the connection.
+    fn apply(&mut self, effect: &Effect) {
+        match effect {
+            Effect::Hello {
+                protocol: Some(p), ..
+            } => self.resp3 = *p == 3,
+            Effect::Monitor => self.monitoring = true,
+            Effect::Reset => {
+                self.channels = 0;
+                self.patterns = 0;
+                self.shard_channels = 0;
+                self.resp3 = false;
+                self.monitoring = false;
+            }
+            _ => {}
+        }
+    }
+
+    fn confirmation_kind(&self, info: &ReplyInfo) -> Option<(SubKind, bool)> {
+        if !matches!(info.kind, ReplyKind::Array | ReplyKind::Push) {
+            return None;
+        }
+        let head_is_pubsub = matches!(
+            self.entries.front().map(|e| e.expect),
+            Some(Expect::Confirmations(_)) | Some(Expect::UnsubscribeAll(_))
+        );
+        // In RESP2 an array is only a confirmation when a pub/sub command is waiting for one;
+        // otherwise it is some command's ordinary array reply.
+        if info.kind == ReplyKind::Array && !head_is_pubsub {
+            return None;
+        }
+        match info.first_str()? {
+            b"subscribe" => Some((SubKind::Channel, true)),
+            b"unsubscribe" => Some((SubKind::Channel, false)),
+            b"psubscribe" => Some((SubKind::Pattern, true)),
+            b"punsubscribe" => Some((SubKind::Pattern, false)),
+            b"ssubscribe" => Some((SubKind::Shard, true)),
+            b"sunsubscribe" => Some((SubKind::Shard, false)),
+            _ => None,
+        }
+    }
+
+    fn is_out_of_band(&self, info: &ReplyInfo, is_confirmation: bool) -> bool {
+        match info.kind {
+            ReplyKind::Push => !is_confirmation,
+            ReplyKind::Array if !self.resp3 && self.is_subscribed() => matches!(
+                info.first_str(),
+                Some(b"message") | Some(b"pmessage") | Some(b"smessage")
+            ),
+            // MONITOR lines start with the time as digits; a command's own status reply
+            // (RESET's `+RESET`, `+OK`, `+PONG`) never does.
+            ReplyKind::Simple if self.monitoring => info
+                .first
+                .first()
+                .is_some_and(|b| b.is_ascii_digit()),
+            _ => false,
+        }
+    }
+
+    /// Follow the subscription counts from a confirmation. Channel and pattern counts share
+    /// one total in Redis's replies, so each is updated by the change in that total.
+    fn track_subscription(&mut self, kind: SubKind, subscribing: bool, count: i64) {
+        match kind {
+            SubKind::Shard => self.shard_channels = count,
+            SubKind::Channel | SubKind::Pattern => {
+                let total = self.channels + self.patterns;
+                let delta = count - total;
+                let changed = if subscribing { delta > 0 } else { delta < 0 };
+                if changed {
+                    let slot = if kind == SubKind::Channel {
+                        &mut self.channels
+                    } else {
+                        &mut self.patterns
+                    };
+                    *slot = (*slot + delta).max(0);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scanner::reply::{ReplyScanner, ReplyStep};
+
+    /// Scan a byte stream of replies and match each against the queue; return for each
+    /// reply whether it was forwarded to the client.
+    fn run(q: &mut ReplyQueue, stream: &[u8]) -> Vec<(String, bool)> {
+        let mut s = ReplyScanner::new();
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < stream.len() {
+            let ReplyStep::Done(end) = s.scan(stream).unwrap() else {
+                panic!("incomplete reply stream")
+            };
+            let text = String::from_utf8_lossy(&stream[start..end]).replace("\r\n", " ");
+            let fwd = match q.on_reply(s.info()) {
+                Matched::OutOfBand => true,
+                Matched::Reply { disposition, .. } => disposition == Disposition::Forward,
+            };
+            out.push((text.trim().to_string(), fwd));
+            start = end;
+        }
+        out
+    }
+
+    #[test]
+    fn hidden_replies_are_swallowed_in_order() {
+        let mut q = ReplyQueue::new(16);
+        q.push(Pending::forward(1));
+        q.push(Pending::hidden(2));
+        q.push(Pending::forward(3));
+        let got = run(&mut q, b"+OK\r\n:1\r\n$1\r\nv\r\n");
+        assert_eq!(
+            got,
+            vec![("+OK".into(), true), (":1".into(), false), ("$1 v".into(), true)]
+        );
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn local_answers_wait_for_earlier_replies() {
+        let mut q = ReplyQueue::new(16);
+        q.push(Pending::forward(1));
+        q.push(Pending::local(2, Bytes::from_static(b"-ERR x\r\n")));
+        assert_eq!(q.pop_local(), None, "the forwarded reply must come first");
+        run(&mut q, b"+OK\r\n");
+        assert_eq!(q.pop_local(), Some(Bytes::from_static(b"-ERR x\r\n")));
+    }
+
+    #[test]
+    fn resp2_subscribe_counts_confirmations_and_skips_messages() {
+        let mut q = ReplyQueue::new(16);
+        q.push(Pending {
+            expect: Expect::Confirmations(2),
+            ..Pending::forward(1)
+        });
+        q.push(Pending::hidden(2));
+        let stream = b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n\
+*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n\
+*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n\
+*2\r\n$4\r\npong\r\n$0\r\n\r\n";
+        let got: Vec<bool> = run(&mut q, stream).into_iter().map(|(_, f)| f).collect();
+        assert_eq!(got, vec![true, true, true, false]);
+        assert!(q.is_subscribed());
+    }
+
+    #[test]
+    fn unsubscribe_all_expects_one_confirmation_per_channel() {
+        let mut q = ReplyQueue::new(16);
+        q.push(Pending {
+            expect: Expect::Confirmations(2),
+            ..Pending::forward(1)
+        });
+        q.push(Pending {
+            expect: Expect::Confirmations(1),
+            ..Pending::forward(2)
+        });
+        q.push(Pending {
+            expect: Expect::UnsubscribeAll(SubKind::Channel),
+            ..Pending::forward(3)
+        });
+        q.push(Pending::hidden(4));
+        let stream = b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n\
+*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n\
+*3\r\n$10\r\npsubscribe\r\n$2\r\np*\r\n:3\r\n\
+*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:2\r\n\
+*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:1\r\n\
++OK\r\n";
+        let got: Vec<bool> = run(&mut q, stream).into_iter().map(|(_, f)| f).collect();
+        assert_eq!(got, vec![true, true, true, true, true, false]);
+        assert!(q.is_subscribed(), "the pattern subscription remains");
+    }
+
+    #[test]
+    fn resp3_pushes_are_out_of_band_but_confirmations_answer() {
+        let mut q = ReplyQueue::new(16);
+        q.push(Pending {
+            effect: Effect::Hello {
+                protocol: Some(3),
+                user: None,
+            },
+            ..Pending::forward(1)
+        });
+        q.push(Pending {
+            expect: Expect::Confirmations(1),
+            ..Pending::forward(2)
+        });
+        q.push(Pending::hidden(3));
+        let stream = b"%1\r\n+proto\r\n:3\r\n\
+>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n\
+>3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n\
+>3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n\
+:5\r\n";
+        let got: Vec<bool> = run(&mut q, stream).into_iter().map(|(_, f)| f).collect();
+        assert_eq!(got, vec![true, true, true, true, false]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn monitor_lines_are_out_of_band_until_reset() {
+        let mut q = ReplyQueue::new(16);
+        q.push(Pending {
+            effect: Effect::Monitor,
+            ..Pending::forward(1)
+        });
+        q.push(Pending {
+            effect: Effect::Reset,
+            ..Pending::forward(2)
+        });
+        q.push(Pending::hidden(3));
+        let stream = b"+OK\r\n+1700000000.1 [0 127.0.0.1:1] \"get\"\r\n+RESET\r\n+OK\r\n";
+        let got: Vec<bool> = run(&mut q, stream).into_iter().map(|(_, f)| f).collect();
+        assert_eq!(got, vec![true, true, true, false]);
+    }
+
+    #[test]
+    fn an_error_ends_a_confirmation_run() {
+        let mut q = ReplyQueue::new(16);
+        q.push(Pending {
+            expect: Expect::Confirmations(3),
+            ..Pending::forward(1)
+        });
+        q.push(Pending::hidden(2));
+        let got: Vec<bool> = run(&mut q, b"-NOPERM no\r\n+OK\r\n")
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect();
+        assert_eq!(got, vec![true, false]);
+    }
+}

@@ -1,0 +1,6 @@
+//! Finding message boundaries in RESP byte streams: [`request`] for what clients send,
+//! [`reply`] for what Redis answers. Both are resumable, allocation-free per message, and
+//! never hold a large value whole.
+
+pub mod reply;
+pub mod request;

@@ -1,0 +1,409 @@
+//! The reply scanner: finds where each reply from Redis ends.
+//!
+//! It knows every RESP2 and RESP3 type: simple strings, errors, integers, bulk strings,
+//! arrays, and RESP3's null, boolean, double, big number, bulk error, verbatim string, map,
+//! set, attribute and push, plus streamed strings (`$?` with `;` chunks) and streamed
+//! aggregates (`*?` ... `.`). An attribute belongs to the reply that follows it.
+//!
+//! Like the request scanner it is resumable and never looks at a byte twice. A bulk payload
+//! is skipped by count, so the scanner can move past the end of the buffer in the middle of
+//! a large value: the caller forwards what was scanned and drops it, and a 256 MiB reply
+//! passes through without being held.
+//!
+//! For each reply it records a little about its shape ([`ReplyInfo`]): what the session
+//! needs to follow pub/sub confirmations and RESET without parsing the reply again.
+
+/// The most aggregates one reply may nest; Redis never comes near it.
+pub const MAX_DEPTH: usize = 128;
+
+/// Malformed reply bytes: the upstream is not speaking RESP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("unexpected byte {0:#04x} at the start of a reply")]
+    UnknownType(u8),
+    #[error("invalid length line in a reply")]
+    InvalidLength,
+    #[error("reply nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("reply line longer than {0} bytes")]
+    LineTooLong(usize),
+}
+
+/// The top-level type of a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplyKind {
+    /// Anything that is not one of the kinds below.
+    #[default]
+    Other,
+    /// `-` or `!`.
+    Error,
+    /// `+`.
+    Simple,
+    /// `*`.
+    Array,
+    /// `>`: out of band in RESP3 (pub/sub messages, invalidations, confirmations).
+    Push,
+}
+
+/// What the scanner noticed about one complete reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplyInfo {
+    /// The top-level type.
+    pub kind: ReplyKind,
+    /// Up to 16 bytes of the first element of a top-level aggregate (when it is a short
+    /// string), or of a top-level simple string; `first_len` is its true length.
+    pub first: [u8; 16],
+    /// True length of that first string, or `usize::MAX` when there is none.
+    pub first_len: usize,
+    /// The last integer seen directly inside a top-level aggregate.
+    pub last_int: Option<i64>,
+}
+
+impl ReplyInfo {
+    /// The first string, if it was short enough to keep.
+    pub fn first_str(&self) -> Option<&[u8]> {
+        (self.first_len <= self.first.len()).then(|| &self.first[..self.first_len])
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Frame {
+    /// An aggregate with `n` children still to come.
+    Counted(u64),
+    /// A streamed aggregate, ended by `.`.
+    Streamed,
+    /// An attribute at the top level: once it ends, the real reply follows.
+    TopAttribute(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Expecting the type byte of a value.
+    Value,
+    /// Skipping `n` payload bytes plus the terminator.
+    Payload(u64),
+    /// Inside a streamed string, expecting a `;len` chunk header.
+    Chunk,
+    /// Skipping a streamed string's chunk payload.
+    ChunkPayload(u64),
+}
+
+/// What one call to [`ReplyScanner::scan`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyStep {
+    /// A reply ends at this offset; [`ReplyScanner::info`] describes it.
+    Done(usize),
+    /// Everything up to this offset belongs to a reply that has not ended yet (the offset
+    /// may be past the end of the buffer's bytes only when it equals the buffer length).
+    Partial(usize),
+}
+
+/// The resumable reply scanner; one per upstream connection.
+#[derive(Debug)]
+pub struct ReplyScanner {
+    stack: Vec<Frame>,
+    state: State,
+    pos: usize,
+    /// What is known so far of the reply being scanned.
+    info: ReplyInfo,
+    /// The last complete reply's facts.
+    last_info: ReplyInfo,
+    /// True once the reply being scanned has begun.
+    started: bool,
+    /// Index of the element being scanned at depth 1 (for [`ReplyInfo::first`]).
+    depth1_index: u64,
+    /// Bytes of the first element copied so far, while its payload is being skipped.
+    capturing: Option<usize>,
+    /// Where to resume looking for the end of a line, so a long line is searched once.
+    line_search: usize,
+    max_line: usize,
+}
+
+impl Default for ReplyScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReplyScanner {
+    /// A scanner at the start of a reply stream.
+    pub fn new() -> Self {
+        ReplyScanner {
+            stack: Vec::with_capacity(4),
+            state: State::Value,
+            pos: 0,
+            info: empty_info(),
+            last_info: empty_info(),
+            started: false,
+            depth1_index: 0,
+            capturing: None,
+            line_search: 0,
+            max_line: 64 * 1024,
+        }
+    }
+
+    /// Facts about the last complete reply.
+    pub fn info(&self) -> &ReplyInfo {
+        &self.last_info
+    }
+
+    /// True when the scanner is between replies.
+    pub fn at_boundary(&self) -> bool {
+        self.stack.is_empty() && self.state == State::Value && !self.started
+    }
+
+    /// Shift positions left by `n`: the caller dropped `n` scanned bytes from its buffer.
+    pub fn rebase(&mut self, n: usize) {
+        self.pos -= n;
+        self.line_search = self.line_search.saturating_sub(n);
+    }
+
+    /// Scan on from where the last call stopped, until one reply ends or the buffer does.
+    pub fn scan(&mut self, buf: &[u8]) -> Result<ReplyStep, ReplyError> {
+        loop {
+            match self.state {
+                State::Payload(n) | State::ChunkPayload(n) => {
+                    let avail = (buf.len() - self.pos) as u64;
+                    if let Some(have) = self.capturing {
+                        // Copy the first element's bytes (never its terminator) as they pass.
+                        let want = self.info.first_len - have;
+                        let take = want.min(avail as usize);
+                        self.info.first[have..have + take]
+                            .copy_from_slice(&buf[self.pos..self.pos + take]);
+                        self.capturing = (have + take < self.info.first_len).then_some(have + take);
+                    }
+                    if avail < n {
+                        self.state = match self.state {
+                            State::Payload(_) => State::Payload(n - avail),
+                            _ => State::ChunkPayload(n - avail),
+                        };
+                        self.pos = buf.len();
+                        return Ok(ReplyStep::Partial(self.pos));
+                    }
+                    self.pos += n as usize;
+                    if matches!(self.state, State::ChunkPayload(_)) {
+                        self.state = State::Chunk;
+                        continue;
+                    }
+                    self.state = State::Value;
+                    if let Some(end) = self.value_done() {
+                        return Ok(ReplyStep::Done(end));
+                    }
+                }
+                State::Chunk => {
+                    let Some((line, next)) = self.line(buf)? else {
+                        return Ok(ReplyStep::Partial(self.pos));
+                    };
+                    if line.first() != Some(&b';') {
+                        return Err(ReplyError::InvalidLength);
+                    }
+                    let len = parse_len(&line[1..])?;
+                    self.pos = next;
+                    if len == 0 {
+                        self.state = State::Value;
+                        if let Some(end) = self.value_done() {
+                            return Ok(ReplyStep::Done(end));
+                        }
+                    } else {
+                        self.state = State::ChunkPayload(len + 2);
+                    }
+                }
+                State::Value => {
+                    let Some((line, next)) = self.line(buf)? else {
+                        return Ok(ReplyStep::Partial(self.pos));
+                    };
+                    let ty = line[0];
+                    let body = &line[1..];
+                    let top = self.stack.is_empty();
+                    if top {
+                        self.started = true;
+                    }
+                    let at_depth1 = self.at_depth1();
+                    if top && ty != b'|' {
+                        self.info.kind = match ty {
+                            b'-' | b'!' => ReplyKind::Error,
+                            b'+' => ReplyKind::Simple,
+                            b'*' => ReplyKind::Array,
+                            b'>' => ReplyKind::Push,
+                            _ => ReplyKind::Other,
+                        };
+                    }
+                    match ty {
+                        b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => {
+                            if (top && ty == b'+') || (at_depth1 && self.depth1_index == 0) {
+                                self.keep_first(body);
+                            }
+                            if at_depth1 && ty == b':' {
+                                self.info.last_int = crate::scanner::request::parse_int(body);
+                            }
+                            self.pos = next;
+                            if let Some(end) = self.value_done() {
+                                return Ok(ReplyStep::Done(end));
+                            }
+                        }
+                        b'$' | b'!' | b'=' => {
+                            self.pos = next;
+                            if body == b"?" {
+                                self.state = State::Chunk;
+                                continue;
+                            }
+                            let len = parse_signed_len(body)?;
+                            match len {
+                                None => {
+                                    if let Some(end) = self.value_done() {
+                                        return Ok(ReplyStep::Done(end));
+                                    }
+                                }
+                                Some(len) => {
+                                    if at_depth1 && self.depth1_index == 0 && len <= 16 {
+                                        self.info.first_len = len as usize;
+                                        self.capturing = (len > 0).then_some(0);
+                                    }
+                                    self.state = State::Payload(len + 2);
+                                }
+                            }
+                        }
+                        b'*' | b'%' | b'~' | b'>' | b'|' => {
+                            self.pos = next;
+                            if self.stack.len() >= MAX_DEPTH {
+                                return Err(ReplyError::TooDeep);
+                            }
+                            if body == b"?" {
+                                self.stack.push(Frame::Streamed);
+                                continue;
+                            }
+                            let Some(n) = parse_signed_len(body)? else {
+                                // A null array.
+                                if let Some(end) = self.value_done() {
+                                    return Ok(ReplyStep::Done(end));
+                                }
+                                continue;
+                            };
+                            let children = if matches!(ty, b'%' | b'|') { n * 2 } else { n };
+                            if ty == b'|' && top {
+                                self.stack.push(Frame::TopAttribute(children));
+                            } else {
+                                self.stack.push(Frame::Counted(children));
+                            }
+                            if children == 0 {
+                                self.stack.pop();
+                                if let Some(end) = self.value_done_after_pop(ty == b'|' && top) {
+                                    return Ok(ReplyStep::Done(end));
+                                }
+                            }
+                        }
+                        b'.' if matches!(self.stack.last(), Some(Frame::Streamed)) => {
+                            self.pos = next;
+                            self.stack.pop();
+                            if let Some(end) = self.value_done() {
+                                return Ok(ReplyStep::Done(end));
+                            }
+                        }
+                        other => return Err(ReplyError::UnknownType(other)),
+                    }
+                }
+            }
+        }
+    }
+
+    fn at_depth1(&self) -> bool {
+        self.stack.len() == 1 && !matches!(self.stack[0], Frame::TopAttribute(_))
+    }
+
+    fn keep_first(&mut self, s: &[u8]) {
+        self.info.first_len = s.len();
+        let n = s.len().min(16);
+        self.info.first[..n].copy_from_slice(&s[..n]);
+        if s.len() > 16 {
+            self.info.first_len = usize::MAX;
+        }
+    }
+
+    /// A value just ended: count it against its parent, closing finished aggregates.
+    /// Returns the end offset when a whole top-level reply is complete.
+    fn value_done(&mut self) -> Option<usize> {
+        loop {
+            if self.stack.len() == 1 && !matches!(self.stack[0], Frame::TopAttribute(_)) {
+                self.depth1_index += 1;
+            }
+            match self.stack.last_mut() {
+                None => return self.finish(),
+                Some(Frame::Streamed) => return None,
+                Some(Frame::Counted(n)) | Some(Frame::TopAttribute(n)) => {
+                    *n -= 1;
+                    if *n > 0 {
+                        return None;
+                    }
+                    let was_attr = matches!(self.stack.last(), Some(Frame::TopAttribute(_)));
+                    self.stack.pop();
+                    if was_attr {
+                        // The attribute is over; the reply it annotates comes next.
+                        self.depth1_index = 0;
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn value_done_after_pop(&mut self, was_top_attribute: bool) -> Option<usize> {
+        if was_top_attribute {
+            return None;
+        }
+        self.value_done()
+    }
+
+    fn finish(&mut self) -> Option<usize> {
+        let end = self.pos;
+        self.started = false;
+        self.depth1_index = 0;
+        self.last_info = self.info;
+        self.info = empty_info();
+        Some(end)
+    }
+
+    fn line<'b>(&mut self, buf: &'b [u8]) -> Result<Option<(&'b [u8], usize)>, ReplyError> {
+        let from = self.line_search.max(self.pos);
+        match crate::scanner::request::memchr(b'\n', &buf[from..]) {
+            Some(i) => {
+                let nl = from + i;
+                self.line_search = 0;
+                if nl < self.pos + 2 || buf[nl - 1] != b'\r' {
+                    return Err(ReplyError::InvalidLength);
+                }
+                Ok(Some((&buf[self.pos..nl - 1], nl + 1)))
+            }
+            None if buf.len() - self.pos > self.max_line => {
+                Err(ReplyError::LineTooLong(self.max_line))
+            }
+            None => {
+                self.line_search = buf.len();
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn empty_info() -> ReplyInfo {
+    ReplyInfo {
+        kind: ReplyKind::Other,
+        first: [0; 16],
+        first_len: usize::MAX,
+        last_int: None,
+    }
+}
+
+fn parse_len(s: &[u8]) -> Result<u64, ReplyError> {
+    match crate::scanner::request::parse_int(s) {
+        Some(n) if n >= 0 => Ok(n as u64),
+        _ => Err(ReplyError::InvalidLength),
+    }
+}
+
+fn parse_signed_len(s: &[u8]) -> Result<Option<u64>, ReplyError> {
+    match crate::scanner::request::parse_int(s) {
+        Some(-1) => Ok(None),
+        Some(n) if n >= 0 => Ok(Some(n as u64)),
+        _ => Err(ReplyError::InvalidLength),
+    }
+}

@@ -1,0 +1,800 @@
+//! One client connection and its own upstream connection: the proxy's hot path.
+//!
+//! A session owns two sockets, the client's (downstream) and Redis's (upstream), one to one,
+//! so every piece of per-connection state (AUTH, SELECT, MULTI, WATCH, subscriptions,
+//! CLIENT TRACKING, CLIENT REPLY, blocking) lives in Redis exactly as if the client were
+//! connected to it directly.
+//!
+//! Both directions move at once in one task: requests are read, scanned and forwarded while
+//! replies are read, matched and forwarded. Neither direction ever waits for the other, so a
+//! client that writes a long pipeline before it reads cannot deadlock against Redis; each
+//! direction's unwritten bytes are bounded (`proxy.output_buffer`) and, past the bound, the
+//! session stops reading the side that feeds it, which pushes back on the sender as TCP does.
+//!
+//! The flow of one command: bytes from the client land in the request buffer, the
+//! [`RequestScanner`] finds the command, the session records in the [`ReplyQueue`] what to do
+//! with its reply and leaves the command's bytes in place; at the end of the read, everything
+//! scanned moves to the upstream output buffer without a copy (`split_to`/`unsplit`) and is
+//! written. Replies follow the same path back through the [`ReplyScanner`]. Only a command
+//! the proxy changes or answers itself costs a copy.
+//!
+//! The session never decides policy; it carries out what the reply queue and the command
+//! table say, and it is the only code that writes to either socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::buffer::ReadBuffer;
+use crate::command::{CommandInfo, CommandTable, Flags, Special};
+use crate::identity::ClientIdentity;
+use crate::reply_queue::{Disposition, Effect, Expect, Matched, Pending, ReplyQueue};
+use crate::scanner::reply::{ReplyScanner, ReplyStep};
+use crate::scanner::request::{Limits, RequestScanner, Step, StreamStep};
+use crate::upstream::ConnectGate;
+use crate::telemetry::ProxyMetrics;
+use crate::wire;
+
+/// What every session shares: the command table, the upstream gate, the settings.
+#[derive(Debug)]
+pub struct Shared {
+    /// Commands and their flags.
+    pub table: Arc<CommandTable>,
+    /// The gate in front of every upstream connection attempt.
+    pub gate: Arc<ConnectGate>,
+    /// Request scanner bounds.
+    pub limits: Limits,
+    /// Commands in flight per connection before the session stops reading.
+    pub max_pending: usize,
+    /// Unwritten bytes per direction before the session stops reading the other side.
+    pub output_buffer: usize,
+    /// How long in-flight replies may take once the client has gone or shutdown began.
+    pub drain_timeout: Duration,
+    /// Pre-registered metric handles.
+    pub metrics: ProxyMetrics,
+}
+
+/// `CLIENT REPLY` mode, followed at send time because it decides how many replies come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyMode {
+    On,
+    Off,
+    SkipNext,
+}
+
+/// Where the rest of a streamed command goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamTo {
+    Upstream,
+    Discard,
+}
+
+/// Why a session ended; logged at debug level.
+#[derive(Debug)]
+pub enum End {
+    /// The client closed its connection.
+    ClientClosed,
+    /// The client's socket failed.
+    ClientError(std::io::Error),
+    /// The client sent QUIT, or a protocol error closed the connection.
+    Closed,
+    /// Redis closed the connection or failed.
+    UpstreamLost(String),
+    /// The proxy is shutting down.
+    Shutdown,
+}
+
+/// One client connection being proxied.
+pub struct Session {
+    shared: Arc<Shared>,
+    client: TcpStream,
+    upstream: Option<TcpStream>,
+    /// Why the upstream is missing, for the error each command gets meanwhile.
+    upstream_error: String,
+    identity: ClientIdentity,
+    /// Bytes from the client. `requests_ready` bytes at its front are scanned and waiting to
+    /// move to `to_upstream`; the rest are not scanned yet.
+    from_client: ReadBuffer,
+    requests_ready: usize,
+    /// Bytes from Redis; `replies_ready` bytes at its front are waiting to move to
+    /// `to_client`, and `reply_start` is where the reply being scanned begins.
+    from_upstream: ReadBuffer,
+    replies_ready: usize,
+    reply_start: usize,
+    /// Whether the reply being scanned goes to the client (decided when it begins).
+    reply_forwarded: Option<bool>,
+    to_upstream: BytesMut,
+    to_client: BytesMut,
+    requests: RequestScanner,
+    replies: ReplyScanner,
+    queue: ReplyQueue,
+    reply_mode: ReplyMode,
+    in_multi: bool,
+    /// Commands scanned since the last metrics update.
+    commands_in_batch: u64,
+    streaming: Option<StreamTo>,
+    /// The client socket is not read any more (it closed, or shutdown began); commands
+    /// already read still go through.
+    input_closed: bool,
+    /// Client input is ignored from here on: QUIT was sent or the input was malformed.
+    ignore_input: bool,
+    /// Close once everything pending is written (QUIT, protocol error).
+    close_when_flushed: bool,
+    /// The client half-closed or shutdown began: finish what is in flight, then close.
+    draining: Option<tokio::time::Instant>,
+}
+
+/// The facts about a command the session acts on, copied out of the table.
+#[derive(Debug, Clone, Copy)]
+struct CommandFacts {
+    id: u16,
+    special: Special,
+}
+
+impl CommandFacts {
+    fn of(info: &CommandInfo) -> Self {
+        CommandFacts {
+            id: info.id,
+            special: info.special,
+        }
+    }
+}
+
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    UpstreamRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    UpstreamWrote(std::io::Result<usize>),
+    Shutdown,
+    DrainExpired,
+}
+
+impl Session {
+    /// A session for an accepted client. The upstream connection is opened in [`Self::run`].
+    pub fn new(shared: Arc<Shared>, client: TcpStream, identity: ClientIdentity) -> Self {
+        let limits = shared.limits;
+        let max_pending = shared.max_pending;
+        Session {
+            shared,
+            client,
+            upstream: None,
+            upstream_error: String::new(),
+            identity,
+            from_client: ReadBuffer::new(),
+            requests_ready: 0,
+            from_upstream: ReadBuffer::new(),
+            replies_ready: 0,
+            reply_start: 0,
+            reply_forwarded: None,
+            to_upstream: BytesMut::new(),
+            to_client: BytesMut::new(),
+            requests: RequestScanner::new(limits),
+            replies: ReplyScanner::new(),
+            queue: ReplyQueue::new(max_pending),
+            reply_mode: ReplyMode::On,
+            in_multi: false,
+            commands_in_batch: 0,
+            streaming: None,
+            input_closed: false,
+            ignore_input: false,
+            close_when_flushed: false,
+            draining: None,
+        }
+    }
+
+    /// Who the client is, as far as Redis has confirmed.
+    pub fn identity(&self) -> &ClientIdentity {
+        &self.identity
+    }
+
+    /// Proxy the connection until one side closes or shutdown completes.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> End {
+        let _ = self.client.set_nodelay(true);
+        self.connect_upstream().await;
+        loop {
+            if let Some(end) = self.finished() {
+                return end;
+            }
+            let cap = self.shared.output_buffer;
+            let want_client_read = !self.input_closed
+                && !self.ignore_input
+                && self.to_upstream.len() < cap
+                && !self.queue.is_full();
+            let want_upstream_read = self.upstream.is_some() && self.to_client.len() < cap;
+            let want_client_write = !self.to_client.is_empty();
+            let want_upstream_write = self.upstream.is_some() && !self.to_upstream.is_empty();
+            let shutting_down = *shutdown.borrow() || self.draining.is_some();
+            let drain_deadline = self.draining;
+            if want_client_read {
+                self.from_client.prepare();
+            }
+            if want_upstream_read {
+                self.from_upstream.prepare();
+            }
+            let event = {
+                let (mut client_rx, mut client_tx) = self.client.split();
+                let (mut up_rx, mut up_tx) = match self.upstream.as_mut() {
+                    Some(u) => {
+                        let (r, w) = u.split();
+                        (Some(r), Some(w))
+                    }
+                    None => (None, None),
+                };
+                let from_client = self.from_client.bytes_mut();
+                let from_upstream = self.from_upstream.bytes_mut();
+                let to_client = &self.to_client;
+                let to_upstream = &self.to_upstream;
+                tokio::select! {
+                    r = client_rx.read_buf(from_client), if want_client_read => Event::ClientRead(r),
+                    r = async { up_rx.as_mut().expect("upstream").read_buf(from_upstream).await },
+                        if want_upstream_read => Event::UpstreamRead(r),
+                    r = client_tx.write(to_client), if want_client_write => Event::ClientWrote(r),
+                    r = async { up_tx.as_mut().expect("upstream").write(to_upstream).await },
+                        if want_upstream_write => Event::UpstreamWrote(r),
+                    _ = shutdown.changed(), if !shutting_down => Event::Shutdown,
+                    _ = async { tokio::time::sleep_until(drain_deadline.expect("deadline")).await },
+                        if drain_deadline.is_some() => Event::DrainExpired,
+                }
+            };
+            if let Some(end) = self.handle(event).await {
+                return end;
+            }
+        }
+    }
+
+    async fn handle(&mut self, event: Event) -> Option<End> {
+        match event {
+            Event::ClientRead(Ok(0)) => {
+                self.input_closed = true;
+                if self.queue.is_empty() && self.to_client.is_empty() || self.must_close_at_once() {
+                    return Some(End::ClientClosed);
+                }
+                // Finish the replies in flight, as Redis does for what it already read.
+                self.start_draining();
+            }
+            Event::ClientRead(Ok(n)) => {
+                self.from_client.after_read(n);
+                self.shared.metrics.client_bytes_received.increment(n as u64);
+                if self.upstream.is_none() && !self.ignore_input {
+                    self.reconnect_if_allowed().await;
+                }
+                self.on_client_input();
+                self.flush_upstream();
+                self.flush_client();
+            }
+            Event::ClientRead(Err(e)) | Event::ClientWrote(Err(e)) => {
+                return Some(End::ClientError(e));
+            }
+            Event::UpstreamRead(Ok(0)) => return self.upstream_lost("connection closed by Redis"),
+            Event::UpstreamRead(Ok(n)) => {
+                self.from_upstream.after_read(n);
+                if let Err(reason) = self.on_upstream_input() {
+                    return self.upstream_lost(&reason);
+                }
+                self.flush_client();
+                // Replies freed room in the queue: carry on with requests already read.
+                self.on_client_input();
+                self.flush_upstream();
+            }
+            Event::UpstreamRead(Err(e)) | Event::UpstreamWrote(Err(e)) => {
+                return self.upstream_lost(&e.to_string());
+            }
+            Event::ClientWrote(Ok(n)) => {
+                self.to_client.advance(n);
+                if self.to_client.is_empty() {
+                    // Drop the handle so the read buffer can reuse its memory.
+                    self.to_client = BytesMut::new();
+                }
+            }
+            Event::UpstreamWrote(Ok(n)) => {
+                self.to_upstream.advance(n);
+                if self.to_upstream.is_empty() {
+                    self.to_upstream = BytesMut::new();
+                }
+            }
+            Event::Shutdown => {
+                self.input_closed = true;
+                if self.queue.is_empty() || self.must_close_at_once() {
+                    return Some(End::Shutdown);
+                }
+                self.start_draining();
+            }
+            Event::DrainExpired => return Some(End::Shutdown),
+        }
+        None
+    }
+
+    /// The session's work is done when nothing is in flight and nothing is left to write.
+    fn finished(&self) -> Option<End> {
+        let idle = self.queue.is_empty() && self.to_client.is_empty();
+        if self.close_when_flushed && idle {
+            return Some(End::Closed);
+        }
+        if self.draining.is_some() && idle && self.to_upstream.is_empty() {
+            return Some(End::ClientClosed);
+        }
+        None
+    }
+
+    fn start_draining(&mut self) {
+        if self.draining.is_none() {
+            self.draining = Some(tokio::time::Instant::now() + self.shared.drain_timeout);
+        }
+    }
+
+    /// A client that leaves while blocked, subscribed or monitoring is gone for good: close
+    /// the upstream at once so Redis frees the connection, as it would for a direct client.
+    fn must_close_at_once(&self) -> bool {
+        self.queue.is_subscribed()
+            || self
+                .queue
+                .iter()
+                .any(|p| self.shared.table.by_id(p.command).flags.contains(Flags::BLOCKING))
+            || self.queue.iter().any(|p| p.effect == Effect::Monitor)
+            || self.queue.is_monitoring()
+    }
+
+    async fn connect_upstream(&mut self) {
+        match self.shared.gate.connect().await {
+            Ok(stream) => {
+                self.upstream = Some(stream);
+                self.upstream_error.clear();
+            }
+            Err(e) => {
+                tracing::debug!(client = %self.identity, error = %e, "no upstream connection");
+                self.upstream_error = format!("ERR respguard: {e}");
+            }
+        }
+    }
+
+    /// While the upstream is missing, try again between reads, when the gate allows it.
+    async fn reconnect_if_allowed(&mut self) {
+        if self.queue.is_empty() && !self.requests.in_command() && !self.shared.gate.is_open() {
+            self.connect_upstream().await;
+        }
+    }
+
+    /// Scan and route every whole command in the request buffer.
+    fn on_client_input(&mut self) {
+        loop {
+            if self.ignore_input {
+                break;
+            }
+            if let Some(to) = self.streaming {
+                let from = self.requests_ready;
+                let step = self.requests.stream(self.from_client.bytes(), from);
+                let (n, done) = match step {
+                    StreamStep::More(n) => (n, false),
+                    StreamStep::Done(n) => (n, true),
+                    StreamStep::Error(e) => {
+                        self.protocol_error(&e.to_string());
+                        break;
+                    }
+                };
+                match to {
+                    StreamTo::Upstream => self.requests_ready += n,
+                    StreamTo::Discard => self.discard_requests(n),
+                }
+                if !done {
+                    break;
+                }
+                self.streaming = None;
+                continue;
+            }
+            if self.queue.is_full() {
+                break;
+            }
+            match self.requests.scan(self.from_client.bytes()) {
+                Step::Incomplete => break,
+                Step::Empty { end } => self.requests_ready = end,
+                Step::Command { start, end, inline } => self.on_command(start, end, inline),
+                Step::Streaming {
+                    start, head_end, ..
+                } => {
+                    let info = self.lookup_current(false);
+                    if self.upstream.is_none() {
+                        self.answer_locally(info.id, self.unavailable_reply(), start, head_end);
+                        self.streaming = Some(StreamTo::Discard);
+                    } else {
+                        self.push_for(info, false);
+                        self.requests_ready = head_end;
+                        self.streaming = Some(StreamTo::Upstream);
+                    }
+                }
+                Step::Error(e) => {
+                    self.protocol_error(&e.to_string());
+                    break;
+                }
+            }
+        }
+        self.move_requests();
+        // One shared-counter update per read, not per command.
+        if self.commands_in_batch > 0 {
+            self.shared.metrics.commands.increment(self.commands_in_batch);
+            self.commands_in_batch = 0;
+        }
+    }
+
+    /// What the command table says of the command just scanned (with its subcommand).
+    fn lookup_current(&self, inline: bool) -> CommandFacts {
+        let src: &[u8] = if inline {
+            self.requests.inline_bytes()
+        } else {
+            self.from_client.bytes()
+        };
+        let args = self.requests.args();
+        let name = args.first().map(|r| &src[r.clone()]).unwrap_or_default();
+        let sub = args.get(1).map(|r| &src[r.clone()]).unwrap_or_default();
+        let table: &CommandTable = &self.shared.table;
+        let info = if args.len() > 1 {
+            table.lookup(&[name, sub])
+        } else {
+            table.lookup(&[name])
+        };
+        CommandFacts::of(info)
+    }
+
+    fn on_command(&mut self, start: usize, end: usize, inline: bool) {
+        let info = self.lookup_current(inline);
+        if self.upstream.is_none() {
+            let reply = self.unavailable_reply();
+            self.answer_locally(info.id, reply, start, end);
+            return;
+        }
+        let is_reset = info.special == Special::Reset;
+        self.push_for(info, inline);
+        if inline {
+            // Redis would parse the inline form the same way; send the exact arguments.
+            self.move_requests();
+            self.discard_requests(end - start);
+            let encoded = Bytes::copy_from_slice(self.requests.inline_bytes());
+            self.to_upstream.extend_from_slice(&encoded);
+        } else {
+            self.requests_ready = end;
+        }
+        if is_reset {
+            self.send_handshake();
+        }
+    }
+
+    /// Record what to do with the replies of the command just scanned, following the
+    /// connection state that decides how many replies it gets.
+    fn push_for(&mut self, info: CommandFacts, inline: bool) {
+        let src: &[u8] = if inline {
+            self.requests.inline_bytes()
+        } else {
+            self.from_client.bytes()
+        };
+        let args = self.requests.args();
+        let arg = |i: usize| args.get(i).map(|r| &src[r.clone()]);
+        let argc = args.len();
+
+        let mut pending = Pending::forward(info.id);
+        // Inside MULTI most commands are only queued: one `+QUEUED` and no effect yet.
+        let queued = self.in_multi
+            && !matches!(
+                info.special,
+                Special::Multi | Special::EndMulti | Special::Quit | Special::Reset
+            );
+        let skip_this = self.reply_mode == ReplyMode::SkipNext;
+        if skip_this {
+            self.reply_mode = ReplyMode::On;
+        }
+        let mut replies = self.reply_mode == ReplyMode::On && !skip_this;
+        if !queued {
+            match info.special {
+                Special::None => {}
+                Special::Subscribe(_) if argc >= 2 => {
+                    pending.expect = Expect::Confirmations((argc - 1) as u32)
+                }
+                Special::Unsubscribe(kind) => {
+                    pending.expect = if argc >= 2 {
+                        Expect::Confirmations((argc - 1) as u32)
+                    } else {
+                        Expect::UnsubscribeAll(kind)
+                    }
+                }
+                Special::Subscribe(_) => {}
+                Special::Hello => {
+                    pending.effect = hello_effect(args.len(), &arg);
+                }
+                Special::Auth => {
+                    let user = if argc >= 3 { arg(1) } else { Some(&b"default"[..]) };
+                    if let Some(u) = user {
+                        pending.effect = Effect::Auth(Bytes::copy_from_slice(u));
+                    }
+                }
+                Special::ClientSetName => {
+                    if let Some(n) = arg(2) {
+                        pending.effect = Effect::SetName(Bytes::copy_from_slice(n));
+                    }
+                }
+                Special::ClientSetInfo => {
+                    if let (Some(attr), Some(v)) = (arg(2), arg(3)) {
+                        if attr.eq_ignore_ascii_case(b"lib-name") {
+                            pending.effect = Effect::SetLibName(Bytes::copy_from_slice(v));
+                        }
+                    }
+                }
+                Special::ClientReply if argc == 3 => {
+                    let mode = arg(2).unwrap_or_default();
+                    if mode.eq_ignore_ascii_case(b"on") {
+                        self.reply_mode = ReplyMode::On;
+                        replies = true;
+                    } else if mode.eq_ignore_ascii_case(b"off") {
+                        self.reply_mode = ReplyMode::Off;
+                        replies = false;
+                    } else if mode.eq_ignore_ascii_case(b"skip") {
+                        if self.reply_mode != ReplyMode::Off {
+                            self.reply_mode = ReplyMode::SkipNext;
+                        }
+                        replies = false;
+                    }
+                }
+                Special::ClientReply => {}
+                Special::Monitor => pending.effect = Effect::Monitor,
+                Special::Reset => {
+                    pending.effect = Effect::Reset;
+                    self.reply_mode = ReplyMode::On;
+                    self.in_multi = false;
+                    replies = true;
+                }
+                Special::Quit => {
+                    pending.effect = Effect::Quit;
+                    // Redis closes after QUIT and reads nothing more.
+                    self.ignore_input = true;
+                    replies = true;
+                }
+                Special::Multi => self.in_multi = true,
+                Special::EndMulti => self.in_multi = false,
+            }
+        }
+        if replies {
+            self.queue.push(pending);
+        }
+        self.commands_in_batch += 1;
+    }
+
+    /// After RESET, Redis has forgotten the proxy's AUTH and SELECT: send them again, hidden.
+    fn send_handshake(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let (bytes, replies) = shared.gate.handshake();
+        if replies == 0 {
+            return;
+        }
+        self.move_requests();
+        self.to_upstream.extend_from_slice(bytes);
+        let id = self.shared.table.unknown().id;
+        for _ in 0..replies {
+            self.queue.push(Pending::hidden(id));
+        }
+    }
+
+    fn unavailable_reply(&self) -> Bytes {
+        wire::error(&self.upstream_error)
+    }
+
+    /// Answer the command in `start..end` without sending it upstream.
+    fn answer_locally(&mut self, command: u16, reply: Bytes, start: usize, end: usize) {
+        debug_assert_eq!(start, self.requests_ready);
+        self.move_requests();
+        self.discard_requests(end - start);
+        self.queue.push(Pending::local(command, reply));
+        self.emit_local_replies();
+    }
+
+    /// Malformed input: Redis answers the error and closes the connection.
+    fn protocol_error(&mut self, message: &str) {
+        tracing::debug!(client = %self.identity, error = message, "protocol error from client");
+        self.shared.metrics.client_protocol_errors.increment(1);
+        self.move_requests();
+        let id = self.shared.table.unknown().id;
+        self.queue.push(Pending::local(id, wire::error(&format!("ERR {message}"))));
+        self.emit_local_replies();
+        self.ignore_input = true;
+        self.close_when_flushed = true;
+    }
+
+    /// Move the scanned, unchanged requests to the upstream output, without copying when
+    /// the output is empty.
+    fn move_requests(&mut self) {
+        if self.requests_ready > 0 {
+            let chunk = self.from_client.split_to(self.requests_ready);
+            self.to_upstream.unsplit(chunk);
+            self.requests.rebase(self.requests_ready);
+            self.requests_ready = 0;
+        }
+    }
+
+    /// Drop `n` request bytes that follow the ready ones (which must already be moved).
+    fn discard_requests(&mut self, n: usize) {
+        self.move_requests();
+        self.from_client.discard(n);
+        self.requests.rebase(n);
+    }
+
+    /// Scan the replies received, forwarding or hiding each and applying what they change.
+    fn on_upstream_input(&mut self) -> Result<(), String> {
+        loop {
+            self.emit_local_replies();
+            if self.reply_forwarded.is_none() {
+                // A reply begins here: decide from its first byte whether it is forwarded.
+                let Some(&first) = self.from_upstream.bytes().get(self.reply_start) else {
+                    break;
+                };
+                self.reply_forwarded = Some(self.queue.forwards_reply_starting_with(first));
+            }
+            let step = self
+                .replies
+                .scan(self.from_upstream.bytes())
+                .map_err(|e| format!("malformed reply from Redis: {e}"))?;
+            match step {
+                ReplyStep::Partial(upto) => {
+                    if self.reply_forwarded == Some(true) {
+                        self.replies_ready = upto;
+                    } else {
+                        self.drop_replies(self.reply_start, upto);
+                    }
+                    break;
+                }
+                ReplyStep::Done(end) => {
+                    let info = *self.replies.info();
+                    let forwarded = self.reply_forwarded.take() == Some(true);
+                    let matched = self.queue.on_reply(&info);
+                    debug_assert!(
+                        !matches!(&matched, Matched::Reply { disposition, .. }
+                            if (*disposition == Disposition::Forward) != forwarded),
+                        "a reply's disposition changed while it streamed"
+                    );
+                    if forwarded {
+                        self.replies_ready = end;
+                    } else {
+                        self.drop_replies(self.reply_start, end);
+                    }
+                    self.reply_start = self.replies_ready;
+                    if let Matched::Reply {
+                        finished: Some(p), ..
+                    } = matched
+                    {
+                        if info.kind != crate::scanner::reply::ReplyKind::Error {
+                            self.apply_effect(p.effect);
+                        }
+                    }
+                }
+            }
+        }
+        self.move_replies();
+        Ok(())
+    }
+
+    fn apply_effect(&mut self, effect: Effect) {
+        match effect {
+            Effect::None | Effect::Monitor => {}
+            Effect::Hello { user, .. } => {
+                if let Some(u) = user {
+                    self.identity.user = Some(u);
+                }
+            }
+            Effect::Auth(user) => self.identity.user = Some(user),
+            Effect::SetName(name) => self.identity.name = Some(name),
+            Effect::SetLibName(lib) => self.identity.lib_name = Some(lib),
+            Effect::Reset => self.identity.reset(),
+            Effect::Quit => self.close_when_flushed = true,
+        }
+    }
+
+    /// Send every local answer now at the head of the queue, after the replies before it.
+    fn emit_local_replies(&mut self) {
+        while let Some(reply) = self.queue.pop_local() {
+            self.move_replies();
+            self.to_client.extend_from_slice(&reply);
+        }
+    }
+
+    fn move_replies(&mut self) {
+        if self.replies_ready > 0 {
+            let chunk = self.from_upstream.split_to(self.replies_ready);
+            self.to_client.unsplit(chunk);
+            self.replies.rebase(self.replies_ready);
+            self.reply_start = self.reply_start.saturating_sub(self.replies_ready);
+            self.replies_ready = 0;
+        }
+    }
+
+    /// Drop reply bytes `from..to` (a hidden reply, or part of one); `from` follows the
+    /// ready bytes.
+    fn drop_replies(&mut self, from: usize, to: usize) {
+        debug_assert_eq!(from, self.replies_ready);
+        self.move_replies();
+        let n = to - from;
+        self.from_upstream.discard(n);
+        self.replies.rebase(n);
+        self.reply_start = 0;
+    }
+
+    /// Write as much as the sockets take now, without waiting.
+    fn flush_upstream(&mut self) {
+        if let Some(up) = &self.upstream {
+            while !self.to_upstream.is_empty() {
+                match up.try_write(&self.to_upstream) {
+                    Ok(n) => self.to_upstream.advance(n),
+                    Err(_) => break,
+                }
+            }
+            if self.to_upstream.is_empty() {
+                self.to_upstream = BytesMut::new();
+            }
+        }
+    }
+
+    fn flush_client(&mut self) {
+        while !self.to_client.is_empty() {
+            match self.client.try_write(&self.to_client) {
+                Ok(n) => {
+                    self.shared.metrics.client_bytes_sent.increment(n as u64);
+                    self.to_client.advance(n)
+                }
+                Err(_) => break,
+            }
+        }
+        if self.to_client.is_empty() {
+            self.to_client = BytesMut::new();
+        }
+    }
+
+    /// Redis went away mid-session: the commands still waiting get an error that says so,
+    /// then the client connection closes, as it would if it had been connected to Redis.
+    fn upstream_lost(&mut self, reason: &str) -> Option<End> {
+        self.upstream = None;
+        if self.close_when_flushed || (self.input_closed && self.queue.is_empty()) {
+            self.flush_client();
+            return Some(End::Closed);
+        }
+        tracing::info!(client = %self.identity, reason, "upstream connection lost");
+        let mid_reply = !self.replies.at_boundary();
+        self.move_replies();
+        if !mid_reply {
+            let message = wire::error(&format!(
+                "ERR respguard: upstream {} connection lost before the reply ({reason})",
+                self.shared.gate.target().address
+            ));
+            while let Some(p) = self.queue.pop_front() {
+                match p.disposition {
+                    Disposition::Forward => self.to_client.extend_from_slice(&message),
+                    Disposition::Local(b) => self.to_client.extend_from_slice(&b),
+                    Disposition::Hide => {}
+                }
+            }
+        }
+        self.ignore_input = true;
+        self.close_when_flushed = true;
+        // Give the client its errors; the run loop closes once they are written.
+        self.queue.clear();
+        None
+    }
+}
+
+/// What a successful HELLO changes: `HELLO [protover [AUTH user pass] [SETNAME name]]`.
+fn hello_effect<'a>(argc: usize, arg: &dyn Fn(usize) -> Option<&'a [u8]>) -> Effect {
+    let protocol = arg(1).and_then(|v| match v {
+        b"2" => Some(2),
+        b"3" => Some(3),
+        _ => None,
+    });
+    let mut user = None;
+    let mut i = 2;
+    while i < argc {
+        let opt = arg(i).unwrap_or_default();
+        if opt.eq_ignore_ascii_case(b"auth") && i + 2 < argc {
+            user = arg(i + 1).map(Bytes::copy_from_slice);
+            i += 3;
+        } else {
+            i += 2;
+        }
+    }
+    Effect::Hello { protocol, user }
+}

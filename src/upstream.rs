@@ -1,0 +1,330 @@
+//! Reaching Redis: opening upstream connections, and the gate every session shares so that a
+//! Redis restart cannot turn into a reconnect storm.
+//!
+//! [`ConnectGate`] is one per proxy. Before any session opens an upstream connection it asks
+//! the gate, which enforces two things:
+//! - a token bucket of connection attempts per second across all sessions, so 5,000 clients
+//!   reconnecting at once reach Redis spread out at the configured rate;
+//! - a circuit breaker: after a failed attempt, further attempts are refused at once for a
+//!   backoff that doubles per consecutive failure (with full jitter, up to a maximum), so
+//!   while Redis is down each command fails fast instead of each waiting for a timeout.
+//!
+//! A new connection gets `TCP_NODELAY` and then the proxy's own handshake (AUTH and SELECT
+//! from the upstream URL), whose replies the client never sees.
+
+use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::UpstreamTarget;
+use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
+use crate::wire;
+
+/// Why no upstream connection could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {address} unreachable: {reason}")]
+    Unreachable { address: String, reason: String },
+    #[error("upstream {address} unavailable after recent failures ({reason}); next attempt in {retry_in_ms} ms")]
+    CircuitOpen {
+        address: String,
+        reason: String,
+        retry_in_ms: u64,
+    },
+    #[error("upstream {address}: too many connection attempts per second, try again")]
+    RateLimited { address: String },
+    #[error("upstream {address} refused the proxy's handshake: {reply}")]
+    Handshake { address: String, reply: String },
+}
+
+/// Settings of the gate, from `[upstream]`.
+#[derive(Debug, Clone)]
+pub struct GateSettings {
+    /// Longest time one attempt (connect plus handshake) may take.
+    pub connect_timeout: Duration,
+    /// First backoff after a failure.
+    pub backoff_min: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+    /// Attempts per second across all sessions.
+    pub max_connects_per_second: u32,
+}
+
+#[derive(Debug)]
+struct GateState {
+    tokens: f64,
+    refilled_at: Instant,
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+    last_error: String,
+}
+
+/// The shared gate in front of every upstream connection attempt.
+#[derive(Debug)]
+pub struct ConnectGate {
+    target: UpstreamTarget,
+    settings: GateSettings,
+    state: Mutex<GateState>,
+    handshake: Vec<u8>,
+    handshake_replies: usize,
+}
+
+impl ConnectGate {
+    /// A gate for `target`, with a full bucket and a closed circuit.
+    pub fn new(target: UpstreamTarget, settings: GateSettings) -> Self {
+        let (handshake, handshake_replies) = handshake_commands(&target);
+        ConnectGate {
+            state: Mutex::new(GateState {
+                tokens: f64::from(settings.max_connects_per_second),
+                refilled_at: Instant::now(),
+                consecutive_failures: 0,
+                open_until: None,
+                last_error: String::new(),
+            }),
+            target,
+            settings,
+            handshake,
+            handshake_replies,
+        }
+    }
+
+    /// Where the upstream is.
+    pub fn target(&self) -> &UpstreamTarget {
+        &self.target
+    }
+
+    /// The commands (AUTH, SELECT) the proxy sends on every new connection and after RESET,
+    /// and how many replies they produce.
+    pub fn handshake(&self) -> (&[u8], usize) {
+        (&self.handshake, self.handshake_replies)
+    }
+
+    /// True while the circuit is open (the last attempt failed and its backoff runs).
+    pub fn is_open(&self) -> bool {
+        let st = self.state.lock().expect("gate lock");
+        st.open_until.is_some_and(|t| t > Instant::now())
+    }
+
+    /// True when the last attempt succeeded (or none was made yet).
+    pub fn is_healthy(&self) -> bool {
+        self.state.lock().expect("gate lock").consecutive_failures == 0
+    }
+
+    /// Open a connection to the upstream, if the gate allows an attempt now. Waits for a
+    /// token for at most the connect timeout; refuses at once while the circuit is open.
+    pub async fn connect(&self) -> Result<TcpStream, UpstreamError> {
+        let deadline = Instant::now() + self.settings.connect_timeout;
+        loop {
+            let wait = self.take_token()?;
+            let Some(wait) = wait else { break };
+            if Instant::now() + wait > deadline {
+                return Err(UpstreamError::RateLimited {
+                    address: self.target.address.clone(),
+                });
+            }
+            tokio::time::sleep(wait).await;
+        }
+        let attempt = tokio::time::timeout(self.settings.connect_timeout, self.open());
+        let result = match attempt.await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Unreachable {
+                address: self.target.address.clone(),
+                reason: format!("no answer within {:?}", self.settings.connect_timeout),
+            }),
+        };
+        self.record(&result);
+        result
+    }
+
+    /// Take one token, or say how long until one is available. Errors when the circuit is open.
+    fn take_token(&self) -> Result<Option<Duration>, UpstreamError> {
+        let mut st = self.state.lock().expect("gate lock");
+        let now = Instant::now();
+        if let Some(until) = st.open_until {
+            if until > now {
+                return Err(UpstreamError::CircuitOpen {
+                    address: self.target.address.clone(),
+                    reason: st.last_error.clone(),
+                    retry_in_ms: (until - now).as_millis() as u64,
+                });
+            }
+        }
+        let rate = f64::from(self.settings.max_connects_per_second);
+        let elapsed = now.duration_since(st.refilled_at).as_secs_f64();
+        st.tokens = (st.tokens + elapsed * rate).min(rate);
+        st.refilled_at = now;
+        if st.tokens >= 1.0 {
+            st.tokens -= 1.0;
+            Ok(None)
+        } else {
+            Ok(Some(Duration::from_secs_f64((1.0 - st.tokens) / rate)))
+        }
+    }
+
+    fn record(&self, result: &Result<TcpStream, UpstreamError>) {
+        let mut st = self.state.lock().expect("gate lock");
+        match result {
+            Ok(_) => {
+                st.consecutive_failures = 0;
+                st.open_until = None;
+            }
+            Err(e) => {
+                st.consecutive_failures = st.consecutive_failures.saturating_add(1);
+                let exp = st.consecutive_failures.min(20) - 1;
+                let ceiling = self
+                    .settings
+                    .backoff_min
+                    .saturating_mul(1u32 << exp)
+                    .min(self.settings.backoff_max);
+                // Full jitter between the minimum and the ceiling: proxies restarted together
+                // do not retry in lockstep.
+                let span = ceiling.saturating_sub(self.settings.backoff_min);
+                let backoff = self.settings.backoff_min + span.mul_f64(fastrand::f64());
+                st.open_until = Some(Instant::now() + backoff);
+                st.last_error = match e {
+                    UpstreamError::Unreachable { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                metrics::counter!("respguard_upstream_connect_failures_total").increment(1);
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<TcpStream, UpstreamError> {
+        let unreachable = |e: io::Error| UpstreamError::Unreachable {
+            address: self.target.address.clone(),
+            reason: e.to_string(),
+        };
+        let mut stream = TcpStream::connect(&self.target.address)
+            .await
+            .map_err(unreachable)?;
+        stream.set_nodelay(true).map_err(unreachable)?;
+        if self.handshake_replies > 0 {
+            stream
+                .write_all(&self.handshake)
+                .await
+                .map_err(unreachable)?;
+            let replies = read_replies(&mut stream, self.handshake_replies)
+                .await
+                .map_err(unreachable)?;
+            if let Some(err) = replies.into_iter().find_map(|r| r.err()) {
+                return Err(UpstreamError::Handshake {
+                    address: self.target.address.clone(),
+                    reply: err,
+                });
+            }
+        }
+        Ok(stream)
+    }
+}
+
+/// AUTH and SELECT for a target, encoded, and how many replies they produce.
+fn handshake_commands(target: &UpstreamTarget) -> (Vec<u8>, usize) {
+    let mut out = BytesMut::new();
+    let mut n = 0;
+    if let Some(pw) = &target.password {
+        match &target.username {
+            Some(user) => wire::command(&mut out, &[b"AUTH", user.as_bytes(), pw.as_bytes()]),
+            None => wire::command(&mut out, &[b"AUTH", pw.as_bytes()]),
+        }
+        n += 1;
+    }
+    if target.db != 0 {
+        wire::command(&mut out, &[b"SELECT", target.db.to_string().as_bytes()]);
+        n += 1;
+    }
+    (out.to_vec(), n)
+}
+
+/// Read `n` replies from a connection the proxy owns (off the hot path). Each is `Ok` with
+/// its bytes, or `Err` with the error text.
+pub async fn read_replies(
+    stream: &mut TcpStream,
+    n: usize,
+) -> io::Result<Vec<Result<Vec<u8>, String>>> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut scanner = ReplyScanner::new();
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    while out.len() < n {
+        match scanner
+            .scan(&buf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+        {
+            ReplyStep::Done(end) => {
+                let bytes = buf[start..end].to_vec();
+                out.push(if scanner.info().kind == ReplyKind::Error {
+                    Err(String::from_utf8_lossy(&bytes[1..bytes.len() - 2]).into_owned())
+                } else {
+                    Ok(bytes)
+                });
+                start = end;
+            }
+            ReplyStep::Partial(_) => {
+                buf.reserve(64 * 1024);
+                if stream.read_buf(&mut buf).await? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed before the reply",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(rate: u32) -> ConnectGate {
+        ConnectGate::new(
+            UpstreamTarget::parse("redis://127.0.0.1:1").unwrap(),
+            GateSettings {
+                connect_timeout: Duration::from_millis(200),
+                backoff_min: Duration::from_millis(100),
+                backoff_max: Duration::from_secs(1),
+                max_connects_per_second: rate,
+            },
+        )
+    }
+
+    #[test]
+    fn the_bucket_spaces_attempts_at_the_configured_rate() {
+        let g = gate(10);
+        for _ in 0..10 {
+            assert_eq!(g.take_token().unwrap(), None);
+        }
+        let wait = g.take_token().unwrap().expect("bucket is empty");
+        assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO, "{wait:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failure_opens_the_circuit_and_later_attempts_fail_fast() {
+        let g = gate(100);
+        // Port 1 on loopback refuses connections.
+        let first = g.connect().await.unwrap_err();
+        assert!(matches!(first, UpstreamError::Unreachable { .. }), "{first}");
+        let started = Instant::now();
+        let second = g.connect().await.unwrap_err();
+        assert!(matches!(second, UpstreamError::CircuitOpen { .. }), "{second}");
+        assert!(started.elapsed() < Duration::from_millis(50));
+        assert!(g.is_open() && !g.is_healthy());
+    }
+
+    #[test]
+    fn handshake_has_auth_and_select() {
+        let t = UpstreamTarget::parse("redis://u:p@h:1/2").unwrap();
+        let (bytes, n) = handshake_commands(&t);
+        assert_eq!(n, 2);
+        assert_eq!(
+            bytes,
+            b"*3\r\n$4\r\nAUTH\r\n$1\r\nu\r\n$1\r\np\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n"
+        );
+    }
+}
