@@ -1,0 +1,256 @@
+//! The test harness: real `redis-server` processes on free ports, proxies started
+//! in-process in front of them, and a raw RESP client that reads whole replies using the
+//! `redis-protocol` decoder (an independent parser, so the proxy's own scanner is never
+//! used to judge itself).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use respguard::app::ProxyHandle;
+use respguard::config::RawConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A `redis-server` (or `valkey-server`) process on a free port, stopped on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+/// The server binary: `RESPGUARD_TEST_SERVER` or `redis-server`.
+pub fn server_binary() -> String {
+    std::env::var("RESPGUARD_TEST_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    /// Start a server with no persistence.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Start a server with extra `--name value` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Start a server on a given port (to restart one where it was).
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = server_binary();
+        let mut child = Command::new(&bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .args(["--dir", dir.path().to_str().unwrap()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} (is it installed?): {e}"));
+        // Wait for the server's own word that it is ready, not for a fixed time.
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("Ready to accept connections") => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("{bin} exited before it was ready on port {port}"),
+            }
+        }
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        RedisServer {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `redis://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A configuration for a proxy in front of `upstream_url`, on free ports.
+pub fn proxy_config(upstream_url: &str) -> RawConfig {
+    let mut raw = RawConfig::default();
+    raw.proxy.listen = "127.0.0.1:0".into();
+    raw.admin.listen = "127.0.0.1:0".into();
+    raw.upstream.url = upstream_url.into();
+    raw
+}
+
+/// Start a proxy in this process.
+pub async fn start_proxy(raw: RawConfig) -> ProxyHandle {
+    respguard::app::start(raw.validate().expect("valid test config"))
+        .await
+        .expect("proxy starts")
+}
+
+/// Start a proxy with default settings in front of `server`.
+pub async fn proxy_for(server: &RedisServer) -> ProxyHandle {
+    start_proxy(proxy_config(&server.url())).await
+}
+
+/// A raw RESP connection that reads whole replies as their exact bytes.
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Send raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// Send one command, encoded as multibulk.
+    pub async fn cmd(&mut self, args: &[&str]) {
+        let bytes = encode(args);
+        self.send(&bytes).await;
+    }
+
+    /// Read exactly one reply (an attribute counts with the reply it annotates).
+    pub async fn reply(&mut self) -> Vec<u8> {
+        tokio::time::timeout(WAIT, self.read_reply())
+            .await
+            .expect("a reply in time")
+    }
+
+    async fn read_reply(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(n) = frame_len(&self.buf) {
+                return self.buf.split_to(n).to_vec();
+            }
+            self.buf.reserve(64 * 1024);
+            let n = self.stream.read_buf(&mut self.buf).await.expect("read");
+            assert!(n > 0, "connection closed while a reply was expected; have {:?}", String::from_utf8_lossy(&self.buf));
+            
+        }
+    }
+
+    /// Read `n` replies and return them as one string (lossy UTF-8) for comparison.
+    pub async fn replies(&mut self, n: usize) -> String {
+        let mut out = String::new();
+        for _ in 0..n {
+            out.push_str(&String::from_utf8_lossy(&self.reply().await));
+        }
+        out
+    }
+
+    /// Send a command and read its reply as a string.
+    pub async fn call(&mut self, args: &[&str]) -> String {
+        self.cmd(args).await;
+        String::from_utf8_lossy(&self.reply().await).into_owned()
+    }
+
+    /// Wait until the server closes the connection; returns the bytes that came before.
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        let mut rest = self.buf.split().to_vec();
+        tokio::time::timeout(WAIT, self.stream.read_to_end(&mut rest))
+            .await
+            .expect("closed in time")
+            .ok();
+        rest
+    }
+}
+
+/// Encode a command as multibulk.
+pub fn encode(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The length of the first complete RESP2/RESP3 frame in `buf`, by the reference decoder.
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    if buf.is_empty() {
+        return None;
+    }
+    match redis_protocol::resp3::decode::complete::decode(buf) {
+        Ok(Some((frame, n))) => {
+            // An attribute frame annotates the next one: both are one reply.
+            if matches!(frame, redis_protocol::resp3::types::OwnedFrame::Map { .. }) && buf[0] == b'|' {
+                frame_len(&buf[n..]).map(|m| n + m)
+            } else {
+                Some(n)
+            }
+        }
+        Ok(None) => None,
+        // RESP2's null bulk string and null array (`$-1`, `*-1`) are not RESP3: a reply
+        // from a RESP2 connection is decoded as RESP2.
+        Err(_) => match redis_protocol::resp2::decode::decode(buf) {
+            Ok(Some((_, n))) => Some(n),
+            Ok(None) => None,
+            Err(e) => panic!(
+                "invalid RESP from the server: {e:?}: {:?}",
+                String::from_utf8_lossy(&buf[..buf.len().min(200)])
+            ),
+        },
+    }
+}
+
+/// Mask what legitimately differs between two connections: client ids in HELLO replies
+/// and CLIENT ID, addresses in MONITOR lines.
+pub fn mask(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("id\r\n:") {
+        out.push_str(&rest[..i + 5]);
+        rest = &rest[i + 5..];
+        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
+        out.push('N');
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}

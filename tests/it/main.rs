@@ -1,0 +1,5 @@
+//! Integration tests: real redis-server processes, the proxy in-process, raw sockets and
+//! real client libraries.
+
+mod differential;
+mod harness;
