@@ -83,6 +83,17 @@ fn main() -> anyhow::Result<()> {
         .validate()
         .context("invalid configuration")?;
     init_logging(&config.raw.log.level, &config.raw.log.format);
+    // Each client costs two descriptors (its socket and its upstream's): raise the soft
+    // limit to the hard one, as Redis does, so `proxy.max_clients` is reachable.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if (n as usize) < config.raw.proxy.max_clients * 2 + 64 => tracing::warn!(
+            limit = n,
+            max_clients = config.raw.proxy.max_clients,
+            "the open-file limit is too low for proxy.max_clients; raise it (ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -126,6 +126,8 @@ pub struct Session {
     close_when_flushed: bool,
     /// The client half-closed or shutdown began: finish what is in flight, then close.
     draining: Option<tokio::time::Instant>,
+    /// The proxy is shutting down.
+    shutting_down: bool,
 }
 
 /// The facts about a command the session acts on, copied out of the table.
@@ -183,6 +185,7 @@ impl Session {
             ignore_input: false,
             close_when_flushed: false,
             draining: None,
+            shutting_down: false,
         }
     }
 
@@ -196,6 +199,11 @@ impl Session {
         let _ = self.client.set_nodelay(true);
         self.connect_upstream().await;
         loop {
+            if !self.shutting_down && *shutdown.borrow() {
+                if let Some(end) = self.handle(Event::Shutdown).await {
+                    return end;
+                }
+            }
             if let Some(end) = self.finished() {
                 return end;
             }
@@ -207,7 +215,7 @@ impl Session {
             let want_upstream_read = self.upstream.is_some() && self.to_client.len() < cap;
             let want_client_write = !self.to_client.is_empty();
             let want_upstream_write = self.upstream.is_some() && !self.to_upstream.is_empty();
-            let shutting_down = *shutdown.borrow() || self.draining.is_some();
+            let shutting_down = self.shutting_down;
             let drain_deadline = self.draining;
             if want_client_read {
                 self.from_client.prepare();
@@ -297,8 +305,10 @@ impl Session {
                 }
             }
             Event::Shutdown => {
-                self.input_closed = true;
-                if self.queue.is_empty() || self.must_close_at_once() {
+                // Commands the client already sent are still answered (see `finished`);
+                // the drain timeout bounds how long that may take.
+                self.shutting_down = true;
+                if self.must_close_at_once() {
                     return Some(End::Shutdown);
                 }
                 self.start_draining();
@@ -309,12 +319,25 @@ impl Session {
     }
 
     /// The session's work is done when nothing is in flight and nothing is left to write.
-    fn finished(&self) -> Option<End> {
-        let idle = self.queue.is_empty() && self.to_client.is_empty();
+    fn finished(&mut self) -> Option<End> {
+        let idle = self.queue.is_empty()
+            && self.to_client.is_empty()
+            && self.to_upstream.is_empty()
+            && !self.requests.in_command();
         if self.close_when_flushed && idle {
             return Some(End::Closed);
         }
-        if self.draining.is_some() && idle && self.to_upstream.is_empty() {
+        if self.shutting_down && idle {
+            // Answer what the client already sent: only when its socket is empty is it
+            // safe to close without cutting a command off. tokio's cached readiness can lag
+            // behind the socket, so ask the kernel directly.
+            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            return match socket2::SockRef::from(&self.client).peek(&mut probe) {
+                Ok(n) if n > 0 => None,
+                _ => Some(End::Shutdown),
+            };
+        }
+        if self.draining.is_some() && idle {
             return Some(End::ClientClosed);
         }
         None

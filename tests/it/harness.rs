@@ -189,6 +189,21 @@ impl Conn {
         String::from_utf8_lossy(&self.reply().await).into_owned()
     }
 
+    /// One reply as a string, or what came before the connection closed.
+    pub async fn read_reply_or_close(&mut self) -> String {
+        loop {
+            if let Some(n) = frame_len(&self.buf) {
+                return String::from_utf8_lossy(&self.buf.split_to(n)).into_owned();
+            }
+            self.buf.reserve(4096);
+            match tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(&self.buf).into_owned(),
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("no reply and no close in time"),
+            }
+        }
+    }
+
     /// Wait until the server closes the connection; returns the bytes that came before.
     pub async fn read_to_close(&mut self) -> Vec<u8> {
         let mut rest = self.buf.split().to_vec();

@@ -2,4 +2,5 @@
 //! real client libraries.
 
 mod differential;
+mod failures;
 mod harness;
