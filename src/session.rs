@@ -258,7 +258,12 @@ impl Session {
         match event {
             Event::ClientRead(Ok(0)) => {
                 self.input_closed = true;
-                if self.queue.is_empty() && self.to_client.is_empty() || self.must_close_at_once() {
+                // A command cut off by the close can never complete; Redis would drop such a
+                // client at once, and so does the proxy.
+                if self.queue.is_empty() && self.to_client.is_empty()
+                    || self.requests.in_command()
+                    || self.must_close_at_once()
+                {
                     return Some(End::ClientClosed);
                 }
                 // Finish the replies in flight, as Redis does for what it already read.
@@ -320,13 +325,12 @@ impl Session {
 
     /// The session's work is done when nothing is in flight and nothing is left to write.
     fn finished(&mut self) -> Option<End> {
-        let idle = self.queue.is_empty()
-            && self.to_client.is_empty()
-            && self.to_upstream.is_empty()
-            && !self.requests.in_command();
-        if self.close_when_flushed && idle {
+        let replies_delivered = self.queue.is_empty() && self.to_client.is_empty();
+        if self.close_when_flushed && replies_delivered {
+            // QUIT or malformed input: whatever follows is never read.
             return Some(End::Closed);
         }
+        let idle = replies_delivered && self.to_upstream.is_empty() && !self.requests.in_command();
         if self.shutting_down && idle {
             // Answer what the client already sent: only when its socket is empty is it
             // safe to close without cutting a command off. tokio's cached readiness can lag

@@ -72,8 +72,9 @@ enum Frame {
     Counted(u64),
     /// A streamed aggregate, ended by `.`.
     Streamed,
-    /// An attribute at the top level: once it ends, the real reply follows.
-    TopAttribute(u64),
+    /// An attribute with `n` keys and values still to come; it annotates the value that
+    /// follows it and is not itself one of its parent's elements.
+    Attribute(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,14 +281,18 @@ impl ReplyScanner {
                                 continue;
                             };
                             let children = if matches!(ty, b'%' | b'|') { n * 2 } else { n };
-                            if ty == b'|' && top {
-                                self.stack.push(Frame::TopAttribute(children));
-                            } else {
-                                self.stack.push(Frame::Counted(children));
+                            if ty == b'|' {
+                                // An empty attribute annotates nothing visible: the value
+                                // it precedes is scanned next either way.
+                                if children > 0 {
+                                    self.stack.push(Frame::Attribute(children));
+                                }
+                                continue;
                             }
+                            self.stack.push(Frame::Counted(children));
                             if children == 0 {
                                 self.stack.pop();
-                                if let Some(end) = self.value_done_after_pop(ty == b'|' && top) {
+                                if let Some(end) = self.value_done() {
                                     return Ok(ReplyStep::Done(end));
                                 }
                             }
@@ -307,7 +312,7 @@ impl ReplyScanner {
     }
 
     fn at_depth1(&self) -> bool {
-        self.stack.len() == 1 && !matches!(self.stack[0], Frame::TopAttribute(_))
+        self.stack.len() == 1 && !matches!(self.stack[0], Frame::Attribute(_))
     }
 
     fn keep_first(&mut self, s: &[u8]) {
@@ -323,34 +328,26 @@ impl ReplyScanner {
     /// Returns the end offset when a whole top-level reply is complete.
     fn value_done(&mut self) -> Option<usize> {
         loop {
-            if self.stack.len() == 1 && !matches!(self.stack[0], Frame::TopAttribute(_)) {
+            if self.at_depth1() {
                 self.depth1_index += 1;
             }
             match self.stack.last_mut() {
                 None => return self.finish(),
                 Some(Frame::Streamed) => return None,
-                Some(Frame::Counted(n)) | Some(Frame::TopAttribute(n)) => {
+                Some(Frame::Counted(n)) | Some(Frame::Attribute(n)) => {
                     *n -= 1;
                     if *n > 0 {
                         return None;
                     }
-                    let was_attr = matches!(self.stack.last(), Some(Frame::TopAttribute(_)));
+                    let was_attribute = matches!(self.stack.last(), Some(Frame::Attribute(_)));
                     self.stack.pop();
-                    if was_attr {
-                        // The attribute is over; the reply it annotates comes next.
-                        self.depth1_index = 0;
+                    if was_attribute {
+                        // The attribute is over; the value it annotates comes next.
                         return None;
                     }
                 }
             }
         }
-    }
-
-    fn value_done_after_pop(&mut self, was_top_attribute: bool) -> Option<usize> {
-        if was_top_attribute {
-            return None;
-        }
-        self.value_done()
     }
 
     fn finish(&mut self) -> Option<usize> {
@@ -405,5 +402,68 @@ fn parse_signed_len(s: &[u8]) -> Result<Option<u64>, ReplyError> {
         Some(-1) => Ok(None),
         Some(n) if n >= 0 => Ok(Some(n as u64)),
         _ => Err(ReplyError::InvalidLength),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reply end offsets found in `stream`, fed whole and then one byte at a time.
+    fn boundaries(stream: &[u8]) -> Vec<usize> {
+        let mut whole = Vec::new();
+        let mut s = ReplyScanner::new();
+        while let ReplyStep::Done(end) = s.scan(stream).unwrap() {
+            whole.push(end);
+        }
+        let mut bytewise = Vec::new();
+        let mut s = ReplyScanner::new();
+        for cut in 1..=stream.len() {
+            while let ReplyStep::Done(end) = s.scan(&stream[..cut]).unwrap() {
+                bytewise.push(end);
+            }
+        }
+        assert_eq!(whole, bytewise);
+        whole
+    }
+
+    #[test]
+    fn resp2_nulls_and_nested_arrays() {
+        let s = b"$-1\r\n*-1\r\n*2\r\n*1\r\n:1\r\n$3\r\nabc\r\n*0\r\n";
+        // 5 + 5 + (4 + 4 + 4 + 9) + 4
+        assert_eq!(boundaries(s), vec![5, 10, 31, 35]);
+    }
+
+    #[test]
+    fn resp3_streamed_strings_and_aggregates() {
+        let s = b"$?\r\n;3\r\nabc\r\n;0\r\n*?\r\n:1\r\n$?\r\n;1\r\nx\r\n;0\r\n.\r\n+OK\r\n";
+        // (4 + 4 + 5 + 4) + (4 + 4 + 4 + 4 + 3 + 4 + 3) + 5
+        assert_eq!(boundaries(s), vec![17, 43, 48]);
+    }
+
+    #[test]
+    fn attributes_belong_to_the_reply_they_annotate() {
+        // A top-level attribute, then an array whose element carries an attribute.
+        let s = b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n*1\r\n|1\r\n+a\r\n:1\r\n:5\r\n*1\r\n|0\r\n:6\r\n";
+        // 21, then (4 + 4 + 4 + 4 + 4), then (4 + 4 + 4)
+        assert_eq!(boundaries(s), vec![21, 41, 53]);
+    }
+
+    #[test]
+    fn first_element_and_count_of_a_confirmation() {
+        let mut s = ReplyScanner::new();
+        let msg = b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:7\r\n";
+        assert_eq!(s.scan(msg).unwrap(), ReplyStep::Done(msg.len()));
+        assert_eq!(s.info().kind, ReplyKind::Push);
+        assert_eq!(s.info().first_str(), Some(&b"subscribe"[..]));
+        assert_eq!(s.info().last_int, Some(7));
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        assert_eq!(ReplyScanner::new().scan(b"?\r\n"), Err(ReplyError::UnknownType(b'?')));
+        assert_eq!(ReplyScanner::new().scan(b"$x\r\n"), Err(ReplyError::InvalidLength));
+        let deep = "*1\r\n".repeat(MAX_DEPTH + 1);
+        assert_eq!(ReplyScanner::new().scan(deep.as_bytes()), Err(ReplyError::TooDeep));
     }
 }

@@ -4,3 +4,5 @@
 mod differential;
 mod failures;
 mod harness;
+mod memory;
+mod scanner;

@@ -1,0 +1,159 @@
+//! The proxy's own memory stays bounded: a 256 MiB value passes through, 1,000 idle
+//! connections stay open, a client floods a pipeline without reading, a command declares a
+//! million arguments. These run the real binary as its own process and read its RSS from
+//! /proc, and print the numbers.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::harness::*;
+
+/// The `respguard` binary running in front of a server, stopped on drop.
+pub struct ProxyProcess {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl ProxyProcess {
+    pub fn start(upstream: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_respguard"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", upstream])
+            .args(["--admin-listen", "", "--log-level", "info"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start respguard");
+        // Wait for its own log line saying it listens.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("respguard listening") => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("respguard exited before listening"),
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        ProxyProcess {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+        }
+    }
+
+    /// (current RSS, peak RSS) in KiB.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const LIMIT_KIB: u64 = 64 * 1024;
+
+#[tokio::test]
+async fn a_256_mib_value_passes_through_in_bounded_memory() {
+    let server = RedisServer::start();
+    let proxy = ProxyProcess::start(&server.url(), &[]);
+    let mut c = Conn::open(proxy.addr).await;
+    let len: usize = 256 * 1024 * 1024;
+    c.send(format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${len}\r\n").as_bytes()).await;
+    let chunk = vec![b'v'; 1024 * 1024];
+    for _ in 0..len / chunk.len() {
+        c.stream.write_all(&chunk).await.unwrap();
+    }
+    c.send(b"\r\n").await;
+    assert_eq!(c.replies(1).await, "+OK\r\n");
+    let (_, peak_write) = proxy.rss_kib();
+    c.cmd(&["GET", "big"]).await;
+    let reply = c.reply().await;
+    assert_eq!(reply.len(), len + format!("${len}\r\n\r\n").len());
+    let (rss, peak) = proxy.rss_kib();
+    println!("256 MiB value: proxy peak RSS {peak_write} KiB after SET, {peak} KiB after GET, {rss} KiB now");
+    assert!(peak < LIMIT_KIB, "proxy peak RSS {peak} KiB while a 256 MiB value passed");
+}
+
+#[tokio::test]
+async fn a_thousand_idle_connections_in_bounded_memory() {
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    let server = RedisServer::start();
+    let proxy = ProxyProcess::start(&server.url(), &[]);
+    let mut conns = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let mut c = Conn::open(proxy.addr).await;
+        assert_eq!(c.call(&["PING"]).await, "+PONG\r\n");
+        conns.push(c);
+    }
+    let (rss, peak) = proxy.rss_kib();
+    println!("1000 idle connections: proxy RSS {rss} KiB (peak {peak} KiB)");
+    assert!(rss < LIMIT_KIB, "proxy RSS {rss} KiB with 1000 idle connections");
+    // Every connection still works.
+    for c in conns.iter_mut().step_by(97) {
+        assert_eq!(c.call(&["PING"]).await, "+PONG\r\n");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_cannot_grow_the_proxy() {
+    let server = RedisServer::start();
+    let proxy = ProxyProcess::start(&server.url(), &[]);
+    let c = Conn::open(proxy.addr).await;
+    let mut batch = Vec::new();
+    for _ in 0..10_000 {
+        batch.extend_from_slice(&encode(&["SET", "k", &"v".repeat(100)]));
+    }
+    // Write until the proxy stops taking bytes: that is back-pressure reaching the client.
+    let mut written = 0usize;
+    loop {
+        c.stream.writable().await.unwrap();
+        match c.stream.try_write(&batch) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Writable again within a moment means the proxy is still draining.
+                let more = tokio::time::timeout(std::time::Duration::from_millis(500), c.stream.writable()).await;
+                if more.is_err() {
+                    break;
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(written < 4 << 30, "the proxy never pushed back");
+    }
+    let (rss, peak) = proxy.rss_kib();
+    println!("client not reading: {} MiB accepted before back-pressure, proxy RSS {rss} KiB (peak {peak} KiB)", written >> 20);
+    assert!(peak < LIMIT_KIB, "proxy peak RSS {peak} KiB");
+}
+
+#[tokio::test]
+async fn a_million_argument_command_streams_in_bounded_memory() {
+    let server = RedisServer::start();
+    let proxy = ProxyProcess::start(&server.url(), &[]);
+    let mut c = Conn::open(proxy.addr).await;
+    let n = 1_000_000;
+    let mut cmd = format!("*{}\r\n$5\r\nRPUSH\r\n$4\r\nlist\r\n", n + 2).into_bytes();
+    for i in 0..n {
+        let v = (i % 1000).to_string();
+        cmd.extend_from_slice(format!("${}\r\n{v}\r\n", v.len()).as_bytes());
+    }
+    c.send(&cmd).await;
+    assert_eq!(c.replies(1).await, format!(":{n}\r\n"));
+    let (rss, peak) = proxy.rss_kib();
+    println!("RPUSH with 1,000,000 arguments ({} MiB): proxy RSS {rss} KiB (peak {peak} KiB)", cmd.len() >> 20);
+    assert!(peak < LIMIT_KIB, "proxy peak RSS {peak} KiB");
+    assert_eq!(c.call(&["LLEN", "list"]).await, format!(":{n}\r\n"));
+}
