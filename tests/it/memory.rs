@@ -119,10 +119,16 @@ async fn a_client_that_never_reads_cannot_grow_the_proxy() {
     }
     // Write until the proxy stops taking bytes: that is back-pressure reaching the client.
     let mut written = 0usize;
+    // Resume where the last write stopped: the batch is whole commands, so wrapping
+    // around at its end keeps the stream valid.
+    let mut at = 0usize;
     loop {
         c.stream.writable().await.unwrap();
-        match c.stream.try_write(&batch) {
-            Ok(n) => written += n,
+        match c.stream.try_write(&batch[at..]) {
+            Ok(n) => {
+                written += n;
+                at = (at + n) % batch.len();
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 // Writable again within a moment means the proxy is still draining.
                 let more = tokio::time::timeout(std::time::Duration::from_millis(500), c.stream.writable()).await;
