@@ -62,14 +62,21 @@ async fn respond(mut stream: TcpStream, state: &AdminState) -> std::io::Result<(
     let path = parts.next().unwrap_or_default();
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
     let (status, content_type, body) = if method != b"GET" {
-        ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        )
     } else {
         match path {
             b"/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
             b"/readyz" if state.health.is_up() => (
                 "200 OK",
                 "text/plain",
-                format!("ready: upstream answering, command table from {}\n", state.table_source),
+                format!(
+                    "ready: upstream answering, command table from {}\n",
+                    state.table_source
+                ),
             ),
             b"/readyz" => (
                 "503 Service Unavailable",
@@ -78,7 +85,11 @@ async fn respond(mut stream: TcpStream, state: &AdminState) -> std::io::Result<(
             ),
             b"/metrics" => match &state.prometheus {
                 Some(p) => ("200 OK", "text/plain; version=0.0.4", p.render()),
-                None => ("404 Not Found", "text/plain", "metrics disabled\n".to_string()),
+                None => (
+                    "404 Not Found",
+                    "text/plain",
+                    "metrics disabled\n".to_string(),
+                ),
             },
             _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
         }

@@ -145,7 +145,10 @@ async fn load_command_table(gate: &ConnectGate, from_upstream: bool) -> CommandT
     };
     match tokio::time::timeout(Duration::from_secs(10), result).await {
         Ok(Ok(table)) => {
-            tracing::info!(commands = table.len(), "command table read from the upstream");
+            tracing::info!(
+                commands = table.len(),
+                "command table read from the upstream"
+            );
             table
         }
         Ok(Err(reason)) => {

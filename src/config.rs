@@ -46,7 +46,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. 250ms, 5s, 1h")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a duration ({e}); write e.g. 250ms, 5s, 1h"
+                ))
+            })
     }
 }
 
@@ -375,16 +379,14 @@ impl RawConfig {
             .listen
             .parse()
             .map_err(|e| invalid("proxy.listen", format!("`{}`: {e}", self.proxy.listen)))?;
-        let admin_listen = if self.admin.listen.is_empty() {
-            None
-        } else {
-            Some(
-                self.admin
-                    .listen
-                    .parse()
-                    .map_err(|e| invalid("admin.listen", format!("`{}`: {e}", self.admin.listen)))?,
-            )
-        };
+        let admin_listen =
+            if self.admin.listen.is_empty() {
+                None
+            } else {
+                Some(self.admin.listen.parse().map_err(|e| {
+                    invalid("admin.listen", format!("`{}`: {e}", self.admin.listen))
+                })?)
+            };
         let upstream = UpstreamTarget::parse(&self.upstream.url)?;
         if self.proxy.max_clients == 0 {
             return Err(invalid("proxy.max_clients", "must be at least 1"));
@@ -396,7 +398,10 @@ impl RawConfig {
             return Err(invalid("proxy.output_buffer", "must be at least 4KiB"));
         }
         if self.upstream.max_connects_per_second == 0 {
-            return Err(invalid("upstream.max_connects_per_second", "must be at least 1"));
+            return Err(invalid(
+                "upstream.max_connects_per_second",
+                "must be at least 1",
+            ));
         }
         if self.upstream.backoff_min.0 > self.upstream.backoff_max.0 {
             return Err(invalid(
@@ -427,7 +432,10 @@ impl RawConfig {
             return Err(invalid("protocol.max_inline_len", "must be at least 1KiB"));
         }
         if p.max_args == 0 || p.max_args > i32::MAX as u64 {
-            return Err(invalid("protocol.max_args", "must be between 1 and 2147483647"));
+            return Err(invalid(
+                "protocol.max_args",
+                "must be between 1 and 2147483647",
+            ));
         }
         if p.stream_threshold.0 < 1024 || p.stream_threshold.0 > p.max_buffered_command.0 {
             return Err(invalid(
@@ -484,12 +492,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
-        let e = RawConfig::from_toml("[proxy]\nmax_client = 5\n").unwrap_err().to_string();
+        let e = RawConfig::from_toml("[proxy]\nmax_client = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_client"), "{e}");
         let e = RawConfig::from_toml("[proxy]\ndrain_timeout = \"soon\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("drain_timeout") && e.contains("not a duration"), "{e}");
+        assert!(
+            e.contains("drain_timeout") && e.contains("not a duration"),
+            "{e}"
+        );
         let e = RawConfig::from_toml("[proxy]\nmax_clients = 0\n")
             .unwrap()
             .validate()

@@ -75,7 +75,10 @@ fn main() -> anyhow::Result<()> {
         let text = raw.to_toml();
         raw.validate()
             .with_context(|| format!("{} is not valid", file.display()))?;
-        println!("# {} is valid; effective configuration:\n{text}", file.display());
+        println!(
+            "# {} is valid; effective configuration:\n{text}",
+            file.display()
+        );
         return Ok(());
     }
     let config = cli
@@ -86,7 +89,7 @@ fn main() -> anyhow::Result<()> {
     // Each client costs two descriptors (its socket and its upstream's): raise the soft
     // limit to the hard one, as Redis does, so `proxy.max_clients` is reachable.
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) if (n as usize) < config.raw.proxy.max_clients * 2 + 64 => tracing::warn!(
+        Ok(n) if (n as usize) < config.raw.proxy.max_clients * 2 => tracing::warn!(
             limit = n,
             max_clients = config.raw.proxy.max_clients,
             "the open-file limit is too low for proxy.max_clients; raise it (ulimit -n)"

@@ -49,7 +49,10 @@ pub enum Effect {
     /// Nothing.
     None,
     /// HELLO succeeded: protocol version (when given) and user (when AUTH was given).
-    Hello { protocol: Option<u8>, user: Option<Bytes> },
+    Hello {
+        protocol: Option<u8>,
+        user: Option<Bytes>,
+    },
     /// AUTH succeeded as this user.
     Auth(Bytes),
     /// CLIENT SETNAME succeeded.
@@ -338,10 +341,9 @@ impl ReplyQueue {
             ),
             // MONITOR lines start with the time as digits; a command's own status reply
             // (RESET's `+RESET`, `+OK`, `+PONG`) never does.
-            ReplyKind::Simple if self.monitoring => info
-                .first
-                .first()
-                .is_some_and(|b| b.is_ascii_digit()),
+            ReplyKind::Simple if self.monitoring => {
+                info.first.first().is_some_and(|b| b.is_ascii_digit())
+            }
             _ => false,
         }
     }
@@ -403,7 +405,11 @@ mod tests {
         let got = run(&mut q, b"+OK\r\n:1\r\n$1\r\nv\r\n");
         assert_eq!(
             got,
-            vec![("+OK".into(), true), (":1".into(), false), ("$1 v".into(), true)]
+            vec![
+                ("+OK".into(), true),
+                (":1".into(), false),
+                ("$1 v".into(), true)
+            ]
         );
         assert!(q.is_empty());
     }

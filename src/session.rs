@@ -35,8 +35,8 @@ use crate::identity::ClientIdentity;
 use crate::reply_queue::{Disposition, Effect, Expect, Matched, Pending, ReplyQueue};
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
 use crate::scanner::request::{Limits, RequestScanner, Step, StreamStep};
-use crate::upstream::ConnectGate;
 use crate::telemetry::ProxyMetrics;
+use crate::upstream::ConnectGate;
 use crate::wire;
 
 /// What every session shares: the command table, the upstream gate, the settings.
@@ -271,7 +271,10 @@ impl Session {
             }
             Event::ClientRead(Ok(n)) => {
                 self.from_client.after_read(n);
-                self.shared.metrics.client_bytes_received.increment(n as u64);
+                self.shared
+                    .metrics
+                    .client_bytes_received
+                    .increment(n as u64);
                 if self.upstream.is_none() && !self.ignore_input {
                     self.reconnect_if_allowed().await;
                 }
@@ -357,10 +360,13 @@ impl Session {
     /// the upstream at once so Redis frees the connection, as it would for a direct client.
     fn must_close_at_once(&self) -> bool {
         self.queue.is_subscribed()
-            || self
-                .queue
-                .iter()
-                .any(|p| self.shared.table.by_id(p.command).flags.contains(Flags::BLOCKING))
+            || self.queue.iter().any(|p| {
+                self.shared
+                    .table
+                    .by_id(p.command)
+                    .flags
+                    .contains(Flags::BLOCKING)
+            })
             || self.queue.iter().any(|p| p.effect == Effect::Monitor)
             || self.queue.is_monitoring()
     }
@@ -441,7 +447,10 @@ impl Session {
         self.move_requests();
         // One shared-counter update per read, not per command.
         if self.commands_in_batch > 0 {
-            self.shared.metrics.commands.increment(self.commands_in_batch);
+            self.shared
+                .metrics
+                .commands
+                .increment(self.commands_in_batch);
             self.commands_in_batch = 0;
         }
     }
@@ -530,7 +539,11 @@ impl Session {
                     pending.effect = hello_effect(args.len(), &arg);
                 }
                 Special::Auth => {
-                    let user = if argc >= 3 { arg(1) } else { Some(&b"default"[..]) };
+                    let user = if argc >= 3 {
+                        arg(1)
+                    } else {
+                        Some(&b"default"[..])
+                    };
                     if let Some(u) = user {
                         pending.effect = Effect::Auth(Bytes::copy_from_slice(u));
                     }
@@ -620,7 +633,8 @@ impl Session {
         self.shared.metrics.client_protocol_errors.increment(1);
         self.move_requests();
         let id = self.shared.table.unknown().id;
-        self.queue.push(Pending::local(id, wire::error(&format!("ERR {message}"))));
+        self.queue
+            .push(Pending::local(id, wire::error(&format!("ERR {message}"))));
         self.emit_local_replies();
         self.ignore_input = true;
         self.close_when_flushed = true;

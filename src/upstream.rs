@@ -301,7 +301,10 @@ mod tests {
             assert_eq!(g.take_token().unwrap(), None);
         }
         let wait = g.take_token().unwrap().expect("bucket is empty");
-        assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO, "{wait:?}");
+        assert!(
+            wait <= Duration::from_millis(100) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
     }
 
     #[tokio::test]
@@ -309,10 +312,16 @@ mod tests {
         let g = gate(100);
         // Port 1 on loopback refuses connections.
         let first = g.connect().await.unwrap_err();
-        assert!(matches!(first, UpstreamError::Unreachable { .. }), "{first}");
+        assert!(
+            matches!(first, UpstreamError::Unreachable { .. }),
+            "{first}"
+        );
         let started = Instant::now();
         let second = g.connect().await.unwrap_err();
-        assert!(matches!(second, UpstreamError::CircuitOpen { .. }), "{second}");
+        assert!(
+            matches!(second, UpstreamError::CircuitOpen { .. }),
+            "{second}"
+        );
         assert!(started.elapsed() < Duration::from_millis(50));
         assert!(g.is_open() && !g.is_healthy());
     }

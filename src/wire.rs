@@ -22,7 +22,11 @@ pub fn command(out: &mut BytesMut, args: &[&[u8]]) {
 pub fn error(message: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(message.len() + 3);
     out.put_u8(b'-');
-    out.extend(message.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    out.extend(
+        message
+            .bytes()
+            .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
     out.extend_from_slice(b"\r\n");
     out.freeze()
 }

@@ -106,9 +106,9 @@ pub struct ReplyScanner {
     state: State,
     pos: usize,
     /// What is known so far of the reply being scanned.
-    info: ReplyInfo,
+    current: ReplyInfo,
     /// The last complete reply's facts.
-    last_info: ReplyInfo,
+    info: ReplyInfo,
     /// True once the reply being scanned has begun.
     started: bool,
     /// Index of the element being scanned at depth 1 (for [`ReplyInfo::first`]).
@@ -133,8 +133,8 @@ impl ReplyScanner {
             stack: Vec::with_capacity(4),
             state: State::Value,
             pos: 0,
+            current: empty_info(),
             info: empty_info(),
-            last_info: empty_info(),
             started: false,
             depth1_index: 0,
             capturing: None,
@@ -145,7 +145,7 @@ impl ReplyScanner {
 
     /// Facts about the last complete reply.
     pub fn info(&self) -> &ReplyInfo {
-        &self.last_info
+        &self.info
     }
 
     /// True when the scanner is between replies.
@@ -167,11 +167,11 @@ impl ReplyScanner {
                     let avail = (buf.len() - self.pos) as u64;
                     if let Some(have) = self.capturing {
                         // Copy the first element's bytes (never its terminator) as they pass.
-                        let want = self.info.first_len - have;
+                        let want = self.current.first_len - have;
                         let take = want.min(avail as usize);
-                        self.info.first[have..have + take]
+                        self.current.first[have..have + take]
                             .copy_from_slice(&buf[self.pos..self.pos + take]);
-                        self.capturing = (have + take < self.info.first_len).then_some(have + take);
+                        self.capturing = (have + take < self.current.first_len).then_some(have + take);
                     }
                     if avail < n {
                         self.state = match self.state {
@@ -221,7 +221,7 @@ impl ReplyScanner {
                     }
                     let at_depth1 = self.at_depth1();
                     if top && ty != b'|' {
-                        self.info.kind = match ty {
+                        self.current.kind = match ty {
                             b'-' | b'!' => ReplyKind::Error,
                             b'+' => ReplyKind::Simple,
                             b'*' => ReplyKind::Array,
@@ -235,7 +235,7 @@ impl ReplyScanner {
                                 self.keep_first(body);
                             }
                             if at_depth1 && ty == b':' {
-                                self.info.last_int = crate::scanner::request::parse_int(body);
+                                self.current.last_int = crate::scanner::request::parse_int(body);
                             }
                             self.pos = next;
                             if let Some(end) = self.value_done() {
@@ -257,7 +257,7 @@ impl ReplyScanner {
                                 }
                                 Some(len) => {
                                     if at_depth1 && self.depth1_index == 0 && len <= 16 {
-                                        self.info.first_len = len as usize;
+                                        self.current.first_len = len as usize;
                                         self.capturing = (len > 0).then_some(0);
                                     }
                                     self.state = State::Payload(len + 2);
@@ -316,11 +316,11 @@ impl ReplyScanner {
     }
 
     fn keep_first(&mut self, s: &[u8]) {
-        self.info.first_len = s.len();
+        self.current.first_len = s.len();
         let n = s.len().min(16);
-        self.info.first[..n].copy_from_slice(&s[..n]);
+        self.current.first[..n].copy_from_slice(&s[..n]);
         if s.len() > 16 {
-            self.info.first_len = usize::MAX;
+            self.current.first_len = usize::MAX;
         }
     }
 
@@ -354,8 +354,8 @@ impl ReplyScanner {
         let end = self.pos;
         self.started = false;
         self.depth1_index = 0;
-        self.last_info = self.info;
-        self.info = empty_info();
+        self.info = self.current;
+        self.current = empty_info();
         Some(end)
     }
 
@@ -461,9 +461,18 @@ mod tests {
 
     #[test]
     fn malformed_replies_are_errors() {
-        assert_eq!(ReplyScanner::new().scan(b"?\r\n"), Err(ReplyError::UnknownType(b'?')));
-        assert_eq!(ReplyScanner::new().scan(b"$x\r\n"), Err(ReplyError::InvalidLength));
+        assert_eq!(
+            ReplyScanner::new().scan(b"?\r\n"),
+            Err(ReplyError::UnknownType(b'?'))
+        );
+        assert_eq!(
+            ReplyScanner::new().scan(b"$x\r\n"),
+            Err(ReplyError::InvalidLength)
+        );
         let deep = "*1\r\n".repeat(MAX_DEPTH + 1);
-        assert_eq!(ReplyScanner::new().scan(deep.as_bytes()), Err(ReplyError::TooDeep));
+        assert_eq!(
+            ReplyScanner::new().scan(deep.as_bytes()),
+            Err(ReplyError::TooDeep)
+        );
     }
 }

@@ -475,7 +475,11 @@ pub(crate) fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 /// Split an inline command the way Redis's `sdssplitargs` does: words separated by
 /// whitespace, with "double quotes" (supporting \n \r \t \b \a \\ \" and \xHH escapes)
 /// and 'single quotes' (supporting \'). Arguments are written unescaped into `out`.
-fn split_inline_args(line: &[u8], out: &mut Vec<u8>, args: &mut Vec<Range<usize>>) -> Result<(), ()> {
+fn split_inline_args(
+    line: &[u8],
+    out: &mut Vec<u8>,
+    args: &mut Vec<Range<usize>>,
+) -> Result<(), ()> {
     let mut i = 0;
     loop {
         while i < line.len() && line[i].is_ascii_whitespace() {
@@ -620,7 +624,11 @@ mod tests {
                 Step::Incomplete => return out,
                 Step::Command { inline, .. } => {
                     let src: &[u8] = if inline { s.inline_bytes() } else { input };
-                    out.push(Ok(s.args().iter().map(|r| src[r.clone()].to_vec()).collect()));
+                    out.push(Ok(s
+                        .args()
+                        .iter()
+                        .map(|r| src[r.clone()].to_vec())
+                        .collect()));
                 }
                 Step::Empty { .. } => {}
                 Step::Streaming { .. } => panic!("unexpected streaming"),
@@ -657,12 +665,16 @@ mod tests {
         let mut s = RequestScanner::new(Limits::default());
         let input = b"set \"a\\x41\\n\" x\r\n";
         assert!(matches!(s.scan(input), Step::Command { inline: true, .. }));
-        assert_eq!(s.inline_bytes(), b"*3\r\n$3\r\nset\r\n$3\r\naA\n\r\n$1\r\nx\r\n");
+        assert_eq!(
+            s.inline_bytes(),
+            b"*3\r\n$3\r\nset\r\n$3\r\naA\n\r\n$1\r\nx\r\n"
+        );
     }
 
     #[test]
     fn every_split_point_gives_the_same_commands() {
-        let input: &[u8] = b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\nPING\r\n*1\r\n$4\r\nPING\r\n";
+        let input: &[u8] =
+            b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\nPING\r\n*1\r\n$4\r\nPING\r\n";
         let whole = scan_all(input, Limits::default());
         for cut in 0..input.len() {
             let mut s = RequestScanner::new(Limits::default());
@@ -673,7 +685,11 @@ mod tests {
                         Step::Incomplete => break,
                         Step::Command { inline, .. } => {
                             let src: &[u8] = if inline { s.inline_bytes() } else { input };
-                            got.push(Ok(s.args().iter().map(|r| src[r.clone()].to_vec()).collect()));
+                            got.push(Ok(s
+                                .args()
+                                .iter()
+                                .map(|r| src[r.clone()].to_vec())
+                                .collect()));
                         }
                         other => panic!("unexpected {other:?}"),
                     }
@@ -694,7 +710,11 @@ mod tests {
             (b"SET \"a\r\n", ProtocolError::UnbalancedQuotes),
         ];
         for (input, err) in cases {
-            assert_eq!(scan_all(input, Limits::default()), vec![Err(err.clone())], "{input:?}");
+            assert_eq!(
+                scan_all(input, Limits::default()),
+                vec![Err(err.clone())],
+                "{input:?}"
+            );
         }
     }
 
@@ -702,10 +722,16 @@ mod tests {
     fn overlong_lines_are_refused_without_a_terminator() {
         let limits = Limits::default();
         let inline = vec![b'a'; limits.max_inline_len + 1];
-        assert_eq!(scan_all(&inline, limits), vec![Err(ProtocolError::InlineTooBig)]);
+        assert_eq!(
+            scan_all(&inline, limits),
+            vec![Err(ProtocolError::InlineTooBig)]
+        );
         let mut count = b"*".to_vec();
         count.extend(std::iter::repeat_n(b'1', limits.max_inline_len + 1));
-        assert_eq!(scan_all(&count, limits), vec![Err(ProtocolError::CountLineTooBig)]);
+        assert_eq!(
+            scan_all(&count, limits),
+            vec![Err(ProtocolError::CountLineTooBig)]
+        );
     }
 
     #[test]
@@ -784,7 +810,11 @@ mod tests {
             input.extend_from_slice(b"$3\r\nabc\r\n");
         }
         match s.scan(&input) {
-            Step::Streaming { next_len: None, argc: 100, .. } => {}
+            Step::Streaming {
+                next_len: None,
+                argc: 100,
+                ..
+            } => {}
             other => panic!("{other:?}"),
         }
         assert!(s.args().len() < 10);
@@ -794,12 +824,16 @@ mod tests {
     fn rebase_keeps_a_partial_command_valid() {
         let mut s = RequestScanner::new(Limits::default());
         let mut buf = b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n".to_vec();
-        let Step::Command { end, .. } = s.scan(&buf) else { panic!() };
+        let Step::Command { end, .. } = s.scan(&buf) else {
+            panic!()
+        };
         assert_eq!(s.scan(&buf), Step::Incomplete);
         buf.drain(..end);
         s.rebase(end);
         buf.extend_from_slice(b"$1\r\nk\r\n");
-        let Step::Command { start, .. } = s.scan(&buf) else { panic!() };
+        let Step::Command { start, .. } = s.scan(&buf) else {
+            panic!()
+        };
         assert_eq!(start, 0);
         assert_eq!(&buf[s.args()[1].clone()], b"k");
     }

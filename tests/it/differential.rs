@@ -25,7 +25,11 @@ async fn differential_with(script: Script, server_args: &[&str]) {
         let got = mask(&script(proxy.addr, proto).await);
         assert!(!want.is_empty());
         if want != got {
-            let at = want.bytes().zip(got.bytes()).position(|(a, b)| a != b).unwrap_or(want.len().min(got.len()));
+            let at = want
+                .bytes()
+                .zip(got.bytes())
+                .position(|(a, b)| a != b)
+                .unwrap_or(want.len().min(got.len()));
             let lo = at.saturating_sub(80);
             panic!(
                 "RESP{proto}: replies differ at byte {at}\n direct: {:?}\n  proxy: {:?}",
@@ -133,9 +137,18 @@ async fn blocking_commands_are_served_when_data_arrives() {
             let cases: [(&[&str], &[&str]); 5] = [
                 (&["BLPOP", "q1", "q2", "10"], &["RPUSH", "q2", "job"]),
                 (&["BRPOP", "q3", "10"], &["LPUSH", "q3", "a", "b"]),
-                (&["BLMOVE", "src", "dst", "LEFT", "RIGHT", "10"], &["RPUSH", "src", "m"]),
-                (&["BZPOPMIN", "z", "10"], &["ZADD", "z", "1", "one", "2", "two"]),
-                (&["XREAD", "BLOCK", "10000", "STREAMS", "s", "$"], &["XADD", "s", "1-1", "f", "v"]),
+                (
+                    &["BLMOVE", "src", "dst", "LEFT", "RIGHT", "10"],
+                    &["RPUSH", "src", "m"],
+                ),
+                (
+                    &["BZPOPMIN", "z", "10"],
+                    &["ZADD", "z", "1", "one", "2", "two"],
+                ),
+                (
+                    &["XREAD", "BLOCK", "10000", "STREAMS", "s", "$"],
+                    &["XADD", "s", "1-1", "f", "v"],
+                ),
             ];
             for (block, wake) in cases {
                 c.cmd(block).await;
@@ -160,7 +173,10 @@ pub async fn wait_for_blocked(watcher: &mut Conn, n: usize) {
         if info.contains(&want) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never saw {want:?} in {info}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {want:?} in {info}"
+        );
         tokio::task::yield_now().await;
     }
 }
@@ -186,9 +202,14 @@ async fn pubsub_with_messages_between_replies() {
             out.push_str(&sub.replies(1).await);
             sub.cmd(&["UNSUBSCRIBE"]).await;
             // Redis confirms the channels in its own hash order; compare them as a set.
-            let mut confirmations = vec![sub.replies(1).await, sub.replies(1).await];
+            let mut confirmations = [sub.replies(1).await, sub.replies(1).await];
             confirmations.sort();
-            out.push_str(&confirmations.concat().replace(":2\r\n", ":N\r\n").replace(":1\r\n", ":N\r\n"));
+            out.push_str(
+                &confirmations
+                    .concat()
+                    .replace(":2\r\n", ":N\r\n")
+                    .replace(":1\r\n", ":N\r\n"),
+            );
             sub.cmd(&["PUNSUBSCRIBE"]).await;
             out.push_str(&sub.replies(1).await);
             sub.cmd(&["SUNSUBSCRIBE"]).await;
@@ -212,8 +233,22 @@ async fn hello_auth_acl_users_and_select() {
                 let p = proto.to_string();
                 out.push_str(&c.call(&["GET", "k"]).await); // NOAUTH
                 out.push_str(&c.call(&["HELLO", &p, "AUTH", "default", "wrong"]).await);
-                out.push_str(&c.call(&["HELLO", &p, "AUTH", "default", "topsecret", "SETNAME", "app"]).await);
-                out.push_str(&c.call(&["ACL", "SETUSER", "worker", "on", ">pw", "~jobs:*", "+@all"]).await);
+                out.push_str(
+                    &c.call(&[
+                        "HELLO",
+                        &p,
+                        "AUTH",
+                        "default",
+                        "topsecret",
+                        "SETNAME",
+                        "app",
+                    ])
+                    .await,
+                );
+                out.push_str(
+                    &c.call(&["ACL", "SETUSER", "worker", "on", ">pw", "~jobs:*", "+@all"])
+                        .await,
+                );
                 out.push_str(&c.call(&["AUTH", "worker", "pw"]).await);
                 out.push_str(&c.call(&["ACL", "WHOAMI"]).await);
                 out.push_str(&c.call(&["SET", "jobs:1", "x"]).await);
@@ -362,7 +397,11 @@ async fn a_100_mib_value_written_and_read_back() {
                 let reply = c.reply().await;
                 assert_eq!(reply.len(), len + format!("${len}\r\n\r\n").len());
                 // Compare a digest rather than 100 MiB of text.
-                out.push_str(&format!("len={} sum={}", reply.len(), reply.iter().map(|&b| b as u64).sum::<u64>()));
+                out.push_str(&format!(
+                    "len={} sum={}",
+                    reply.len(),
+                    reply.iter().map(|&b| b as u64).sum::<u64>()
+                ));
                 out.push_str(&c.call(&["STRLEN", "big"]).await);
                 out
             })
@@ -386,7 +425,8 @@ async fn error_replies_and_inline_commands() {
             ] {
                 out.push_str(&c.call(cmd).await);
             }
-            c.send(b"SET inline \"quoted value\"\r\nGET inline\r\n\r\nPING\n").await;
+            c.send(b"SET inline \"quoted value\"\r\nGET inline\r\n\r\nPING\n")
+                .await;
             out.push_str(&c.replies(3).await);
             out
         })
@@ -414,7 +454,12 @@ async fn malformed_input_gets_the_protocol_error_and_the_connection_closes() {
             c.send(&bytes).await;
             outs.push(String::from_utf8_lossy(&c.read_to_close().await).into_owned());
         }
-        assert_eq!(outs[0], outs[1], "for {:?}", String::from_utf8_lossy(garbage));
+        assert_eq!(
+            outs[0],
+            outs[1],
+            "for {:?}",
+            String::from_utf8_lossy(garbage)
+        );
         assert!(outs[0].contains("Protocol error"), "{}", outs[0]);
         proxy.shutdown().await;
     }

@@ -26,9 +26,16 @@ async fn unreachable_upstream_gives_each_command_a_prompt_error_then_recovers() 
     for _ in 0..3 {
         let r = String::from_utf8_lossy(&c.reply().await).into_owned();
         assert!(r.starts_with("-ERR respguard: upstream 127.0.0.1:"), "{r}");
-        assert!(r.contains("unreachable") || r.contains("unavailable"), "{r}");
+        assert!(
+            r.contains("unreachable") || r.contains("unavailable"),
+            "{r}"
+        );
     }
-    assert!(started.elapsed() < Duration::from_secs(2), "errors must be prompt: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "errors must be prompt: {:?}",
+        started.elapsed()
+    );
     // Redis comes up where the proxy expects it: the same connection starts working.
     let _server = RedisServer::start_on(port, &[]);
     let deadline = Instant::now() + WAIT;
@@ -62,7 +69,10 @@ async fn upstream_killed_mid_pipeline_errors_every_pending_command_then_closes()
     let errors: Vec<&str> = rest.split_terminator("\r\n").collect();
     assert_eq!(errors.len(), 6, "one error per pending command: {rest}");
     for e in errors {
-        assert!(e.starts_with("-ERR respguard: upstream") && e.contains("connection lost"), "{e}");
+        assert!(
+            e.starts_with("-ERR respguard: upstream") && e.contains("connection lost"),
+            "{e}"
+        );
     }
     proxy.shutdown().await;
 }
@@ -105,7 +115,10 @@ async fn client_leaving_mid_reply_does_not_disturb_other_clients() {
         if info.contains("connected_clients:3\r\n") {
             break;
         }
-        assert!(Instant::now() < deadline, "upstream connections were not freed: {info}");
+        assert!(
+            Instant::now() < deadline,
+            "upstream connections were not freed: {info}"
+        );
         tokio::task::yield_now().await;
     }
     proxy.shutdown().await;
@@ -196,5 +209,8 @@ async fn shutdown_lets_in_flight_replies_finish() {
     assert_eq!(c.replies(2).await, "+OK\r\n+OK\r\n");
     assert!(c.read_to_close().await.is_empty());
     stopping.await.unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
 }

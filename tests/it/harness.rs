@@ -169,8 +169,11 @@ impl Conn {
             }
             self.buf.reserve(64 * 1024);
             let n = self.stream.read_buf(&mut self.buf).await.expect("read");
-            assert!(n > 0, "connection closed while a reply was expected; have {:?}", String::from_utf8_lossy(&self.buf));
-            
+            assert!(
+                n > 0,
+                "connection closed while a reply was expected; have {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
         }
     }
 
@@ -234,7 +237,9 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
     match redis_protocol::resp3::decode::complete::decode(buf) {
         Ok(Some((frame, n))) => {
             // An attribute frame annotates the next one: both are one reply.
-            if matches!(frame, redis_protocol::resp3::types::OwnedFrame::Map { .. }) && buf[0] == b'|' {
+            if matches!(frame, redis_protocol::resp3::types::OwnedFrame::Map { .. })
+                && buf[0] == b'|'
+            {
                 frame_len(&buf[n..]).map(|m| n + m)
             } else {
                 Some(n)

@@ -20,7 +20,12 @@ impl ProxyProcess {
     pub fn start(upstream: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_respguard"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", upstream])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                upstream,
+            ])
             .args(["--admin-listen", "", "--log-level", "info"])
             .args(extra)
             .stderr(Stdio::piped())
@@ -72,7 +77,8 @@ async fn a_256_mib_value_passes_through_in_bounded_memory() {
     let proxy = ProxyProcess::start(&server.url(), &[]);
     let mut c = Conn::open(proxy.addr).await;
     let len: usize = 256 * 1024 * 1024;
-    c.send(format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${len}\r\n").as_bytes()).await;
+    c.send(format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${len}\r\n").as_bytes())
+        .await;
     let chunk = vec![b'v'; 1024 * 1024];
     for _ in 0..len / chunk.len() {
         c.stream.write_all(&chunk).await.unwrap();
@@ -85,7 +91,10 @@ async fn a_256_mib_value_passes_through_in_bounded_memory() {
     assert_eq!(reply.len(), len + format!("${len}\r\n\r\n").len());
     let (rss, peak) = proxy.rss_kib();
     println!("256 MiB value: proxy peak RSS {peak_write} KiB after SET, {peak} KiB after GET, {rss} KiB now");
-    assert!(peak < LIMIT_KIB, "proxy peak RSS {peak} KiB while a 256 MiB value passed");
+    assert!(
+        peak < LIMIT_KIB,
+        "proxy peak RSS {peak} KiB while a 256 MiB value passed"
+    );
 }
 
 #[tokio::test]
@@ -101,7 +110,10 @@ async fn a_thousand_idle_connections_in_bounded_memory() {
     }
     let (rss, peak) = proxy.rss_kib();
     println!("1000 idle connections: proxy RSS {rss} KiB (peak {peak} KiB)");
-    assert!(rss < LIMIT_KIB, "proxy RSS {rss} KiB with 1000 idle connections");
+    assert!(
+        rss < LIMIT_KIB,
+        "proxy RSS {rss} KiB with 1000 idle connections"
+    );
     // Every connection still works.
     for c in conns.iter_mut().step_by(97) {
         assert_eq!(c.call(&["PING"]).await, "+PONG\r\n");
@@ -131,7 +143,11 @@ async fn a_client_that_never_reads_cannot_grow_the_proxy() {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 // Writable again within a moment means the proxy is still draining.
-                let more = tokio::time::timeout(std::time::Duration::from_millis(500), c.stream.writable()).await;
+                let more = tokio::time::timeout(
+                    std::time::Duration::from_millis(500),
+                    c.stream.writable(),
+                )
+                .await;
                 if more.is_err() {
                     break;
                 }
@@ -159,7 +175,10 @@ async fn a_million_argument_command_streams_in_bounded_memory() {
     c.send(&cmd).await;
     assert_eq!(c.replies(1).await, format!(":{n}\r\n"));
     let (rss, peak) = proxy.rss_kib();
-    println!("RPUSH with 1,000,000 arguments ({} MiB): proxy RSS {rss} KiB (peak {peak} KiB)", cmd.len() >> 20);
+    println!(
+        "RPUSH with 1,000,000 arguments ({} MiB): proxy RSS {rss} KiB (peak {peak} KiB)",
+        cmd.len() >> 20
+    );
     assert!(peak < LIMIT_KIB, "proxy peak RSS {peak} KiB");
     assert_eq!(c.call(&["LLEN", "list"]).await, format!(":{n}\r\n"));
 }

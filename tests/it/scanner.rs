@@ -4,8 +4,8 @@
 //! its bounds.
 
 use proptest::prelude::*;
-use redis_protocol::resp3::types::Resp3Frame;
 use redis_protocol::resp3::types::OwnedFrame as F3;
+use redis_protocol::resp3::types::Resp3Frame;
 use respguard::scanner::reply::{ReplyScanner, ReplyStep};
 use respguard::scanner::request::{Limits, RequestScanner, Step, StreamStep};
 
@@ -87,11 +87,15 @@ fn scan_requests(stream: &[u8], cuts: &[usize], limits: Limits) -> Vec<Seen> {
                 Step::Incomplete => break,
                 Step::Command { start, end, inline } => {
                     assert!(!inline && start == 0);
-                    seen.push(Seen::Whole(s.args().iter().map(|r| buf[r.clone()].to_vec()).collect()));
+                    seen.push(Seen::Whole(
+                        s.args().iter().map(|r| buf[r.clone()].to_vec()).collect(),
+                    ));
                     buf.drain(..end);
                     s.rebase(end);
                 }
-                Step::Streaming { start, head_end, .. } => {
+                Step::Streaming {
+                    start, head_end, ..
+                } => {
                     assert_eq!(start, 0);
                     let head = s.args().iter().map(|r| buf[r.clone()].to_vec()).collect();
                     buf.drain(..head_end);
@@ -112,30 +116,66 @@ fn f3_leaf() -> impl Strategy<Value = F3> {
     let bytes = proptest::collection::vec(any::<u8>(), 0..50);
     let line = "[a-zA-Z0-9 ]{0,20}";
     prop_oneof![
-        bytes.clone().prop_map(|data| F3::BlobString { data, attributes: None }),
-        bytes.prop_map(|data| F3::BlobError { data, attributes: None }),
-        line.prop_map(|s| F3::SimpleString { data: s.into_bytes(), attributes: None }),
-        line.prop_map(|s| F3::SimpleError { data: s, attributes: None }),
-        any::<i64>().prop_map(|data| F3::Number { data, attributes: None }),
-        any::<bool>().prop_map(|data| F3::Boolean { data, attributes: None }),
-        (-1e9f64..1e9).prop_map(|data| F3::Double { data, attributes: None }),
-        "[0-9]{1,30}".prop_map(|s| F3::BigNumber { data: s.into_bytes(), attributes: None }),
+        bytes.clone().prop_map(|data| F3::BlobString {
+            data,
+            attributes: None
+        }),
+        bytes.prop_map(|data| F3::BlobError {
+            data,
+            attributes: None
+        }),
+        line.prop_map(|s| F3::SimpleString {
+            data: s.into_bytes(),
+            attributes: None
+        }),
+        line.prop_map(|s| F3::SimpleError {
+            data: s,
+            attributes: None
+        }),
+        any::<i64>().prop_map(|data| F3::Number {
+            data,
+            attributes: None
+        }),
+        any::<bool>().prop_map(|data| F3::Boolean {
+            data,
+            attributes: None
+        }),
+        (-1e9f64..1e9).prop_map(|data| F3::Double {
+            data,
+            attributes: None
+        }),
+        "[0-9]{1,30}".prop_map(|s| F3::BigNumber {
+            data: s.into_bytes(),
+            attributes: None
+        }),
         Just(F3::Null),
     ]
 }
 
 fn f3_key() -> impl Strategy<Value = F3> {
     prop_oneof![
-        "[a-z]{1,8}".prop_map(|s| F3::BlobString { data: s.into_bytes(), attributes: None }),
-        any::<i64>().prop_map(|data| F3::Number { data, attributes: None }),
+        "[a-z]{1,8}".prop_map(|s| F3::BlobString {
+            data: s.into_bytes(),
+            attributes: None
+        }),
+        any::<i64>().prop_map(|data| F3::Number {
+            data,
+            attributes: None
+        }),
     ]
 }
 
 fn f3() -> impl Strategy<Value = F3> {
     f3_leaf().prop_recursive(4, 64, 6, |inner| {
         prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(|data| F3::Array { data, attributes: None }),
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(|data| F3::Push { data, attributes: None }),
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(|data| F3::Array {
+                data,
+                attributes: None
+            }),
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(|data| F3::Push {
+                data,
+                attributes: None
+            }),
             proptest::collection::vec((f3_key(), inner), 0..4).prop_map(|kv| F3::Map {
                 data: kv.into_iter().collect(),
                 attributes: None
@@ -148,12 +188,24 @@ fn with_attribute(frame: F3, attr: Option<(String, i64)>) -> F3 {
     let Some((k, v)) = attr else { return frame };
     let mut attrs = redis_protocol::resp3::types::FrameMap::new();
     attrs.insert(
-        F3::SimpleString { data: k.into_bytes(), attributes: None },
-        F3::Number { data: v, attributes: None },
+        F3::SimpleString {
+            data: k.into_bytes(),
+            attributes: None,
+        },
+        F3::Number {
+            data: v,
+            attributes: None,
+        },
     );
     match frame {
-        F3::Array { data, .. } => F3::Array { data, attributes: Some(attrs) },
-        F3::BlobString { data, .. } => F3::BlobString { data, attributes: Some(attrs) },
+        F3::Array { data, .. } => F3::Array {
+            data,
+            attributes: Some(attrs),
+        },
+        F3::BlobString { data, .. } => F3::BlobString {
+            data,
+            attributes: Some(attrs),
+        },
         other => other,
     }
 }

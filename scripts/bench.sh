@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Throughput and p99 latency of Redis directly, through respguard, and through haproxy in TCP
+# mode (a proxy that only copies bytes), measured with redis-benchmark in one interleaved run
+# so every target sees the same machine noise. Prints a markdown table with each result as
+# a ratio of direct Redis.
+#
+#   scripts/bench.sh                 # all rows, 3 rounds
+#   ROUNDS=5 REQUESTS=300000 scripts/bench.sh
+#
+# Each cell is the median over ROUNDS; targets run in a rotating order within each round.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+REQUESTS=${REQUESTS:-200000}
+CLIENTS=${CLIENTS:-50}
+TESTS=${TESTS:-"SET GET"}
+PIPELINES=${PIPELINES:-"1 32"}
+SIZES=${SIZES:-"100 16384"}
+EXTRA_TARGETS=${EXTRA_TARGETS:-}   # e.g. "respguard-guards:PORT" added by later benchmarks
+
+need() { command -v "$1" >/dev/null || { echo "bench.sh needs $1 ($2)" >&2; exit 1; }; }
+if ! command -v redis-benchmark >/dev/null || ! command -v haproxy >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server redis-tools haproxy >/dev/null
+fi
+need redis-benchmark "apt-get install redis-tools"
+need haproxy "apt-get install haproxy"
+
+cargo build --release --quiet
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --logfile "$work/redis.log" &
+pids+=($!)
+wait_port "$redis_port"
+
+rg_port=$(free_port)
+./target/release/respguard --listen "127.0.0.1:$rg_port" --upstream "redis://127.0.0.1:$redis_port" \
+  --admin-listen "" --log-level warn &
+pids+=($!)
+wait_port "$rg_port"
+
+hap_port=$(free_port)
+cat > "$work/haproxy.cfg" <<CFG
+global
+  maxconn 2000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+listen redis
+  bind 127.0.0.1:$hap_port
+  server redis 127.0.0.1:$redis_port
+CFG
+haproxy -f "$work/haproxy.cfg" -db &
+pids+=($!)
+wait_port "$hap_port"
+
+targets=("direct:$redis_port" "respguard:$rg_port" "haproxy:$hap_port")
+for t in $EXTRA_TARGETS; do targets+=("$t"); done
+
+# run TARGET_PORT TEST PIPELINE SIZE -> "rps p99_ms"
+run() {
+  redis-benchmark -h 127.0.0.1 -p "$1" -c "$CLIENTS" -n "$REQUESTS" -P "$3" -d "$4" -t "$2" --csv 2>/dev/null |
+    awk -F'","' 'NR==2 { gsub(/"/, "", $0); split($0, f, ","); print f[2], f[7] }'
+}
+
+median() { sort -g | awk '{ a[NR]=$1 } END { print a[int((NR+1)/2)] }'; }
+
+echo "| test | pipeline | value | target | ops/s | vs direct | p99 ms | vs direct |"
+echo "|---|---|---|---|---|---|---|---|"
+for size in $SIZES; do
+  for pipe in $PIPELINES; do
+    for test in $TESTS; do
+      declare -A rps=() p99=()
+      for round in $(seq 1 "$ROUNDS"); do
+        n=${#targets[@]}
+        for i in $(seq 0 $((n - 1))); do
+          t=${targets[$(( (i + round) % n ))]}
+          name=${t%%:*}; port=${t##*:}
+          read -r r p < <(run "$port" "$test" "$pipe" "$size")
+          rps[$name]+="$r "; p99[$name]+="$p "
+        done
+      done
+      base_r=$(tr ' ' '\n' <<<"${rps[direct]}" | grep . | median)
+      base_p=$(tr ' ' '\n' <<<"${p99[direct]}" | grep . | median)
+      for t in "${targets[@]}"; do
+        name=${t%%:*}
+        r=$(tr ' ' '\n' <<<"${rps[$name]}" | grep . | median)
+        p=$(tr ' ' '\n' <<<"${p99[$name]}" | grep . | median)
+        awk -v t="$test" -v pl="$pipe" -v s="$size" -v n="$name" -v r="$r" -v br="$base_r" -v p="$p" -v bp="$base_p" \
+          'BEGIN { printf "| %s | %s | %s B | %s | %.0f | %.2f | %.3f | %.2f |\n", t, pl, s, n, r, r/br, p, p/bp }'
+      done
+      unset rps p99
+    done
+  done
+done
+echo
+echo "machine: $(nproc) cores, $(uname -m); $(redis-server --version | cut -d' ' -f3); $(haproxy -v | head -1 | cut -d' ' -f1-3)"
+echo "command: ROUNDS=$ROUNDS REQUESTS=$REQUESTS CLIENTS=$CLIENTS scripts/bench.sh"

