@@ -26,7 +26,10 @@ fn bench_requests(c: &mut Criterion) {
     let mut g = c.benchmark_group("request_scanner");
     g.throughput(Throughput::Elements(PIPELINE as u64));
     for (name, cmd) in [
-        ("GET", b"*2\r\n$3\r\nGET\r\n$16\r\nkey:000000001234\r\n".to_vec()),
+        (
+            "GET",
+            b"*2\r\n$3\r\nGET\r\n$16\r\nkey:000000001234\r\n".to_vec(),
+        ),
         ("SET_100B", set_100()),
     ] {
         let buf = pipeline(&cmd);
@@ -60,7 +63,9 @@ fn bench_requests(c: &mut Criterion) {
             b.iter(|| {
                 let mut at = 0;
                 let mut n = 0;
-                while let Ok(Some((_, len))) = redis_protocol::resp2::decode::decode(black_box(&buf[at..])) {
+                while let Ok(Some((_, len))) =
+                    redis_protocol::resp2::decode::decode(black_box(&buf[at..]))
+                {
                     at += len;
                     n += 1;
                 }

@@ -533,3 +533,34 @@ mod tests {
         assert_eq!(raw, again);
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../config.example.toml");
+
+    #[test]
+    fn the_example_file_holds_exactly_the_defaults() {
+        let parsed = RawConfig::from_toml(EXAMPLE).unwrap();
+        assert_eq!(parsed, RawConfig::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn the_example_file_documents_every_key() {
+        let defaults = toml::Value::try_from(RawConfig::default()).unwrap();
+        for (section, table) in defaults.as_table().unwrap() {
+            assert!(
+                EXAMPLE.contains(&format!("[{section}]")),
+                "[{section}] missing"
+            );
+            for key in table.as_table().unwrap().keys() {
+                assert!(
+                    EXAMPLE.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                    "{section}.{key} is not in config.example.toml"
+                );
+            }
+        }
+    }
+}

@@ -40,6 +40,16 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Ask a running proxy's admin listener whether it is healthy (exit 0) or not (exit 1);
+    /// for container health checks, where no HTTP client is installed.
+    HealthProbe {
+        /// The admin listener's address.
+        #[arg(default_value = "127.0.0.1:9121")]
+        admin: String,
+        /// The path to ask: /healthz (process up) or /readyz (Redis answering).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
 }
 
 impl Cli {
@@ -81,6 +91,9 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let Some(Command::HealthProbe { admin, path }) = &cli.command {
+        return health_probe(admin, path);
+    }
     let config = cli
         .raw_config(cli.config.as_ref())?
         .validate()
@@ -110,10 +123,33 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+fn health_probe(admin: &str, path: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    use std::time::Duration;
+    let addr = admin
+        .to_socket_addrs()?
+        .next()
+        .context("the admin address resolves to nothing")?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.lines().next().unwrap_or_default();
+    anyhow::ensure!(status.contains(" 200 "), "{path}: {status}");
+    Ok(())
+}
+
 fn init_logging(level: &str, format: &str) {
     let filter = tracing_subscriber::EnvFilter::new(level);
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

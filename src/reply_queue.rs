@@ -48,10 +48,12 @@ pub enum Expect {
 pub enum Effect {
     /// Nothing.
     None,
-    /// HELLO succeeded: protocol version (when given) and user (when AUTH was given).
+    /// HELLO succeeded: protocol version (when given), user (when AUTH was given) and
+    /// client name (when SETNAME was given).
     Hello {
         protocol: Option<u8>,
         user: Option<Bytes>,
+        name: Option<Bytes>,
     },
     /// AUTH succeeded as this user.
     Auth(Bytes),
@@ -475,6 +477,7 @@ mod tests {
             effect: Effect::Hello {
                 protocol: Some(3),
                 user: None,
+                name: None,
             },
             ..Pending::forward(1)
         });

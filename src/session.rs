@@ -715,9 +715,12 @@ impl Session {
     fn apply_effect(&mut self, effect: Effect) {
         match effect {
             Effect::None | Effect::Monitor => {}
-            Effect::Hello { user, .. } => {
+            Effect::Hello { user, name, .. } => {
                 if let Some(u) = user {
                     self.identity.user = Some(u);
+                }
+                if let Some(n) = name {
+                    self.identity.name = Some(n);
                 }
             }
             Effect::Auth(user) => self.identity.user = Some(user),
@@ -827,6 +830,7 @@ fn hello_effect<'a>(argc: usize, arg: &dyn Fn(usize) -> Option<&'a [u8]>) -> Eff
         _ => None,
     });
     let mut user = None;
+    let mut name = None;
     let mut i = 2;
     while i < argc {
         let opt = arg(i).unwrap_or_default();
@@ -834,8 +838,53 @@ fn hello_effect<'a>(argc: usize, arg: &dyn Fn(usize) -> Option<&'a [u8]>) -> Eff
             user = arg(i + 1).map(Bytes::copy_from_slice);
             i += 3;
         } else {
+            if opt.eq_ignore_ascii_case(b"setname") {
+                name = arg(i + 1).map(Bytes::copy_from_slice);
+            }
             i += 2;
         }
     }
-    Effect::Hello { protocol, user }
+    Effect::Hello {
+        protocol,
+        user,
+        name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn effect(args: &[&str]) -> Effect {
+        let arg = |i: usize| args.get(i).map(|s| s.as_bytes());
+        hello_effect(args.len(), &arg)
+    }
+
+    #[test]
+    fn hello_gives_protocol_and_user() {
+        assert_eq!(
+            effect(&["HELLO", "3", "AUTH", "app", "pw", "SETNAME", "n"]),
+            Effect::Hello {
+                protocol: Some(3),
+                user: Some(Bytes::from_static(b"app")),
+                name: Some(Bytes::from_static(b"n")),
+            }
+        );
+        assert_eq!(
+            effect(&["HELLO"]),
+            Effect::Hello {
+                protocol: None,
+                user: None,
+                name: None,
+            }
+        );
+        assert_eq!(
+            effect(&["hello", "2", "setname", "x"]),
+            Effect::Hello {
+                protocol: Some(2),
+                user: None,
+                name: Some(Bytes::from_static(b"x")),
+            }
+        );
+    }
 }

@@ -171,7 +171,8 @@ impl ReplyScanner {
                         let take = want.min(avail as usize);
                         self.current.first[have..have + take]
                             .copy_from_slice(&buf[self.pos..self.pos + take]);
-                        self.capturing = (have + take < self.current.first_len).then_some(have + take);
+                        self.capturing =
+                            (have + take < self.current.first_len).then_some(have + take);
                     }
                     if avail < n {
                         self.state = match self.state {

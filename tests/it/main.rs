@@ -1,6 +1,7 @@
 //! Integration tests: real redis-server processes, the proxy in-process, raw sockets and
 //! real client libraries.
 
+mod cli;
 mod clients;
 mod differential;
 mod failures;

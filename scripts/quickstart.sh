@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Quick start: builds respguard, starts a Redis and respguard in front of it on free
+# ports, and walks through a session that shows what the proxy does. Stops everything at
+# the end. Needs a Debian/Ubuntu machine with Rust; installs redis-server if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+echo "== building respguard (release)"
+cargo build --release --quiet
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+step() { printf '\n== %s\n' "$*"; }
+show() { printf '$ %s\n' "$*"; "$@"; }
+
+redis_port=$(free_port); proxy_port=$(free_port); admin_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+  --logfile "$work/redis.log" &
+redis_pid=$!; pids+=($redis_pid)
+wait_port "$redis_port"
+./target/release/respguard --listen "127.0.0.1:$proxy_port" --upstream "redis://127.0.0.1:$redis_port" \
+  --admin-listen "127.0.0.1:$admin_port" --log-level info 2>"$work/respguard.log" &
+pids+=($!)
+wait_port "$proxy_port"
+step "Redis on port $redis_port, respguard on port $proxy_port (admin on $admin_port)"
+
+step "The application talks to respguard exactly as it talked to Redis"
+show redis-cli -p "$proxy_port" SET greeting "hello through respguard"
+show redis-cli -p "$proxy_port" GET greeting
+show redis-cli -p "$proxy_port" -3 HELLO 3
+printf 'MULTI\nINCR visits\nINCR visits\nEXEC\n' | { echo '$ printf "MULTI\nINCR visits\nINCR visits\nEXEC\n" | redis-cli'; redis-cli -p "$proxy_port"; }
+
+step "A pipeline of 10,000 commands in one write"
+for i in $(seq 1 10000); do printf 'INCR pipelined\r\n'; done | redis-cli -p "$proxy_port" --pipe
+show redis-cli -p "$proxy_port" GET pipelined
+
+step "Malformed input gets Redis's own protocol error, and the connection is closed"
+exec 3<>/dev/tcp/127.0.0.1/"$proxy_port"
+printf '*1\r\n$-7\r\n' >&3
+echo "reply: $(head -c 200 <&3 | tr -d '\r')"
+exec 3<&-
+
+step "Readiness and metrics (http://127.0.0.1:$admin_port)"
+show ./target/release/respguard health-probe "127.0.0.1:$admin_port" --path /readyz && echo "/readyz: ready"
+python3 - "$admin_port" <<'PY'
+import sys, urllib.request
+body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
+for line in body.splitlines():
+    if line.startswith("respguard_") and not line.startswith("#"):
+        print("  " + line)
+PY
+
+step "Redis goes down: every command fails at once with an error that says why"
+kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
+show redis-cli -p "$proxy_port" GET greeting || true
+start=$(date +%s%N)
+redis-cli -p "$proxy_port" PING >/dev/null || true
+echo "(answered in $(( ($(date +%s%N) - start) / 1000000 )) ms, not after a timeout)"
+
+step "Redis comes back on the same port: the proxy reconnects on its own"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+  --logfile "$work/redis2.log" &
+pids+=($!)
+wait_port "$redis_port"
+for _ in $(seq 1 100); do
+  [ "$(redis-cli -p "$proxy_port" PING 2>/dev/null)" = "PONG" ] && break
+  sleep 0.05
+done
+show redis-cli -p "$proxy_port" PING
+
+step "done: respguard's log"
+cat "$work/respguard.log"
+echo
+echo "Run it yourself: ./target/release/respguard --upstream redis://127.0.0.1:6379 --listen 127.0.0.1:6380"
+echo "All settings: config.example.toml"

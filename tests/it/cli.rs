@@ -1,0 +1,68 @@
+//! The command line: `check-config`, and the precedence flag > environment > file.
+
+use std::process::Command;
+
+fn respguard(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_respguard"))
+        .args(args)
+        .env_remove("RESPGUARD_LISTEN")
+        .env_remove("RESPGUARD_UPSTREAM")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+
+#[test]
+fn check_config_accepts_the_example_and_prints_the_effective_configuration() {
+    let (ok, out, err) = respguard(&["check-config", EXAMPLE], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("is valid"), "{out}");
+    assert!(out.contains("listen = \"127.0.0.1:6380\""), "{out}");
+    assert!(out.contains("drain_timeout = \"5s\""), "{out}");
+}
+
+#[test]
+fn check_config_names_the_wrong_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[proxy]\nmax_clinets = 10\n").unwrap();
+    let (ok, _, err) = respguard(&["check-config", bad.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(err.contains("max_clinets"), "{err}");
+    std::fs::write(&bad, "[upstream]\nurl = \"rediss://h:1\"\n").unwrap();
+    let (ok, _, err) = respguard(&["check-config", bad.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(err.contains("upstream.url") && err.contains("TLS"), "{err}");
+}
+
+#[test]
+fn flags_override_the_environment_which_overrides_the_file() {
+    let env = [
+        ("RESPGUARD_LISTEN", "127.0.0.1:7001"),
+        ("RESPGUARD_UPSTREAM", "redis://envhost:1"),
+    ];
+    let (ok, out, err) = respguard(&["check-config", EXAMPLE], &env);
+    assert!(ok, "{err}");
+    assert!(out.contains("listen = \"127.0.0.1:7001\""), "{out}");
+    assert!(out.contains("url = \"redis://envhost:1\""), "{out}");
+    let (ok, out, err) = respguard(
+        &["--listen", "127.0.0.1:7002", "check-config", EXAMPLE],
+        &env,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("listen = \"127.0.0.1:7002\""), "{out}");
+}
+
+#[test]
+fn a_bad_value_refuses_to_start_and_names_the_key() {
+    let (ok, _, err) = respguard(&["--upstream", "redis://h/notadb"], &[]);
+    assert!(!ok);
+    assert!(err.contains("upstream.url"), "{err}");
+}
