@@ -29,6 +29,20 @@ pub fn server_binary() -> String {
     std::env::var("RESPGUARD_TEST_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
 
+/// Read a child's output until a line containing `needle` (the child's own word that it is
+/// ready), then keep draining it in a thread so the child never blocks on a full pipe.
+pub fn wait_for_line(output: impl std::io::Read + Send + 'static, needle: &str, what: &str) {
+    let mut lines = BufReader::new(output).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains(needle) => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("{what} exited before saying {needle:?}"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -64,16 +78,11 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("cannot start {bin} (is it installed?): {e}"));
         // Wait for the server's own word that it is ready, not for a fixed time.
         let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("Ready to accept connections") => break,
-                Some(Ok(_)) => continue,
-                _ => panic!("{bin} exited before it was ready on port {port}"),
-            }
-        }
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        wait_for_line(
+            stdout,
+            "Ready to accept connections",
+            &format!("{bin} on port {port}"),
+        );
         RedisServer {
             port,
             child,

@@ -3,7 +3,6 @@
 //! million arguments. These run the real binary as its own process and read its RSS from
 //! /proc, and print the numbers.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use tokio::io::AsyncWriteExt;
@@ -31,16 +30,11 @@ impl ProxyProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start respguard");
-        // Wait for its own log line saying it listens.
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l.contains("respguard listening") => break,
-                Some(Ok(_)) => continue,
-                _ => panic!("respguard exited before listening"),
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
+        wait_for_line(
+            child.stderr.take().unwrap(),
+            "respguard listening",
+            "respguard",
+        );
         ProxyProcess {
             child,
             addr: ([127, 0, 0, 1], port).into(),

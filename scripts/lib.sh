@@ -1,0 +1,25 @@
+# Shared by the scripts that start servers on this machine: a scratch directory and the
+# processes to stop on exit, free ports, and waiting for a port to open.
+# Source it: `. "$(dirname "$0")/lib.sh"`.
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A TCP port on 127.0.0.1 that nothing listens on now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Wait (up to 10 s) until something accepts connections on 127.0.0.1:$1.
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2
+  exit 1
+}
