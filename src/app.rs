@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState};
 use crate::command::{CommandTable, TableSource};
 use crate::config::Config;
+use crate::guard::Guards;
 use crate::health::{self, UpstreamHealth};
 use crate::listener::Listener;
 use crate::session::Shared;
@@ -68,6 +69,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         },
     ));
     let table = Arc::new(load_command_table(&gate, config.command_table_from_upstream).await);
+    let guards = Guards::build(&raw.guards, &table)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (proxy.listen): {e}", config.listen))?;
@@ -111,6 +113,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         output_buffer: raw.proxy.output_buffer.0 as usize,
         drain_timeout: raw.proxy.drain_timeout.0,
         metrics,
+        guards,
     });
     let listener = Listener::new(listener, shared, raw.proxy.max_clients);
     let drain = raw.proxy.drain_timeout.0;

@@ -150,8 +150,12 @@ pub enum Special {
     Quit,
     /// MULTI.
     Multi,
-    /// EXEC or DISCARD.
-    EndMulti,
+    /// EXEC.
+    Exec,
+    /// DISCARD.
+    Discard,
+    /// WATCH (refused, not queued, inside MULTI).
+    Watch,
 }
 
 impl Special {
@@ -172,7 +176,9 @@ impl Special {
             b"reset" => Special::Reset,
             b"quit" => Special::Quit,
             b"multi" => Special::Multi,
-            b"exec" | b"discard" => Special::EndMulti,
+            b"exec" => Special::Exec,
+            b"discard" => Special::Discard,
+            b"watch" => Special::Watch,
             _ => Special::None,
         }
     }
@@ -203,15 +209,33 @@ impl CommandInfo {
 
     /// Push the argument indices of this command's keys into `out`.
     pub fn key_positions<A: AsRef<[u8]>>(&self, args: &[A], out: &mut Vec<usize>) {
+        self.key_positions_by(args.len(), |i| args.get(i).map(|a| a.as_ref()), out);
+    }
+
+    /// Push the indices of this command's keys into `out`, for a command of `argc`
+    /// arguments of which `arg(i)` gives those available (a streamed command's later
+    /// arguments are not). Positions past the available arguments may be pushed when the
+    /// key specification places them by count.
+    pub fn key_positions_by<'a>(
+        &self,
+        argc: usize,
+        arg: impl Fn(usize) -> Option<&'a [u8]>,
+        out: &mut Vec<usize>,
+    ) {
         for spec in &self.key_specs {
-            spec.find_keys(args, out);
+            spec.find_keys(argc, &arg, out);
         }
     }
 }
 
 impl KeySpec {
-    fn find_keys<A: AsRef<[u8]>>(&self, args: &[A], out: &mut Vec<usize>) {
-        let argc = args.len();
+    fn find_keys<'a>(
+        &self,
+        argc: usize,
+        args: &impl Fn(usize) -> Option<&'a [u8]>,
+        out: &mut Vec<usize>,
+    ) {
+        let is_keyword = |i: usize, k: &[u8]| args(i).is_some_and(|a| a.eq_ignore_ascii_case(k));
         let start = match &self.begin {
             BeginSearch::Index(i) => *i,
             BeginSearch::Keyword {
@@ -219,13 +243,12 @@ impl KeySpec {
                 start_from,
             } => {
                 let found = if *start_from >= 0 {
-                    (*start_from as usize..argc)
-                        .find(|&i| args[i].as_ref().eq_ignore_ascii_case(keyword))
+                    (*start_from as usize..argc).find(|&i| is_keyword(i, keyword))
                 } else {
                     let from = argc as i64 + start_from;
                     (1..=from.max(0) as usize)
                         .rev()
-                        .find(|&i| i < argc && args[i].as_ref().eq_ignore_ascii_case(keyword))
+                        .find(|&i| i < argc && is_keyword(i, keyword))
                 };
                 match found {
                     Some(i) => i + 1,
@@ -267,10 +290,7 @@ impl KeySpec {
                 step,
             } => {
                 let idx = start + keynum_idx;
-                let Some(n) = args
-                    .get(idx)
-                    .and_then(|a| crate::scanner::request::parse_int(a.as_ref()))
-                else {
+                let Some(n) = args(idx).and_then(crate::scanner::request::parse_int) else {
                     return;
                 };
                 let mut i = start + first_key;

@@ -136,6 +136,107 @@ pub struct RawConfig {
     pub log: RawLog,
     /// Request parsing bounds.
     pub protocol: RawProtocol,
+    /// The guards and their rules.
+    pub guards: RawGuards,
+}
+
+/// `[guards]`: rules for each guard; a command is checked by each guard in a fixed order.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGuards {
+    /// Mode of rules that do not set one: `enforce`, or `observe` (count and log only).
+    pub mode: String,
+    /// Refusal log lines per second per rule; the rest are counted, not logged.
+    pub refusal_logs_per_second: u32,
+    /// `[guards.size]`: oversized values and requests.
+    pub size: RawSizeGuard,
+    /// `[guards.ttl]`: default and maximum TTLs.
+    pub ttl: RawTtlGuard,
+}
+
+impl Default for RawGuards {
+    fn default() -> Self {
+        RawGuards {
+            mode: "enforce".into(),
+            refusal_logs_per_second: 5,
+            size: RawSizeGuard::default(),
+            ttl: RawTtlGuard::default(),
+        }
+    }
+}
+
+/// `[guards.size]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSizeGuard {
+    /// Rules, first match wins.
+    pub rules: Vec<RawSizeRule>,
+}
+
+/// `[guards.ttl]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTtlGuard {
+    /// Rules, first match wins.
+    pub rules: Vec<RawTtlRule>,
+}
+
+/// One `[[guards.size.rules]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSizeRule {
+    /// Key pattern (Redis glob).
+    pub pattern: String,
+    /// Only for clients authenticated as this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only for clients with this CLIENT SETNAME name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    /// Only for clients from this address or network (`10.0.0.0/8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<ipnet::IpNet>,
+    /// `enforce` or `observe`; the `[guards]` mode when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Largest value (any argument that is neither the command name nor a key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_value: Option<ByteSize>,
+    /// Largest whole command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request: Option<ByteSize>,
+    /// Most arguments other than the command name and keys (fields, members, elements).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_elements: Option<u64>,
+}
+
+/// One `[[guards.ttl.rules]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawTtlRule {
+    /// Key pattern (Redis glob).
+    pub pattern: String,
+    /// Only for clients authenticated as this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only for clients with this CLIENT SETNAME name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    /// Only for clients from this address or network (`10.0.0.0/8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<ipnet::IpNet>,
+    /// `enforce` or `observe`; the `[guards]` mode when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// TTL given to keys written without one, or `none` to exempt matching keys.
+    pub ttl: String,
+    /// Largest TTL a client may set; larger ones are lowered to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<HumanDuration>,
+    /// Key-creating commands beyond the default set (SET, SETNX, GETSET, MSET, MSETNX,
+    /// HSET, HMSET, HSETNX) that get the TTL too, e.g. `["LPUSH", "SADD", "INCR"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
 }
 
 /// `[proxy]`: the listener clients connect to.
@@ -443,6 +544,9 @@ impl RawConfig {
                 "must be at least 1KiB and at most protocol.max_buffered_command",
             ));
         }
+        // Rules are checked against the built-in command table here; the proxy builds them
+        // again at start against the upstream's own.
+        crate::guard::Guards::build(&self.guards, &crate::command::CommandTable::builtin())?;
         let limits = Limits {
             max_inline_len: p.max_inline_len.0 as usize,
             max_args: p.max_args,
@@ -549,18 +653,48 @@ mod example_tests {
 
     #[test]
     fn the_example_file_documents_every_key() {
-        let defaults = toml::Value::try_from(RawConfig::default()).unwrap();
-        for (section, table) in defaults.as_table().unwrap() {
-            assert!(
-                EXAMPLE.contains(&format!("[{section}]")),
-                "[{section}] missing"
-            );
-            for key in table.as_table().unwrap().keys() {
-                assert!(
-                    EXAMPLE.lines().any(|l| l.starts_with(&format!("{key} = "))),
-                    "{section}.{key} is not in config.example.toml"
-                );
+        fn check(table: &toml::Table, path: &str) {
+            for (key, value) in table {
+                let full = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match value {
+                    toml::Value::Table(t) => {
+                        assert!(EXAMPLE.contains(&format!("[{full}]")), "[{full}] missing");
+                        check(t, &full);
+                    }
+                    _ => assert!(
+                        EXAMPLE.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                        "{full} is not in config.example.toml"
+                    ),
+                }
             }
+        }
+        let defaults = toml::Value::try_from(RawConfig::default()).unwrap();
+        check(defaults.as_table().unwrap(), "");
+    }
+
+    #[test]
+    fn every_rule_key_is_documented_in_the_example() {
+        for key in [
+            "pattern",
+            "user",
+            "client_name",
+            "client_address",
+            "mode",
+            "max_value",
+            "max_request",
+            "max_elements",
+            "ttl",
+            "max_ttl",
+            "commands",
+        ] {
+            assert!(
+                EXAMPLE.contains(&format!("{key} = ")),
+                "rule key {key} undocumented"
+            );
         }
     }
 }

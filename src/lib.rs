@@ -12,6 +12,8 @@
 //!   [`scanner::request::RequestScanner`] finds each command without copying it; the
 //!   [`command::CommandTable`] says what the command is; the [`reply_queue::ReplyQueue`]
 //!   records what to do with its reply; the bytes go upstream unchanged.
+//! - For a command a guard wants, the [`guard::Guards`] chain (size, then TTL) returns a
+//!   verdict: forward, rewrite (with hidden extra commands), answer or refuse.
 //! - Replies come back through the [`scanner::reply::ReplyScanner`], are matched with the
 //!   queue's head, and go to the client (or are hidden, or replaced).
 //!
@@ -27,6 +29,7 @@ pub mod app;
 pub mod buffer;
 pub mod command;
 pub mod config;
+pub mod guard;
 pub mod health;
 pub mod identity;
 pub mod listener;

@@ -30,6 +30,9 @@ pub enum Disposition {
     Hide,
     /// The command never went upstream; send these bytes to the client in its place.
     Local(Bytes),
+    /// EXEC of a transaction holding commands the proxy added: forward the reply array
+    /// without the elements at these positions (an error or nil reply passes unchanged).
+    FilterExec(Box<[u32]>),
 }
 
 /// How many replies Redis will send for a command.
@@ -237,6 +240,17 @@ impl ReplyQueue {
                 ..
             })
         )
+    }
+
+    /// The positions to leave out of the reply now expected, if the head is a filtered EXEC.
+    pub fn exec_filter_at_head(&self) -> Option<Box<[u32]>> {
+        match self.entries.front() {
+            Some(Pending {
+                disposition: Disposition::FilterExec(hidden),
+                ..
+            }) => Some(hidden.clone()),
+            _ => None,
+        }
     }
 
     /// Match one complete reply against the head of the queue.

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use crate::buffer::ReadBuffer;
 use crate::command::{CommandInfo, CommandTable, Flags, Special};
+use crate::guard::{CommandView, Guards, Verdict};
 use crate::identity::ClientIdentity;
 use crate::reply_queue::{Disposition, Effect, Expect, Matched, Pending, ReplyQueue};
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
@@ -56,6 +57,8 @@ pub struct Shared {
     pub drain_timeout: Duration,
     /// Pre-registered metric handles.
     pub metrics: ProxyMetrics,
+    /// The guards, in order.
+    pub guards: Guards,
 }
 
 /// `CLIENT REPLY` mode, followed at send time because it decides how many replies come.
@@ -116,6 +119,19 @@ pub struct Session {
     in_multi: bool,
     /// Commands scanned since the last metrics update.
     commands_in_batch: u64,
+    /// Inside MULTI: commands queued so far, and the positions of those the proxy added.
+    multi_queued: u32,
+    multi_hidden: Vec<u32>,
+    /// Argument indices of the current command's keys (capacity kept).
+    keys: Vec<usize>,
+    /// Where guards write rewritten and extra commands (capacity kept).
+    scratch: BytesMut,
+    /// Extra commands to send once the streamed command ends, and how many.
+    after_stream: BytesMut,
+    after_stream_hidden: u32,
+    /// While an EXEC reply is filtered: the positions to leave out and the element now
+    /// arriving.
+    exec_filter: Option<ExecFilter>,
     streaming: Option<StreamTo>,
     /// The client socket is not read any more (it closed, or shutdown began); commands
     /// already read still go through.
@@ -128,6 +144,23 @@ pub struct Session {
     draining: Option<tokio::time::Instant>,
     /// The proxy is shutting down.
     shutting_down: bool,
+}
+
+/// An EXEC reply being filtered: which elements to leave out and where the scan is.
+#[derive(Debug)]
+struct ExecFilter {
+    hidden: Box<[u32]>,
+    /// Index of the element now arriving; `None` before the array header.
+    element: Option<u32>,
+}
+
+impl ExecFilter {
+    fn keeps_current(&self) -> bool {
+        match self.element {
+            Some(i) => !self.hidden.contains(&i),
+            None => true,
+        }
+    }
 }
 
 /// The facts about a command the session acts on, copied out of the table.
@@ -180,6 +213,13 @@ impl Session {
             reply_mode: ReplyMode::On,
             in_multi: false,
             commands_in_batch: 0,
+            multi_queued: 0,
+            multi_hidden: Vec::new(),
+            keys: Vec::new(),
+            scratch: BytesMut::new(),
+            after_stream: BytesMut::new(),
+            after_stream_hidden: 0,
+            exec_filter: None,
             streaming: None,
             input_closed: false,
             ignore_input: false,
@@ -416,6 +456,14 @@ impl Session {
                     break;
                 }
                 self.streaming = None;
+                if self.after_stream_hidden > 0 {
+                    // A guard's extra commands follow the streamed command they belong to.
+                    self.move_requests();
+                    self.to_upstream.extend_from_slice(&self.after_stream);
+                    self.after_stream.clear();
+                    let n = std::mem::take(&mut self.after_stream_hidden);
+                    self.expect_hidden(n);
+                }
                 continue;
             }
             if self.queue.is_full() {
@@ -426,18 +474,11 @@ impl Session {
                 Step::Empty { end } => self.requests_ready = end,
                 Step::Command { start, end, inline } => self.on_command(start, end, inline),
                 Step::Streaming {
-                    start, head_end, ..
-                } => {
-                    let info = self.lookup_current(false);
-                    if self.upstream.is_none() {
-                        self.answer_locally(info.id, self.unavailable_reply(), start, head_end);
-                        self.streaming = Some(StreamTo::Discard);
-                    } else {
-                        self.push_for(info, false);
-                        self.requests_ready = head_end;
-                        self.streaming = Some(StreamTo::Upstream);
-                    }
-                }
+                    start,
+                    head_end,
+                    argc,
+                    next_len,
+                } => self.on_streamed_head(start, head_end, argc as usize, next_len),
                 Step::Error(e) => {
                     self.protocol_error(&e.to_string());
                     break;
@@ -481,19 +522,163 @@ impl Session {
             self.answer_locally(info.id, reply, start, end);
             return;
         }
+        let verdict = if self.guards_apply(info.id) {
+            let argc = self.requests.args().len();
+            self.guard_verdict(info.id, inline, argc, None, (end - start) as u64)
+        } else {
+            Verdict::Forward
+        };
+        let (replacement, hidden) = match verdict {
+            Verdict::Forward => (None, 0),
+            Verdict::Rewrite {
+                replacement,
+                hidden,
+            } => (replacement, hidden),
+            Verdict::Answer(reply) | Verdict::Refuse(reply) => {
+                self.answer_locally(info.id, reply, start, end);
+                if self.in_multi {
+                    self.abort_transaction();
+                }
+                return;
+            }
+        };
         let is_reset = info.special == Special::Reset;
         self.push_for(info, inline);
-        if inline {
-            // Redis would parse the inline form the same way; send the exact arguments.
-            self.move_requests();
+        if let Some(len) = replacement {
             self.discard_requests(end - start);
-            let encoded = Bytes::copy_from_slice(self.requests.inline_bytes());
-            self.to_upstream.extend_from_slice(&encoded);
+            self.to_upstream.extend_from_slice(&self.scratch[..len]);
+        } else if inline {
+            // Redis would parse the inline form the same way; send the exact arguments.
+            self.discard_requests(end - start);
+            self.to_upstream
+                .extend_from_slice(self.requests.inline_bytes());
         } else {
             self.requests_ready = end;
         }
+        if hidden > 0 {
+            self.move_requests();
+            let from = replacement.unwrap_or(0);
+            self.to_upstream.extend_from_slice(&self.scratch[from..]);
+            self.expect_hidden(hidden);
+        }
         if is_reset {
             self.send_handshake();
+        }
+    }
+
+    /// The head of a command too large to hold: decide now, then stream or discard the rest.
+    fn on_streamed_head(
+        &mut self,
+        start: usize,
+        head_end: usize,
+        argc: usize,
+        next_len: Option<u64>,
+    ) {
+        let info = self.lookup_current(false);
+        if self.upstream.is_none() {
+            self.answer_locally(info.id, self.unavailable_reply(), start, head_end);
+            self.streaming = Some(StreamTo::Discard);
+            return;
+        }
+        let verdict = if self.guards_apply(info.id) {
+            let size = (head_end - start) as u64 + next_len.map_or(0, |n| n + 2);
+            self.guard_verdict(info.id, false, argc, Some(next_len.unwrap_or(0)), size)
+        } else {
+            Verdict::Forward
+        };
+        match verdict {
+            Verdict::Answer(reply) | Verdict::Refuse(reply) => {
+                self.answer_locally(info.id, reply, start, head_end);
+                if self.in_multi {
+                    self.abort_transaction();
+                }
+                self.streaming = Some(StreamTo::Discard);
+            }
+            Verdict::Forward | Verdict::Rewrite { .. } => {
+                if let Verdict::Rewrite { hidden, .. } = verdict {
+                    // Only extra commands make sense here: the command itself is not whole.
+                    self.after_stream.clear();
+                    self.after_stream.extend_from_slice(&self.scratch);
+                    self.after_stream_hidden = hidden;
+                }
+                self.push_for(info, false);
+                self.requests_ready = head_end;
+                self.streaming = Some(StreamTo::Upstream);
+            }
+        }
+    }
+
+    /// Whether the guards look at this command. Not while the connection is in RESP2
+    /// subscribed mode or MONITOR, where Redis refuses writes and reply counts are Redis's.
+    #[inline]
+    fn guards_apply(&self, command: u16) -> bool {
+        self.shared.guards.wants(command)
+            && !(self.queue.is_subscribed() && !self.queue.is_resp3())
+            && !self.queue.is_monitoring()
+    }
+
+    /// Run the guards on the command just scanned. `streaming` is the declared length of the
+    /// argument being streamed, for a command too large to hold.
+    fn guard_verdict(
+        &mut self,
+        command: u16,
+        inline: bool,
+        argc: usize,
+        streaming: Option<u64>,
+        size: u64,
+    ) -> Verdict {
+        let info = self.shared.table.by_id(command);
+        let src: &[u8] = if inline {
+            self.requests.inline_bytes()
+        } else {
+            self.from_client.bytes()
+        };
+        let args = self.requests.args();
+        self.keys.clear();
+        info.key_positions_by(
+            argc,
+            |i| args.get(i).map(|r| &src[r.clone()]),
+            &mut self.keys,
+        );
+        let view = CommandView {
+            src,
+            args,
+            keys: &self.keys,
+            info,
+            argc,
+            streaming,
+            size,
+        };
+        self.shared
+            .guards
+            .check(&view, &self.identity, &mut self.scratch)
+    }
+
+    /// Expect the replies of `n` commands the proxy added, which the client must not see.
+    fn expect_hidden(&mut self, n: u32) {
+        let id = self.shared.table.unknown().id;
+        for _ in 0..n {
+            if self.in_multi {
+                // It is queued: remember its place so EXEC's array can leave it out.
+                self.multi_hidden.push(self.multi_queued);
+                self.multi_queued += 1;
+            }
+            if self.reply_mode == ReplyMode::On {
+                self.queue.push(Pending::hidden(id));
+            }
+        }
+    }
+
+    /// A command refused inside MULTI must fail the transaction as a queue-time error does
+    /// in Redis (EXEC answers EXECABORT): send Redis a command it will reject at queue time,
+    /// and hide its error.
+    fn abort_transaction(&mut self) {
+        self.move_requests();
+        self.to_upstream
+            .extend_from_slice(b"*1\r\n$32\r\nRESPGUARD.REFUSED-IN-TRANSACTION\r\n");
+        if self.reply_mode == ReplyMode::On {
+            let id = self.shared.table.unknown().id;
+            self.queue.push(Pending::hidden(id));
         }
     }
 
@@ -514,8 +699,16 @@ impl Session {
         let queued = self.in_multi
             && !matches!(
                 info.special,
-                Special::Multi | Special::EndMulti | Special::Quit | Special::Reset
+                Special::Multi
+                    | Special::Exec
+                    | Special::Discard
+                    | Special::Watch
+                    | Special::Quit
+                    | Special::Reset
             );
+        if queued {
+            self.multi_queued += 1;
+        }
         let skip_this = self.reply_mode == ReplyMode::SkipNext;
         if skip_this {
             self.reply_mode = ReplyMode::On;
@@ -581,6 +774,7 @@ impl Session {
                     pending.effect = Effect::Reset;
                     self.reply_mode = ReplyMode::On;
                     self.in_multi = false;
+                    self.multi_hidden.clear();
                     replies = true;
                 }
                 Special::Quit => {
@@ -589,8 +783,25 @@ impl Session {
                     self.ignore_input = true;
                     replies = true;
                 }
-                Special::Multi => self.in_multi = true,
-                Special::EndMulti => self.in_multi = false,
+                Special::Multi => {
+                    if !self.in_multi {
+                        self.in_multi = true;
+                        self.multi_queued = 0;
+                        self.multi_hidden.clear();
+                    }
+                }
+                Special::Exec => {
+                    if self.in_multi && !self.multi_hidden.is_empty() {
+                        let hidden = std::mem::take(&mut self.multi_hidden);
+                        pending.disposition = Disposition::FilterExec(hidden.into_boxed_slice());
+                    }
+                    self.in_multi = false;
+                }
+                Special::Discard => {
+                    self.in_multi = false;
+                    self.multi_hidden.clear();
+                }
+                Special::Watch => {}
             }
         }
         if replies {
@@ -668,6 +879,15 @@ impl Session {
                     break;
                 };
                 self.reply_forwarded = Some(self.queue.forwards_reply_starting_with(first));
+                if first != b'>' {
+                    if let Some(hidden) = self.queue.exec_filter_at_head() {
+                        self.exec_filter = Some(ExecFilter {
+                            hidden,
+                            element: None,
+                        });
+                        self.replies.report_elements(true);
+                    }
+                }
             }
             let step = self
                 .replies
@@ -675,28 +895,38 @@ impl Session {
                 .map_err(|e| format!("malformed reply from Redis: {e}"))?;
             match step {
                 ReplyStep::Partial(upto) => {
-                    if self.reply_forwarded == Some(true) {
-                        self.replies_ready = upto;
-                    } else {
-                        self.drop_replies(self.reply_start, upto);
-                    }
+                    self.keep_or_drop_reply_bytes(upto);
                     break;
                 }
+                ReplyStep::Header { end, count } => {
+                    // EXEC's array, filtered: a new header with the proxy's commands removed.
+                    let hidden = self.exec_filter.as_ref().map_or(0, |f| f.hidden.len());
+                    self.drop_replies(self.reply_start, end);
+                    crate::guard::encode_header(
+                        &mut self.to_client,
+                        (count as usize).saturating_sub(hidden),
+                    );
+                    if let Some(f) = self.exec_filter.as_mut() {
+                        f.element = Some(0);
+                    }
+                }
+                ReplyStep::Element(end) => {
+                    self.keep_or_drop_reply_bytes(end);
+                    if let Some(f) = self.exec_filter.as_mut() {
+                        f.element = f.element.map(|i| i + 1);
+                    }
+                }
                 ReplyStep::Done(end) => {
+                    self.keep_or_drop_reply_bytes(end);
+                    self.exec_filter = None;
                     let info = *self.replies.info();
                     let forwarded = self.reply_forwarded.take() == Some(true);
                     let matched = self.queue.on_reply(&info);
                     debug_assert!(
                         !matches!(&matched, Matched::Reply { disposition, .. }
-                            if (*disposition == Disposition::Forward) != forwarded),
+                            if (*disposition == Disposition::Hide) == forwarded),
                         "a reply's disposition changed while it streamed"
                     );
-                    if forwarded {
-                        self.replies_ready = end;
-                    } else {
-                        self.drop_replies(self.reply_start, end);
-                    }
-                    self.reply_start = self.replies_ready;
                     if let Matched::Reply {
                         finished: Some(p), ..
                     } = matched
@@ -710,6 +940,19 @@ impl Session {
         }
         self.move_replies();
         Ok(())
+    }
+
+    /// The reply bytes scanned since the last piece, up to `upto`, go to the client or are
+    /// dropped: by the reply's fate, or, in a filtered EXEC array, by the element's.
+    fn keep_or_drop_reply_bytes(&mut self, upto: usize) {
+        let keep = self.reply_forwarded == Some(true)
+            && self.exec_filter.as_ref().is_none_or(|f| f.keeps_current());
+        if keep {
+            self.replies_ready = upto;
+        } else {
+            self.drop_replies(self.reply_start, upto);
+        }
+        self.reply_start = self.replies_ready;
     }
 
     fn apply_effect(&mut self, effect: Effect) {
@@ -808,7 +1051,9 @@ impl Session {
             ));
             while let Some(p) = self.queue.pop_front() {
                 match p.disposition {
-                    Disposition::Forward => self.to_client.extend_from_slice(&message),
+                    Disposition::Forward | Disposition::FilterExec(_) => {
+                        self.to_client.extend_from_slice(&message)
+                    }
                     Disposition::Local(b) => self.to_client.extend_from_slice(&b),
                     Disposition::Hide => {}
                 }

@@ -264,6 +264,7 @@ pub async fn read_replies(
                 });
                 start = end;
             }
+            ReplyStep::Header { .. } | ReplyStep::Element(_) => {}
             ReplyStep::Partial(_) => {
                 buf.reserve(64 * 1024);
                 if stream.read_buf(&mut buf).await? == 0 {

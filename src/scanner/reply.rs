@@ -97,6 +97,12 @@ pub enum ReplyStep {
     /// Everything up to this offset belongs to a reply that has not ended yet (the offset
     /// may be past the end of the buffer's bytes only when it equals the buffer length).
     Partial(usize),
+    /// With [`ReplyScanner::report_elements`] on: the header of a top-level aggregate of
+    /// `count` elements ends at this offset.
+    Header { end: usize, count: u64 },
+    /// With [`ReplyScanner::report_elements`] on: an element of the top-level aggregate
+    /// (not its last, which ends with `Done`) ends at this offset.
+    Element(usize),
 }
 
 /// The resumable reply scanner; one per upstream connection.
@@ -118,6 +124,10 @@ pub struct ReplyScanner {
     /// Where to resume looking for the end of a line, so a long line is searched once.
     line_search: usize,
     max_line: usize,
+    /// Report the header and elements of the next top-level aggregate.
+    elements: bool,
+    /// Set when an element of the top-level aggregate just ended (element mode).
+    element_end: Option<usize>,
 }
 
 impl Default for ReplyScanner {
@@ -140,7 +150,16 @@ impl ReplyScanner {
             capturing: None,
             line_search: 0,
             max_line: 64 * 1024,
+            elements: false,
+            element_end: None,
         }
+    }
+
+    /// Report the header and each element of the next top-level aggregate reply (for a
+    /// reply the session rewrites element by element, such as EXEC's). Turned off again when
+    /// that reply ends.
+    pub fn report_elements(&mut self, on: bool) {
+        self.elements = on;
     }
 
     /// Facts about the last complete reply.
@@ -162,6 +181,9 @@ impl ReplyScanner {
     /// Scan on from where the last call stopped, until one reply ends or the buffer does.
     pub fn scan(&mut self, buf: &[u8]) -> Result<ReplyStep, ReplyError> {
         loop {
+            if let Some(end) = self.element_end.take() {
+                return Ok(ReplyStep::Element(end));
+            }
             match self.state {
                 State::Payload(n) | State::ChunkPayload(n) => {
                     let avail = (buf.len() - self.pos) as u64;
@@ -296,6 +318,11 @@ impl ReplyScanner {
                                 if let Some(end) = self.value_done() {
                                     return Ok(ReplyStep::Done(end));
                                 }
+                            } else if top && self.elements {
+                                return Ok(ReplyStep::Header {
+                                    end: self.pos,
+                                    count: children,
+                                });
                             }
                         }
                         b'.' if matches!(self.stack.last(), Some(Frame::Streamed)) => {
@@ -327,17 +354,29 @@ impl ReplyScanner {
 
     /// A value just ended: count it against its parent, closing finished aggregates.
     /// Returns the end offset when a whole top-level reply is complete.
+    /// A value just ended: count it against its parent, closing finished aggregates.
+    /// Returns the end offset when a whole top-level reply is complete. In element mode, the
+    /// end of an element of the top-level aggregate is noted for `scan` to report.
     fn value_done(&mut self) -> Option<usize> {
         loop {
-            if self.at_depth1() {
+            let element = self.at_depth1();
+            if element {
                 self.depth1_index += 1;
             }
             match self.stack.last_mut() {
                 None => return self.finish(),
-                Some(Frame::Streamed) => return None,
+                Some(Frame::Streamed) => {
+                    if element && self.elements {
+                        self.element_end = Some(self.pos);
+                    }
+                    return None;
+                }
                 Some(Frame::Counted(n)) | Some(Frame::Attribute(n)) => {
                     *n -= 1;
                     if *n > 0 {
+                        if element && self.elements {
+                            self.element_end = Some(self.pos);
+                        }
                         return None;
                     }
                     let was_attribute = matches!(self.stack.last(), Some(Frame::Attribute(_)));
@@ -353,6 +392,7 @@ impl ReplyScanner {
 
     fn finish(&mut self) -> Option<usize> {
         let end = self.pos;
+        self.elements = false;
         self.started = false;
         self.depth1_index = 0;
         self.info = self.current;
@@ -458,6 +498,22 @@ mod tests {
         assert_eq!(s.info().kind, ReplyKind::Push);
         assert_eq!(s.info().first_str(), Some(&b"subscribe"[..]));
         assert_eq!(s.info().last_int, Some(7));
+    }
+
+    #[test]
+    fn element_mode_reports_header_and_elements() {
+        let mut s = ReplyScanner::new();
+        s.report_elements(true);
+        let r = b"*3\r\n+QUEUED\r\n*2\r\n:1\r\n:2\r\n$1\r\nx\r\n+after\r\n";
+        assert_eq!(s.scan(r).unwrap(), ReplyStep::Header { end: 4, count: 3 });
+        assert_eq!(s.scan(r).unwrap(), ReplyStep::Element(13));
+        assert_eq!(s.scan(r).unwrap(), ReplyStep::Element(25));
+        assert_eq!(s.scan(r).unwrap(), ReplyStep::Done(32));
+        // Element mode ends with the reply.
+        assert_eq!(s.scan(r).unwrap(), ReplyStep::Done(40));
+        let mut s = ReplyScanner::new();
+        s.report_elements(true);
+        assert_eq!(s.scan(b"-EXECABORT x\r\n").unwrap(), ReplyStep::Done(14));
     }
 
     #[test]

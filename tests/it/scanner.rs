@@ -290,6 +290,7 @@ proptest! {
                         base += upto;
                         break;
                     }
+                    other => panic!("element mode is off, yet {other:?}"),
                 }
             }
         }

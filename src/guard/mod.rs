@@ -1,0 +1,436 @@
+//! The guard engine: every command a guard cares about passes through the guards, in a fixed
+//! order, and comes out with a [`Verdict`].
+//!
+//! A guard is a value with one method, [`Guard::check`]. It sees the command (name, keys,
+//! arguments, or the head of a command too large to hold), the client's identity, and a
+//! scratch buffer to write into; it answers:
+//! - [`Verdict::Forward`]: send the command as it is;
+//! - [`Verdict::Rewrite`]: send what the guard wrote instead, possibly followed by extra
+//!   commands whose replies the client never sees;
+//! - [`Verdict::Answer`]: reply to the client without asking Redis;
+//! - [`Verdict::Refuse`]: reply with an error that names the guard, the rule and the reason.
+//!
+//! The order is written once, in [`Guards::build`]: the size guard first (a refused command
+//! is never rewritten), then the TTL guard. The first guard whose verdict is not `Forward`
+//! decides. Guards never touch sockets and never block; the session carries their verdicts
+//! out, so no guard special-cases the session.
+//!
+//! Rules are chosen by key pattern (first match wins), optionally narrowed to a user, a client
+//! name or a client network. Each rule has a mode: `enforce`, or `observe`, where the guard
+//! counts and logs what it would have done and the command is forwarded unchanged. Every
+//! decision is counted through pre-registered metric handles labelled with guard, rule,
+//! action and mode; refusals are logged at most `guards.refusal_logs_per_second` times per
+//! rule.
+
+pub mod pattern;
+pub mod size;
+pub mod ttl;
+
+use std::ops::Range;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use metrics::Counter;
+
+use crate::command::{CommandInfo, CommandTable};
+use crate::config::{ConfigError, RawGuards};
+use crate::identity::ClientIdentity;
+use pattern::KeyPattern;
+
+/// A rule's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Act on the verdict.
+    Enforce,
+    /// Count and log the verdict, forward the command unchanged.
+    Observe,
+}
+
+impl Mode {
+    fn parse(s: &str, key: &'static str) -> Result<Mode, ConfigError> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "observe" => Ok(Mode::Observe),
+            other => Err(ConfigError::Invalid {
+                key,
+                reason: format!("mode `{other}`: expected `enforce` or `observe`"),
+            }),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Observe => "observe",
+        }
+    }
+}
+
+/// What a guard decided about one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the command unchanged.
+    Forward,
+    /// Send what the guard wrote to the scratch buffer: its first `replacement` bytes (when
+    /// `Some`) instead of the command, then `hidden` commands whose replies are hidden.
+    Rewrite {
+        replacement: Option<usize>,
+        hidden: u32,
+    },
+    /// Answer the client with these bytes; Redis never sees the command.
+    Answer(Bytes),
+    /// Refuse the command with this error reply; Redis never sees the command.
+    Refuse(Bytes),
+}
+
+/// The command a guard looks at. Argument `i` is `src[args[i]]`.
+#[derive(Debug)]
+pub struct CommandView<'a> {
+    /// The bytes the argument ranges index.
+    pub src: &'a [u8],
+    /// The arguments available (all of them, or those before a streamed one).
+    pub args: &'a [Range<usize>],
+    /// Indices of the arguments that are keys.
+    pub keys: &'a [usize],
+    /// What the command table says of the command.
+    pub info: &'a CommandInfo,
+    /// The declared argument count.
+    pub argc: usize,
+    /// For a command too large to hold: the declared length of argument `args.len()`, which
+    /// is arriving now. `None` for a whole command.
+    pub streaming: Option<u64>,
+    /// The command's size in bytes (for a streamed command, at least this many).
+    pub size: u64,
+}
+
+impl<'a> CommandView<'a> {
+    /// Argument `i`, if available.
+    pub fn arg(&self, i: usize) -> Option<&'a [u8]> {
+        self.args.get(i).map(|r| &self.src[r.clone()])
+    }
+
+    /// True for a whole command (not streamed).
+    pub fn is_whole(&self) -> bool {
+        self.streaming.is_none()
+    }
+}
+
+/// One guard.
+pub trait Guard: Send + Sync {
+    /// The guard's name, as in metrics and errors.
+    fn name(&self) -> &'static str;
+    /// Whether the guard ever acts on this command; asked once per command when the guards
+    /// are built, so the hot path skips commands no guard wants with one lookup.
+    fn wants(&self, info: &CommandInfo) -> bool;
+    /// Decide about one command. Anything written to `out` is used only with a `Rewrite`.
+    fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict;
+}
+
+/// The guards, in order, and which commands any of them wants.
+pub struct Guards {
+    chain: Vec<Box<dyn Guard>>,
+    wanted: Vec<bool>,
+}
+
+impl std::fmt::Debug for Guards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.chain.iter().map(|g| g.name()).collect();
+        f.debug_struct("Guards").field("chain", &names).finish()
+    }
+}
+
+impl Guards {
+    /// Build the guards from their configuration, for the commands of `table`. This is the
+    /// one place the order of guards is written.
+    pub fn build(raw: &RawGuards, table: &CommandTable) -> Result<Self, ConfigError> {
+        let mode = Mode::parse(&raw.mode, "guards.mode")?;
+        let logs = raw.refusal_logs_per_second;
+        let mut chain: Vec<Box<dyn Guard>> = Vec::new();
+        if !raw.size.rules.is_empty() {
+            chain.push(Box::new(size::SizeGuard::build(&raw.size, mode, logs)?));
+        }
+        if !raw.ttl.rules.is_empty() {
+            chain.push(Box::new(ttl::TtlGuard::build(&raw.ttl, mode, logs)?));
+        }
+        let wanted = table
+            .all()
+            .map(|info| chain.iter().any(|g| g.wants(info)))
+            .collect();
+        Ok(Guards { chain, wanted })
+    }
+
+    /// No guards at all.
+    pub fn none() -> Self {
+        Guards {
+            chain: Vec::new(),
+            wanted: Vec::new(),
+        }
+    }
+
+    /// Whether any guard wants the command with this id.
+    #[inline]
+    pub fn wants(&self, command: u16) -> bool {
+        self.wanted.get(command as usize).copied().unwrap_or(false)
+    }
+
+    /// Run the guards in order; the first verdict that is not `Forward` decides.
+    pub fn check(
+        &self,
+        cmd: &CommandView<'_>,
+        client: &ClientIdentity,
+        out: &mut BytesMut,
+    ) -> Verdict {
+        for guard in &self.chain {
+            if !guard.wants(cmd.info) {
+                continue;
+            }
+            out.clear();
+            match guard.check(cmd, client, out) {
+                Verdict::Forward => continue,
+                decided => return decided,
+            }
+        }
+        Verdict::Forward
+    }
+}
+
+/// Which clients and keys a rule applies to, its name and mode, its counters and its log
+/// limiter. `L` is the guard's own settings.
+#[derive(Debug)]
+pub struct Rule<L> {
+    /// The pattern as written: the rule's name in errors, logs and metrics.
+    pub name: String,
+    pattern: KeyPattern,
+    user: Option<Box<[u8]>>,
+    client_name: Option<Box<[u8]>>,
+    client_address: Option<ipnet::IpNet>,
+    /// Enforce or observe.
+    pub mode: Mode,
+    /// The guard's settings for this rule.
+    pub limits: L,
+    counters: Vec<(&'static str, Counter)>,
+    log: LogLimiter,
+}
+
+/// The identity filters and mode of a rule, as written in the configuration.
+pub struct RuleSpec<'a> {
+    /// Key pattern.
+    pub pattern: &'a str,
+    /// Only this user.
+    pub user: Option<&'a str>,
+    /// Only this client name.
+    pub client_name: Option<&'a str>,
+    /// Only this network.
+    pub client_address: Option<ipnet::IpNet>,
+    /// The rule's own mode, if set.
+    pub mode: Option<&'a str>,
+}
+
+impl<L> Rule<L> {
+    /// Build a rule for `guard`, registering one counter per action.
+    pub fn new(
+        guard: &'static str,
+        spec: RuleSpec<'_>,
+        default_mode: Mode,
+        actions: &[&'static str],
+        logs_per_second: u32,
+        limits: L,
+        key: &'static str,
+    ) -> Result<Self, ConfigError> {
+        let pattern =
+            KeyPattern::new(spec.pattern).map_err(|reason| ConfigError::Invalid { key, reason })?;
+        let mode = match spec.mode {
+            Some(m) => Mode::parse(m, key)?,
+            None => default_mode,
+        };
+        let counters = actions
+            .iter()
+            .map(|&action| {
+                let c = metrics::counter!(
+                    "respguard_guard_decisions_total",
+                    "guard" => guard,
+                    "rule" => spec.pattern.to_string(),
+                    "action" => action,
+                    "mode" => mode.label(),
+                );
+                (action, c)
+            })
+            .collect();
+        Ok(Rule {
+            name: spec.pattern.to_string(),
+            pattern,
+            user: spec.user.map(|u| u.as_bytes().into()),
+            client_name: spec.client_name.map(|n| n.as_bytes().into()),
+            client_address: spec.client_address,
+            mode,
+            limits,
+            counters,
+            log: LogLimiter::new(logs_per_second),
+        })
+    }
+
+    /// True when the rule applies to `key` written by `client`.
+    #[inline]
+    pub fn applies(&self, key: &[u8], client: &ClientIdentity) -> bool {
+        self.pattern.matches(key)
+            && self
+                .user
+                .as_deref()
+                .is_none_or(|u| client.user.as_deref() == Some(u))
+            && self
+                .client_name
+                .as_deref()
+                .is_none_or(|n| client.name.as_deref() == Some(n))
+            && self
+                .client_address
+                .is_none_or(|net| net.contains(&client.peer.ip()))
+    }
+
+    /// Count one decision.
+    pub fn count(&self, action: &str) {
+        if let Some((_, c)) = self.counters.iter().find(|(a, _)| *a == action) {
+            c.increment(1);
+        }
+    }
+
+    /// Whether a log line for this rule may be written now; the number of lines suppressed
+    /// since the last one is reported with it.
+    pub fn may_log(&self) -> Option<u64> {
+        self.log.allow()
+    }
+}
+
+/// The first rule of `rules` that applies to `key` for `client`.
+#[inline]
+pub fn first_rule<'r, L>(
+    rules: &'r [Rule<L>],
+    key: &[u8],
+    client: &ClientIdentity,
+) -> Option<&'r Rule<L>> {
+    rules.iter().find(|r| r.applies(key, client))
+}
+
+/// At most `per_second` log lines per second; a storm of refusals is counted, not logged.
+#[derive(Debug)]
+pub struct LogLimiter {
+    per_second: u32,
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl LogLimiter {
+    /// A limiter allowing `per_second` lines each second.
+    pub fn new(per_second: u32) -> Self {
+        LogLimiter {
+            per_second,
+            state: Mutex::new((Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(suppressed)` when a line may be written now.
+    pub fn allow(&self) -> Option<u64> {
+        let mut st = self.state.lock().expect("log limiter lock");
+        let now = Instant::now();
+        if now.duration_since(st.0).as_secs() >= 1 {
+            st.0 = now;
+            st.1 = 0;
+        }
+        if st.1 < self.per_second {
+            st.1 += 1;
+            Some(std::mem::take(&mut st.2))
+        } else {
+            st.2 += 1;
+            None
+        }
+    }
+}
+
+/// A key made printable for an error message: lossy UTF-8, cut at 128 bytes.
+pub fn printable_key(key: &[u8]) -> String {
+    let cut = &key[..key.len().min(128)];
+    let mut s = String::from_utf8_lossy(cut).into_owned();
+    if key.len() > 128 {
+        s.push_str("...");
+    }
+    s
+}
+
+/// Write the command with argument `index` replaced by `with` (multibulk) into `out`.
+pub fn encode_replacing(cmd: &CommandView<'_>, index: usize, with: &[u8], out: &mut BytesMut) {
+    encode_header(out, cmd.args.len());
+    for (i, r) in cmd.args.iter().enumerate() {
+        let a = if i == index {
+            with
+        } else {
+            &cmd.src[r.clone()]
+        };
+        encode_arg(out, a);
+    }
+}
+
+/// Write the command followed by `extra` arguments (multibulk) into `out`.
+pub fn encode_appending(cmd: &CommandView<'_>, extra: &[&[u8]], out: &mut BytesMut) {
+    encode_header(out, cmd.args.len() + extra.len());
+    for r in cmd.args {
+        encode_arg(out, &cmd.src[r.clone()]);
+    }
+    for a in extra {
+        encode_arg(out, a);
+    }
+}
+
+/// Write a multibulk array header.
+pub fn encode_header(out: &mut BytesMut, n: usize) {
+    let mut itoa = crate::scanner::request::itoa_buf();
+    out.extend_from_slice(b"*");
+    out.extend_from_slice(itoa.format(n));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Write one bulk string.
+pub fn encode_arg(out: &mut BytesMut, a: &[u8]) {
+    let mut itoa = crate::scanner::request::itoa_buf();
+    out.extend_from_slice(b"$");
+    out.extend_from_slice(itoa.format(a.len()));
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(a);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Write a decimal number into a stack buffer and return it.
+pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_limiter_counts_what_it_suppresses() {
+        let l = LogLimiter::new(2);
+        assert_eq!(l.allow(), Some(0));
+        assert_eq!(l.allow(), Some(0));
+        assert_eq!(l.allow(), None);
+        assert_eq!(l.allow(), None);
+        // A new second reports the two suppressed lines.
+        l.state.lock().unwrap().0 -= std::time::Duration::from_secs(1);
+        assert_eq!(l.allow(), Some(2));
+    }
+
+    #[test]
+    fn printable_keys_are_cut() {
+        assert_eq!(printable_key(b"blob:1"), "blob:1");
+        assert_eq!(printable_key(&[b'k'; 200]).len(), 131);
+    }
+}

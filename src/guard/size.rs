@@ -1,0 +1,171 @@
+//! The oversized-value guard: refuses writes whose values, whole request or element count
+//! exceed a rule's limits, before any of it reaches Redis.
+//!
+//! A value is any argument of a write command that is neither the command name nor a key
+//! (string values, hash field values, list/set/zset members, stream fields, APPEND and
+//! SETRANGE payloads, RESTORE payloads, script bodies and arguments). For a command too large
+//! to hold, the decision is made when the large argument's length line arrives: the proxy
+//! then discards the rest of the command as it streams in, never holding it, answers the
+//! error, and the connection stays usable. A value under the limit still streams through.
+//!
+//! What cannot be judged that early: a command whose first large argument is under the limit
+//! has started streaming to Redis, so a later argument of the same command is no longer
+//! checked (a multi-value write with two large values; `max_request` on the declared part
+//! still applies).
+//!
+//! With several keys (MSET, multi-key scripts) every key's rule is checked; the first
+//! violation found is reported.
+
+use bytes::BytesMut;
+
+use super::{first_rule, printable_key, CommandView, Guard, Mode, Rule, RuleSpec, Verdict};
+use crate::command::CommandInfo;
+use crate::config::{ConfigError, RawSizeGuard};
+use crate::identity::ClientIdentity;
+use crate::wire;
+
+/// One rule's size limits.
+#[derive(Debug)]
+pub struct SizeLimits {
+    /// Largest value.
+    pub max_value: Option<u64>,
+    /// Largest whole command.
+    pub max_request: Option<u64>,
+    /// Most arguments other than the name and keys.
+    pub max_elements: Option<u64>,
+}
+
+/// The oversized-value guard.
+#[derive(Debug)]
+pub struct SizeGuard {
+    rules: Vec<Rule<SizeLimits>>,
+}
+
+const REFUSED: &str = "refused";
+
+impl SizeGuard {
+    /// Build the guard from `[guards.size]`.
+    pub fn build(raw: &RawSizeGuard, mode: Mode, logs: u32) -> Result<Self, ConfigError> {
+        let key = "guards.size.rules";
+        let mut rules = Vec::new();
+        for r in &raw.rules {
+            if r.max_value.is_none() && r.max_request.is_none() && r.max_elements.is_none() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!(
+                        "rule `{}` sets none of max_value, max_request, max_elements",
+                        r.pattern
+                    ),
+                });
+            }
+            let limits = SizeLimits {
+                max_value: r.max_value.map(|s| s.0),
+                max_request: r.max_request.map(|s| s.0),
+                max_elements: r.max_elements,
+            };
+            let spec = RuleSpec {
+                pattern: &r.pattern,
+                user: r.user.as_deref(),
+                client_name: r.client_name.as_deref(),
+                client_address: r.client_address,
+                mode: r.mode.as_deref(),
+            };
+            rules.push(Rule::new(
+                "size",
+                spec,
+                mode,
+                &[REFUSED],
+                logs,
+                limits,
+                key,
+            )?);
+        }
+        Ok(SizeGuard { rules })
+    }
+
+    /// The first limit of `rule` that `cmd` breaks, as the reason for the error.
+    fn violation(
+        &self,
+        cmd: &CommandView<'_>,
+        rule: &Rule<SizeLimits>,
+        key: &[u8],
+    ) -> Option<String> {
+        let l = &rule.limits;
+        let k = printable_key(key);
+        let name = &rule.name;
+        if let Some(max) = l.max_value {
+            let values = (1..cmd.args.len())
+                .filter(|i| !cmd.keys.contains(i))
+                .map(|i| cmd.args[i].len() as u64);
+            // The argument streaming in now is a value unless it is a key position.
+            let streamed = cmd
+                .streaming
+                .filter(|_| !cmd.keys.contains(&cmd.args.len()));
+            if let Some(n) = values.chain(streamed).find(|&n| n > max) {
+                return Some(format!(
+                    "value of {n} bytes for key '{k}' exceeds the {max}-byte limit of size rule '{name}'"
+                ));
+            }
+        }
+        if let Some(max) = l.max_request {
+            if cmd.size > max {
+                let at_least = if cmd.is_whole() { "" } else { "at least " };
+                return Some(format!(
+                    "request of {at_least}{} bytes for key '{k}' exceeds the {max}-byte limit of size rule '{name}'",
+                    cmd.size
+                ));
+            }
+        }
+        if let Some(max) = l.max_elements {
+            let elements = cmd.argc.saturating_sub(1 + cmd.keys.len()) as u64;
+            if elements > max {
+                return Some(format!(
+                    "{elements} elements for key '{k}' exceed the limit of {max} of size rule '{name}'"
+                ));
+            }
+        }
+        None
+    }
+}
+
+impl Guard for SizeGuard {
+    fn name(&self) -> &'static str {
+        "size"
+    }
+
+    fn wants(&self, info: &CommandInfo) -> bool {
+        info.is_write()
+    }
+
+    fn check(
+        &self,
+        cmd: &CommandView<'_>,
+        client: &ClientIdentity,
+        _out: &mut BytesMut,
+    ) -> Verdict {
+        for &k in cmd.keys {
+            let Some(key) = cmd.arg(k) else { continue };
+            let Some(rule) = first_rule(&self.rules, key, client) else {
+                continue;
+            };
+            let Some(reason) = self.violation(cmd, rule, key) else {
+                continue;
+            };
+            rule.count(REFUSED);
+            if let Some(suppressed) = rule.may_log() {
+                let verb = if rule.mode == Mode::Observe {
+                    "observe: would refuse"
+                } else {
+                    "refused"
+                };
+                tracing::warn!(guard = "size", rule = %rule.name, client = %client,
+                    command = %cmd.info.name, suppressed, "{verb}: {reason}");
+            }
+            if rule.mode == Mode::Observe {
+                return Verdict::Forward;
+            }
+            return Verdict::Refuse(wire::error(&format!("ERR respguard: {reason}")));
+        }
+        Verdict::Forward
+    }
+}

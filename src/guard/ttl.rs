@@ -1,0 +1,390 @@
+//! The default-TTL guard: keys written without an expiry get one, chosen by key pattern,
+//! and client-given expiries above a rule's `max_ttl` are lowered to it.
+//!
+//! How each command gets its TTL, so the client sees exactly the replies it would without
+//! the guard:
+//! - `SET` with none of EX/PX/EXAT/PXAT/KEEPTTL gets `PX <ttl>` appended (NX, XX and GET
+//!   keep working as they are). A SET whose value is too large to hold is streamed, so its
+//!   options are not known when it is sent: it gets a hidden `PEXPIRE key <ttl> NX` after it.
+//! - `GETSET k v` becomes `SET k v GET PX <ttl>` (same reply).
+//! - `SETNX`, `MSET`, `MSETNX`, `HSET`, `HMSET`, `HSETNX`, and the commands a rule adds
+//!   (`LPUSH`, `SADD`, `INCR`, ...), are followed by a hidden `PEXPIRE key <ttl> NX` per key.
+//!   `NX` leaves a TTL the key already has alone. The PEXPIRE runs whatever the write's
+//!   outcome, so a key matching a TTL rule that had no TTL gets one even when the write
+//!   failed (for example HSET on an existing string key): a key under a TTL rule is meant to
+//!   expire.
+//! - SETEX, PSETEX, SET ... EX/PX/EXAT/PXAT, GETEX, EXPIRE, PEXPIRE, EXPIREAT and PEXPIREAT
+//!   are left alone unless their expiry is beyond the rule's `max_ttl`, which then replaces
+//!   it (absolute times are compared with the proxy's clock). SET ... KEEPTTL, PERSIST and
+//!   RESTORE are left alone.
+//!
+//! A rule with `ttl = "none"` exempts its keys (and stops the search: first match wins).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+
+use super::{decimal, encode_appending, encode_arg, encode_header, encode_replacing, first_rule};
+use super::{CommandView, Guard, Mode, Rule, RuleSpec, Verdict};
+use crate::command::CommandInfo;
+use crate::config::{ConfigError, RawTtlGuard};
+use crate::identity::ClientIdentity;
+
+/// One rule's TTL settings.
+#[derive(Debug)]
+pub struct TtlLimits {
+    /// TTL for keys written without one; `None` exempts the keys.
+    pub ttl: Option<Duration>,
+    /// Largest TTL a client may set.
+    pub max_ttl: Option<Duration>,
+    /// Extra key-creating commands (lower-case names).
+    pub commands: Vec<String>,
+}
+
+/// The default-TTL guard.
+#[derive(Debug)]
+pub struct TtlGuard {
+    rules: Vec<Rule<TtlLimits>>,
+}
+
+const ADDED: &str = "ttl_added";
+const CLAMPED: &str = "ttl_clamped";
+
+/// Commands that create keys and get a TTL by default.
+const DEFAULT_CREATING: &[&str] = &[
+    "set", "setnx", "getset", "mset", "msetnx", "hset", "hmset", "hsetnx",
+];
+/// Commands that carry an expiry a rule's `max_ttl` may lower.
+const CARRYING_TTL: &[&str] = &[
+    "set",
+    "setex",
+    "psetex",
+    "getex",
+    "expire",
+    "pexpire",
+    "expireat",
+    "pexpireat",
+];
+
+impl TtlGuard {
+    /// Build the guard from `[guards.ttl]`.
+    pub fn build(raw: &RawTtlGuard, mode: Mode, logs: u32) -> Result<Self, ConfigError> {
+        let key = "guards.ttl.rules";
+        let mut rules = Vec::new();
+        for r in &raw.rules {
+            let ttl = match r.ttl.as_str() {
+                "none" => None,
+                s => Some(
+                    humantime::parse_duration(s).map_err(|e| ConfigError::Invalid {
+                        key,
+                        reason: format!(
+                            "rule `{}`: ttl `{s}` is not a duration or `none` ({e})",
+                            r.pattern
+                        ),
+                    })?,
+                ),
+            };
+            if ttl.is_some_and(|t| t.as_millis() == 0) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("rule `{}`: ttl must be at least 1ms", r.pattern),
+                });
+            }
+            let limits = TtlLimits {
+                ttl,
+                max_ttl: r.max_ttl.map(|d| d.0),
+                commands: r.commands.iter().map(|c| c.to_ascii_lowercase()).collect(),
+            };
+            let spec = RuleSpec {
+                pattern: &r.pattern,
+                user: r.user.as_deref(),
+                client_name: r.client_name.as_deref(),
+                client_address: r.client_address,
+                mode: r.mode.as_deref(),
+            };
+            rules.push(Rule::new(
+                "ttl",
+                spec,
+                mode,
+                &[ADDED, CLAMPED],
+                logs,
+                limits,
+                key,
+            )?);
+        }
+        Ok(TtlGuard { rules })
+    }
+
+    fn creates(&self, name: &str) -> bool {
+        DEFAULT_CREATING.contains(&name)
+            || self
+                .rules
+                .iter()
+                .any(|r| r.limits.commands.iter().any(|c| c == name))
+    }
+
+    fn act(
+        &self,
+        rule: &Rule<TtlLimits>,
+        action: &'static str,
+        verdict: Verdict,
+        client: &ClientIdentity,
+        key: &[u8],
+    ) -> Verdict {
+        rule.count(action);
+        if rule.mode == Mode::Observe {
+            if let Some(suppressed) = rule.may_log() {
+                tracing::info!(guard = "ttl", rule = %rule.name, action, client = %client,
+                    key = %super::printable_key(key), suppressed, "observe: would change the command");
+            }
+            return Verdict::Forward;
+        }
+        verdict
+    }
+}
+
+impl Guard for TtlGuard {
+    fn name(&self) -> &'static str {
+        "ttl"
+    }
+
+    fn wants(&self, info: &CommandInfo) -> bool {
+        let name: &str = &info.name;
+        self.creates(name) || CARRYING_TTL.contains(&name)
+    }
+
+    fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict {
+        let name: &str = &cmd.info.name;
+        let Some(&first_key) = cmd.keys.first() else {
+            return Verdict::Forward;
+        };
+        let Some(key) = cmd.arg(first_key) else {
+            return Verdict::Forward;
+        };
+        let Some(rule) = first_rule(&self.rules, key, client) else {
+            return Verdict::Forward;
+        };
+        match name {
+            "set" => self.check_set(cmd, rule, client, key, out),
+            "getset" if cmd.is_whole() && cmd.args.len() == 3 => {
+                let Some(ttl) = rule.limits.ttl else {
+                    return Verdict::Forward;
+                };
+                let mut digits = [0u8; 20];
+                let ms = decimal(ttl.as_millis() as u64, &mut digits);
+                encode_header(out, 6);
+                encode_arg(out, b"SET");
+                encode_arg(out, key);
+                encode_arg(out, cmd.arg(2).unwrap_or_default());
+                encode_arg(out, b"GET");
+                encode_arg(out, b"PX");
+                encode_arg(out, ms);
+                let v = Verdict::Rewrite {
+                    replacement: Some(out.len()),
+                    hidden: 0,
+                };
+                self.act(rule, ADDED, v, client, key)
+            }
+            "setex" | "psetex" | "expire" | "pexpire" => {
+                let unit_ms = if name == "setex" || name == "expire" {
+                    1000
+                } else {
+                    1
+                };
+                self.clamp_relative(cmd, rule, client, key, 2, unit_ms, out)
+            }
+            "expireat" | "pexpireat" => {
+                let unit_ms = if name == "expireat" { 1000 } else { 1 };
+                self.clamp_absolute(cmd, rule, client, key, 2, unit_ms, out)
+            }
+            "getex" => match find_expiry_option(cmd, 2) {
+                Some((i, Expiry::Relative(unit))) => {
+                    self.clamp_relative(cmd, rule, client, key, i + 1, unit, out)
+                }
+                Some((i, Expiry::Absolute(unit))) => {
+                    self.clamp_absolute(cmd, rule, client, key, i + 1, unit, out)
+                }
+                _ => Verdict::Forward,
+            },
+            _ if self.creates(name) => self.hidden_expires(cmd, client, out),
+            _ => Verdict::Forward,
+        }
+    }
+}
+
+/// Which kind of expiry option an argument is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// EX or PX, with the unit in milliseconds.
+    Relative(u64),
+    /// EXAT or PXAT, with the unit in milliseconds.
+    Absolute(u64),
+    /// KEEPTTL or PERSIST: the client chose.
+    Keep,
+}
+
+fn find_expiry_option(cmd: &CommandView<'_>, from: usize) -> Option<(usize, Expiry)> {
+    (from..cmd.args.len()).find_map(|i| {
+        let a = cmd.arg(i)?;
+        let kind = if a.eq_ignore_ascii_case(b"ex") {
+            Expiry::Relative(1000)
+        } else if a.eq_ignore_ascii_case(b"px") {
+            Expiry::Relative(1)
+        } else if a.eq_ignore_ascii_case(b"exat") {
+            Expiry::Absolute(1000)
+        } else if a.eq_ignore_ascii_case(b"pxat") {
+            Expiry::Absolute(1)
+        } else if a.eq_ignore_ascii_case(b"keepttl") || a.eq_ignore_ascii_case(b"persist") {
+            Expiry::Keep
+        } else {
+            return None;
+        };
+        Some((i, kind))
+    })
+}
+
+impl TtlGuard {
+    fn check_set(
+        &self,
+        cmd: &CommandView<'_>,
+        rule: &Rule<TtlLimits>,
+        client: &ClientIdentity,
+        key: &[u8],
+        out: &mut BytesMut,
+    ) -> Verdict {
+        if !cmd.is_whole() {
+            // The options follow the value, which is streaming: add the TTL afterwards, NX so
+            // an expiry the SET itself sets is kept.
+            return self.hidden_expires(cmd, client, out);
+        }
+        match find_expiry_option(cmd, 3) {
+            Some((i, Expiry::Relative(unit))) => {
+                self.clamp_relative(cmd, rule, client, key, i + 1, unit, out)
+            }
+            Some((i, Expiry::Absolute(unit))) => {
+                self.clamp_absolute(cmd, rule, client, key, i + 1, unit, out)
+            }
+            Some((_, Expiry::Keep)) => Verdict::Forward,
+            None => {
+                let Some(ttl) = rule.limits.ttl else {
+                    return Verdict::Forward;
+                };
+                let mut digits = [0u8; 20];
+                let ms = decimal(ttl.as_millis() as u64, &mut digits);
+                encode_appending(cmd, &[b"PX", ms], out);
+                let v = Verdict::Rewrite {
+                    replacement: Some(out.len()),
+                    hidden: 0,
+                };
+                self.act(rule, ADDED, v, client, key)
+            }
+        }
+    }
+
+    /// A hidden `PEXPIRE key ttl NX` after the command for each key whose rule has a TTL.
+    fn hidden_expires(
+        &self,
+        cmd: &CommandView<'_>,
+        client: &ClientIdentity,
+        out: &mut BytesMut,
+    ) -> Verdict {
+        let mut hidden = 0;
+        let mut decided: Option<(&Rule<TtlLimits>, &[u8])> = None;
+        for &k in cmd.keys {
+            let Some(key) = cmd.arg(k) else { continue };
+            let Some(rule) = first_rule(&self.rules, key, client) else {
+                continue;
+            };
+            let Some(ttl) = rule.limits.ttl else { continue };
+            rule.count(ADDED);
+            if rule.mode == Mode::Observe {
+                if let Some(suppressed) = rule.may_log() {
+                    tracing::info!(guard = "ttl", rule = %rule.name, action = ADDED, client = %client,
+                        key = %super::printable_key(key), suppressed, "observe: would add a TTL");
+                }
+                continue;
+            }
+            let mut digits = [0u8; 20];
+            let ms = decimal(ttl.as_millis() as u64, &mut digits);
+            encode_header(out, 4);
+            encode_arg(out, b"PEXPIRE");
+            encode_arg(out, key);
+            encode_arg(out, ms);
+            encode_arg(out, b"NX");
+            hidden += 1;
+            decided = Some((rule, key));
+        }
+        match decided {
+            Some(_) => Verdict::Rewrite {
+                replacement: None,
+                hidden,
+            },
+            None => Verdict::Forward,
+        }
+    }
+
+    /// Lower a relative expiry (argument `index`, in units of `unit_ms`) to `max_ttl`.
+    #[allow(clippy::too_many_arguments)]
+    fn clamp_relative(
+        &self,
+        cmd: &CommandView<'_>,
+        rule: &Rule<TtlLimits>,
+        client: &ClientIdentity,
+        key: &[u8],
+        index: usize,
+        unit_ms: u64,
+        out: &mut BytesMut,
+    ) -> Verdict {
+        let (Some(max), true) = (rule.limits.max_ttl, cmd.is_whole()) else {
+            return Verdict::Forward;
+        };
+        let Some(n) = cmd.arg(index).and_then(crate::scanner::request::parse_int) else {
+            return Verdict::Forward; // Redis answers the syntax error itself.
+        };
+        let max_units = (max.as_millis() as u64 / unit_ms).max(1);
+        if n <= 0 || (n as u64) <= max_units {
+            return Verdict::Forward;
+        }
+        let mut digits = [0u8; 20];
+        encode_replacing(cmd, index, decimal(max_units, &mut digits), out);
+        let v = Verdict::Rewrite {
+            replacement: Some(out.len()),
+            hidden: 0,
+        };
+        self.act(rule, CLAMPED, v, client, key)
+    }
+
+    /// Lower an absolute expiry (a Unix time in units of `unit_ms`) to now + `max_ttl`.
+    #[allow(clippy::too_many_arguments)]
+    fn clamp_absolute(
+        &self,
+        cmd: &CommandView<'_>,
+        rule: &Rule<TtlLimits>,
+        client: &ClientIdentity,
+        key: &[u8],
+        index: usize,
+        unit_ms: u64,
+        out: &mut BytesMut,
+    ) -> Verdict {
+        let (Some(max), true) = (rule.limits.max_ttl, cmd.is_whole()) else {
+            return Verdict::Forward;
+        };
+        let Some(at) = cmd.arg(index).and_then(crate::scanner::request::parse_int) else {
+            return Verdict::Forward;
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let latest = (now_ms + max.as_millis() as u64) / unit_ms;
+        if at <= 0 || (at as u64) <= latest {
+            return Verdict::Forward;
+        }
+        let mut digits = [0u8; 20];
+        encode_replacing(cmd, index, decimal(latest, &mut digits), out);
+        let v = Verdict::Rewrite {
+            replacement: Some(out.len()),
+            hidden: 0,
+        };
+        self.act(rule, CLAMPED, v, client, key)
+    }
+}
