@@ -613,7 +613,7 @@ impl Session {
     #[inline]
     fn guards_apply(&self, command: u16) -> bool {
         self.shared.guards.wants(command)
-            && !(self.queue.is_subscribed() && !self.queue.is_resp3())
+            && (self.queue.is_resp3() || !self.queue.is_subscribed())
             && !self.queue.is_monitoring()
     }
 
