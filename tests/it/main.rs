@@ -5,6 +5,7 @@ mod cli;
 mod clients;
 mod differential;
 mod failures;
+mod guards;
 mod harness;
 mod memory;
 mod scanner;

@@ -176,3 +176,36 @@ async fn a_million_argument_command_streams_in_bounded_memory() {
     assert!(peak < LIMIT_KIB, "proxy peak RSS {peak} KiB");
     assert_eq!(c.call(&["LLEN", "list"]).await, format!(":{n}\r\n"));
 }
+
+#[tokio::test]
+async fn a_1_gib_set_is_refused_in_bounded_memory_and_the_connection_goes_on() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("respguard.toml");
+    std::fs::write(
+        &config,
+        "[protocol]\nmax_bulk_len = \"2GiB\"\n[[guards.size.rules]]\npattern = \"blob:*\"\nmax_value = \"1MiB\"\n",
+    )
+    .unwrap();
+    let proxy = ProxyProcess::start(&server.url(), &["--config", config.to_str().unwrap()]);
+    let mut c = Conn::open(proxy.addr).await;
+    let len: usize = 1 << 30;
+    c.send(format!("*3\r\n$3\r\nSET\r\n$6\r\nblob:1\r\n${len}\r\n").as_bytes())
+        .await;
+    // The refusal comes as soon as the length is known; the payload is read and discarded.
+    let refusal = String::from_utf8_lossy(&c.reply().await).into_owned();
+    assert_eq!(
+        refusal,
+        "-ERR respguard: value of 1073741824 bytes for key 'blob:1' exceeds the 1048576-byte limit of size rule 'blob:*'\r\n"
+    );
+    let chunk = vec![b'v'; 4 * 1024 * 1024];
+    for _ in 0..len / chunk.len() {
+        c.stream.write_all(&chunk).await.unwrap();
+    }
+    c.send(b"\r\n").await;
+    assert_eq!(c.call(&["SET", "after", "1"]).await, "+OK\r\n");
+    assert_eq!(c.call(&["EXISTS", "blob:1"]).await, ":0\r\n");
+    let (rss, peak) = proxy.rss_kib();
+    println!("1 GiB SET refused: proxy RSS {rss} KiB (peak {peak} KiB)");
+    assert!(peak < LIMIT_KIB, "proxy peak RSS {peak} KiB");
+}
