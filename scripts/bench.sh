@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 REQUESTS=${REQUESTS:-200000}
 CLIENTS=${CLIENTS:-50}
-TESTS=${TESTS:-"SET GET"}
+TESTS=${TESTS:-"SET GET HSET"}
 PIPELINES=${PIPELINES:-"1 32"}
 SIZES=${SIZES:-"100 16384"}
 EXTRA_TARGETS=${EXTRA_TARGETS:-}   # e.g. "respguard-guards:PORT" added by later benchmarks
@@ -41,6 +41,40 @@ rg_port=$(free_port)
 pids+=($!)
 wait_port "$rg_port"
 
+# The same proxy with the TTL and size guards enforcing on every key: every SET gets PX
+# appended, every HSET a hidden PEXPIRE, every write a size check.
+guarded_port=$(free_port)
+cat > "$work/guards.toml" <<CFG
+[[guards.size.rules]]
+pattern = "*"
+max_value = "1MiB"
+max_elements = 100000
+[[guards.ttl.rules]]
+pattern = "*"
+ttl = "1h"
+CFG
+./target/release/respguard --config "$work/guards.toml" --listen "127.0.0.1:$guarded_port" \
+  --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level warn &
+pids+=($!)
+wait_port "$guarded_port"
+
+# The guard engine's own cost, with nothing for Redis to do differently: every write is
+# size-checked and matched against a TTL rule, none is refused or rewritten.
+checks_port=$(free_port)
+cat > "$work/checks.toml" <<CFG
+[[guards.size.rules]]
+pattern = "*"
+max_value = "1MiB"
+max_elements = 100000
+[[guards.ttl.rules]]
+pattern = "never-matches:*"
+ttl = "1h"
+CFG
+./target/release/respguard --config "$work/checks.toml" --listen "127.0.0.1:$checks_port" \
+  --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level warn &
+pids+=($!)
+wait_port "$checks_port"
+
 hap_port=$(free_port)
 cat > "$work/haproxy.cfg" <<CFG
 global
@@ -58,7 +92,7 @@ haproxy -f "$work/haproxy.cfg" -db &
 pids+=($!)
 wait_port "$hap_port"
 
-targets=("direct:$redis_port" "respguard:$rg_port" "haproxy:$hap_port")
+targets=("direct:$redis_port" "respguard:$rg_port" "respguard+checks:$checks_port" "respguard+guards:$guarded_port" "haproxy:$hap_port")
 for t in $EXTRA_TARGETS; do targets+=("$t"); done
 
 # run TARGET_PORT TEST PIPELINE SIZE -> "rps p99_ms"
@@ -69,8 +103,8 @@ run() {
 
 median() { sort -g | awk '{ a[NR]=$1 } END { print a[int((NR+1)/2)] }'; }
 
-echo "| test | pipeline | value | target | ops/s | vs direct | p99 ms | vs direct |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| test | pipeline | value | target | ops/s | vs direct | vs respguard | p99 ms | vs direct |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for size in $SIZES; do
   for pipe in $PIPELINES; do
     for test in $TESTS; do
@@ -86,12 +120,13 @@ for size in $SIZES; do
       done
       base_r=$(tr ' ' '\n' <<<"${rps[direct]}" | grep . | median)
       base_p=$(tr ' ' '\n' <<<"${p99[direct]}" | grep . | median)
+      rg_r=$(tr ' ' '\n' <<<"${rps[respguard]}" | grep . | median)
       for t in "${targets[@]}"; do
         name=${t%%:*}
         r=$(tr ' ' '\n' <<<"${rps[$name]}" | grep . | median)
         p=$(tr ' ' '\n' <<<"${p99[$name]}" | grep . | median)
-        awk -v t="$test" -v pl="$pipe" -v s="$size" -v n="$name" -v r="$r" -v br="$base_r" -v p="$p" -v bp="$base_p" \
-          'BEGIN { printf "| %s | %s | %s B | %s | %.0f | %.2f | %.3f | %.2f |\n", t, pl, s, n, r, r/br, p, p/bp }'
+        awk -v t="$test" -v pl="$pipe" -v s="$size" -v n="$name" -v r="$r" -v br="$base_r" -v rr="$rg_r" -v p="$p" -v bp="$base_p" \
+          'BEGIN { printf "| %s | %s | %s B | %s | %.0f | %.2f | %.2f | %.3f | %.2f |\n", t, pl, s, n, r, r/br, r/rr, p, p/bp }'
       done
       unset rps p99
     done

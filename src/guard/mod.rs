@@ -127,10 +127,11 @@ pub trait Guard: Send + Sync {
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict;
 }
 
-/// The guards, in order, and which commands any of them wants.
+/// The guards, in order, and which commands each of them wants.
 pub struct Guards {
     chain: Vec<Box<dyn Guard>>,
-    wanted: Vec<bool>,
+    /// By command id: bit `i` is set when guard `i` wants the command (at most 8 guards).
+    wanted: Vec<u8>,
 }
 
 impl std::fmt::Debug for Guards {
@@ -153,9 +154,16 @@ impl Guards {
         if !raw.ttl.rules.is_empty() {
             chain.push(Box::new(ttl::TtlGuard::build(&raw.ttl, mode, logs)?));
         }
+        debug_assert!(chain.len() <= 8, "the wanted bitmask holds eight guards");
         let wanted = table
             .all()
-            .map(|info| chain.iter().any(|g| g.wants(info)))
+            .map(|info| {
+                chain
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| g.wants(info))
+                    .fold(0u8, |bits, (i, _)| bits | 1 << i)
+            })
             .collect();
         Ok(Guards { chain, wanted })
     }
@@ -171,7 +179,9 @@ impl Guards {
     /// Whether any guard wants the command with this id.
     #[inline]
     pub fn wants(&self, command: u16) -> bool {
-        self.wanted.get(command as usize).copied().unwrap_or(false)
+        self.wanted
+            .get(command as usize)
+            .is_some_and(|&bits| bits != 0)
     }
 
     /// Run the guards in order; the first verdict that is not `Forward` decides.
@@ -181,8 +191,9 @@ impl Guards {
         client: &ClientIdentity,
         out: &mut BytesMut,
     ) -> Verdict {
-        for guard in &self.chain {
-            if !guard.wants(cmd.info) {
+        let bits = self.wanted.get(cmd.info.id as usize).copied().unwrap_or(0);
+        for (i, guard) in self.chain.iter().enumerate() {
+            if bits & (1 << i) == 0 {
                 continue;
             }
             out.clear();

@@ -98,10 +98,25 @@ async fn keys_written_without_a_ttl_get_the_rule_ttl_and_replies_are_unchanged()
             let t = pttl(&behind, key).await;
             assert!(in_default_window(t), "RESP{proto}: {key} has PTTL {t}");
         }
-        assert!((290_000..=300_000).contains(&pttl(&behind, "c:ex").await), "client TTL kept");
-        assert_eq!(pttl(&behind, "c:keep").await, -1, "SET ... KEEPTTL is left alone");
-        assert_eq!(pttl(&behind, "c:xx").await, -2, "SET XX of a missing key creates none");
-        assert_eq!(pttl(&behind, "c:rlist").await, -1, "RPUSH is not in the rule's commands");
+        assert!(
+            (290_000..=300_000).contains(&pttl(&behind, "c:ex").await),
+            "client TTL kept"
+        );
+        assert_eq!(
+            pttl(&behind, "c:keep").await,
+            -1,
+            "SET ... KEEPTTL is left alone"
+        );
+        assert_eq!(
+            pttl(&behind, "c:xx").await,
+            -2,
+            "SET XX of a missing key creates none"
+        );
+        assert_eq!(
+            pttl(&behind, "c:rlist").await,
+            -1,
+            "RPUSH is not in the rule's commands"
+        );
         assert_eq!(pttl(&behind, "nottl:k").await, -1, "exempt pattern");
         assert_eq!(pttl(&behind, "unruled").await, -1, "no rule");
     }
@@ -136,7 +151,11 @@ async fn a_write_on_a_key_of_another_type_fails_and_the_key_gets_the_rule_ttl() 
     let reply = c.call(&["HSET", "c:str", "f", "v"]).await;
     assert!(reply.starts_with("-WRONGTYPE"), "{reply}");
     assert!(in_default_window(pttl(&server, "c:str").await));
-    assert_eq!(c.call(&["GET", "c:str"]).await, "$1\r\nv\r\n", "the value is untouched");
+    assert_eq!(
+        c.call(&["GET", "c:str"]).await,
+        "$1\r\nv\r\n",
+        "the value is untouched"
+    );
     proxy.shutdown().await;
 }
 
@@ -169,10 +188,14 @@ async fn max_ttl_lowers_larger_client_expiries() {
     ];
     let behind = same_replies(TTL_RULES, 2, cmds).await;
     for key in [
-        "c:ex", "c:px", "c:exat", "c:pxat", "c:setex", "c:psetex", "c:e", "c:pe", "c:ea", "c:pea", "c:gx",
+        "c:ex", "c:px", "c:exat", "c:pxat", "c:setex", "c:psetex", "c:e", "c:pe", "c:ea", "c:pea",
+        "c:gx",
     ] {
         let t = pttl(&behind, key).await;
-        assert!((590_000..=600_000).contains(&t), "{key} has PTTL {t}, max_ttl is 10m");
+        assert!(
+            (590_000..=600_000).contains(&t),
+            "{key} has PTTL {t}, max_ttl is 10m"
+        );
     }
     assert!((110_000..=120_000).contains(&pttl(&behind, "c:small").await));
 }
@@ -202,9 +225,16 @@ async fn transactions_never_show_the_added_commands() {
         ];
         let behind = same_replies(TTL_RULES, proto, cmds).await;
         for key in ["c:h", "c:a", "c:b", "c:s"] {
-            assert!(in_default_window(pttl(&behind, key).await), "RESP{proto}: {key}");
+            assert!(
+                in_default_window(pttl(&behind, key).await),
+                "RESP{proto}: {key}"
+            );
         }
-        assert_eq!(pttl(&behind, "c:h2").await, -2, "aborted transaction wrote nothing");
+        assert_eq!(
+            pttl(&behind, "c:h2").await,
+            -2,
+            "aborted transaction wrote nothing"
+        );
     }
 }
 
@@ -213,7 +243,11 @@ async fn a_watch_abort_returns_nil_with_hidden_commands_queued() {
     for server_side in [false, true] {
         let server = RedisServer::start();
         let proxy = guarded(&server, TTL_RULES).await;
-        let addr = if server_side { server.addr() } else { proxy.addr };
+        let addr = if server_side {
+            server.addr()
+        } else {
+            proxy.addr
+        };
         let mut c = Conn::open(addr).await;
         let mut other = Conn::open(server.addr()).await;
         c.call(&["WATCH", "w"]).await;
@@ -256,7 +290,10 @@ async fn client_reply_off_and_skip_with_guarded_commands() {
         }
         assert_eq!(outs[0], outs[1], "RESP{proto}");
         for key in ["c:off", "c:off2", "c:skip", "c:after"] {
-            assert!(in_default_window(pttl(&behind, key).await), "RESP{proto}: {key}");
+            assert!(
+                in_default_window(pttl(&behind, key).await),
+                "RESP{proto}: {key}"
+            );
         }
         proxy.shutdown().await;
     }
@@ -270,9 +307,18 @@ async fn a_streamed_set_still_gets_its_ttl() {
     let big = "x".repeat(2 * 1024 * 1024);
     assert_eq!(c.call(&["SET", "c:big", &big]).await, "+OK\r\n");
     assert!(in_default_window(pttl(&server, "c:big").await));
-    assert_eq!(c.call(&["SET", "c:big2", &big, "EX", "300"]).await, "+OK\r\n");
-    assert!(pttl(&server, "c:big2").await > 290_000, "the SET's own EX wins over NX");
-    assert_eq!(c.call(&["STRLEN", "c:big"]).await, format!(":{}\r\n", big.len()));
+    assert_eq!(
+        c.call(&["SET", "c:big2", &big, "EX", "300"]).await,
+        "+OK\r\n"
+    );
+    assert!(
+        pttl(&server, "c:big2").await > 290_000,
+        "the SET's own EX wins over NX"
+    );
+    assert_eq!(
+        c.call(&["STRLEN", "c:big"]).await,
+        format!(":{}\r\n", big.len())
+    );
     proxy.shutdown().await;
 }
 
@@ -303,8 +349,13 @@ async fn oversized_values_are_refused_and_the_connection_stays_usable() {
     assert_eq!(c.call(&["SET", "blob:2", &half]).await, "+OK\r\n");
     assert_eq!(c.call(&["STRLEN", "blob:2"]).await, ":524288\r\n");
     // A small value refused when whole, not streamed.
-    let small_rules_hit = c.call(&["APPEND", "blob:2", &"a".repeat(1024 * 1024 + 1)]).await;
-    assert!(small_rules_hit.contains("exceeds the 1048576-byte limit"), "{small_rules_hit}");
+    let small_rules_hit = c
+        .call(&["APPEND", "blob:2", &"a".repeat(1024 * 1024 + 1)])
+        .await;
+    assert!(
+        small_rules_hit.contains("exceeds the 1048576-byte limit"),
+        "{small_rules_hit}"
+    );
     // Element count: 11 fields and values are 22 elements.
     let mut hset = vec!["HSET", "blob:h"];
     let fields: Vec<String> = (0..11).map(|i| format!("f{i}")).collect();
@@ -318,7 +369,11 @@ async fn oversized_values_are_refused_and_the_connection_stays_usable() {
     );
     let r = c.call(&["SET", "req:1", &"r".repeat(5000)]).await;
     assert!(r.starts_with("-ERR respguard: request of 50"), "{r}");
-    assert_eq!(c.call(&["SET", "other", &two_mib]).await, "+OK\r\n", "no rule, no limit");
+    assert_eq!(
+        c.call(&["SET", "other", &two_mib]).await,
+        "+OK\r\n",
+        "no rule, no limit"
+    );
     proxy.shutdown().await;
 }
 
@@ -330,7 +385,10 @@ async fn a_refusal_inside_multi_aborts_the_transaction_as_redis_would() {
     let two_mib = "v".repeat(2 * 1024 * 1024);
     assert_eq!(c.call(&["MULTI"]).await, "+OK\r\n");
     assert_eq!(c.call(&["SET", "ok", "1"]).await, "+QUEUED\r\n");
-    assert!(c.call(&["SET", "blob:1", &two_mib]).await.starts_with("-ERR respguard: value of"));
+    assert!(c
+        .call(&["SET", "blob:1", &two_mib])
+        .await
+        .starts_with("-ERR respguard: value of"));
     assert_eq!(
         c.call(&["EXEC"]).await,
         "-EXECABORT Transaction discarded because of previous errors.\r\n"
@@ -356,7 +414,11 @@ max_value = "10"
     let mut c = Conn::open(proxy.addr).await;
     assert_eq!(c.call(&["SET", "obs:1", "v"]).await, "+OK\r\n");
     assert_eq!(c.call(&["HSET", "obs:2", "f", "v"]).await, ":1\r\n");
-    assert_eq!(c.call(&["SET", "obs:3", "a value longer than ten bytes"]).await, "+OK\r\n");
+    assert_eq!(
+        c.call(&["SET", "obs:3", "a value longer than ten bytes"])
+            .await,
+        "+OK\r\n"
+    );
     assert_eq!(pttl(&server, "obs:1").await, -1);
     assert_eq!(pttl(&server, "obs:2").await, -1);
     let metrics = http_get(proxy.admin_addr.unwrap(), "/metrics").await;
@@ -401,20 +463,100 @@ async fn a_deep_pipeline_mixing_guarded_and_plain_commands_gets_redis_replies() 
             let cmd: Vec<String> = match i % 9 {
                 0 => vec!["SET".into(), k, i.to_string()],
                 1 => vec!["GET".into(), k],
-                2 => vec!["HSET".into(), format!("c:h{}", i % 7), "f".into(), i.to_string()],
+                2 => vec![
+                    "HSET".into(),
+                    format!("c:h{}", i % 7),
+                    "f".into(),
+                    i.to_string(),
+                ],
                 3 => vec!["MSET".into(), k, "1".into(), format!("p:{i}"), "2".into()],
                 4 => vec!["INCR".into(), format!("p:n{}", i % 3)],
-                5 => vec!["SET".into(), format!("c:e{}", i % 5), "v".into(), "EX".into(), "100000".into()],
+                5 => vec![
+                    "SET".into(),
+                    format!("c:e{}", i % 5),
+                    "v".into(),
+                    "EX".into(),
+                    "100000".into(),
+                ],
                 6 => vec!["SET".into(), format!("blob:{}", i % 4), "v".repeat(i % 300)],
                 7 => vec!["GETSET".into(), k, "g".into()],
                 _ => vec!["LPUSH".into(), format!("c:l{}", i % 3), "x".into()],
             };
             owned.push(cmd);
         }
-        let cmds: Vec<Vec<&str>> = owned.iter().map(|c| c.iter().map(|s| s.as_str()).collect()).collect();
+        let cmds: Vec<Vec<&str>> = owned
+            .iter()
+            .map(|c| c.iter().map(|s| s.as_str()).collect())
+            .collect();
         let refs: Vec<&[&str]> = cmds.iter().map(|c| c.as_slice()).collect();
         let behind = same_replies(&rules, proto, &refs).await;
         assert!(in_default_window(pttl(&behind, "c:h3").await));
-        assert!((590_000..=600_000).contains(&pttl(&behind, "c:e1").await), "clamped by max_ttl");
+        assert!(
+            (590_000..=600_000).contains(&pttl(&behind, "c:e1").await),
+            "clamped by max_ttl"
+        );
     }
+}
+
+#[tokio::test]
+async fn rules_narrowed_to_a_user_a_client_name_or_a_network() {
+    let rules = r#"
+[[guards.ttl.rules]]
+pattern = "n:*"
+user = "worker"
+ttl = "60s"
+[[guards.ttl.rules]]
+pattern = "n:*"
+client_name = "billing"
+ttl = "120s"
+[[guards.ttl.rules]]
+pattern = "n:*"
+client_address = "10.0.0.0/8"
+ttl = "180s"
+[[guards.ttl.rules]]
+pattern = "local:*"
+client_address = "127.0.0.0/8"
+ttl = "180s"
+"#;
+    let server = RedisServer::start();
+    let mut admin = Conn::open(server.addr()).await;
+    admin
+        .call(&["ACL", "SETUSER", "worker", "on", ">pw", "~*", "+@all"])
+        .await;
+    let proxy = guarded(&server, rules).await;
+    // Neither the user nor the name: no rule applies (and 127.0.0.1 is not in 10.0.0.0/8).
+    let mut c = Conn::open(proxy.addr).await;
+    c.call(&["SET", "n:anon", "v"]).await;
+    assert_eq!(pttl(&server, "n:anon").await, -1);
+    // The user's rule applies once Redis has accepted the AUTH.
+    assert_eq!(
+        c.call(&["AUTH", "worker", "wrong"]).await.get(..10),
+        Some("-WRONGPASS")
+    );
+    c.call(&["SET", "n:before", "v"]).await;
+    assert_eq!(
+        pttl(&server, "n:before").await,
+        -1,
+        "a failed AUTH changes nothing"
+    );
+    assert_eq!(c.call(&["AUTH", "worker", "pw"]).await, "+OK\r\n");
+    c.call(&["SET", "n:worker", "v"]).await;
+    assert!(in_default_window(pttl(&server, "n:worker").await));
+    // The client name's rule, set through HELLO ... SETNAME or CLIENT SETNAME.
+    let mut b = Conn::open(proxy.addr).await;
+    b.call(&["CLIENT", "SETNAME", "billing"]).await;
+    b.call(&["SET", "n:billing", "v"]).await;
+    assert!((110_000..=120_000).contains(&pttl(&server, "n:billing").await));
+    let mut h = Conn::open(proxy.addr).await;
+    h.call(&["HELLO", "3", "SETNAME", "billing"]).await;
+    h.call(&["SET", "n:hello", "v"]).await;
+    assert!((110_000..=120_000).contains(&pttl(&server, "n:hello").await));
+    // RESET forgets the name.
+    h.call(&["RESET"]).await;
+    h.call(&["SET", "n:reset", "v"]).await;
+    assert_eq!(pttl(&server, "n:reset").await, -1);
+    // The network rule applies to this test's loopback clients.
+    h.call(&["SET", "local:k", "v"]).await;
+    assert!((170_000..=180_000).contains(&pttl(&server, "local:k").await));
+    proxy.shutdown().await;
 }
