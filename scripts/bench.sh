@@ -35,45 +35,43 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --d
 pids+=($!)
 wait_port "$redis_port"
 
-rg_port=$(free_port)
-./target/release/respguard --listen "127.0.0.1:$rg_port" --upstream "redis://127.0.0.1:$redis_port" \
-  --admin-listen "" --log-level warn &
-pids+=($!)
-wait_port "$rg_port"
+# start_respguard VAR CONFIG_TEXT: start a release respguard with that configuration in
+# front of the Redis above, and set VAR to its port. (Not a $(...) subshell: the process
+# must be recorded in this shell's pids for the cleanup.)
+start_respguard() {
+  local port conf
+  port=$(free_port)
+  conf="$work/respguard-$port.toml"
+  printf '%s\n' "$2" > "$conf"
+  ./target/release/respguard --config "$conf" --listen "127.0.0.1:$port" \
+    --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level warn &
+  pids+=($!)
+  wait_port "$port"
+  printf -v "$1" '%s' "$port"
+}
 
-# The same proxy with the TTL and size guards enforcing on every key: every SET gets PX
-# appended, every HSET a hidden PEXPIRE, every write a size check.
-guarded_port=$(free_port)
-cat > "$work/guards.toml" <<CFG
-[[guards.size.rules]]
-pattern = "*"
-max_value = "1MiB"
-max_elements = 100000
-[[guards.ttl.rules]]
-pattern = "*"
-ttl = "1h"
-CFG
-./target/release/respguard --config "$work/guards.toml" --listen "127.0.0.1:$guarded_port" \
-  --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level warn &
-pids+=($!)
-wait_port "$guarded_port"
-
+# No rules: the proxy alone.
+start_respguard rg_port ""
 # The guard engine's own cost, with nothing for Redis to do differently: every write is
 # size-checked and matched against a TTL rule, none is refused or rewritten.
-checks_port=$(free_port)
-cat > "$work/checks.toml" <<CFG
+start_respguard checks_port '
 [[guards.size.rules]]
 pattern = "*"
 max_value = "1MiB"
 max_elements = 100000
 [[guards.ttl.rules]]
 pattern = "never-matches:*"
-ttl = "1h"
-CFG
-./target/release/respguard --config "$work/checks.toml" --listen "127.0.0.1:$checks_port" \
-  --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level warn &
-pids+=($!)
-wait_port "$checks_port"
+ttl = "1h"'
+# The TTL and size guards enforcing on every key: every SET gets PX appended, every HSET a
+# hidden PEXPIRE, every write a size check.
+start_respguard guarded_port '
+[[guards.size.rules]]
+pattern = "*"
+max_value = "1MiB"
+max_elements = 100000
+[[guards.ttl.rules]]
+pattern = "*"
+ttl = "1h"'
 
 hap_port=$(free_port)
 cat > "$work/haproxy.cfg" <<CFG

@@ -185,26 +185,15 @@ impl Guard for TtlGuard {
                 };
                 self.act(rule, ADDED, v, client, key)
             }
-            "setex" | "psetex" | "expire" | "pexpire" => {
-                let unit_ms = if name == "setex" || name == "expire" {
-                    1000
-                } else {
-                    1
-                };
-                self.clamp_relative(cmd, rule, client, key, 2, unit_ms, out)
+            "setex" | "expire" => {
+                self.clamp(cmd, rule, client, key, 2, Expiry::Relative(1000), out)
             }
-            "expireat" | "pexpireat" => {
-                let unit_ms = if name == "expireat" { 1000 } else { 1 };
-                self.clamp_absolute(cmd, rule, client, key, 2, unit_ms, out)
-            }
+            "psetex" | "pexpire" => self.clamp(cmd, rule, client, key, 2, Expiry::Relative(1), out),
+            "expireat" => self.clamp(cmd, rule, client, key, 2, Expiry::Absolute(1000), out),
+            "pexpireat" => self.clamp(cmd, rule, client, key, 2, Expiry::Absolute(1), out),
             "getex" => match find_expiry_option(cmd, 2) {
-                Some((i, Expiry::Relative(unit))) => {
-                    self.clamp_relative(cmd, rule, client, key, i + 1, unit, out)
-                }
-                Some((i, Expiry::Absolute(unit))) => {
-                    self.clamp_absolute(cmd, rule, client, key, i + 1, unit, out)
-                }
-                _ => Verdict::Forward,
+                Some((i, expiry)) => self.clamp(cmd, rule, client, key, i + 1, expiry, out),
+                None => Verdict::Forward,
             },
             _ if self.creates(name) => self.hidden_expires(cmd, client, out),
             _ => Verdict::Forward,
@@ -258,13 +247,7 @@ impl TtlGuard {
             return self.hidden_expires(cmd, client, out);
         }
         match find_expiry_option(cmd, 3) {
-            Some((i, Expiry::Relative(unit))) => {
-                self.clamp_relative(cmd, rule, client, key, i + 1, unit, out)
-            }
-            Some((i, Expiry::Absolute(unit))) => {
-                self.clamp_absolute(cmd, rule, client, key, i + 1, unit, out)
-            }
-            Some((_, Expiry::Keep)) => Verdict::Forward,
+            Some((i, expiry)) => self.clamp(cmd, rule, client, key, i + 1, expiry, out),
             None => {
                 let Some(ttl) = rule.limits.ttl else {
                     return Verdict::Forward;
@@ -323,64 +306,42 @@ impl TtlGuard {
         }
     }
 
-    /// Lower a relative expiry (argument `index`, in units of `unit_ms`) to `max_ttl`.
+    /// Lower the expiry in argument `index` to the rule's `max_ttl`: a relative one (EX,
+    /// PX, SETEX, EXPIRE, ...) to `max_ttl` itself, an absolute one (EXAT, PXAT, EXPIREAT,
+    /// ...) to now + `max_ttl`, in the argument's own unit.
     #[allow(clippy::too_many_arguments)]
-    fn clamp_relative(
+    fn clamp(
         &self,
         cmd: &CommandView<'_>,
         rule: &Rule<TtlLimits>,
         client: &ClientIdentity,
         key: &[u8],
         index: usize,
-        unit_ms: u64,
+        expiry: Expiry,
         out: &mut BytesMut,
     ) -> Verdict {
         let (Some(max), true) = (rule.limits.max_ttl, cmd.is_whole()) else {
             return Verdict::Forward;
         };
-        let Some(n) = cmd.arg(index).and_then(crate::scanner::request::parse_int) else {
+        let Some(given) = cmd.arg(index).and_then(crate::scanner::request::parse_int) else {
             return Verdict::Forward; // Redis answers the syntax error itself.
         };
-        let max_units = (max.as_millis() as u64 / unit_ms).max(1);
-        if n <= 0 || (n as u64) <= max_units {
+        let max_ms = max.as_millis() as u64;
+        let limit = match expiry {
+            Expiry::Relative(unit_ms) => (max_ms / unit_ms).max(1),
+            Expiry::Absolute(unit_ms) => {
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                (now_ms + max_ms) / unit_ms
+            }
+            Expiry::Keep => return Verdict::Forward,
+        };
+        if given <= 0 || (given as u64) <= limit {
             return Verdict::Forward;
         }
         let mut digits = [0u8; 20];
-        encode_replacing(cmd, index, decimal(max_units, &mut digits), out);
-        let v = Verdict::Rewrite {
-            replacement: Some(out.len()),
-            hidden: 0,
-        };
-        self.act(rule, CLAMPED, v, client, key)
-    }
-
-    /// Lower an absolute expiry (a Unix time in units of `unit_ms`) to now + `max_ttl`.
-    #[allow(clippy::too_many_arguments)]
-    fn clamp_absolute(
-        &self,
-        cmd: &CommandView<'_>,
-        rule: &Rule<TtlLimits>,
-        client: &ClientIdentity,
-        key: &[u8],
-        index: usize,
-        unit_ms: u64,
-        out: &mut BytesMut,
-    ) -> Verdict {
-        let (Some(max), true) = (rule.limits.max_ttl, cmd.is_whole()) else {
-            return Verdict::Forward;
-        };
-        let Some(at) = cmd.arg(index).and_then(crate::scanner::request::parse_int) else {
-            return Verdict::Forward;
-        };
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let latest = (now_ms + max.as_millis() as u64) / unit_ms;
-        if at <= 0 || (at as u64) <= latest {
-            return Verdict::Forward;
-        }
-        let mut digits = [0u8; 20];
-        encode_replacing(cmd, index, decimal(latest, &mut digits), out);
+        encode_replacing(cmd, index, decimal(limit, &mut digits), out);
         let v = Verdict::Rewrite {
             replacement: Some(out.len()),
             hidden: 0,
