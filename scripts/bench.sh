@@ -52,6 +52,9 @@ start_respguard() {
 
 # No rules: the proxy alone.
 start_respguard rg_port ""
+start_respguard rg1_port '
+[proxy]
+worker_threads = 1'
 # The guard engine's own cost, with nothing for Redis to do differently: every write is
 # size-checked and matched against a TTL rule, none is refused or rewritten.
 start_respguard checks_port '
@@ -90,7 +93,7 @@ haproxy -f "$work/haproxy.cfg" -db &
 pids+=($!)
 wait_port "$hap_port"
 
-targets=("direct:$redis_port" "respguard:$rg_port" "respguard+checks:$checks_port" "respguard+guards:$guarded_port" "haproxy:$hap_port")
+targets=("direct:$redis_port" "respguard:$rg_port" "respguard-1thread:$rg1_port" "respguard+checks:$checks_port" "respguard+guards:$guarded_port" "haproxy:$hap_port")
 for t in $EXTRA_TARGETS; do targets+=("$t"); done
 
 # run TARGET_PORT TEST PIPELINE SIZE -> "rps p99_ms"

@@ -253,6 +253,8 @@ pub struct RawProxy {
     pub output_buffer: ByteSize,
     /// How long in-flight replies may take to finish on shutdown.
     pub drain_timeout: HumanDuration,
+    /// Threads serving connections; 0 means one per CPU core.
+    pub worker_threads: usize,
 }
 
 impl Default for RawProxy {
@@ -263,6 +265,7 @@ impl Default for RawProxy {
             max_pending_commands: 4096,
             output_buffer: ByteSize(256 * 1024),
             drain_timeout: HumanDuration(Duration::from_secs(5)),
+            worker_threads: 0,
         }
     }
 }

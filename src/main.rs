@@ -110,9 +110,11 @@ fn main() -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.raw.proxy.worker_threads > 0 {
+        runtime.worker_threads(config.raw.proxy.worker_threads);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
         let proxy = respguard::app::start(config).await?;
         wait_for_signal().await;

@@ -236,14 +236,14 @@ impl Session {
 
     /// Proxy the connection until one side closes or shutdown completes.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> End {
+        // Wait for shutdown with one future for the whole session, not one per event: each
+        // new wait registers on the channel every session shares, a contended lock.
+        let mut stop = std::pin::pin!(async move {
+            let _ = shutdown.wait_for(|&stopping| stopping).await;
+        });
         let _ = self.client.set_nodelay(true);
         self.connect_upstream().await;
         loop {
-            if !self.shutting_down && *shutdown.borrow() {
-                if let Some(end) = self.handle(Event::Shutdown).await {
-                    return end;
-                }
-            }
             if let Some(end) = self.finished() {
                 return end;
             }
@@ -283,7 +283,7 @@ impl Session {
                     r = client_tx.write(to_client), if want_client_write => Event::ClientWrote(r),
                     r = async { up_tx.as_mut().expect("upstream").write(to_upstream).await },
                         if want_upstream_write => Event::UpstreamWrote(r),
-                    _ = shutdown.changed(), if !shutting_down => Event::Shutdown,
+                    _ = &mut stop, if !shutting_down => Event::Shutdown,
                     _ = async { tokio::time::sleep_until(drain_deadline.expect("deadline")).await },
                         if drain_deadline.is_some() => Event::DrainExpired,
                 }
