@@ -34,10 +34,12 @@ impl ReadBuffer {
         }
     }
 
-    /// Make room for the next read. An empty buffer that grew during a burst is released
-    /// first, so an idle connection goes back to a small buffer.
+    /// Make room for the next read. An empty buffer that grew well past a normal read
+    /// during a burst (a large command buffered whole) is released first, so an idle
+    /// connection goes back to a small buffer; one merely at the read size is kept, so a
+    /// busy connection reuses its memory instead of allocating per read.
     pub fn prepare(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > MAX_READ {
+        if self.buf.is_empty() && self.buf.capacity() > 4 * MAX_READ {
             self.buf = BytesMut::new();
             self.read_size = MIN_READ;
         }

@@ -253,6 +253,8 @@ impl RequestScanner {
                     };
                 }
                 State::Args { remaining } => {
+                    let remaining = self.whole_args(buf, remaining);
+                    self.state = State::Args { remaining };
                     if remaining == 0 {
                         self.state = State::Idle;
                         return Step::Command {
@@ -303,6 +305,48 @@ impl RequestScanner {
                 }
             }
         }
+    }
+
+    /// The fast path: take the arguments that are wholly in `buf` and ordinary (a plain
+    /// length under the stream threshold), without a state change per argument. Stops at the
+    /// first argument that is not, and leaves it to the general path, which handles partial
+    /// input, streaming and errors. Returns how many arguments remain.
+    #[inline]
+    fn whole_args(&mut self, buf: &[u8], mut remaining: u64) -> u64 {
+        let threshold = self.limits.stream_threshold.min(self.limits.max_bulk_len);
+        while remaining > 0 && self.pos - self.cmd_start <= self.limits.max_buffered_command {
+            let p = self.pos;
+            if buf.get(p) != Some(&b'$') {
+                break;
+            }
+            let mut i = p + 1;
+            let mut len: u64 = 0;
+            while i < buf.len() && buf[i].is_ascii_digit() && i - p <= 19 {
+                len = len * 10 + u64::from(buf[i] - b'0');
+                i += 1;
+            }
+            let digits = i - p - 1;
+            // No digits, a leading zero (Redis refuses "01"), no `\r` yet, or a length the
+            // general path must look at: leave it.
+            if digits == 0
+                || (digits > 1 && buf[p + 1] == b'0')
+                || buf.get(i) != Some(&b'\r')
+                || i + 1 >= buf.len()
+                || len > threshold
+            {
+                break;
+            }
+            let body = i + 2;
+            let end = body + len as usize + 2;
+            if end > buf.len() {
+                break;
+            }
+            self.args.push(body..body + len as usize);
+            self.pos = end;
+            remaining -= 1;
+        }
+        self.line_search = 0;
+        remaining
     }
 
     fn start_streaming(&mut self, remaining: u64, next_len: Option<u64>, head_end: usize) -> Step {
