@@ -214,3 +214,53 @@ async fn shutdown_lets_in_flight_replies_finish() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn the_admin_listener_bounds_a_request_and_answers_its_endpoints() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = RedisServer::start();
+    let proxy = proxy_for(&server).await;
+    let admin = proxy.admin_addr.unwrap();
+    // A request head that never ends is cut off at 8 KiB, unanswered.
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let junk = vec![b'x'; 16 * 1024];
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nX: ").await;
+    let _ = s.write_all(&junk).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut got))
+        .await
+        .expect("closed");
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert!(crate::guards::http_get(admin, "/healthz")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(crate::guards::http_get(admin, "/nothing")
+        .await
+        .starts_with("HTTP/1.1 404"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn readyz_follows_the_upstream() {
+    let mut server = RedisServer::start();
+    let proxy = start_proxy(fast_backoff(&server.url())).await;
+    let admin = proxy.admin_addr.unwrap();
+    let ready = |body: String| body.starts_with("HTTP/1.1 200");
+    let wait_for = |want: bool| async move {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if ready(crate::guards::http_get(admin, "/readyz").await) == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "/readyz never became {want}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    wait_for(true).await;
+    let port = server.port;
+    server.kill();
+    wait_for(false).await;
+    let _back = RedisServer::start_on(port, &[]);
+    wait_for(true).await;
+    proxy.shutdown().await;
+}
