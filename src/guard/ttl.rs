@@ -155,10 +155,16 @@ impl Guard for TtlGuard {
 
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict {
         let name: &str = &cmd.info.name;
-        let Some(&first_key) = cmd.keys.first() else {
-            return Verdict::Forward;
-        };
-        let Some(key) = cmd.arg(first_key) else {
+        // Writes of several keys (MSET, ...) judge each key by its own rule.
+        if !CARRYING_TTL.contains(&name) && name != "getset" {
+            return if self.creates(name) {
+                self.hidden_expires(cmd, client, out)
+            } else {
+                Verdict::Forward
+            };
+        }
+        // The rest name one key, the first.
+        let Some(key) = cmd.keys.first().and_then(|&k| cmd.arg(k)) else {
             return Verdict::Forward;
         };
         let Some(rule) = first_rule(&self.rules, key, client) else {
@@ -195,7 +201,6 @@ impl Guard for TtlGuard {
                 Some((i, expiry)) => self.clamp(cmd, rule, client, key, i + 1, expiry, out),
                 None => Verdict::Forward,
             },
-            _ if self.creates(name) => self.hidden_expires(cmd, client, out),
             _ => Verdict::Forward,
         }
     }

@@ -75,6 +75,8 @@ async fn keys_written_without_a_ttl_get_the_rule_ttl_and_replies_are_unchanged()
             &["SET", "c:xx", "v", "XX"],
             &["SETNX", "c:setnx", "v"],
             &["MSET", "c:m1", "a", "c:m2", "b"],
+            // The first key has no rule; the second's still applies.
+            &["MSET", "unruled2", "a", "c:second", "b"],
             &["MSETNX", "c:n1", "a", "c:n2", "b"],
             &["HSET", "c:h", "f", "v", "g", "w"],
             &["HMSET", "c:hm", "f", "v"],
@@ -92,8 +94,8 @@ async fn keys_written_without_a_ttl_get_the_rule_ttl_and_replies_are_unchanged()
         ];
         let behind = same_replies(TTL_RULES, proto, cmds).await;
         for key in [
-            "c:plain", "c:nx", "c:setnx", "c:m1", "c:m2", "c:n1", "c:n2", "c:h", "c:hm", "c:hn",
-            "c:gs", "c:list", "c:set",
+            "c:plain", "c:nx", "c:setnx", "c:m1", "c:m2", "c:second", "c:n1", "c:n2", "c:h",
+            "c:hm", "c:hn", "c:gs", "c:list", "c:set",
         ] {
             let t = pttl(&behind, key).await;
             assert!(in_default_window(t), "RESP{proto}: {key} has PTTL {t}");
@@ -119,6 +121,7 @@ async fn keys_written_without_a_ttl_get_the_rule_ttl_and_replies_are_unchanged()
         );
         assert_eq!(pttl(&behind, "nottl:k").await, -1, "exempt pattern");
         assert_eq!(pttl(&behind, "unruled").await, -1, "no rule");
+        assert_eq!(pttl(&behind, "unruled2").await, -1, "no rule");
     }
 }
 
