@@ -640,6 +640,10 @@ impl Session {
             |i| args.get(i).map(|r| &src[r.clone()]),
             &mut self.keys,
         );
+        // Several key specifications may list keys out of order or twice; guards rely on a
+        // sorted, unique list to tell keys from values in O(log n).
+        self.keys.sort_unstable();
+        self.keys.dedup();
         let view = CommandView {
             src,
             args,

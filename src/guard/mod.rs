@@ -91,7 +91,7 @@ pub struct CommandView<'a> {
     pub src: &'a [u8],
     /// The arguments available (all of them, or those before a streamed one).
     pub args: &'a [Range<usize>],
-    /// Indices of the arguments that are keys.
+    /// Indices of the arguments that are keys, ascending and without duplicates.
     pub keys: &'a [usize],
     /// What the command table says of the command.
     pub info: &'a CommandInfo,
@@ -108,6 +108,12 @@ impl<'a> CommandView<'a> {
     /// Argument `i`, if available.
     pub fn arg(&self, i: usize) -> Option<&'a [u8]> {
         self.args.get(i).map(|r| &self.src[r.clone()])
+    }
+
+    /// True when argument `i` is a key.
+    #[inline]
+    pub fn is_key(&self, i: usize) -> bool {
+        self.keys.binary_search(&i).is_ok()
     }
 
     /// True for a whole command (not streamed).

@@ -84,24 +84,19 @@ impl SizeGuard {
     }
 
     /// The first limit of `rule` that `cmd` breaks, as the reason for the error.
+    /// `largest_value` is the command's largest value, measured once for all its keys.
     fn violation(
         &self,
         cmd: &CommandView<'_>,
         rule: &Rule<SizeLimits>,
         key: &[u8],
+        largest_value: Option<u64>,
     ) -> Option<String> {
         let l = &rule.limits;
         let k = printable_key(key);
         let name = &rule.name;
-        if let Some(max) = l.max_value {
-            let values = (1..cmd.args.len())
-                .filter(|i| !cmd.keys.contains(i))
-                .map(|i| cmd.args[i].len() as u64);
-            // The argument streaming in now is a value unless it is a key position.
-            let streamed = cmd
-                .streaming
-                .filter(|_| !cmd.keys.contains(&cmd.args.len()));
-            if let Some(n) = values.chain(streamed).find(|&n| n > max) {
+        if let (Some(max), Some(n)) = (l.max_value, largest_value) {
+            if n > max {
                 return Some(format!(
                     "value of {n} bytes for key '{k}' exceeds the {max}-byte limit of size rule '{name}'"
                 ));
@@ -128,6 +123,16 @@ impl SizeGuard {
     }
 }
 
+/// The largest argument that is neither the command name nor a key, including the one
+/// streaming in now; one pass over the arguments.
+fn largest_value(cmd: &CommandView<'_>) -> Option<u64> {
+    let buffered = (1..cmd.args.len())
+        .filter(|&i| !cmd.is_key(i))
+        .map(|i| cmd.args[i].len() as u64);
+    let streamed = cmd.streaming.filter(|_| !cmd.is_key(cmd.args.len()));
+    buffered.chain(streamed).max()
+}
+
 impl Guard for SizeGuard {
     fn name(&self) -> &'static str {
         "size"
@@ -143,12 +148,13 @@ impl Guard for SizeGuard {
         client: &ClientIdentity,
         _out: &mut BytesMut,
     ) -> Verdict {
+        let largest = largest_value(cmd);
         for &k in cmd.keys {
             let Some(key) = cmd.arg(k) else { continue };
             let Some(rule) = first_rule(&self.rules, key, client) else {
                 continue;
             };
-            let Some(reason) = self.violation(cmd, rule, key) else {
+            let Some(reason) = self.violation(cmd, rule, key, largest) else {
                 continue;
             };
             rule.count(REFUSED);

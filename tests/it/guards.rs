@@ -381,6 +381,34 @@ async fn oversized_values_are_refused_and_the_connection_stays_usable() {
 }
 
 #[tokio::test]
+async fn a_write_of_many_keys_is_checked_in_linear_time() {
+    // 40,000 keys fit in one buffered command (under protocol.max_buffered_command); a check
+    // that compared every value against every key would not answer within the wait.
+    let rules = "[[guards.size.rules]]\npattern = \"*\"\nmax_value = \"1KiB\"\n";
+    let server = RedisServer::start();
+    let proxy = guarded(&server, rules).await;
+    let mut c = Conn::open(proxy.addr).await;
+    let keys: Vec<String> = (0..40_000).map(|i| format!("k{i}")).collect();
+    let mut cmd = vec!["MSET"];
+    for k in &keys {
+        cmd.push(k);
+        cmd.push("v");
+    }
+    assert_eq!(c.call(&cmd).await, "+OK\r\n");
+    let last = keys.last().unwrap();
+    assert_eq!(c.call(&["GET", last]).await, "$1\r\nv\r\n");
+    let big = "x".repeat(2048);
+    let mut refused = cmd.clone();
+    refused[2] = &big;
+    let r = c.call(&refused).await;
+    assert!(
+        r.starts_with("-ERR respguard: value of 2048 bytes for key 'k0'"),
+        "{r}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_refusal_inside_multi_aborts_the_transaction_as_redis_would() {
     let server = RedisServer::start();
     let proxy = guarded(&server, SIZE_RULES).await;
