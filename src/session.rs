@@ -400,15 +400,16 @@ impl Session {
     /// the upstream at once so Redis frees the connection, as it would for a direct client.
     fn must_close_at_once(&self) -> bool {
         self.queue.is_subscribed()
-            || self.queue.iter().any(|p| {
-                self.shared
-                    .table
-                    .by_id(p.command)
-                    .flags
-                    .contains(Flags::BLOCKING)
-            })
-            || self.queue.iter().any(|p| p.effect == Effect::Monitor)
             || self.queue.is_monitoring()
+            || self.queue.iter().any(|p| {
+                p.effect == Effect::Monitor
+                    || self
+                        .shared
+                        .table
+                        .by_id(p.command)
+                        .flags
+                        .contains(Flags::BLOCKING)
+            })
     }
 
     async fn connect_upstream(&mut self) {
@@ -823,10 +824,8 @@ impl Session {
         }
         self.move_requests();
         self.to_upstream.extend_from_slice(bytes);
-        let id = self.shared.table.unknown().id;
-        for _ in 0..replies {
-            self.queue.push(Pending::hidden(id));
-        }
+        // RESET has just ended any MULTI and turned replies back on.
+        self.expect_hidden(replies as u32);
     }
 
     fn unavailable_reply(&self) -> Bytes {
@@ -836,7 +835,6 @@ impl Session {
     /// Answer the command in `start..end` without sending it upstream.
     fn answer_locally(&mut self, command: u16, reply: Bytes, start: usize, end: usize) {
         debug_assert_eq!(start, self.requests_ready);
-        self.move_requests();
         self.discard_requests(end - start);
         self.queue.push(Pending::local(command, reply));
         self.emit_local_replies();
