@@ -18,6 +18,7 @@ TESTS=${TESTS:-"SET GET HSET"}
 PIPELINES=${PIPELINES:-"1 32"}
 SIZES=${SIZES:-"100 16384"}
 EXTRA_TARGETS=${EXTRA_TARGETS:-}   # e.g. "respguard-guards:PORT" added by later benchmarks
+TARGETS=${TARGETS:-}               # only these targets (names), e.g. "direct respguard respguard+pressure"
 
 need() { command -v "$1" >/dev/null || { echo "bench.sh needs $1 ($2)" >&2; exit 1; }; }
 if ! command -v redis-benchmark >/dev/null || ! command -v haproxy >/dev/null; then
@@ -50,14 +51,39 @@ start_respguard() {
   printf -v "$1" '%s' "$port"
 }
 
-# No rules: the proxy alone.
-start_respguard rg_port ""
-start_respguard rg1_port '
+# No guards at all: the proxy alone (shedding is on by default, so turned off here).
+no_guards='
+[guards.shed]
+soft_enter = 0.0
+hard_enter = 0.0'
+start_respguard rg_port "$no_guards"
+start_respguard rg1_port "$no_guards
 [proxy]
-worker_threads = 1'
+worker_threads = 1"
+# Memory monitor polling every 250 ms, shedding levels and priority rules configured, the
+# benchmark's list followed as a queue with a depth limit; nothing is shed or refused
+# (Redis has no maxmemory, so the monitor runs against a budget far above its use).
+start_respguard pressure_port '
+[monitor]
+interval = "250ms"
+memory_budget = "64GiB"
+[guards.shed]
+soft_enter = 0.8
+soft_exit = 0.75
+hard_enter = 0.9
+hard_exit = 0.85
+[[guards.shed.rules]]
+pattern = "analytics:*"
+priority = "low"
+[[guards.shed.rules]]
+pattern = "session:*"
+priority = "critical"
+[[guards.queue.rules]]
+pattern = "mylist"
+max_depth = 1000000000'
 # The guard engine's own cost, with nothing for Redis to do differently: every write is
 # size-checked and matched against a TTL rule, none is refused or rewritten.
-start_respguard checks_port '
+start_respguard checks_port "$no_guards"'
 [[guards.size.rules]]
 pattern = "*"
 max_value = "1MiB"
@@ -67,7 +93,7 @@ pattern = "never-matches:*"
 ttl = "1h"'
 # The TTL and size guards enforcing on every key: every SET gets PX appended, every HSET a
 # hidden PEXPIRE, every write a size check.
-start_respguard guarded_port '
+start_respguard guarded_port "$no_guards"'
 [[guards.size.rules]]
 pattern = "*"
 max_value = "1MiB"
@@ -93,8 +119,15 @@ haproxy -f "$work/haproxy.cfg" -db &
 pids+=($!)
 wait_port "$hap_port"
 
-targets=("direct:$redis_port" "respguard:$rg_port" "respguard-1thread:$rg1_port" "respguard+checks:$checks_port" "respguard+guards:$guarded_port" "haproxy:$hap_port")
+targets=("direct:$redis_port" "respguard:$rg_port" "respguard-1thread:$rg1_port" "respguard+checks:$checks_port" "respguard+guards:$guarded_port" "respguard+pressure:$pressure_port" "haproxy:$hap_port")
 for t in $EXTRA_TARGETS; do targets+=("$t"); done
+if [ -n "$TARGETS" ]; then
+  chosen=()
+  for t in "${targets[@]}"; do
+    for want in $TARGETS; do [ "${t%%:*}" = "$want" ] && chosen+=("$t"); done
+  done
+  targets=("${chosen[@]}")
+fi
 
 # run TARGET_PORT TEST PIPELINE SIZE -> "rps p99_ms"
 run() {

@@ -14,17 +14,18 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
+use crate::admission::Admission;
 use crate::command::{CommandTable, TableSource};
 use crate::config::Config;
-use crate::guard::Guards;
-use crate::health::{self, UpstreamHealth};
+use crate::guard::queue::QueueDepths;
+use crate::guard::{GuardContext, Guards};
+use crate::health::UpstreamHealth;
 use crate::listener::Listener;
+use crate::monitor::Monitor;
+use crate::pressure::MemoryPressure;
 use crate::session::Shared;
 use crate::telemetry::ProxyMetrics;
 use crate::upstream::{read_replies, ConnectGate, GateSettings};
-
-/// How often the health monitor PINGs Redis.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A running proxy.
 pub struct ProxyHandle {
@@ -34,6 +35,10 @@ pub struct ProxyHandle {
     pub admin_addr: Option<SocketAddr>,
     /// The command table in use.
     pub table: Arc<CommandTable>,
+    /// Redis memory pressure as the monitor and the shed guard see it.
+    pub pressure: Arc<MemoryPressure>,
+    /// Depths of the queues the queue guard follows.
+    pub queues: Arc<QueueDepths>,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
 }
@@ -66,10 +71,12 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             backoff_min: raw.upstream.backoff_min.0,
             backoff_max: raw.upstream.backoff_max.0,
             max_connects_per_second: raw.upstream.max_connects_per_second,
+            max_connections: raw.upstream.max_connections,
         },
     ));
     let table = Arc::new(load_command_table(&gate, config.command_table_from_upstream).await);
-    let guards = Guards::build(&raw.guards, &table)?;
+    let context = GuardContext::new(&raw.guards);
+    let guards = Guards::build(&raw.guards, &table, &context)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (proxy.listen): {e}", config.listen))?;
@@ -77,13 +84,19 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let health = Arc::new(UpstreamHealth::default());
-    tokio::spawn(health::watch_upstream(
-        Arc::clone(&gate),
-        Arc::clone(&health),
-        HEALTH_INTERVAL,
-        raw.upstream.connect_timeout.0,
-        shutdown_rx.clone(),
-    ));
+
+    tokio::spawn(
+        Monitor {
+            health: Arc::clone(&health),
+            gate: Arc::clone(&gate),
+            pressure: Arc::clone(&context.pressure),
+            queues: Arc::clone(&context.queues),
+            settings: raw.monitor.clone(),
+            shed_with_eviction: raw.guards.shed.with_eviction,
+            timeout: raw.upstream.connect_timeout.0.max(Duration::from_secs(1)),
+        }
+        .run(shutdown_rx.clone()),
+    );
 
     let admin_addr = match config.admin_listen {
         Some(a) => {
@@ -115,7 +128,12 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         metrics,
         guards,
     });
-    let listener = Listener::new(listener, shared, raw.proxy.max_clients);
+    let admission = Admission::new(
+        raw.proxy.max_connections_per_second,
+        raw.proxy.max_connections_per_second_per_address,
+        raw.proxy.max_tracked_addresses,
+    );
+    let listener = Listener::new(listener, shared, raw.proxy.max_clients, admission);
     let drain = raw.proxy.drain_timeout.0;
     let listener = tokio::spawn(listener.run(shutdown_rx, drain));
     tracing::info!(%addr, upstream = %config.upstream.address, ?admin_addr, "respguard listening");
@@ -123,6 +141,8 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         addr,
         admin_addr,
         table,
+        pressure: context.pressure,
+        queues: context.queues,
         shutdown,
         listener,
     })
@@ -134,7 +154,7 @@ async fn load_command_table(gate: &ConnectGate, from_upstream: bool) -> CommandT
         return CommandTable::builtin();
     }
     let result = async {
-        let mut conn = gate.connect().await.map_err(|e| e.to_string())?;
+        let (mut conn, _slot) = gate.connect().await.map_err(|e| e.to_string())?;
         conn.write_all(b"*1\r\n$7\r\nCOMMAND\r\n")
             .await
             .map_err(|e| e.to_string())?;

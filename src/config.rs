@@ -136,6 +136,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// Request parsing bounds.
     pub protocol: RawProtocol,
+    /// Watching Redis memory.
+    pub monitor: RawMonitor,
     /// The guards and their rules.
     pub guards: RawGuards,
 }
@@ -152,6 +154,12 @@ pub struct RawGuards {
     pub size: RawSizeGuard,
     /// `[guards.ttl]`: default and maximum TTLs.
     pub ttl: RawTtlGuard,
+    /// `[guards.shed]`: writes refused under memory pressure.
+    pub shed: RawShedGuard,
+    /// `[guards.queue]`: queue depths, and enqueues refused past a depth.
+    pub queue: RawQueueGuard,
+    /// `[guards.fail_open]`: cache keys answered as misses while Redis is down.
+    pub fail_open: RawFailOpen,
 }
 
 impl Default for RawGuards {
@@ -161,8 +169,169 @@ impl Default for RawGuards {
             refusal_logs_per_second: 5,
             size: RawSizeGuard::default(),
             ttl: RawTtlGuard::default(),
+            shed: RawShedGuard::default(),
+            queue: RawQueueGuard::default(),
+            fail_open: RawFailOpen::default(),
         }
     }
+}
+
+/// `[monitor]`: the connection that polls Redis's `INFO` for memory and clients.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMonitor {
+    /// How often to poll `INFO memory` and `INFO clients`.
+    pub interval: HumanDuration,
+    /// The memory limit to measure pressure against when Redis's `maxmemory` is 0.
+    pub memory_budget: ByteSize,
+    /// Pressure ratios whose crossing is logged (upwards as a warning, downwards as info).
+    pub warning_levels: Vec<f64>,
+    /// The span of samples the growth rate and the time until full are computed over.
+    pub growth_window: HumanDuration,
+}
+
+impl Default for RawMonitor {
+    fn default() -> Self {
+        RawMonitor {
+            interval: HumanDuration(Duration::from_millis(250)),
+            memory_budget: ByteSize(0),
+            warning_levels: vec![0.2, 0.5, 0.9],
+            growth_window: HumanDuration(Duration::from_secs(15 * 60)),
+        }
+    }
+}
+
+/// `[guards.shed]`: shedding levels (ratios of used memory to the limit) and rules.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShedGuard {
+    /// Pressure at which `soft` shedding starts (writes to low-priority keys refused); 0
+    /// turns the level off.
+    pub soft_enter: f64,
+    /// Pressure below which `soft` shedding stops.
+    pub soft_exit: f64,
+    /// Pressure at which `hard` shedding starts (every memory-growing write refused except
+    /// to critical keys); 0 turns the level off.
+    pub hard_enter: f64,
+    /// Pressure below which `hard` shedding stops.
+    pub hard_exit: f64,
+    /// Shed even when Redis evicts keys at its limit (`maxmemory-policy allkeys-*`).
+    pub with_eviction: bool,
+    /// SHA1 digests (hex) of scripts that may still run at the `hard` level.
+    pub allowed_scripts: Vec<String>,
+    /// Functions (FCALL) that may still run at the `hard` level.
+    pub allowed_functions: Vec<String>,
+    /// Rules giving keys a priority, first match wins; other keys are `normal`.
+    pub rules: Vec<RawShedRule>,
+}
+
+impl Default for RawShedGuard {
+    fn default() -> Self {
+        RawShedGuard {
+            soft_enter: 0.80,
+            soft_exit: 0.75,
+            hard_enter: 0.90,
+            hard_exit: 0.85,
+            with_eviction: false,
+            allowed_scripts: Vec::new(),
+            allowed_functions: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One `[[guards.shed.rules]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawShedRule {
+    /// Key pattern (Redis glob).
+    pub pattern: String,
+    /// Only for clients authenticated as this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only for clients with this CLIENT SETNAME name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    /// Only for clients from this address or network (`10.0.0.0/8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<ipnet::IpNet>,
+    /// `enforce` or `observe`; the `[guards]` mode when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// `low` (shed first, at `soft`), `normal` (shed at `hard`) or `critical` (never shed).
+    pub priority: String,
+}
+
+/// `[guards.queue]`: queues whose depth the proxy follows.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueueGuard {
+    /// Most queues (keys) followed at once; pushes to further queues are not followed.
+    pub max_tracked_queues: usize,
+    /// A queue not pushed to for this long has its depth read again (`LLEN`) by the
+    /// monitor, so a drained queue does not keep showing its old depth.
+    pub refresh_after: HumanDuration,
+    /// Rules, first match wins.
+    pub rules: Vec<RawQueueRule>,
+}
+
+impl Default for RawQueueGuard {
+    fn default() -> Self {
+        RawQueueGuard {
+            max_tracked_queues: 10_000,
+            refresh_after: HumanDuration(Duration::from_secs(10)),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One `[[guards.queue.rules]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueueRule {
+    /// Key pattern (Redis glob) of the queue lists.
+    pub pattern: String,
+    /// Only for clients authenticated as this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only for clients with this CLIENT SETNAME name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    /// Only for clients from this address or network (`10.0.0.0/8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<ipnet::IpNet>,
+    /// `enforce` or `observe`; the `[guards]` mode when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Enqueues (LPUSH, RPUSH, LPUSHX, RPUSHX) to a queue this deep are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u64>,
+}
+
+/// `[guards.fail_open]`: while Redis is unreachable, commands on these keys are answered
+/// as by an empty cache instead of failing.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFailOpen {
+    /// Rules, first match wins.
+    pub rules: Vec<RawFailOpenRule>,
+}
+
+/// One `[[guards.fail_open.rules]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailOpenRule {
+    /// Key pattern (Redis glob) of cache keys.
+    pub pattern: String,
+    /// Only for clients authenticated as this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only for clients with this CLIENT SETNAME name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    /// Only for clients from this address or network (`10.0.0.0/8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<ipnet::IpNet>,
 }
 
 /// `[guards.size]`.
@@ -255,6 +424,12 @@ pub struct RawProxy {
     pub drain_timeout: HumanDuration,
     /// Threads serving connections; 0 means one per CPU core.
     pub worker_threads: usize,
+    /// New client connections accepted per second in all; 0 for no limit.
+    pub max_connections_per_second: u32,
+    /// New client connections accepted per second from one address; 0 for no limit.
+    pub max_connections_per_second_per_address: u32,
+    /// Most client addresses whose connection rate is followed at once.
+    pub max_tracked_addresses: usize,
 }
 
 impl Default for RawProxy {
@@ -266,6 +441,9 @@ impl Default for RawProxy {
             output_buffer: ByteSize(256 * 1024),
             drain_timeout: HumanDuration(Duration::from_secs(5)),
             worker_threads: 0,
+            max_connections_per_second: 5000,
+            max_connections_per_second_per_address: 1000,
+            max_tracked_addresses: 65_536,
         }
     }
 }
@@ -284,6 +462,9 @@ pub struct RawUpstream {
     pub backoff_max: HumanDuration,
     /// Connection attempts per second across all clients.
     pub max_connects_per_second: u32,
+    /// Most connections open to Redis at once (the proxy's own included); 0 for no limit
+    /// beyond `proxy.max_clients`.
+    pub max_connections: usize,
     /// `upstream` to read the command table from Redis, or `builtin` for the shipped one.
     pub command_table: String,
 }
@@ -296,6 +477,7 @@ impl Default for RawUpstream {
             backoff_min: HumanDuration(Duration::from_millis(50)),
             backoff_max: HumanDuration(Duration::from_secs(5)),
             max_connects_per_second: 500,
+            max_connections: 0,
             command_table: "upstream".into(),
         }
     }
@@ -547,9 +729,73 @@ impl RawConfig {
                 "must be at least 1KiB and at most protocol.max_buffered_command",
             ));
         }
+        let m = &self.monitor;
+        if m.interval.0 < Duration::from_millis(10) {
+            return Err(invalid("monitor.interval", "must be at least 10ms"));
+        }
+        if m.growth_window.0 < m.interval.0 * 2 {
+            return Err(invalid(
+                "monitor.growth_window",
+                "must be at least two monitor.interval",
+            ));
+        }
+        if let Some(w) = m
+            .warning_levels
+            .iter()
+            .find(|w| !(w.is_finite() && **w > 0.0 && **w <= 1.0))
+        {
+            return Err(invalid(
+                "monitor.warning_levels",
+                format!("{w}: each level is a ratio above 0 and at most 1"),
+            ));
+        }
+        let shed = &self.guards.shed;
+        for (key_enter, enter, key_exit, exit) in [
+            (
+                "guards.shed.soft_enter",
+                shed.soft_enter,
+                "guards.shed.soft_exit",
+                shed.soft_exit,
+            ),
+            (
+                "guards.shed.hard_enter",
+                shed.hard_enter,
+                "guards.shed.hard_exit",
+                shed.hard_exit,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&enter) {
+                return Err(invalid(key_enter, "must be between 0 (off) and 1"));
+            }
+            if enter > 0.0 && !(exit > 0.0 && exit < enter) {
+                return Err(invalid(
+                    key_exit,
+                    format!("must be above 0 and below the enter ratio ({enter}), so the level cannot flap"),
+                ));
+            }
+        }
+        if shed.soft_enter > 0.0 && shed.hard_enter > 0.0 && shed.soft_enter >= shed.hard_enter {
+            return Err(invalid(
+                "guards.shed.soft_enter",
+                "must be below guards.shed.hard_enter",
+            ));
+        }
+        if self.guards.queue.max_tracked_queues == 0 {
+            return Err(invalid(
+                "guards.queue.max_tracked_queues",
+                "must be at least 1",
+            ));
+        }
+        if self.proxy.max_tracked_addresses == 0 {
+            return Err(invalid("proxy.max_tracked_addresses", "must be at least 1"));
+        }
         // Rules are checked against the built-in command table here; the proxy builds them
         // again at start against the upstream's own.
-        crate::guard::Guards::build(&self.guards, &crate::command::CommandTable::builtin())?;
+        crate::guard::Guards::build(
+            &self.guards,
+            &crate::command::CommandTable::builtin(),
+            &crate::guard::GuardContext::new(&self.guards),
+        )?;
         let limits = Limits {
             max_inline_len: p.max_inline_len.0 as usize,
             max_args: p.max_args,
@@ -693,6 +939,8 @@ mod example_tests {
             "ttl",
             "max_ttl",
             "commands",
+            "priority",
+            "max_depth",
         ] {
             assert!(
                 EXAMPLE.contains(&format!("{key} = ")),

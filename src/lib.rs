@@ -25,6 +25,7 @@
 //! See `ARCHITECTURE.md` for the invariants.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod buffer;
 pub mod command;
@@ -33,6 +34,8 @@ pub mod guard;
 pub mod health;
 pub mod identity;
 pub mod listener;
+pub mod monitor;
+pub mod pressure;
 pub mod reply_queue;
 pub mod scanner;
 pub mod session;

@@ -3,7 +3,8 @@
 //! Each accepted connection takes a permit from a semaphore sized by `proxy.max_clients`;
 //! the permit lives as long as the session and gives its slot back when dropped. A client
 //! over the cap gets Redis's own wording, prefixed so it is clear the proxy refused it, and
-//! the connection closes. On shutdown the listener stops accepting, and sessions finish the
+//! the connection closes. Before that, the connection-rate limits of [`Admission`] apply
+//! (globally and per client address), answered the same way. On shutdown the listener stops accepting, and sessions finish the
 //! replies in flight (within `proxy.drain_timeout`).
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::admission::Admission;
 use crate::identity::ClientIdentity;
 use crate::session::{Session, Shared};
 
@@ -22,16 +24,23 @@ pub struct Listener {
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
     max_clients: usize,
+    admission: Admission,
 }
 
 impl Listener {
     /// Wrap a bound socket.
-    pub fn new(listener: TcpListener, shared: Arc<Shared>, max_clients: usize) -> Self {
+    pub fn new(
+        listener: TcpListener,
+        shared: Arc<Shared>,
+        max_clients: usize,
+        admission: Admission,
+    ) -> Self {
         Listener {
             listener,
             shared,
             slots: Arc::new(Semaphore::new(max_clients)),
             max_clients,
+            admission,
         }
     }
 
@@ -52,20 +61,21 @@ impl Listener {
                 }
             };
             let metrics = &self.shared.metrics;
+            if let Err(refusal) = self.admission.admit(peer.ip()) {
+                metrics.clients_rate_limited.increment(1);
+                tracing::debug!(%peer, "{refusal}");
+                refuse(stream, format!("-{refusal}\r\n"));
+                continue;
+            }
             let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
                 metrics.clients_refused.increment(1);
-                let message = format!(
-                    "-ERR respguard: max number of clients reached (proxy.max_clients = {})\r\n",
-                    self.max_clients
+                refuse(
+                    stream,
+                    format!(
+                        "-ERR respguard: max number of clients reached (proxy.max_clients = {})\r\n",
+                        self.max_clients
+                    ),
                 );
-                tokio::spawn(async move {
-                    let mut stream = stream;
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        stream.write_all(message.as_bytes()),
-                    )
-                    .await;
-                });
                 continue;
             };
             metrics.clients_accepted.increment(1);
@@ -84,4 +94,13 @@ impl Listener {
         let all = self.max_clients as u32;
         let _ = tokio::time::timeout(drain, self.slots.acquire_many(all)).await;
     }
+}
+
+/// Tell a refused client why, then close its connection (without waiting on it).
+fn refuse(stream: tokio::net::TcpStream, message: String) {
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(message.as_bytes()))
+            .await;
+    });
 }

@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 pub use crate::command::SubKind;
+use crate::guard::queue::QueueHandle;
 use crate::scanner::reply::{ReplyInfo, ReplyKind};
 
 /// What to do with the reply (or replies) of one command.
@@ -70,6 +71,8 @@ pub enum Effect {
     Reset,
     /// QUIT: Redis closes the connection after this reply.
     Quit,
+    /// A push to a followed queue: the integer reply is the queue's new depth.
+    QueueDepth(QueueHandle),
 }
 
 /// One command's place in the queue.

@@ -31,13 +31,14 @@ use tokio::sync::watch;
 
 use crate::buffer::ReadBuffer;
 use crate::command::{CommandInfo, CommandTable, Flags, Special};
+use crate::guard::queue::QueueHandle;
 use crate::guard::{CommandView, Guards, Verdict};
 use crate::identity::ClientIdentity;
 use crate::reply_queue::{Disposition, Effect, Expect, Matched, Pending, ReplyQueue};
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
 use crate::scanner::request::{Limits, RequestScanner, Step, StreamStep};
 use crate::telemetry::ProxyMetrics;
-use crate::upstream::ConnectGate;
+use crate::upstream::{ConnectGate, UpstreamSlot};
 use crate::wire;
 
 /// What every session shares: the command table, the upstream gate, the settings.
@@ -96,6 +97,8 @@ pub struct Session {
     shared: Arc<Shared>,
     client: TcpStream,
     upstream: Option<TcpStream>,
+    /// The upstream connection's place under `upstream.max_connections`.
+    upstream_slot: Option<UpstreamSlot>,
     /// Why the upstream is missing, for the error each command gets meanwhile.
     upstream_error: String,
     identity: ClientIdentity,
@@ -126,6 +129,8 @@ pub struct Session {
     keys: Vec<usize>,
     /// Where guards write rewritten and extra commands (capacity kept).
     scratch: BytesMut,
+    /// The followed queue the command being recorded pushes to, if any.
+    tracked_queue: Option<QueueHandle>,
     /// Extra commands to send once the streamed command ends, and how many.
     after_stream: BytesMut,
     after_stream_hidden: u32,
@@ -197,6 +202,7 @@ impl Session {
             shared,
             client,
             upstream: None,
+            upstream_slot: None,
             upstream_error: String::new(),
             identity,
             from_client: ReadBuffer::new(),
@@ -217,6 +223,7 @@ impl Session {
             multi_hidden: Vec::new(),
             keys: Vec::new(),
             scratch: BytesMut::new(),
+            tracked_queue: None,
             after_stream: BytesMut::new(),
             after_stream_hidden: 0,
             exec_filter: None,
@@ -414,8 +421,9 @@ impl Session {
 
     async fn connect_upstream(&mut self) {
         match self.shared.gate.connect().await {
-            Ok(stream) => {
+            Ok((stream, slot)) => {
                 self.upstream = Some(stream);
+                self.upstream_slot = Some(slot);
                 self.upstream_error.clear();
             }
             Err(e) => {
@@ -519,13 +527,16 @@ impl Session {
     fn on_command(&mut self, start: usize, end: usize, inline: bool) {
         let info = self.lookup_current(inline);
         if self.upstream.is_none() {
-            let reply = self.unavailable_reply();
+            let reply = self
+                .fail_open_reply(info.id, inline)
+                .unwrap_or_else(|| self.unavailable_reply());
             self.answer_locally(info.id, reply, start, end);
             return;
         }
-        let verdict = if self.guards_apply(info.id) {
+        let size = (end - start) as u64;
+        let verdict = if self.guards_apply(info.id, size) {
             let argc = self.requests.args().len();
-            self.guard_verdict(info.id, inline, argc, None, (end - start) as u64)
+            self.guard_verdict(info.id, inline, argc, None, size)
         } else {
             Verdict::Forward
         };
@@ -581,8 +592,8 @@ impl Session {
             self.streaming = Some(StreamTo::Discard);
             return;
         }
-        let verdict = if self.guards_apply(info.id) {
-            let size = (head_end - start) as u64 + next_len.map_or(0, |n| n + 2);
+        let size = (head_end - start) as u64 + next_len.map_or(0, |n| n + 2);
+        let verdict = if self.guards_apply(info.id, size) {
             self.guard_verdict(info.id, false, argc, Some(next_len.unwrap_or(0)), size)
         } else {
             Verdict::Forward
@@ -610,12 +621,49 @@ impl Session {
     }
 
     /// Whether the guards look at this command. Not while the connection is in RESP2
-    /// subscribed mode or MONITOR, where Redis refuses writes and reply counts are Redis's.
+    /// subscribed mode or MONITOR, where Redis refuses writes and reply counts are Redis's;
+    /// nor when no guard that wants it may act now (the shed guard while memory is low).
     #[inline]
-    fn guards_apply(&self, command: u16) -> bool {
-        self.shared.guards.wants(command)
+    fn guards_apply(&self, command: u16, size: u64) -> bool {
+        let guards = &self.shared.guards;
+        guards.wants(command)
             && (self.queue.is_resp3() || !self.queue.is_subscribed())
             && !self.queue.is_monitoring()
+            && guards.engaged(self.shared.table.by_id(command), size)
+    }
+
+    /// While Redis is unreachable: the empty-cache answer for a command on fail-open keys.
+    fn fail_open_reply(&mut self, command: u16, inline: bool) -> Option<Bytes> {
+        let fail_open = self.shared.guards.fail_open()?;
+        if !fail_open.covers(command) {
+            return None;
+        }
+        let info = self.shared.table.by_id(command);
+        let src: &[u8] = if inline {
+            self.requests.inline_bytes()
+        } else {
+            self.from_client.bytes()
+        };
+        let args = self.requests.args();
+        let argc = args.len();
+        self.keys.clear();
+        info.key_positions_by(
+            argc,
+            |i| args.get(i).map(|r| &src[r.clone()]),
+            &mut self.keys,
+        );
+        self.keys.sort_unstable();
+        self.keys.dedup();
+        let view = CommandView {
+            src,
+            args,
+            keys: &self.keys,
+            info,
+            argc,
+            streaming: None,
+            size: 0,
+        };
+        fail_open.answer(&view, &self.identity, self.queue.is_resp3())
     }
 
     /// Run the guards on the command just scanned. `streaming` is the declared length of the
@@ -654,9 +702,16 @@ impl Session {
             streaming,
             size,
         };
-        self.shared
-            .guards
-            .check(&view, &self.identity, &mut self.scratch)
+        let guards = &self.shared.guards;
+        let verdict = guards.check(&view, &self.identity, &mut self.scratch);
+        // A push inside MULTI is answered QUEUED; its length arrives inside EXEC's array.
+        self.tracked_queue = match verdict {
+            Verdict::Forward | Verdict::Rewrite { .. } if !self.in_multi => {
+                guards.track_queue(&view, &self.identity)
+            }
+            _ => None,
+        };
+        verdict
     }
 
     /// Expect the replies of `n` commands the proxy added, which the client must not see.
@@ -700,6 +755,9 @@ impl Session {
         let argc = args.len();
 
         let mut pending = Pending::forward(info.id);
+        if let Some(q) = self.tracked_queue.take() {
+            pending.effect = Effect::QueueDepth(q);
+        }
         // Inside MULTI most commands are only queued: one `+QUEUED` and no effect yet.
         let queued = self.in_multi
             && !matches!(
@@ -934,7 +992,7 @@ impl Session {
                     } = matched
                     {
                         if info.kind != crate::scanner::reply::ReplyKind::Error {
-                            self.apply_effect(p.effect);
+                            self.apply_effect(p.effect, &info);
                         }
                     }
                 }
@@ -957,8 +1015,13 @@ impl Session {
         self.reply_start = self.replies_ready;
     }
 
-    fn apply_effect(&mut self, effect: Effect) {
+    fn apply_effect(&mut self, effect: Effect, reply: &crate::scanner::reply::ReplyInfo) {
         match effect {
+            Effect::QueueDepth(q) => {
+                if let Some(depth) = reply.last_int {
+                    q.record(depth);
+                }
+            }
             Effect::None | Effect::Monitor => {}
             Effect::Hello { user, name, .. } => {
                 if let Some(u) = user {
@@ -1039,6 +1102,7 @@ impl Session {
     /// then the client connection closes, as it would if it had been connected to Redis.
     fn upstream_lost(&mut self, reason: &str) -> Option<End> {
         self.upstream = None;
+        self.upstream_slot = None;
         if self.close_when_flushed || (self.input_closed && self.queue.is_empty()) {
             self.flush_client();
             return Some(End::Closed);

@@ -16,6 +16,8 @@ pub struct ProxyMetrics {
     pub client_bytes_sent: Counter,
     /// Connections refused because `proxy.max_clients` were open.
     pub clients_refused: Counter,
+    /// Connections refused by the connection-rate limits.
+    pub clients_rate_limited: Counter,
     /// Client connections accepted.
     pub clients_accepted: Counter,
     /// Client connections open now.
@@ -32,6 +34,7 @@ impl ProxyMetrics {
             client_bytes_received: counter!("respguard_client_received_bytes_total"),
             client_bytes_sent: counter!("respguard_client_sent_bytes_total"),
             clients_refused: counter!("respguard_client_connections_refused_total"),
+            clients_rate_limited: counter!("respguard_client_connections_rate_limited_total"),
             clients_accepted: counter!("respguard_client_connections_accepted_total"),
             clients_open: gauge!("respguard_client_connections"),
             client_protocol_errors: counter!("respguard_client_protocol_errors_total"),

@@ -8,17 +8,22 @@
 //! - a circuit breaker: after a failed attempt, further attempts are refused at once for a
 //!   backoff that doubles per consecutive failure (with full jitter, up to a maximum), so
 //!   while Redis is down each command fails fast instead of each waiting for a timeout.
+//!   When the backoff ends, one attempt probes Redis while the others keep failing fast
+//!   (half-open), so a Redis that times out costs one session a timeout, not all of them;
+//! - optionally, a cap on upstream connections open at once (`upstream.max_connections`):
+//!   each connection holds an [`UpstreamSlot`] for as long as it lives.
 //!
 //! A new connection gets `TCP_NODELAY` and then the proxy's own handshake (AUTH and SELECT
 //! from the upstream URL), whose replies the client never sees.
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::UpstreamTarget;
 use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
@@ -39,7 +44,13 @@ pub enum UpstreamError {
     RateLimited { address: String },
     #[error("upstream {address} refused the proxy's handshake: {reply}")]
     Handshake { address: String, reply: String },
+    #[error("upstream {address}: connection limit reached (upstream.max_connections = {max}), try again")]
+    TooManyConnections { address: String, max: usize },
 }
+
+/// A place among the upstream connections allowed at once; dropped with its connection.
+#[derive(Debug)]
+pub struct UpstreamSlot(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 /// Settings of the gate, from `[upstream]`.
 #[derive(Debug, Clone)]
@@ -52,6 +63,8 @@ pub struct GateSettings {
     pub backoff_max: Duration,
     /// Attempts per second across all sessions.
     pub max_connects_per_second: u32,
+    /// Connections open at once; 0 for no limit.
+    pub max_connections: usize,
 }
 
 #[derive(Debug)]
@@ -60,6 +73,8 @@ struct GateState {
     refilled_at: Instant,
     consecutive_failures: u32,
     open_until: Option<Instant>,
+    /// After a failure, one attempt at a time probes Redis.
+    probing: bool,
     last_error: String,
 }
 
@@ -69,6 +84,7 @@ pub struct ConnectGate {
     target: UpstreamTarget,
     settings: GateSettings,
     state: Mutex<GateState>,
+    slots: Option<Arc<Semaphore>>,
     handshake: Vec<u8>,
     handshake_replies: usize,
 }
@@ -83,8 +99,11 @@ impl ConnectGate {
                 refilled_at: Instant::now(),
                 consecutive_failures: 0,
                 open_until: None,
+                probing: false,
                 last_error: String::new(),
             }),
+            slots: (settings.max_connections > 0)
+                .then(|| Arc::new(Semaphore::new(settings.max_connections))),
             target,
             settings,
             handshake,
@@ -115,8 +134,23 @@ impl ConnectGate {
     }
 
     /// Open a connection to the upstream, if the gate allows an attempt now. Waits for a
-    /// token for at most the connect timeout; refuses at once while the circuit is open.
-    pub async fn connect(&self) -> Result<TcpStream, UpstreamError> {
+    /// token for at most the connect timeout; refuses at once while the circuit is open or
+    /// every upstream slot is taken. The slot must be kept as long as the connection.
+    pub async fn connect(&self) -> Result<(TcpStream, UpstreamSlot), UpstreamError> {
+        let slot = match &self.slots {
+            None => UpstreamSlot(None),
+            Some(s) => UpstreamSlot(Some(Arc::clone(s).try_acquire_owned().map_err(|_| {
+                UpstreamError::TooManyConnections {
+                    address: self.target.address.clone(),
+                    max: self.settings.max_connections,
+                }
+            })?)),
+        };
+        let stream = self.connect_stream().await?;
+        Ok((stream, slot))
+    }
+
+    async fn connect_stream(&self) -> Result<TcpStream, UpstreamError> {
         let deadline = Instant::now() + self.settings.connect_timeout;
         loop {
             let wait = self.take_token()?;
@@ -128,6 +162,16 @@ impl ConnectGate {
             }
             tokio::time::sleep(wait).await;
         }
+        // Should this attempt be abandoned half-way, the probe must not stay taken.
+        struct EndProbe<'a>(&'a Mutex<GateState>);
+        impl Drop for EndProbe<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut st) = self.0.lock() {
+                    st.probing = false;
+                }
+            }
+        }
+        let _probe = EndProbe(&self.state);
         let attempt = tokio::time::timeout(self.settings.connect_timeout, self.open());
         let result = match attempt.await {
             Ok(r) => r,
@@ -144,14 +188,13 @@ impl ConnectGate {
     fn take_token(&self) -> Result<Option<Duration>, UpstreamError> {
         let mut st = self.state.lock().expect("gate lock");
         let now = Instant::now();
-        if let Some(until) = st.open_until {
-            if until > now {
-                return Err(UpstreamError::CircuitOpen {
-                    address: self.target.address.clone(),
-                    reason: st.last_error.clone(),
-                    retry_in_ms: (until - now).as_millis() as u64,
-                });
-            }
+        let open = st.open_until.filter(|&until| until > now);
+        if open.is_some() || (st.consecutive_failures > 0 && st.probing) {
+            return Err(UpstreamError::CircuitOpen {
+                address: self.target.address.clone(),
+                reason: st.last_error.clone(),
+                retry_in_ms: open.map_or(0, |until| (until - now).as_millis() as u64),
+            });
         }
         let rate = f64::from(self.settings.max_connects_per_second);
         let elapsed = now.duration_since(st.refilled_at).as_secs_f64();
@@ -159,6 +202,8 @@ impl ConnectGate {
         st.refilled_at = now;
         if st.tokens >= 1.0 {
             st.tokens -= 1.0;
+            // After failures, this attempt is the probe; the others fail fast until it ends.
+            st.probing = st.consecutive_failures > 0;
             Ok(None)
         } else {
             Ok(Some(Duration::from_secs_f64((1.0 - st.tokens) / rate)))
@@ -167,6 +212,7 @@ impl ConnectGate {
 
     fn record(&self, result: &Result<TcpStream, UpstreamError>) {
         let mut st = self.state.lock().expect("gate lock");
+        st.probing = false;
         match result {
             Ok(_) => {
                 st.consecutive_failures = 0;
@@ -291,6 +337,7 @@ mod tests {
                 backoff_min: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(1),
                 max_connects_per_second: rate,
+                max_connections: 0,
             },
         )
     }

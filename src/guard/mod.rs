@@ -11,7 +11,8 @@
 //! - [`Verdict::Refuse`]: reply with an error that names the guard, the rule and the reason.
 //!
 //! The order is written once, in [`Guards::build`]: the size guard first (a refused command
-//! is never rewritten), then the TTL guard. The first guard whose verdict is not `Forward`
+//! is never rewritten), then the shed guard (memory pressure), the queue guard (queue
+//! depth), and the TTL guard last. The first guard whose verdict is not `Forward`
 //! decides. Guards never touch sockets and never block; the session carries their verdicts
 //! out, so no guard special-cases the session.
 //!
@@ -22,12 +23,15 @@
 //! action and mode; refusals are logged at most `guards.refusal_logs_per_second` times per
 //! rule.
 
+pub mod fail_open;
 pub mod pattern;
+pub mod queue;
+pub mod shed;
 pub mod size;
 pub mod ttl;
 
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -36,7 +40,9 @@ use metrics::Counter;
 use crate::command::{CommandInfo, CommandTable};
 use crate::config::{ConfigError, RawGuards};
 use crate::identity::ClientIdentity;
+use crate::pressure::{MemoryPressure, Thresholds};
 use pattern::KeyPattern;
+use queue::{QueueDepths, QueueGuard, QueueHandle};
 
 /// A rule's mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,15 +135,51 @@ pub trait Guard: Send + Sync {
     /// Whether the guard ever acts on this command; asked once per command when the guards
     /// are built, so the hot path skips commands no guard wants with one lookup.
     fn wants(&self, info: &CommandInfo) -> bool;
+    /// Whether the guard may act on a command it wants right now, before its keys are even
+    /// found (the shed guard while memory is low says no). `size` is the command's size.
+    #[inline]
+    fn engaged(&self, _info: &CommandInfo, _size: u64) -> bool {
+        true
+    }
     /// Decide about one command. Anything written to `out` is used only with a `Rewrite`.
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict;
 }
 
+/// The state guards share with the rest of the proxy: the memory monitor's readings and the
+/// queue depths. Created once per proxy; guards built again keep using the same state.
+#[derive(Debug, Clone)]
+pub struct GuardContext {
+    /// Redis memory pressure, written by the monitor.
+    pub pressure: Arc<MemoryPressure>,
+    /// Depths of followed queues.
+    pub queues: Arc<QueueDepths>,
+}
+
+impl GuardContext {
+    /// A context for `raw`'s settings.
+    pub fn new(raw: &RawGuards) -> Self {
+        let s = &raw.shed;
+        GuardContext {
+            pressure: Arc::new(MemoryPressure::new(Thresholds::new(
+                s.soft_enter,
+                s.soft_exit,
+                s.hard_enter,
+                s.hard_exit,
+            ))),
+            queues: Arc::new(QueueDepths::from_config(&raw.queue)),
+        }
+    }
+}
+
 /// The guards, in order, and which commands each of them wants.
 pub struct Guards {
-    chain: Vec<Box<dyn Guard>>,
+    chain: Vec<Arc<dyn Guard>>,
     /// By command id: bit `i` is set when guard `i` wants the command (at most 8 guards).
     wanted: Vec<u8>,
+    /// The queue guard again, for following depths from push replies.
+    queue: Option<Arc<QueueGuard>>,
+    /// Answers for cache keys while Redis is down.
+    fail_open: Option<fail_open::FailOpen>,
 }
 
 impl std::fmt::Debug for Guards {
@@ -150,16 +192,37 @@ impl std::fmt::Debug for Guards {
 impl Guards {
     /// Build the guards from their configuration, for the commands of `table`. This is the
     /// one place the order of guards is written.
-    pub fn build(raw: &RawGuards, table: &CommandTable) -> Result<Self, ConfigError> {
+    pub fn build(
+        raw: &RawGuards,
+        table: &CommandTable,
+        context: &GuardContext,
+    ) -> Result<Self, ConfigError> {
         let mode = Mode::parse(&raw.mode, "guards.mode")?;
         let logs = raw.refusal_logs_per_second;
-        let mut chain: Vec<Box<dyn Guard>> = Vec::new();
+        let mut chain: Vec<Arc<dyn Guard>> = Vec::new();
         if !raw.size.rules.is_empty() {
-            chain.push(Box::new(size::SizeGuard::build(&raw.size, mode, logs)?));
+            chain.push(Arc::new(size::SizeGuard::build(&raw.size, mode, logs)?));
         }
+        let shed = shed::ShedGuard::build(&raw.shed, mode, logs, Arc::clone(&context.pressure))?;
+        if raw.shed.soft_enter > 0.0 || raw.shed.hard_enter > 0.0 {
+            chain.push(Arc::new(shed));
+        }
+        let queue = if raw.queue.rules.is_empty() {
+            None
+        } else {
+            let q = Arc::new(QueueGuard::build(
+                &raw.queue,
+                mode,
+                logs,
+                Arc::clone(&context.queues),
+            )?);
+            chain.push(Arc::clone(&q) as Arc<dyn Guard>);
+            Some(q)
+        };
         if !raw.ttl.rules.is_empty() {
-            chain.push(Box::new(ttl::TtlGuard::build(&raw.ttl, mode, logs)?));
+            chain.push(Arc::new(ttl::TtlGuard::build(&raw.ttl, mode, logs)?));
         }
+        let fail_open = fail_open::FailOpen::build(&raw.fail_open, table, logs)?;
         debug_assert!(chain.len() <= 8, "the wanted bitmask holds eight guards");
         let wanted = table
             .all()
@@ -171,7 +234,12 @@ impl Guards {
                     .fold(0u8, |bits, (i, _)| bits | 1 << i)
             })
             .collect();
-        Ok(Guards { chain, wanted })
+        Ok(Guards {
+            chain,
+            wanted,
+            queue,
+            fail_open,
+        })
     }
 
     /// No guards at all.
@@ -179,6 +247,8 @@ impl Guards {
         Guards {
             chain: Vec::new(),
             wanted: Vec::new(),
+            queue: None,
+            fail_open: None,
         }
     }
 
@@ -188,6 +258,36 @@ impl Guards {
         self.wanted
             .get(command as usize)
             .is_some_and(|&bits| bits != 0)
+    }
+
+    /// Whether a guard that wants this command may act on it now (see [`Guard::engaged`]);
+    /// when none may, the command is forwarded without finding its keys.
+    #[inline]
+    pub fn engaged(&self, info: &CommandInfo, size: u64) -> bool {
+        let bits = self.wanted.get(info.id as usize).copied().unwrap_or(0);
+        self.chain
+            .iter()
+            .enumerate()
+            .any(|(i, g)| bits & (1 << i) != 0 && g.engaged(info, size))
+    }
+
+    /// For a list push to a followed queue: the handle its reply's length is recorded to.
+    pub fn track_queue(
+        &self,
+        cmd: &CommandView<'_>,
+        client: &ClientIdentity,
+    ) -> Option<QueueHandle> {
+        let q = self.queue.as_ref()?;
+        if QueueGuard::is_push(cmd.info) {
+            q.track(cmd, client)
+        } else {
+            None
+        }
+    }
+
+    /// Fail-open answers, when rules are configured.
+    pub fn fail_open(&self) -> Option<&fail_open::FailOpen> {
+        self.fail_open.as_ref()
     }
 
     /// Run the guards in order; the first verdict that is not `Forward` decides.

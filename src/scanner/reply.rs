@@ -55,7 +55,7 @@ pub struct ReplyInfo {
     pub first: [u8; 16],
     /// True length of that first string, or `usize::MAX` when there is none.
     pub first_len: usize,
-    /// The last integer seen directly inside a top-level aggregate.
+    /// A top-level integer, or the last integer seen directly inside a top-level aggregate.
     pub last_int: Option<i64>,
 }
 
@@ -257,7 +257,7 @@ impl ReplyScanner {
                             if (top && ty == b'+') || (at_depth1 && self.depth1_index == 0) {
                                 self.keep_first(body);
                             }
-                            if at_depth1 && ty == b':' {
+                            if (top || at_depth1) && ty == b':' {
                                 self.current.last_int = crate::scanner::request::parse_int(body);
                             }
                             self.pos = next;

@@ -8,4 +8,5 @@ mod failures;
 mod guards;
 mod harness;
 mod memory;
+mod pressure;
 mod scanner;

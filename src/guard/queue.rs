@@ -1,0 +1,361 @@
+//! The queue guard: the depth of job queues, read from the replies Redis already sends, and
+//! enqueues refused once a queue is past its configured depth.
+//!
+//! LPUSH, RPUSH, LPUSHX and RPUSHX answer with the list's new length. For a key matching a
+//! queue rule, the session attaches a [`QueueHandle`] to the command's place in the reply
+//! queue, and the reply's integer becomes the queue's depth: no extra command, one atomic
+//! store. Pushes inside MULTI are not followed (their replies arrive inside EXEC's array).
+//!
+//! Workers drain queues with pops and blocking pops whose replies do not say the length, so
+//! a depth is as of the last push. The memory monitor reads it again with `LLEN` for queues
+//! at their limit (every poll, so a drained queue accepts enqueues again) and for queues not
+//! pushed to for `guards.queue.refresh_after` (so a dashboard does not show a drained
+//! backlog forever), and stops following queues that are empty and idle.
+//!
+//! Bounds: at most `guards.queue.max_tracked_queues` queues are followed; pushes to more
+//! queues are counted in `respguard_queue_untracked_pushes_total` and not followed. One
+//! entry costs its key plus about 120 bytes.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use dashmap::DashMap;
+use metrics::Counter;
+use rustc_hash::FxBuildHasher;
+
+use super::{first_rule, printable_key, CommandView, Guard, Mode, Rule, RuleSpec, Verdict};
+use crate::command::CommandInfo;
+use crate::config::{ConfigError, RawQueueGuard};
+use crate::identity::ClientIdentity;
+
+/// One queue being followed.
+#[derive(Debug)]
+pub struct TrackedQueue {
+    /// The queue's key.
+    pub key: Box<[u8]>,
+    /// The rule it matched, as named in metrics.
+    pub rule: Arc<str>,
+    depth: AtomicU64,
+    /// Milliseconds since the registry started, at the last push reply or refresh.
+    updated_ms: AtomicU64,
+    /// An enqueue was refused because of this queue's depth: refresh it every poll.
+    at_limit: AtomicBool,
+}
+
+impl TrackedQueue {
+    /// The depth as of the last push reply or refresh.
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Whether an enqueue was refused at this depth and the monitor refreshes it.
+    pub fn is_at_limit(&self) -> bool {
+        self.at_limit.load(Ordering::Relaxed)
+    }
+}
+
+/// A reference to a followed queue, carried with a push until its reply arrives.
+#[derive(Clone)]
+pub struct QueueHandle(Arc<TrackedQueue>, Arc<QueueDepths>);
+
+impl QueueHandle {
+    /// Record the length a push reply reported.
+    pub fn record(&self, depth: i64) {
+        self.1.set_depth(&self.0, depth.max(0) as u64);
+    }
+}
+
+impl PartialEq for QueueHandle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for QueueHandle {}
+
+impl fmt::Debug for QueueHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QueueHandle({})", printable_key(&self.0.key))
+    }
+}
+
+/// Every followed queue, shared by the sessions (which record depths) and the monitor (which
+/// refreshes them and exports gauges).
+pub struct QueueDepths {
+    map: DashMap<Box<[u8]>, Arc<TrackedQueue>, FxBuildHasher>,
+    max: usize,
+    refresh_after: Duration,
+    epoch: Instant,
+    untracked: Counter,
+}
+
+impl fmt::Debug for QueueDepths {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueDepths")
+            .field("tracked", &self.map.len())
+            .field("max", &self.max)
+            .finish()
+    }
+}
+
+impl QueueDepths {
+    /// An empty registry following at most `max` queues.
+    pub fn new(max: usize, refresh_after: Duration) -> Self {
+        QueueDepths {
+            map: DashMap::with_hasher(FxBuildHasher),
+            max,
+            refresh_after,
+            epoch: Instant::now(),
+            untracked: metrics::counter!("respguard_queue_untracked_pushes_total"),
+        }
+    }
+
+    /// From `[guards.queue]`.
+    pub fn from_config(raw: &RawQueueGuard) -> Self {
+        QueueDepths::new(raw.max_tracked_queues, raw.refresh_after.0)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Queues followed now.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when no queue is followed.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The queue's entry, if followed.
+    pub fn get(&self, key: &[u8]) -> Option<Arc<TrackedQueue>> {
+        self.map.get(key).map(|e| Arc::clone(e.value()))
+    }
+
+    /// The queue's entry, created if there is room (one allocation per new queue).
+    fn get_or_track(&self, key: &[u8], rule: &str) -> Option<Arc<TrackedQueue>> {
+        if let Some(e) = self.map.get(key) {
+            return Some(Arc::clone(e.value()));
+        }
+        if self.map.len() >= self.max {
+            self.untracked.increment(1);
+            return None;
+        }
+        let entry = self
+            .map
+            .entry(key.into())
+            .or_insert_with(|| {
+                Arc::new(TrackedQueue {
+                    key: key.into(),
+                    rule: rule.into(),
+                    depth: AtomicU64::new(0),
+                    updated_ms: AtomicU64::new(self.now_ms()),
+                    at_limit: AtomicBool::new(false),
+                })
+            })
+            .value()
+            .clone();
+        Some(entry)
+    }
+
+    fn set_depth(&self, q: &TrackedQueue, depth: u64) {
+        q.depth.store(depth, Ordering::Relaxed);
+        q.updated_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Queues whose depth the monitor should read again now (at most `limit`): those at
+    /// their limit, then those not updated for `refresh_after`.
+    pub fn due_for_refresh(&self, limit: usize) -> Vec<Arc<TrackedQueue>> {
+        let now = self.now_ms();
+        let stale = self.refresh_after.as_millis() as u64;
+        let mut at_limit = Vec::new();
+        let mut idle = Vec::new();
+        for e in self.map.iter() {
+            let q = e.value();
+            if q.is_at_limit() {
+                at_limit.push(Arc::clone(q));
+            } else if now.saturating_sub(q.updated_ms.load(Ordering::Relaxed)) >= stale {
+                idle.push(Arc::clone(q));
+            }
+        }
+        at_limit.extend(idle);
+        at_limit.truncate(limit);
+        at_limit
+    }
+
+    /// Record a depth read with `LLEN`. An idle queue found empty is no longer followed.
+    pub fn refreshed(&self, q: &Arc<TrackedQueue>, depth: u64) {
+        let idle = self
+            .now_ms()
+            .saturating_sub(q.updated_ms.load(Ordering::Relaxed))
+            >= self.refresh_after.as_millis() as u64;
+        self.set_depth(q, depth);
+        if depth == 0 && idle && !q.is_at_limit() {
+            self.map.remove_if(&q.key, |_, v| Arc::ptr_eq(v, q));
+        }
+    }
+
+    /// The deepest followed queue of each rule, for the depth gauges.
+    pub fn deepest_by_rule(&self) -> Vec<(Arc<str>, u64)> {
+        let mut out: Vec<(Arc<str>, u64)> = Vec::new();
+        for e in self.map.iter() {
+            let q = e.value();
+            match out.iter_mut().find(|(r, _)| *r == q.rule) {
+                Some((_, d)) => *d = (*d).max(q.depth()),
+                None => out.push((Arc::clone(&q.rule), q.depth())),
+            }
+        }
+        out
+    }
+}
+
+/// A queue rule's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Enqueues to a queue this deep are refused.
+    pub max_depth: Option<u64>,
+}
+
+/// The queue guard.
+#[derive(Debug)]
+pub struct QueueGuard {
+    rules: Vec<Rule<QueueLimits>>,
+    depths: Arc<QueueDepths>,
+}
+
+const ACTIONS: &[&str] = &["refuse"];
+
+impl QueueGuard {
+    /// Build from `[guards.queue]`, recording depths in `depths`.
+    pub fn build(
+        raw: &RawQueueGuard,
+        default_mode: Mode,
+        logs_per_second: u32,
+        depths: Arc<QueueDepths>,
+    ) -> Result<Self, ConfigError> {
+        let rules = raw
+            .rules
+            .iter()
+            .map(|r| {
+                Rule::new(
+                    "queue",
+                    RuleSpec {
+                        pattern: &r.pattern,
+                        user: r.user.as_deref(),
+                        client_name: r.client_name.as_deref(),
+                        client_address: r.client_address,
+                        mode: r.mode.as_deref(),
+                    },
+                    default_mode,
+                    ACTIONS,
+                    logs_per_second,
+                    QueueLimits {
+                        max_depth: r.max_depth,
+                    },
+                    "guards.queue.rules",
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(QueueGuard { rules, depths })
+    }
+
+    /// Whether `info` is a push whose reply is the list's new length.
+    pub fn is_push(info: &CommandInfo) -> bool {
+        matches!(&*info.name, "lpush" | "rpush" | "lpushx" | "rpushx")
+    }
+
+    /// The followed queue a push to this key reports its depth to, if any rule matches.
+    pub fn track(&self, cmd: &CommandView<'_>, client: &ClientIdentity) -> Option<QueueHandle> {
+        let key = cmd.keys.first().and_then(|&i| cmd.arg(i))?;
+        let rule = first_rule(&self.rules, key, client)?;
+        let q = self.depths.get_or_track(key, &rule.name)?;
+        Some(QueueHandle(q, Arc::clone(&self.depths)))
+    }
+}
+
+impl Guard for QueueGuard {
+    fn name(&self) -> &'static str {
+        "queue"
+    }
+
+    fn wants(&self, info: &CommandInfo) -> bool {
+        Self::is_push(info)
+    }
+
+    fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, _: &mut BytesMut) -> Verdict {
+        let Some(key) = cmd.keys.first().and_then(|&i| cmd.arg(i)) else {
+            return Verdict::Forward;
+        };
+        let Some(rule) = first_rule(&self.rules, key, client) else {
+            return Verdict::Forward;
+        };
+        let Some(max) = rule.limits.max_depth else {
+            return Verdict::Forward;
+        };
+        let Some(q) = self.depths.get(key) else {
+            return Verdict::Forward;
+        };
+        let depth = q.depth();
+        if depth < max {
+            if q.is_at_limit() {
+                q.at_limit.store(false, Ordering::Relaxed);
+            }
+            return Verdict::Forward;
+        }
+        q.at_limit.store(true, Ordering::Relaxed);
+        rule.count("refuse");
+        let message = format!(
+            "ERR respguard: queue '{}' holds {depth} jobs, at the max_depth of {max} of queue rule '{}'; enqueue refused until workers drain it",
+            printable_key(key),
+            rule.name
+        );
+        if let Some(suppressed) = rule.may_log() {
+            tracing::warn!(
+                guard = "queue",
+                rule = %rule.name,
+                mode = ?rule.mode,
+                client = %client,
+                suppressed,
+                "{message}"
+            );
+        }
+        match rule.mode {
+            Mode::Enforce => Verdict::Refuse(crate::wire::error(&message)),
+            Mode::Observe => Verdict::Forward,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_stops_at_its_bound() {
+        let d = QueueDepths::new(3, Duration::from_secs(10));
+        for i in 0..10 {
+            let key = format!("q:{i}");
+            let tracked = d.get_or_track(key.as_bytes(), "q:*");
+            assert_eq!(tracked.is_some(), i < 3, "{key}");
+        }
+        assert_eq!(d.len(), 3);
+        // A followed queue is still found when the registry is full.
+        assert!(d.get_or_track(b"q:1", "q:*").is_some());
+    }
+
+    #[test]
+    fn idle_empty_queues_are_forgotten_on_refresh() {
+        let d = Arc::new(QueueDepths::new(10, Duration::ZERO));
+        let q = d.get_or_track(b"q", "q*").unwrap();
+        QueueHandle(Arc::clone(&q), Arc::clone(&d)).record(7);
+        assert_eq!(d.deepest_by_rule(), vec![(Arc::from("q*"), 7)]);
+        assert_eq!(d.due_for_refresh(10).len(), 1);
+        d.refreshed(&q, 0);
+        assert!(d.is_empty());
+    }
+}

@@ -1,0 +1,460 @@
+//! The memory monitor: a dedicated upstream connection that polls `INFO memory` and
+//! `INFO clients` every `monitor.interval`, turns them into the pressure and shedding level
+//! the shed guard reads ([`MemoryPressure`]), and exports them as metrics.
+//!
+//! Besides the level, it keeps the growth rate of used memory (least squares over the samples
+//! of the last `monitor.growth_window`) and the time until the limit is reached at that rate,
+//! and logs when pressure crosses a `monitor.warning_levels` ratio: a warning going up, a note
+//! coming down. It also reads the depth (`LLEN`) of followed queues that are at their limit or
+//! idle (see [`crate::guard::queue`]).
+//!
+//! Every poll also tells `/readyz` whether Redis answers ([`crate::health`]).
+//!
+//! It connects through the shared [`ConnectGate`], so its reconnects respect the connect rate
+//! and circuit breaker like every session's. While Redis cannot be polled, the last level
+//! stays in force (commands fail anyway while Redis is unreachable) and
+//! `respguard_monitor_up` is 0.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use metrics::{counter, gauge, Counter, Gauge};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::config::RawMonitor;
+use crate::guard::queue::QueueDepths;
+use crate::pressure::{Level, LimitSource, MemoryPressure};
+use crate::upstream::{read_replies, ConnectGate, UpstreamSlot};
+use crate::wire;
+
+/// Most queues whose depth is read again in one poll.
+const MAX_REFRESH_PER_POLL: usize = 256;
+
+/// What one poll read from `INFO`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InfoReading {
+    /// `used_memory`.
+    pub used_memory: u64,
+    /// `maxmemory` (0: none).
+    pub maxmemory: u64,
+    /// `maxmemory_policy`.
+    pub policy: String,
+    /// `connected_clients`.
+    pub connected_clients: u64,
+    /// `blocked_clients`.
+    pub blocked_clients: u64,
+}
+
+impl InfoReading {
+    /// Read the fields from `INFO` text (`field:value` lines); missing fields stay 0.
+    pub fn parse(text: &str, into: &mut InfoReading) {
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            let v = v.trim();
+            match k {
+                "used_memory" => into.used_memory = v.parse().unwrap_or(0),
+                "maxmemory" => into.maxmemory = v.parse().unwrap_or(0),
+                "maxmemory_policy" => into.policy = v.to_string(),
+                "connected_clients" => into.connected_clients = v.parse().unwrap_or(0),
+                "blocked_clients" => into.blocked_clients = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Growth of used memory, from samples over a window.
+#[derive(Debug)]
+pub struct Growth {
+    window: Duration,
+    every: Duration,
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl Growth {
+    /// At most about 120 samples over `window`.
+    pub fn new(window: Duration) -> Self {
+        Growth {
+            window,
+            every: window / 120,
+            samples: VecDeque::with_capacity(122),
+        }
+    }
+
+    /// Add a sample taken at `at`.
+    pub fn add(&mut self, at: Instant, used: u64) {
+        if self
+            .samples
+            .back()
+            .is_some_and(|&(t, _)| at.duration_since(t) < self.every)
+        {
+            return;
+        }
+        self.samples.push_back((at, used));
+        while self
+            .samples
+            .front()
+            .is_some_and(|&(t, _)| at.duration_since(t) > self.window)
+            || self.samples.len() > 121
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Bytes per second (least squares over the samples); 0 with fewer than three.
+    pub fn rate(&self) -> f64 {
+        if self.samples.len() < 3 {
+            return 0.0;
+        }
+        let t0 = self.samples[0].0;
+        let n = self.samples.len() as f64;
+        let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
+        for &(t, y) in &self.samples {
+            let x = t.duration_since(t0).as_secs_f64();
+            let y = y as f64;
+            sx += x;
+            sy += y;
+            sxx += x * x;
+            sxy += x * y;
+        }
+        let d = n * sxx - sx * sx;
+        if d <= 0.0 {
+            return 0.0;
+        }
+        (n * sxy - sx * sy) / d
+    }
+
+    /// Seconds until `used` reaches `limit` at the current rate, or `None` when memory is
+    /// not growing or there is no limit.
+    pub fn seconds_until(&self, used: u64, limit: u64) -> Option<f64> {
+        let rate = self.rate();
+        (limit > 0 && rate > 0.0).then(|| limit.saturating_sub(used) as f64 / rate)
+    }
+}
+
+struct MonitorMetrics {
+    used: Gauge,
+    limit: Gauge,
+    pressure: Gauge,
+    growth: Gauge,
+    until_full: Gauge,
+    level: Gauge,
+    transitions: Counter,
+    clients: Gauge,
+    blocked: Gauge,
+    up: Gauge,
+    tracked_queues: Gauge,
+}
+
+impl MonitorMetrics {
+    fn register() -> Self {
+        MonitorMetrics {
+            used: gauge!("respguard_upstream_memory_used_bytes"),
+            limit: gauge!("respguard_upstream_memory_limit_bytes"),
+            pressure: gauge!("respguard_upstream_memory_pressure_ratio"),
+            growth: gauge!("respguard_upstream_memory_growth_bytes_per_second"),
+            until_full: gauge!("respguard_upstream_memory_seconds_until_full"),
+            level: gauge!("respguard_shedding_level"),
+            transitions: counter!("respguard_shedding_transitions_total"),
+            clients: gauge!("respguard_upstream_clients_connected"),
+            blocked: gauge!("respguard_upstream_clients_blocked"),
+            up: gauge!("respguard_monitor_up"),
+            tracked_queues: gauge!("respguard_queues_tracked"),
+        }
+    }
+}
+
+/// Everything the monitor needs.
+pub struct Monitor {
+    /// Where `/readyz` reads whether Redis answers.
+    pub health: Arc<crate::health::UpstreamHealth>,
+    /// The gate to connect through.
+    pub gate: Arc<ConnectGate>,
+    /// Where the readings go.
+    pub pressure: Arc<MemoryPressure>,
+    /// Queues to refresh.
+    pub queues: Arc<QueueDepths>,
+    /// `[monitor]`.
+    pub settings: RawMonitor,
+    /// `guards.shed.with_eviction`.
+    pub shed_with_eviction: bool,
+    /// Longest wait for a reply.
+    pub timeout: Duration,
+}
+
+/// What the monitor remembers between polls, for its logs.
+struct Remembered {
+    pressure: f64,
+    limit_note: Option<String>,
+}
+
+impl Monitor {
+    /// Poll until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let metrics = MonitorMetrics::register();
+        let mut growth = Growth::new(self.settings.growth_window.0);
+        let mut conn: Option<(TcpStream, UpstreamSlot)> = None;
+        let mut levels = self.settings.warning_levels.clone();
+        levels.sort_by(|a, b| a.total_cmp(b));
+        let mut remembered = Remembered {
+            pressure: 0.0,
+            limit_note: None,
+        };
+        let mut ticker = tokio::time::interval(self.settings.interval.0);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if conn.is_none() {
+                conn = self.gate.connect().await.ok();
+            }
+            let Some((stream, _)) = conn.as_mut() else {
+                metrics.up.set(0.0);
+                self.health.set(false);
+                continue;
+            };
+            match tokio::time::timeout(self.timeout, poll(stream)).await {
+                Ok(Ok(info)) => {
+                    metrics.up.set(1.0);
+                    self.health.set(true);
+                    self.apply(&info, &metrics, &mut growth, &levels, &mut remembered);
+                }
+                Ok(Err(e)) => {
+                    // LOADING and other errors mean Redis cannot serve yet.
+                    tracing::debug!(error = %e, "memory poll failed");
+                    metrics.up.set(0.0);
+                    self.health.set(false);
+                    conn = None;
+                    continue;
+                }
+                Err(_) => {
+                    metrics.up.set(0.0);
+                    self.health.set(false);
+                    conn = None;
+                    continue;
+                }
+            }
+            let due = self.queues.due_for_refresh(MAX_REFRESH_PER_POLL);
+            if !due.is_empty() {
+                let (stream, _) = conn.as_mut().expect("connected");
+                let refreshed =
+                    tokio::time::timeout(self.timeout, refresh_queues(stream, &self.queues, &due))
+                        .await;
+                if !matches!(refreshed, Ok(Ok(()))) {
+                    conn = None;
+                }
+            }
+            metrics.tracked_queues.set(self.queues.len() as f64);
+            for (rule, depth) in self.queues.deepest_by_rule() {
+                gauge!("respguard_queue_depth", "rule" => rule.to_string()).set(depth as f64);
+            }
+        }
+    }
+
+    fn apply(
+        &self,
+        info: &InfoReading,
+        metrics: &MonitorMetrics,
+        growth: &mut Growth,
+        warning_levels: &[f64],
+        remembered: &mut Remembered,
+    ) {
+        let budget = self.settings.memory_budget.0;
+        let (limit, source) = if info.maxmemory > 0 {
+            (info.maxmemory, LimitSource::MaxMemory)
+        } else {
+            (budget, LimitSource::Budget)
+        };
+        let evicts = info.policy.starts_with("allkeys-");
+        let enabled = !evicts || self.shed_with_eviction;
+        let note = if limit == 0 {
+            Some("Redis has no maxmemory and monitor.memory_budget is not set: memory pressure is unknown and writes are never shed".to_string())
+        } else if !enabled {
+            Some(format!("maxmemory-policy is {}: Redis evicts keys at its limit, so writes are not shed (set guards.shed.with_eviction to shed anyway)", info.policy))
+        } else {
+            None
+        };
+        if note != remembered.limit_note {
+            if let Some(n) = &note {
+                tracing::warn!("{n}");
+            }
+            remembered.limit_note = note;
+        }
+        let (before, after) = self
+            .pressure
+            .record_poll(info.used_memory, limit, source, enabled);
+        let now = Instant::now();
+        growth.add(now, info.used_memory);
+        let rate = growth.rate();
+        let until_full = growth.seconds_until(info.used_memory, limit);
+        let pressure = if limit > 0 {
+            info.used_memory as f64 / limit as f64
+        } else {
+            0.0
+        };
+        metrics.used.set(info.used_memory as f64);
+        metrics.limit.set(limit as f64);
+        metrics.pressure.set(pressure);
+        metrics.growth.set(rate);
+        metrics.until_full.set(until_full.unwrap_or(-1.0));
+        metrics.level.set(after as u8 as f64);
+        metrics.clients.set(info.connected_clients as f64);
+        metrics.blocked.set(info.blocked_clients as f64);
+        let describe = || {
+            let until = match until_full {
+                Some(s) => format!(
+                    ", full in {} at {}/s",
+                    humantime::format_duration(Duration::from_secs(s as u64)),
+                    crate::config::ByteSize(rate as u64)
+                ),
+                None => String::new(),
+            };
+            format!(
+                "Redis memory at {:.1}% of {} ({} of {}{until})",
+                pressure * 100.0,
+                source.name(),
+                crate::config::ByteSize(info.used_memory),
+                crate::config::ByteSize(limit),
+            )
+        };
+        if before != after {
+            metrics.transitions.increment(1);
+            if after > before {
+                tracing::warn!(
+                    from = before.name(),
+                    to = after.name(),
+                    "shedding level raised: {}",
+                    describe()
+                );
+            } else {
+                tracing::info!(
+                    from = before.name(),
+                    to = after.name(),
+                    "shedding level lowered: {}",
+                    describe()
+                );
+            }
+        }
+        if limit > 0 {
+            let last = remembered.pressure;
+            if let Some(w) = warning_levels
+                .iter()
+                .rev()
+                .find(|&&w| last < w && pressure >= w)
+            {
+                tracing::warn!(level = w, "memory warning: {}", describe());
+            } else if let Some(w) = warning_levels.iter().find(|&&w| last >= w && pressure < w) {
+                tracing::info!(
+                    level = w,
+                    "memory back under a warning level: {}",
+                    describe()
+                );
+            }
+            remembered.pressure = pressure;
+        }
+        if after == Level::Normal && before == Level::Normal {
+            tracing::trace!("{}", describe());
+        }
+    }
+}
+
+/// Send `INFO memory` and `INFO clients` and read both.
+async fn poll(stream: &mut TcpStream) -> std::io::Result<InfoReading> {
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n*2\r\n$4\r\nINFO\r\n$7\r\nclients\r\n")
+        .await?;
+    let mut info = InfoReading::default();
+    for reply in read_replies(stream, 2).await? {
+        let bytes = reply.map_err(std::io::Error::other)?;
+        InfoReading::parse(&String::from_utf8_lossy(&bytes), &mut info);
+    }
+    Ok(info)
+}
+
+/// Read the depth of `due` queues with one pipeline of `LLEN`s.
+async fn refresh_queues(
+    stream: &mut TcpStream,
+    queues: &QueueDepths,
+    due: &[Arc<crate::guard::queue::TrackedQueue>],
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    for q in due {
+        wire::command(&mut out, &[b"LLEN", &q.key]);
+    }
+    stream.write_all(&out).await?;
+    let replies = read_replies(stream, due.len()).await?;
+    for (q, reply) in due.iter().zip(replies) {
+        // `:N\r\n`; an error (WRONGTYPE) leaves the depth as it was.
+        if let Ok(bytes) = reply {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Some(n) = text
+                .strip_prefix(':')
+                .and_then(|t| t.trim_end().parse::<u64>().ok())
+            {
+                queues.refreshed(q, n);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_fields_are_read() {
+        let mut r = InfoReading::default();
+        InfoReading::parse(
+            "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:33554432\r\nmaxmemory_policy:noeviction\r\n",
+            &mut r,
+        );
+        InfoReading::parse(
+            "# Clients\r\nconnected_clients:7\r\nblocked_clients:2\r\n",
+            &mut r,
+        );
+        assert_eq!(
+            r,
+            InfoReading {
+                used_memory: 1 << 20,
+                maxmemory: 32 << 20,
+                policy: "noeviction".into(),
+                connected_clients: 7,
+                blocked_clients: 2,
+            }
+        );
+    }
+
+    #[test]
+    fn growth_is_the_slope_and_gives_time_until_full() {
+        let mut g = Growth::new(Duration::from_secs(120));
+        let t0 = Instant::now();
+        for i in 0..10u64 {
+            g.add(t0 + Duration::from_secs(i), 1000 + 100 * i);
+        }
+        assert!((g.rate() - 100.0).abs() < 1e-6, "{}", g.rate());
+        let until = g.seconds_until(1900, 2900).unwrap();
+        assert!((until - 10.0).abs() < 1e-6, "{until}");
+        assert_eq!(g.seconds_until(1900, 0), None);
+    }
+
+    #[test]
+    fn growth_keeps_a_bounded_window() {
+        let mut g = Growth::new(Duration::from_secs(120));
+        let t0 = Instant::now();
+        for i in 0..10_000u64 {
+            g.add(t0 + Duration::from_secs(i), i);
+        }
+        assert!(g.samples.len() <= 121);
+        let oldest = g.samples.front().unwrap().0;
+        assert!(t0 + Duration::from_secs(10_000 - 122) <= oldest);
+    }
+}
