@@ -60,10 +60,10 @@ start_respguard rg_port "$no_guards"
 start_respguard rg1_port "$no_guards
 [proxy]
 worker_threads = 1"
-# Memory monitor polling every 250 ms, shedding levels and priority rules configured, the
-# benchmark's list followed as a queue with a depth limit; nothing is shed or refused
-# (Redis has no maxmemory, so the monitor runs against a budget far above its use).
-start_respguard pressure_port '
+# Memory monitor polling every 250 ms, shedding levels and priority rules configured;
+# nothing is shed (Redis has no maxmemory, so the monitor runs against a budget far above
+# its use).
+pressure_conf='
 [monitor]
 interval = "250ms"
 memory_budget = "64GiB"
@@ -77,7 +77,10 @@ pattern = "analytics:*"
 priority = "low"
 [[guards.shed.rules]]
 pattern = "session:*"
-priority = "critical"
+priority = "critical"'
+start_respguard pressure_port "$pressure_conf"
+# The same, plus the benchmark's list followed as a queue with a depth limit (LPUSH).
+start_respguard queue_port "$pressure_conf"'
 [[guards.queue.rules]]
 pattern = "mylist"
 max_depth = 1000000000'
@@ -119,7 +122,7 @@ haproxy -f "$work/haproxy.cfg" -db &
 pids+=($!)
 wait_port "$hap_port"
 
-targets=("direct:$redis_port" "respguard:$rg_port" "respguard-1thread:$rg1_port" "respguard+checks:$checks_port" "respguard+guards:$guarded_port" "respguard+pressure:$pressure_port" "haproxy:$hap_port")
+targets=("direct:$redis_port" "respguard:$rg_port" "respguard-1thread:$rg1_port" "respguard+checks:$checks_port" "respguard+guards:$guarded_port" "respguard+pressure:$pressure_port" "respguard+queue:$queue_port" "haproxy:$hap_port")
 for t in $EXTRA_TARGETS; do targets+=("$t"); done
 if [ -n "$TARGETS" ]; then
   chosen=()

@@ -18,7 +18,7 @@ show() { printf '$ %s\n' "$*"; "$@"; }
 
 redis_port=$(free_port); proxy_port=$(free_port); admin_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
-  --logfile "$work/redis.log" &
+  --maxmemory 16mb --maxmemory-policy noeviction --logfile "$work/redis.log" &
 redis_pid=$!; pids+=($redis_pid)
 wait_port "$redis_port"
 cat > "$work/respguard.toml" <<'CFG'
@@ -33,6 +33,27 @@ ttl = "none"
 pattern = "cache:*"
 ttl = "1h"
 max_ttl = "1d"
+
+[monitor]
+interval = "100ms"
+[guards.shed]
+soft_enter = 0.5
+soft_exit = 0.45
+hard_enter = 0.8
+hard_exit = 0.75
+[[guards.shed.rules]]
+pattern = "analytics:*"
+priority = "low"
+[[guards.shed.rules]]
+pattern = "session:*"
+priority = "critical"
+
+[[guards.queue.rules]]
+pattern = "queue:*"
+max_depth = 5
+
+[[guards.fail_open.rules]]
+pattern = "cache:*"
 CFG
 ./target/release/respguard --config "$work/respguard.toml" --listen "127.0.0.1:$proxy_port" \
   --upstream "redis://127.0.0.1:$redis_port" --admin-listen "127.0.0.1:$admin_port" \
@@ -75,6 +96,55 @@ for line in replies.decode().splitlines():
 PY
 show redis-cli -p "$redis_port" EXISTS blob:video
 
+step "Queue backlog: queue:* may hold at most 5 jobs"
+for i in 1 2 3 4 5 6; do show redis-cli -p "$proxy_port" RPUSH queue:emails "job-$i"; done
+echo "(a worker drains two jobs; within a poll the proxy reads the depth again)"
+show redis-cli -p "$redis_port" LPOP queue:emails 2
+for _ in $(seq 1 50); do
+  r=$(redis-cli -p "$proxy_port" RPUSH queue:emails job-7)
+  case "$r" in ERR*) sleep 0.05 ;; *) echo "\$ redis-cli RPUSH queue:emails job-7"; echo "$r"; break ;; esac
+done
+
+step "Memory pressure: Redis has maxmemory 16mb; fill it through the proxy"
+python3 - "$proxy_port" "$redis_port" <<'PY'
+import socket, sys, time
+proxy, redis = int(sys.argv[1]), int(sys.argv[2])
+def conn(port):
+    s = socket.create_connection(("127.0.0.1", port)); return s, s.makefile("rb")
+def call(c, *args):
+    s, f = c
+    s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+    line = f.readline()
+    if line[:1] == b"$" and line[1:2] != b"-":
+        data = f.read(int(line[1:]) + 2); return data[:-2].decode(errors="replace")
+    return line.decode().strip()
+p, r = conn(proxy), conn(redis)
+def pressure():
+    info = call(r, b"INFO", b"memory")
+    used = int(info.split("used_memory:")[1].split("\r\n")[0])
+    return 100 * used / (16 << 20)
+value = b"v" * 100_000
+i = 0
+while pressure() < 55:
+    call(p, b"SET", b"data:%d" % i, value); i += 1
+time.sleep(0.3)
+print(f"  Redis memory at {pressure():.0f}%: soft shedding (low-priority writes refused)")
+print("  SET analytics:click ->", call(p, b"SET", b"analytics:click", b"1"))
+print("  SET data:more      ->", call(p, b"SET", b"data:more", b"1"))
+while True:
+    reply = call(p, b"SET", b"data:%d" % i, value); i += 1
+    if reply.startswith("-OOM"):
+        break
+print(f"  Redis memory at {pressure():.0f}%: hard shedding (every memory-growing write refused)")
+print("  SET data:next      ->", reply)
+print("  SET session:abc    ->", call(p, b"SET", b"session:abc", b"critical keys still pass"))
+print("  GET data:0         ->", call(p, b"GET", b"data:0")[:20] + "...")
+print("  DEL data:0..N      ->", sum(int(call(p, b"DEL", b"data:%d" % k)[1:]) for k in range(i)), "keys deleted")
+time.sleep(0.3)
+print(f"  Redis memory at {pressure():.0f}%: back to normal")
+print("  SET analytics:click ->", call(p, b"SET", b"analytics:click", b"1"))
+PY
+
 step "A pipeline of 10,000 commands in one write"
 for i in $(seq 1 10000); do printf 'INCR pipelined\r\n'; done | redis-cli -p "$proxy_port" --pipe
 show redis-cli -p "$proxy_port" GET pipelined
@@ -98,6 +168,9 @@ PY
 step "Redis goes down: every command fails at once with an error that says why"
 kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
 show redis-cli -p "$proxy_port" GET greeting || true
+echo "(cache:* keys are fail-open: answered as an empty cache, so the application falls back to its database)"
+show redis-cli -p "$proxy_port" GET cache:user:42
+show redis-cli -p "$proxy_port" SET cache:user:42 '{"name":"Ada"}'
 start=$(date +%s%N)
 redis-cli -p "$proxy_port" PING >/dev/null || true
 echo "(answered in $(( ($(date +%s%N) - start) / 1000000 )) ms, not after a timeout)"

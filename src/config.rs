@@ -865,6 +865,37 @@ mod tests {
     }
 
     #[test]
+    fn shedding_levels_must_have_hysteresis_and_valid_rules() {
+        let err = |toml: &str| {
+            RawConfig::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[guards.shed]\nsoft_enter = 0.5\nsoft_exit = 0.5\n");
+        assert!(
+            e.contains("guards.shed.soft_exit") && e.contains("flap"),
+            "{e}"
+        );
+        let e = err("[guards.shed]\nsoft_enter = 0.95\nsoft_exit = 0.9\n");
+        assert!(e.contains("guards.shed.soft_enter"), "{e}");
+        let e = err("[guards.shed]\nhard_enter = 1.5\n");
+        assert!(e.contains("guards.shed.hard_enter"), "{e}");
+        let e = err("[[guards.shed.rules]]\npattern = \"a:*\"\npriority = \"urgent\"\n");
+        assert!(e.contains("priority `urgent`"), "{e}");
+        let e = err("[guards.shed]\nallowed_scripts = [\"abc\"]\n");
+        assert!(e.contains("not a SHA1"), "{e}");
+        let e = err("[monitor]\nwarning_levels = [0.5, 2.0]\n");
+        assert!(e.contains("monitor.warning_levels"), "{e}");
+        // Turning a level off needs no exit ratio.
+        RawConfig::from_toml("[guards.shed]\nsoft_enter = 0.0\nsoft_exit = 0.0\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
     fn upstream_urls() {
         let t = UpstreamTarget::parse("redis://app:s%40cret@redis.internal:6400/3").unwrap();
         assert_eq!(t.address, "redis.internal:6400");

@@ -313,7 +313,7 @@ impl Monitor {
                 Some(s) => format!(
                     ", full in {} at {}/s",
                     humantime::format_duration(Duration::from_secs(s as u64)),
-                    crate::config::ByteSize(rate as u64)
+                    human_bytes(rate as u64)
                 ),
                 None => String::new(),
             };
@@ -321,8 +321,8 @@ impl Monitor {
                 "Redis memory at {:.1}% of {} ({} of {}{until})",
                 pressure * 100.0,
                 source.name(),
-                crate::config::ByteSize(info.used_memory),
-                crate::config::ByteSize(limit),
+                human_bytes(info.used_memory),
+                human_bytes(limit),
             )
         };
         if before != after {
@@ -364,6 +364,21 @@ impl Monitor {
             tracing::trace!("{}", describe());
         }
     }
+}
+
+/// A size for a log line: `8.9MiB`, `1.5GiB`, `512KiB`, `100B`.
+fn human_bytes(n: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= size {
+            let v = n as f64 / size as f64;
+            return if v.fract() == 0.0 {
+                format!("{v}{unit}")
+            } else {
+                format!("{v:.1}{unit}")
+            };
+        }
+    }
+    format!("{n}B")
 }
 
 /// Send `INFO memory` and `INFO clients` and read both.
@@ -444,6 +459,13 @@ mod tests {
         let until = g.seconds_until(1900, 2900).unwrap();
         assert!((until - 10.0).abs() < 1e-6, "{until}");
         assert_eq!(g.seconds_until(1900, 0), None);
+    }
+
+    #[test]
+    fn sizes_in_logs_are_short() {
+        assert_eq!(human_bytes(9_295_144), "8.9MiB");
+        assert_eq!(human_bytes(16 << 20), "16MiB");
+        assert_eq!(human_bytes(100), "100B");
     }
 
     #[test]

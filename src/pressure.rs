@@ -199,6 +199,18 @@ impl MemoryPressure {
         estimate >= self.watch_from.load(Ordering::Relaxed)
     }
 
+    /// True when no level is in force now (the cheap check before [`Self::reading`]).
+    #[inline]
+    pub fn is_normal(&self) -> bool {
+        !self.enabled.load(Ordering::Relaxed)
+            || (self.level.load(Ordering::Relaxed) == Level::Normal as u8
+                && self
+                    .used
+                    .load(Ordering::Relaxed)
+                    .saturating_add(self.written.load(Ordering::Relaxed))
+                    < self.watch_from.load(Ordering::Relaxed))
+    }
+
     /// The level in force now and the pressure behind it.
     pub fn reading(&self) -> Reading {
         let source = if self.limit_is_budget.load(Ordering::Relaxed) {

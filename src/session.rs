@@ -541,7 +541,7 @@ impl Session {
             Verdict::Forward
         };
         let (replacement, hidden) = match verdict {
-            Verdict::Forward => (None, 0),
+            Verdict::Forward | Verdict::Track(_) => (None, 0),
             Verdict::Rewrite {
                 replacement,
                 hidden,
@@ -606,7 +606,7 @@ impl Session {
                 }
                 self.streaming = Some(StreamTo::Discard);
             }
-            Verdict::Forward | Verdict::Rewrite { .. } => {
+            Verdict::Forward | Verdict::Track(_) | Verdict::Rewrite { .. } => {
                 if let Verdict::Rewrite { hidden, .. } = verdict {
                     // Only extra commands make sense here: the command itself is not whole.
                     self.after_stream.clear();
@@ -629,7 +629,7 @@ impl Session {
         guards.wants(command)
             && (self.queue.is_resp3() || !self.queue.is_subscribed())
             && !self.queue.is_monitoring()
-            && guards.engaged(self.shared.table.by_id(command), size)
+            && guards.engaged(command, size)
     }
 
     /// While Redis is unreachable: the empty-cache answer for a command on fail-open keys.
@@ -702,15 +702,13 @@ impl Session {
             streaming,
             size,
         };
-        let guards = &self.shared.guards;
-        let verdict = guards.check(&view, &self.identity, &mut self.scratch);
+        let mut tracked = None;
+        let verdict =
+            self.shared
+                .guards
+                .check(&view, &self.identity, &mut self.scratch, &mut tracked);
         // A push inside MULTI is answered QUEUED; its length arrives inside EXEC's array.
-        self.tracked_queue = match verdict {
-            Verdict::Forward | Verdict::Rewrite { .. } if !self.in_multi => {
-                guards.track_queue(&view, &self.identity)
-            }
-            _ => None,
-        };
+        self.tracked_queue = tracked.filter(|_| !self.in_multi);
         verdict
     }
 

@@ -88,6 +88,10 @@ pub enum Verdict {
     Answer(Bytes),
     /// Refuse the command with this error reply; Redis never sees the command.
     Refuse(Bytes),
+    /// Forward unchanged (as far as this guard is concerned) and record the reply's length
+    /// as this queue's depth. Only the queue guard says this; [`Guards::check`] turns it
+    /// into its `tracked` output and goes on with the chain.
+    Track(QueueHandle),
 }
 
 /// The command a guard looks at. Argument `i` is `src[args[i]]`.
@@ -135,12 +139,6 @@ pub trait Guard: Send + Sync {
     /// Whether the guard ever acts on this command; asked once per command when the guards
     /// are built, so the hot path skips commands no guard wants with one lookup.
     fn wants(&self, info: &CommandInfo) -> bool;
-    /// Whether the guard may act on a command it wants right now, before its keys are even
-    /// found (the shed guard while memory is low says no). `size` is the command's size.
-    #[inline]
-    fn engaged(&self, _info: &CommandInfo, _size: u64) -> bool {
-        true
-    }
     /// Decide about one command. Anything written to `out` is used only with a `Rewrite`.
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict;
 }
@@ -176,8 +174,10 @@ pub struct Guards {
     chain: Vec<Arc<dyn Guard>>,
     /// By command id: bit `i` is set when guard `i` wants the command (at most 8 guards).
     wanted: Vec<u8>,
-    /// The queue guard again, for following depths from push replies.
-    queue: Option<Arc<QueueGuard>>,
+    /// The shed guard's bit (0 without it): it acts only while memory is under pressure.
+    shed_bit: u8,
+    /// What the shed guard reads.
+    pressure: Arc<MemoryPressure>,
     /// Answers for cache keys while Redis is down.
     fail_open: Option<fail_open::FailOpen>,
 }
@@ -204,21 +204,19 @@ impl Guards {
             chain.push(Arc::new(size::SizeGuard::build(&raw.size, mode, logs)?));
         }
         let shed = shed::ShedGuard::build(&raw.shed, mode, logs, Arc::clone(&context.pressure))?;
+        let mut shed_bit = 0;
         if raw.shed.soft_enter > 0.0 || raw.shed.hard_enter > 0.0 {
+            shed_bit = 1 << chain.len();
             chain.push(Arc::new(shed));
         }
-        let queue = if raw.queue.rules.is_empty() {
-            None
-        } else {
-            let q = Arc::new(QueueGuard::build(
+        if !raw.queue.rules.is_empty() {
+            chain.push(Arc::new(QueueGuard::build(
                 &raw.queue,
                 mode,
                 logs,
                 Arc::clone(&context.queues),
-            )?);
-            chain.push(Arc::clone(&q) as Arc<dyn Guard>);
-            Some(q)
-        };
+            )?));
+        }
         if !raw.ttl.rules.is_empty() {
             chain.push(Arc::new(ttl::TtlGuard::build(&raw.ttl, mode, logs)?));
         }
@@ -237,7 +235,8 @@ impl Guards {
         Ok(Guards {
             chain,
             wanted,
-            queue,
+            shed_bit,
+            pressure: Arc::clone(&context.pressure),
             fail_open,
         })
     }
@@ -247,7 +246,8 @@ impl Guards {
         Guards {
             chain: Vec::new(),
             wanted: Vec::new(),
-            queue: None,
+            shed_bit: 0,
+            pressure: Arc::new(MemoryPressure::new(Thresholds::new(0.0, 0.0, 0.0, 0.0))),
             fail_open: None,
         }
     }
@@ -260,29 +260,15 @@ impl Guards {
             .is_some_and(|&bits| bits != 0)
     }
 
-    /// Whether a guard that wants this command may act on it now (see [`Guard::engaged`]);
-    /// when none may, the command is forwarded without finding its keys.
+    /// Whether a guard that wants this command (of `size` bytes) may act on it now; when
+    /// none may, the command is forwarded without finding its keys. Only the shed guard can
+    /// say no (while memory is low), and a memory-growing write is counted towards the
+    /// pressure estimate here, whatever the other guards decide.
     #[inline]
-    pub fn engaged(&self, info: &CommandInfo, size: u64) -> bool {
-        let bits = self.wanted.get(info.id as usize).copied().unwrap_or(0);
-        self.chain
-            .iter()
-            .enumerate()
-            .any(|(i, g)| bits & (1 << i) != 0 && g.engaged(info, size))
-    }
-
-    /// For a list push to a followed queue: the handle its reply's length is recorded to.
-    pub fn track_queue(
-        &self,
-        cmd: &CommandView<'_>,
-        client: &ClientIdentity,
-    ) -> Option<QueueHandle> {
-        let q = self.queue.as_ref()?;
-        if QueueGuard::is_push(cmd.info) {
-            q.track(cmd, client)
-        } else {
-            None
-        }
+    pub fn engaged(&self, command: u16, size: u64) -> bool {
+        let bits = self.wanted.get(command as usize).copied().unwrap_or(0);
+        let shed = bits & self.shed_bit != 0 && self.pressure.engaged_for_write(size);
+        shed || bits & !self.shed_bit != 0
     }
 
     /// Fail-open answers, when rules are configured.
@@ -290,12 +276,14 @@ impl Guards {
         self.fail_open.as_ref()
     }
 
-    /// Run the guards in order; the first verdict that is not `Forward` decides.
+    /// Run the guards in order; the first verdict that is neither `Forward` nor `Track`
+    /// decides. A followed queue's handle is left in `tracked`.
     pub fn check(
         &self,
         cmd: &CommandView<'_>,
         client: &ClientIdentity,
         out: &mut BytesMut,
+        tracked: &mut Option<QueueHandle>,
     ) -> Verdict {
         let bits = self.wanted.get(cmd.info.id as usize).copied().unwrap_or(0);
         for (i, guard) in self.chain.iter().enumerate() {
@@ -305,6 +293,7 @@ impl Guards {
             out.clear();
             match guard.check(cmd, client, out) {
                 Verdict::Forward => continue,
+                Verdict::Track(q) => *tracked = Some(q),
                 decided => return decided,
             }
         }

@@ -2,9 +2,10 @@
 //! enqueues refused once a queue is past its configured depth.
 //!
 //! LPUSH, RPUSH, LPUSHX and RPUSHX answer with the list's new length. For a key matching a
-//! queue rule, the session attaches a [`QueueHandle`] to the command's place in the reply
-//! queue, and the reply's integer becomes the queue's depth: no extra command, one atomic
-//! store. Pushes inside MULTI are not followed (their replies arrive inside EXEC's array).
+//! queue rule, the guard answers [`Verdict::Track`] with a [`QueueHandle`]; the session
+//! attaches it to the command's place in the reply queue, and the reply's integer becomes
+//! the queue's depth: no extra command, two relaxed atomic stores. Pushes inside MULTI are
+//! not followed (their replies arrive inside EXEC's array).
 //!
 //! Workers drain queues with pops and blocking pops whose replies do not say the length, so
 //! a depth is as of the last push. The memory monitor reads it again with `LLEN` for queues
@@ -39,8 +40,11 @@ pub struct TrackedQueue {
     /// The rule it matched, as named in metrics.
     pub rule: Arc<str>,
     depth: AtomicU64,
-    /// Milliseconds since the registry started, at the last push reply or refresh.
-    updated_ms: AtomicU64,
+    /// A push reply arrived since the monitor last looked (a store, not a clock read).
+    pushed: AtomicBool,
+    /// Milliseconds since the registry started when the monitor last saw a push or read the
+    /// depth; written by the monitor only.
+    seen_ms: AtomicU64,
     /// An enqueue was refused because of this queue's depth: refresh it every poll.
     at_limit: AtomicBool,
 }
@@ -59,12 +63,14 @@ impl TrackedQueue {
 
 /// A reference to a followed queue, carried with a push until its reply arrives.
 #[derive(Clone)]
-pub struct QueueHandle(Arc<TrackedQueue>, Arc<QueueDepths>);
+pub struct QueueHandle(Arc<TrackedQueue>);
 
 impl QueueHandle {
-    /// Record the length a push reply reported.
+    /// Record the length a push reply reported: two relaxed stores.
+    #[inline]
     pub fn record(&self, depth: i64) {
-        self.1.set_depth(&self.0, depth.max(0) as u64);
+        self.0.depth.store(depth.max(0) as u64, Ordering::Relaxed);
+        self.0.pushed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -154,18 +160,14 @@ impl QueueDepths {
                     key: key.into(),
                     rule: rule.into(),
                     depth: AtomicU64::new(0),
-                    updated_ms: AtomicU64::new(self.now_ms()),
+                    pushed: AtomicBool::new(false),
+                    seen_ms: AtomicU64::new(self.now_ms()),
                     at_limit: AtomicBool::new(false),
                 })
             })
             .value()
             .clone();
         Some(entry)
-    }
-
-    fn set_depth(&self, q: &TrackedQueue, depth: u64) {
-        q.depth.store(depth, Ordering::Relaxed);
-        q.updated_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// Queues whose depth the monitor should read again now (at most `limit`): those at
@@ -177,9 +179,12 @@ impl QueueDepths {
         let mut idle = Vec::new();
         for e in self.map.iter() {
             let q = e.value();
+            if q.pushed.swap(false, Ordering::Relaxed) {
+                q.seen_ms.store(now, Ordering::Relaxed);
+            }
             if q.is_at_limit() {
                 at_limit.push(Arc::clone(q));
-            } else if now.saturating_sub(q.updated_ms.load(Ordering::Relaxed)) >= stale {
+            } else if now.saturating_sub(q.seen_ms.load(Ordering::Relaxed)) >= stale {
                 idle.push(Arc::clone(q));
             }
         }
@@ -190,11 +195,15 @@ impl QueueDepths {
 
     /// Record a depth read with `LLEN`. An idle queue found empty is no longer followed.
     pub fn refreshed(&self, q: &Arc<TrackedQueue>, depth: u64) {
-        let idle = self
-            .now_ms()
-            .saturating_sub(q.updated_ms.load(Ordering::Relaxed))
+        let now = self.now_ms();
+        // A push reply since the refresh was sent is newer than this depth.
+        if q.pushed.load(Ordering::Relaxed) {
+            return;
+        }
+        let idle = now.saturating_sub(q.seen_ms.load(Ordering::Relaxed))
             >= self.refresh_after.as_millis() as u64;
-        self.set_depth(q, depth);
+        q.depth.store(depth, Ordering::Relaxed);
+        q.seen_ms.store(now, Ordering::Relaxed);
         if depth == 0 && idle && !q.is_at_limit() {
             self.map.remove_if(&q.key, |_, v| Arc::ptr_eq(v, q));
         }
@@ -268,14 +277,6 @@ impl QueueGuard {
     pub fn is_push(info: &CommandInfo) -> bool {
         matches!(&*info.name, "lpush" | "rpush" | "lpushx" | "rpushx")
     }
-
-    /// The followed queue a push to this key reports its depth to, if any rule matches.
-    pub fn track(&self, cmd: &CommandView<'_>, client: &ClientIdentity) -> Option<QueueHandle> {
-        let key = cmd.keys.first().and_then(|&i| cmd.arg(i))?;
-        let rule = first_rule(&self.rules, key, client)?;
-        let q = self.depths.get_or_track(key, &rule.name)?;
-        Some(QueueHandle(q, Arc::clone(&self.depths)))
-    }
 }
 
 impl Guard for QueueGuard {
@@ -294,19 +295,17 @@ impl Guard for QueueGuard {
         let Some(rule) = first_rule(&self.rules, key, client) else {
             return Verdict::Forward;
         };
-        let Some(max) = rule.limits.max_depth else {
-            return Verdict::Forward;
-        };
-        let Some(q) = self.depths.get(key) else {
+        // Pushes inside MULTI are answered QUEUED: their lengths arrive inside EXEC's array.
+        let Some(q) = self.depths.get_or_track(key, &rule.name) else {
             return Verdict::Forward;
         };
         let depth = q.depth();
-        if depth < max {
+        let Some(max) = rule.limits.max_depth.filter(|&max| depth >= max) else {
             if q.is_at_limit() {
                 q.at_limit.store(false, Ordering::Relaxed);
             }
-            return Verdict::Forward;
-        }
+            return Verdict::Track(QueueHandle(q));
+        };
         q.at_limit.store(true, Ordering::Relaxed);
         rule.count("refuse");
         let message = format!(
@@ -326,7 +325,7 @@ impl Guard for QueueGuard {
         }
         match rule.mode {
             Mode::Enforce => Verdict::Refuse(crate::wire::error(&message)),
-            Mode::Observe => Verdict::Forward,
+            Mode::Observe => Verdict::Track(QueueHandle(q)),
         }
     }
 }
@@ -352,8 +351,9 @@ mod tests {
     fn idle_empty_queues_are_forgotten_on_refresh() {
         let d = Arc::new(QueueDepths::new(10, Duration::ZERO));
         let q = d.get_or_track(b"q", "q*").unwrap();
-        QueueHandle(Arc::clone(&q), Arc::clone(&d)).record(7);
+        QueueHandle(Arc::clone(&q)).record(7);
         assert_eq!(d.deepest_by_rule(), vec![(Arc::from("q*"), 7)]);
+        // The monitor notes the push, and (refresh_after being 0) finds the queue idle.
         assert_eq!(d.due_for_refresh(10).len(), 1);
         d.refreshed(&q, 0);
         assert!(d.is_empty());

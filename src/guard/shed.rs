@@ -261,12 +261,10 @@ impl Guard for ShedGuard {
         info.flags.contains(Flags::DENYOOM) || Script::of(info).is_some()
     }
 
-    #[inline]
-    fn engaged(&self, _info: &CommandInfo, size: u64) -> bool {
-        self.pressure.engaged_for_write(size)
-    }
-
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, _: &mut BytesMut) -> Verdict {
+        if self.pressure.is_normal() {
+            return Verdict::Forward;
+        }
         let reading = self.pressure.reading();
         if reading.level == Level::Normal {
             return Verdict::Forward;

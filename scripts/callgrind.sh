@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Instructions the proxy's sessions spend per command, counted by callgrind: deterministic,
+# so two configurations can be compared where throughput on a noisy machine cannot.
+#
+#   scripts/callgrind.sh                      # SET and LPUSH, guards off vs each config
+#   TESTS="lpush" REQUESTS=50000 scripts/callgrind.sh
+#
+# For each configuration below and each test, runs a release respguard under
+# `valgrind --tool=callgrind` collecting only inside session tasks (the spawned task that
+# runs a Session), drives
+# `redis-benchmark -c 10 -P 32` through it, and prints instructions per command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TESTS=${TESTS:-"set lpush"}
+REQUESTS=${REQUESTS:-100000}
+
+if ! command -v valgrind >/dev/null || ! command -v redis-benchmark >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq valgrind redis-server redis-tools >/dev/null
+fi
+cargo build --release --quiet
+. scripts/lib.sh
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --logfile "$work/redis.log" &
+pids+=($!)
+wait_port "$redis_port"
+
+declare -A configs
+configs[guards-off]='
+[guards.shed]
+soft_enter = 0.0
+hard_enter = 0.0'
+# Monitor polling, shedding levels and rules configured but not active.
+configs[pressure]='
+[monitor]
+interval = "250ms"
+memory_budget = "64GiB"
+[[guards.shed.rules]]
+pattern = "analytics:*"
+priority = "low"'
+# The same, plus redis-benchmark's list followed as a queue with a depth limit.
+configs[queue]="${configs[pressure]}"'
+[[guards.queue.rules]]
+pattern = "mylist"
+max_depth = 1000000000'
+
+# measure CONFIG_NAME TEST -> instructions per command in session tasks
+measure() {
+  local port conf out pid
+  port=$(free_port)
+  conf="$work/$1.toml"
+  out="$work/callgrind.$1.$2"
+  printf '%s\n' "${configs[$1]}" > "$conf"
+  valgrind --tool=callgrind --callgrind-out-file="$out" \
+    --toggle-collect='respguard::listener::Listener::run::{{closure}}::{{closure}}' \
+    ./target/release/respguard --config "$conf" --listen "127.0.0.1:$port" \
+    --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level error \
+    2>"$work/valgrind.log" &
+  pid=$!
+  wait_port "$port"
+  redis-benchmark -h 127.0.0.1 -p "$port" -c 10 -n "$REQUESTS" -P 32 -d 100 -t "$2" -q >/dev/null
+  kill -INT "$pid"
+  wait "$pid" || true
+  [ -n "${KEEP:-}" ] && cp "$out" "$KEEP/" || true
+  [ -s "$out" ] || { cat "$work/valgrind.log" >&2; exit 1; }
+  local total
+  total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
+  echo $(( total / REQUESTS ))
+}
+
+echo "| test | config | instructions per command | vs guards-off |"
+echo "|---|---|---|---|"
+for t in $TESTS; do
+  base=$(measure guards-off "$t")
+  echo "| $t | guards-off | $base | 1.000 |"
+  for c in pressure queue; do
+    n=$(measure "$c" "$t")
+    awk -v t="$t" -v c="$c" -v n="$n" -v b="$base" 'BEGIN { printf "| %s | %s | %d | %.3f |\n", t, c, n, n/b }'
+  done
+done
+echo
+echo "command: TESTS=\"$TESTS\" REQUESTS=$REQUESTS scripts/callgrind.sh (redis-benchmark -c 10 -P 32 -d 100)"
