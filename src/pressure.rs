@@ -8,8 +8,10 @@
 //! A poll every 250 ms is too slow on its own for a client writing hundreds of megabytes a
 //! second: between two polls, every memory-growing write the proxy forwards adds its size to
 //! an estimate, and a level whose threshold the estimate crosses applies at once. Only the
-//! next poll lowers a level again. The estimate counts every write as growth (an overwrite
-//! frees as much as it takes), so it errs towards shedding early, never late.
+//! next poll lowers a level again. The estimate counts a write's command size: an overwrite
+//! counts as growth (shedding early), a new small key less than Redis spends on it (a
+//! 144-byte SET of a 100-byte value grows Redis by about 202 bytes), so the `hard` level must
+//! sit below the limit by more than clients write in one poll interval.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
