@@ -1,4 +1,4 @@
-//! The memory monitor: a dedicated upstream connection that polls `INFO memory` and
+//! The memory monitor: a dedicated upstream connection that polls `PING`, `INFO memory` and
 //! `INFO clients` every `monitor.interval`, turns them into the pressure and shedding level
 //! the shed guard reads ([`MemoryPressure`]), and exports them as metrics.
 //!
@@ -8,7 +8,9 @@
 //! coming down. It also reads the depth (`LLEN`) of followed queues that are at their limit or
 //! idle (see [`crate::guard::queue`]).
 //!
-//! Every poll also tells `/readyz` whether Redis answers ([`crate::health`]).
+//! Every poll's PING also tells `/readyz` whether Redis can serve ([`crate::health`]): not
+//! while it answers `LOADING`, and still when an ACL refuses the proxy's user `INFO` (then
+//! memory pressure is unknown, a warning says so, and nothing is shed).
 //!
 //! It connects through the shared [`ConnectGate`], so its reconnects respect the connect rate
 //! and circuit breaker like every session's. While Redis cannot be polled, the last level
@@ -222,13 +224,27 @@ impl Monitor {
                 continue;
             };
             match tokio::time::timeout(self.timeout, poll(stream)).await {
-                Ok(Ok(info)) => {
-                    metrics.up.set(1.0);
-                    self.health.set(true);
-                    self.apply(&info, &metrics, &mut growth, &levels, &mut remembered);
+                Ok(Ok(polled)) => {
+                    // PING decides readiness: INFO still answers while Redis is LOADING.
+                    self.health.set(polled.ready);
+                    match polled.info {
+                        Ok(info) => {
+                            metrics.up.set(1.0);
+                            self.apply(&info, &metrics, &mut growth, &levels, &mut remembered);
+                        }
+                        Err(refused) => {
+                            metrics.up.set(0.0);
+                            let note = format!("Redis refused INFO ({refused}): memory pressure is unknown and writes are never shed; give the proxy's user +info");
+                            if remembered.limit_note.as_deref() != Some(note.as_str()) {
+                                tracing::warn!("{note}");
+                                remembered.limit_note = Some(note);
+                            }
+                            self.pressure
+                                .record_poll(0, 0, LimitSource::MaxMemory, false);
+                        }
+                    }
                 }
                 Ok(Err(e)) => {
-                    // LOADING and other errors mean Redis cannot serve yet.
                     tracing::debug!(error = %e, "memory poll failed");
                     metrics.up.set(0.0);
                     self.health.set(false);
@@ -381,17 +397,34 @@ fn human_bytes(n: u64) -> String {
     format!("{n}B")
 }
 
-/// Send `INFO memory` and `INFO clients` and read both.
-async fn poll(stream: &mut TcpStream) -> std::io::Result<InfoReading> {
+/// What one poll got back.
+#[derive(Debug)]
+struct Poll {
+    /// Redis answered PING (not LOADING, not an error): it can serve.
+    ready: bool,
+    /// The INFO fields, or why INFO was refused (an ACL without `+info`, for instance).
+    info: Result<InfoReading, String>,
+}
+
+/// Send `PING`, `INFO memory` and `INFO clients` in one write and read the three replies.
+async fn poll(stream: &mut TcpStream) -> std::io::Result<Poll> {
     stream
-        .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n*2\r\n$4\r\nINFO\r\n$7\r\nclients\r\n")
+        .write_all(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n*2\r\n$4\r\nINFO\r\n$7\r\nclients\r\n")
         .await?;
+    let mut replies = read_replies(stream, 3).await?.into_iter();
+    let ready = matches!(replies.next(), Some(Ok(_)));
     let mut info = InfoReading::default();
-    for reply in read_replies(stream, 2).await? {
-        let bytes = reply.map_err(std::io::Error::other)?;
-        InfoReading::parse(&String::from_utf8_lossy(&bytes), &mut info);
+    let mut refused = None;
+    for reply in replies {
+        match reply {
+            Ok(bytes) => InfoReading::parse(&String::from_utf8_lossy(&bytes), &mut info),
+            Err(e) => refused = Some(e),
+        }
     }
-    Ok(info)
+    Ok(Poll {
+        ready,
+        info: refused.map_or(Ok(info), Err),
+    })
 }
 
 /// Read the depth of `due` queues with one pipeline of `LLEN`s.

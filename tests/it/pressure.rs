@@ -559,3 +559,30 @@ async fn with_redis_down_every_command_fails_fast_and_fail_open_keys_answer_as_a
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_proxy_user_without_info_is_ready_and_never_sheds() {
+    let server = limited_server();
+    let mut admin = Conn::open(server.addr()).await;
+    assert_eq!(
+        admin
+            .call(&["ACL", "SETUSER", "proxy", "on", ">pw", "~*", "&*", "+@all", "-info"])
+            .await,
+        "+OK\r\n"
+    );
+    let mut raw = proxy_config(&format!("redis://proxy:pw@127.0.0.1:{}", server.port));
+    raw.guards.shed.soft_enter = 0.0;
+    raw.guards.shed.hard_enter = 0.01;
+    raw.guards.shed.hard_exit = 0.005;
+    raw.monitor.interval = respguard::config::HumanDuration(Duration::from_millis(50));
+    let proxy = start_proxy(raw).await;
+    polls(&proxy, 2).await;
+    // Redis answers PING, so the proxy is ready; INFO is refused, so pressure is unknown
+    // and even a hard level at 1% sheds nothing.
+    let readyz = http_get(proxy.admin_addr.unwrap(), "/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+    assert_eq!(proxy.pressure.reading().level, Level::Normal);
+    let mut c = Conn::open(proxy.addr).await;
+    assert_eq!(c.call(&["SET", "k", "v"]).await, "+OK\r\n");
+    proxy.shutdown().await;
+}
