@@ -646,14 +646,7 @@ impl Session {
         };
         let args = self.requests.args();
         let argc = args.len();
-        self.keys.clear();
-        info.key_positions_by(
-            argc,
-            |i| args.get(i).map(|r| &src[r.clone()]),
-            &mut self.keys,
-        );
-        self.keys.sort_unstable();
-        self.keys.dedup();
+        find_keys(info, src, args, argc, &mut self.keys);
         let view = CommandView {
             src,
             args,
@@ -683,16 +676,7 @@ impl Session {
             self.from_client.bytes()
         };
         let args = self.requests.args();
-        self.keys.clear();
-        info.key_positions_by(
-            argc,
-            |i| args.get(i).map(|r| &src[r.clone()]),
-            &mut self.keys,
-        );
-        // Several key specifications may list keys out of order or twice; guards rely on a
-        // sorted, unique list to tell keys from values in O(log n).
-        self.keys.sort_unstable();
-        self.keys.dedup();
+        find_keys(info, src, args, argc, &mut self.keys);
         let view = CommandView {
             src,
             args,
@@ -1129,6 +1113,22 @@ impl Session {
         self.queue.clear();
         None
     }
+}
+
+/// The argument indices of a command's keys into `keys` (its capacity kept), sorted and
+/// unique: several key specifications may list keys out of order or twice, and guards rely
+/// on a sorted, unique list to tell keys from values in O(log n).
+fn find_keys(
+    info: &CommandInfo,
+    src: &[u8],
+    args: &[std::ops::Range<usize>],
+    argc: usize,
+    keys: &mut Vec<usize>,
+) {
+    keys.clear();
+    info.key_positions_by(argc, |i| args.get(i).map(|r| &src[r.clone()]), keys);
+    keys.sort_unstable();
+    keys.dedup();
 }
 
 /// What a successful HELLO changes: `HELLO [protover [AUTH user pass] [SETNAME name]]`.

@@ -405,6 +405,29 @@ impl<L> Rule<L> {
     pub fn may_log(&self) -> Option<u64> {
         self.log.allow()
     }
+
+    /// A refusal by `guard` with the error `message` (prefix included): logged within the
+    /// rule's log limit, and `Refuse` in enforce mode; in observe mode the refusal is only
+    /// logged and `observed` is returned instead. The caller counts the decision.
+    pub fn refusal(
+        &self,
+        guard: &'static str,
+        client: &ClientIdentity,
+        message: &str,
+        observed: Verdict,
+    ) -> Verdict {
+        if let Some(suppressed) = self.may_log() {
+            let verb = match self.mode {
+                Mode::Enforce => "refused",
+                Mode::Observe => "observe: would refuse",
+            };
+            tracing::warn!(guard, rule = %self.name, client = %client, suppressed, "{verb}: {message}");
+        }
+        match self.mode {
+            Mode::Enforce => Verdict::Refuse(crate::wire::error(message)),
+            Mode::Observe => observed,
+        }
+    }
 }
 
 /// The first rule of `rules` that applies to `key` for `client`.

@@ -314,20 +314,7 @@ impl Guard for QueueGuard {
             printable_key(key),
             rule.name
         );
-        if let Some(suppressed) = rule.may_log() {
-            tracing::warn!(
-                guard = "queue",
-                rule = %rule.name,
-                mode = ?rule.mode,
-                client = %client,
-                suppressed,
-                "{message}"
-            );
-        }
-        match rule.mode {
-            Mode::Enforce => Verdict::Refuse(crate::wire::error(&message)),
-            Mode::Observe => Verdict::Track(QueueHandle(q)),
-        }
+        rule.refusal("queue", client, &message, Verdict::Track(QueueHandle(q)))
     }
 }
 

@@ -225,20 +225,7 @@ impl ShedGuard {
             if why.is_empty() { "" } else { ": " },
             why,
         );
-        if let Some(suppressed) = rule.may_log() {
-            tracing::warn!(
-                guard = "shed",
-                rule = %rule.name,
-                mode = ?rule.mode,
-                client = %client,
-                suppressed,
-                "{message}"
-            );
-        }
-        match rule.mode {
-            Mode::Enforce => Verdict::Refuse(crate::wire::error(&message)),
-            Mode::Observe => Verdict::Forward,
-        }
+        rule.refusal("shed", client, &message, Verdict::Forward)
     }
 }
 
