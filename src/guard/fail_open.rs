@@ -73,6 +73,7 @@ impl FailOpen {
                 Rule::new(
                     "fail_open",
                     RuleSpec {
+                        name: None,
                         pattern: &r.pattern,
                         user: r.user.as_deref(),
                         client_name: r.client_name.as_deref(),

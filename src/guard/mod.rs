@@ -12,7 +12,7 @@
 //!
 //! The order is written once, in [`Guards::build`]: the size guard first (a refused command
 //! is never rewritten), then the shed guard (memory pressure), the queue guard (queue
-//! depth), and the TTL guard last. The first guard whose verdict is not `Forward`
+//! depth), the enqueue guard (duplicate jobs), and the TTL guard last. The first guard whose verdict is not `Forward`
 //! decides. Guards never touch sockets and never block; the session carries their verdicts
 //! out, so no guard special-cases the session.
 //!
@@ -23,6 +23,7 @@
 //! action and mode; refusals are logged at most `guards.refusal_logs_per_second` times per
 //! rule.
 
+pub mod enqueue;
 pub mod fail_open;
 pub mod pattern;
 pub mod queue;
@@ -151,6 +152,8 @@ pub struct GuardContext {
     pub pressure: Arc<MemoryPressure>,
     /// Depths of followed queues.
     pub queues: Arc<QueueDepths>,
+    /// What the enqueue guard remembers of recent jobs.
+    pub enqueue: Arc<enqueue::EnqueueMemory>,
 }
 
 impl GuardContext {
@@ -165,6 +168,7 @@ impl GuardContext {
                 s.hard_exit,
             ))),
             queues: Arc::new(QueueDepths::from_config(&raw.queue)),
+            enqueue: Arc::new(enqueue::EnqueueMemory::new(&raw.enqueue)),
         }
     }
 }
@@ -215,6 +219,14 @@ impl Guards {
                 mode,
                 logs,
                 Arc::clone(&context.queues),
+            )?));
+        }
+        if !raw.enqueue.rules.is_empty() {
+            chain.push(Arc::new(enqueue::EnqueueGuard::build(
+                &raw.enqueue,
+                mode,
+                logs,
+                Arc::clone(&context.enqueue),
             )?));
         }
         if !raw.ttl.rules.is_empty() {
@@ -305,7 +317,7 @@ impl Guards {
 /// limiter. `L` is the guard's own settings.
 #[derive(Debug)]
 pub struct Rule<L> {
-    /// The pattern as written: the rule's name in errors, logs and metrics.
+    /// The rule's name in errors, logs and metrics: its pattern unless it has a name.
     pub name: String,
     pattern: KeyPattern,
     user: Option<Box<[u8]>>,
@@ -321,6 +333,8 @@ pub struct Rule<L> {
 
 /// The identity filters and mode of a rule, as written in the configuration.
 pub struct RuleSpec<'a> {
+    /// The rule's name; its pattern when `None`.
+    pub name: Option<&'a str>,
     /// Key pattern.
     pub pattern: &'a str,
     /// Only this user.
@@ -350,13 +364,14 @@ impl<L> Rule<L> {
             Some(m) => Mode::parse(m, key)?,
             None => default_mode,
         };
+        let name = spec.name.unwrap_or(spec.pattern);
         let counters = actions
             .iter()
             .map(|&action| {
                 let c = metrics::counter!(
                     "respguard_guard_decisions_total",
                     "guard" => guard,
-                    "rule" => spec.pattern.to_string(),
+                    "rule" => name.to_string(),
                     "action" => action,
                     "mode" => mode.label(),
                 );
@@ -364,7 +379,7 @@ impl<L> Rule<L> {
             })
             .collect();
         Ok(Rule {
-            name: spec.pattern.to_string(),
+            name: name.to_string(),
             pattern,
             user: spec.user.map(|u| u.as_bytes().into()),
             client_name: spec.client_name.map(|n| n.as_bytes().into()),

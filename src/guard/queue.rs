@@ -255,6 +255,7 @@ impl QueueGuard {
                 Rule::new(
                     "queue",
                     RuleSpec {
+                        name: None,
                         pattern: &r.pattern,
                         user: r.user.as_deref(),
                         client_name: r.client_name.as_deref(),

@@ -102,6 +102,7 @@ impl ShedGuard {
                 Rule::new(
                     "shed",
                     RuleSpec {
+                        name: None,
                         pattern: &r.pattern,
                         user: r.user.as_deref(),
                         client_name: r.client_name.as_deref(),
@@ -119,6 +120,7 @@ impl ShedGuard {
         rules.push(Rule::new(
             "shed",
             RuleSpec {
+                name: None,
                 pattern: "*",
                 user: None,
                 client_name: None,

@@ -64,6 +64,7 @@ impl SizeGuard {
                 max_elements: r.max_elements,
             };
             let spec = RuleSpec {
+                name: None,
                 pattern: &r.pattern,
                 user: r.user.as_deref(),
                 client_name: r.client_name.as_deref(),

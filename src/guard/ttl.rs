@@ -96,6 +96,7 @@ impl TtlGuard {
                 commands: r.commands.iter().map(|c| c.to_ascii_lowercase()).collect(),
             };
             let spec = RuleSpec {
+                name: None,
                 pattern: &r.pattern,
                 user: r.user.as_deref(),
                 client_name: r.client_name.as_deref(),

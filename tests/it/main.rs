@@ -4,6 +4,7 @@
 mod cli;
 mod clients;
 mod differential;
+mod enqueue;
 mod failures;
 mod guards;
 mod harness;
