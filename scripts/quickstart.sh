@@ -49,8 +49,14 @@ pattern = "session:*"
 priority = "critical"
 
 [[guards.queue.rules]]
-pattern = "queue:*"
+pattern = "queue:emails"
 max_depth = 5
+
+[[guards.enqueue.rules]]
+preset = "sidekiq"
+limit = 1
+window = "60s"
+action = "reject"
 
 [[guards.fail_open.rules]]
 pattern = "cache:*"
@@ -96,7 +102,7 @@ for line in replies.decode().splitlines():
 PY
 show redis-cli -p "$redis_port" EXISTS blob:video
 
-step "Queue backlog: queue:* may hold at most 5 jobs"
+step "Queue backlog: queue:emails may hold at most 5 jobs"
 for i in 1 2 3 4 5 6; do show redis-cli -p "$proxy_port" RPUSH queue:emails "job-$i"; done
 echo "(a worker drains two jobs; within a poll the proxy reads the depth again)"
 show redis-cli -p "$redis_port" LPOP queue:emails 2
@@ -104,6 +110,15 @@ for _ in $(seq 1 50); do
   r=$(redis-cli -p "$proxy_port" RPUSH queue:emails job-7)
   case "$r" in ERR*) sleep 0.05 ;; *) echo "\$ redis-cli RPUSH queue:emails job-7"; echo "$r"; break ;; esac
 done
+
+step "Duplicate jobs: one client may enqueue the same Sidekiq job once a minute"
+job() { printf '{"retry":true,"queue":"default","class":"HardJob","args":[%s],"jid":"%s","enqueued_at":%s}' "$1" "$2" "$(date +%s.%N)"; }
+show redis-cli -p "$proxy_port" LPUSH queue:default "$(job 42 b1946ac92492d2347c6235b4)"
+echo "(the same job again, as a retry loop would: new jid, new timestamp)"
+show redis-cli -p "$proxy_port" LPUSH queue:default "$(job 42 591785b794601e212b260e25)"
+echo "(another job, and a re-push of the first one's jid, as Sidekiq's retry does, pass)"
+show redis-cli -p "$proxy_port" LPUSH queue:default "$(job 43 bd8f4ef9e0cc1a4f0d4ea2b2)"
+show redis-cli -p "$proxy_port" LPUSH queue:default "$(job 42 b1946ac92492d2347c6235b4)"
 
 step "Memory pressure: Redis has maxmemory 16mb; fill it through the proxy"
 python3 - "$proxy_port" "$redis_port" <<'PY'

@@ -25,7 +25,12 @@ impl ProxyProcess {
                 "--upstream",
                 upstream,
             ])
-            .args(["--admin-listen", "", "--log-level", "info"])
+            .args(["--log-level", "info"])
+            .args(if extra.contains(&"--admin-listen") {
+                &[][..]
+            } else {
+                &["--admin-listen", ""][..]
+            })
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
@@ -208,4 +213,76 @@ async fn a_1_gib_set_is_refused_in_bounded_memory_and_the_connection_goes_on() {
     let (rss, peak) = proxy.rss_kib();
     println!("1 GiB SET refused: proxy RSS {rss} KiB (peak {peak} KiB)");
     assert!(peak < LIMIT_KIB, "proxy peak RSS {peak} KiB");
+}
+
+/// A flood of a million distinct jobs fills the enqueue guard's fingerprint table to its
+/// configured bound and no further: the proxy's RSS grows by the table's 24 bytes per slot.
+#[tokio::test]
+async fn a_million_distinct_jobs_stay_within_the_fingerprint_bound() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("respguard.toml");
+    std::fs::write(
+        &config,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [guards.enqueue]\nmax_fingerprints = 200000\n\
+         [[guards.enqueue.rules]]\npreset = \"generic\"\nname = \"flood\"\n\
+         pattern = \"flood:*\"\nformat = \"raw\"\naction = \"drop\"\nwindow = \"1h\"\n",
+    )
+    .unwrap();
+    let admin = free_port();
+    let proxy = ProxyProcess::start(
+        &server.url(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ],
+    );
+    let mut c = Conn::open(proxy.addr).await;
+    let (rss_before, _) = proxy.rss_kib();
+    // LPUSHX to a missing list: the guard reads every job, Redis stores nothing.
+    let batch = 10_000;
+    for b in 0..100 {
+        let mut cmds = Vec::with_capacity(batch * 48);
+        for i in 0..batch {
+            let job = format!("job-{}", b * batch + i);
+            cmds.extend_from_slice(&encode(&["LPUSHX", "flood:q", &job]));
+        }
+        c.send(&cmds).await;
+        assert_eq!(c.replies(batch).await, ":0\r\n".repeat(batch));
+    }
+    let (rss, peak) = proxy.rss_kib();
+    let metrics = crate::guards::http_get(([127, 0, 0, 1], admin).into(), "/metrics").await;
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name}"))
+            .parse()
+            .unwrap()
+    };
+    let capacity = gauge("respguard_enqueue_fingerprints_capacity");
+    let used = gauge("respguard_enqueue_fingerprints");
+    let firsts = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("respguard_enqueues_total{rule=\"flood\",kind=\"first\"} "))
+        .unwrap()
+        .trim()
+        .to_string();
+    println!(
+        "1,000,000 distinct jobs, max_fingerprints 200000: {used} slots used of {capacity}; \
+         proxy RSS {rss_before} KiB before, {rss} KiB after (peak {peak} KiB)"
+    );
+    assert_eq!(firsts, "1000000", "every job was read as a new one");
+    assert!((200_000.0..=202_048.0).contains(&capacity), "{capacity}");
+    assert!(used <= capacity && used > capacity * 0.9, "{used} of {capacity}");
+    // The table is 24 bytes a slot (4.7 MiB here); allow the same again for everything else.
+    let table_kib = (capacity as u64 * 24) >> 10;
+    assert!(
+        rss < rss_before + 2 * table_kib,
+        "RSS grew {} KiB for a {table_kib} KiB table",
+        rss - rss_before
+    );
 }

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 
 use super::{
     encode_arg, encode_header, printable_key, CommandView, Guard, Mode, Rule, RuleSpec, Verdict,
@@ -71,19 +71,23 @@ pub struct EnqueueMemory {
     hashes: RandomState,
     epoch: Instant,
     evictions: Counter,
+    occupied: Gauge,
 }
 
 impl EnqueueMemory {
     /// Tables sized by `[guards.enqueue]`.
     pub fn new(raw: &RawEnqueueGuard) -> Self {
+        let fingerprints = BoundedTable::new(raw.max_fingerprints);
+        metrics::gauge!("respguard_enqueue_fingerprints_capacity").set(fingerprints.capacity() as f64);
         EnqueueMemory {
-            fingerprints: BoundedTable::new(raw.max_fingerprints),
+            fingerprints,
             buckets: BoundedTable::new(raw.max_buckets),
             scripts: BoundedTable::new(raw.max_scripts),
             dropped_ids: BoundedTable::new(4096),
             hashes: RandomState::new(),
             epoch: Instant::now(),
             evictions: metrics::counter!("respguard_enqueue_fingerprint_evictions_total"),
+            occupied: metrics::gauge!("respguard_enqueue_fingerprints"),
         }
     }
 
@@ -100,10 +104,11 @@ impl EnqueueMemory {
         self.epoch.elapsed().as_millis() as u32
     }
 
-    /// Fingerprints remembered now, and the most the table holds.
-    pub fn fingerprint_usage(&self) -> (usize, usize) {
+    /// Fingerprint slots in use (live or expired, never above the capacity), and the
+    /// capacity.
+    pub fn fingerprint_usage(&self) -> (u64, usize) {
         let t = &self.fingerprints;
-        (t.live(t.now()), t.capacity())
+        (t.occupied(), t.capacity())
     }
 }
 
@@ -190,6 +195,8 @@ pub struct EnqueueGuard {
     commands: u8,
     /// Whether an RQ rule drops jobs (then pushes of their ids are dropped too).
     rq_drops: bool,
+    /// A whole JSON document as the fingerprint (BullMQ's job data).
+    whole_json: PayloadSpec,
 }
 
 const ACTIONS: &[&str] = &["drop", "reject"];
@@ -302,26 +309,36 @@ impl EnqueueGuard {
             memory,
             commands,
             rq_drops,
+            whole_json: PayloadSpec::new(Format::Json, &[], &[], None, None).map_err(invalid)?,
         })
     }
 
     /// The scope of `client` under `rule`, hashed.
     fn scope(&self, rule: &Rule<EnqueueLimits>, client: &ClientIdentity) -> u64 {
         let s = rule.limits.scope;
-        let user = (s & SCOPE_USER != 0).then(|| client.user.as_deref().unwrap_or(b"\0none"));
-        let name = (s & SCOPE_NAME != 0).then(|| client.name.as_deref().unwrap_or(b"\0none"));
-        let ip;
-        let address = if s & SCOPE_ADDRESS != 0 {
-            ip = client.peer.ip().to_string();
-            Some(ip.as_bytes())
-        } else {
-            None
+        fn part(on: bool, v: Option<&[u8]>) -> &[u8] {
+            match (on, v) {
+                (false, _) => b"",
+                (true, Some(v)) => v,
+                (true, None) => b"\0none",
+            }
+        }
+        let (v4, v6);
+        let ip: &[u8] = match client.peer.ip() {
+            std::net::IpAddr::V4(a) => {
+                v4 = a.octets();
+                &v4
+            }
+            std::net::IpAddr::V6(a) => {
+                v6 = a.octets();
+                &v6
+            }
         };
         self.memory.hash(&[
             &[rule.limits.index],
-            user.unwrap_or_default(),
-            name.unwrap_or_default(),
-            address.unwrap_or_default(),
+            part(s & SCOPE_USER != 0, client.user.as_deref()),
+            part(s & SCOPE_NAME != 0, client.name.as_deref()),
+            part(s & SCOPE_ADDRESS != 0, Some(ip)),
         ])
     }
 
@@ -363,6 +380,7 @@ impl EnqueueGuard {
         if table.evictions() != evictions {
             m.evictions.increment(1);
         }
+        m.occupied.set(table.occupied() as f64);
         if decision != Decision::Pass {
             return decision;
         }
@@ -444,34 +462,33 @@ impl EnqueueGuard {
         decision: Decision,
     ) -> Option<Action> {
         let l = &rule.limits;
-        let what = match &job.label {
-            Some(label) => format!("job '{label}'"),
-            None => "job".to_string(),
-        };
-        let reason = match decision {
-            Decision::Duplicate { seen, repush } => format!(
-                "{what} enqueued to '{}' {seen} times in {}s by this client{} (limit {})",
-                printable_key(queue),
-                l.window,
-                if repush {
-                    ", re-pushes of one job id"
-                } else {
-                    ""
-                },
-                l.limit,
-            ),
-            Decision::Rate => {
-                let (rate, burst) = l.bucket.unwrap_or_default();
-                format!("this client enqueues more than {rate}/s (burst {burst})")
-            }
-            Decision::Pass => return None,
-        };
-        let verb = match (rule.mode, l.action) {
-            (Mode::Observe, _) => "observe: would limit",
-            (Mode::Enforce, Action::Drop) => "dropped",
-            (Mode::Enforce, Action::Reject) => "rejected",
-        };
+        if decision == Decision::Pass {
+            return None;
+        }
+        // The reason is written only for a log line: a storm is counted, not formatted.
         if let Some(suppressed) = rule.may_log() {
+            let what = match &job.label {
+                Some(label) => format!("job '{label}'"),
+                None => "job".to_string(),
+            };
+            let reason = match decision {
+                Decision::Duplicate { seen, repush } => format!(
+                    "{what} enqueued to '{}' {seen} times in {}s by this client{} (limit {})",
+                    printable_key(queue),
+                    l.window,
+                    if repush { ", re-pushes of one job id" } else { "" },
+                    l.limit,
+                ),
+                _ => {
+                    let (rate, burst) = l.bucket.unwrap_or_default();
+                    format!("this client enqueues more than {rate}/s (burst {burst})")
+                }
+            };
+            let verb = match (rule.mode, l.action) {
+                (Mode::Observe, _) => "observe: would limit",
+                (Mode::Enforce, Action::Drop) => "dropped",
+                (Mode::Enforce, Action::Reject) => "rejected",
+            };
             tracing::warn!(guard = "enqueue", rule = %rule.name, client = %client, suppressed,
                 "{verb}: {reason}");
         }
@@ -698,16 +715,8 @@ impl EnqueueGuard {
             }
         }
         let m = &self.memory;
-        let whole = PayloadSpec {
-            format: Format::Json,
-            include: Vec::new(),
-            exclude: Vec::new(),
-            exclude_if: None,
-            job_id: None,
-            label: None,
-        };
         let context: [&[u8]; 3] = [&[rule.limits.index], add.prefix, add.name];
-        let fingerprint = whole.print(add.data, &context, &m.hashes).map_or_else(
+        let fingerprint = self.whole_json.print(add.data, &context, &m.hashes).map_or_else(
             || m.hash(&[&context[0..3].concat(), add.data]),
             |p| p.fingerprint,
         );
@@ -979,14 +988,13 @@ fn rule_shape(r: &RawEnqueueRule) -> Result<(String, u8, Shape), ConfigError> {
             "a generic JSON rule reading XADD needs `field`, the stream field holding the payload",
         ));
     }
-    let spec = PayloadSpec {
+    let spec = PayloadSpec::new(
         format,
-        include: r.include.clone(),
-        exclude: r.exclude.clone(),
-        exclude_if: None,
-        job_id: r.job_id.clone(),
-        label: r.label.clone(),
-    };
-    spec.validate("guards.enqueue.rules")?;
+        &r.include,
+        &r.exclude,
+        r.job_id.as_deref(),
+        r.label.as_deref(),
+    )
+    .map_err(invalid)?;
     Ok((pattern, commands, Shape::Payload(spec)))
 }

@@ -14,8 +14,6 @@ use std::hash::{BuildHasher, Hasher};
 
 use serde_json::Value;
 
-use crate::config::ConfigError;
-
 /// How a payload is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -25,22 +23,86 @@ pub enum Format {
     Raw,
 }
 
+/// A JSON pointer split into its unescaped tokens once, when the rule is built, so that
+/// following it on the hot path allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer {
+    source: String,
+    tokens: Vec<String>,
+}
+
+impl Pointer {
+    /// Parse `/a/b~1c/0` (RFC 6901); the empty string names the whole document.
+    pub fn parse(source: &str) -> Result<Self, String> {
+        if !source.is_empty() && !source.starts_with('/') {
+            return Err(format!("`{source}` is not a JSON pointer: it must start with `/`"));
+        }
+        let tokens = source
+            .split('/')
+            .skip(1)
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        Ok(Pointer {
+            source: source.to_string(),
+            tokens,
+        })
+    }
+
+    /// The pointer as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// The value it names in `doc`.
+    pub fn get<'v>(&self, doc: &'v Value) -> Option<&'v Value> {
+        self.tokens.iter().try_fold(doc, |v, t| match v {
+            Value::Object(m) => m.get(t),
+            Value::Array(a) => t.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        })
+    }
+
+    /// Take the value it names out of `doc`: an object member is removed, an array element
+    /// becomes null (so later indices keep their meaning).
+    pub fn remove(&self, doc: &mut Value) {
+        let Some((last, parents)) = self.tokens.split_last() else {
+            return;
+        };
+        let parent = parents.iter().try_fold(doc, |v, t| match v {
+            Value::Object(m) => m.get_mut(t),
+            Value::Array(a) => t.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            _ => None,
+        });
+        match parent {
+            Some(Value::Object(m)) => {
+                m.remove(last);
+            }
+            Some(Value::Array(a)) => {
+                if let Some(v) = last.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                    *v = Value::Null;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// How to fingerprint one kind of payload.
 #[derive(Debug, Clone)]
 pub struct PayloadSpec {
     /// JSON or raw.
     pub format: Format,
     /// Fields that identify the job; empty means the whole document.
-    pub include: Vec<String>,
+    pub include: Vec<Pointer>,
     /// Fields left out of the fingerprint, inside what `include` names.
-    pub exclude: Vec<String>,
+    pub exclude: Vec<Pointer>,
     /// More fields left out when the first one is present (Sidekiq's ActiveJob wrapper
     /// carries its own job id and timestamps inside `args`).
-    pub exclude_if: Option<(String, Vec<String>)>,
+    pub exclude_if: Option<(Pointer, Vec<Pointer>)>,
     /// Where the job id is.
-    pub job_id: Option<String>,
+    pub job_id: Option<Pointer>,
     /// A field naming the job for logs and errors (its class or task name).
-    pub label: Option<String>,
+    pub label: Option<Pointer>,
 }
 
 /// A job as the guard sees it.
@@ -55,31 +117,29 @@ pub struct JobPrint {
 }
 
 impl PayloadSpec {
-    /// Check the pointers are well formed (each empty or starting with `/`).
-    pub fn validate(&self, key: &'static str) -> Result<(), ConfigError> {
-        let all = self
-            .include
-            .iter()
-            .chain(&self.exclude)
-            .chain(self.job_id.iter())
-            .chain(self.label.iter());
-        for p in all {
-            if !p.is_empty() && !p.starts_with('/') {
-                return Err(ConfigError::Invalid {
-                    key,
-                    reason: format!("`{p}` is not a JSON pointer: it must start with `/`"),
-                });
-            }
-        }
-        if self.format == Format::Raw
-            && (!self.include.is_empty() || !self.exclude.is_empty() || self.job_id.is_some())
+    /// A spec from pointers as written; an invalid pointer is an error naming it.
+    pub fn new(
+        format: Format,
+        include: &[String],
+        exclude: &[String],
+        job_id: Option<&str>,
+        label: Option<&str>,
+    ) -> Result<Self, String> {
+        let all = |v: &[String]| v.iter().map(|p| Pointer::parse(p)).collect::<Result<Vec<_>, _>>();
+        let spec = PayloadSpec {
+            format,
+            include: all(include)?,
+            exclude: all(exclude)?,
+            exclude_if: None,
+            job_id: job_id.map(Pointer::parse).transpose()?,
+            label: label.map(Pointer::parse).transpose()?,
+        };
+        if format == Format::Raw
+            && (!spec.include.is_empty() || !spec.exclude.is_empty() || spec.job_id.is_some())
         {
-            return Err(ConfigError::Invalid {
-                key,
-                reason: "include, exclude and job_id need format = \"json\"".into(),
-            });
+            return Err("include, exclude and job_id need format = \"json\"".into());
         }
-        Ok(())
+        Ok(spec)
     }
 
     /// The job in `payload`, hashed with `hashes`; `context` (the queue, the rule) is hashed
@@ -108,23 +168,23 @@ impl PayloadSpec {
                 let mut doc: Value = serde_json::from_slice(payload).ok()?;
                 let id = self
                     .job_id
-                    .as_deref()
-                    .and_then(|p| doc.pointer(p))
+                    .as_ref()
+                    .and_then(|p| p.get(&doc))
                     .filter(|v| !v.is_null())
                     .map(|v| hash_id(v, hashes));
                 let label = self
                     .label
-                    .as_deref()
-                    .and_then(|p| doc.pointer(p))
+                    .as_ref()
+                    .and_then(|p| p.get(&doc))
                     .and_then(Value::as_str)
                     .map(str::to_string);
                 for p in &self.exclude {
-                    remove(&mut doc, p);
+                    p.remove(&mut doc);
                 }
                 if let Some((when, more)) = &self.exclude_if {
-                    if doc.pointer(when).is_some() {
+                    if when.get(&doc).is_some() {
                         for p in more {
-                            remove(&mut doc, p);
+                            p.remove(&mut doc);
                         }
                     }
                 }
@@ -132,8 +192,8 @@ impl PayloadSpec {
                     write_canonical(&doc, &mut h);
                 } else {
                     for p in &self.include {
-                        h.write(p.as_bytes());
-                        write_canonical(doc.pointer(p).unwrap_or(&Value::Null), &mut h);
+                        h.write(p.as_str().as_bytes());
+                        write_canonical(p.get(&doc).unwrap_or(&Value::Null), &mut h);
                     }
                 }
                 Some(JobPrint {
@@ -172,40 +232,18 @@ fn write_canonical(v: &Value, h: &mut impl Hasher) {
     let _ = serde_json::to_writer(Sink(h), v);
 }
 
-/// Take the field at `pointer` out of `doc`: an object member is removed, an array element
-/// becomes null (so later indices keep their meaning).
-fn remove(doc: &mut Value, pointer: &str) {
-    let Some((parent, last)) = pointer.rsplit_once('/') else {
-        return;
-    };
-    let last = last.replace("~1", "/").replace("~0", "~");
-    match doc.pointer_mut(parent) {
-        Some(Value::Object(m)) => {
-            m.remove(&last);
-        }
-        Some(Value::Array(a)) => {
-            if let Some(v) = last.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
-                *v = Value::Null;
-            }
-        }
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::hash::RandomState;
 
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
     fn spec(include: &[&str], exclude: &[&str], id: Option<&str>) -> PayloadSpec {
-        PayloadSpec {
-            format: Format::Json,
-            include: include.iter().map(|s| s.to_string()).collect(),
-            exclude: exclude.iter().map(|s| s.to_string()).collect(),
-            exclude_if: None,
-            job_id: id.map(str::to_string),
-            label: Some("/class".into()),
-        }
+        PayloadSpec::new(Format::Json, &strings(include), &strings(exclude), id, Some("/class"))
+            .unwrap()
     }
 
     #[test]
@@ -276,7 +314,10 @@ mod tests {
     fn exclusions_inside_arrays_and_conditional_ones() {
         let h = RandomState::new();
         let mut s = spec(&["/args"], &[], None);
-        s.exclude_if = Some(("/wrapped".into(), vec!["/args/0/job_id".into()]));
+        s.exclude_if = Some((
+            Pointer::parse("/wrapped").unwrap(),
+            vec![Pointer::parse("/args/0/job_id").unwrap()],
+        ));
         let wrapped =
             |id: &str| format!(r#"{{"wrapped":"J","args":[{{"job_id":"{id}","arguments":[1]}}]}}"#);
         let a = s.print(wrapped("a").as_bytes(), &[], &h).unwrap();
@@ -295,14 +336,7 @@ mod tests {
     fn invalid_json_is_not_a_job_and_raw_payloads_hash_whole() {
         let h = RandomState::new();
         assert!(spec(&[], &[], None).print(b"not json", &[], &h).is_none());
-        let raw = PayloadSpec {
-            format: Format::Raw,
-            include: vec![],
-            exclude: vec![],
-            exclude_if: None,
-            job_id: None,
-            label: None,
-        };
+        let raw = PayloadSpec::new(Format::Raw, &[], &[], None, None).unwrap();
         assert_eq!(
             raw.print(b"abc", &[], &h).unwrap().fingerprint,
             raw.print(b"abc", &[], &h).unwrap().fingerprint
@@ -311,7 +345,10 @@ mod tests {
             raw.print(b"abc", &[], &h).unwrap().fingerprint,
             raw.print(b"abd", &[], &h).unwrap().fingerprint
         );
-        assert!(raw.validate("k").is_ok());
-        assert!(spec(&["class"], &[], None).validate("k").is_err());
+        assert!(PayloadSpec::new(Format::Json, &strings(&["class"]), &[], None, None).is_err());
+        assert!(PayloadSpec::new(Format::Raw, &[], &[], Some("/id"), None).is_err());
+        let p = Pointer::parse("/a~1b/1").unwrap();
+        let doc: Value = serde_json::from_str(r#"{"a/b":[0,{"c":2}]}"#).unwrap();
+        assert_eq!(p.get(&doc), Some(&serde_json::json!({"c": 2})));
     }
 }

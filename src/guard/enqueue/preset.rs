@@ -20,7 +20,7 @@
 //!   under one prefix including `<prefix>id`, `<prefix>meta` and `<prefix>events`, and an
 //!   ARGV[1] starting with that prefix.
 
-use super::payload::{Format, PayloadSpec};
+use super::payload::{Format, PayloadSpec, Pointer};
 
 /// The commands that push values onto lists.
 pub const LIST_PUSHES: &[&str] = &["lpush", "rpush", "lpushx", "rpushx"];
@@ -53,17 +53,23 @@ pub const NAMES: &[&str] = &["sidekiq", "celery", "rq", "bullmq"];
 /// The preset called `name`.
 pub fn preset(name: &str) -> Option<Preset> {
     let s = |v: &[&str]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let p = |v: &[&str]| {
+        v.iter()
+            .map(|p| Pointer::parse(p).expect("preset pointers are valid"))
+            .collect::<Vec<_>>()
+    };
+    let json = |include: &[&str], job_id: &str, label: &str| {
+        PayloadSpec::new(Format::Json, &s(include), &[], Some(job_id), Some(label))
+            .expect("preset pointers are valid")
+    };
     match name {
         "sidekiq" => Some(Preset {
             pattern: "{queue:*,schedule}",
             commands: &["lpush", "rpush", "zadd"],
             shape: Shape::Payload(PayloadSpec {
-                format: Format::Json,
-                include: s(&["/class", "/queue", "/args", "/wrapped"]),
-                exclude: Vec::new(),
                 exclude_if: Some((
-                    "/wrapped".into(),
-                    s(&[
+                    Pointer::parse("/wrapped").expect("valid"),
+                    p(&[
                         "/args/0/job_id",
                         "/args/0/provider_job_id",
                         "/args/0/enqueued_at",
@@ -72,21 +78,17 @@ pub fn preset(name: &str) -> Option<Preset> {
                         "/args/0/exception_executions",
                     ]),
                 )),
-                job_id: Some("/jid".into()),
-                label: Some("/class".into()),
+                ..json(&["/class", "/queue", "/args", "/wrapped"], "/jid", "/class")
             }),
         }),
         "celery" => Some(Preset {
             pattern: "celery*",
             commands: &["lpush", "rpush"],
-            shape: Shape::Payload(PayloadSpec {
-                format: Format::Json,
-                include: s(&["/headers/task", "/body"]),
-                exclude: Vec::new(),
-                exclude_if: None,
-                job_id: Some("/headers/id".into()),
-                label: Some("/headers/task".into()),
-            }),
+            shape: Shape::Payload(json(
+                &["/headers/task", "/body"],
+                "/headers/id",
+                "/headers/task",
+            )),
         }),
         "rq" => Some(Preset {
             pattern: "rq:job:*",

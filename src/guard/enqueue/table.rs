@@ -54,6 +54,7 @@ pub struct BoundedTable {
     sets_per_shard: usize,
     epoch: Instant,
     live_evictions: AtomicU64,
+    occupied: AtomicU64,
 }
 
 impl BoundedTable {
@@ -67,6 +68,7 @@ impl BoundedTable {
             sets_per_shard,
             epoch: Instant::now(),
             live_evictions: AtomicU64::new(0),
+            occupied: AtomicU64::new(0),
         }
     }
 
@@ -88,6 +90,11 @@ impl BoundedTable {
     /// Entries that were evicted before they expired, since the table was made.
     pub fn evictions(&self) -> u64 {
         self.live_evictions.load(Ordering::Relaxed)
+    }
+
+    /// Slots ever used: an upper bound of the live entries, never above the capacity.
+    pub fn occupied(&self) -> u64 {
+        self.occupied.load(Ordering::Relaxed)
     }
 
     /// Run `f` on the entry for `key` live at `now`, made if missing. A fresh entry that
@@ -122,6 +129,9 @@ impl BoundedTable {
             }
         };
         let s = &mut ways[i];
+        if s.key == 0 {
+            self.occupied.fetch_add(1, Ordering::Relaxed);
+        }
         *s = Slot {
             key,
             ..Slot::default()
@@ -209,6 +219,7 @@ mod tests {
         }
         let live = t.live(1);
         assert!(live <= cap, "{live} live > capacity {cap}");
+        assert!(t.occupied() as usize <= cap && t.occupied() as usize >= live);
         assert!(live > cap * 9 / 10, "the table is used: {live} of {cap}");
         assert!(t.evictions() >= (cap * 4) as u64);
     }
