@@ -277,7 +277,10 @@ async fn a_million_distinct_jobs_stay_within_the_fingerprint_bound() {
     );
     assert_eq!(firsts, "1000000", "every job was read as a new one");
     assert!((200_000.0..=202_048.0).contains(&capacity), "{capacity}");
-    assert!(used <= capacity && used > capacity * 0.9, "{used} of {capacity}");
+    assert!(
+        used <= capacity && used > capacity * 0.9,
+        "{used} of {capacity}"
+    );
     // The table is 24 bytes a slot (4.7 MiB here); allow the same again for everything else.
     let table_kib = (capacity as u64 * 24) >> 10;
     assert!(

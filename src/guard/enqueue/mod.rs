@@ -78,7 +78,8 @@ impl EnqueueMemory {
     /// Tables sized by `[guards.enqueue]`.
     pub fn new(raw: &RawEnqueueGuard) -> Self {
         let fingerprints = BoundedTable::new(raw.max_fingerprints);
-        metrics::gauge!("respguard_enqueue_fingerprints_capacity").set(fingerprints.capacity() as f64);
+        metrics::gauge!("respguard_enqueue_fingerprints_capacity")
+            .set(fingerprints.capacity() as f64);
         EnqueueMemory {
             fingerprints,
             buckets: BoundedTable::new(raw.max_buckets),
@@ -471,19 +472,22 @@ impl EnqueueGuard {
                 Some(label) => format!("job '{label}'"),
                 None => "job".to_string(),
             };
-            let reason = match decision {
-                Decision::Duplicate { seen, repush } => format!(
+            let reason =
+                match decision {
+                    Decision::Duplicate { seen, repush } => {
+                        format!(
                     "{what} enqueued to '{}' {seen} times in {}s by this client{} (limit {})",
                     printable_key(queue),
                     l.window,
                     if repush { ", re-pushes of one job id" } else { "" },
                     l.limit,
-                ),
-                _ => {
-                    let (rate, burst) = l.bucket.unwrap_or_default();
-                    format!("this client enqueues more than {rate}/s (burst {burst})")
-                }
-            };
+                )
+                    }
+                    _ => {
+                        let (rate, burst) = l.bucket.unwrap_or_default();
+                        format!("this client enqueues more than {rate}/s (burst {burst})")
+                    }
+                };
             let verb = match (rule.mode, l.action) {
                 (Mode::Observe, _) => "observe: would limit",
                 (Mode::Enforce, Action::Drop) => "dropped",
@@ -716,10 +720,13 @@ impl EnqueueGuard {
         }
         let m = &self.memory;
         let context: [&[u8]; 3] = [&[rule.limits.index], add.prefix, add.name];
-        let fingerprint = self.whole_json.print(add.data, &context, &m.hashes).map_or_else(
-            || m.hash(&[&context[0..3].concat(), add.data]),
-            |p| p.fingerprint,
-        );
+        let fingerprint = self
+            .whole_json
+            .print(add.data, &context, &m.hashes)
+            .map_or_else(
+                || m.hash(&[&context[0..3].concat(), add.data]),
+                |p| p.fingerprint,
+            );
         let job = JobPrint {
             fingerprint,
             id: (!add.job_id.is_empty()).then(|| m.hash(&[add.job_id])),
@@ -996,5 +1003,5 @@ fn rule_shape(r: &RawEnqueueRule) -> Result<(String, u8, Shape), ConfigError> {
         r.label.as_deref(),
     )
     .map_err(invalid)?;
-    Ok((pattern, commands, Shape::Payload(spec)))
+    Ok((pattern, commands, Shape::Payload(Box::new(spec))))
 }

@@ -35,7 +35,9 @@ impl Pointer {
     /// Parse `/a/b~1c/0` (RFC 6901); the empty string names the whole document.
     pub fn parse(source: &str) -> Result<Self, String> {
         if !source.is_empty() && !source.starts_with('/') {
-            return Err(format!("`{source}` is not a JSON pointer: it must start with `/`"));
+            return Err(format!(
+                "`{source}` is not a JSON pointer: it must start with `/`"
+            ));
         }
         let tokens = source
             .split('/')
@@ -125,7 +127,11 @@ impl PayloadSpec {
         job_id: Option<&str>,
         label: Option<&str>,
     ) -> Result<Self, String> {
-        let all = |v: &[String]| v.iter().map(|p| Pointer::parse(p)).collect::<Result<Vec<_>, _>>();
+        let all = |v: &[String]| {
+            v.iter()
+                .map(|p| Pointer::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+        };
         let spec = PayloadSpec {
             format,
             include: all(include)?,
@@ -242,8 +248,14 @@ mod tests {
     }
 
     fn spec(include: &[&str], exclude: &[&str], id: Option<&str>) -> PayloadSpec {
-        PayloadSpec::new(Format::Json, &strings(include), &strings(exclude), id, Some("/class"))
-            .unwrap()
+        PayloadSpec::new(
+            Format::Json,
+            &strings(include),
+            &strings(exclude),
+            id,
+            Some("/class"),
+        )
+        .unwrap()
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub const LIST_PUSHES: &[&str] = &["lpush", "rpush", "lpushx", "rpushx"];
 #[derive(Debug, Clone)]
 pub enum Shape {
     /// Each pushed value (list values, sorted-set members, a stream field) is a payload.
-    Payload(PayloadSpec),
+    Payload(Box<PayloadSpec>),
     /// RQ: the job hash's `HSET` carries the job, the queue push only its id.
     RqJobHash,
     /// BullMQ's add scripts.
@@ -66,7 +66,7 @@ pub fn preset(name: &str) -> Option<Preset> {
         "sidekiq" => Some(Preset {
             pattern: "{queue:*,schedule}",
             commands: &["lpush", "rpush", "zadd"],
-            shape: Shape::Payload(PayloadSpec {
+            shape: Shape::Payload(Box::new(PayloadSpec {
                 exclude_if: Some((
                     Pointer::parse("/wrapped").expect("valid"),
                     p(&[
@@ -79,16 +79,16 @@ pub fn preset(name: &str) -> Option<Preset> {
                     ]),
                 )),
                 ..json(&["/class", "/queue", "/args", "/wrapped"], "/jid", "/class")
-            }),
+            })),
         }),
         "celery" => Some(Preset {
             pattern: "celery*",
             commands: &["lpush", "rpush"],
-            shape: Shape::Payload(json(
+            shape: Shape::Payload(Box::new(json(
                 &["/headers/task", "/body"],
                 "/headers/id",
                 "/headers/task",
-            )),
+            ))),
         }),
         "rq" => Some(Preset {
             pattern: "rq:job:*",
