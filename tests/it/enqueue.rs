@@ -261,6 +261,14 @@ async fn raw_pushes_in_pipelines_and_transactions() {
     assert_eq!(c.call(&["RPUSH", "jobs:a", "x", "z"]).await, ":3\r\n");
     // All duplicates: answered with the length, nothing pushed.
     assert_eq!(c.call(&["LPUSH", "jobs:a", "y"]).await, ":3\r\n");
+    // Every payload of a long push is judged: 64 duplicates do not hide a new job after them.
+    let many: Vec<String> = (0..64).map(|i| format!("d{i}")).collect();
+    let mut first = vec!["RPUSH", "jobs:b"];
+    first.extend(many.iter().map(String::as_str));
+    let mut again = first.clone();
+    again.push("new");
+    assert_eq!(c.call(&first).await, ":64\r\n");
+    assert_eq!(c.call(&again).await, ":65\r\n");
     // Inside MULTI the dropped push still has its place in EXEC's array.
     c.send(
         &[

@@ -104,13 +104,6 @@ impl EnqueueMemory {
     fn now_ms(&self) -> u32 {
         self.epoch.elapsed().as_millis() as u32
     }
-
-    /// Fingerprint slots in use (live or expired, never above the capacity), and the
-    /// capacity.
-    pub fn fingerprint_usage(&self) -> (u64, usize) {
-        let t = &self.fingerprints;
-        (t.occupied(), t.capacity())
-    }
 }
 
 /// Which commands a rule reads, as bits.
@@ -439,9 +432,20 @@ impl EnqueueGuard {
         true
     }
 
+    /// A script digest's key in the scripts table: Redis takes hex digits in either case.
+    fn script_key(&self, sha_hex: &[u8]) -> u64 {
+        let mut lower = [0u8; 40];
+        let Some(lower) = lower.get_mut(..sha_hex.len()) else {
+            return self.memory.hash(&[sha_hex]);
+        };
+        lower.copy_from_slice(sha_hex);
+        lower.make_ascii_lowercase();
+        self.memory.hash(&[lower])
+    }
+
     fn remember_script(&self, sha_hex: &[u8]) {
         let m = &self.memory;
-        let key = m.hash(&[&sha_hex.to_ascii_lowercase()]);
+        let key = self.script_key(sha_hex);
         let now = m.scripts.now();
         m.scripts
             .with_entry(key, now, |e| *e.expires = now + SCRIPT_SECONDS);
@@ -449,8 +453,8 @@ impl EnqueueGuard {
 
     fn script_known(&self, sha_hex: &[u8]) -> bool {
         let m = &self.memory;
-        let key = m.hash(&[&sha_hex.to_ascii_lowercase()]);
-        m.scripts.contains(key, m.scripts.now())
+        m.scripts
+            .contains(self.script_key(sha_hex), m.scripts.now())
     }
 
     /// Log and count a job over the limit; `None` when the rule only observes.
@@ -531,9 +535,9 @@ impl EnqueueGuard {
         };
         let scope = self.scope(rule, client);
         let index = [rule.limits.index];
-        // Bit i: payload i is over the limit and dropped (at most 64 are judged).
-        let mut dropped = 0u64;
-        for (n, &i) in layout.payloads.iter().take(64).enumerate() {
+        // Argument indices of the payloads over the limit, ascending; allocated only on a drop.
+        let mut gone = Vec::new();
+        for &i in &layout.payloads {
             let value = match (kind, rule.limits.field.is_some()) {
                 (Cmd::Xadd, false) => &cmd.src[cmd.args[i].start..cmd.args[cmd.argc - 1].end],
                 _ => cmd.arg(i).unwrap_or_default(),
@@ -546,42 +550,13 @@ impl EnqueueGuard {
             match self.over_limit(rule, client, key, &job, decision) {
                 None => {}
                 Some(Action::Reject) => return Self::refusal(rule, decision),
-                Some(Action::Drop) => dropped |= 1 << n,
+                Some(Action::Drop) => gone.push(i),
             }
         }
-        if dropped == 0 {
+        if gone.is_empty() {
             return Verdict::Forward;
         }
-        let all = layout.payloads.len().min(64);
-        if dropped.count_ones() as usize == all {
-            // Nothing left to send: a read with the same reply type.
-            match kind {
-                Cmd::ListPush => encode(out, &[b"LLEN", key]),
-                Cmd::Zadd => encode(out, &[b"ZCARD", key]),
-                _ => {
-                    let id = cmd.arg(layout.xadd_id).unwrap_or(b"*");
-                    let made;
-                    let id = if id == b"*" {
-                        made = format!("{}-0", unix_ms());
-                        made.as_bytes()
-                    } else {
-                        id
-                    };
-                    encode(out, &[b"ECHO", id]);
-                }
-            }
-        } else {
-            // The command without the dropped payloads (and their ZADD scores).
-            let gone: Vec<usize> = (0..all)
-                .filter(|&n| dropped & (1 << n) != 0)
-                .map(|n| layout.payloads[n])
-                .collect();
-            encode_without(out, cmd, &gone, kind == Cmd::Zadd);
-        }
-        Verdict::Rewrite {
-            replacement: Some(out.len()),
-            hidden: 0,
-        }
+        drop_payloads(out, cmd, kind, &layout, &gone)
     }
 
     /// RQ: `HSET rq:job:<id> ... data <...> origin <queue> ...` is the enqueue.
@@ -634,10 +609,7 @@ impl EnqueueGuard {
                         *e.expires = now + DROPPED_ID_SECONDS
                     });
                 }
-                Verdict::Rewrite {
-                    replacement: Some(out.len()),
-                    hidden: 0,
-                }
+                rewritten(out)
             }
         }
     }
@@ -653,7 +625,7 @@ impl EnqueueGuard {
         };
         let m = &self.memory;
         let now = m.dropped_ids.now();
-        let dropped: Vec<usize> = layout
+        let gone: Vec<usize> = layout
             .payloads
             .iter()
             .copied()
@@ -662,19 +634,10 @@ impl EnqueueGuard {
                     .contains(m.hash(&[cmd.arg(i).unwrap_or_default()]), now)
             })
             .collect();
-        if dropped.is_empty() {
+        if gone.is_empty() {
             return Verdict::Forward;
         }
-        if dropped.len() == layout.payloads.len() {
-            let read: &[u8] = if kind == Cmd::Zadd { b"ZCARD" } else { b"LLEN" };
-            encode(out, &[read, key]);
-        } else {
-            encode_without(out, cmd, &dropped, kind == Cmd::Zadd);
-        }
-        Verdict::Rewrite {
-            replacement: Some(out.len()),
-            hidden: 0,
-        }
+        drop_payloads(out, cmd, kind, &layout, &gone)
     }
 
     /// BullMQ: EVAL or EVALSHA of an add script.
@@ -693,14 +656,14 @@ impl EnqueueGuard {
         if numkeys == 0 || cmd.argc < 3 + numkeys + 2 {
             return Verdict::Forward;
         }
-        let known = match kind {
-            Cmd::Eval => self.learn_script(cmd.arg(1).unwrap_or_default()),
-            _ => self.script_known(cmd.arg(1).unwrap_or_default()),
-        };
+        // An EVAL body is learned whatever its keys: its digest may come with other keys.
+        let learned = kind == Cmd::Eval && self.learn_script(cmd.arg(1).unwrap_or_default());
         let first_key = cmd.arg(3).unwrap_or_default();
         let Some(rule) = self.rule_for(kind, first_key, client) else {
             return Verdict::Forward;
         };
+        let known =
+            learned || (kind == Cmd::EvalSha && self.script_known(cmd.arg(1).unwrap_or_default()));
         let argv = 3 + numkeys;
         let Some(add) = preset::bullmq_add(
             cmd.arg(argv).unwrap_or_default(),
@@ -745,10 +708,7 @@ impl EnqueueGuard {
                     add.job_id
                 };
                 encode(out, &[b"ECHO", id]);
-                Verdict::Rewrite {
-                    replacement: Some(out.len()),
-                    hidden: 0,
-                }
+                rewritten(out)
             }
         }
     }
@@ -894,10 +854,53 @@ fn rq_job_id(key: &[u8]) -> &[u8] {
     key.strip_prefix(b"rq:job:").unwrap_or(key)
 }
 
+/// Leave the payloads at argument indices `gone` (ascending, a subset of the layout's) out
+/// of a push: send the push without them, or, when none is left, a read with the same reply
+/// type (LPUSH → LLEN, ZADD → ZCARD, XADD → ECHO of the entry id).
+fn drop_payloads(
+    out: &mut BytesMut,
+    cmd: &CommandView<'_>,
+    kind: Cmd,
+    layout: &PushLayout,
+    gone: &[usize],
+) -> Verdict {
+    let key = cmd.arg(1).unwrap_or_default();
+    if gone.len() < layout.payloads.len() {
+        encode_without(out, cmd, gone, kind == Cmd::Zadd);
+        return rewritten(out);
+    }
+    match kind {
+        Cmd::Zadd => encode(out, &[b"ZCARD", key]),
+        Cmd::Xadd => {
+            let id = cmd.arg(layout.xadd_id).unwrap_or(b"*");
+            let made;
+            let id = if id == b"*" {
+                made = format!("{}-0", unix_ms());
+                made.as_bytes()
+            } else {
+                id
+            };
+            encode(out, &[b"ECHO", id]);
+        }
+        _ => encode(out, &[b"LLEN", key]),
+    }
+    rewritten(out)
+}
+
+/// The verdict for a command replaced by what was written to `out`.
+fn rewritten(out: &BytesMut) -> Verdict {
+    Verdict::Rewrite {
+        replacement: Some(out.len()),
+        hidden: 0,
+    }
+}
+
 /// Write `cmd` without the arguments at `gone` (and, with `scored`, the ZADD score before
 /// each of them).
 fn encode_without(out: &mut BytesMut, cmd: &CommandView<'_>, gone: &[usize], scored: bool) {
-    let skip = |i: usize| gone.contains(&i) || (scored && gone.contains(&(i + 1)));
+    let skip = |i: usize| {
+        gone.binary_search(&i).is_ok() || (scored && gone.binary_search(&(i + 1)).is_ok())
+    };
     let width = if scored { 2 } else { 1 };
     encode_header(out, cmd.argc - gone.len() * width);
     for (i, r) in cmd.args.iter().enumerate() {

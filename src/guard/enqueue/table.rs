@@ -77,11 +77,6 @@ impl BoundedTable {
         SHARDS * self.sets_per_shard * WAYS
     }
 
-    /// Bytes the table takes once every shard is in use.
-    pub fn max_bytes(&self) -> usize {
-        self.capacity() * std::mem::size_of::<Slot>()
-    }
-
     /// Now, in the table's seconds (never 0).
     pub fn now(&self) -> u32 {
         self.epoch.elapsed().as_secs() as u32 + 1
