@@ -431,16 +431,36 @@ impl<L> Rule<L> {
         message: &str,
         observed: Verdict,
     ) -> Verdict {
-        if let Some(suppressed) = self.may_log() {
-            let verb = match self.mode {
-                Mode::Enforce => "refused",
-                Mode::Observe => "observe: would refuse",
-            };
-            tracing::warn!(guard, rule = %self.name, client = %client, suppressed, "{verb}: {message}");
-        }
+        self.log_decision(guard, client, "refused", "refuse", || message);
         match self.mode {
             Mode::Enforce => Verdict::Refuse(crate::wire::error(message)),
             Mode::Observe => observed,
+        }
+    }
+
+    /// Log a decision of `guard` within the rule's log limit: `<enforced>: <message>` in
+    /// enforce mode (`refused`, `dropped`), `observe: would <observed>: <message>` in observe
+    /// mode. The message is made only when the line is written, so a storm of decisions
+    /// is counted without being formatted.
+    pub fn log_decision<D: std::fmt::Display>(
+        &self,
+        guard: &'static str,
+        client: &ClientIdentity,
+        enforced: &str,
+        observed: &str,
+        message: impl FnOnce() -> D,
+    ) {
+        let Some(suppressed) = self.may_log() else {
+            return;
+        };
+        let message = message();
+        match self.mode {
+            Mode::Enforce => {
+                tracing::warn!(guard, rule = %self.name, client = %client, suppressed, "{enforced}: {message}")
+            }
+            Mode::Observe => {
+                tracing::warn!(guard, rule = %self.name, client = %client, suppressed, "observe: would {observed}: {message}")
+            }
         }
     }
 }

@@ -470,36 +470,33 @@ impl EnqueueGuard {
         if decision == Decision::Pass {
             return None;
         }
-        // The reason is written only for a log line: a storm is counted, not formatted.
-        if let Some(suppressed) = rule.may_log() {
+        let enforced = match l.action {
+            Action::Drop => "dropped",
+            Action::Reject => "rejected",
+        };
+        rule.log_decision("enqueue", client, enforced, "limit", || {
             let what = match &job.label {
                 Some(label) => format!("job '{label}'"),
                 None => "job".to_string(),
             };
-            let reason =
-                match decision {
-                    Decision::Duplicate { seen, repush } => {
-                        format!(
+            match decision {
+                Decision::Duplicate { seen, repush } => format!(
                     "{what} enqueued to '{}' {seen} times in {}s by this client{} (limit {})",
                     printable_key(queue),
                     l.window,
-                    if repush { ", re-pushes of one job id" } else { "" },
+                    if repush {
+                        ", re-pushes of one job id"
+                    } else {
+                        ""
+                    },
                     l.limit,
-                )
-                    }
-                    _ => {
-                        let (rate, burst) = l.bucket.unwrap_or_default();
-                        format!("this client enqueues more than {rate}/s (burst {burst})")
-                    }
-                };
-            let verb = match (rule.mode, l.action) {
-                (Mode::Observe, _) => "observe: would limit",
-                (Mode::Enforce, Action::Drop) => "dropped",
-                (Mode::Enforce, Action::Reject) => "rejected",
-            };
-            tracing::warn!(guard = "enqueue", rule = %rule.name, client = %client, suppressed,
-                "{verb}: {reason}");
-        }
+                ),
+                _ => {
+                    let (rate, burst) = l.bucket.unwrap_or_default();
+                    format!("this client enqueues more than {rate}/s (burst {burst})")
+                }
+            }
+        });
         rule.count(match l.action {
             Action::Drop => "drop",
             Action::Reject => "reject",
