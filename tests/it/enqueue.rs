@@ -8,27 +8,10 @@ use serde_json::Value;
 
 use crate::guards::http_get;
 use crate::harness::*;
+use respguard::app::ProxyHandle;
 use respguard::config::RawEnqueueGuard;
 
 const STORMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/storms");
-
-/// Run a storm script with the proxy's and Redis's ports; its JSON report.
-async fn storm(program: &str, script: &str, proxy: u16, redis: u16, install_hint: &str) -> Value {
-    let out = tokio::process::Command::new(program)
-        .args([script, &proxy.to_string(), &redis.to_string()])
-        .current_dir(STORMS)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e} ({install_hint})"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{program} {script} failed ({install_hint}):\n{stdout}\n{stderr}"
-    );
-    let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{script} printed {stdout:?}: {e}"))
-}
 
 /// `[guards.enqueue]` with one rule written in TOML.
 fn enqueue_rules(rule: &str) -> RawEnqueueGuard {
@@ -36,14 +19,14 @@ fn enqueue_rules(rule: &str) -> RawEnqueueGuard {
     toml::from_str(&text).expect("rule parses")
 }
 
-async fn proxy_with(server: &RedisServer, rule: &str) -> respguard::app::ProxyHandle {
+async fn proxy_with(server: &RedisServer, rule: &str) -> ProxyHandle {
     let mut raw = proxy_config(&server.url());
     raw.guards.enqueue = enqueue_rules(rule);
     start_proxy(raw).await
 }
 
 /// The counter `respguard_enqueues_total` for `rule` and `kind`, from /metrics.
-async fn enqueues(proxy: &respguard::app::ProxyHandle, rule: &str, kind: &str) -> u64 {
+async fn enqueues(proxy: &ProxyHandle, rule: &str, kind: &str) -> u64 {
     let metrics = http_get(proxy.admin_addr.expect("admin"), "/metrics").await;
     let prefix = format!("respguard_enqueues_total{{rule=\"{rule}\",kind=\"{kind}\"}} ");
     metrics
@@ -66,20 +49,75 @@ fn assert_storm_limited(report: &Value) {
     assert_eq!(n(report, "same_job"), 2, "once by each client: {report}");
 }
 
+/// A job library's storm script and how to install the library.
+struct Library {
+    program: &'static str,
+    script: &'static str,
+    install: &'static str,
+}
+
+const SIDEKIQ: Library = Library {
+    program: "ruby",
+    script: "sidekiq_storm.rb",
+    install: "apt-get install ruby-sidekiq",
+};
+const CELERY: Library = Library {
+    program: "python3",
+    script: "celery_storm.py",
+    install: "pip install celery[redis]",
+};
+const RQ: Library = Library {
+    program: "python3",
+    script: "rq_storm.py",
+    install: "pip install rq",
+};
+const BULLMQ: Library = Library {
+    program: "node",
+    script: "bullmq_storm.js",
+    install: "cd tests/clients && npm install",
+};
+const TASKIQ: Library = Library {
+    program: "python3",
+    script: "taskiq_storm.py",
+    install: "pip install taskiq-redis",
+};
+
+/// Start a Redis and a proxy with the enqueue `rule` in front of it, and run `lib`'s storm
+/// through them; its JSON report.
+async fn storm(lib: &Library, rule: &str) -> (RedisServer, ProxyHandle, Value) {
+    let server = RedisServer::start();
+    let proxy = proxy_with(&server, rule).await;
+    let ports = [
+        proxy.addr.port().to_string(),
+        server.addr().port().to_string(),
+    ];
+    let out = tokio::process::Command::new(lib.program)
+        .arg(lib.script)
+        .args(&ports)
+        .current_dir(STORMS)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {}: {e} ({})", lib.program, lib.install));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} {} failed ({}):\n{stdout}\n{stderr}",
+        lib.program,
+        lib.script,
+        lib.install
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    let report = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("{} printed {stdout:?}: {e}", lib.script));
+    (server, proxy, report)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sidekiq_retry_storm_is_dropped_per_client() {
-    let server = RedisServer::start();
-    let proxy = proxy_with(
-        &server,
+    let (_server, proxy, report) = storm(
+        &SIDEKIQ,
         "preset = 'sidekiq'\nname = 'sidekiq-storm'\naction = 'drop'",
-    )
-    .await;
-    let report = storm(
-        "ruby",
-        "sidekiq_storm.rb",
-        proxy.addr.port(),
-        server.addr().port(),
-        "apt-get install ruby-sidekiq",
     )
     .await;
     assert_storm_limited(&report);
@@ -102,18 +140,9 @@ async fn sidekiq_retry_storm_is_dropped_per_client() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn celery_retry_storm_is_dropped_per_client() {
-    let server = RedisServer::start();
-    let proxy = proxy_with(
-        &server,
+    let (_server, proxy, report) = storm(
+        &CELERY,
         "preset = 'celery'\nname = 'celery-storm'\naction = 'drop'",
-    )
-    .await;
-    let report = storm(
-        "python3",
-        "celery_storm.py",
-        proxy.addr.port(),
-        server.addr().port(),
-        "pip install celery[redis]",
     )
     .await;
     assert_storm_limited(&report);
@@ -129,16 +158,8 @@ async fn celery_retry_storm_is_dropped_per_client() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rq_retry_storm_is_dropped_per_client_without_leaving_job_hashes() {
-    let server = RedisServer::start();
-    let proxy = proxy_with(&server, "preset = 'rq'\nname = 'rq-storm'\naction = 'drop'").await;
-    let report = storm(
-        "python3",
-        "rq_storm.py",
-        proxy.addr.port(),
-        server.addr().port(),
-        "pip install rq",
-    )
-    .await;
+    let (_server, proxy, report) =
+        storm(&RQ, "preset = 'rq'\nname = 'rq-storm'\naction = 'drop'").await;
     assert_storm_limited(&report);
     assert_eq!(n(&report, "queued"), 102, "{report}");
     // The status HSET before a dropped job's data is undone: no job hash without its job.
@@ -148,18 +169,9 @@ async fn rq_retry_storm_is_dropped_per_client_without_leaving_job_hashes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bullmq_retry_storm_is_dropped_per_client() {
-    let server = RedisServer::start();
-    let proxy = proxy_with(
-        &server,
+    let (_server, proxy, report) = storm(
+        &BULLMQ,
         "preset = 'bullmq'\nname = 'bullmq-storm'\naction = 'drop'",
-    )
-    .await;
-    let report = storm(
-        "node",
-        "bullmq_storm.js",
-        proxy.addr.port(),
-        server.addr().port(),
-        "cd tests/clients && npm ci",
     )
     .await;
     assert_storm_limited(&report);
@@ -176,19 +188,10 @@ async fn bullmq_retry_storm_is_dropped_per_client() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_generic_rule_limits_taskiq() {
-    let server = RedisServer::start();
     let rule = "preset = 'generic'\nname = 'taskiq-storm'\npattern = 'taskiq'\naction = 'drop'\n\
                 format = 'json'\nexclude = ['/task_id', '/labels']\njob_id = '/task_id'\n\
                 label = '/task_name'";
-    let proxy = proxy_with(&server, rule).await;
-    let report = storm(
-        "python3",
-        "taskiq_storm.py",
-        proxy.addr.port(),
-        server.addr().port(),
-        "pip install taskiq-redis",
-    )
-    .await;
+    let (_server, proxy, report) = storm(&TASKIQ, rule).await;
     assert_storm_limited(&report);
     assert_eq!(n(&report, "queued"), 102, "{report}");
     proxy.shutdown().await;
@@ -196,18 +199,9 @@ async fn a_generic_rule_limits_taskiq() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sidekiq_storm_rejected_raises_an_error_naming_the_rule() {
-    let server = RedisServer::start();
-    let proxy = proxy_with(
-        &server,
+    let (_server, proxy, report) = storm(
+        &SIDEKIQ,
         "preset = 'sidekiq'\nname = 'sidekiq-reject'\naction = 'reject'",
-    )
-    .await;
-    let report = storm(
-        "ruby",
-        "sidekiq_storm.rb",
-        proxy.addr.port(),
-        server.addr().port(),
-        "apt-get install ruby-sidekiq",
     )
     .await;
     let errors = report["errors"].as_array().expect("errors");
@@ -223,18 +217,9 @@ async fn sidekiq_storm_rejected_raises_an_error_naming_the_rule() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn observe_counts_and_forwards_everything() {
-    let server = RedisServer::start();
-    let proxy = proxy_with(
-        &server,
+    let (_server, proxy, report) = storm(
+        &CELERY,
         "preset = 'celery'\nname = 'celery-observe'\naction = 'observe'",
-    )
-    .await;
-    let report = storm(
-        "python3",
-        "celery_storm.py",
-        proxy.addr.port(),
-        server.addr().port(),
-        "pip install celery[redis]",
     )
     .await;
     assert_eq!(n(&report, "same_job"), 1003, "{report}");
