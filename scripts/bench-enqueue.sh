@@ -26,26 +26,15 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --d
 pids+=($!)
 wait_port "$redis_port"
 
-start_respguard() {
-  local port conf
-  port=$(free_port)
-  conf="$work/respguard-$port.toml"
-  printf '%s\n' "$2" > "$conf"
-  ./target/release/respguard --config "$conf" --listen "127.0.0.1:$port" \
-    --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level error &
-  pids+=($!)
-  wait_port "$port"
-  printf -v "$1" '%s' "$port"
-}
 no_guards='
 [guards.shed]
 soft_enter = 0.0
 hard_enter = 0.0'
-start_respguard rg_port "$no_guards"
+start_respguard rg_port "$no_guards" error
 start_respguard enq_port "$no_guards"'
 [[guards.enqueue.rules]]
 preset = "sidekiq"
-action = "drop"'
+action = "drop"' error
 
 new_job='{"retry":true,"queue":"default","class":"HardJob","args":[__rand_int__,"sync"],"jid":"__rand_int__","created_at":1795332041.6812222,"enqueued_at":1795332041.6814175}'
 dup_job='{"retry":true,"queue":"default","class":"HardJob","args":[42,"sync"],"jid":"__rand_int__","created_at":1795332041.6812222,"enqueued_at":1795332041.6814175}'
@@ -55,7 +44,6 @@ run() { # port pipeline payload -> ops/s
   redis-benchmark -h 127.0.0.1 -p "$1" -c "$CLIENTS" -n "$REQUESTS" -P "$2" -r 100000000 --csv \
     LPUSH queue:default "$3" 2>/dev/null | awk -F',' 'NR==2 { v = $(NF-6); gsub(/"/, "", v); print v }'
 }
-median() { sort -g | awk '{ a[NR]=$1 } END { print a[int((NR+1)/2)] }'; }
 
 targets=("direct:$redis_port" "respguard:$rg_port" "respguard+enqueue:$enq_port")
 echo "| jobs | pipeline | target | ops/s | vs direct | vs respguard |"

@@ -36,21 +36,6 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --d
 pids+=($!)
 wait_port "$redis_port"
 
-# start_respguard VAR CONFIG_TEXT: start a release respguard with that configuration in
-# front of the Redis above, and set VAR to its port. (Not a $(...) subshell: the process
-# must be recorded in this shell's pids for the cleanup.)
-start_respguard() {
-  local port conf
-  port=$(free_port)
-  conf="$work/respguard-$port.toml"
-  printf '%s\n' "$2" > "$conf"
-  ./target/release/respguard --config "$conf" --listen "127.0.0.1:$port" \
-    --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level warn &
-  pids+=($!)
-  wait_port "$port"
-  printf -v "$1" '%s' "$port"
-}
-
 # No guards at all: the proxy alone (shedding is on by default, so turned off here).
 no_guards='
 [guards.shed]
@@ -138,7 +123,6 @@ run() {
     awk -F'","' 'NR==2 { gsub(/"/, "", $0); split($0, f, ","); print f[2], f[7] }'
 }
 
-median() { sort -g | awk '{ a[NR]=$1 } END { print a[int((NR+1)/2)] }'; }
 
 echo "| test | pipeline | value | target | ops/s | vs direct | vs respguard | p99 ms | vs direct |"
 echo "|---|---|---|---|---|---|---|---|---|"
