@@ -1,4 +1,4 @@
-//! The admin HTTP listener: `/healthz`, `/readyz` and `/metrics`.
+//! The admin HTTP listener: `/healthz`, `/readyz`, `/status` and `/metrics`.
 //!
 //! A deliberately small HTTP/1.1 responder (one GET per connection, no keep-alive): these
 //! endpoints are scraped every few seconds by Prometheus and probed by orchestrators, and
@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::control::Control;
 use crate::health::UpstreamHealth;
+use crate::telemetry::CommandLatency;
 
 /// The largest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -23,8 +25,12 @@ const MAX_REQUEST: usize = 8 * 1024;
 pub struct AdminState {
     /// Renders the Prometheus text format.
     pub prometheus: Option<PrometheusHandle>,
+    /// The per-command histograms, rendered after the recorder's metrics.
+    pub latency: Option<Arc<CommandLatency>>,
     /// Whether Redis answers.
     pub health: Arc<UpstreamHealth>,
+    /// The status report.
+    pub control: Arc<Control>,
     /// Name of the command table's source, for `/readyz`.
     pub table_source: &'static str,
 }
@@ -44,6 +50,20 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
             let _ = tokio::time::timeout(Duration::from_secs(5), respond(stream, &state)).await;
         });
     }
+}
+
+/// The recorder's metrics, with the gauges read at scrape time refreshed first, then the
+/// per-command histograms.
+fn render_metrics(prometheus: &PrometheusHandle, state: &AdminState) -> String {
+    metrics::gauge!("respguard_process_resident_memory_bytes")
+        .set(crate::control::resident_memory_bytes() as f64);
+    metrics::gauge!("respguard_upstream_connections")
+        .set(state.control.upstream_connections() as f64);
+    let mut text = prometheus.render();
+    if let Some(latency) = &state.latency {
+        latency.render(&mut text);
+    }
+    text
 }
 
 async fn respond(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
@@ -83,8 +103,17 @@ async fn respond(mut stream: TcpStream, state: &AdminState) -> std::io::Result<(
                 "text/plain",
                 "not ready: upstream not answering\n".to_string(),
             ),
+            b"/status" => (
+                "200 OK",
+                "application/json",
+                format!("{:#}\n", state.control.status()),
+            ),
             b"/metrics" => match &state.prometheus {
-                Some(p) => ("200 OK", "text/plain; version=0.0.4", p.render()),
+                Some(p) => (
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    render_metrics(p, state),
+                ),
                 None => (
                     "404 Not Found",
                     "text/plain",

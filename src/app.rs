@@ -17,15 +17,18 @@ use crate::admin::{self, AdminState};
 use crate::admission::Admission;
 use crate::command::{CommandTable, TableSource};
 use crate::config::Config;
+use crate::control::{Control, StatusSources};
 use crate::guard::queue::QueueDepths;
-use crate::guard::{GuardContext, Guards};
+use crate::guard::GuardContext;
 use crate::health::UpstreamHealth;
 use crate::listener::Listener;
 use crate::monitor::Monitor;
 use crate::pressure::MemoryPressure;
 use crate::session::Shared;
+use crate::telemetry::CommandLatency;
 use crate::telemetry::ProxyMetrics;
 use crate::upstream::{read_replies, ConnectGate, GateSettings};
+use tokio::sync::Semaphore;
 
 /// A running proxy.
 pub struct ProxyHandle {
@@ -39,6 +42,9 @@ pub struct ProxyHandle {
     pub pressure: Arc<MemoryPressure>,
     /// Depths of the queues the queue guard follows.
     pub queues: Arc<QueueDepths>,
+    /// The control plane: reloads (`Control::reload`, which the binary calls on SIGHUP),
+    /// status.
+    pub control: Arc<Control>,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
 }
@@ -61,9 +67,13 @@ fn prometheus() -> Option<PrometheusHandle> {
 
 /// Start a proxy: bind its listeners, load the command table, and serve.
 pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
-    let prometheus = prometheus();
-    let metrics = ProxyMetrics::register();
     let raw = &config.raw;
+    let prometheus = if raw.admin.metrics {
+        prometheus()
+    } else {
+        None
+    };
+    let metrics = ProxyMetrics::register();
     let gate = Arc::new(ConnectGate::new(
         config.upstream.clone(),
         GateSettings {
@@ -76,14 +86,29 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
     ));
     let table = Arc::new(load_command_table(&gate, config.command_table_from_upstream).await);
     let context = GuardContext::new(&raw.guards);
-    let guards = Guards::build(&raw.guards, &table, &context)?;
+    let latency = raw
+        .admin
+        .metrics
+        .then(|| Arc::new(CommandLatency::new(&table)));
+    let health = Arc::new(UpstreamHealth::default());
+    let client_slots = Arc::new(Semaphore::new(raw.proxy.max_clients));
+    let control = Arc::new(Control::new(
+        raw.clone(),
+        config.source.clone(),
+        Arc::clone(&table),
+        context.clone(),
+        StatusSources {
+            gate: Arc::clone(&gate),
+            health: Arc::clone(&health),
+            client_slots: Arc::clone(&client_slots),
+            latency: latency.clone(),
+        },
+    )?);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (proxy.listen): {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-
-    let health = Arc::new(UpstreamHealth::default());
 
     tokio::spawn(
         Monitor {
@@ -106,7 +131,9 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             let bound = l.local_addr()?;
             let state = AdminState {
                 prometheus,
+                latency: latency.clone(),
                 health,
+                control: Arc::clone(&control),
                 table_source: match table.source() {
                     TableSource::Upstream => "upstream",
                     TableSource::Builtin => "builtin",
@@ -126,14 +153,15 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         output_buffer: raw.proxy.output_buffer.0 as usize,
         drain_timeout: raw.proxy.drain_timeout.0,
         metrics,
-        guards,
+        latency,
+        control: Arc::clone(&control),
     });
     let admission = Admission::new(
         raw.proxy.max_connections_per_second,
         raw.proxy.max_connections_per_second_per_address,
         raw.proxy.max_tracked_addresses,
     );
-    let listener = Listener::new(listener, shared, raw.proxy.max_clients, admission);
+    let listener = Listener::new(listener, shared, client_slots, admission);
     let drain = raw.proxy.drain_timeout.0;
     let listener = tokio::spawn(listener.run(shutdown_rx, drain));
     tracing::info!(%addr, upstream = %config.upstream.address, ?admin_addr, "respguard listening");
@@ -143,6 +171,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         table,
         pressure: context.pressure,
         queues: context.queues,
+        control,
         shutdown,
         listener,
     })

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -140,6 +140,51 @@ pub struct RawConfig {
     pub monitor: RawMonitor,
     /// The guards and their rules.
     pub guards: RawGuards,
+    /// Client authentication to the proxy itself.
+    pub auth: RawAuth,
+}
+
+/// `[auth]`: clients authenticate to respguard with their own credentials; each user is
+/// mapped to the Redis credentials its commands run with, so applications never hold the
+/// Redis password. No users: clients are not asked to authenticate (Redis's own AUTH passes
+/// through).
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// The users clients may authenticate as.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<RawProxyUser>,
+}
+
+/// `[[auth.users]]`: one client credential.
+#[derive(Clone, Deserialize, Serialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProxyUser {
+    /// The name clients give to `AUTH name password`; `default` also serves `AUTH password`.
+    pub name: String,
+    /// The password, in clear.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub password: String,
+    /// Or the password's SHA-256, in hex, so the file holds no password.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub password_sha256: String,
+    /// The Redis ACL user this client's commands run as; empty: the `upstream.url`
+    /// credentials.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub upstream_user: String,
+    /// That user's Redis password.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub upstream_password: String,
+}
+
+impl fmt::Debug for RawProxyUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print a password.
+        f.debug_struct("RawProxyUser")
+            .field("name", &self.name)
+            .field("upstream_user", &self.upstream_user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[guards]`: rules for each guard; a command is checked by each guard in a fixed order.
@@ -598,18 +643,31 @@ impl Default for RawUpstream {
     }
 }
 
-/// `[admin]`: health and metrics over HTTP.
+/// `[admin]`: health, status and metrics over HTTP, and the `RESPGUARD` command.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAdmin {
     /// Address of the HTTP listener; empty to disable it.
     pub listen: String,
+    /// Record metrics (`false` leaves `/metrics` empty and saves their cost).
+    pub metrics: bool,
+    /// Client networks allowed to send `RESPGUARD` commands; empty: nobody.
+    pub command_networks: Vec<ipnet::IpNet>,
+    /// If not empty, only connections authenticated as one of these users may send
+    /// `RESPGUARD` commands (a Redis ACL user, or a respguard `[[auth.users]]` name).
+    pub command_users: Vec<String>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin {
             listen: "127.0.0.1:9121".into(),
+            metrics: true,
+            command_networks: vec![
+                "127.0.0.0/8".parse().expect("a network"),
+                "::1/128".parse().expect("a network"),
+            ],
+            command_users: Vec::new(),
         }
     }
 }
@@ -741,6 +799,47 @@ impl UpstreamTarget {
     }
 }
 
+fn validate_auth(auth: &RawAuth) -> Result<(), ConfigError> {
+    let key = "auth.users";
+    let mut names = std::collections::HashSet::new();
+    for u in &auth.users {
+        if u.name.is_empty() {
+            return Err(invalid(key, "a user has no name"));
+        }
+        if !names.insert(u.name.as_str()) {
+            return Err(invalid(key, format!("user `{}` is listed twice", u.name)));
+        }
+        match (u.password.is_empty(), u.password_sha256.is_empty()) {
+            (false, false) | (true, true) => {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "user `{}`: give exactly one of password and password_sha256",
+                        u.name
+                    ),
+                ))
+            }
+            (true, false)
+                if u.password_sha256.len() != 64
+                    || !u.password_sha256.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                return Err(invalid(
+                    key,
+                    format!("user `{}`: password_sha256 must be 64 hex digits", u.name),
+                ))
+            }
+            _ => {}
+        }
+        if !u.upstream_user.is_empty() && u.upstream_password.is_empty() {
+            return Err(invalid(
+                key,
+                format!("user `{}`: upstream_user needs upstream_password", u.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The validated configuration the proxy runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -756,6 +855,58 @@ pub struct Config {
     pub limits: Limits,
     /// Whether to read the command table from the upstream.
     pub command_table_from_upstream: bool,
+    /// Where the configuration came from, to read it again on reload (`None`: built in
+    /// code, nothing to reload from).
+    pub source: Option<ConfigSource>,
+}
+
+/// Values given on the command line or in the environment, applied over the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `proxy.listen`.
+    pub listen: Option<String>,
+    /// `upstream.url`.
+    pub upstream: Option<String>,
+    /// `admin.listen`.
+    pub admin_listen: Option<String>,
+    /// `log.level`.
+    pub log_level: Option<String>,
+    /// `log.format`.
+    pub log_format: Option<String>,
+}
+
+impl Overrides {
+    /// Apply every value given.
+    pub fn apply(&self, raw: &mut RawConfig) {
+        let set = |field: &mut String, value: &Option<String>| {
+            if let Some(v) = value {
+                field.clone_from(v);
+            }
+        };
+        set(&mut raw.proxy.listen, &self.listen);
+        set(&mut raw.upstream.url, &self.upstream);
+        set(&mut raw.admin.listen, &self.admin_listen);
+        set(&mut raw.log.level, &self.log_level);
+        set(&mut raw.log.format, &self.log_format);
+    }
+}
+
+/// A configuration file and the overrides applied to it: what a reload reads again.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The TOML file.
+    pub path: PathBuf,
+    /// The command line's values, which keep winning over the file's.
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    /// Read the file and apply the overrides (not validated yet).
+    pub fn load(&self) -> Result<RawConfig, ConfigError> {
+        let mut raw = RawConfig::from_file(&self.path)?;
+        self.overrides.apply(&mut raw);
+        Ok(raw)
+    }
 }
 
 impl RawConfig {
@@ -904,6 +1055,7 @@ impl RawConfig {
         if self.proxy.max_tracked_addresses == 0 {
             return Err(invalid("proxy.max_tracked_addresses", "must be at least 1"));
         }
+        validate_auth(&self.auth)?;
         // Rules are checked against the built-in command table here; the proxy builds them
         // again at start against the upstream's own.
         crate::guard::Guards::build(
@@ -925,6 +1077,7 @@ impl RawConfig {
             upstream,
             limits,
             command_table_from_upstream,
+            source: None,
         })
     }
 

@@ -32,14 +32,14 @@ impl Listener {
     pub fn new(
         listener: TcpListener,
         shared: Arc<Shared>,
-        max_clients: usize,
+        slots: Arc<Semaphore>,
         admission: Admission,
     ) -> Self {
         Listener {
             listener,
             shared,
-            slots: Arc::new(Semaphore::new(max_clients)),
-            max_clients,
+            max_clients: slots.available_permits(),
+            slots,
             admission,
         }
     }

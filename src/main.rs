@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use respguard::config::RawConfig;
+use respguard::config::{ConfigSource, Overrides, RawConfig};
 
 /// A Redis-protocol guarding proxy.
 #[derive(Parser, Debug)]
@@ -53,27 +53,24 @@ enum Command {
 }
 
 impl Cli {
+    /// The values given on the command line or in the environment.
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            upstream: self.upstream.clone(),
+            admin_listen: self.admin_listen.clone(),
+            log_level: self.log_level.clone(),
+            log_format: self.log_format.clone(),
+        }
+    }
+
     /// The file's configuration with the command line and environment applied on top.
     fn raw_config(&self, file: Option<&PathBuf>) -> anyhow::Result<RawConfig> {
         let mut raw = match file {
             Some(path) => RawConfig::from_file(path)?,
             None => RawConfig::default(),
         };
-        if let Some(v) = &self.listen {
-            raw.proxy.listen = v.clone();
-        }
-        if let Some(v) = &self.upstream {
-            raw.upstream.url = v.clone();
-        }
-        if let Some(v) = &self.admin_listen {
-            raw.admin.listen = v.clone();
-        }
-        if let Some(v) = &self.log_level {
-            raw.log.level = v.clone();
-        }
-        if let Some(v) = &self.log_format {
-            raw.log.format = v.clone();
-        }
+        self.overrides().apply(&mut raw);
         Ok(raw)
     }
 }
@@ -94,10 +91,14 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::HealthProbe { admin, path }) = &cli.command {
         return health_probe(admin, path);
     }
-    let config = cli
+    let mut config = cli
         .raw_config(cli.config.as_ref())?
         .validate()
         .context("invalid configuration")?;
+    config.source = cli.config.clone().map(|path| ConfigSource {
+        path,
+        overrides: cli.overrides(),
+    });
     init_logging(&config.raw.log.level, &config.raw.log.format);
     // Each client costs two descriptors (its socket and its upstream's): raise the soft
     // limit to the hard one, as Redis does, so `proxy.max_clients` is reachable.
@@ -117,6 +118,15 @@ fn main() -> anyhow::Result<()> {
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
         let proxy = respguard::app::start(config).await?;
+        let control = std::sync::Arc::clone(&proxy.control);
+        tokio::spawn(async move {
+            let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .expect("SIGHUP handler");
+            while hangup.recv().await.is_some() {
+                // The outcome is logged by the reload itself.
+                let _ = control.reload("SIGHUP");
+            }
+        });
         wait_for_signal().await;
         tracing::info!("shutting down: draining connections");
         proxy.shutdown().await;

@@ -86,6 +86,9 @@ pub struct Pending {
     pub effect: Effect,
     /// The command's id in the command table, for metrics.
     pub command: u16,
+    /// When the proxy read the command, in microseconds of the queue's clock (set by
+    /// [`ReplyQueue::push`]), for the latency histogram.
+    pub received_us: u64,
 }
 
 impl Pending {
@@ -96,6 +99,7 @@ impl Pending {
             disposition: Disposition::Forward,
             effect: Effect::None,
             command,
+            received_us: 0,
         }
     }
 
@@ -141,6 +145,8 @@ pub struct ReplyQueue {
     shard_channels: i64,
     resp3: bool,
     monitoring: bool,
+    /// The time stamped on commands pushed now (microseconds, the session's clock).
+    clock_us: u64,
 }
 
 impl ReplyQueue {
@@ -154,7 +160,14 @@ impl ReplyQueue {
             shard_channels: 0,
             resp3: false,
             monitoring: false,
+            clock_us: 0,
         }
+    }
+
+    /// Set the time stamped on the commands pushed from now on: the session reads its
+    /// clock once per read from the client, not once per command.
+    pub fn set_clock(&mut self, micros: u64) {
+        self.clock_us = micros;
     }
 
     /// Commands waiting.
@@ -210,23 +223,18 @@ impl ReplyQueue {
     /// Add a command at the tail. The caller checks [`Self::is_full`] before reading more
     /// commands; a command already read is always accepted, so the bound can be exceeded by
     /// at most the commands of one read.
-    pub fn push(&mut self, p: Pending) {
+    pub fn push(&mut self, mut p: Pending) {
+        p.received_us = self.clock_us;
         self.entries.push_back(p);
     }
 
     /// Take the head entry if it is a local answer, so the session can send it now.
-    pub fn pop_local(&mut self) -> Option<Bytes> {
+    pub fn pop_local(&mut self) -> Option<Pending> {
         match self.entries.front() {
             Some(Pending {
                 disposition: Disposition::Local(_),
                 ..
-            }) => match self.entries.pop_front() {
-                Some(Pending {
-                    disposition: Disposition::Local(b),
-                    ..
-                }) => Some(b),
-                _ => unreachable!(),
-            },
+            }) => self.entries.pop_front(),
             _ => None,
         }
     }
@@ -438,9 +446,15 @@ mod tests {
         let mut q = ReplyQueue::new(16);
         q.push(Pending::forward(1));
         q.push(Pending::local(2, Bytes::from_static(b"-ERR x\r\n")));
-        assert_eq!(q.pop_local(), None, "the forwarded reply must come first");
+        assert!(
+            q.pop_local().is_none(),
+            "the forwarded reply must come first"
+        );
         run(&mut q, b"+OK\r\n");
-        assert_eq!(q.pop_local(), Some(Bytes::from_static(b"-ERR x\r\n")));
+        assert_eq!(
+            q.pop_local().map(|p| p.disposition),
+            Some(Disposition::Local(Bytes::from_static(b"-ERR x\r\n")))
+        );
     }
 
     #[test]

@@ -31,13 +31,14 @@ use tokio::sync::watch;
 
 use crate::buffer::ReadBuffer;
 use crate::command::{CommandInfo, CommandTable, Flags, Special};
+use crate::control::{Control, Policy};
 use crate::guard::queue::QueueHandle;
-use crate::guard::{CommandView, Guards, Verdict};
+use crate::guard::{CommandView, Verdict};
 use crate::identity::ClientIdentity;
 use crate::reply_queue::{Disposition, Effect, Expect, Matched, Pending, ReplyQueue};
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
 use crate::scanner::request::{Limits, RequestScanner, Step, StreamStep};
-use crate::telemetry::ProxyMetrics;
+use crate::telemetry::{CommandLatency, ProxyMetrics};
 use crate::upstream::{ConnectGate, UpstreamSlot};
 use crate::wire;
 
@@ -58,8 +59,11 @@ pub struct Shared {
     pub drain_timeout: Duration,
     /// Pre-registered metric handles.
     pub metrics: ProxyMetrics,
-    /// The guards, in order.
-    pub guards: Guards,
+    /// Calls and latency per command (`None` with `admin.metrics = false`).
+    pub latency: Option<Arc<CommandLatency>>,
+    /// The policy in force (guards, client authentication), its reloads, the `RESPGUARD`
+    /// command and the refusal tally.
+    pub control: Arc<Control>,
 }
 
 /// `CLIENT REPLY` mode, followed at send time because it decides how many replies come.
@@ -102,6 +106,12 @@ pub struct Session {
     /// Why the upstream is missing, for the error each command gets meanwhile.
     upstream_error: String,
     identity: ClientIdentity,
+    /// The policy this session applies, and its generation: replaced at the next read
+    /// after a reload.
+    policy: Arc<Policy>,
+    policy_generation: u64,
+    /// The client authenticated to the proxy (always true without `[auth]` users).
+    authenticated: bool,
     /// Bytes from the client. `requests_ready` bytes at its front are scanned and waiting to
     /// move to `to_upstream`; the rest are not scanned yet.
     from_client: ReadBuffer,
@@ -122,6 +132,10 @@ pub struct Session {
     in_multi: bool,
     /// Commands scanned since the last metrics update.
     commands_in_batch: u64,
+    /// The session's clock for command latency: read once per socket read, not per command.
+    epoch: std::time::Instant,
+    /// When the replies being scanned arrived (microseconds since `epoch`).
+    replies_arrived_us: u64,
     /// Inside MULTI: commands queued so far, and the positions of those the proxy added.
     multi_queued: u32,
     multi_hidden: Vec<u32>,
@@ -149,6 +163,16 @@ pub struct Session {
     draining: Option<tokio::time::Instant>,
     /// The proxy is shutting down.
     shutting_down: bool,
+}
+
+/// What the proxy does with a command before the guards (see [`Session::intercept`]).
+enum Intercept {
+    /// Not the proxy's own business: the guards decide.
+    Pass,
+    /// Answer with this reply; Redis never sees the command.
+    Answer(Bytes),
+    /// Send the scratch buffer's command instead.
+    Replace,
 }
 
 /// An EXEC reply being filtered: which elements to leave out and where the scan is.
@@ -198,7 +222,12 @@ impl Session {
     pub fn new(shared: Arc<Shared>, client: TcpStream, identity: ClientIdentity) -> Self {
         let limits = shared.limits;
         let max_pending = shared.max_pending;
+        let policy_generation = shared.control.generation();
+        let policy = shared.control.policy();
         Session {
+            authenticated: !policy.auth.required(),
+            policy,
+            policy_generation,
             shared,
             client,
             upstream: None,
@@ -219,6 +248,8 @@ impl Session {
             reply_mode: ReplyMode::On,
             in_multi: false,
             commands_in_batch: 0,
+            epoch: std::time::Instant::now(),
+            replies_arrived_us: 0,
             multi_queued: 0,
             multi_hidden: Vec::new(),
             keys: Vec::new(),
@@ -318,6 +349,8 @@ impl Session {
             }
             Event::ClientRead(Ok(n)) => {
                 self.from_client.after_read(n);
+                self.queue.set_clock(self.clock_us());
+                self.follow_reloads();
                 self.shared
                     .metrics
                     .client_bytes_received
@@ -335,6 +368,11 @@ impl Session {
             Event::UpstreamRead(Ok(0)) => return self.upstream_lost("connection closed by Redis"),
             Event::UpstreamRead(Ok(n)) => {
                 self.from_upstream.after_read(n);
+                self.replies_arrived_us = self.clock_us();
+                self.shared
+                    .metrics
+                    .upstream_bytes_received
+                    .increment(n as u64);
                 if let Err(reason) = self.on_upstream_input() {
                     return self.upstream_lost(&reason);
                 }
@@ -347,6 +385,7 @@ impl Session {
                 return self.upstream_lost(&e.to_string());
             }
             Event::ClientWrote(Ok(n)) => {
+                self.shared.metrics.client_bytes_sent.increment(n as u64);
                 self.to_client.advance(n);
                 if self.to_client.is_empty() {
                     // Drop the handle so the read buffer can reuse its memory.
@@ -354,6 +393,7 @@ impl Session {
                 }
             }
             Event::UpstreamWrote(Ok(n)) => {
+                self.shared.metrics.upstream_bytes_sent.increment(n as u64);
                 self.to_upstream.advance(n);
                 if self.to_upstream.is_empty() {
                     self.to_upstream = BytesMut::new();
@@ -526,7 +566,8 @@ impl Session {
 
     fn on_command(&mut self, start: usize, end: usize, inline: bool) {
         let info = self.lookup_current(inline);
-        if self.upstream.is_none() {
+        let intercept = self.intercept(&info, inline);
+        if self.upstream.is_none() && !matches!(intercept, Intercept::Answer(_)) {
             let reply = self
                 .fail_open_reply(info.id, inline)
                 .unwrap_or_else(|| self.unavailable_reply());
@@ -534,11 +575,17 @@ impl Session {
             return;
         }
         let size = (end - start) as u64;
-        let verdict = if self.guards_apply(info.id, size) {
-            let argc = self.requests.args().len();
-            self.guard_verdict(info.id, inline, argc, None, size)
-        } else {
-            Verdict::Forward
+        let verdict = match intercept {
+            Intercept::Answer(reply) => Verdict::Answer(reply),
+            Intercept::Replace => Verdict::Rewrite {
+                replacement: Some(self.scratch.len()),
+                hidden: 0,
+            },
+            Intercept::Pass if self.guards_apply(info.id, size) => {
+                let argc = self.requests.args().len();
+                self.guard_verdict(info.id, inline, argc, None, size)
+            }
+            Intercept::Pass => Verdict::Forward,
         };
         let (replacement, hidden) = match verdict {
             Verdict::Forward | Verdict::Track(_) => (None, 0),
@@ -547,6 +594,9 @@ impl Session {
                 hidden,
             } => (replacement, hidden),
             Verdict::Answer(reply) | Verdict::Refuse(reply) => {
+                if reply.first() == Some(&b'-') {
+                    self.shared.control.refusals.record(&self.identity);
+                }
                 self.answer_locally(info.id, reply, start, end);
                 if self.in_multi {
                     self.abort_transaction();
@@ -593,13 +643,19 @@ impl Session {
             return;
         }
         let size = (head_end - start) as u64 + next_len.map_or(0, |n| n + 2);
-        let verdict = if self.guards_apply(info.id, size) {
+        let verdict = if !self.authenticated {
+            // Too large to hold, so never one the proxy answers itself: refused unread.
+            Verdict::Refuse(wire::error(crate::auth::NOAUTH))
+        } else if self.guards_apply(info.id, size) {
             self.guard_verdict(info.id, false, argc, Some(next_len.unwrap_or(0)), size)
         } else {
             Verdict::Forward
         };
         match verdict {
             Verdict::Answer(reply) | Verdict::Refuse(reply) => {
+                if reply.first() == Some(&b'-') {
+                    self.shared.control.refusals.record(&self.identity);
+                }
                 self.answer_locally(info.id, reply, start, head_end);
                 if self.in_multi {
                     self.abort_transaction();
@@ -625,7 +681,7 @@ impl Session {
     /// nor when no guard that wants it may act now (the shed guard while memory is low).
     #[inline]
     fn guards_apply(&self, command: u16, size: u64) -> bool {
-        let guards = &self.shared.guards;
+        let guards = &self.policy.guards;
         guards.wants(command)
             && (self.queue.is_resp3() || !self.queue.is_subscribed())
             && !self.queue.is_monitoring()
@@ -634,7 +690,7 @@ impl Session {
 
     /// While Redis is unreachable: the empty-cache answer for a command on fail-open keys.
     fn fail_open_reply(&mut self, command: u16, inline: bool) -> Option<Bytes> {
-        let fail_open = self.shared.guards.fail_open()?;
+        let fail_open = self.policy.guards.fail_open()?;
         if !fail_open.covers(command) {
             return None;
         }
@@ -688,7 +744,7 @@ impl Session {
         };
         let mut tracked = None;
         let verdict =
-            self.shared
+            self.policy
                 .guards
                 .check(&view, &self.identity, &mut self.scratch, &mut tracked);
         // A push inside MULTI is answered QUEUED; its length arrives inside EXEC's array.
@@ -973,6 +1029,9 @@ impl Session {
                         finished: Some(p), ..
                     } = matched
                     {
+                        if p.disposition != Disposition::Hide {
+                            self.record_latency(&p, self.replies_arrived_us);
+                        }
                         if info.kind != crate::scanner::reply::ReplyKind::Error {
                             self.apply_effect(p.effect, &info);
                         }
@@ -1023,10 +1082,173 @@ impl Session {
 
     /// Send every local answer now at the head of the queue, after the replies before it.
     fn emit_local_replies(&mut self) {
-        while let Some(reply) = self.queue.pop_local() {
+        while let Some(p) = self.queue.pop_local() {
+            // Behind replies from Redis, a local answer waited for them; first in the
+            // queue, it is answered as the command is read.
+            let now = self.replies_arrived_us.max(p.received_us);
+            self.record_latency(&p, now);
             self.move_replies();
-            self.to_client.extend_from_slice(&reply);
+            if let Disposition::Local(reply) = p.disposition {
+                self.to_client.extend_from_slice(&reply);
+            }
         }
+    }
+
+    /// Microseconds since the session started.
+    fn clock_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Count a command answered at `now_us` in its latency histogram.
+    fn record_latency(&self, p: &Pending, now_us: u64) {
+        if let Some(latency) = &self.shared.latency {
+            latency.record(p.command, now_us.saturating_sub(p.received_us));
+        }
+    }
+
+    /// Pick up the policy of a reload: commands read from now on are judged by it.
+    fn follow_reloads(&mut self) {
+        let generation = self.shared.control.generation();
+        if generation != self.policy_generation {
+            self.policy = self.shared.control.policy();
+            self.policy_generation = generation;
+            if !self.policy.auth.required() {
+                self.authenticated = true;
+            }
+        }
+    }
+
+    /// The arguments of the command just scanned, copied (only for the proxy's own
+    /// commands and authentication, never on the guarded path).
+    fn current_args(&self, inline: bool) -> Vec<Vec<u8>> {
+        let src: &[u8] = if inline {
+            self.requests.inline_bytes()
+        } else {
+            self.from_client.bytes()
+        };
+        self.requests
+            .args()
+            .iter()
+            .map(|r| src[r.clone()].to_vec())
+            .collect()
+    }
+
+    /// What the proxy itself does with a command before the guards: its `RESPGUARD`
+    /// command, and client authentication when `[auth]` lists users. Two comparisons for
+    /// any other command.
+    fn intercept(&mut self, info: &CommandFacts, inline: bool) -> Intercept {
+        let unknown = info.id == self.shared.table.unknown().id;
+        let auth = self.policy.auth.required();
+        let auth_command = matches!(
+            info.special,
+            Special::Auth | Special::Hello | Special::Reset
+        );
+        if !unknown && (!auth || self.authenticated && !auth_command) {
+            return Intercept::Pass;
+        }
+        let argv = self.current_args(inline);
+        let is_respguard = unknown
+            && argv
+                .first()
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"respguard"));
+        if auth
+            && !self.authenticated
+            && !matches!(
+                info.special,
+                Special::Auth | Special::Hello | Special::Quit | Special::Reset
+            )
+        {
+            return Intercept::Answer(wire::error(crate::auth::NOAUTH));
+        }
+        if is_respguard {
+            if self.in_multi {
+                return Intercept::Answer(wire::error(
+                    "ERR respguard: RESPGUARD commands cannot be queued in MULTI",
+                ));
+            }
+            let args: Vec<&[u8]> = argv[1..].iter().map(|a| a.as_slice()).collect();
+            return Intercept::Answer(self.shared.control.command(&args, &self.identity));
+        }
+        if !auth {
+            return Intercept::Pass;
+        }
+        match info.special {
+            Special::Auth => self.authenticate(&argv, None),
+            Special::Hello => {
+                // HELLO [protover [AUTH user password] [SETNAME name]]
+                let at = (2..argv.len().saturating_sub(2))
+                    .find(|&i| argv[i].eq_ignore_ascii_case(b"auth"));
+                match at {
+                    Some(i) => self.authenticate(&argv[i..i + 3], Some((&argv, i))),
+                    None if self.authenticated => Intercept::Pass,
+                    None => Intercept::Answer(wire::error(
+                        "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+                    )),
+                }
+            }
+            Special::Reset => {
+                // Redis forgets who the connection was; so does the proxy.
+                self.authenticated = false;
+                Intercept::Pass
+            }
+            _ => Intercept::Pass,
+        }
+    }
+
+    /// Check `AUTH [user] password` (`auth`, the command's arguments or HELLO's AUTH
+    /// clause) against `[auth]`. Accepted: the connection switches to the mapped Redis user
+    /// (the command is rewritten to carry those credentials), or is answered `+OK` when the
+    /// user runs with the proxy's own credentials. `hello` is the whole HELLO command and
+    /// the AUTH clause's position.
+    fn authenticate(&mut self, auth: &[Vec<u8>], hello: Option<(&[Vec<u8>], usize)>) -> Intercept {
+        let (name, password): (&[u8], &[u8]) = match auth.len() {
+            2 => (b"default", &auth[1]),
+            3 => (&auth[1], &auth[2]),
+            _ => {
+                return Intercept::Answer(wire::error(
+                    "ERR wrong number of arguments for 'auth' command",
+                ))
+            }
+        };
+        if self.in_multi {
+            return Intercept::Answer(wire::error(
+                "ERR respguard: AUTH cannot be queued in MULTI when respguard authenticates clients",
+            ));
+        }
+        let Some(user) = self.policy.auth.check(name, password).cloned() else {
+            tracing::info!(client = %self.identity, user = %String::from_utf8_lossy(name), "proxy authentication failed");
+            return Intercept::Answer(wire::error(crate::auth::WRONGPASS));
+        };
+        self.authenticated = true;
+        let target = self.shared.gate.target();
+        // The Redis credentials this user's commands run with.
+        let credentials: Option<(&[u8], &[u8])> = match &user.upstream {
+            Some((u, p)) => Some((u, p)),
+            None => target.password.as_deref().map(|p| {
+                let u = target.username.as_deref().unwrap_or("default");
+                (u.as_bytes(), p.as_bytes())
+            }),
+        };
+        self.scratch.clear();
+        match hello {
+            None => match credentials {
+                Some((u, p)) => wire::command(&mut self.scratch, &[b"AUTH", u, p]),
+                None => {
+                    self.identity.user = Some(user.name.clone());
+                    return Intercept::Answer(Bytes::from_static(b"+OK\r\n"));
+                }
+            },
+            Some((argv, at)) => {
+                let mut out: Vec<&[u8]> = Vec::with_capacity(argv.len());
+                out.extend(argv[..at].iter().map(|a| a.as_slice()));
+                if let Some((u, p)) = credentials {
+                    out.extend([&b"AUTH"[..], u, p]);
+                }
+                out.extend(argv[at + 3..].iter().map(|a| a.as_slice()));
+                wire::command(&mut self.scratch, &out);
+            }
+        }
+        Intercept::Replace
     }
 
     fn move_replies(&mut self) {
@@ -1055,7 +1277,10 @@ impl Session {
         if let Some(up) = &self.upstream {
             while !self.to_upstream.is_empty() {
                 match up.try_write(&self.to_upstream) {
-                    Ok(n) => self.to_upstream.advance(n),
+                    Ok(n) => {
+                        self.shared.metrics.upstream_bytes_sent.increment(n as u64);
+                        self.to_upstream.advance(n)
+                    }
                     Err(_) => break,
                 }
             }

@@ -17,6 +17,7 @@
 //! from the upstream URL), whose replies the client never sees.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,7 +51,16 @@ pub enum UpstreamError {
 
 /// A place among the upstream connections allowed at once; dropped with its connection.
 #[derive(Debug)]
-pub struct UpstreamSlot(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+pub struct UpstreamSlot {
+    _permit: Option<OwnedSemaphorePermit>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for UpstreamSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Settings of the gate, from `[upstream]`.
 #[derive(Debug, Clone)]
@@ -87,6 +97,8 @@ pub struct ConnectGate {
     slots: Option<Arc<Semaphore>>,
     handshake: Vec<u8>,
     handshake_replies: usize,
+    /// Connections open now (their slots alive).
+    open: Arc<AtomicUsize>,
 }
 
 impl ConnectGate {
@@ -108,7 +120,13 @@ impl ConnectGate {
             settings,
             handshake,
             handshake_replies,
+            open: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Upstream connections open now, the monitor's included.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Where the upstream is.
@@ -137,16 +155,21 @@ impl ConnectGate {
     /// token for at most the connect timeout; refuses at once while the circuit is open or
     /// every upstream slot is taken. The slot must be kept as long as the connection.
     pub async fn connect(&self) -> Result<(TcpStream, UpstreamSlot), UpstreamError> {
-        let slot = match &self.slots {
-            None => UpstreamSlot(None),
-            Some(s) => UpstreamSlot(Some(Arc::clone(s).try_acquire_owned().map_err(|_| {
+        let permit = match &self.slots {
+            None => None,
+            Some(s) => Some(Arc::clone(s).try_acquire_owned().map_err(|_| {
                 UpstreamError::TooManyConnections {
                     address: self.target.address.clone(),
                     max: self.settings.max_connections,
                 }
-            })?)),
+            })?),
         };
         let stream = self.connect_stream().await?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let slot = UpstreamSlot {
+            _permit: permit,
+            open: Arc::clone(&self.open),
+        };
         Ok((stream, slot))
     }
 
