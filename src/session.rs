@@ -565,6 +565,7 @@ impl Session {
     }
 
     fn on_command(&mut self, start: usize, end: usize, inline: bool) {
+        self.commands_in_batch += 1;
         let info = self.lookup_current(inline);
         let intercept = self.intercept(&info, inline);
         if self.upstream.is_none() && !matches!(intercept, Intercept::Answer(_)) {
@@ -636,6 +637,7 @@ impl Session {
         argc: usize,
         next_len: Option<u64>,
     ) {
+        self.commands_in_batch += 1;
         let info = self.lookup_current(false);
         if self.upstream.is_none() {
             self.answer_locally(info.id, self.unavailable_reply(), start, head_end);
@@ -908,7 +910,6 @@ impl Session {
         if replies {
             self.queue.push(pending);
         }
-        self.commands_in_batch += 1;
     }
 
     /// After RESET, Redis has forgotten the proxy's AUTH and SELECT: send them again, hidden.

@@ -9,5 +9,6 @@ mod failures;
 mod guards;
 mod harness;
 mod memory;
+mod operating;
 mod pressure;
 mod scanner;
