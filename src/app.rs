@@ -82,6 +82,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             backoff_max: raw.upstream.backoff_max.0,
             max_connects_per_second: raw.upstream.max_connects_per_second,
             max_connections: raw.upstream.max_connections,
+            tls: config.upstream_tls.clone(),
         },
     ));
     let table = Arc::new(load_command_table(&gate, config.command_table_from_upstream).await);
@@ -161,7 +162,13 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         raw.proxy.max_connections_per_second_per_address,
         raw.proxy.max_tracked_addresses,
     );
-    let listener = Listener::new(listener, shared, client_slots, admission);
+    let listener = Listener::new(
+        listener,
+        shared,
+        client_slots,
+        admission,
+        config.listener_tls.as_ref().map(|t| t.0.clone()),
+    );
     let drain = raw.proxy.drain_timeout.0;
     let listener = tokio::spawn(listener.run(shutdown_rx, drain));
     tracing::info!(%addr, upstream = %config.upstream.address, ?admin_addr, "respguard listening");

@@ -584,6 +584,8 @@ pub struct RawProxy {
     pub drain_timeout: HumanDuration,
     /// Threads serving connections; 0 means one per CPU core.
     pub worker_threads: usize,
+    /// TLS for clients: off unless a certificate is given.
+    pub tls: RawListenerTls,
     /// New client connections accepted per second in all; 0 for no limit.
     pub max_connections_per_second: u32,
     /// New client connections accepted per second from one address; 0 for no limit.
@@ -601,6 +603,7 @@ impl Default for RawProxy {
             output_buffer: ByteSize(256 * 1024),
             drain_timeout: HumanDuration(Duration::from_secs(5)),
             worker_threads: 0,
+            tls: RawListenerTls::default(),
             max_connections_per_second: 5000,
             max_connections_per_second_per_address: 1000,
             max_tracked_addresses: 65_536,
@@ -627,6 +630,34 @@ pub struct RawUpstream {
     pub max_connections: usize,
     /// `upstream` to read the command table from Redis, or `builtin` for the shipped one.
     pub command_table: String,
+    /// TLS settings for a `rediss://` URL.
+    pub tls: RawUpstreamTls,
+}
+
+/// `[upstream.tls]`: how to reach a `rediss://` upstream.
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstreamTls {
+    /// PEM file of the CA certificates to trust; empty: the system's.
+    pub ca_file: String,
+    /// PEM client certificate, for a Redis with `tls-auth-clients yes`.
+    pub cert_file: String,
+    /// The client certificate's PEM private key.
+    pub key_file: String,
+    /// The name the server's certificate must carry; empty: the URL's host.
+    pub server_name: String,
+}
+
+/// `[proxy.tls]`: TLS for client connections.
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListenerTls {
+    /// PEM certificate chain; empty: clients connect in plain text.
+    pub cert_file: String,
+    /// Its PEM private key.
+    pub key_file: String,
+    /// PEM CA certificates; when set, clients must present a certificate it signed.
+    pub client_ca_file: String,
 }
 
 impl Default for RawUpstream {
@@ -639,6 +670,7 @@ impl Default for RawUpstream {
             max_connects_per_second: 500,
             max_connections: 0,
             command_table: "upstream".into(),
+            tls: RawUpstreamTls::default(),
         }
     }
 }
@@ -731,6 +763,10 @@ pub struct UpstreamTarget {
     pub password: Option<String>,
     /// Database to SELECT after connecting.
     pub db: u32,
+    /// The host, as the URL gives it (the TLS server name by default).
+    pub host: String,
+    /// `rediss://`: connect with TLS.
+    pub tls: bool,
 }
 
 impl fmt::Debug for UpstreamTarget {
@@ -741,6 +777,7 @@ impl fmt::Debug for UpstreamTarget {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -750,21 +787,16 @@ impl UpstreamTarget {
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
         let key = "upstream.url";
         let url = url::Url::parse(s).map_err(|e| invalid(key, format!("`{s}`: {e}")))?;
-        match url.scheme() {
-            "redis" => {}
-            "rediss" => {
-                return Err(invalid(
-                    key,
-                    "TLS upstreams (rediss://) are not supported by this build yet",
-                ))
-            }
+        let tls = match url.scheme() {
+            "redis" => false,
+            "rediss" => true,
             other => {
                 return Err(invalid(
                     key,
-                    format!("scheme `{other}`: expected redis://host:port"),
+                    format!("scheme `{other}`: expected redis://host:port or rediss://host:port"),
                 ))
             }
-        }
+        };
         let host = url
             .host_str()
             .ok_or_else(|| invalid(key, "no host"))?
@@ -795,6 +827,8 @@ impl UpstreamTarget {
             username,
             password,
             db,
+            host: host.to_string(),
+            tls,
         })
     }
 }
@@ -858,6 +892,38 @@ pub struct Config {
     /// Where the configuration came from, to read it again on reload (`None`: built in
     /// code, nothing to reload from).
     pub source: Option<ConfigSource>,
+    /// TLS to the upstream (`rediss://`).
+    pub upstream_tls: Option<UpstreamTls>,
+    /// TLS for clients (`[proxy.tls]`).
+    pub listener_tls: Option<ListenerTls>,
+}
+
+/// What a `rediss://` connection needs: the connector (trusted CAs, client certificate) and
+/// the name to verify.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// The TLS client.
+    pub connector: tokio_rustls::TlsConnector,
+    /// The name the server's certificate must carry.
+    pub server_name: rustls_pki_types::ServerName<'static>,
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client listener's TLS acceptor.
+#[derive(Clone)]
+pub struct ListenerTls(pub tokio_rustls::TlsAcceptor);
+
+impl fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ListenerTls")
+    }
 }
 
 /// Values given on the command line or in the environment, applied over the file's.
@@ -1056,6 +1122,48 @@ impl RawConfig {
             return Err(invalid("proxy.max_tracked_addresses", "must be at least 1"));
         }
         validate_auth(&self.auth)?;
+        let upstream_tls = if upstream.tls {
+            let t = &self.upstream.tls;
+            let file = |f: &String| (!f.is_empty()).then(|| f.clone());
+            let connector = crate::transport::connector(&crate::transport::ClientTlsFiles {
+                ca_file: file(&t.ca_file),
+                cert_file: file(&t.cert_file),
+                key_file: file(&t.key_file),
+            })
+            .map_err(|e| invalid("upstream.tls", e))?;
+            let name = if t.server_name.is_empty() {
+                &upstream.host
+            } else {
+                &t.server_name
+            };
+            let server_name = crate::transport::server_name(name)
+                .map_err(|e| invalid("upstream.tls.server_name", e))?;
+            Some(UpstreamTls {
+                connector,
+                server_name,
+            })
+        } else {
+            None
+        };
+        let t = &self.proxy.tls;
+        let listener_tls = match (t.cert_file.is_empty(), t.key_file.is_empty()) {
+            (true, true) if t.client_ca_file.is_empty() => None,
+            (false, false) => Some(ListenerTls(
+                crate::transport::acceptor(&crate::transport::ServerTlsFiles {
+                    cert_file: t.cert_file.clone(),
+                    key_file: t.key_file.clone(),
+                    client_ca_file: (!t.client_ca_file.is_empty())
+                        .then(|| t.client_ca_file.clone()),
+                })
+                .map_err(|e| invalid("proxy.tls", e))?,
+            )),
+            _ => {
+                return Err(invalid(
+                    "proxy.tls",
+                    "cert_file and key_file are both needed (client_ca_file needs them too)",
+                ))
+            }
+        };
         // Rules are checked against the built-in command table here; the proxy builds them
         // again at start against the upstream's own.
         crate::guard::Guards::build(
@@ -1078,6 +1186,8 @@ impl RawConfig {
             limits,
             command_table_from_upstream,
             source: None,
+            upstream_tls,
+            listener_tls,
         })
     }
 

@@ -43,5 +43,6 @@ pub mod reply_queue;
 pub mod scanner;
 pub mod session;
 pub mod telemetry;
+pub mod transport;
 pub mod upstream;
 pub mod wire;

@@ -10,13 +10,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::admission::Admission;
 use crate::identity::ClientIdentity;
 use crate::session::{Session, Shared};
+use crate::transport::Stream;
 
 /// The client listener.
 pub struct Listener {
@@ -25,6 +26,7 @@ pub struct Listener {
     slots: Arc<Semaphore>,
     max_clients: usize,
     admission: Admission,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Listener {
@@ -34,8 +36,10 @@ impl Listener {
         shared: Arc<Shared>,
         slots: Arc<Semaphore>,
         admission: Admission,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Self {
         Listener {
+            tls,
             listener,
             shared,
             max_clients: slots.available_permits(),
@@ -82,10 +86,19 @@ impl Listener {
             metrics.clients_open.increment(1.0);
             let shared = Arc::clone(&self.shared);
             let shutdown = shutdown.clone();
+            let tls = self.tls.clone();
             tokio::spawn(async move {
-                let session = Session::new(Arc::clone(&shared), stream, ClientIdentity::new(peer));
-                let end = session.run(shutdown).await;
-                tracing::debug!(%peer, ?end, "session ended");
+                let _ = stream.set_nodelay(true);
+                let stream = match tls {
+                    None => Some(Stream::Tcp(stream)),
+                    Some(acceptor) => accept_tls(stream, &acceptor, peer, &shared).await,
+                };
+                if let Some(stream) = stream {
+                    let session =
+                        Session::new(Arc::clone(&shared), stream, ClientIdentity::new(peer));
+                    let end = session.run(shutdown).await;
+                    tracing::debug!(%peer, ?end, "session ended");
+                }
                 shared.metrics.clients_open.decrement(1.0);
                 drop(permit);
             });
@@ -96,11 +109,66 @@ impl Listener {
     }
 }
 
+/// The TLS handshake with a new client, within [`TLS_HANDSHAKE_TIMEOUT`]. A client speaking
+/// plain RESP to the TLS port is told so in RESP before the connection closes; a failed
+/// handshake (an unknown CA, a missing client certificate) is logged and closes it.
+async fn accept_tls(
+    stream: TcpStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    peer: std::net::SocketAddr,
+    shared: &Shared,
+) -> Option<Stream> {
+    let handshake = async {
+        // A TLS connection starts with a handshake record (type 22).
+        let mut first = [0u8; 1];
+        match stream.peek(&mut first).await {
+            Ok(1) if first[0] == 0x16 => {}
+            Ok(1) => return Err(Some(stream)),
+            _ => return Err(None),
+        }
+        match acceptor.accept(stream).await {
+            Ok(tls) => Ok(Stream::tls(tokio_rustls::TlsStream::Server(tls))),
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "client TLS handshake failed");
+                Err(None)
+            }
+        }
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(Ok(stream))) => Some(stream),
+        Ok(Err(Some(plain))) => {
+            shared.metrics.client_tls_failures.increment(1);
+            tracing::info!(%peer, "plain-text client on the TLS listener");
+            refuse(
+                plain,
+                "-ERR respguard: this port requires TLS (proxy.tls)\r\n".to_string(),
+            );
+            None
+        }
+        _ => {
+            shared.metrics.client_tls_failures.increment(1);
+            None
+        }
+    }
+}
+
+/// How long a client has to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Tell a refused client why, then close its connection (without waiting on it).
-fn refuse(stream: tokio::net::TcpStream, message: String) {
+///
+/// Whatever the client already sent is read and dropped, for at most a second: closing a
+/// socket with unread input resets the connection, and the client would lose the message.
+fn refuse(stream: TcpStream, message: String) {
     tokio::spawn(async move {
         let mut stream = stream;
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(message.as_bytes()))
-            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(message.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
     });
 }

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use metrics::{counter, gauge, Counter, Gauge};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::RawMonitor;
@@ -201,7 +200,7 @@ impl Monitor {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let metrics = MonitorMetrics::register();
         let mut growth = Growth::new(self.settings.growth_window.0);
-        let mut conn: Option<(TcpStream, UpstreamSlot)> = None;
+        let mut conn: Option<(crate::transport::Stream, UpstreamSlot)> = None;
         let mut levels = self.settings.warning_levels.clone();
         levels.sort_by(|a, b| a.total_cmp(b));
         let mut remembered = Remembered {
@@ -407,7 +406,7 @@ struct Poll {
 }
 
 /// Send `PING`, `INFO memory` and `INFO clients` in one write and read the three replies.
-async fn poll(stream: &mut TcpStream) -> std::io::Result<Poll> {
+async fn poll(stream: &mut crate::transport::Stream) -> std::io::Result<Poll> {
     stream
         .write_all(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n*2\r\n$4\r\nINFO\r\n$7\r\nclients\r\n")
         .await?;
@@ -429,7 +428,7 @@ async fn poll(stream: &mut TcpStream) -> std::io::Result<Poll> {
 
 /// Read the depth of `due` queues with one pipeline of `LLEN`s.
 async fn refresh_queues(
-    stream: &mut TcpStream,
+    stream: &mut crate::transport::Stream,
     queues: &QueueDepths,
     due: &[Arc<crate::guard::queue::TrackedQueue>],
 ) -> std::io::Result<()> {

@@ -24,9 +24,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::transport::Stream;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::buffer::ReadBuffer;
@@ -99,8 +99,8 @@ pub enum End {
 /// One client connection being proxied.
 pub struct Session {
     shared: Arc<Shared>,
-    client: TcpStream,
-    upstream: Option<TcpStream>,
+    client: Stream,
+    upstream: Option<Stream>,
     /// The upstream connection's place under `upstream.max_connections`.
     upstream_slot: Option<UpstreamSlot>,
     /// Why the upstream is missing, for the error each command gets meanwhile.
@@ -219,7 +219,7 @@ enum Event {
 
 impl Session {
     /// A session for an accepted client. The upstream connection is opened in [`Self::run`].
-    pub fn new(shared: Arc<Shared>, client: TcpStream, identity: ClientIdentity) -> Self {
+    pub fn new(shared: Arc<Shared>, client: Stream, identity: ClientIdentity) -> Self {
         let limits = shared.limits;
         let max_pending = shared.max_pending;
         let policy_generation = shared.control.generation();
@@ -279,7 +279,6 @@ impl Session {
         let mut stop = std::pin::pin!(async move {
             let _ = shutdown.wait_for(|&stopping| stopping).await;
         });
-        let _ = self.client.set_nodelay(true);
         self.connect_upstream().await;
         loop {
             if let Some(end) = self.finished() {
@@ -291,8 +290,11 @@ impl Session {
                 && self.to_upstream.len() < cap
                 && !self.queue.is_full();
             let want_upstream_read = self.upstream.is_some() && self.to_client.len() < cap;
-            let want_client_write = !self.to_client.is_empty();
-            let want_upstream_write = self.upstream.is_some() && !self.to_upstream.is_empty();
+            let want_client_write = !self.to_client.is_empty() || self.client.wants_flush();
+            let want_upstream_write = self
+                .upstream
+                .as_ref()
+                .is_some_and(|u| !self.to_upstream.is_empty() || u.wants_flush());
             let shutting_down = self.shutting_down;
             let drain_deadline = self.draining;
             if want_client_read {
@@ -302,10 +304,10 @@ impl Session {
                 self.from_upstream.prepare();
             }
             let event = {
-                let (mut client_rx, mut client_tx) = self.client.split();
+                let (mut client_rx, mut client_tx) = self.client.halves();
                 let (mut up_rx, mut up_tx) = match self.upstream.as_mut() {
                     Some(u) => {
-                        let (r, w) = u.split();
+                        let (r, w) = u.halves();
                         (Some(r), Some(w))
                     }
                     None => (None, None),
@@ -318,8 +320,8 @@ impl Session {
                     r = client_rx.read_buf(from_client), if want_client_read => Event::ClientRead(r),
                     r = async { up_rx.as_mut().expect("upstream").read_buf(from_upstream).await },
                         if want_upstream_read => Event::UpstreamRead(r),
-                    r = client_tx.write(to_client), if want_client_write => Event::ClientWrote(r),
-                    r = async { up_tx.as_mut().expect("upstream").write(to_upstream).await },
+                    r = client_tx.send(to_client), if want_client_write => Event::ClientWrote(r),
+                    r = async { up_tx.as_mut().expect("upstream").send(to_upstream).await },
                         if want_upstream_write => Event::UpstreamWrote(r),
                     _ = &mut stop, if !shutting_down => Event::Shutdown,
                     _ = async { tokio::time::sleep_until(drain_deadline.expect("deadline")).await },
@@ -425,10 +427,10 @@ impl Session {
             // Answer what the client already sent: only when its socket is empty is it
             // safe to close without cutting a command off. tokio's cached readiness can lag
             // behind the socket, so ask the kernel directly.
-            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-            return match socket2::SockRef::from(&self.client).peek(&mut probe) {
-                Ok(n) if n > 0 => None,
-                _ => Some(End::Shutdown),
+            return if self.client.has_unread_bytes() {
+                None
+            } else {
+                Some(End::Shutdown)
             };
         }
         if self.draining.is_some() && idle {

@@ -30,6 +30,8 @@ pub struct ProxyMetrics {
     pub clients_open: Gauge,
     /// Malformed requests (each closes its connection).
     pub client_protocol_errors: Counter,
+    /// Clients whose TLS handshake failed or who spoke plain text to the TLS listener.
+    pub client_tls_failures: Counter,
 }
 
 impl ProxyMetrics {
@@ -46,6 +48,7 @@ impl ProxyMetrics {
             clients_accepted: counter!("respguard_client_connections_accepted_total"),
             clients_open: gauge!("respguard_client_connections"),
             client_protocol_errors: counter!("respguard_client_protocol_errors_total"),
+            client_tls_failures: counter!("respguard_client_tls_handshake_failures_total"),
         }
     }
 }

@@ -22,12 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::UpstreamTarget;
 use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
+use crate::transport::Stream;
 use crate::wire;
 
 /// Why no upstream connection could be had.
@@ -75,6 +76,8 @@ pub struct GateSettings {
     pub max_connects_per_second: u32,
     /// Connections open at once; 0 for no limit.
     pub max_connections: usize,
+    /// TLS, for a `rediss://` upstream.
+    pub tls: Option<crate::config::UpstreamTls>,
 }
 
 #[derive(Debug)]
@@ -154,7 +157,7 @@ impl ConnectGate {
     /// Open a connection to the upstream, if the gate allows an attempt now. Waits for a
     /// token for at most the connect timeout; refuses at once while the circuit is open or
     /// every upstream slot is taken. The slot must be kept as long as the connection.
-    pub async fn connect(&self) -> Result<(TcpStream, UpstreamSlot), UpstreamError> {
+    pub async fn connect(&self) -> Result<(Stream, UpstreamSlot), UpstreamError> {
         let permit = match &self.slots {
             None => None,
             Some(s) => Some(Arc::clone(s).try_acquire_owned().map_err(|_| {
@@ -173,7 +176,7 @@ impl ConnectGate {
         Ok((stream, slot))
     }
 
-    async fn connect_stream(&self) -> Result<TcpStream, UpstreamError> {
+    async fn connect_stream(&self) -> Result<Stream, UpstreamError> {
         let deadline = Instant::now() + self.settings.connect_timeout;
         loop {
             let wait = self.take_token()?;
@@ -233,7 +236,7 @@ impl ConnectGate {
         }
     }
 
-    fn record(&self, result: &Result<TcpStream, UpstreamError>) {
+    fn record(&self, result: &Result<Stream, UpstreamError>) {
         let mut st = self.state.lock().expect("gate lock");
         st.probing = false;
         match result {
@@ -263,15 +266,29 @@ impl ConnectGate {
         }
     }
 
-    async fn open(&self) -> Result<TcpStream, UpstreamError> {
+    async fn open(&self) -> Result<Stream, UpstreamError> {
         let unreachable = |e: io::Error| UpstreamError::Unreachable {
             address: self.target.address.clone(),
             reason: e.to_string(),
         };
-        let mut stream = TcpStream::connect(&self.target.address)
+        let tcp = TcpStream::connect(&self.target.address)
             .await
             .map_err(unreachable)?;
-        stream.set_nodelay(true).map_err(unreachable)?;
+        tcp.set_nodelay(true).map_err(unreachable)?;
+        let mut stream = match &self.settings.tls {
+            None => Stream::Tcp(tcp),
+            Some(tls) => {
+                let s = tls
+                    .connector
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| UpstreamError::Unreachable {
+                        address: self.target.address.clone(),
+                        reason: format!("TLS handshake failed: {e}"),
+                    })?;
+                Stream::tls(tokio_rustls::TlsStream::Client(s)).map_err(unreachable)?
+            }
+        };
         if self.handshake_replies > 0 {
             stream
                 .write_all(&self.handshake)
@@ -312,7 +329,7 @@ fn handshake_commands(target: &UpstreamTarget) -> (Vec<u8>, usize) {
 /// Read `n` replies from a connection the proxy owns (off the hot path). Each is `Ok` with
 /// its bytes, or `Err` with the error text.
 pub async fn read_replies(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     n: usize,
 ) -> io::Result<Vec<Result<Vec<u8>, String>>> {
     let mut buf = BytesMut::with_capacity(4096);
@@ -361,6 +378,7 @@ mod tests {
                 backoff_max: Duration::from_secs(1),
                 max_connects_per_second: rate,
                 max_connections: 0,
+                tls: None,
             },
         )
     }

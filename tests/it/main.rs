@@ -12,3 +12,4 @@ mod memory;
 mod operating;
 mod pressure;
 mod scanner;
+mod tls;
