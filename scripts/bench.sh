@@ -45,6 +45,11 @@ start_respguard rg_port "$no_guards"
 start_respguard rg1_port "$no_guards
 [proxy]
 worker_threads = 1"
+# The same without metrics, to measure what recording them costs (every target above
+# records them, scraped or not).
+start_respguard nometrics_port "$no_guards
+[admin]
+metrics = false"
 # Memory monitor polling every 250 ms, shedding levels and priority rules configured;
 # nothing is shed (Redis has no maxmemory, so the monitor runs against a budget far above
 # its use).
@@ -107,7 +112,7 @@ haproxy -f "$work/haproxy.cfg" -db &
 pids+=($!)
 wait_port "$hap_port"
 
-targets=("direct:$redis_port" "respguard:$rg_port" "respguard-1thread:$rg1_port" "respguard+checks:$checks_port" "respguard+guards:$guarded_port" "respguard+pressure:$pressure_port" "respguard+queue:$queue_port" "haproxy:$hap_port")
+targets=("direct:$redis_port" "respguard:$rg_port" "respguard-1thread:$rg1_port" "respguard-nometrics:$nometrics_port" "respguard+checks:$checks_port" "respguard+guards:$guarded_port" "respguard+pressure:$pressure_port" "respguard+queue:$queue_port" "haproxy:$hap_port")
 for t in $EXTRA_TARGETS; do targets+=("$t"); done
 if [ -n "$TARGETS" ]; then
   chosen=()

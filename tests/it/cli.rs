@@ -36,10 +36,17 @@ fn check_config_names_the_wrong_key() {
     let (ok, _, err) = respguard(&["check-config", bad.to_str().unwrap()], &[]);
     assert!(!ok);
     assert!(err.contains("max_clinets"), "{err}");
-    std::fs::write(&bad, "[upstream]\nurl = \"rediss://h:1\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[upstream]\nurl = \"rediss://h:1\"\n[upstream.tls]\nca_file = \"/nonexistent/ca.pem\"\n",
+    )
+    .unwrap();
     let (ok, _, err) = respguard(&["check-config", bad.to_str().unwrap()], &[]);
     assert!(!ok);
-    assert!(err.contains("upstream.url") && err.contains("TLS"), "{err}");
+    assert!(
+        err.contains("upstream.tls") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
 }
 
 #[test]

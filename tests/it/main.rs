@@ -3,6 +3,7 @@
 
 mod cli;
 mod clients;
+mod deploy;
 mod differential;
 mod enqueue;
 mod failures;
