@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 
 TESTS=${TESTS:-"set lpush"}
 REQUESTS=${REQUESTS:-100000}
+CONFIGS=${CONFIGS:-"pressure queue"}   # compared with guards-off; also: metrics-off
 
 if ! command -v valgrind >/dev/null || ! command -v redis-benchmark >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
@@ -32,6 +33,10 @@ configs[guards-off]='
 [guards.shed]
 soft_enter = 0.0
 hard_enter = 0.0'
+# Guards off and metrics not recorded: what recording them costs.
+configs[metrics-off]="${configs[guards-off]}"'
+[admin]
+metrics = false'
 # Monitor polling, shedding levels and rules configured but not active.
 configs[pressure]='
 [monitor]
@@ -75,10 +80,10 @@ echo "|---|---|---|---|"
 for t in $TESTS; do
   base=$(measure guards-off "$t")
   echo "| $t | guards-off | $base | 1.000 |"
-  for c in pressure queue; do
+  for c in $CONFIGS; do
     n=$(measure "$c" "$t")
     awk -v t="$t" -v c="$c" -v n="$n" -v b="$base" 'BEGIN { printf "| %s | %s | %d | %.3f |\n", t, c, n, n/b }'
   done
 done
 echo
-echo "command: TESTS=\"$TESTS\" REQUESTS=$REQUESTS scripts/callgrind.sh (redis-benchmark -c 10 -P 32 -d 100)"
+echo "command: TESTS=\"$TESTS\" CONFIGS=\"$CONFIGS\" REQUESTS=$REQUESTS scripts/callgrind.sh (redis-benchmark -c 10 -P 32 -d 100)"

@@ -175,10 +175,30 @@ show ./target/release/respguard health-probe "127.0.0.1:$admin_port" --path /rea
 python3 - "$admin_port" <<'PY'
 import sys, urllib.request
 body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
+shown = ("respguard_guard_decisions_total", "respguard_enqueues_total", "respguard_commands_total",
+         "respguard_command_duration_seconds_count", "respguard_client_connections ",
+         "respguard_upstream_memory_pressure_ratio", "respguard_shedding_level")
 for line in body.splitlines():
-    if line.startswith("respguard_") and not line.startswith("#") and "_bucket" not in line:
+    if line.startswith(shown):
         print("  " + line)
 PY
+
+step "Operators ask the proxy itself: RESPGUARD STATUS (also at /status)"
+redis-cli -p "$proxy_port" RESPGUARD STATUS | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print("  config hash", s["config"]["hash"], "generation", s["config"]["generation"])
+print("  shedding level:", s["memory"]["shedding_level"], " clients:", s["clients"]["connected"])
+print("  clients refused most:", s["top_refused_clients"][:3])'
+
+step "Hot reload: blob:* values now limited to 1KiB; RESPGUARD RELOAD (or SIGHUP), no restart"
+sed -i 's/max_value = "1MiB"/max_value = "1KiB"/' "$work/respguard.toml"
+show redis-cli -p "$proxy_port" RESPGUARD RELOAD
+echo "\$ redis-cli SET blob:avatar <2 KiB>"
+head -c 2048 /dev/zero | tr '\0' 'x' | redis-cli -p "$proxy_port" -x SET blob:avatar
+echo '(an invalid file is refused, and the rules in force stay)'
+echo 'max_value = "a lot"' >> "$work/respguard.toml"
+show redis-cli -p "$proxy_port" RESPGUARD RELOAD
 
 step "Redis goes down: every command fails at once with an error that says why"
 kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true

@@ -17,10 +17,12 @@
 //! - Replies come back through the [`scanner::reply::ReplyScanner`], are matched with the
 //!   queue's head, and go to the client (or are hidden, or replaced).
 //!
-//! Around that path: [`config`] (the TOML file and overrides), [`health`] (is Redis
-//! answering), [`admin`] (HTTP health and metrics), [`telemetry`] (metric handles),
-//! [`app`] (wiring it all together), [`identity`] (who a client is), [`wire`] (what the
-//! proxy itself says in RESP).
+//! Around that path: [`config`] (the TOML file and overrides), [`control`] (the policy in
+//! force, hot reload, status, the `RESPGUARD` command), [`auth`] (clients authenticating to
+//! the proxy), [`transport`] (plain TCP or TLS), [`health`] (is Redis answering),
+//! [`admin`] (HTTP health, status and metrics), [`telemetry`] (metric handles and latency
+//! histograms), [`refusals`] (who is refused most), [`app`] (wiring it all together),
+//! [`identity`] (who a client is), [`wire`] (what the proxy itself says in RESP).
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 

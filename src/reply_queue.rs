@@ -52,13 +52,9 @@ pub enum Expect {
 pub enum Effect {
     /// Nothing.
     None,
-    /// HELLO succeeded: protocol version (when given), user (when AUTH was given) and
-    /// client name (when SETNAME was given).
-    Hello {
-        protocol: Option<u8>,
-        user: Option<Bytes>,
-        name: Option<Bytes>,
-    },
+    /// HELLO succeeded (boxed: it is rare, and keeps every queue entry small enough to move
+    /// without a `memcpy` call).
+    Hello(Box<HelloEffect>),
     /// AUTH succeeded as this user.
     Auth(Bytes),
     /// CLIENT SETNAME succeeded.
@@ -73,6 +69,18 @@ pub enum Effect {
     Quit,
     /// A push to a followed queue: the integer reply is the queue's new depth.
     QueueDepth(QueueHandle),
+}
+
+/// What a successful HELLO changes: protocol version (when given), user (when AUTH was
+/// given) and client name (when SETNAME was given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloEffect {
+    /// The protocol version asked for.
+    pub protocol: Option<u8>,
+    /// The user of its AUTH clause.
+    pub user: Option<Bytes>,
+    /// The name of its SETNAME clause.
+    pub name: Option<Bytes>,
 }
 
 /// One command's place in the queue.
@@ -320,9 +328,11 @@ impl ReplyQueue {
     /// Record what a successful reply changes in the queue's own view of the connection.
     fn apply(&mut self, effect: &Effect) {
         match effect {
-            Effect::Hello {
-                protocol: Some(p), ..
-            } => self.resp3 = *p == 3,
+            Effect::Hello(h) => {
+                if let Some(p) = h.protocol {
+                    self.resp3 = p == 3;
+                }
+            }
             Effect::Monitor => self.monitoring = true,
             Effect::Reset => {
                 self.channels = 0;
@@ -505,11 +515,11 @@ mod tests {
     fn resp3_pushes_are_out_of_band_but_confirmations_answer() {
         let mut q = ReplyQueue::new(16);
         q.push(Pending {
-            effect: Effect::Hello {
+            effect: Effect::Hello(Box::new(HelloEffect {
                 protocol: Some(3),
                 user: None,
                 name: None,
-            },
+            })),
             ..Pending::forward(1)
         });
         q.push(Pending {
@@ -557,5 +567,12 @@ mod tests {
             .map(|(_, f)| f)
             .collect();
         assert_eq!(got, vec![true, false]);
+    }
+
+    #[test]
+    fn a_queue_entry_stays_small_enough_to_move_inline() {
+        // Past 128 bytes, moving an entry (push, on_reply) becomes a `memcpy` call:
+        // +87 instructions per command under callgrind.
+        assert!(std::mem::size_of::<Pending>() <= 128);
     }
 }

@@ -35,7 +35,7 @@ use crate::control::{Control, Policy};
 use crate::guard::queue::QueueHandle;
 use crate::guard::{CommandView, Verdict};
 use crate::identity::ClientIdentity;
-use crate::reply_queue::{Disposition, Effect, Expect, Matched, Pending, ReplyQueue};
+use crate::reply_queue::{Disposition, Effect, Expect, HelloEffect, Matched, Pending, ReplyQueue};
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
 use crate::scanner::request::{Limits, RequestScanner, Step, StreamStep};
 use crate::telemetry::{CommandLatency, ProxyMetrics};
@@ -1067,7 +1067,8 @@ impl Session {
                 }
             }
             Effect::None | Effect::Monitor => {}
-            Effect::Hello { user, name, .. } => {
+            Effect::Hello(hello) => {
+                let HelloEffect { user, name, .. } = *hello;
                 if let Some(u) = user {
                     self.identity.user = Some(u);
                 }
@@ -1381,11 +1382,11 @@ fn hello_effect<'a>(argc: usize, arg: &dyn Fn(usize) -> Option<&'a [u8]>) -> Eff
             i += 2;
         }
     }
-    Effect::Hello {
+    Effect::Hello(Box::new(HelloEffect {
         protocol,
         user,
         name,
-    }
+    }))
 }
 
 #[cfg(test)]
@@ -1401,27 +1402,27 @@ mod tests {
     fn hello_gives_protocol_and_user() {
         assert_eq!(
             effect(&["HELLO", "3", "AUTH", "app", "pw", "SETNAME", "n"]),
-            Effect::Hello {
+            Effect::Hello(Box::new(HelloEffect {
                 protocol: Some(3),
                 user: Some(Bytes::from_static(b"app")),
                 name: Some(Bytes::from_static(b"n")),
-            }
+            }))
         );
         assert_eq!(
             effect(&["HELLO"]),
-            Effect::Hello {
+            Effect::Hello(Box::new(HelloEffect {
                 protocol: None,
                 user: None,
                 name: None,
-            }
+            }))
         );
         assert_eq!(
             effect(&["hello", "2", "setname", "x"]),
-            Effect::Hello {
+            Effect::Hello(Box::new(HelloEffect {
                 protocol: Some(2),
                 user: None,
                 name: Some(Bytes::from_static(b"x")),
-            }
+            }))
         );
     }
 }
