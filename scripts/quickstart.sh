@@ -197,7 +197,7 @@ show redis-cli -p "$proxy_port" RESPGUARD RELOAD
 echo "\$ redis-cli SET blob:avatar <2 KiB>"
 head -c 2048 /dev/zero | tr '\0' 'x' | redis-cli -p "$proxy_port" -x SET blob:avatar
 echo '(an invalid file is refused, and the rules in force stay)'
-echo 'max_value = "a lot"' >> "$work/respguard.toml"
+printf '[[guards.size.rules]]\npattern = "img:*"\nmax_value = "a lot"\n' >> "$work/respguard.toml"
 show redis-cli -p "$proxy_port" RESPGUARD RELOAD
 
 step "Redis goes down: every command fails at once with an error that says why"
