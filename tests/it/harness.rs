@@ -283,3 +283,19 @@ pub fn mask(s: &str) -> String {
     out.push_str(rest);
     out
 }
+
+/// Run a Python snippet (redis-py, installed by `scripts/install-test-deps.sh`) and check
+/// that it succeeded and printed `ok`; otherwise fail with its output.
+pub async fn python_ok(script: &str) {
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::guards::http_get;
-use crate::harness::{encode, free_port, proxy_config, start_proxy, Conn, RedisServer, WAIT};
+use crate::harness::{
+    encode, free_port, proxy_config, python_ok, start_proxy, Conn, RedisServer, WAIT,
+};
 use crate::memory::ProxyProcess;
 
 /// The value of the metric line starting with `series ` in a /metrics body.
@@ -540,19 +542,6 @@ print("ok")
 "#,
         port = proxy.addr.port()
     );
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .expect("python3")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_ok(&script).await;
     proxy.shutdown().await;
 }

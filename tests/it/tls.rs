@@ -11,7 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
-use crate::harness::{encode, frame_len, free_port, proxy_config, start_proxy, RedisServer, WAIT};
+use crate::harness::{
+    encode, frame_len, free_port, proxy_config, python_ok, start_proxy, RedisServer, WAIT,
+};
 
 /// A CA and the files of certificates it signed.
 struct Pki {
@@ -297,19 +299,6 @@ print("ok")
         port = proxy.addr.port(),
         ca = s(&pki.path("ca.pem")),
     );
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_ok(&script).await;
     proxy.shutdown().await;
 }
