@@ -39,6 +39,7 @@ pub mod health;
 pub mod identity;
 pub mod listener;
 pub mod monitor;
+pub mod offline;
 pub mod pressure;
 pub mod refusals;
 pub mod reply_queue;

@@ -33,7 +33,7 @@ use crate::buffer::ReadBuffer;
 use crate::command::{CommandInfo, CommandTable, Flags, Special};
 use crate::control::{Control, Policy};
 use crate::guard::queue::QueueHandle;
-use crate::guard::{CommandView, Verdict};
+use crate::guard::{find_keys, CommandView, Verdict};
 use crate::identity::ClientIdentity;
 use crate::reply_queue::{Disposition, Effect, Expect, HelloEffect, Matched, Pending, ReplyQueue};
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
@@ -1342,22 +1342,6 @@ impl Session {
         self.queue.clear();
         None
     }
-}
-
-/// The argument indices of a command's keys into `keys` (its capacity kept), sorted and
-/// unique: several key specifications may list keys out of order or twice, and guards rely
-/// on a sorted, unique list to tell keys from values in O(log n).
-fn find_keys(
-    info: &CommandInfo,
-    src: &[u8],
-    args: &[std::ops::Range<usize>],
-    argc: usize,
-    keys: &mut Vec<usize>,
-) {
-    keys.clear();
-    info.key_positions_by(argc, |i| args.get(i).map(|r| &src[r.clone()]), keys);
-    keys.sort_unstable();
-    keys.dedup();
 }
 
 /// What a successful HELLO changes: `HELLO [protover [AUTH user pass] [SETNAME name]]`.

@@ -115,6 +115,22 @@ pub struct CommandView<'a> {
     pub size: u64,
 }
 
+/// The argument indices of a command's keys into `keys` (its capacity kept), sorted and
+/// unique: several key specifications may list keys out of order or twice, and guards rely
+/// on a sorted, unique list to tell keys from values in O(log n).
+pub fn find_keys(
+    info: &CommandInfo,
+    src: &[u8],
+    args: &[std::ops::Range<usize>],
+    argc: usize,
+    keys: &mut Vec<usize>,
+) {
+    keys.clear();
+    info.key_positions_by(argc, |i| args.get(i).map(|r| &src[r.clone()]), keys);
+    keys.sort_unstable();
+    keys.dedup();
+}
+
 impl<'a> CommandView<'a> {
     /// Argument `i`, if available.
     pub fn arg(&self, i: usize) -> Option<&'a [u8]> {

@@ -1,0 +1,275 @@
+//! The guards over a byte stream, without sockets: every command the request scanner finds
+//! is classified and judged as a session judges it, and what the guards produce is checked
+//! against what the session relies on to keep replies matched to requests:
+//!
+//! - a rewrite is whole commands, exactly one replacing the client's (when it replaces it)
+//!   plus exactly `hidden` extra ones, so the client gets one reply per command it sent;
+//! - a local answer or refusal is exactly one whole RESP reply;
+//! - what a guard writes stays within a bound of the command's own size.
+//!
+//! The guard-pipeline fuzz target (`fuzz/fuzz_targets/guard_pipeline.rs`) runs arbitrary
+//! bytes through it.
+
+use bytes::BytesMut;
+
+use crate::command::CommandTable;
+use crate::guard::{find_keys, CommandView, Guards, Verdict};
+use crate::identity::ClientIdentity;
+use crate::scanner::reply::{ReplyScanner, ReplyStep};
+use crate::scanner::request::{Limits, RequestScanner, Step, StreamStep};
+
+/// What the guards did with a stream.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Commands found.
+    pub commands: usize,
+    /// Forwarded unchanged.
+    pub forwarded: usize,
+    /// Rewritten or followed by extra commands.
+    pub rewritten: usize,
+    /// Answered or refused by the proxy.
+    pub answered: usize,
+}
+
+/// Judge every command of `input` with `guards` as `client`, and check each verdict.
+/// Stops at the end of the input, at a command cut off by it, or at malformed input (where
+/// a session answers the protocol error and closes). An `Err` names the broken rule.
+pub fn judge(
+    guards: &Guards,
+    table: &CommandTable,
+    limits: Limits,
+    client: &ClientIdentity,
+    input: &[u8],
+) -> Result<Outcome, String> {
+    let mut scanner = RequestScanner::new(limits);
+    let mut keys = Vec::new();
+    let mut scratch = BytesMut::new();
+    let mut out = Outcome::default();
+    let mut pos = 0;
+    loop {
+        let buf = &input[pos..];
+        #[allow(clippy::type_complexity)]
+        let (src, inline, start, end, streaming, argc): (
+            &[u8],
+            bool,
+            usize,
+            usize,
+            Option<u64>,
+            usize,
+        ) = match scanner.scan(buf) {
+            Step::Incomplete | Step::Error(_) => return Ok(out),
+            Step::Empty { end } => {
+                pos += end;
+                scanner.rebase(end);
+                continue;
+            }
+            Step::Command { start, end, inline } => {
+                let src = if inline { scanner.inline_bytes() } else { buf };
+                (src, inline, start, end, None, scanner.args().len())
+            }
+            Step::Streaming {
+                start,
+                head_end,
+                argc,
+                next_len,
+            } => (
+                buf,
+                false,
+                start,
+                head_end,
+                Some(next_len.unwrap_or(0)),
+                argc as usize,
+            ),
+        };
+        out.commands += 1;
+        let args = scanner.args();
+        let arg = |i: usize| args.get(i).map(|r| &src[r.clone()]).unwrap_or_default();
+        let info = if args.len() > 1 {
+            table.lookup(&[arg(0), arg(1)])
+        } else {
+            table.lookup(&[arg(0)])
+        };
+        let size = (end - start) as u64 + streaming.map_or(0, |n| n + 2);
+        let verdict = if guards.wants(info.id) && guards.engaged(info.id, size) {
+            find_keys(info, src, args, argc, &mut keys);
+            let view = CommandView {
+                src,
+                args,
+                keys: &keys,
+                info,
+                argc,
+                streaming,
+                size,
+            };
+            scratch.clear();
+            guards.check(&view, client, &mut scratch, &mut None)
+        } else {
+            Verdict::Forward
+        };
+        match verdict {
+            Verdict::Forward | Verdict::Track(_) => out.forwarded += 1,
+            Verdict::Rewrite {
+                replacement,
+                hidden,
+            } => {
+                out.rewritten += 1;
+                check_rewrite(&scratch, replacement, hidden, streaming.is_some())
+                    .map_err(|e| format!("{} rewritten: {e}", info.name))?;
+                // An inline command is sent as its multibulk form, which can be larger.
+                let sent = if inline { src.len() } else { end - start };
+                let bound = 2 * sent + 1024;
+                if scratch.len() > bound {
+                    return Err(format!(
+                        "{} rewritten to {} bytes from {}",
+                        info.name,
+                        scratch.len(),
+                        end - start
+                    ));
+                }
+            }
+            Verdict::Answer(reply) | Verdict::Refuse(reply) => {
+                out.answered += 1;
+                check_one_reply(&reply).map_err(|e| format!("{} answered: {e}", info.name))?;
+            }
+        }
+        pos += end;
+        scanner.rebase(end);
+        if streaming.is_some() {
+            // The rest of a streamed command passes by.
+            loop {
+                match scanner.stream(&input[pos..], 0) {
+                    StreamStep::More(n) => {
+                        pos += n;
+                        scanner.rebase(n);
+                        if pos == input.len() {
+                            return Ok(out);
+                        }
+                    }
+                    StreamStep::Done(n) => {
+                        pos += n;
+                        scanner.rebase(n);
+                        break;
+                    }
+                    StreamStep::Error(_) => return Ok(out),
+                }
+            }
+        }
+    }
+}
+
+/// `bytes` is whole commands: one replacing the client's when `replacement` says where it
+/// ends, then exactly `hidden` more.
+fn check_rewrite(
+    bytes: &[u8],
+    replacement: Option<usize>,
+    hidden: u32,
+    streamed: bool,
+) -> Result<(), String> {
+    if streamed && replacement.is_some() {
+        return Err("a streamed command cannot be replaced".into());
+    }
+    if let Some(len) = replacement {
+        if len > bytes.len() || count_commands(&bytes[..len])? != 1 {
+            return Err(format!(
+                "the replacement (first {len} bytes) is not one command"
+            ));
+        }
+    }
+    let extra = count_commands(&bytes[replacement.unwrap_or(0)..])?;
+    if extra != hidden as usize {
+        return Err(format!("{extra} extra commands, {hidden} announced"));
+    }
+    if replacement.is_none() && hidden == 0 {
+        return Err("a rewrite that changes nothing".into());
+    }
+    Ok(())
+}
+
+/// How many whole commands `bytes` holds; an error unless it is exactly whole commands.
+fn count_commands(bytes: &[u8]) -> Result<usize, String> {
+    let mut scanner = RequestScanner::new(Limits::default());
+    let mut pos = 0;
+    let mut n = 0;
+    while pos < bytes.len() {
+        match scanner.scan(&bytes[pos..]) {
+            Step::Command { end, inline, .. } if !inline => {
+                n += 1;
+                pos += end;
+                scanner.rebase(end);
+            }
+            other => return Err(format!("not a whole command at byte {pos}: {other:?}")),
+        }
+    }
+    Ok(n)
+}
+
+/// `reply` is exactly one whole RESP reply.
+fn check_one_reply(reply: &[u8]) -> Result<(), String> {
+    let mut scanner = ReplyScanner::new();
+    loop {
+        match scanner.scan(reply).map_err(|e| e.to_string())? {
+            ReplyStep::Done(end) if end == reply.len() => return Ok(()),
+            ReplyStep::Done(end) => {
+                return Err(format!("one reply ends at {end} of {} bytes", reply.len()))
+            }
+            ReplyStep::Partial(_) => return Err("an incomplete reply".into()),
+            ReplyStep::Header { .. } | ReplyStep::Element(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+    use crate::guard::GuardContext;
+
+    fn guards(toml: &str) -> (Guards, CommandTable) {
+        let raw = RawConfig::from_toml(toml).unwrap();
+        let table = CommandTable::builtin();
+        let guards = Guards::build(&raw.guards, &table, &GuardContext::new(&raw.guards)).unwrap();
+        (guards, table)
+    }
+
+    #[test]
+    fn every_verdict_of_a_mixed_stream_keeps_replies_matched() {
+        let (guards, table) = guards(
+            r#"
+            [[guards.ttl.rules]]
+            pattern = "*"
+            ttl = "1h"
+            [[guards.size.rules]]
+            pattern = "*"
+            max_value = "8B"
+            "#,
+        );
+        let client = ClientIdentity::new("127.0.0.1:1".parse().unwrap());
+        let input = b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n\
+*4\r\n$4\r\nHSET\r\n$1\r\nh\r\n$1\r\nf\r\n$1\r\nv\r\n\
+*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$20\r\n01234567890123456789\r\n\
+GET a\r\n\
+*2\r\n$3\r\nGET\r\n$1\r\na";
+        let out = judge(&guards, &table, Limits::default(), &client, input).unwrap();
+        assert_eq!(
+            out,
+            Outcome {
+                commands: 4,
+                forwarded: 1,
+                rewritten: 2,
+                answered: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_rewrite_announcing_the_wrong_count_is_caught() {
+        let one = b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n";
+        assert!(check_rewrite(one, Some(one.len()), 0, false).is_ok());
+        assert!(check_rewrite(one, None, 1, false).is_ok());
+        assert!(check_rewrite(one, None, 2, false).is_err());
+        assert!(check_rewrite(&one[..10], Some(10), 0, false).is_err());
+        assert!(check_one_reply(b"+OK\r\n").is_ok());
+        assert!(check_one_reply(b"+OK\r\n+OK\r\n").is_err());
+        assert!(check_one_reply(b"*2\r\n:1\r\n").is_err());
+    }
+}
