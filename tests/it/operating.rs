@@ -81,7 +81,17 @@ async fn metrics_count_known_traffic_exactly() {
     assert!(reply.starts_with(b"-ERR respguard: value of 20 bytes"));
     run(&big, &reply, false);
 
-    let body = http_get(([127, 0, 0, 1], admin_port).into(), "/metrics").await;
+    // The proxy counts a write after the socket took it, so the client can read the last
+    // reply a moment before it is counted: scrape until it is (or the deadline passes).
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        let body = http_get(([127, 0, 0, 1], admin_port).into(), "/metrics").await;
+        let counted = metric(&body, "respguard_client_sent_bytes_total");
+        if counted == Some(received as f64) || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     let m = |series: &str| metric(&body, series);
     assert!(body.contains("# TYPE respguard_command_duration_seconds histogram"));
     assert_eq!(
