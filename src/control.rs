@@ -394,7 +394,7 @@ impl Control {
                 let mut out = BytesMut::new();
                 crate::guard::encode_header(&mut out, lines.len());
                 for l in lines {
-                    out.extend_from_slice(&bulk(l));
+                    crate::guard::encode_arg(&mut out, l);
                 }
                 out.freeze()
             }
@@ -485,11 +485,10 @@ pub fn resident_memory_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// A RESP bulk string, encoded as the guards encode arguments.
 fn bulk(body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(body.len() + 16);
-    out.extend_from_slice(format!("${}\r\n", body.len()).as_bytes());
-    out.extend_from_slice(body);
-    out.extend_from_slice(b"\r\n");
+    crate::guard::encode_arg(&mut out, body);
     out.freeze()
 }
 
