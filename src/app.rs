@@ -92,7 +92,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         .metrics
         .then(|| Arc::new(CommandLatency::new(&table)));
     let health = Arc::new(UpstreamHealth::default());
-    let client_slots = Arc::new(Semaphore::new(raw.proxy.max_clients));
+    let client_slots = Arc::new(Semaphore::new(config.max_clients));
     let control = Arc::new(Control::new(
         raw.clone(),
         config.source.clone(),
@@ -102,6 +102,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             gate: Arc::clone(&gate),
             health: Arc::clone(&health),
             client_slots: Arc::clone(&client_slots),
+            max_clients: config.max_clients,
             latency: latency.clone(),
         },
     )?);
@@ -153,6 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         max_pending: raw.proxy.max_pending_commands,
         output_buffer: raw.proxy.output_buffer.0 as usize,
         drain_timeout: raw.proxy.drain_timeout.0,
+        reply_timeout: Some(raw.upstream.reply_timeout.0).filter(|t| !t.is_zero()),
         metrics,
         latency,
         control: Arc::clone(&control),

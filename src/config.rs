@@ -619,6 +619,10 @@ pub struct RawUpstream {
     pub url: String,
     /// How long one connection attempt may take.
     pub connect_timeout: HumanDuration,
+    /// Longest wait for Redis to send anything while replies are owed (blocking commands,
+    /// WAIT, subscriptions and MONITOR excepted); then the waiting commands get an error and
+    /// the connection is closed. 0 turns the check off.
+    pub reply_timeout: HumanDuration,
     /// First wait after a failed attempt; doubles per failure, with jitter.
     pub backoff_min: HumanDuration,
     /// Longest wait between attempts.
@@ -665,6 +669,7 @@ impl Default for RawUpstream {
         RawUpstream {
             url: "redis://127.0.0.1:6379".into(),
             connect_timeout: HumanDuration(Duration::from_secs(1)),
+            reply_timeout: HumanDuration(Duration::from_secs(30)),
             backoff_min: HumanDuration(Duration::from_millis(50)),
             backoff_max: HumanDuration(Duration::from_secs(5)),
             max_connects_per_second: 500,
@@ -896,6 +901,9 @@ pub struct Config {
     pub upstream_tls: Option<UpstreamTls>,
     /// TLS for clients (`[proxy.tls]`).
     pub listener_tls: Option<ListenerTls>,
+    /// Clients served at once: `proxy.max_clients`, unless the binary lowered it to what
+    /// the process's open-file limit allows.
+    pub max_clients: usize,
 }
 
 /// What a `rediss://` connection needs: the connector (trusted CAs, client certificate) and
@@ -1179,6 +1187,7 @@ impl RawConfig {
             max_buffered_command: p.max_buffered_command.0 as usize,
         };
         Ok(Config {
+            max_clients: self.proxy.max_clients,
             raw: self,
             listen,
             admin_listen,

@@ -130,8 +130,10 @@ pub struct StatusSources {
     pub gate: Arc<ConnectGate>,
     /// Whether Redis answers.
     pub health: Arc<UpstreamHealth>,
-    /// The client slots (`proxy.max_clients` permits).
+    /// The client slots ([`crate::config::Config::max_clients`] permits).
     pub client_slots: Arc<Semaphore>,
+    /// How many clients are served at once.
+    pub max_clients: usize,
     /// Per-command latency and calls.
     pub latency: Option<Arc<CommandLatency>>,
 }
@@ -302,7 +304,7 @@ impl Control {
     pub fn status(&self) -> Value {
         let running = self.running.lock().expect("control lock");
         let s = &self.sources;
-        let max_clients = running.raw.proxy.max_clients;
+        let max_clients = s.max_clients;
         let pressure = self.context.pressure.reading();
         let (used, limit) = self.context.pressure.last_poll();
         let last_reload = running.last_reload.as_ref().map(|r| {

@@ -101,14 +101,22 @@ fn main() -> anyhow::Result<()> {
     });
     init_logging(&config.raw.log.level, &config.raw.log.format);
     // Each client costs two descriptors (its socket and its upstream's): raise the soft
-    // limit to the hard one, as Redis does, so `proxy.max_clients` is reachable.
+    // limit to the hard one, as Redis does, and serve no more clients than it allows, so a
+    // client over the limit gets the clear max-clients error instead of accept or connect
+    // failing with "too many open files" (which would also trip the upstream circuit).
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) if (n as usize) < config.raw.proxy.max_clients * 2 => tracing::warn!(
-            limit = n,
-            max_clients = config.raw.proxy.max_clients,
-            "the open-file limit is too low for proxy.max_clients; raise it (ulimit -n)"
-        ),
-        Ok(_) => {}
+        Ok(limit) => {
+            let fits = clients_within(limit);
+            if fits < config.max_clients {
+                tracing::warn!(
+                    open_file_limit = limit,
+                    max_clients = config.raw.proxy.max_clients,
+                    serving = fits,
+                    "the open-file limit is too low for proxy.max_clients; serving fewer clients (raise it with ulimit -n or LimitNOFILE)"
+                );
+                config.max_clients = fits;
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -177,4 +185,13 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Descriptors kept for everything but clients: listeners, the monitor's and health
+/// check's connections, admin requests, the runtime's own, logs.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// How many clients fit in `open_file_limit` descriptors, two each.
+fn clients_within(open_file_limit: u64) -> usize {
+    (open_file_limit.saturating_sub(RESERVED_DESCRIPTORS) / 2).max(1) as usize
 }

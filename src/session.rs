@@ -21,6 +21,7 @@
 //! The session never decides policy; it carries out what the reply queue and the command
 //! table say, and it is the only code that writes to either socket.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +58,9 @@ pub struct Shared {
     pub output_buffer: usize,
     /// How long in-flight replies may take once the client has gone or shutdown began.
     pub drain_timeout: Duration,
+    /// How long Redis may stay silent while it owes replies (`upstream.reply_timeout`);
+    /// `None` when the check is off.
+    pub reply_timeout: Option<Duration>,
     /// Pre-registered metric handles.
     pub metrics: ProxyMetrics,
     /// Calls and latency per command (`None` with `admin.metrics = false`).
@@ -123,6 +127,9 @@ pub struct Session {
     reply_start: usize,
     /// Whether the reply being scanned goes to the client (decided when it begins).
     reply_forwarded: Option<bool>,
+    /// Some bytes of the reply being scanned already went to the client: if Redis goes
+    /// away now, nothing more may be written (it would land inside that reply).
+    reply_partly_sent: bool,
     to_upstream: BytesMut,
     to_client: BytesMut,
     requests: RequestScanner,
@@ -163,6 +170,13 @@ pub struct Session {
     draining: Option<tokio::time::Instant>,
     /// The proxy is shutting down.
     shutting_down: bool,
+    /// The reply watchdog (see [`Session::on_watchdog`]): created the first time replies
+    /// are owed, armed while they are.
+    watchdog: Option<Pin<Box<tokio::time::Sleep>>>,
+    watchdog_armed: bool,
+    /// When the watchdog last found a reason to wait (blocked, streaming, back-pressure),
+    /// in microseconds since `epoch`: silence before it does not count.
+    wait_excused_us: u64,
 }
 
 /// What the proxy does with a command before the guards (see [`Session::intercept`]).
@@ -215,6 +229,7 @@ enum Event {
     UpstreamWrote(std::io::Result<usize>),
     Shutdown,
     DrainExpired,
+    WatchdogFired,
 }
 
 impl Session {
@@ -240,6 +255,7 @@ impl Session {
             replies_ready: 0,
             reply_start: 0,
             reply_forwarded: None,
+            reply_partly_sent: false,
             to_upstream: BytesMut::new(),
             to_client: BytesMut::new(),
             requests: RequestScanner::new(limits),
@@ -264,6 +280,9 @@ impl Session {
             close_when_flushed: false,
             draining: None,
             shutting_down: false,
+            watchdog: None,
+            watchdog_armed: false,
+            wait_excused_us: 0,
         }
     }
 
@@ -297,6 +316,8 @@ impl Session {
                 .is_some_and(|u| !self.to_upstream.is_empty() || u.wants_flush());
             let shutting_down = self.shutting_down;
             let drain_deadline = self.draining;
+            self.arm_watchdog();
+            let watchdog_armed = self.watchdog_armed;
             if want_client_read {
                 self.from_client.prepare();
             }
@@ -316,6 +337,7 @@ impl Session {
                 let from_upstream = self.from_upstream.bytes_mut();
                 let to_client = &self.to_client;
                 let to_upstream = &self.to_upstream;
+                let watchdog = &mut self.watchdog;
                 tokio::select! {
                     r = client_rx.read_buf(from_client), if want_client_read => Event::ClientRead(r),
                     r = async { up_rx.as_mut().expect("upstream").read_buf(from_upstream).await },
@@ -326,6 +348,8 @@ impl Session {
                     _ = &mut stop, if !shutting_down => Event::Shutdown,
                     _ = async { tokio::time::sleep_until(drain_deadline.expect("deadline")).await },
                         if drain_deadline.is_some() => Event::DrainExpired,
+                    _ = async { watchdog.as_mut().expect("armed").as_mut().await },
+                        if watchdog_armed => Event::WatchdogFired,
                 }
             };
             if let Some(end) = self.handle(event).await {
@@ -411,6 +435,71 @@ impl Session {
                 self.start_draining();
             }
             Event::DrainExpired => return Some(End::Shutdown),
+            Event::WatchdogFired => return self.on_watchdog(),
+        }
+        None
+    }
+
+    /// Arm the reply watchdog when replies are owed by Redis and it is not armed yet.
+    /// While replies keep coming it stays armed with its first deadline, so a busy session
+    /// touches the timer once per `reply_timeout`, not once per command.
+    fn arm_watchdog(&mut self) {
+        let Some(timeout) = self.shared.reply_timeout else {
+            return;
+        };
+        if self.watchdog_armed || self.upstream.is_none() || self.queue.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        match &mut self.watchdog {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.watchdog = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.watchdog_armed = true;
+    }
+
+    /// The watchdog's deadline passed. Redis has timed out if it still owes replies, has
+    /// sent nothing for `reply_timeout` since the oldest of those commands was read, and
+    /// nothing excuses the wait: a blocking command, WAIT, subscribed mode or MONITOR, a
+    /// command still streaming to Redis, or a client too slow to take its replies (then the
+    /// proxy is the one not reading). Otherwise the watchdog re-arms for what is left.
+    fn on_watchdog(&mut self) -> Option<End> {
+        self.watchdog_armed = false;
+        let timeout = self.shared.reply_timeout?;
+        let front_received_us = self.queue.iter().next()?.received_us;
+        self.upstream.as_ref()?;
+        let now_us = self.clock_us();
+        let excused = self.streaming == Some(StreamTo::Upstream)
+            || self.to_client.len() >= self.shared.output_buffer
+            || self.must_close_at_once()
+            || self.queue.iter().any(|p| {
+                let name = &*self.shared.table.by_id(p.command).name;
+                name == "wait" || name == "waitaof"
+            });
+        if excused {
+            self.wait_excused_us = now_us;
+        }
+        let silent_since = front_received_us
+            .max(self.replies_arrived_us)
+            .max(self.wait_excused_us);
+        let timeout_us = timeout.as_micros() as u64;
+        let silent_for = now_us.saturating_sub(silent_since);
+        if !excused && silent_for >= timeout_us {
+            self.shared.metrics.upstream_reply_timeouts.increment(1);
+            tracing::warn!(
+                client = %self.identity,
+                waiting = self.queue.len(),
+                "upstream sent nothing for {timeout:?} while replies were owed (upstream.reply_timeout); closing the connection"
+            );
+            return self.upstream_lost(&format!(
+                "no reply within {timeout:?}, upstream.reply_timeout"
+            ));
+        }
+        let left = Duration::from_micros(timeout_us - silent_for.min(timeout_us));
+        let deadline = tokio::time::Instant::now() + left.max(Duration::from_millis(1));
+        if let Some(sleep) = &mut self.watchdog {
+            sleep.as_mut().reset(deadline);
+            self.watchdog_armed = true;
         }
         None
     }
@@ -1003,6 +1092,7 @@ impl Session {
                     // EXEC's array, filtered: a new header with the proxy's commands removed.
                     let hidden = self.exec_filter.as_ref().map_or(0, |f| f.hidden.len());
                     self.drop_replies(self.reply_start, end);
+                    self.reply_partly_sent = true;
                     crate::guard::encode_header(
                         &mut self.to_client,
                         (count as usize).saturating_sub(hidden),
@@ -1019,6 +1109,7 @@ impl Session {
                 }
                 ReplyStep::Done(end) => {
                     self.keep_or_drop_reply_bytes(end);
+                    self.reply_partly_sent = false;
                     self.exec_filter = None;
                     let info = *self.replies.info();
                     let forwarded = self.reply_forwarded.take() == Some(true);
@@ -1052,6 +1143,7 @@ impl Session {
         let keep = self.reply_forwarded == Some(true)
             && self.exec_filter.as_ref().is_none_or(|f| f.keeps_current());
         if keep {
+            self.reply_partly_sent |= upto > self.reply_start;
             self.replies_ready = upto;
         } else {
             self.drop_replies(self.reply_start, upto);
@@ -1319,7 +1411,7 @@ impl Session {
             return Some(End::Closed);
         }
         tracing::info!(client = %self.identity, reason, "upstream connection lost");
-        let mid_reply = !self.replies.at_boundary();
+        let mid_reply = self.reply_partly_sent;
         self.move_replies();
         if !mid_reply {
             let message = wire::error(&format!(

@@ -32,6 +32,9 @@ pub struct ProxyMetrics {
     pub client_protocol_errors: Counter,
     /// Clients whose TLS handshake failed or who spoke plain text to the TLS listener.
     pub client_tls_failures: Counter,
+    /// Upstream connections closed because Redis owed replies and sent nothing for
+    /// `upstream.reply_timeout`.
+    pub upstream_reply_timeouts: Counter,
 }
 
 impl ProxyMetrics {
@@ -49,6 +52,7 @@ impl ProxyMetrics {
             clients_open: gauge!("respguard_client_connections"),
             client_protocol_errors: counter!("respguard_client_protocol_errors_total"),
             client_tls_failures: counter!("respguard_client_tls_handshake_failures_total"),
+            upstream_reply_timeouts: counter!("respguard_upstream_reply_timeouts_total"),
         }
     }
 }

@@ -167,11 +167,6 @@ impl ReplyScanner {
         &self.info
     }
 
-    /// True when the scanner is between replies.
-    pub fn at_boundary(&self) -> bool {
-        self.stack.is_empty() && self.state == State::Value && !self.started
-    }
-
     /// Shift positions left by `n`: the caller dropped `n` scanned bytes from its buffer.
     pub fn rebase(&mut self, n: usize) {
         self.pos -= n;
