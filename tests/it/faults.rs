@@ -459,6 +459,7 @@ async fn reqwest_metrics(proxy: &respguard::app::ProxyHandle) -> String {
 /// with the max-clients error rather than failing on "too many open files". The proxy's
 /// resident memory with every client connected is printed for the record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: scripts/test.sh runs it alone, after the parallel suite"]
 async fn ten_thousand_concurrent_clients_each_get_their_own_replies() {
     const CLIENTS: usize = 10_000;
     let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();

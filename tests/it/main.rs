@@ -15,4 +15,5 @@ mod operating;
 mod pressure;
 mod scanner;
 mod shim;
+mod soak;
 mod tls;
