@@ -2,7 +2,7 @@
 # Instructions the proxy's sessions spend per command, counted by callgrind: deterministic,
 # so two configurations can be compared where throughput on a noisy machine cannot.
 #
-#   scripts/callgrind.sh                      # SET and LPUSH, guards off vs each config
+#   scripts/callgrind.sh                      # SET GET LPUSH HSET, guards off vs all guards
 #   TESTS="lpush" REQUESTS=50000 scripts/callgrind.sh
 #
 # For each configuration below and each test, runs a release respguard under
@@ -12,9 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TESTS=${TESTS:-"set lpush"}
+TESTS=${TESTS:-"set get lpush hset"}
 REQUESTS=${REQUESTS:-100000}
-CONFIGS=${CONFIGS:-"pressure queue"}   # compared with guards-off; also: metrics-off
+CONFIGS=${CONFIGS:-"all-guards"}   # compared with guards-off; also: metrics-off pressure queue
 
 if ! command -v valgrind >/dev/null || ! command -v redis-benchmark >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
@@ -29,14 +29,13 @@ pids+=($!)
 wait_port "$redis_port"
 
 declare -A configs
-configs[guards-off]='
-[guards.shed]
-soft_enter = 0.0
-hard_enter = 0.0'
+configs[guards-off]=$CONF_GUARDS_OFF
 # Guards off and metrics not recorded: what recording them costs.
-configs[metrics-off]="${configs[guards-off]}"'
+configs[metrics-off]="$CONF_GUARDS_OFF"'
 [admin]
 metrics = false'
+# Every guard on, as in scripts/bench.sh's respguard+all.
+configs[all-guards]=$CONF_ALL_GUARDS
 # Monitor polling, shedding levels and rules configured but not active.
 configs[pressure]='
 [monitor]

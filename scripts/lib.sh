@@ -41,3 +41,49 @@ start_respguard() {
 
 # The median of the numbers on standard input, one per line.
 median() { sort -g | awk '{ a[NR]=$1 } END { print a[int((NR+1)/2)] }'; }
+
+# respguard configurations the benchmarks compare.
+# No guards at all: the proxy alone (shedding is on by default, so turned off here).
+CONF_GUARDS_OFF='
+[guards.shed]
+soft_enter = 0.0
+hard_enter = 0.0'
+# Every guard configured and checking redis-benchmark's commands, none refusing:
+# - TTL: every SET gets PX appended, every HSET a hidden PEXPIRE ... NX (LPUSH is left
+#   alone: the list is a job queue, which a TTL would lose);
+# - size: every write's values and element counts checked;
+# - shed: the monitor polls every 250 ms, levels and priority rules set (Redis has no
+#   maxmemory, so pressure is measured against a 64 GiB budget and nothing is shed);
+# - queue: the benchmark's list followed, its depth limit far away;
+# - enqueue: every LPUSH fingerprinted by a generic rule, in observe mode (redis-benchmark
+#   pushes the same payload each time: enforcing would drop all but the first push and
+#   turn the LPUSH rows into a different workload).
+CONF_ALL_GUARDS='
+[monitor]
+interval = "250ms"
+memory_budget = "64GiB"
+[guards.shed]
+soft_enter = 0.8
+soft_exit = 0.75
+hard_enter = 0.9
+hard_exit = 0.85
+[[guards.shed.rules]]
+pattern = "analytics:*"
+priority = "low"
+[[guards.ttl.rules]]
+pattern = "*"
+ttl = "1h"
+[[guards.size.rules]]
+pattern = "*"
+max_value = "1MiB"
+max_elements = 100000
+[[guards.queue.rules]]
+pattern = "mylist"
+max_depth = 1000000000
+[[guards.enqueue.rules]]
+preset = "generic"
+name = "bench"
+pattern = "mylist"
+commands = ["LPUSH"]
+format = "raw"
+action = "observe"'

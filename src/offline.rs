@@ -100,6 +100,10 @@ pub fn judge(
                 argc,
                 streaming,
                 size,
+                wire: match (inline, streaming) {
+                    (false, None) => crate::guard::wire_args(src, start, end),
+                    _ => None,
+                },
             };
             scratch.clear();
             guards.check(&view, client, &mut scratch, &mut None)

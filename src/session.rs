@@ -675,7 +675,12 @@ impl Session {
             },
             Intercept::Pass if self.guards_apply(info.id, size) => {
                 let argc = self.requests.args().len();
-                self.guard_verdict(info.id, inline, argc, None, size)
+                let wire = if inline {
+                    None
+                } else {
+                    crate::guard::wire_args(self.from_client.bytes(), start, end)
+                };
+                self.guard_verdict(info.id, inline, argc, None, size, wire)
             }
             Intercept::Pass => Verdict::Forward,
         };
@@ -740,7 +745,14 @@ impl Session {
             // Too large to hold, so never one the proxy answers itself: refused unread.
             Verdict::Refuse(wire::error(crate::auth::NOAUTH))
         } else if self.guards_apply(info.id, size) {
-            self.guard_verdict(info.id, false, argc, Some(next_len.unwrap_or(0)), size)
+            self.guard_verdict(
+                info.id,
+                false,
+                argc,
+                Some(next_len.unwrap_or(0)),
+                size,
+                None,
+            )
         } else {
             Verdict::Forward
         };
@@ -804,6 +816,7 @@ impl Session {
             argc,
             streaming: None,
             size: 0,
+            wire: None,
         };
         fail_open.answer(&view, &self.identity, self.queue.is_resp3())
     }
@@ -817,6 +830,7 @@ impl Session {
         argc: usize,
         streaming: Option<u64>,
         size: u64,
+        wire: Option<std::ops::Range<usize>>,
     ) -> Verdict {
         let info = self.shared.table.by_id(command);
         let src: &[u8] = if inline {
@@ -834,6 +848,7 @@ impl Session {
             argc,
             streaming,
             size,
+            wire,
         };
         let mut tracked = None;
         let verdict =

@@ -113,6 +113,18 @@ pub struct CommandView<'a> {
     pub streaming: Option<u64>,
     /// The command's size in bytes (for a streamed command, at least this many).
     pub size: u64,
+    /// Where in `src` the arguments lie exactly as the client encoded them (a whole
+    /// multibulk command, after its `*N` line): a guard appending arguments copies these
+    /// bytes instead of encoding each argument again. `None` for inline and streamed
+    /// commands.
+    pub wire: Option<Range<usize>>,
+}
+
+/// The arguments of a whole multibulk command `src[start..end]`, as encoded: everything
+/// after the `*N\r\n` line (see [`CommandView::wire`]).
+pub fn wire_args(src: &[u8], start: usize, end: usize) -> Option<Range<usize>> {
+    let header = memchr::memchr(b'\n', &src[start..end])?;
+    Some(start + header + 1..end)
 }
 
 /// The argument indices of a command's keys into `keys` (its capacity kept), sorted and
@@ -551,8 +563,14 @@ pub fn encode_replacing(cmd: &CommandView<'_>, index: usize, with: &[u8], out: &
 /// Write the command followed by `extra` arguments (multibulk) into `out`.
 pub fn encode_appending(cmd: &CommandView<'_>, extra: &[&[u8]], out: &mut BytesMut) {
     encode_header(out, cmd.args.len() + extra.len());
-    for r in cmd.args {
-        encode_arg(out, &cmd.src[r.clone()]);
+    match &cmd.wire {
+        // The client's own encoding, in one copy.
+        Some(wire) => out.extend_from_slice(&cmd.src[wire.clone()]),
+        None => {
+            for r in cmd.args {
+                encode_arg(out, &cmd.src[r.clone()]);
+            }
+        }
     }
     for a in extra {
         encode_arg(out, a);
@@ -606,6 +624,39 @@ mod tests {
         // A new second reports the two suppressed lines.
         l.state.lock().unwrap().0 -= std::time::Duration::from_secs(1);
         assert_eq!(l.allow(), Some(2));
+    }
+
+    #[test]
+    fn appending_to_the_clients_own_encoding_equals_encoding_each_argument() {
+        use crate::scanner::request::{Limits, RequestScanner, Step};
+        let table = crate::command::CommandTable::builtin();
+        let src = b"*3\r\n$3\r\nSET\r\n$5\r\nk:one\r\n$11\r\nhello world\r\n";
+        let mut scanner = RequestScanner::new(Limits::default());
+        let Step::Command { start, end, .. } = scanner.scan(src) else {
+            panic!("a whole command");
+        };
+        let args = scanner.args();
+        let mut view = CommandView {
+            src,
+            args,
+            keys: &[1],
+            info: table.lookup(&[b"SET"]),
+            argc: 3,
+            streaming: None,
+            size: src.len() as u64,
+            wire: wire_args(src, start, end),
+        };
+        assert_eq!(view.wire, Some(4..src.len()));
+        let mut copied = BytesMut::new();
+        encode_appending(&view, &[b"PX", b"3600000"], &mut copied);
+        view.wire = None;
+        let mut encoded = BytesMut::new();
+        encode_appending(&view, &[b"PX", b"3600000"], &mut encoded);
+        assert_eq!(copied, encoded);
+        assert_eq!(
+            &copied[..],
+            &b"*5\r\n$3\r\nSET\r\n$5\r\nk:one\r\n$11\r\nhello world\r\n$2\r\nPX\r\n$7\r\n3600000\r\n"[..]
+        );
     }
 
     #[test]

@@ -94,12 +94,14 @@ impl SizeGuard {
         largest_value: Option<u64>,
     ) -> Option<String> {
         let l = &rule.limits;
-        let k = printable_key(key);
+        // The key is made printable only for an error: this runs on every checked write.
+        let k = || printable_key(key);
         let name = &rule.name;
         if let (Some(max), Some(n)) = (l.max_value, largest_value) {
             if n > max {
                 return Some(format!(
-                    "value of {n} bytes for key '{k}' exceeds the {max}-byte limit of size rule '{name}'"
+                    "value of {n} bytes for key '{}' exceeds the {max}-byte limit of size rule '{name}'",
+                    k()
                 ));
             }
         }
@@ -107,8 +109,9 @@ impl SizeGuard {
             if cmd.size > max {
                 let at_least = if cmd.is_whole() { "" } else { "at least " };
                 return Some(format!(
-                    "request of {at_least}{} bytes for key '{k}' exceeds the {max}-byte limit of size rule '{name}'",
-                    cmd.size
+                    "request of {at_least}{} bytes for key '{}' exceeds the {max}-byte limit of size rule '{name}'",
+                    cmd.size,
+                    k()
                 ));
             }
         }
@@ -116,7 +119,8 @@ impl SizeGuard {
             let elements = cmd.argc.saturating_sub(1 + cmd.keys.len()) as u64;
             if elements > max {
                 return Some(format!(
-                    "{elements} elements for key '{k}' exceed the limit of {max} of size rule '{name}'"
+                    "{elements} elements for key '{}' exceed the limit of {max} of size rule '{name}'",
+                    k()
                 ));
             }
         }

@@ -35,6 +35,8 @@ use crate::identity::ClientIdentity;
 pub struct TtlLimits {
     /// TTL for keys written without one; `None` exempts the keys.
     pub ttl: Option<Duration>,
+    /// `ttl` in milliseconds as decimal text, written once at build instead of per command.
+    pub ttl_millis: Box<[u8]>,
     /// Largest TTL a client may set.
     pub max_ttl: Option<Duration>,
     /// Extra key-creating commands (lower-case names).
@@ -91,6 +93,9 @@ impl TtlGuard {
                 });
             }
             let limits = TtlLimits {
+                ttl_millis: ttl
+                    .map(|t| t.as_millis().to_string().into_bytes().into_boxed_slice())
+                    .unwrap_or_default(),
                 ttl,
                 max_ttl: r.max_ttl.map(|d| d.0),
                 commands: r.commands.iter().map(|c| c.to_ascii_lowercase()).collect(),
@@ -174,11 +179,10 @@ impl Guard for TtlGuard {
         match name {
             "set" => self.check_set(cmd, rule, client, key, out),
             "getset" if cmd.is_whole() && cmd.args.len() == 3 => {
-                let Some(ttl) = rule.limits.ttl else {
+                if rule.limits.ttl.is_none() {
                     return Verdict::Forward;
-                };
-                let mut digits = [0u8; 20];
-                let ms = decimal(ttl.as_millis() as u64, &mut digits);
+                }
+                let ms: &[u8] = &rule.limits.ttl_millis;
                 encode_header(out, 6);
                 encode_arg(out, b"SET");
                 encode_arg(out, key);
@@ -255,11 +259,10 @@ impl TtlGuard {
         match find_expiry_option(cmd, 3) {
             Some((i, expiry)) => self.clamp(cmd, rule, client, key, i + 1, expiry, out),
             None => {
-                let Some(ttl) = rule.limits.ttl else {
+                if rule.limits.ttl.is_none() {
                     return Verdict::Forward;
-                };
-                let mut digits = [0u8; 20];
-                let ms = decimal(ttl.as_millis() as u64, &mut digits);
+                }
+                let ms: &[u8] = &rule.limits.ttl_millis;
                 encode_appending(cmd, &[b"PX", ms], out);
                 let v = Verdict::Rewrite {
                     replacement: Some(out.len()),
@@ -284,7 +287,9 @@ impl TtlGuard {
             let Some(rule) = first_rule(&self.rules, key, client) else {
                 continue;
             };
-            let Some(ttl) = rule.limits.ttl else { continue };
+            if rule.limits.ttl.is_none() {
+                continue;
+            }
             rule.count(ADDED);
             if rule.mode == Mode::Observe {
                 if let Some(suppressed) = rule.may_log() {
@@ -293,8 +298,7 @@ impl TtlGuard {
                 }
                 continue;
             }
-            let mut digits = [0u8; 20];
-            let ms = decimal(ttl.as_millis() as u64, &mut digits);
+            let ms: &[u8] = &rule.limits.ttl_millis;
             encode_header(out, 4);
             encode_arg(out, b"PEXPIRE");
             encode_arg(out, key);
