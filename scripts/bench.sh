@@ -5,9 +5,10 @@
 # Prints markdown tables with each result as a ratio of direct Redis, the goals checked row
 # by row, and the one-client latency without pipelining.
 #
-#   scripts/bench.sh                                   # every row, 3 rounds (about 40 min)
+#   scripts/bench.sh                                   # every row, 3 rounds (about 50 min)
 #   ROUNDS=1 TESTS=SET CLIENT_COUNTS=50 SIZES=100 scripts/bench.sh   # a quick look
 #   TARGETS="direct respguard respguard+all" scripts/bench.sh         # some targets only
+#   LATENCY_ONLY=1 ROUNDS=5 scripts/bench.sh                         # the one-client table only
 #
 # Each cell is the median over ROUNDS; targets run in a rotating order within each round.
 # Other respguard configurations to compare (add their names to TARGETS):
@@ -24,7 +25,8 @@ TESTS=${TESTS:-"SET GET LPUSH HSET"}
 PIPELINES=${PIPELINES:-"1 32"}
 CLIENT_COUNTS=${CLIENT_COUNTS:-${CLIENTS:-"50 500"}}
 SIZES=${SIZES:-"100 16384"}
-LATENCY_REQUESTS=${LATENCY_REQUESTS:-30000}   # the one-client rows
+LATENCY_REQUESTS=${LATENCY_REQUESTS:-100000}  # the one-client rows
+LATENCY_ONLY=${LATENCY_ONLY:-0}                # 1: only the one-client table
 TARGETS=${TARGETS:-"direct respguard respguard+all haproxy twemproxy"}
 
 missing=()
@@ -141,9 +143,17 @@ for t in $TARGETS; do
 done
 
 # measure TARGET TEST PIPELINE CLIENTS SIZE REQUESTS -> "ops/s p50_ms p99_ms"
+# Redis is emptied after each run: LPUSH always pushes onto one list, which would otherwise
+# reach tens of GiB over the 16 KiB rows (and make later runs measure a bigger Redis). GET
+# reads the key SET writes, so that key is written first with a value of the row's size
+# (a GET of a missing key would measure a null reply).
 measure() {
+  if [ "$2" = GET ]; then
+    redis-benchmark -h 127.0.0.1 -p "$redis_port" -t set -c 1 -n 1 -d "$5" -q >/dev/null
+  fi
   redis-benchmark -h 127.0.0.1 -p "${ports[$1]}" -t "$2" -P "$3" -c "$4" -d "$5" -n "$6" --csv 2>/dev/null |
     awk -F'","' 'NR==2 { gsub(/"/, "", $0); split($0, f, ","); print f[2], f[5], f[7] }'
+  redis-cli -p "$redis_port" flushall >/dev/null
 }
 
 # One row: every target, ROUNDS times in rotating order. Sets med_rps, med_p50, med_p99.
@@ -169,6 +179,7 @@ row() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 goals=()
+if [ "$LATENCY_ONLY" != 1 ]; then
 echo "| test | pipeline | clients | value | target | ops/s | vs direct | p50 ms | vs direct | p99 ms | vs direct |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for size in $SIZES; do
@@ -207,8 +218,9 @@ if [ ${#goals[@]} -gt 0 ]; then
   echo "|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${goals[@]}"
 fi
-
 echo
+fi
+
 echo "One client, no pipelining, 100 B values ($LATENCY_REQUESTS requests): goal p99 within 50 µs of direct."
 echo
 echo "| test | target | p50 µs | p99 µs | p99 - direct µs |"
@@ -223,4 +235,4 @@ done
 
 echo
 echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(redis-server --version | cut -d' ' -f3); $(haproxy -v | head -1 | cut -d' ' -f1-3); $(nutcracker -V 2>&1 | head -1)"
-echo "command: ROUNDS=$ROUNDS REQUESTS=$REQUESTS TESTS=\"$TESTS\" PIPELINES=\"$PIPELINES\" CLIENT_COUNTS=\"$CLIENT_COUNTS\" SIZES=\"$SIZES\" scripts/bench.sh"
+echo "command: ROUNDS=$ROUNDS REQUESTS=$REQUESTS LATENCY_REQUESTS=$LATENCY_REQUESTS LATENCY_ONLY=$LATENCY_ONLY TESTS=\"$TESTS\" PIPELINES=\"$PIPELINES\" CLIENT_COUNTS=\"$CLIENT_COUNTS\" SIZES=\"$SIZES\" TARGETS=\"$TARGETS\" scripts/bench.sh"

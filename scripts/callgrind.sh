@@ -64,6 +64,9 @@ measure() {
     2>"$work/valgrind.log" &
   pid=$!
   wait_port "$port"
+  # GET reads the key SET writes: give it a 100-byte value, as a GET of a missing key
+  # would count a null reply.
+  redis-benchmark -h 127.0.0.1 -p "$redis_port" -t set -c 1 -n 1 -d 100 -q >/dev/null
   redis-benchmark -h 127.0.0.1 -p "$port" -c 10 -n "$REQUESTS" -P 32 -d 100 -t "$2" -q >/dev/null
   kill -INT "$pid"
   wait "$pid" || true
