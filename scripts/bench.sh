@@ -5,7 +5,7 @@
 # Prints markdown tables with each result as a ratio of direct Redis, the goals checked row
 # by row, and the one-client latency without pipelining.
 #
-#   scripts/bench.sh                                   # every row, 3 rounds (about 50 min)
+#   scripts/bench.sh                                   # every row, 3 rounds (about 55 min)
 #   ROUNDS=1 TESTS=SET CLIENT_COUNTS=50 SIZES=100 scripts/bench.sh   # a quick look
 #   TARGETS="direct respguard respguard+all" scripts/bench.sh         # some targets only
 #   LATENCY_ONLY=1 ROUNDS=5 scripts/bench.sh                         # the one-client table only
@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
-REQUESTS=${REQUESTS:-200000}
+REQUESTS=${REQUESTS:-100000}
 TESTS=${TESTS:-"SET GET LPUSH HSET"}
 PIPELINES=${PIPELINES:-"1 32"}
 CLIENT_COUNTS=${CLIENT_COUNTS:-${CLIENTS:-"50 500"}}
@@ -62,21 +62,9 @@ if wanted respguard-nometrics; then
 [admin]
 metrics = false"
 fi
-pressure_conf='
-[monitor]
-interval = "250ms"
-memory_budget = "64GiB"
-[guards.shed]
-soft_enter = 0.8
-soft_exit = 0.75
-hard_enter = 0.9
-hard_exit = 0.85
-[[guards.shed.rules]]
-pattern = "analytics:*"
-priority = "low"'
-if wanted respguard+pressure; then start_respguard "ports[respguard+pressure]" "$pressure_conf"; fi
+if wanted respguard+pressure; then start_respguard "ports[respguard+pressure]" "$CONF_PRESSURE"; fi
 if wanted respguard+queue; then
-  start_respguard "ports[respguard+queue]" "$pressure_conf"'
+  start_respguard "ports[respguard+queue]" "$CONF_PRESSURE"'
 [[guards.queue.rules]]
 pattern = "mylist"
 max_depth = 1000000000'

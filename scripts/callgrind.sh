@@ -37,13 +37,7 @@ metrics = false'
 # Every guard on, as in scripts/bench.sh's respguard+all.
 configs[all-guards]=$CONF_ALL_GUARDS
 # Monitor polling, shedding levels and rules configured but not active.
-configs[pressure]='
-[monitor]
-interval = "250ms"
-memory_budget = "64GiB"
-[[guards.shed.rules]]
-pattern = "analytics:*"
-priority = "low"'
+configs[pressure]=$CONF_PRESSURE
 # The same, plus redis-benchmark's list followed as a queue with a depth limit.
 configs[queue]="${configs[pressure]}"'
 [[guards.queue.rules]]

@@ -48,17 +48,9 @@ CONF_GUARDS_OFF='
 [guards.shed]
 soft_enter = 0.0
 hard_enter = 0.0'
-# Every guard configured and checking redis-benchmark's commands, none refusing:
-# - TTL: every SET gets PX appended, every HSET a hidden PEXPIRE ... NX (LPUSH is left
-#   alone: the list is a job queue, which a TTL would lose);
-# - size: every write's values and element counts checked;
-# - shed: the monitor polls every 250 ms, levels and priority rules set (Redis has no
-#   maxmemory, so pressure is measured against a 64 GiB budget and nothing is shed);
-# - queue: the benchmark's list followed, its depth limit far away;
-# - enqueue: every LPUSH fingerprinted by a generic rule, in observe mode (redis-benchmark
-#   pushes the same payload each time: enforcing would drop all but the first push and
-#   turn the LPUSH rows into a different workload).
-CONF_ALL_GUARDS='
+# The monitor polling every 250 ms with both shedding levels and a priority rule set; Redis
+# has no maxmemory, so pressure is measured against a 64 GiB budget and nothing is shed.
+CONF_PRESSURE='
 [monitor]
 interval = "250ms"
 memory_budget = "64GiB"
@@ -69,7 +61,17 @@ hard_enter = 0.9
 hard_exit = 0.85
 [[guards.shed.rules]]
 pattern = "analytics:*"
-priority = "low"
+priority = "low"'
+# Every guard configured and checking redis-benchmark's commands, none refusing:
+# - shed: CONF_PRESSURE;
+# - TTL: every SET gets PX appended, every HSET a hidden PEXPIRE ... NX (LPUSH is left
+#   alone: the list is a job queue, which a TTL would lose);
+# - size: every write's values and element counts checked;
+# - queue: the benchmark's list followed, its depth limit far away;
+# - enqueue: every LPUSH fingerprinted by a generic rule, in observe mode (redis-benchmark
+#   pushes the same payload each time: enforcing would drop all but the first push and
+#   turn the LPUSH rows into a different workload).
+CONF_ALL_GUARDS="$CONF_PRESSURE"'
 [[guards.ttl.rules]]
 pattern = "*"
 ttl = "1h"

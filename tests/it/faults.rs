@@ -485,17 +485,7 @@ async fn ten_thousand_concurrent_clients_each_get_their_own_replies() {
          [upstream]\nmax_connects_per_second = 100000\n",
     )
     .unwrap();
-    let admin = free_port();
-    let proxy = crate::memory::ProxyProcess::start(
-        &server.url(),
-        &[
-            "--config",
-            conf.to_str().unwrap(),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ],
-    );
-    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
+    let (proxy, admin) = crate::memory::ProxyProcess::start_with_admin(&server.url(), &conf);
     let max = connected_and_max(admin).await.1;
     let expect_served = CLIENTS.min(max);
     assert_eq!(

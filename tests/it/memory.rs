@@ -46,6 +46,25 @@ impl ProxyProcess {
         }
     }
 
+    /// Start with the configuration file `config` and the admin listener on a free port;
+    /// returns the process and the admin listener's address.
+    pub fn start_with_admin(
+        upstream: &str,
+        config: &std::path::Path,
+    ) -> (Self, std::net::SocketAddr) {
+        let admin = free_port();
+        let proxy = ProxyProcess::start(
+            upstream,
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+            ],
+        );
+        (proxy, ([127, 0, 0, 1], admin).into())
+    }
+
     /// The process id, for signals.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -235,16 +254,7 @@ async fn a_million_distinct_jobs_stay_within_the_fingerprint_bound() {
          pattern = \"flood:*\"\nformat = \"raw\"\naction = \"drop\"\nwindow = \"1h\"\n",
     )
     .unwrap();
-    let admin = free_port();
-    let proxy = ProxyProcess::start(
-        &server.url(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ],
-    );
+    let (proxy, admin) = ProxyProcess::start_with_admin(&server.url(), &config);
     let mut c = Conn::open(proxy.addr).await;
     let (rss_before, _) = proxy.rss_kib();
     // LPUSHX to a missing list: the guard reads every job, Redis stores nothing.
@@ -259,7 +269,7 @@ async fn a_million_distinct_jobs_stay_within_the_fingerprint_bound() {
         assert_eq!(c.replies(batch).await, ":0\r\n".repeat(batch));
     }
     let (rss, peak) = proxy.rss_kib();
-    let metrics = crate::guards::http_get(([127, 0, 0, 1], admin).into(), "/metrics").await;
+    let metrics = crate::guards::http_get(admin, "/metrics").await;
     let gauge = |name: &str| -> f64 {
         metrics
             .lines()

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::guards::http_get;
-use crate::harness::{
-    encode, free_port, proxy_config, python_ok, start_proxy, Conn, RedisServer, WAIT,
-};
+use crate::harness::{encode, proxy_config, python_ok, start_proxy, Conn, RedisServer, WAIT};
 use crate::memory::ProxyProcess;
 
 /// The value of the metric line starting with `series ` in a /metrics body.
@@ -28,7 +26,6 @@ fn json_body(response: &str) -> serde_json::Value {
 #[tokio::test]
 async fn metrics_count_known_traffic_exactly() {
     let server = RedisServer::start();
-    let admin_port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("respguard.toml");
     std::fs::write(
@@ -36,15 +33,7 @@ async fn metrics_count_known_traffic_exactly() {
         "[[guards.size.rules]]\npattern = \"m:*\"\nmax_value = \"8B\"\n",
     )
     .unwrap();
-    let proxy = ProxyProcess::start(
-        &server.url(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin_port}"),
-        ],
-    );
+    let (proxy, admin) = ProxyProcess::start_with_admin(&server.url(), &config);
     let mut c = Conn::open(proxy.addr).await;
     let (mut sent, mut received, mut upstream_sent, mut upstream_received) = (0, 0, 0, 0);
     let mut run = |args: &[&str], reply: &[u8], forwarded: bool| {
@@ -85,7 +74,7 @@ async fn metrics_count_known_traffic_exactly() {
     // reply a moment before it is counted: scrape until it is (or the deadline passes).
     let deadline = Instant::now() + WAIT;
     let body = loop {
-        let body = http_get(([127, 0, 0, 1], admin_port).into(), "/metrics").await;
+        let body = http_get(admin, "/metrics").await;
         let counted = metric(&body, "respguard_client_sent_bytes_total");
         if counted == Some(received as f64) || Instant::now() > deadline {
             break body;
@@ -271,17 +260,7 @@ async fn rules_reload_under_load_without_losing_a_command() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("respguard.toml");
     std::fs::write(&config, LOOSE_RULES).unwrap();
-    let admin_port = free_port();
-    let proxy = ProxyProcess::start(
-        &server.url(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin_port}"),
-        ],
-    );
-    let admin = ([127, 0, 0, 1], admin_port).into();
+    let (proxy, admin) = ProxyProcess::start_with_admin(&server.url(), &config);
     // Even: the phase's rules are in force; odd: a change is under way.
     let epoch = Arc::new(AtomicU64::new(2 * LOOSE));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -74,17 +74,7 @@ async fn soak_with_every_guard_enforcing_keeps_memory_flat() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("respguard.toml");
     std::fs::write(&conf, policy("1h")).unwrap();
-    let admin = free_port();
-    let proxy = ProxyProcess::start(
-        &server.url(),
-        &[
-            "--config",
-            conf.to_str().unwrap(),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ],
-    );
-    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
+    let (proxy, admin) = ProxyProcess::start_with_admin(&server.url(), &conf);
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
 
