@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::guards::http_get;
+use crate::guards::{http_get, metric};
 use crate::harness::*;
 use respguard::app::ProxyHandle;
 use respguard::config::RawEnqueueGuard;
@@ -28,11 +28,8 @@ async fn proxy_with(server: &RedisServer, rule: &str) -> ProxyHandle {
 /// The counter `respguard_enqueues_total` for `rule` and `kind`, from /metrics.
 async fn enqueues(proxy: &ProxyHandle, rule: &str, kind: &str) -> u64 {
     let metrics = http_get(proxy.admin_addr.expect("admin"), "/metrics").await;
-    let prefix = format!("respguard_enqueues_total{{rule=\"{rule}\",kind=\"{kind}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().expect("a count"))
+    let series = format!("respguard_enqueues_total{{rule=\"{rule}\",kind=\"{kind}\"}}");
+    metric(&metrics, &series).map_or(0, |v| v as u64)
 }
 
 fn n(report: &Value, field: &str) -> u64 {

@@ -268,10 +268,7 @@ async fn upstream_that_stops_answering_times_out_and_frees_the_connection() {
     shim.wait_closed("stalled-client").await;
     // The recorder is shared by the tests of this binary: at least this timeout counted.
     let metrics = metrics_text(&proxy).await;
-    let timeouts: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("respguard_upstream_reply_timeouts_total "))
-        .and_then(|v| v.trim().parse().ok())
+    let timeouts = crate::guards::metric(&metrics, "respguard_upstream_reply_timeouts_total")
         .unwrap_or_else(|| panic!("no reply-timeout counter in {metrics}"));
     assert!(timeouts >= 1.0, "{metrics}");
     shim.set(Fault::Pass);

@@ -472,6 +472,13 @@ max_value = "10"
     proxy.shutdown().await;
 }
 
+/// The value of the series `series` (name and labels, as printed) in a /metrics body.
+pub fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+}
+
 /// GET a path from the admin listener and return the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -270,27 +270,17 @@ async fn a_million_distinct_jobs_stay_within_the_fingerprint_bound() {
     }
     let (rss, peak) = proxy.rss_kib();
     let metrics = crate::guards::http_get(admin, "/metrics").await;
-    let gauge = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no {name}"))
-            .parse()
-            .unwrap()
+    let gauge = |series: &str| -> f64 {
+        crate::guards::metric(&metrics, series).unwrap_or_else(|| panic!("no {series}"))
     };
     let capacity = gauge("respguard_enqueue_fingerprints_capacity");
     let used = gauge("respguard_enqueue_fingerprints");
-    let firsts = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("respguard_enqueues_total{rule=\"flood\",kind=\"first\"} "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let firsts = gauge(r#"respguard_enqueues_total{rule="flood",kind="first"}"#);
     println!(
         "1,000,000 distinct jobs, max_fingerprints 200000: {used} slots used of {capacity}; \
          proxy RSS {rss_before} KiB before, {rss} KiB after (peak {peak} KiB)"
     );
-    assert_eq!(firsts, "1000000", "every job was read as a new one");
+    assert_eq!(firsts, 1_000_000.0, "every job was read as a new one");
     assert!((200_000.0..=202_048.0).contains(&capacity), "{capacity}");
     assert!(
         used <= capacity && used > capacity * 0.9,

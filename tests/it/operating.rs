@@ -6,16 +6,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::guards::http_get;
+use crate::guards::{http_get, metric};
 use crate::harness::{encode, proxy_config, python_ok, start_proxy, Conn, RedisServer, WAIT};
 use crate::memory::ProxyProcess;
-
-/// The value of the metric line starting with `series ` in a /metrics body.
-fn metric(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{series} ")))
-        .map(|v| v.trim().parse().expect("a number"))
-}
 
 /// The JSON body of an HTTP response.
 fn json_body(response: &str) -> serde_json::Value {
