@@ -63,12 +63,7 @@ if wanted respguard-nometrics; then
 metrics = false"
 fi
 if wanted respguard+pressure; then start_respguard "ports[respguard+pressure]" "$CONF_PRESSURE"; fi
-if wanted respguard+queue; then
-  start_respguard "ports[respguard+queue]" "$CONF_PRESSURE"'
-[[guards.queue.rules]]
-pattern = "mylist"
-max_depth = 1000000000'
-fi
+if wanted respguard+queue; then start_respguard "ports[respguard+queue]" "$CONF_QUEUE"; fi
 if wanted respguard+checks; then
   start_respguard "ports[respguard+checks]" "$CONF_GUARDS_OFF"'
 [[guards.size.rules]]
@@ -132,13 +127,10 @@ done
 
 # measure TARGET TEST PIPELINE CLIENTS SIZE REQUESTS -> "ops/s p50_ms p99_ms"
 # Redis is emptied after each run: LPUSH always pushes onto one list, which would otherwise
-# reach tens of GiB over the 16 KiB rows (and make later runs measure a bigger Redis). GET
-# reads the key SET writes, so that key is written first with a value of the row's size
-# (a GET of a missing key would measure a null reply).
+# reach tens of GiB over the 16 KiB rows (and make later runs measure a bigger Redis); so
+# GET's key is written first, with a value of the row's size.
 measure() {
-  if [ "$2" = GET ]; then
-    redis-benchmark -h 127.0.0.1 -p "$redis_port" -t set -c 1 -n 1 -d "$5" -q >/dev/null
-  fi
+  if [ "$2" = GET ]; then write_get_key "$5"; fi
   redis-benchmark -h 127.0.0.1 -p "${ports[$1]}" -t "$2" -P "$3" -c "$4" -d "$5" -n "$6" --csv 2>/dev/null |
     awk -F'","' 'NR==2 { gsub(/"/, "", $0); split($0, f, ","); print f[2], f[5], f[7] }'
   redis-cli -p "$redis_port" flushall >/dev/null
@@ -166,60 +158,68 @@ row() {
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
-goals=()
-if [ "$LATENCY_ONLY" != 1 ]; then
-echo "| test | pipeline | clients | value | target | ops/s | vs direct | p50 ms | vs direct | p99 ms | vs direct |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
-for size in $SIZES; do
-  for clients in $CLIENT_COUNTS; do
-    for pipe in $PIPELINES; do
-      for test in $TESTS; do
-        row "$test" "$pipe" "$clients" "$size" "$REQUESTS"
-        for t in "${targets[@]}"; do
-          printf '| %s | %s | %s | %s B | %s | %.0f | %s | %.3f | %s | %.3f | %s |\n' \
-            "$test" "$pipe" "$clients" "$size" "$t" "${med_rps[$t]}" \
-            "$(ratio "${med_rps[$t]}" "${med_rps[direct]}")" "${med_p50[$t]}" \
-            "$(ratio "${med_p50[$t]}" "${med_p50[direct]}")" "${med_p99[$t]}" \
-            "$(ratio "${med_p99[$t]}" "${med_p99[direct]}")"
-        done
-        if wanted respguard+all && wanted haproxy && wanted twemproxy; then
-          hap=$(ratio "${med_rps[respguard+all]}" "${med_rps[haproxy]}")
-          twem=$(ratio "${med_rps[respguard+all]}" "${med_rps[twemproxy]}")
-          ok_hap=$(awk -v r="$hap" 'BEGIN { print (r >= 1.0) ? "yes" : "no" }')
-          if [ "$pipe" -gt 1 ]; then
-            ok_twem=$(awk -v r="$twem" 'BEGIN { print (r > 1.0) ? "yes" : "no" }')
-          else
-            ok_twem="(not a goal)"
+# The table over every row, then the goals checked row by row.
+matrix() {
+  local size clients pipe test t hap twem ok_hap ok_twem goals=()
+  echo "| test | pipeline | clients | value | target | ops/s | vs direct | p50 ms | vs direct | p99 ms | vs direct |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  for size in $SIZES; do
+    for clients in $CLIENT_COUNTS; do
+      for pipe in $PIPELINES; do
+        for test in $TESTS; do
+          row "$test" "$pipe" "$clients" "$size" "$REQUESTS"
+          for t in "${targets[@]}"; do
+            printf '| %s | %s | %s | %s B | %s | %.0f | %s | %.3f | %s | %.3f | %s |\n' \
+              "$test" "$pipe" "$clients" "$size" "$t" "${med_rps[$t]}" \
+              "$(ratio "${med_rps[$t]}" "${med_rps[direct]}")" "${med_p50[$t]}" \
+              "$(ratio "${med_p50[$t]}" "${med_p50[direct]}")" "${med_p99[$t]}" \
+              "$(ratio "${med_p99[$t]}" "${med_p99[direct]}")"
+          done
+          if wanted respguard+all && wanted haproxy && wanted twemproxy; then
+            hap=$(ratio "${med_rps[respguard+all]}" "${med_rps[haproxy]}")
+            twem=$(ratio "${med_rps[respguard+all]}" "${med_rps[twemproxy]}")
+            ok_hap=$(awk -v r="$hap" 'BEGIN { print (r >= 1.0) ? "yes" : "no" }')
+            if [ "$pipe" -gt 1 ]; then
+              ok_twem=$(awk -v r="$twem" 'BEGIN { print (r > 1.0) ? "yes" : "no" }')
+            else
+              ok_twem="(not a goal)"
+            fi
+            goals+=("| $test | $pipe | $clients | $size B | $hap | $ok_hap | $twem | $ok_twem |")
           fi
-          goals+=("| $test | $pipe | $clients | $size B | $hap | $ok_hap | $twem | $ok_twem |")
-        fi
+        done
       done
     done
   done
-done
 
-if [ ${#goals[@]} -gt 0 ]; then
+  if [ ${#goals[@]} -gt 0 ]; then
+    echo
+    echo "Goals: respguard with every guard on at or above haproxy in every row, above twemproxy in pipelined rows."
+    echo
+    echo "| test | pipeline | clients | value | all guards / haproxy | met | all guards / twemproxy | met |"
+    echo "|---|---|---|---|---|---|---|---|"
+    printf '%s\n' "${goals[@]}"
+  fi
   echo
-  echo "Goals: respguard with every guard on at or above haproxy in every row, above twemproxy in pipelined rows."
-  echo
-  echo "| test | pipeline | clients | value | all guards / haproxy | met | all guards / twemproxy | met |"
-  echo "|---|---|---|---|---|---|---|---|"
-  printf '%s\n' "${goals[@]}"
-fi
-echo
-fi
+}
 
-echo "One client, no pipelining, 100 B values ($LATENCY_REQUESTS requests): goal p99 within 50 µs of direct."
-echo
-echo "| test | target | p50 µs | p99 µs | p99 - direct µs |"
-echo "|---|---|---|---|---|"
-for test in $TESTS; do
-  row "$test" 1 1 100 "$LATENCY_REQUESTS"
-  for t in "${targets[@]}"; do
-    awk -v t="$test" -v n="$t" -v a="${med_p50[$t]}" -v b="${med_p99[$t]}" -v d="${med_p99[direct]}" \
-      'BEGIN { printf "| %s | %s | %.0f | %.0f | %+.0f |\n", t, n, a * 1000, b * 1000, (b - d) * 1000 }'
+# One client without pipelining: the latency a request adds.
+latency_table() {
+  local test t
+  echo "One client, no pipelining, 100 B values ($LATENCY_REQUESTS requests): goal p99 within 50 µs of direct."
+  echo
+  echo "| test | target | p50 µs | p99 µs | p99 - direct µs |"
+  echo "|---|---|---|---|---|"
+  for test in $TESTS; do
+    row "$test" 1 1 100 "$LATENCY_REQUESTS"
+    for t in "${targets[@]}"; do
+      awk -v t="$test" -v n="$t" -v a="${med_p50[$t]}" -v b="${med_p99[$t]}" -v d="${med_p99[direct]}" \
+        'BEGIN { printf "| %s | %s | %.0f | %.0f | %+.0f |\n", t, n, a * 1000, b * 1000, (b - d) * 1000 }'
+    done
   done
-done
+}
+
+[ "$LATENCY_ONLY" = 1 ] || matrix
+latency_table
 
 echo
 echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(redis-server --version | cut -d' ' -f3); $(haproxy -v | head -1 | cut -d' ' -f1-3); $(nutcracker -V 2>&1 | head -1)"

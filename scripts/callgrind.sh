@@ -39,10 +39,7 @@ configs[all-guards]=$CONF_ALL_GUARDS
 # Monitor polling, shedding levels and rules configured but not active.
 configs[pressure]=$CONF_PRESSURE
 # The same, plus redis-benchmark's list followed as a queue with a depth limit.
-configs[queue]="${configs[pressure]}"'
-[[guards.queue.rules]]
-pattern = "mylist"
-max_depth = 1000000000'
+configs[queue]=$CONF_QUEUE
 
 # measure CONFIG_NAME TEST -> instructions per command in session tasks
 measure() {
@@ -58,9 +55,7 @@ measure() {
     2>"$work/valgrind.log" &
   pid=$!
   wait_port "$port"
-  # GET reads the key SET writes: give it a 100-byte value, as a GET of a missing key
-  # would count a null reply.
-  redis-benchmark -h 127.0.0.1 -p "$redis_port" -t set -c 1 -n 1 -d 100 -q >/dev/null
+  write_get_key 100
   redis-benchmark -h 127.0.0.1 -p "$port" -c 10 -n "$REQUESTS" -P 32 -d 100 -t "$2" -q >/dev/null
   kill -INT "$pid"
   wait "$pid" || true

@@ -39,6 +39,12 @@ start_respguard() {
   printf -v "$1" '%s' "$port"
 }
 
+# Write redis-benchmark's SET key (the key its GET reads) with a value of $1 bytes into the
+# Redis on $redis_port: a GET of a missing key would measure a null reply.
+write_get_key() {
+  redis-benchmark -h 127.0.0.1 -p "$redis_port" -t set -c 1 -n 1 -d "$1" -q >/dev/null
+}
+
 # The median of the numbers on standard input, one per line.
 median() { sort -g | awk '{ a[NR]=$1 } END { print a[int((NR+1)/2)] }'; }
 
@@ -62,16 +68,21 @@ hard_exit = 0.85
 [[guards.shed.rules]]
 pattern = "analytics:*"
 priority = "low"'
+# CONF_PRESSURE plus redis-benchmark's list (LPUSH's `mylist`) followed as a queue, its
+# depth limit far away.
+CONF_QUEUE="$CONF_PRESSURE"'
+[[guards.queue.rules]]
+pattern = "mylist"
+max_depth = 1000000000'
 # Every guard configured and checking redis-benchmark's commands, none refusing:
-# - shed: CONF_PRESSURE;
+# - shed and queue: CONF_QUEUE;
 # - TTL: every SET gets PX appended, every HSET a hidden PEXPIRE ... NX (LPUSH is left
 #   alone: the list is a job queue, which a TTL would lose);
 # - size: every write's values and element counts checked;
-# - queue: the benchmark's list followed, its depth limit far away;
 # - enqueue: every LPUSH fingerprinted by a generic rule, in observe mode (redis-benchmark
 #   pushes the same payload each time: enforcing would drop all but the first push and
 #   turn the LPUSH rows into a different workload).
-CONF_ALL_GUARDS="$CONF_PRESSURE"'
+CONF_ALL_GUARDS="$CONF_QUEUE"'
 [[guards.ttl.rules]]
 pattern = "*"
 ttl = "1h"
@@ -79,9 +90,6 @@ ttl = "1h"
 pattern = "*"
 max_value = "1MiB"
 max_elements = 100000
-[[guards.queue.rules]]
-pattern = "mylist"
-max_depth = 1000000000
 [[guards.enqueue.rules]]
 preset = "generic"
 name = "bench"
