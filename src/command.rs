@@ -109,6 +109,9 @@ enum FindKeys {
 struct KeySpec {
     begin: BeginSearch,
     find: FindKeys,
+    /// The keys it finds are written: Redis flags them `OW` (overwritten), or `RW` with
+    /// `INSERT` or `UPDATE`. Keys a command only reads (`RO`) or only deletes (`RM`) are not.
+    writes: bool,
 }
 
 /// The three families of pub/sub subscription.
@@ -205,6 +208,42 @@ impl CommandInfo {
     /// True when the command is known to write (an unknown command counts as one).
     pub fn is_write(&self) -> bool {
         self.flags.contains(Flags::WRITE)
+    }
+
+    /// True when Redis would accept `argc` arguments (the name included) for this command;
+    /// a command Redis rejects for its arity must reach Redis unchanged, so it answers with
+    /// its own error.
+    pub fn arity_accepts(&self, argc: usize) -> bool {
+        let argc = argc as i64;
+        if self.arity >= 0 {
+            argc == self.arity
+        } else {
+            argc >= -self.arity
+        }
+    }
+
+    /// Push the indices of the keys this command writes into `out`: those of key
+    /// specifications flagged as writing (see [`KeySpec::writes`]), and SORT's `STORE`
+    /// destination, which Redis describes only as "unknown" because the keyword may stand
+    /// anywhere.
+    pub fn written_key_positions_by<'a>(
+        &self,
+        argc: usize,
+        arg: impl Fn(usize) -> Option<&'a [u8]>,
+        out: &mut Vec<usize>,
+    ) {
+        for spec in self.key_specs.iter().filter(|s| s.writes) {
+            spec.find_keys(argc, &arg, out);
+        }
+        if &*self.name == "sort" {
+            if let Some(i) =
+                (2..argc).find(|&i| arg(i).is_some_and(|a| a.eq_ignore_ascii_case(b"store")))
+            {
+                if i + 1 < argc {
+                    out.push(i + 1);
+                }
+            }
+        }
     }
 
     /// Push the argument indices of this command's keys into `out`.
@@ -457,6 +496,8 @@ impl CommandTable {
                         step: step.max(1) as usize,
                         limit: 0,
                     },
+                    // Without key specifications, a write command's keys count as written.
+                    writes: flags.contains(Flags::WRITE),
                 });
             }
         }
@@ -592,7 +633,18 @@ fn parse_key_spec(spec: &OwnedFrame) -> KeySpec {
         }
         None => FindKeys::Unknown,
     };
-    KeySpec { begin, find }
+    let flag = |name: &[u8]| match get(&fields, b"flags") {
+        Some(OwnedFrame::Array(fl)) => fl
+            .iter()
+            .any(|f| text(f).is_some_and(|t| t.eq_ignore_ascii_case(name))),
+        _ => false,
+    };
+    let writes = flag(b"OW") || (flag(b"RW") && (flag(b"INSERT") || flag(b"UPDATE")));
+    KeySpec {
+        begin,
+        find,
+        writes,
+    }
 }
 
 #[cfg(test)]
@@ -646,6 +698,42 @@ mod tests {
         assert_eq!(keys(&t, "CONFIG SET maxmemory 1").0, "config|set");
         assert_eq!(keys(&t, "NOSUCHCMD x").0, "other");
         assert!(t.lookup(&[b"nosuchcmd".as_slice()]).is_write());
+    }
+
+    fn written(table: &CommandTable, cmd: &str) -> Vec<String> {
+        let args: Vec<&[u8]> = cmd.split(' ').map(|s| s.as_bytes()).collect();
+        let mut out = Vec::new();
+        table.lookup(&args).written_key_positions_by(
+            args.len(),
+            |i| args.get(i).copied(),
+            &mut out,
+        );
+        out.iter()
+            .map(|&i| String::from_utf8_lossy(args[i]).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn only_the_keys_a_command_writes_count_as_written() {
+        let t = CommandTable::builtin();
+        assert_eq!(written(&t, "COPY src dst"), ["dst"]);
+        assert_eq!(written(&t, "SUNIONSTORE dst s1 s2"), ["dst"]);
+        assert_eq!(written(&t, "SORT l BY w STORE dst"), ["dst"]);
+        assert!(written(&t, "SORT l").is_empty());
+        assert!(written(&t, "GET k").is_empty());
+        assert_eq!(written(&t, "HSET h f v"), ["h"]);
+        assert_eq!(written(&t, "MSET a 1 b 2"), ["a", "b"]);
+        assert_eq!(written(&t, "LMOVE src dst LEFT RIGHT"), ["dst"]);
+    }
+
+    #[test]
+    fn arity_follows_redis() {
+        let t = CommandTable::builtin();
+        let set = t.lookup(&[b"set".as_slice()]);
+        assert!(!set.arity_accepts(2));
+        assert!(set.arity_accepts(3) && set.arity_accepts(6));
+        let getset = t.lookup(&[b"getset".as_slice()]);
+        assert!(getset.arity_accepts(3) && !getset.arity_accepts(4));
     }
 
     #[test]

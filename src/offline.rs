@@ -44,6 +44,8 @@ pub fn judge(
     let mut scanner = RequestScanner::new(limits);
     let mut keys = Vec::new();
     let mut scratch = BytesMut::new();
+    // A streamed command's rewritten head, checked with the rest once it has passed.
+    let mut new_head: Option<Vec<u8>> = None;
     let mut out = Outcome::default();
     let mut pos = 0;
     loop {
@@ -100,9 +102,10 @@ pub fn judge(
                 argc,
                 streaming,
                 size,
-                wire: match (inline, streaming) {
-                    (false, None) => crate::guard::wire_args(src, start, end),
-                    _ => None,
+                wire: if inline {
+                    None
+                } else {
+                    crate::guard::wire_args(src, start, end)
                 },
             };
             scratch.clear();
@@ -117,11 +120,15 @@ pub fn judge(
                 hidden,
             } => {
                 out.rewritten += 1;
+                if streaming.is_some() {
+                    new_head = replacement.map(|len| scratch[..len].to_vec());
+                }
                 check_rewrite(&scratch, replacement, hidden, streaming.is_some())
                     .map_err(|e| format!("{} rewritten: {e}", info.name))?;
-                // An inline command is sent as its multibulk form, which can be larger.
+                // An inline command is sent as its multibulk form, which can be larger; a
+                // wrapped one carries the TTL guard's script.
                 let sent = if inline { src.len() } else { end - start };
-                let bound = 2 * sent + 1024;
+                let bound = 2 * sent + 1024 + crate::guard::ttl::SCRIPT.len();
                 if scratch.len() > bound {
                     return Err(format!(
                         "{} rewritten to {} bytes from {}",
@@ -139,7 +146,9 @@ pub fn judge(
         pos += end;
         scanner.rebase(end);
         if streaming.is_some() {
-            // The rest of a streamed command passes by.
+            // The rest of a streamed command passes by; a rewritten head must make one
+            // whole command with it.
+            let rest_from = pos;
             loop {
                 match scanner.stream(&input[pos..], 0) {
                     StreamStep::More(n) => {
@@ -152,6 +161,15 @@ pub fn judge(
                     StreamStep::Done(n) => {
                         pos += n;
                         scanner.rebase(n);
+                        if let Some(mut head) = new_head.take() {
+                            head.extend_from_slice(&input[rest_from..pos]);
+                            if count_commands(&head)? != 1 {
+                                return Err(format!(
+                                    "{}: a rewritten head is not one command",
+                                    info.name
+                                ));
+                            }
+                        }
                         break;
                     }
                     StreamStep::Error(_) => return Ok(out),
@@ -169,10 +187,8 @@ fn check_rewrite(
     hidden: u32,
     streamed: bool,
 ) -> Result<(), String> {
-    if streamed && replacement.is_some() {
-        return Err("a streamed command cannot be replaced".into());
-    }
-    if let Some(len) = replacement {
+    // A streamed command's replacement is a new head, checked once the rest has passed.
+    if let Some(len) = replacement.filter(|_| !streamed) {
         if len > bytes.len() || count_commands(&bytes[..len])? != 1 {
             return Err(format!(
                 "the replacement (first {len} bytes) is not one command"

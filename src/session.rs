@@ -745,13 +745,14 @@ impl Session {
             // Too large to hold, so never one the proxy answers itself: refused unread.
             Verdict::Refuse(wire::error(crate::auth::NOAUTH))
         } else if self.guards_apply(info.id, size) {
+            let wire = crate::guard::wire_args(self.from_client.bytes(), start, head_end);
             self.guard_verdict(
                 info.id,
                 false,
                 argc,
                 Some(next_len.unwrap_or(0)),
                 size,
-                None,
+                wire,
             )
         } else {
             Verdict::Forward
@@ -768,14 +769,28 @@ impl Session {
                 self.streaming = Some(StreamTo::Discard);
             }
             Verdict::Forward | Verdict::Track(_) | Verdict::Rewrite { .. } => {
-                if let Verdict::Rewrite { hidden, .. } = verdict {
-                    // Only extra commands make sense here: the command itself is not whole.
+                let mut new_head = None;
+                if let Verdict::Rewrite {
+                    replacement,
+                    hidden,
+                } = verdict
+                {
+                    // A replacement is a new head for the rest, which streams unchanged;
+                    // extra commands follow once the command has passed.
+                    new_head = replacement;
+                    let from = replacement.unwrap_or(0);
                     self.after_stream.clear();
-                    self.after_stream.extend_from_slice(&self.scratch);
+                    self.after_stream.extend_from_slice(&self.scratch[from..]);
                     self.after_stream_hidden = hidden;
                 }
                 self.push_for(info, false);
-                self.requests_ready = head_end;
+                match new_head {
+                    Some(len) => {
+                        self.discard_requests(head_end - start);
+                        self.to_upstream.extend_from_slice(&self.scratch[..len]);
+                    }
+                    None => self.requests_ready = head_end,
+                }
                 self.streaming = Some(StreamTo::Upstream);
             }
         }
@@ -1039,8 +1054,22 @@ impl Session {
     fn answer_locally(&mut self, command: u16, reply: Bytes, start: usize, end: usize) {
         debug_assert_eq!(start, self.requests_ready);
         self.discard_requests(end - start);
-        self.queue.push(Pending::local(command, reply));
-        self.emit_local_replies();
+        match self.reply_mode {
+            ReplyMode::On => {
+                self.queue.push(Pending::local(command, reply));
+                self.emit_local_replies();
+            }
+            // Under CLIENT REPLY OFF, Redis would send nothing for this command.
+            ReplyMode::Off => {}
+            // This command's reply is the one the client asked to skip. Redis, which never
+            // sees it, would skip the next one instead: give it a PING to skip.
+            ReplyMode::SkipNext => {
+                self.reply_mode = ReplyMode::On;
+                if self.upstream.is_some() {
+                    self.to_upstream.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+                }
+            }
+        }
     }
 
     /// Malformed input: Redis answers the error and closes the connection.

@@ -113,10 +113,10 @@ pub struct CommandView<'a> {
     pub streaming: Option<u64>,
     /// The command's size in bytes (for a streamed command, at least this many).
     pub size: u64,
-    /// Where in `src` the arguments lie exactly as the client encoded them (a whole
-    /// multibulk command, after its `*N` line): a guard appending arguments copies these
-    /// bytes instead of encoding each argument again. `None` for inline and streamed
-    /// commands.
+    /// Where in `src` the arguments lie exactly as the client encoded them, after the
+    /// `*N` line: for a whole multibulk command all of them (a guard appending arguments
+    /// copies these bytes instead of encoding each argument again); for a streamed command
+    /// its head, up to where the streamed rest begins. `None` for inline commands.
     pub wire: Option<Range<usize>>,
 }
 
@@ -258,7 +258,7 @@ impl Guards {
             )?));
         }
         if !raw.ttl.rules.is_empty() {
-            chain.push(Arc::new(ttl::TtlGuard::build(&raw.ttl, mode, logs)?));
+            chain.push(Arc::new(ttl::TtlGuard::build(&raw.ttl, mode, logs, table)?));
         }
         let fail_open = fail_open::FailOpen::build(&raw.fail_open, table, logs)?;
         debug_assert!(chain.len() <= 8, "the wanted bitmask holds eight guards");

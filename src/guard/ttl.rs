@@ -1,22 +1,32 @@
 //! The default-TTL guard: keys written without an expiry get one, chosen by key pattern,
 //! and client-given expiries above a rule's `max_ttl` are lowered to it.
 //!
-//! How each command gets its TTL, so the client sees exactly the replies it would without
-//! the guard:
-//! - `SET` with none of EX/PX/EXAT/PXAT/KEEPTTL gets `PX <ttl>` appended (NX, XX and GET
-//!   keep working as they are). A SET whose value is too large to hold is streamed, so its
-//!   options are not known when it is sent: it gets a hidden `PEXPIRE key <ttl> NX` after it.
-//! - `GETSET k v` becomes `SET k v GET PX <ttl>` (same reply).
-//! - `SETNX`, `MSET`, `MSETNX`, `HSET`, `HMSET`, `HSETNX`, and the commands a rule adds
-//!   (`LPUSH`, `SADD`, `INCR`, ...), are followed by a hidden `PEXPIRE key <ttl> NX` per key.
-//!   `NX` leaves a TTL the key already has alone. The PEXPIRE runs whatever the write's
-//!   outcome, so a key matching a TTL rule that had no TTL gets one even when the write
-//!   failed (for example HSET on an existing string key): a key under a TTL rule is meant to
-//!   expire.
-//! - SETEX, PSETEX, SET ... EX/PX/EXAT/PXAT, GETEX, EXPIRE, PEXPIRE, EXPIREAT and PEXPIREAT
-//!   are left alone unless their expiry is beyond the rule's `max_ttl`, which then replaces
-//!   it (absolute times are compared with the proxy's clock). SET ... KEEPTTL, PERSIST and
-//!   RESTORE are left alone.
+//! The guard acts only where it must, and so that the client sees exactly the replies and
+//! effects it would see without it: a write that changes nothing touches nothing (a WATCH on
+//! the key stays clean), and no extra command can fail the client's transaction.
+//! - `SET` with none of EX/PX/EXAT/PXAT/KEEPTTL gets `PX <ttl>` appended, and `GETSET k v`
+//!   becomes `SET k v GET PX <ttl>`: Redis answers both exactly like the original.
+//! - Every other guarded write is *wrapped*: sent as one `EVAL` of a fixed script
+//!   (`ttl_script.lua`) that runs the client's command with `redis.pcall`, returns its reply
+//!   unchanged (errors included, in the client's protocol), and only when that command
+//!   succeeded, and for SETNX-like commands only when it changed something, gives the
+//!   written keys their expiry with `PEXPIRE … NX` (the rule's TTL when the key has none) or
+//!   `PEXPIRE … LT` (lower an expiry above `max_ttl`; a key without one counts as infinite).
+//!   Redis runs the script atomically. A key the client's user may not `PEXPIRE` (ACL) is
+//!   left as it is, so the reply never changes because of the guard.
+//!   Clamping works the same way, so Redis itself validates the client's expiry (an invalid
+//!   one is Redis's error and writes nothing) and `EXPIRE … GT` keeps Redis's answer.
+//! - Only keys the command *writes* (key specifications flagged `OW`, or `RW` with
+//!   `INSERT`/`UPDATE`, plus SORT's `STORE` destination) get a TTL: `COPY src dst` never
+//!   gives `src` one.
+//! - A command Redis would reject for its arity is never changed.
+//! - A command that cannot be wrapped (blocking, not allowed in scripts, or with more
+//!   arguments than a script can pass on, [`MAX_WRAPPED_ARGS`]) gets a hidden
+//!   `PEXPIRE key <ttl> NX` per key after it instead; then a write that failed may still
+//!   give a key without a TTL its TTL (documented in the README).
+//! - A command too large to hold (streamed) is wrapped all the same: only its head is
+//!   rewritten, and the rest streams to Redis unchanged. For a SET whose options follow the
+//!   streamed value, the script reads the options (mode `SET`).
 //!
 //! A rule with `ttl = "none"` exempts its keys (and stops the search: first match wins).
 
@@ -24,21 +34,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 
-use super::{decimal, encode_appending, encode_arg, encode_header, encode_replacing, first_rule};
+use super::{encode_appending, encode_arg, encode_header, first_rule};
 use super::{CommandView, Guard, Mode, Rule, RuleSpec, Verdict};
-use crate::command::CommandInfo;
+use crate::command::{CommandInfo, CommandTable, Flags};
 use crate::config::{ConfigError, RawTtlGuard};
 use crate::identity::ClientIdentity;
+
+/// The script every wrapped command runs in (see the module documentation).
+pub const SCRIPT: &str = include_str!("ttl_script.lua");
+
+/// The most arguments a wrapped command may have: the script passes the command on with
+/// Lua's `unpack`, whose results must fit Lua's C stack (8,000 slots in Redis's Lua).
+pub const MAX_WRAPPED_ARGS: usize = 4000;
 
 /// One rule's TTL settings.
 #[derive(Debug)]
 pub struct TtlLimits {
     /// TTL for keys written without one; `None` exempts the keys.
     pub ttl: Option<Duration>,
-    /// `ttl` in milliseconds as decimal text, written once at build instead of per command.
+    /// `ttl` in milliseconds as decimal text (`0` for none), written once at build instead
+    /// of per command.
     pub ttl_millis: Box<[u8]>,
     /// Largest TTL a client may set.
     pub max_ttl: Option<Duration>,
+    /// `max_ttl` in milliseconds as decimal text (`0` for none).
+    pub max_millis: Box<[u8]>,
     /// Extra key-creating commands (lower-case names).
     pub commands: Vec<String>,
 }
@@ -56,7 +76,7 @@ const CLAMPED: &str = "ttl_clamped";
 const DEFAULT_CREATING: &[&str] = &[
     "set", "setnx", "getset", "mset", "msetnx", "hset", "hmset", "hsetnx",
 ];
-/// Commands that carry an expiry a rule's `max_ttl` may lower.
+/// Commands that carry (or remove) an expiry a rule's `max_ttl` may lower.
 const CARRYING_TTL: &[&str] = &[
     "set",
     "setex",
@@ -66,11 +86,65 @@ const CARRYING_TTL: &[&str] = &[
     "pexpire",
     "expireat",
     "pexpireat",
+    "persist",
+];
+/// Commands that always change their key when they succeed, even when they answer 0 (an
+/// HSET that only updates fields, an INCRBY 0): for the rest, a reply of 0 or nil means
+/// nothing was written, and the keys are left alone.
+const WRITE_ON_SUCCESS: &[&str] = &[
+    "set",
+    "getset",
+    "mset",
+    "hset",
+    "hmset",
+    "setex",
+    "psetex",
+    "incr",
+    "incrby",
+    "incrbyfloat",
+    "decr",
+    "decrby",
+    "hincrby",
+    "hincrbyfloat",
+    "zincrby",
+    "zadd",
+    "setbit",
+    "lpush",
+    "rpush",
+    "append",
+    "getex",
 ];
 
+/// What the script does to one key after the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyMode {
+    /// Add the rule's TTL if the key has none.
+    Default,
+    /// Lower an expiry above the rule's `max_ttl` (no expiry counts as infinite).
+    Clamp,
+    /// A SET whose options the proxy cannot see: the script reads them.
+    SetOptions,
+}
+
+impl KeyMode {
+    fn word(self) -> &'static [u8] {
+        match self {
+            KeyMode::Default => b"NX",
+            KeyMode::Clamp => b"LT",
+            KeyMode::SetOptions => b"SET",
+        }
+    }
+}
+
 impl TtlGuard {
-    /// Build the guard from `[guards.ttl]`.
-    pub fn build(raw: &RawTtlGuard, mode: Mode, logs: u32) -> Result<Self, ConfigError> {
+    /// Build the guard from `[guards.ttl]`, checking each rule's extra commands against the
+    /// commands of `table`.
+    pub fn build(
+        raw: &RawTtlGuard,
+        mode: Mode,
+        logs: u32,
+        table: &CommandTable,
+    ) -> Result<Self, ConfigError> {
         let key = "guards.ttl.rules";
         let mut rules = Vec::new();
         for r in &raw.rules {
@@ -92,12 +166,27 @@ impl TtlGuard {
                     reason: format!("rule `{}`: ttl must be at least 1ms", r.pattern),
                 });
             }
+            let max_ttl = r.max_ttl.map(|d| d.0);
+            if max_ttl.is_some_and(|t| t.as_millis() == 0) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("rule `{}`: max_ttl must be at least 1ms", r.pattern),
+                });
+            }
+            for c in &r.commands {
+                check_extra_command(c, &r.pattern, table)?;
+            }
+            let millis = |d: Option<Duration>| {
+                d.map_or(0, |t| t.as_millis())
+                    .to_string()
+                    .into_bytes()
+                    .into_boxed_slice()
+            };
             let limits = TtlLimits {
-                ttl_millis: ttl
-                    .map(|t| t.as_millis().to_string().into_bytes().into_boxed_slice())
-                    .unwrap_or_default(),
+                ttl_millis: millis(ttl),
                 ttl,
-                max_ttl: r.max_ttl.map(|d| d.0),
+                max_millis: millis(max_ttl),
+                max_ttl,
                 commands: r.commands.iter().map(|c| c.to_ascii_lowercase()).collect(),
             };
             let spec = RuleSpec {
@@ -129,6 +218,7 @@ impl TtlGuard {
                 .any(|r| r.limits.commands.iter().any(|c| c == name))
     }
 
+    /// Count a decision and, in observe mode, log it and forward the command unchanged.
     fn act(
         &self,
         rule: &Rule<TtlLimits>,
@@ -149,6 +239,25 @@ impl TtlGuard {
     }
 }
 
+/// A rule's extra command must exist and write keys: a TTL on a key that is only read (the
+/// sources of COPY or SUNIONSTORE) would later delete data nobody wrote.
+fn check_extra_command(name: &str, pattern: &str, table: &CommandTable) -> Result<(), ConfigError> {
+    let info = table.lookup(&[name.as_bytes()]);
+    let reason = if info.id == table.unknown().id {
+        format!("rule `{pattern}`: `{name}` is not a command this Redis knows")
+    } else if !info.is_write() {
+        format!("rule `{pattern}`: `{name}` only reads keys; a TTL rule's commands must write keys")
+    } else if info.flags.contains(Flags::MOVABLEKEYS) && &*info.name != "sort" {
+        format!("rule `{pattern}`: `{name}` has keys only Redis can find; it cannot get a TTL")
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Invalid {
+        key: "guards.ttl.rules",
+        reason,
+    })
+}
+
 impl Guard for TtlGuard {
     fn name(&self) -> &'static str {
         "ttl"
@@ -160,11 +269,13 @@ impl Guard for TtlGuard {
     }
 
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict {
+        if !cmd.info.arity_accepts(cmd.argc) {
+            return Verdict::Forward; // Redis answers with its own arity error.
+        }
         let name: &str = &cmd.info.name;
-        // Writes of several keys (MSET, ...) judge each key by its own rule.
         if !CARRYING_TTL.contains(&name) && name != "getset" {
             return if self.creates(name) {
-                self.hidden_expires(cmd, client, out)
+                self.default_ttls(cmd, client, out)
             } else {
                 Verdict::Forward
             };
@@ -178,31 +289,17 @@ impl Guard for TtlGuard {
         };
         match name {
             "set" => self.check_set(cmd, rule, client, key, out),
-            "getset" if cmd.is_whole() && cmd.args.len() == 3 => {
-                if rule.limits.ttl.is_none() {
-                    return Verdict::Forward;
-                }
-                let ms: &[u8] = &rule.limits.ttl_millis;
-                encode_header(out, 6);
-                encode_arg(out, b"SET");
-                encode_arg(out, key);
-                encode_arg(out, cmd.arg(2).unwrap_or_default());
-                encode_arg(out, b"GET");
-                encode_arg(out, b"PX");
-                encode_arg(out, ms);
-                let v = Verdict::Rewrite {
-                    replacement: Some(out.len()),
-                    hidden: 0,
-                };
-                self.act(rule, ADDED, v, client, key)
-            }
+            "getset" => self.check_getset(cmd, rule, client, key, out),
             "setex" | "expire" => {
                 self.clamp(cmd, rule, client, key, 2, Expiry::Relative(1000), out)
             }
             "psetex" | "pexpire" => self.clamp(cmd, rule, client, key, 2, Expiry::Relative(1), out),
             "expireat" => self.clamp(cmd, rule, client, key, 2, Expiry::Absolute(1000), out),
             "pexpireat" => self.clamp(cmd, rule, client, key, 2, Expiry::Absolute(1), out),
+            "persist" => self.clamp_always(cmd, rule, client, key, out),
             "getex" => match find_expiry_option(cmd, 2) {
+                // GETEX … PERSIST: the key would live for ever.
+                Some((_, Expiry::Keep)) => self.clamp_always(cmd, rule, client, key, out),
                 Some((i, expiry)) => self.clamp(cmd, rule, client, key, i + 1, expiry, out),
                 None => Verdict::Forward,
             },
@@ -252,11 +349,19 @@ impl TtlGuard {
         out: &mut BytesMut,
     ) -> Verdict {
         if !cmd.is_whole() {
-            // The options follow the value, which is streaming: add the TTL afterwards, NX so
-            // an expiry the SET itself sets is kept.
-            return self.hidden_expires(cmd, client, out);
+            // The value is streaming; any options follow it, unseen: the script reads them.
+            if rule.limits.ttl.is_none() && rule.limits.max_ttl.is_none() {
+                return Verdict::Forward;
+            }
+            let mode = if cmd.argc == 3 {
+                KeyMode::Default
+            } else {
+                KeyMode::SetOptions
+            };
+            return self.wrap_one(cmd, rule, client, key, mode, ADDED, out);
         }
         match find_expiry_option(cmd, 3) {
+            Some((_, Expiry::Keep)) => Verdict::Forward,
             Some((i, expiry)) => self.clamp(cmd, rule, client, key, i + 1, expiry, out),
             None => {
                 if rule.limits.ttl.is_none() {
@@ -273,16 +378,48 @@ impl TtlGuard {
         }
     }
 
-    /// A hidden `PEXPIRE key ttl NX` after the command for each key whose rule has a TTL.
-    fn hidden_expires(
+    /// `GETSET k v` as `SET k v GET PX <ttl>`; a streamed one is wrapped.
+    fn check_getset(
+        &self,
+        cmd: &CommandView<'_>,
+        rule: &Rule<TtlLimits>,
+        client: &ClientIdentity,
+        key: &[u8],
+        out: &mut BytesMut,
+    ) -> Verdict {
+        if rule.limits.ttl.is_none() {
+            return Verdict::Forward;
+        }
+        if !cmd.is_whole() {
+            return self.wrap_one(cmd, rule, client, key, KeyMode::Default, ADDED, out);
+        }
+        encode_header(out, 6);
+        encode_arg(out, b"SET");
+        encode_arg(out, key);
+        encode_arg(out, cmd.arg(2).unwrap_or_default());
+        encode_arg(out, b"GET");
+        encode_arg(out, b"PX");
+        encode_arg(out, &rule.limits.ttl_millis);
+        let v = Verdict::Rewrite {
+            replacement: Some(out.len()),
+            hidden: 0,
+        };
+        self.act(rule, ADDED, v, client, key)
+    }
+
+    /// The rule's TTL for every key the command writes whose rule has one: the command
+    /// wrapped, or (when it cannot be) followed by a hidden `PEXPIRE key ttl NX` per key.
+    fn default_ttls(
         &self,
         cmd: &CommandView<'_>,
         client: &ClientIdentity,
         out: &mut BytesMut,
     ) -> Verdict {
-        let mut hidden = 0;
-        let mut decided: Option<(&Rule<TtlLimits>, &[u8])> = None;
-        for &k in cmd.keys {
+        let mut written = Vec::new();
+        cmd.info
+            .written_key_positions_by(cmd.argc, |i| cmd.arg(i), &mut written);
+        let mut chosen: Vec<(&[u8], &Rule<TtlLimits>)> = Vec::new();
+        for &k in &written {
             let Some(key) = cmd.arg(k) else { continue };
             let Some(rule) = first_rule(&self.rules, key, client) else {
                 continue;
@@ -298,27 +435,61 @@ impl TtlGuard {
                 }
                 continue;
             }
-            let ms: &[u8] = &rule.limits.ttl_millis;
+            chosen.push((key, rule));
+        }
+        if chosen.is_empty() {
+            return Verdict::Forward;
+        }
+        let wrappable = wrappable(cmd.info, cmd.argc + 4 + 4 * chosen.len());
+        if wrappable {
+            let keys = chosen
+                .iter()
+                .map(|&(key, rule)| (key, rule, KeyMode::Default));
+            wrap(cmd, keys, out);
+            return Verdict::Rewrite {
+                replacement: Some(out.len()),
+                hidden: 0,
+            };
+        }
+        for &(key, rule) in &chosen {
             encode_header(out, 4);
             encode_arg(out, b"PEXPIRE");
             encode_arg(out, key);
-            encode_arg(out, ms);
+            encode_arg(out, &rule.limits.ttl_millis);
             encode_arg(out, b"NX");
-            hidden += 1;
-            decided = Some((rule, key));
         }
-        match decided {
-            Some(_) => Verdict::Rewrite {
-                replacement: None,
-                hidden,
-            },
-            None => Verdict::Forward,
+        Verdict::Rewrite {
+            replacement: None,
+            hidden: chosen.len() as u32,
         }
     }
 
-    /// Lower the expiry in argument `index` to the rule's `max_ttl`: a relative one (EX,
-    /// PX, SETEX, EXPIRE, ...) to `max_ttl` itself, an absolute one (EXAT, PXAT, EXPIREAT,
-    /// ...) to now + `max_ttl`, in the argument's own unit.
+    /// Wrap a command of one key with the given mode.
+    #[allow(clippy::too_many_arguments)]
+    fn wrap_one(
+        &self,
+        cmd: &CommandView<'_>,
+        rule: &Rule<TtlLimits>,
+        client: &ClientIdentity,
+        key: &[u8],
+        mode: KeyMode,
+        action: &'static str,
+        out: &mut BytesMut,
+    ) -> Verdict {
+        if !wrappable(cmd.info, cmd.argc + 8) {
+            return Verdict::Forward;
+        }
+        wrap(cmd, std::iter::once((key, rule, mode)), out);
+        let v = Verdict::Rewrite {
+            replacement: Some(out.len()),
+            hidden: 0,
+        };
+        self.act(rule, action, v, client, key)
+    }
+
+    /// Lower the expiry in argument `index` to the rule's `max_ttl` when it is above it: the
+    /// command is wrapped so that Redis first runs it as the client sent it (and refuses an
+    /// invalid expiry itself), then lowers the key's expiry with `PEXPIRE … LT`.
     #[allow(clippy::too_many_arguments)]
     fn clamp(
         &self,
@@ -330,7 +501,7 @@ impl TtlGuard {
         expiry: Expiry,
         out: &mut BytesMut,
     ) -> Verdict {
-        let (Some(max), true) = (rule.limits.max_ttl, cmd.is_whole()) else {
+        let Some(max) = rule.limits.max_ttl else {
             return Verdict::Forward;
         };
         let Some(given) = cmd.arg(index).and_then(crate::scanner::request::parse_int) else {
@@ -338,7 +509,7 @@ impl TtlGuard {
         };
         let max_ms = max.as_millis() as u64;
         let limit = match expiry {
-            Expiry::Relative(unit_ms) => (max_ms / unit_ms).max(1),
+            Expiry::Relative(unit_ms) => max_ms / unit_ms,
             Expiry::Absolute(unit_ms) => {
                 let now_ms = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -350,12 +521,66 @@ impl TtlGuard {
         if given <= 0 || (given as u64) <= limit {
             return Verdict::Forward;
         }
-        let mut digits = [0u8; 20];
-        encode_replacing(cmd, index, decimal(limit, &mut digits), out);
-        let v = Verdict::Rewrite {
-            replacement: Some(out.len()),
-            hidden: 0,
-        };
-        self.act(rule, CLAMPED, v, client, key)
+        self.wrap_one(cmd, rule, client, key, KeyMode::Clamp, CLAMPED, out)
+    }
+
+    /// PERSIST and GETEX … PERSIST under a `max_ttl`: the key gets `max_ttl` back.
+    fn clamp_always(
+        &self,
+        cmd: &CommandView<'_>,
+        rule: &Rule<TtlLimits>,
+        client: &ClientIdentity,
+        key: &[u8],
+        out: &mut BytesMut,
+    ) -> Verdict {
+        if rule.limits.max_ttl.is_none() {
+            return Verdict::Forward;
+        }
+        self.wrap_one(cmd, rule, client, key, KeyMode::Clamp, CLAMPED, out)
+    }
+}
+
+/// Whether a command can run inside the script with `total` arguments in all.
+fn wrappable(info: &CommandInfo, total: usize) -> bool {
+    !info.flags.contains(Flags::BLOCKING)
+        && !info.flags.contains(Flags::NOSCRIPT)
+        && total <= MAX_WRAPPED_ARGS
+}
+
+/// Write `EVAL <script> <n> <keys…> <condition> <mode ttl max…> <command…>`: the
+/// script's arguments, then the client's command as it encoded it (for a streamed command,
+/// its head; the rest follows unchanged).
+fn wrap<'k>(
+    cmd: &CommandView<'_>,
+    keys: impl Iterator<Item = (&'k [u8], &'k Rule<TtlLimits>, KeyMode)> + Clone,
+    out: &mut BytesMut,
+) {
+    let n = keys.clone().count();
+    let mut itoa = crate::scanner::request::itoa_buf();
+    encode_header(out, 3 + n + 1 + 3 * n + cmd.argc);
+    encode_arg(out, b"EVAL");
+    encode_arg(out, SCRIPT.as_bytes());
+    encode_arg(out, itoa.format(n));
+    for (key, _, _) in keys.clone() {
+        encode_arg(out, key);
+    }
+    let condition: &[u8] = if WRITE_ON_SUCCESS.contains(&&*cmd.info.name) {
+        b"ok"
+    } else {
+        b"changed"
+    };
+    encode_arg(out, condition);
+    for (_, rule, mode) in keys {
+        encode_arg(out, mode.word());
+        encode_arg(out, &rule.limits.ttl_millis);
+        encode_arg(out, &rule.limits.max_millis);
+    }
+    match &cmd.wire {
+        Some(wire) => out.extend_from_slice(&cmd.src[wire.clone()]),
+        None => {
+            for r in cmd.args {
+                encode_arg(out, &cmd.src[r.clone()]);
+            }
+        }
     }
 }

@@ -17,3 +17,4 @@ mod scanner;
 mod shim;
 mod soak;
 mod tls;
+mod ttl_semantics;
