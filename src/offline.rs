@@ -101,6 +101,7 @@ pub fn judge(
                 info,
                 argc,
                 streaming,
+                access: crate::guard::ScriptAccess::Allowed,
                 size,
                 wire: if inline {
                     None

@@ -69,6 +69,9 @@ pub enum Effect {
     Quit,
     /// A push to a followed queue: the integer reply is the queue's new depth.
     QueueDepth(QueueHandle),
+    /// The proxy's probe of what its user may run ([`crate::guard::PROBE`]); an error reply
+    /// is an answer too.
+    AccessProbe,
 }
 
 /// What a successful HELLO changes: protocol version (when given), user (when AUTH was

@@ -34,7 +34,7 @@ use crate::buffer::ReadBuffer;
 use crate::command::{CommandInfo, CommandTable, Flags, Special};
 use crate::control::{Control, Policy};
 use crate::guard::queue::QueueHandle;
-use crate::guard::{find_keys, CommandView, Verdict};
+use crate::guard::{find_keys, CommandView, ScriptAccess, Verdict};
 use crate::identity::ClientIdentity;
 use crate::reply_queue::{Disposition, Effect, Expect, HelloEffect, Matched, Pending, ReplyQueue};
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
@@ -146,6 +146,12 @@ pub struct Session {
     /// Inside MULTI: commands queued so far, and the positions of those the proxy added.
     multi_queued: u32,
     multi_hidden: Vec<u32>,
+    /// What the Redis user may run for the guards, from the last probe.
+    access: ScriptAccess,
+    /// A probe of `access` is in flight: guarded writes that depend on it wait for it.
+    probing: bool,
+    /// A command is held back (unscanned) until the probe answers.
+    waiting_for_probe: bool,
     /// Argument indices of the current command's keys (capacity kept).
     keys: Vec<usize>,
     /// Where guards write rewritten and extra commands (capacity kept).
@@ -268,6 +274,9 @@ impl Session {
             replies_arrived_us: 0,
             multi_queued: 0,
             multi_hidden: Vec::new(),
+            access: ScriptAccess::Allowed,
+            probing: false,
+            waiting_for_probe: false,
             keys: Vec::new(),
             scratch: BytesMut::new(),
             tracked_queue: None,
@@ -556,6 +565,7 @@ impl Session {
                 self.upstream = Some(stream);
                 self.upstream_slot = Some(slot);
                 self.upstream_error.clear();
+                self.probe_access();
             }
             Err(e) => {
                 tracing::debug!(client = %self.identity, error = %e, "no upstream connection");
@@ -574,7 +584,7 @@ impl Session {
     /// Scan and route every whole command in the request buffer.
     fn on_client_input(&mut self) {
         loop {
-            if self.ignore_input {
+            if self.ignore_input || self.waiting_for_probe {
                 break;
             }
             if let Some(to) = self.streaming {
@@ -656,8 +666,11 @@ impl Session {
     }
 
     fn on_command(&mut self, start: usize, end: usize, inline: bool) {
-        self.commands_in_batch += 1;
         let info = self.lookup_current(inline);
+        if self.hold_for_probe(info.id, start) {
+            return;
+        }
+        self.commands_in_batch += 1;
         let intercept = self.intercept(&info, inline);
         if self.upstream.is_none() && !matches!(intercept, Intercept::Answer(_)) {
             let reply = self
@@ -702,6 +715,7 @@ impl Session {
             }
         };
         let is_reset = info.special == Special::Reset;
+        let changes_user = matches!(info.special, Special::Auth | Special::Hello);
         self.push_for(info, inline);
         if let Some(len) = replacement {
             self.discard_requests(end - start);
@@ -723,6 +737,53 @@ impl Session {
         if is_reset {
             self.send_handshake();
         }
+        if is_reset || changes_user {
+            // What Redis lets the guards do may have changed with the user.
+            self.probe_access();
+        }
+    }
+
+    /// Send the access probe ([`crate::guard::PROBE`]), its reply hidden, when a guard may
+    /// act as the user and the probe's reply will come back on its own (not inside MULTI,
+    /// under CLIENT REPLY OFF/SKIP, or where Redis refuses EVAL: subscribed, MONITOR).
+    fn probe_access(&mut self) {
+        let can_probe = self.upstream.is_some()
+            && self.policy.guards.probes_access()
+            && !self.in_multi
+            && self.reply_mode == ReplyMode::On
+            && (self.queue.is_resp3() || !self.queue.is_subscribed())
+            && !self.queue.is_monitoring();
+        if !can_probe {
+            return;
+        }
+        self.move_requests();
+        self.to_upstream.extend_from_slice(crate::guard::PROBE);
+        let mut probe = Pending::hidden(self.shared.table.unknown().id);
+        probe.effect = Effect::AccessProbe;
+        self.queue.push(probe);
+        self.probing = true;
+    }
+
+    /// Hold the command starting at `start` back while a probe is in flight and the guards
+    /// need its answer to judge it: it is scanned again once the probe has answered.
+    fn hold_for_probe(&mut self, command: u16, start: usize) -> bool {
+        if !self.probing || !self.policy.guards.needs_access(command) {
+            return false;
+        }
+        self.requests.unscan(start);
+        self.waiting_for_probe = true;
+        true
+    }
+
+    /// The probe answered: guarded writes may go on.
+    fn on_access_probe(&mut self, reply: &crate::scanner::reply::ReplyInfo) {
+        let is_error = reply.kind == crate::scanner::reply::ReplyKind::Error;
+        self.access = ScriptAccess::from_probe_reply(is_error, reply.last_int);
+        self.probing = false;
+        self.waiting_for_probe = false;
+        if self.access != ScriptAccess::Allowed {
+            tracing::debug!(client = %self.identity, access = ?self.access, "the Redis user may not run what the TTL guard sends");
+        }
     }
 
     /// The head of a command too large to hold: decide now, then stream or discard the rest.
@@ -733,8 +794,11 @@ impl Session {
         argc: usize,
         next_len: Option<u64>,
     ) {
-        self.commands_in_batch += 1;
         let info = self.lookup_current(false);
+        if self.hold_for_probe(info.id, start) {
+            return;
+        }
+        self.commands_in_batch += 1;
         if self.upstream.is_none() {
             self.answer_locally(info.id, self.unavailable_reply(), start, head_end);
             self.streaming = Some(StreamTo::Discard);
@@ -830,6 +894,7 @@ impl Session {
             info,
             argc,
             streaming: None,
+            access: self.access,
             size: 0,
             wire: None,
         };
@@ -862,6 +927,7 @@ impl Session {
             info,
             argc,
             streaming,
+            access: self.access,
             size,
             wire,
         };
@@ -1170,7 +1236,9 @@ impl Session {
                         if p.disposition != Disposition::Hide {
                             self.record_latency(&p, self.replies_arrived_us);
                         }
-                        if info.kind != crate::scanner::reply::ReplyKind::Error {
+                        if p.effect == Effect::AccessProbe {
+                            self.on_access_probe(&info);
+                        } else if info.kind != crate::scanner::reply::ReplyKind::Error {
                             self.apply_effect(p.effect, &info);
                         }
                     }
@@ -1202,7 +1270,7 @@ impl Session {
                     q.record(depth);
                 }
             }
-            Effect::None | Effect::Monitor => {}
+            Effect::None | Effect::Monitor | Effect::AccessProbe => {}
             Effect::Hello(hello) => {
                 let HelloEffect { user, name, .. } = *hello;
                 if let Some(u) = user {

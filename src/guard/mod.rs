@@ -111,6 +111,8 @@ pub struct CommandView<'a> {
     /// For a command too large to hold: the declared length of argument `args.len()`, which
     /// is arriving now. `None` for a whole command.
     pub streaming: Option<u64>,
+    /// What the client's Redis user may run for a guard that sends scripts or expiries.
+    pub access: ScriptAccess,
     /// The command's size in bytes (for a streamed command, at least this many).
     pub size: u64,
     /// Where in `src` the arguments lie exactly as the client encoded them, after the
@@ -119,6 +121,36 @@ pub struct CommandView<'a> {
     /// its head, up to where the streamed rest begins. `None` for inline commands.
     pub wire: Option<Range<usize>>,
 }
+
+/// What the client's Redis user may run on the guards' behalf, as the session learnt it
+/// from a probe ([`PROBE`]) after connecting and after each change of user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptAccess {
+    /// EVAL and PEXPIRE (or not known yet: the session holds guarded writes back while a
+    /// probe is in flight, so this means "not denied").
+    Allowed,
+    /// EVAL, but not PEXPIRE: no key can be given an expiry.
+    NoExpire,
+    /// Not EVAL (scripts are denied), so no write can be wrapped.
+    NoScripts,
+}
+
+impl ScriptAccess {
+    /// Read the probe's reply: an error (EVAL refused), `:1` (PEXPIRE refused), or else
+    /// allowed (`:2`, or `:0` when the user's key patterns leave the answer open).
+    pub fn from_probe_reply(is_error: bool, value: Option<i64>) -> Self {
+        match (is_error, value) {
+            (true, _) => ScriptAccess::NoScripts,
+            (false, Some(1)) => ScriptAccess::NoExpire,
+            _ => ScriptAccess::Allowed,
+        }
+    }
+}
+
+/// The probe a session sends (its reply hidden) to learn its user's [`ScriptAccess`]: EVAL
+/// itself, then PEXPIRE against GET on a probe key, so a user whose key patterns exclude the
+/// probe key is not mistaken for one denied PEXPIRE. Nothing is run or logged in ACL LOG.
+pub const PROBE: &[u8] = b"*3\r\n$4\r\nEVAL\r\n$153\r\nlocal k = 'respguard:probe' if redis.acl_check_cmd('pexpire', k, '1', 'NX') then return 2 end if redis.acl_check_cmd('get', k) then return 1 end return 0\r\n$1\r\n0\r\n";
 
 /// The arguments of a whole multibulk command `src[start..end]`, as encoded: everything
 /// after the `*N\r\n` line (see [`CommandView::wire`]).
@@ -208,6 +240,8 @@ pub struct Guards {
     wanted: Vec<u8>,
     /// The shed guard's bit (0 without it): it acts only while memory is under pressure.
     shed_bit: u8,
+    /// The TTL guard's bit (0 without it): it may send scripts and expiries as the user.
+    ttl_bit: u8,
     /// What the shed guard reads.
     pressure: Arc<MemoryPressure>,
     /// Answers for cache keys while Redis is down.
@@ -257,7 +291,9 @@ impl Guards {
                 Arc::clone(&context.enqueue),
             )?));
         }
+        let mut ttl_bit = 0;
         if !raw.ttl.rules.is_empty() {
+            ttl_bit = 1 << chain.len();
             chain.push(Arc::new(ttl::TtlGuard::build(&raw.ttl, mode, logs, table)?));
         }
         let fail_open = fail_open::FailOpen::build(&raw.fail_open, table, logs)?;
@@ -276,6 +312,7 @@ impl Guards {
             chain,
             wanted,
             shed_bit,
+            ttl_bit,
             pressure: Arc::clone(&context.pressure),
             fail_open,
         })
@@ -287,6 +324,7 @@ impl Guards {
             chain: Vec::new(),
             wanted: Vec::new(),
             shed_bit: 0,
+            ttl_bit: 0,
             pressure: Arc::new(MemoryPressure::new(Thresholds::new(0.0, 0.0, 0.0, 0.0))),
             fail_open: None,
         }
@@ -309,6 +347,20 @@ impl Guards {
         let bits = self.wanted.get(command as usize).copied().unwrap_or(0);
         let shed = bits & self.shed_bit != 0 && self.pressure.engaged_for_write(size);
         shed || bits & !self.shed_bit != 0
+    }
+
+    /// Whether a guard may send scripts or expiries as the client's user for this command
+    /// (the TTL guard wants it), so the session must know the user's [`ScriptAccess`].
+    #[inline]
+    pub fn needs_access(&self, command: u16) -> bool {
+        self.wanted
+            .get(command as usize)
+            .is_some_and(|&bits| bits & self.ttl_bit != 0)
+    }
+
+    /// Whether any guard ever needs to know the user's [`ScriptAccess`].
+    pub fn probes_access(&self) -> bool {
+        self.ttl_bit != 0
     }
 
     /// Fail-open answers, when rules are configured.
@@ -642,6 +694,7 @@ mod tests {
             keys: &[1],
             info: table.lookup(&[b"SET"]),
             argc: 3,
+            access: ScriptAccess::Allowed,
             streaming: None,
             size: src.len() as u64,
             wire: wire_args(src, start, end),

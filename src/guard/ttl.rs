@@ -35,13 +35,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 
 use super::{encode_appending, encode_arg, encode_header, first_rule};
-use super::{CommandView, Guard, Mode, Rule, RuleSpec, Verdict};
+use super::{CommandView, Guard, Mode, Rule, RuleSpec, ScriptAccess, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
 use crate::config::{ConfigError, RawTtlGuard};
 use crate::identity::ClientIdentity;
 
-/// The script every wrapped command runs in (see the module documentation).
-pub const SCRIPT: &str = include_str!("ttl_script.lua");
+/// The script every wrapped command runs in (see the module documentation), as documented
+/// in `ttl_script.lua`.
+const SCRIPT_SOURCE: &str = include_str!("ttl_script.lua");
+
+/// The script as sent: without comments and indentation. It is sent whole with every
+/// wrapped command (EVAL, not EVALSHA, so a SCRIPT FLUSH can never make a write fail), and
+/// Redis hashes it each time, so every byte counts.
+pub static SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    SCRIPT_SOURCE
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+});
 
 /// The most arguments a wrapped command may have: the script passes the command on with
 /// Lua's `unpack`, whose results must fit Lua's C stack (8,000 slots in Redis's Lua).
@@ -71,6 +84,8 @@ pub struct TtlGuard {
 
 const ADDED: &str = "ttl_added";
 const CLAMPED: &str = "ttl_clamped";
+/// A TTL the guard would add or lower but the client's Redis user may not set (ACL).
+const SKIPPED: &str = "ttl_skipped";
 
 /// Commands that create keys and get a TTL by default.
 const DEFAULT_CREATING: &[&str] = &[
@@ -201,7 +216,7 @@ impl TtlGuard {
                 "ttl",
                 spec,
                 mode,
-                &[ADDED, CLAMPED],
+                &[ADDED, CLAMPED, SKIPPED],
                 logs,
                 limits,
                 key,
@@ -237,6 +252,21 @@ impl TtlGuard {
         }
         verdict
     }
+}
+
+/// Whether the client's Redis user may run what the guard sends; when it may not, the
+/// TTL is not set, and that is counted (`ttl_skipped`) and logged with the rule and why.
+fn may_set_expiry(cmd: &CommandView<'_>, rule: &Rule<TtlLimits>, client: &ClientIdentity) -> bool {
+    let why = match cmd.access {
+        ScriptAccess::Allowed => return true,
+        ScriptAccess::NoScripts => "the client's Redis user may not run EVAL (ACL)",
+        ScriptAccess::NoExpire => "the client's Redis user may not run PEXPIRE (ACL)",
+    };
+    rule.count(SKIPPED);
+    rule.log_decision("ttl", client, "skipped", "skip", || {
+        format!("no TTL set on a {} write: {why}", cmd.info.name)
+    });
+    false
 }
 
 /// A rule's extra command must exist and write keys: a TTL on a key that is only read (the
@@ -424,7 +454,7 @@ impl TtlGuard {
             let Some(rule) = first_rule(&self.rules, key, client) else {
                 continue;
             };
-            if rule.limits.ttl.is_none() {
+            if rule.limits.ttl.is_none() || !may_set_expiry(cmd, rule, client) {
                 continue;
             }
             rule.count(ADDED);
@@ -476,7 +506,7 @@ impl TtlGuard {
         action: &'static str,
         out: &mut BytesMut,
     ) -> Verdict {
-        if !wrappable(cmd.info, cmd.argc + 8) {
+        if !wrappable(cmd.info, cmd.argc + 8) || !may_set_expiry(cmd, rule, client) {
             return Verdict::Forward;
         }
         wrap(cmd, std::iter::once((key, rule, mode)), out);

@@ -192,6 +192,15 @@ impl RequestScanner {
         )
     }
 
+    /// Forget the command found last, which starts at `start`, so the next [`Self::scan`]
+    /// finds it again: the caller holds it back until it can decide about it.
+    pub fn unscan(&mut self, start: usize) {
+        self.state = State::Idle;
+        self.pos = start;
+        self.line_search = 0;
+        self.args.clear();
+    }
+
     /// Shift every position left by `n`: the caller dropped `n` bytes from its buffer.
     /// `n` must not exceed the start of the command in progress.
     pub fn rebase(&mut self, n: usize) {

@@ -181,11 +181,27 @@ async fn a_write_that_changes_nothing_leaves_a_watched_key_clean() {
     assert_eq!(pair.pttl_behind("lock").await, -1);
 }
 
+/// A TTL rule that applies to every key, under a rule name no other test uses, so its
+/// counters can be read exactly.
+fn acl_rules(name: &str) -> String {
+    format!("[[guards.ttl.rules]]\npattern = \"{name}*\"\nttl = \"1h\"\nmax_ttl = \"1d\"\n")
+}
+
+/// The TTL guard's `ttl_skipped` count for the rule with `pattern`.
+async fn skipped(pair: &Pair, pattern: &str) -> f64 {
+    let body = crate::guards::http_get(pair.proxy.admin_addr.expect("admin"), "/metrics").await;
+    let series = format!(
+        "respguard_guard_decisions_total{{guard=\"ttl\",rule=\"{pattern}\",action=\"ttl_skipped\",mode=\"enforce\"}}"
+    );
+    crate::guards::metric(&body, &series).unwrap_or(0.0)
+}
+
 #[tokio::test]
 async fn a_user_who_may_not_set_expiries_gets_redis_replies() {
     // The hidden PEXPIRE was refused by ACL inside MULTI, so EXEC answered EXECABORT; outside
-    // MULTI the key silently got no TTL. The user's replies must never change.
-    let pair = Pair::start(RULES).await;
+    // MULTI the key silently got no TTL. The user's replies must never change, and a TTL
+    // that could not be set is counted (and logged).
+    let pair = Pair::start(&acl_rules("")).await;
     pair.setup(&[&[
         "ACL", "SETUSER", "lim", "on", ">limpw", "~*", "+@all", "-pexpire", "-expire",
     ]])
@@ -198,12 +214,55 @@ async fn a_user_who_may_not_set_expiries_gets_redis_replies() {
         &["EXEC"],
         &["HSETNX", "h2", "f", "v"],
         &["SET", "s", "v"],
+        &["EXPIRE", "s", "864000"],
     ])
     .await;
     assert_eq!(pair.pttl_behind("h").await, -1);
     assert_eq!(pair.pttl_behind("n").await, -1);
     // SET … PX needs no other permission than SET's own.
-    assert!(around(pair.pttl_behind("s").await, HOUR_MS));
+    assert!(pair.pttl_behind("s").await > 0);
+    assert_eq!(
+        skipped(&pair, "*").await,
+        4.0,
+        "HSET, SETNX, HSETNX, EXPIRE"
+    );
+}
+
+#[tokio::test]
+async fn a_user_who_may_not_run_scripts_gets_redis_replies() {
+    // Writes the TTL guard wraps run as EVAL: a user without EVAL would get NOPERM for its
+    // own HSET. The proxy asks Redis what the user may run before the first such write.
+    let pair = Pair::start(&acl_rules("k")).await;
+    pair.setup(&[&[
+        "ACL",
+        "SETUSER",
+        "noeval",
+        "on",
+        ">pw",
+        "~*",
+        "+@all",
+        "-@scripting",
+    ]])
+    .await;
+    pair.same(&[
+        &["AUTH", "noeval", "pw"],
+        &["MULTI"],
+        &["HSET", "kh", "f", "v"],
+        &["SETNX", "kn", "1"],
+        &["EXEC"],
+        &["HSETNX", "kh", "g", "v"],
+        &["SET", "ks", "v"],
+        &["AUTH", "default", ""],
+    ])
+    .await;
+    assert_eq!(pair.pttl_behind("kh").await, -1);
+    assert_eq!(pair.pttl_behind("kn").await, -1);
+    assert!(around(pair.pttl_behind("ks").await, HOUR_MS));
+    assert_eq!(skipped(&pair, "k*").await, 3.0);
+    // Back as a user who may: writes get their TTL again.
+    let mut c = Conn::open(pair.proxy.addr).await;
+    assert_eq!(c.call(&["HSET", "kh2", "f", "v"]).await, ":1\r\n");
+    assert!(around(pair.pttl_behind("kh2").await, HOUR_MS));
 }
 
 #[tokio::test]
