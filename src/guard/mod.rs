@@ -386,8 +386,7 @@ impl<L> Rule<L> {
         limits: L,
         key: &'static str,
     ) -> Result<Self, ConfigError> {
-        let pattern =
-            KeyPattern::new(spec.pattern).map_err(|reason| ConfigError::Invalid { key, reason })?;
+        let pattern = KeyPattern::new(spec.pattern);
         let mode = match spec.mode {
             Some(m) => Mode::parse(m, key)?,
             None => default_mode,
