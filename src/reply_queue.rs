@@ -69,6 +69,9 @@ pub enum Effect {
     Quit,
     /// A push to a followed queue: the integer reply is the queue's new depth.
     QueueDepth(QueueHandle),
+    /// A [`crate::command::Special::MemoryEvent`] command succeeded: the memory reading is
+    /// stale now that Redis has applied it.
+    MemoryEvent,
 }
 
 /// What a successful HELLO changes: protocol version (when given), user (when AUTH was

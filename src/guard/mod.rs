@@ -311,6 +311,11 @@ impl Guards {
         shed || bits & !self.shed_bit != 0
     }
 
+    /// The memory pressure the shed guard reads, for the session to mark it stale.
+    pub fn pressure(&self) -> &MemoryPressure {
+        &self.pressure
+    }
+
     /// Fail-open answers, when rules are configured.
     pub fn fail_open(&self) -> Option<&fail_open::FailOpen> {
         self.fail_open.as_ref()
