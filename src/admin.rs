@@ -101,7 +101,10 @@ async fn respond(mut stream: TcpStream, state: &AdminState) -> std::io::Result<(
             b"/readyz" => (
                 "503 Service Unavailable",
                 "text/plain",
-                "not ready: upstream not answering\n".to_string(),
+                format!(
+                    "not ready: {}\n",
+                    state.health.state().not_ready_reason().unwrap_or_default()
+                ),
             ),
             b"/status" => (
                 "200 OK",

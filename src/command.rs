@@ -159,6 +159,10 @@ pub enum Special {
     Discard,
     /// WATCH (refused, not queued, inside MULTI).
     Watch,
+    /// A command after which Redis's memory reading may have changed: CONFIG SET
+    /// (`maxmemory`, `maxmemory-policy`), CONFIG RESETSTAT, FLUSHALL, FLUSHDB, FAILOVER,
+    /// REPLICAOF, SLAVEOF. The session marks the memory reading stale.
+    MemoryEvent,
 }
 
 impl Special {
@@ -182,6 +186,8 @@ impl Special {
             b"exec" => Special::Exec,
             b"discard" => Special::Discard,
             b"watch" => Special::Watch,
+            b"config|set" | b"config|resetstat" | b"flushall" | b"flushdb" | b"failover"
+            | b"replicaof" | b"slaveof" => Special::MemoryEvent,
             _ => Special::None,
         }
     }

@@ -734,7 +734,8 @@ impl Default for RawLog {
 pub struct RawProtocol {
     /// Longest inline command or length line (Redis: 64KiB).
     pub max_inline_len: ByteSize,
-    /// Most arguments in one command.
+    /// Most arguments in one command (default 2147483647, Redis's own limit: memory is
+    /// bounded by `max_buffered_command`, not by this count).
     pub max_args: u64,
     /// Largest argument (Redis's `proto-max-bulk-len`: 512MiB).
     pub max_bulk_len: ByteSize,

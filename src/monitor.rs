@@ -12,6 +12,11 @@
 //! while it answers `LOADING`, and still when an ACL refuses the proxy's user `INFO` (then
 //! memory pressure is unknown, a warning says so, and nothing is shed).
 //!
+//! A reading can be refreshed out of turn: when a session marks it stale (`CONFIG SET`,
+//! `FLUSHALL`, a failover passing through the proxy) the monitor polls at once, and a poll
+//! that would raise the level on a pressure ten times the last one is read again before it
+//! is recorded, so writes are never refused on a reading Redis has already left behind.
+//!
 //! It connects through the shared [`ConnectGate`], so its reconnects respect the connect rate
 //! and circuit breaker like every session's. While Redis cannot be polled, the last level
 //! stays in force (commands fail anyway while Redis is unreachable) and
@@ -28,6 +33,7 @@ use tokio::sync::watch;
 
 use crate::config::RawMonitor;
 use crate::guard::queue::QueueDepths;
+use crate::health::Upstream;
 use crate::pressure::{Level, LimitSource, MemoryPressure};
 use crate::upstream::{read_replies, ConnectGate, UpstreamSlot};
 use crate::wire;
@@ -212,6 +218,7 @@ impl Monitor {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
+                _ = self.pressure.repoll_wanted() => {}
                 _ = shutdown.changed() => return,
             }
             if conn.is_none() {
@@ -219,17 +226,18 @@ impl Monitor {
             }
             let Some((stream, _)) = conn.as_mut() else {
                 metrics.up.set(0.0);
-                self.health.set(false);
+                self.health.set(Upstream::Silent);
                 continue;
             };
-            match tokio::time::timeout(self.timeout, poll(stream)).await {
-                Ok(Ok(polled)) => {
+            match tokio::time::timeout(self.timeout, self.poll_confirmed(stream)).await {
+                Ok(Ok((polled, covers))) => {
                     // PING decides readiness: INFO still answers while Redis is LOADING.
-                    self.health.set(polled.ready);
+                    self.health.set(polled.upstream);
                     match polled.info {
                         Ok(info) => {
                             metrics.up.set(1.0);
-                            self.apply(&info, &metrics, &mut growth, &levels, &mut remembered);
+                            let seen = &mut remembered;
+                            self.apply(&info, covers, &metrics, &mut growth, &levels, seen);
                         }
                         Err(refused) => {
                             metrics.up.set(0.0);
@@ -239,20 +247,20 @@ impl Monitor {
                                 remembered.limit_note = Some(note);
                             }
                             self.pressure
-                                .record_poll(0, 0, LimitSource::MaxMemory, false);
+                                .record_poll(0, 0, LimitSource::MaxMemory, false, covers);
                         }
                     }
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "memory poll failed");
                     metrics.up.set(0.0);
-                    self.health.set(false);
+                    self.health.set(Upstream::Silent);
                     conn = None;
                     continue;
                 }
                 Err(_) => {
                     metrics.up.set(0.0);
-                    self.health.set(false);
+                    self.health.set(Upstream::Silent);
                     conn = None;
                     continue;
                 }
@@ -274,22 +282,52 @@ impl Monitor {
         }
     }
 
+    /// One poll, and at once a second one when the first would raise the level on a jump
+    /// of an order of magnitude ([`MemoryPressure::needs_confirmation`]); with the stale
+    /// marks the recorded poll covers.
+    async fn poll_confirmed(
+        &self,
+        stream: &mut crate::transport::Stream,
+    ) -> std::io::Result<(Poll, u64)> {
+        let covers = self.pressure.marks();
+        let polled = poll(stream).await?;
+        let Ok(info) = &polled.info else {
+            return Ok((polled, covers));
+        };
+        let (limit, _, enabled) = self.limit_of(info);
+        if !self
+            .pressure
+            .needs_confirmation(info.used_memory, limit, enabled)
+        {
+            return Ok((polled, covers));
+        }
+        tracing::debug!("memory reading jumped: reading it again");
+        let covers = self.pressure.marks();
+        Ok((poll(stream).await?, covers))
+    }
+
+    /// The limit pressure is measured against, where it comes from, and whether shedding
+    /// applies (not when Redis evicts at its limit, unless `with_eviction`).
+    fn limit_of(&self, info: &InfoReading) -> (u64, LimitSource, bool) {
+        let (limit, source) = if info.maxmemory > 0 {
+            (info.maxmemory, LimitSource::MaxMemory)
+        } else {
+            (self.settings.memory_budget.0, LimitSource::Budget)
+        };
+        let evicts = info.policy.starts_with("allkeys-");
+        (limit, source, !evicts || self.shed_with_eviction)
+    }
+
     fn apply(
         &self,
         info: &InfoReading,
+        covers: u64,
         metrics: &MonitorMetrics,
         growth: &mut Growth,
         warning_levels: &[f64],
         remembered: &mut Remembered,
     ) {
-        let budget = self.settings.memory_budget.0;
-        let (limit, source) = if info.maxmemory > 0 {
-            (info.maxmemory, LimitSource::MaxMemory)
-        } else {
-            (budget, LimitSource::Budget)
-        };
-        let evicts = info.policy.starts_with("allkeys-");
-        let enabled = !evicts || self.shed_with_eviction;
+        let (limit, source, enabled) = self.limit_of(info);
         let note = if limit == 0 {
             Some("Redis has no maxmemory and monitor.memory_budget is not set: memory pressure is unknown and writes are never shed".to_string())
         } else if !enabled {
@@ -303,9 +341,9 @@ impl Monitor {
             }
             remembered.limit_note = note;
         }
-        let (before, after) = self
-            .pressure
-            .record_poll(info.used_memory, limit, source, enabled);
+        let (before, after) =
+            self.pressure
+                .record_poll(info.used_memory, limit, source, enabled, covers);
         let now = Instant::now();
         growth.add(now, info.used_memory);
         let rate = growth.rate();
@@ -399,8 +437,8 @@ fn human_bytes(n: u64) -> String {
 /// What one poll got back.
 #[derive(Debug)]
 struct Poll {
-    /// Redis answered PING (not LOADING, not an error): it can serve.
-    ready: bool,
+    /// What PING said: `Up` when Redis can serve, `Loading` while it loads its dataset.
+    upstream: Upstream,
     /// The INFO fields, or why INFO was refused (an ACL without `+info`, for instance).
     info: Result<InfoReading, String>,
 }
@@ -411,7 +449,11 @@ async fn poll(stream: &mut crate::transport::Stream) -> std::io::Result<Poll> {
         .write_all(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n*2\r\n$4\r\nINFO\r\n$7\r\nclients\r\n")
         .await?;
     let mut replies = read_replies(stream, 3).await?.into_iter();
-    let ready = matches!(replies.next(), Some(Ok(_)));
+    let upstream = match replies.next() {
+        Some(Ok(_)) => Upstream::Up,
+        Some(Err(e)) if e.starts_with("LOADING") => Upstream::Loading,
+        _ => Upstream::Silent,
+    };
     let mut info = InfoReading::default();
     let mut refused = None;
     for reply in replies {
@@ -421,7 +463,7 @@ async fn poll(stream: &mut crate::transport::Stream) -> std::io::Result<Poll> {
         }
     }
     Ok(Poll {
-        ready,
+        upstream,
         info: refused.map_or(Ok(info), Err),
     })
 }

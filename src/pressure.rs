@@ -12,6 +12,12 @@
 //! counts as growth (shedding early), a new small key less than Redis spends on it (a
 //! 144-byte SET of a 100-byte value grows Redis by about 202 bytes), so the `hard` level must
 //! sit below the limit by more than clients write in one poll interval.
+//!
+//! A reading can also go stale at once: `CONFIG SET maxmemory`, `FLUSHALL` or a failover
+//! passing through the proxy changes what Redis would say. The session then marks the
+//! reading stale ([`MemoryPressure::mark_stale`], when the command is sent and again when
+//! Redis has answered it); until a poll that began after the last mark is recorded, no level
+//! applies (Redis itself still answers `OOM` if it is full), and the monitor polls at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
@@ -154,6 +160,13 @@ pub struct MemoryPressure {
     transitions: AtomicU64,
     /// The number of polls so far, for whoever waits for the next one (status, tests).
     poll_events: tokio::sync::watch::Sender<u64>,
+    /// How many times the reading was marked stale.
+    marks: AtomicU64,
+    /// The marks the last recorded poll covers (it began after them): the reading is stale
+    /// while `marks` is ahead.
+    covered: AtomicU64,
+    /// Wakes the monitor to poll at once after a mark.
+    repoll: tokio::sync::Notify,
 }
 
 impl MemoryPressure {
@@ -171,7 +184,57 @@ impl MemoryPressure {
             polls: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
             poll_events: tokio::sync::watch::channel(0).0,
+            marks: AtomicU64::new(0),
+            covered: AtomicU64::new(0),
+            repoll: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Say that Redis's memory or limit may have changed (the proxy forwarded or saw the
+    /// answer to `CONFIG SET`, `FLUSHALL`, a failover, ...): no level applies until a poll
+    /// that begins after this call, and the monitor is woken to make one now.
+    pub fn mark_stale(&self) {
+        self.marks.fetch_add(1, Ordering::Relaxed);
+        self.repoll.notify_one();
+    }
+
+    /// The marks so far; the monitor reads this before it polls and hands it to
+    /// [`Self::record_poll`], so a mark made during a poll keeps the reading stale.
+    pub fn marks(&self) -> u64 {
+        self.marks.load(Ordering::Relaxed)
+    }
+
+    /// Completes when the reading was marked stale since the last call (at once if it was
+    /// marked while nobody waited).
+    pub async fn repoll_wanted(&self) {
+        self.repoll.notified().await;
+    }
+
+    /// True while a mark is newer than the last recorded poll.
+    fn is_stale(&self) -> bool {
+        self.marks.load(Ordering::Relaxed) > self.covered.load(Ordering::Relaxed)
+    }
+
+    /// True when a poll of `used` of `limit` bytes would raise the level and shows at least
+    /// ten times the pressure of the last poll: a change that large (a limit lowered and
+    /// perhaps raised again, another server after a failover) is read again before writes
+    /// are refused on it.
+    pub fn needs_confirmation(&self, used: u64, limit: u64, enabled: bool) -> bool {
+        if !enabled || limit == 0 {
+            return false;
+        }
+        let pressure = used as f64 / limit as f64;
+        let current = self.polled_level();
+        if self.thresholds.next(current, pressure) <= current {
+            return false;
+        }
+        let (last_used, last_limit) = self.last_poll();
+        let last = if self.enabled.load(Ordering::Relaxed) && last_limit > 0 {
+            last_used as f64 / last_limit as f64
+        } else {
+            0.0
+        };
+        pressure >= 10.0 * last
     }
 
     /// A receiver that changes after every poll (its value: polls so far).
@@ -201,7 +264,8 @@ impl MemoryPressure {
         estimate >= self.watch_from.load(Ordering::Relaxed)
     }
 
-    /// True when no level is in force now (the cheap check before [`Self::reading`]).
+    /// True when no level is in force now (the cheap check before [`Self::reading`]), or
+    /// the reading is stale.
     #[inline]
     pub fn is_normal(&self) -> bool {
         !self.enabled.load(Ordering::Relaxed)
@@ -211,9 +275,11 @@ impl MemoryPressure {
                     .load(Ordering::Relaxed)
                     .saturating_add(self.written.load(Ordering::Relaxed))
                     < self.watch_from.load(Ordering::Relaxed))
+            || self.is_stale()
     }
 
-    /// The level in force now and the pressure behind it.
+    /// The level in force now and the pressure behind it (`normal` while the reading is
+    /// stale).
     pub fn reading(&self) -> Reading {
         let source = if self.limit_is_budget.load(Ordering::Relaxed) {
             LimitSource::Budget
@@ -221,7 +287,7 @@ impl MemoryPressure {
             LimitSource::MaxMemory
         };
         let limit = self.limit.load(Ordering::Relaxed);
-        if !self.enabled.load(Ordering::Relaxed) || limit == 0 {
+        if !self.enabled.load(Ordering::Relaxed) || limit == 0 || self.is_stale() {
             return Reading {
                 level: Level::Normal,
                 pressure: 0.0,
@@ -239,14 +305,16 @@ impl MemoryPressure {
         }
     }
 
-    /// Record a poll: `used` of `limit` bytes (`limit` 0 when unknown), and whether shedding
-    /// applies. Returns the level before and after.
+    /// Record a poll: `used` of `limit` bytes (`limit` 0 when unknown), whether shedding
+    /// applies, and the [`Self::marks`] read before the poll began. Returns the level before
+    /// and after.
     pub fn record_poll(
         &self,
         used: u64,
         limit: u64,
         source: LimitSource,
         enabled: bool,
+        covers: u64,
     ) -> (Level, Level) {
         let before = Level::from_u8(self.level.load(Ordering::Relaxed));
         let enabled = enabled && limit > 0;
@@ -267,6 +335,7 @@ impl MemoryPressure {
         self.written.store(0, Ordering::Relaxed);
         self.level.store(after as u8, Ordering::Relaxed);
         self.enabled.store(enabled, Ordering::Relaxed);
+        self.covered.fetch_max(covers, Ordering::Relaxed);
         if before != after {
             self.transitions.fetch_add(1, Ordering::Relaxed);
         }
@@ -334,7 +403,7 @@ mod tests {
     #[test]
     fn writes_between_polls_raise_the_level_at_once() {
         let p = MemoryPressure::new(t());
-        p.record_poll(40, 100, LimitSource::MaxMemory, true);
+        p.record_poll(40, 100, LimitSource::MaxMemory, true, 0);
         assert!(!p.engaged_for_write(5));
         assert_eq!(p.reading().level, Level::Normal);
         // 40 + 5 + 5 reaches soft's 50%.
@@ -344,7 +413,7 @@ mod tests {
         assert_eq!(p.reading().level, Level::Hard);
         // The next poll replaces the estimate with what Redis says.
         assert_eq!(
-            p.record_poll(45, 100, LimitSource::MaxMemory, true),
+            p.record_poll(45, 100, LimitSource::MaxMemory, true, 0),
             (Level::Normal, Level::Normal)
         );
         assert_eq!(p.reading().level, Level::Normal);
@@ -353,10 +422,40 @@ mod tests {
     #[test]
     fn no_limit_or_eviction_means_no_shedding() {
         let p = MemoryPressure::new(t());
-        p.record_poll(99, 0, LimitSource::MaxMemory, true);
+        p.record_poll(99, 0, LimitSource::MaxMemory, true, 0);
         assert!(!p.engaged_for_write(1 << 30));
-        p.record_poll(99, 100, LimitSource::MaxMemory, false);
+        p.record_poll(99, 100, LimitSource::MaxMemory, false, 0);
         assert!(!p.engaged_for_write(1));
         assert_eq!(p.reading().level, Level::Normal);
+    }
+
+    #[test]
+    fn a_stale_reading_refuses_nothing_until_a_later_poll() {
+        let p = MemoryPressure::new(t());
+        p.record_poll(95, 100, LimitSource::MaxMemory, true, p.marks());
+        assert_eq!(p.reading().level, Level::Hard);
+        p.mark_stale();
+        assert!(p.is_normal());
+        assert_eq!(p.reading().level, Level::Normal);
+        // A poll that began before the mark does not make the reading fresh.
+        p.record_poll(95, 100, LimitSource::MaxMemory, true, 0);
+        assert_eq!(p.reading().level, Level::Normal);
+        p.record_poll(95, 100, LimitSource::MaxMemory, true, p.marks());
+        assert_eq!(p.reading().level, Level::Hard);
+    }
+
+    #[test]
+    fn a_jump_by_an_order_of_magnitude_is_read_again() {
+        let p = MemoryPressure::new(t());
+        // First reading over a level: nothing to compare with, so it is confirmed.
+        assert!(p.needs_confirmation(90, 100, true));
+        p.record_poll(45, 100, LimitSource::MaxMemory, true, 0);
+        // 45% to 85%: a real rise, not a jump.
+        assert!(!p.needs_confirmation(85, 100, true));
+        // 45% to 1,000,000%: a limit of 100 bytes, read again first.
+        assert!(p.needs_confirmation(1_000_000, 100, true));
+        // Below every level, or shedding off: nothing to confirm.
+        assert!(!p.needs_confirmation(1, 100, true));
+        assert!(!p.needs_confirmation(1_000_000, 100, false));
     }
 }

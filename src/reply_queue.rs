@@ -72,6 +72,9 @@ pub enum Effect {
     /// The proxy's probe of what its user may run ([`crate::guard::PROBE`]); an error reply
     /// is an answer too.
     AccessProbe,
+    /// A [`crate::command::Special::MemoryEvent`] command succeeded: the memory reading is
+    /// stale now that Redis has applied it.
+    MemoryEvent,
 }
 
 /// What a successful HELLO changes: protocol version (when given), user (when AUTH was

@@ -1092,6 +1092,12 @@ impl Session {
                     self.multi_hidden.clear();
                 }
                 Special::Watch => {}
+                Special::MemoryEvent => {
+                    // Stale from now (for writes pipelined behind it) and again once Redis
+                    // has applied it (so the monitor's next poll sees the change).
+                    self.policy.guards.pressure().mark_stale();
+                    pending.effect = Effect::MemoryEvent;
+                }
             }
         }
         if replies {
@@ -1271,6 +1277,7 @@ impl Session {
                 }
             }
             Effect::None | Effect::Monitor | Effect::AccessProbe => {}
+            Effect::MemoryEvent => self.policy.guards.pressure().mark_stale(),
             Effect::Hello(hello) => {
                 let HelloEffect { user, name, .. } = *hello;
                 if let Some(u) = user {

@@ -75,7 +75,7 @@ fn setup() -> &'static (Guards, CommandTable) {
         let context = GuardContext::new(&raw.guards);
         context
             .pressure
-            .record_poll(95, 100, LimitSource::MaxMemory, true);
+            .record_poll(95, 100, LimitSource::MaxMemory, true, 0);
         let guards = Guards::build(&raw.guards, &table, &context).expect("fuzz rules build");
         (guards, table)
     })

@@ -363,6 +363,11 @@ impl Guards {
         self.ttl_bit != 0
     }
 
+    /// The memory pressure the shed guard reads, for the session to mark it stale.
+    pub fn pressure(&self) -> &MemoryPressure {
+        &self.pressure
+    }
+
     /// Fail-open answers, when rules are configured.
     pub fn fail_open(&self) -> Option<&fail_open::FailOpen> {
         self.fail_open.as_ref()
@@ -438,8 +443,7 @@ impl<L> Rule<L> {
         limits: L,
         key: &'static str,
     ) -> Result<Self, ConfigError> {
-        let pattern =
-            KeyPattern::new(spec.pattern).map_err(|reason| ConfigError::Invalid { key, reason })?;
+        let pattern = KeyPattern::new(spec.pattern);
         let mode = match spec.mode {
             Some(m) => Mode::parse(m, key)?,
             None => default_mode,

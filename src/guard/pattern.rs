@@ -1,11 +1,15 @@
 //! Key patterns: which keys a rule applies to, in Redis's glob syntax (`cache:*`,
 //! `bull:*:completed`, `user:[0-9]*`).
 //!
+//! A rule's pattern matches exactly the keys `KEYS pattern` and `SCAN … MATCH pattern`
+//! return: the matcher is Redis 7.0's `stringmatchlen` (util.c), quirks included. `*` crosses
+//! every byte (`:` and `/` too); `[^…]` negates a class and `!` is literal; a range may be
+//! written backwards (`[z-a]`) and compares bytes as C's signed `char`; `\` escapes the next
+//! byte, in and out of classes, and a trailing `\` is literal; an unterminated class (`ab[`,
+//! `[a-]x`) runs to the end of the pattern. Every pattern is valid, as in Redis.
+//!
 //! Most patterns in practice are a prefix (`cache:*`) or an exact key; those compile to a
-//! byte comparison, so matching them costs no more than `starts_with`. Anything else goes
-//! to `globset`, whose `*` also crosses `:` and `/` as Redis's does.
-
-use std::os::unix::ffi::OsStrExt;
+//! byte comparison, so matching them costs no more than `starts_with`.
 
 /// A compiled key pattern.
 #[derive(Debug, Clone)]
@@ -16,34 +20,36 @@ pub struct KeyPattern {
 
 #[derive(Debug, Clone)]
 enum Kind {
+    /// `*` alone: every key, the empty one too (as `KEYS *` returns it).
     Any,
     Exact(Box<[u8]>),
+    /// A non-empty literal then only `*`s.
     Prefix(Box<[u8]>),
-    Glob(globset::GlobMatcher),
+    Glob(Box<[u8]>),
+}
+
+/// The bytes Redis's matcher treats specially.
+fn is_meta(b: u8) -> bool {
+    matches!(b, b'*' | b'?' | b'[' | b'\\')
 }
 
 impl KeyPattern {
-    /// Compile a pattern; an invalid glob is an error naming the pattern.
-    pub fn new(pattern: &str) -> Result<Self, String> {
-        let meta = |c: char| matches!(c, '*' | '?' | '[' | ']' | '\\' | '{' | '}');
-        let kind = if pattern == "*" {
-            Kind::Any
-        } else if !pattern.contains(meta) {
-            Kind::Exact(pattern.as_bytes().into())
-        } else if let Some(prefix) = pattern.strip_suffix('*').filter(|p| !p.contains(meta)) {
-            Kind::Prefix(prefix.as_bytes().into())
-        } else {
-            let glob = globset::GlobBuilder::new(pattern)
-                .literal_separator(false)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| format!("pattern `{pattern}`: {e}"))?;
-            Kind::Glob(glob.compile_matcher())
+    /// Compile a pattern. Every pattern is valid, as for Redis.
+    pub fn new(pattern: &str) -> Self {
+        let bytes = pattern.as_bytes();
+        let literal_end = bytes.iter().position(|&b| is_meta(b));
+        let kind = match literal_end {
+            _ if bytes == b"*" => Kind::Any,
+            None => Kind::Exact(bytes.into()),
+            Some(n) if n > 0 && bytes[n..].iter().all(|&b| b == b'*') => {
+                Kind::Prefix(bytes[..n].into())
+            }
+            Some(_) => Kind::Glob(bytes.into()),
         };
-        Ok(KeyPattern {
+        KeyPattern {
             source: pattern.to_string(),
             kind,
-        })
+        }
     }
 
     /// The pattern as written.
@@ -58,28 +64,154 @@ impl KeyPattern {
             Kind::Any => true,
             Kind::Exact(k) => key == &k[..],
             Kind::Prefix(p) => key.starts_with(p),
-            Kind::Glob(g) => g.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(key))),
+            Kind::Glob(g) => string_match(g, key, &mut false),
         }
     }
+}
+
+/// A byte as C's signed `char`, as Redis's range comparison sees it.
+fn signed(b: u8) -> i32 {
+    i32::from(b as i8)
+}
+
+/// Redis 7.0's `stringmatchlen_impl` (case-sensitive), step for step. `pat[pat.len()]` reads
+/// as 0, as the C code reads the string's terminator. `skip_longer` is Redis's early exit:
+/// once the rest of a pattern after a `*` matched nowhere in the rest of the key, no earlier
+/// `*` can make it match, so the time stays polynomial.
+fn string_match(pat: &[u8], key: &[u8], skip_longer: &mut bool) -> bool {
+    let at = |i: usize| pat.get(i).copied().unwrap_or(0);
+    let (mut p, mut s) = (0, 0);
+    while p < pat.len() && s < key.len() {
+        match pat[p] {
+            b'*' => {
+                while p + 1 < pat.len() && pat[p + 1] == b'*' {
+                    p += 1;
+                }
+                if p + 1 == pat.len() {
+                    return true;
+                }
+                while s < key.len() {
+                    if string_match(&pat[p + 1..], &key[s..], skip_longer) {
+                        return true;
+                    }
+                    if *skip_longer {
+                        return false;
+                    }
+                    s += 1;
+                }
+                *skip_longer = true;
+                return false;
+            }
+            b'?' => s += 1,
+            b'[' => {
+                let (end, matched) = class_match(pat, p + 1, key[s]);
+                if !matched {
+                    return false;
+                }
+                p = end;
+                s += 1;
+            }
+            b'\\' => {
+                if pat.len() - p >= 2 {
+                    p += 1;
+                }
+                if pat[p] != key[s] {
+                    return false;
+                }
+                s += 1;
+            }
+            c => {
+                if c != key[s] {
+                    return false;
+                }
+                s += 1;
+            }
+        }
+        p += 1;
+        if s == key.len() {
+            while at(p) == b'*' {
+                p += 1;
+            }
+            break;
+        }
+    }
+    p == pat.len() && s == key.len()
+}
+
+/// A class starting at `pat[p]` (just after `[`) against byte `c`: the index of its closing
+/// `]` (or of its last byte when unterminated) and whether `c` is in it.
+fn class_match(pat: &[u8], mut p: usize, c: u8) -> (usize, bool) {
+    let at = |i: usize| pat.get(i).copied().unwrap_or(0);
+    let not = at(p) == b'^';
+    if not {
+        p += 1;
+    }
+    let mut matched = false;
+    loop {
+        let left = pat.len() - p;
+        if at(p) == b'\\' && left >= 2 {
+            p += 1;
+            matched |= pat[p] == c;
+        } else if at(p) == b']' {
+            break;
+        } else if left == 0 {
+            p -= 1;
+            break;
+        } else if left >= 3 && pat[p + 1] == b'-' {
+            let (a, b) = (signed(pat[p]), signed(pat[p + 2]));
+            let (lo, hi) = if a > b { (b, a) } else { (a, b) };
+            matched |= (lo..=hi).contains(&signed(c));
+            p += 2;
+        } else {
+            matched |= pat[p] == c;
+        }
+        p += 1;
+    }
+    (p, matched != not)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn m(pattern: &str, key: &[u8]) -> bool {
+        KeyPattern::new(pattern).matches(key)
+    }
+
     #[test]
     fn prefix_exact_and_glob() {
-        let p = KeyPattern::new("cache:*").unwrap();
+        let p = KeyPattern::new("cache:*");
         assert!(matches!(p.kind, Kind::Prefix(_)));
         assert!(p.matches(b"cache:a/b:c") && !p.matches(b"cach"));
-        let e = KeyPattern::new("config").unwrap();
+        let e = KeyPattern::new("config");
+        assert!(matches!(e.kind, Kind::Exact(_)));
         assert!(e.matches(b"config") && !e.matches(b"config2"));
-        let g = KeyPattern::new("bull:*:completed").unwrap();
+        let g = KeyPattern::new("bull:*:completed");
         assert!(g.matches(b"bull:email:completed") && g.matches(b"bull:a:b:completed"));
         assert!(!g.matches(b"bull:email:wait"));
-        let c = KeyPattern::new("user:[0-9]*").unwrap();
-        assert!(c.matches(b"user:7x") && !c.matches(b"user:x"));
-        assert!(KeyPattern::new("*").unwrap().matches(b""));
-        assert!(KeyPattern::new("a[").is_err());
+        assert!(m("user:[0-9]*", b"user:7x") && !m("user:[0-9]*", b"user:x"));
+        assert!(m("*", b""));
+        // Braces are not special to Redis.
+        assert!(m("{a,b}", b"{a,b}") && !m("{a,b}", b"a"));
+    }
+
+    #[test]
+    fn redis_quirks_are_kept() {
+        // `!` is literal; `^` negates.
+        assert!(m("x[!a]", b"x!") && m("x[!a]", b"xa") && !m("x[!a]", b"xb"));
+        assert!(m("x[^a]", b"xb") && !m("x[^a]", b"xa"));
+        // An escaped `]` inside a class.
+        assert!(m("[\\]]x", b"]x") && !m("[\\]]x", b"\\x"));
+        // `[a-]x` is a range a..] (reversed) plus `x`, unterminated: one byte.
+        assert!(m("[a-]x", b"_") && m("[a-]x", b"x") && !m("[a-]x", b"ax"));
+        // Reversed ranges; unterminated classes; a trailing backslash.
+        assert!(m("[z-a]", b"q"));
+        assert!(!m("ab[", b"ab") && !m("ab[", b"abc"));
+        assert!(!m("*[", b"") && !m("*[", b"x["));
+        assert!(m("a\\", b"a\\") && !m("a\\", b"a"));
+        // `**` does not match the empty key, unlike `*` (KEYS' shortcut).
+        assert!(!m("**", b"") && m("**", b"x"));
+        // Ranges compare signed bytes: 0xff sorts below 'a'.
+        assert!(m("[\u{0}-a]", &[0x61]) && !m("[\u{0}-a]", &[0xff]));
     }
 }

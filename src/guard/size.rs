@@ -13,8 +13,11 @@
 //! checked (a multi-value write with two large values; `max_request` on the declared part
 //! still applies).
 //!
-//! With several keys (MSET, multi-key scripts) every key's rule is checked; the first
-//! violation found is reported.
+//! With several keys every key's rule is checked against that key's own values, and the
+//! first violation found is reported. Where values sit between keys (MSET, MSETNX), a value
+//! belongs to the key before it; values before the first key, and all values of a command
+//! whose keys are adjacent (scripts, SMOVE, BITOP), belong to every key. So
+//! `MSET blob:a 1 other:b <large>` is judged by blob:a's rule on `1` only.
 
 use bytes::BytesMut;
 
@@ -31,7 +34,7 @@ pub struct SizeLimits {
     pub max_value: Option<u64>,
     /// Largest whole command.
     pub max_request: Option<u64>,
-    /// Most arguments other than the name and keys.
+    /// Most arguments other than the name and keys belonging to one key.
     pub max_elements: Option<u64>,
 }
 
@@ -84,20 +87,20 @@ impl SizeGuard {
         Ok(SizeGuard { rules })
     }
 
-    /// The first limit of `rule` that `cmd` breaks, as the reason for the error.
-    /// `largest_value` is the command's largest value, measured once for all its keys.
+    /// The first limit of `rule` that `cmd` breaks for `key`, as the reason for the error.
+    /// `values` are the key's own values.
     fn violation(
         &self,
         cmd: &CommandView<'_>,
         rule: &Rule<SizeLimits>,
         key: &[u8],
-        largest_value: Option<u64>,
+        values: Values,
     ) -> Option<String> {
         let l = &rule.limits;
         // The key is made printable only for an error: this runs on every checked write.
         let k = || printable_key(key);
         let name = &rule.name;
-        if let (Some(max), Some(n)) = (l.max_value, largest_value) {
+        if let (Some(max), Some(n)) = (l.max_value, values.largest) {
             if n > max {
                 return Some(format!(
                     "value of {n} bytes for key '{}' exceeds the {max}-byte limit of size rule '{name}'",
@@ -116,7 +119,7 @@ impl SizeGuard {
             }
         }
         if let Some(max) = l.max_elements {
-            let elements = cmd.argc.saturating_sub(1 + cmd.keys.len()) as u64;
+            let elements = values.count;
             if elements > max {
                 return Some(format!(
                     "{elements} elements for key '{}' exceed the limit of {max} of size rule '{name}'",
@@ -128,14 +131,79 @@ impl SizeGuard {
     }
 }
 
-/// The largest argument that is neither the command name nor a key, including the one
-/// streaming in now; one pass over the arguments.
-fn largest_value(cmd: &CommandView<'_>) -> Option<u64> {
-    let buffered = (1..cmd.args.len())
-        .filter(|&i| !cmd.is_key(i))
-        .map(|i| cmd.args[i].len() as u64);
-    let streamed = cmd.streaming.filter(|_| !cmd.is_key(cmd.args.len()));
-    buffered.chain(streamed).max()
+/// The values one key is judged on: how many, and the largest (including one streaming in
+/// now).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Values {
+    count: u64,
+    largest: Option<u64>,
+}
+
+impl Values {
+    fn merge(self, other: Values) -> Values {
+        Values {
+            count: self.count + other.count,
+            largest: self.largest.max(other.largest),
+        }
+    }
+}
+
+/// The values among arguments `from..to` (which hold no key): those buffered are measured,
+/// the one streaming in counts with its declared length, later ones only by number.
+fn values_in(cmd: &CommandView<'_>, from: usize, to: usize) -> Values {
+    let to = to.min(cmd.argc).max(from);
+    let buffered = from.min(cmd.args.len())..to.min(cmd.args.len());
+    let streamed = cmd
+        .streaming
+        .filter(|_| (from..to).contains(&cmd.args.len()));
+    let largest = buffered
+        .map(|i| cmd.args[i].len() as u64)
+        .chain(streamed)
+        .max();
+    Values {
+        count: (to - from) as u64,
+        largest,
+    }
+}
+
+/// Whose values are whose: values before the first key belong to every key; when keys are
+/// adjacent (no value between two of them) every value belongs to every key; otherwise the
+/// values after a key, up to the next key, are that key's own.
+struct Ownership {
+    shared: Values,
+    interleaved: bool,
+}
+
+impl Ownership {
+    fn of(cmd: &CommandView<'_>) -> Self {
+        let (Some(&first), Some(&last)) = (cmd.keys.first(), cmd.keys.last()) else {
+            return Ownership {
+                shared: values_in(cmd, 1, cmd.argc),
+                interleaved: false,
+            };
+        };
+        // Keys are sorted and unique: adjacent exactly when they span their own number.
+        let interleaved = last - first + 1 != cmd.keys.len();
+        let before = values_in(cmd, 1, first);
+        let shared = if interleaved {
+            before
+        } else {
+            before.merge(values_in(cmd, last + 1, cmd.argc))
+        };
+        Ownership {
+            shared,
+            interleaved,
+        }
+    }
+
+    /// The values of the key at position `n` of `cmd.keys`.
+    fn values_of(&self, cmd: &CommandView<'_>, n: usize) -> Values {
+        if !self.interleaved {
+            return self.shared;
+        }
+        let next = cmd.keys.get(n + 1).copied().unwrap_or(cmd.argc);
+        self.shared.merge(values_in(cmd, cmd.keys[n] + 1, next))
+    }
 }
 
 impl Guard for SizeGuard {
@@ -153,13 +221,14 @@ impl Guard for SizeGuard {
         client: &ClientIdentity,
         _out: &mut BytesMut,
     ) -> Verdict {
-        let largest = largest_value(cmd);
-        for &k in cmd.keys {
+        let ownership = Ownership::of(cmd);
+        for (n, &k) in cmd.keys.iter().enumerate() {
             let Some(key) = cmd.arg(k) else { continue };
             let Some(rule) = first_rule(&self.rules, key, client) else {
                 continue;
             };
-            let Some(reason) = self.violation(cmd, rule, key, largest) else {
+            let values = ownership.values_of(cmd, n);
+            let Some(reason) = self.violation(cmd, rule, key, values) else {
                 continue;
             };
             rule.count(REFUSED);

@@ -24,13 +24,16 @@ use std::ops::Range;
 pub const REDIS_INLINE_MAX: usize = 64 * 1024;
 /// Redis's default `proto-max-bulk-len`.
 pub const REDIS_MAX_BULK_LEN: u64 = 512 * 1024 * 1024;
+/// The most arguments Redis accepts in one multibulk command (`INT_MAX`). The proxy's
+/// memory is bounded by bytes (`max_buffered_command`), not by this count.
+pub const REDIS_MAX_ARGS: u64 = i32::MAX as u64;
 
 /// Bounds the scanner enforces; all are configurable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Longest inline command, and longest `*`/`$` length line, in bytes.
     pub max_inline_len: usize,
-    /// Most arguments one multibulk command may declare.
+    /// Most arguments one multibulk command may declare (default: Redis's own limit).
     pub max_args: u64,
     /// Largest declared bulk length.
     pub max_bulk_len: u64,
@@ -44,7 +47,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_inline_len: REDIS_INLINE_MAX,
-            max_args: 1024 * 1024,
+            max_args: REDIS_MAX_ARGS,
             max_bulk_len: REDIS_MAX_BULK_LEN,
             stream_threshold: 64 * 1024,
             max_buffered_command: 1024 * 1024,

@@ -8,6 +8,7 @@ mod differential;
 mod enqueue;
 mod failures;
 mod faults;
+mod fidelity;
 mod guards;
 mod harness;
 mod memory;
