@@ -3,7 +3,8 @@
 //! A deliberately small HTTP/1.1 responder (one GET per connection, no keep-alive): these
 //! endpoints are scraped every few seconds by Prometheus and probed by orchestrators, and
 //! nothing more is needed than a status line and a body. Requests are bounded in size and
-//! time, so a stuck or hostile prober cannot hold memory.
+//! time, so a stuck or hostile prober cannot hold memory: a request head over 8 KiB is
+//! answered `431 Request Header Fields Too Large`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,8 +72,11 @@ async fn respond(mut stream: TcpStream, state: &AdminState) -> std::io::Result<(
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = stream.read(&mut chunk).await?;
-        if n == 0 || buf.len() + n > MAX_REQUEST {
+        if n == 0 {
             return Ok(());
+        }
+        if buf.len() + n > MAX_REQUEST {
+            return refuse_oversized(stream).await;
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -126,6 +130,32 @@ async fn respond(mut stream: TcpStream, state: &AdminState) -> std::io::Result<(
             _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
         }
     };
+    write_response(&mut stream, status, content_type, &body).await
+}
+
+/// A request head over [`MAX_REQUEST`]: answer 431 and close. The rest of what the client
+/// sends is read and dropped (within the request's time bound): closing with unread input
+/// would reset the connection and lose the answer.
+async fn refuse_oversized(mut stream: TcpStream) -> std::io::Result<()> {
+    let body = format!("request head larger than {MAX_REQUEST} bytes\n");
+    write_response(
+        &mut stream,
+        "431 Request Header Fields Too Large",
+        "text/plain",
+        &body,
+    )
+    .await?;
+    let mut sink = [0u8; 4096];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
+async fn write_response(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()

@@ -23,8 +23,8 @@ pub struct ProxyUser {
     /// The name clients give.
     pub name: Bytes,
     digest: [u8; 32],
-    /// The Redis user and password this client's commands run as; `None`: the
-    /// `upstream.url` credentials the connection already holds.
+    /// The Redis user and password this client's commands run as; `None`: Redis's
+    /// `default` user (configuration allows it only when `upstream.url` has no password).
     pub upstream: Option<(Bytes, Bytes)>,
 }
 

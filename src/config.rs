@@ -168,8 +168,8 @@ pub struct RawProxyUser {
     /// Or the password's SHA-256, in hex, so the file holds no password.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub password_sha256: String,
-    /// The Redis ACL user this client's commands run as; empty: the `upstream.url`
-    /// credentials.
+    /// The Redis ACL user this client's commands run as; empty: Redis's `default` user,
+    /// refused when `upstream.url` has a password (those are the proxy's own credentials).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub upstream_user: String,
     /// That user's Redis password.
@@ -839,7 +839,10 @@ impl UpstreamTarget {
     }
 }
 
-fn validate_auth(auth: &RawAuth) -> Result<(), ConfigError> {
+/// `[auth]` users. A user without `upstream_user` runs as the `upstream.url` user: that is
+/// refused when the URL holds a password, since those are the proxy's own credentials (it
+/// needs INFO, and often more), and a client must not get them by authenticating.
+fn validate_auth(auth: &RawAuth, upstream: &UpstreamTarget) -> Result<(), ConfigError> {
     let key = "auth.users";
     let mut names = std::collections::HashSet::new();
     for u in &auth.users {
@@ -874,6 +877,15 @@ fn validate_auth(auth: &RawAuth) -> Result<(), ConfigError> {
             return Err(invalid(
                 key,
                 format!("user `{}`: upstream_user needs upstream_password", u.name),
+            ));
+        }
+        if u.upstream_user.is_empty() && upstream.password.is_some() {
+            return Err(invalid(
+                key,
+                format!(
+                    "user `{}` has no upstream_user, so its commands would run with the upstream.url credentials, the proxy's own; give it an upstream_user (a Redis ACL user with only what it needs) and upstream_password",
+                    u.name
+                ),
             ));
         }
     }
@@ -1130,7 +1142,7 @@ impl RawConfig {
         if self.proxy.max_tracked_addresses == 0 {
             return Err(invalid("proxy.max_tracked_addresses", "must be at least 1"));
         }
-        validate_auth(&self.auth)?;
+        validate_auth(&self.auth, &upstream)?;
         let upstream_tls = if upstream.tls {
             let t = &self.upstream.tls;
             let file = |f: &String| (!f.is_empty()).then(|| f.clone());
@@ -1281,6 +1293,34 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn auth_users_never_run_with_the_proxy_credentials() {
+        // Guards against a client that authenticates to the proxy getting the Redis
+        // password's rights (CONFIG GET requirepass and the like).
+        let users = "[[auth.users]]\nname = \"app\"\npassword = \"p\"\n";
+        let with_url = |url: &str| {
+            RawConfig::from_toml(&format!("[upstream]\nurl = \"{url}\"\n{users}"))
+                .unwrap()
+                .validate()
+        };
+        let e = with_url("redis://:admin@127.0.0.1:6379")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("auth.users") && e.contains("`app` has no upstream_user"),
+            "{e}"
+        );
+        // A URL without a password gives no rights a client lacks.
+        with_url("redis://127.0.0.1:6379").unwrap();
+        let mapped = format!("{users}upstream_user = \"app\"\nupstream_password = \"q\"\n");
+        RawConfig::from_toml(&format!(
+            "[upstream]\nurl = \"redis://:admin@127.0.0.1:6379\"\n{mapped}"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
     }
 
     #[test]

@@ -356,6 +356,10 @@ impl Control {
 
     /// Answer a `RESPGUARD` command (its arguments after the name) from `client`.
     pub fn command(&self, args: &[&[u8]], client: &ClientIdentity) -> Bytes {
+        if args.is_empty() {
+            // Redis checks a container command's arity before its subcommand and access.
+            return wire::error("ERR wrong number of arguments for 'respguard' command");
+        }
         if !self.policy.load().admin.allows(client) {
             return wire::error(
                 "NOPERM respguard: this connection may not send RESPGUARD commands (admin.command_networks, admin.command_users)",

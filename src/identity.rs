@@ -14,7 +14,8 @@ use bytes::Bytes;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
     /// The client's address (its port included, though rules never use the port: a pool
-    /// spreads one application over many).
+    /// spreads one application over many). An IPv4 client of a dual-stack listener has its
+    /// IPv4 address here, not the IPv4-mapped IPv6 one.
     pub peer: SocketAddr,
     /// The ACL user Redis accepted, if the client authenticated.
     pub user: Option<Bytes>,

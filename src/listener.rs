@@ -7,6 +7,7 @@
 //! (globally and per client address), answered the same way. On shutdown the listener stops accepting, and sessions finish the
 //! replies in flight (within `proxy.drain_timeout`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +57,12 @@ impl Listener {
                 _ = shutdown.changed() => break,
             };
             let (stream, peer) = match accepted {
-                Ok(a) => a,
+                // On a dual-stack listener an IPv4 client arrives as `::ffff:a.b.c.d`: rules,
+                // admin networks and rate limits see it as the IPv4 address it is.
+                Ok((stream, peer)) => (
+                    stream,
+                    SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+                ),
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
                     tracing::warn!(error = %e, "accept failed");

@@ -116,6 +116,13 @@ pub struct Session {
     policy_generation: u64,
     /// The client authenticated to the proxy (always true without `[auth]` users).
     authenticated: bool,
+    /// An AUTH the proxy accepted waits for the upstream connection to be opened (a client
+    /// gets one only once it has authenticated).
+    connect_for_auth: bool,
+    /// A command that may change who the client is (AUTH, HELLO, CLIENT SETNAME, RESET) is
+    /// in flight: the next command waits for its reply, so that guards and `RESPGUARD`
+    /// judge it by the identity in force when Redis runs it.
+    identity_pending: bool,
     /// Bytes from the client. `requests_ready` bytes at its front are scanned and waiting to
     /// move to `to_upstream`; the rest are not scanned yet.
     from_client: ReadBuffer,
@@ -245,8 +252,12 @@ impl Session {
         let max_pending = shared.max_pending;
         let policy_generation = shared.control.generation();
         let policy = shared.control.policy();
+        let mut requests = RequestScanner::new(limits);
+        requests.set_unauthenticated(policy.auth.required());
         Session {
             authenticated: !policy.auth.required(),
+            connect_for_auth: false,
+            identity_pending: false,
             policy,
             policy_generation,
             shared,
@@ -264,7 +275,7 @@ impl Session {
             reply_partly_sent: false,
             to_upstream: BytesMut::new(),
             to_client: BytesMut::new(),
-            requests: RequestScanner::new(limits),
+            requests,
             replies: ReplyScanner::new(),
             queue: ReplyQueue::new(max_pending),
             reply_mode: ReplyMode::On,
@@ -307,7 +318,10 @@ impl Session {
         let mut stop = std::pin::pin!(async move {
             let _ = shutdown.wait_for(|&stopping| stopping).await;
         });
-        self.connect_upstream().await;
+        if self.authenticated {
+            // Under `[auth]`, only once the client has authenticated.
+            self.connect_upstream().await;
+        }
         loop {
             if let Some(end) = self.finished() {
                 return end;
@@ -316,7 +330,8 @@ impl Session {
             let want_client_read = !self.input_closed
                 && !self.ignore_input
                 && self.to_upstream.len() < cap
-                && !self.queue.is_full();
+                && !self.queue.is_full()
+                && !self.identity_pending;
             let want_upstream_read = self.upstream.is_some() && self.to_client.len() < cap;
             let want_client_write = !self.to_client.is_empty() || self.client.wants_flush();
             let want_upstream_write = self
@@ -390,10 +405,14 @@ impl Session {
                     .metrics
                     .client_bytes_received
                     .increment(n as u64);
-                if self.upstream.is_none() && !self.ignore_input {
+                if self.upstream.is_none() && self.authenticated && !self.ignore_input {
                     self.reconnect_if_allowed().await;
                 }
                 self.on_client_input();
+                while self.connect_for_auth {
+                    self.connect_after_auth().await;
+                    self.on_client_input();
+                }
                 self.flush_upstream();
                 self.flush_client();
             }
@@ -574,6 +593,23 @@ impl Session {
         }
     }
 
+    /// Open the upstream connection for the AUTH just accepted, the first time the client
+    /// authenticates. If Redis cannot be reached, the AUTH gets the reason instead and the
+    /// client stays unauthenticated.
+    async fn connect_after_auth(&mut self) {
+        self.connect_for_auth = false;
+        self.connect_upstream().await;
+        if self.upstream.is_none() {
+            // Every command before it was answered by the proxy: only the AUTH is queued.
+            self.to_upstream.clear();
+            if let Some(auth) = self.queue.pop_front() {
+                let reply = self.unavailable_reply();
+                self.queue.push(Pending::local(auth.command, reply));
+                self.emit_local_replies();
+            }
+        }
+    }
+
     /// While the upstream is missing, try again between reads, when the gate allows it.
     async fn reconnect_if_allowed(&mut self) {
         if self.queue.is_empty() && !self.requests.in_command() && !self.shared.gate.is_open() {
@@ -584,8 +620,14 @@ impl Session {
     /// Scan and route every whole command in the request buffer.
     fn on_client_input(&mut self) {
         loop {
-            if self.ignore_input || self.waiting_for_probe {
+            if self.ignore_input || self.waiting_for_probe || self.connect_for_auth {
                 break;
+            }
+            if self.identity_pending {
+                if !self.queue.is_empty() {
+                    break;
+                }
+                self.identity_pending = false;
             }
             if let Some(to) = self.streaming {
                 let from = self.requests_ready;
@@ -672,7 +714,10 @@ impl Session {
         }
         self.commands_in_batch += 1;
         let intercept = self.intercept(&info, inline);
-        if self.upstream.is_none() && !matches!(intercept, Intercept::Answer(_)) {
+        if self.upstream.is_none()
+            && !self.connect_for_auth
+            && !matches!(intercept, Intercept::Answer(_))
+        {
             let reply = self
                 .fail_open_reply(info.id, inline)
                 .unwrap_or_else(|| self.unavailable_reply());
@@ -799,13 +844,18 @@ impl Session {
             return;
         }
         self.commands_in_batch += 1;
-        if self.upstream.is_none() {
+        if self.upstream.is_none() && self.authenticated {
             self.answer_locally(info.id, self.unavailable_reply(), start, head_end);
             self.streaming = Some(StreamTo::Discard);
             return;
         }
         let size = (head_end - start) as u64 + next_len.map_or(0, |n| n + 2);
-        let verdict = if !self.authenticated {
+        let verdict = if self.policy.auth.required()
+            && matches!(info.special, Special::Auth | Special::Hello)
+        {
+            // Credentials too large to hold match no `[auth]` user; never sent to Redis.
+            Verdict::Refuse(wire::error(crate::auth::WRONGPASS))
+        } else if !self.authenticated {
             // Too large to hold, so never one the proxy answers itself: refused unread.
             Verdict::Refuse(wire::error(crate::auth::NOAUTH))
         } else if self.guards_apply(info.id, size) {
@@ -1101,6 +1151,10 @@ impl Session {
             }
         }
         if replies {
+            self.identity_pending |= matches!(
+                pending.effect,
+                Effect::Auth(_) | Effect::Hello(_) | Effect::SetName(_) | Effect::Reset
+            );
             self.queue.push(pending);
         }
     }
@@ -1282,12 +1336,18 @@ impl Session {
                 let HelloEffect { user, name, .. } = *hello;
                 if let Some(u) = user {
                     self.identity.user = Some(u);
+                    self.set_authenticated(true);
                 }
                 if let Some(n) = name {
                     self.identity.name = Some(n);
                 }
             }
-            Effect::Auth(user) => self.identity.user = Some(user),
+            Effect::Auth(user) => {
+                self.identity.user = Some(user);
+                // Under `[auth]`, an AUTH reaches Redis only with the credentials of the
+                // user the proxy accepted: Redis's +OK completes the authentication.
+                self.set_authenticated(true);
+            }
             Effect::SetName(name) => self.identity.name = Some(name),
             Effect::SetLibName(lib) => self.identity.lib_name = Some(lib),
             Effect::Reset => self.identity.reset(),
@@ -1328,9 +1388,16 @@ impl Session {
             self.policy = self.shared.control.policy();
             self.policy_generation = generation;
             if !self.policy.auth.required() {
-                self.authenticated = true;
+                self.set_authenticated(true);
             }
         }
+    }
+
+    /// Whether the client has authenticated to the proxy; until it has, the request
+    /// scanner applies Redis's bounds for unauthenticated clients.
+    fn set_authenticated(&mut self, authenticated: bool) {
+        self.authenticated = authenticated;
+        self.requests.set_unauthenticated(!authenticated);
     }
 
     /// The arguments of the command just scanned, copied (only for the proxy's own
@@ -1375,6 +1442,18 @@ impl Session {
         {
             return Intercept::Answer(wire::error(crate::auth::NOAUTH));
         }
+        if auth && !self.authenticated && self.upstream.is_none() {
+            // No upstream connection before authentication: answer as Redis would.
+            match info.special {
+                Special::Quit => {
+                    self.ignore_input = true;
+                    self.close_when_flushed = true;
+                    return Intercept::Answer(Bytes::from_static(b"+OK\r\n"));
+                }
+                Special::Reset => return Intercept::Answer(Bytes::from_static(b"+RESET\r\n")),
+                _ => {}
+            }
+        }
         if is_respguard {
             if self.in_multi {
                 return Intercept::Answer(wire::error(
@@ -1397,13 +1476,13 @@ impl Session {
                     Some(i) => self.authenticate(&argv[i..i + 3], Some((&argv, i))),
                     None if self.authenticated => Intercept::Pass,
                     None => Intercept::Answer(wire::error(
-                        "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+                        "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
                     )),
                 }
             }
             Special::Reset => {
                 // Redis forgets who the connection was; so does the proxy.
-                self.authenticated = false;
+                self.set_authenticated(false);
                 Intercept::Pass
             }
             _ => Intercept::Pass,
@@ -1411,10 +1490,12 @@ impl Session {
     }
 
     /// Check `AUTH [user] password` (`auth`, the command's arguments or HELLO's AUTH
-    /// clause) against `[auth]`. Accepted: the connection switches to the mapped Redis user
-    /// (the command is rewritten to carry those credentials), or is answered `+OK` when the
-    /// user runs with the proxy's own credentials. `hello` is the whole HELLO command and
-    /// the AUTH clause's position.
+    /// clause) against `[auth]`. Accepted: the command is rewritten to carry the Redis
+    /// credentials the user is mapped to (`upstream_user`, or for a user without one the
+    /// `upstream.url` user, which configuration allows only when the URL holds no
+    /// password), and the client counts as authenticated once Redis answers it. The
+    /// upstream connection is opened then if the client had none. `hello` is the whole
+    /// HELLO command and the AUTH clause's position.
     fn authenticate(&mut self, auth: &[Vec<u8>], hello: Option<(&[Vec<u8>], usize)>) -> Intercept {
         let (name, password): (&[u8], &[u8]) = match auth.len() {
             2 => (b"default", &auth[1]),
@@ -1434,35 +1515,30 @@ impl Session {
             tracing::info!(client = %self.identity, user = %String::from_utf8_lossy(name), "proxy authentication failed");
             return Intercept::Answer(wire::error(crate::auth::WRONGPASS));
         };
-        self.authenticated = true;
         let target = self.shared.gate.target();
-        // The Redis credentials this user's commands run with.
-        let credentials: Option<(&[u8], &[u8])> = match &user.upstream {
-            Some((u, p)) => Some((u, p)),
-            None => target.password.as_deref().map(|p| {
-                let u = target.username.as_deref().unwrap_or("default");
-                (u.as_bytes(), p.as_bytes())
-            }),
+        // The Redis credentials this user's commands run with. Without a password in the
+        // URL the proxy runs as Redis's `default` user, which then has none (`nopass`) and
+        // accepts any.
+        let (u, p): (&[u8], &[u8]) = match (&user.upstream, &target.password) {
+            (Some((u, p)), _) => (u, p),
+            (None, Some(p)) => (
+                target.username.as_deref().unwrap_or("default").as_bytes(),
+                p.as_bytes(),
+            ),
+            (None, None) => (b"default", b""),
         };
         self.scratch.clear();
         match hello {
-            None => match credentials {
-                Some((u, p)) => wire::command(&mut self.scratch, &[b"AUTH", u, p]),
-                None => {
-                    self.identity.user = Some(user.name.clone());
-                    return Intercept::Answer(Bytes::from_static(b"+OK\r\n"));
-                }
-            },
+            None => wire::command(&mut self.scratch, &[b"AUTH", u, p]),
             Some((argv, at)) => {
                 let mut out: Vec<&[u8]> = Vec::with_capacity(argv.len());
                 out.extend(argv[..at].iter().map(|a| a.as_slice()));
-                if let Some((u, p)) = credentials {
-                    out.extend([&b"AUTH"[..], u, p]);
-                }
+                out.extend([&b"AUTH"[..], u, p]);
                 out.extend(argv[at + 3..].iter().map(|a| a.as_slice()));
                 wire::command(&mut self.scratch, &out);
             }
         }
+        self.connect_for_auth = self.upstream.is_none();
         Intercept::Replace
     }
 

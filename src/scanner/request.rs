@@ -27,6 +27,10 @@ pub const REDIS_MAX_BULK_LEN: u64 = 512 * 1024 * 1024;
 /// The most arguments Redis accepts in one multibulk command (`INT_MAX`). The proxy's
 /// memory is bounded by bytes (`max_buffered_command`), not by this count.
 pub const REDIS_MAX_ARGS: u64 = i32::MAX as u64;
+/// Most arguments Redis 7.0 reads from a client that has not authenticated.
+pub const UNAUTHENTICATED_MAX_ARGS: u64 = 10;
+/// Largest argument Redis 7.0 reads from a client that has not authenticated.
+pub const UNAUTHENTICATED_MAX_BULK_LEN: u64 = 16 * 1024;
 
 /// Bounds the scanner enforces; all are configurable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +76,10 @@ pub enum ProtocolError {
     ExpectedDollar(char),
     #[error("Protocol error: invalid bulk length")]
     InvalidBulkLength,
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
 }
 
 /// What one call to [`RequestScanner::scan`] found.
@@ -148,6 +156,8 @@ pub struct RequestScanner {
     /// True when `args` index `inline` rather than the caller's buffer.
     args_inline: bool,
     inline: Vec<u8>,
+    /// The client has not authenticated: Redis's tighter bounds apply.
+    unauthenticated: bool,
 }
 
 impl RequestScanner {
@@ -163,6 +173,25 @@ impl RequestScanner {
             args: Vec::new(),
             args_inline: false,
             inline: Vec::new(),
+            unauthenticated: false,
+        }
+    }
+
+    /// Whether the client still has to authenticate. Until it has, commands are bounded as
+    /// Redis bounds them ([`UNAUTHENTICATED_MAX_ARGS`], [`UNAUTHENTICATED_MAX_BULK_LEN`]), so
+    /// a client without credentials cannot make the proxy read a large command.
+    pub fn set_unauthenticated(&mut self, unauthenticated: bool) {
+        self.unauthenticated = unauthenticated;
+    }
+
+    /// The error for a declared bulk length, if it is one.
+    fn bulk_len_error(&self, len: i64) -> Option<ProtocolError> {
+        if len < 0 || len as u64 > self.limits.max_bulk_len {
+            Some(ProtocolError::InvalidBulkLength)
+        } else if self.unauthenticated && len as u64 > UNAUTHENTICATED_MAX_BULK_LEN {
+            Some(ProtocolError::UnauthenticatedBulkLength)
+        } else {
+            None
         }
     }
 
@@ -255,6 +284,9 @@ impl RequestScanner {
                     if count > i64::from(i32::MAX) || count > self.limits.max_args as i64 {
                         return Step::Error(ProtocolError::InvalidMultibulkLength);
                     }
+                    if self.unauthenticated && count > UNAUTHENTICATED_MAX_ARGS as i64 {
+                        return Step::Error(ProtocolError::UnauthenticatedMultibulkLength);
+                    }
                     self.pos = next;
                     if count <= 0 {
                         return Step::Empty { end: next };
@@ -290,10 +322,11 @@ impl RequestScanner {
                         }
                         return Step::Incomplete;
                     };
-                    let len = match parse_int(line) {
-                        Some(l) if l >= 0 && (l as u64) <= self.limits.max_bulk_len => l as u64,
-                        _ => return Step::Error(ProtocolError::InvalidBulkLength),
-                    };
+                    let len = parse_int(line).unwrap_or(-1);
+                    if let Some(e) = self.bulk_len_error(len) {
+                        return Step::Error(e);
+                    }
+                    let len = len as u64;
                     if len > self.limits.stream_threshold {
                         return self.start_streaming(remaining, Some(len), next);
                     }
@@ -325,7 +358,10 @@ impl RequestScanner {
     /// input, streaming and errors. Returns how many arguments remain.
     #[inline]
     fn whole_args(&mut self, buf: &[u8], mut remaining: u64) -> u64 {
-        let threshold = self.limits.stream_threshold.min(self.limits.max_bulk_len);
+        let mut threshold = self.limits.stream_threshold.min(self.limits.max_bulk_len);
+        if self.unauthenticated {
+            threshold = threshold.min(UNAUTHENTICATED_MAX_BULK_LEN);
+        }
         while remaining > 0 && self.pos - self.cmd_start <= self.limits.max_buffered_command {
             let p = self.pos;
             if buf.get(p) != Some(&b'$') {
@@ -428,10 +464,11 @@ impl RequestScanner {
                         return StreamStep::More(used);
                     }
                     self.line_search = 0;
-                    let len = match parse_int(&rest[1..cr]) {
-                        Some(l) if l >= 0 && (l as u64) <= self.limits.max_bulk_len => l as u64,
-                        _ => return StreamStep::Error(ProtocolError::InvalidBulkLength),
-                    };
+                    let len = parse_int(&rest[1..cr]).unwrap_or(-1);
+                    if let Some(e) = self.bulk_len_error(len) {
+                        return StreamStep::Error(e);
+                    }
+                    let len = len as u64;
                     used += cr + 2;
                     self.state = State::StreamPayload {
                         payload: len + 2,
@@ -714,6 +751,34 @@ mod tests {
                 Ok(words(&["PING"]))
             ]
         );
+    }
+
+    #[test]
+    fn unauthenticated_clients_get_redis_tighter_bounds() {
+        let unauthenticated = |input: &[u8]| {
+            let mut s = RequestScanner::new(Limits::default());
+            s.set_unauthenticated(true);
+            s.scan(input)
+        };
+        let ten = b"*10\r\n$4\r\nPING\r\n";
+        assert_eq!(unauthenticated(ten), Step::Incomplete);
+        assert_eq!(
+            unauthenticated(b"*11\r\n"),
+            Step::Error(ProtocolError::UnauthenticatedMultibulkLength)
+        );
+        let mut arg = b"*2\r\n$4\r\nAUTH\r\n$16384\r\n".to_vec();
+        arg.extend(std::iter::repeat_n(b'x', 16384));
+        arg.extend(b"\r\n");
+        assert!(matches!(unauthenticated(&arg), Step::Command { .. }));
+        assert_eq!(
+            unauthenticated(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n"),
+            Step::Error(ProtocolError::UnauthenticatedBulkLength)
+        );
+        // Once authenticated, the ordinary bounds again.
+        let mut s = RequestScanner::new(Limits::default());
+        s.set_unauthenticated(true);
+        s.set_unauthenticated(false);
+        assert_eq!(s.scan(b"*11\r\n"), Step::Incomplete);
     }
 
     #[test]

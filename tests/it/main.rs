@@ -1,6 +1,7 @@
 //! Integration tests: real redis-server processes, the proxy in-process, raw sockets and
 //! real client libraries.
 
+mod access;
 mod cli;
 mod clients;
 mod deploy;

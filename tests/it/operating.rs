@@ -431,12 +431,20 @@ async fn auth_setup() -> (RedisServer, respguard::app::ProxyHandle) {
             .await,
         "+OK\r\n"
     );
+    assert_eq!(
+        direct
+            .call(&["ACL", "SETUSER", "rw", "on", ">rw-pass", "~*", "+@all", "-@admin"])
+            .await,
+        "+OK\r\n"
+    );
     let mut raw = proxy_config(&format!("redis://:redis-admin-pass@{}", server.addr()));
     raw.auth = toml::from_str(
         r#"
         [[users]]
         name = "writer"
         password = "writer-pass"
+        upstream_user = "rw"
+        upstream_password = "rw-pass"
 
         [[users]]
         name = "reader"
@@ -447,6 +455,8 @@ async fn auth_setup() -> (RedisServer, respguard::app::ProxyHandle) {
         [[users]]
         name = "default"
         password = "app-pass"
+        upstream_user = "rw"
+        upstream_password = "rw-pass"
         "#,
     )
     .unwrap();
@@ -478,7 +488,7 @@ async fn clients_authenticate_to_the_proxy_with_their_own_credentials() {
     batch.extend(encode(&["SET", "auth:k", "v"]));
     batch.extend(encode(&["ACL", "WHOAMI"]));
     c.send(&batch).await;
-    assert_eq!(c.replies(3).await, "+OK\r\n+OK\r\n$7\r\ndefault\r\n");
+    assert_eq!(c.replies(3).await, "+OK\r\n+OK\r\n$2\r\nrw\r\n");
 
     // A mapped user runs as its Redis user: reads pass, writes meet Redis's own ACL.
     let mut r = Conn::open(proxy.addr).await;
