@@ -156,6 +156,8 @@ pub enum Special {
     Discard,
     /// WATCH (refused, not queued, inside MULTI).
     Watch,
+    /// SYNC and PSYNC: unless Redis refuses, the connection turns into a replication link.
+    Sync,
 }
 
 impl Special {
@@ -179,6 +181,7 @@ impl Special {
             b"exec" => Special::Exec,
             b"discard" => Special::Discard,
             b"watch" => Special::Watch,
+            b"sync" | b"psync" => Special::Sync,
             _ => Special::None,
         }
     }
