@@ -273,7 +273,7 @@ impl ReplyQueue {
             && self
                 .entries
                 .front()
-                .is_some_and(|p| p.effect == Effect::Replication)
+                .is_some_and(|p| matches!(p.effect, Effect::Replication))
     }
 
     /// True while SYNC or PSYNC is the last command sent: nothing after it may be scanned
@@ -281,7 +281,7 @@ impl ReplyQueue {
     pub fn awaits_replication(&self) -> bool {
         self.entries
             .back()
-            .is_some_and(|p| p.effect == Effect::Replication)
+            .is_some_and(|p| matches!(p.effect, Effect::Replication))
     }
 
     /// The positions to leave out of the reply now expected, if the head is a filtered EXEC.

@@ -173,7 +173,8 @@ async fn full_sync_preamble(s: &mut TcpStream, got: &mut Vec<u8>) -> (String, us
 
 /// `PSYNC ? -1` on a raw socket, through the proxy as directly: the same replication id and
 /// an RDB of the same size, then later writes arrive as the replication stream and a
-/// `REPLCONF ACK` sent back (which gets no reply) reaches the primary.
+/// `REPLCONF ACK` sent back (which gets no reply) reaches the primary. A partial resync
+/// (`+CONTINUE`) is tunnelled too.
 #[tokio::test]
 async fn raw_psync_through_the_proxy_gets_the_rdb_and_the_stream() {
     let primary = primary(false);
@@ -212,6 +213,20 @@ async fn raw_psync_through_the_proxy_gets_the_rdb_and_the_stream() {
         seen[0], seen[1],
         "direct vs proxy (replication id, RDB length)"
     );
+    // A partial resync from where the primary is now: `+CONTINUE`, then the stream.
+    let info = writer.call(&["INFO", "replication"]).await;
+    let offset: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("master_repl_offset");
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let psync = format!("PSYNC {} {}\r\n", seen[0].0, offset + 1);
+    s.write_all(psync.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, b"+CONTINUE").await;
+    assert_eq!(writer.call(&["SET", "continued", "x"]).await, "+OK\r\n");
+    read_until(&mut s, &mut got, b"continued").await;
     proxy.shutdown().await;
 }
 
