@@ -34,6 +34,8 @@ CLIENT SETNAME seeds
 SCAN 0 COUNT 10
 CMDS
 printf 'PING\r\nSET inline value\r\nGET inline\r\n' | redis-cli -p "$relay_port" --pipe >/dev/null 2>&1 || true
+# The deepest reply Redis nests: a Lua table containing itself, about 8,000 arrays deep.
+redis-cli -p "$relay_port" EVAL 'local a = {}; local b = {a}; a[1] = b; return a' 0 >/dev/null
 python3 tests/clients/redis_py_scenario.py "$relay_port" 2 >/dev/null
 python3 tests/clients/redis_py_scenario.py "$relay_port" 3 >/dev/null
 node tests/clients/ioredis_scenario.js "$relay_port" >/dev/null

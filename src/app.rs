@@ -155,6 +155,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         output_buffer: raw.proxy.output_buffer.0 as usize,
         drain_timeout: raw.proxy.drain_timeout.0,
         reply_timeout: Some(raw.upstream.reply_timeout.0).filter(|t| !t.is_zero()),
+        replication: raw.proxy.replication,
         metrics,
         latency,
         control: Arc::clone(&control),

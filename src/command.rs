@@ -163,6 +163,8 @@ pub enum Special {
     /// (`maxmemory`, `maxmemory-policy`), CONFIG RESETSTAT, FLUSHALL, FLUSHDB, FAILOVER,
     /// REPLICAOF, SLAVEOF. The session marks the memory reading stale.
     MemoryEvent,
+    /// SYNC and PSYNC: unless Redis refuses, the connection turns into a replication link.
+    Sync,
 }
 
 impl Special {
@@ -188,6 +190,7 @@ impl Special {
             b"watch" => Special::Watch,
             b"config|set" | b"config|resetstat" | b"flushall" | b"flushdb" | b"failover"
             | b"replicaof" | b"slaveof" => Special::MemoryEvent,
+            b"sync" | b"psync" => Special::Sync,
             _ => Special::None,
         }
     }

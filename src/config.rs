@@ -592,6 +592,21 @@ pub struct RawProxy {
     pub max_connections_per_second_per_address: u32,
     /// Most client addresses whose connection rate is followed at once.
     pub max_tracked_addresses: usize,
+    /// What SYNC and PSYNC get: a byte tunnel to Redis, or a refusal.
+    pub replication: Replication,
+}
+
+/// `proxy.replication`: what happens when a client (a replica, `redis-cli --rdb`) asks for
+/// SYNC or PSYNC through the proxy.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// Forward it; once Redis starts the transfer, the connection carries bytes both ways
+    /// unscanned and unguarded for the rest of its life.
+    #[default]
+    Tunnel,
+    /// Answer `-ERR respguard: ...` naming the setting; Redis never sees it.
+    Refuse,
 }
 
 impl Default for RawProxy {
@@ -607,6 +622,7 @@ impl Default for RawProxy {
             max_connections_per_second: 5000,
             max_connections_per_second_per_address: 1000,
             max_tracked_addresses: 65_536,
+            replication: Replication::Tunnel,
         }
     }
 }
@@ -1262,6 +1278,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("proxy.max_clients"), "{e}");
+    }
+
+    #[test]
+    fn replication_is_tunnelled_unless_refused() {
+        assert_eq!(RawConfig::default().proxy.replication, Replication::Tunnel);
+        let c = RawConfig::from_toml("[proxy]\nreplication = \"refuse\"\n").unwrap();
+        assert_eq!(c.proxy.replication, Replication::Refuse);
+        let e = RawConfig::from_toml("[proxy]\nreplication = \"allow\"\n").unwrap_err();
+        assert!(e.to_string().contains("tunnel"), "{e}");
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub enum Effect {
     /// A [`crate::command::Special::MemoryEvent`] command succeeded: the memory reading is
     /// stale now that Redis has applied it.
     MemoryEvent,
+    /// SYNC or PSYNC: unless Redis answers with an error, its answer starts a replication
+    /// stream (an RDB without a trailing CRLF, then commands), not a reply.
+    Replication,
 }
 
 /// What a successful HELLO changes: protocol version (when given), user (when AUTH was
@@ -265,6 +268,26 @@ impl ReplyQueue {
                 ..
             })
         )
+    }
+
+    /// Whether what Redis sends now, beginning with `first_byte`, starts a replication
+    /// stream: the head command is SYNC or PSYNC and this is neither an error nor a RESP3
+    /// push. (Before `+FULLRESYNC` or the RDB, Redis may send bare newlines as keep-alives.)
+    pub fn starts_replication(&self, first_byte: u8) -> bool {
+        first_byte != b'-'
+            && first_byte != b'>'
+            && self
+                .entries
+                .front()
+                .is_some_and(|p| matches!(p.effect, Effect::Replication))
+    }
+
+    /// True while SYNC or PSYNC is the last command sent: nothing after it may be scanned
+    /// until Redis says whether the connection becomes a replication link.
+    pub fn awaits_replication(&self) -> bool {
+        self.entries
+            .back()
+            .is_some_and(|p| matches!(p.effect, Effect::Replication))
     }
 
     /// The positions to leave out of the reply now expected, if the head is a filtered EXEC.

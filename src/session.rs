@@ -18,6 +18,10 @@
 //! written. Replies follow the same path back through the [`ReplyScanner`]. Only a command
 //! the proxy changes or answers itself costs a copy.
 //!
+//! Once Redis accepts SYNC or PSYNC, the connection carries an RDB and a replication
+//! stream rather than replies, and the session becomes a plain byte tunnel for the rest of
+//! its life (see `Session::run_tunnel`).
+//!
 //! The session never decides policy; it carries out what the reply queue and the command
 //! table say, and it is the only code that writes to either socket.
 
@@ -32,6 +36,7 @@ use tokio::sync::watch;
 
 use crate::buffer::ReadBuffer;
 use crate::command::{CommandInfo, CommandTable, Flags, Special};
+use crate::config::Replication;
 use crate::control::{Control, Policy};
 use crate::guard::queue::QueueHandle;
 use crate::guard::{find_keys, CommandView, ScriptAccess, Verdict};
@@ -61,6 +66,8 @@ pub struct Shared {
     /// How long Redis may stay silent while it owes replies (`upstream.reply_timeout`);
     /// `None` when the check is off.
     pub reply_timeout: Option<Duration>,
+    /// What SYNC and PSYNC get (`proxy.replication`).
+    pub replication: Replication,
     /// Pre-registered metric handles.
     pub metrics: ProxyMetrics,
     /// Calls and latency per command (`None` with `admin.metrics = false`).
@@ -190,6 +197,9 @@ pub struct Session {
     /// When the watchdog last found a reason to wait (blocked, streaming, back-pressure),
     /// in microseconds since `epoch`: silence before it does not count.
     wait_excused_us: u64,
+    /// Redis began a replication stream: from here on the session is a byte tunnel
+    /// ([`Session::run_tunnel`]).
+    tunnel: bool,
 }
 
 /// What the proxy does with a command before the guards (see [`Session::intercept`]).
@@ -303,6 +313,7 @@ impl Session {
             watchdog: None,
             watchdog_armed: false,
             wait_excused_us: 0,
+            tunnel: false,
         }
     }
 
@@ -331,7 +342,8 @@ impl Session {
                 && !self.ignore_input
                 && self.to_upstream.len() < cap
                 && !self.queue.is_full()
-                && !self.identity_pending;
+                && !self.identity_pending
+                && !self.queue.awaits_replication();
             let want_upstream_read = self.upstream.is_some() && self.to_client.len() < cap;
             let want_client_write = !self.to_client.is_empty() || self.client.wants_flush();
             let want_upstream_write = self
@@ -378,6 +390,9 @@ impl Session {
             };
             if let Some(end) = self.handle(event).await {
                 return end;
+            }
+            if self.tunnel {
+                return self.run_tunnel(stop.as_mut()).await;
             }
         }
     }
@@ -620,7 +635,11 @@ impl Session {
     /// Scan and route every whole command in the request buffer.
     fn on_client_input(&mut self) {
         loop {
-            if self.ignore_input || self.waiting_for_probe || self.connect_for_auth {
+            if self.ignore_input
+                || self.waiting_for_probe
+                || self.connect_for_auth
+                || self.queue.awaits_replication()
+            {
                 break;
             }
             if self.identity_pending {
@@ -713,7 +732,10 @@ impl Session {
             return;
         }
         self.commands_in_batch += 1;
-        let intercept = self.intercept(&info, inline);
+        let intercept = match self.intercept(&info, inline) {
+            Intercept::Pass if info.special == Special::Sync => self.on_sync(),
+            other => other,
+        };
         if self.upstream.is_none()
             && !self.connect_for_auth
             && !matches!(intercept, Intercept::Answer(_))
@@ -1148,6 +1170,10 @@ impl Session {
                     self.policy.guards.pressure().mark_stale();
                     pending.effect = Effect::MemoryEvent;
                 }
+                // Redis refuses it in RESP2 subscribed mode, and ignores it under MONITOR.
+                Special::Sync if self.queue.is_monitoring() => {}
+                Special::Sync if self.queue.is_subscribed() && !self.queue.is_resp3() => {}
+                Special::Sync => pending.effect = Effect::Replication,
             }
         }
         if replies {
@@ -1238,6 +1264,10 @@ impl Session {
                 let Some(&first) = self.from_upstream.bytes().get(self.reply_start) else {
                     break;
                 };
+                if self.queue.starts_replication(first) {
+                    self.start_tunnel();
+                    return Ok(());
+                }
                 self.reply_forwarded = Some(self.queue.forwards_reply_starting_with(first));
                 if first != b'>' {
                     if let Some(hidden) = self.queue.exec_filter_at_head() {
@@ -1330,7 +1360,7 @@ impl Session {
                     q.record(depth);
                 }
             }
-            Effect::None | Effect::Monitor | Effect::AccessProbe => {}
+            Effect::None | Effect::Monitor | Effect::AccessProbe | Effect::Replication => {}
             Effect::MemoryEvent => self.policy.guards.pressure().mark_stale(),
             Effect::Hello(hello) => {
                 let HelloEffect { user, name, .. } = *hello;
@@ -1627,6 +1657,155 @@ impl Session {
         self.close_when_flushed = true;
         // Give the client its errors; the run loop closes once they are written.
         self.queue.clear();
+        None
+    }
+}
+
+/// Replication through the proxy. A replica (or `redis-cli --rdb`) sends SYNC or PSYNC;
+/// once Redis starts answering (`+FULLRESYNC`, `+CONTINUE`, the RDB's `$` header, or a
+/// keep-alive newline before them) the connection carries an RDB with no trailing CRLF and
+/// then the replication stream, which no reply scanner can follow. So from that byte on
+/// the session is a plain tunnel both ways for the rest of its life: no scanning, no
+/// guards, no reply timeout. Nothing the client sent after SYNC is scanned before Redis's
+/// answer, so it reaches Redis, in order, either as commands (after an error) or through
+/// the tunnel.
+impl Session {
+    /// SYNC or PSYNC arrived: forward it, or refuse it with `proxy.replication = "refuse"`.
+    fn on_sync(&self) -> Intercept {
+        match self.shared.replication {
+            Replication::Tunnel => Intercept::Pass,
+            Replication::Refuse => Intercept::Answer(wire::error(
+                "ERR respguard: SYNC and PSYNC are refused (proxy.replication = \"refuse\"); replicate from Redis directly",
+            )),
+        }
+    }
+
+    /// Redis began a replication stream: replies before it go to the client as scanned,
+    /// and every byte not yet scanned, either way, passes through from now on.
+    fn start_tunnel(&mut self) {
+        self.move_replies();
+        let stream = self
+            .from_upstream
+            .split_to(self.from_upstream.bytes().len());
+        self.to_client.unsplit(stream);
+        let requests = self.from_client.split_to(self.from_client.bytes().len());
+        self.to_upstream.unsplit(requests);
+        self.queue.clear();
+        self.watchdog_armed = false;
+        // The request scanner is done with this connection.
+        self.ignore_input = true;
+        self.tunnel = true;
+        self.shared.metrics.replication_tunnels.increment(1);
+        tracing::info!(client = %self.identity, "SYNC/PSYNC accepted by Redis: the connection is now a byte tunnel, unguarded (proxy.replication)");
+    }
+
+    /// Carry bytes both ways until either side closes (after what it sent is written to
+    /// the other) or the proxy shuts down.
+    async fn run_tunnel<F: std::future::Future<Output = ()>>(
+        &mut self,
+        mut stop: Pin<&mut F>,
+    ) -> End {
+        if self.shutting_down {
+            return End::Shutdown;
+        }
+        self.flush_upstream();
+        self.flush_client();
+        loop {
+            if self.upstream.is_none() && self.to_client.is_empty() {
+                return End::UpstreamLost("replication stream closed by Redis".into());
+            }
+            if self.input_closed && self.to_upstream.is_empty() {
+                return End::ClientClosed;
+            }
+            let cap = self.shared.output_buffer;
+            let want_client_read = !self.input_closed && self.to_upstream.len() < cap;
+            let want_upstream_read = self.upstream.is_some() && self.to_client.len() < cap;
+            let want_client_write = !self.to_client.is_empty() || self.client.wants_flush();
+            let want_upstream_write = self
+                .upstream
+                .as_ref()
+                .is_some_and(|u| !self.to_upstream.is_empty() || u.wants_flush());
+            if want_client_read {
+                self.from_client.prepare();
+            }
+            if want_upstream_read {
+                self.from_upstream.prepare();
+            }
+            let event = {
+                let (mut client_rx, mut client_tx) = self.client.halves();
+                let (mut up_rx, mut up_tx) = match self.upstream.as_mut() {
+                    Some(u) => {
+                        let (r, w) = u.halves();
+                        (Some(r), Some(w))
+                    }
+                    None => (None, None),
+                };
+                let from_client = self.from_client.bytes_mut();
+                let from_upstream = self.from_upstream.bytes_mut();
+                let to_client = &self.to_client;
+                let to_upstream = &self.to_upstream;
+                tokio::select! {
+                    r = client_rx.read_buf(from_client), if want_client_read => Event::ClientRead(r),
+                    r = async { up_rx.as_mut().expect("upstream").read_buf(from_upstream).await },
+                        if want_upstream_read => Event::UpstreamRead(r),
+                    r = client_tx.send(to_client), if want_client_write => Event::ClientWrote(r),
+                    r = async { up_tx.as_mut().expect("upstream").send(to_upstream).await },
+                        if want_upstream_write => Event::UpstreamWrote(r),
+                    _ = &mut stop => Event::Shutdown,
+                }
+            };
+            if let Some(end) = self.on_tunnel_event(event) {
+                return end;
+            }
+        }
+    }
+
+    fn on_tunnel_event(&mut self, event: Event) -> Option<End> {
+        let metrics = &self.shared.metrics;
+        match event {
+            Event::ClientRead(Ok(0)) => self.input_closed = true,
+            Event::ClientRead(Ok(n)) => {
+                metrics.client_bytes_received.increment(n as u64);
+                let bytes = self.from_client.split_to(n);
+                self.to_upstream.unsplit(bytes);
+                self.flush_upstream();
+            }
+            Event::UpstreamRead(Ok(0)) => {
+                self.upstream = None;
+                self.upstream_slot = None;
+            }
+            Event::UpstreamRead(Ok(n)) => {
+                metrics.upstream_bytes_received.increment(n as u64);
+                let bytes = self.from_upstream.split_to(n);
+                self.to_client.unsplit(bytes);
+                self.flush_client();
+            }
+            // An emptied output gives up its handle, so the read buffer can reuse the memory.
+            Event::ClientWrote(Ok(n)) => {
+                metrics.client_bytes_sent.increment(n as u64);
+                self.to_client.advance(n);
+                if self.to_client.is_empty() {
+                    self.to_client = BytesMut::new();
+                }
+            }
+            Event::UpstreamWrote(Ok(n)) => {
+                metrics.upstream_bytes_sent.increment(n as u64);
+                self.to_upstream.advance(n);
+                if self.to_upstream.is_empty() {
+                    self.to_upstream = BytesMut::new();
+                }
+            }
+            Event::ClientRead(Err(e)) | Event::ClientWrote(Err(e)) => {
+                return Some(End::ClientError(e))
+            }
+            Event::UpstreamRead(Err(e)) | Event::UpstreamWrote(Err(e)) => {
+                return Some(End::UpstreamLost(e.to_string()))
+            }
+            // A replica reconnects on its own; its link is not drained like commands.
+            Event::Shutdown | Event::DrainExpired | Event::WatchdogFired => {
+                return Some(End::Shutdown)
+            }
+        }
         None
     }
 }

@@ -35,6 +35,8 @@ pub struct ProxyMetrics {
     /// Upstream connections closed because Redis owed replies and sent nothing for
     /// `upstream.reply_timeout`.
     pub upstream_reply_timeouts: Counter,
+    /// Connections turned into a byte tunnel by SYNC or PSYNC (`proxy.replication`).
+    pub replication_tunnels: Counter,
 }
 
 impl ProxyMetrics {
@@ -53,6 +55,7 @@ impl ProxyMetrics {
             client_protocol_errors: counter!("respguard_client_protocol_errors_total"),
             client_tls_failures: counter!("respguard_client_tls_handshake_failures_total"),
             upstream_reply_timeouts: counter!("respguard_upstream_reply_timeouts_total"),
+            replication_tunnels: counter!("respguard_replication_tunnels_total"),
         }
     }
 }

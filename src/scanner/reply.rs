@@ -10,11 +10,24 @@
 //! a large value: the caller forwards what was scanned and drops it, and a 256 MiB reply
 //! passes through without being held.
 //!
+//! Nesting costs bytes, not frames: only the innermost aggregate is held whole, and the ones
+//! around it are packed a byte or so each, so the deepest reply Redis can send (about 8,000
+//! levels) is followed, up to [`MAX_DEPTH`].
+//!
 //! For each reply it records a little about its shape ([`ReplyInfo`]): what the session
 //! needs to follow pub/sub confirmations and RESET without parsing the reply again.
 
-/// The most aggregates one reply may nest; Redis never comes near it.
-pub const MAX_DEPTH: usize = 128;
+/// The most aggregates one reply may nest. Redis's deepest reply is a Lua script returning
+/// a table that contains itself: about 8,000 levels, where Lua's stack ends. Levels cost a
+/// byte each while their aggregates have fewer than 32 elements left, and at most 9 bytes.
+pub const MAX_DEPTH: usize = 1 << 18;
+
+/// The most elements an aggregate may declare (a map counts its keys and values): far more
+/// than any Redis holds, and small enough to pack into a level's bytes.
+const MAX_COUNT: u64 = 1 << 60;
+
+/// Bytes of packed levels kept between replies; a deeper reply's are given back when it ends.
+const KEEP_NESTING_BYTES: usize = 4 * 1024;
 
 /// Malformed reply bytes: the upstream is not speaking RESP.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,7 +79,8 @@ impl ReplyInfo {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+/// One level of nesting: the aggregate being scanned at that depth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Frame {
     /// An aggregate with `n` children still to come.
     Counted(u64),
@@ -75,6 +89,96 @@ enum Frame {
     /// An attribute with `n` keys and values still to come; it annotates the value that
     /// follows it and is not itself one of its parent's elements.
     Attribute(u64),
+}
+
+impl Frame {
+    /// The frame as one number: the count above two bits of kind (counts are below
+    /// [`MAX_COUNT`], so it fits).
+    fn pack(self) -> u64 {
+        match self {
+            Frame::Counted(n) => n << 2,
+            Frame::Streamed => 1,
+            Frame::Attribute(n) => (n << 2) | 2,
+        }
+    }
+
+    fn unpack(v: u64) -> Frame {
+        match v & 3 {
+            0 => Frame::Counted(v >> 2),
+            1 => Frame::Streamed,
+            _ => Frame::Attribute(v >> 2),
+        }
+    }
+}
+
+/// The aggregates enclosing the scan position. The innermost is kept as a [`Frame`], since
+/// every value ending touches it; the ones around it wait packed in `outer`, each as 7-bit
+/// groups (least significant first, the first byte of a level marked by its high bit), so a
+/// level costs one byte while its aggregate has fewer than 32 elements left.
+#[derive(Debug)]
+struct Nesting {
+    depth: usize,
+    /// The innermost aggregate; meaningful while `depth > 0`.
+    innermost: Frame,
+    outer: Vec<u8>,
+}
+
+impl Nesting {
+    fn new() -> Self {
+        Nesting {
+            depth: 0,
+            innermost: Frame::Streamed,
+            outer: Vec::with_capacity(16),
+        }
+    }
+
+    /// The innermost aggregate, if any.
+    fn top(&self) -> Option<Frame> {
+        (self.depth > 0).then_some(self.innermost)
+    }
+
+    /// Enter an aggregate, refusing to go deeper than [`MAX_DEPTH`].
+    fn push(&mut self, frame: Frame) -> Result<(), ReplyError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(ReplyError::TooDeep);
+        }
+        if self.depth > 0 {
+            let mut v = self.innermost.pack();
+            self.outer.push(0x80 | (v & 0x7f) as u8);
+            v >>= 7;
+            while v > 0 {
+                self.outer.push((v & 0x7f) as u8);
+                v >>= 7;
+            }
+        }
+        self.innermost = frame;
+        self.depth += 1;
+        Ok(())
+    }
+
+    /// Leave the innermost aggregate; the one around it becomes the innermost.
+    fn pop(&mut self) {
+        self.depth -= 1;
+        if self.depth == 0 {
+            return;
+        }
+        let mut v = 0u64;
+        while let Some(b) = self.outer.pop() {
+            v = (v << 7) | u64::from(b & 0x7f);
+            if b & 0x80 != 0 {
+                break;
+            }
+        }
+        self.innermost = Frame::unpack(v);
+    }
+
+    /// Between replies: give back the memory of an unusually deep one.
+    fn reset(&mut self) {
+        debug_assert_eq!(self.depth, 0);
+        if self.outer.capacity() > KEEP_NESTING_BYTES {
+            self.outer = Vec::with_capacity(16);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +212,7 @@ pub enum ReplyStep {
 /// The resumable reply scanner; one per upstream connection.
 #[derive(Debug)]
 pub struct ReplyScanner {
-    stack: Vec<Frame>,
+    nesting: Nesting,
     state: State,
     pos: usize,
     /// What is known so far of the reply being scanned.
@@ -140,7 +244,7 @@ impl ReplyScanner {
     /// A scanner at the start of a reply stream.
     pub fn new() -> Self {
         ReplyScanner {
-            stack: Vec::with_capacity(4),
+            nesting: Nesting::new(),
             state: State::Value,
             pos: 0,
             current: empty_info(),
@@ -233,7 +337,7 @@ impl ReplyScanner {
                     };
                     let ty = line[0];
                     let body = &line[1..];
-                    let top = self.stack.is_empty();
+                    let top = self.nesting.depth == 0;
                     if top {
                         self.started = true;
                     }
@@ -284,11 +388,8 @@ impl ReplyScanner {
                         }
                         b'*' | b'%' | b'~' | b'>' | b'|' => {
                             self.pos = next;
-                            if self.stack.len() >= MAX_DEPTH {
-                                return Err(ReplyError::TooDeep);
-                            }
                             if body == b"?" {
-                                self.stack.push(Frame::Streamed);
+                                self.nesting.push(Frame::Streamed)?;
                                 continue;
                             }
                             let Some(n) = parse_signed_len(body)? else {
@@ -299,30 +400,34 @@ impl ReplyScanner {
                                 continue;
                             };
                             let children = if matches!(ty, b'%' | b'|') { n * 2 } else { n };
+                            if children >= MAX_COUNT {
+                                return Err(ReplyError::InvalidLength);
+                            }
                             if ty == b'|' {
                                 // An empty attribute annotates nothing visible: the value
                                 // it precedes is scanned next either way.
                                 if children > 0 {
-                                    self.stack.push(Frame::Attribute(children));
+                                    self.nesting.push(Frame::Attribute(children))?;
                                 }
                                 continue;
                             }
-                            self.stack.push(Frame::Counted(children));
                             if children == 0 {
-                                self.stack.pop();
                                 if let Some(end) = self.value_done() {
                                     return Ok(ReplyStep::Done(end));
                                 }
-                            } else if top && self.elements {
+                                continue;
+                            }
+                            self.nesting.push(Frame::Counted(children))?;
+                            if top && self.elements {
                                 return Ok(ReplyStep::Header {
                                     end: self.pos,
                                     count: children,
                                 });
                             }
                         }
-                        b'.' if matches!(self.stack.last(), Some(Frame::Streamed)) => {
+                        b'.' if self.nesting.top() == Some(Frame::Streamed) => {
                             self.pos = next;
-                            self.stack.pop();
+                            self.nesting.pop();
                             if let Some(end) = self.value_done() {
                                 return Ok(ReplyStep::Done(end));
                             }
@@ -335,7 +440,7 @@ impl ReplyScanner {
     }
 
     fn at_depth1(&self) -> bool {
-        self.stack.len() == 1 && !matches!(self.stack[0], Frame::Attribute(_))
+        self.nesting.depth == 1 && !matches!(self.nesting.innermost, Frame::Attribute(_))
     }
 
     fn keep_first(&mut self, s: &[u8]) {
@@ -348,8 +453,6 @@ impl ReplyScanner {
     }
 
     /// A value just ended: count it against its parent, closing finished aggregates.
-    /// Returns the end offset when a whole top-level reply is complete.
-    /// A value just ended: count it against its parent, closing finished aggregates.
     /// Returns the end offset when a whole top-level reply is complete. In element mode, the
     /// end of an element of the top-level aggregate is noted for `scan` to report.
     fn value_done(&mut self) -> Option<usize> {
@@ -358,15 +461,17 @@ impl ReplyScanner {
             if element {
                 self.depth1_index += 1;
             }
-            match self.stack.last_mut() {
-                None => return self.finish(),
-                Some(Frame::Streamed) => {
+            if self.nesting.depth == 0 {
+                return self.finish();
+            }
+            match &mut self.nesting.innermost {
+                Frame::Streamed => {
                     if element && self.elements {
                         self.element_end = Some(self.pos);
                     }
                     return None;
                 }
-                Some(Frame::Counted(n)) | Some(Frame::Attribute(n)) => {
+                Frame::Counted(n) | Frame::Attribute(n) => {
                     *n -= 1;
                     if *n > 0 {
                         if element && self.elements {
@@ -374,8 +479,8 @@ impl ReplyScanner {
                         }
                         return None;
                     }
-                    let was_attribute = matches!(self.stack.last(), Some(Frame::Attribute(_)));
-                    self.stack.pop();
+                    let was_attribute = matches!(self.nesting.innermost, Frame::Attribute(_));
+                    self.nesting.pop();
                     if was_attribute {
                         // The attribute is over; the value it annotates comes next.
                         return None;
@@ -390,6 +495,7 @@ impl ReplyScanner {
         self.elements = false;
         self.started = false;
         self.depth1_index = 0;
+        self.nesting.reset();
         self.info = self.current;
         self.current = empty_info();
         Some(end)
@@ -526,5 +632,44 @@ mod tests {
             ReplyScanner::new().scan(deep.as_bytes()),
             Err(ReplyError::TooDeep)
         );
+        assert_eq!(
+            ReplyScanner::new().scan(b"%1152921504606846976\r\n"),
+            Err(ReplyError::InvalidLength)
+        );
+    }
+
+    /// A Lua table containing itself: Redis nests arrays until Lua's stack ends (about 8,000
+    /// levels) and closes them with an error.
+    #[test]
+    fn replies_as_deep_as_lua_can_nest_are_followed() {
+        let mut s = "*1\r\n".repeat(8000);
+        s.push_str("-ERR reached lua stack limit\r\n:1\r\n");
+        assert_eq!(boundaries(s.as_bytes()), vec![s.len() - 4, s.len()]);
+    }
+
+    /// Levels of every kind and count survive being packed under deeper ones.
+    #[test]
+    fn packed_levels_come_back_unchanged() {
+        let frames = [
+            Frame::Counted(1),
+            Frame::Streamed,
+            Frame::Attribute(2),
+            Frame::Counted(31),
+            Frame::Counted(32),
+            Frame::Counted(300),
+            Frame::Attribute(MAX_COUNT - 1),
+            Frame::Counted(MAX_COUNT - 1),
+        ];
+        let mut n = Nesting::new();
+        for f in frames {
+            n.push(f).unwrap();
+        }
+        assert_eq!(n.depth, frames.len());
+        for f in frames.iter().rev() {
+            assert_eq!(n.top(), Some(*f));
+            n.pop();
+        }
+        assert_eq!(n.top(), None);
+        assert!(n.outer.is_empty());
     }
 }

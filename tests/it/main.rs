@@ -14,6 +14,7 @@ mod guards;
 mod harness;
 mod memory;
 mod operating;
+mod passthrough;
 mod pressure;
 mod scanner;
 mod shim;
