@@ -422,6 +422,8 @@ pub struct RuleSpec<'a> {
     pub name: Option<&'a str>,
     /// Key pattern.
     pub pattern: &'a str,
+    /// Further patterns, any of which also selects a key (a library preset's other keys).
+    pub also: &'a [&'a str],
     /// Only this user.
     pub user: Option<&'a str>,
     /// Only this client name.
@@ -443,7 +445,11 @@ impl<L> Rule<L> {
         limits: L,
         key: &'static str,
     ) -> Result<Self, ConfigError> {
-        let pattern = KeyPattern::new(spec.pattern);
+        let pattern = if spec.also.is_empty() {
+            KeyPattern::new(spec.pattern)
+        } else {
+            KeyPattern::any_of(&[&[spec.pattern][..], spec.also].concat())
+        };
         let mode = match spec.mode {
             Some(m) => Mode::parse(m, key)?,
             None => default_mode,

@@ -26,6 +26,8 @@ enum Kind {
     /// A non-empty literal then only `*`s.
     Prefix(Box<[u8]>),
     Glob(Box<[u8]>),
+    /// Several patterns, any of which matches (a library's keys that one glob cannot name).
+    AnyOf(Box<[KeyPattern]>),
 }
 
 /// The bytes Redis's matcher treats specially.
@@ -52,6 +54,16 @@ impl KeyPattern {
         }
     }
 
+    /// Several patterns: a key matches when any of them does. For a library preset whose
+    /// keys one Redis glob cannot describe (Sidekiq's `queue:*` lists and `schedule` set);
+    /// Redis's own globs have no alternatives.
+    pub fn any_of(patterns: &[&str]) -> Self {
+        KeyPattern {
+            source: patterns.join(" "),
+            kind: Kind::AnyOf(patterns.iter().map(|p| KeyPattern::new(p)).collect()),
+        }
+    }
+
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.source
@@ -65,6 +77,7 @@ impl KeyPattern {
             Kind::Exact(k) => key == &k[..],
             Kind::Prefix(p) => key.starts_with(p),
             Kind::Glob(g) => string_match(g, key, &mut false),
+            Kind::AnyOf(all) => all.iter().any(|p| p.matches(key)),
         }
     }
 }

@@ -104,6 +104,7 @@ impl ShedGuard {
                     RuleSpec {
                         name: None,
                         pattern: &r.pattern,
+                        also: &[],
                         user: r.user.as_deref(),
                         client_name: r.client_name.as_deref(),
                         client_address: r.client_address,
@@ -122,6 +123,7 @@ impl ShedGuard {
             RuleSpec {
                 name: None,
                 pattern: "*",
+                also: &[],
                 user: None,
                 client_name: None,
                 client_address: None,

@@ -207,6 +207,7 @@ impl TtlGuard {
             let spec = RuleSpec {
                 name: None,
                 pattern: &r.pattern,
+                also: &[],
                 user: r.user.as_deref(),
                 client_name: r.client_name.as_deref(),
                 client_address: r.client_address,

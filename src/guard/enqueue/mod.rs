@@ -209,7 +209,7 @@ impl EnqueueGuard {
         }
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (index, r) in raw.rules.iter().enumerate() {
-            let (pattern, commands, shape) = rule_shape(r)?;
+            let (pattern, also, commands, shape) = rule_shape(r)?;
             let name = r.name.clone().unwrap_or_else(|| r.preset.clone());
             let (action, mode) = match r.action.as_str() {
                 "drop" => (Action::Drop, None),
@@ -276,6 +276,7 @@ impl EnqueueGuard {
             let spec = RuleSpec {
                 name: Some(&name),
                 pattern: &pattern,
+                also,
                 user: r.user.as_deref(),
                 client_name: r.client_name.as_deref(),
                 client_address: r.client_address,
@@ -930,7 +931,9 @@ fn invalid(reason: impl Into<String>) -> ConfigError {
 
 /// A rule's key pattern, commands (as bits) and job shape, from its preset or its generic
 /// settings.
-fn rule_shape(r: &RawEnqueueRule) -> Result<(String, u8, Shape), ConfigError> {
+fn rule_shape(
+    r: &RawEnqueueRule,
+) -> Result<(String, &'static [&'static str], u8, Shape), ConfigError> {
     let generic_only = r.commands.is_some()
         || r.format.is_some()
         || !r.include.is_empty()
@@ -951,8 +954,12 @@ fn rule_shape(r: &RawEnqueueRule) -> Result<(String, u8, Shape), ConfigError> {
                 r.preset
             )));
         }
-        let pattern = r.pattern.clone().unwrap_or_else(|| p.pattern.to_string());
-        return Ok((pattern, bits(p.commands), p.shape));
+        // The preset's own keys, unless the rule names its keys itself.
+        let (pattern, also) = match &r.pattern {
+            Some(own) => (own.clone(), &[][..]),
+            None => (p.pattern.to_string(), p.also),
+        };
+        return Ok((pattern, also, bits(p.commands), p.shape));
     }
     if r.preset != "generic" {
         return Err(invalid(format!(
@@ -1003,5 +1010,5 @@ fn rule_shape(r: &RawEnqueueRule) -> Result<(String, u8, Shape), ConfigError> {
         r.label.as_deref(),
     )
     .map_err(invalid)?;
-    Ok((pattern, commands, Shape::Payload(Box::new(spec))))
+    Ok((pattern, &[], commands, Shape::Payload(Box::new(spec))))
 }

@@ -39,8 +39,10 @@ pub enum Shape {
 /// A library's defaults.
 #[derive(Debug, Clone)]
 pub struct Preset {
-    /// The keys its jobs are written to.
+    /// The keys its jobs are written to (Redis glob)...
     pub pattern: &'static str,
+    /// ... and these too.
+    pub also: &'static [&'static str],
     /// The commands that enqueue.
     pub commands: &'static [&'static str],
     /// How to find the job.
@@ -64,7 +66,8 @@ pub fn preset(name: &str) -> Option<Preset> {
     };
     match name {
         "sidekiq" => Some(Preset {
-            pattern: "{queue:*,schedule}",
+            pattern: "queue:*",
+            also: &["schedule"],
             commands: &["lpush", "rpush", "zadd"],
             shape: Shape::Payload(Box::new(PayloadSpec {
                 exclude_if: Some((
@@ -83,6 +86,7 @@ pub fn preset(name: &str) -> Option<Preset> {
         }),
         "celery" => Some(Preset {
             pattern: "celery*",
+            also: &[],
             commands: &["lpush", "rpush"],
             shape: Shape::Payload(Box::new(json(
                 &["/headers/task", "/body"],
@@ -92,11 +96,13 @@ pub fn preset(name: &str) -> Option<Preset> {
         }),
         "rq" => Some(Preset {
             pattern: "rq:job:*",
+            also: &[],
             commands: &["hset", "hmset"],
             shape: Shape::RqJobHash,
         }),
         "bullmq" => Some(Preset {
             pattern: "bull:*",
+            also: &[],
             commands: &["eval", "evalsha", "script|load"],
             shape: Shape::BullmqScript,
         }),
