@@ -129,7 +129,11 @@ pub fn judge(
                 // An inline command is sent as its multibulk form, which can be larger; a
                 // wrapped one carries the TTL guard's script.
                 let sent = if inline { src.len() } else { end - start };
-                let bound = 2 * sent + 1024 + crate::guard::ttl::SCRIPT.len();
+                let bound = 2 * sent
+                    + 1024
+                    + crate::guard::ttl::SCRIPT
+                        .len()
+                        .max(crate::guard::ttl::PAIRS_SCRIPT.len());
                 if scratch.len() > bound {
                     return Err(format!(
                         "{} rewritten to {} bytes from {}",

@@ -484,11 +484,20 @@ impl<L> Rule<L> {
     /// True when the rule applies to `key` written by `client`.
     #[inline]
     pub fn applies(&self, key: &[u8], client: &ClientIdentity) -> bool {
-        self.pattern.matches(key)
-            && self
-                .user
-                .as_deref()
-                .is_none_or(|u| client.user.as_deref() == Some(u))
+        self.pattern.matches(key) && self.applies_to_client(client)
+    }
+
+    /// The rule's key pattern as written (Redis glob).
+    pub fn pattern_source(&self) -> &str {
+        self.pattern.as_str()
+    }
+
+    /// True when the rule's client filters (user, client name, network) select `client`.
+    #[inline]
+    pub fn applies_to_client(&self, client: &ClientIdentity) -> bool {
+        self.user
+            .as_deref()
+            .is_none_or(|u| client.user.as_deref() == Some(u))
             && self
                 .client_name
                 .as_deref()

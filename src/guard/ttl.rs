@@ -47,14 +47,28 @@ const SCRIPT_SOURCE: &str = include_str!("ttl_script.lua");
 /// The script as sent: without comments and indentation. It is sent whole with every
 /// wrapped command (EVAL, not EVALSHA, so a SCRIPT FLUSH can never make a write fail), and
 /// Redis hashes it each time, so every byte counts.
-pub static SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    SCRIPT_SOURCE
+pub static SCRIPT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| compact(SCRIPT_SOURCE));
+
+/// The script for an MSET or MSETNX too large for the proxy to list its keys (see
+/// `ttl_pairs.lua`): it runs the command, in pieces inside the script when it has more
+/// arguments than one Lua call can pass on, and matches each key against the rules itself
+/// with a port of Redis's glob matcher.
+const PAIRS_SOURCE: &str = include_str!("ttl_pairs.lua");
+
+/// [`PAIRS_SOURCE`] as sent.
+pub static PAIRS_SCRIPT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| compact(PAIRS_SOURCE));
+
+/// A script without its comments and indentation.
+fn compact(source: &str) -> String {
+    source
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("--"))
         .collect::<Vec<_>>()
         .join("\n")
-});
+}
 
 /// The most arguments a wrapped command may have: the script passes the command on with
 /// Lua's `unpack`, whose results must fit Lua's C stack (8,000 slots in Redis's Lua).
@@ -446,6 +460,11 @@ impl TtlGuard {
         client: &ClientIdentity,
         out: &mut BytesMut,
     ) -> Verdict {
+        let pairs = matches!(&*cmd.info.name, "mset" | "msetnx");
+        if pairs && (!cmd.is_whole() || cmd.argc + 4 + 2 * cmd.argc > MAX_WRAPPED_ARGS) {
+            // Too large to list its keys: the script finds them, and their rules.
+            return self.default_ttls_in_script(cmd, client, out);
+        }
         let mut written = Vec::new();
         cmd.info
             .written_key_positions_by(cmd.argc, |i| cmd.arg(i), &mut written);
@@ -492,6 +511,53 @@ impl TtlGuard {
         Verdict::Rewrite {
             replacement: None,
             hidden: chosen.len() as u32,
+        }
+    }
+
+    /// An MSET or MSETNX too large to list its keys, wrapped in the pairs script with the
+    /// rules that apply to this client, in order (a rule without a TTL, or observing, as
+    /// `0`: it exempts its keys). Counted once per command, for the first rule with a TTL.
+    fn default_ttls_in_script(
+        &self,
+        cmd: &CommandView<'_>,
+        client: &ClientIdentity,
+        out: &mut BytesMut,
+    ) -> Verdict {
+        let rules: Vec<&Rule<TtlLimits>> = self
+            .rules
+            .iter()
+            .filter(|r| r.applies_to_client(client))
+            .collect();
+        let Some(counted) = rules.iter().find(|r| r.limits.ttl.is_some()) else {
+            return Verdict::Forward;
+        };
+        if counted.mode == Mode::Observe || !may_set_expiry(cmd, counted, client) {
+            counted.count(ADDED);
+            return Verdict::Forward;
+        }
+        counted.count(ADDED);
+        let mut itoa = crate::scanner::request::itoa_buf();
+        encode_header(out, 4 + 2 * rules.len() + cmd.argc);
+        encode_arg(out, b"EVAL");
+        encode_arg(out, PAIRS_SCRIPT.as_bytes());
+        encode_arg(out, b"0");
+        encode_arg(out, itoa.format(rules.len()));
+        for rule in &rules {
+            encode_arg(out, rule.pattern_source().as_bytes());
+            let enforced = rule.mode == Mode::Enforce;
+            encode_arg(
+                out,
+                if enforced {
+                    &rule.limits.ttl_millis
+                } else {
+                    b"0"
+                },
+            );
+        }
+        copy_command(cmd, out);
+        Verdict::Rewrite {
+            replacement: Some(out.len()),
+            hidden: 0,
         }
     }
 
@@ -606,6 +672,12 @@ fn wrap<'k>(
         encode_arg(out, &rule.limits.ttl_millis);
         encode_arg(out, &rule.limits.max_millis);
     }
+    copy_command(cmd, out);
+}
+
+/// The client's command as it encoded it, after its `*N` line (for a streamed command, its
+/// head: the rest follows unchanged).
+fn copy_command(cmd: &CommandView<'_>, out: &mut BytesMut) {
     match &cmd.wire {
         Some(wire) => out.extend_from_slice(&cmd.src[wire.clone()]),
         None => {

@@ -64,10 +64,10 @@ async fn each_value_is_judged_by_its_own_keys_size_rule() {
 }
 
 /// A small deterministic generator (xorshift), so a failure names a reproducible case.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -76,7 +76,7 @@ impl Rng {
 }
 
 /// Encode a command of raw byte arguments.
-fn encode_bytes(args: &[&[u8]]) -> Vec<u8> {
+pub fn encode_bytes(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
         out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -87,7 +87,7 @@ fn encode_bytes(args: &[&[u8]]) -> Vec<u8> {
 }
 
 /// The elements of an array reply of bulk strings.
-fn bulk_strings(reply: &[u8]) -> BTreeSet<Vec<u8>> {
+pub fn bulk_strings(reply: &[u8]) -> BTreeSet<Vec<u8>> {
     let line_end =
         |from: usize| from + reply[from..].windows(2).position(|w| w == b"\r\n").unwrap();
     let end = line_end(0);

@@ -451,3 +451,142 @@ commands = ["ZINCRBY", "INCRBYFLOAT", "LPUSH", "XADD"]
         }
     }
 }
+
+#[tokio::test]
+async fn every_key_of_a_streamed_mset_gets_its_rules_ttl() {
+    // Keys after a streamed value were never seen by the guard: `MSET a 1 b <70 KB> c 1`
+    // left c without a TTL, and so did MSETNX.
+    let pair = Pair::start(RULES).await;
+    let big = "x".repeat(70 * 1024);
+    pair.setup(&[&["SET", "taken", "v"]]).await;
+    pair.same(&[
+        &["MSET", "a", "1", "b", &big, "c", "1", "exempt:d", "1"],
+        &["MSETNX", "e", "1", "f", &big, "g", "1"],
+        &["MSETNX", "h", "1", "i", &big, "taken", "1"],
+        &["EXISTS", "h", "i"],
+    ])
+    .await;
+    for key in ["a", "b", "c", "e", "f", "g"] {
+        assert!(around(pair.pttl_behind(key).await, HOUR_MS), "{key}");
+    }
+    assert_eq!(pair.pttl_behind("exempt:d").await, -1);
+    assert_eq!(
+        pair.pttl_behind("taken").await,
+        -1,
+        "a failed MSETNX touches nothing"
+    );
+}
+
+/// Keys of `server` without a TTL, counted by Redis itself.
+async fn keys_without_ttl(addr: SocketAddr) -> String {
+    let script = "local n = 0 for _, k in ipairs(redis.call('keys', '*')) do \
+                  if redis.call('pttl', k) == -1 then n = n + 1 end end return n";
+    Conn::open(addr).await.call(&["EVAL", script, "0"]).await
+}
+
+#[tokio::test]
+async fn every_key_of_an_mset_too_large_to_hold_gets_its_ttl() {
+    // An MSET of 200,000 pairs (past `protocol.max_buffered_command`) left most of its keys
+    // without a TTL.
+    let pair = Pair::start(RULES).await;
+    let mut mset = vec!["MSET".to_string()];
+    for i in 0..200_000 {
+        let key = if i % 10 == 0 {
+            format!("exempt:{i}")
+        } else {
+            format!("k:{i}")
+        };
+        mset.push(key);
+        mset.push(i.to_string());
+    }
+    let args: Vec<&str> = mset.iter().map(String::as_str).collect();
+    pair.same(&[&args, &["DBSIZE"]]).await;
+    assert_eq!(keys_without_ttl(pair.behind.addr()).await, ":20000\r\n");
+    assert!(around(pair.pttl_behind("k:199999").await, HOUR_MS));
+}
+
+#[tokio::test]
+async fn the_scripts_glob_matches_the_keys_redis_keys_returns() {
+    // The script that handles MSETs too large to list matches keys against the rules
+    // itself, with a port of Redis's matcher: it must pick, for every key, the first rule
+    // whose pattern `KEYS` would match. Rule i gives a TTL of (i + 1) * 10^6 ms, so a key's
+    // TTL names the rule that matched it.
+    use crate::fidelity::{bulk_strings, encode_bytes, Rng};
+    use std::collections::BTreeSet;
+    let server = RedisServer::start();
+    let mut c = Conn::open(server.addr()).await;
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let key_bytes: &[u8] = b"ab-]^![\\*?xz\xc3\xa9\xff";
+    let mut keys = BTreeSet::new();
+    keys.insert(Vec::new());
+    while keys.len() < 300 {
+        let len = rng.below(6);
+        keys.insert(
+            (0..len)
+                .map(|_| key_bytes[rng.below(key_bytes.len())])
+                .collect::<Vec<u8>>(),
+        );
+    }
+    let pattern_bytes: &[u8] = b"abx-]^![\\*?z\xc3\xa9";
+    let mut patterns: Vec<Vec<u8>> = [
+        "x[!a]", "[\\]]x", "[a-]x", "*[", "ab[", "[z-a]", "a\\", "[", "[^", "ab[^", "\\", "[\\",
+        "[a-", "[]]", "[]a]", "[^]]", "\\*", "\\[a]", "*\\", "[-a]", "[a-b-z]", "a[b", "a*", "*a",
+        "a?", "**", "",
+    ]
+    .iter()
+    .map(|p| p.as_bytes().to_vec())
+    .collect();
+    while patterns.len() < 1200 {
+        let len = rng.below(8);
+        patterns.push(
+            (0..len)
+                .map(|_| pattern_bytes[rng.below(pattern_bytes.len())])
+                .collect(),
+        );
+    }
+    for rules in patterns.chunks(200) {
+        c.call(&["FLUSHALL"]).await;
+        // What KEYS says each pattern matches, before any key is written by the script.
+        let mut mset: Vec<&[u8]> = vec![b"MSET"];
+        for k in &keys {
+            mset.extend([&k[..], b"1"]);
+        }
+        c.send(&encode_bytes(&mset)).await;
+        c.reply().await;
+        let mut matched = Vec::new();
+        for p in rules {
+            c.send(&encode_bytes(&[b"KEYS", p])).await;
+            matched.push(bulk_strings(&c.reply().await));
+        }
+        c.call(&["FLUSHALL"]).await;
+        let ttls: Vec<String> = (0..rules.len())
+            .map(|i| ((i + 1) * 1_000_000).to_string())
+            .collect();
+        let count = rules.len().to_string();
+        let mut eval: Vec<&[u8]> = vec![
+            b"EVAL",
+            respguard::guard::ttl::PAIRS_SCRIPT.as_bytes(),
+            b"0",
+            count.as_bytes(),
+        ];
+        for (p, ttl) in rules.iter().zip(&ttls) {
+            eval.extend([&p[..], ttl.as_bytes()]);
+        }
+        eval.extend(mset.iter().copied());
+        c.send(&encode_bytes(&eval)).await;
+        assert_eq!(String::from_utf8_lossy(&c.reply().await), "+OK\r\n");
+        for k in &keys {
+            c.send(&encode_bytes(&[b"PTTL", k])).await;
+            let r = String::from_utf8_lossy(&c.reply().await).into_owned();
+            let pttl: i64 = r.trim_start_matches(':').trim().parse().unwrap();
+            let got = (pttl > 0).then(|| ((pttl + 999_999) / 1_000_000 - 1) as usize);
+            let want = matched.iter().position(|m| m.contains(k));
+            assert_eq!(
+                got.map(|i| String::from_utf8_lossy(&rules[i]).into_owned()),
+                want.map(|i| String::from_utf8_lossy(&rules[i]).into_owned()),
+                "key {:?}: the script's first matching rule (left) and KEYS' (right) differ",
+                String::from_utf8_lossy(k)
+            );
+        }
+    }
+}
