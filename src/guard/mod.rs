@@ -240,7 +240,8 @@ pub struct Guards {
     wanted: Vec<u8>,
     /// The shed guard's bit (0 without it): it acts only while memory is under pressure.
     shed_bit: u8,
-    /// The TTL guard's bit (0 without it): it may send scripts and expiries as the user.
+    /// The TTL guard's bit (0 without it, or when all its rules observe): it may send
+    /// scripts and expiries as the user.
     ttl_bit: u8,
     /// What the shed guard reads.
     pressure: Arc<MemoryPressure>,
@@ -293,8 +294,12 @@ impl Guards {
         }
         let mut ttl_bit = 0;
         if !raw.ttl.rules.is_empty() {
-            ttl_bit = 1 << chain.len();
-            chain.push(Arc::new(ttl::TtlGuard::build(&raw.ttl, mode, logs, table)?));
+            let ttl = ttl::TtlGuard::build(&raw.ttl, mode, logs, table)?;
+            // A TTL guard that only observes sends nothing as the user: no probe needed.
+            if ttl.enforces() {
+                ttl_bit = 1 << chain.len();
+            }
+            chain.push(Arc::new(ttl));
         }
         let fail_open = fail_open::FailOpen::build(&raw.fail_open, table, logs)?;
         debug_assert!(chain.len() <= 8, "the wanted bitmask holds eight guards");

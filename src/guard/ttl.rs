@@ -240,6 +240,11 @@ impl TtlGuard {
         Ok(TtlGuard { rules })
     }
 
+    /// Whether any rule enforces: only then does the guard send anything as the user.
+    pub fn enforces(&self) -> bool {
+        self.rules.iter().any(|r| r.mode == Mode::Enforce)
+    }
+
     fn creates(&self, name: &str) -> bool {
         DEFAULT_CREATING.contains(&name)
             || self
