@@ -533,6 +533,40 @@ impl CommandTable {
         Ok(())
     }
 
+    /// The error Redis answers for `argv` before it looks at anything else, authentication
+    /// included: an unknown command or subcommand, or a wrong number of arguments. Its
+    /// words are Redis 7.0's (`processCommand`): names and arguments cut at 128 bytes, line
+    /// breaks made spaces. `None` when Redis would go on to run (or refuse) the command.
+    pub fn rejection(&self, argv: &[Vec<u8>]) -> Option<String> {
+        let name = argv.first()?;
+        let info = self.lookup(argv);
+        let cut = |b: &[u8], n: usize| {
+            String::from_utf8_lossy(&b[..b.len().min(n)]).replace(['\r', '\n'], " ")
+        };
+        if info.id == self.unknown.id {
+            let mut args = String::new();
+            for a in &argv[1..] {
+                if args.len() >= 128 {
+                    break;
+                }
+                args.push_str(&format!("'{}' ", cut(a, 128 - args.len())));
+            }
+            return Some(format!(
+                "ERR unknown command '{}', with args beginning with: {args}",
+                cut(name, 128)
+            ));
+        }
+        if info.has_subcommands && argv.len() > 1 {
+            return Some(format!(
+                "ERR unknown subcommand '{}'. Try {} HELP.",
+                cut(&argv[1], 128),
+                info.name.to_ascii_uppercase()
+            ));
+        }
+        (!info.arity_accepts(argv.len()))
+            .then(|| format!("ERR wrong number of arguments for '{}' command", info.name))
+    }
+
     /// The entry for a command given its arguments (argument 0 is the name). Container
     /// commands (`CONFIG`, `CLIENT`, ...) resolve to their subcommand when it is known.
     pub fn lookup<A: AsRef<[u8]>>(&self, args: &[A]) -> &CommandInfo {
@@ -733,6 +767,34 @@ mod tests {
         assert_eq!(written(&t, "HSET h f v"), ["h"]);
         assert_eq!(written(&t, "MSET a 1 b 2"), ["a", "b"]);
         assert_eq!(written(&t, "LMOVE src dst LEFT RIGHT"), ["dst"]);
+    }
+
+    #[test]
+    fn rejections_use_redis_words() {
+        let t = CommandTable::builtin();
+        let argv = |s: &str| {
+            s.split(' ')
+                .map(|a| a.as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            t.rejection(&argv("FOO a b")).unwrap(),
+            "ERR unknown command 'FOO', with args beginning with: 'a' 'b' "
+        );
+        assert_eq!(
+            t.rejection(&argv("GET")).unwrap(),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            t.rejection(&argv("CLIENT FOO")).unwrap(),
+            "ERR unknown subcommand 'FOO'. Try CLIENT HELP."
+        );
+        assert_eq!(
+            t.rejection(&argv("CONFIG")).unwrap(),
+            "ERR wrong number of arguments for 'config' command"
+        );
+        assert_eq!(t.rejection(&argv("GET k")), None);
+        assert_eq!(t.rejection(&argv("CLIENT LIST")), None);
     }
 
     #[test]

@@ -1463,6 +1463,13 @@ impl Session {
             && argv
                 .first()
                 .is_some_and(|a| a.eq_ignore_ascii_case(b"respguard"));
+        if auth && !self.authenticated && !is_respguard {
+            // Redis refuses an unknown command or a wrong argument count before it asks
+            // for authentication.
+            if let Some(error) = self.shared.table.rejection(&argv) {
+                return Intercept::Answer(wire::error(&error));
+            }
+        }
         if auth
             && !self.authenticated
             && !matches!(

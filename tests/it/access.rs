@@ -235,7 +235,17 @@ async fn unauthenticated_clients_get_redis_limits_and_hold_no_redis_connection()
             String::from_utf8_lossy(input)
         );
     }
-    let cmds: &[&[&str]] = &[&["GET", "k"], &["RESET"], &["PING"]];
+    // Unknown commands and wrong argument counts are refused before authentication is asked.
+    let cmds: &[&[&str]] = &[
+        &["GET", "k"],
+        &["FOO", "a", "b"],
+        &["GET"],
+        &["CLIENT", "FOO"],
+        &["CONFIG"],
+        &["AUTH"],
+        &["RESET"],
+        &["PING"],
+    ];
     assert_eq!(
         pipelined(proxy.addr, cmds).await,
         pipelined(server.addr(), cmds).await
