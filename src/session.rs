@@ -160,6 +160,9 @@ pub struct Session {
     /// Inside MULTI: commands queued so far, and the positions of those the proxy added.
     multi_queued: u32,
     multi_hidden: Vec<u32>,
+    /// Inside MULTI: a queued command changes what the memory reading means (CONFIG SET,
+    /// FLUSHALL, ...), so EXEC marks the reading stale.
+    multi_memory_event: bool,
     /// What the Redis user may run for the guards, from the last probe.
     access: ScriptAccess,
     /// A probe of `access` is in flight: guarded writes that depend on it wait for it.
@@ -295,6 +298,7 @@ impl Session {
             replies_arrived_us: 0,
             multi_queued: 0,
             multi_hidden: Vec::new(),
+            multi_memory_event: false,
             access: ScriptAccess::Allowed,
             probing: false,
             waiting_for_probe: false,
@@ -1070,6 +1074,8 @@ impl Session {
             );
         if queued {
             self.multi_queued += 1;
+            // Runs at EXEC: the memory reading is stale once EXEC has run.
+            self.multi_memory_event |= info.special == Special::MemoryEvent;
         }
         let skip_this = self.reply_mode == ReplyMode::SkipNext;
         if skip_this {
@@ -1157,11 +1163,16 @@ impl Session {
                         let hidden = std::mem::take(&mut self.multi_hidden);
                         pending.disposition = Disposition::FilterExec(hidden.into_boxed_slice());
                     }
+                    if std::mem::take(&mut self.multi_memory_event) {
+                        self.policy.guards.pressure().mark_stale();
+                        pending.effect = Effect::MemoryEvent;
+                    }
                     self.in_multi = false;
                 }
                 Special::Discard => {
                     self.in_multi = false;
                     self.multi_hidden.clear();
+                    self.multi_memory_event = false;
                 }
                 Special::Watch => {}
                 Special::MemoryEvent => {

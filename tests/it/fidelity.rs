@@ -256,6 +256,17 @@ async fn lifting_maxmemory_through_the_proxy_applies_to_the_next_write() {
     c.send(&batch).await;
     d.send(&batch).await;
     assert_eq!(d.replies(2).await, c.replies(2).await, "pipelined");
+
+    // And inside a transaction: the CONFIG SET runs at EXEC.
+    assert_eq!(c.call(lower).await, d.call(lower).await);
+    wait_for_level(&proxy, Level::Hard).await;
+    let mut batch = encode(&["MULTI"]);
+    batch.extend_from_slice(&encode(lift));
+    batch.extend_from_slice(&encode(&["EXEC"]));
+    batch.extend_from_slice(&encode(set));
+    c.send(&batch).await;
+    d.send(&batch).await;
+    assert_eq!(d.replies(4).await, c.replies(4).await, "in MULTI");
     proxy.shutdown().await;
 }
 
