@@ -153,10 +153,12 @@ impl ScriptAccess {
 pub const PROBE: &[u8] = b"*3\r\n$4\r\nEVAL\r\n$153\r\nlocal k = 'respguard:probe' if redis.acl_check_cmd('pexpire', k, '1', 'NX') then return 2 end if redis.acl_check_cmd('get', k) then return 1 end return 0\r\n$1\r\n0\r\n";
 
 /// The arguments of a whole multibulk command `src[start..end]`, as encoded: everything
-/// after the `*N\r\n` line (see [`CommandView::wire`]).
+/// after the `*N` line (see [`CommandView::wire`]). Like Redis, the line ends at its `\r`
+/// and the byte after it, whatever that byte is.
 pub fn wire_args(src: &[u8], start: usize, end: usize) -> Option<Range<usize>> {
-    let header = memchr::memchr(b'\n', &src[start..end])?;
-    Some(start + header + 1..end)
+    let cr = memchr::memchr(b'\r', &src[start..end])?;
+    let args = start + cr + 2;
+    (args <= end).then_some(args..end)
 }
 
 /// The argument indices of a command's keys into `keys` (its capacity kept), sorted and
@@ -734,6 +736,16 @@ mod tests {
             &copied[..],
             &b"*5\r\n$3\r\nSET\r\n$5\r\nk:one\r\n$11\r\nhello world\r\n$2\r\nPX\r\n$7\r\n3600000\r\n"[..]
         );
+    }
+
+    #[test]
+    fn the_count_line_ends_where_redis_ends_it() {
+        // Redis ends a line at `\r` and skips the next byte, whatever it is; a rewrite that
+        // looked for `\n` copied the arguments from the middle of the next line
+        // (found by the guard-pipeline fuzz target).
+        let src = b"*2\rX$4\r\nINCR\r\n$1\r\nk\r\n";
+        assert_eq!(wire_args(src, 0, src.len()), Some(4..src.len()));
+        assert_eq!(wire_args(b"*1\r", 0, 3), None);
     }
 
     #[test]
