@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Redis 7.0's own test suite (../shared/redis-tests, external-server mode) through
 # respguard. Each unit runs three times, each against a fresh redis-server: directly, through
-# respguard with no guard configured ("off"), and through respguard with a rule for every
+# respguard with no guard at all ("off", scripts/redis-suite-off.toml), and through respguard with a rule for every
 # guard in observe mode ("observe", scripts/redis-suite-observe.toml). It prints, per unit,
 # the tests that pass directly but not through the proxy, and exits non-zero if any of them
 # is not in the allow-list (scripts/redis-suite-allow.txt).
@@ -106,7 +106,7 @@ run_unit() {
     proxy_pid=${pids[-1]}
   elif [ "$mode" != direct ]; then
     local conf="$work/respguard-$mode.toml"
-    if [ "$mode" = observe ]; then cp scripts/redis-suite-observe.toml "$conf"; else : > "$conf"; fi
+    cp "scripts/redis-suite-$mode.toml" "$conf"
     port=$(free_port)
     ./target/release/respguard --config "$conf" --listen "127.0.0.1:$port" \
       --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level error \

@@ -12,10 +12,11 @@
 //! while it answers `LOADING`, and still when an ACL refuses the proxy's user `INFO` (then
 //! memory pressure is unknown, a warning says so, and nothing is shed).
 //!
-//! A reading can be refreshed out of turn: when a session marks it stale (`CONFIG SET`,
-//! `FLUSHALL`, a failover passing through the proxy) the monitor polls at once, and a poll
-//! that would raise the level on a pressure ten times the last one is read again before it
-//! is recorded, so writes are never refused on a reading Redis has already left behind.
+//! A reading can go stale between polls: when a session marks it so (`CONFIG SET`,
+//! `FLUSHALL`, a failover passing through the proxy) nothing is shed until the next poll,
+//! and a poll that would raise the level on a pressure ten times the last one is read again
+//! before it is recorded, so writes are never refused on a reading Redis has already left
+//! behind.
 //!
 //! It connects through the shared [`ConnectGate`], so its reconnects respect the connect rate
 //! and circuit breaker like every session's. While Redis cannot be polled, the last level
@@ -218,7 +219,6 @@ impl Monitor {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                _ = self.pressure.repoll_wanted() => {}
                 _ = shutdown.changed() => return,
             }
             if conn.is_none() {

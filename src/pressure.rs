@@ -17,7 +17,7 @@
 //! passing through the proxy changes what Redis would say. The session then marks the
 //! reading stale ([`MemoryPressure::mark_stale`], when the command is sent and again when
 //! Redis has answered it); until a poll that began after the last mark is recorded, no level
-//! applies (Redis itself still answers `OOM` if it is full), and the monitor polls at once.
+//! applies (Redis itself still answers `OOM` if it is full) until the next regular poll.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
@@ -165,8 +165,6 @@ pub struct MemoryPressure {
     /// The marks the last recorded poll covers (it began after them): the reading is stale
     /// while `marks` is ahead.
     covered: AtomicU64,
-    /// Wakes the monitor to poll at once after a mark.
-    repoll: tokio::sync::Notify,
 }
 
 impl MemoryPressure {
@@ -186,28 +184,22 @@ impl MemoryPressure {
             poll_events: tokio::sync::watch::channel(0).0,
             marks: AtomicU64::new(0),
             covered: AtomicU64::new(0),
-            repoll: tokio::sync::Notify::new(),
         }
     }
 
     /// Say that Redis's memory or limit may have changed (the proxy forwarded or saw the
     /// answer to `CONFIG SET`, `FLUSHALL`, a failover, ...): no level applies until a poll
-    /// that begins after this call, and the monitor is woken to make one now.
+    /// that begins after this call. The regular poll brings it: a stale reading refuses
+    /// nothing, and polling at once would put the monitor's own INFO where a client looks
+    /// right after its CONFIG SET or RESETSTAT (SLOWLOG, LATENCY HISTOGRAM).
     pub fn mark_stale(&self) {
         self.marks.fetch_add(1, Ordering::Relaxed);
-        self.repoll.notify_one();
     }
 
     /// The marks so far; the monitor reads this before it polls and hands it to
     /// [`Self::record_poll`], so a mark made during a poll keeps the reading stale.
     pub fn marks(&self) -> u64 {
         self.marks.load(Ordering::Relaxed)
-    }
-
-    /// Completes when the reading was marked stale since the last call (at once if it was
-    /// marked while nobody waited).
-    pub async fn repoll_wanted(&self) {
-        self.repoll.notified().await;
     }
 
     /// True while a mark is newer than the last recorded poll.
