@@ -296,7 +296,8 @@ async fn streamed_writes_get_their_ttl() {
 #[tokio::test]
 async fn client_reply_skip_and_off_apply_to_answers_the_proxy_gives() {
     // A refusal under CLIENT REPLY SKIP was sent while Redis applied the SKIP to the next
-    // command; under OFF, refusals were sent although Redis would send nothing.
+    // command; under OFF, refusals and RESPGUARD's own output were sent although Redis
+    // would send nothing.
     let toml = r#"
 [[guards.size.rules]]
 pattern = "*"
@@ -312,6 +313,7 @@ max_value = "1KiB"
                 &["PING"],
                 &["CLIENT", "REPLY", "OFF"],
                 &["SET", "k", &big],
+                &["RESPGUARD", "HELP"],
                 &["PING"],
                 &["CLIENT", "REPLY", "ON"],
                 &["ECHO", "end"],
