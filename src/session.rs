@@ -786,7 +786,11 @@ impl Session {
             }
         };
         let is_reset = info.special == Special::Reset;
-        let changes_user = matches!(info.special, Special::Auth | Special::Hello);
+        let changes_user = match info.special {
+            Special::Auth => true,
+            Special::Hello => self.any_arg_is(inline, b"auth"),
+            _ => false,
+        };
         self.push_for(info, inline);
         if let Some(len) = replacement {
             self.discard_requests(end - start);
@@ -809,9 +813,23 @@ impl Session {
             self.send_handshake();
         }
         if is_reset || changes_user {
-            // What Redis lets the guards do may have changed with the user.
+            // What Redis lets the guards do may have changed with the user (AUTH, HELLO …
+            // AUTH, RESET; a HELLO that only picks the protocol changes nothing).
             self.probe_access();
         }
+    }
+
+    /// Whether an argument of the command just scanned (the name aside) is `word`, in any
+    /// case.
+    fn any_arg_is(&self, inline: bool, word: &[u8]) -> bool {
+        let src: &[u8] = if inline {
+            self.requests.inline_bytes()
+        } else {
+            self.from_client.bytes()
+        };
+        self.requests.args()[1..]
+            .iter()
+            .any(|r| src[r.clone()].eq_ignore_ascii_case(word))
     }
 
     /// Send the access probe ([`crate::guard::PROBE`]), its reply hidden, when a guard may

@@ -6,20 +6,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use respguard::app::ProxyHandle;
-use respguard::config::{HumanDuration, RawConfig};
+use respguard::config::HumanDuration;
 use respguard::guard::pattern::KeyPattern;
 use respguard::pressure::Level;
 
 use crate::harness::*;
 use crate::memory::ProxyProcess;
-
-async fn guarded(server: &RedisServer, toml: &str) -> ProxyHandle {
-    let mut raw = RawConfig::from_toml(toml).expect("test config parses");
-    raw.proxy.listen = "127.0.0.1:0".into();
-    raw.admin.listen = "127.0.0.1:0".into();
-    raw.upstream.url = server.url();
-    start_proxy(raw).await
-}
 
 /// Each command's reply, in order, one command at a time.
 async fn replies(addr: std::net::SocketAddr, cmds: &[&[&str]]) -> Vec<String> {
@@ -48,7 +40,7 @@ async fn each_value_is_judged_by_its_own_keys_size_rule() {
     ];
     let direct = RedisServer::start();
     let behind = RedisServer::start();
-    let proxy = guarded(&behind, rules).await;
+    let proxy = proxy_with_toml(&behind, rules).await;
     assert_eq!(
         replies(direct.addr(), passing).await,
         replies(proxy.addr, passing).await,

@@ -4,9 +4,6 @@
 
 use std::net::SocketAddr;
 
-use respguard::app::ProxyHandle;
-use respguard::config::RawConfig;
-
 use crate::harness::*;
 
 const TTL_RULES: &str = r#"
@@ -19,14 +16,6 @@ ttl = "60s"
 max_ttl = "10m"
 commands = ["LPUSH", "SADD"]
 "#;
-
-async fn guarded(server: &RedisServer, toml: &str) -> ProxyHandle {
-    let mut raw = RawConfig::from_toml(toml).expect("test config parses");
-    raw.proxy.listen = "127.0.0.1:0".into();
-    raw.admin.listen = "127.0.0.1:0".into();
-    raw.upstream.url = server.url();
-    start_proxy(raw).await
-}
 
 /// Send `cmds` pipelined in one write after `HELLO proto`, return all replies.
 async fn pipeline(addr: SocketAddr, proto: u8, cmds: &[&[&str]]) -> String {
@@ -52,7 +41,7 @@ async fn pttl(server: &RedisServer, key: &str) -> i64 {
 async fn same_replies(toml: &str, proto: u8, cmds: &[&[&str]]) -> RedisServer {
     let direct = RedisServer::start();
     let behind = RedisServer::start();
-    let proxy = guarded(&behind, toml).await;
+    let proxy = proxy_with_toml(&behind, toml).await;
     let want = pipeline(direct.addr(), proto, cmds).await;
     let got = pipeline(proxy.addr, proto, cmds).await;
     assert_eq!(want, got, "RESP{proto}: replies differ from Redis's own");
@@ -128,7 +117,7 @@ async fn keys_written_without_a_ttl_get_the_rule_ttl_and_replies_are_unchanged()
 #[tokio::test]
 async fn keepttl_and_nx_leave_an_existing_ttl_alone() {
     let server = RedisServer::start();
-    let proxy = guarded(&server, TTL_RULES).await;
+    let proxy = proxy_with_toml(&server, TTL_RULES).await;
     let mut c = Conn::open(proxy.addr).await;
     assert_eq!(c.call(&["SET", "c:k", "v", "EX", "500"]).await, "+OK\r\n");
     assert_eq!(c.call(&["SET", "c:k", "w", "KEEPTTL"]).await, "+OK\r\n");
@@ -148,7 +137,7 @@ async fn a_write_on_a_key_of_another_type_fails_and_leaves_the_key_alone() {
     let mut direct = Conn::open(server.addr()).await;
     direct.call(&["SET", "c:str", "v"]).await;
     assert_eq!(pttl(&server, "c:str").await, -1);
-    let proxy = guarded(&server, TTL_RULES).await;
+    let proxy = proxy_with_toml(&server, TTL_RULES).await;
     let mut c = Conn::open(proxy.addr).await;
     let reply = c.call(&["HSET", "c:str", "f", "v"]).await;
     assert!(reply.starts_with("-WRONGTYPE"), "{reply}");
@@ -244,7 +233,7 @@ async fn transactions_never_show_the_added_commands() {
 async fn a_watch_abort_returns_nil_with_hidden_commands_queued() {
     for server_side in [false, true] {
         let server = RedisServer::start();
-        let proxy = guarded(&server, TTL_RULES).await;
+        let proxy = proxy_with_toml(&server, TTL_RULES).await;
         let addr = if server_side {
             server.addr()
         } else {
@@ -277,7 +266,7 @@ async fn client_reply_off_and_skip_with_guarded_commands() {
         ];
         let direct = RedisServer::start();
         let behind = RedisServer::start();
-        let proxy = guarded(&behind, TTL_RULES).await;
+        let proxy = proxy_with_toml(&behind, TTL_RULES).await;
         let mut outs = Vec::new();
         for addr in [direct.addr(), proxy.addr] {
             let mut c = Conn::open(addr).await;
@@ -304,7 +293,7 @@ async fn client_reply_off_and_skip_with_guarded_commands() {
 #[tokio::test]
 async fn a_streamed_set_still_gets_its_ttl() {
     let server = RedisServer::start();
-    let proxy = guarded(&server, TTL_RULES).await;
+    let proxy = proxy_with_toml(&server, TTL_RULES).await;
     let mut c = Conn::open(proxy.addr).await;
     let big = "x".repeat(2 * 1024 * 1024);
     assert_eq!(c.call(&["SET", "c:big", &big]).await, "+OK\r\n");
@@ -337,7 +326,7 @@ max_request = "4KiB"
 #[tokio::test]
 async fn oversized_values_are_refused_and_the_connection_stays_usable() {
     let server = RedisServer::start();
-    let proxy = guarded(&server, SIZE_RULES).await;
+    let proxy = proxy_with_toml(&server, SIZE_RULES).await;
     let mut c = Conn::open(proxy.addr).await;
     let two_mib = "v".repeat(2 * 1024 * 1024);
     assert_eq!(
@@ -385,7 +374,7 @@ async fn a_write_of_many_keys_is_checked_in_linear_time() {
     // that compared every value against every key would not answer within the wait.
     let rules = "[[guards.size.rules]]\npattern = \"*\"\nmax_value = \"1KiB\"\n";
     let server = RedisServer::start();
-    let proxy = guarded(&server, rules).await;
+    let proxy = proxy_with_toml(&server, rules).await;
     let mut c = Conn::open(proxy.addr).await;
     let keys: Vec<String> = (0..40_000).map(|i| format!("k{i}")).collect();
     let mut cmd = vec!["MSET"];
@@ -410,7 +399,7 @@ async fn a_write_of_many_keys_is_checked_in_linear_time() {
 #[tokio::test]
 async fn a_refusal_inside_multi_aborts_the_transaction_as_redis_would() {
     let server = RedisServer::start();
-    let proxy = guarded(&server, SIZE_RULES).await;
+    let proxy = proxy_with_toml(&server, SIZE_RULES).await;
     let mut c = Conn::open(proxy.addr).await;
     let two_mib = "v".repeat(2 * 1024 * 1024);
     assert_eq!(c.call(&["MULTI"]).await, "+OK\r\n");
@@ -440,7 +429,7 @@ pattern = "obs:*"
 max_value = "10"
 "#;
     let server = RedisServer::start();
-    let proxy = guarded(&server, rules).await;
+    let proxy = proxy_with_toml(&server, rules).await;
     let mut c = Conn::open(proxy.addr).await;
     assert_eq!(c.call(&["SET", "obs:1", "v"]).await, "+OK\r\n");
     assert_eq!(c.call(&["HSET", "obs:2", "f", "v"]).await, ":1\r\n");
@@ -560,7 +549,7 @@ ttl = "180s"
     admin
         .call(&["ACL", "SETUSER", "worker", "on", ">pw", "~*", "+@all"])
         .await;
-    let proxy = guarded(&server, rules).await;
+    let proxy = proxy_with_toml(&server, rules).await;
     // Neither the user nor the name: no rule applies (and 127.0.0.1 is not in 10.0.0.0/8).
     let mut c = Conn::open(proxy.addr).await;
     c.call(&["SET", "n:anon", "v"]).await;

@@ -129,6 +129,16 @@ pub async fn start_proxy(raw: RawConfig) -> ProxyHandle {
         .expect("proxy starts")
 }
 
+/// Start a proxy in front of `server` with the settings of `toml` (guards, mostly), on
+/// free ports.
+pub async fn proxy_with_toml(server: &RedisServer, toml: &str) -> ProxyHandle {
+    let mut raw = RawConfig::from_toml(toml).expect("test config parses");
+    raw.proxy.listen = "127.0.0.1:0".into();
+    raw.admin.listen = "127.0.0.1:0".into();
+    raw.upstream.url = server.url();
+    start_proxy(raw).await
+}
+
 /// Start a proxy with default settings in front of `server`.
 pub async fn proxy_for(server: &RedisServer) -> ProxyHandle {
     start_proxy(proxy_config(&server.url())).await

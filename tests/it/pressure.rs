@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use respguard::app::ProxyHandle;
-use respguard::config::RawConfig;
 use respguard::pressure::Level;
 
 use crate::guards::http_get;
@@ -16,14 +15,6 @@ const MAXMEMORY: u64 = 32 * 1024 * 1024;
 
 fn limited_server() -> RedisServer {
     RedisServer::start_with(&["--maxmemory", "32mb", "--maxmemory-policy", "noeviction"])
-}
-
-async fn proxy_with(server: &RedisServer, toml: &str) -> ProxyHandle {
-    let mut raw = RawConfig::from_toml(toml).expect("test config parses");
-    raw.proxy.listen = "127.0.0.1:0".into();
-    raw.admin.listen = "127.0.0.1:0".into();
-    raw.upstream.url = server.url();
-    start_proxy(raw).await
 }
 
 /// Redis's `used_memory`, asked directly.
@@ -124,7 +115,7 @@ fn is_oom(reply: &str, level: &str, above: &str) -> bool {
 #[tokio::test]
 async fn shedding_follows_memory_through_soft_and_hard_and_back() {
     let server = limited_server();
-    let proxy = proxy_with(&server, &shed_config()).await;
+    let proxy = proxy_with_toml(&server, &shed_config()).await;
     let mut c = Conn::open(proxy.addr).await;
     let mut next = 0;
     // Set-up at normal pressure: a list to pop, a small key to delete, the allowed script.
@@ -229,7 +220,7 @@ async fn shedding_follows_memory_through_soft_and_hard_and_back() {
 #[tokio::test]
 async fn a_writer_never_meets_redis_own_oom_behind_the_hard_level() {
     let server = limited_server();
-    let proxy = proxy_with(
+    let proxy = proxy_with_toml(
         &server,
         r#"
 [monitor]
@@ -271,7 +262,7 @@ hard_exit = 0.7
 #[tokio::test]
 async fn queue_depth_follows_push_replies_and_refuses_past_the_limit() {
     let server = RedisServer::start();
-    let proxy = proxy_with(
+    let proxy = proxy_with_toml(
         &server,
         r#"
 [monitor]
@@ -351,7 +342,7 @@ async fn connection_rates_are_limited_per_address_and_in_all() {
             "-ERR respguard: too many new connections, try again later (proxy.max_connections_per_second = 5)\r\n",
         ),
     ] {
-        let proxy = proxy_with(&server, toml).await;
+        let proxy = proxy_with_toml(&server, toml).await;
         let mut open = Vec::new();
         for _ in 0..5 {
             let mut c = Conn::open(proxy.addr).await;
@@ -373,7 +364,7 @@ async fn connection_rates_are_limited_per_address_and_in_all() {
 async fn upstream_connections_are_capped() {
     let server = RedisServer::start();
     // One for the monitor, one for a client.
-    let proxy = proxy_with(&server, "[upstream]\nmax_connections = 2\n").await;
+    let proxy = proxy_with_toml(&server, "[upstream]\nmax_connections = 2\n").await;
     polls(&proxy, 1).await;
     let mut first = Conn::open(proxy.addr).await;
     assert_eq!(first.call(&["PING"]).await, "+PONG\r\n");
@@ -435,7 +426,7 @@ async fn a_redis_restart_under_500_clients_sees_reconnects_at_the_configured_rat
     const RATE: u64 = 100;
     let mut server = RedisServer::start();
     let port = server.port;
-    let proxy = proxy_with(
+    let proxy = proxy_with_toml(
         &server,
         &format!(
             "[upstream]\nmax_connects_per_second = {RATE}\nbackoff_max = \"200ms\"\n[proxy]\nmax_connections_per_second_per_address = 0\nmax_connections_per_second = 0\n"
@@ -499,7 +490,7 @@ async fn a_redis_restart_under_500_clients_sees_reconnects_at_the_configured_rat
 #[tokio::test]
 async fn with_redis_down_every_command_fails_fast_and_fail_open_keys_answer_as_a_cache() {
     let mut server = RedisServer::start();
-    let proxy = proxy_with(
+    let proxy = proxy_with_toml(
         &server,
         "[[guards.fail_open.rules]]\npattern = \"cache:*\"\n",
     )

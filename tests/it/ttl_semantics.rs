@@ -41,11 +41,7 @@ impl Pair {
     async fn start_with(toml: &str, redis_args: &[&str]) -> Pair {
         let direct = RedisServer::start_with(redis_args);
         let behind = RedisServer::start_with(redis_args);
-        let mut raw = RawConfig::from_toml(toml).expect("test config parses");
-        raw.proxy.listen = "127.0.0.1:0".into();
-        raw.admin.listen = "127.0.0.1:0".into();
-        raw.upstream.url = behind.url();
-        let proxy = start_proxy(raw).await;
+        let proxy = proxy_with_toml(&behind, toml).await;
         Pair {
             direct,
             behind,
