@@ -356,3 +356,31 @@ async fn an_oversized_admin_request_head_gets_431() {
     );
     proxy.shutdown().await;
 }
+
+/// Guards against the proxy's own WRONGPASS being sent under `CLIENT REPLY OFF`, where Redis
+/// sends nothing.
+#[tokio::test]
+async fn a_wrong_password_under_client_reply_off_gets_no_answer() {
+    let (server, _admin) = redis_with_app_user().await;
+    let proxy = auth_proxy(&server, APP_USER).await;
+    let session = |password: &'static str| -> Vec<Vec<&'static str>> {
+        vec![
+            vec!["AUTH", "app", password],
+            vec!["CLIENT", "REPLY", "OFF"],
+            vec!["AUTH", "app", "wrong"],
+            vec!["CLIENT", "REPLY", "ON"],
+            vec!["ECHO", "end"],
+        ]
+    };
+    let mut out = Vec::new();
+    for (addr, password) in [(server.addr(), "app-pass"), (proxy.addr, "proxy-pass")] {
+        let mut c = Conn::open(addr).await;
+        for cmd in session(password) {
+            c.cmd(&cmd).await;
+        }
+        out.push(c.replies(3).await);
+    }
+    assert_eq!(out[0], "+OK\r\n+OK\r\n$3\r\nend\r\n");
+    assert_eq!(out[1], out[0], "through the proxy");
+    proxy.shutdown().await;
+}
