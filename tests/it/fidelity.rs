@@ -67,17 +67,6 @@ impl Rng {
     }
 }
 
-/// Encode a command of raw byte arguments.
-pub fn encode_bytes(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
 /// The elements of an array reply of bulk strings.
 pub fn bulk_strings(reply: &[u8]) -> BTreeSet<Vec<u8>> {
     let line_end =

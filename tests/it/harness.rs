@@ -239,10 +239,16 @@ impl Conn {
 
 /// Encode a command as multibulk.
 pub fn encode(args: &[&str]) -> Vec<u8> {
+    encode_bytes(args)
+}
+
+/// Encode a command of raw byte arguments as multibulk.
+pub fn encode_bytes<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
+        let a = a.as_ref();
         out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }
     out

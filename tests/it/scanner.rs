@@ -30,13 +30,7 @@ fn command() -> impl Strategy<Value = Vec<Vec<u8>>> {
 }
 
 fn encode_command(args: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+    crate::harness::encode_bytes(args)
 }
 
 /// What a scanner saw for one command: its arguments when buffered whole, or the head

@@ -509,7 +509,7 @@ async fn the_scripts_glob_matches_the_keys_redis_keys_returns() {
     // itself, with a port of Redis's matcher: it must pick, for every key, the first rule
     // whose pattern `KEYS` would match. Rule i gives a TTL of (i + 1) * 10^6 ms, so a key's
     // TTL names the rule that matched it.
-    use crate::fidelity::{bulk_strings, encode_bytes, Rng};
+    use crate::fidelity::{bulk_strings, Rng};
     use std::collections::BTreeSet;
     let server = RedisServer::start();
     let mut c = Conn::open(server.addr()).await;
@@ -553,7 +553,7 @@ async fn the_scripts_glob_matches_the_keys_redis_keys_returns() {
         c.reply().await;
         let mut matched = Vec::new();
         for p in rules {
-            c.send(&encode_bytes(&[b"KEYS", p])).await;
+            c.send(&encode_bytes(&[&b"KEYS"[..], p])).await;
             matched.push(bulk_strings(&c.reply().await));
         }
         c.call(&["FLUSHALL"]).await;
@@ -574,7 +574,7 @@ async fn the_scripts_glob_matches_the_keys_redis_keys_returns() {
         c.send(&encode_bytes(&eval)).await;
         assert_eq!(String::from_utf8_lossy(&c.reply().await), "+OK\r\n");
         for k in &keys {
-            c.send(&encode_bytes(&[b"PTTL", k])).await;
+            c.send(&encode_bytes(&[&b"PTTL"[..], k])).await;
             let r = String::from_utf8_lossy(&c.reply().await).into_owned();
             let pttl: i64 = r.trim_start_matches(':').trim().parse().unwrap();
             let got = (pttl > 0).then(|| ((pttl + 999_999) / 1_000_000 - 1) as usize);
