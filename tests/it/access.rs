@@ -5,11 +5,10 @@
 //! compared with what Redis (or the proxy in a setting where the defect cannot occur) gives.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use respguard::config::{ConfigSource, Overrides, RawConfig};
 
-use crate::harness::{encode, proxy_config, start_proxy, Conn, RedisServer, WAIT};
+use crate::harness::{encode, eventually, proxy_config, start_proxy, Conn, RedisServer, WAIT};
 
 /// Send `cmds` pipelined in one write on a new connection to `addr`; all replies.
 async fn pipelined(addr: SocketAddr, cmds: &[&[&str]]) -> String {
@@ -252,11 +251,9 @@ async fn unauthenticated_clients_get_redis_limits_and_hold_no_redis_connection()
     );
 
     // Once the monitor's connection is up, idle unauthenticated clients add none.
-    let deadline = Instant::now() + WAIT;
-    while proxy.control.status()["upstream"]["up"] != true {
-        assert!(Instant::now() < deadline, "the monitor never reached Redis");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    eventually!(WAIT, "the monitor reached Redis", {
+        proxy.control.status()["upstream"]["up"] == true
+    });
     let before = connected_clients(&mut admin).await;
     let mut idle = Vec::new();
     for _ in 0..50 {

@@ -167,18 +167,15 @@ async fn blocking_commands_are_served_when_data_arrives() {
 /// Poll INFO until `blocked_clients` equals `n` (bounded by the harness wait).
 pub async fn wait_for_blocked(watcher: &mut Conn, n: usize) {
     let want = format!("blocked_clients:{n}\r\n");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let what = format!("{want:?} in INFO");
+    eventually!(WAIT, what, {
         let info = watcher.call(&["INFO", "clients"]).await;
         if info.contains(&want) {
-            return;
+            Ok(())
+        } else {
+            Err(info)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never saw {want:?} in {info}"
-        );
-        tokio::task::yield_now().await;
-    }
+    })
 }
 
 #[tokio::test]

@@ -99,19 +99,14 @@ fn judge(got: &[u8], expected: &[Vec<u8>], reason: &str) -> Received {
 
 /// A new client gets answers again (the proxy reconnects on its own).
 async fn wait_until_served(proxy: std::net::SocketAddr) -> Conn {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually!(WAIT, "the proxy serves again", {
         let mut c = Conn::open(proxy).await;
         c.cmd(&["PING"]).await;
-        if c.read_reply_or_close().await == "+PONG\r\n" {
-            return c;
+        match c.read_reply_or_close().await {
+            pong if pong == "+PONG\r\n" => Ok(c),
+            other => Err(other),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the proxy never served again"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
 }
 
 /// Redis's connection is cut in the middle of a 100-command pipeline. The client sees the
@@ -267,8 +262,8 @@ async fn upstream_that_stops_answering_times_out_and_frees_the_connection() {
     assert_eq!((received.matched, received.errors), (0, 3));
     shim.wait_closed("stalled-client").await;
     // The recorder is shared by the tests of this binary: at least this timeout counted.
-    let metrics = metrics_text(&proxy).await;
-    let timeouts = crate::guards::metric(&metrics, "respguard_upstream_reply_timeouts_total")
+    let metrics = scrape(proxy.admin_addr.expect("admin listener")).await;
+    let timeouts = sample(&metrics, "respguard_upstream_reply_timeouts_total")
         .unwrap_or_else(|| panic!("no reply-timeout counter in {metrics}"));
     assert!(timeouts >= 1.0, "{metrics}");
     shim.set(Fault::Pass);
@@ -446,11 +441,6 @@ async fn client_leaving_mid_request_never_runs_the_command() {
     proxy.shutdown().await;
 }
 
-/// The proxy's `/metrics` response.
-async fn metrics_text(proxy: &respguard::app::ProxyHandle) -> String {
-    crate::guards::http_get(proxy.admin_addr.expect("admin listener"), "/metrics").await
-}
-
 /// 10,000 clients connect at once to the real binary; each served client has its own
 /// Redis connection. Every served client gets its own replies (its own key's value, its
 /// own ECHO), `/status` counts them, and when they leave every Redis connection is freed.
@@ -551,8 +541,7 @@ async fn ten_thousand_concurrent_clients_each_get_their_own_replies() {
 
     // Every upstream connection is freed: only the monitor's and the watcher remain.
     let mut watcher = Conn::open(server.addr()).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually!(WAIT, "every Redis connection freed", {
         let info = watcher.call(&["INFO", "clients"]).await;
         let connected: usize = info
             .lines()
@@ -560,30 +549,23 @@ async fn ten_thousand_concurrent_clients_each_get_their_own_replies() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap();
         if connected <= 3 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{connected} Redis connections left"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{connected} Redis connections left"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    });
     // The proxy counts a client gone once its session has ended.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while connected_and_max(admin).await.0 != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "clients still counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually!(WAIT, "no client counted", {
+        match connected_and_max(admin).await.0 {
+            0 => Ok(()),
+            n => Err(format!("{n} clients still counted")),
+        }
+    });
 }
 
 /// `clients.connected` and `clients.max` from `/status`.
 async fn connected_and_max(admin: std::net::SocketAddr) -> (usize, usize) {
-    let response = crate::guards::http_get(admin, "/status").await;
-    let body = &response[response.find("\r\n\r\n").expect("HTTP body") + 4..];
-    let status: serde_json::Value = serde_json::from_str(body).unwrap();
+    let status = http_get(admin, "/status").await.json();
     let field = |name: &str| status["clients"][name].as_u64().expect("a count") as usize;
     (field("connected"), field("max"))
 }

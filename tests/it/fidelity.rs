@@ -282,21 +282,17 @@ async fn readyz_says_redis_is_loading_its_dataset() {
         )
     });
     let wait_for = |want: &'static str| async move {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let body = crate::guards::http_get(admin, "/readyz").await;
-            if body.contains(want) {
-                return body;
+        eventually!(WAIT, format!("/readyz says {want:?}"), {
+            let response = http_get(admin, "/readyz").await;
+            if response.body.contains(want) {
+                Ok(response)
+            } else {
+                Err(response.body)
             }
-            assert!(
-                Instant::now() < deadline,
-                "/readyz never said {want:?}: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
     };
-    let body = wait_for("not ready: upstream Redis is loading its dataset").await;
-    assert!(body.starts_with("HTTP/1.1 503"), "{body}");
+    let readyz = wait_for("not ready: upstream Redis is loading its dataset").await;
+    assert_eq!(readyz.status, 503, "{}", readyz.body);
     let server = loading.await.unwrap();
     wait_for("ready: upstream answering").await;
     drop(server);

@@ -3,6 +3,7 @@
 //! `redis-protocol` decoder (an independent parser, so the proxy's own scanner is never
 //! used to judge itself).
 
+use std::fmt::Debug;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -151,6 +152,8 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Connect to `addr` (bounded by [`WAIT`]), with Nagle's algorithm off so every
+    /// command leaves at once.
     pub async fn open(addr: SocketAddr) -> Self {
         let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
             .await
@@ -314,4 +317,151 @@ pub async fn python_ok(script: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// What a check polled by [`eventually!`] reports: whether the awaited state holds, and if
+/// not, what it saw instead (for the failure message).
+pub trait Condition {
+    /// What the check yields once the state holds.
+    type Value;
+    /// `Ok` with the value once the state holds, `Err` with what was seen otherwise.
+    fn outcome(self) -> Result<Self::Value, String>;
+}
+
+impl Condition for bool {
+    type Value = ();
+    fn outcome(self) -> Result<(), String> {
+        if self {
+            Ok(())
+        } else {
+            Err("false".into())
+        }
+    }
+}
+
+impl<T, E: Debug> Condition for Result<T, E> {
+    type Value = T;
+    fn outcome(self) -> Result<T, String> {
+        self.map_err(|seen| format!("{seen:?}"))
+    }
+}
+
+/// How long [`eventually!`] pauses between two checks: short against the waits it bounds,
+/// long enough that polling another process does not spin.
+const POLL_PAUSE: Duration = Duration::from_millis(10);
+
+/// Check `$check` (an expression of the calling async function, which may `.await`, giving
+/// a `bool` or a `Result` whose `Err` is what it saw instead) until it holds, for at most
+/// `$within`; then fail, saying `$what` never happened and what the last check saw. It
+/// evaluates to the check's value. For states no event announces (another process's view,
+/// a window of time passing); where an event exists, await it instead. A macro rather than a
+/// function taking an async closure, so a check may borrow the caller's connections and
+/// still run inside a future that must be `Send`.
+macro_rules! eventually {
+    ($within:expr, $what:expr, $check:expr $(,)?) => {{
+        let tries = $crate::harness::Tries::new($within);
+        loop {
+            match $crate::harness::Condition::outcome($check) {
+                Ok(value) => break value,
+                Err(seen) => tries.again(&$what, seen).await,
+            }
+        }
+    }};
+}
+pub(crate) use eventually;
+
+/// The deadline of one [`eventually!`] wait.
+pub struct Tries {
+    within: Duration,
+    deadline: tokio::time::Instant,
+}
+
+impl Tries {
+    /// A wait of at most `within`, from now.
+    pub fn new(within: Duration) -> Self {
+        Tries {
+            within,
+            deadline: tokio::time::Instant::now() + within,
+        }
+    }
+
+    /// After a check that did not hold: fail if the deadline has passed, naming `what` and
+    /// what the check saw; otherwise pause before the next check.
+    pub async fn again(&self, what: &str, seen: String) {
+        assert!(
+            tokio::time::Instant::now() < self.deadline,
+            "{what}: not within {:?}; last seen: {seen}",
+            self.within
+        );
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+}
+
+/// A response of the admin listener: its status code, headers and body.
+pub struct HttpResponse {
+    /// The status code (`200`, `503`, ...).
+    pub status: u16,
+    /// The status line and the headers, as sent.
+    pub head: String,
+    /// Everything after the headers.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The body as JSON (the `/status` report), failing the test if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// GET `path` from the admin listener at `addr` (one request on its own connection, read
+/// until the listener closes it).
+pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("admin connect in time")
+        .expect("admin connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut response))
+        .await
+        .expect("a response in time")
+        .expect("read the response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers: {response:?}"));
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {response:?}"));
+    HttpResponse {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+/// The body of the admin listener's `/metrics` at `admin` (Prometheus text), checked to be
+/// a `200`; read several series of one moment from it with [`sample`].
+pub async fn scrape(admin: SocketAddr) -> String {
+    let response = http_get(admin, "/metrics").await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    response.body
+}
+
+/// The value of one series in a `/metrics` body: the metric's name with its labels as the
+/// proxy prints them, e.g. `respguard_enqueues_total{rule="jobs",kind="duplicate"}`.
+/// `None` if the series is not there.
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+}
+
+/// One series (as for [`sample`]) from a fresh scrape of the admin listener at `admin`.
+pub async fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
+    sample(&scrape(admin).await, series)
 }

@@ -269,10 +269,9 @@ async fn a_million_distinct_jobs_stay_within_the_fingerprint_bound() {
         assert_eq!(c.replies(batch).await, ":0\r\n".repeat(batch));
     }
     let (rss, peak) = proxy.rss_kib();
-    let metrics = crate::guards::http_get(admin, "/metrics").await;
-    let gauge = |series: &str| -> f64 {
-        crate::guards::metric(&metrics, series).unwrap_or_else(|| panic!("no {series}"))
-    };
+    let metrics = scrape(admin).await;
+    let gauge =
+        |series: &str| -> f64 { sample(&metrics, series).unwrap_or_else(|| panic!("no {series}")) };
     let capacity = gauge("respguard_enqueue_fingerprints_capacity");
     let used = gauge("respguard_enqueue_fingerprints");
     let firsts = gauge(r#"respguard_enqueues_total{rule="flood",kind="first"}"#);

@@ -4,17 +4,12 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use crate::guards::{http_get, metric};
-use crate::harness::{encode, proxy_config, python_ok, start_proxy, Conn, RedisServer, WAIT};
+use crate::harness::{
+    encode, eventually, http_get, proxy_config, python_ok, sample, scrape, start_proxy, Conn,
+    RedisServer, WAIT,
+};
 use crate::memory::ProxyProcess;
-
-/// The JSON body of an HTTP response.
-fn json_body(response: &str) -> serde_json::Value {
-    let body = response.split("\r\n\r\n").nth(1).expect("a body");
-    serde_json::from_str(body).expect("JSON")
-}
 
 #[tokio::test]
 async fn metrics_count_known_traffic_exactly() {
@@ -64,17 +59,15 @@ async fn metrics_count_known_traffic_exactly() {
     run(&big, &reply, false);
 
     // The proxy counts a write after the socket took it, so the client can read the last
-    // reply a moment before it is counted: scrape until it is (or the deadline passes).
-    let deadline = Instant::now() + WAIT;
-    let body = loop {
-        let body = http_get(admin, "/metrics").await;
-        let counted = metric(&body, "respguard_client_sent_bytes_total");
-        if counted == Some(received as f64) || Instant::now() > deadline {
-            break body;
+    // reply a moment before it is counted: scrape until it is.
+    let body = eventually!(WAIT, "every reply byte counted", {
+        let body = scrape(admin).await;
+        match sample(&body, "respguard_client_sent_bytes_total") {
+            Some(counted) if counted == received as f64 => Ok(body),
+            counted => Err(counted),
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let m = |series: &str| metric(&body, series);
+    });
+    let m = |series: &str| sample(&body, series);
     assert!(body.contains("# TYPE respguard_command_duration_seconds histogram"));
     assert_eq!(
         m("respguard_command_duration_seconds_count{command=\"set\"}"),
@@ -151,10 +144,11 @@ async fn status_and_the_respguard_command_report_the_proxy() {
 
     let response = http_get(proxy.admin_addr.unwrap(), "/status").await;
     assert!(
-        response.contains("Content-Type: application/json"),
-        "{response}"
+        response.head.contains("Content-Type: application/json"),
+        "{}",
+        response.head
     );
-    let status = json_body(&response);
+    let status = response.json();
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(status["config"]["generation"], 1);
     assert_eq!(status["config"]["hash"].as_str().unwrap().len(), 12);
@@ -331,7 +325,7 @@ async fn rules_reload_under_load_without_losing_a_command() {
         }
     };
     let generation = || async {
-        json_body(&http_get(admin, "/status").await)["config"]["generation"]
+        http_get(admin, "/status").await.json()["config"]["generation"]
             .as_u64()
             .unwrap()
     };
@@ -346,11 +340,7 @@ async fn rules_reload_under_load_without_losing_a_command() {
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + WAIT;
-    while generation().await != 2 {
-        assert!(Instant::now() < deadline, "SIGHUP did not reload");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually!(WAIT, "SIGHUP reloaded", generation().await == 2);
     epoch.store(2 * TIGHT, Ordering::Release);
     run_phase(TIGHT).await;
 
@@ -369,7 +359,7 @@ async fn rules_reload_under_load_without_losing_a_command() {
     assert!(refused.contains("max_value"), "{refused}");
     epoch.store(2 * TIGHT, Ordering::Release);
     run_phase(TIGHT).await;
-    let status = json_body(&http_get(admin, "/status").await);
+    let status = http_get(admin, "/status").await.json();
     assert_eq!(status["config"]["generation"], 2);
     assert_eq!(status["config"]["last_reload"]["applied"], false);
 
@@ -392,19 +382,19 @@ async fn rules_reload_under_load_without_losing_a_command() {
     for c in clients {
         total += c.await.expect("client saw every reply it expected");
     }
-    let body = http_get(admin, "/metrics").await;
-    let echoes = metric(
+    let body = scrape(admin).await;
+    let echoes = sample(
         &body,
         "respguard_command_duration_seconds_count{command=\"echo\"}",
     )
     .expect("echo count") as u64;
     assert_eq!(echoes * 2, total, "each command answered exactly once");
     assert_eq!(
-        metric(&body, "respguard_config_reloads_total{result=\"applied\"}"),
+        sample(&body, "respguard_config_reloads_total{result=\"applied\"}"),
         Some(2.0)
     );
     assert_eq!(
-        metric(&body, "respguard_config_reloads_total{result=\"refused\"}"),
+        sample(&body, "respguard_config_reloads_total{result=\"refused\"}"),
         Some(1.0)
     );
 }

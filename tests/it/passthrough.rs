@@ -74,19 +74,6 @@ fn primary(diskless: bool) -> RedisServer {
     ])
 }
 
-/// Poll `check` until it returns true or the test's deadline passes.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not in time");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// The primary's `INFO replication` lines for its replicas, e.g.
 /// `slave0:ip=127.0.0.1,port=0,state=online,offset=7,lag=0`.
 async fn replica_lines(primary: SocketAddr) -> String {
@@ -133,19 +120,16 @@ async fn a_replica_attached_through_the_proxy_follows_its_primary() {
             if key == "after" {
                 assert_eq!(writer.call(&["SET", "after", "2"]).await, "+OK\r\n");
             }
-            let deadline = Instant::now() + WAIT;
-            while reader.call(&["EXISTS", key]).await != ":1\r\n" {
-                assert!(Instant::now() < deadline, "the replica never got {key}");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
+            eventually!(WAIT, format!("the replica got {key}"), {
+                reader.call(&["EXISTS", key]).await == ":1\r\n"
+            });
         }
         // The replica's REPLCONF ACKs cross the tunnel: the primary sees it online.
-        eventually("primary sees the replica online", || async {
+        eventually!(WAIT, "primary sees the replica online", {
             replica_lines(primary.addr()).await.contains("state=online")
-        })
-        .await;
-        let metrics = crate::guards::http_get(proxy.admin_addr.unwrap(), "/metrics").await;
-        let tunnels = crate::guards::metric(&metrics, "respguard_replication_tunnels_total");
+        });
+        let metrics = scrape(proxy.admin_addr.unwrap()).await;
+        let tunnels = sample(&metrics, "respguard_replication_tunnels_total");
         assert!(tunnels >= Some(1.0), "{metrics}");
         drop(replica);
         proxy.shutdown().await;
@@ -203,10 +187,9 @@ async fn raw_psync_through_the_proxy_gets_the_rdb_and_the_stream() {
         let ack = format!("REPLCONF ACK {}\r\n", 1000 + i);
         s.write_all(ack.as_bytes()).await.unwrap();
         let want = format!("offset={},", 1000 + i);
-        eventually("the primary records the acknowledged offset", || async {
+        eventually!(WAIT, "the primary records the acknowledged offset", {
             replica_lines(primary.addr()).await.contains(&want)
-        })
-        .await;
+        });
     }
     let seen: Vec<_> = links.iter().map(|(_, _, seen)| seen).collect();
     assert_eq!(
@@ -252,10 +235,9 @@ async fn commands_pipelined_around_psync_keep_redis_order() {
         .unwrap();
     let mut got = Vec::new();
     full_sync_preamble(&mut s, &mut got).await;
-    eventually("the ACK sent behind PSYNC reaches the primary", || async {
+    eventually!(WAIT, "the ACK sent behind PSYNC reaches the primary", {
         replica_lines(primary.addr()).await.contains("offset=4242,")
-    })
-    .await;
+    });
     let mut writer = Conn::open(primary.addr()).await;
     assert_eq!(writer.call(&["SET", "later", "1"]).await, "+OK\r\n");
     read_until(&mut s, &mut got, b"later").await;

@@ -11,7 +11,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::harness::WAIT;
+use crate::harness::{eventually, WAIT};
 
 /// What the shim does to the replies (Redis to proxy) from now on.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,18 +120,13 @@ impl Shim {
 
     /// Wait until every connection that carried `needle` is closed (there was at least one).
     pub async fn wait_closed(&self, needle: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let (all, open) = self.carrying(needle.as_bytes());
-            if all > 0 && open == 0 {
-                return;
+        let what = format!("shim: every connection carrying {needle:?} closed");
+        eventually!(WAIT, what, {
+            match self.carrying(needle.as_bytes()) {
+                (all, 0) if all > 0 => Ok(()),
+                (all, open) => Err(format!("{open} of {all} still open")),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "shim: {open} of {all} connections carrying {needle:?} still open"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        })
     }
 }
 

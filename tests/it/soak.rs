@@ -129,10 +129,9 @@ async fn soak_with_every_guard_enforcing_keeps_memory_flat() {
 
     let t = &*tally;
     let commands = t.commands.load(Ordering::Relaxed);
-    let metrics = crate::guards::http_get(admin, "/metrics").await;
+    let metrics = scrape(admin).await;
     let metric = |series: &str| -> u64 {
-        crate::guards::metric(&metrics, series)
-            .unwrap_or_else(|| panic!("no {series} in the metrics")) as u64
+        sample(&metrics, series).unwrap_or_else(|| panic!("no {series} in the metrics")) as u64
     };
     let drops = metric(r#"respguard_enqueues_total{rule="soak-jobs",kind="duplicate"}"#);
     let evictions = metric("respguard_enqueue_fingerprint_evictions_total");

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
 use crate::harness::{
-    encode, frame_len, free_port, proxy_config, python_ok, start_proxy, RedisServer, WAIT,
+    encode, frame_len, free_port, http_get, proxy_config, python_ok, start_proxy, RedisServer, WAIT,
 };
 
 /// A CA and the files of certificates it signed.
@@ -249,7 +249,7 @@ async fn client_certificates_are_required_when_a_client_ca_is_set() {
             "no reply without a certificate: {rest:?}"
         );
     }
-    let body = crate::guards::http_get(proxy.admin_addr.unwrap(), "/status").await;
+    let body = http_get(proxy.admin_addr.unwrap(), "/status").await.body;
     assert!(
         body.contains("\"connected\": 1"),
         "only the certified client stays: {body}"

@@ -185,11 +185,11 @@ fn acl_rules(name: &str) -> String {
 
 /// The TTL guard's `ttl_skipped` count for the rule with `pattern`.
 async fn skipped(pair: &Pair, pattern: &str) -> f64 {
-    let body = crate::guards::http_get(pair.proxy.admin_addr.expect("admin"), "/metrics").await;
+    let body = scrape(pair.proxy.admin_addr.expect("admin")).await;
     let series = format!(
         "respguard_guard_decisions_total{{guard=\"ttl\",rule=\"{pattern}\",action=\"ttl_skipped\",mode=\"enforce\"}}"
     );
-    crate::guards::metric(&body, &series).unwrap_or(0.0)
+    sample(&body, &series).unwrap_or(0.0)
 }
 
 #[tokio::test]
