@@ -43,6 +43,7 @@ pub mod offline;
 pub mod pressure;
 pub mod refusals;
 pub mod reply_queue;
+pub mod resp;
 pub mod scanner;
 pub mod session;
 pub mod telemetry;

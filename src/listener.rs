@@ -15,8 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use bytes::Bytes;
+
 use crate::admission::Admission;
 use crate::identity::ClientIdentity;
+use crate::resp;
 use crate::session::{Session, Shared};
 use crate::transport::Stream;
 
@@ -74,17 +77,17 @@ impl Listener {
             if let Err(refusal) = self.admission.admit(peer.ip()) {
                 metrics.clients_rate_limited.increment(1);
                 tracing::debug!(%peer, "{refusal}");
-                refuse(stream, format!("-{refusal}\r\n"));
+                refuse(stream, resp::error(&refusal.to_string()));
                 continue;
             }
             let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
                 metrics.clients_refused.increment(1);
                 refuse(
                     stream,
-                    format!(
-                        "-ERR respguard: max number of clients reached (proxy.max_clients = {})\r\n",
+                    resp::error(&format!(
+                        "ERR respguard: max number of clients reached (proxy.max_clients = {})",
                         self.max_clients
-                    ),
+                    )),
                 );
                 continue;
             };
@@ -147,7 +150,7 @@ async fn accept_tls(
             tracing::info!(%peer, "plain-text client on the TLS listener");
             refuse(
                 plain,
-                "-ERR respguard: this port requires TLS (proxy.tls)\r\n".to_string(),
+                resp::error("ERR respguard: this port requires TLS (proxy.tls)"),
             );
             None
         }
@@ -165,11 +168,11 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// Whatever the client already sent is read and dropped, for at most a second: closing a
 /// socket with unread input resets the connection, and the client would lose the message.
-fn refuse(stream: TcpStream, message: String) {
+fn refuse(stream: TcpStream, message: Bytes) {
     tokio::spawn(async move {
         let mut stream = stream;
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            stream.write_all(message.as_bytes()).await?;
+            stream.write_all(&message).await?;
             stream.shutdown().await?;
             let mut sink = [0u8; 4096];
             while stream.read(&mut sink).await? > 0 {}

@@ -667,14 +667,9 @@ fn hex(c: u8) -> u8 {
 /// updating `args` to point at the arguments inside the encoding.
 fn encode_inline_as_multibulk(raw: &mut Vec<u8>, args: &mut [Range<usize>]) {
     let plain = std::mem::take(raw);
-    let mut itoa = itoa_buf();
-    raw.push(b'*');
-    raw.extend_from_slice(itoa.format(args.len()));
-    raw.extend_from_slice(b"\r\n");
+    crate::resp::array_header(raw, args.len());
     for a in args.iter_mut() {
-        raw.push(b'$');
-        raw.extend_from_slice(itoa.format(a.len()));
-        raw.extend_from_slice(b"\r\n");
+        crate::resp::bulk_header(raw, a.len());
         let start = raw.len();
         raw.extend_from_slice(&plain[a.clone()]);
         *a = start..raw.len();
