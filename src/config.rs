@@ -2,10 +2,17 @@
 //! validation.
 //!
 //! [`RawConfig`] is what the file says, with every default filled in and every unknown key
-//! refused (serde's `deny_unknown_fields`, so a typo names the key instead of being ignored).
+//! refused (serde's `deny_unknown_fields`; in rules, whose shared client filters are
+//! flattened, by [`ClientMatch`]'s catch-all, so a typo names the key instead of being
+//! ignored). Every enumerated value is an enum read here once ([`Mode`], [`Priority`],
+//! [`EnqueueAction`], [`ScopePart`], [`PayloadFormat`], [`Preset`], [`DefaultTtl`]).
 //! [`Config`] is the validated form the proxy runs on: the upstream URL parsed, sizes and
 //! durations checked. `respguard check-config` prints the `RawConfig` back as TOML, which is
 //! the effective configuration.
+//!
+//! This module only reads and checks shapes: it never builds guards, registers metrics or
+//! reads any file but the configuration itself. The guards are built from these shapes
+//! (`crate::guard`), and TLS from the PEM files they name (`crate::app`).
 
 use std::fmt;
 use std::net::SocketAddr;
