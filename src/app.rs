@@ -2,6 +2,10 @@
 //!
 //! The binary calls this, and so do the integration tests, which start proxies in-process
 //! on port 0 and stop them through the returned [`ProxyHandle`].
+//!
+//! What a validated [`Config`] names but does not hold is built here: TLS from the PEM
+//! files ([`Tls`]), and the policy (through [`Policy::build`], the one path from
+//! configuration to guards). [`check`] builds both without serving, for `check-config`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -16,8 +20,8 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState};
 use crate::admission::Admission;
 use crate::command::{CommandTable, TableSource};
-use crate::config::Config;
-use crate::control::{Control, StatusSources};
+use crate::config::{Config, ConfigError, ListenerTls, UpstreamTls};
+use crate::control::{Control, Policy, StatusSources};
 use crate::guard::queue::QueueDepths;
 use crate::guard::GuardContext;
 use crate::health::UpstreamHealth;
@@ -57,6 +61,70 @@ impl ProxyHandle {
     }
 }
 
+/// TLS for both sides, built from the PEM files the configuration names.
+#[derive(Debug, Default)]
+pub struct Tls {
+    /// TLS to the upstream (`rediss://`).
+    pub upstream: Option<UpstreamTls>,
+    /// TLS for clients (`[proxy.tls]`).
+    pub listener: Option<ListenerTls>,
+}
+
+impl Tls {
+    /// Read the certificates and keys `config` names; an error names the setting.
+    pub fn build(config: &Config) -> Result<Self, ConfigError> {
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid { key, reason };
+        let file = |f: &String| (!f.is_empty()).then(|| f.clone());
+        let upstream = if config.upstream.tls {
+            let t = &config.raw.upstream.tls;
+            let connector = crate::transport::connector(&crate::transport::ClientTlsFiles {
+                ca_file: file(&t.ca_file),
+                cert_file: file(&t.cert_file),
+                key_file: file(&t.key_file),
+            })
+            .map_err(|e| invalid("upstream.tls", e))?;
+            let name = match t.server_name.as_str() {
+                "" => &config.upstream.host,
+                name => name,
+            };
+            let server_name = crate::transport::server_name(name)
+                .map_err(|e| invalid("upstream.tls.server_name", e))?;
+            Some(UpstreamTls {
+                connector,
+                server_name,
+            })
+        } else {
+            None
+        };
+        // `validate` has checked that both files are given, or neither.
+        let t = &config.raw.proxy.tls;
+        let listener = if t.cert_file.is_empty() {
+            None
+        } else {
+            let files = crate::transport::ServerTlsFiles {
+                cert_file: t.cert_file.clone(),
+                key_file: t.key_file.clone(),
+                client_ca_file: file(&t.client_ca_file),
+            };
+            let acceptor =
+                crate::transport::acceptor(&files).map_err(|e| invalid("proxy.tls", e))?;
+            Some(ListenerTls(acceptor))
+        };
+        Ok(Tls { upstream, listener })
+    }
+}
+
+/// Build what [`start`] builds from `config` before serving (TLS, and the policy against
+/// the built-in command table), and serve nothing: every error `start` would give before
+/// it connects. `respguard check-config` runs this.
+pub fn check(config: &Config) -> Result<(), ConfigError> {
+    Tls::build(config)?;
+    let raw = &config.raw;
+    let table = CommandTable::builtin();
+    Policy::build(raw, &table, &GuardContext::new(&raw.guards))?;
+    Ok(())
+}
+
 /// The process's Prometheus recorder, installed once.
 fn prometheus() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -68,6 +136,7 @@ fn prometheus() -> Option<PrometheusHandle> {
 /// Start a proxy: bind its listeners, load the command table, and serve.
 pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
     let raw = &config.raw;
+    let tls = Tls::build(&config)?;
     let prometheus = if raw.admin.metrics {
         prometheus()
     } else {
@@ -82,7 +151,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             backoff_max: raw.upstream.backoff_max.0,
             max_connects_per_second: raw.upstream.max_connects_per_second,
             max_connections: raw.upstream.max_connections,
-            tls: config.upstream_tls.clone(),
+            tls: tls.upstream,
         },
     ));
     let table = Arc::new(load_command_table(&gate, config.command_table_from_upstream).await);
@@ -170,7 +239,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         shared,
         client_slots,
         admission,
-        config.listener_tls.as_ref().map(|t| t.0.clone()),
+        tls.listener.map(|t| t.0),
     );
     let drain = raw.proxy.drain_timeout.0;
     let listener = tokio::spawn(listener.run(shutdown_rx, drain));

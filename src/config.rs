@@ -2,10 +2,17 @@
 //! validation.
 //!
 //! [`RawConfig`] is what the file says, with every default filled in and every unknown key
-//! refused (serde's `deny_unknown_fields`, so a typo names the key instead of being ignored).
+//! refused (serde's `deny_unknown_fields`; in rules, whose shared client filters are
+//! flattened, by [`ClientMatch`]'s catch-all, so a typo names the key instead of being
+//! ignored). Every enumerated value is an enum read here once ([`Mode`], [`Priority`],
+//! [`EnqueueAction`], [`ScopePart`], [`PayloadFormat`], [`Preset`], [`DefaultTtl`]).
 //! [`Config`] is the validated form the proxy runs on: the upstream URL parsed, sizes and
 //! durations checked. `respguard check-config` prints the `RawConfig` back as TOML, which is
 //! the effective configuration.
+//!
+//! This module only reads and checks shapes: it never builds guards, registers metrics or
+//! reads any file but the configuration itself. The guards are built from these shapes
+//! (`crate::guard`), and TLS from the PEM files they name (`crate::app`).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -122,6 +129,252 @@ impl Serialize for ByteSize {
     }
 }
 
+/// An enumerated setting written as one word. Each is parsed once, when the file is read,
+/// and a wrong word is refused with the words the setting accepts.
+macro_rules! word_enum {
+    ($(#[$meta:meta])* pub enum $name:ident ($what:literal) {
+        $($(#[$vmeta:meta])* $variant:ident = $word:literal,)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// The word the file uses.
+            pub fn word(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)+
+                }
+            }
+
+            /// Read the word `s`; the error names the setting and the words it accepts.
+            pub fn from_word(s: &str) -> Result<Self, String> {
+                match s {
+                    $($word => Ok($name::$variant),)+
+                    other => Err(format!(
+                        concat!($what, " `{}`: expected {}"),
+                        other,
+                        one_of(&[$($word),+])
+                    )),
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $name::from_word(&s).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.word())
+            }
+        }
+    };
+}
+
+/// "`a`, `b` or `c`".
+fn one_of(words: &[&str]) -> String {
+    let quoted: Vec<String> = words.iter().map(|w| format!("`{w}`")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.concat(),
+    }
+}
+
+word_enum! {
+    /// A rule's mode (`guards.mode`, a rule's `mode`).
+    pub enum Mode ("mode") {
+        /// Act on the verdict.
+        Enforce = "enforce",
+        /// Count and log the verdict, forward the command unchanged.
+        Observe = "observe",
+    }
+}
+
+impl Mode {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        self.word()
+    }
+}
+
+word_enum! {
+    /// How important a key's writes are when memory runs short (a shed rule's `priority`).
+    /// Ordered: `Low < Normal < Critical`.
+    pub enum Priority ("priority") {
+        /// Shed first, at `soft`.
+        Low = "low",
+        /// Shed at `hard`.
+        Normal = "normal",
+        /// Never shed.
+        Critical = "critical",
+    }
+}
+
+impl PartialOrd for Priority {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Priority {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (*self as u8).cmp(&(*other as u8))
+    }
+}
+
+word_enum! {
+    /// What an enqueue rule does with a job over its limit (`action`).
+    pub enum EnqueueAction ("action") {
+        /// Answer as if enqueued; send nothing.
+        Drop = "drop",
+        /// Answer an error naming the rule.
+        Reject = "reject",
+        /// Count and log only.
+        Observe = "observe",
+    }
+}
+
+word_enum! {
+    /// One part of what identifies a client to an enqueue rule (`scope`).
+    pub enum ScopePart ("scope") {
+        /// The Redis (or proxy) user.
+        User = "user",
+        /// The CLIENT SETNAME name.
+        ClientName = "client_name",
+        /// The IP address, never the port.
+        Address = "address",
+    }
+}
+
+word_enum! {
+    /// How a generic enqueue rule reads a payload (`format`).
+    pub enum PayloadFormat ("format") {
+        /// A JSON document.
+        Json = "json",
+        /// Opaque bytes.
+        Raw = "raw",
+    }
+}
+
+word_enum! {
+    /// The job library an enqueue rule reads (`preset`).
+    pub enum Preset ("preset") {
+        /// Sidekiq.
+        Sidekiq = "sidekiq",
+        /// Celery.
+        Celery = "celery",
+        /// RQ.
+        Rq = "rq",
+        /// BullMQ.
+        Bullmq = "bullmq",
+        /// Described by the rule's own settings.
+        Generic = "generic",
+    }
+}
+
+/// A TTL rule's `ttl`: a duration, or `none` to exempt matching keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultTtl {
+    /// `none`: keys of the rule get no TTL.
+    Exempt,
+    /// Keys written without an expiry get this one.
+    After(Duration),
+}
+
+impl DefaultTtl {
+    /// The TTL, if the rule gives one.
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            DefaultTtl::Exempt => None,
+            DefaultTtl::After(d) => Some(d),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DefaultTtl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "none" {
+            return Ok(DefaultTtl::Exempt);
+        }
+        humantime::parse_duration(&s)
+            .map(DefaultTtl::After)
+            .map_err(|e| {
+                serde::de::Error::custom(format!("ttl `{s}` is not a duration or `none` ({e})"))
+            })
+    }
+}
+
+impl Serialize for DefaultTtl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DefaultTtl::Exempt => s.serialize_str("none"),
+            DefaultTtl::After(d) => HumanDuration(*d).serialize(s),
+        }
+    }
+}
+
+/// The client filters every rule may have, written in the rule's own table
+/// (`#[serde(flatten)]`): a rule applies only to clients matching all that are given.
+///
+/// serde's `deny_unknown_fields` does not work through `flatten`, so the keys no field of
+/// the rule takes end here, in [`NoOtherKeys`], which refuses them: a misspelt rule key is
+/// an error, as everywhere else in the file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct ClientMatch {
+    /// Only for clients authenticated as this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only for clients with this CLIENT SETNAME name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    /// Only for clients from this address or network (`10.0.0.0/8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<ipnet::IpNet>,
+    /// Refuses every key of the rule no field took.
+    #[serde(flatten)]
+    pub others: NoOtherKeys,
+}
+
+/// Stands for "no other keys": deserialising it from any key fails with `unknown field`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoOtherKeys;
+
+impl<'de> Deserialize<'de> for NoOtherKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Refuse;
+        impl<'de> serde::de::Visitor<'de> for Refuse {
+            type Value = NoOtherKeys;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("no further keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<NoOtherKeys, A::Error> {
+                match map.next_key::<String>()? {
+                    Some(key) => Err(serde::de::Error::custom(format!("unknown field `{key}`"))),
+                    None => Ok(NoOtherKeys),
+                }
+            }
+        }
+        d.deserialize_map(Refuse)
+    }
+}
+
+impl Serialize for NoOtherKeys {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        s.serialize_map(Some(0))?.end()
+    }
+}
+
 /// The configuration file as written, defaults filled in.
 #[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -192,7 +445,7 @@ impl fmt::Debug for RawProxyUser {
 #[serde(deny_unknown_fields, default)]
 pub struct RawGuards {
     /// Mode of rules that do not set one: `enforce`, or `observe` (count and log only).
-    pub mode: String,
+    pub mode: Mode,
     /// Refusal log lines per second per rule; the rest are counted, not logged.
     pub refusal_logs_per_second: u32,
     /// `[guards.size]`: oversized values and requests.
@@ -212,7 +465,7 @@ pub struct RawGuards {
 impl Default for RawGuards {
     fn default() -> Self {
         RawGuards {
-            mode: "enforce".into(),
+            mode: Mode::Enforce,
             refusal_logs_per_second: 5,
             size: RawSizeGuard::default(),
             ttl: RawTtlGuard::default(),
@@ -290,24 +543,17 @@ impl Default for RawShedGuard {
 
 /// One `[[guards.shed.rules]]` entry.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RawShedRule {
     /// Key pattern (Redis glob).
     pub pattern: String,
-    /// Only for clients authenticated as this user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Only for clients with this CLIENT SETNAME name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_name: Option<String>,
-    /// Only for clients from this address or network (`10.0.0.0/8`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_address: Option<ipnet::IpNet>,
+    /// Which clients the rule applies to.
+    #[serde(flatten)]
+    pub clients: ClientMatch,
     /// `enforce` or `observe`; the `[guards]` mode when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     /// `low` (shed first, at `soft`), `normal` (shed at `hard`) or `critical` (never shed).
-    pub priority: String,
+    pub priority: Priority,
 }
 
 /// `[guards.queue]`: queues whose depth the proxy follows.
@@ -335,22 +581,15 @@ impl Default for RawQueueGuard {
 
 /// One `[[guards.queue.rules]]` entry.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RawQueueRule {
     /// Key pattern (Redis glob) of the queue lists.
     pub pattern: String,
-    /// Only for clients authenticated as this user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Only for clients with this CLIENT SETNAME name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_name: Option<String>,
-    /// Only for clients from this address or network (`10.0.0.0/8`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_address: Option<ipnet::IpNet>,
+    /// Which clients the rule applies to.
+    #[serde(flatten)]
+    pub clients: ClientMatch,
     /// `enforce` or `observe`; the `[guards]` mode when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     /// Enqueues (LPUSH, RPUSH, LPUSHX, RPUSHX) to a queue this deep are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_depth: Option<u64>,
@@ -384,10 +623,9 @@ impl Default for RawEnqueueGuard {
 
 /// One `[[guards.enqueue.rules]]` entry.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RawEnqueueRule {
     /// `sidekiq`, `celery`, `rq`, `bullmq`, or `generic` (configured below).
-    pub preset: String,
+    pub preset: Preset,
     /// The rule's name in errors, logs and metrics; the preset's name when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -400,7 +638,7 @@ pub struct RawEnqueueRule {
     pub commands: Option<Vec<String>>,
     /// `generic`: `json` or `raw`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
+    pub format: Option<PayloadFormat>,
     /// `generic`: JSON pointers of the fields that identify a job (the whole payload when
     /// empty).
     #[serde(default)]
@@ -420,7 +658,7 @@ pub struct RawEnqueueRule {
     /// What identifies a client: any of `user`, `client_name`, `address` (the IP address,
     /// never the port).
     #[serde(default = "default_enqueue_scope")]
-    pub scope: Vec<String>,
+    pub scope: Vec<ScopePart>,
     /// At most this many enqueues of the same job per client per window.
     #[serde(default = "default_enqueue_limit")]
     pub limit: u32,
@@ -440,20 +678,14 @@ pub struct RawEnqueueRule {
     /// `drop` (answer as if enqueued, send nothing), `reject` (an error naming the rule) or
     /// `observe` (count and log only).
     #[serde(default = "default_enqueue_action")]
-    pub action: String,
-    /// Only for clients authenticated as this user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Only for clients with this CLIENT SETNAME name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_name: Option<String>,
-    /// Only for clients from this address or network.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_address: Option<ipnet::IpNet>,
+    pub action: EnqueueAction,
+    /// Which clients the rule applies to.
+    #[serde(flatten)]
+    pub clients: ClientMatch,
 }
 
-fn default_enqueue_scope() -> Vec<String> {
-    vec!["user".into(), "client_name".into(), "address".into()]
+fn default_enqueue_scope() -> Vec<ScopePart> {
+    vec![ScopePart::User, ScopePart::ClientName, ScopePart::Address]
 }
 
 fn default_enqueue_limit() -> u32 {
@@ -464,8 +696,8 @@ fn default_enqueue_window() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))
 }
 
-fn default_enqueue_action() -> String {
-    "reject".into()
+fn default_enqueue_action() -> EnqueueAction {
+    EnqueueAction::Reject
 }
 
 /// `[guards.fail_open]`: while Redis is unreachable, commands on these keys are answered
@@ -479,19 +711,12 @@ pub struct RawFailOpen {
 
 /// One `[[guards.fail_open.rules]]` entry.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RawFailOpenRule {
     /// Key pattern (Redis glob) of cache keys.
     pub pattern: String,
-    /// Only for clients authenticated as this user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Only for clients with this CLIENT SETNAME name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_name: Option<String>,
-    /// Only for clients from this address or network (`10.0.0.0/8`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_address: Option<ipnet::IpNet>,
+    /// Which clients the rule applies to.
+    #[serde(flatten)]
+    pub clients: ClientMatch,
 }
 
 /// `[guards.size]`.
@@ -512,22 +737,15 @@ pub struct RawTtlGuard {
 
 /// One `[[guards.size.rules]]` entry.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RawSizeRule {
     /// Key pattern (Redis glob).
     pub pattern: String,
-    /// Only for clients authenticated as this user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Only for clients with this CLIENT SETNAME name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_name: Option<String>,
-    /// Only for clients from this address or network (`10.0.0.0/8`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_address: Option<ipnet::IpNet>,
+    /// Which clients the rule applies to.
+    #[serde(flatten)]
+    pub clients: ClientMatch,
     /// `enforce` or `observe`; the `[guards]` mode when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     /// Largest value (any argument that is neither the command name nor a key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_value: Option<ByteSize>,
@@ -541,24 +759,17 @@ pub struct RawSizeRule {
 
 /// One `[[guards.ttl.rules]]` entry.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RawTtlRule {
     /// Key pattern (Redis glob).
     pub pattern: String,
-    /// Only for clients authenticated as this user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Only for clients with this CLIENT SETNAME name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_name: Option<String>,
-    /// Only for clients from this address or network (`10.0.0.0/8`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_address: Option<ipnet::IpNet>,
+    /// Which clients the rule applies to.
+    #[serde(flatten)]
+    pub clients: ClientMatch,
     /// `enforce` or `observe`; the `[guards]` mode when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     /// TTL given to keys written without one, or `none` to exempt matching keys.
-    pub ttl: String,
+    pub ttl: DefaultTtl,
     /// Largest TTL a client may set; larger ones are lowered to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ttl: Option<HumanDuration>,
@@ -926,10 +1137,6 @@ pub struct Config {
     /// Where the configuration came from, to read it again on reload (`None`: built in
     /// code, nothing to reload from).
     pub source: Option<ConfigSource>,
-    /// TLS to the upstream (`rediss://`).
-    pub upstream_tls: Option<UpstreamTls>,
-    /// TLS for clients (`[proxy.tls]`).
-    pub listener_tls: Option<ListenerTls>,
     /// Clients served at once: `proxy.max_clients`, unless the binary lowered it to what
     /// the process's open-file limit allows.
     pub max_clients: usize,
@@ -1027,7 +1234,9 @@ impl RawConfig {
         toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
     }
 
-    /// Check every value and build the configuration the proxy runs on.
+    /// Check every value and make the configuration the proxy runs on. Only shapes are
+    /// checked here: what needs files (certificates) or the command table (guard rules) is
+    /// checked where it is built, by [`crate::app::prepare`], which `check-config` runs too.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let listen = self
             .proxy
@@ -1159,55 +1368,27 @@ impl RawConfig {
             return Err(invalid("proxy.max_tracked_addresses", "must be at least 1"));
         }
         validate_auth(&self.auth, &upstream)?;
-        let upstream_tls = if upstream.tls {
-            let t = &self.upstream.tls;
-            let file = |f: &String| (!f.is_empty()).then(|| f.clone());
-            let connector = crate::transport::connector(&crate::transport::ClientTlsFiles {
-                ca_file: file(&t.ca_file),
-                cert_file: file(&t.cert_file),
-                key_file: file(&t.key_file),
-            })
-            .map_err(|e| invalid("upstream.tls", e))?;
-            let name = if t.server_name.is_empty() {
-                &upstream.host
-            } else {
-                &t.server_name
-            };
-            let server_name = crate::transport::server_name(name)
-                .map_err(|e| invalid("upstream.tls.server_name", e))?;
-            Some(UpstreamTls {
-                connector,
-                server_name,
-            })
-        } else {
-            None
-        };
         let t = &self.proxy.tls;
-        let listener_tls = match (t.cert_file.is_empty(), t.key_file.is_empty()) {
-            (true, true) if t.client_ca_file.is_empty() => None,
-            (false, false) => Some(ListenerTls(
-                crate::transport::acceptor(&crate::transport::ServerTlsFiles {
-                    cert_file: t.cert_file.clone(),
-                    key_file: t.key_file.clone(),
-                    client_ca_file: (!t.client_ca_file.is_empty())
-                        .then(|| t.client_ca_file.clone()),
-                })
-                .map_err(|e| invalid("proxy.tls", e))?,
-            )),
-            _ => {
-                return Err(invalid(
-                    "proxy.tls",
-                    "cert_file and key_file are both needed (client_ca_file needs them too)",
-                ))
-            }
-        };
-        // Rules are checked against the built-in command table here; the proxy builds them
-        // again at start against the upstream's own.
-        crate::guard::Guards::build(
-            &self.guards,
-            &crate::command::CommandTable::builtin(),
-            &crate::guard::GuardContext::new(&self.guards),
-        )?;
+        if t.cert_file.is_empty() != t.key_file.is_empty()
+            || (t.cert_file.is_empty() && !t.client_ca_file.is_empty())
+        {
+            return Err(invalid(
+                "proxy.tls",
+                "cert_file and key_file are both needed (client_ca_file needs them too)",
+            ));
+        }
+        if let Some(sha) = self
+            .guards
+            .shed
+            .allowed_scripts
+            .iter()
+            .find(|sha| sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(invalid(
+                "guards.shed.allowed_scripts",
+                format!("`{sha}` is not a SHA1 digest (40 hex digits)"),
+            ));
+        }
         let limits = Limits {
             max_inline_len: p.max_inline_len.0 as usize,
             max_args: p.max_args,
@@ -1224,8 +1405,6 @@ impl RawConfig {
             limits,
             command_table_from_upstream,
             source: None,
-            upstream_tls,
-            listener_tls,
         })
     }
 
@@ -1281,6 +1460,49 @@ mod tests {
     }
 
     #[test]
+    fn unknown_rule_keys_are_refused_through_the_shared_client_filters() {
+        let e = RawConfig::from_toml("[[guards.size.rules]]\npattern = \"a:*\"\nmax_valu = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `max_valu`"), "{e}");
+        // Fail-open rules have no mode.
+        let e = RawConfig::from_toml(
+            "[[guards.fail_open.rules]]\npattern = \"c:*\"\nmode = \"observe\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `mode`"), "{e}");
+        let e = RawConfig::from_toml("[guards]\nmode = \"watch\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mode `watch`: expected `enforce` or `observe`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rules_with_filters_and_words_round_trip() {
+        let raw = RawConfig::from_toml(concat!(
+            "[[guards.shed.rules]]\npattern = \"a:*\"\nuser = \"app\"\n",
+            "client_address = \"10.0.0.0/8\"\npriority = \"low\"\nmode = \"observe\"\n",
+            "[[guards.ttl.rules]]\npattern = \"*\"\nttl = \"none\"\n",
+            "[[guards.enqueue.rules]]\npreset = \"generic\"\npattern = \"q\"\nformat = \"raw\"\n",
+            "scope = [\"client_name\"]\naction = \"drop\"\n",
+        ))
+        .unwrap();
+        let shed = &raw.guards.shed.rules[0];
+        assert_eq!(shed.priority, Priority::Low);
+        assert_eq!(shed.clients.user.as_deref(), Some("app"));
+        assert_eq!(raw.guards.ttl.rules[0].ttl, DefaultTtl::Exempt);
+        assert_eq!(
+            raw.guards.enqueue.rules[0].scope,
+            vec![ScopePart::ClientName]
+        );
+        assert_eq!(RawConfig::from_toml(&raw.to_toml()).unwrap(), raw);
+    }
+
+    #[test]
     fn replication_is_tunnelled_unless_refused() {
         assert_eq!(RawConfig::default().proxy.replication, Replication::Tunnel);
         let c = RawConfig::from_toml("[proxy]\nreplication = \"refuse\"\n").unwrap();
@@ -1291,10 +1513,10 @@ mod tests {
 
     #[test]
     fn shedding_levels_must_have_hysteresis_and_valid_rules() {
+        // A wrong word (a priority) is refused as the file is read; the rest by `validate`.
         let err = |toml: &str| {
             RawConfig::from_toml(toml)
-                .unwrap()
-                .validate()
+                .and_then(RawConfig::validate)
                 .unwrap_err()
                 .to_string()
         };

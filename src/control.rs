@@ -31,7 +31,10 @@ use crate::telemetry::CommandLatency;
 use crate::upstream::ConnectGate;
 use crate::wire;
 
-/// Settings a reload applies. Every other changed setting needs a restart.
+/// Settings a reload applies, as dotted paths into the configuration: the one description
+/// of what a reload may change ([`reloadable_part`] takes these from the new file,
+/// [`restart_needed`] reports every other change). Every other changed setting needs a
+/// restart.
 const RELOADABLE: &[&str] = &[
     "guards.mode",
     "guards.refusal_logs_per_second",
@@ -77,7 +80,10 @@ impl AdminAccess {
 }
 
 impl Policy {
-    fn build(
+    /// The one place a configuration becomes a policy: at start, by `check-config` (through
+    /// [`crate::app::check`]) and on reload. Guard rules are checked against `table`, and
+    /// the guards keep their shared state in `context`.
+    pub fn build(
         raw: &RawConfig,
         table: &CommandTable,
         context: &GuardContext,
@@ -269,7 +275,7 @@ impl Control {
             "the proxy was started without a configuration file (--config): nothing to reload",
         )?;
         let new = source.load().map_err(|e| e.to_string())?;
-        let effective = reloadable_part(old, &new);
+        let effective = reloadable_part(old, &new)?;
         // Everything validated as at start, then built against this proxy's command table.
         let checked = effective.clone().validate().map_err(|e| e.to_string())?;
         let policy =
@@ -417,22 +423,28 @@ impl Control {
     }
 }
 
-/// `old` with every reloadable setting taken from `new`.
-fn reloadable_part(old: &RawConfig, new: &RawConfig) -> RawConfig {
-    let mut effective = old.clone();
-    let g = &mut effective.guards;
-    g.mode.clone_from(&new.guards.mode);
-    g.refusal_logs_per_second = new.guards.refusal_logs_per_second;
-    g.size = new.guards.size.clone();
-    g.ttl = new.guards.ttl.clone();
-    g.fail_open = new.guards.fail_open.clone();
-    g.shed.rules = new.guards.shed.rules.clone();
-    g.queue.rules = new.guards.queue.rules.clone();
-    g.enqueue.rules = new.guards.enqueue.rules.clone();
-    effective.auth = new.auth.clone();
-    effective.admin.command_networks = new.admin.command_networks.clone();
-    effective.admin.command_users = new.admin.command_users.clone();
-    effective
+/// `old` with every [`RELOADABLE`] setting taken from `new`.
+fn reloadable_part(old: &RawConfig, new: &RawConfig) -> Result<RawConfig, String> {
+    let as_json = |raw: &RawConfig| serde_json::to_value(raw).map_err(|e| e.to_string());
+    let (mut effective, new) = (as_json(old)?, as_json(new)?);
+    for path in RELOADABLE {
+        let (parent, leaf) = path.rsplit_once('.').unwrap_or(("", path));
+        let pointer = |p: &str| format!("/{}", p.replace('.', "/"));
+        let taken = new.pointer(&pointer(path)).cloned();
+        let parent_pointer = if parent.is_empty() {
+            String::new()
+        } else {
+            pointer(parent)
+        };
+        let Some(Value::Object(into)) = effective.pointer_mut(&parent_pointer) else {
+            continue;
+        };
+        match taken {
+            Some(value) => into.insert(leaf.to_string(), value),
+            None => into.remove(leaf),
+        };
+    }
+    serde_json::from_value(effective).map_err(|e| e.to_string())
 }
 
 /// The settings that differ between `old` and `new` and that a reload does not apply.
@@ -505,13 +517,14 @@ fn simple(line: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Mode;
 
     #[test]
     fn only_settings_outside_the_reloadable_ones_need_a_restart() {
         let old = RawConfig::default();
         let mut new = old.clone();
         new.guards.shed.soft_enter = 0.5;
-        new.guards.mode = "observe".into();
+        new.guards.mode = Mode::Observe;
         new.proxy.listen = "127.0.0.1:7000".into();
         new.admin.command_users = vec!["ops".into()];
         assert_eq!(
@@ -521,8 +534,8 @@ mod tests {
                 "proxy.listen".to_string()
             ]
         );
-        let effective = reloadable_part(&old, &new);
-        assert_eq!(effective.guards.mode, "observe");
+        let effective = reloadable_part(&old, &new).unwrap();
+        assert_eq!(effective.guards.mode, Mode::Observe);
         assert_eq!(effective.guards.shed.soft_enter, old.guards.shed.soft_enter);
         assert_eq!(effective.proxy.listen, old.proxy.listen);
         assert_eq!(effective.admin.command_users, vec!["ops".to_string()]);

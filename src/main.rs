@@ -81,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         let raw = cli.raw_config(Some(file))?;
         let text = raw.to_toml();
         raw.validate()
+            .and_then(|config| respguard::app::check(&config))
             .with_context(|| format!("{} is not valid", file.display()))?;
         println!(
             "# {} is valid; effective configuration:\n{text}",

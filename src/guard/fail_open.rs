@@ -21,11 +21,10 @@
 //! cache is empty when Redis comes back, which is what a cache-aside application expects.
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
 
-use super::{CommandView, Mode, Rule, RuleSpec};
+use super::{Action, ByCommand, CommandView, Mode, Rule, RuleKind, RuleSpec};
 use crate::command::CommandTable;
-use crate::config::{ConfigError, RawFailOpen};
+use crate::config::RawFailOpen;
 use crate::identity::ClientIdentity;
 
 /// How a command is answered while Redis is down.
@@ -51,88 +50,67 @@ enum Miss {
 #[derive(Debug)]
 pub struct FailOpen {
     rules: Vec<Rule<()>>,
-    answers: FxHashMap<u16, Miss>,
+    answers: ByCommand<Option<Miss>>,
 }
 
-const ACTIONS: &[&str] = &["answer"];
+const ACTIONS: &[Action] = &[Action::Answer];
+
+/// The commands answered, and how (see the module documentation).
+const ANSWERS: &[(&[&str], Miss)] = &[
+    (&["get", "getdel", "getex", "hget", "lindex"], Miss::Nil),
+    (&["mget"], Miss::NilsFrom(1)),
+    (&["hmget"], Miss::NilsFrom(2)),
+    (&["hgetall"], Miss::EmptyMap),
+    (&["smembers"], Miss::EmptySet),
+    (&["hkeys", "hvals", "lrange", "zrange"], Miss::EmptyArray),
+    (
+        &[
+            "exists",
+            "del",
+            "unlink",
+            "hdel",
+            "hexists",
+            "sismember",
+            "expire",
+            "pexpire",
+        ],
+        Miss::Zero,
+    ),
+    (&["ttl", "pttl"], Miss::MinusTwo),
+    (&["set"], Miss::Set),
+    (&["setex", "psetex", "mset"], Miss::Ok),
+    (&["setnx"], Miss::One),
+    (&["hset"], Miss::FieldCount),
+];
 
 impl FailOpen {
     /// Build from `[guards.fail_open]`, for the commands of `table`; `None` without rules.
-    pub fn build(
-        raw: &RawFailOpen,
-        table: &CommandTable,
-        logs_per_second: u32,
-    ) -> Result<Option<Self>, ConfigError> {
+    pub fn build(raw: &RawFailOpen, table: &CommandTable, logs_per_second: u32) -> Option<Self> {
         if raw.rules.is_empty() {
-            return Ok(None);
+            return None;
         }
+        let kind = RuleKind {
+            guard: "fail_open",
+            actions: ACTIONS,
+            default_mode: Mode::Enforce,
+            logs_per_second,
+        };
         let rules = raw
             .rules
             .iter()
-            .map(|r| {
-                Rule::new(
-                    "fail_open",
-                    RuleSpec {
-                        name: None,
-                        pattern: &r.pattern,
-                        also: &[],
-                        user: r.user.as_deref(),
-                        client_name: r.client_name.as_deref(),
-                        client_address: r.client_address,
-                        mode: None,
-                    },
-                    Mode::Enforce,
-                    ACTIONS,
-                    logs_per_second,
-                    (),
-                    "guards.fail_open.rules",
-                )
-            })
-            .collect::<Result<_, _>>()?;
-        let mut answers = FxHashMap::default();
-        let unknown = table.unknown().id;
-        for (names, miss) in [
-            (&["get", "getdel", "getex", "hget", "lindex"][..], Miss::Nil),
-            (&["mget"][..], Miss::NilsFrom(1)),
-            (&["hmget"][..], Miss::NilsFrom(2)),
-            (&["hgetall"][..], Miss::EmptyMap),
-            (&["smembers"][..], Miss::EmptySet),
-            (
-                &["hkeys", "hvals", "lrange", "zrange"][..],
-                Miss::EmptyArray,
-            ),
-            (
-                &[
-                    "exists",
-                    "del",
-                    "unlink",
-                    "hdel",
-                    "hexists",
-                    "sismember",
-                    "expire",
-                    "pexpire",
-                ][..],
-                Miss::Zero,
-            ),
-            (&["ttl", "pttl"][..], Miss::MinusTwo),
-            (&["set"][..], Miss::Set),
-            (&["setex", "psetex", "mset"][..], Miss::Ok),
-            (&["setnx"][..], Miss::One),
-            (&["hset"][..], Miss::FieldCount),
-        ] {
-            for name in names {
-                let id = table.lookup(&[name.as_bytes()]).id;
-                if id != unknown {
-                    answers.insert(id, miss);
-                }
-            }
-        }
-        Ok(Some(FailOpen { rules, answers }))
+            .map(|r| Rule::new(kind, RuleSpec::new(&r.pattern, &r.clients, None), ()))
+            .collect();
+        let answers = ByCommand::build(table, |info| {
+            ANSWERS
+                .iter()
+                .find(|(names, _)| names.contains(&&*info.name))
+                .map(|&(_, miss)| miss)
+        });
+        Some(FailOpen { rules, answers })
     }
 
-    /// Whether the command with this id can be answered while Redis is down.
     pub fn covers(&self, command: u16) -> bool {
-        self.answers.contains_key(&command)
+        self.answers.by_id(command).is_some()
     }
 
     /// The reply an empty cache gives, when every key of the command is a fail-open key.
@@ -142,7 +120,7 @@ impl FailOpen {
         client: &ClientIdentity,
         resp3: bool,
     ) -> Option<Bytes> {
-        let miss = *self.answers.get(&cmd.info.id)?;
+        let miss = self.answers.get(cmd.info)?;
         if cmd.keys.is_empty() {
             return None;
         }
@@ -151,7 +129,7 @@ impl FailOpen {
             let key = cmd.arg(i)?;
             rule = Some(self.rules.iter().find(|r| r.applies(key, client))?);
         }
-        rule?.count("answer");
+        rule?.count(Action::Answer);
         let nil: &[u8] = if resp3 { b"_\r\n" } else { b"$-1\r\n" };
         let reply = match miss {
             Miss::Nil => Bytes::copy_from_slice(nil),

@@ -32,45 +32,123 @@ pub mod size;
 pub mod ttl;
 
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use metrics::Counter;
 
 use crate::command::{CommandInfo, CommandTable};
-use crate::config::{ConfigError, RawGuards};
+use crate::config::{ClientMatch, ConfigError, RawGuards};
 use crate::identity::ClientIdentity;
 use crate::pressure::{MemoryPressure, Thresholds};
 use pattern::KeyPattern;
 use queue::{QueueDepths, QueueGuard, QueueHandle};
 
-/// A rule's mode.
+pub use crate::config::Mode;
+
+/// What a guard did, as the `action` label of `respguard_guard_decisions_total`. Each rule
+/// registers a counter for the actions its guard takes, indexed by this enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Act on the verdict.
-    Enforce,
-    /// Count and log the verdict, forward the command unchanged.
-    Observe,
+pub enum Action {
+    /// Size guard: a value, request or element count over a limit.
+    Refused,
+    /// Shed guard: a low-priority write at the `soft` level.
+    RefuseSoft,
+    /// Shed guard: a write at the `hard` level.
+    RefuseHard,
+    /// Queue guard: a push to a queue at its `max_depth`.
+    Refuse,
+    /// TTL guard: a key given the rule's TTL.
+    TtlAdded,
+    /// TTL guard: an expiry lowered to `max_ttl`.
+    TtlClamped,
+    /// TTL guard: a TTL not set because the client's Redis user may not (ACL).
+    TtlSkipped,
+    /// Fail-open: answered as an empty cache.
+    Answer,
+    /// Enqueue guard: a job answered as enqueued but not sent.
+    Drop,
+    /// Enqueue guard: a job refused with an error.
+    Reject,
 }
 
-impl Mode {
-    fn parse(s: &str, key: &'static str) -> Result<Mode, ConfigError> {
-        match s {
-            "enforce" => Ok(Mode::Enforce),
-            "observe" => Ok(Mode::Observe),
-            other => Err(ConfigError::Invalid {
-                key,
-                reason: format!("mode `{other}`: expected `enforce` or `observe`"),
-            }),
+impl Action {
+    const COUNT: usize = Action::Reject as usize + 1;
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Refused => "refused",
+            Action::RefuseSoft => "refuse_soft",
+            Action::RefuseHard => "refuse_hard",
+            Action::Refuse => "refuse",
+            Action::TtlAdded => "ttl_added",
+            Action::TtlClamped => "ttl_clamped",
+            Action::TtlSkipped => "ttl_skipped",
+            Action::Answer => "answer",
+            Action::Drop => "drop",
+            Action::Reject => "reject",
         }
     }
 
-    fn label(self) -> &'static str {
+    /// How the log line says it in enforce mode (`refused: …`), or `None` when an enforced
+    /// decision is not logged (it changes nothing the client sees).
+    fn enforced(self) -> Option<&'static str> {
         match self {
-            Mode::Enforce => "enforce",
-            Mode::Observe => "observe",
+            Action::Refused | Action::RefuseSoft | Action::RefuseHard | Action::Refuse => {
+                Some("refused")
+            }
+            Action::TtlSkipped => Some("skipped"),
+            Action::Drop => Some("dropped"),
+            Action::Reject => Some("rejected"),
+            Action::TtlAdded | Action::TtlClamped | Action::Answer => None,
         }
+    }
+
+    /// How the log line says it in observe mode (`observe: would refuse: …`).
+    fn observed(self) -> &'static str {
+        match self {
+            Action::Refused | Action::RefuseSoft | Action::RefuseHard | Action::Refuse => "refuse",
+            Action::TtlAdded => "add a TTL",
+            Action::TtlClamped => "lower a TTL",
+            Action::TtlSkipped => "skip",
+            Action::Answer => "answer",
+            Action::Drop | Action::Reject => "limit",
+        }
+    }
+}
+
+/// A value per command id, computed from the command table when the guards are built, so a
+/// guard tells what kind of command it holds with one index instead of comparing names.
+#[derive(Debug)]
+pub struct ByCommand<T>(Box<[T]>);
+
+impl<T: Copy + Default> ByCommand<T> {
+    /// `kind(info)` for every command of `table`.
+    pub fn build(table: &CommandTable, kind: impl Fn(&CommandInfo) -> T) -> Self {
+        let mut values = Vec::new();
+        for info in table.all() {
+            let id = info.id as usize;
+            if values.len() <= id {
+                values.resize(id + 1, T::default());
+            }
+            values[id] = kind(info);
+        }
+        ByCommand(values.into_boxed_slice())
+    }
+
+    /// The value for `info` (the default for a command the table did not have).
+    #[inline]
+    pub fn get(&self, info: &CommandInfo) -> T {
+        self.by_id(info.id)
+    }
+
+    /// The value for the command with id `id`.
+    #[inline]
+    pub fn by_id(&self, id: u16) -> T {
+        self.0.get(id as usize).copied().unwrap_or_default()
     }
 }
 
@@ -266,33 +344,28 @@ impl Guards {
         table: &CommandTable,
         context: &GuardContext,
     ) -> Result<Self, ConfigError> {
-        let mode = Mode::parse(&raw.mode, "guards.mode")?;
+        let mode = raw.mode;
         let logs = raw.refusal_logs_per_second;
         let mut chain: Vec<Arc<dyn Guard>> = Vec::new();
         if !raw.size.rules.is_empty() {
             chain.push(Arc::new(size::SizeGuard::build(&raw.size, mode, logs)?));
         }
-        let shed = shed::ShedGuard::build(&raw.shed, mode, logs, Arc::clone(&context.pressure))?;
+        // Built (and its counters registered) even when no level is on, as always.
+        let pressure = Arc::clone(&context.pressure);
+        let shed = shed::ShedGuard::build(&raw.shed, mode, logs, pressure, table);
         let mut shed_bit = 0;
         if raw.shed.soft_enter > 0.0 || raw.shed.hard_enter > 0.0 {
             shed_bit = 1 << chain.len();
             chain.push(Arc::new(shed));
         }
         if !raw.queue.rules.is_empty() {
-            chain.push(Arc::new(QueueGuard::build(
-                &raw.queue,
-                mode,
-                logs,
-                Arc::clone(&context.queues),
-            )?));
+            let depths = Arc::clone(&context.queues);
+            chain.push(Arc::new(QueueGuard::build(&raw.queue, mode, logs, depths)));
         }
         if !raw.enqueue.rules.is_empty() {
-            chain.push(Arc::new(enqueue::EnqueueGuard::build(
-                &raw.enqueue,
-                mode,
-                logs,
-                Arc::clone(&context.enqueue),
-            )?));
+            let memory = Arc::clone(&context.enqueue);
+            let enqueue = enqueue::EnqueueGuard::build(&raw.enqueue, mode, logs, memory, table)?;
+            chain.push(Arc::new(enqueue));
         }
         let mut ttl_bit = 0;
         if !raw.ttl.rules.is_empty() {
@@ -303,7 +376,7 @@ impl Guards {
             }
             chain.push(Arc::new(ttl));
         }
-        let fail_open = fail_open::FailOpen::build(&raw.fail_open, table, logs)?;
+        let fail_open = fail_open::FailOpen::build(&raw.fail_open, table, logs);
         debug_assert!(chain.len() <= 8, "the wanted bitmask holds eight guards");
         let wanted = table
             .all()
@@ -407,10 +480,14 @@ impl Guards {
 
 /// Which clients and keys a rule applies to, its name and mode, its counters and its log
 /// limiter. `L` is the guard's own settings.
+///
+/// Counting, logging and observe mode are done here, once, by [`Rule::decided`]: a guard
+/// says what it would do and acts only when that returns true.
 #[derive(Debug)]
 pub struct Rule<L> {
     /// The rule's name in errors, logs and metrics: its pattern unless it has a name.
     pub name: String,
+    guard: &'static str,
     pattern: KeyPattern,
     user: Option<Box<[u8]>>,
     client_name: Option<Box<[u8]>>,
@@ -419,11 +496,13 @@ pub struct Rule<L> {
     pub mode: Mode,
     /// The guard's settings for this rule.
     pub limits: L,
-    counters: Vec<(&'static str, Counter)>,
+    /// By [`Action`]: the counter of each action the guard registered.
+    counters: [Option<Counter>; Action::COUNT],
     log: LogLimiter,
 }
 
-/// The identity filters and mode of a rule, as written in the configuration.
+/// What selects a rule's keys and clients, its name and mode, as the configuration gives
+/// them.
 pub struct RuleSpec<'a> {
     /// The rule's name; its pattern when `None`.
     pub name: Option<&'a str>,
@@ -431,61 +510,72 @@ pub struct RuleSpec<'a> {
     pub pattern: &'a str,
     /// Further patterns, any of which also selects a key (a library preset's other keys).
     pub also: &'a [&'a str],
-    /// Only this user.
-    pub user: Option<&'a str>,
-    /// Only this client name.
-    pub client_name: Option<&'a str>,
-    /// Only this network.
-    pub client_address: Option<ipnet::IpNet>,
-    /// The rule's own mode, if set.
-    pub mode: Option<&'a str>,
+    /// The client filters.
+    pub clients: &'a ClientMatch,
+    /// The rule's own mode; the `[guards]` mode when `None`.
+    pub mode: Option<Mode>,
+}
+
+impl<'a> RuleSpec<'a> {
+    /// A rule selected by `pattern` and `clients`, named by its pattern.
+    pub fn new(pattern: &'a str, clients: &'a ClientMatch, mode: Option<Mode>) -> Self {
+        RuleSpec {
+            name: None,
+            pattern,
+            also: &[],
+            clients,
+            mode,
+        }
+    }
+}
+
+/// What every rule of one guard shares: the guard's name, the actions it counts, the
+/// `[guards]` mode and the log limit.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleKind {
+    /// The guard's name, as in metrics and logs.
+    pub guard: &'static str,
+    /// The actions the guard's rules count (one counter each, registered at build).
+    pub actions: &'static [Action],
+    /// The mode of rules that set none.
+    pub default_mode: Mode,
+    /// Log lines per second per rule.
+    pub logs_per_second: u32,
 }
 
 impl<L> Rule<L> {
-    /// Build a rule for `guard`, registering one counter per action.
-    pub fn new(
-        guard: &'static str,
-        spec: RuleSpec<'_>,
-        default_mode: Mode,
-        actions: &[&'static str],
-        logs_per_second: u32,
-        limits: L,
-        key: &'static str,
-    ) -> Result<Self, ConfigError> {
+    /// Build a rule of `kind`, registering one counter per action.
+    pub fn new(kind: RuleKind, spec: RuleSpec<'_>, limits: L) -> Self {
         let pattern = if spec.also.is_empty() {
             KeyPattern::new(spec.pattern)
         } else {
             KeyPattern::any_of(&[&[spec.pattern][..], spec.also].concat())
         };
-        let mode = match spec.mode {
-            Some(m) => Mode::parse(m, key)?,
-            None => default_mode,
-        };
+        let mode = spec.mode.unwrap_or(kind.default_mode);
         let name = spec.name.unwrap_or(spec.pattern);
-        let counters = actions
-            .iter()
-            .map(|&action| {
-                let c = metrics::counter!(
-                    "respguard_guard_decisions_total",
-                    "guard" => guard,
-                    "rule" => name.to_string(),
-                    "action" => action,
-                    "mode" => mode.label(),
-                );
-                (action, c)
-            })
-            .collect();
-        Ok(Rule {
+        let mut counters: [Option<Counter>; Action::COUNT] = Default::default();
+        for &action in kind.actions {
+            counters[action as usize] = Some(metrics::counter!(
+                "respguard_guard_decisions_total",
+                "guard" => kind.guard,
+                "rule" => name.to_string(),
+                "action" => action.label(),
+                "mode" => mode.label(),
+            ));
+        }
+        let clients = spec.clients;
+        Rule {
             name: name.to_string(),
+            guard: kind.guard,
             pattern,
-            user: spec.user.map(|u| u.as_bytes().into()),
-            client_name: spec.client_name.map(|n| n.as_bytes().into()),
-            client_address: spec.client_address,
+            user: clients.user.as_deref().map(|u| u.as_bytes().into()),
+            client_name: clients.client_name.as_deref().map(|n| n.as_bytes().into()),
+            client_address: clients.client_address,
             mode,
             limits,
             counters,
-            log: LogLimiter::new(logs_per_second),
-        })
+            log: LogLimiter::new(kind.logs_per_second),
+        }
     }
 
     /// True when the rule applies to `key` written by `client`.
@@ -514,59 +604,57 @@ impl<L> Rule<L> {
                 .is_none_or(|net| net.contains(&client.peer.ip()))
     }
 
-    /// Count one decision.
-    pub fn count(&self, action: &str) {
-        if let Some((_, c)) = self.counters.iter().find(|(a, _)| *a == action) {
+    /// Count one `action`, without a log line.
+    #[inline]
+    pub fn count(&self, action: Action) {
+        if let Some(c) = &self.counters[action as usize] {
             c.increment(1);
         }
     }
 
-    /// Whether a log line for this rule may be written now; the number of lines suppressed
-    /// since the last one is reported with it.
-    pub fn may_log(&self) -> Option<u64> {
-        self.log.allow()
+    /// A decision to take `action` on `client`'s command: counted, logged within the rule's
+    /// log limit (`refused: <message>`, or `observe: would refuse: <message>`), and true
+    /// when the rule enforces it. The message is made only when the line is written, so a
+    /// storm of decisions is counted without being formatted.
+    pub fn decided<D: std::fmt::Display>(
+        &self,
+        action: Action,
+        client: &ClientIdentity,
+        message: impl FnOnce() -> D,
+    ) -> bool {
+        self.count(action);
+        let enforce = self.mode == Mode::Enforce;
+        let verb = match (enforce, action.enforced()) {
+            (true, None) => return true,
+            (true, Some(verb)) => verb,
+            (false, _) => action.observed(),
+        };
+        let Some(suppressed) = self.log.allow() else {
+            return enforce;
+        };
+        let (guard, rule) = (self.guard, &self.name);
+        let message = message();
+        if enforce {
+            tracing::warn!(guard, rule = %rule, client = %client, suppressed, "{verb}: {message}");
+        } else {
+            tracing::warn!(guard, rule = %rule, client = %client, suppressed, "observe: would {verb}: {message}");
+        }
+        enforce
     }
 
-    /// A refusal by `guard` with the error `message` (prefix included): logged within the
-    /// rule's log limit, and `Refuse` in enforce mode; in observe mode the refusal is only
-    /// logged and `observed` is returned instead. The caller counts the decision.
+    /// A refusal with the error `message` (prefix included), decided as by
+    /// [`Rule::decided`]: `Refuse` when enforced, else `observed`.
     pub fn refusal(
         &self,
-        guard: &'static str,
+        action: Action,
         client: &ClientIdentity,
         message: &str,
         observed: Verdict,
     ) -> Verdict {
-        self.log_decision(guard, client, "refused", "refuse", || message);
-        match self.mode {
-            Mode::Enforce => Verdict::Refuse(crate::wire::error(message)),
-            Mode::Observe => observed,
-        }
-    }
-
-    /// Log a decision of `guard` within the rule's log limit: `<enforced>: <message>` in
-    /// enforce mode (`refused`, `dropped`), `observe: would <observed>: <message>` in observe
-    /// mode. The message is made only when the line is written, so a storm of decisions
-    /// is counted without being formatted.
-    pub fn log_decision<D: std::fmt::Display>(
-        &self,
-        guard: &'static str,
-        client: &ClientIdentity,
-        enforced: &str,
-        observed: &str,
-        message: impl FnOnce() -> D,
-    ) {
-        let Some(suppressed) = self.may_log() else {
-            return;
-        };
-        let message = message();
-        match self.mode {
-            Mode::Enforce => {
-                tracing::warn!(guard, rule = %self.name, client = %client, suppressed, "{enforced}: {message}")
-            }
-            Mode::Observe => {
-                tracing::warn!(guard, rule = %self.name, client = %client, suppressed, "observe: would {observed}: {message}")
-            }
+        if self.decided(action, client, || message) {
+            Verdict::Refuse(crate::wire::error(message))
+        } else {
+            observed
         }
     }
 }
@@ -581,11 +669,18 @@ pub fn first_rule<'r, L>(
     rules.iter().find(|r| r.applies(key, client))
 }
 
-/// At most `per_second` log lines per second; a storm of refusals is counted, not logged.
+/// At most `per_second` log lines per second; a storm of decisions is counted, not logged.
+///
+/// Lock-free, because every session of a storm asks at once: the current second (since the
+/// limiter was made) and the lines written in it share one `AtomicU64` (second in the high
+/// half, lines in the low half), and lines refused are added to a second atomic, reported
+/// and reset with the next line written.
 #[derive(Debug)]
 pub struct LogLimiter {
     per_second: u32,
-    state: Mutex<(Instant, u32, u64)>,
+    epoch: Instant,
+    window: AtomicU64,
+    suppressed: AtomicU64,
 }
 
 impl LogLimiter {
@@ -593,24 +688,43 @@ impl LogLimiter {
     pub fn new(per_second: u32) -> Self {
         LogLimiter {
             per_second,
-            state: Mutex::new((Instant::now(), 0, 0)),
+            epoch: Instant::now(),
+            window: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
         }
     }
 
     /// `Some(suppressed)` when a line may be written now.
     pub fn allow(&self) -> Option<u64> {
-        let mut st = self.state.lock().expect("log limiter lock");
-        let now = Instant::now();
-        if now.duration_since(st.0).as_secs() >= 1 {
-            st.0 = now;
-            st.1 = 0;
+        self.allow_at(self.epoch.elapsed().as_secs() as u32)
+    }
+
+    /// [`LogLimiter::allow`] in second `second` since the limiter was made.
+    fn allow_at(&self, second: u32) -> Option<u64> {
+        if self.per_second == 0 {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
-        if st.1 < self.per_second {
-            st.1 += 1;
-            Some(std::mem::take(&mut st.2))
-        } else {
-            st.2 += 1;
-            None
+        let mut current = self.window.load(Ordering::Relaxed);
+        loop {
+            let (at, lines) = ((current >> 32) as u32, current as u32);
+            let next = if at != second {
+                u64::from(second) << 32 | 1
+            } else if lines < self.per_second {
+                current + 1
+            } else {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
+            match self.window.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(self.suppressed.swap(0, Ordering::Relaxed)),
+                Err(seen) => current = seen,
+            }
         }
     }
 }
@@ -693,15 +807,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_log_limiter_counts_what_it_suppresses() {
+    fn the_log_limiter_allows_n_lines_a_second_and_counts_the_rest() {
         let l = LogLimiter::new(2);
-        assert_eq!(l.allow(), Some(0));
-        assert_eq!(l.allow(), Some(0));
-        assert_eq!(l.allow(), None);
-        assert_eq!(l.allow(), None);
+        assert_eq!(l.allow_at(0), Some(0));
+        assert_eq!(l.allow_at(0), Some(0));
+        assert_eq!(l.allow_at(0), None);
+        assert_eq!(l.allow_at(0), None);
         // A new second reports the two suppressed lines.
-        l.state.lock().unwrap().0 -= std::time::Duration::from_secs(1);
-        assert_eq!(l.allow(), Some(2));
+        assert_eq!(l.allow_at(1), Some(2));
+        assert_eq!(l.allow_at(1), Some(0));
+        assert_eq!(l.allow_at(1), None);
+        assert_eq!(LogLimiter::new(0).allow_at(0), None);
+    }
+
+    #[test]
+    fn the_log_limiter_holds_its_limit_across_threads() {
+        let l = LogLimiter::new(5);
+        let allowed = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        if l.allow_at(7).is_some() {
+                            allowed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(allowed.load(Ordering::Relaxed), 5);
+        assert_eq!(l.allow_at(8), Some(8000 - 5));
     }
 
     #[test]

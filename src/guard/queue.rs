@@ -28,9 +28,10 @@ use dashmap::DashMap;
 use metrics::Counter;
 use rustc_hash::FxBuildHasher;
 
-use super::{first_rule, printable_key, CommandView, Guard, Mode, Rule, RuleSpec, Verdict};
+use super::{first_rule, printable_key, Action, CommandView, Guard, Mode, Rule, RuleKind};
+use super::{RuleSpec, Verdict};
 use crate::command::CommandInfo;
-use crate::config::{ConfigError, RawQueueGuard};
+use crate::config::RawQueueGuard;
 use crate::identity::ClientIdentity;
 
 /// One queue being followed.
@@ -238,7 +239,7 @@ pub struct QueueGuard {
     depths: Arc<QueueDepths>,
 }
 
-const ACTIONS: &[&str] = &["refuse"];
+const ACTIONS: &[Action] = &[Action::Refuse];
 
 impl QueueGuard {
     /// Build from `[guards.queue]`, recording depths in `depths`.
@@ -247,36 +248,26 @@ impl QueueGuard {
         default_mode: Mode,
         logs_per_second: u32,
         depths: Arc<QueueDepths>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Self {
+        let kind = RuleKind {
+            guard: "queue",
+            actions: ACTIONS,
+            default_mode,
+            logs_per_second,
+        };
         let rules = raw
             .rules
             .iter()
             .map(|r| {
-                Rule::new(
-                    "queue",
-                    RuleSpec {
-                        name: None,
-                        pattern: &r.pattern,
-                        also: &[],
-                        user: r.user.as_deref(),
-                        client_name: r.client_name.as_deref(),
-                        client_address: r.client_address,
-                        mode: r.mode.as_deref(),
-                    },
-                    default_mode,
-                    ACTIONS,
-                    logs_per_second,
-                    QueueLimits {
-                        max_depth: r.max_depth,
-                    },
-                    "guards.queue.rules",
-                )
+                let limits = QueueLimits {
+                    max_depth: r.max_depth,
+                };
+                Rule::new(kind, RuleSpec::new(&r.pattern, &r.clients, r.mode), limits)
             })
-            .collect::<Result<_, _>>()?;
-        Ok(QueueGuard { rules, depths })
+            .collect();
+        QueueGuard { rules, depths }
     }
 
-    /// Whether `info` is a push whose reply is the list's new length.
     pub fn is_push(info: &CommandInfo) -> bool {
         matches!(&*info.name, "lpush" | "rpush" | "lpushx" | "rpushx")
     }
@@ -310,13 +301,17 @@ impl Guard for QueueGuard {
             return Verdict::Track(QueueHandle(q));
         };
         q.at_limit.store(true, Ordering::Relaxed);
-        rule.count("refuse");
         let message = format!(
             "ERR respguard: queue '{}' holds {depth} jobs, at the max_depth of {max} of queue rule '{}'; enqueue refused until workers drain it",
             printable_key(key),
             rule.name
         );
-        rule.refusal("queue", client, &message, Verdict::Track(QueueHandle(q)))
+        rule.refusal(
+            Action::Refuse,
+            client,
+            &message,
+            Verdict::Track(QueueHandle(q)),
+        )
     }
 }
 

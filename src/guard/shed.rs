@@ -23,57 +23,35 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use rustc_hash::FxHashSet;
 
-use super::{CommandView, Guard, Mode, Rule, RuleSpec, Verdict};
-use crate::command::{CommandInfo, Flags};
-use crate::config::{ConfigError, RawShedGuard};
+use super::{Action, ByCommand, CommandView, Guard, Mode, Rule, RuleKind, RuleSpec, Verdict};
+use crate::command::{CommandInfo, CommandTable, Flags};
+use crate::config::{ClientMatch, Priority, RawShedGuard};
 use crate::identity::ClientIdentity;
 use crate::pressure::{Level, MemoryPressure, Reading};
 
-/// How important a key's writes are when memory runs short.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Priority {
-    /// Shed first, at `soft`.
-    Low,
-    /// Shed at `hard`.
-    Normal,
-    /// Never shed.
-    Critical,
-}
-
-impl Priority {
-    fn parse(s: &str) -> Result<Priority, ConfigError> {
-        match s {
-            "low" => Ok(Priority::Low),
-            "normal" => Ok(Priority::Normal),
-            "critical" => Ok(Priority::Critical),
-            other => Err(ConfigError::Invalid {
-                key: "guards.shed.rules",
-                reason: format!("priority `{other}`: expected `low`, `normal` or `critical`"),
-            }),
-        }
-    }
-}
-
 /// What kind of script command, if any.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Script {
+    /// Not a script command.
+    #[default]
+    None,
     Eval,
     EvalSha,
     Fcall,
 }
 
 impl Script {
-    fn of(info: &CommandInfo) -> Option<Script> {
+    fn of(info: &CommandInfo) -> Script {
         match &*info.name {
-            "eval" => Some(Script::Eval),
-            "evalsha" => Some(Script::EvalSha),
-            "fcall" => Some(Script::Fcall),
-            _ => None,
+            "eval" => Script::Eval,
+            "evalsha" => Script::EvalSha,
+            "fcall" => Script::Fcall,
+            _ => Script::None,
         }
     }
 }
 
-const ACTIONS: &[&str] = &["refuse_soft", "refuse_hard"];
+const ACTIONS: &[Action] = &[Action::RefuseSoft, Action::RefuseHard];
 
 /// The shed guard.
 #[derive(Debug)]
@@ -85,77 +63,60 @@ pub struct ShedGuard {
     allowed_scripts: FxHashSet<Box<[u8]>>,
     /// Functions allowed at `hard`.
     allowed_functions: FxHashSet<Box<[u8]>>,
+    /// By command id: which script command it is.
+    scripts: ByCommand<Script>,
 }
 
 impl ShedGuard {
-    /// Build from `[guards.shed]`, reading levels from `pressure`.
+    /// Build from `[guards.shed]` (already validated), reading levels from `pressure` and
+    /// knowing the script commands of `table` by id.
     pub fn build(
         raw: &RawShedGuard,
         default_mode: Mode,
         logs_per_second: u32,
         pressure: Arc<MemoryPressure>,
-    ) -> Result<Self, ConfigError> {
-        let mut rules = raw
+        table: &CommandTable,
+    ) -> Self {
+        let kind = RuleKind {
+            guard: "shed",
+            actions: ACTIONS,
+            default_mode,
+            logs_per_second,
+        };
+        let mut rules: Vec<_> = raw
             .rules
             .iter()
             .map(|r| {
                 Rule::new(
-                    "shed",
-                    RuleSpec {
-                        name: None,
-                        pattern: &r.pattern,
-                        also: &[],
-                        user: r.user.as_deref(),
-                        client_name: r.client_name.as_deref(),
-                        client_address: r.client_address,
-                        mode: r.mode.as_deref(),
-                    },
-                    default_mode,
-                    ACTIONS,
-                    logs_per_second,
-                    Priority::parse(&r.priority)?,
-                    "guards.shed.rules",
+                    kind,
+                    RuleSpec::new(&r.pattern, &r.clients, r.mode),
+                    r.priority,
                 )
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect();
+        let everyone = ClientMatch::default();
         rules.push(Rule::new(
-            "shed",
-            RuleSpec {
-                name: None,
-                pattern: "*",
-                also: &[],
-                user: None,
-                client_name: None,
-                client_address: None,
-                mode: None,
-            },
-            default_mode,
-            ACTIONS,
-            logs_per_second,
+            kind,
+            RuleSpec::new("*", &everyone, None),
             Priority::Normal,
-            "guards.shed.rules",
-        )?);
-        let mut allowed_scripts = FxHashSet::default();
-        for sha in &raw.allowed_scripts {
-            if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(ConfigError::Invalid {
-                    key: "guards.shed.allowed_scripts",
-                    reason: format!("`{sha}` is not a SHA1 digest (40 hex digits)"),
-                });
-            }
-            allowed_scripts.insert(sha.to_ascii_lowercase().into_bytes().into_boxed_slice());
-        }
+        ));
+        let allowed_scripts = raw
+            .allowed_scripts
+            .iter()
+            .map(|sha| sha.to_ascii_lowercase().into_bytes().into_boxed_slice())
+            .collect();
         let allowed_functions = raw
             .allowed_functions
             .iter()
             .map(|f| f.as_bytes().into())
             .collect();
-        Ok(ShedGuard {
+        ShedGuard {
             pressure,
             rules,
             allowed_scripts,
             allowed_functions,
-        })
+            scripts: ByCommand::build(table, Script::of),
+        }
     }
 
     /// The rule deciding for this command: the one of lowest priority among its keys' rules
@@ -192,6 +153,7 @@ impl ShedGuard {
                 self.allowed_scripts.contains(lower.as_slice())
             }
             Script::Fcall => self.allowed_functions.contains(arg),
+            Script::None => false,
         }
     }
 
@@ -204,16 +166,15 @@ impl ShedGuard {
     ) -> Verdict {
         let (action, why) = match reading.level {
             Level::Soft => (
-                "refuse_soft",
+                Action::RefuseSoft,
                 format!("for low-priority keys, shed rule '{}'", rule.name),
             ),
             _ if script => (
-                "refuse_hard",
+                Action::RefuseHard,
                 "scripts not in guards.shed.allowed_scripts are refused".to_string(),
             ),
-            _ => ("refuse_hard", String::new()),
+            _ => (Action::RefuseHard, String::new()),
         };
-        rule.count(action);
         let above = self
             .pressure
             .thresholds()
@@ -229,7 +190,7 @@ impl ShedGuard {
             if why.is_empty() { "" } else { ": " },
             why,
         );
-        rule.refusal("shed", client, &message, Verdict::Forward)
+        rule.refusal(action, client, &message, Verdict::Forward)
     }
 }
 
@@ -249,7 +210,7 @@ impl Guard for ShedGuard {
     }
 
     fn wants(&self, info: &CommandInfo) -> bool {
-        info.flags.contains(Flags::DENYOOM) || Script::of(info).is_some()
+        info.flags.contains(Flags::DENYOOM) || Script::of(info) != Script::None
     }
 
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, _: &mut BytesMut) -> Verdict {
@@ -261,15 +222,15 @@ impl Guard for ShedGuard {
             return Verdict::Forward;
         }
         let rule = self.deciding_rule(cmd, client);
-        let script = Script::of(cmd.info);
+        let script = self.scripts.get(cmd.info);
         let refused = match (reading.level, script) {
             (Level::Normal, _) => false,
             (Level::Soft, _) => rule.limits == Priority::Low,
-            (Level::Hard, Some(s)) => !self.script_allowed(s, cmd),
-            (Level::Hard, None) => rule.limits != Priority::Critical,
+            (Level::Hard, Script::None) => rule.limits != Priority::Critical,
+            (Level::Hard, s) => !self.script_allowed(s, cmd),
         };
         if refused {
-            self.refuse(rule, reading, script.is_some(), client)
+            self.refuse(rule, reading, script != Script::None, client)
         } else {
             Verdict::Forward
         }

@@ -21,11 +21,11 @@
 
 use bytes::BytesMut;
 
-use super::{first_rule, printable_key, CommandView, Guard, Mode, Rule, RuleSpec, Verdict};
+use super::{first_rule, printable_key, Action, CommandView, Guard, Mode, Rule, RuleKind};
+use super::{RuleSpec, Verdict};
 use crate::command::CommandInfo;
 use crate::config::{ConfigError, RawSizeGuard};
 use crate::identity::ClientIdentity;
-use crate::wire;
 
 /// One rule's size limits.
 #[derive(Debug)]
@@ -44,12 +44,18 @@ pub struct SizeGuard {
     rules: Vec<Rule<SizeLimits>>,
 }
 
-const REFUSED: &str = "refused";
+const ACTIONS: &[Action] = &[Action::Refused];
 
 impl SizeGuard {
     /// Build the guard from `[guards.size]`.
     pub fn build(raw: &RawSizeGuard, mode: Mode, logs: u32) -> Result<Self, ConfigError> {
         let key = "guards.size.rules";
+        let kind = RuleKind {
+            guard: "size",
+            actions: ACTIONS,
+            default_mode: mode,
+            logs_per_second: logs,
+        };
         let mut rules = Vec::new();
         for r in &raw.rules {
             if r.max_value.is_none() && r.max_request.is_none() && r.max_elements.is_none() {
@@ -66,24 +72,8 @@ impl SizeGuard {
                 max_request: r.max_request.map(|s| s.0),
                 max_elements: r.max_elements,
             };
-            let spec = RuleSpec {
-                name: None,
-                pattern: &r.pattern,
-                also: &[],
-                user: r.user.as_deref(),
-                client_name: r.client_name.as_deref(),
-                client_address: r.client_address,
-                mode: r.mode.as_deref(),
-            };
-            rules.push(Rule::new(
-                "size",
-                spec,
-                mode,
-                &[REFUSED],
-                logs,
-                limits,
-                key,
-            )?);
+            let spec = RuleSpec::new(&r.pattern, &r.clients, r.mode);
+            rules.push(Rule::new(kind, spec, limits));
         }
         Ok(SizeGuard { rules })
     }
@@ -232,20 +222,10 @@ impl Guard for SizeGuard {
             let Some(reason) = self.violation(cmd, rule, key, values) else {
                 continue;
             };
-            rule.count(REFUSED);
-            if let Some(suppressed) = rule.may_log() {
-                let verb = if rule.mode == Mode::Observe {
-                    "observe: would refuse"
-                } else {
-                    "refused"
-                };
-                tracing::warn!(guard = "size", rule = %rule.name, client = %client,
-                    command = %cmd.info.name, suppressed, "{verb}: {reason}");
-            }
-            if rule.mode == Mode::Observe {
+            if !rule.decided(Action::Refused, client, || &reason) {
                 return Verdict::Forward;
             }
-            return Verdict::Refuse(wire::error(&format!("ERR respguard: {reason}")));
+            return Verdict::Refuse(crate::wire::error(&format!("ERR respguard: {reason}")));
         }
         Verdict::Forward
     }

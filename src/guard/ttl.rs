@@ -35,7 +35,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 
 use super::{encode_appending, encode_arg, encode_header, first_rule};
-use super::{CommandView, Guard, Mode, Rule, RuleSpec, ScriptAccess, Verdict};
+use super::{Action, ByCommand, CommandView, Guard, Mode, Rule, RuleKind, RuleSpec};
+use super::{ScriptAccess, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
 use crate::config::{ConfigError, RawTtlGuard};
 use crate::identity::ClientIdentity;
@@ -86,20 +87,18 @@ pub struct TtlLimits {
     pub max_ttl: Option<Duration>,
     /// `max_ttl` in milliseconds as decimal text (`0` for none).
     pub max_millis: Box<[u8]>,
-    /// Extra key-creating commands (lower-case names).
-    pub commands: Vec<String>,
 }
 
 /// The default-TTL guard.
 #[derive(Debug)]
 pub struct TtlGuard {
     rules: Vec<Rule<TtlLimits>>,
+    /// By command id: what the guard does with the command.
+    kinds: ByCommand<CommandKind>,
 }
 
-const ADDED: &str = "ttl_added";
-const CLAMPED: &str = "ttl_clamped";
-/// A TTL the guard would add or lower but the client's Redis user may not set (ACL).
-const SKIPPED: &str = "ttl_skipped";
+/// Added, lowered, or (the client's Redis user may not set it, ACL) skipped.
+const ACTIONS: &[Action] = &[Action::TtlAdded, Action::TtlClamped, Action::TtlSkipped];
 
 /// Commands that create keys and get a TTL by default.
 const DEFAULT_CREATING: &[&str] = &[
@@ -165,6 +164,64 @@ impl KeyMode {
     }
 }
 
+/// What the guard does with a command, decided once per command id when it is built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum TtlCommand {
+    /// Nothing.
+    #[default]
+    Other,
+    /// Creates keys, which get the rule's TTL when they have none (`pairs`: MSET, MSETNX,
+    /// whose keys alternate with values).
+    Creates { pairs: bool },
+    /// SET: `PX` appended, or its expiry clamped.
+    Set,
+    /// GETSET: made a SET.
+    GetSet,
+    /// Carries an expiry in argument 2, clamped to `max_ttl`.
+    Expiry(Expiry),
+    /// PERSIST: given `max_ttl` back.
+    Persist,
+    /// GETEX: its expiry option clamped.
+    GetEx,
+}
+
+/// A command's [`TtlCommand`] and whether it always changes its key when it succeeds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct CommandKind {
+    command: TtlCommand,
+    write_on_success: bool,
+}
+
+impl CommandKind {
+    /// The kind of the command called `name`, given the rules' `extra` creating commands.
+    fn of(name: &str, extra: &[String]) -> Self {
+        let command = match name {
+            "set" => TtlCommand::Set,
+            "getset" => TtlCommand::GetSet,
+            "setex" | "expire" => TtlCommand::Expiry(Expiry::Relative(1000)),
+            "psetex" | "pexpire" => TtlCommand::Expiry(Expiry::Relative(1)),
+            "expireat" => TtlCommand::Expiry(Expiry::Absolute(1000)),
+            "pexpireat" => TtlCommand::Expiry(Expiry::Absolute(1)),
+            "persist" => TtlCommand::Persist,
+            "getex" => TtlCommand::GetEx,
+            _ if DEFAULT_CREATING.contains(&name) || extra.iter().any(|c| c == name) => {
+                TtlCommand::Creates {
+                    pairs: matches!(name, "mset" | "msetnx"),
+                }
+            }
+            _ => TtlCommand::Other,
+        };
+        debug_assert_eq!(
+            command != TtlCommand::Other && !matches!(command, TtlCommand::Creates { .. }),
+            CARRYING_TTL.contains(&name) || name == "getset"
+        );
+        CommandKind {
+            command,
+            write_on_success: WRITE_ON_SUCCESS.contains(&name),
+        }
+    }
+}
+
 impl TtlGuard {
     /// Build the guard from `[guards.ttl]`, checking each rule's extra commands against the
     /// commands of `table`.
@@ -175,20 +232,16 @@ impl TtlGuard {
         table: &CommandTable,
     ) -> Result<Self, ConfigError> {
         let key = "guards.ttl.rules";
+        let kind = RuleKind {
+            guard: "ttl",
+            actions: ACTIONS,
+            default_mode: mode,
+            logs_per_second: logs,
+        };
         let mut rules = Vec::new();
+        let mut extra: Vec<String> = Vec::new();
         for r in &raw.rules {
-            let ttl = match r.ttl.as_str() {
-                "none" => None,
-                s => Some(
-                    humantime::parse_duration(s).map_err(|e| ConfigError::Invalid {
-                        key,
-                        reason: format!(
-                            "rule `{}`: ttl `{s}` is not a duration or `none` ({e})",
-                            r.pattern
-                        ),
-                    })?,
-                ),
-            };
+            let ttl = r.ttl.duration();
             if ttl.is_some_and(|t| t.as_millis() == 0) {
                 return Err(ConfigError::Invalid {
                     key,
@@ -204,6 +257,7 @@ impl TtlGuard {
             }
             for c in &r.commands {
                 check_extra_command(c, &r.pattern, table)?;
+                extra.push(c.to_ascii_lowercase());
             }
             let millis = |d: Option<Duration>| {
                 d.map_or(0, |t| t.as_millis())
@@ -216,28 +270,12 @@ impl TtlGuard {
                 ttl,
                 max_millis: millis(max_ttl),
                 max_ttl,
-                commands: r.commands.iter().map(|c| c.to_ascii_lowercase()).collect(),
             };
-            let spec = RuleSpec {
-                name: None,
-                pattern: &r.pattern,
-                also: &[],
-                user: r.user.as_deref(),
-                client_name: r.client_name.as_deref(),
-                client_address: r.client_address,
-                mode: r.mode.as_deref(),
-            };
-            rules.push(Rule::new(
-                "ttl",
-                spec,
-                mode,
-                &[ADDED, CLAMPED, SKIPPED],
-                logs,
-                limits,
-                key,
-            )?);
+            let spec = RuleSpec::new(&r.pattern, &r.clients, r.mode);
+            rules.push(Rule::new(kind, spec, limits));
         }
-        Ok(TtlGuard { rules })
+        let kinds = ByCommand::build(table, |info| CommandKind::of(&info.name, &extra));
+        Ok(TtlGuard { rules, kinds })
     }
 
     /// Whether any rule enforces: only then does the guard send anything as the user.
@@ -245,33 +283,26 @@ impl TtlGuard {
         self.rules.iter().any(|r| r.mode == Mode::Enforce)
     }
 
-    fn creates(&self, name: &str) -> bool {
-        DEFAULT_CREATING.contains(&name)
-            || self
-                .rules
-                .iter()
-                .any(|r| r.limits.commands.iter().any(|c| c == name))
-    }
-
     /// Count a decision and, in observe mode, log it and forward the command unchanged.
     fn act(
         &self,
         rule: &Rule<TtlLimits>,
-        action: &'static str,
+        action: Action,
         verdict: Verdict,
         client: &ClientIdentity,
         key: &[u8],
     ) -> Verdict {
-        rule.count(action);
-        if rule.mode == Mode::Observe {
-            if let Some(suppressed) = rule.may_log() {
-                tracing::info!(guard = "ttl", rule = %rule.name, action, client = %client,
-                    key = %super::printable_key(key), suppressed, "observe: would change the command");
-            }
-            return Verdict::Forward;
+        if rule.decided(action, client, || on_key(key)) {
+            verdict
+        } else {
+            Verdict::Forward
         }
-        verdict
     }
+}
+
+/// The log message of a decision about `key`.
+fn on_key(key: &[u8]) -> String {
+    format!("key '{}'", super::printable_key(key))
 }
 
 /// Whether the client's Redis user may run what the guard sends; when it may not, the
@@ -282,8 +313,7 @@ fn may_set_expiry(cmd: &CommandView<'_>, rule: &Rule<TtlLimits>, client: &Client
         ScriptAccess::NoScripts => "the client's Redis user may not run EVAL (ACL)",
         ScriptAccess::NoExpire => "the client's Redis user may not run PEXPIRE (ACL)",
     };
-    rule.count(SKIPPED);
-    rule.log_decision("ttl", client, "skipped", "skip", || {
+    rule.decided(Action::TtlSkipped, client, || {
         format!("no TTL set on a {} write: {why}", cmd.info.name)
     });
     false
@@ -314,21 +344,18 @@ impl Guard for TtlGuard {
     }
 
     fn wants(&self, info: &CommandInfo) -> bool {
-        let name: &str = &info.name;
-        self.creates(name) || CARRYING_TTL.contains(&name)
+        self.kinds.get(info).command != TtlCommand::Other
     }
 
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict {
         if !cmd.info.arity_accepts(cmd.argc) {
             return Verdict::Forward; // Redis answers with its own arity error.
         }
-        let name: &str = &cmd.info.name;
-        if !CARRYING_TTL.contains(&name) && name != "getset" {
-            return if self.creates(name) {
-                self.default_ttls(cmd, client, out)
-            } else {
-                Verdict::Forward
-            };
+        let command = self.kinds.get(cmd.info).command;
+        match command {
+            TtlCommand::Other => return Verdict::Forward,
+            TtlCommand::Creates { pairs } => return self.default_ttls(cmd, client, pairs, out),
+            _ => {}
         }
         // The rest name one key, the first.
         let Some(key) = cmd.keys.first().and_then(|&k| cmd.arg(k)) else {
@@ -337,23 +364,18 @@ impl Guard for TtlGuard {
         let Some(rule) = first_rule(&self.rules, key, client) else {
             return Verdict::Forward;
         };
-        match name {
-            "set" => self.check_set(cmd, rule, client, key, out),
-            "getset" => self.check_getset(cmd, rule, client, key, out),
-            "setex" | "expire" => {
-                self.clamp(cmd, rule, client, key, 2, Expiry::Relative(1000), out)
-            }
-            "psetex" | "pexpire" => self.clamp(cmd, rule, client, key, 2, Expiry::Relative(1), out),
-            "expireat" => self.clamp(cmd, rule, client, key, 2, Expiry::Absolute(1000), out),
-            "pexpireat" => self.clamp(cmd, rule, client, key, 2, Expiry::Absolute(1), out),
-            "persist" => self.clamp_always(cmd, rule, client, key, out),
-            "getex" => match find_expiry_option(cmd, 2) {
+        match command {
+            TtlCommand::Set => self.check_set(cmd, rule, client, key, out),
+            TtlCommand::GetSet => self.check_getset(cmd, rule, client, key, out),
+            TtlCommand::Expiry(expiry) => self.clamp(cmd, rule, client, key, 2, expiry, out),
+            TtlCommand::Persist => self.clamp_always(cmd, rule, client, key, out),
+            TtlCommand::GetEx => match find_expiry_option(cmd, 2) {
                 // GETEX … PERSIST: the key would live for ever.
                 Some((_, Expiry::Keep)) => self.clamp_always(cmd, rule, client, key, out),
                 Some((i, expiry)) => self.clamp(cmd, rule, client, key, i + 1, expiry, out),
                 None => Verdict::Forward,
             },
-            _ => Verdict::Forward,
+            TtlCommand::Other | TtlCommand::Creates { .. } => Verdict::Forward,
         }
     }
 }
@@ -408,7 +430,7 @@ impl TtlGuard {
             } else {
                 KeyMode::SetOptions
             };
-            return self.wrap_one(cmd, rule, client, key, mode, ADDED, out);
+            return self.wrap_one(cmd, rule, client, key, mode, Action::TtlAdded, out);
         }
         match find_expiry_option(cmd, 3) {
             Some((_, Expiry::Keep)) => Verdict::Forward,
@@ -423,7 +445,7 @@ impl TtlGuard {
                     replacement: Some(out.len()),
                     hidden: 0,
                 };
-                self.act(rule, ADDED, v, client, key)
+                self.act(rule, Action::TtlAdded, v, client, key)
             }
         }
     }
@@ -441,7 +463,15 @@ impl TtlGuard {
             return Verdict::Forward;
         }
         if !cmd.is_whole() {
-            return self.wrap_one(cmd, rule, client, key, KeyMode::Default, ADDED, out);
+            return self.wrap_one(
+                cmd,
+                rule,
+                client,
+                key,
+                KeyMode::Default,
+                Action::TtlAdded,
+                out,
+            );
         }
         encode_header(out, 6);
         encode_arg(out, b"SET");
@@ -454,7 +484,7 @@ impl TtlGuard {
             replacement: Some(out.len()),
             hidden: 0,
         };
-        self.act(rule, ADDED, v, client, key)
+        self.act(rule, Action::TtlAdded, v, client, key)
     }
 
     /// The rule's TTL for every key the command writes whose rule has one: the command
@@ -463,9 +493,9 @@ impl TtlGuard {
         &self,
         cmd: &CommandView<'_>,
         client: &ClientIdentity,
+        pairs: bool,
         out: &mut BytesMut,
     ) -> Verdict {
-        let pairs = matches!(&*cmd.info.name, "mset" | "msetnx");
         if pairs && (!cmd.is_whole() || cmd.argc + 4 + 2 * cmd.argc > MAX_WRAPPED_ARGS) {
             // Too large to list its keys: the script finds them, and their rules.
             return self.default_ttls_in_script(cmd, client, out);
@@ -482,12 +512,7 @@ impl TtlGuard {
             if rule.limits.ttl.is_none() || !may_set_expiry(cmd, rule, client) {
                 continue;
             }
-            rule.count(ADDED);
-            if rule.mode == Mode::Observe {
-                if let Some(suppressed) = rule.may_log() {
-                    tracing::info!(guard = "ttl", rule = %rule.name, action = ADDED, client = %client,
-                        key = %super::printable_key(key), suppressed, "observe: would add a TTL");
-                }
+            if !rule.decided(Action::TtlAdded, client, || on_key(key)) {
                 continue;
             }
             chosen.push((key, rule));
@@ -500,7 +525,7 @@ impl TtlGuard {
             let keys = chosen
                 .iter()
                 .map(|&(key, rule)| (key, rule, KeyMode::Default));
-            wrap(cmd, keys, out);
+            wrap(cmd, keys, self.kinds.get(cmd.info).write_on_success, out);
             return Verdict::Rewrite {
                 replacement: Some(out.len()),
                 hidden: 0,
@@ -537,10 +562,10 @@ impl TtlGuard {
             return Verdict::Forward;
         };
         if counted.mode == Mode::Observe || !may_set_expiry(cmd, counted, client) {
-            counted.count(ADDED);
+            counted.count(Action::TtlAdded);
             return Verdict::Forward;
         }
-        counted.count(ADDED);
+        counted.count(Action::TtlAdded);
         let mut itoa = crate::scanner::request::itoa_buf();
         encode_header(out, 4 + 2 * rules.len() + cmd.argc);
         encode_arg(out, b"EVAL");
@@ -575,13 +600,19 @@ impl TtlGuard {
         client: &ClientIdentity,
         key: &[u8],
         mode: KeyMode,
-        action: &'static str,
+        action: Action,
         out: &mut BytesMut,
     ) -> Verdict {
         if !wrappable(cmd.info, cmd.argc + 8) || !may_set_expiry(cmd, rule, client) {
             return Verdict::Forward;
         }
-        wrap(cmd, std::iter::once((key, rule, mode)), out);
+        let write_on_success = self.kinds.get(cmd.info).write_on_success;
+        wrap(
+            cmd,
+            std::iter::once((key, rule, mode)),
+            write_on_success,
+            out,
+        );
         let v = Verdict::Rewrite {
             replacement: Some(out.len()),
             hidden: 0,
@@ -623,7 +654,15 @@ impl TtlGuard {
         if given <= 0 || (given as u64) <= limit {
             return Verdict::Forward;
         }
-        self.wrap_one(cmd, rule, client, key, KeyMode::Clamp, CLAMPED, out)
+        self.wrap_one(
+            cmd,
+            rule,
+            client,
+            key,
+            KeyMode::Clamp,
+            Action::TtlClamped,
+            out,
+        )
     }
 
     /// PERSIST and GETEX … PERSIST under a `max_ttl`: the key gets `max_ttl` back.
@@ -638,7 +677,15 @@ impl TtlGuard {
         if rule.limits.max_ttl.is_none() {
             return Verdict::Forward;
         }
-        self.wrap_one(cmd, rule, client, key, KeyMode::Clamp, CLAMPED, out)
+        self.wrap_one(
+            cmd,
+            rule,
+            client,
+            key,
+            KeyMode::Clamp,
+            Action::TtlClamped,
+            out,
+        )
     }
 }
 
@@ -655,6 +702,7 @@ fn wrappable(info: &CommandInfo, total: usize) -> bool {
 fn wrap<'k>(
     cmd: &CommandView<'_>,
     keys: impl Iterator<Item = (&'k [u8], &'k Rule<TtlLimits>, KeyMode)> + Clone,
+    write_on_success: bool,
     out: &mut BytesMut,
 ) {
     let n = keys.clone().count();
@@ -666,11 +714,7 @@ fn wrap<'k>(
     for (key, _, _) in keys.clone() {
         encode_arg(out, key);
     }
-    let condition: &[u8] = if WRITE_ON_SUCCESS.contains(&&*cmd.info.name) {
-        b"ok"
-    } else {
-        b"changed"
-    };
+    let condition: &[u8] = if write_on_success { b"ok" } else { b"changed" };
     encode_arg(out, condition);
     for (_, rule, mode) in keys {
         encode_arg(out, mode.word());

@@ -393,7 +393,9 @@ commands = ["COPY", "SUNIONSTORE", "SORT"]
     // A read-only command in the list is refused when the rules are built.
     let mut raw = RawConfig::from_toml(&toml.replace("\"SORT\"]", "\"SORT\", \"GET\"]")).unwrap();
     raw.upstream.url = pair.behind.url();
-    let err = raw.validate().unwrap_err().to_string();
+    let err = respguard::app::check(&raw.validate().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("`GET` only reads keys"), "{err}");
 }
 

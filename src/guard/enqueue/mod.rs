@@ -37,11 +37,11 @@ use std::time::Instant;
 use bytes::BytesMut;
 use metrics::{Counter, Gauge};
 
-use super::{
-    encode_arg, encode_header, printable_key, CommandView, Guard, Mode, Rule, RuleSpec, Verdict,
-};
-use crate::command::CommandInfo;
-use crate::config::{ConfigError, RawEnqueueGuard, RawEnqueueRule};
+use super::{encode_arg, encode_header, printable_key, ByCommand, CommandView, Guard};
+use super::{Mode, Rule, RuleKind, RuleSpec, Verdict};
+use crate::command::{CommandInfo, CommandTable};
+use crate::config::{ConfigError, EnqueueAction, PayloadFormat, Preset, ScopePart};
+use crate::config::{RawEnqueueGuard, RawEnqueueRule};
 use crate::identity::ClientIdentity;
 use payload::{Format, JobPrint, PayloadSpec};
 use preset::{Shape, LIST_PUSHES};
@@ -142,6 +142,16 @@ pub enum Action {
     Reject,
 }
 
+impl Action {
+    /// The decision counted and logged for it.
+    fn counted(self) -> super::Action {
+        match self {
+            Action::Drop => super::Action::Drop,
+            Action::Reject => super::Action::Reject,
+        }
+    }
+}
+
 /// What identifies a client, as bits.
 const SCOPE_USER: u8 = 1;
 const SCOPE_NAME: u8 = 2;
@@ -189,51 +199,51 @@ pub struct EnqueueGuard {
     commands: u8,
     /// Whether an RQ rule drops jobs (then pushes of their ids are dropped too).
     rq_drops: bool,
+    /// By command id: which of the commands a rule may read it is.
+    kinds: ByCommand<Option<Cmd>>,
     /// A whole JSON document as the fingerprint (BullMQ's job data).
     whole_json: PayloadSpec,
 }
 
-const ACTIONS: &[&str] = &["drop", "reject"];
+const ACTIONS: &[super::Action] = &[super::Action::Drop, super::Action::Reject];
 
 impl EnqueueGuard {
-    /// Build from `[guards.enqueue]`, remembering in `memory`.
+    /// Build from `[guards.enqueue]`, remembering in `memory`, for the commands of `table`.
     pub fn build(
         raw: &RawEnqueueGuard,
         default_mode: Mode,
         logs_per_second: u32,
         memory: Arc<EnqueueMemory>,
+        table: &CommandTable,
     ) -> Result<Self, ConfigError> {
-        const KEY: &str = "guards.enqueue.rules";
+        let kind = RuleKind {
+            guard: "enqueue",
+            actions: ACTIONS,
+            default_mode,
+            logs_per_second,
+        };
         if raw.rules.len() > 64 {
             return Err(invalid("at most 64 rules"));
         }
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (index, r) in raw.rules.iter().enumerate() {
             let (pattern, also, commands, shape) = rule_shape(r)?;
-            let name = r.name.clone().unwrap_or_else(|| r.preset.clone());
-            let (action, mode) = match r.action.as_str() {
-                "drop" => (Action::Drop, None),
-                "reject" => (Action::Reject, None),
-                "observe" => (Action::Reject, Some("observe")),
-                other => {
-                    return Err(invalid(format!(
-                        "rule `{name}`: action `{other}`: expected `drop`, `reject` or `observe`"
-                    )))
-                }
+            let name = r
+                .name
+                .clone()
+                .unwrap_or_else(|| r.preset.word().to_string());
+            let (action, mode) = match r.action {
+                EnqueueAction::Drop => (Action::Drop, None),
+                EnqueueAction::Reject => (Action::Reject, None),
+                EnqueueAction::Observe => (Action::Reject, Some(Mode::Observe)),
             };
-            let mut scope = 0;
-            for s in &r.scope {
-                scope |= match s.as_str() {
-                    "user" => SCOPE_USER,
-                    "client_name" => SCOPE_NAME,
-                    "address" => SCOPE_ADDRESS,
-                    other => {
-                        return Err(invalid(format!(
-                            "rule `{name}`: scope `{other}`: expected `user`, `client_name` or `address`"
-                        )))
-                    }
-                };
-            }
+            let scope = r.scope.iter().fold(0, |bits, part| {
+                bits | match part {
+                    ScopePart::User => SCOPE_USER,
+                    ScopePart::ClientName => SCOPE_NAME,
+                    ScopePart::Address => SCOPE_ADDRESS,
+                }
+            });
             if r.limit == 0 && r.rate.is_none() {
                 return Err(invalid(format!("rule `{name}`: limit must be at least 1")));
             }
@@ -277,21 +287,10 @@ impl EnqueueGuard {
                 name: Some(&name),
                 pattern: &pattern,
                 also,
-                user: r.user.as_deref(),
-                client_name: r.client_name.as_deref(),
-                client_address: r.client_address,
+                clients: &r.clients,
                 mode,
             };
-            let rule = Rule::new(
-                "enqueue",
-                spec,
-                default_mode,
-                ACTIONS,
-                logs_per_second,
-                limits,
-                KEY,
-            )?;
-            rules.push(rule);
+            rules.push(Rule::new(kind, spec, limits));
         }
         let commands = rules.iter().fold(0, |c, r| c | r.limits.commands);
         let rq_drops = rules.iter().any(|r| {
@@ -304,6 +303,7 @@ impl EnqueueGuard {
             memory,
             commands,
             rq_drops,
+            kinds: ByCommand::build(table, |info| Cmd::of(&info.name)),
             whole_json: PayloadSpec::new(Format::Json, &[], &[], None, None).map_err(invalid)?,
         })
     }
@@ -471,11 +471,7 @@ impl EnqueueGuard {
         if decision == Decision::Pass {
             return None;
         }
-        let enforced = match l.action {
-            Action::Drop => "dropped",
-            Action::Reject => "rejected",
-        };
-        rule.log_decision("enqueue", client, enforced, "limit", || {
+        let enforced = rule.decided(l.action.counted(), client, || {
             let what = match &job.label {
                 Some(label) => format!("job '{label}'"),
                 None => "job".to_string(),
@@ -498,11 +494,7 @@ impl EnqueueGuard {
                 }
             }
         });
-        rule.count(match l.action {
-            Action::Drop => "drop",
-            Action::Reject => "reject",
-        });
-        (rule.mode == Mode::Enforce).then_some(l.action)
+        enforced.then_some(l.action)
     }
 
     fn refusal(rule: &Rule<EnqueueLimits>, decision: Decision) -> Verdict {
@@ -718,7 +710,7 @@ impl Guard for EnqueueGuard {
     }
 
     fn wants(&self, info: &CommandInfo) -> bool {
-        let Some(cmd) = Cmd::of(&info.name) else {
+        let Some(cmd) = self.kinds.get(info) else {
             return false;
         };
         let rq_pushes = if self.rq_drops {
@@ -736,7 +728,7 @@ impl Guard for EnqueueGuard {
     }
 
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict {
-        let Some(kind) = Cmd::of(&cmd.info.name) else {
+        let Some(kind) = self.kinds.get(cmd.info) else {
             return Verdict::Forward;
         };
         if !cmd.is_whole() {
@@ -947,11 +939,11 @@ fn rule_shape(
             .filter_map(|n| Cmd::of(n))
             .fold(0, |b, c| b | c as u8)
     };
-    if let Some(p) = preset::preset(&r.preset) {
+    if let Some(p) = preset::preset(r.preset.word()) {
         if generic_only {
             return Err(invalid(format!(
                 "preset `{}` reads its library's own format: commands, format, include, exclude, job_id, label and field are for `generic`",
-                r.preset
+                r.preset.word()
             )));
         }
         // The preset's own keys, unless the rule names its keys itself.
@@ -961,13 +953,11 @@ fn rule_shape(
         };
         return Ok((pattern, also, bits(p.commands), p.shape));
     }
-    if r.preset != "generic" {
-        return Err(invalid(format!(
-            "preset `{}`: expected one of {}, or `generic`",
-            r.preset,
-            preset::NAMES.join(", ")
-        )));
-    }
+    debug_assert_eq!(
+        r.preset,
+        Preset::Generic,
+        "every other preset is in preset::NAMES"
+    );
     let pattern = r
         .pattern
         .clone()
@@ -988,14 +978,9 @@ fn rule_shape(
             }
         }
     }
-    let format = match r.format.as_deref().unwrap_or("json") {
-        "json" => Format::Json,
-        "raw" => Format::Raw,
-        other => {
-            return Err(invalid(format!(
-                "format `{other}`: expected `json` or `raw`"
-            )))
-        }
+    let format = match r.format.unwrap_or(PayloadFormat::Json) {
+        PayloadFormat::Json => Format::Json,
+        PayloadFormat::Raw => Format::Raw,
     };
     if format == Format::Json && commands & Cmd::Xadd as u8 != 0 && r.field.is_none() {
         return Err(invalid(
