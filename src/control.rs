@@ -27,9 +27,9 @@ use crate::guard::{GuardContext, Guards};
 use crate::health::UpstreamHealth;
 use crate::identity::ClientIdentity;
 use crate::refusals::RefusalTally;
+use crate::resp::{self, bulk_reply as bulk, simple};
 use crate::telemetry::CommandLatency;
 use crate::upstream::ConnectGate;
-use crate::wire;
 
 /// Settings a reload applies, as dotted paths into the configuration: the one description
 /// of what a reload may change ([`reloadable_part`] takes these from the new file,
@@ -364,10 +364,10 @@ impl Control {
     pub fn command(&self, args: &[&[u8]], client: &ClientIdentity) -> Bytes {
         if args.is_empty() {
             // Redis checks a container command's arity before its subcommand and access.
-            return wire::error("ERR wrong number of arguments for 'respguard' command");
+            return resp::error("ERR wrong number of arguments for 'respguard' command");
         }
         if !self.policy.load().admin.allows(client) {
-            return wire::error(
+            return resp::error(
                 "NOPERM respguard: this connection may not send RESPGUARD commands (admin.command_networks, admin.command_users)",
             );
         }
@@ -391,7 +391,7 @@ impl Control {
                     r.generation,
                     r.restart_needed.join(", ")
                 )),
-                Err(reason) => wire::error(&format!(
+                Err(reason) => resp::error(&format!(
                     "ERR respguard: reload refused, the rules in force are unchanged: {}",
                     reason.replace(['\r', '\n'], " ")
                 )),
@@ -404,17 +404,17 @@ impl Control {
                     b"RESPGUARD HELP -- this text.",
                 ];
                 let mut out = BytesMut::new();
-                crate::guard::encode_header(&mut out, lines.len());
+                resp::array_header(&mut out, lines.len());
                 for l in lines {
-                    crate::guard::encode_arg(&mut out, l);
+                    resp::bulk(&mut out, l);
                 }
                 out.freeze()
             }
-            (b"STATUS" | b"RULES" | b"RELOAD" | b"HELP", _) => wire::error(&format!(
+            (b"STATUS" | b"RULES" | b"RELOAD" | b"HELP", _) => resp::error(&format!(
                 "ERR wrong number of arguments for 'respguard|{}' command",
                 String::from_utf8_lossy(&sub).to_lowercase()
             )),
-            _ => wire::error(&format!(
+            _ => resp::error(&format!(
                 "ERR unknown subcommand '{}'. Try RESPGUARD HELP.",
                 String::from_utf8_lossy(args.first().copied().unwrap_or_default())
                     .replace(['\r', '\n'], " ")
@@ -501,17 +501,6 @@ pub fn resident_memory_bytes() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
-}
-
-/// A RESP bulk string, encoded as the guards encode arguments.
-fn bulk(body: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(body.len() + 16);
-    crate::guard::encode_arg(&mut out, body);
-    out.freeze()
-}
-
-fn simple(line: &str) -> Bytes {
-    Bytes::from(format!("+{line}\r\n"))
 }
 
 #[cfg(test)]

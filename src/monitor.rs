@@ -37,7 +37,6 @@ use crate::guard::queue::QueueDepths;
 use crate::health::Upstream;
 use crate::pressure::{Level, LimitSource, MemoryPressure};
 use crate::upstream::{read_replies, ConnectGate, UpstreamSlot};
-use crate::wire;
 
 /// Most queues whose depth is read again in one poll.
 const MAX_REFRESH_PER_POLL: usize = 256;
@@ -476,7 +475,7 @@ async fn refresh_queues(
 ) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     for q in due {
-        wire::command(&mut out, &[b"LLEN", &q.key]);
+        crate::resp::command(&mut out, &[b"LLEN", &q.key]);
     }
     stream.write_all(&out).await?;
     let replies = read_replies(stream, due.len()).await?;

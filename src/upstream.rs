@@ -29,7 +29,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::UpstreamTarget;
 use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
 use crate::transport::Stream;
-use crate::wire;
 
 /// Why no upstream connection could be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -314,13 +313,15 @@ fn handshake_commands(target: &UpstreamTarget) -> (Vec<u8>, usize) {
     let mut n = 0;
     if let Some(pw) = &target.password {
         match &target.username {
-            Some(user) => wire::command(&mut out, &[b"AUTH", user.as_bytes(), pw.as_bytes()]),
-            None => wire::command(&mut out, &[b"AUTH", pw.as_bytes()]),
+            Some(user) => {
+                crate::resp::command(&mut out, &[b"AUTH", user.as_bytes(), pw.as_bytes()])
+            }
+            None => crate::resp::command(&mut out, &[b"AUTH", pw.as_bytes()]),
         }
         n += 1;
     }
     if target.db != 0 {
-        wire::command(&mut out, &[b"SELECT", target.db.to_string().as_bytes()]);
+        crate::resp::command(&mut out, &[b"SELECT", target.db.to_string().as_bytes()]);
         n += 1;
     }
     (out.to_vec(), n)

@@ -136,7 +136,7 @@ impl FailOpen {
             Miss::NilsFrom(from) => {
                 let n = cmd.args.len().saturating_sub(from);
                 let mut out = Vec::with_capacity(8 + n * nil.len());
-                out.extend_from_slice(format!("*{n}\r\n").as_bytes());
+                crate::resp::array_header(&mut out, n);
                 for _ in 0..n {
                     out.extend_from_slice(nil);
                 }
@@ -163,7 +163,9 @@ impl FailOpen {
             }
             Miss::One => Bytes::from_static(b":1\r\n"),
             Miss::FieldCount => {
-                Bytes::from(format!(":{}\r\n", cmd.args.len().saturating_sub(2) / 2))
+                let mut out = Vec::with_capacity(24);
+                crate::resp::integer(&mut out, (cmd.args.len().saturating_sub(2) / 2) as i64);
+                Bytes::from(out)
             }
         };
         Some(reply)

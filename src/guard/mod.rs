@@ -43,6 +43,7 @@ use crate::command::{CommandInfo, CommandTable};
 use crate::config::{ClientMatch, ConfigError, RawGuards};
 use crate::identity::ClientIdentity;
 use crate::pressure::{MemoryPressure, Thresholds};
+use crate::resp;
 use pattern::KeyPattern;
 use queue::{QueueDepths, QueueGuard, QueueHandle};
 
@@ -652,7 +653,7 @@ impl<L> Rule<L> {
         observed: Verdict,
     ) -> Verdict {
         if self.decided(action, client, || message) {
-            Verdict::Refuse(crate::wire::error(message))
+            Verdict::Refuse(crate::resp::error(message))
         } else {
             observed
         }
@@ -739,67 +740,36 @@ pub fn printable_key(key: &[u8]) -> String {
     s
 }
 
+pub use crate::resp::{array_header as encode_header, bulk as encode_arg};
+
 /// Write the command with argument `index` replaced by `with` (multibulk) into `out`.
 pub fn encode_replacing(cmd: &CommandView<'_>, index: usize, with: &[u8], out: &mut BytesMut) {
-    encode_header(out, cmd.args.len());
+    resp::array_header(out, cmd.args.len());
     for (i, r) in cmd.args.iter().enumerate() {
         let a = if i == index {
             with
         } else {
             &cmd.src[r.clone()]
         };
-        encode_arg(out, a);
+        resp::bulk(out, a);
     }
 }
 
 /// Write the command followed by `extra` arguments (multibulk) into `out`.
 pub fn encode_appending(cmd: &CommandView<'_>, extra: &[&[u8]], out: &mut BytesMut) {
-    encode_header(out, cmd.args.len() + extra.len());
+    resp::array_header(out, cmd.args.len() + extra.len());
     match &cmd.wire {
         // The client's own encoding, in one copy.
         Some(wire) => out.extend_from_slice(&cmd.src[wire.clone()]),
         None => {
             for r in cmd.args {
-                encode_arg(out, &cmd.src[r.clone()]);
+                resp::bulk(out, &cmd.src[r.clone()]);
             }
         }
     }
     for a in extra {
-        encode_arg(out, a);
+        resp::bulk(out, a);
     }
-}
-
-/// Write a multibulk array header.
-pub fn encode_header(out: &mut BytesMut, n: usize) {
-    let mut itoa = crate::scanner::request::itoa_buf();
-    out.extend_from_slice(b"*");
-    out.extend_from_slice(itoa.format(n));
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Write one bulk string.
-pub fn encode_arg(out: &mut BytesMut, a: &[u8]) {
-    let mut itoa = crate::scanner::request::itoa_buf();
-    out.extend_from_slice(b"$");
-    out.extend_from_slice(itoa.format(a.len()));
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(a);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Write a decimal number into a stack buffer and return it.
-pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 #[cfg(test)]

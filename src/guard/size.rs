@@ -225,7 +225,7 @@ impl Guard for SizeGuard {
             if !rule.decided(Action::Refused, client, || &reason) {
                 return Verdict::Forward;
             }
-            return Verdict::Refuse(crate::wire::error(&format!("ERR respguard: {reason}")));
+            return Verdict::Refuse(crate::resp::error(&format!("ERR respguard: {reason}")));
         }
         Verdict::Forward
     }

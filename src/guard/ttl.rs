@@ -34,12 +34,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 
-use super::{encode_appending, encode_arg, encode_header, first_rule};
+use super::{encode_appending, first_rule};
 use super::{Action, ByCommand, CommandView, Guard, Mode, Rule, RuleKind, RuleSpec};
 use super::{ScriptAccess, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
 use crate::config::{ConfigError, RawTtlGuard};
 use crate::identity::ClientIdentity;
+use crate::resp::{array_header as encode_header, bulk as encode_arg, Decimal};
 
 /// The script every wrapped command runs in (see the module documentation), as documented
 /// in `ttl_script.lua`.
@@ -566,12 +567,11 @@ impl TtlGuard {
             return Verdict::Forward;
         }
         counted.count(Action::TtlAdded);
-        let mut itoa = crate::scanner::request::itoa_buf();
         encode_header(out, 4 + 2 * rules.len() + cmd.argc);
         encode_arg(out, b"EVAL");
         encode_arg(out, PAIRS_SCRIPT.as_bytes());
         encode_arg(out, b"0");
-        encode_arg(out, itoa.format(rules.len()));
+        encode_arg(out, Decimal::of(rules.len() as u64).as_bytes());
         for rule in &rules {
             encode_arg(out, rule.pattern_source().as_bytes());
             let enforced = rule.mode == Mode::Enforce;
@@ -706,11 +706,10 @@ fn wrap<'k>(
     out: &mut BytesMut,
 ) {
     let n = keys.clone().count();
-    let mut itoa = crate::scanner::request::itoa_buf();
     encode_header(out, 3 + n + 1 + 3 * n + cmd.argc);
     encode_arg(out, b"EVAL");
     encode_arg(out, SCRIPT.as_bytes());
-    encode_arg(out, itoa.format(n));
+    encode_arg(out, Decimal::of(n as u64).as_bytes());
     for (key, _, _) in keys.clone() {
         encode_arg(out, key);
     }

@@ -677,29 +677,6 @@ fn encode_inline_as_multibulk(raw: &mut Vec<u8>, args: &mut [Range<usize>]) {
     }
 }
 
-/// A tiny integer formatter that writes into a stack buffer.
-pub(crate) struct ItoaBuf([u8; 20]);
-
-pub(crate) fn itoa_buf() -> ItoaBuf {
-    ItoaBuf([0; 20])
-}
-
-impl ItoaBuf {
-    /// Decimal digits of `n`.
-    pub(crate) fn format(&mut self, mut n: usize) -> &[u8] {
-        let mut i = self.0.len();
-        loop {
-            i -= 1;
-            self.0[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        &self.0[i..]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
