@@ -34,8 +34,10 @@
 //! timer). Its own behaviour, by concern: `requests` (the request loop), `verdicts`
 //! (classify, judge and carry out the guards' verdicts, fail-open), `intercept` (the
 //! proxy's own commands, client authentication, the access probe), `replies` (reply
-//! routing and what replies change), `tunnel` (SYNC/PSYNC).
+//! routing and what replies change), `ending` (when a session is done: draining, a
+//! silent Redis, a lost one), `tunnel` (SYNC/PSYNC).
 
+mod ending;
 mod intercept;
 mod pipe;
 mod replies;
@@ -55,12 +57,12 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use crate::command::{CommandTable, Flags, Special};
+use crate::command::CommandTable;
 use crate::config::Replication;
 use crate::control::{Control, Policy};
 use crate::guard::ScriptAccess;
 use crate::identity::ClientIdentity;
-use crate::reply_queue::{Effect, Pending};
+use crate::reply_queue::Pending;
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::{Limits, RequestScanner};
 use crate::telemetry::{CommandLatency, ProxyMetrics};
@@ -70,7 +72,7 @@ use crate::upstream::ConnectGate;
 use pipe::Pipe;
 use state::ConnectionState;
 use upstream::Upstream;
-use watchdog::{Silence, Watchdog};
+use watchdog::Watchdog;
 
 /// What every session shares: the command table, the upstream gate, the settings.
 #[derive(Debug)]
@@ -433,92 +435,6 @@ impl Session {
         self.on_client_input();
         self.flush_upstream();
         None
-    }
-
-    /// The watchdog's deadline passed. Redis has timed out if it still owes replies, has
-    /// sent nothing for `reply_timeout` since the oldest of those commands was read, and
-    /// nothing excuses the wait: a blocking command, WAIT, subscribed mode or MONITOR, a
-    /// command still streaming to Redis, or a client too slow to take its replies (then the
-    /// proxy is the one not reading). Otherwise the watchdog re-arms for what is left.
-    fn on_watchdog(&mut self) -> Option<End> {
-        self.watchdog.disarm();
-        let timeout = self.shared.reply_timeout?;
-        let oldest_command_us = self.state.queue().iter().next()?.received_us;
-        if !self.upstream.is_connected() {
-            return None;
-        }
-        let table = &self.shared.table;
-        let excused = self.streaming == Some(StreamTo::Upstream)
-            || self.replies.unwritten() >= self.shared.output_buffer
-            || self.must_close_at_once()
-            || (self.state.queue().iter()).any(|p| table.by_id(p.command).special == Special::Wait);
-        let silence = Silence {
-            now_us: self.clock_us(),
-            oldest_command_us,
-            last_reply_us: self.replies_arrived_us,
-            excused,
-        };
-        if !self.watchdog.fired(silence, timeout) {
-            return None;
-        }
-        self.shared.metrics.upstream_reply_timeouts.increment(1);
-        tracing::warn!(
-            client = %self.identity,
-            waiting = self.state.queue().len(),
-            "upstream sent nothing for {timeout:?} while replies were owed (upstream.reply_timeout); closing the connection"
-        );
-        self.upstream_lost(&format!(
-            "no reply within {timeout:?}, upstream.reply_timeout"
-        ))
-    }
-
-    /// The session's work is done when nothing is in flight and nothing is left to write.
-    fn finished(&mut self) -> Option<End> {
-        let replies_delivered = self.state.queue().is_empty() && self.replies.unwritten() == 0;
-        if self.close_when_flushed && replies_delivered {
-            // QUIT or malformed input: whatever follows is never read.
-            return Some(End::Closed);
-        }
-        let idle = replies_delivered
-            && self.requests.unwritten() == 0
-            && !self.requests.scanner().in_command();
-        if self.shutting_down && idle {
-            // Answer what the client already sent: only when its socket is empty is it
-            // safe to close without cutting a command off. tokio's cached readiness can lag
-            // behind the socket, so ask the kernel directly.
-            return if self.client.has_unread_bytes() {
-                None
-            } else {
-                Some(End::Shutdown)
-            };
-        }
-        if self.draining.is_some() && idle {
-            return Some(End::ClientClosed);
-        }
-        None
-    }
-
-    fn start_draining(&mut self) {
-        if self.draining.is_none() {
-            self.draining = Some(tokio::time::Instant::now() + self.shared.drain_timeout);
-        }
-    }
-
-    /// A client that leaves while blocked, subscribed or monitoring is gone for good: close
-    /// the upstream at once so Redis frees the connection, as it would for a direct client.
-    fn must_close_at_once(&self) -> bool {
-        let queue = self.state.queue();
-        queue.is_subscribed()
-            || queue.is_monitoring()
-            || queue.iter().any(|p| {
-                p.effect == Effect::Monitor
-                    || self
-                        .shared
-                        .table
-                        .by_id(p.command)
-                        .flags
-                        .contains(Flags::BLOCKING)
-            })
     }
 
     async fn connect_upstream(&mut self) {

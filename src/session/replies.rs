@@ -2,16 +2,14 @@
 //! it, and forwarded to the client or hidden (or, for a filtered EXEC, sent with the
 //! proxy's own elements left out); local answers written in their place among Redis's
 //! replies; what a successful reply changes (who the client is, the access probe's answer,
-//! a followed queue's depth); Redis going away mid-session.
+//! a followed queue's depth).
 //!
 //! The fate of a reply is fixed on its first byte and applied to its last. Never decides
 //! what a reply means: the reply queue and the connection state do.
 
-use super::upstream::Upstream;
-use super::{End, Session};
+use super::Session;
 use crate::reply_queue::{Disposition, Effect, HelloEffect, Matched};
 use crate::scanner::reply::{ReplyInfo, ReplyKind, ReplyStep};
-use crate::wire;
 
 /// What the first byte at the scan position began.
 enum Begun {
@@ -164,38 +162,5 @@ impl Session {
                 self.replies.move_ready();
             }
         }
-    }
-
-    /// Redis went away mid-session: the commands still waiting get an error that says so,
-    /// then the client connection closes, as it would if it had been connected to Redis.
-    pub(super) fn upstream_lost(&mut self, reason: &str) -> Option<End> {
-        self.upstream = Upstream::none();
-        if self.close_when_flushed || (self.input_closed && self.state.queue().is_empty()) {
-            self.flush_client();
-            return Some(End::Closed);
-        }
-        tracing::info!(client = %self.identity, reason, "upstream connection lost");
-        let mid_reply = self.reply_partly_sent;
-        self.replies.move_ready();
-        if !mid_reply {
-            let message = wire::error(&format!(
-                "ERR respguard: upstream {} connection lost before the reply ({reason})",
-                self.shared.gate.target().address
-            ));
-            while let Some(p) = self.state.queue_mut().pop_front() {
-                match p.disposition {
-                    Disposition::Forward | Disposition::FilterExec(_) => {
-                        self.replies.send(&message)
-                    }
-                    Disposition::Local(b) => self.replies.send(&b),
-                    Disposition::Hide => {}
-                }
-            }
-        }
-        self.ignore_input = true;
-        self.close_when_flushed = true;
-        // Give the client its errors; the run loop closes once they are written.
-        self.state.queue_mut().clear();
-        None
     }
 }
