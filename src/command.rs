@@ -165,6 +165,9 @@ pub enum Special {
     MemoryEvent,
     /// SYNC and PSYNC: unless Redis refuses, the connection turns into a replication link.
     Sync,
+    /// WAIT and WAITAOF: Redis answers once replicas (or the AOF) catch up, so a long
+    /// silence is expected rather than a sign that Redis stopped answering.
+    Wait,
 }
 
 impl Special {
@@ -191,6 +194,7 @@ impl Special {
             b"config|set" | b"config|resetstat" | b"flushall" | b"flushdb" | b"failover"
             | b"replicaof" | b"slaveof" => Special::MemoryEvent,
             b"sync" | b"psync" => Special::Sync,
+            b"wait" | b"waitaof" => Special::Wait,
             _ => Special::None,
         }
     }
@@ -705,6 +709,15 @@ mod tests {
                 .map(|&i| String::from_utf8_lossy(args[i]).into_owned())
                 .collect(),
         )
+    }
+
+    #[test]
+    fn wait_and_waitaof_are_known_as_waits() {
+        let t = CommandTable::builtin();
+        assert_eq!(t.lookup(&[b"WaIt".as_slice()]).special, Special::Wait);
+        // WAITAOF came with Redis 7.2, after the recorded table.
+        assert_eq!(Special::from_name(b"waitaof"), Special::Wait);
+        assert_eq!(Special::from_name(b"waits"), Special::None);
     }
 
     #[test]

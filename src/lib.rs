@@ -40,6 +40,7 @@ pub mod identity;
 pub mod listener;
 pub mod monitor;
 pub mod offline;
+pub mod pipeline;
 pub mod pressure;
 pub mod refusals;
 pub mod reply_queue;

@@ -1,5 +1,5 @@
 //! The guards over a byte stream, without sockets: every command the request scanner finds
-//! is classified and judged as a session judges it, and what the guards produce is checked
+//! is classified and judged by the session's own code ([`crate::pipeline`]), and what the guards produce is checked
 //! against what the session relies on to keep replies matched to requests:
 //!
 //! - a rewrite is whole commands, exactly one replacing the client's (when it replaces it)
@@ -13,8 +13,9 @@
 use bytes::BytesMut;
 
 use crate::command::CommandTable;
-use crate::guard::{find_keys, CommandView, Guards, Verdict};
+use crate::guard::{Guards, ScriptAccess, Verdict};
 use crate::identity::ClientIdentity;
+use crate::pipeline::{self, Judge, Scanned, Span};
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
 use crate::scanner::request::{Limits, RequestScanner, Step, StreamStep};
 
@@ -50,15 +51,7 @@ pub fn judge(
     let mut pos = 0;
     loop {
         let buf = &input[pos..];
-        #[allow(clippy::type_complexity)]
-        let (src, inline, start, end, streaming, argc): (
-            &[u8],
-            bool,
-            usize,
-            usize,
-            Option<u64>,
-            usize,
-        ) = match scanner.scan(buf) {
+        let span = match scanner.scan(buf) {
             Step::Incomplete | Step::Error(_) => return Ok(out),
             Step::Empty { end } => {
                 pos += end;
@@ -66,54 +59,30 @@ pub fn judge(
                 continue;
             }
             Step::Command { start, end, inline } => {
-                let src = if inline { scanner.inline_bytes() } else { buf };
-                (src, inline, start, end, None, scanner.args().len())
+                Span::whole(start, end, inline, scanner.args().len())
             }
             Step::Streaming {
                 start,
                 head_end,
                 argc,
                 next_len,
-            } => (
-                buf,
-                false,
-                start,
-                head_end,
-                Some(next_len.unwrap_or(0)),
-                argc as usize,
-            ),
+            } => Span::streamed_head(start, head_end, argc as usize, next_len),
         };
+        let (inline, start, end, streaming) = (span.inline, span.start, span.end, span.streaming);
         out.commands += 1;
-        let args = scanner.args();
-        let arg = |i: usize| args.get(i).map(|r| &src[r.clone()]).unwrap_or_default();
-        let info = if args.len() > 1 {
-            table.lookup(&[arg(0), arg(1)])
-        } else {
-            table.lookup(&[arg(0)])
+        let cmd = Scanned::new(&scanner, buf, span);
+        let src = cmd.src;
+        let info = cmd.classify(table);
+        scratch.clear();
+        let with = Judge {
+            guards,
+            access: ScriptAccess::Allowed,
+            client,
+            keys: &mut keys,
+            scratch: &mut scratch,
+            tracked: &mut None,
         };
-        let size = (end - start) as u64 + streaming.map_or(0, |n| n + 2);
-        let verdict = if guards.wants(info.id) && guards.engaged(info.id, size) {
-            find_keys(info, src, args, argc, &mut keys);
-            let view = CommandView {
-                src,
-                args,
-                keys: &keys,
-                info,
-                argc,
-                streaming,
-                access: crate::guard::ScriptAccess::Allowed,
-                size,
-                wire: if inline {
-                    None
-                } else {
-                    crate::guard::wire_args(src, start, end)
-                },
-            };
-            scratch.clear();
-            guards.check(&view, client, &mut scratch, &mut None)
-        } else {
-            Verdict::Forward
-        };
+        let verdict = pipeline::judge(&cmd, info, with, || true);
         match verdict {
             Verdict::Forward | Verdict::Track(_) => out.forwarded += 1,
             Verdict::Rewrite {

@@ -1,0 +1,134 @@
+//! When a session is done, and how it ends: nothing left in flight or to write
+//! (`finished`), draining after the client half-closed or shutdown began, clients that
+//! must be closed at once (blocked, subscribed, monitoring), a Redis that stays silent
+//! while it owes replies (the reply watchdog firing), and a Redis that went away.
+//!
+//! Never reads or writes a socket: the event loop flushes what is left.
+
+use super::upstream::Upstream;
+use super::watchdog::Silence;
+use super::{End, Session, StreamTo};
+use crate::command::{Flags, Special};
+use crate::reply_queue::{Disposition, Effect};
+use crate::wire;
+
+impl Session {
+    /// The watchdog's deadline passed. Redis has timed out if it still owes replies, has
+    /// sent nothing for `reply_timeout` since the oldest of those commands was read, and
+    /// nothing excuses the wait: a blocking command, WAIT, subscribed mode or MONITOR, a
+    /// command still streaming to Redis, or a client too slow to take its replies (then the
+    /// proxy is the one not reading). Otherwise the watchdog re-arms for what is left.
+    pub(super) fn on_watchdog(&mut self) -> Option<End> {
+        self.watchdog.disarm();
+        let timeout = self.shared.reply_timeout?;
+        let oldest_command_us = self.state.queue().iter().next()?.received_us;
+        if !self.upstream.is_connected() {
+            return None;
+        }
+        let table = &self.shared.table;
+        let excused = self.streaming == Some(StreamTo::Upstream)
+            || self.replies.unwritten() >= self.shared.output_buffer
+            || self.must_close_at_once()
+            || (self.state.queue().iter()).any(|p| table.by_id(p.command).special == Special::Wait);
+        let silence = Silence {
+            now_us: self.clock_us(),
+            oldest_command_us,
+            last_reply_us: self.replies_arrived_us,
+            excused,
+        };
+        if !self.watchdog.fired(silence, timeout) {
+            return None;
+        }
+        self.shared.metrics.upstream_reply_timeouts.increment(1);
+        tracing::warn!(
+            client = %self.identity,
+            waiting = self.state.queue().len(),
+            "upstream sent nothing for {timeout:?} while replies were owed (upstream.reply_timeout); closing the connection"
+        );
+        self.upstream_lost(&format!(
+            "no reply within {timeout:?}, upstream.reply_timeout"
+        ))
+    }
+
+    /// The session's work is done when nothing is in flight and nothing is left to write.
+    pub(super) fn finished(&mut self) -> Option<End> {
+        let replies_delivered = self.state.queue().is_empty() && self.replies.unwritten() == 0;
+        if self.close_when_flushed && replies_delivered {
+            // QUIT or malformed input: whatever follows is never read.
+            return Some(End::Closed);
+        }
+        let idle = replies_delivered
+            && self.requests.unwritten() == 0
+            && !self.requests.scanner().in_command();
+        if self.shutting_down && idle {
+            // Answer what the client already sent: only when its socket is empty is it
+            // safe to close without cutting a command off. tokio's cached readiness can lag
+            // behind the socket, so ask the kernel directly.
+            return if self.client.has_unread_bytes() {
+                None
+            } else {
+                Some(End::Shutdown)
+            };
+        }
+        if self.draining.is_some() && idle {
+            return Some(End::ClientClosed);
+        }
+        None
+    }
+
+    pub(super) fn start_draining(&mut self) {
+        if self.draining.is_none() {
+            self.draining = Some(tokio::time::Instant::now() + self.shared.drain_timeout);
+        }
+    }
+
+    /// A client that leaves while blocked, subscribed or monitoring is gone for good: close
+    /// the upstream at once so Redis frees the connection, as it would for a direct client.
+    pub(super) fn must_close_at_once(&self) -> bool {
+        let queue = self.state.queue();
+        queue.is_subscribed()
+            || queue.is_monitoring()
+            || queue.iter().any(|p| {
+                p.effect == Effect::Monitor
+                    || self
+                        .shared
+                        .table
+                        .by_id(p.command)
+                        .flags
+                        .contains(Flags::BLOCKING)
+            })
+    }
+
+    /// Redis went away mid-session: the commands still waiting get an error that says so,
+    /// then the client connection closes, as it would if it had been connected to Redis.
+    pub(super) fn upstream_lost(&mut self, reason: &str) -> Option<End> {
+        self.upstream = Upstream::none();
+        if self.close_when_flushed || (self.input_closed && self.state.queue().is_empty()) {
+            self.flush_client();
+            return Some(End::Closed);
+        }
+        tracing::info!(client = %self.identity, reason, "upstream connection lost");
+        let mid_reply = self.reply_partly_sent;
+        self.replies.move_ready();
+        if !mid_reply {
+            let message = wire::error(&format!(
+                "ERR respguard: upstream {} connection lost before the reply ({reason})",
+                self.shared.gate.target().address
+            ));
+            while let Some(p) = self.state.queue_mut().pop_front() {
+                match p.disposition {
+                    Disposition::Forward | Disposition::FilterExec(_) => {
+                        self.replies.send(&message)
+                    }
+                    Disposition::Local(b) => self.replies.send(&b),
+                    Disposition::Hide => {}
+                }
+            }
+        }
+        self.ignore_input = true;
+        self.close_when_flushed = true;
+        // Give the client its errors; the run loop closes once they are written.
+        self.state.queue_mut().clear();
+        None
+    }
+}

@@ -1,0 +1,482 @@
+//! One client connection and its own upstream connection: the proxy's hot path.
+//!
+//! A session owns two sockets, the client's (downstream) and Redis's (upstream), one to one,
+//! so every piece of per-connection state (AUTH, SELECT, MULTI, WATCH, subscriptions,
+//! CLIENT TRACKING, CLIENT REPLY, blocking) lives in Redis exactly as if the client were
+//! connected to it directly.
+//!
+//! Both directions move at once in one task: requests are read, scanned and forwarded while
+//! replies are read, matched and forwarded. Neither direction ever waits for the other, so a
+//! client that writes a long pipeline before it reads cannot deadlock against Redis; each
+//! direction's unwritten bytes are bounded (`proxy.output_buffer`) and, past the bound, the
+//! session stops reading the side that feeds it, which pushes back on the sender as TCP does.
+//!
+//! The flow of one command: bytes from the client land in the request [`pipe`], the
+//! [`RequestScanner`] finds the command, the session records in the reply queue what to do
+//! with its reply and leaves the command's bytes in place; at the end of the read, everything
+//! scanned moves to the upstream output without a copy (`split_to`/`unsplit`) and is
+//! written. Replies follow the same path back through the reply pipe and the
+//! [`ReplyScanner`]. Only a command the proxy changes or answers itself costs a copy.
+//!
+//! Once Redis accepts SYNC or PSYNC, the connection carries an RDB and a replication
+//! stream rather than replies, and the session becomes a plain byte tunnel for the rest of
+//! its life (see `tunnel`).
+//!
+//! The session never decides policy; it carries out what the reply queue, the command
+//! table and the guards say, and it is the only code that writes to either socket.
+//!
+//! # Layout
+//!
+//! This file holds the [`Session`] and its event loop (events, back-pressure, draining,
+//! shutdown). The pure parts it drives: [`pipe`] (one direction's bytes), [`state`] (the
+//! connection state that decides reply counts: CLIENT REPLY, MULTI, EXEC filtering,
+//! subscriptions), [`upstream`] (whether it holds a connection), [`watchdog`] (the reply
+//! timer). Its own behaviour, by concern: `requests` (the request loop), `verdicts`
+//! (classify, judge and carry out the guards' verdicts, fail-open), `intercept` (the
+//! proxy's own commands, client authentication, the access probe), `replies` (reply
+//! routing and what replies change), `ending` (when a session is done: draining, a
+//! silent Redis, a lost one), `tunnel` (SYNC/PSYNC).
+
+mod ending;
+mod intercept;
+mod pipe;
+mod replies;
+mod requests;
+mod state;
+mod tunnel;
+mod upstream;
+mod verdicts;
+mod watchdog;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use crate::command::CommandTable;
+use crate::config::Replication;
+use crate::control::{Control, Policy};
+use crate::guard::ScriptAccess;
+use crate::identity::ClientIdentity;
+use crate::reply_queue::Pending;
+use crate::scanner::reply::ReplyScanner;
+use crate::scanner::request::{Limits, RequestScanner};
+use crate::telemetry::{CommandLatency, ProxyMetrics};
+use crate::transport::Stream;
+use crate::upstream::ConnectGate;
+
+use pipe::Pipe;
+use state::ConnectionState;
+use upstream::Upstream;
+use watchdog::Watchdog;
+
+/// What every session shares: the command table, the upstream gate, the settings.
+#[derive(Debug)]
+pub struct Shared {
+    /// Commands and their flags.
+    pub table: Arc<CommandTable>,
+    /// The gate in front of every upstream connection attempt.
+    pub gate: Arc<ConnectGate>,
+    /// Request scanner bounds.
+    pub limits: Limits,
+    /// Commands in flight per connection before the session stops reading.
+    pub max_pending: usize,
+    /// Unwritten bytes per direction before the session stops reading the other side.
+    pub output_buffer: usize,
+    /// How long in-flight replies may take once the client has gone or shutdown began.
+    pub drain_timeout: Duration,
+    /// How long Redis may stay silent while it owes replies (`upstream.reply_timeout`);
+    /// `None` when the check is off.
+    pub reply_timeout: Option<Duration>,
+    /// What SYNC and PSYNC get (`proxy.replication`).
+    pub replication: Replication,
+    /// Pre-registered metric handles.
+    pub metrics: ProxyMetrics,
+    /// Calls and latency per command (`None` with `admin.metrics = false`).
+    pub latency: Option<Arc<CommandLatency>>,
+    /// The policy in force (guards, client authentication), its reloads, the `RESPGUARD`
+    /// command and the refusal tally.
+    pub control: Arc<Control>,
+}
+
+/// Where the rest of a streamed command goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamTo {
+    Upstream,
+    Discard,
+}
+
+/// Why a session ended; logged at debug level.
+#[derive(Debug)]
+pub enum End {
+    /// The client closed its connection.
+    ClientClosed,
+    /// The client's socket failed.
+    ClientError(std::io::Error),
+    /// The client sent QUIT, or a protocol error closed the connection.
+    Closed,
+    /// Redis closed the connection or failed.
+    UpstreamLost(String),
+    /// The proxy is shutting down.
+    Shutdown,
+}
+
+/// One client connection being proxied.
+pub struct Session {
+    shared: Arc<Shared>,
+    client: Stream,
+    upstream: Upstream,
+    identity: ClientIdentity,
+    /// The policy this session applies, and its generation: replaced at the next read
+    /// after a reload.
+    policy: Arc<Policy>,
+    policy_generation: u64,
+    /// The client authenticated to the proxy (always true without `[auth]` users).
+    authenticated: bool,
+    /// An AUTH the proxy accepted waits for the upstream connection to be opened (a client
+    /// gets one only once it has authenticated).
+    connect_for_auth: bool,
+    /// Client → upstream: the client's bytes, scanned for commands.
+    requests: Pipe<RequestScanner>,
+    /// Upstream → client: Redis's bytes, scanned for replies.
+    replies: Pipe<ReplyScanner>,
+    /// Whether the reply being scanned goes to the client (decided when it begins).
+    reply_forwarded: Option<bool>,
+    /// Some bytes of the reply being scanned already went to the client: if Redis goes
+    /// away now, nothing more may be written (it would land inside that reply).
+    reply_partly_sent: bool,
+    /// CLIENT REPLY, MULTI, subscriptions and the reply queue.
+    state: ConnectionState,
+    /// Commands scanned since the last metrics update.
+    commands_in_batch: u64,
+    /// The session's clock for command latency: read once per socket read, not per command.
+    epoch: std::time::Instant,
+    /// When the replies being scanned arrived (microseconds since `epoch`).
+    replies_arrived_us: u64,
+    /// What the Redis user may run for the guards, from the last probe.
+    access: ScriptAccess,
+    /// A probe of `access` is in flight: guarded writes that depend on it wait for it.
+    probing: bool,
+    /// A command is held back (unscanned) until the probe answers.
+    waiting_for_probe: bool,
+    /// Argument indices of the current command's keys (capacity kept).
+    keys: Vec<usize>,
+    /// Where guards write rewritten and extra commands (capacity kept).
+    scratch: BytesMut,
+    /// Extra commands to send once the streamed command ends, and how many.
+    after_stream: BytesMut,
+    after_stream_hidden: u32,
+    streaming: Option<StreamTo>,
+    /// The client socket is not read any more (it closed, or shutdown began); commands
+    /// already read still go through.
+    input_closed: bool,
+    /// Client input is ignored from here on: QUIT was sent or the input was malformed.
+    ignore_input: bool,
+    /// Close once everything pending is written (QUIT, protocol error).
+    close_when_flushed: bool,
+    /// The client half-closed or shutdown began: finish what is in flight, then close.
+    draining: Option<tokio::time::Instant>,
+    /// The proxy is shutting down.
+    shutting_down: bool,
+    /// The reply watchdog (see [`Session::on_watchdog`]).
+    watchdog: Watchdog,
+    /// Redis began a replication stream: from here on the session is a byte tunnel.
+    tunnel: bool,
+}
+
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    UpstreamRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    UpstreamWrote(std::io::Result<usize>),
+    Shutdown,
+    DrainExpired,
+    WatchdogFired,
+}
+
+/// What the event loop waits for this time round.
+#[derive(Debug, Clone, Copy)]
+struct Interest {
+    client_read: bool,
+    upstream_read: bool,
+    client_write: bool,
+    upstream_write: bool,
+    shutdown: bool,
+    drain: Option<tokio::time::Instant>,
+    watchdog: bool,
+}
+
+impl Session {
+    /// A session for an accepted client. The upstream connection is opened in [`Self::run`].
+    pub fn new(shared: Arc<Shared>, client: Stream, identity: ClientIdentity) -> Self {
+        let policy_generation = shared.control.generation();
+        let policy = shared.control.policy();
+        let mut requests = RequestScanner::new(shared.limits);
+        requests.set_unauthenticated(policy.auth.required());
+        let state = ConnectionState::new(shared.max_pending, shared.table.unknown().id);
+        Session {
+            authenticated: !policy.auth.required(),
+            connect_for_auth: false,
+            policy,
+            policy_generation,
+            shared,
+            client,
+            upstream: Upstream::none(),
+            identity,
+            requests: Pipe::new(requests),
+            replies: Pipe::new(ReplyScanner::new()),
+            reply_forwarded: None,
+            reply_partly_sent: false,
+            state,
+            commands_in_batch: 0,
+            epoch: std::time::Instant::now(),
+            replies_arrived_us: 0,
+            access: ScriptAccess::Allowed,
+            probing: false,
+            waiting_for_probe: false,
+            keys: Vec::new(),
+            scratch: BytesMut::new(),
+            after_stream: BytesMut::new(),
+            after_stream_hidden: 0,
+            streaming: None,
+            input_closed: false,
+            ignore_input: false,
+            close_when_flushed: false,
+            draining: None,
+            shutting_down: false,
+            watchdog: Watchdog::default(),
+            tunnel: false,
+        }
+    }
+
+    /// Who the client is, as far as Redis has confirmed.
+    pub fn identity(&self) -> &ClientIdentity {
+        &self.identity
+    }
+
+    /// Proxy the connection until one side closes or shutdown completes.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> End {
+        // Wait for shutdown with one future for the whole session, not one per event: each
+        // new wait registers on the channel every session shares, a contended lock.
+        let mut stop = std::pin::pin!(async move {
+            let _ = shutdown.wait_for(|&stopping| stopping).await;
+        });
+        if self.authenticated {
+            // Under `[auth]`, only once the client has authenticated.
+            self.connect_upstream().await;
+        }
+        loop {
+            if let Some(end) = self.finished() {
+                return end;
+            }
+            let interest = self.interest();
+            let event = self.next_event(interest, stop.as_mut()).await;
+            if let Some(end) = self.handle(event).await {
+                return end;
+            }
+            if self.tunnel {
+                return self.run_tunnel(stop.as_mut()).await;
+            }
+        }
+    }
+
+    /// What to wait for: each side is read only while the other side's output has room
+    /// (back-pressure), and the client only while the reply queue has room and nothing
+    /// holds its next command back.
+    fn interest(&mut self) -> Interest {
+        let cap = self.shared.output_buffer;
+        let queue = self.state.queue();
+        let client_read = !self.input_closed
+            && !self.ignore_input
+            && self.requests.unwritten() < cap
+            && !queue.is_full()
+            && !self.state.identity_pending()
+            && !queue.awaits_replication();
+        if let Some(timeout) = self.shared.reply_timeout {
+            // While replies keep coming it stays armed with its first deadline, so a busy
+            // session touches the timer once per `reply_timeout`, not once per command.
+            if self.upstream.is_connected() && !queue.is_empty() {
+                self.watchdog.arm(timeout);
+            }
+        }
+        Interest {
+            client_read,
+            upstream_read: self.upstream.is_connected() && self.replies.unwritten() < cap,
+            client_write: self.replies.unwritten() > 0 || self.client.wants_flush(),
+            upstream_write: self
+                .upstream
+                .stream()
+                .is_some_and(|u| self.requests.unwritten() > 0 || u.wants_flush()),
+            shutdown: !self.shutting_down,
+            drain: self.draining,
+            watchdog: self.watchdog.is_armed(),
+        }
+    }
+
+    /// Wait for the first of what `want` names: a read or a write on either socket,
+    /// shutdown (`stop`), the drain deadline, the reply watchdog.
+    async fn next_event<F: Future<Output = ()>>(
+        &mut self,
+        want: Interest,
+        stop: Pin<&mut F>,
+    ) -> Event {
+        if want.client_read {
+            self.requests.prepare();
+        }
+        if want.upstream_read {
+            self.replies.prepare();
+        }
+        let (mut client_rx, mut client_tx) = self.client.halves();
+        let (mut up_rx, mut up_tx) = match self.upstream.stream_mut() {
+            Some(u) => {
+                let (r, w) = u.halves();
+                (Some(r), Some(w))
+            }
+            None => (None, None),
+        };
+        let (from_client, to_upstream) = self.requests.io_parts();
+        let (from_upstream, to_client) = self.replies.io_parts();
+        let watchdog = self.watchdog.sleep_mut();
+        tokio::select! {
+            r = client_rx.read_buf(from_client), if want.client_read => Event::ClientRead(r),
+            r = async { up_rx.as_mut().expect("upstream").read_buf(from_upstream).await },
+                if want.upstream_read => Event::UpstreamRead(r),
+            r = client_tx.send(to_client), if want.client_write => Event::ClientWrote(r),
+            r = async { up_tx.as_mut().expect("upstream").send(to_upstream).await },
+                if want.upstream_write => Event::UpstreamWrote(r),
+            _ = stop, if want.shutdown => Event::Shutdown,
+            _ = async { tokio::time::sleep_until(want.drain.expect("deadline")).await },
+                if want.drain.is_some() => Event::DrainExpired,
+            _ = async { watchdog.as_mut().expect("armed").as_mut().await },
+                if want.watchdog => Event::WatchdogFired,
+        }
+    }
+
+    async fn handle(&mut self, event: Event) -> Option<End> {
+        match event {
+            Event::ClientRead(Ok(0)) => {
+                self.input_closed = true;
+                // A command cut off by the close can never complete; Redis would drop such a
+                // client at once, and so does the proxy.
+                if self.state.queue().is_empty() && self.replies.unwritten() == 0
+                    || self.requests.scanner().in_command()
+                    || self.must_close_at_once()
+                {
+                    return Some(End::ClientClosed);
+                }
+                // Finish the replies in flight, as Redis does for what it already read.
+                self.start_draining();
+            }
+            Event::ClientRead(Ok(n)) => self.on_client_read(n).await,
+            Event::ClientRead(Err(e)) | Event::ClientWrote(Err(e)) => {
+                return Some(End::ClientError(e));
+            }
+            Event::UpstreamRead(Ok(0)) => return self.upstream_lost("connection closed by Redis"),
+            Event::UpstreamRead(Ok(n)) => return self.on_upstream_read(n),
+            Event::UpstreamRead(Err(e)) | Event::UpstreamWrote(Err(e)) => {
+                return self.upstream_lost(&e.to_string());
+            }
+            Event::ClientWrote(Ok(n)) => {
+                self.shared.metrics.client_bytes_sent.increment(n as u64);
+                self.replies.wrote(n);
+            }
+            Event::UpstreamWrote(Ok(n)) => {
+                self.shared.metrics.upstream_bytes_sent.increment(n as u64);
+                self.requests.wrote(n);
+            }
+            Event::Shutdown => {
+                // Commands the client already sent are still answered (see `finished`);
+                // the drain timeout bounds how long that may take.
+                self.shutting_down = true;
+                if self.must_close_at_once() {
+                    return Some(End::Shutdown);
+                }
+                self.start_draining();
+            }
+            Event::DrainExpired => return Some(End::Shutdown),
+            Event::WatchdogFired => return self.on_watchdog(),
+        }
+        None
+    }
+
+    async fn on_client_read(&mut self, n: usize) {
+        self.requests.after_read(n);
+        let now_us = self.clock_us();
+        self.state.queue_mut().set_clock(now_us);
+        self.follow_reloads();
+        let metrics = &self.shared.metrics;
+        metrics.client_bytes_received.increment(n as u64);
+        if !self.upstream.is_connected() && self.authenticated && !self.ignore_input {
+            self.reconnect_if_allowed().await;
+        }
+        self.on_client_input();
+        while self.connect_for_auth {
+            self.connect_after_auth().await;
+            self.on_client_input();
+        }
+        self.flush_upstream();
+        self.flush_client();
+    }
+
+    fn on_upstream_read(&mut self, n: usize) -> Option<End> {
+        self.replies.after_read(n);
+        self.replies_arrived_us = self.clock_us();
+        let metrics = &self.shared.metrics;
+        metrics.upstream_bytes_received.increment(n as u64);
+        if let Err(reason) = self.on_upstream_input() {
+            return self.upstream_lost(&reason);
+        }
+        self.flush_client();
+        // Replies freed room in the queue: carry on with requests already read.
+        self.on_client_input();
+        self.flush_upstream();
+        None
+    }
+
+    async fn connect_upstream(&mut self) {
+        self.upstream = Upstream::connect(&self.shared.gate, &self.identity).await;
+        if self.upstream.is_connected() {
+            self.probe_access();
+        }
+    }
+
+    /// While the upstream is missing, try again between reads, when the gate allows it.
+    async fn reconnect_if_allowed(&mut self) {
+        if self.state.queue().is_empty()
+            && !self.requests.scanner().in_command()
+            && !self.shared.gate.is_open()
+        {
+            self.connect_upstream().await;
+        }
+    }
+
+    /// Write as much as the upstream socket takes now, without waiting.
+    fn flush_upstream(&mut self) {
+        if let Some(up) = self.upstream.stream() {
+            self.requests
+                .flush(up, &self.shared.metrics.upstream_bytes_sent);
+        }
+    }
+
+    /// Write as much as the client socket takes now, without waiting.
+    fn flush_client(&mut self) {
+        self.replies
+            .flush(&self.client, &self.shared.metrics.client_bytes_sent);
+    }
+
+    /// Microseconds since the session started.
+    fn clock_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Count a command answered at `now_us` in its latency histogram.
+    fn record_latency(&self, p: &Pending, now_us: u64) {
+        if let Some(latency) = &self.shared.latency {
+            latency.record(p.command, now_us.saturating_sub(p.received_us));
+        }
+    }
+}

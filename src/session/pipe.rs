@@ -1,0 +1,299 @@
+//! One direction of a session: bytes read from one socket, scanned, and moved to the
+//! output for the other.
+//!
+//! A [`Pipe`] holds the read buffer, the scanner that finds boundaries in it, how many
+//! scanned bytes at its front are ready to go, and the output buffer. The session has two,
+//! client → upstream (requests) and upstream → client (replies), with the same code.
+//!
+//! Ready bytes move to the output with `split_to`/`unsplit`: when the output is empty (the
+//! usual case, as it was written at once) that is no copy at all, only a change of which
+//! handle owns the memory. Only bytes the proxy adds (a rewrite, a local answer) are
+//! copied. Writing tries the socket at once (`try_write`) and leaves the rest to the
+//! session's event loop, which waits for writability.
+//!
+//! Never decides what is ready or what to drop: the session does, from what the scanners
+//! and the reply queue say.
+
+use bytes::{Buf, BytesMut};
+use metrics::Counter;
+
+use crate::buffer::ReadBuffer;
+use crate::scanner::reply::ReplyScanner;
+use crate::scanner::request::RequestScanner;
+use crate::transport::Stream;
+
+/// A scanner whose positions count from the start of the pipe's read buffer, so they move
+/// when bytes leave its front.
+pub(crate) trait Rebase {
+    /// `n` bytes left the front of the buffer.
+    fn rebase(&mut self, n: usize);
+}
+
+impl Rebase for RequestScanner {
+    #[inline]
+    fn rebase(&mut self, n: usize) {
+        RequestScanner::rebase(self, n)
+    }
+}
+
+impl Rebase for ReplyScanner {
+    #[inline]
+    fn rebase(&mut self, n: usize) {
+        ReplyScanner::rebase(self, n)
+    }
+}
+
+/// One direction's bytes: read, scanned, ready, written.
+#[derive(Debug)]
+pub(crate) struct Pipe<S> {
+    input: ReadBuffer,
+    /// Bytes at the front of `input` scanned and waiting to move to `output`.
+    ready: usize,
+    output: BytesMut,
+    scanner: S,
+}
+
+impl<S: Rebase> Pipe<S> {
+    /// An empty pipe; no memory is taken until the first read.
+    pub fn new(scanner: S) -> Self {
+        Pipe {
+            input: ReadBuffer::new(),
+            ready: 0,
+            output: BytesMut::new(),
+            scanner,
+        }
+    }
+
+    /// The bytes read and not moved or dropped yet.
+    #[inline]
+    pub fn input(&self) -> &[u8] {
+        self.input.bytes()
+    }
+
+    /// The scanner over [`Self::input`].
+    #[inline]
+    pub fn scanner(&self) -> &S {
+        &self.scanner
+    }
+
+    /// The scanner, to scan or reconfigure.
+    #[inline]
+    pub fn scanner_mut(&mut self) -> &mut S {
+        &mut self.scanner
+    }
+
+    /// The scanner and the bytes it scans, borrowed together.
+    #[inline]
+    pub fn scan_parts(&mut self) -> (&mut S, &[u8]) {
+        (&mut self.scanner, self.input.bytes())
+    }
+
+    /// Make room for the next read.
+    pub fn prepare(&mut self) {
+        self.input.prepare();
+    }
+
+    /// Where a read appends, and the output a write takes from: borrowed together so one
+    /// event loop can wait on both.
+    #[inline]
+    pub fn io_parts(&mut self) -> (&mut BytesMut, &BytesMut) {
+        (self.input.bytes_mut(), &self.output)
+    }
+
+    /// Note that `n` bytes were read.
+    pub fn after_read(&mut self, n: usize) {
+        self.input.after_read(n);
+    }
+
+    /// Bytes at the front of the input ready to move.
+    #[inline]
+    pub fn ready(&self) -> usize {
+        self.ready
+    }
+
+    /// The input up to `upto` is ready to move.
+    #[inline]
+    pub fn ready_upto(&mut self, upto: usize) {
+        self.ready = upto;
+    }
+
+    /// `n` more bytes of the input are ready to move.
+    #[inline]
+    pub fn add_ready(&mut self, n: usize) {
+        self.ready += n;
+    }
+
+    /// Move the ready bytes to the output, without copying when the output is empty.
+    #[inline]
+    pub fn move_ready(&mut self) {
+        if self.ready > 0 {
+            let chunk = self.input.split_to(self.ready);
+            self.output.unsplit(chunk);
+            self.scanner.rebase(self.ready);
+            self.ready = 0;
+        }
+    }
+
+    /// Drop `n` input bytes that follow the ready ones (which move first).
+    pub fn discard(&mut self, n: usize) {
+        self.move_ready();
+        self.input.discard(n);
+        self.scanner.rebase(n);
+    }
+
+    /// The output, after the ready bytes, for the proxy to append its own bytes to.
+    #[inline]
+    pub fn append(&mut self) -> &mut BytesMut {
+        self.move_ready();
+        &mut self.output
+    }
+
+    /// Append `bytes` to the output, after the ready bytes.
+    #[inline]
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.append().extend_from_slice(bytes);
+    }
+
+    /// Append bytes the scanner holds (an inline command's multibulk form) to the output.
+    #[inline]
+    pub fn send_from_scanner(&mut self, bytes: impl FnOnce(&S) -> &[u8]) {
+        self.move_ready();
+        self.output.extend_from_slice(bytes(&self.scanner));
+    }
+
+    /// Move every input byte to the output unscanned (a replication tunnel).
+    pub fn pass_all(&mut self) {
+        self.move_ready();
+        let n = self.input.bytes().len();
+        self.pass(n);
+    }
+
+    /// Move the first `n` input bytes to the output, unscanned (a replication tunnel).
+    pub fn pass(&mut self, n: usize) {
+        let bytes = self.input.split_to(n);
+        self.output.unsplit(bytes);
+    }
+
+    /// Unwritten output bytes.
+    #[inline]
+    pub fn unwritten(&self) -> usize {
+        self.output.len()
+    }
+
+    /// Forget the unwritten output (it was meant for a connection that never opened).
+    pub fn drop_output(&mut self) {
+        self.output.clear();
+    }
+
+    /// `n` output bytes were written. An emptied output gives up its handle, so the read
+    /// buffer can reuse the memory.
+    pub fn wrote(&mut self, n: usize) {
+        self.output.advance(n);
+        if self.output.is_empty() {
+            self.output = BytesMut::new();
+        }
+    }
+
+    /// Write as much as `to` takes now, without waiting, counting the bytes in `sent`.
+    pub fn flush(&mut self, to: &Stream, sent: &Counter) {
+        while !self.output.is_empty() {
+            match to.try_write(&self.output) {
+                Ok(n) => {
+                    sent.increment(n as u64);
+                    self.output.advance(n)
+                }
+                Err(_) => break,
+            }
+        }
+        if self.output.is_empty() {
+            self.output = BytesMut::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts what the pipe told it, to check positions stay in step with the buffer.
+    #[derive(Debug, Default)]
+    struct Shifts(usize);
+
+    impl Rebase for Shifts {
+        fn rebase(&mut self, n: usize) {
+            self.0 += n;
+        }
+    }
+
+    fn pipe_with(bytes: &[u8]) -> Pipe<Shifts> {
+        let mut pipe = Pipe::new(Shifts::default());
+        pipe.prepare();
+        let (input, _) = pipe.io_parts();
+        input.extend_from_slice(bytes);
+        pipe.after_read(bytes.len());
+        pipe
+    }
+
+    fn output(pipe: &mut Pipe<Shifts>) -> Vec<u8> {
+        pipe.io_parts().1.to_vec()
+    }
+
+    #[test]
+    fn ready_bytes_move_and_the_scanner_follows() {
+        let mut pipe = pipe_with(b"GET a\r\nGET b\r\n");
+        pipe.ready_upto(7);
+        pipe.move_ready();
+        assert_eq!(output(&mut pipe), b"GET a\r\n");
+        assert_eq!(pipe.input(), b"GET b\r\n");
+        assert_eq!((pipe.ready(), pipe.scanner().0), (0, 7));
+        pipe.move_ready();
+        assert_eq!(pipe.scanner().0, 7, "nothing ready moves nothing");
+    }
+
+    #[test]
+    fn a_move_into_an_empty_output_copies_nothing() {
+        let mut pipe = pipe_with(b"PING\r\n");
+        let at = pipe.input().as_ptr();
+        pipe.ready_upto(6);
+        pipe.move_ready();
+        assert_eq!(pipe.io_parts().1.as_ptr(), at);
+    }
+
+    #[test]
+    fn discarded_bytes_follow_the_ready_ones_and_never_reach_the_output() {
+        let mut pipe = pipe_with(b"aaBBBcc");
+        pipe.ready_upto(2);
+        pipe.discard(3);
+        pipe.send(b"X");
+        pipe.add_ready(2);
+        pipe.move_ready();
+        assert_eq!(output(&mut pipe), b"aaXcc");
+        assert_eq!(pipe.scanner().0, 7);
+        assert!(pipe.input().is_empty());
+    }
+
+    #[test]
+    fn appended_bytes_come_after_the_ready_ones() {
+        let mut pipe = pipe_with(b"ab");
+        pipe.ready_upto(1);
+        pipe.append().extend_from_slice(b"!");
+        assert_eq!(output(&mut pipe), b"a!");
+        assert_eq!(pipe.input(), b"b");
+    }
+
+    #[test]
+    fn written_bytes_leave_the_output_and_passed_bytes_skip_the_scanner() {
+        let mut pipe = pipe_with(b"abcdef");
+        pipe.ready_upto(2);
+        pipe.pass_all();
+        assert_eq!(output(&mut pipe), b"abcdef");
+        assert_eq!(pipe.scanner().0, 2, "only scanned bytes rebase the scanner");
+        pipe.wrote(4);
+        assert_eq!(pipe.unwritten(), 2);
+        pipe.wrote(2);
+        assert_eq!(pipe.unwritten(), 0);
+        pipe.send(b"x");
+        pipe.drop_output();
+        assert_eq!(pipe.unwritten(), 0);
+    }
+}

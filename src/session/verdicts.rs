@@ -1,0 +1,249 @@
+//! Carrying out what is decided about a command: classify it, let the proxy's own
+//! commands and authentication intercept it, judge it with the guards
+//! ([`crate::pipeline::judge`]), and do what the verdict says: forward it, rewrite it (a
+//! replacement and hidden extra commands, positions remembered inside MULTI), answer it
+//! locally (aborting a transaction it was refused in), follow a queue it pushes to.
+//! While Redis is unreachable, fail-open keys get the empty-cache answer here too.
+//!
+//! This is the one place guard verdicts turn into bytes and reply-queue entries. Never
+//! decides policy: guards do.
+
+use bytes::Bytes;
+
+use super::intercept::Intercept;
+use super::state::LocalAnswer;
+use super::{Session, StreamTo};
+use crate::command::{CommandInfo, Special};
+use crate::guard::queue::QueueHandle;
+use crate::guard::Verdict;
+use crate::pipeline::{self, CommandFacts, Judge, Scanned, Span};
+use crate::scanner::reply::ReplyInfo;
+use crate::wire;
+
+impl Session {
+    /// A whole command was scanned at `span`.
+    pub(super) fn on_command(&mut self, span: Span) {
+        let info = CommandFacts::of(self.current(span).classify(&self.shared.table));
+        if self.hold_for_probe(info.id, span.start) {
+            return;
+        }
+        self.commands_in_batch += 1;
+        let intercept = match self.intercept(&info, span) {
+            Intercept::Pass if info.special == Special::Sync => self.on_sync(),
+            other => other,
+        };
+        if !self.upstream.is_connected()
+            && !self.connect_for_auth
+            && !matches!(intercept, Intercept::Answer(_))
+        {
+            let reply = self
+                .fail_open_reply(info.id, span)
+                .unwrap_or_else(|| self.unavailable_reply());
+            self.answer_locally(info.id, reply, span);
+            return;
+        }
+        let mut tracked = None;
+        let verdict = match intercept {
+            Intercept::Answer(reply) => Verdict::Answer(reply),
+            Intercept::Replace => Verdict::Rewrite {
+                replacement: Some(self.scratch.len()),
+                hidden: 0,
+            },
+            Intercept::Pass => self.judge(info.id, span, &mut tracked),
+        };
+        let (replacement, hidden) = match verdict {
+            Verdict::Forward | Verdict::Track(_) => (None, 0),
+            Verdict::Rewrite {
+                replacement,
+                hidden,
+            } => (replacement, hidden),
+            Verdict::Answer(reply) | Verdict::Refuse(reply) => {
+                self.refuse(info.id, reply, span);
+                return;
+            }
+        };
+        let cmd = self.current(span);
+        let is_reset = info.special == Special::Reset;
+        let changes_user = match info.special {
+            Special::Auth => true,
+            Special::Hello => cmd.any_arg_is(b"auth"),
+            _ => false,
+        };
+        self.record(info, span, tracked);
+        if let Some(len) = replacement {
+            self.requests.discard(span.end - span.start);
+            self.requests.send(&self.scratch[..len]);
+        } else if span.inline {
+            // Redis would parse the inline form the same way; send the exact arguments.
+            self.requests.discard(span.end - span.start);
+            self.requests.send_from_scanner(|s| s.inline_bytes());
+        } else {
+            self.requests.ready_upto(span.end);
+        }
+        if hidden > 0 {
+            let from = replacement.unwrap_or(0);
+            self.requests.send(&self.scratch[from..]);
+            self.state.expect_hidden(hidden);
+        }
+        if is_reset {
+            self.send_handshake();
+        }
+        if is_reset || changes_user {
+            // What Redis lets the guards do may have changed with the user (AUTH, HELLO …
+            // AUTH, RESET; a HELLO that only picks the protocol changes nothing).
+            self.probe_access();
+        }
+    }
+
+    /// The head of a command too large to hold: decide now, then stream or discard the rest.
+    pub(super) fn on_streamed_head(&mut self, span: Span) {
+        let info = CommandFacts::of(self.current(span).classify(&self.shared.table));
+        if self.hold_for_probe(info.id, span.start) {
+            return;
+        }
+        self.commands_in_batch += 1;
+        if !self.upstream.is_connected() && self.authenticated {
+            self.answer_locally(info.id, self.unavailable_reply(), span);
+            self.streaming = Some(StreamTo::Discard);
+            return;
+        }
+        let mut tracked = None;
+        let verdict = if self.policy.auth.required()
+            && matches!(info.special, Special::Auth | Special::Hello)
+        {
+            // Credentials too large to hold match no `[auth]` user; never sent to Redis.
+            Verdict::Refuse(wire::error(crate::auth::WRONGPASS))
+        } else if !self.authenticated {
+            // Too large to hold, so never one the proxy answers itself: refused unread.
+            Verdict::Refuse(wire::error(crate::auth::NOAUTH))
+        } else {
+            self.judge(info.id, span, &mut tracked)
+        };
+        let (new_head, extra) = match verdict {
+            Verdict::Answer(reply) | Verdict::Refuse(reply) => {
+                self.refuse(info.id, reply, span);
+                self.streaming = Some(StreamTo::Discard);
+                return;
+            }
+            Verdict::Forward | Verdict::Track(_) => (None, None),
+            Verdict::Rewrite {
+                replacement,
+                hidden,
+            } => (replacement, Some(hidden)),
+        };
+        if let Some(hidden) = extra {
+            // A replacement is a new head for the rest, which streams unchanged; extra
+            // commands follow once the command has passed.
+            let from = new_head.unwrap_or(0);
+            self.after_stream.clear();
+            self.after_stream.extend_from_slice(&self.scratch[from..]);
+            self.after_stream_hidden = hidden;
+        }
+        self.record(info, span, tracked);
+        match new_head {
+            Some(len) => {
+                self.requests.discard(span.end - span.start);
+                self.requests.send(&self.scratch[..len]);
+            }
+            None => self.requests.ready_upto(span.end),
+        }
+        self.streaming = Some(StreamTo::Upstream);
+    }
+
+    /// The command at `span`, as the request scanner found it.
+    #[inline]
+    pub(super) fn current(&self, span: Span) -> Scanned<'_> {
+        Scanned::new(self.requests.scanner(), self.requests.input(), span)
+    }
+
+    /// Run the guards on the command at `span`. Not while the connection is in RESP2
+    /// subscribed mode or MONITOR, where Redis refuses writes and reply counts are Redis's;
+    /// nor when no guard that wants it may act now (the shed guard while memory is low).
+    #[inline]
+    fn judge(&mut self, command: u16, span: Span, tracked: &mut Option<QueueHandle>) -> Verdict {
+        let cmd = Scanned::new(self.requests.scanner(), self.requests.input(), span);
+        let info: &CommandInfo = self.shared.table.by_id(command);
+        let state = &self.state;
+        let with = Judge {
+            guards: &self.policy.guards,
+            access: self.access,
+            client: &self.identity,
+            keys: &mut self.keys,
+            scratch: &mut self.scratch,
+            tracked,
+        };
+        pipeline::judge(&cmd, info, with, || state.guards_may_act())
+    }
+
+    /// Record what to do with the replies of the command at `span`, sent to Redis. A push
+    /// inside MULTI is answered QUEUED; its length arrives inside EXEC's array, so it is
+    /// not followed.
+    #[inline]
+    fn record(&mut self, info: CommandFacts, span: Span, tracked: Option<QueueHandle>) {
+        let tracked = tracked.filter(|_| !self.state.in_multi());
+        let cmd = Scanned::new(self.requests.scanner(), self.requests.input(), span);
+        let recorded = self.state.push_for(&cmd, info, tracked);
+        if recorded.memory_event {
+            self.policy.guards.pressure().mark_stale();
+        }
+        if recorded.quit {
+            // Redis closes after QUIT and reads nothing more.
+            self.ignore_input = true;
+        }
+    }
+
+    /// A followed queue's push was answered: its integer reply is the queue's depth.
+    pub(super) fn on_queue_reply(queue: QueueHandle, reply: &ReplyInfo) {
+        if let Some(depth) = reply.last_int {
+            queue.record(depth);
+        }
+    }
+
+    /// The command at `span` is answered by the proxy (a refusal counted as one); inside
+    /// MULTI that fails the transaction as Redis's own queue-time errors do.
+    fn refuse(&mut self, command: u16, reply: Bytes, span: Span) {
+        if reply.first() == Some(&b'-') {
+            self.shared.control.refusals.record(&self.identity);
+        }
+        self.answer_locally(command, reply, span);
+        if self.state.in_multi() {
+            let abort = self.state.abort_transaction();
+            self.requests.send(abort);
+        }
+    }
+
+    /// While Redis is unreachable: the empty-cache answer for a command on fail-open keys.
+    fn fail_open_reply(&mut self, command: u16, span: Span) -> Option<Bytes> {
+        let fail_open = self.policy.guards.fail_open()?;
+        if !fail_open.covers(command) {
+            return None;
+        }
+        let info = self.shared.table.by_id(command);
+        let cmd = Scanned::new(self.requests.scanner(), self.requests.input(), span);
+        let mut view = cmd.view(info, &mut self.keys, self.access);
+        view.streaming = None;
+        view.size = 0;
+        view.wire = None;
+        fail_open.answer(&view, &self.identity, self.state.queue().is_resp3())
+    }
+
+    /// Why each command fails while there is no upstream connection.
+    pub(super) fn unavailable_reply(&self) -> Bytes {
+        wire::error(self.upstream.error())
+    }
+
+    /// Answer the command at `span` without sending it upstream.
+    pub(super) fn answer_locally(&mut self, command: u16, reply: Bytes, span: Span) {
+        debug_assert_eq!(span.start, self.requests.ready());
+        self.requests.discard(span.end - span.start);
+        match self.state.answer_locally(command, reply) {
+            LocalAnswer::Queued => self.emit_local_replies(),
+            LocalAnswer::Unsent => {}
+            LocalAnswer::SkipPing => {
+                if self.upstream.is_connected() {
+                    self.requests.send(b"*1\r\n$4\r\nPING\r\n");
+                }
+            }
+        }
+    }
+}
