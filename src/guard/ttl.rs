@@ -40,7 +40,7 @@ use super::{ScriptAccess, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
 use crate::config::{ConfigError, RawTtlGuard};
 use crate::identity::ClientIdentity;
-use crate::resp::{array_header as encode_header, bulk as encode_arg, Decimal};
+use crate::resp::{self, Decimal};
 
 /// The script every wrapped command runs in (see the module documentation), as documented
 /// in `ttl_script.lua`.
@@ -474,13 +474,13 @@ impl TtlGuard {
                 out,
             );
         }
-        encode_header(out, 6);
-        encode_arg(out, b"SET");
-        encode_arg(out, key);
-        encode_arg(out, cmd.arg(2).unwrap_or_default());
-        encode_arg(out, b"GET");
-        encode_arg(out, b"PX");
-        encode_arg(out, &rule.limits.ttl_millis);
+        resp::array_header(out, 6);
+        resp::bulk(out, b"SET");
+        resp::bulk(out, key);
+        resp::bulk(out, cmd.arg(2).unwrap_or_default());
+        resp::bulk(out, b"GET");
+        resp::bulk(out, b"PX");
+        resp::bulk(out, &rule.limits.ttl_millis);
         let v = Verdict::Rewrite {
             replacement: Some(out.len()),
             hidden: 0,
@@ -533,11 +533,11 @@ impl TtlGuard {
             };
         }
         for &(key, rule) in &chosen {
-            encode_header(out, 4);
-            encode_arg(out, b"PEXPIRE");
-            encode_arg(out, key);
-            encode_arg(out, &rule.limits.ttl_millis);
-            encode_arg(out, b"NX");
+            resp::array_header(out, 4);
+            resp::bulk(out, b"PEXPIRE");
+            resp::bulk(out, key);
+            resp::bulk(out, &rule.limits.ttl_millis);
+            resp::bulk(out, b"NX");
         }
         Verdict::Rewrite {
             replacement: None,
@@ -567,15 +567,15 @@ impl TtlGuard {
             return Verdict::Forward;
         }
         counted.count(Action::TtlAdded);
-        encode_header(out, 4 + 2 * rules.len() + cmd.argc);
-        encode_arg(out, b"EVAL");
-        encode_arg(out, PAIRS_SCRIPT.as_bytes());
-        encode_arg(out, b"0");
-        encode_arg(out, Decimal::of(rules.len() as u64).as_bytes());
+        resp::array_header(out, 4 + 2 * rules.len() + cmd.argc);
+        resp::bulk(out, b"EVAL");
+        resp::bulk(out, PAIRS_SCRIPT.as_bytes());
+        resp::bulk(out, b"0");
+        resp::bulk(out, Decimal::of(rules.len() as u64).as_bytes());
         for rule in &rules {
-            encode_arg(out, rule.pattern_source().as_bytes());
+            resp::bulk(out, rule.pattern_source().as_bytes());
             let enforced = rule.mode == Mode::Enforce;
-            encode_arg(
+            resp::bulk(
                 out,
                 if enforced {
                     &rule.limits.ttl_millis
@@ -706,19 +706,19 @@ fn wrap<'k>(
     out: &mut BytesMut,
 ) {
     let n = keys.clone().count();
-    encode_header(out, 3 + n + 1 + 3 * n + cmd.argc);
-    encode_arg(out, b"EVAL");
-    encode_arg(out, SCRIPT.as_bytes());
-    encode_arg(out, Decimal::of(n as u64).as_bytes());
+    resp::array_header(out, 3 + n + 1 + 3 * n + cmd.argc);
+    resp::bulk(out, b"EVAL");
+    resp::bulk(out, SCRIPT.as_bytes());
+    resp::bulk(out, Decimal::of(n as u64).as_bytes());
     for (key, _, _) in keys.clone() {
-        encode_arg(out, key);
+        resp::bulk(out, key);
     }
     let condition: &[u8] = if write_on_success { b"ok" } else { b"changed" };
-    encode_arg(out, condition);
+    resp::bulk(out, condition);
     for (_, rule, mode) in keys {
-        encode_arg(out, mode.word());
-        encode_arg(out, &rule.limits.ttl_millis);
-        encode_arg(out, &rule.limits.max_millis);
+        resp::bulk(out, mode.word());
+        resp::bulk(out, &rule.limits.ttl_millis);
+        resp::bulk(out, &rule.limits.max_millis);
     }
     copy_command(cmd, out);
 }
@@ -730,7 +730,7 @@ fn copy_command(cmd: &CommandView<'_>, out: &mut BytesMut) {
         Some(wire) => out.extend_from_slice(&cmd.src[wire.clone()]),
         None => {
             for r in cmd.args {
-                encode_arg(out, &cmd.src[r.clone()]);
+                resp::bulk(out, &cmd.src[r.clone()]);
             }
         }
     }

@@ -10,7 +10,7 @@ use super::watchdog::Silence;
 use super::{End, Session, StreamTo};
 use crate::command::{Flags, Special};
 use crate::reply_queue::{Disposition, Effect};
-use crate::wire;
+use crate::resp;
 
 impl Session {
     /// The watchdog's deadline passed. Redis has timed out if it still owes replies, has
@@ -111,7 +111,7 @@ impl Session {
         let mid_reply = self.reply_partly_sent;
         self.replies.move_ready();
         if !mid_reply {
-            let message = wire::error(&format!(
+            let message = resp::error(&format!(
                 "ERR respguard: upstream {} connection lost before the reply ({reason})",
                 self.shared.gate.target().address
             ));

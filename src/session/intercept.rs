@@ -13,8 +13,8 @@ use crate::command::Special;
 use crate::guard::ScriptAccess;
 use crate::pipeline::{CommandFacts, Span};
 use crate::reply_queue::Pending;
+use crate::resp;
 use crate::scanner::reply::{ReplyInfo, ReplyKind};
-use crate::wire;
 
 /// What the proxy does with a command before the guards (see [`Session::intercept`]).
 pub(super) enum Intercept {
@@ -52,7 +52,7 @@ impl Session {
         }
         if is_respguard {
             if self.state.in_multi() {
-                return Intercept::Answer(wire::error(
+                return Intercept::Answer(resp::error(
                     "ERR respguard: RESPGUARD commands cannot be queued in MULTI",
                 ));
             }
@@ -71,7 +71,7 @@ impl Session {
                 match at {
                     Some(i) => self.authenticate(&argv[i..i + 3], Some((&argv, i))),
                     None if self.authenticated => Intercept::Pass,
-                    None => Intercept::Answer(wire::error(
+                    None => Intercept::Answer(resp::error(
                         "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
                     )),
                 }
@@ -97,14 +97,14 @@ impl Session {
             // Redis refuses an unknown command or a wrong argument count before it asks
             // for authentication.
             if let Some(error) = self.shared.table.rejection(argv) {
-                return Some(Intercept::Answer(wire::error(&error)));
+                return Some(Intercept::Answer(resp::error(&error)));
             }
         }
         if !matches!(
             info.special,
             Special::Auth | Special::Hello | Special::Quit | Special::Reset
         ) {
-            return Some(Intercept::Answer(wire::error(crate::auth::NOAUTH)));
+            return Some(Intercept::Answer(resp::error(crate::auth::NOAUTH)));
         }
         if !self.upstream.is_connected() {
             // No upstream connection before authentication: answer as Redis would.
@@ -135,19 +135,19 @@ impl Session {
             2 => (b"default", &auth[1]),
             3 => (&auth[1], &auth[2]),
             _ => {
-                return Intercept::Answer(wire::error(
+                return Intercept::Answer(resp::error(
                     "ERR wrong number of arguments for 'auth' command",
                 ))
             }
         };
         if self.state.in_multi() {
-            return Intercept::Answer(wire::error(
+            return Intercept::Answer(resp::error(
                 "ERR respguard: AUTH cannot be queued in MULTI when respguard authenticates clients",
             ));
         }
         let Some(user) = self.policy.auth.check(name, password).cloned() else {
             tracing::info!(client = %self.identity, user = %String::from_utf8_lossy(name), "proxy authentication failed");
-            return Intercept::Answer(wire::error(crate::auth::WRONGPASS));
+            return Intercept::Answer(resp::error(crate::auth::WRONGPASS));
         };
         let target = self.shared.gate.target();
         // The Redis credentials this user's commands run with. Without a password in the
@@ -163,13 +163,13 @@ impl Session {
         };
         self.scratch.clear();
         match hello {
-            None => wire::command(&mut self.scratch, &[b"AUTH", u, p]),
+            None => resp::command(&mut self.scratch, &[b"AUTH", u, p]),
             Some((argv, at)) => {
                 let mut out: Vec<&[u8]> = Vec::with_capacity(argv.len());
                 out.extend(argv[..at].iter().map(|a| a.as_slice()));
                 out.extend([&b"AUTH"[..], u, p]);
                 out.extend(argv[at + 3..].iter().map(|a| a.as_slice()));
-                wire::command(&mut self.scratch, &out);
+                resp::command(&mut self.scratch, &out);
             }
         }
         self.connect_for_auth = !self.upstream.is_connected();

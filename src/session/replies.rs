@@ -47,7 +47,7 @@ impl Session {
                     let kept = self.state.exec_header(count as usize);
                     self.replies.discard(end - self.replies.ready());
                     self.reply_partly_sent = true;
-                    crate::guard::encode_header(self.replies.append(), kept);
+                    crate::resp::array_header(self.replies.append(), kept);
                 }
                 ReplyStep::Element(end) => {
                     self.keep_or_drop_reply_bytes(end);

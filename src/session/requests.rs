@@ -7,8 +7,8 @@
 use super::{Session, StreamTo};
 use crate::pipeline::Span;
 use crate::reply_queue::Pending;
+use crate::resp;
 use crate::scanner::request::{Step, StreamStep};
-use crate::wire;
 
 impl Session {
     /// Scan and route every whole command in the request buffer.
@@ -108,7 +108,7 @@ impl Session {
         let id = self.shared.table.unknown().id;
         self.state
             .queue_mut()
-            .push(Pending::local(id, wire::error(&format!("ERR {message}"))));
+            .push(Pending::local(id, resp::error(&format!("ERR {message}"))));
         self.emit_local_replies();
         self.ignore_input = true;
         self.close_when_flushed = true;

@@ -17,14 +17,14 @@ use super::intercept::Intercept;
 use super::upstream::Upstream;
 use super::{End, Event, Interest, Session};
 use crate::config::Replication;
-use crate::wire;
+use crate::resp;
 
 impl Session {
     /// SYNC or PSYNC arrived: forward it, or refuse it with `proxy.replication = "refuse"`.
     pub(super) fn on_sync(&self) -> Intercept {
         match self.shared.replication {
             Replication::Tunnel => Intercept::Pass,
-            Replication::Refuse => Intercept::Answer(wire::error(
+            Replication::Refuse => Intercept::Answer(resp::error(
                 "ERR respguard: SYNC and PSYNC are refused (proxy.replication = \"refuse\"); replicate from Redis directly",
             )),
         }

@@ -17,8 +17,8 @@ use crate::command::{CommandInfo, Special};
 use crate::guard::queue::QueueHandle;
 use crate::guard::Verdict;
 use crate::pipeline::{self, CommandFacts, Judge, Scanned, Span};
+use crate::resp;
 use crate::scanner::reply::ReplyInfo;
-use crate::wire;
 
 impl Session {
     /// A whole command was scanned at `span`.
@@ -112,10 +112,10 @@ impl Session {
             && matches!(info.special, Special::Auth | Special::Hello)
         {
             // Credentials too large to hold match no `[auth]` user; never sent to Redis.
-            Verdict::Refuse(wire::error(crate::auth::WRONGPASS))
+            Verdict::Refuse(resp::error(crate::auth::WRONGPASS))
         } else if !self.authenticated {
             // Too large to hold, so never one the proxy answers itself: refused unread.
-            Verdict::Refuse(wire::error(crate::auth::NOAUTH))
+            Verdict::Refuse(resp::error(crate::auth::NOAUTH))
         } else {
             self.judge(info.id, span, &mut tracked)
         };
@@ -229,7 +229,7 @@ impl Session {
 
     /// Why each command fails while there is no upstream connection.
     pub(super) fn unavailable_reply(&self) -> Bytes {
-        wire::error(self.upstream.error())
+        resp::error(self.upstream.error())
     }
 
     /// Answer the command at `span` without sending it upstream.
