@@ -1,6 +1,7 @@
 //! The `respguard` binary: command-line parsing, logging, signals. Everything else is in the
 //! library.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -83,11 +84,16 @@ fn main() -> anyhow::Result<()> {
         raw.validate()
             .and_then(|config| respguard::app::check(&config))
             .with_context(|| format!("{} is not valid", file.display()))?;
-        println!(
+        // A reader that stops early (`check-config FILE | head`) is not an error.
+        let shown = writeln!(
+            std::io::stdout(),
             "# {} is valid; effective configuration:\n{text}",
             file.display()
         );
-        return Ok(());
+        return match shown {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(()),
+        };
     }
     if let Some(Command::HealthProbe { admin, path }) = &cli.command {
         return health_probe(admin, path);

@@ -28,6 +28,32 @@ fn check_config_accepts_the_example_and_prints_the_effective_configuration() {
     assert!(out.contains("drain_timeout = \"5s\""), "{out}");
 }
 
+/// `check-config FILE | head` must not panic when the reader stops early: stdout is a pipe
+/// whose reading end is closed before the proxy starts (so the write fails with EPIPE
+/// every time, not only when the reader happens to be faster).
+#[test]
+fn check_config_into_a_closed_pipe_is_not_a_crash() {
+    let script = "import os, subprocess, sys\n\
+                  r, w = os.pipe()\n\
+                  os.close(r)\n\
+                  p = subprocess.run(sys.argv[1:], stdout=w, stderr=subprocess.PIPE)\n\
+                  sys.stderr.buffer.write(p.stderr)\n\
+                  sys.exit(p.returncode)\n";
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            env!("CARGO_BIN_EXE_respguard"),
+            "check-config",
+            EXAMPLE,
+        ])
+        .output()
+        .expect("python3 runs the pipe check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn check_config_names_the_wrong_key() {
     let dir = tempfile::tempdir().unwrap();
