@@ -163,3 +163,118 @@ fn unix_ms() -> u128 {
         .map(|d| d.as_millis())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::CommandTable;
+    use crate::guard::ScriptAccess;
+    use crate::scanner::request::{Limits, RequestScanner, Step};
+
+    /// `f` on the command `args` as the session would show it to a guard.
+    fn with_view<R>(args: &[&[u8]], f: impl FnOnce(&CommandView<'_>) -> R) -> R {
+        let table = CommandTable::builtin();
+        let mut src = BytesMut::new();
+        resp::command(&mut src, args);
+        let mut scanner = RequestScanner::new(Limits::default());
+        let Step::Command { .. } = scanner.scan(&src) else {
+            panic!("a whole command");
+        };
+        let view = CommandView {
+            src: &src,
+            args: scanner.args(),
+            keys: &[1],
+            info: table.lookup(args),
+            argc: args.len(),
+            access: ScriptAccess::Allowed,
+            streaming: None,
+            size: src.len() as u64,
+            wire: None,
+        };
+        f(&view)
+    }
+
+    /// The command `args` with the payloads at `gone` dropped, as sent to Redis.
+    fn dropped(args: &[&[u8]], kind: Cmd, field: Option<&[u8]>, gone: &[usize]) -> BytesMut {
+        with_view(args, |cmd| {
+            let layout = push_layout(cmd, kind, field).expect("a push");
+            let mut out = BytesMut::new();
+            let verdict = drop_payloads(&mut out, cmd, kind, &layout, gone);
+            assert!(matches!(
+                verdict,
+                Verdict::Rewrite {
+                    replacement: Some(n),
+                    hidden: 0
+                } if n == out.len()
+            ));
+            out
+        })
+    }
+
+    fn encoded(args: &[&[u8]]) -> BytesMut {
+        let mut out = BytesMut::new();
+        resp::command(&mut out, args);
+        out
+    }
+
+    #[test]
+    fn a_push_keeps_the_payloads_not_dropped() {
+        let push: &[&[u8]] = &[b"RPUSH", b"q:a", b"x", b"y", b"z"];
+        let kept = dropped(push, Cmd::ListPush, None, &[2, 4]);
+        assert_eq!(kept, encoded(&[b"RPUSH", b"q:a", b"y"]));
+        let zadd: &[&[u8]] = &[b"ZADD", b"q:z", b"NX", b"1", b"a", b"2", b"b"];
+        let kept = dropped(zadd, Cmd::Zadd, None, &[4]);
+        assert_eq!(
+            kept,
+            encoded(&[b"ZADD", b"q:z", b"NX", b"2", b"b"]),
+            "with its score"
+        );
+    }
+
+    #[test]
+    fn a_push_left_empty_becomes_a_read_with_the_same_reply_type() {
+        let push: &[&[u8]] = &[b"LPUSH", b"q:a", b"x"];
+        assert_eq!(
+            dropped(push, Cmd::ListPush, None, &[2]),
+            encoded(&[b"LLEN", b"q:a"])
+        );
+        let zadd: &[&[u8]] = &[b"ZADD", b"q:z", b"1", b"a"];
+        assert_eq!(
+            dropped(zadd, Cmd::Zadd, None, &[3]),
+            encoded(&[b"ZCARD", b"q:z"])
+        );
+        let xadd: &[&[u8]] = &[b"XADD", b"q:s", b"MAXLEN", b"~", b"9", b"5-1", b"job", b"j"];
+        let out = dropped(xadd, Cmd::Xadd, Some(b"job"), &[7]);
+        assert_eq!(out, encoded(&[b"ECHO", b"5-1"]));
+    }
+
+    #[test]
+    fn layouts_find_the_payloads_after_the_options() {
+        let layout = |args: &[&[u8]], kind, field: Option<&[u8]>| {
+            with_view(args, |cmd| {
+                push_layout(cmd, kind, field).map(|l| (l.payloads, l.xadd_id))
+            })
+        };
+        let zadd: &[&[u8]] = &[b"ZADD", b"q:z", b"gt", b"CH", b"1", b"a", b"2", b"b"];
+        assert_eq!(layout(zadd, Cmd::Zadd, None), Some((vec![5, 7], 0)));
+        let incr: &[&[u8]] = &[b"ZADD", b"q:z", b"INCR", b"1", b"a"];
+        assert_eq!(layout(incr, Cmd::Zadd, None), None, "not an enqueue");
+        let xadd: &[&[u8]] = &[
+            b"XADD",
+            b"q:s",
+            b"NOMKSTREAM",
+            b"*",
+            b"k",
+            b"v",
+            b"job",
+            b"j",
+        ];
+        assert_eq!(layout(xadd, Cmd::Xadd, Some(b"job")), Some((vec![7], 3)));
+        assert_eq!(
+            layout(xadd, Cmd::Xadd, None),
+            Some((vec![4], 3)),
+            "the whole entry"
+        );
+        assert_eq!(layout(xadd, Cmd::Xadd, Some(b"none")), None);
+    }
+}
