@@ -31,6 +31,7 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod buffer;
+pub mod clock;
 pub mod command;
 pub mod config;
 pub mod control;

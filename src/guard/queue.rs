@@ -21,7 +21,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use dashmap::DashMap;
@@ -30,6 +30,7 @@ use rustc_hash::FxBuildHasher;
 
 use super::{first_rule, printable_key, Action, CommandView, Guard, Mode, Rule, RuleKind};
 use super::{RuleSpec, Verdict};
+use crate::clock::Clock;
 use crate::command::CommandInfo;
 use crate::config::RawQueueGuard;
 use crate::identity::ClientIdentity;
@@ -96,7 +97,7 @@ pub struct QueueDepths {
     map: DashMap<Box<[u8]>, Arc<TrackedQueue>, FxBuildHasher>,
     max: usize,
     refresh_after: Duration,
-    epoch: Instant,
+    clock: Clock,
     untracked: Counter,
 }
 
@@ -116,7 +117,7 @@ impl QueueDepths {
             map: DashMap::with_hasher(FxBuildHasher),
             max,
             refresh_after,
-            epoch: Instant::now(),
+            clock: Clock::start(),
             untracked: metrics::counter!("respguard_queue_untracked_pushes_total"),
         }
     }
@@ -127,7 +128,7 @@ impl QueueDepths {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.clock.millis()
     }
 
     /// Queues followed now.

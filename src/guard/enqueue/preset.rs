@@ -19,6 +19,9 @@
 //!   and SCRIPT LOAD) or, for a script loaded before the proxy started, by its shape: keys
 //!   under one prefix including `<prefix>id`, `<prefix>meta` and `<prefix>events`, and an
 //!   ARGV[1] starting with that prefix.
+//!
+//! This module holds the presets (keys, commands, how to find the job); the checks of the
+//! libraries whose jobs are not pushed whole are in `rq.rs` and `bullmq.rs`.
 
 use super::payload::{Format, PayloadSpec, Pointer};
 
@@ -110,98 +113,9 @@ pub fn preset(name: &str) -> Option<Preset> {
     }
 }
 
-/// Text found in the body of every BullMQ add script (and no other of its scripts).
-pub const BULLMQ_ADD_MARKER: &[u8] = b"- Increases the job counter if needed.";
-
-/// The parts of a BullMQ add that identify the job.
-#[derive(Debug, PartialEq, Eq)]
-pub struct BullmqAdd<'a> {
-    /// The queue's key prefix, `bull:<queue>:`.
-    pub prefix: &'a [u8],
-    /// The custom job id, empty for an automatic one.
-    pub job_id: &'a [u8],
-    /// The job name.
-    pub name: &'a [u8],
-    /// The job data (JSON).
-    pub data: &'a [u8],
-}
-
-/// Read a BullMQ add's ARGV: `argv[0]` the msgpack arguments, `argv[1]` the data. `None`
-/// when they do not have that shape.
-pub fn bullmq_add<'a>(argv0: &'a [u8], data: &'a [u8]) -> Option<BullmqAdd<'a>> {
-    let mut rd = argv0;
-    let n = rmp::decode::read_array_len(&mut rd).ok()?;
-    if n < 3 {
-        return None;
-    }
-    let mut strings = [&b""[..]; 3];
-    for s in &mut strings {
-        let len = rmp::decode::read_str_len(&mut rd).ok()? as usize;
-        if rd.len() < len {
-            return None;
-        }
-        (*s, rd) = rd.split_at(len);
-    }
-    Some(BullmqAdd {
-        prefix: strings[0],
-        job_id: strings[1],
-        name: strings[2],
-        data,
-    })
-}
-
-/// Whether `keys` look like a BullMQ add's: all under `prefix`, with its `id`, `meta` and
-/// `events` keys among them.
-pub fn bullmq_keys_fit(prefix: &[u8], keys: &[&[u8]]) -> bool {
-    let has = |suffix: &[u8]| {
-        keys.iter()
-            .any(|k| k.strip_prefix(prefix).is_some_and(|rest| rest == suffix))
-    };
-    !prefix.is_empty()
-        && keys.iter().all(|k| k.starts_with(prefix))
-        && has(b"id")
-        && has(b"meta")
-        && has(b"events")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// ARGV[1] of a BullMQ 5.67 add, as captured from its traffic.
-    const ARGS: &[u8] =
-        b"\x99\xacbull:emails:\xa5fixed\xa4send\xcbBz \"\x0e\xe1\xa0\x00\xc0\xc0\xc0\xc0\xc0";
-
-    #[test]
-    fn a_bullmq_add_is_read_from_its_arguments() {
-        let add = bullmq_add(ARGS, br#"{"to":"a@b"}"#).unwrap();
-        assert_eq!(add.prefix, b"bull:emails:");
-        assert_eq!(add.job_id, b"fixed");
-        assert_eq!(add.name, b"send");
-        let auto = b"\x99\xacbull:emails:\xa0\xa4send\xcbBz \"\x0e\xe1\xa0\x00\xc0\xc0\xc0\xc0\xc0";
-        assert_eq!(bullmq_add(auto, b"{}").unwrap().job_id, b"");
-        assert!(bullmq_add(b"\x92\xa1a\xa1b", b"{}").is_none(), "too short");
-        assert!(bullmq_add(b"\x93\xa1a\xa5ab", b"{}").is_none(), "truncated");
-        assert!(bullmq_add(b"{\"json\":1}", b"{}").is_none());
-    }
-
-    #[test]
-    fn bullmq_key_shapes() {
-        let keys: Vec<&[u8]> = vec![
-            b"bull:q:wait",
-            b"bull:q:paused",
-            b"bull:q:meta",
-            b"bull:q:id",
-            b"bull:q:completed",
-            b"bull:q:delayed",
-            b"bull:q:active",
-            b"bull:q:events",
-            b"bull:q:marker",
-        ];
-        assert!(bullmq_keys_fit(b"bull:q:", &keys));
-        assert!(!bullmq_keys_fit(b"bull:r:", &keys));
-        assert!(!bullmq_keys_fit(b"bull:q:", &keys[..3]), "no id or events");
-    }
 
     #[test]
     fn every_preset_is_known_by_name() {

@@ -13,11 +13,11 @@
 //! A slot holds a 64-bit value and a 32-bit one besides its key and expiry, which is all
 //! any of the guard's tables needs, so one slot type serves them all at 24 bytes.
 //!
-//! Time is whole seconds since the table was made (`expires == 0` marks an empty slot).
+//! The table never reads the clock: callers pass `now`, in whole seconds counted from 1 on
+//! their [`crate::clock::Clock`] (`expires == 0` marks an empty slot).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
 
 /// Slots per set: a key can live in any of them.
 pub const WAYS: usize = 8;
@@ -39,7 +39,7 @@ pub struct Slot {
 pub struct Entry<'a> {
     /// True when the key was not in the table (or had expired): the values are 0.
     pub fresh: bool,
-    /// When the entry expires, in the table's seconds; the caller sets it for a fresh one.
+    /// When the entry expires, in the caller's seconds; the caller sets it for a fresh one.
     pub expires: &'a mut u32,
     /// The caller's 64-bit value.
     pub value: &'a mut u64,
@@ -52,7 +52,6 @@ pub struct Entry<'a> {
 pub struct BoundedTable {
     shards: Box<[Mutex<Vec<Slot>>]>,
     sets_per_shard: usize,
-    epoch: Instant,
     live_evictions: AtomicU64,
     occupied: AtomicU64,
 }
@@ -66,7 +65,6 @@ impl BoundedTable {
         BoundedTable {
             shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             sets_per_shard,
-            epoch: Instant::now(),
             live_evictions: AtomicU64::new(0),
             occupied: AtomicU64::new(0),
         }
@@ -75,11 +73,6 @@ impl BoundedTable {
     /// The most entries the table holds.
     pub fn capacity(&self) -> usize {
         SHARDS * self.sets_per_shard * WAYS
-    }
-
-    /// Now, in the table's seconds (never 0).
-    pub fn now(&self) -> u32 {
-        self.epoch.elapsed().as_secs() as u32 + 1
     }
 
     /// Entries that were evicted before they expired, since the table was made.

@@ -1,0 +1,57 @@
+//! Jobs carried whole in the values pushed (Sidekiq, Celery, generic rules): list pushes,
+//! sorted-set members, a stream entry's field. Each payload of a push is judged on its
+//! own; the over-limit ones are left out of the push (`drop`), or the push is refused
+//! (`reject`).
+//!
+//! It never reads a payload's format itself ([`PayloadSpec`] does) nor keeps any state.
+
+use bytes::BytesMut;
+
+use super::super::{CommandView, Rule, Verdict};
+use super::decision::{over_limit, refusal};
+use super::memory::EnqueueMemory;
+use super::payload::PayloadSpec;
+use super::rewrite::{drop_payloads, push_layout};
+use super::rules::{Action, Cmd, EnqueueLimits};
+use crate::identity::ClientIdentity;
+
+/// Judge each payload of a push `cmd` (a `kind` command) under `rule`, whose payloads
+/// `spec` reads.
+pub fn check_push(
+    memory: &EnqueueMemory,
+    rule: &Rule<EnqueueLimits>,
+    spec: &PayloadSpec,
+    cmd: &CommandView<'_>,
+    kind: Cmd,
+    client: &ClientIdentity,
+    out: &mut BytesMut,
+) -> Verdict {
+    let key = cmd.arg(1).unwrap_or_default();
+    let Some(layout) = push_layout(cmd, kind, rule.limits.field.as_deref()) else {
+        return Verdict::Forward;
+    };
+    let scope = memory.scope(&rule.limits, client);
+    let index = [rule.limits.index];
+    // Argument indices of the payloads over the limit, ascending; allocated only on a drop.
+    let mut gone = Vec::new();
+    for &i in &layout.payloads {
+        let value = match (kind, rule.limits.field.is_some()) {
+            (Cmd::Xadd, false) => &cmd.src[cmd.args[i].start..cmd.args[cmd.argc - 1].end],
+            _ => cmd.arg(i).unwrap_or_default(),
+        };
+        let Some(job) = spec.print(value, &[&index, key], memory.hasher()) else {
+            rule.limits.unread.increment(1);
+            continue;
+        };
+        let decision = memory.decide(&rule.limits, scope, &job);
+        match over_limit(rule, client, key, &job, decision) {
+            None => {}
+            Some(Action::Reject) => return refusal(rule, decision),
+            Some(Action::Drop) => gone.push(i),
+        }
+    }
+    if gone.is_empty() {
+        return Verdict::Forward;
+    }
+    drop_payloads(out, cmd, kind, &layout, &gone)
+}

@@ -1,0 +1,280 @@
+//! Where a push carries its payloads ([`PushLayout`]), and the push rewritten without the
+//! dropped ones: the same push with fewer values, or, when none is left, a read whose reply
+//! has the type the push's would have had (LPUSH → LLEN, ZADD → ZCARD, XADD → ECHO of the
+//! entry id), so pipelines and MULTI keep their reply counts and clients their reply types.
+//!
+//! Commands are encoded with [`crate::resp`]. It never decides which payloads go.
+
+use bytes::BytesMut;
+
+use super::super::{CommandView, Verdict};
+use super::rules::Cmd;
+use crate::resp;
+
+/// Where a push's payloads are.
+#[derive(Debug)]
+pub struct PushLayout {
+    /// Argument indices of the payloads (ZADD: the members).
+    pub payloads: Vec<usize>,
+    /// XADD: the index of the entry id.
+    pub xadd_id: usize,
+}
+
+/// The payloads of a push. `None` for a form that does not enqueue (ZADD INCR) or that
+/// does not parse (Redis will answer it with an error). `field` names the XADD field
+/// holding the payload; without it, all of an entry's fields and values are the payload.
+pub fn push_layout(cmd: &CommandView<'_>, kind: Cmd, field: Option<&[u8]>) -> Option<PushLayout> {
+    match kind {
+        Cmd::ListPush => Some(PushLayout {
+            payloads: (2..cmd.argc).collect(),
+            xadd_id: 0,
+        }),
+        Cmd::Zadd => zadd_layout(cmd),
+        Cmd::Xadd => xadd_layout(cmd, field),
+        _ => None,
+    }
+}
+
+/// Argument `i` in lower case (empty when missing).
+fn word(cmd: &CommandView<'_>, i: usize) -> Vec<u8> {
+    cmd.arg(i)
+        .map(|a| a.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// ZADD's members, after its options.
+fn zadd_layout(cmd: &CommandView<'_>) -> Option<PushLayout> {
+    let argc = cmd.argc;
+    let mut i = 2;
+    while i < argc {
+        match word(cmd, i).as_slice() {
+            b"nx" | b"xx" | b"gt" | b"lt" | b"ch" => i += 1,
+            b"incr" => return None,
+            _ => break,
+        }
+    }
+    if i >= argc || (argc - i) % 2 != 0 {
+        return None;
+    }
+    Some(PushLayout {
+        payloads: (i + 1..argc).step_by(2).collect(),
+        xadd_id: 0,
+    })
+}
+
+/// XADD's entry id, after its options, and the payload: the value of `field`, or the
+/// fields and values from the first field on.
+fn xadd_layout(cmd: &CommandView<'_>, field: Option<&[u8]>) -> Option<PushLayout> {
+    let argc = cmd.argc;
+    let mut i = 2;
+    while i < argc {
+        match word(cmd, i).as_slice() {
+            b"nomkstream" => i += 1,
+            b"maxlen" | b"minid" => {
+                i += 1;
+                if matches!(cmd.arg(i), Some(b"=") | Some(b"~")) {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b"limit" => i += 2,
+            _ => break,
+        }
+    }
+    let id = i;
+    let first = id + 1;
+    if first >= argc || (argc - first) % 2 != 0 {
+        return None;
+    }
+    let payloads = match field {
+        Some(f) => (first..argc)
+            .step_by(2)
+            .find(|&j| cmd.arg(j) == Some(f))
+            .map(|j| vec![j + 1])?,
+        None => vec![first],
+    };
+    Some(PushLayout {
+        payloads,
+        xadd_id: id,
+    })
+}
+
+/// Leave the payloads at argument indices `gone` (ascending, a subset of the layout's) out
+/// of a push: send the push without them, or, when none is left, a read with the same reply
+/// type (LPUSH → LLEN, ZADD → ZCARD, XADD → ECHO of the entry id).
+pub fn drop_payloads(
+    out: &mut BytesMut,
+    cmd: &CommandView<'_>,
+    kind: Cmd,
+    layout: &PushLayout,
+    gone: &[usize],
+) -> Verdict {
+    let key = cmd.arg(1).unwrap_or_default();
+    if gone.len() < layout.payloads.len() {
+        encode_without(out, cmd, gone, kind == Cmd::Zadd);
+        return rewritten(out);
+    }
+    match kind {
+        Cmd::Zadd => resp::command(out, &[b"ZCARD", key]),
+        Cmd::Xadd => {
+            let id = cmd.arg(layout.xadd_id).unwrap_or(b"*");
+            let made;
+            let id = if id == b"*" {
+                // The id Redis would have given the entry: now in Unix milliseconds.
+                made = format!("{}-0", unix_ms());
+                made.as_bytes()
+            } else {
+                id
+            };
+            resp::command(out, &[b"ECHO", id]);
+        }
+        _ => resp::command(out, &[b"LLEN", key]),
+    }
+    rewritten(out)
+}
+
+/// The verdict for a command replaced by what was written to `out`.
+pub fn rewritten(out: &BytesMut) -> Verdict {
+    Verdict::Rewrite {
+        replacement: Some(out.len()),
+        hidden: 0,
+    }
+}
+
+/// Write `cmd` without the arguments at `gone` (and, with `scored`, the ZADD score before
+/// each of them).
+fn encode_without(out: &mut BytesMut, cmd: &CommandView<'_>, gone: &[usize], scored: bool) {
+    let skip = |i: usize| {
+        gone.binary_search(&i).is_ok() || (scored && gone.binary_search(&(i + 1)).is_ok())
+    };
+    let width = if scored { 2 } else { 1 };
+    resp::array_header(out, cmd.argc - gone.len() * width);
+    for (i, r) in cmd.args.iter().enumerate() {
+        if !skip(i) {
+            resp::bulk(out, &cmd.src[r.clone()]);
+        }
+    }
+}
+
+/// Wall-clock time in Unix milliseconds (a stream entry id's first part).
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::CommandTable;
+    use crate::guard::ScriptAccess;
+    use crate::scanner::request::{Limits, RequestScanner, Step};
+
+    /// `f` on the command `args` as the session would show it to a guard.
+    fn with_view<R>(args: &[&[u8]], f: impl FnOnce(&CommandView<'_>) -> R) -> R {
+        let table = CommandTable::builtin();
+        let mut src = BytesMut::new();
+        resp::command(&mut src, args);
+        let mut scanner = RequestScanner::new(Limits::default());
+        let Step::Command { .. } = scanner.scan(&src) else {
+            panic!("a whole command");
+        };
+        let view = CommandView {
+            src: &src,
+            args: scanner.args(),
+            keys: &[1],
+            info: table.lookup(args),
+            argc: args.len(),
+            access: ScriptAccess::Allowed,
+            streaming: None,
+            size: src.len() as u64,
+            wire: None,
+        };
+        f(&view)
+    }
+
+    /// The command `args` with the payloads at `gone` dropped, as sent to Redis.
+    fn dropped(args: &[&[u8]], kind: Cmd, field: Option<&[u8]>, gone: &[usize]) -> BytesMut {
+        with_view(args, |cmd| {
+            let layout = push_layout(cmd, kind, field).expect("a push");
+            let mut out = BytesMut::new();
+            let verdict = drop_payloads(&mut out, cmd, kind, &layout, gone);
+            assert!(matches!(
+                verdict,
+                Verdict::Rewrite {
+                    replacement: Some(n),
+                    hidden: 0
+                } if n == out.len()
+            ));
+            out
+        })
+    }
+
+    fn encoded(args: &[&[u8]]) -> BytesMut {
+        let mut out = BytesMut::new();
+        resp::command(&mut out, args);
+        out
+    }
+
+    #[test]
+    fn a_push_keeps_the_payloads_not_dropped() {
+        let push: &[&[u8]] = &[b"RPUSH", b"q:a", b"x", b"y", b"z"];
+        let kept = dropped(push, Cmd::ListPush, None, &[2, 4]);
+        assert_eq!(kept, encoded(&[b"RPUSH", b"q:a", b"y"]));
+        let zadd: &[&[u8]] = &[b"ZADD", b"q:z", b"NX", b"1", b"a", b"2", b"b"];
+        let kept = dropped(zadd, Cmd::Zadd, None, &[4]);
+        assert_eq!(
+            kept,
+            encoded(&[b"ZADD", b"q:z", b"NX", b"2", b"b"]),
+            "with its score"
+        );
+    }
+
+    #[test]
+    fn a_push_left_empty_becomes_a_read_with_the_same_reply_type() {
+        let push: &[&[u8]] = &[b"LPUSH", b"q:a", b"x"];
+        assert_eq!(
+            dropped(push, Cmd::ListPush, None, &[2]),
+            encoded(&[b"LLEN", b"q:a"])
+        );
+        let zadd: &[&[u8]] = &[b"ZADD", b"q:z", b"1", b"a"];
+        assert_eq!(
+            dropped(zadd, Cmd::Zadd, None, &[3]),
+            encoded(&[b"ZCARD", b"q:z"])
+        );
+        let xadd: &[&[u8]] = &[b"XADD", b"q:s", b"MAXLEN", b"~", b"9", b"5-1", b"job", b"j"];
+        let out = dropped(xadd, Cmd::Xadd, Some(b"job"), &[7]);
+        assert_eq!(out, encoded(&[b"ECHO", b"5-1"]));
+    }
+
+    #[test]
+    fn layouts_find_the_payloads_after_the_options() {
+        let layout = |args: &[&[u8]], kind, field: Option<&[u8]>| {
+            with_view(args, |cmd| {
+                push_layout(cmd, kind, field).map(|l| (l.payloads, l.xadd_id))
+            })
+        };
+        let zadd: &[&[u8]] = &[b"ZADD", b"q:z", b"gt", b"CH", b"1", b"a", b"2", b"b"];
+        assert_eq!(layout(zadd, Cmd::Zadd, None), Some((vec![5, 7], 0)));
+        let incr: &[&[u8]] = &[b"ZADD", b"q:z", b"INCR", b"1", b"a"];
+        assert_eq!(layout(incr, Cmd::Zadd, None), None, "not an enqueue");
+        let xadd: &[&[u8]] = &[
+            b"XADD",
+            b"q:s",
+            b"NOMKSTREAM",
+            b"*",
+            b"k",
+            b"v",
+            b"job",
+            b"j",
+        ];
+        assert_eq!(layout(xadd, Cmd::Xadd, Some(b"job")), Some((vec![7], 3)));
+        assert_eq!(
+            layout(xadd, Cmd::Xadd, None),
+            Some((vec![4], 3)),
+            "the whole entry"
+        );
+        assert_eq!(layout(xadd, Cmd::Xadd, Some(b"none")), None);
+    }
+}

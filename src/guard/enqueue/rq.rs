@@ -1,0 +1,117 @@
+//! RQ's enqueue: in one MULTI, `HSET rq:job:<id> ... data <...> origin <queue> ...` writes
+//! the job and `RPUSH rq:queue:<q> <id>` queues its id. The job is judged at its `HSET`
+//! with `data`; a dropped job's id is remembered for a few seconds, so the push of that id
+//! (to its queue or a registry) is dropped too and no job hash is left behind.
+//!
+//! It never judges a push by itself: a push is dropped only for an id this module dropped.
+
+use bytes::BytesMut;
+
+use super::super::{CommandView, Rule, Verdict};
+use super::decision::{over_limit, refusal, Decision};
+use super::memory::EnqueueMemory;
+use super::payload::JobPrint;
+use super::rewrite::{drop_payloads, push_layout, rewritten};
+use super::rules::{Action, Cmd, EnqueueLimits};
+use crate::identity::ClientIdentity;
+use crate::resp;
+
+/// The `HSET` fields of a job hash that describe the job.
+#[derive(Default)]
+struct JobFields<'a> {
+    data: Option<&'a [u8]>,
+    origin: Option<&'a [u8]>,
+    description: Option<&'a [u8]>,
+}
+
+impl<'a> JobFields<'a> {
+    fn read(cmd: &CommandView<'a>) -> Self {
+        let mut fields = JobFields::default();
+        let mut i = 2;
+        while i + 1 < cmd.argc {
+            match cmd.arg(i).unwrap_or_default() {
+                b"data" => fields.data = cmd.arg(i + 1),
+                b"origin" => fields.origin = cmd.arg(i + 1),
+                b"description" => fields.description = cmd.arg(i + 1),
+                _ => {}
+            }
+            i += 2;
+        }
+        fields
+    }
+}
+
+/// Judge `HSET rq:job:<id> ... data ...` under `rule`: the job is its function and
+/// arguments (`data`) on its queue (`origin`); the hash's other writes pass.
+pub fn check_job_hash(
+    memory: &EnqueueMemory,
+    rule: &Rule<EnqueueLimits>,
+    cmd: &CommandView<'_>,
+    client: &ClientIdentity,
+    out: &mut BytesMut,
+) -> Verdict {
+    let key = cmd.arg(1).unwrap_or_default();
+    let fields = JobFields::read(cmd);
+    let Some(data) = fields.data else {
+        // Status updates and other writes to the job hash.
+        return Verdict::Forward;
+    };
+    let origin = fields.origin.unwrap_or_default();
+    let job_id = rq_job_id(key);
+    let job = JobPrint {
+        fingerprint: memory.hash(&[&[rule.limits.index], origin, data]),
+        id: Some(memory.hash(&[job_id])),
+        label: fields
+            .description
+            .map(|d| String::from_utf8_lossy(d).into_owned()),
+    };
+    let scope = memory.scope(&rule.limits, client);
+    let decision = memory.decide(&rule.limits, scope, &job);
+    match over_limit(rule, client, origin, &job, decision) {
+        None => Verdict::Forward,
+        Some(Action::Reject) => refusal(rule, decision),
+        Some(Action::Drop) => {
+            if matches!(decision, Decision::Duplicate { repush: true, .. }) {
+                // The job exists already: leave it alone.
+                resp::command(out, &[b"EXISTS", key]);
+            } else {
+                // A new job's hash: remove what this transaction wrote of it so far.
+                resp::command(out, &[b"DEL", key]);
+                memory.remember_dropped(job_id);
+            }
+            rewritten(out)
+        }
+    }
+}
+
+/// A push of a dropped RQ job's id (to its queue or a registry) is dropped as well.
+pub fn check_dropped_ids(
+    memory: &EnqueueMemory,
+    cmd: &CommandView<'_>,
+    kind: Cmd,
+    out: &mut BytesMut,
+) -> Verdict {
+    let key = cmd.arg(1).unwrap_or_default();
+    if !key.starts_with(b"rq:") {
+        return Verdict::Forward;
+    }
+    let Some(layout) = push_layout(cmd, kind, None) else {
+        return Verdict::Forward;
+    };
+    let now = memory.now();
+    let gone: Vec<usize> = layout
+        .payloads
+        .iter()
+        .copied()
+        .filter(|&i| memory.was_dropped(cmd.arg(i).unwrap_or_default(), now))
+        .collect();
+    if gone.is_empty() {
+        return Verdict::Forward;
+    }
+    drop_payloads(out, cmd, kind, &layout, &gone)
+}
+
+/// RQ's job id: the key after `rq:job:` (the whole key for another prefix).
+fn rq_job_id(key: &[u8]) -> &[u8] {
+    key.strip_prefix(b"rq:job:").unwrap_or(key)
+}

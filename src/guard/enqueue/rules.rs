@@ -1,0 +1,314 @@
+//! An enqueue rule: which commands it reads, how it finds the job ([`Shape`]), whom it
+//! counts together (the scope), its limits and its action, built from the typed
+//! `[[guards.enqueue.rules]]` of the configuration (a library preset or a generic rule).
+//!
+//! It never reads a command or decides about a job: it only says what the other parts of
+//! the guard apply.
+
+use metrics::Counter;
+
+use super::super::{Mode, Rule, RuleKind, RuleSpec};
+use super::payload::{Format, PayloadSpec};
+use super::preset::{self, Shape, LIST_PUSHES};
+use crate::config::{ConfigError, EnqueueAction, PayloadFormat, Preset, ScopePart};
+use crate::config::{RawEnqueueGuard, RawEnqueueRule};
+
+/// The most rules `[guards.enqueue]` takes (a rule's index is a byte of its hashes).
+const MAX_RULES: usize = 64;
+
+/// The commands a rule may read, each a bit of a rule's command set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmd {
+    /// LPUSH, RPUSH, LPUSHX, RPUSHX.
+    ListPush = 1,
+    /// ZADD.
+    Zadd = 2,
+    /// XADD.
+    Xadd = 4,
+    /// HSET, HMSET (RQ's job hash).
+    Hset = 8,
+    /// EVAL (BullMQ's add scripts, and learning them).
+    Eval = 16,
+    /// EVALSHA (BullMQ's add scripts).
+    EvalSha = 32,
+    /// SCRIPT LOAD (learning BullMQ's add scripts).
+    ScriptLoad = 64,
+}
+
+impl Cmd {
+    /// The command called `name` (lower case; a subcommand as `container|sub`).
+    pub fn of(name: &str) -> Option<Cmd> {
+        Some(match name {
+            "lpush" | "rpush" | "lpushx" | "rpushx" => Cmd::ListPush,
+            "zadd" => Cmd::Zadd,
+            "xadd" => Cmd::Xadd,
+            "hset" | "hmset" => Cmd::Hset,
+            "eval" => Cmd::Eval,
+            "evalsha" => Cmd::EvalSha,
+            "script|load" => Cmd::ScriptLoad,
+            _ => return None,
+        })
+    }
+
+    /// The command as a bit of a command set.
+    pub fn bit(self) -> u8 {
+        self as u8
+    }
+}
+
+/// What a rule does with a job over its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Answer as if enqueued; send nothing.
+    Drop,
+    /// Answer an error naming the rule.
+    Reject,
+}
+
+impl Action {
+    /// The decision counted and logged for it.
+    pub fn counted(self) -> super::super::Action {
+        match self {
+            Action::Drop => super::super::Action::Drop,
+            Action::Reject => super::super::Action::Reject,
+        }
+    }
+}
+
+/// The decisions an enqueue rule counts.
+const ACTIONS: &[super::super::Action] =
+    &[super::super::Action::Drop, super::super::Action::Reject];
+
+/// Scope bit: the client's Redis user.
+pub const SCOPE_USER: u8 = 1;
+/// Scope bit: the client's name (`CLIENT SETNAME`).
+pub const SCOPE_NAME: u8 = 2;
+/// Scope bit: the client's IP address (never its port).
+pub const SCOPE_ADDRESS: u8 = 4;
+
+/// An enqueue rule's settings, as the guard applies them.
+#[derive(Debug)]
+pub struct EnqueueLimits {
+    /// The rule's place among the rules: part of every hash it makes.
+    pub index: u8,
+    /// How the rule finds jobs in commands.
+    pub shape: Shape,
+    /// The commands it reads, as [`Cmd`] bits.
+    pub commands: u8,
+    /// What identifies a client, as `SCOPE_*` bits.
+    pub scope: u8,
+    /// Enqueues of one fingerprint per scope passing in a window (`u32::MAX`: no limit).
+    pub limit: u32,
+    /// The window, in whole seconds from the first enqueue.
+    pub window: u32,
+    /// Whether re-pushes of one job id count towards the limit.
+    pub limit_repushes: bool,
+    /// Tokens per second and bucket size.
+    pub bucket: Option<(f64, f64)>,
+    /// What happens to a job over the limit.
+    pub action: Action,
+    /// XADD: the field holding the payload.
+    pub field: Option<Box<[u8]>>,
+    /// `respguard_enqueues_total{kind="first"}`: a fingerprint's first enqueue.
+    pub first: Counter,
+    /// `kind="duplicate"`: the same work under another job id.
+    pub duplicate: Counter,
+    /// `kind="repush"`: the same job id pushed again.
+    pub repush: Counter,
+    /// `kind="unread"`: a payload the rule could not read (passed).
+    pub unread: Counter,
+}
+
+/// Build the rules of `[guards.enqueue]`; `default_mode` and `logs_per_second` are the
+/// `[guards]` settings.
+pub fn build_rules(
+    raw: &RawEnqueueGuard,
+    default_mode: Mode,
+    logs_per_second: u32,
+) -> Result<Vec<Rule<EnqueueLimits>>, ConfigError> {
+    if raw.rules.len() > MAX_RULES {
+        return Err(invalid(format!("at most {MAX_RULES} rules")));
+    }
+    let kind = RuleKind {
+        guard: "enqueue",
+        actions: ACTIONS,
+        default_mode,
+        logs_per_second,
+    };
+    raw.rules
+        .iter()
+        .enumerate()
+        .map(|(index, r)| build_rule(index as u8, r, kind))
+        .collect()
+}
+
+/// One rule, the `index`th.
+fn build_rule(
+    index: u8,
+    r: &RawEnqueueRule,
+    kind: RuleKind,
+) -> Result<Rule<EnqueueLimits>, ConfigError> {
+    let (pattern, also, commands, shape) = rule_shape(r)?;
+    let name = r
+        .name
+        .clone()
+        .unwrap_or_else(|| r.preset.word().to_string());
+    let (action, mode) = match r.action {
+        EnqueueAction::Drop => (Action::Drop, None),
+        EnqueueAction::Reject => (Action::Reject, None),
+        EnqueueAction::Observe => (Action::Reject, Some(Mode::Observe)),
+    };
+    if r.limit == 0 && r.rate.is_none() {
+        return Err(invalid(format!("rule `{name}`: limit must be at least 1")));
+    }
+    let window = r.window.0.as_secs_f64().ceil() as u32;
+    if window == 0 {
+        return Err(invalid(format!(
+            "rule `{name}`: window must be at least 1s"
+        )));
+    }
+    let counter = |kind: &'static str| metrics::counter!("respguard_enqueues_total", "rule" => name.clone(), "kind" => kind);
+    let limits = EnqueueLimits {
+        index,
+        shape,
+        commands,
+        scope: scope_bits(&r.scope),
+        limit: if r.limit == 0 { u32::MAX } else { r.limit },
+        window,
+        limit_repushes: r.limit_repushes,
+        bucket: bucket(r, &name)?,
+        action,
+        field: r.field.as_ref().map(|f| f.as_bytes().into()),
+        first: counter("first"),
+        duplicate: counter("duplicate"),
+        repush: counter("repush"),
+        unread: counter("unread"),
+    };
+    let spec = RuleSpec {
+        name: Some(&name),
+        pattern: &pattern,
+        also,
+        clients: &r.clients,
+        mode,
+    };
+    Ok(Rule::new(kind, spec, limits))
+}
+
+/// The scope's parts as `SCOPE_*` bits.
+fn scope_bits(parts: &[ScopePart]) -> u8 {
+    parts.iter().fold(0, |bits, part| {
+        bits | match part {
+            ScopePart::User => SCOPE_USER,
+            ScopePart::ClientName => SCOPE_NAME,
+            ScopePart::Address => SCOPE_ADDRESS,
+        }
+    })
+}
+
+/// The token bucket (rate, burst) of rule `name`, if it has a rate.
+fn bucket(r: &RawEnqueueRule, name: &str) -> Result<Option<(f64, f64)>, ConfigError> {
+    match r.rate {
+        Some(rate) if rate.is_finite() && rate > 0.0 => {
+            let burst = r.burst.map_or(rate.max(1.0), f64::from);
+            Ok(Some((rate, burst.max(1.0))))
+        }
+        Some(_) => Err(invalid(format!("rule `{name}`: rate must be above 0"))),
+        None if r.burst.is_some() => Err(invalid(format!("rule `{name}`: burst needs rate"))),
+        None => Ok(None),
+    }
+}
+
+/// A configuration error of `guards.enqueue.rules`.
+pub fn invalid(reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: "guards.enqueue.rules",
+        reason: reason.into(),
+    }
+}
+
+/// A rule's key pattern, other patterns, commands (as bits) and job shape.
+type RuleShape = (String, &'static [&'static str], u8, Shape);
+
+/// A rule's key pattern, commands and job shape, from its preset or its generic settings.
+fn rule_shape(r: &RawEnqueueRule) -> Result<RuleShape, ConfigError> {
+    let Some(p) = preset::preset(r.preset.word()) else {
+        debug_assert_eq!(
+            r.preset,
+            Preset::Generic,
+            "every other preset is in preset::NAMES"
+        );
+        return generic_shape(r);
+    };
+    let generic_only = r.commands.is_some()
+        || r.format.is_some()
+        || !r.include.is_empty()
+        || !r.exclude.is_empty()
+        || r.job_id.is_some()
+        || r.label.is_some()
+        || r.field.is_some();
+    if generic_only {
+        return Err(invalid(format!(
+            "preset `{}` reads its library's own format: commands, format, include, exclude, job_id, label and field are for `generic`",
+            r.preset.word()
+        )));
+    }
+    // The preset's own keys, unless the rule names its keys itself.
+    let (pattern, also) = match &r.pattern {
+        Some(own) => (own.clone(), &[][..]),
+        None => (p.pattern.to_string(), p.also),
+    };
+    let commands = p
+        .commands
+        .iter()
+        .filter_map(|n| Cmd::of(n))
+        .fold(0, |bits, c| bits | c.bit());
+    Ok((pattern, also, commands, p.shape))
+}
+
+/// A generic rule's pattern, commands and payload description.
+fn generic_shape(r: &RawEnqueueRule) -> Result<RuleShape, ConfigError> {
+    let pattern = r
+        .pattern
+        .clone()
+        .ok_or_else(|| invalid("a generic rule needs a pattern"))?;
+    let commands = generic_commands(r.commands.as_deref())?;
+    let format = match r.format.unwrap_or(PayloadFormat::Json) {
+        PayloadFormat::Json => Format::Json,
+        PayloadFormat::Raw => Format::Raw,
+    };
+    if format == Format::Json && commands & Cmd::Xadd.bit() != 0 && r.field.is_none() {
+        return Err(invalid(
+            "a generic JSON rule reading XADD needs `field`, the stream field holding the payload",
+        ));
+    }
+    let spec = PayloadSpec::new(
+        format,
+        &r.include,
+        &r.exclude,
+        r.job_id.as_deref(),
+        r.label.as_deref(),
+    )
+    .map_err(invalid)?;
+    Ok((pattern, &[], commands, Shape::Payload(Box::new(spec))))
+}
+
+/// A generic rule's commands as bits: the pushes named, or the list pushes and ZADD.
+fn generic_commands(named: Option<&[String]>) -> Result<u8, ConfigError> {
+    let default_commands = [LIST_PUSHES, &["zadd"]].concat();
+    let names: Vec<String> = match named {
+        Some(c) => c.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        None => default_commands.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut commands = 0;
+    for n in &names {
+        match Cmd::of(n) {
+            Some(c @ (Cmd::ListPush | Cmd::Zadd | Cmd::Xadd)) => commands |= c.bit(),
+            _ => {
+                return Err(invalid(format!(
+                    "command `{n}`: a generic rule reads LPUSH, RPUSH, LPUSHX, RPUSHX, ZADD or XADD"
+                )))
+            }
+        }
+    }
+    Ok(commands)
+}
