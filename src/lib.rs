@@ -22,7 +22,7 @@
 //! the proxy), [`transport`] (plain TCP or TLS), [`health`] (is Redis answering),
 //! [`admin`] (HTTP health, status and metrics), [`telemetry`] (metric handles and latency
 //! histograms), [`refusals`] (who is refused most), [`app`] (wiring it all together),
-//! [`identity`] (who a client is), [`wire`] (what the proxy itself says in RESP).
+//! [`identity`] (who a client is), [`resp`] (everything the proxy itself writes in RESP).
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 
@@ -51,4 +51,3 @@ pub mod session;
 pub mod telemetry;
 pub mod transport;
 pub mod upstream;
-pub mod wire;

@@ -740,8 +740,6 @@ pub fn printable_key(key: &[u8]) -> String {
     s
 }
 
-pub use crate::resp::{array_header as encode_header, bulk as encode_arg};
-
 /// Write the command with argument `index` replaced by `with` (multibulk) into `out`.
 pub fn encode_replacing(cmd: &CommandView<'_>, index: usize, with: &[u8], out: &mut BytesMut) {
     resp::array_header(out, cmd.args.len());

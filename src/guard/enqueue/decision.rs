@@ -76,7 +76,7 @@ pub fn refusal(rule: &Rule<EnqueueLimits>, decision: Decision) -> Verdict {
         Decision::Rate => "enqueue rate over the limit",
         _ => "duplicate job",
     };
-    Verdict::Refuse(crate::wire::error(&format!(
+    Verdict::Refuse(crate::resp::error(&format!(
         "ERR respguard: {why}, refused by enqueue rule '{}' (see the proxy's log)",
         rule.name
     )))
