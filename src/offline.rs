@@ -80,11 +80,11 @@ pub fn judge(
             client,
             keys: &mut keys,
             scratch: &mut scratch,
-            tracked: &mut None,
+            watch: &mut None,
         };
         let verdict = pipeline::judge(&cmd, info, with, || true);
         match verdict {
-            Verdict::Forward | Verdict::Track(_) => out.forwarded += 1,
+            Verdict::Forward => out.forwarded += 1,
             Verdict::Rewrite {
                 replacement,
                 hidden,
@@ -252,6 +252,79 @@ GET a\r\n\
                 rewritten: 2,
                 answered: 1
             }
+        );
+    }
+
+    /// An MSET of `keys` keys, as a client sends it.
+    fn mset(keys: usize) -> Vec<u8> {
+        let mut cmd = Vec::new();
+        crate::resp::array_header(&mut cmd, 1 + 2 * keys);
+        crate::resp::bulk(&mut cmd, b"MSET");
+        for i in 0..keys {
+            crate::resp::bulk(&mut cmd, format!("k{i}").as_bytes());
+            crate::resp::bulk(&mut cmd, b"v");
+        }
+        cmd
+    }
+
+    /// The arguments the guards examine judging `input`, and what they did with it.
+    fn examined(guards: &Guards, table: &CommandTable, input: &[u8]) -> (usize, Outcome) {
+        let client = ClientIdentity::new("127.0.0.1:1".parse().unwrap());
+        let limits = Limits {
+            max_buffered_command: 4 << 20,
+            stream_threshold: 4 << 20,
+            ..Limits::default()
+        };
+        let before = crate::guard::examined();
+        let out = judge(guards, table, limits, &client, input).unwrap();
+        (crate::guard::examined() - before, out)
+    }
+
+    #[test]
+    fn a_write_of_many_keys_is_checked_in_linear_time() {
+        // Every guard that wants MSET, with rules for every key: ten times the keys must
+        // mean at most about ten times the arguments examined (a check comparing every
+        // value with every key would examine a hundred times as many). A count, not a
+        // clock, so a quadratic check fails here on any machine.
+        // Memory at the soft level, so the shed guard looks at every key too (none is low
+        // priority, so none is refused).
+        let raw = RawConfig::from_toml(
+            r#"
+            [[guards.size.rules]]
+            pattern = "*"
+            max_value = "1KiB"
+            max_elements = 4
+            [[guards.ttl.rules]]
+            pattern = "*"
+            ttl = "1h"
+            [[guards.shed.rules]]
+            pattern = "low:*"
+            priority = "low"
+            "#,
+        )
+        .unwrap();
+        let table = CommandTable::builtin();
+        let context = GuardContext::new(&raw.guards);
+        let soft = (raw.guards.shed.soft_enter + raw.guards.shed.hard_enter) / 2.0;
+        let poll = crate::pressure::LimitSource::MaxMemory;
+        context
+            .pressure
+            .record_poll((soft * 1e12) as u64, 1_000_000_000_000, poll, true, 0);
+        let guards = Guards::build(&raw.guards, &table, &context).unwrap();
+        let whole = Outcome {
+            commands: 1,
+            forwarded: 0,
+            rewritten: 1,
+            answered: 0,
+        };
+        let (small, out) = examined(&guards, &table, &mset(4_000));
+        assert_eq!(out, whole);
+        let (large, out) = examined(&guards, &table, &mset(40_000));
+        assert_eq!(out, whole);
+        assert!(small >= 4_000, "every key is examined: {small}");
+        assert!(
+            large <= 12 * small,
+            "{small} arguments for 4,000 keys, {large} for 40,000"
         );
     }
 

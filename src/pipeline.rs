@@ -20,8 +20,7 @@ use std::ops::Range;
 use bytes::BytesMut;
 
 use crate::command::{CommandInfo, CommandTable, Special};
-use crate::guard::queue::QueueHandle;
-use crate::guard::{find_keys, wire_args, CommandView, Guards, ScriptAccess, Verdict};
+use crate::guard::{find_keys, wire_args, CommandView, Guards, ReplyWatch, ScriptAccess, Verdict};
 use crate::identity::ClientIdentity;
 use crate::scanner::request::RequestScanner;
 
@@ -159,6 +158,7 @@ impl<'a> Scanned<'a> {
             } else {
                 wire_args(self.src, self.span.start, self.span.end)
             },
+            watch: Default::default(),
         }
     }
 }
@@ -197,8 +197,8 @@ pub struct Judge<'j> {
     pub keys: &'j mut Vec<usize>,
     /// Where guards write rewritten and extra commands.
     pub scratch: &'j mut BytesMut,
-    /// A followed queue the command pushes to, if a guard says so.
-    pub tracked: &'j mut Option<QueueHandle>,
+    /// The watch on the command's reply a guard asked for, if any.
+    pub watch: &'j mut Option<ReplyWatch>,
 }
 
 /// The guards' verdict on `command`: `Forward` unless a guard wants it, the connection lets
@@ -218,7 +218,9 @@ pub fn judge(
         return Verdict::Forward;
     }
     let view = command.view(info, with.keys, with.access);
-    guards.check(&view, with.client, with.scratch, with.tracked)
+    let verdict = guards.check(&view, with.client, with.scratch);
+    *with.watch = view.watch.take();
+    verdict
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 pub use crate::command::SubKind;
-use crate::guard::queue::QueueHandle;
+use crate::guard::ReplyWatch;
 use crate::scanner::reply::{ReplyInfo, ReplyKind};
 
 /// What to do with the reply (or replies) of one command.
@@ -67,8 +67,8 @@ pub enum Effect {
     Reset,
     /// QUIT: Redis closes the connection after this reply.
     Quit,
-    /// A push to a followed queue: the integer reply is the queue's new depth.
-    QueueDepth(QueueHandle),
+    /// A guard watches the reply (the queue guard: a push's reply is the queue's depth).
+    Watched(ReplyWatch),
     /// The proxy's probe of what its user may run ([`crate::guard::PROBE`]); an error reply
     /// is an answer too.
     AccessProbe,

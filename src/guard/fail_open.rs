@@ -19,11 +19,17 @@
 //! Every key of the command must match a fail-open rule; any other command while Redis is
 //! down gets the usual `upstream unreachable` error. Writes answered OK are not stored: the
 //! cache is empty when Redis comes back, which is what a cache-aside application expects.
+//!
+//! Fail-open is a guard of the chain whose only phase is the one run while Redis is
+//! unreachable ([`Guard::when_upstream_down`]): its normal check never runs.
 
 use bytes::Bytes;
 
-use super::{Action, ByCommand, CommandView, Mode, Rule, RuleKind, RuleSpec};
-use crate::command::CommandTable;
+use super::by_command::ByCommand;
+use super::phase::Guard;
+use super::rule::{Action, Mode, Rule, RuleKind, RuleSpec};
+use super::verdict::CommandView;
+use crate::command::{CommandInfo, CommandTable};
 use crate::config::RawFailOpen;
 use crate::identity::ClientIdentity;
 
@@ -109,17 +115,8 @@ impl FailOpen {
         Some(FailOpen { rules, answers })
     }
 
-    pub fn covers(&self, command: u16) -> bool {
-        self.answers.by_id(command).is_some()
-    }
-
     /// The reply an empty cache gives, when every key of the command is a fail-open key.
-    pub fn answer(
-        &self,
-        cmd: &CommandView<'_>,
-        client: &ClientIdentity,
-        resp3: bool,
-    ) -> Option<Bytes> {
+    fn answer(&self, cmd: &CommandView<'_>, client: &ClientIdentity, resp3: bool) -> Option<Bytes> {
         let miss = self.answers.get(cmd.info)?;
         if cmd.keys.is_empty() {
             return None;
@@ -169,5 +166,24 @@ impl FailOpen {
             }
         };
         Some(reply)
+    }
+}
+
+impl Guard for FailOpen {
+    fn name(&self) -> &'static str {
+        "fail_open"
+    }
+
+    fn wants_when_down(&self, info: &CommandInfo) -> bool {
+        self.answers.get(info).is_some()
+    }
+
+    fn when_upstream_down(
+        &self,
+        cmd: &CommandView<'_>,
+        client: &ClientIdentity,
+        resp3: bool,
+    ) -> Option<Bytes> {
+        self.answer(cmd, client, resp3)
     }
 }

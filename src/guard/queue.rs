@@ -2,9 +2,10 @@
 //! enqueues refused once a queue is past its configured depth.
 //!
 //! LPUSH, RPUSH, LPUSHX and RPUSHX answer with the list's new length. For a key matching a
-//! queue rule, the guard answers [`Verdict::Track`] with a [`QueueHandle`]; the session
-//! attaches it to the command's place in the reply queue, and the reply's integer becomes
-//! the queue's depth: no extra command, two relaxed atomic stores. Pushes inside MULTI are
+//! queue rule, the guard lets the push through and watches its reply with a
+//! [`ReplyWatch`] on the queue's [`TrackedQueue`]; the session carries it with the command's
+//! place in the reply queue, and the reply's integer becomes the queue's depth: no extra
+//! command, two relaxed atomic stores. Pushes inside MULTI are
 //! not followed (their replies arrive inside EXEC's array).
 //!
 //! Workers drain queues with pops and blocking pops whose replies do not say the length, so
@@ -28,12 +29,15 @@ use dashmap::DashMap;
 use metrics::Counter;
 use rustc_hash::FxBuildHasher;
 
-use super::{first_rule, printable_key, Action, CommandView, Guard, Mode, Rule, RuleKind};
-use super::{RuleSpec, Verdict};
+use super::phase::Guard;
+use super::rule::{first_rule, printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
+use super::verdict::{CommandView, Verdict};
+use super::watch::{ReplyWatch, ReplyWatcher};
 use crate::clock::Clock;
 use crate::command::CommandInfo;
 use crate::config::RawQueueGuard;
 use crate::identity::ClientIdentity;
+use crate::scanner::reply::ReplyInfo;
 
 /// One queue being followed.
 #[derive(Debug)]
@@ -62,32 +66,22 @@ impl TrackedQueue {
     pub fn is_at_limit(&self) -> bool {
         self.at_limit.load(Ordering::Relaxed)
     }
-}
 
-/// A reference to a followed queue, carried with a push until its reply arrives.
-#[derive(Clone)]
-pub struct QueueHandle(Arc<TrackedQueue>);
-
-impl QueueHandle {
     /// Record the length a push reply reported: two relaxed stores.
     #[inline]
-    pub fn record(&self, depth: i64) {
-        self.0.depth.store(depth.max(0) as u64, Ordering::Relaxed);
-        self.0.pushed.store(true, Ordering::Relaxed);
+    fn record(&self, depth: i64) {
+        self.depth.store(depth.max(0) as u64, Ordering::Relaxed);
+        self.pushed.store(true, Ordering::Relaxed);
     }
 }
 
-impl PartialEq for QueueHandle {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for QueueHandle {}
-
-impl fmt::Debug for QueueHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "QueueHandle({})", printable_key(&self.0.key))
+/// A push's reply, watched: its integer is the queue's new depth.
+impl ReplyWatcher for TrackedQueue {
+    #[inline]
+    fn on_reply(&self, reply: &ReplyInfo) {
+        if let Some(depth) = reply.last_int {
+            self.record(depth);
+        }
     }
 }
 
@@ -269,6 +263,7 @@ impl QueueGuard {
         QueueGuard { rules, depths }
     }
 
+    /// Whether the command is a push whose reply is the list's new length.
     pub fn is_push(info: &CommandInfo) -> bool {
         matches!(&*info.name, "lpush" | "rpush" | "lpushx" | "rpushx")
     }
@@ -299,7 +294,8 @@ impl Guard for QueueGuard {
             if q.is_at_limit() {
                 q.at_limit.store(false, Ordering::Relaxed);
             }
-            return Verdict::Track(QueueHandle(q));
+            cmd.watch_reply(ReplyWatch::new(q));
+            return Verdict::Forward;
         };
         q.at_limit.store(true, Ordering::Relaxed);
         let message = format!(
@@ -307,12 +303,12 @@ impl Guard for QueueGuard {
             printable_key(key),
             rule.name
         );
-        rule.refusal(
-            Action::Refuse,
-            client,
-            &message,
-            Verdict::Track(QueueHandle(q)),
-        )
+        let verdict = rule.refusal(Action::Refuse, client, &message, Verdict::Forward);
+        if verdict == Verdict::Forward {
+            // Observed, not enforced: the push goes through and its depth is followed.
+            cmd.watch_reply(ReplyWatch::new(q));
+        }
+        verdict
     }
 }
 
@@ -337,7 +333,7 @@ mod tests {
     fn idle_empty_queues_are_forgotten_on_refresh() {
         let d = Arc::new(QueueDepths::new(10, Duration::ZERO));
         let q = d.get_or_track(b"q", "q*").unwrap();
-        QueueHandle(Arc::clone(&q)).record(7);
+        q.record(7);
         assert_eq!(d.deepest_by_rule(), vec![(Arc::from("q*"), 7)]);
         // The monitor notes the push, and (refresh_after being 0) finds the queue idle.
         assert_eq!(d.due_for_refresh(10).len(), 1);

@@ -23,7 +23,10 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use rustc_hash::FxHashSet;
 
-use super::{Action, ByCommand, CommandView, Guard, Mode, Rule, RuleKind, RuleSpec, Verdict};
+use super::by_command::ByCommand;
+use super::phase::Guard;
+use super::rule::{Action, Mode, Rule, RuleKind, RuleSpec};
+use super::verdict::{CommandView, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
 use crate::config::{ClientMatch, Priority, RawShedGuard};
 use crate::identity::ClientIdentity;
@@ -211,6 +214,17 @@ impl Guard for ShedGuard {
 
     fn wants(&self, info: &CommandInfo) -> bool {
         info.flags.contains(Flags::DENYOOM) || Script::of(info) != Script::None
+    }
+
+    /// Only while memory is under pressure; a memory-growing write is counted towards the
+    /// pressure estimate here.
+    fn may_disengage(&self) -> bool {
+        true
+    }
+
+    #[inline]
+    fn engaged(&self, size: u64) -> bool {
+        self.pressure.engaged_for_write(size)
     }
 
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, _: &mut BytesMut) -> Verdict {

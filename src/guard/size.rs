@@ -21,8 +21,9 @@
 
 use bytes::BytesMut;
 
-use super::{first_rule, printable_key, Action, CommandView, Guard, Mode, Rule, RuleKind};
-use super::{RuleSpec, Verdict};
+use super::phase::Guard;
+use super::rule::{first_rule, printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
+use super::verdict::{CommandView, Verdict};
 use crate::command::CommandInfo;
 use crate::config::{ConfigError, RawSizeGuard};
 use crate::identity::ClientIdentity;
@@ -144,6 +145,7 @@ impl Values {
 fn values_in(cmd: &CommandView<'_>, from: usize, to: usize) -> Values {
     let to = to.min(cmd.argc).max(from);
     let buffered = from.min(cmd.args.len())..to.min(cmd.args.len());
+    cmd.count_examined(buffered.len());
     let streamed = cmd
         .streaming
         .filter(|_| (from..to).contains(&cmd.args.len()));

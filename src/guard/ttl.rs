@@ -34,9 +34,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 
-use super::{encode_appending, first_rule};
-use super::{Action, ByCommand, CommandView, Guard, Mode, Rule, RuleKind, RuleSpec};
-use super::{ScriptAccess, Verdict};
+use super::by_command::ByCommand;
+use super::phase::Guard;
+use super::rewrite::encode_appending;
+use super::rule::{first_rule, printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
+use super::verdict::{CommandView, ScriptAccess, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
 use crate::config::{ConfigError, RawTtlGuard};
 use crate::identity::ClientIdentity;
@@ -303,7 +305,7 @@ impl TtlGuard {
 
 /// The log message of a decision about `key`.
 fn on_key(key: &[u8]) -> String {
-    format!("key '{}'", super::printable_key(key))
+    format!("key '{}'", printable_key(key))
 }
 
 /// Whether the client's Redis user may run what the guard sends; when it may not, the
@@ -346,6 +348,12 @@ impl Guard for TtlGuard {
 
     fn wants(&self, info: &CommandInfo) -> bool {
         self.kinds.get(info).command != TtlCommand::Other
+    }
+
+    /// Wrapped writes run as the user: only when a rule enforces (one that observes sends
+    /// nothing, so no probe is needed).
+    fn acts_as_user(&self) -> bool {
+        self.enforces()
     }
 
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict {

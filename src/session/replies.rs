@@ -2,7 +2,7 @@
 //! it, and forwarded to the client or hidden (or, for a filtered EXEC, sent with the
 //! proxy's own elements left out); local answers written in their place among Redis's
 //! replies; what a successful reply changes (who the client is, the access probe's answer,
-//! a followed queue's depth).
+//! what a guard watching it records).
 //!
 //! The fate of a reply is fixed on its first byte and applied to its last. Never decides
 //! what a reply means: the reply queue and the connection state do.
@@ -123,9 +123,9 @@ impl Session {
 
     fn apply_effect(&mut self, effect: Effect, reply: &ReplyInfo) {
         match effect {
-            Effect::QueueDepth(q) => Self::on_queue_reply(q, reply),
+            Effect::Watched(watch) => watch.on_reply(reply),
             Effect::None | Effect::Monitor | Effect::AccessProbe | Effect::Replication => {}
-            Effect::MemoryEvent => self.policy.guards.pressure().mark_stale(),
+            Effect::MemoryEvent => self.shared.control.context().pressure.mark_stale(),
             Effect::Hello(hello) => {
                 let HelloEffect { user, name, .. } = *hello;
                 if let Some(u) = user {

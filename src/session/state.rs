@@ -11,7 +11,7 @@
 use bytes::Bytes;
 
 use crate::command::Special;
-use crate::guard::queue::QueueHandle;
+use crate::guard::ReplyWatch;
 use crate::pipeline::{CommandFacts, Scanned};
 use crate::reply_queue::{Disposition, Effect, Expect, HelloEffect, Pending, ReplyQueue};
 
@@ -208,19 +208,19 @@ impl ConnectionState {
     }
 
     /// Record what to do with the replies of `cmd`, sent to Redis, following the connection
-    /// state that decides how many replies it gets. `tracked` is the followed queue it
-    /// pushes to, if any (not inside MULTI: its length arrives inside EXEC's array).
+    /// state that decides how many replies it gets. `watch` is a guard's watch on its reply,
+    /// if any (not inside MULTI: the reply arrives inside EXEC's array).
     pub fn push_for(
         &mut self,
         cmd: &Scanned<'_>,
         info: CommandFacts,
-        tracked: Option<QueueHandle>,
+        watch: Option<ReplyWatch>,
     ) -> Recorded {
         let argc = cmd.args.len();
         let mut recorded = Recorded::default();
         let mut pending = Pending::forward(info.id);
-        if let Some(q) = tracked {
-            pending.effect = Effect::QueueDepth(q);
+        if let Some(w) = watch {
+            pending.effect = Effect::Watched(w);
         }
         // Inside MULTI most commands are only queued: one `+QUEUED` and no effect yet.
         let queued = self.in_multi

@@ -2,8 +2,9 @@
 //! commands and authentication intercept it, judge it with the guards
 //! ([`crate::pipeline::judge`]), and do what the verdict says: forward it, rewrite it (a
 //! replacement and hidden extra commands, positions remembered inside MULTI), answer it
-//! locally (aborting a transaction it was refused in), follow a queue it pushes to.
-//! While Redis is unreachable, fail-open keys get the empty-cache answer here too.
+//! locally (aborting a transaction it was refused in), carry a guard's watch on its reply
+//! to the reply queue. While Redis is unreachable, the guards answer in Redis's place where
+//! they can ([`crate::guard::Guards::when_upstream_down`]; fail-open keys).
 //!
 //! This is the one place guard verdicts turn into bytes and reply-queue entries. Never
 //! decides policy: guards do.
@@ -14,11 +15,9 @@ use super::intercept::Intercept;
 use super::state::LocalAnswer;
 use super::{Session, StreamTo};
 use crate::command::{CommandInfo, Special};
-use crate::guard::queue::QueueHandle;
-use crate::guard::Verdict;
+use crate::guard::{ReplyWatch, Verdict};
 use crate::pipeline::{self, CommandFacts, Judge, Scanned, Span};
 use crate::resp;
-use crate::scanner::reply::ReplyInfo;
 
 impl Session {
     /// A whole command was scanned at `span`.
@@ -37,22 +36,22 @@ impl Session {
             && !matches!(intercept, Intercept::Answer(_))
         {
             let reply = self
-                .fail_open_reply(info.id, span)
+                .answer_when_down(info.id, span)
                 .unwrap_or_else(|| self.unavailable_reply());
             self.answer_locally(info.id, reply, span);
             return;
         }
-        let mut tracked = None;
+        let mut watch = None;
         let verdict = match intercept {
             Intercept::Answer(reply) => Verdict::Answer(reply),
             Intercept::Replace => Verdict::Rewrite {
                 replacement: Some(self.scratch.len()),
                 hidden: 0,
             },
-            Intercept::Pass => self.judge(info.id, span, &mut tracked),
+            Intercept::Pass => self.judge(info.id, span, &mut watch),
         };
         let (replacement, hidden) = match verdict {
-            Verdict::Forward | Verdict::Track(_) => (None, 0),
+            Verdict::Forward => (None, 0),
             Verdict::Rewrite {
                 replacement,
                 hidden,
@@ -69,7 +68,7 @@ impl Session {
             Special::Hello => cmd.any_arg_is(b"auth"),
             _ => false,
         };
-        self.record(info, span, tracked);
+        self.record(info, span, watch);
         if let Some(len) = replacement {
             self.requests.discard(span.end - span.start);
             self.requests.send(&self.scratch[..len]);
@@ -107,7 +106,7 @@ impl Session {
             self.streaming = Some(StreamTo::Discard);
             return;
         }
-        let mut tracked = None;
+        let mut watch = None;
         let verdict = if self.policy.auth.required()
             && matches!(info.special, Special::Auth | Special::Hello)
         {
@@ -117,7 +116,7 @@ impl Session {
             // Too large to hold, so never one the proxy answers itself: refused unread.
             Verdict::Refuse(resp::error(crate::auth::NOAUTH))
         } else {
-            self.judge(info.id, span, &mut tracked)
+            self.judge(info.id, span, &mut watch)
         };
         let (new_head, extra) = match verdict {
             Verdict::Answer(reply) | Verdict::Refuse(reply) => {
@@ -125,7 +124,7 @@ impl Session {
                 self.streaming = Some(StreamTo::Discard);
                 return;
             }
-            Verdict::Forward | Verdict::Track(_) => (None, None),
+            Verdict::Forward => (None, None),
             Verdict::Rewrite {
                 replacement,
                 hidden,
@@ -139,7 +138,7 @@ impl Session {
             self.after_stream.extend_from_slice(&self.scratch[from..]);
             self.after_stream_hidden = hidden;
         }
-        self.record(info, span, tracked);
+        self.record(info, span, watch);
         match new_head {
             Some(len) => {
                 self.requests.discard(span.end - span.start);
@@ -160,7 +159,7 @@ impl Session {
     /// subscribed mode or MONITOR, where Redis refuses writes and reply counts are Redis's;
     /// nor when no guard that wants it may act now (the shed guard while memory is low).
     #[inline]
-    fn judge(&mut self, command: u16, span: Span, tracked: &mut Option<QueueHandle>) -> Verdict {
+    fn judge(&mut self, command: u16, span: Span, watch: &mut Option<ReplyWatch>) -> Verdict {
         let cmd = Scanned::new(self.requests.scanner(), self.requests.input(), span);
         let info: &CommandInfo = self.shared.table.by_id(command);
         let state = &self.state;
@@ -170,32 +169,25 @@ impl Session {
             client: &self.identity,
             keys: &mut self.keys,
             scratch: &mut self.scratch,
-            tracked,
+            watch,
         };
         pipeline::judge(&cmd, info, with, || state.guards_may_act())
     }
 
-    /// Record what to do with the replies of the command at `span`, sent to Redis. A push
-    /// inside MULTI is answered QUEUED; its length arrives inside EXEC's array, so it is
-    /// not followed.
+    /// Record what to do with the replies of the command at `span`, sent to Redis, and the
+    /// guard's watch on its reply. A command inside MULTI is answered QUEUED; its reply
+    /// arrives inside EXEC's array, so it is not watched.
     #[inline]
-    fn record(&mut self, info: CommandFacts, span: Span, tracked: Option<QueueHandle>) {
-        let tracked = tracked.filter(|_| !self.state.in_multi());
+    fn record(&mut self, info: CommandFacts, span: Span, watch: Option<ReplyWatch>) {
+        let watch = watch.filter(|_| !self.state.in_multi());
         let cmd = Scanned::new(self.requests.scanner(), self.requests.input(), span);
-        let recorded = self.state.push_for(&cmd, info, tracked);
+        let recorded = self.state.push_for(&cmd, info, watch);
         if recorded.memory_event {
-            self.policy.guards.pressure().mark_stale();
+            self.shared.control.context().pressure.mark_stale();
         }
         if recorded.quit {
             // Redis closes after QUIT and reads nothing more.
             self.ignore_input = true;
-        }
-    }
-
-    /// A followed queue's push was answered: its integer reply is the queue's depth.
-    pub(super) fn on_queue_reply(queue: QueueHandle, reply: &ReplyInfo) {
-        if let Some(depth) = reply.last_int {
-            queue.record(depth);
         }
     }
 
@@ -212,10 +204,11 @@ impl Session {
         }
     }
 
-    /// While Redis is unreachable: the empty-cache answer for a command on fail-open keys.
-    fn fail_open_reply(&mut self, command: u16, span: Span) -> Option<Bytes> {
-        let fail_open = self.policy.guards.fail_open()?;
-        if !fail_open.covers(command) {
+    /// While Redis is unreachable: a guard's answer in Redis's place (fail-open keys get
+    /// the empty-cache answer), if any guard has one for the command.
+    fn answer_when_down(&mut self, command: u16, span: Span) -> Option<Bytes> {
+        let guards = &self.policy.guards;
+        if !guards.answers_when_down(command) {
             return None;
         }
         let info = self.shared.table.by_id(command);
@@ -224,7 +217,8 @@ impl Session {
         view.streaming = None;
         view.size = 0;
         view.wire = None;
-        fail_open.answer(&view, &self.identity, self.state.queue().is_resp3())
+        let resp3 = self.state.queue().is_resp3();
+        guards.when_upstream_down(&view, &self.identity, resp3)
     }
 
     /// Why each command fails while there is no upstream connection.

@@ -1,0 +1,196 @@
+//! The guard chain: which guards run, in which order, and the bitmasks per command id that
+//! let the hot path skip every phase a guard does not want.
+//!
+//! The order is written once, in [`Guards::build`]: the size guard first (a refused command
+//! is never rewritten), then the shed guard (memory pressure), the queue guard (queue
+//! depth), the enqueue guard (duplicate jobs), the TTL guard, and fail-open (which acts only
+//! while Redis is unreachable). The first guard whose verdict is not `Forward` decides.
+//! Never carries a verdict out: the session does.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::by_command::ByCommand;
+use super::context::GuardContext;
+use super::enqueue::EnqueueGuard;
+use super::fail_open::FailOpen;
+use super::phase::Guard;
+use super::queue::QueueGuard;
+use super::shed::ShedGuard;
+use super::size::SizeGuard;
+use super::ttl::TtlGuard;
+use super::verdict::{CommandView, Verdict};
+use crate::command::CommandTable;
+use crate::config::{ConfigError, RawGuards};
+use crate::identity::ClientIdentity;
+
+/// The guards, in order, and which of their phases each command needs.
+pub struct Guards {
+    chain: Vec<Arc<dyn Guard>>,
+    /// By command id: bit `i` is set when guard `i` wants the command (at most 8 guards).
+    wanted: ByCommand<u8>,
+    /// Guards whose `engaged` phase may say no (the shed guard).
+    gated: u8,
+    /// Guards that send scripts or expiries as the client's user (the TTL guard).
+    as_user: u8,
+    /// By command id: bit `i` is set when guard `i` may answer it while Redis is down.
+    when_down: ByCommand<u8>,
+}
+
+impl std::fmt::Debug for Guards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.chain.iter().map(|g| g.name()).collect();
+        f.debug_struct("Guards").field("chain", &names).finish()
+    }
+}
+
+impl Guards {
+    /// Build the guards from their configuration, for the commands of `table`. This is the
+    /// one place the order of guards is written.
+    pub fn build(
+        raw: &RawGuards,
+        table: &CommandTable,
+        context: &GuardContext,
+    ) -> Result<Self, ConfigError> {
+        let mode = raw.mode;
+        let logs = raw.refusal_logs_per_second;
+        let mut chain: Vec<Arc<dyn Guard>> = Vec::new();
+        if !raw.size.rules.is_empty() {
+            chain.push(Arc::new(SizeGuard::build(&raw.size, mode, logs)?));
+        }
+        // Built (and its counters registered) even when no level is on, as always.
+        let pressure = Arc::clone(&context.pressure);
+        let shed = ShedGuard::build(&raw.shed, mode, logs, pressure, table);
+        if raw.shed.soft_enter > 0.0 || raw.shed.hard_enter > 0.0 {
+            chain.push(Arc::new(shed));
+        }
+        if !raw.queue.rules.is_empty() {
+            let depths = Arc::clone(&context.queues);
+            chain.push(Arc::new(QueueGuard::build(&raw.queue, mode, logs, depths)));
+        }
+        if !raw.enqueue.rules.is_empty() {
+            let memory = Arc::clone(&context.enqueue);
+            let enqueue = EnqueueGuard::build(&raw.enqueue, mode, logs, memory, table)?;
+            chain.push(Arc::new(enqueue));
+        }
+        if !raw.ttl.rules.is_empty() {
+            chain.push(Arc::new(TtlGuard::build(&raw.ttl, mode, logs, table)?));
+        }
+        if let Some(fail_open) = FailOpen::build(&raw.fail_open, table, logs) {
+            chain.push(Arc::new(fail_open));
+        }
+        Ok(Guards::of(chain, table))
+    }
+
+    /// The chain `chain`, in that order, with its bitmasks for the commands of `table`.
+    fn of(chain: Vec<Arc<dyn Guard>>, table: &CommandTable) -> Self {
+        debug_assert!(chain.len() <= 8, "the bitmasks hold eight guards");
+        let mask = |has: &dyn Fn(&dyn Guard) -> bool| {
+            chain
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| has(g.as_ref()))
+                .fold(0u8, |bits, (i, _)| bits | 1 << i)
+        };
+        Guards {
+            wanted: ByCommand::build(table, |info| mask(&|g| g.wants(info))),
+            gated: mask(&|g| g.may_disengage()),
+            as_user: mask(&|g| g.acts_as_user()),
+            when_down: ByCommand::build(table, |info| mask(&|g| g.wants_when_down(info))),
+            chain,
+        }
+    }
+
+    /// No guards at all.
+    pub fn none() -> Self {
+        Guards {
+            chain: Vec::new(),
+            wanted: ByCommand::default(),
+            gated: 0,
+            as_user: 0,
+            when_down: ByCommand::default(),
+        }
+    }
+
+    /// Whether any guard wants the command with this id.
+    #[inline]
+    pub fn wants(&self, command: u16) -> bool {
+        self.wanted.by_id(command) != 0
+    }
+
+    /// Whether a guard that wants this command (of `size` bytes) may act on it now; when
+    /// none may, the command is forwarded without finding its keys. Every gated guard that
+    /// wants the command is asked, whatever the others say: the shed guard counts a
+    /// memory-growing write towards the pressure estimate there.
+    #[inline]
+    pub fn engaged(&self, command: u16, size: u64) -> bool {
+        let bits = self.wanted.by_id(command);
+        let mut gated = bits & self.gated;
+        let mut engaged = bits & !self.gated != 0;
+        while gated != 0 {
+            engaged |= self.chain[gated.trailing_zeros() as usize].engaged(size);
+            gated &= gated - 1;
+        }
+        engaged
+    }
+
+    /// Whether a guard may send scripts or expiries as the client's user for this command,
+    /// so the session must know the user's [`super::ScriptAccess`].
+    #[inline]
+    pub fn needs_access(&self, command: u16) -> bool {
+        self.wanted.by_id(command) & self.as_user != 0
+    }
+
+    /// Whether any guard ever needs to know the user's [`super::ScriptAccess`].
+    pub fn probes_access(&self) -> bool {
+        self.as_user != 0
+    }
+
+    /// Run the checks of the guards that want the command, in order; the first verdict that
+    /// is not `Forward` decides. A guard asking to see the reply leaves its watch in the
+    /// view.
+    pub fn check(
+        &self,
+        cmd: &CommandView<'_>,
+        client: &ClientIdentity,
+        out: &mut BytesMut,
+    ) -> Verdict {
+        let bits = self.wanted.get(cmd.info);
+        for (i, guard) in self.chain.iter().enumerate() {
+            if bits & (1 << i) == 0 {
+                continue;
+            }
+            out.clear();
+            match guard.check(cmd, client, out) {
+                Verdict::Forward => continue,
+                decided => return decided,
+            }
+        }
+        Verdict::Forward
+    }
+
+    /// Whether a guard may answer the command with this id while Redis is unreachable.
+    #[inline]
+    pub fn answers_when_down(&self, command: u16) -> bool {
+        self.when_down.by_id(command) != 0
+    }
+
+    /// While Redis is unreachable: the first answer a guard gives in its place, or `None`.
+    pub fn when_upstream_down(
+        &self,
+        cmd: &CommandView<'_>,
+        client: &ClientIdentity,
+        resp3: bool,
+    ) -> Option<Bytes> {
+        let mut bits = self.when_down.get(cmd.info);
+        while bits != 0 {
+            let guard = &self.chain[bits.trailing_zeros() as usize];
+            if let Some(reply) = guard.when_upstream_down(cmd, client, resp3) {
+                return Some(reply);
+            }
+            bits &= bits - 1;
+        }
+        None
+    }
+}

@@ -1,0 +1,80 @@
+//! Writing a guard's rewrite: the client's command again with an argument replaced or
+//! arguments appended, in RESP. Never decides whether to rewrite.
+
+use bytes::BytesMut;
+
+use super::verdict::CommandView;
+use crate::resp;
+
+pub use crate::resp::{array_header as encode_header, bulk as encode_arg};
+
+/// Write the command with argument `index` replaced by `with` (multibulk) into `out`.
+pub fn encode_replacing(cmd: &CommandView<'_>, index: usize, with: &[u8], out: &mut BytesMut) {
+    resp::array_header(out, cmd.args.len());
+    for (i, r) in cmd.args.iter().enumerate() {
+        let a = if i == index {
+            with
+        } else {
+            &cmd.src[r.clone()]
+        };
+        resp::bulk(out, a);
+    }
+}
+
+/// Write the command followed by `extra` arguments (multibulk) into `out`.
+pub fn encode_appending(cmd: &CommandView<'_>, extra: &[&[u8]], out: &mut BytesMut) {
+    resp::array_header(out, cmd.args.len() + extra.len());
+    match &cmd.wire {
+        // The client's own encoding, in one copy.
+        Some(wire) => out.extend_from_slice(&cmd.src[wire.clone()]),
+        None => {
+            for r in cmd.args {
+                resp::bulk(out, &cmd.src[r.clone()]);
+            }
+        }
+    }
+    for a in extra {
+        resp::bulk(out, a);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::verdict::{wire_args, ScriptAccess};
+
+    #[test]
+    fn appending_to_the_clients_own_encoding_equals_encoding_each_argument() {
+        use crate::scanner::request::{Limits, RequestScanner, Step};
+        let table = crate::command::CommandTable::builtin();
+        let src = b"*3\r\n$3\r\nSET\r\n$5\r\nk:one\r\n$11\r\nhello world\r\n";
+        let mut scanner = RequestScanner::new(Limits::default());
+        let Step::Command { start, end, .. } = scanner.scan(src) else {
+            panic!("a whole command");
+        };
+        let args = scanner.args();
+        let mut view = CommandView {
+            src,
+            args,
+            keys: &[1],
+            info: table.lookup(&[b"SET"]),
+            argc: 3,
+            access: ScriptAccess::Allowed,
+            streaming: None,
+            size: src.len() as u64,
+            wire: wire_args(src, start, end),
+            watch: Default::default(),
+        };
+        assert_eq!(view.wire, Some(4..src.len()));
+        let mut copied = BytesMut::new();
+        encode_appending(&view, &[b"PX", b"3600000"], &mut copied);
+        view.wire = None;
+        let mut encoded = BytesMut::new();
+        encode_appending(&view, &[b"PX", b"3600000"], &mut encoded);
+        assert_eq!(copied, encoded);
+        assert_eq!(
+            &copied[..],
+            &b"*5\r\n$3\r\nSET\r\n$5\r\nk:one\r\n$11\r\nhello world\r\n$2\r\nPX\r\n$7\r\n3600000\r\n"[..]
+        );
+    }
+}

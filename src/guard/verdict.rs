@@ -1,0 +1,187 @@
+//! What a guard sees and what it answers: the [`CommandView`] of one command (its bytes,
+//! arguments, keys, what the command table says of it, what the client's Redis user may
+//! run) and the [`Verdict`].
+//!
+//! A guard answers:
+//! - [`Verdict::Forward`]: send the command as it is;
+//! - [`Verdict::Rewrite`]: send what the guard wrote instead, possibly followed by extra
+//!   commands whose replies the client never sees;
+//! - [`Verdict::Answer`]: reply to the client without asking Redis;
+//! - [`Verdict::Refuse`]: reply with an error that names the guard, the rule and the reason.
+//!
+//! A guard that lets a command through and wants to see its reply says so on the view
+//! ([`CommandView::watch_reply`]), not in its verdict. Never imports a guard.
+
+#[cfg(test)]
+use std::cell::Cell;
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::watch::{ReplyWatch, WatchSlot};
+use crate::command::CommandInfo;
+
+/// What a guard decided about one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the command unchanged.
+    Forward,
+    /// Send what the guard wrote to the scratch buffer: its first `replacement` bytes (when
+    /// `Some`) instead of the command, then `hidden` commands whose replies are hidden.
+    Rewrite {
+        replacement: Option<usize>,
+        hidden: u32,
+    },
+    /// Answer the client with these bytes; Redis never sees the command.
+    Answer(Bytes),
+    /// Refuse the command with this error reply; Redis never sees the command.
+    Refuse(Bytes),
+}
+
+/// The command a guard looks at. Argument `i` is `src[args[i]]`.
+#[derive(Debug)]
+pub struct CommandView<'a> {
+    /// The bytes the argument ranges index.
+    pub src: &'a [u8],
+    /// The arguments available (all of them, or those before a streamed one).
+    pub args: &'a [Range<usize>],
+    /// Indices of the arguments that are keys, ascending and without duplicates.
+    pub keys: &'a [usize],
+    /// What the command table says of the command.
+    pub info: &'a CommandInfo,
+    /// The declared argument count.
+    pub argc: usize,
+    /// For a command too large to hold: the declared length of argument `args.len()`, which
+    /// is arriving now. `None` for a whole command.
+    pub streaming: Option<u64>,
+    /// What the client's Redis user may run for a guard that sends scripts or expiries.
+    pub access: ScriptAccess,
+    /// The command's size in bytes (for a streamed command, at least this many).
+    pub size: u64,
+    /// Where in `src` the arguments lie exactly as the client encoded them, after the
+    /// `*N` line: for a whole multibulk command all of them (a guard appending arguments
+    /// copies these bytes instead of encoding each argument again); for a streamed command
+    /// its head, up to where the streamed rest begins. `None` for inline commands.
+    pub wire: Option<Range<usize>>,
+    /// Where a guard that lets the command through asks to see its reply
+    /// ([`CommandView::watch_reply`]); empty when the view is made.
+    pub watch: WatchSlot,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Arguments the guards examined on this thread (see [`CommandView::count_examined`]).
+    static EXAMINED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many arguments the guards examined on this thread so far: read through
+/// [`CommandView::arg`] or measured by the size guard. The tests bound its growth to show
+/// a check is linear in a command's arguments; only test builds count, so the hot path
+/// never does.
+#[cfg(test)]
+pub fn examined() -> usize {
+    EXAMINED.with(Cell::get)
+}
+
+/// What the client's Redis user may run on the guards' behalf, as the session learnt it
+/// from a probe ([`PROBE`]) after connecting and after each change of user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptAccess {
+    /// EVAL and PEXPIRE (or not known yet: the session holds guarded writes back while a
+    /// probe is in flight, so this means "not denied").
+    Allowed,
+    /// EVAL, but not PEXPIRE: no key can be given an expiry.
+    NoExpire,
+    /// Not EVAL (scripts are denied), so no write can be wrapped.
+    NoScripts,
+}
+
+impl ScriptAccess {
+    /// Read the probe's reply: an error (EVAL refused), `:1` (PEXPIRE refused), or else
+    /// allowed (`:2`, or `:0` when the user's key patterns leave the answer open).
+    pub fn from_probe_reply(is_error: bool, value: Option<i64>) -> Self {
+        match (is_error, value) {
+            (true, _) => ScriptAccess::NoScripts,
+            (false, Some(1)) => ScriptAccess::NoExpire,
+            _ => ScriptAccess::Allowed,
+        }
+    }
+}
+
+/// The probe a session sends (its reply hidden) to learn its user's [`ScriptAccess`]: EVAL
+/// itself, then PEXPIRE against GET on a probe key, so a user whose key patterns exclude the
+/// probe key is not mistaken for one denied PEXPIRE. Nothing is run or logged in ACL LOG.
+pub const PROBE: &[u8] = b"*3\r\n$4\r\nEVAL\r\n$153\r\nlocal k = 'respguard:probe' if redis.acl_check_cmd('pexpire', k, '1', 'NX') then return 2 end if redis.acl_check_cmd('get', k) then return 1 end return 0\r\n$1\r\n0\r\n";
+
+/// The arguments of a whole multibulk command `src[start..end]`, as encoded: everything
+/// after the `*N` line (see [`CommandView::wire`]). Like Redis, the line ends at its `\r`
+/// and the byte after it, whatever that byte is.
+pub fn wire_args(src: &[u8], start: usize, end: usize) -> Option<Range<usize>> {
+    let cr = memchr::memchr(b'\r', &src[start..end])?;
+    let args = start + cr + 2;
+    (args <= end).then_some(args..end)
+}
+
+/// The argument indices of a command's keys into `keys` (its capacity kept), sorted and
+/// unique: several key specifications may list keys out of order or twice, and guards rely
+/// on a sorted, unique list to tell keys from values in O(log n).
+pub fn find_keys(
+    info: &CommandInfo,
+    src: &[u8],
+    args: &[std::ops::Range<usize>],
+    argc: usize,
+    keys: &mut Vec<usize>,
+) {
+    keys.clear();
+    info.key_positions_by(argc, |i| args.get(i).map(|r| &src[r.clone()]), keys);
+    keys.sort_unstable();
+    keys.dedup();
+}
+
+impl<'a> CommandView<'a> {
+    /// Argument `i`, if available.
+    pub fn arg(&self, i: usize) -> Option<&'a [u8]> {
+        self.count_examined(1);
+        self.args.get(i).map(|r| &self.src[r.clone()])
+    }
+
+    /// Count `n` arguments examined (`examined()` in test builds); nothing otherwise.
+    #[inline(always)]
+    pub fn count_examined(&self, _n: usize) {
+        #[cfg(test)]
+        EXAMINED.with(|e| e.set(e.get() + _n));
+    }
+
+    /// True when argument `i` is a key.
+    #[inline]
+    pub fn is_key(&self, i: usize) -> bool {
+        self.keys.binary_search(&i).is_ok()
+    }
+
+    /// True for a whole command (not streamed).
+    pub fn is_whole(&self) -> bool {
+        self.streaming.is_none()
+    }
+
+    /// Ask to see the reply to this command, should the chain let it through: the session
+    /// hands it to `watch` when it arrives (see [`super::watch`]).
+    #[inline]
+    pub fn watch_reply(&self, watch: ReplyWatch) {
+        self.watch.set(watch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_count_line_ends_where_redis_ends_it() {
+        // Redis ends a line at `\r` and skips the next byte, whatever it is; a rewrite that
+        // looked for `\n` copied the arguments from the middle of the next line
+        // (found by the guard-pipeline fuzz target).
+        let src = b"*2\rX$4\r\nINCR\r\n$1\r\nk\r\n";
+        assert_eq!(wire_args(src, 0, src.len()), Some(4..src.len()));
+        assert_eq!(wire_args(b"*1\r", 0, 3), None);
+    }
+}
