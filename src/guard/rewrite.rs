@@ -6,8 +6,6 @@ use bytes::BytesMut;
 use super::verdict::CommandView;
 use crate::resp;
 
-pub use crate::resp::{array_header as encode_header, bulk as encode_arg};
-
 /// Write the command with argument `index` replaced by `with` (multibulk) into `out`.
 pub fn encode_replacing(cmd: &CommandView<'_>, index: usize, with: &[u8], out: &mut BytesMut) {
     resp::array_header(out, cmd.args.len());

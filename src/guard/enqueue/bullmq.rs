@@ -13,7 +13,8 @@
 
 use bytes::BytesMut;
 
-use super::super::{CommandView, Rule, Verdict};
+use super::super::rule::Rule;
+use super::super::verdict::{CommandView, Verdict};
 use super::decision::{over_limit, refusal};
 use super::memory::EnqueueMemory;
 use super::payload::{Format, JobPrint, PayloadSpec};

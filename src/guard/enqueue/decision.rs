@@ -5,7 +5,8 @@
 //! It never counts enqueues (the memory does) and never rewrites a command (each kind of
 //! enqueue drops its own way).
 
-use super::super::{printable_key, Rule, Verdict};
+use super::super::rule::{printable_key, Rule};
+use super::super::verdict::Verdict;
 use super::payload::JobPrint;
 use super::rules::{Action, EnqueueLimits};
 use crate::identity::ClientIdentity;

@@ -56,7 +56,10 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::{ByCommand, CommandView, Guard, Mode, Rule, Verdict};
+use super::by_command::ByCommand;
+use super::phase::Guard;
+use super::rule::{Mode, Rule};
+use super::verdict::{CommandView, Verdict};
 use crate::command::{CommandInfo, CommandTable};
 use crate::config::{ConfigError, RawEnqueueGuard};
 use crate::identity::ClientIdentity;

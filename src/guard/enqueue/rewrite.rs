@@ -7,7 +7,7 @@
 
 use bytes::BytesMut;
 
-use super::super::{CommandView, Verdict};
+use super::super::verdict::{CommandView, Verdict};
 use super::rules::Cmd;
 use crate::resp;
 
@@ -190,6 +190,7 @@ mod tests {
             streaming: None,
             size: src.len() as u64,
             wire: None,
+            watch: Default::default(),
         };
         f(&view)
     }

@@ -7,7 +7,7 @@
 
 use metrics::Counter;
 
-use super::super::{Mode, Rule, RuleKind, RuleSpec};
+use super::super::rule::{Mode, Rule, RuleKind, RuleSpec};
 use super::payload::{Format, PayloadSpec};
 use super::preset::{self, Shape, LIST_PUSHES};
 use crate::config::{ConfigError, EnqueueAction, PayloadFormat, Preset, ScopePart};
@@ -67,17 +67,19 @@ pub enum Action {
 
 impl Action {
     /// The decision counted and logged for it.
-    pub fn counted(self) -> super::super::Action {
+    pub fn counted(self) -> super::super::rule::Action {
         match self {
-            Action::Drop => super::super::Action::Drop,
-            Action::Reject => super::super::Action::Reject,
+            Action::Drop => super::super::rule::Action::Drop,
+            Action::Reject => super::super::rule::Action::Reject,
         }
     }
 }
 
 /// The decisions an enqueue rule counts.
-const ACTIONS: &[super::super::Action] =
-    &[super::super::Action::Drop, super::super::Action::Reject];
+const ACTIONS: &[super::super::rule::Action] = &[
+    super::super::rule::Action::Drop,
+    super::super::rule::Action::Reject,
+];
 
 /// Scope bit: the client's Redis user.
 pub const SCOPE_USER: u8 = 1;
