@@ -210,18 +210,26 @@ impl ConnectionState {
     /// Record what to do with the replies of `cmd`, sent to Redis, following the connection
     /// state that decides how many replies it gets. `watch` is a guard's watch on its reply,
     /// if any (not inside MULTI: the reply arrives inside EXEC's array).
-    pub fn push_for(
+    ///
+    /// `cmd` gives the command's arguments; it is read only for the commands the state
+    /// follows, so an ordinary command outside MULTI costs one queue entry.
+    pub fn push_for<'a>(
         &mut self,
-        cmd: &Scanned<'_>,
+        cmd: impl FnOnce() -> Scanned<'a>,
         info: CommandFacts,
         watch: Option<ReplyWatch>,
     ) -> Recorded {
-        let argc = cmd.args.len();
-        let mut recorded = Recorded::default();
         let mut pending = Pending::forward(info.id);
         if let Some(w) = watch {
             pending.effect = Effect::Watched(w);
         }
+        if info.special == Special::None && !self.in_multi && self.reply_mode == ReplyMode::On {
+            self.queue.push(pending);
+            return Recorded::default();
+        }
+        let cmd = cmd();
+        let argc = cmd.args.len();
+        let mut recorded = Recorded::default();
         // Inside MULTI most commands are only queued: one `+QUEUED` and no effect yet.
         let queued = self.in_multi
             && !matches!(

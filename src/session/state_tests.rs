@@ -30,7 +30,7 @@ impl Conn {
         };
         let cmd = Scanned::new(&scanner, input.as_bytes(), span);
         let facts = CommandFacts::of(cmd.classify(&self.table));
-        self.state.push_for(&cmd, facts, None)
+        self.state.push_for(|| cmd, facts, None)
     }
 
     fn entries(&self) -> Vec<Pending> {

@@ -48,6 +48,8 @@ impl Session {
                 replacement: Some(self.scratch.len()),
                 hidden: 0,
             },
+            // Most commands no guard wants: decided by one lookup, before building a view.
+            Intercept::Pass if !self.policy.guards.wants(info.id) => Verdict::Forward,
             Intercept::Pass => self.judge(info.id, span, &mut watch),
         };
         let (replacement, hidden) = match verdict {
@@ -180,8 +182,9 @@ impl Session {
     #[inline]
     fn record(&mut self, info: CommandFacts, span: Span, watch: Option<ReplyWatch>) {
         let watch = watch.filter(|_| !self.state.in_multi());
-        let cmd = Scanned::new(self.requests.scanner(), self.requests.input(), span);
-        let recorded = self.state.push_for(&cmd, info, watch);
+        let requests = &self.requests;
+        let cmd = || Scanned::new(requests.scanner(), requests.input(), span);
+        let recorded = self.state.push_for(cmd, info, watch);
         if recorded.memory_event {
             self.shared.control.context().pressure.mark_stale();
         }
