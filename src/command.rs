@@ -259,6 +259,14 @@ impl CommandInfo {
         }
     }
 
+    /// Whether every key the command names is one it writes, so its written keys are all
+    /// its keys (true of most writes: SET, HSET, LPUSH; not of SORT … STORE, BITOP, COPY).
+    pub fn writes_every_key(&self) -> bool {
+        !self.key_specs.is_empty()
+            && self.key_specs.iter().all(|s| s.writes)
+            && &*self.name != "sort"
+    }
+
     /// Push the argument indices of this command's keys into `out`.
     pub fn key_positions<A: AsRef<[u8]>>(&self, args: &[A], out: &mut Vec<usize>) {
         self.key_positions_by(args.len(), |i| args.get(i).map(|a| a.as_ref()), out);

@@ -33,6 +33,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
+use smallvec::SmallVec;
 
 use super::by_command::ByCommand;
 use super::phase::Guard;
@@ -193,11 +194,14 @@ enum TtlCommand {
 struct CommandKind {
     command: TtlCommand,
     write_on_success: bool,
+    /// Every key it names is written: its written keys are the view's keys, found already.
+    writes_every_key: bool,
 }
 
 impl CommandKind {
     /// The kind of the command called `name`, given the rules' `extra` creating commands.
-    fn of(name: &str, extra: &[String]) -> Self {
+    fn of(info: &CommandInfo, extra: &[String]) -> Self {
+        let name: &str = &info.name;
         let command = match name {
             "set" => TtlCommand::Set,
             "getset" => TtlCommand::GetSet,
@@ -221,6 +225,7 @@ impl CommandKind {
         CommandKind {
             command,
             write_on_success: WRITE_ON_SUCCESS.contains(&name),
+            writes_every_key: info.writes_every_key(),
         }
     }
 }
@@ -277,7 +282,7 @@ impl TtlGuard {
             let spec = RuleSpec::new(&r.pattern, &r.clients, r.mode);
             rules.push(Rule::new(kind, spec, limits));
         }
-        let kinds = ByCommand::build(table, |info| CommandKind::of(&info.name, &extra));
+        let kinds = ByCommand::build(table, |info| CommandKind::of(info, &extra));
         Ok(TtlGuard { rules, kinds })
     }
 
@@ -509,11 +514,18 @@ impl TtlGuard {
             // Too large to list its keys: the script finds them, and their rules.
             return self.default_ttls_in_script(cmd, client, out);
         }
-        let mut written = Vec::new();
-        cmd.info
-            .written_key_positions_by(cmd.argc, |i| cmd.arg(i), &mut written);
-        let mut chosen: Vec<(&[u8], &Rule<TtlLimits>)> = Vec::new();
-        for &k in &written {
+        // Most writes write every key they name: those are the view's keys, found already,
+        // and the keys chosen fit on the stack, so a guarded write allocates nothing.
+        let mut found = Vec::new();
+        let written: &[usize] = if self.kinds.get(cmd.info).writes_every_key {
+            cmd.keys
+        } else {
+            cmd.info
+                .written_key_positions_by(cmd.argc, |i| cmd.arg(i), &mut found);
+            &found
+        };
+        let mut chosen: SmallVec<[(&[u8], &Rule<TtlLimits>); 4]> = SmallVec::new();
+        for &k in written {
             let Some(key) = cmd.arg(k) else { continue };
             let Some(rule) = first_rule(&self.rules, key, client) else {
                 continue;
