@@ -1236,7 +1236,7 @@ impl RawConfig {
 
     /// Check every value and make the configuration the proxy runs on. Only shapes are
     /// checked here: what needs files (certificates) or the command table (guard rules) is
-    /// checked where it is built, by [`crate::app::prepare`], which `check-config` runs too.
+    /// checked where it is built, by [`crate::app::check`], which `check-config` runs too.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let listen = self
             .proxy

@@ -6,23 +6,26 @@
 //! The modules follow one command's path through the proxy:
 //!
 //! - [`listener`] accepts a client connection (within `proxy.max_clients`) and starts a
-//!   [`session`], which opens the client's own upstream connection through the shared
-//!   [`upstream::ConnectGate`] (rate limit, circuit breaker, AUTH/SELECT handshake).
-//! - The session reads client bytes into a [`buffer::ReadBuffer`]; the
-//!   [`scanner::request::RequestScanner`] finds each command without copying it; the
-//!   [`command::CommandTable`] says what the command is; the [`reply_queue::ReplyQueue`]
-//!   records what to do with its reply; the bytes go upstream unchanged.
-//! - For a command a guard wants, the [`guard::Guards`] chain (size, then TTL) returns a
-//!   verdict: forward, rewrite (with hidden extra commands), answer or refuse.
+//!   [`session`], which holds the client's own upstream connection, opened through the
+//!   shared [`upstream::ConnectGate`] (rate limit, circuit breaker, AUTH/SELECT handshake).
+//! - The session reads client bytes into its request pipe; the
+//!   [`scanner::request::RequestScanner`] finds each command without copying it;
+//!   [`pipeline`] classifies it with the [`command::CommandTable`] and, for a command a
+//!   guard wants, runs the [`guard::Guards`] chain (size, shed, queue, enqueue, TTL), which
+//!   returns a verdict: forward, rewrite (with hidden extra commands), answer or refuse.
+//! - The session's connection state records in the [`reply_queue::ReplyQueue`] what to do
+//!   with the command's replies; the bytes go upstream, unchanged unless a guard rewrote them.
 //! - Replies come back through the [`scanner::reply::ReplyScanner`], are matched with the
 //!   queue's head, and go to the client (or are hidden, or replaced).
 //!
 //! Around that path: [`config`] (the TOML file and overrides), [`control`] (the policy in
 //! force, hot reload, status, the `RESPGUARD` command), [`auth`] (clients authenticating to
-//! the proxy), [`transport`] (plain TCP or TLS), [`health`] (is Redis answering),
-//! [`admin`] (HTTP health, status and metrics), [`telemetry`] (metric handles and latency
-//! histograms), [`refusals`] (who is refused most), [`app`] (wiring it all together),
-//! [`identity`] (who a client is), [`resp`] (everything the proxy itself writes in RESP).
+//! the proxy), [`transport`] (plain TCP or TLS), [`monitor`] and [`pressure`] (Redis
+//! memory), [`health`] (is Redis answering), [`admin`] (HTTP health, status and metrics),
+//! [`telemetry`] (metric handles and latency histograms), [`refusals`] (who is refused
+//! most), [`app`] (wiring it all together), [`identity`] (who a client is), [`resp`]
+//! (everything the proxy itself writes in RESP), [`clock`] (time for the guards' windows),
+//! [`offline`] (the guards over a byte stream, for fuzzing).
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 

@@ -22,8 +22,9 @@
 //! stream rather than replies, and the session becomes a plain byte tunnel for the rest of
 //! its life (see `tunnel`).
 //!
-//! The session never decides policy; it carries out what the reply queue, the command
-//! table and the guards say, and it is the only code that writes to either socket.
+//! The session decides no guard policy (it carries out what the reply queue, the command
+//! table and the guards say; it decides only its own `RESPGUARD` command and `[auth]`), and
+//! once it exists it is the only code that writes to its two sockets.
 //!
 //! # Layout
 //!
