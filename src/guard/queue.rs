@@ -303,7 +303,13 @@ impl Guard for QueueGuard {
             printable_key(key),
             rule.name
         );
-        let verdict = rule.refusal(Action::Refuse, client, &message, Verdict::Forward);
+        let verdict = rule.refusal(
+            Action::Refuse,
+            client,
+            &cmd.info.name,
+            &message,
+            Verdict::Forward,
+        );
         if verdict == Verdict::Forward {
             // Observed, not enforced: the push goes through and its depth is followed.
             cmd.watch_reply(ReplyWatch::new(q));

@@ -222,7 +222,8 @@ impl<L> Rule<L> {
         }
     }
 
-    /// A decision to take `action` on `client`'s command: counted, logged within the rule's
+    /// A decision to take `action` on `client`'s `command` (its name, for the log line):
+    /// counted, logged within the rule's
     /// log limit (`refused: <message>`, or `observe: would refuse: <message>`), and true
     /// when the rule enforces it. The message is made only when the line is written, so a
     /// storm of decisions is counted without being formatted.
@@ -230,6 +231,7 @@ impl<L> Rule<L> {
         &self,
         action: Action,
         client: &ClientIdentity,
+        command: &str,
         message: impl FnOnce() -> D,
     ) -> bool {
         self.count(action);
@@ -245,9 +247,9 @@ impl<L> Rule<L> {
         let (guard, rule) = (self.guard, &self.name);
         let message = message();
         if enforce {
-            tracing::warn!(guard, rule = %rule, client = %client, suppressed, "{verb}: {message}");
+            tracing::warn!(guard, rule = %rule, client = %client, command, suppressed, "{verb}: {message}");
         } else {
-            tracing::warn!(guard, rule = %rule, client = %client, suppressed, "observe: would {verb}: {message}");
+            tracing::warn!(guard, rule = %rule, client = %client, command, suppressed, "observe: would {verb}: {message}");
         }
         enforce
     }
@@ -258,10 +260,11 @@ impl<L> Rule<L> {
         &self,
         action: Action,
         client: &ClientIdentity,
+        command: &str,
         message: &str,
         observed: Verdict,
     ) -> Verdict {
-        if self.decided(action, client, || message) {
+        if self.decided(action, client, command, || message) {
             Verdict::Refuse(crate::resp::error(message))
         } else {
             observed

@@ -166,6 +166,7 @@ impl ShedGuard {
         reading: Reading,
         script: bool,
         client: &ClientIdentity,
+        command: &str,
     ) -> Verdict {
         let (action, why) = match reading.level {
             Level::Soft => (
@@ -193,7 +194,7 @@ impl ShedGuard {
             if why.is_empty() { "" } else { ": " },
             why,
         );
-        rule.refusal(action, client, &message, Verdict::Forward)
+        rule.refusal(action, client, command, &message, Verdict::Forward)
     }
 }
 
@@ -244,7 +245,13 @@ impl Guard for ShedGuard {
             (Level::Hard, s) => !self.script_allowed(s, cmd),
         };
         if refused {
-            self.refuse(rule, reading, script != Script::None, client)
+            self.refuse(
+                rule,
+                reading,
+                script != Script::None,
+                client,
+                &cmd.info.name,
+            )
         } else {
             Verdict::Forward
         }

@@ -224,7 +224,7 @@ impl Guard for SizeGuard {
             let Some(reason) = self.violation(cmd, rule, key, values) else {
                 continue;
             };
-            if !rule.decided(Action::Refused, client, || &reason) {
+            if !rule.decided(Action::Refused, client, &cmd.info.name, || &reason) {
                 return Verdict::Forward;
             }
             return Verdict::Refuse(crate::resp::error(&format!("ERR respguard: {reason}")));

@@ -298,9 +298,10 @@ impl TtlGuard {
         action: Action,
         verdict: Verdict,
         client: &ClientIdentity,
+        command: &str,
         key: &[u8],
     ) -> Verdict {
-        if rule.decided(action, client, || on_key(key)) {
+        if rule.decided(action, client, command, || on_key(key)) {
             verdict
         } else {
             Verdict::Forward
@@ -321,7 +322,7 @@ fn may_set_expiry(cmd: &CommandView<'_>, rule: &Rule<TtlLimits>, client: &Client
         ScriptAccess::NoScripts => "the client's Redis user may not run EVAL (ACL)",
         ScriptAccess::NoExpire => "the client's Redis user may not run PEXPIRE (ACL)",
     };
-    rule.decided(Action::TtlSkipped, client, || {
+    rule.decided(Action::TtlSkipped, client, &cmd.info.name, || {
         format!("no TTL set on a {} write: {why}", cmd.info.name)
     });
     false
@@ -459,7 +460,7 @@ impl TtlGuard {
                     replacement: Some(out.len()),
                     hidden: 0,
                 };
-                self.act(rule, Action::TtlAdded, v, client, key)
+                self.act(rule, Action::TtlAdded, v, client, &cmd.info.name, key)
             }
         }
     }
@@ -498,7 +499,7 @@ impl TtlGuard {
             replacement: Some(out.len()),
             hidden: 0,
         };
-        self.act(rule, Action::TtlAdded, v, client, key)
+        self.act(rule, Action::TtlAdded, v, client, &cmd.info.name, key)
     }
 
     /// The rule's TTL for every key the command writes whose rule has one: the command
@@ -533,7 +534,7 @@ impl TtlGuard {
             if rule.limits.ttl.is_none() || !may_set_expiry(cmd, rule, client) {
                 continue;
             }
-            if !rule.decided(Action::TtlAdded, client, || on_key(key)) {
+            if !rule.decided(Action::TtlAdded, client, &cmd.info.name, || on_key(key)) {
                 continue;
             }
             chosen.push((key, rule));
@@ -637,7 +638,7 @@ impl TtlGuard {
             replacement: Some(out.len()),
             hidden: 0,
         };
-        self.act(rule, action, v, client, key)
+        self.act(rule, action, v, client, &cmd.info.name, key)
     }
 
     /// Lower the expiry in argument `index` to the rule's `max_ttl` when it is above it: the

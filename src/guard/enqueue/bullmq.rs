@@ -133,7 +133,7 @@ impl BullmqAdds {
         let job = self.job(memory, rule.limits.index, &add);
         let scope = memory.scope(&rule.limits, client);
         let decision = memory.decide(&rule.limits, scope, &job);
-        match over_limit(rule, client, add.prefix, &job, decision) {
+        match over_limit(rule, client, &cmd.info.name, add.prefix, &job, decision) {
             None => Verdict::Forward,
             Some(Action::Reject) => refusal(rule, decision),
             Some(Action::Drop) => {

@@ -27,11 +27,12 @@ pub enum Decision {
     Rate,
 }
 
-/// Count and log a job of `queue` over the limit; the rule's action when it enforces,
-/// `None` when the job passes or the rule only observes.
+/// Count and log a job of `queue` over the limit, enqueued by `client` with `command`; the
+/// rule's action when it enforces, `None` when the job passes or the rule only observes.
 pub fn over_limit(
     rule: &Rule<EnqueueLimits>,
     client: &ClientIdentity,
+    command: &str,
     queue: &[u8],
     job: &JobPrint,
     decision: Decision,
@@ -40,7 +41,7 @@ pub fn over_limit(
     if decision == Decision::Pass {
         return None;
     }
-    let enforced = rule.decided(l.action.counted(), client, || {
+    let enforced = rule.decided(l.action.counted(), client, command, || {
         log_line(l, queue, job, decision)
     });
     enforced.then_some(l.action)

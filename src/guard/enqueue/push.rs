@@ -45,7 +45,7 @@ pub fn check_push(
             continue;
         };
         let decision = memory.decide(&rule.limits, scope, &job);
-        match over_limit(rule, client, key, &job, decision) {
+        match over_limit(rule, client, &cmd.info.name, key, &job, decision) {
             None => {}
             Some(Action::Reject) => return refusal(rule, decision),
             Some(Action::Drop) => gone.push(i),

@@ -68,7 +68,7 @@ pub fn check_job_hash(
     };
     let scope = memory.scope(&rule.limits, client);
     let decision = memory.decide(&rule.limits, scope, &job);
-    match over_limit(rule, client, origin, &job, decision) {
+    match over_limit(rule, client, &cmd.info.name, origin, &job, decision) {
         None => Verdict::Forward,
         Some(Action::Reject) => refusal(rule, decision),
         Some(Action::Drop) => {
