@@ -89,7 +89,7 @@ impl Session {
         queue.is_subscribed()
             || queue.is_monitoring()
             || queue.iter().any(|p| {
-                p.effect == Effect::Monitor
+                matches!(p.effect, Effect::Monitor)
                     || self
                         .shared
                         .table

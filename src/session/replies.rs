@@ -97,10 +97,10 @@ impl Session {
             finished: Some(p), ..
         } = matched
         {
-            if p.disposition != Disposition::Hide {
+            if !matches!(p.disposition, Disposition::Hide) {
                 self.record_latency(&p, self.replies_arrived_us);
             }
-            if p.effect == Effect::AccessProbe {
+            if matches!(p.effect, Effect::AccessProbe) {
                 self.on_access_probe(&info);
             } else if info.kind != ReplyKind::Error {
                 self.apply_effect(p.effect, &info);
