@@ -23,7 +23,7 @@
 //! - A command that cannot be wrapped (blocking, not allowed in scripts, or with more
 //!   arguments than a script can pass on, [`MAX_WRAPPED_ARGS`]) gets a hidden
 //!   `PEXPIRE key <ttl> NX` per key after it instead; then a write that failed may still
-//!   give a key without a TTL its TTL (documented in the README).
+//!   give a key without a TTL its TTL (documented in `docs/guards.md`).
 //! - A command too large to hold (streamed) is wrapped all the same: only its head is
 //!   rewritten, and the rest streams to Redis unchanged. For a SET whose options follow the
 //!   streamed value, the script reads the options (mode `SET`).
