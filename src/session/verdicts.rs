@@ -63,11 +63,10 @@ impl Session {
                 return;
             }
         };
-        let cmd = self.current(span);
         let is_reset = info.special == Special::Reset;
         let changes_user = match info.special {
             Special::Auth => true,
-            Special::Hello => cmd.any_arg_is(b"auth"),
+            Special::Hello => self.current(span).any_arg_is(b"auth"),
             _ => false,
         };
         self.record(info, span, watch);
@@ -216,10 +215,7 @@ impl Session {
         }
         let info = self.shared.table.by_id(command);
         let cmd = Scanned::new(self.requests.scanner(), self.requests.input(), span);
-        let mut view = cmd.view(info, &mut self.keys, self.access);
-        view.streaming = None;
-        view.size = 0;
-        view.wire = None;
+        let view = cmd.view(info, &mut self.keys, self.access);
         let resp3 = self.state.queue().is_resp3();
         guards.when_upstream_down(&view, &self.identity, resp3)
     }
