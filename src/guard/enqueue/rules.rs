@@ -7,7 +7,7 @@
 
 use metrics::Counter;
 
-use super::super::rule::{Mode, Rule, RuleKind, RuleSpec};
+use super::super::rule::{Action as Counted, Mode, Rule, RuleKind, RuleSpec};
 use super::payload::{Format, PayloadSpec};
 use super::preset::{self, Shape, LIST_PUSHES};
 use crate::config::{ConfigError, EnqueueAction, PayloadFormat, Preset, ScopePart};
@@ -67,19 +67,16 @@ pub enum Action {
 
 impl Action {
     /// The decision counted and logged for it.
-    pub fn counted(self) -> super::super::rule::Action {
+    pub fn counted(self) -> Counted {
         match self {
-            Action::Drop => super::super::rule::Action::Drop,
-            Action::Reject => super::super::rule::Action::Reject,
+            Action::Drop => Counted::Drop,
+            Action::Reject => Counted::Reject,
         }
     }
 }
 
 /// The decisions an enqueue rule counts.
-const ACTIONS: &[super::super::rule::Action] = &[
-    super::super::rule::Action::Drop,
-    super::super::rule::Action::Reject,
-];
+const ACTIONS: &[Counted] = &[Counted::Drop, Counted::Reject];
 
 /// Scope bit: the client's Redis user.
 pub const SCOPE_USER: u8 = 1;
