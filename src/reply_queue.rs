@@ -146,7 +146,8 @@ pub enum Matched {
     /// An answer to the queue's head command. `finished` holds the entry when this was its
     /// last reply, so the caller can apply its effect.
     Reply {
-        disposition: Disposition,
+        /// The reply is the proxy's own (its command was hidden from the client).
+        hidden: bool,
         finished: Option<Pending>,
     },
 }
@@ -245,6 +246,18 @@ impl ReplyQueue {
         self.entries.push_back(p);
     }
 
+    /// Whether the head entry is a local answer, which the session can send now.
+    #[inline]
+    pub fn front_is_local(&self) -> bool {
+        matches!(
+            self.entries.front(),
+            Some(Pending {
+                disposition: Disposition::Local(_),
+                ..
+            })
+        )
+    }
+
     /// Take the head entry if it is a local answer, so the session can send it now.
     pub fn pop_local(&mut self) -> Option<Pending> {
         match self.entries.front() {
@@ -336,7 +349,7 @@ impl ReplyQueue {
                 }
             }
         };
-        let disposition = head.disposition.clone();
+        let hidden = matches!(head.disposition, Disposition::Hide);
         let finished = if done {
             let entry = self.entries.pop_front();
             if let Some(e) = &entry {
@@ -348,10 +361,7 @@ impl ReplyQueue {
         } else {
             None
         };
-        Matched::Reply {
-            disposition,
-            finished,
-        }
+        Matched::Reply { hidden, finished }
     }
 
     /// Record what a successful reply changes in the queue's own view of the connection.
@@ -454,7 +464,7 @@ mod tests {
             let text = String::from_utf8_lossy(&stream[start..end]).replace("\r\n", " ");
             let fwd = match q.on_reply(s.info()) {
                 Matched::OutOfBand => true,
-                Matched::Reply { disposition, .. } => disposition == Disposition::Forward,
+                Matched::Reply { hidden, .. } => !hidden,
             };
             out.push((text.trim().to_string(), fwd));
             start = end;

@@ -93,9 +93,23 @@ impl Decimal {
 
 /// Append a line `<kind><n>\r\n`: an array (`*`), a bulk length (`$`), a map (`%`), ...
 /// in one append.
+/// One and two digits, the usual lengths of a command's arguments, are written as one
+/// fixed-size store; longer ones through [`Decimal`].
 #[inline]
 fn length_line<O: Out>(out: &mut O, kind: u8, n: u64) {
-    out.put(Decimal::of(n).line(kind));
+    if n < 10 {
+        out.put(&[kind, b'0' + n as u8, b'\r', b'\n']);
+    } else if n < 100 {
+        out.put(&[
+            kind,
+            b'0' + (n / 10) as u8,
+            b'0' + (n % 10) as u8,
+            b'\r',
+            b'\n',
+        ]);
+    } else {
+        out.put(Decimal::of(n).line(kind));
+    }
 }
 
 /// Append an array header `*<n>\r\n`: a command of `n` arguments, or an array reply.
@@ -165,6 +179,16 @@ fn one_line(kind: u8, text: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn length_lines_read_as_their_number_at_every_width() {
+        for n in (0..1000).chain([12345, u32::MAX as usize]) {
+            let mut out = Vec::new();
+            bulk_header(&mut out, n);
+            array_header(&mut out, n);
+            assert_eq!(out, format!("${n}\r\n*{n}\r\n").as_bytes());
+        }
+    }
 
     #[test]
     fn decimals_cover_the_whole_range() {

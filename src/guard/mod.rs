@@ -45,7 +45,7 @@ pub use chain::Guards;
 pub use context::GuardContext;
 pub use log_limit::LogLimiter;
 pub use phase::Guard;
-pub use rewrite::{encode_appending, encode_replacing};
+pub use rewrite::{encode_appending, encode_replacing, EncodedArgs};
 pub use rule::{first_rule, printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
 pub use verdict::{find_keys, wire_args, CommandView, ScriptAccess, Verdict, PROBE};
 pub use watch::{ReplyWatch, ReplyWatcher, WatchSlot};

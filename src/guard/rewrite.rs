@@ -19,9 +19,36 @@ pub fn encode_replacing(cmd: &CommandView<'_>, index: usize, with: &[u8], out: &
     }
 }
 
-/// Write the command followed by `extra` arguments (multibulk) into `out`.
-pub fn encode_appending(cmd: &CommandView<'_>, extra: &[&[u8]], out: &mut BytesMut) {
-    resp::array_header(out, cmd.args.len() + extra.len());
+/// Arguments a rule appends to every command it rewrites, encoded as bulk strings once,
+/// when the rule is built, so a rewrite costs one copy instead of formatting per command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedArgs {
+    count: usize,
+    bytes: Box<[u8]>,
+}
+
+impl EncodedArgs {
+    /// `args`, encoded.
+    pub fn new(args: &[&[u8]]) -> Self {
+        let mut bytes = Vec::new();
+        for a in args {
+            resp::bulk(&mut bytes, a);
+        }
+        EncodedArgs {
+            count: args.len(),
+            bytes: bytes.into_boxed_slice(),
+        }
+    }
+
+    /// The encoded arguments, for a caller writing the array header itself.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Write the command followed by the `extra` arguments (multibulk) into `out`.
+pub fn encode_appending(cmd: &CommandView<'_>, extra: &EncodedArgs, out: &mut BytesMut) {
+    resp::array_header(out, cmd.args.len() + extra.count);
     match &cmd.wire {
         // The client's own encoding, in one copy.
         Some(wire) => out.extend_from_slice(&cmd.src[wire.clone()]),
@@ -31,9 +58,7 @@ pub fn encode_appending(cmd: &CommandView<'_>, extra: &[&[u8]], out: &mut BytesM
             }
         }
     }
-    for a in extra {
-        resp::bulk(out, a);
-    }
+    out.extend_from_slice(&extra.bytes);
 }
 
 #[cfg(test)]
@@ -64,11 +89,12 @@ mod tests {
             watch: Default::default(),
         };
         assert_eq!(view.wire, Some(4..src.len()));
+        let px = EncodedArgs::new(&[b"PX", b"3600000"]);
         let mut copied = BytesMut::new();
-        encode_appending(&view, &[b"PX", b"3600000"], &mut copied);
+        encode_appending(&view, &px, &mut copied);
         view.wire = None;
         let mut encoded = BytesMut::new();
-        encode_appending(&view, &[b"PX", b"3600000"], &mut encoded);
+        encode_appending(&view, &px, &mut encoded);
         assert_eq!(copied, encoded);
         assert_eq!(
             &copied[..],

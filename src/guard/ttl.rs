@@ -37,7 +37,7 @@ use smallvec::SmallVec;
 
 use super::by_command::ByCommand;
 use super::phase::Guard;
-use super::rewrite::encode_appending;
+use super::rewrite::{encode_appending, EncodedArgs};
 use super::rule::{first_rule, printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
 use super::verdict::{CommandView, ScriptAccess, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
@@ -54,6 +54,10 @@ const SCRIPT_SOURCE: &str = include_str!("ttl_script.lua");
 /// Redis hashes it each time, so every byte counts.
 pub static SCRIPT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| compact(SCRIPT_SOURCE));
+
+/// `EVAL` and [`SCRIPT`] as the first two arguments of a wrapped command, encoded once.
+static EVAL_SCRIPT: std::sync::LazyLock<EncodedArgs> =
+    std::sync::LazyLock::new(|| EncodedArgs::new(&[b"EVAL", SCRIPT.as_bytes()]));
 
 /// The script for an MSET or MSETNX too large for the proxy to list its keys (see
 /// `ttl_pairs.lua`): it runs the command, in pieces inside the script when it has more
@@ -87,6 +91,10 @@ pub struct TtlLimits {
     /// `ttl` in milliseconds as decimal text (`0` for none), written once at build instead
     /// of per command.
     pub ttl_millis: Box<[u8]>,
+    /// `PX <ttl_millis>`, the arguments a SET without expiry gets, encoded once.
+    pub px_ttl: EncodedArgs,
+    /// `<ttl_millis> <max_millis>`, a wrapped command's arguments for the rule, encoded once.
+    pub wrap_ttls: EncodedArgs,
     /// Largest TTL a client may set.
     pub max_ttl: Option<Duration>,
     /// `max_ttl` in milliseconds as decimal text (`0` for none).
@@ -273,10 +281,13 @@ impl TtlGuard {
                     .into_bytes()
                     .into_boxed_slice()
             };
+            let (ttl_millis, max_millis) = (millis(ttl), millis(max_ttl));
             let limits = TtlLimits {
-                ttl_millis: millis(ttl),
+                px_ttl: EncodedArgs::new(&[b"PX", &ttl_millis]),
+                wrap_ttls: EncodedArgs::new(&[&ttl_millis, &max_millis]),
+                ttl_millis,
                 ttl,
-                max_millis: millis(max_ttl),
+                max_millis,
                 max_ttl,
             };
             let spec = RuleSpec::new(&r.pattern, &r.clients, r.mode);
@@ -454,8 +465,7 @@ impl TtlGuard {
                 if rule.limits.ttl.is_none() {
                     return Verdict::Forward;
                 }
-                let ms: &[u8] = &rule.limits.ttl_millis;
-                encode_appending(cmd, &[b"PX", ms], out);
+                encode_appending(cmd, &rule.limits.px_ttl, out);
                 let v = Verdict::Rewrite {
                     replacement: Some(out.len()),
                     hidden: 0,
@@ -728,8 +738,7 @@ fn wrap<'k>(
 ) {
     let n = keys.clone().count();
     resp::array_header(out, 3 + n + 1 + 3 * n + cmd.argc);
-    resp::bulk(out, b"EVAL");
-    resp::bulk(out, SCRIPT.as_bytes());
+    out.extend_from_slice(EVAL_SCRIPT.bytes());
     resp::bulk(out, Decimal::of(n as u64).as_bytes());
     for (key, _, _) in keys.clone() {
         resp::bulk(out, key);
@@ -738,8 +747,7 @@ fn wrap<'k>(
     resp::bulk(out, condition);
     for (_, rule, mode) in keys {
         resp::bulk(out, mode.word());
-        resp::bulk(out, &rule.limits.ttl_millis);
-        resp::bulk(out, &rule.limits.max_millis);
+        out.extend_from_slice(rule.limits.wrap_ttls.bytes());
     }
     copy_command(cmd, out);
 }

@@ -279,6 +279,11 @@ impl ReplyScanner {
 
     /// Scan on from where the last call stopped, until one reply ends or the buffer does.
     pub fn scan(&mut self, buf: &[u8]) -> Result<ReplyStep, ReplyError> {
+        if self.state == State::Value && self.nesting.depth == 0 && !self.started {
+            if let Some(step) = self.scan_plain(buf)? {
+                return Ok(step);
+            }
+        }
         loop {
             if let Some(end) = self.element_end.take() {
                 return Ok(ReplyStep::Element(end));
@@ -439,6 +444,50 @@ impl ReplyScanner {
         }
     }
 
+    /// The common reply, read in one step: a simple string, error, integer or bulk string
+    /// (RESP2's types) at the start of a reply. `None` hands the reply to the general path,
+    /// left where it would have been (a bulk string's payload still to come, or nothing read
+    /// for any other type), so no byte is looked at twice.
+    #[inline]
+    fn scan_plain(&mut self, buf: &[u8]) -> Result<Option<ReplyStep>, ReplyError> {
+        let ty = match buf.get(self.pos) {
+            Some(&ty @ (b'+' | b'-' | b':' | b'$')) => ty,
+            _ => return Ok(None),
+        };
+        let Some((line, next)) = self.line(buf)? else {
+            return Ok(Some(ReplyStep::Partial(self.pos)));
+        };
+        let body = &line[1..];
+        match ty {
+            b'+' => {
+                self.current.kind = ReplyKind::Simple;
+                self.keep_first(body);
+            }
+            b'-' => self.current.kind = ReplyKind::Error,
+            b':' => self.current.last_int = crate::scanner::request::parse_int(body),
+            _ if body == b"?" => {
+                // A streamed string: the general path reads its line again (two bytes).
+                self.line_search = 0;
+                return Ok(None);
+            }
+            _ => {
+                if let Some(len) = parse_signed_len(body)? {
+                    let end = next as u64 + len + 2;
+                    if end > buf.len() as u64 {
+                        self.started = true;
+                        self.pos = next;
+                        self.state = State::Payload(len + 2);
+                        return Ok(None);
+                    }
+                    self.pos = end as usize;
+                    return Ok(self.finish().map(ReplyStep::Done));
+                }
+            }
+        }
+        self.pos = next;
+        Ok(self.finish().map(ReplyStep::Done))
+    }
+
     fn at_depth1(&self) -> bool {
         self.nesting.depth == 1 && !matches!(self.nesting.innermost, Frame::Attribute(_))
     }
@@ -501,6 +550,7 @@ impl ReplyScanner {
         Some(end)
     }
 
+    #[inline(always)]
     fn line<'b>(&mut self, buf: &'b [u8]) -> Result<Option<(&'b [u8], usize)>, ReplyError> {
         let from = self.line_search.max(self.pos);
         match crate::scanner::request::memchr(b'\n', &buf[from..]) {

@@ -272,14 +272,24 @@ impl RequestScanner {
                     if buf[self.pos] != b'*' {
                         return self.scan_inline(buf);
                     }
-                    let Some((line, next)) = self.line(buf, self.pos + 1) else {
-                        if buf.len() - self.pos > self.limits.max_inline_len {
-                            return Step::Error(ProtocolError::CountLineTooBig);
+                    let (count, next) = match plain_number(buf, self.pos + 1) {
+                        // The usual count line, read without searching for its end.
+                        Some((count, next)) => {
+                            self.line_search = 0;
+                            (count as i64, next)
                         }
-                        return Step::Incomplete;
-                    };
-                    let Some(count) = parse_int(line) else {
-                        return Step::Error(ProtocolError::InvalidMultibulkLength);
+                        None => {
+                            let Some((line, next)) = self.line(buf, self.pos + 1) else {
+                                if buf.len() - self.pos > self.limits.max_inline_len {
+                                    return Step::Error(ProtocolError::CountLineTooBig);
+                                }
+                                return Step::Incomplete;
+                            };
+                            let Some(count) = parse_int(line) else {
+                                return Step::Error(ProtocolError::InvalidMultibulkLength);
+                            };
+                            (count, next)
+                        }
                     };
                     if count > i64::from(i32::MAX) || count > self.limits.max_args as i64 {
                         return Step::Error(ProtocolError::InvalidMultibulkLength);
@@ -362,37 +372,27 @@ impl RequestScanner {
         if self.unauthenticated {
             threshold = threshold.min(UNAUTHENTICATED_MAX_BULK_LEN);
         }
-        while remaining > 0 && self.pos - self.cmd_start <= self.limits.max_buffered_command {
-            let p = self.pos;
-            if buf.get(p) != Some(&b'$') {
+        let last_start = self
+            .cmd_start
+            .saturating_add(self.limits.max_buffered_command);
+        let mut pos = self.pos;
+        while remaining > 0 && pos <= last_start && buf.get(pos) == Some(&b'$') {
+            let Some((len, body)) = plain_number(buf, pos + 1) else {
+                break;
+            };
+            if len > threshold {
                 break;
             }
-            let mut i = p + 1;
-            let mut len: u64 = 0;
-            while i < buf.len() && buf[i].is_ascii_digit() && i - p <= 19 {
-                len = len * 10 + u64::from(buf[i] - b'0');
-                i += 1;
-            }
-            let digits = i - p - 1;
-            // No digits, a leading zero (Redis refuses "01"), no `\r` yet, or a length the
-            // general path must look at: leave it.
-            if digits == 0
-                || (digits > 1 && buf[p + 1] == b'0')
-                || buf.get(i) != Some(&b'\r')
-                || i + 1 >= buf.len()
-                || len > threshold
-            {
-                break;
-            }
-            let body = i + 2;
-            let end = body + len as usize + 2;
+            let len = len as usize;
+            let end = body + len + 2;
             if end > buf.len() {
                 break;
             }
-            self.args.push(body..body + len as usize);
-            self.pos = end;
+            self.args.push(body..body + len);
+            pos = end;
             remaining -= 1;
         }
+        self.pos = pos;
         self.line_search = 0;
         remaining
     }
@@ -537,6 +537,36 @@ impl RequestScanner {
             inline: true,
         }
     }
+}
+
+/// A length line's number as the fast path reads it: 1 to 18 digits without a leading zero,
+/// followed by `\r` and one more byte (Redis assumes the `\n`). Returns the number and
+/// the offset past the line. `None` for anything else (a sign, a partial line, a malformed
+/// one), which the general path then reads and words the error for.
+#[inline(always)]
+fn plain_number(buf: &[u8], at: usize) -> Option<(u64, usize)> {
+    let line = buf.get(at..)?;
+    let first = line.first()?.wrapping_sub(b'0');
+    if first > 9 {
+        return None;
+    }
+    let mut value = u64::from(first);
+    let mut i = 1;
+    loop {
+        let digit = line.get(i)?.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        if i == 18 || first == 0 {
+            return None;
+        }
+        value = value * 10 + u64::from(digit);
+        i += 1;
+    }
+    if line[i] != b'\r' || i + 1 >= line.len() {
+        return None;
+    }
+    Some((value, at + i + 2))
 }
 
 /// Redis's `string2ll` on a length line: an optional `-`, digits, no spaces, no `+`.

@@ -89,8 +89,7 @@ impl Session {
         let forwarded = self.reply_forwarded.take() == Some(true);
         let matched = self.state.queue_mut().on_reply(&info);
         debug_assert!(
-            !matches!(&matched, Matched::Reply { disposition, .. }
-                if (*disposition == Disposition::Hide) == forwarded),
+            !matches!(&matched, Matched::Reply { hidden, .. } if *hidden == forwarded),
             "a reply's disposition changed while it streamed"
         );
         if let Matched::Reply {
@@ -150,7 +149,15 @@ impl Session {
     }
 
     /// Send every local answer now at the head of the queue, after the replies before it.
+    #[inline]
     pub(super) fn emit_local_replies(&mut self) {
+        if self.state.queue().front_is_local() {
+            self.emit_local_replies_now();
+        }
+    }
+
+    /// [`Self::emit_local_replies`] when there is one to send.
+    fn emit_local_replies_now(&mut self) {
         while let Some(p) = self.state.queue_mut().pop_local() {
             // Behind replies from Redis, a local answer waited for them; first in the
             // queue, it is answered as the command is read.

@@ -12,15 +12,16 @@
 //! and XREAD. A command the table does not know is treated as a write with no known keys.
 //!
 //! Parsing happens once, off the hot path, with the `redis-protocol` decoder. Looking a
-//! command up on the hot path lower-cases its name into a stack buffer and probes a hash map:
-//! no allocation.
+//! command up on the hot path packs its name into two words and probes a fixed table
+//! ([`names`]): no allocation, no copy.
 
-use rustc_hash::FxHashMap;
+mod names;
 
+use names::NameIndex;
 use redis_protocol::resp2::types::OwnedFrame;
 
 /// The recorded `COMMAND` reply used when the upstream's cannot be read.
-pub const BUILTIN_COMMAND_REPLY: &[u8] = include_bytes!("../data/command-reply-redis-7.0.resp");
+pub const BUILTIN_COMMAND_REPLY: &[u8] = include_bytes!("../../data/command-reply-redis-7.0.resp");
 
 /// Command flags, as Redis names them in `COMMAND`; only the ones the proxy uses are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -393,15 +394,11 @@ pub enum TableSource {
 #[derive(Debug)]
 pub struct CommandTable {
     commands: Vec<CommandInfo>,
-    /// FxHash: command names are short and not attacker-chosen keys of a growing map (the
-    /// table is built once); it halved the lookup time against SipHash (`cargo bench`).
-    by_name: FxHashMap<Box<[u8]>, u16>,
+    /// Ids by name (and `container|sub`), built once the commands are read.
+    by_name: NameIndex,
     unknown: CommandInfo,
     source: TableSource,
 }
-
-/// The longest command name the lookup lower-cases; longer names are unknown commands.
-const MAX_NAME: usize = 64;
 
 impl CommandTable {
     /// Parse a RESP2 `COMMAND` reply.
@@ -416,7 +413,7 @@ impl CommandTable {
         };
         let mut table = CommandTable {
             commands: Vec::with_capacity(entries.len() * 2),
-            by_name: FxHashMap::with_capacity_and_hasher(entries.len() * 2, Default::default()),
+            by_name: NameIndex::build(std::iter::empty()),
             unknown: CommandInfo {
                 name: "other".into(),
                 id: 0,
@@ -435,6 +432,8 @@ impl CommandTable {
             return Err(TableError::Shape("no commands"));
         }
         table.unknown.id = table.commands.len() as u16;
+        let names = table.commands.iter().map(|c| (c.name.as_bytes(), c.id));
+        table.by_name = NameIndex::build(names);
         Ok(table)
     }
 
@@ -527,7 +526,6 @@ impl CommandTable {
             _ => None,
         };
         let id = self.commands.len() as u16;
-        self.by_name.insert(name.clone().into_boxed_slice(), id);
         self.commands.push(CommandInfo {
             name: String::from_utf8_lossy(&name).into(),
             id,
@@ -582,36 +580,25 @@ impl CommandTable {
     /// The entry for a command given its arguments (argument 0 is the name). Container
     /// commands (`CONFIG`, `CLIENT`, ...) resolve to their subcommand when it is known.
     pub fn lookup<A: AsRef<[u8]>>(&self, args: &[A]) -> &CommandInfo {
-        let Some(name) = args.first() else {
+        let Some(name) = args.first().map(|n| n.as_ref()) else {
             return &self.unknown;
         };
-        let name = name.as_ref();
-        let mut lower = [0u8; MAX_NAME * 2 + 1];
-        if name.len() > MAX_NAME {
-            return &self.unknown;
-        }
-        for (d, s) in lower.iter_mut().zip(name) {
-            *d = s.to_ascii_lowercase();
-        }
-        let Some(&id) = self.by_name.get(&lower[..name.len()]) else {
+        let Some(id) = self.by_name.get(name) else {
             return &self.unknown;
         };
         let info = &self.commands[id as usize];
         if info.has_subcommands {
-            if let Some(sub) = args.get(1).map(|s| s.as_ref()) {
-                if sub.len() <= MAX_NAME {
-                    let n = name.len();
-                    lower[n] = b'|';
-                    for (d, s) in lower[n + 1..].iter_mut().zip(sub) {
-                        *d = s.to_ascii_lowercase();
-                    }
-                    if let Some(&sid) = self.by_name.get(&lower[..n + 1 + sub.len()]) {
-                        return &self.commands[sid as usize];
-                    }
-                }
+            let sub = args.get(1).map(|s| s.as_ref());
+            if let Some(sid) = sub.and_then(|sub| self.by_name.get_pair(name, sub)) {
+                return &self.commands[sid as usize];
             }
         }
         info
+    }
+
+    /// The id of the command (or `container|sub`) named `name`, in any letter case.
+    pub fn lookup_name(&self, name: &[u8]) -> Option<u16> {
+        self.by_name.get(name)
     }
 }
 
