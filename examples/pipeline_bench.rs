@@ -501,7 +501,7 @@ mod tests {
         assert_eq!(
             ok(b"*2\r\n:1\r\n*1\r\n$1\r\na\r\n"),
             Some(Reply {
-                len: 20,
+                len: 19,
                 error: false
             })
         );
