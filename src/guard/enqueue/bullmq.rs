@@ -156,7 +156,7 @@ impl BullmqAdds {
             .whole_json
             .print(add.data, &context, memory.hasher())
             .map_or_else(
-                || memory.hash(&[&context[0..3].concat(), add.data]),
+                || memory.hash(&[context[0], context[1], context[2], add.data]),
                 |p| p.fingerprint,
             );
         JobPrint {

@@ -6,8 +6,18 @@
 //! The decisions that only count are made here ([`EnqueueMemory::decide`]): whether an
 //! enqueue is within its fingerprint's limit and its scope's bucket. It never reads a
 //! command, logs or chooses what the client is answered.
+//!
+//! The hash is SipHash-1-3 under a 128-bit key drawn at random when the memory is made
+//! ([`FingerprintKey`]): a pseudorandom function, so a client that writes payloads and
+//! watches which of its own jobs are dropped learns nothing that lets it make a job of its
+//! own collide with another client's (which would drop that job as a duplicate), nor aim
+//! many jobs at one set of a table. The fast non-cryptographic hashes measured against it
+//! (foldhash, aHash, rapidhash, gxhash) do not claim that against such an attacker; see
+//! "Enqueue fingerprint hash" in docs/benchmarks.md.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
+
+use siphasher::sip::SipHasher13;
 
 use metrics::{Counter, Gauge};
 
@@ -28,6 +38,48 @@ const SCRIPT_SECONDS: u32 = 24 * 3600;
 /// Dropped RQ job ids remembered at once.
 const MAX_DROPPED_IDS: usize = 4096;
 
+/// The key of every hash the enqueue guard makes: SipHash-1-3's 128 bits, secret and drawn
+/// once per [`EnqueueMemory`], so per process.
+#[derive(Clone)]
+pub struct FingerprintKey {
+    k0: u64,
+    k1: u64,
+}
+
+impl FingerprintKey {
+    /// A key drawn from the operating system's randomness (through std's `RandomState`,
+    /// whose own SipHash key is random per thread: its outputs are the new key's words).
+    pub fn random() -> Self {
+        let seed = RandomState::new();
+        FingerprintKey {
+            k0: seed.hash_one(0u64),
+            k1: seed.hash_one(1u64),
+        }
+    }
+}
+
+impl std::fmt::Debug for FingerprintKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is a secret: never in a log line.
+        f.write_str("FingerprintKey(..)")
+    }
+}
+
+impl BuildHasher for FingerprintKey {
+    type Hasher = SipHasher13;
+
+    fn build_hasher(&self) -> SipHasher13 {
+        SipHasher13::new_with_keys(self.k0, self.k1)
+    }
+}
+
+/// Feed one part of a hashed sequence to `h`: its length, then its bytes. Distinct
+/// sequences of parts are distinct inputs whatever bytes the parts hold.
+pub fn write_part(h: &mut impl Hasher, part: &[u8]) {
+    h.write_u64(part.len() as u64);
+    h.write(part);
+}
+
 /// The enqueue guard's memory: fingerprints, token buckets, learned scripts and dropped job
 /// ids, each a fixed-size table. One per proxy, kept when the guards are built again.
 #[derive(Debug)]
@@ -40,7 +92,7 @@ pub struct EnqueueMemory {
     scripts: BoundedTable,
     /// Ids of RQ jobs dropped in the last seconds.
     dropped_ids: BoundedTable,
-    hashes: RandomState,
+    hashes: FingerprintKey,
     clock: Clock,
     evictions: Counter,
     occupied: Gauge,
@@ -57,7 +109,7 @@ impl EnqueueMemory {
             buckets: BoundedTable::new(raw.max_buckets),
             scripts: BoundedTable::new(raw.max_scripts),
             dropped_ids: BoundedTable::new(MAX_DROPPED_IDS),
-            hashes: RandomState::new(),
+            hashes: FingerprintKey::random(),
             clock: Clock::start(),
             evictions: metrics::counter!("respguard_enqueue_fingerprint_evictions_total"),
             occupied: metrics::gauge!("respguard_enqueue_fingerprints"),
@@ -65,16 +117,15 @@ impl EnqueueMemory {
     }
 
     /// The keyed hasher of fingerprints (secret per proxy, so payloads cannot aim at a set).
-    pub fn hasher(&self) -> &RandomState {
+    pub fn hasher(&self) -> &FingerprintKey {
         &self.hashes
     }
 
-    /// One hash of `parts`, each ended by a separator so parts cannot run into each other.
+    /// One hash of `parts`, each framed by [`write_part`] so parts cannot run into each other.
     pub fn hash(&self, parts: &[&[u8]]) -> u64 {
         let mut h = self.hashes.build_hasher();
         for p in parts {
-            h.write(p);
-            h.write_u8(0xff);
+            write_part(&mut h, p);
         }
         h.finish()
     }
@@ -370,6 +421,46 @@ mod tests {
         assert!(!m.script_known(&[b'0'; 40]));
         advance(seconds(u64::from(SCRIPT_SECONDS))).await;
         assert!(!m.script_known(digest));
+    }
+
+    #[tokio::test]
+    async fn the_key_is_drawn_per_memory_so_two_proxies_hash_a_payload_apart() {
+        let (a, _) = memory_and_rule("");
+        let (b, _) = memory_and_rule("");
+        let payload: &[u8] = b"{\"class\":\"Mailer\",\"args\":[42]}";
+        assert_eq!(a.hash(&[b"q", payload]), a.hash(&[b"q", payload]));
+        assert_ne!(a.hash(&[b"q", payload]), b.hash(&[b"q", payload]));
+        let spec = super::super::payload::PayloadSpec::new(
+            super::super::payload::Format::Raw,
+            &[],
+            &[],
+            None,
+            None,
+        )
+        .expect("raw spec");
+        let print = |m: &EnqueueMemory| {
+            spec.print(payload, &[b"q"], m.hasher())
+                .map(|j| j.fingerprint)
+        };
+        assert_eq!(print(&a), print(&a));
+        assert_ne!(print(&a), print(&b));
+    }
+
+    #[tokio::test]
+    async fn parts_cannot_run_into_each_other() {
+        let (m, _) = memory_and_rule("");
+        // With a separator byte after each part these two were one input.
+        assert_ne!(m.hash(&[b"q\xffab", b"c"]), m.hash(&[b"q", b"ab\xffc"]));
+        assert_ne!(m.hash(&[b"ab", b""]), m.hash(&[b"a", b"b"]));
+        assert_ne!(m.hash(&[b""]), m.hash(&[b"", b""]));
+    }
+
+    #[test]
+    fn the_key_never_prints() {
+        assert_eq!(
+            format!("{:?}", FingerprintKey::random()),
+            "FingerprintKey(..)"
+        );
     }
 
     #[tokio::test]

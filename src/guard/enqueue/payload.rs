@@ -14,6 +14,8 @@ use std::hash::{BuildHasher, Hasher};
 
 use serde_json::Value;
 
+use super::memory::write_part;
+
 /// How a payload is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -158,8 +160,7 @@ impl PayloadSpec {
     ) -> Option<JobPrint> {
         let mut h = hashes.build_hasher();
         for c in context {
-            h.write(c);
-            h.write_u8(0xff);
+            write_part(&mut h, c);
         }
         match self.format {
             Format::Raw => {

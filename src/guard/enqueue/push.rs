@@ -35,7 +35,7 @@ pub fn check_push(
     let index = [rule.limits.index];
     // Argument indices of the payloads over the limit, ascending; allocated only on a drop.
     let mut gone = Vec::new();
-    for &i in &layout.payloads {
+    for i in layout.payloads.clone() {
         let value = match (kind, rule.limits.field.is_some()) {
             (Cmd::Xadd, false) => &cmd.src[cmd.args[i].start..cmd.args[cmd.argc - 1].end],
             _ => cmd.arg(i).unwrap_or_default(),

@@ -5,6 +5,9 @@
 //!
 //! Commands are encoded with [`crate::resp`]. It never decides which payloads go.
 
+use std::iter::StepBy;
+use std::ops::Range;
+
 use bytes::BytesMut;
 
 use super::super::verdict::{CommandView, Verdict};
@@ -14,8 +17,9 @@ use crate::resp;
 /// Where a push's payloads are.
 #[derive(Debug)]
 pub struct PushLayout {
-    /// Argument indices of the payloads (ZADD: the members).
-    pub payloads: Vec<usize>,
+    /// Argument indices of the payloads (ZADD: the members), ascending: a range, so finding
+    /// them allocates nothing.
+    pub payloads: StepBy<Range<usize>>,
     /// XADD: the index of the entry id.
     pub xadd_id: usize,
 }
@@ -26,7 +30,7 @@ pub struct PushLayout {
 pub fn push_layout(cmd: &CommandView<'_>, kind: Cmd, field: Option<&[u8]>) -> Option<PushLayout> {
     match kind {
         Cmd::ListPush => Some(PushLayout {
-            payloads: (2..cmd.argc).collect(),
+            payloads: (2..cmd.argc).step_by(1),
             xadd_id: 0,
         }),
         Cmd::Zadd => zadd_layout(cmd),
@@ -35,11 +39,10 @@ pub fn push_layout(cmd: &CommandView<'_>, kind: Cmd, field: Option<&[u8]>) -> Op
     }
 }
 
-/// Argument `i` in lower case (empty when missing).
-fn word(cmd: &CommandView<'_>, i: usize) -> Vec<u8> {
+/// Whether argument `i` is one of `words` (lower case), in any case.
+fn word_in(cmd: &CommandView<'_>, i: usize, words: &[&[u8]]) -> bool {
     cmd.arg(i)
-        .map(|a| a.to_ascii_lowercase())
-        .unwrap_or_default()
+        .is_some_and(|a| words.iter().any(|w| a.eq_ignore_ascii_case(w)))
 }
 
 /// ZADD's members, after its options.
@@ -47,17 +50,19 @@ fn zadd_layout(cmd: &CommandView<'_>) -> Option<PushLayout> {
     let argc = cmd.argc;
     let mut i = 2;
     while i < argc {
-        match word(cmd, i).as_slice() {
-            b"nx" | b"xx" | b"gt" | b"lt" | b"ch" => i += 1,
-            b"incr" => return None,
-            _ => break,
+        if word_in(cmd, i, &[b"nx", b"xx", b"gt", b"lt", b"ch"]) {
+            i += 1;
+        } else if word_in(cmd, i, &[b"incr"]) {
+            return None;
+        } else {
+            break;
         }
     }
     if i >= argc || (argc - i) % 2 != 0 {
         return None;
     }
     Some(PushLayout {
-        payloads: (i + 1..argc).step_by(2).collect(),
+        payloads: (i + 1..argc).step_by(2),
         xadd_id: 0,
     })
 }
@@ -68,17 +73,18 @@ fn xadd_layout(cmd: &CommandView<'_>, field: Option<&[u8]>) -> Option<PushLayout
     let argc = cmd.argc;
     let mut i = 2;
     while i < argc {
-        match word(cmd, i).as_slice() {
-            b"nomkstream" => i += 1,
-            b"maxlen" | b"minid" => {
-                i += 1;
-                if matches!(cmd.arg(i), Some(b"=") | Some(b"~")) {
-                    i += 1;
-                }
+        if word_in(cmd, i, &[b"nomkstream"]) {
+            i += 1;
+        } else if word_in(cmd, i, &[b"maxlen", b"minid"]) {
+            i += 1;
+            if matches!(cmd.arg(i), Some(b"=") | Some(b"~")) {
                 i += 1;
             }
-            b"limit" => i += 2,
-            _ => break,
+            i += 1;
+        } else if word_in(cmd, i, &[b"limit"]) {
+            i += 2;
+        } else {
+            break;
         }
     }
     let id = i;
@@ -90,8 +96,8 @@ fn xadd_layout(cmd: &CommandView<'_>, field: Option<&[u8]>) -> Option<PushLayout
         Some(f) => (first..argc)
             .step_by(2)
             .find(|&j| cmd.arg(j) == Some(f))
-            .map(|j| vec![j + 1])?,
-        None => vec![first],
+            .map(|j| (j + 1..j + 2).step_by(1))?,
+        None => (first..first + 1).step_by(1),
     };
     Some(PushLayout {
         payloads,
@@ -253,7 +259,7 @@ mod tests {
     fn layouts_find_the_payloads_after_the_options() {
         let layout = |args: &[&[u8]], kind, field: Option<&[u8]>| {
             with_view(args, |cmd| {
-                push_layout(cmd, kind, field).map(|l| (l.payloads, l.xadd_id))
+                push_layout(cmd, kind, field).map(|l| (l.payloads.collect::<Vec<_>>(), l.xadd_id))
             })
         };
         let zadd: &[&[u8]] = &[b"ZADD", b"q:z", b"gt", b"CH", b"1", b"a", b"2", b"b"];

@@ -102,8 +102,7 @@ pub fn check_dropped_ids(
     let now = memory.now();
     let gone: Vec<usize> = layout
         .payloads
-        .iter()
-        .copied()
+        .clone()
         .filter(|&i| memory.was_dropped(cmd.arg(i).unwrap_or_default(), now))
         .collect();
     if gone.is_empty() {
