@@ -34,8 +34,9 @@
 #
 # Each cell is the median over ROUNDS; targets run in a rotating order within each round.
 # Other respguard configurations to compare (add their names to TARGETS):
-# respguard-1thread (one worker thread), respguard-nometrics (metrics not recorded),
-# respguard+checks (size and TTL rules checked on every write, none acting),
+# respguard-1thread (one worker thread of the multi-thread runtime), respguard-multithread
+# and respguard-percore (each runtime model, one thread per core), respguard-nometrics
+# (metrics not recorded), respguard+checks (size and TTL rules checked on every write, none acting),
 # respguard+guards (TTL and size guards acting on every key), respguard+pressure (monitor,
 # shedding levels and rules, nothing shed), respguard+queue (that plus a queue rule).
 set -euo pipefail
@@ -82,7 +83,18 @@ if wanted respguard+all; then start_respguard "ports[respguard+all]" "$CONF_ALL_
 if wanted respguard-1thread; then
   start_respguard "ports[respguard-1thread]" "$CONF_GUARDS_OFF
 [proxy]
+runtime = \"multi-thread\"
 worker_threads = 1"
+fi
+if wanted respguard-multithread; then
+  start_respguard "ports[respguard-multithread]" "$CONF_GUARDS_OFF
+[proxy]
+runtime = \"multi-thread\""
+fi
+if wanted respguard-percore; then
+  start_respguard "ports[respguard-percore]" "$CONF_GUARDS_OFF
+[proxy]
+runtime = \"per-core\""
 fi
 if wanted respguard-nometrics; then
   start_respguard "ports[respguard-nometrics]" "$CONF_GUARDS_OFF

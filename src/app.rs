@@ -15,7 +15,6 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::admission::Admission;
@@ -25,9 +24,10 @@ use crate::control::{Control, Policy, StatusSources};
 use crate::guard::queue::QueueDepths;
 use crate::guard::GuardContext;
 use crate::health::UpstreamHealth;
-use crate::listener::Listener;
+use crate::listener::Intake;
 use crate::monitor::Monitor;
 use crate::pressure::MemoryPressure;
+use crate::runtime::{self, Serving};
 use crate::session::Shared;
 use crate::telemetry::CommandLatency;
 use crate::telemetry::ProxyMetrics;
@@ -50,14 +50,14 @@ pub struct ProxyHandle {
     /// status.
     pub control: Arc<Control>,
     shutdown: watch::Sender<bool>,
-    listener: JoinHandle<()>,
+    serving: Serving,
 }
 
 impl ProxyHandle {
     /// Stop accepting, let sessions finish within the drain timeout, and return when done.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.listener.await;
+        self.serving.stopped().await;
     }
 }
 
@@ -175,10 +175,6 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             latency: latency.clone(),
         },
     )?);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {} (proxy.listen): {e}", config.listen))?;
-    let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     tokio::spawn(
@@ -234,16 +230,18 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         raw.proxy.max_connections_per_second_per_address,
         raw.proxy.max_tracked_addresses,
     );
-    let listener = Listener::new(
-        listener,
-        shared,
-        client_slots,
-        admission,
-        tls.listener.map(|t| t.0),
+    let intake = Intake::new(shared, client_slots, admission, tls.listener.map(|t| t.0));
+    let serving = runtime::serve(&raw.proxy, config.listen, Arc::new(intake), shutdown_rx)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (proxy.listen): {e}", config.listen))?;
+    let addr = serving.addr;
+    tracing::info!(
+        %addr,
+        upstream = %config.upstream.address,
+        ?admin_addr,
+        runtime = raw.proxy.runtime.word(),
+        "respguard listening"
     );
-    let drain = raw.proxy.drain_timeout.0;
-    let listener = tokio::spawn(listener.run(shutdown_rx, drain));
-    tracing::info!(%addr, upstream = %config.upstream.address, ?admin_addr, "respguard listening");
     Ok(ProxyHandle {
         addr,
         admin_addr,
@@ -252,7 +250,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         queues: context.queues,
         control,
         shutdown,
-        listener,
+        serving,
     })
 }
 

@@ -5,7 +5,7 @@
 //!
 //! The modules follow one command's path through the proxy:
 //!
-//! - [`listener`] accepts a client connection (within `proxy.max_clients`) and starts a
+//! - [`listener`] (one, or one per thread, as [`runtime`] says) accepts a client connection (within `proxy.max_clients`) and starts a
 //!   [`session`], which holds the client's own upstream connection, opened through the
 //!   shared [`upstream::ConnectGate`] (rate limit, circuit breaker, AUTH/SELECT handshake).
 //! - The session reads client bytes into its request pipe; the
@@ -49,6 +49,7 @@ pub mod pressure;
 pub mod refusals;
 pub mod reply_queue;
 pub mod resp;
+pub mod runtime;
 pub mod scanner;
 pub mod session;
 pub mod telemetry;

@@ -4,8 +4,10 @@
 //! the permit lives as long as the session and gives its slot back when dropped. A client
 //! over the cap gets Redis's own wording, prefixed so it is clear the proxy refused it, and
 //! the connection closes. Before that, the connection-rate limits of [`Admission`] apply
-//! (globally and per client address), answered the same way. On shutdown the listener stops accepting, and sessions finish the
-//! replies in flight (within `proxy.drain_timeout`).
+//! (globally and per client address), answered the same way. Every listening socket (one,
+//! or one per thread in the per-core runtime model, [`crate::runtime`]) accepts into one
+//! [`Intake`], so the cap and the rates hold for the whole proxy. On shutdown the listeners
+//! stop accepting, and sessions finish the replies in flight (within `proxy.drain_timeout`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,9 +25,10 @@ use crate::resp;
 use crate::session::{Session, Shared};
 use crate::transport::Stream;
 
-/// The client listener.
-pub struct Listener {
-    listener: TcpListener,
+/// What every listening socket shares: the session state, the `max_clients` permits, the
+/// connection-rate limits and TLS. One per proxy, however many sockets accept into it, so
+/// each limit stays global.
+pub struct Intake {
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
     max_clients: usize,
@@ -33,30 +36,45 @@ pub struct Listener {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-impl Listener {
-    /// Wrap a bound socket.
+impl Intake {
+    /// The intake of a proxy serving at most `slots.available_permits()` clients.
     pub fn new(
-        listener: TcpListener,
         shared: Arc<Shared>,
         slots: Arc<Semaphore>,
         admission: Admission,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Self {
-        Listener {
+        Intake {
             tls,
-            listener,
             shared,
             max_clients: slots.available_permits(),
             slots,
             admission,
         }
     }
+}
 
-    /// Accept until `shutdown` turns true, then wait up to `drain` for sessions to finish.
+/// One listening socket accepting into an [`Intake`]; its sessions run on the runtime that
+/// runs the listener.
+pub struct Listener {
+    listener: TcpListener,
+    intake: Arc<Intake>,
+}
+
+impl Listener {
+    /// Wrap a bound socket.
+    pub fn new(listener: TcpListener, intake: Arc<Intake>) -> Self {
+        Listener { listener, intake }
+    }
+
+    /// Accept until `shutdown` turns true, close the socket, then wait up to `drain` for
+    /// every session of the intake (on any listener) to finish.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+        let Listener { listener, intake } = self;
+        let intake = &intake;
         loop {
             let accepted = tokio::select! {
-                r = self.listener.accept() => r,
+                r = listener.accept() => r,
                 _ = shutdown.changed() => break,
             };
             let (stream, peer) = match accepted {
@@ -73,29 +91,29 @@ impl Listener {
                     continue;
                 }
             };
-            let metrics = &self.shared.metrics;
-            if let Err(refusal) = self.admission.admit(peer.ip()) {
+            let metrics = &intake.shared.metrics;
+            if let Err(refusal) = intake.admission.admit(peer.ip()) {
                 metrics.clients_rate_limited.increment(1);
                 tracing::debug!(%peer, "{refusal}");
                 refuse(stream, resp::error(&refusal.to_string()));
                 continue;
             }
-            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            let Ok(permit) = Arc::clone(&intake.slots).try_acquire_owned() else {
                 metrics.clients_refused.increment(1);
                 refuse(
                     stream,
                     resp::error(&format!(
                         "ERR respguard: max number of clients reached (proxy.max_clients = {})",
-                        self.max_clients
+                        intake.max_clients
                     )),
                 );
                 continue;
             };
             metrics.clients_accepted.increment(1);
             metrics.clients_open.increment(1.0);
-            let shared = Arc::clone(&self.shared);
+            let shared = Arc::clone(&intake.shared);
             let shutdown = shutdown.clone();
-            let tls = self.tls.clone();
+            let tls = intake.tls.clone();
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
                 let stream = match tls {
@@ -112,9 +130,12 @@ impl Listener {
                 drop(permit);
             });
         }
+        // Closed at once: a client connecting during the drain is refused rather than left
+        // waiting in the accept queue.
+        drop(listener);
         // Wait for every session's permit to come back, or for the drain time to run out.
-        let all = self.max_clients as u32;
-        let _ = tokio::time::timeout(drain, self.slots.acquire_many(all)).await;
+        let all = intake.max_clients as u32;
+        let _ = tokio::time::timeout(drain, intake.slots.acquire_many(all)).await;
     }
 }
 

@@ -126,11 +126,7 @@ fn main() -> anyhow::Result<()> {
         }
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.raw.proxy.worker_threads > 0 {
-        runtime.worker_threads(config.raw.proxy.worker_threads);
-    }
-    let runtime = runtime.enable_all().build()?;
+    let runtime = respguard::runtime::build(&config.raw.proxy)?;
     runtime.block_on(async {
         let proxy = respguard::app::start(config).await?;
         let control = std::sync::Arc::clone(&proxy.control);

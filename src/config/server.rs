@@ -2,6 +2,7 @@
 //! `[log]` and `[protocol]`, with their defaults.
 
 use super::units::{ByteSize, HumanDuration};
+use super::words::RuntimeModel;
 use std::fmt;
 use std::time::Duration;
 
@@ -68,6 +69,9 @@ pub struct RawProxy {
     pub drain_timeout: HumanDuration,
     /// Threads serving connections; 0 means one per CPU core.
     pub worker_threads: usize,
+    /// How those threads share the clients: one work-stealing runtime, or one
+    /// single-threaded runtime and listening socket per thread.
+    pub runtime: RuntimeModel,
     /// TLS for clients: off unless a certificate is given.
     pub tls: RawListenerTls,
     /// New client connections accepted per second in all; 0 for no limit.
@@ -102,6 +106,7 @@ impl Default for RawProxy {
             output_buffer: ByteSize(256 * 1024),
             drain_timeout: HumanDuration(Duration::from_secs(5)),
             worker_threads: 0,
+            runtime: RuntimeModel::MultiThread,
             tls: RawListenerTls::default(),
             max_connections_per_second: 5000,
             max_connections_per_second_per_address: 1000,

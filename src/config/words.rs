@@ -1,6 +1,7 @@
 //! The enumerated settings, each read once as one word of a fixed set (mode, priority,
-//! enqueue action, scope, payload format, preset, a TTL of `none`), and the client filters
-//! every rule shares ([`ClientMatch`]), with the catch-all that refuses a misspelt rule key.
+//! enqueue action, scope, payload format, preset, runtime model, a TTL of `none`), and the
+//! client filters every rule shares ([`ClientMatch`]), with the catch-all that refuses a
+//! misspelt rule key.
 
 use super::units::HumanDuration;
 use std::fmt;
@@ -154,6 +155,19 @@ word_enum! {
         Bullmq = "bullmq",
         /// Described by the rule's own settings.
         Generic = "generic",
+    }
+}
+
+word_enum! {
+    /// How the proxy's threads serve clients (`proxy.runtime`).
+    pub enum RuntimeModel ("runtime") {
+        /// One work-stealing runtime of `proxy.worker_threads` threads and one listening
+        /// socket: a session may move between threads.
+        MultiThread = "multi-thread",
+        /// `proxy.worker_threads` threads, each a single-threaded runtime with its own
+        /// listening socket on the same address (`SO_REUSEPORT`): the kernel spreads new
+        /// connections over them and a session stays on the thread that accepted it.
+        PerCore = "per-core",
     }
 }
 

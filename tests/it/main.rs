@@ -17,6 +17,7 @@ mod memory;
 mod operating;
 mod passthrough;
 mod pressure;
+mod runtime;
 mod scanner;
 mod shim;
 mod soak;

@@ -70,6 +70,24 @@ impl ProxyProcess {
         self.child.id()
     }
 
+    /// Send the signal `name` (`TERM`, `HUP`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// Wait (at most [`WAIT`]) for the process to exit by itself; its exit status.
+    pub async fn wait_for_exit(&mut self) -> std::process::ExitStatus {
+        eventually!(
+            WAIT,
+            "respguard exited",
+            self.child.try_wait().unwrap().ok_or("running")
+        )
+    }
+
     /// (current RSS, peak RSS) in KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
