@@ -46,6 +46,7 @@ pub mod table;
 
 mod bullmq;
 mod decision;
+mod fingerprint;
 mod memory;
 mod push;
 mod rewrite;

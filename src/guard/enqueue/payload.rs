@@ -14,7 +14,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use serde_json::Value;
 
-use super::memory::write_part;
+use super::fingerprint::write_part;
 
 /// How a payload is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
