@@ -112,12 +112,7 @@ impl<'a> Scanned<'a> {
     /// What the command table says of it: by name, and by subcommand for a container.
     #[inline]
     pub fn classify<'t>(&self, table: &'t CommandTable) -> &'t CommandInfo {
-        let name = self.arg(0).unwrap_or_default();
-        if self.args.len() > 1 {
-            table.lookup(&[name, self.arg(1).unwrap_or_default()])
-        } else {
-            table.lookup(&[name])
-        }
+        table.classify(self.arg(0).unwrap_or_default(), || self.arg(1))
     }
 
     /// Whether an argument (the name aside) is `word`, in any case.

@@ -246,6 +246,40 @@ impl ReplyQueue {
         self.entries.push_back(p);
     }
 
+    /// Whether the next reply is the plain answer of the head entry: one reply, forwarded,
+    /// changing nothing, on a connection where no reply of that kind can be a MONITOR line.
+    /// Such a reply, when it is not an array or a push, is matched by popping the entry
+    /// ([`Self::pop_plain`]), exactly as [`Self::on_reply`] would match it.
+    #[inline]
+    pub fn next_reply_is_plain(&self) -> bool {
+        !self.monitoring
+            && matches!(
+                self.entries.front(),
+                Some(Pending {
+                    expect: Expect::One,
+                    disposition: Disposition::Forward,
+                    effect: Effect::None,
+                    ..
+                })
+            )
+    }
+
+    /// Take the head entry, answered by a plain reply (see [`Self::next_reply_is_plain`]):
+    /// its command id and when it was read.
+    #[inline]
+    pub fn pop_plain(&mut self) -> (u16, u64) {
+        debug_assert!(self.next_reply_is_plain());
+        match self.entries.pop_front() {
+            Some(plain) => {
+                let answered = (plain.command, plain.received_us);
+                // A plain entry owns nothing (no local reply, no effect): no drop to run.
+                std::mem::forget(plain);
+                answered
+            }
+            None => (0, 0),
+        }
+    }
+
     /// Whether the head entry is a local answer, which the session can send now.
     #[inline]
     pub fn front_is_local(&self) -> bool {

@@ -580,17 +580,31 @@ impl CommandTable {
     /// The entry for a command given its arguments (argument 0 is the name). Container
     /// commands (`CONFIG`, `CLIENT`, ...) resolve to their subcommand when it is known.
     pub fn lookup<A: AsRef<[u8]>>(&self, args: &[A]) -> &CommandInfo {
-        let Some(name) = args.first().map(|n| n.as_ref()) else {
+        let Some(name) = args.first() else {
             return &self.unknown;
         };
-        let Some(id) = self.by_name.get(name) else {
+        self.classify(name.as_ref(), || args.get(1).map(|s| s.as_ref()))
+    }
+
+    /// The entry for the command named `name` (in any letter case), resolved to its
+    /// subcommand when it is a container and `subcommand` (read only then) is known.
+    #[inline]
+    pub fn classify<'s>(
+        &self,
+        name: &[u8],
+        subcommand: impl FnOnce() -> Option<&'s [u8]>,
+    ) -> &CommandInfo {
+        let Some(info) = self
+            .by_name
+            .get(name)
+            .and_then(|id| self.commands.get(id as usize))
+        else {
             return &self.unknown;
         };
-        let info = &self.commands[id as usize];
         if info.has_subcommands {
-            let sub = args.get(1).map(|s| s.as_ref());
-            if let Some(sid) = sub.and_then(|sub| self.by_name.get_pair(name, sub)) {
-                return &self.commands[sid as usize];
+            let sub = subcommand().and_then(|sub| self.by_name.get_pair(name, sub));
+            if let Some(sub) = sub.and_then(|id| self.commands.get(id as usize)) {
+                return sub;
             }
         }
         info

@@ -26,16 +26,21 @@ struct Packed {
 
 impl Packed {
     /// The key of `name`, lower-cased; `None` when it is longer than [`PACKED_MAX`] or empty.
-    #[inline]
+    #[inline(always)]
     fn of(name: &[u8]) -> Option<Packed> {
         if name.is_empty() || name.len() > PACKED_MAX {
             return None;
         }
-        let (low, high) = name.split_at(name.len().min(8));
+        let len = name.len() as u64;
+        if name.len() <= 8 {
+            let low = lower_ascii(word(name));
+            return Some(Packed { low, high: 0, len });
+        }
+        let (low, high) = name.split_at(8);
         Some(Packed {
             low: lower_ascii(word(low)),
             high: lower_ascii(word(high)),
-            len: name.len() as u64,
+            len,
         })
     }
 
@@ -51,7 +56,7 @@ impl Packed {
 
 /// Up to 8 bytes as a little-endian word, zero-filled, read without a copy loop: two
 /// overlapping loads cover any length from 4 to 8, three single bytes any below.
-#[inline]
+#[inline(always)]
 fn word(bytes: &[u8]) -> u64 {
     let len = bytes.len();
     debug_assert!(len <= 8);
@@ -69,7 +74,7 @@ fn word(bytes: &[u8]) -> u64 {
 }
 
 /// Every byte `A`..=`Z` of `w` made lower case, all others unchanged, eight at a time.
-#[inline]
+#[inline(always)]
 fn lower_ascii(w: u64) -> u64 {
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let seven = w & !HIGH;

@@ -29,6 +29,9 @@ const MAX_COUNT: u64 = 1 << 60;
 /// Bytes of packed levels kept between replies; a deeper reply's are given back when it ends.
 const KEEP_NESTING_BYTES: usize = 4 * 1024;
 
+/// The longest line [`ReplyScanner::skip_plain_reply`] looks at.
+const SKIP_LINE: usize = 32;
+
 /// Malformed reply bytes: the upstream is not speaking RESP.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
@@ -444,6 +447,53 @@ impl ReplyScanner {
         }
     }
 
+    /// Skip a whole short reply of RESP2's plain types (a simple string, error or integer
+    /// line of up to [`SKIP_LINE`] bytes, or a bulk string with a plain length) starting at
+    /// the scan position: its end. For a caller that needs nothing of the reply but where
+    /// it ends, so [`Self::info`] is not updated. `None`, with nothing consumed, for
+    /// anything else (another type, a longer line, a reply not wholly here, a malformed
+    /// one), which [`Self::scan`] then reads: of these bytes it can only read again a line
+    /// of at most [`SKIP_LINE`] bytes.
+    #[inline]
+    pub fn skip_plain_reply(&mut self, buf: &[u8]) -> Option<usize> {
+        if self.state != State::Value || self.nesting.depth != 0 || self.started {
+            return None;
+        }
+        let at = self.pos;
+        let end = match *buf.get(at)? {
+            b'+' | b'-' | b':' => {
+                let line = buf.get(at + 1..)?;
+                let line = &line[..line.len().min(SKIP_LINE)];
+                let nl = line.iter().position(|&b| b == b'\n')?;
+                if nl == 0 || line[nl - 1] != b'\r' {
+                    return None;
+                }
+                at + 1 + nl + 1
+            }
+            b'$' => {
+                let line = buf.get(at + 1..)?;
+                let line = &line[..line.len().min(SKIP_LINE)];
+                let cr = line.iter().position(|&b| b == b'\r')?;
+                if line.get(cr + 1) != Some(&b'\n') {
+                    return None;
+                }
+                let body = at + 1 + cr + 2;
+                match parse_signed_len(&line[..cr]).ok()? {
+                    None => body,
+                    Some(len) => body
+                        .checked_add(usize::try_from(len).ok()?)?
+                        .checked_add(2)?,
+                }
+            }
+            _ => return None,
+        };
+        if end > buf.len() {
+            return None;
+        }
+        self.pos = end;
+        Some(end)
+    }
+
     /// The common reply, read in one step: a simple string, error, integer or bulk string
     /// (RESP2's types) at the start of a reply. `None` hands the reply to the general path,
     /// left where it would have been (a bulk string's payload still to come, or nothing read
@@ -600,6 +650,51 @@ fn parse_signed_len(s: &[u8]) -> Result<Option<u64>, ReplyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipping_a_plain_reply_ends_where_scanning_it_does() {
+        let replies: [&[u8]; 12] = [
+            b"+OK\r\n",
+            b"-ERR wrong\r\n",
+            b":12345\r\n",
+            b"$5\r\nhello\r\n",
+            b"$0\r\n\r\n",
+            b"$-1\r\n",
+            b"+a status line longer than the skipped line length\r\n",
+            b"*1\r\n:1\r\n",
+            b"$?\r\n;2\r\nab\r\n;0\r\n",
+            b"_\r\n",
+            b"$1\r2\r\n",
+            b"+no cr\n",
+        ];
+        let skipped: Vec<usize> = (0..replies.len())
+            .filter(|&i| ReplyScanner::new().skip_plain_reply(replies[i]).is_some())
+            .collect();
+        assert_eq!(
+            skipped,
+            [0, 1, 2, 3, 4, 5],
+            "the short plain replies are skipped"
+        );
+        for reply in replies {
+            let mut whole = ReplyScanner::new();
+            let scanned = whole.scan(reply);
+            for cut in 0..=reply.len() {
+                let mut s = ReplyScanner::new();
+                match s.skip_plain_reply(&reply[..cut]) {
+                    Some(end) => {
+                        assert_eq!(cut, reply.len(), "{reply:?} skipped before its end");
+                        assert_eq!(scanned, Ok(ReplyStep::Done(end)), "{reply:?}");
+                    }
+                    None => {
+                        assert_eq!(s.pos, 0, "{reply:?} cut at {cut}: nothing consumed");
+                        if cut == reply.len() {
+                            assert_eq!(s.scan(reply), scanned, "{reply:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Reply end offsets found in `stream`, fed whole and then one byte at a time.
     fn boundaries(stream: &[u8]) -> Vec<usize> {

@@ -362,6 +362,38 @@ impl RequestScanner {
         }
     }
 
+    /// The common case in one step, at the start of a command: a multibulk command whose
+    /// length lines are plain digits, wholly in `buf`. Returns where it starts and ends
+    /// ([`Self::args`] has its arguments), as [`Self::scan`] would with `Step::Command`.
+    /// `None` when it is something else (nothing is consumed) or not whole yet (what was
+    /// read is kept, and [`Self::scan`] carries on from there without reading it again).
+    #[inline]
+    pub fn scan_whole(&mut self, buf: &[u8]) -> Option<(usize, usize)> {
+        let start = self.pos;
+        if self.state != State::Idle || buf.get(start) != Some(&b'*') {
+            return None;
+        }
+        let (count, next) = plain_number(buf, start + 1)?;
+        let mut max = self.limits.max_args.min(i32::MAX as u64);
+        if self.unauthenticated {
+            max = max.min(UNAUTHENTICATED_MAX_ARGS);
+        }
+        if count == 0 || count > max {
+            return None;
+        }
+        self.cmd_start = start;
+        self.args.clear();
+        self.args_inline = false;
+        self.argc = count;
+        self.pos = next;
+        let remaining = self.whole_args(buf, count);
+        if remaining > 0 {
+            self.state = State::Args { remaining };
+            return None;
+        }
+        Some((start, self.pos))
+    }
+
     /// The fast path: take the arguments that are wholly in `buf` and ordinary (a plain
     /// length under the stream threshold), without a state change per argument. Stops at the
     /// first argument that is not, and leaves it to the general path, which handles partial
@@ -376,8 +408,8 @@ impl RequestScanner {
             .cmd_start
             .saturating_add(self.limits.max_buffered_command);
         let mut pos = self.pos;
-        while remaining > 0 && pos <= last_start && buf.get(pos) == Some(&b'$') {
-            let Some((len, body)) = plain_number(buf, pos + 1) else {
+        while remaining > 0 && pos <= last_start {
+            let Some((len, body)) = bulk_line(buf, pos) else {
                 break;
             };
             if len > threshold {
@@ -537,6 +569,40 @@ impl RequestScanner {
             inline: true,
         }
     }
+}
+
+/// A bulk length line `$<n>\r` at `at`, read as [`plain_number`] reads the number: the
+/// length and the offset of the bulk's first byte. Away from the end of the buffer it reads
+/// from a fixed-size window, which needs no bounds check per digit.
+#[inline(always)]
+fn bulk_line(buf: &[u8], at: usize) -> Option<(u64, usize)> {
+    const WINDOW: usize = 24;
+    let Some(window) = buf.get(at..at + WINDOW) else {
+        if buf.get(at) != Some(&b'$') {
+            return None;
+        }
+        return plain_number(buf, at + 1);
+    };
+    let w: &[u8; WINDOW] = window.try_into().ok()?;
+    let first = w[1].wrapping_sub(b'0');
+    if w[0] != b'$' || first > 9 {
+        return None;
+    }
+    let mut value = u64::from(first);
+    // At most 18 digits, as `plain_number`: the `\r` is then at most at index 19.
+    let mut i = 2;
+    while i < 20 {
+        let digit = w[i].wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        value = value * 10 + u64::from(digit);
+        i += 1;
+    }
+    if i == 20 || (first == 0 && i > 2) || w[i] != b'\r' {
+        return None;
+    }
+    Some((value, at + i + 2))
 }
 
 /// A length line's number as the fast path reads it: 1 to 18 digits without a leading zero,
@@ -737,6 +803,107 @@ mod tests {
 
     fn words(v: &[&str]) -> Vec<Vec<u8>> {
         v.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    /// Commands (start, end, arguments) found by feeding `input` in pieces of `piece`
+    /// bytes, trying [`RequestScanner::scan_whole`] before [`RequestScanner::scan`] as the
+    /// session does when `whole_first`.
+    fn boundaries(
+        input: &[u8],
+        piece: usize,
+        whole_first: bool,
+    ) -> Vec<(usize, usize, Vec<Vec<u8>>)> {
+        let mut s = RequestScanner::new(Limits::default());
+        let mut out = Vec::new();
+        let mut fed = 0;
+        while fed < input.len() {
+            fed = (fed + piece).min(input.len());
+            let buf = &input[..fed];
+            loop {
+                let found = match whole_first.then(|| s.scan_whole(buf)).flatten() {
+                    Some(span) => span,
+                    None => match s.scan(buf) {
+                        Step::Command { start, end, .. } => (start, end),
+                        Step::Empty { .. } => continue,
+                        Step::Incomplete => break,
+                        other => panic!("{other:?}"),
+                    },
+                };
+                let args = s.args().iter().map(|r| buf[r.clone()].to_vec()).collect();
+                out.push((found.0, found.1, args));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_one_step_scan_finds_what_the_general_scan_finds_however_the_input_is_cut() {
+        let input = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n*0\r\n*-1\r\n\
+            *1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$0\r\n\r\n*2\r\n$3\r\nGET\r\n$12\r\nabcdefghijkl\r\n";
+        let expected = boundaries(input, input.len(), false);
+        assert_eq!(expected.len(), 4);
+        for piece in 1..=input.len() {
+            assert_eq!(
+                boundaries(input, piece, true),
+                expected,
+                "pieces of {piece}"
+            );
+            assert_eq!(
+                boundaries(input, piece, false),
+                expected,
+                "pieces of {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bulk_line_reads_alike_from_the_window_and_near_the_end_of_the_buffer() {
+        let lines: [&[u8]; 10] = [
+            b"$0\r\n",
+            b"$7\r\n",
+            b"$123456789012345678\r\n",
+            b"$1234567890123456789\r\n",
+            b"$01\r\n",
+            b"$\r\n",
+            b"$-1\r\n",
+            b"$12x\r\n",
+            b"*3\r\n",
+            b"$5\r",
+        ];
+        for line in lines {
+            let near_end = line;
+            let mut padded = line.to_vec();
+            padded.extend_from_slice(&[b'z'; 32]);
+            let plain = |buf: &[u8]| (buf[0] == b'$').then(|| plain_number(buf, 1)).flatten();
+            assert_eq!(bulk_line(&padded, 0), plain(&padded), "{line:?}");
+            assert_eq!(bulk_line(near_end, 0), plain(near_end), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn the_one_step_scan_leaves_anything_unusual_to_the_general_scan() {
+        let limits = Limits {
+            max_args: 2,
+            ..Limits::default()
+        };
+        for input in [
+            &b"PING\r\n"[..],
+            b"*-1\r\n",
+            b"*0\r\n",
+            b"*3\r\n$3\r\nSET\r\n",
+            b"*01\r\n$4\r\nPING\r\n",
+            b"*1\r\n$04\r\nPING\r\n",
+            b"*1\r\n$-4\r\nPING\r\n",
+        ] {
+            let mut s = RequestScanner::new(limits);
+            assert_eq!(s.scan_whole(input), None, "{input:?}");
+        }
+        let mut s = RequestScanner::new(limits);
+        s.set_unauthenticated(true);
+        assert_eq!(
+            s.scan_whole(b"*2\r\n$4\r\nAUTH\r\n$1\r\np\r\n"),
+            Some((0, 21))
+        );
     }
 
     #[test]

@@ -63,7 +63,6 @@ use crate::config::Replication;
 use crate::control::{Control, Policy};
 use crate::guard::ScriptAccess;
 use crate::identity::ClientIdentity;
-use crate::reply_queue::Pending;
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::{Limits, RequestScanner};
 use crate::telemetry::{CommandLatency, ProxyMetrics};
@@ -475,9 +474,10 @@ impl Session {
     }
 
     /// Count a command answered at `now_us` in its latency histogram.
-    fn record_latency(&self, p: &Pending, now_us: u64) {
+    #[inline]
+    fn record_latency(&self, command: u16, received_us: u64, now_us: u64) {
         if let Some(latency) = &self.shared.latency {
-            latency.record(p.command, now_us.saturating_sub(p.received_us));
+            latency.record(command, now_us.saturating_sub(received_us));
         }
     }
 }

@@ -25,6 +25,7 @@ impl Session {
     /// Scan the replies received, forwarding or hiding each and applying what they change.
     pub(super) fn on_upstream_input(&mut self) -> Result<(), String> {
         loop {
+            self.forward_plain_replies();
             self.emit_local_replies();
             if self.reply_forwarded.is_none() {
                 match self.begin_reply() {
@@ -63,6 +64,24 @@ impl Session {
         Ok(())
     }
 
+    /// The common reply, matched in a few steps: while the head entry waits for one plain
+    /// forwarded reply ([`crate::reply_queue::ReplyQueue::next_reply_is_plain`]) and a whole
+    /// simple string, error, integer or bulk string has arrived, its bytes go to the client
+    /// and the entry is done. Anything else is left to the general path, which carries on
+    /// from where this stopped.
+    #[inline]
+    fn forward_plain_replies(&mut self) {
+        while self.reply_forwarded.is_none() && self.state.queue().next_reply_is_plain() {
+            let (scanner, input) = self.replies.scan_parts();
+            let Some(end) = scanner.skip_plain_reply(input) else {
+                break;
+            };
+            let (command, received_us) = self.state.queue_mut().pop_plain();
+            self.replies.ready_upto(end);
+            self.record_latency(command, received_us, self.replies_arrived_us);
+        }
+    }
+
     /// A reply begins at the scan position, if any byte of it has arrived: decide from its
     /// first byte whether it is forwarded, or whether it starts a replication stream.
     fn begin_reply(&mut self) -> Begun {
@@ -97,7 +116,7 @@ impl Session {
         } = matched
         {
             if !matches!(p.disposition, Disposition::Hide) {
-                self.record_latency(&p, self.replies_arrived_us);
+                self.record_latency(p.command, p.received_us, self.replies_arrived_us);
             }
             if matches!(p.effect, Effect::AccessProbe) {
                 self.on_access_probe(&info);
@@ -162,7 +181,7 @@ impl Session {
             // Behind replies from Redis, a local answer waited for them; first in the
             // queue, it is answered as the command is read.
             let now = self.replies_arrived_us.max(p.received_us);
-            self.record_latency(&p, now);
+            self.record_latency(p.command, p.received_us, now);
             if let Disposition::Local(reply) = p.disposition {
                 self.replies.send(&reply);
             } else {

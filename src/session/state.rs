@@ -207,6 +207,19 @@ impl ConnectionState {
         }
     }
 
+    /// Record an ordinary command (no [`Special`] kind, no guard's watch) sent to Redis, if
+    /// the connection state follows nothing that would change its entry (not inside MULTI,
+    /// replies on): one forwarded reply, as [`Self::push_for`] would record it. False, and
+    /// nothing recorded, otherwise.
+    #[inline]
+    pub fn push_plain(&mut self, command: u16) -> bool {
+        if self.in_multi || self.reply_mode != ReplyMode::On {
+            return false;
+        }
+        self.queue.push(Pending::forward(command));
+        true
+    }
+
     /// Record what to do with the replies of `cmd`, sent to Redis, following the connection
     /// state that decides how many replies it gets. `watch` is a guard's watch on its reply,
     /// if any (not inside MULTI: the reply arrives inside EXEC's array).

@@ -21,8 +21,37 @@ use crate::resp;
 
 impl Session {
     /// A whole command was scanned at `span`.
+    #[inline]
     pub(super) fn on_command(&mut self, span: Span) {
         let info = CommandFacts::of(self.current(span).classify(&self.shared.table));
+        if !self.forward_if_ordinary(info, span) {
+            self.decide(info, span);
+        }
+    }
+
+    /// The common command, forwarded in a few steps: one of no [`Special`] kind that no
+    /// guard wants and the proxy does not answer itself, on a connection where nothing is
+    /// held back or answered locally. It goes to Redis as sent, with one reply-queue entry:
+    /// what [`Self::decide`] would do with it. False, and nothing done, for any other.
+    #[inline]
+    fn forward_if_ordinary(&mut self, info: CommandFacts, span: Span) -> bool {
+        let ordinary = info.special == Special::None
+            && !span.inline
+            && !self.policy.guards.wants(info.id)
+            && info.id != self.shared.table.unknown().id
+            && !self.connect_for_auth
+            && (self.authenticated || !self.policy.auth.required())
+            && self.upstream.is_connected();
+        if !ordinary || !self.state.push_plain(info.id) {
+            return false;
+        }
+        self.commands_in_batch += 1;
+        self.requests.ready_upto(span.end);
+        true
+    }
+
+    /// Decide about the command at `span` and carry the decision out.
+    fn decide(&mut self, info: CommandFacts, span: Span) {
         if self.hold_for_probe(info.id, span.start) {
             return;
         }
