@@ -37,7 +37,7 @@ use smallvec::SmallVec;
 
 use super::by_command::ByCommand;
 use super::phase::Guard;
-use super::rewrite::{encode_appending, EncodedArgs};
+use super::rewrite::{encode_appending, length_line, EncodedArgs};
 use super::rule::{first_rule, printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
 use super::verdict::{CommandView, ScriptAccess, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
@@ -760,7 +760,7 @@ fn wrap<'k>(
     out: &mut BytesMut,
 ) {
     let n = keys.clone().count();
-    resp::array_header(out, 3 + n + 1 + 3 * n + cmd.argc);
+    length_line(out, b'*', 3 + n + 1 + 3 * n + cmd.argc);
     if n == 1 {
         out.extend_from_slice(EVAL_SCRIPT_ONE_KEY.bytes());
     } else {
@@ -768,7 +768,9 @@ fn wrap<'k>(
         resp::bulk(out, Decimal::of(n as u64).as_bytes());
     }
     for (key, _, _) in keys.clone() {
-        resp::bulk(out, key);
+        length_line(out, b'$', key.len());
+        out.extend_from_slice(key);
+        out.extend_from_slice(b"\r\n");
     }
     // The condition, `ok` or `changed`, as a bulk string.
     let condition: &[u8] = if write_on_success {
@@ -785,6 +787,7 @@ fn wrap<'k>(
 
 /// The client's command as it encoded it, after its `*N` line (for a streamed command, its
 /// head: the rest follows unchanged).
+#[inline]
 fn copy_command(cmd: &CommandView<'_>, out: &mut BytesMut) {
     match &cmd.wire {
         Some(wire) => out.extend_from_slice(&cmd.src[wire.clone()]),
