@@ -156,11 +156,11 @@ impl Guards {
         client: &ClientIdentity,
         out: &mut BytesMut,
     ) -> Verdict {
-        let bits = self.wanted.get(cmd.info);
-        for (i, guard) in self.chain.iter().enumerate() {
-            if bits & (1 << i) == 0 {
-                continue;
-            }
+        // Only the guards that want the command, lowest bit (first in the chain) first.
+        let mut bits = self.wanted.get(cmd.info);
+        while bits != 0 {
+            let guard = &self.chain[bits.trailing_zeros() as usize];
+            bits &= bits - 1;
             out.clear();
             match guard.check(cmd, client, out) {
                 Verdict::Forward => continue,

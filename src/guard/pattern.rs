@@ -69,9 +69,21 @@ impl KeyPattern {
         &self.source
     }
 
-    /// True when `key` matches.
-    #[inline]
+    /// True when `key` matches. `*`, exact keys and prefixes are decided inline; a glob or
+    /// a list of patterns goes through [`KeyPattern::matches_general`].
+    #[inline(always)]
     pub fn matches(&self, key: &[u8]) -> bool {
+        match &self.kind {
+            Kind::Any => true,
+            Kind::Exact(k) => key == &k[..],
+            Kind::Prefix(p) => key.starts_with(p),
+            Kind::Glob(_) | Kind::AnyOf(_) => self.matches_general(key),
+        }
+    }
+
+    /// [`KeyPattern::matches`] for the patterns it does not decide inline.
+    #[inline(never)]
+    fn matches_general(&self, key: &[u8]) -> bool {
         match &self.kind {
             Kind::Any => true,
             Kind::Exact(k) => key == &k[..],

@@ -102,12 +102,16 @@ pub struct Rule<L> {
     user: Option<Box<[u8]>>,
     client_name: Option<Box<[u8]>>,
     client_address: Option<ipnet::IpNet>,
+    /// No client filter is set: the rule applies to every client (decided at build, so the
+    /// hot path skips the three filter tests).
+    every_client: bool,
     /// Enforce or observe.
     pub mode: Mode,
     /// The guard's settings for this rule.
     pub limits: L,
-    /// By [`Action`]: the counter of each action the guard registered.
-    counters: [Option<Counter>; Action::COUNT],
+    /// By [`Action`]: the counter of each action the guard registered (a no-op counter for
+    /// the others).
+    counters: [Counter; Action::COUNT],
     log: LogLimiter,
 }
 
@@ -163,15 +167,15 @@ impl<L> Rule<L> {
         };
         let mode = spec.mode.unwrap_or(kind.default_mode);
         let name = spec.name.unwrap_or(spec.pattern);
-        let mut counters: [Option<Counter>; Action::COUNT] = Default::default();
+        let mut counters: [Counter; Action::COUNT] = std::array::from_fn(|_| Counter::noop());
         for &action in kind.actions {
-            counters[action as usize] = Some(metrics::counter!(
+            counters[action as usize] = metrics::counter!(
                 "respguard_guard_decisions_total",
                 "guard" => kind.guard,
                 "rule" => name.to_string(),
                 "action" => action.label(),
                 "mode" => mode.label(),
-            ));
+            );
         }
         let clients = spec.clients;
         Rule {
@@ -181,6 +185,9 @@ impl<L> Rule<L> {
             user: clients.user.as_deref().map(|u| u.as_bytes().into()),
             client_name: clients.client_name.as_deref().map(|n| n.as_bytes().into()),
             client_address: clients.client_address,
+            every_client: clients.user.is_none()
+                && clients.client_name.is_none()
+                && clients.client_address.is_none(),
             mode,
             limits,
             counters,
@@ -191,7 +198,7 @@ impl<L> Rule<L> {
     /// True when the rule applies to `key` written by `client`.
     #[inline]
     pub fn applies(&self, key: &[u8], client: &ClientIdentity) -> bool {
-        self.pattern.matches(key) && self.applies_to_client(client)
+        self.pattern.matches(key) && (self.every_client || self.applies_to_client(client))
     }
 
     /// The rule's key pattern as written (Redis glob).
@@ -217,16 +224,16 @@ impl<L> Rule<L> {
     /// Count one `action`, without a log line.
     #[inline]
     pub fn count(&self, action: Action) {
-        if let Some(c) = &self.counters[action as usize] {
-            c.increment(1);
-        }
+        self.counters[action as usize].increment(1);
     }
 
     /// A decision to take `action` on `client`'s `command` (its name, for the log line):
     /// counted, logged within the rule's
     /// log limit (`refused: <message>`, or `observe: would refuse: <message>`), and true
     /// when the rule enforces it. The message is made only when the line is written, so a
-    /// storm of decisions is counted without being formatted.
+    /// storm of decisions is counted without being formatted. An enforced decision that is
+    /// not logged (a TTL added) is decided inline, with one counter increment.
+    #[inline]
     pub fn decided<D: std::fmt::Display>(
         &self,
         action: Action,
@@ -235,6 +242,23 @@ impl<L> Rule<L> {
         message: impl FnOnce() -> D,
     ) -> bool {
         self.count(action);
+        let enforce = self.mode == Mode::Enforce;
+        if enforce && action.enforced().is_none() {
+            return true;
+        }
+        self.logged(action, client, command, message)
+    }
+
+    /// The rest of [`Rule::decided`], already counted: a decision written to the log within
+    /// the rule's limit; true when the rule enforces it.
+    #[inline(never)]
+    fn logged<D: std::fmt::Display>(
+        &self,
+        action: Action,
+        client: &ClientIdentity,
+        command: &str,
+        message: impl FnOnce() -> D,
+    ) -> bool {
         let enforce = self.mode == Mode::Enforce;
         let verb = match (enforce, action.enforced()) {
             (true, None) => return true,

@@ -43,6 +43,13 @@ pub struct SizeLimits {
 #[derive(Debug)]
 pub struct SizeGuard {
     rules: Vec<Rule<SizeLimits>>,
+    /// The smallest `max_value` or `max_request` of any rule (`u64::MAX` when none sets
+    /// one): a command no larger breaks neither limit for any key, since no value is longer
+    /// than the command holding it.
+    safe_size: u64,
+    /// The smallest `max_elements` of any rule (`u64::MAX` when none sets one): a command
+    /// with no more arguments after its name breaks no element limit.
+    safe_elements: u64,
 }
 
 const ACTIONS: &[Action] = &[Action::Refused];
@@ -76,7 +83,30 @@ impl SizeGuard {
             let spec = RuleSpec::new(&r.pattern, &r.clients, r.mode);
             rules.push(Rule::new(kind, spec, limits));
         }
-        Ok(SizeGuard { rules })
+        let smallest = |limit: fn(&SizeLimits) -> Option<u64>| {
+            rules
+                .iter()
+                .filter_map(|r| limit(&r.limits))
+                .min()
+                .unwrap_or(u64::MAX)
+        };
+        let safe_size = smallest(|l| l.max_value).min(smallest(|l| l.max_request));
+        let safe_elements = smallest(|l| l.max_elements);
+        Ok(SizeGuard {
+            rules,
+            safe_size,
+            safe_elements,
+        })
+    }
+
+    /// True when `cmd` is within every rule's limits whatever its keys: it is no larger than
+    /// the smallest value or request limit (a value, streamed or not, is part of the
+    /// command's size) and has no more arguments after its name than the smallest element
+    /// limit (a key's values are among them). Most writes are decided here, without finding
+    /// any key's rule.
+    #[inline]
+    fn within_every_limit(&self, cmd: &CommandView<'_>) -> bool {
+        cmd.size <= self.safe_size && (cmd.argc.saturating_sub(1) as u64) <= self.safe_elements
     }
 
     /// The first limit of `rule` that `cmd` breaks for `key`, as the reason for the error.
@@ -214,6 +244,9 @@ impl Guard for SizeGuard {
         client: &ClientIdentity,
         _out: &mut BytesMut,
     ) -> Verdict {
+        if self.within_every_limit(cmd) {
+            return Verdict::Forward;
+        }
         let ownership = Ownership::of(cmd);
         for (n, &k) in cmd.keys.iter().enumerate() {
             let Some(key) = cmd.arg(k) else { continue };

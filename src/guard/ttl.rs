@@ -37,7 +37,7 @@ use smallvec::SmallVec;
 
 use super::by_command::ByCommand;
 use super::phase::Guard;
-use super::rewrite::{encode_appending, EncodedArgs};
+use super::rewrite::{encode_appending, length_line, EncodedArgs};
 use super::rule::{first_rule, printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
 use super::verdict::{CommandView, ScriptAccess, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
@@ -58,6 +58,11 @@ pub static SCRIPT: std::sync::LazyLock<String> =
 /// `EVAL` and [`SCRIPT`] as the first two arguments of a wrapped command, encoded once.
 static EVAL_SCRIPT: std::sync::LazyLock<EncodedArgs> =
     std::sync::LazyLock::new(|| EncodedArgs::new(&[b"EVAL", SCRIPT.as_bytes()]));
+
+/// `EVAL`, [`SCRIPT`] and `1` (the number of keys), the first three arguments of a command
+/// wrapped for one key (almost every wrapped command), encoded once.
+static EVAL_SCRIPT_ONE_KEY: std::sync::LazyLock<EncodedArgs> =
+    std::sync::LazyLock::new(|| EncodedArgs::new(&[b"EVAL", SCRIPT.as_bytes(), b"1"]));
 
 /// The script for an MSET or MSETNX too large for the proxy to list its keys (see
 /// `ttl_pairs.lua`): it runs the command, in pieces inside the script when it has more
@@ -93,8 +98,9 @@ pub struct TtlLimits {
     pub ttl_millis: Box<[u8]>,
     /// `PX <ttl_millis>`, the arguments a SET without expiry gets, encoded once.
     pub px_ttl: EncodedArgs,
-    /// `<ttl_millis> <max_millis>`, a wrapped command's arguments for the rule, encoded once.
-    pub wrap_ttls: EncodedArgs,
+    /// By [`KeyMode`]: `<mode> <ttl_millis> <max_millis>`, a wrapped command's arguments
+    /// for one key of the rule, encoded once.
+    wrap_args: [EncodedArgs; 3],
     /// Largest TTL a client may set.
     pub max_ttl: Option<Duration>,
     /// `max_ttl` in milliseconds as decimal text (`0` for none).
@@ -167,6 +173,9 @@ enum KeyMode {
 }
 
 impl KeyMode {
+    /// Every mode, in the order of their index (`as usize`).
+    const ALL: [KeyMode; 3] = [KeyMode::Default, KeyMode::Clamp, KeyMode::SetOptions];
+
     fn word(self) -> &'static [u8] {
         match self {
             KeyMode::Default => b"NX",
@@ -282,9 +291,11 @@ impl TtlGuard {
                     .into_boxed_slice()
             };
             let (ttl_millis, max_millis) = (millis(ttl), millis(max_ttl));
+            let wrap_args =
+                KeyMode::ALL.map(|m| EncodedArgs::new(&[m.word(), &ttl_millis, &max_millis]));
             let limits = TtlLimits {
                 px_ttl: EncodedArgs::new(&[b"PX", &ttl_millis]),
-                wrap_ttls: EncodedArgs::new(&[&ttl_millis, &max_millis]),
+                wrap_args,
                 ttl_millis,
                 ttl,
                 max_millis,
@@ -303,6 +314,7 @@ impl TtlGuard {
     }
 
     /// Count a decision and, in observe mode, log it and forward the command unchanged.
+    #[inline]
     fn act(
         &self,
         rule: &Rule<TtlLimits>,
@@ -327,7 +339,14 @@ fn on_key(key: &[u8]) -> String {
 
 /// Whether the client's Redis user may run what the guard sends; when it may not, the
 /// TTL is not set, and that is counted (`ttl_skipped`) and logged with the rule and why.
+#[inline]
 fn may_set_expiry(cmd: &CommandView<'_>, rule: &Rule<TtlLimits>, client: &ClientIdentity) -> bool {
+    cmd.access == ScriptAccess::Allowed || expiry_denied(cmd, rule, client)
+}
+
+/// [`may_set_expiry`] for a user denied EVAL or PEXPIRE: counted and logged; false.
+#[inline(never)]
+fn expiry_denied(cmd: &CommandView<'_>, rule: &Rule<TtlLimits>, client: &ClientIdentity) -> bool {
     let why = match cmd.access {
         ScriptAccess::Allowed => return true,
         ScriptAccess::NoScripts => "the client's Redis user may not run EVAL (ACL)",
@@ -417,7 +436,11 @@ enum Expiry {
     Keep,
 }
 
+#[inline]
 fn find_expiry_option(cmd: &CommandView<'_>, from: usize) -> Option<(usize, Expiry)> {
+    if cmd.args.len() <= from {
+        return None; // No options (a plain `SET k v`).
+    }
     (from..cmd.args.len()).find_map(|i| {
         let a = cmd.arg(i)?;
         let kind = if a.eq_ignore_ascii_case(b"ex") {
@@ -737,23 +760,34 @@ fn wrap<'k>(
     out: &mut BytesMut,
 ) {
     let n = keys.clone().count();
-    resp::array_header(out, 3 + n + 1 + 3 * n + cmd.argc);
-    out.extend_from_slice(EVAL_SCRIPT.bytes());
-    resp::bulk(out, Decimal::of(n as u64).as_bytes());
-    for (key, _, _) in keys.clone() {
-        resp::bulk(out, key);
+    length_line(out, b'*', 3 + n + 1 + 3 * n + cmd.argc);
+    if n == 1 {
+        out.extend_from_slice(EVAL_SCRIPT_ONE_KEY.bytes());
+    } else {
+        out.extend_from_slice(EVAL_SCRIPT.bytes());
+        resp::bulk(out, Decimal::of(n as u64).as_bytes());
     }
-    let condition: &[u8] = if write_on_success { b"ok" } else { b"changed" };
-    resp::bulk(out, condition);
+    for (key, _, _) in keys.clone() {
+        length_line(out, b'$', key.len());
+        out.extend_from_slice(key);
+        out.extend_from_slice(b"\r\n");
+    }
+    // The condition, `ok` or `changed`, as a bulk string.
+    let condition: &[u8] = if write_on_success {
+        b"$2\r\nok\r\n"
+    } else {
+        b"$7\r\nchanged\r\n"
+    };
+    out.extend_from_slice(condition);
     for (_, rule, mode) in keys {
-        resp::bulk(out, mode.word());
-        out.extend_from_slice(rule.limits.wrap_ttls.bytes());
+        out.extend_from_slice(rule.limits.wrap_args[mode as usize].bytes());
     }
     copy_command(cmd, out);
 }
 
 /// The client's command as it encoded it, after its `*N` line (for a streamed command, its
 /// head: the rest follows unchanged).
+#[inline]
 fn copy_command(cmd: &CommandView<'_>, out: &mut BytesMut) {
     match &cmd.wire {
         Some(wire) => out.extend_from_slice(&cmd.src[wire.clone()]),

@@ -134,8 +134,10 @@ pub fn find_keys(
 ) {
     keys.clear();
     info.key_positions_by(argc, |i| args.get(i).map(|r| &src[r.clone()]), keys);
-    keys.sort_unstable();
-    keys.dedup();
+    if keys.len() > 1 {
+        keys.sort_unstable();
+        keys.dedup();
+    }
 }
 
 impl<'a> CommandView<'a> {
