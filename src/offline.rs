@@ -112,6 +112,22 @@ pub fn judge(
                     ));
                 }
             }
+            Verdict::Append { args, len } => {
+                out.rewritten += 1;
+                // What the session sends: a new `*N` line, the client's arguments, the added.
+                let wire = crate::guard::wire_args(src, start, end)
+                    .filter(|_| !inline && streaming.is_none())
+                    .ok_or_else(|| format!("{} appended to without its own encoding", info.name))?;
+                let mut sent = Vec::new();
+                crate::resp::array_header(&mut sent, span.argc + args as usize);
+                sent.extend_from_slice(&src[wire]);
+                sent.extend_from_slice(&scratch[..len]);
+                check_rewrite(&sent, Some(sent.len()), 0, false)
+                    .map_err(|e| format!("{} appended to: {e}", info.name))?;
+                if len != scratch.len() {
+                    return Err(format!("{} appended to, with bytes left over", info.name));
+                }
+            }
             Verdict::Answer(reply) | Verdict::Refuse(reply) => {
                 out.answered += 1;
                 check_one_reply(&reply).map_err(|e| format!("{} answered: {e}", info.name))?;

@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 
-use super::verdict::CommandView;
+use super::verdict::{CommandView, Verdict};
 use crate::resp;
 
 /// Write the command with argument `index` replaced by `with` (multibulk) into `out`.
@@ -64,6 +64,24 @@ pub fn length_line(out: &mut BytesMut, kind: u8, n: usize) {
         resp::array_header(out, n);
     } else {
         resp::bulk_header(out, n);
+    }
+}
+
+/// The verdict that sends the command with the `extra` arguments after its own: the
+/// arguments alone written to `out` ([`Verdict::Append`]) when the client's own encoding
+/// can be sent, else the whole command written again ([`Verdict::Rewrite`]).
+pub fn appending(cmd: &CommandView<'_>, extra: &EncodedArgs, out: &mut BytesMut) -> Verdict {
+    if cmd.wire.is_some() && cmd.is_whole() {
+        out.extend_from_slice(&extra.bytes);
+        return Verdict::Append {
+            args: extra.count as u32,
+            len: out.len(),
+        };
+    }
+    encode_appending(cmd, extra, out);
+    Verdict::Rewrite {
+        replacement: Some(out.len()),
+        hidden: 0,
     }
 }
 

@@ -37,7 +37,7 @@ use smallvec::SmallVec;
 
 use super::by_command::ByCommand;
 use super::phase::Guard;
-use super::rewrite::{encode_appending, length_line, EncodedArgs};
+use super::rewrite::{appending, length_line, EncodedArgs};
 use super::rule::{first_rule, printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
 use super::verdict::{CommandView, ScriptAccess, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
@@ -488,11 +488,7 @@ impl TtlGuard {
                 if rule.limits.ttl.is_none() {
                     return Verdict::Forward;
                 }
-                encode_appending(cmd, &rule.limits.px_ttl, out);
-                let v = Verdict::Rewrite {
-                    replacement: Some(out.len()),
-                    hidden: 0,
-                };
+                let v = appending(cmd, &rule.limits.px_ttl, out);
                 self.act(rule, Action::TtlAdded, v, client, &cmd.info.name, key)
             }
         }

@@ -6,6 +6,8 @@
 //! - [`Verdict::Forward`]: send the command as it is;
 //! - [`Verdict::Rewrite`]: send what the guard wrote instead, possibly followed by extra
 //!   commands whose replies the client never sees;
+//! - [`Verdict::Append`]: send the command as the client encoded it, with arguments the
+//!   guard wrote after its own (the client's bytes are not copied into the guard's buffer);
 //! - [`Verdict::Answer`]: reply to the client without asking Redis;
 //! - [`Verdict::Refuse`]: reply with an error that names the guard, the rule and the reason.
 //!
@@ -32,6 +34,11 @@ pub enum Verdict {
         replacement: Option<usize>,
         hidden: u32,
     },
+    /// Send the command with `args` more arguments after its own: a new `*N` line, the
+    /// client's own encoding of its arguments, then the first `len` bytes the guard wrote
+    /// (the added arguments, encoded). Only for a whole command sent in multibulk form
+    /// ([`CommandView::wire`] is known).
+    Append { args: u32, len: usize },
     /// Answer the client with these bytes; Redis never sees the command.
     Answer(Bytes),
     /// Refuse the command with this error reply; Redis never sees the command.

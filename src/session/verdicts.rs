@@ -15,7 +15,7 @@ use super::intercept::Intercept;
 use super::state::LocalAnswer;
 use super::{Session, StreamTo};
 use crate::command::{CommandInfo, Special};
-use crate::guard::{ReplyWatch, Verdict};
+use crate::guard::{wire_args, ReplyWatch, Verdict};
 use crate::pipeline::{self, CommandFacts, Judge, Scanned, Span};
 use crate::resp;
 
@@ -81,12 +81,17 @@ impl Session {
             Intercept::Pass if !self.policy.guards.wants(info.id) => Verdict::Forward,
             Intercept::Pass => self.judge(info.id, span, &mut watch),
         };
-        let (replacement, hidden) = match verdict {
-            Verdict::Forward => (None, 0),
+        let (outgoing, hidden) = match verdict {
+            Verdict::Forward => (Outgoing::AsSent, 0),
             Verdict::Rewrite {
-                replacement,
+                replacement: Some(len),
                 hidden,
-            } => (replacement, hidden),
+            } => (Outgoing::Replaced(len), hidden),
+            Verdict::Rewrite {
+                replacement: None,
+                hidden,
+            } => (Outgoing::AsSent, hidden),
+            Verdict::Append { args, len } => (Outgoing::Appended { args, len }, 0),
             Verdict::Answer(reply) | Verdict::Refuse(reply) => {
                 self.refuse(info.id, reply, span);
                 return;
@@ -99,19 +104,9 @@ impl Session {
             _ => false,
         };
         self.record(info, span, watch);
-        if let Some(len) = replacement {
-            self.requests.discard(span.end - span.start);
-            self.requests.send(&self.scratch[..len]);
-        } else if span.inline {
-            // Redis would parse the inline form the same way; send the exact arguments.
-            self.requests.discard(span.end - span.start);
-            self.requests.send_from_scanner(|s| s.inline_bytes());
-        } else {
-            self.requests.ready_upto(span.end);
-        }
+        let used = self.send_command(span, outgoing);
         if hidden > 0 {
-            let from = replacement.unwrap_or(0);
-            self.requests.send(&self.scratch[from..]);
+            self.requests.send(&self.scratch[used..]);
             self.state.expect_hidden(hidden);
         }
         if is_reset {
@@ -121,6 +116,42 @@ impl Session {
             // What Redis lets the guards do may have changed with the user (AUTH, HELLO …
             // AUTH, RESET; a HELLO that only picks the protocol changes nothing).
             self.probe_access();
+        }
+    }
+
+    /// Send the whole command at `span` to Redis as decided; how many bytes of the scratch
+    /// buffer that used (any after them are hidden commands).
+    fn send_command(&mut self, span: Span, outgoing: Outgoing) -> usize {
+        match outgoing {
+            Outgoing::AsSent if span.inline => {
+                // Redis would parse the inline form the same way; send the exact arguments.
+                self.requests.discard(span.end - span.start);
+                self.requests.send_from_scanner(|s| s.inline_bytes());
+                0
+            }
+            Outgoing::AsSent => {
+                self.requests.ready_upto(span.end);
+                0
+            }
+            Outgoing::Replaced(len) => {
+                self.requests.discard(span.end - span.start);
+                self.requests.send(&self.scratch[..len]);
+                len
+            }
+            Outgoing::Appended { args, len } => {
+                // A new `*N` line, the client's bytes after its own, then the arguments.
+                let wire = wire_args(self.requests.input(), span.start, span.end);
+                let header = wire.map_or(0, |w| w.start - span.start);
+                debug_assert!(
+                    header > 0 && !span.inline,
+                    "appending to a multibulk command"
+                );
+                self.requests.discard(header);
+                resp::array_header(self.requests.append(), span.argc + args as usize);
+                self.requests.ready_upto(span.end - span.start - header);
+                self.requests.send(&self.scratch[..len]);
+                len
+            }
         }
     }
 
@@ -154,7 +185,8 @@ impl Session {
                 self.streaming = Some(StreamTo::Discard);
                 return;
             }
-            Verdict::Forward => (None, None),
+            // A guard appends only to a whole command (`rewrite::appending`).
+            Verdict::Forward | Verdict::Append { .. } => (None, None),
             Verdict::Rewrite {
                 replacement,
                 hidden,
@@ -268,4 +300,15 @@ impl Session {
             }
         }
     }
+}
+
+/// How a decided whole command goes to Redis.
+#[derive(Debug, Clone, Copy)]
+enum Outgoing {
+    /// As the client sent it.
+    AsSent,
+    /// Replaced by the first bytes of the scratch buffer.
+    Replaced(usize),
+    /// With `args` arguments (the first `len` scratch bytes) after its own.
+    Appended { args: u32, len: usize },
 }
