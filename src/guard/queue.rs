@@ -6,7 +6,8 @@
 //! [`ReplyWatch`] on the queue's [`TrackedQueue`]; the session carries it with the command's
 //! place in the reply queue, and the reply's integer becomes the queue's depth: no extra
 //! command, two relaxed atomic stores. Pushes inside MULTI are
-//! not followed (their replies arrive inside EXEC's array).
+//! not followed (their replies arrive inside EXEC's array). Each thread keeps the queue it
+//! pushed to last, so a producer's pushes to one queue find its entry without the map.
 //!
 //! Workers drain queues with pops and blocking pops whose replies do not say the length, so
 //! a depth is as of the last push. The memory monitor reads it again with `LLEN` for queues
@@ -19,6 +20,7 @@
 //! entry holds its key twice (map key and entry) plus about 110 bytes: a 24-byte map slot,
 //! the 72-byte shared entry (allocated as 80), and a copy of the rule's name.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,6 +56,8 @@ pub struct TrackedQueue {
     seen_ms: AtomicU64,
     /// An enqueue was refused because of this queue's depth: refresh it every poll.
     at_limit: AtomicBool,
+    /// No longer followed: removed from its registry (a push tracks the queue anew).
+    forgotten: AtomicBool,
 }
 
 impl TrackedQueue {
@@ -88,6 +92,8 @@ impl ReplyWatcher for TrackedQueue {
 /// Every followed queue, shared by the sessions (which record depths) and the monitor (which
 /// refreshes them and exports gauges).
 pub struct QueueDepths {
+    /// Tells this registry's entries in a thread's [`LAST_PUSHED`] from another's.
+    id: u64,
     map: DashMap<Box<[u8]>, Arc<TrackedQueue>, FxBuildHasher>,
     max: usize,
     refresh_after: Duration,
@@ -104,10 +110,21 @@ impl fmt::Debug for QueueDepths {
     }
 }
 
+/// Registries made so far, for their ids.
+static REGISTRIES: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The queue this thread's sessions pushed to last, with its registry's id: the next push
+    /// to it, the common case of a producer, finds it without hashing its key and locking a
+    /// shard of the map. Never an entry its registry has forgotten.
+    static LAST_PUSHED: RefCell<Option<(u64, Arc<TrackedQueue>)>> = const { RefCell::new(None) };
+}
+
 impl QueueDepths {
     /// An empty registry following at most `max` queues.
     pub fn new(max: usize, refresh_after: Duration) -> Self {
         QueueDepths {
+            id: REGISTRIES.fetch_add(1, Ordering::Relaxed),
             map: DashMap::with_hasher(FxBuildHasher),
             max,
             refresh_after,
@@ -140,8 +157,29 @@ impl QueueDepths {
         self.map.get(key).map(|e| Arc::clone(e.value()))
     }
 
-    /// The queue's entry, created if there is room (one allocation per new queue).
+    /// The queue's entry, created if there is room (one allocation per new queue): the
+    /// thread's last pushed queue if it is this one, else from the map (and then the
+    /// thread's last pushed queue).
+    #[inline]
     fn get_or_track(&self, key: &[u8], rule: &str) -> Option<Arc<TrackedQueue>> {
+        let last = LAST_PUSHED.with_borrow(|last| match last {
+            Some((id, q))
+                if *id == self.id && *q.key == *key && !q.forgotten.load(Ordering::Relaxed) =>
+            {
+                Some(Arc::clone(q))
+            }
+            _ => None,
+        });
+        if last.is_some() {
+            return last;
+        }
+        let q = self.find_or_track(key, rule)?;
+        LAST_PUSHED.set(Some((self.id, Arc::clone(&q))));
+        Some(q)
+    }
+
+    /// The queue's entry from the map, created if there is room.
+    fn find_or_track(&self, key: &[u8], rule: &str) -> Option<Arc<TrackedQueue>> {
         if let Some(e) = self.map.get(key) {
             return Some(Arc::clone(e.value()));
         }
@@ -160,6 +198,7 @@ impl QueueDepths {
                     pushed: AtomicBool::new(false),
                     seen_ms: AtomicU64::new(self.now_ms()),
                     at_limit: AtomicBool::new(false),
+                    forgotten: AtomicBool::new(false),
                 })
             })
             .value()
@@ -202,7 +241,16 @@ impl QueueDepths {
         q.depth.store(depth, Ordering::Relaxed);
         q.seen_ms.store(now, Ordering::Relaxed);
         if depth == 0 && idle && !q.is_at_limit() {
-            self.map.remove_if(&q.key, |_, v| Arc::ptr_eq(v, q));
+            // Flagged as it leaves the map: a thread's last pushed queue is passed over from
+            // then on. A push racing the removal records into the forgotten entry, as one
+            // that found it in the map just before always could.
+            self.map.remove_if(&q.key, |_, v| {
+                let gone = Arc::ptr_eq(v, q);
+                if gone {
+                    q.forgotten.store(true, Ordering::Relaxed);
+                }
+                gone
+            });
         }
     }
 
@@ -345,5 +393,25 @@ mod tests {
         assert_eq!(d.due_for_refresh(10).len(), 1);
         d.refreshed(&q, 0);
         assert!(d.is_empty());
+        // This thread pushed to it last: the next push follows it anew, in the map.
+        let again = d.get_or_track(b"q", "q*").unwrap();
+        assert!(!Arc::ptr_eq(&q, &again));
+        assert_eq!(d.len(), 1);
+        assert!(Arc::ptr_eq(&again, &d.get_or_track(b"q", "q*").unwrap()));
+    }
+
+    #[test]
+    fn a_thread_s_last_pushed_queue_is_of_its_own_registry_and_key() {
+        let (a, b) = (
+            QueueDepths::new(10, Duration::from_secs(10)),
+            QueueDepths::new(10, Duration::from_secs(10)),
+        );
+        let qa = a.get_or_track(b"q", "q").unwrap();
+        let qb = b.get_or_track(b"q", "q").unwrap();
+        assert!(!Arc::ptr_eq(&qa, &qb));
+        assert!(Arc::ptr_eq(&qa, &a.get_or_track(b"q", "q").unwrap()));
+        let other = a.get_or_track(b"q2", "q").unwrap();
+        assert!(!Arc::ptr_eq(&qa, &other));
+        assert!(Arc::ptr_eq(&qa, &a.get_or_track(b"q", "q").unwrap()));
     }
 }

@@ -130,9 +130,8 @@ impl BullmqAdds {
         if !known && !call.fits_unknown(memory, cmd, add.prefix) {
             return Verdict::Forward;
         }
-        let job = self.job(memory, rule.limits.index, &add);
-        let scope = memory.scope(&rule.limits, client);
-        let decision = memory.decide(&rule.limits, scope, &job);
+        let job = self.job(memory, &rule.limits, client, &add);
+        let decision = memory.decide(&rule.limits, client, &job);
         match over_limit(rule, client, &cmd.info.name, add.prefix, &job, decision) {
             None => Verdict::Forward,
             Some(Action::Reject) => refusal(rule, decision),
@@ -149,16 +148,21 @@ impl BullmqAdds {
         }
     }
 
-    /// The job of an add under the rule at `index`: its data on its queue, under its name.
-    fn job(&self, memory: &EnqueueMemory, index: u8, add: &BullmqAdd<'_>) -> JobPrint {
-        let context: [&[u8]; 3] = [&[index], add.prefix, add.name];
+    /// The job of an add by `client` under the rule of `limits`: its data on its queue,
+    /// under its name. Data that is not JSON is hashed as it is (JSON's canonical text
+    /// always parses, so the two never meet).
+    fn job(
+        &self,
+        memory: &EnqueueMemory,
+        limits: &EnqueueLimits,
+        client: &ClientIdentity,
+        add: &BullmqAdd<'_>,
+    ) -> JobPrint {
+        let context = memory.job_hasher(limits, client, &[add.prefix, add.name]);
         let fingerprint = self
             .whole_json
             .print(add.data, &context, memory.hasher())
-            .map_or_else(
-                || memory.hash(&[context[0], context[1], context[2], add.data]),
-                |p| p.fingerprint,
-            );
+            .map_or_else(|| context.hash(add.data), |p| p.fingerprint);
         JobPrint {
             fingerprint,
             id: (!add.job_id.is_empty()).then(|| memory.hash(&[add.job_id])),

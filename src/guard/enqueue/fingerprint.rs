@@ -7,6 +7,12 @@
 //! many jobs at one set of a table. The fast non-cryptographic hashes measured against it
 //! (foldhash, aHash, rapidhash, gxhash) do not claim that against such an attacker; see
 //! "Enqueue fingerprint hash" in docs/benchmarks.md.
+//!
+//! A job is hashed once: [`ContextHasher`] takes the rule, the client's scope and the queue
+//! as framed parts, and the [`JobHasher`] it finishes as hashes each payload after them. The
+//! output keys the fingerprints table as it is: it is already a keyed PRF output of
+//! everything that tells two counts apart, and hashing it again (with the scope, as the
+//! table key once was) adds no resistance.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 
@@ -52,4 +58,215 @@ impl BuildHasher for FingerprintKey {
 pub fn write_part(h: &mut impl Hasher, part: &[u8]) {
     h.write_u64(part.len() as u64);
     h.write(part);
+}
+
+/// Bytes of context gathered on the stack before they go to the hasher in one write.
+const CONTEXT_BUFFER: usize = 64;
+
+/// The length byte of a part too long for one: a `u64` length follows.
+const LONG_PART: u8 = 0xff;
+
+/// The byte of a part that is absent (a scope's user or name the client has not set).
+const ABSENT_PART: u8 = 0xfe;
+
+/// The start of a job's hash: the key, then framed context parts (the rule, the client's
+/// scope, the queue), gathered on the stack and written at once, then zeros up to a whole
+/// SipHash block. Finished, it is a [`JobHasher`].
+///
+/// A part is framed by one length byte (below [`ABSENT_PART`]), or [`LONG_PART`] and its
+/// length as a `u64`; an absent part is the single byte [`ABSENT_PART`]. The framing is
+/// prefix-free, so the encoding stays injective: the number of parts is fixed by the rule
+/// (whose index is the first part) and the code path, so where the parts end, and with it
+/// how many padding zeros follow, is known from the parts; what comes after the padding is
+/// the job's payload. Short frames keep a typical context (rule, scope, queue) within two
+/// to four blocks.
+pub struct ContextHasher {
+    h: SipHasher13,
+    buf: [u8; CONTEXT_BUFFER],
+    n: usize,
+    written: usize,
+}
+
+impl ContextHasher {
+    /// Nothing hashed yet, under `key`.
+    #[inline]
+    pub fn new(key: &FingerprintKey) -> Self {
+        ContextHasher {
+            h: key.build_hasher(),
+            buf: [0; CONTEXT_BUFFER],
+            n: 0,
+            written: 0,
+        }
+    }
+
+    /// Add one part: its length, then its bytes.
+    #[inline]
+    pub fn part(&mut self, part: &[u8]) -> &mut Self {
+        let len = part.len();
+        if len < usize::from(ABSENT_PART) && self.n + 1 + len <= CONTEXT_BUFFER {
+            self.buf[self.n] = len as u8;
+            self.buf[self.n + 1..self.n + 1 + len].copy_from_slice(part);
+            self.n += 1 + len;
+        } else {
+            self.long_part(part);
+        }
+        self
+    }
+
+    /// A part that does not fit the buffer, or is too long for a length byte.
+    #[cold]
+    fn long_part(&mut self, part: &[u8]) {
+        self.flush();
+        let mut frame = [0u8; 9];
+        let frame: &[u8] = if part.len() < usize::from(ABSENT_PART) {
+            frame[0] = part.len() as u8;
+            &frame[..1]
+        } else {
+            frame[0] = LONG_PART;
+            frame[1..].copy_from_slice(&(part.len() as u64).to_le_bytes());
+            &frame
+        };
+        self.h.write(frame);
+        self.h.write(part);
+        self.written += frame.len() + part.len();
+    }
+
+    /// Add a part that is absent (unlike any part present, the empty one included).
+    #[inline]
+    pub fn absent(&mut self) -> &mut Self {
+        if self.n == CONTEXT_BUFFER {
+            self.flush();
+        }
+        self.buf[self.n] = ABSENT_PART;
+        self.n += 1;
+        self
+    }
+
+    fn flush(&mut self) {
+        self.h.write(&self.buf[..self.n]);
+        self.written += self.n;
+        self.n = 0;
+    }
+
+    /// The context hashed, padded with zeros to a whole block.
+    #[inline]
+    pub fn finish(mut self) -> JobHasher {
+        let pad = (8 - (self.written + self.n) % 8) % 8;
+        if self.n + pad > CONTEXT_BUFFER {
+            self.flush();
+        }
+        self.buf[self.n..self.n + pad].fill(0);
+        self.n += pad;
+        self.flush();
+        JobHasher(self.h)
+    }
+}
+
+/// A keyed hasher that has taken a job's context, at a block boundary: each payload of a
+/// push is hashed from a copy of it. Its outputs are SipHash-1-3 outputs of the whole
+/// input, so they are what the fingerprints table is keyed by, not hashed again.
+#[derive(Debug, Clone)]
+pub struct JobHasher(SipHasher13);
+
+impl JobHasher {
+    /// The hash of the context followed by `payload`, in one pass over whole words (the
+    /// context ends at a block boundary, which is siphasher's fast path).
+    #[inline]
+    pub fn hash(&self, payload: &[u8]) -> u64 {
+        self.0.hash(payload)
+    }
+
+    /// A hasher continuing after the context, for payloads written in pieces.
+    #[inline]
+    pub fn stream(&self) -> SipHasher13 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The encoding the context hasher writes, byte by byte, for `parts` (`None`: absent).
+    fn encoded(parts: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in parts {
+            match p {
+                None => out.push(ABSENT_PART),
+                Some(p) if p.len() < 0xfe => {
+                    out.push(p.len() as u8);
+                    out.extend_from_slice(p);
+                }
+                Some(p) => {
+                    out.push(LONG_PART);
+                    out.extend_from_slice(&(p.len() as u64).to_le_bytes());
+                    out.extend_from_slice(p);
+                }
+            }
+        }
+        out.resize(out.len().div_ceil(8) * 8, 0);
+        out
+    }
+
+    /// The context hasher's result is the hash of the framed parts, padded, then the payload,
+    /// whether the parts fit its buffer or not.
+    #[test]
+    fn the_context_is_the_framed_parts_padded_to_a_block() {
+        let key = FingerprintKey::random();
+        let long = vec![7u8; 300];
+        for parts in [
+            vec![Some(&b"q"[..])],
+            vec![
+                Some(&b"\x03"[..]),
+                None,
+                None,
+                Some(b"\x7f\0\0\x01"),
+                Some(b"mylist"),
+            ],
+            vec![Some(&b""[..]), Some(&long[..]), Some(b"abc"), None],
+            vec![
+                Some(&long[..60]),
+                Some(b"x"),
+                None,
+                Some(&long[..253]),
+                Some(&long[..254]),
+            ],
+            vec![Some(&long[..62]), None, Some(&long[..62]), None, Some(b"")],
+            vec![],
+        ] {
+            let mut c = ContextHasher::new(&key);
+            for p in &parts {
+                match p {
+                    Some(p) => c.part(p),
+                    None => c.absent(),
+                };
+            }
+            let job = c.finish();
+            let mut plain = encoded(&parts);
+            plain.extend_from_slice(b"payload");
+            assert_eq!(job.hash(b"payload"), key.hash_one_bytes(&plain));
+            let mut s = job.stream();
+            s.write(b"pay");
+            s.write(b"load");
+            assert_eq!(s.finish(), job.hash(b"payload"));
+        }
+    }
+
+    #[test]
+    fn an_absent_part_is_not_an_empty_one() {
+        let key = FingerprintKey::random();
+        let mut a = ContextHasher::new(&key);
+        a.absent();
+        let mut b = ContextHasher::new(&key);
+        b.part(b"");
+        assert_ne!(a.finish().hash(b"p"), b.finish().hash(b"p"));
+    }
+
+    impl FingerprintKey {
+        fn hash_one_bytes(&self, bytes: &[u8]) -> u64 {
+            let mut h = self.build_hasher();
+            h.write(bytes);
+            h.finish()
+        }
+    }
 }

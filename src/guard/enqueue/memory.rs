@@ -14,7 +14,7 @@ use std::hash::{BuildHasher, Hasher};
 use metrics::{Counter, Gauge};
 
 use super::decision::Decision;
-use super::fingerprint::{write_part, FingerprintKey};
+use super::fingerprint::{write_part, ContextHasher, FingerprintKey, JobHasher};
 use super::payload::JobPrint;
 use super::rules::{EnqueueLimits, SCOPE_ADDRESS, SCOPE_NAME, SCOPE_USER};
 use super::table::BoundedTable;
@@ -35,7 +35,8 @@ const MAX_DROPPED_IDS: usize = 4096;
 /// ids, each a fixed-size table. One per proxy, kept when the guards are built again.
 #[derive(Debug)]
 pub struct EnqueueMemory {
-    /// Fingerprint → (first job id hash, enqueues counted), expiring with the window.
+    /// Fingerprint (within its rule and scope) → (first job id hash, enqueues counted),
+    /// expiring with the window.
     fingerprints: BoundedTable,
     /// Rule and scope → (tokens, last refill in ms).
     buckets: BoundedTable,
@@ -86,43 +87,77 @@ impl EnqueueMemory {
         self.clock.elapsed().as_secs() as u32 + 1
     }
 
-    /// The scope of `client` under the rule of `limits`, hashed.
-    pub fn scope(&self, limits: &EnqueueLimits, client: &ClientIdentity) -> u64 {
-        let s = limits.scope;
-        fn part(on: bool, v: Option<&[u8]>) -> &[u8] {
-            match (on, v) {
-                (false, _) => b"",
-                (true, Some(v)) => v,
-                (true, None) => b"\0none",
-            }
+    /// The hasher of the jobs `client` enqueues under the rule of `limits`, with `context`
+    /// (the queue, and whatever else tells the rule's jobs apart) taken: the rule's index,
+    /// the client's scope and `context`, each a framed part. A job's hash from it is its
+    /// fingerprint within its scope, which keys the fingerprints table as it is: a keyed
+    /// SipHash output of an injective encoding of rule, scope, context and payload, so
+    /// hashing it again with the scope would add no resistance, only a second hash.
+    #[inline]
+    pub fn job_hasher(
+        &self,
+        limits: &EnqueueLimits,
+        client: &ClientIdentity,
+        context: &[&[u8]],
+    ) -> JobHasher {
+        let mut h = self.scoped(limits, client);
+        for part in context {
+            h.part(part);
         }
-        let (v4, v6);
-        let ip: &[u8] = match client.peer.ip() {
-            std::net::IpAddr::V4(a) => {
-                v4 = a.octets();
-                &v4
-            }
-            std::net::IpAddr::V6(a) => {
-                v6 = a.octets();
-                &v6
-            }
-        };
-        self.hash(&[
-            &[limits.index],
-            part(s & SCOPE_USER != 0, client.user.as_deref()),
-            part(s & SCOPE_NAME != 0, client.name.as_deref()),
-            part(s & SCOPE_ADDRESS != 0, Some(ip)),
-        ])
+        h.finish()
     }
 
-    /// Count one enqueue of `job` by `scope` under the rule of `limits`, and decide whether
-    /// it passes: its fingerprint's count in the window, then the scope's bucket.
-    pub fn decide(&self, limits: &EnqueueLimits, scope: u64, job: &JobPrint) -> Decision {
+    /// A hasher that has taken the rule's index and the scope of `client` under it: each of
+    /// user, client name and address, when the scope has it, else an empty part. A user or
+    /// name the client has not set is an absent part, as is one set to `\0none` (which always
+    /// stood for the unset one).
+    #[inline]
+    fn scoped(&self, limits: &EnqueueLimits, client: &ClientIdentity) -> ContextHasher {
+        let s = limits.scope;
+        let mut h = ContextHasher::new(&self.hashes);
+        h.part(&[limits.index]);
+        for (bit, v) in [
+            (SCOPE_USER, client.user.as_deref()),
+            (SCOPE_NAME, client.name.as_deref()),
+        ] {
+            match v {
+                _ if s & bit == 0 => h.part(b""),
+                Some(v) if v != b"\0none" => h.part(v),
+                _ => h.absent(),
+            };
+        }
+        if s & SCOPE_ADDRESS == 0 {
+            h.part(b"");
+        } else {
+            match client.peer.ip() {
+                std::net::IpAddr::V4(a) => h.part(&a.octets()),
+                std::net::IpAddr::V6(a) => h.part(&a.octets()),
+            };
+        }
+        h
+    }
+
+    /// The scope of `client` under the rule of `limits`, hashed (with the rule's index: the
+    /// key of its token bucket).
+    fn scope(&self, limits: &EnqueueLimits, client: &ClientIdentity) -> u64 {
+        self.scoped(limits, client).finish().hash(b"")
+    }
+
+    /// Count one enqueue of `job` by `client` under the rule of `limits`, and decide whether
+    /// it passes: its fingerprint's count in the window, then the scope's bucket. The job's
+    /// fingerprint is from [`EnqueueMemory::job_hasher`], so already within the scope.
+    pub fn decide(
+        &self,
+        limits: &EnqueueLimits,
+        client: &ClientIdentity,
+        job: &JobPrint,
+    ) -> Decision {
         let l = limits;
-        let key = self.hash(&[&scope.to_le_bytes(), &job.fingerprint.to_le_bytes()]);
+        let key = job.fingerprint;
         let table = &self.fingerprints;
         let now = self.now();
         let evictions = table.evictions();
+        let occupied = table.occupied();
         let decision = table.with_entry(key, now, |e| {
             if e.fresh {
                 *e.expires = now + l.window;
@@ -153,19 +188,26 @@ impl EnqueueMemory {
         if table.evictions() != evictions {
             self.evictions.increment(1);
         }
-        self.occupied.set(table.occupied() as f64);
+        // The gauge moves only when a slot is used for the first time.
+        let now_occupied = table.occupied();
+        if now_occupied != occupied {
+            self.occupied.set(now_occupied as f64);
+        }
         if decision != Decision::Pass {
             return decision;
         }
         match l.bucket {
-            Some((rate, burst)) if !self.take_token(l.index, scope, rate, burst) => Decision::Rate,
+            Some((rate, burst)) if !self.take_token(self.scope(l, client), rate, burst) => {
+                Decision::Rate
+            }
             _ => Decision::Pass,
         }
     }
 
-    /// Take one token from the scope's bucket; false when it is empty.
-    fn take_token(&self, index: u8, scope: u64, rate: f64, burst: f64) -> bool {
-        let key = self.hash(&[&[index], &scope.to_le_bytes()]);
+    /// Take one token from the bucket of `scope` (hashed with its rule's index); false when
+    /// it is empty.
+    fn take_token(&self, scope: u64, rate: f64, burst: f64) -> bool {
+        let key = scope;
         let millis = self.clock.millis();
         // Refills need only differences of milliseconds, which wrap harmlessly in 32 bits.
         let now_ms = millis as u32;
@@ -241,7 +283,10 @@ mod tests {
     use super::*;
     use crate::guard::{Mode, Rule};
 
-    const SCOPE: u64 = 7;
+    /// A client of its own address (so of its own scope under the default scope).
+    fn client(peer: &str) -> ClientIdentity {
+        ClientIdentity::new(peer.parse::<SocketAddr>().expect("address"))
+    }
 
     /// A memory and the rule written as `rule` (TOML), on the clock of the runtime now.
     fn memory_and_rule(rule: &str) -> (EnqueueMemory, Rule<EnqueueLimits>) {
@@ -249,6 +294,21 @@ mod tests {
         let raw: RawEnqueueGuard = toml::from_str(&text).expect("rule parses");
         let mut rules = build_rules(&raw, Mode::Enforce, 0).expect("rule builds");
         (EnqueueMemory::new(&raw), rules.remove(0))
+    }
+
+    /// The job of `payload` pushed by `client` to `q:1` under the rule of `l`.
+    fn pushed(
+        m: &EnqueueMemory,
+        l: &EnqueueLimits,
+        client: &ClientIdentity,
+        payload: &[u8],
+        id: u64,
+    ) -> JobPrint {
+        JobPrint {
+            fingerprint: m.job_hasher(l, client, &[b"q:1"]).hash(payload),
+            id: Some(id),
+            label: None,
+        }
     }
 
     fn job(fingerprint: u64, id: u64) -> JobPrint {
@@ -267,9 +327,11 @@ mod tests {
     async fn a_duplicate_is_over_the_limit_until_the_window_from_its_first_enqueue_ends() {
         let (m, rule) = memory_and_rule("limit = 2\nwindow = '60s'");
         let l = &rule.limits;
-        assert_eq!(m.decide(l, SCOPE, &job(1, 1)), Decision::Pass);
+        let (one, other) = (client("10.0.0.1:4000"), client("10.0.0.2:4000"));
+        let job = |c: &ClientIdentity, id: u64| pushed(&m, l, c, b"work", id);
+        assert_eq!(m.decide(l, &one, &job(&one, 1)), Decision::Pass);
         assert_eq!(
-            m.decide(l, SCOPE, &job(1, 2)),
+            m.decide(l, &one, &job(&one, 2)),
             Decision::Pass,
             "the limit is 2"
         );
@@ -278,38 +340,50 @@ mod tests {
             seen: 3,
             repush: false,
         };
-        assert_eq!(m.decide(l, SCOPE, &job(1, 3)), over, "in the window");
+        assert_eq!(m.decide(l, &one, &job(&one, 3)), over, "in the window");
         assert_eq!(
-            m.decide(l, SCOPE + 1, &job(1, 4)),
+            m.decide(l, &other, &job(&other, 4)),
             Decision::Pass,
             "another scope counts on its own"
         );
         advance(seconds(1)).await;
         // Counted from the first enqueue: the refusal at 59 s did not extend the window.
         assert_eq!(
-            m.decide(l, SCOPE, &job(1, 5)),
+            m.decide(l, &one, &job(&one, 5)),
             Decision::Pass,
             "a new window"
         );
-        assert_eq!(m.decide(l, SCOPE, &job(1, 6)), Decision::Pass);
-        assert_eq!(m.decide(l, SCOPE, &job(1, 7)), over);
+        assert_eq!(m.decide(l, &one, &job(&one, 6)), Decision::Pass);
+        assert_eq!(m.decide(l, &one, &job(&one, 7)), over);
     }
 
     #[tokio::test(start_paused = true)]
     async fn re_pushes_of_one_job_id_pass_unless_the_rule_counts_them() {
         let (m, rule) = memory_and_rule("limit = 1\nwindow = '10s'");
         for _ in 0..3 {
-            assert_eq!(m.decide(&rule.limits, SCOPE, &job(1, 1)), Decision::Pass);
+            assert_eq!(
+                m.decide(&rule.limits, &client("10.0.0.1:4000"), &job(1, 1)),
+                Decision::Pass
+            );
         }
         let (m, rule) = memory_and_rule("limit = 1\nwindow = '10s'\nlimit_repushes = true");
-        assert_eq!(m.decide(&rule.limits, SCOPE, &job(1, 1)), Decision::Pass);
+        assert_eq!(
+            m.decide(&rule.limits, &client("10.0.0.1:4000"), &job(1, 1)),
+            Decision::Pass
+        );
         let repush = Decision::Duplicate {
             seen: 2,
             repush: true,
         };
-        assert_eq!(m.decide(&rule.limits, SCOPE, &job(1, 1)), repush);
+        assert_eq!(
+            m.decide(&rule.limits, &client("10.0.0.1:4000"), &job(1, 1)),
+            repush
+        );
         advance(seconds(10)).await;
-        assert_eq!(m.decide(&rule.limits, SCOPE, &job(1, 1)), Decision::Pass);
+        assert_eq!(
+            m.decide(&rule.limits, &client("10.0.0.1:4000"), &job(1, 1)),
+            Decision::Pass
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -318,7 +392,7 @@ mod tests {
         let mut next = 0;
         let mut enqueue = || {
             next += 1;
-            m.decide(&rule.limits, SCOPE, &job(next, next))
+            m.decide(&rule.limits, &client("10.0.0.1:4000"), &job(next, next))
         };
         assert_eq!(enqueue(), Decision::Pass);
         assert_eq!(enqueue(), Decision::Pass);
@@ -341,8 +415,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn fingerprints_expire_with_their_window() {
         let (m, rule) = memory_and_rule("limit = 1\nwindow = '5s'");
-        for n in 0..100 {
-            m.decide(&rule.limits, SCOPE, &job(n, n));
+        let me = client("10.0.0.1:4000");
+        for n in 0..100u64 {
+            let job = pushed(&m, &rule.limits, &me, &n.to_le_bytes(), n);
+            m.decide(&rule.limits, &me, &job);
         }
         assert_eq!(m.fingerprints.live(m.now()), 100);
         advance(Duration::from_millis(4_999)).await;
@@ -389,9 +465,15 @@ mod tests {
             None,
         )
         .expect("raw spec");
+        let (_, rule) = memory_and_rule("");
+        let me = client("10.0.0.1:4000");
         let print = |m: &EnqueueMemory| {
-            spec.print(payload, &[b"q"], m.hasher())
-                .map(|j| j.fingerprint)
+            spec.print(
+                payload,
+                &m.job_hasher(&rule.limits, &me, &[b"q"]),
+                m.hasher(),
+            )
+            .map(|j| j.fingerprint)
         };
         assert_eq!(print(&a), print(&a));
         assert_ne!(print(&a), print(&b));
@@ -426,5 +508,10 @@ mod tests {
         let a = scope(&client("10.0.0.1:4000", b"a"));
         assert_eq!(a, scope(&client("10.0.0.1:5000", b"b")));
         assert_ne!(a, scope(&client("10.0.0.2:4000", b"a")));
+        // The same for the fingerprints, which carry the scope.
+        let print = |c: &ClientIdentity| m.job_hasher(&rule.limits, c, &[b"q"]).hash(b"job");
+        let a = print(&client("10.0.0.1:4000", b"a"));
+        assert_eq!(a, print(&client("10.0.0.1:5000", b"b")));
+        assert_ne!(a, print(&client("10.0.0.2:4000", b"a")));
     }
 }

@@ -14,7 +14,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use serde_json::Value;
 
-use super::fingerprint::write_part;
+use super::fingerprint::JobHasher;
 
 /// How a payload is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,27 +150,21 @@ impl PayloadSpec {
         Ok(spec)
     }
 
-    /// The job in `payload`, hashed with `hashes`; `context` (the queue, the rule) is hashed
-    /// first. `None` when a JSON payload does not parse: it is not a job this rule knows.
+    /// The job in `payload`, hashed after `context` (which has taken the rule, the scope and
+    /// the queue); its id, if any, is hashed with `ids`. `None` when a JSON payload does not
+    /// parse: it is not a job this rule knows.
     pub fn print(
         &self,
         payload: &[u8],
-        context: &[&[u8]],
-        hashes: &impl BuildHasher,
+        context: &JobHasher,
+        ids: &impl BuildHasher,
     ) -> Option<JobPrint> {
-        let mut h = hashes.build_hasher();
-        for c in context {
-            write_part(&mut h, c);
-        }
         match self.format {
-            Format::Raw => {
-                h.write(payload);
-                Some(JobPrint {
-                    fingerprint: h.finish(),
-                    id: None,
-                    label: None,
-                })
-            }
+            Format::Raw => Some(JobPrint {
+                fingerprint: context.hash(payload),
+                id: None,
+                label: None,
+            }),
             Format::Json => {
                 let mut doc: Value = serde_json::from_slice(payload).ok()?;
                 let id = self
@@ -178,7 +172,7 @@ impl PayloadSpec {
                     .as_ref()
                     .and_then(|p| p.get(&doc))
                     .filter(|v| !v.is_null())
-                    .map(|v| hash_id(v, hashes));
+                    .map(|v| hash_id(v, ids));
                 let label = self
                     .label
                     .as_ref()
@@ -195,6 +189,7 @@ impl PayloadSpec {
                         }
                     }
                 }
+                let mut h = context.stream();
                 if self.include.is_empty() {
                     write_canonical(&doc, &mut h);
                 } else {
@@ -242,7 +237,16 @@ fn write_canonical(v: &Value, h: &mut impl Hasher) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::hash::RandomState;
+    use crate::guard::enqueue::fingerprint::{ContextHasher, FingerprintKey};
+
+    /// The hasher after the context `parts`.
+    fn ctx(key: &FingerprintKey, parts: &[&[u8]]) -> JobHasher {
+        let mut c = ContextHasher::new(key);
+        for p in parts {
+            c.part(p);
+        }
+        c.finish()
+    }
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -261,19 +265,19 @@ mod tests {
 
     #[test]
     fn excluded_fields_do_not_change_the_fingerprint_and_the_rest_does() {
-        let h = RandomState::new();
+        let h = FingerprintKey::random();
         let s = spec(&[], &["/jid", "/enqueued_at"], Some("/jid"));
         let a = s
             .print(
                 br#"{"class":"A","args":[1],"jid":"x","enqueued_at":1.5}"#,
-                &[b"q"],
+                &ctx(&h, &[b"q"]),
                 &h,
             )
             .unwrap();
         let b = s
             .print(
                 br#"{"enqueued_at":9,"jid":"y","args":[1],"class":"A"}"#,
-                &[b"q"],
+                &ctx(&h, &[b"q"]),
                 &h,
             )
             .unwrap();
@@ -284,31 +288,39 @@ mod tests {
         assert_ne!(a.id, b.id);
         assert_eq!(a.label.as_deref(), Some("A"));
         let c = s
-            .print(br#"{"class":"A","args":[2],"jid":"x"}"#, &[b"q"], &h)
+            .print(
+                br#"{"class":"A","args":[2],"jid":"x"}"#,
+                &ctx(&h, &[b"q"]),
+                &h,
+            )
             .unwrap();
         assert_ne!(a.fingerprint, c.fingerprint, "other arguments");
         assert_eq!(a.id, c.id);
         let d = s
-            .print(br#"{"class":"A","args":[1],"jid":"x"}"#, &[b"q2"], &h)
+            .print(
+                br#"{"class":"A","args":[1],"jid":"x"}"#,
+                &ctx(&h, &[b"q2"]),
+                &h,
+            )
             .unwrap();
         assert_ne!(a.fingerprint, d.fingerprint, "another queue");
     }
 
     #[test]
     fn included_fields_alone_make_the_fingerprint() {
-        let h = RandomState::new();
+        let h = FingerprintKey::random();
         let s = spec(&["/headers/task", "/body"], &[], Some("/headers/id"));
         let a = s
             .print(
                 br#"{"body":"W10=","headers":{"task":"t.add","id":"1","retries":0}}"#,
-                &[],
+                &ctx(&h, &[]),
                 &h,
             )
             .unwrap();
         let b = s
             .print(
                 br#"{"body":"W10=","headers":{"task":"t.add","id":"2","retries":3},"x":1}"#,
-                &[],
+                &ctx(&h, &[]),
                 &h,
             )
             .unwrap();
@@ -316,7 +328,7 @@ mod tests {
         let c = s
             .print(
                 br#"{"body":"W10=","headers":{"task":"t.mul","id":"1"}}"#,
-                &[],
+                &ctx(&h, &[]),
                 &h,
             )
             .unwrap();
@@ -325,7 +337,7 @@ mod tests {
 
     #[test]
     fn exclusions_inside_arrays_and_conditional_ones() {
-        let h = RandomState::new();
+        let h = FingerprintKey::random();
         let mut s = spec(&["/args"], &[], None);
         s.exclude_if = Some((
             Pointer::parse("/wrapped").unwrap(),
@@ -333,12 +345,12 @@ mod tests {
         ));
         let wrapped =
             |id: &str| format!(r#"{{"wrapped":"J","args":[{{"job_id":"{id}","arguments":[1]}}]}}"#);
-        let a = s.print(wrapped("a").as_bytes(), &[], &h).unwrap();
-        let b = s.print(wrapped("b").as_bytes(), &[], &h).unwrap();
+        let a = s.print(wrapped("a").as_bytes(), &ctx(&h, &[]), &h).unwrap();
+        let b = s.print(wrapped("b").as_bytes(), &ctx(&h, &[]), &h).unwrap();
         assert_eq!(a.fingerprint, b.fingerprint, "ActiveJob's id is left out");
         let plain = |id: &str| format!(r#"{{"args":[{{"job_id":"{id}"}}]}}"#);
-        let c = s.print(plain("a").as_bytes(), &[], &h).unwrap();
-        let d = s.print(plain("b").as_bytes(), &[], &h).unwrap();
+        let c = s.print(plain("a").as_bytes(), &ctx(&h, &[]), &h).unwrap();
+        let d = s.print(plain("b").as_bytes(), &ctx(&h, &[]), &h).unwrap();
         assert_ne!(
             c.fingerprint, d.fingerprint,
             "a plain job's argument is kept"
@@ -347,16 +359,18 @@ mod tests {
 
     #[test]
     fn invalid_json_is_not_a_job_and_raw_payloads_hash_whole() {
-        let h = RandomState::new();
-        assert!(spec(&[], &[], None).print(b"not json", &[], &h).is_none());
+        let h = FingerprintKey::random();
+        assert!(spec(&[], &[], None)
+            .print(b"not json", &ctx(&h, &[]), &h)
+            .is_none());
         let raw = PayloadSpec::new(Format::Raw, &[], &[], None, None).unwrap();
         assert_eq!(
-            raw.print(b"abc", &[], &h).unwrap().fingerprint,
-            raw.print(b"abc", &[], &h).unwrap().fingerprint
+            raw.print(b"abc", &ctx(&h, &[]), &h).unwrap().fingerprint,
+            raw.print(b"abc", &ctx(&h, &[]), &h).unwrap().fingerprint
         );
         assert_ne!(
-            raw.print(b"abc", &[], &h).unwrap().fingerprint,
-            raw.print(b"abd", &[], &h).unwrap().fingerprint
+            raw.print(b"abc", &ctx(&h, &[]), &h).unwrap().fingerprint,
+            raw.print(b"abd", &ctx(&h, &[]), &h).unwrap().fingerprint
         );
         assert!(PayloadSpec::new(Format::Json, &strings(&["class"]), &[], None, None).is_err());
         assert!(PayloadSpec::new(Format::Raw, &[], &[], Some("/id"), None).is_err());

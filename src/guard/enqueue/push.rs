@@ -31,8 +31,8 @@ pub fn check_push(
     let Some(layout) = push_layout(cmd, kind, rule.limits.field.as_deref()) else {
         return Verdict::Forward;
     };
-    let scope = memory.scope(&rule.limits, client);
-    let index = [rule.limits.index];
+    // Rule, scope and queue: hashed once for all the payloads of the push.
+    let context = memory.job_hasher(&rule.limits, client, &[key]);
     // Argument indices of the payloads over the limit, ascending; allocated only on a drop.
     let mut gone = Vec::new();
     for i in layout.payloads.clone() {
@@ -40,11 +40,11 @@ pub fn check_push(
             (Cmd::Xadd, false) => &cmd.src[cmd.args[i].start..cmd.args[cmd.argc - 1].end],
             _ => cmd.arg(i).unwrap_or_default(),
         };
-        let Some(job) = spec.print(value, &[&index, key], memory.hasher()) else {
+        let Some(job) = spec.print(value, &context, memory.hasher()) else {
             rule.limits.unread.increment(1);
             continue;
         };
-        let decision = memory.decide(&rule.limits, scope, &job);
+        let decision = memory.decide(&rule.limits, client, &job);
         match over_limit(rule, client, &cmd.info.name, key, &job, decision) {
             None => {}
             Some(Action::Reject) => return refusal(rule, decision),

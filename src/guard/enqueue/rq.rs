@@ -60,14 +60,15 @@ pub fn check_job_hash(
     let origin = fields.origin.unwrap_or_default();
     let job_id = rq_job_id(key);
     let job = JobPrint {
-        fingerprint: memory.hash(&[&[rule.limits.index], origin, data]),
+        fingerprint: memory
+            .job_hasher(&rule.limits, client, &[origin])
+            .hash(data),
         id: Some(memory.hash(&[job_id])),
         label: fields
             .description
             .map(|d| String::from_utf8_lossy(d).into_owned()),
     };
-    let scope = memory.scope(&rule.limits, client);
-    let decision = memory.decide(&rule.limits, scope, &job);
+    let decision = memory.decide(&rule.limits, client, &job);
     match over_limit(rule, client, &cmd.info.name, origin, &job, decision) {
         None => Verdict::Forward,
         Some(Action::Reject) => refusal(rule, decision),
