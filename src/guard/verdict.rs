@@ -124,7 +124,8 @@ pub const PROBE: &[u8] = b"*3\r\n$4\r\nEVAL\r\n$153\r\nlocal k = 'respguard:prob
 /// after the `*N` line (see [`CommandView::wire`]). Like Redis, the line ends at its `\r`
 /// and the byte after it, whatever that byte is.
 pub fn wire_args(src: &[u8], start: usize, end: usize) -> Option<Range<usize>> {
-    let cr = memchr::memchr(b'\r', &src[start..end])?;
+    // The `*N` line is short: a plain loop beats a vectorised search's setup.
+    let cr = src[start..end].iter().position(|&b| b == b'\r')?;
     let args = start + cr + 2;
     (args <= end).then_some(args..end)
 }

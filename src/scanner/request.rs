@@ -362,73 +362,6 @@ impl RequestScanner {
         }
     }
 
-    /// The common case in one step, at the start of a command: a multibulk command whose
-    /// length lines are plain digits, wholly in `buf`. Returns where it starts and ends
-    /// ([`Self::args`] has its arguments), as [`Self::scan`] would with `Step::Command`.
-    /// `None` when it is something else (nothing is consumed) or not whole yet (what was
-    /// read is kept, and [`Self::scan`] carries on from there without reading it again).
-    #[inline]
-    pub fn scan_whole(&mut self, buf: &[u8]) -> Option<(usize, usize)> {
-        let start = self.pos;
-        if self.state != State::Idle || buf.get(start) != Some(&b'*') {
-            return None;
-        }
-        let (count, next) = plain_number(buf, start + 1)?;
-        let mut max = self.limits.max_args.min(i32::MAX as u64);
-        if self.unauthenticated {
-            max = max.min(UNAUTHENTICATED_MAX_ARGS);
-        }
-        if count == 0 || count > max {
-            return None;
-        }
-        self.cmd_start = start;
-        self.args.clear();
-        self.args_inline = false;
-        self.argc = count;
-        self.pos = next;
-        let remaining = self.whole_args(buf, count);
-        if remaining > 0 {
-            self.state = State::Args { remaining };
-            return None;
-        }
-        Some((start, self.pos))
-    }
-
-    /// The fast path: take the arguments that are wholly in `buf` and ordinary (a plain
-    /// length under the stream threshold), without a state change per argument. Stops at the
-    /// first argument that is not, and leaves it to the general path, which handles partial
-    /// input, streaming and errors. Returns how many arguments remain.
-    #[inline]
-    fn whole_args(&mut self, buf: &[u8], mut remaining: u64) -> u64 {
-        let mut threshold = self.limits.stream_threshold.min(self.limits.max_bulk_len);
-        if self.unauthenticated {
-            threshold = threshold.min(UNAUTHENTICATED_MAX_BULK_LEN);
-        }
-        let last_start = self
-            .cmd_start
-            .saturating_add(self.limits.max_buffered_command);
-        let mut pos = self.pos;
-        while remaining > 0 && pos <= last_start {
-            let Some((len, body)) = bulk_line(buf, pos) else {
-                break;
-            };
-            if len > threshold {
-                break;
-            }
-            let len = len as usize;
-            let end = body + len + 2;
-            if end > buf.len() {
-                break;
-            }
-            self.args.push(body..body + len);
-            pos = end;
-            remaining -= 1;
-        }
-        self.pos = pos;
-        self.line_search = 0;
-        remaining
-    }
-
     fn start_streaming(&mut self, remaining: u64, next_len: Option<u64>, head_end: usize) -> Step {
         self.pos = head_end;
         self.line_search = 0;
@@ -568,6 +501,77 @@ impl RequestScanner {
             end,
             inline: true,
         }
+    }
+}
+
+/// The one-step path for the common command: whole, multibulk, plain length lines. The
+/// general state machine above takes over wherever this path stops.
+impl RequestScanner {
+    /// The common case in one step, at the start of a command: a multibulk command whose
+    /// length lines are plain digits, wholly in `buf`. Returns where it starts and ends
+    /// ([`Self::args`] has its arguments), as [`Self::scan`] would with `Step::Command`.
+    /// `None` when it is something else (nothing is consumed) or not whole yet (what was
+    /// read is kept, and [`Self::scan`] carries on from there without reading it again).
+    #[inline]
+    pub fn scan_whole(&mut self, buf: &[u8]) -> Option<(usize, usize)> {
+        let start = self.pos;
+        if self.state != State::Idle || buf.get(start) != Some(&b'*') {
+            return None;
+        }
+        let (count, next) = plain_number(buf, start + 1)?;
+        let mut max = self.limits.max_args.min(i32::MAX as u64);
+        if self.unauthenticated {
+            max = max.min(UNAUTHENTICATED_MAX_ARGS);
+        }
+        if count == 0 || count > max {
+            return None;
+        }
+        self.cmd_start = start;
+        self.args.clear();
+        self.args_inline = false;
+        self.argc = count;
+        self.pos = next;
+        let remaining = self.whole_args(buf, count);
+        if remaining > 0 {
+            self.state = State::Args { remaining };
+            return None;
+        }
+        Some((start, self.pos))
+    }
+
+    /// The fast path: take the arguments that are wholly in `buf` and ordinary (a plain
+    /// length under the stream threshold), without a state change per argument. Stops at the
+    /// first argument that is not, and leaves it to the general path, which handles partial
+    /// input, streaming and errors. Returns how many arguments remain.
+    #[inline]
+    fn whole_args(&mut self, buf: &[u8], mut remaining: u64) -> u64 {
+        let mut threshold = self.limits.stream_threshold.min(self.limits.max_bulk_len);
+        if self.unauthenticated {
+            threshold = threshold.min(UNAUTHENTICATED_MAX_BULK_LEN);
+        }
+        let last_start = self
+            .cmd_start
+            .saturating_add(self.limits.max_buffered_command);
+        let mut pos = self.pos;
+        while remaining > 0 && pos <= last_start {
+            let Some((len, body)) = bulk_line(buf, pos) else {
+                break;
+            };
+            if len > threshold {
+                break;
+            }
+            let len = len as usize;
+            let end = body + len + 2;
+            if end > buf.len() {
+                break;
+            }
+            self.args.push(body..body + len);
+            pos = end;
+            remaining -= 1;
+        }
+        self.pos = pos;
+        self.line_search = 0;
+        remaining
     }
 }
 

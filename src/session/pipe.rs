@@ -22,6 +22,9 @@ use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::RequestScanner;
 use crate::transport::Stream;
 
+/// Bytes of room made in the output beyond the unread input when the proxy appends its own.
+const APPEND_ROOM: usize = 1024;
+
 /// A scanner whose positions count from the start of the pipe's read buffer, so they move
 /// when bytes leave its front.
 pub(crate) trait Rebase {
@@ -142,9 +145,14 @@ impl<S: Rebase> Pipe<S> {
     }
 
     /// The output, after the ready bytes, for the proxy to append its own bytes to.
+    ///
+    /// Room is made at once for the rest of the input as well: the output may be the
+    /// input's own memory, taken without a copy, which cannot grow in place; growing it a
+    /// command at a time would copy it again at each doubling.
     #[inline]
     pub fn append(&mut self) -> &mut BytesMut {
         self.move_ready();
+        self.output.reserve(self.input.bytes().len() + APPEND_ROOM);
         &mut self.output
     }
 
@@ -152,6 +160,15 @@ impl<S: Rebase> Pipe<S> {
     #[inline]
     pub fn send(&mut self, bytes: &[u8]) {
         self.append().extend_from_slice(bytes);
+    }
+
+    /// Append a copy of the input bytes at `range` (positions in [`Self::input`], after the
+    /// ready bytes, which move first) to the output; they stay in the input.
+    pub fn copy_input(&mut self, range: std::ops::Range<usize>) {
+        let base = self.ready;
+        self.move_ready();
+        let bytes = &self.input.bytes()[range.start - base..range.end - base];
+        self.output.extend_from_slice(bytes);
     }
 
     /// Append bytes the scanner holds (an inline command's multibulk form) to the output.

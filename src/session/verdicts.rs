@@ -139,17 +139,15 @@ impl Session {
                 len
             }
             Outgoing::Appended { args, len } => {
-                // A new `*N` line, the client's bytes after its own, then the arguments.
-                let wire = wire_args(self.requests.input(), span.start, span.end);
-                let header = wire.map_or(0, |w| w.start - span.start);
-                debug_assert!(
-                    header > 0 && !span.inline,
-                    "appending to a multibulk command"
-                );
-                self.requests.discard(header);
+                // A new `*N` line, the client's arguments (one copy), then the added ones.
+                // Once the bytes before it have moved, the command starts the input.
                 resp::array_header(self.requests.append(), span.argc + args as usize);
-                self.requests.ready_upto(span.end - span.start - header);
+                let size = span.end - span.start;
+                let wire = wire_args(self.requests.input(), 0, size).unwrap_or(size..size);
+                debug_assert!(wire.start > 0 && !span.inline, "a multibulk command");
+                self.requests.copy_input(wire);
                 self.requests.send(&self.scratch[..len]);
+                self.requests.discard(size);
                 len
             }
         }
