@@ -885,6 +885,37 @@ mod tests {
     }
 
     #[test]
+    fn every_length_line_reads_alike_from_the_window_and_byte_by_byte() {
+        let plain = |buf: &[u8]| (buf[0] == b'$').then(|| plain_number(buf, 1)).flatten();
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        for n in (0..20_000u64)
+            .chain((0..64).map(|k| 1u64 << k))
+            .chain([9_999_999, 99_999_999])
+        {
+            lines.push(format!("${n}\r\n").into_bytes());
+            lines.push(format!("$0{n}\r\n").into_bytes());
+            lines.push(format!("${n}x\r\n").into_bytes());
+        }
+        for odd in [b'/', b':', b' ', b'-', 0x80, 0xff, 0x00, b'\n'] {
+            for at in 1..10 {
+                let mut line = b"$123456789\r\n".to_vec();
+                line[at] = odd;
+                lines.push(line);
+            }
+        }
+        for line in &lines {
+            let mut padded = line.clone();
+            padded.extend_from_slice(&[b'7'; 20]);
+            assert_eq!(
+                bulk_line(&padded, 0),
+                plain(&padded),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
     fn the_one_step_scan_leaves_anything_unusual_to_the_general_scan() {
         let limits = Limits {
             max_args: 2,
