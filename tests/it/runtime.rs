@@ -74,9 +74,18 @@ async fn served_connections(addr: SocketAddr, n: usize) -> Vec<Conn> {
 async fn per_core_serves_clients_on_every_thread() {
     let server = RedisServer::start();
     let (proxy, _admin, _dir) = per_core(&server, "", "");
-    let before = sleeps_per_serving_thread(proxy.pid());
-    let names: Vec<&str> = before.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(names, ["core-0", "core-1"]);
+    // The port opens as the sockets are bound, before the threads start: wait until every
+    // serving thread runs and has gone idle once, so a wake counted below is a served
+    // connection, not the thread starting.
+    let before = eventually!(WAIT, "every serving thread started and went idle", {
+        let threads = sleeps_per_serving_thread(proxy.pid());
+        let names: Vec<&str> = threads.iter().map(|(name, _)| name.as_str()).collect();
+        if names == ["core-0", "core-1"] && threads.iter().all(|(_, sleeps)| *sleeps > 0) {
+            Ok(threads)
+        } else {
+            Err(format!("serving threads: {threads:?}"))
+        }
+    });
     // A serving thread with no connection sleeps without waking: each one that wakes has
     // accepted (and served) some of these connections.
     let _conns = served_connections(proxy.addr, CONNECTIONS).await;
