@@ -19,7 +19,7 @@ pub trait Out {
 }
 
 impl Out for BytesMut {
-    #[inline]
+    #[inline(always)]
     fn put(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
     }
@@ -95,7 +95,7 @@ impl Decimal {
 /// in one append.
 /// One and two digits, the usual lengths of a command's arguments, are written as one
 /// fixed-size store; longer ones through [`Decimal`].
-#[inline]
+#[inline(always)]
 fn length_line<O: Out>(out: &mut O, kind: u8, n: u64) {
     if n < 10 {
         out.put(&[kind, b'0' + n as u8, b'\r', b'\n']);
@@ -113,14 +113,14 @@ fn length_line<O: Out>(out: &mut O, kind: u8, n: u64) {
 }
 
 /// Append an array header `*<n>\r\n`: a command of `n` arguments, or an array reply.
-#[inline]
+#[inline(always)]
 pub fn array_header<O: Out>(out: &mut O, n: usize) {
     length_line(out, b'*', n as u64);
 }
 
 /// Append a bulk string's header `$<len>\r\n`, for a caller writing the body itself (and
 /// then `\r\n`).
-#[inline]
+#[inline(always)]
 pub fn bulk_header<O: Out>(out: &mut O, len: usize) {
     length_line(out, b'$', len as u64);
 }

@@ -46,27 +46,6 @@ impl EncodedArgs {
     }
 }
 
-/// Append the line `<kind><n>\r\n` (an array's `*N` or a bulk string's `$N`): inline for
-/// the lengths of almost every command and key (under 100), else through [`resp`].
-#[inline(always)]
-pub fn length_line(out: &mut BytesMut, kind: u8, n: usize) {
-    if n < 10 {
-        out.extend_from_slice(&[kind, b'0' + n as u8, b'\r', b'\n']);
-    } else if n < 100 {
-        out.extend_from_slice(&[
-            kind,
-            b'0' + (n / 10) as u8,
-            b'0' + (n % 10) as u8,
-            b'\r',
-            b'\n',
-        ]);
-    } else if kind == b'*' {
-        resp::array_header(out, n);
-    } else {
-        resp::bulk_header(out, n);
-    }
-}
-
 /// The verdict that sends the command with the `extra` arguments after its own: the
 /// arguments alone written to `out` ([`Verdict::Append`]) when the client's own encoding
 /// can be sent, else the whole command written again ([`Verdict::Rewrite`]).
@@ -87,7 +66,7 @@ pub fn appending(cmd: &CommandView<'_>, extra: &EncodedArgs, out: &mut BytesMut)
 
 /// Write the command followed by the `extra` arguments (multibulk) into `out`.
 pub fn encode_appending(cmd: &CommandView<'_>, extra: &EncodedArgs, out: &mut BytesMut) {
-    length_line(out, b'*', cmd.args.len() + extra.count);
+    resp::array_header(out, cmd.args.len() + extra.count);
     match &cmd.wire {
         // The client's own encoding, in one copy.
         Some(wire) => out.extend_from_slice(&cmd.src[wire.clone()]),

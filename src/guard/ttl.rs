@@ -37,7 +37,7 @@ use smallvec::SmallVec;
 
 use super::by_command::ByCommand;
 use super::phase::Guard;
-use super::rewrite::{appending, length_line, EncodedArgs};
+use super::rewrite::{appending, EncodedArgs};
 use super::rule::{first_rule, printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
 use super::verdict::{CommandView, ScriptAccess, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
@@ -756,7 +756,7 @@ fn wrap<'k>(
     out: &mut BytesMut,
 ) {
     let n = keys.clone().count();
-    length_line(out, b'*', 3 + n + 1 + 3 * n + cmd.argc);
+    resp::array_header(out, 3 + n + 1 + 3 * n + cmd.argc);
     if n == 1 {
         out.extend_from_slice(EVAL_SCRIPT_ONE_KEY.bytes());
     } else {
@@ -764,7 +764,7 @@ fn wrap<'k>(
         resp::bulk(out, Decimal::of(n as u64).as_bytes());
     }
     for (key, _, _) in keys.clone() {
-        length_line(out, b'$', key.len());
+        resp::bulk_header(out, key.len());
         out.extend_from_slice(key);
         out.extend_from_slice(b"\r\n");
     }
