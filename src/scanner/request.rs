@@ -258,8 +258,26 @@ impl RequestScanner {
 
     /// Scan on from where the last call stopped. `buf` must be the same buffer (grown at the
     /// end, or rebased) as before. Must not be called while streaming.
+    ///
+    /// The common command is read in one step ([`Self::scan_whole`], inlined into the
+    /// caller); the state machine takes over where that stops (at its first arguments,
+    /// still `Args`, or with nothing read, still `Idle`).
+    #[inline]
     pub fn scan(&mut self, buf: &[u8]) -> Step {
         debug_assert!(!self.is_streaming());
+        match self.scan_whole(buf) {
+            Some((start, end)) => Step::Command {
+                start,
+                end,
+                inline: false,
+            },
+            None => self.scan_general(buf),
+        }
+    }
+
+    /// [`Self::scan`] by the state machine: every form, partial input, streaming, errors.
+    #[inline(never)]
+    fn scan_general(&mut self, buf: &[u8]) -> Step {
         loop {
             match self.state {
                 State::Idle => {
@@ -272,24 +290,15 @@ impl RequestScanner {
                     if buf[self.pos] != b'*' {
                         return self.scan_inline(buf);
                     }
-                    let (count, next) = match plain_number(buf, self.pos + 1) {
-                        // The usual count line, read without searching for its end.
-                        Some((count, next)) => {
-                            self.line_search = 0;
-                            (count as i64, next)
+                    // Not the common command (`scan_whole`): read the count line in full.
+                    let Some((line, next)) = self.line(buf, self.pos + 1) else {
+                        if buf.len() - self.pos > self.limits.max_inline_len {
+                            return Step::Error(ProtocolError::CountLineTooBig);
                         }
-                        None => {
-                            let Some((line, next)) = self.line(buf, self.pos + 1) else {
-                                if buf.len() - self.pos > self.limits.max_inline_len {
-                                    return Step::Error(ProtocolError::CountLineTooBig);
-                                }
-                                return Step::Incomplete;
-                            };
-                            let Some(count) = parse_int(line) else {
-                                return Step::Error(ProtocolError::InvalidMultibulkLength);
-                            };
-                            (count, next)
-                        }
+                        return Step::Incomplete;
+                    };
+                    let Some(count) = parse_int(line) else {
+                        return Step::Error(ProtocolError::InvalidMultibulkLength);
                     };
                     if count > i64::from(i32::MAX) || count > self.limits.max_args as i64 {
                         return Step::Error(ProtocolError::InvalidMultibulkLength);
@@ -507,13 +516,13 @@ impl RequestScanner {
 /// The one-step path for the common command: whole, multibulk, plain length lines. The
 /// general state machine above takes over wherever this path stops.
 impl RequestScanner {
-    /// The common case in one step, at the start of a command: a multibulk command whose
-    /// length lines are plain digits, wholly in `buf`. Returns where it starts and ends
-    /// ([`Self::args`] has its arguments), as [`Self::scan`] would with `Step::Command`.
-    /// `None` when it is something else (nothing is consumed) or not whole yet (what was
-    /// read is kept, and [`Self::scan`] carries on from there without reading it again).
+    /// The common case in one step, at the start of a command ([`Self::scan`] tries it
+    /// first): a multibulk command whose length lines are plain digits, wholly in `buf`.
+    /// Returns where it starts and ends ([`Self::args`] has its arguments). `None` when it
+    /// is something else (nothing is consumed) or not whole yet (what was read is kept, and
+    /// the state machine carries on from there without reading it again).
     #[inline]
-    pub fn scan_whole(&mut self, buf: &[u8]) -> Option<(usize, usize)> {
+    fn scan_whole(&mut self, buf: &[u8]) -> Option<(usize, usize)> {
         let start = self.pos;
         if self.state != State::Idle || buf.get(start) != Some(&b'*') {
             return None;
@@ -810,13 +819,8 @@ mod tests {
     }
 
     /// Commands (start, end, arguments) found by feeding `input` in pieces of `piece`
-    /// bytes, trying [`RequestScanner::scan_whole`] before [`RequestScanner::scan`] as the
-    /// session does when `whole_first`.
-    fn boundaries(
-        input: &[u8],
-        piece: usize,
-        whole_first: bool,
-    ) -> Vec<(usize, usize, Vec<Vec<u8>>)> {
+    /// bytes.
+    fn boundaries(input: &[u8], piece: usize) -> Vec<(usize, usize, Vec<Vec<u8>>)> {
         let mut s = RequestScanner::new(Limits::default());
         let mut out = Vec::new();
         let mut fed = 0;
@@ -824,39 +828,32 @@ mod tests {
             fed = (fed + piece).min(input.len());
             let buf = &input[..fed];
             loop {
-                let found = match whole_first.then(|| s.scan_whole(buf)).flatten() {
-                    Some(span) => span,
-                    None => match s.scan(buf) {
-                        Step::Command { start, end, .. } => (start, end),
-                        Step::Empty { .. } => continue,
-                        Step::Incomplete => break,
-                        other => panic!("{other:?}"),
-                    },
+                let (start, end) = match s.scan(buf) {
+                    Step::Command { start, end, .. } => (start, end),
+                    Step::Empty { .. } => continue,
+                    Step::Incomplete => break,
+                    other => panic!("{other:?}"),
                 };
                 let args = s.args().iter().map(|r| buf[r.clone()].to_vec()).collect();
-                out.push((found.0, found.1, args));
+                out.push((start, end, args));
             }
         }
         out
     }
 
     #[test]
-    fn the_one_step_scan_finds_what_the_general_scan_finds_however_the_input_is_cut() {
+    fn commands_are_found_alike_in_one_step_and_piece_by_piece() {
+        // Whole, each command is read in one step; cut, from where the one step stopped.
         let input = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n*0\r\n*-1\r\n\
             *1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$0\r\n\r\n*2\r\n$3\r\nGET\r\n$12\r\nabcdefghijkl\r\n";
-        let expected = boundaries(input, input.len(), false);
-        assert_eq!(expected.len(), 4);
+        let expected = vec![
+            (0, 37, words(&["SET", "k", "0123456789"])),
+            (46, 60, words(&["PING"])),
+            (60, 79, words(&["GET", ""])),
+            (79, 111, words(&["GET", "abcdefghijkl"])),
+        ];
         for piece in 1..=input.len() {
-            assert_eq!(
-                boundaries(input, piece, true),
-                expected,
-                "pieces of {piece}"
-            );
-            assert_eq!(
-                boundaries(input, piece, false),
-                expected,
-                "pieces of {piece}"
-            );
+            assert_eq!(boundaries(input, piece), expected, "pieces of {piece}");
         }
     }
 

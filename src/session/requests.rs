@@ -34,12 +34,6 @@ impl Session {
                 break;
             }
             let (scanner, input) = self.requests.scan_parts();
-            if let Some((start, end)) = scanner.scan_whole(input) {
-                let argc = scanner.args().len();
-                self.on_command(Span::whole(start, end, false, argc));
-                continue;
-            }
-            let (scanner, input) = self.requests.scan_parts();
             match scanner.scan(input) {
                 Step::Incomplete => break,
                 Step::Empty { end } => self.requests.ready_upto(end),
