@@ -85,11 +85,9 @@ impl KeyPattern {
     #[inline(never)]
     fn matches_general(&self, key: &[u8]) -> bool {
         match &self.kind {
-            Kind::Any => true,
-            Kind::Exact(k) => key == &k[..],
-            Kind::Prefix(p) => key.starts_with(p),
             Kind::Glob(g) => string_match(g, key, &mut false),
             Kind::AnyOf(all) => all.iter().any(|p| p.matches(key)),
+            Kind::Any | Kind::Exact(_) | Kind::Prefix(_) => self.matches(key),
         }
     }
 }

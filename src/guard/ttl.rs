@@ -764,9 +764,7 @@ fn wrap<'k>(
         resp::bulk(out, Decimal::of(n as u64).as_bytes());
     }
     for (key, _, _) in keys.clone() {
-        resp::bulk_header(out, key.len());
-        out.extend_from_slice(key);
-        out.extend_from_slice(b"\r\n");
+        resp::bulk(out, key);
     }
     // The condition, `ok` or `changed`, as a bulk string.
     let condition: &[u8] = if write_on_success {
