@@ -53,13 +53,6 @@ impl BuildHasher for FingerprintKey {
     }
 }
 
-/// Feed one part of a hashed sequence to `h`: its length, then its bytes. Distinct
-/// sequences of parts are distinct inputs whatever bytes the parts hold.
-pub fn write_part(h: &mut impl Hasher, part: &[u8]) {
-    h.write_u64(part.len() as u64);
-    h.write(part);
-}
-
 /// Bytes of context gathered on the stack before they go to the hasher in one write.
 const CONTEXT_BUFFER: usize = 64;
 
@@ -68,6 +61,10 @@ const LONG_PART: u8 = 0xff;
 
 /// The byte of a part that is absent (a scope's user or name the client has not set).
 const ABSENT_PART: u8 = 0xfe;
+
+/// The end of a context: a long part's frame of length 0, which no part is written as (a
+/// part shorter than [`ABSENT_PART`] bytes gets a one-byte frame).
+const CONTEXT_END: [u8; 9] = [LONG_PART, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// The start of a job's hash: the key, then framed context parts (the rule, the client's
 /// scope, the queue), gathered on the stack and written at once, then zeros up to a whole
@@ -148,9 +145,16 @@ impl ContextHasher {
         self.n = 0;
     }
 
-    /// The context hashed, padded with zeros to a whole block.
+    /// The context hashed: the parts, an end mark, zeros to a whole block.
     #[inline]
     pub fn finish(mut self) -> JobHasher {
+        // Without the mark, zero padding would read as empty parts: `[""]` and `["", ""]`
+        // would be one input.
+        if self.n + CONTEXT_END.len() > CONTEXT_BUFFER {
+            self.flush();
+        }
+        self.buf[self.n..self.n + CONTEXT_END.len()].copy_from_slice(&CONTEXT_END);
+        self.n += CONTEXT_END.len();
         let pad = (8 - (self.written + self.n) % 8) % 8;
         if self.n + pad > CONTEXT_BUFFER {
             self.flush();
@@ -204,11 +208,13 @@ mod tests {
                 }
             }
         }
+        out.extend_from_slice(&CONTEXT_END);
         out.resize(out.len().div_ceil(8) * 8, 0);
         out
     }
 
-    /// The context hasher's result is the hash of the framed parts, padded, then the payload,
+    /// The context hasher's result is the hash of the framed parts, the end mark, padding,
+    /// then the payload,
     /// whether the parts fit its buffer or not.
     #[test]
     fn the_context_is_the_framed_parts_padded_to_a_block() {

@@ -9,12 +9,10 @@
 //!
 //! Every hash goes through one secret key per memory ([`FingerprintKey`]).
 
-use std::hash::{BuildHasher, Hasher};
-
 use metrics::{Counter, Gauge};
 
 use super::decision::Decision;
-use super::fingerprint::{write_part, ContextHasher, FingerprintKey, JobHasher};
+use super::fingerprint::{ContextHasher, FingerprintKey, JobHasher};
 use super::payload::JobPrint;
 use super::rules::{EnqueueLimits, SCOPE_ADDRESS, SCOPE_NAME, SCOPE_USER};
 use super::table::BoundedTable;
@@ -73,13 +71,14 @@ impl EnqueueMemory {
         &self.hashes
     }
 
-    /// One hash of `parts`, each framed by [`write_part`] so parts cannot run into each other.
+    /// One hash of `parts`, framed as a job's context is ([`ContextHasher`]), so parts
+    /// cannot run into each other.
     pub fn hash(&self, parts: &[&[u8]]) -> u64 {
-        let mut h = self.hashes.build_hasher();
+        let mut h = ContextHasher::new(&self.hashes);
         for p in parts {
-            write_part(&mut h, p);
+            h.part(p);
         }
-        h.finish()
+        h.finish().hash(b"")
     }
 
     /// Now, in the tables' whole seconds (never 0).
@@ -207,14 +206,13 @@ impl EnqueueMemory {
     /// Take one token from the bucket of `scope` (hashed with its rule's index); false when
     /// it is empty.
     fn take_token(&self, scope: u64, rate: f64, burst: f64) -> bool {
-        let key = scope;
         let millis = self.clock.millis();
         // Refills need only differences of milliseconds, which wrap harmlessly in 32 bits.
         let now_ms = millis as u32;
         let now = (millis / 1000) as u32 + 1;
         // A bucket idle long enough to refill is as good as none.
         let refill_secs = (burst / rate).ceil() as u32 + 1;
-        self.buckets.with_entry(key, now, |e| {
+        self.buckets.with_entry(scope, now, |e| {
             let mut tokens = if e.fresh {
                 burst
             } else {
