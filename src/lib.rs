@@ -41,6 +41,7 @@ pub mod control;
 pub mod guard;
 pub mod health;
 pub mod identity;
+pub mod keyspace;
 pub mod listener;
 pub mod monitor;
 pub mod offline;
