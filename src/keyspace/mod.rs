@@ -5,3 +5,4 @@
 //! the same way, through it.
 
 pub mod prefix;
+pub mod report;
