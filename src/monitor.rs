@@ -5,8 +5,9 @@
 //! Besides the level, it keeps the growth rate of used memory (least squares over the samples
 //! of the last `monitor.growth_window`) and the time until the limit is reached at that rate,
 //! and logs when pressure crosses a `monitor.warning_levels` ratio: a warning going up, a note
-//! coming down. It also reads the depth (`LLEN`) of followed queues that are at their limit or
-//! idle (see [`crate::guard::queue`]).
+//! coming down. It also reads the depth (`LLEN`, `ZCARD`, `XLEN`) of followed queues that
+//! are at their limit, written without their size in the reply, or idle (see
+//! [`crate::guard::queue`]).
 //!
 //! Every poll's PING also tells `/readyz` whether Redis can serve ([`crate::health`]): not
 //! while it answers `LOADING`, and still when an ACL refuses the proxy's user `INFO` (then
@@ -33,7 +34,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::config::RawMonitor;
-use crate::guard::queue::QueueDepths;
+use crate::guard::queue::{QueueDepths, QueueKind};
 use crate::health::Upstream;
 use crate::pressure::{Level, LimitSource, MemoryPressure};
 use crate::upstream::{read_replies, ConnectGate, UpstreamSlot};
@@ -467,28 +468,38 @@ async fn poll(stream: &mut crate::transport::Stream) -> std::io::Result<Poll> {
     })
 }
 
-/// Read the depth of `due` queues with one pipeline of `LLEN`s.
+/// Read the depth of `due` queues with one pipeline: `LLEN`, `ZCARD` or `XLEN` by the
+/// queue's kind, `TYPE` for a key only scripts have written (its depth is read at the next
+/// poll).
 async fn refresh_queues(
     stream: &mut crate::transport::Stream,
     queues: &QueueDepths,
     due: &[Arc<crate::guard::queue::TrackedQueue>],
 ) -> std::io::Result<()> {
     let mut out = BytesMut::new();
-    for q in due {
-        crate::resp::command(&mut out, &[b"LLEN", &q.key]);
+    let kinds: Vec<QueueKind> = due.iter().map(|q| q.kind()).collect();
+    for (q, kind) in due.iter().zip(&kinds) {
+        crate::resp::command(&mut out, &[kind.refresh_command(), &q.key]);
     }
     stream.write_all(&out).await?;
     let replies = read_replies(stream, due.len()).await?;
-    for (q, reply) in due.iter().zip(replies) {
-        // `:N\r\n`; an error (WRONGTYPE) leaves the depth as it was.
-        if let Ok(bytes) = reply {
-            let text = String::from_utf8_lossy(&bytes);
-            if let Some(n) = text
-                .strip_prefix(':')
-                .and_then(|t| t.trim_end().parse::<u64>().ok())
-            {
-                queues.refreshed(q, n);
+    for ((q, kind), reply) in due.iter().zip(kinds).zip(replies) {
+        // An error (WRONGTYPE: the key changed type) leaves the depth as it was.
+        let Ok(bytes) = reply else { continue };
+        let text = bytes.strip_suffix(b"\r\n").unwrap_or(&bytes);
+        match (kind, text.split_first()) {
+            (QueueKind::Unknown | QueueKind::NotAQueue, Some((b'+', name))) => {
+                queues.typed(q, QueueKind::of_type_name(name));
             }
+            (_, Some((b':', digits))) => {
+                if let Some(n) = std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                {
+                    queues.refreshed(q, n);
+                }
+            }
+            _ => {}
         }
     }
     Ok(())

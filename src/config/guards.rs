@@ -130,8 +130,8 @@ pub struct RawShedRule {
 pub struct RawQueueGuard {
     /// Most queues (keys) followed at once; pushes to further queues are not followed.
     pub max_tracked_queues: usize,
-    /// A queue not pushed to for this long has its depth read again (`LLEN`) by the
-    /// monitor, so a drained queue does not keep showing its old depth.
+    /// A queue not pushed to for this long has its depth read again (`LLEN`, `ZCARD`,
+    /// `XLEN`) by the monitor, so a drained queue does not keep showing its old depth.
     pub refresh_after: HumanDuration,
     /// Rules, first match wins.
     pub rules: Vec<RawQueueRule>,

@@ -67,7 +67,8 @@ impl Guards {
         }
         if !raw.queue.rules.is_empty() {
             let depths = Arc::clone(&context.queues);
-            chain.push(Arc::new(QueueGuard::build(&raw.queue, mode, logs, depths)));
+            let queue = QueueGuard::build(&raw.queue, mode, logs, depths, table);
+            chain.push(Arc::new(queue));
         }
         if !raw.enqueue.rules.is_empty() {
             let memory = Arc::clone(&context.enqueue);

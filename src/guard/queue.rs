@@ -9,6 +9,16 @@
 //! not followed (their replies arrive inside EXEC's array). Each thread keeps the queue it
 //! pushed to last, so a producer's pushes to one queue find its entry without the map.
 //!
+//! Job libraries keep more than lists: delayed, scheduled, retry, dead, completed and failed
+//! jobs live in sorted sets, and some queues are streams. ZADD and XADD replies do not say
+//! the new size, and a script (EVAL, EVALSHA, FCALL) that moves a job into a set says nothing
+//! of it either, but the keys it declares are known: such a write marks the queue stale and
+//! the monitor reads its size (`ZCARD`, `XLEN`, or `TYPE` first for a key only scripts have
+//! written) at its next poll, so a set of finished jobs that grows forever shows in
+//! `respguard_queue_depth`. ZADD and XADD past `max_depth` are refused like pushes; a script
+//! never is, since the same script may be a worker's fetch or completion, and refusing it
+//! would stop the workers that drain the queue.
+//!
 //! Workers drain queues with pops and blocking pops whose replies do not say the length, so
 //! a depth is as of the last push. The memory monitor reads it again with `LLEN` for queues
 //! at their limit (every poll, so a drained queue accepts enqueues again) and for queues not
@@ -22,7 +32,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,15 +41,103 @@ use dashmap::DashMap;
 use metrics::Counter;
 use rustc_hash::FxBuildHasher;
 
+use super::by_command::ByCommand;
 use super::phase::Guard;
 use super::rule::{first_rule, printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
 use super::verdict::{CommandView, Verdict};
 use super::watch::{ReplyWatch, ReplyWatcher};
 use crate::clock::Clock;
-use crate::command::CommandInfo;
+use crate::command::{CommandInfo, CommandTable};
 use crate::config::RawQueueGuard;
 use crate::identity::ClientIdentity;
 use crate::scanner::reply::ReplyInfo;
+
+/// How a followed queue is stored, hence how its depth is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum QueueKind {
+    /// Only scripts have written it so far: `TYPE` tells.
+    Unknown = 0,
+    /// A list: push replies give its length; `LLEN`.
+    List = 1,
+    /// A sorted set: `ZCARD`.
+    SortedSet = 2,
+    /// A stream: `XLEN`.
+    Stream = 3,
+    /// Some other type (a hash, a string...): not a queue, no longer read.
+    NotAQueue = 4,
+}
+
+impl QueueKind {
+    fn from_u8(v: u8) -> QueueKind {
+        match v {
+            1 => QueueKind::List,
+            2 => QueueKind::SortedSet,
+            3 => QueueKind::Stream,
+            4 => QueueKind::NotAQueue,
+            _ => QueueKind::Unknown,
+        }
+    }
+
+    /// The kind a `TYPE` reply's name says (`None` for `none`: the key does not exist).
+    pub fn of_type_name(name: &[u8]) -> Option<QueueKind> {
+        match name {
+            b"none" => None,
+            b"list" => Some(QueueKind::List),
+            b"zset" => Some(QueueKind::SortedSet),
+            b"stream" => Some(QueueKind::Stream),
+            _ => Some(QueueKind::NotAQueue),
+        }
+    }
+
+    /// The command the monitor sends for a queue of this kind: its size, or its type.
+    pub fn refresh_command(self) -> &'static [u8] {
+        match self {
+            QueueKind::List => b"LLEN",
+            QueueKind::SortedSet => b"ZCARD",
+            QueueKind::Stream => b"XLEN",
+            QueueKind::Unknown | QueueKind::NotAQueue => b"TYPE",
+        }
+    }
+}
+
+/// What a command the queue guard wants writes to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum QueueWrite {
+    /// Not a queue write.
+    #[default]
+    None,
+    /// LPUSH, RPUSH, LPUSHX, RPUSHX: the reply is the new length.
+    Push,
+    /// ZADD.
+    SortedSetAdd,
+    /// XADD.
+    StreamAdd,
+    /// EVAL, EVALSHA, FCALL: may write any key it declares.
+    Script,
+}
+
+impl QueueWrite {
+    fn of(info: &CommandInfo) -> QueueWrite {
+        match &*info.name {
+            "lpush" | "rpush" | "lpushx" | "rpushx" => QueueWrite::Push,
+            "zadd" => QueueWrite::SortedSetAdd,
+            "xadd" => QueueWrite::StreamAdd,
+            "eval" | "evalsha" | "fcall" => QueueWrite::Script,
+            _ => QueueWrite::None,
+        }
+    }
+
+    /// The kind of key the write tells (a script's keys may be of any).
+    fn kind(self) -> QueueKind {
+        match self {
+            QueueWrite::Push => QueueKind::List,
+            QueueWrite::SortedSetAdd => QueueKind::SortedSet,
+            QueueWrite::StreamAdd => QueueKind::Stream,
+            QueueWrite::Script | QueueWrite::None => QueueKind::Unknown,
+        }
+    }
+}
 
 /// One queue being followed.
 #[derive(Debug)]
@@ -58,6 +156,11 @@ pub struct TrackedQueue {
     at_limit: AtomicBool,
     /// No longer followed: removed from its registry (a push tracks the queue anew).
     forgotten: AtomicBool,
+    /// A [`QueueKind`], as its `u8`.
+    kind: AtomicU8,
+    /// Written by a command whose reply does not tell the depth: the monitor reads it at
+    /// its next poll.
+    stale: AtomicBool,
 }
 
 impl TrackedQueue {
@@ -69,6 +172,25 @@ impl TrackedQueue {
     /// Whether an enqueue was refused at this depth and the monitor refreshes it.
     pub fn is_at_limit(&self) -> bool {
         self.at_limit.load(Ordering::Relaxed)
+    }
+
+    /// How the queue is stored, as far as known.
+    pub fn kind(&self) -> QueueKind {
+        QueueKind::from_u8(self.kind.load(Ordering::Relaxed))
+    }
+
+    /// Learn the queue's kind from a write that tells it (a script's does not).
+    #[inline]
+    fn learn(&self, kind: QueueKind) {
+        if kind != QueueKind::Unknown && self.kind() != kind {
+            self.kind.store(kind as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// A write whose reply does not say the depth: the monitor reads it at its next poll.
+    #[inline]
+    fn written(&self) {
+        self.stale.store(true, Ordering::Relaxed);
     }
 
     /// Record the length a push reply reported: two relaxed stores.
@@ -199,6 +321,8 @@ impl QueueDepths {
                     seen_ms: AtomicU64::new(self.now_ms()),
                     at_limit: AtomicBool::new(false),
                     forgotten: AtomicBool::new(false),
+                    kind: AtomicU8::new(QueueKind::Unknown as u8),
+                    stale: AtomicBool::new(false),
                 })
             })
             .value()
@@ -207,7 +331,8 @@ impl QueueDepths {
     }
 
     /// Queues whose depth the monitor should read again now (at most `limit`): those at
-    /// their limit, then those not updated for `refresh_after`.
+    /// their limit or written without a depth in the reply, then those not updated for
+    /// `refresh_after`.
     pub fn due_for_refresh(&self, limit: usize) -> Vec<Arc<TrackedQueue>> {
         let now = self.now_ms();
         let stale = self.refresh_after.as_millis() as u64;
@@ -218,7 +343,14 @@ impl QueueDepths {
             if q.pushed.swap(false, Ordering::Relaxed) {
                 q.seen_ms.store(now, Ordering::Relaxed);
             }
-            if q.is_at_limit() {
+            // A key found not to be a queue is only looked at again when idle, to forget it
+            // once it is gone.
+            let written =
+                q.stale.swap(false, Ordering::Relaxed) && q.kind() != QueueKind::NotAQueue;
+            if written {
+                q.seen_ms.store(now, Ordering::Relaxed);
+            }
+            if q.is_at_limit() || written {
                 at_limit.push(Arc::clone(q));
             } else if now.saturating_sub(q.seen_ms.load(Ordering::Relaxed)) >= stale {
                 idle.push(Arc::clone(q));
@@ -229,7 +361,25 @@ impl QueueDepths {
         at_limit
     }
 
-    /// Record a depth read with `LLEN`. An idle queue found empty is no longer followed.
+    /// Record what `TYPE` said of a queue only scripts had written: its kind, read at the
+    /// next poll; `None` (no such key) is a depth of 0.
+    pub fn typed(&self, q: &Arc<TrackedQueue>, kind: Option<QueueKind>) {
+        match kind {
+            None => self.refreshed(q, 0),
+            Some(kind) => {
+                q.seen_ms.store(self.now_ms(), Ordering::Relaxed);
+                q.kind.store(kind as u8, Ordering::Relaxed);
+                if kind == QueueKind::NotAQueue {
+                    q.depth.store(0, Ordering::Relaxed);
+                } else {
+                    q.stale.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Record a depth read with `LLEN`, `ZCARD` or `XLEN`. An idle queue found empty is no
+    /// longer followed.
     pub fn refreshed(&self, q: &Arc<TrackedQueue>, depth: u64) {
         let now = self.now_ms();
         // A push reply since the refresh was sent is newer than this depth.
@@ -280,17 +430,21 @@ pub struct QueueLimits {
 pub struct QueueGuard {
     rules: Vec<Rule<QueueLimits>>,
     depths: Arc<QueueDepths>,
+    /// By command id: how it writes to a queue.
+    writes: ByCommand<QueueWrite>,
 }
 
 const ACTIONS: &[Action] = &[Action::Refuse];
 
 impl QueueGuard {
-    /// Build from `[guards.queue]`, recording depths in `depths`.
+    /// Build from `[guards.queue]`, recording depths in `depths` and knowing the queue
+    /// writes of `table` by id.
     pub fn build(
         raw: &RawQueueGuard,
         default_mode: Mode,
         logs_per_second: u32,
         depths: Arc<QueueDepths>,
+        table: &CommandTable,
     ) -> Self {
         let kind = RuleKind {
             guard: "queue",
@@ -308,12 +462,36 @@ impl QueueGuard {
                 Rule::new(kind, RuleSpec::new(&r.pattern, &r.clients, r.mode), limits)
             })
             .collect();
-        QueueGuard { rules, depths }
+        QueueGuard {
+            rules,
+            depths,
+            writes: ByCommand::build(table, QueueWrite::of),
+        }
     }
 
-    /// Whether the command is a push whose reply is the list's new length.
-    pub fn is_push(info: &CommandInfo) -> bool {
-        matches!(&*info.name, "lpush" | "rpush" | "lpushx" | "rpushx")
+    /// A script's declared keys that match a queue rule are followed, never refused.
+    fn follow_script_keys(&self, cmd: &CommandView<'_>, client: &ClientIdentity) {
+        for &i in cmd.keys {
+            let Some(key) = cmd.arg(i) else { continue };
+            let Some(rule) = first_rule(&self.rules, key, client) else {
+                continue;
+            };
+            if let Some(q) = self.depths.get_or_track(key, &rule.name) {
+                if q.kind() != QueueKind::NotAQueue {
+                    q.written();
+                }
+            }
+        }
+    }
+
+    /// Follow a write that is let through: a push by its reply, anything else by the
+    /// monitor's next read.
+    fn follow(write: QueueWrite, q: Arc<TrackedQueue>, cmd: &CommandView<'_>) {
+        if write == QueueWrite::Push {
+            cmd.watch_reply(ReplyWatch::new(q));
+        } else {
+            q.written();
+        }
     }
 }
 
@@ -323,10 +501,15 @@ impl Guard for QueueGuard {
     }
 
     fn wants(&self, info: &CommandInfo) -> bool {
-        Self::is_push(info)
+        QueueWrite::of(info) != QueueWrite::None
     }
 
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, _: &mut BytesMut) -> Verdict {
+        let write = self.writes.get(cmd.info);
+        if write == QueueWrite::Script {
+            self.follow_script_keys(cmd, client);
+            return Verdict::Forward;
+        }
         let Some(key) = cmd.keys.first().and_then(|&i| cmd.arg(i)) else {
             return Verdict::Forward;
         };
@@ -337,12 +520,13 @@ impl Guard for QueueGuard {
         let Some(q) = self.depths.get_or_track(key, &rule.name) else {
             return Verdict::Forward;
         };
+        q.learn(write.kind());
         let depth = q.depth();
         let Some(max) = rule.limits.max_depth.filter(|&max| depth >= max) else {
             if q.is_at_limit() {
                 q.at_limit.store(false, Ordering::Relaxed);
             }
-            cmd.watch_reply(ReplyWatch::new(q));
+            Self::follow(write, q, cmd);
             return Verdict::Forward;
         };
         q.at_limit.store(true, Ordering::Relaxed);
@@ -359,8 +543,8 @@ impl Guard for QueueGuard {
             Verdict::Forward,
         );
         if verdict == Verdict::Forward {
-            // Observed, not enforced: the push goes through and its depth is followed.
-            cmd.watch_reply(ReplyWatch::new(q));
+            // Observed, not enforced: the write goes through and its depth is followed.
+            Self::follow(write, q, cmd);
         }
         verdict
     }
@@ -398,6 +582,32 @@ mod tests {
         assert!(!Arc::ptr_eq(&q, &again));
         assert_eq!(d.len(), 1);
         assert!(Arc::ptr_eq(&again, &d.get_or_track(b"q", "q*").unwrap()));
+    }
+
+    #[test]
+    fn keys_written_by_scripts_are_typed_then_read_and_non_queues_forgotten_when_gone() {
+        let d = Arc::new(QueueDepths::new(10, Duration::ZERO));
+        let set = d.get_or_track(b"done", "done").unwrap();
+        let hash = d.get_or_track(b"meta", "meta").unwrap();
+        set.written();
+        hash.written();
+        let due = d.due_for_refresh(10);
+        assert_eq!(due.len(), 2);
+        assert!(due.iter().all(|q| q.kind().refresh_command() == b"TYPE"));
+        d.typed(&set, QueueKind::of_type_name(b"zset"));
+        d.typed(&hash, QueueKind::of_type_name(b"hash"));
+        assert_eq!(set.kind(), QueueKind::SortedSet);
+        assert_eq!(set.kind().refresh_command(), b"ZCARD");
+        // The set is read at the next poll; the hash, written again, is not a queue.
+        hash.written();
+        let due = d.due_for_refresh(10);
+        assert!(due.iter().any(|q| Arc::ptr_eq(q, &set)));
+        d.refreshed(&set, 12);
+        assert_eq!(set.depth(), 12);
+        // Idle (refresh_after is 0), the hash is typed again; gone, it is forgotten.
+        d.typed(&hash, QueueKind::of_type_name(b"none"));
+        assert!(d.get(b"meta").is_none());
+        assert!(d.get(b"done").is_some());
     }
 
     #[test]

@@ -328,6 +328,120 @@ pattern = "events:*"
     proxy.shutdown().await;
 }
 
+/// Job libraries keep delayed, retry, dead and finished jobs in sorted sets, some queues in
+/// streams, and move jobs between them with scripts: ZADD and XADD replies do not say the
+/// size and a script says nothing, so the monitor reads it (ZCARD, XLEN, TYPE first for a key
+/// only a script wrote). A set of finished jobs that grows forever shows in the gauge.
+#[tokio::test]
+async fn sorted_set_stream_and_script_written_queues_are_followed() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_toml(
+        &server,
+        r#"
+[monitor]
+interval = "50ms"
+[[guards.queue.rules]]
+pattern = "retry"
+max_depth = 5
+[[guards.queue.rules]]
+pattern = "events"
+[[guards.queue.rules]]
+pattern = "bull:*:completed"
+[[guards.queue.rules]]
+pattern = "bull:*:meta"
+"#,
+    )
+    .await;
+    let mut c = Conn::open(proxy.addr).await;
+    let mut direct = Conn::open(server.addr()).await;
+    for i in 0..5 {
+        let score = i.to_string();
+        assert_eq!(
+            c.call(&["ZADD", "retry", &score, &format!("job-{i}")])
+                .await,
+            ":1\r\n"
+        );
+    }
+    for _ in 0..3 {
+        assert!(c
+            .call(&["XADD", "events", "*", "f", "v"])
+            .await
+            .starts_with('$'));
+    }
+    // A script moves 7 jobs into the completed set, and writes a hash under a queue rule.
+    let script = "for i = 1, tonumber(ARGV[1]) do redis.call('ZADD', KEYS[1], i, 'done-' .. i) end redis.call('HSET', KEYS[2], 'v', 1) return 1";
+    let eval = [
+        "EVAL",
+        script,
+        "2",
+        "bull:mail:completed",
+        "bull:mail:meta",
+        "7",
+    ];
+    assert_eq!(c.call(&eval).await, ":1\r\n");
+
+    // Within a few polls every depth is Redis's own count; a script-written key needs one
+    // poll for TYPE and one for its size.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let depth = |key: &[u8]| proxy.queues.get(key).map(|q| q.depth());
+    while depth(b"bull:mail:completed") != Some(7) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "completed set never read"
+        );
+        polls(&proxy, 1).await;
+    }
+    assert_eq!(direct.call(&["ZCARD", "retry"]).await, ":5\r\n");
+    assert_eq!(depth(b"retry"), Some(5));
+    assert_eq!(direct.call(&["XLEN", "events"]).await, ":3\r\n");
+    assert_eq!(depth(b"events"), Some(3));
+    let meta = proxy.queues.get(b"bull:mail:meta").unwrap();
+    assert_eq!(meta.kind(), respguard::guard::queue::QueueKind::NotAQueue);
+    assert_eq!(meta.depth(), 0);
+
+    // The retry set is at its max_depth: ZADD is refused as a push would be, and Redis
+    // holds what it held.
+    let r = c.call(&["ZADD", "retry", "9", "job-9"]).await;
+    assert_eq!(
+        r,
+        "-ERR respguard: queue 'retry' holds 5 jobs, at the max_depth of 5 of queue rule 'retry'; enqueue refused until workers drain it\r\n"
+    );
+    assert_eq!(direct.call(&["ZCARD", "retry"]).await, ":5\r\n");
+    // A script touching a queue at any depth is never refused: it may be a worker's.
+    assert_eq!(c.call(&eval).await, ":1\r\n");
+
+    // The script's second run added no member (the same seven); three more scripts add one
+    // each, and the growth reaches the gauge.
+    for i in 0..3 {
+        let member = format!("late-{i}");
+        assert_eq!(
+            c.call(&[
+                "EVAL",
+                "return redis.call('ZADD', KEYS[1], 1, ARGV[1])",
+                "1",
+                "bull:mail:completed",
+                &member
+            ])
+            .await,
+            ":1\r\n"
+        );
+    }
+    while depth(b"bull:mail:completed") != Some(10) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "completed set growth never read"
+        );
+        polls(&proxy, 1).await;
+    }
+    polls(&proxy, 1).await;
+    let metrics = scrape(proxy.admin_addr.unwrap()).await;
+    assert!(
+        metrics.contains("respguard_queue_depth{rule=\"bull:*:completed\"} 10\n"),
+        "{metrics}"
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn connection_rates_are_limited_per_address_and_in_all() {
     let server = RedisServer::start();
