@@ -32,6 +32,8 @@ pub struct Guards {
     wanted: ByCommand<u8>,
     /// Guards whose `engaged` phase may say no (the shed guard).
     gated: u8,
+    /// By command id: gated guards engaged for it whatever `engaged` says.
+    ungated: ByCommand<u8>,
     /// Guards that send scripts or expiries as the client's user (the TTL guard).
     as_user: u8,
     /// By command id: bit `i` is set when guard `i` may answer it while Redis is down.
@@ -61,7 +63,8 @@ impl Guards {
         }
         // Built (and its counters registered) even when no level is on, as always.
         let pressure = Arc::clone(&context.pressure);
-        let shed = ShedGuard::build(&raw.shed, mode, logs, pressure, table);
+        let catalog = Arc::clone(&context.scripts);
+        let shed = ShedGuard::build(&raw.shed, mode, logs, pressure, catalog, table);
         if raw.shed.soft_enter > 0.0 || raw.shed.hard_enter > 0.0 {
             chain.push(Arc::new(shed));
         }
@@ -97,6 +100,7 @@ impl Guards {
         Guards {
             wanted: ByCommand::build(table, |info| mask(&|g| g.wants(info))),
             gated: mask(&|g| g.may_disengage()),
+            ungated: ByCommand::build(table, |info| mask(&|g| g.always_engaged(info))),
             as_user: mask(&|g| g.acts_as_user()),
             when_down: ByCommand::build(table, |info| mask(&|g| g.wants_when_down(info))),
             chain,
@@ -109,6 +113,7 @@ impl Guards {
             chain: Vec::new(),
             wanted: ByCommand::default(),
             gated: 0,
+            ungated: ByCommand::default(),
             as_user: 0,
             when_down: ByCommand::default(),
         }
@@ -128,7 +133,8 @@ impl Guards {
     pub fn engaged(&self, command: u16, size: u64) -> bool {
         let bits = self.wanted.by_id(command);
         let mut gated = bits & self.gated;
-        let mut engaged = bits & !self.gated != 0;
+        let mut engaged =
+            bits & !self.gated != 0 || (gated != 0 && gated & self.ungated.by_id(command) != 0);
         while gated != 0 {
             engaged |= self.chain[gated.trailing_zeros() as usize].engaged(size);
             gated &= gated - 1;

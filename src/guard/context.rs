@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::enqueue;
 use super::queue::QueueDepths;
+use super::script_catalog::ScriptCatalog;
 use crate::config::RawGuards;
 use crate::pressure::{MemoryPressure, Thresholds};
 
@@ -19,6 +20,8 @@ pub struct GuardContext {
     pub queues: Arc<QueueDepths>,
     /// What the enqueue guard remembers of recent jobs.
     pub enqueue: Arc<enqueue::EnqueueMemory>,
+    /// The scripts and functions whose source the shed guard has seen.
+    pub scripts: Arc<ScriptCatalog>,
 }
 
 impl GuardContext {
@@ -34,6 +37,7 @@ impl GuardContext {
             ))),
             queues: Arc::new(QueueDepths::from_config(&raw.queue)),
             enqueue: Arc::new(enqueue::EnqueueMemory::new(&raw.enqueue)),
+            scripts: Arc::new(ScriptCatalog::new()),
         }
     }
 }

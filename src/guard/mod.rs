@@ -34,6 +34,7 @@ mod phase;
 pub mod queue;
 mod rewrite;
 mod rule;
+pub mod script_catalog;
 pub mod shed;
 pub mod size;
 pub mod ttl;

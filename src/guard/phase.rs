@@ -46,6 +46,13 @@ pub trait Guard: Send + Sync {
         false
     }
 
+    /// For a guard that may disengage: whether it is engaged for this command whatever
+    /// [`Guard::engaged`] would say (the shed guard reads script sources at every level);
+    /// asked once per command when the guards are built. Default: no.
+    fn always_engaged(&self, _info: &CommandInfo) -> bool {
+        false
+    }
+
     /// Whether the guard may act now on a command it wants, of `size` bytes; when no guard
     /// that wants a command is engaged, the command is forwarded without finding its keys.
     /// Asked of every such guard for every command it wants (a guard may count the command

@@ -11,7 +11,12 @@
 //! scripts and functions (EVAL, EVALSHA, FCALL), which Redis does not flag but which may
 //! write anything: at `soft` they are refused when a key they declare is low priority, at
 //! `hard` unless their SHA1 is in `allowed_scripts` (or the function in
-//! `allowed_functions`). EVAL_RO and FCALL_RO are reads and pass.
+//! `allowed_functions`). EVAL_RO and FCALL_RO are reads and pass. A script or function the
+//! proxy has seen the source of (in EVAL, SCRIPT LOAD, FUNCTION LOAD: see
+//! [`super::script_catalog`]) and found unable to grow memory, or flagged `no-writes` or
+//! `allow-oom`, passes at every level: a worker's read-only script keeps working, as it would
+//! against Redis at its own limit. SCRIPT LOAD and FUNCTION LOAD are read at every level,
+//! not only under pressure, so the catalog knows the scripts an application loads at start.
 //!
 //! A command writing several keys takes the lowest priority among them. Refusals use
 //! Redis's `OOM` prefix, so clients treat them exactly as Redis's own out-of-memory error;
@@ -26,6 +31,7 @@ use rustc_hash::FxHashSet;
 use super::by_command::ByCommand;
 use super::phase::Guard;
 use super::rule::{Action, Mode, Rule, RuleKind, RuleSpec};
+use super::script_catalog::{CommandGrowth, ScriptCatalog, ScriptNature};
 use super::verdict::{CommandView, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
 use crate::config::{ClientMatch, Priority, RawShedGuard};
@@ -41,6 +47,10 @@ enum Script {
     Eval,
     EvalSha,
     Fcall,
+    /// SCRIPT LOAD: a source to learn, at any level.
+    Load,
+    /// FUNCTION LOAD: a library to learn, at any level.
+    LoadLibrary,
 }
 
 impl Script {
@@ -49,8 +59,15 @@ impl Script {
             "eval" => Script::Eval,
             "evalsha" => Script::EvalSha,
             "fcall" => Script::Fcall,
+            "script|load" => Script::Load,
+            "function|load" => Script::LoadLibrary,
             _ => Script::None,
         }
+    }
+
+    /// A command that runs a script or function (not one that loads one).
+    fn runs(self) -> bool {
+        matches!(self, Script::Eval | Script::EvalSha | Script::Fcall)
     }
 }
 
@@ -68,16 +85,21 @@ pub struct ShedGuard {
     allowed_functions: FxHashSet<Box<[u8]>>,
     /// By command id: which script command it is.
     scripts: ByCommand<Script>,
+    /// The scripts and functions seen, shared across reloads.
+    catalog: Arc<ScriptCatalog>,
+    /// Which commands a script may call without growing memory.
+    growth: CommandGrowth,
 }
 
 impl ShedGuard {
-    /// Build from `[guards.shed]` (already validated), reading levels from `pressure` and
-    /// knowing the script commands of `table` by id.
+    /// Build from `[guards.shed]` (already validated), reading levels from `pressure`,
+    /// knowing the script commands of `table` by id and the scripts seen from `catalog`.
     pub fn build(
         raw: &RawShedGuard,
         default_mode: Mode,
         logs_per_second: u32,
         pressure: Arc<MemoryPressure>,
+        catalog: Arc<ScriptCatalog>,
         table: &CommandTable,
     ) -> Self {
         let kind = RuleKind {
@@ -119,7 +141,34 @@ impl ShedGuard {
             allowed_scripts,
             allowed_functions,
             scripts: ByCommand::build(table, Script::of),
+            catalog,
+            growth: CommandGrowth::of(table),
         }
+    }
+
+    /// Remember the source a SCRIPT LOAD or FUNCTION LOAD carries (its last argument).
+    fn learn(&self, script: Script, cmd: &CommandView<'_>) {
+        let Some(body) = cmd.argc.checked_sub(1).and_then(|last| cmd.arg(last)) else {
+            return;
+        };
+        if script == Script::Load {
+            self.catalog.learn_script(body, &self.growth);
+        } else {
+            self.catalog.learn_library(body, &self.growth);
+        }
+    }
+
+    /// Whether the script or function run by `cmd` is known unable to grow memory or
+    /// flagged to run under pressure.
+    fn known_harmless(&self, script: Script, cmd: &CommandView<'_>) -> bool {
+        let Some(arg) = cmd.arg(1) else { return false };
+        let nature = match script {
+            Script::Eval => Some(ScriptNature::of_script(arg, &self.growth)),
+            Script::EvalSha => self.catalog.script(arg),
+            Script::Fcall => self.catalog.function(arg),
+            _ => None,
+        };
+        nature.is_some_and(ScriptNature::passes_hard)
     }
 
     /// The rule deciding for this command: the one of lowest priority among its keys' rules
@@ -156,7 +205,7 @@ impl ShedGuard {
                 self.allowed_scripts.contains(lower.as_slice())
             }
             Script::Fcall => self.allowed_functions.contains(arg),
-            Script::None => false,
+            _ => false,
         }
     }
 
@@ -175,7 +224,7 @@ impl ShedGuard {
             ),
             _ if script => (
                 Action::RefuseHard,
-                "scripts not in guards.shed.allowed_scripts are refused".to_string(),
+                "scripts that may grow memory and are not in guards.shed.allowed_scripts are refused".to_string(),
             ),
             _ => (Action::RefuseHard, String::new()),
         };
@@ -217,6 +266,11 @@ impl Guard for ShedGuard {
         info.flags.contains(Flags::DENYOOM) || Script::of(info) != Script::None
     }
 
+    /// Script sources are learned at every level.
+    fn always_engaged(&self, info: &CommandInfo) -> bool {
+        matches!(Script::of(info), Script::Load | Script::LoadLibrary)
+    }
+
     /// Only while memory is under pressure; a memory-growing write is counted towards the
     /// pressure estimate here.
     fn may_disengage(&self) -> bool {
@@ -229,6 +283,20 @@ impl Guard for ShedGuard {
     }
 
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, _: &mut BytesMut) -> Verdict {
+        let script = self.scripts.get(cmd.info);
+        let verdict = self.judge(script, cmd, client);
+        // A source is remembered only when Redis gets to load it (FUNCTION LOAD grows
+        // memory and may be refused).
+        if matches!(script, Script::Load | Script::LoadLibrary) && verdict == Verdict::Forward {
+            self.learn(script, cmd);
+        }
+        verdict
+    }
+}
+
+impl ShedGuard {
+    /// The verdict on `cmd` at the current level.
+    fn judge(&self, script: Script, cmd: &CommandView<'_>, client: &ClientIdentity) -> Verdict {
         if self.pressure.is_normal() {
             return Verdict::Forward;
         }
@@ -237,21 +305,19 @@ impl Guard for ShedGuard {
             return Verdict::Forward;
         }
         let rule = self.deciding_rule(cmd, client);
-        let script = self.scripts.get(cmd.info);
-        let refused = match (reading.level, script) {
+        let refused = match (reading.level, script.runs()) {
             (Level::Normal, _) => false,
-            (Level::Soft, _) => rule.limits == Priority::Low,
-            (Level::Hard, Script::None) => rule.limits != Priority::Critical,
-            (Level::Hard, s) => !self.script_allowed(s, cmd),
+            (Level::Soft, false) => rule.limits == Priority::Low,
+            (Level::Soft, true) => {
+                rule.limits == Priority::Low && !self.known_harmless(script, cmd)
+            }
+            (Level::Hard, false) => rule.limits != Priority::Critical,
+            (Level::Hard, true) => {
+                !self.script_allowed(script, cmd) && !self.known_harmless(script, cmd)
+            }
         };
         if refused {
-            self.refuse(
-                rule,
-                reading,
-                script != Script::None,
-                client,
-                &cmd.info.name,
-            )
+            self.refuse(rule, reading, script.runs(), client, &cmd.info.name)
         } else {
             Verdict::Forward
         }
