@@ -575,10 +575,12 @@ mod tests {
         new.guards.mode = Mode::Observe;
         new.proxy.listen = "127.0.0.1:7000".into();
         new.admin.command_users = vec!["ops".into()];
+        new.keyspace.sample_rate = 1;
         assert_eq!(
             restart_needed(&old, &new),
             vec![
                 "guards.shed.soft_enter".to_string(),
+                "keyspace.sample_rate".to_string(),
                 "proxy.listen".to_string()
             ]
         );
@@ -586,6 +588,8 @@ mod tests {
         assert_eq!(effective.guards.mode, Mode::Observe);
         assert_eq!(effective.guards.shed.soft_enter, old.guards.shed.soft_enter);
         assert_eq!(effective.proxy.listen, old.proxy.listen);
+        // The insight is built once: a reload keeps the running one.
+        assert_eq!(effective.keyspace, old.keyspace);
         assert_eq!(effective.admin.command_users, vec!["ops".to_string()]);
     }
 }
