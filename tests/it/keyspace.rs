@@ -1,6 +1,7 @@
 //! The live keyspace insight through the real proxy and a real Redis: exact figures for a
 //! known workload (sample rate 1, fewer prefixes than the capacity), the report bounded
-//! under many prefixes, `RESPGUARD KEYSPACE` and its `RESET`.
+//! under many prefixes, `RESPGUARD KEYSPACE` and its `RESET`, and a reload that keeps the
+//! insight and its counts while the new rules feed it.
 
 use crate::harness::*;
 
@@ -181,5 +182,47 @@ async fn a_disabled_insight_says_so() {
     assert_eq!(c.call(&["RESPGUARD", "KEYSPACE"]).await, disabled);
     assert_eq!(c.call(&["RESPGUARD", "KEYSPACE", "RESET"]).await, disabled);
     assert!(proxy.control.keyspace().is_none());
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_insight_and_its_counts() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("respguard.toml");
+    let head = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[admin]\nlisten = \"\"\n",
+        server.url()
+    );
+    std::fs::write(&path, format!("{head}[keyspace]\nsample_rate = 1\n")).unwrap();
+    let mut config = respguard::config::RawConfig::from_file(&path)
+        .unwrap()
+        .validate()
+        .unwrap();
+    config.source = Some(respguard::config::ConfigSource {
+        path: path.clone(),
+        overrides: Default::default(),
+    });
+    let proxy = respguard::app::start(config).await.unwrap();
+    let mut c = Conn::open(proxy.addr).await;
+    assert_eq!(c.call(&["SET", "cache:page:1", "v"]).await, "+OK\r\n");
+    // A TTL rule added (applied) and the sample rate changed (needs a restart).
+    let changed = format!(
+        "{head}[keyspace]\nsample_rate = 8\n[[guards.ttl.rules]]\npattern = \"cache:*\"\nttl = \"1h\"\n"
+    );
+    std::fs::write(&path, changed).unwrap();
+    let reload = c.call(&["RESPGUARD", "RELOAD"]).await;
+    assert_eq!(
+        reload,
+        "+OK generation 2; needs a restart to apply: keyspace.sample_rate\r\n"
+    );
+    assert_eq!(c.call(&["SET", "cache:page:2", "v"]).await, "+OK\r\n");
+    let report = keyspace(&mut c).await;
+    assert_eq!(report["sample_rate"], 1);
+    let counted = ["operations", "writes", "writes_without_ttl", "ttl_added"];
+    assert_eq!(
+        figures(prefix(&report, "cache:page:*"), &counted),
+        [2, 2, 1, 1]
+    );
     proxy.shutdown().await;
 }
