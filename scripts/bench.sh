@@ -38,7 +38,9 @@
 # and respguard-percore (each runtime model, one thread per core), respguard-nometrics
 # (metrics not recorded), respguard+checks (size and TTL rules checked on every write, none acting),
 # respguard+guards (TTL and size guards acting on every key), respguard+pressure (monitor,
-# shedding levels and rules, nothing shed), respguard+queue (that plus a queue rule).
+# shedding levels and rules, nothing shed), respguard+queue (that plus a queue rule),
+# respguard+all-noinsight (every guard, the keyspace insight off; respguard+all keeps it at
+# its default sample rate), respguard+all-insight-every (the insight observing every command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -80,6 +82,16 @@ ports[direct+ttl]=$redis_port
 wanted() { [[ " $TARGETS " == *" $1 "* ]]; }
 if wanted respguard; then start_respguard "ports[respguard]" "$CONF_GUARDS_OFF"; fi
 if wanted respguard+all; then start_respguard "ports[respguard+all]" "$CONF_ALL_GUARDS"; fi
+if wanted respguard+all-noinsight; then
+  start_respguard "ports[respguard+all-noinsight]" "$CONF_ALL_GUARDS
+[keyspace]
+enabled = false"
+fi
+if wanted respguard+all-insight-every; then
+  start_respguard "ports[respguard+all-insight-every]" "$CONF_ALL_GUARDS
+[keyspace]
+sample_rate = 1"
+fi
 if wanted respguard-1thread; then
   start_respguard "ports[respguard-1thread]" "$CONF_GUARDS_OFF
 [proxy]

@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 
 TESTS=${TESTS:-"set get lpush hset"}
 REQUESTS=${REQUESTS:-100000}
-CONFIGS=${CONFIGS:-"all-guards"}   # compared with guards-off; also: metrics-off pressure queue
+CONFIGS=${CONFIGS:-"all-guards"}   # compared with guards-off; also: metrics-off pressure queue,
+# all-guards-no-insight all-guards-insight-every guards-off-no-insight (keyspace insight)
 
 if ! command -v valgrind >/dev/null || ! command -v redis-benchmark >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
@@ -36,6 +37,17 @@ configs[metrics-off]="$CONF_GUARDS_OFF"'
 metrics = false'
 # Every guard on, as in scripts/bench.sh's respguard+all.
 configs[all-guards]=$CONF_ALL_GUARDS
+# Every guard on, the keyspace insight off, or observing every command (its default,
+# all-guards, observes one in keyspace.sample_rate).
+configs[all-guards-no-insight]="$CONF_ALL_GUARDS"'
+[keyspace]
+enabled = false'
+configs[all-guards-insight-every]="$CONF_ALL_GUARDS"'
+[keyspace]
+sample_rate = 1'
+configs[guards-off-no-insight]="$CONF_GUARDS_OFF"'
+[keyspace]
+enabled = false'
 # Monitor polling, shedding levels and rules configured but not active.
 configs[pressure]=$CONF_PRESSURE
 # The same, plus redis-benchmark's list followed as a queue with a depth limit.

@@ -26,6 +26,8 @@ use crate::config::{ConfigError, ConfigSource, RawConfig};
 use crate::guard::{GuardContext, Guards};
 use crate::health::UpstreamHealth;
 use crate::identity::ClientIdentity;
+use crate::keyspace::insight::{render_keyspace_metrics, Insight};
+use crate::keyspace::report::LiveReport;
 use crate::refusals::RefusalTally;
 use crate::resp::{self, bulk_reply as bulk, simple};
 use crate::telemetry::CommandLatency;
@@ -58,6 +60,9 @@ pub struct Policy {
     pub auth: ProxyAuth,
     /// Who may send `RESPGUARD`.
     pub admin: AdminAccess,
+    /// The live keyspace insight (`[keyspace]`), the same one across reloads; `None` when
+    /// disabled (and in a policy built only to check a configuration).
+    pub keyspace: Option<Arc<Insight>>,
 }
 
 /// Who may send `RESPGUARD` commands (`admin.command_networks`, `admin.command_users`).
@@ -100,6 +105,7 @@ impl Policy {
                     .map(|u| Bytes::copy_from_slice(u.as_bytes()))
                     .collect(),
             },
+            keyspace: None,
         })
     }
 }
@@ -152,6 +158,8 @@ pub struct Control {
     generation: AtomicU64,
     table: Arc<CommandTable>,
     context: GuardContext,
+    /// The keyspace insight, built once at start (`[keyspace]` changes need a restart).
+    keyspace: Option<Arc<Insight>>,
     started: Instant,
     /// Refusals by client, for the status report's top list.
     pub refusals: RefusalTally,
@@ -183,7 +191,11 @@ impl Control {
         context: GuardContext,
         sources: StatusSources,
     ) -> Result<Self, ConfigError> {
-        let policy = Policy::build(&raw, &table, &context)?;
+        let keyspace = Insight::build(&raw.keyspace, &table).map(Arc::new);
+        let policy = Policy {
+            keyspace: keyspace.clone(),
+            ..Policy::build(&raw, &table, &context)?
+        };
         let hash = config_hash(&raw);
         let generation_gauge = gauge!("respguard_config_generation");
         generation_gauge.set(1.0);
@@ -198,6 +210,7 @@ impl Control {
             generation: AtomicU64::new(1),
             table,
             context,
+            keyspace,
             started: Instant::now(),
             refusals: RefusalTally::new(1024),
             sources,
@@ -278,8 +291,10 @@ impl Control {
         let effective = reloadable_part(old, &new)?;
         // Everything validated as at start, then built against this proxy's command table.
         let checked = effective.clone().validate().map_err(|e| e.to_string())?;
-        let policy =
-            Policy::build(&checked.raw, &self.table, &self.context).map_err(|e| e.to_string())?;
+        let policy = Policy {
+            keyspace: self.keyspace.clone(),
+            ..Policy::build(&checked.raw, &self.table, &self.context).map_err(|e| e.to_string())?
+        };
         let restart_needed = restart_needed(old, &new);
         self.policy.store(Arc::new(policy));
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -290,6 +305,26 @@ impl Control {
                 restart_needed,
             },
         ))
+    }
+
+    /// The live keyspace report (`/keyspace`, `RESPGUARD KEYSPACE`), or `None` when the
+    /// insight is disabled.
+    pub fn keyspace(&self) -> Option<LiveReport> {
+        self.keyspace.as_ref().map(|k| k.report())
+    }
+
+    /// Forget what the keyspace insight counted (`RESPGUARD KEYSPACE RESET`); false when
+    /// it is disabled.
+    pub fn reset_keyspace(&self) -> bool {
+        self.keyspace.as_ref().map(|k| k.reset()).is_some()
+    }
+
+    /// The keyspace gauges of the 20 busiest prefixes, in the Prometheus text format,
+    /// appended to `out` at scrape time (nothing when the insight is disabled).
+    pub fn render_keyspace_metrics(&self, out: &mut String) {
+        if let Some(report) = self.keyspace() {
+            render_keyspace_metrics(&report, METRIC_PREFIXES, out);
+        }
     }
 
     /// The guards' configuration in force, as TOML (for `RESPGUARD RULES`).
@@ -382,6 +417,21 @@ impl Control {
                     .as_bytes(),
             ),
             (b"RULES", 1) => bulk(self.rules_toml().as_bytes()),
+            (b"KEYSPACE", 1) => match self.keyspace() {
+                Some(report) => bulk(
+                    serde_json::to_string_pretty(&report)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                ),
+                None => resp::error(KEYSPACE_DISABLED),
+            },
+            (b"KEYSPACE", 2) if args[1].eq_ignore_ascii_case(b"RESET") => {
+                if self.reset_keyspace() {
+                    simple("OK")
+                } else {
+                    resp::error(KEYSPACE_DISABLED)
+                }
+            }
             (b"RELOAD", 1) => match self.reload("RESPGUARD RELOAD") {
                 Ok(r) if r.restart_needed.is_empty() => {
                     simple(&format!("OK generation {}", r.generation))
@@ -397,9 +447,11 @@ impl Control {
                 )),
             },
             (b"HELP", 1) => {
-                let lines: [&[u8]; 4] = [
+                let lines: [&[u8]; 6] = [
                     b"RESPGUARD STATUS -- the proxy's status, as JSON.",
                     b"RESPGUARD RULES -- the guards' rules in force, as TOML.",
+                    b"RESPGUARD KEYSPACE -- what grows, per key prefix, and the hottest keys, as JSON.",
+                    b"RESPGUARD KEYSPACE RESET -- forget what the keyspace insight counted.",
                     b"RESPGUARD RELOAD -- read the configuration file again and apply it.",
                     b"RESPGUARD HELP -- this text.",
                 ];
@@ -410,7 +462,7 @@ impl Control {
                 }
                 out.freeze()
             }
-            (b"STATUS" | b"RULES" | b"RELOAD" | b"HELP", _) => resp::error(&format!(
+            (b"STATUS" | b"RULES" | b"RELOAD" | b"HELP" | b"KEYSPACE", _) => resp::error(&format!(
                 "ERR wrong number of arguments for 'respguard|{}' command",
                 String::from_utf8_lossy(&sub).to_lowercase()
             )),
@@ -422,6 +474,13 @@ impl Control {
         }
     }
 }
+
+/// Prefixes exported as metric labels at most.
+const METRIC_PREFIXES: usize = 20;
+
+/// The answer to `RESPGUARD KEYSPACE` when the insight is off.
+const KEYSPACE_DISABLED: &str =
+    "ERR respguard: the keyspace insight is disabled (keyspace.enabled = false)";
 
 /// `old` with every [`RELOADABLE`] setting taken from `new`.
 fn reloadable_part(old: &RawConfig, new: &RawConfig) -> Result<RawConfig, String> {
@@ -516,10 +575,12 @@ mod tests {
         new.guards.mode = Mode::Observe;
         new.proxy.listen = "127.0.0.1:7000".into();
         new.admin.command_users = vec!["ops".into()];
+        new.keyspace.sample_rate = 1;
         assert_eq!(
             restart_needed(&old, &new),
             vec![
                 "guards.shed.soft_enter".to_string(),
+                "keyspace.sample_rate".to_string(),
                 "proxy.listen".to_string()
             ]
         );
@@ -527,6 +588,8 @@ mod tests {
         assert_eq!(effective.guards.mode, Mode::Observe);
         assert_eq!(effective.guards.shed.soft_enter, old.guards.shed.soft_enter);
         assert_eq!(effective.proxy.listen, old.proxy.listen);
+        // The insight is built once: a reload keeps the running one.
+        assert_eq!(effective.keyspace, old.keyspace);
         assert_eq!(effective.admin.command_users, vec!["ops".to_string()]);
     }
 }

@@ -23,7 +23,8 @@
 //! the proxy), [`transport`] (plain TCP or TLS), [`monitor`] and [`pressure`] (Redis
 //! memory), [`health`] (is Redis answering), [`admin`] (HTTP health, status and metrics),
 //! [`telemetry`] (metric handles and latency histograms), [`refusals`] (who is refused
-//! most), [`app`] (wiring it all together), [`identity`] (who a client is), [`resp`]
+//! most), [`keyspace`] (what grows, per key prefix, seen from the commands [`pipeline`]
+//! judges), [`app`] (wiring it all together), [`identity`] (who a client is), [`resp`]
 //! (everything the proxy itself writes in RESP), [`clock`] (time for the guards' windows),
 //! [`offline`] (the guards over a byte stream, for fuzzing).
 //!

@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use crate::command::CommandTable;
 use crate::guard::{Guards, ScriptAccess, Verdict};
 use crate::identity::ClientIdentity;
+use crate::keyspace::insight::Insight;
 use crate::pipeline::{self, Judge, Scanned, Span};
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
 use crate::scanner::request::{Limits, RequestScanner, Step, StreamStep};
@@ -41,6 +42,19 @@ pub fn judge(
     limits: Limits,
     client: &ClientIdentity,
     input: &[u8],
+) -> Result<Outcome, String> {
+    judge_observed(guards, table, limits, client, input, None)
+}
+
+/// [`judge`], with the keyspace insight observing the commands it samples
+/// ([`Insight::due`]), as a session's would.
+pub fn judge_observed(
+    guards: &Guards,
+    table: &CommandTable,
+    limits: Limits,
+    client: &ClientIdentity,
+    input: &[u8],
+    insight: Option<&Insight>,
 ) -> Result<Outcome, String> {
     let mut scanner = RequestScanner::new(limits);
     let mut keys = Vec::new();
@@ -81,6 +95,7 @@ pub fn judge(
             keys: &mut keys,
             scratch: &mut scratch,
             watch: &mut None,
+            observe: insight.filter(|i| i.due()),
         };
         let verdict = pipeline::judge(&cmd, info, with, || true);
         match verdict {

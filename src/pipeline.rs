@@ -22,6 +22,7 @@ use bytes::BytesMut;
 use crate::command::{CommandInfo, CommandTable, Special};
 use crate::guard::{find_keys, wire_args, CommandView, Guards, ReplyWatch, ScriptAccess, Verdict};
 use crate::identity::ClientIdentity;
+use crate::keyspace::insight::{Insight, Outcome};
 use crate::scanner::request::RequestScanner;
 
 /// Where the command just scanned lies, without borrowing anything: the session keeps it
@@ -194,11 +195,15 @@ pub struct Judge<'j> {
     pub scratch: &'j mut BytesMut,
     /// The watch on the command's reply a guard asked for, if any.
     pub watch: &'j mut Option<ReplyWatch>,
+    /// The keyspace insight, when this command is one it observes ([`Insight::due`]).
+    pub observe: Option<&'j Insight>,
 }
 
 /// The guards' verdict on `command`: `Forward` unless a guard wants it, the connection lets
 /// guards act (`connection_allows`, asked only for a command a guard wants) and one that
-/// wants it is engaged at the command's size (the shed guard only under pressure).
+/// wants it is engaged at the command's size (the shed guard only under pressure). A command
+/// the keyspace insight observes has its keys found whatever the guards want, and the
+/// insight sees it with the verdict.
 #[inline]
 pub fn judge(
     command: &Scanned<'_>,
@@ -209,13 +214,30 @@ pub fn judge(
     let guards = with.guards;
     let applies =
         guards.wants(info.id) && connection_allows() && guards.engaged(info.id, command.span.size);
-    if !applies {
+    if !applies && with.observe.is_none() {
         return Verdict::Forward;
     }
     let view = command.view(info, with.keys, with.access);
-    let verdict = guards.check(&view, with.client, with.scratch);
+    let (verdict, by) = if applies {
+        guards.check_deciding(&view, with.client, with.scratch)
+    } else {
+        (Verdict::Forward, 0)
+    };
+    if let Some(insight) = with.observe {
+        insight.observe(&view, outcome(guards, &verdict, by));
+    }
     *with.watch = view.watch.take();
     verdict
+}
+
+/// What the insight learns from a verdict: whether Redis sees the command, and whether the
+/// TTL guard gave its keys their default expiry.
+fn outcome(guards: &Guards, verdict: &Verdict, by: u8) -> Outcome {
+    let refused = matches!(verdict, Verdict::Answer(_) | Verdict::Refuse(_));
+    Outcome {
+        refused,
+        ttl_added: !refused && guards.ttl_decided(by),
+    }
 }
 
 #[cfg(test)]

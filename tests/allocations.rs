@@ -67,6 +67,9 @@ const BATCH: usize = 500;
 /// The monitor polls at start and then hourly: its polls allocate (reading INFO, the queues'
 /// depths) on a timer, not per command, and are kept out of the counted window.
 const CONFIG: &str = r#"
+# Every command observed by the keyspace insight: it allocates nothing per command either.
+[keyspace]
+sample_rate = 1
 [monitor]
 interval = "1h"
 growth_window = "2h"

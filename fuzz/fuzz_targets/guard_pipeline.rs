@@ -1,16 +1,18 @@
 //! Every guard, with rules for each, on arbitrary client bytes (`respguard::offline`): no
 //! panic, every rewrite is whole commands in the announced number, every local answer one
 //! whole reply, and what a guard writes stays within a bound of the command's size. Memory
-//! pressure is at the hard level so the shed guard acts too.
+//! pressure is at the hard level so the shed guard acts too. The keyspace insight observes
+//! every command, with summaries small enough to evict, and its report stays in bounds.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use respguard::command::CommandTable;
-use respguard::config::RawConfig;
+use respguard::config::{RawConfig, RawKeyspace};
 use respguard::guard::{GuardContext, Guards};
 use respguard::identity::ClientIdentity;
+use respguard::keyspace::insight::Insight;
 use respguard::pressure::LimitSource;
 use respguard::scanner::request::Limits;
 
@@ -67,8 +69,8 @@ pattern = "queue:*"
 max_depth = 10
 "#;
 
-fn setup() -> &'static (Guards, CommandTable) {
-    static SETUP: OnceLock<(Guards, CommandTable)> = OnceLock::new();
+fn setup() -> &'static (Guards, CommandTable, Insight) {
+    static SETUP: OnceLock<(Guards, CommandTable, Insight)> = OnceLock::new();
     SETUP.get_or_init(|| {
         let raw = RawConfig::from_toml(RULES).expect("fuzz rules");
         let table = CommandTable::builtin();
@@ -77,19 +79,31 @@ fn setup() -> &'static (Guards, CommandTable) {
             .pressure
             .record_poll(95, 100, LimitSource::MaxMemory, true, 0);
         let guards = Guards::build(&raw.guards, &table, &context).expect("fuzz rules build");
-        (guards, table)
+        // The keyspace insight observes every command, with small summaries that evict.
+        let keyspace = RawKeyspace {
+            sample_rate: 1,
+            max_prefixes: 8,
+            hot_keys: 2,
+            ..RawKeyspace::default()
+        };
+        let insight = Insight::build(&keyspace, &table).expect("insight enabled");
+        (guards, table, insight)
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (guards, table) = setup();
+    let (guards, table, insight) = setup();
     let client = ClientIdentity::new("10.0.0.1:4000".parse().unwrap());
     let limits = Limits {
         stream_threshold: 1024,
         max_buffered_command: 4096,
         ..Limits::default()
     };
-    if let Err(broken) = respguard::offline::judge(guards, table, limits, &client, data) {
+    let observed =
+        respguard::offline::judge_observed(guards, table, limits, &client, data, Some(insight));
+    if let Err(broken) = observed {
         panic!("{broken}");
     }
+    let report = insight.report();
+    assert!(report.tracked_prefixes <= 8 && report.hot_keys.len() <= 2);
 });

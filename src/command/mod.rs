@@ -44,6 +44,12 @@ impl Flags {
     pub const MOVABLEKEYS: Flags = Flags(1 << 6);
     /// Not allowed from scripts.
     pub const NOSCRIPT: Flags = Flags(1 << 7);
+    /// In the `@list` ACL category.
+    pub const LIST: Flags = Flags(1 << 8);
+    /// In the `@sortedset` ACL category.
+    pub const SORTEDSET: Flags = Flags(1 << 9);
+    /// In the `@stream` ACL category.
+    pub const STREAM: Flags = Flags(1 << 10);
 
     /// True when every flag of `other` is set.
     pub fn contains(self, other: Flags) -> bool {
@@ -60,6 +66,9 @@ impl Flags {
             b"admin" => Flags::ADMIN,
             b"movablekeys" => Flags::MOVABLEKEYS,
             b"noscript" => Flags::NOSCRIPT,
+            b"@list" => Flags::LIST,
+            b"@sortedset" => Flags::SORTEDSET,
+            b"@stream" => Flags::STREAM,
             _ => Flags(0),
         }
     }
@@ -113,6 +122,9 @@ struct KeySpec {
     /// The keys it finds are written: Redis flags them `OW` (overwritten), or `RW` with
     /// `INSERT` or `UPDATE`. Keys a command only reads (`RO`) or only deletes (`RM`) are not.
     writes: bool,
+    /// Elements of the keys it finds are removed: Redis flags them `DELETE` (LPOP's, ZREM's,
+    /// LMOVE's source).
+    deletes: bool,
 }
 
 /// The three families of pub/sub subscription.
@@ -258,6 +270,25 @@ impl CommandInfo {
                 }
             }
         }
+    }
+
+    /// Push the indices of the keys whose elements this command removes into `out` (key
+    /// specifications flagged `DELETE`: a pop, a removal, a trim, a move's source).
+    pub fn deleted_key_positions_by<'a>(
+        &self,
+        argc: usize,
+        arg: impl Fn(usize) -> Option<&'a [u8]>,
+        out: &mut Vec<usize>,
+    ) {
+        for spec in self.key_specs.iter().filter(|s| s.deletes) {
+            spec.find_keys(argc, &arg, out);
+        }
+    }
+
+    /// Whether a key specification of this command removes elements (see
+    /// [`Self::deleted_key_positions_by`]).
+    pub fn deletes_elements(&self) -> bool {
+        self.key_specs.iter().any(|s| s.deletes)
     }
 
     /// Whether every key the command names is one it writes, so its written keys are all
@@ -488,10 +519,13 @@ impl CommandTable {
             _ => return Err(TableError::Shape("arity")),
         };
         let mut flags = Flags::default();
-        if let OwnedFrame::Array(fl) = &fields[2] {
-            for f in fl {
-                if let Some(t) = text(f) {
-                    flags = flags | Flags::from_name(&t.to_ascii_lowercase());
+        // Field 2: the flags; field 6 (Redis 6 and later): the ACL categories.
+        for field in [fields.get(2), fields.get(6)].into_iter().flatten() {
+            if let OwnedFrame::Array(fl) = field {
+                for f in fl {
+                    if let Some(t) = text(f) {
+                        flags = flags | Flags::from_name(&t.to_ascii_lowercase());
+                    }
                 }
             }
         }
@@ -518,6 +552,7 @@ impl CommandTable {
                     },
                     // Without key specifications, a write command's keys count as written.
                     writes: flags.contains(Flags::WRITE),
+                    deletes: false,
                 });
             }
         }
@@ -700,6 +735,7 @@ fn parse_key_spec(spec: &OwnedFrame) -> KeySpec {
         begin,
         find,
         writes,
+        deletes: flag(b"DELETE"),
     }
 }
 

@@ -24,6 +24,7 @@ use crate::scanner::request::Limits;
 
 mod error;
 mod guards;
+mod keyspace;
 mod server;
 mod units;
 mod upstream;
@@ -32,6 +33,7 @@ mod words;
 use error::invalid;
 pub use error::ConfigError;
 pub use guards::*;
+pub use keyspace::*;
 pub use server::*;
 pub use units::*;
 pub use upstream::*;
@@ -57,6 +59,8 @@ pub struct RawConfig {
     pub guards: RawGuards,
     /// Client authentication to the proxy itself.
     pub auth: RawAuth,
+    /// The live keyspace insight.
+    pub keyspace: RawKeyspace,
 }
 
 /// `[auth]` users. A user without `upstream_user` runs as the `upstream.url` user: that is
@@ -333,6 +337,7 @@ impl RawConfig {
             return Err(invalid("proxy.max_tracked_addresses", "must be at least 1"));
         }
         validate_auth(&self.auth, &upstream)?;
+        self.keyspace.validate()?;
         let t = &self.proxy.tls;
         if t.cert_file.is_empty() != t.key_file.is_empty()
             || (t.cert_file.is_empty() && !t.client_ca_file.is_empty())

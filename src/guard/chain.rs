@@ -38,6 +38,8 @@ pub struct Guards {
     as_user: u8,
     /// By command id: bit `i` is set when guard `i` may answer it while Redis is down.
     when_down: ByCommand<u8>,
+    /// The TTL guard's bit, so an observer can tell a default expiry was added.
+    ttl: u8,
 }
 
 impl std::fmt::Debug for Guards {
@@ -103,6 +105,7 @@ impl Guards {
             ungated: ByCommand::build(table, |info| mask(&|g| g.always_engaged(info))),
             as_user: mask(&|g| g.acts_as_user()),
             when_down: ByCommand::build(table, |info| mask(&|g| g.wants_when_down(info))),
+            ttl: mask(&|g| g.name() == "ttl"),
             chain,
         }
     }
@@ -116,6 +119,7 @@ impl Guards {
             ungated: ByCommand::default(),
             as_user: 0,
             when_down: ByCommand::default(),
+            ttl: 0,
         }
     }
 
@@ -163,18 +167,39 @@ impl Guards {
         client: &ClientIdentity,
         out: &mut BytesMut,
     ) -> Verdict {
+        self.check_deciding(cmd, client, out).0
+    }
+
+    /// [`Self::check`], and which guard decided: its bit (0 when every guard forwarded),
+    /// for [`Self::ttl_decided`].
+    #[inline]
+    pub fn check_deciding(
+        &self,
+        cmd: &CommandView<'_>,
+        client: &ClientIdentity,
+        out: &mut BytesMut,
+    ) -> (Verdict, u8) {
         // Only the guards that want the command, lowest bit (first in the chain) first.
         let mut bits = self.wanted.get(cmd.info);
         while bits != 0 {
-            let guard = &self.chain[bits.trailing_zeros() as usize];
+            let at = bits.trailing_zeros();
+            let guard = &self.chain[at as usize];
             bits &= bits - 1;
             out.clear();
             match guard.check(cmd, client, out) {
                 Verdict::Forward => continue,
-                decided => return decided,
+                decided => return (decided, 1 << at),
             }
         }
-        Verdict::Forward
+        (Verdict::Forward, 0)
+    }
+
+    /// Whether the guard whose bit [`Self::check_deciding`] returned is the TTL guard: a
+    /// verdict of its other than a refusal gives a written key its default expiry (or
+    /// lowers one above `max_ttl`).
+    #[inline]
+    pub fn ttl_decided(&self, by: u8) -> bool {
+        by & self.ttl != 0
     }
 
     /// Whether a guard may answer the command with this id while Redis is unreachable.

@@ -159,6 +159,8 @@ impl SizeGuard {
 struct Values {
     count: u64,
     largest: Option<u64>,
+    /// Their bytes, the one streaming in counted at its declared length.
+    bytes: u64,
 }
 
 impl Values {
@@ -166,7 +168,37 @@ impl Values {
         Values {
             count: self.count + other.count,
             largest: self.largest.max(other.largest),
+            bytes: self.bytes + other.bytes,
         }
+    }
+}
+
+/// What one key of a write is given, as the size guard judges it: the arguments that are
+/// neither the name nor a key and belong to the key (see the module documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyValues {
+    /// How many values (options such as `EX 10` included).
+    pub count: u64,
+    /// The largest value's length in bytes.
+    pub largest: u64,
+    /// All the values' bytes.
+    pub bytes: u64,
+}
+
+/// Call `each(n, values)` for every key `n` of `cmd.keys` with that key's own values: the
+/// one description of whose values are whose, shared with the keyspace insight.
+pub fn values_by_key(cmd: &CommandView<'_>, mut each: impl FnMut(usize, KeyValues)) {
+    let ownership = Ownership::of(cmd);
+    for n in 0..cmd.keys.len() {
+        let v = ownership.values_of(cmd, n);
+        each(
+            n,
+            KeyValues {
+                count: v.count,
+                largest: v.largest.unwrap_or(0),
+                bytes: v.bytes,
+            },
+        );
     }
 }
 
@@ -179,13 +211,12 @@ fn values_in(cmd: &CommandView<'_>, from: usize, to: usize) -> Values {
     let streamed = cmd
         .streaming
         .filter(|_| (from..to).contains(&cmd.args.len()));
-    let largest = buffered
-        .map(|i| cmd.args[i].len() as u64)
-        .chain(streamed)
-        .max();
+    let lengths = buffered.map(|i| cmd.args[i].len() as u64).chain(streamed);
+    let (largest, bytes) = lengths.fold((None, 0), |(max, sum), n| (max.max(Some(n)), sum + n));
     Values {
         count: (to - from) as u64,
         largest,
+        bytes,
     }
 }
 

@@ -425,6 +425,42 @@ impl Guard for TtlGuard {
     }
 }
 
+/// Whether a write gives its key an expiry itself, as the TTL guard reads it: for the
+/// keyspace insight, which counts writes with and without one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OwnExpiry {
+    /// Never (HSET, LPUSH, a plain write).
+    #[default]
+    Never,
+    /// Always: the expiry is an argument (SETEX, PSETEX, EXPIRE …).
+    Always,
+    /// When an EX, PX, EXAT or PXAT option is given (SET, GETEX); KEEPTTL gives none.
+    ByOption,
+}
+
+impl OwnExpiry {
+    /// What the command `info` does, decided once per command when the observer is built.
+    pub fn of(info: &CommandInfo) -> Self {
+        match CommandKind::of(info, &[]).command {
+            TtlCommand::Set | TtlCommand::GetEx => OwnExpiry::ByOption,
+            TtlCommand::Expiry(_) => OwnExpiry::Always,
+            _ => OwnExpiry::Never,
+        }
+    }
+
+    /// Whether `cmd` (a command of this kind) gives its key an expiry.
+    pub fn given(self, cmd: &CommandView<'_>) -> bool {
+        match self {
+            OwnExpiry::Never => false,
+            OwnExpiry::Always => true,
+            OwnExpiry::ByOption => matches!(
+                find_expiry_option(cmd, 2),
+                Some((_, Expiry::Relative(_) | Expiry::Absolute(_)))
+            ),
+        }
+    }
+}
+
 /// Which kind of expiry option an argument is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expiry {

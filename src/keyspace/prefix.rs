@@ -51,7 +51,7 @@ impl PrefixRules {
     pub fn prefix_of(&self, key: &[u8], out: &mut Vec<u8>) {
         out.clear();
         let separators = self.separators.as_bytes();
-        let Some(first) = key.iter().position(|b| separators.contains(b)) else {
+        let Some(first) = find_separator(separators, key) else {
             return single_segment(key, out);
         };
         let mut start = 0;
@@ -72,12 +72,21 @@ impl PrefixRules {
             out.push(key[end]);
             depth += 1;
             start = end + 1;
-            end = key[start..]
-                .iter()
-                .position(|b| separators.contains(b))
-                .map_or(key.len(), |at| start + at);
+            end = find_separator(separators, &key[start..]).map_or(key.len(), |at| start + at);
         }
         truncate(out);
+    }
+}
+
+/// Where the first separator in `bytes` is: one, two or three separators (almost every
+/// configuration) are searched for with `memchr`, more byte by byte.
+#[inline]
+fn find_separator(separators: &[u8], bytes: &[u8]) -> Option<usize> {
+    match *separators {
+        [a] => memchr::memchr(a, bytes),
+        [a, b] => memchr::memchr2(a, b, bytes),
+        [a, b, c] => memchr::memchr3(a, b, c, bytes),
+        _ => bytes.iter().position(|b| separators.contains(b)),
     }
 }
 

@@ -24,9 +24,17 @@ impl Session {
     #[inline]
     pub(super) fn on_command(&mut self, span: Span) {
         let info = CommandFacts::of(self.current(span).classify(&self.shared.table));
-        if !self.forward_if_ordinary(info, span) {
-            self.decide(info, span);
+        let observe = self.observe_next();
+        if observe || !self.forward_if_ordinary(info, span) {
+            self.decide(info, span, observe);
         }
+    }
+
+    /// Whether the keyspace insight observes the next command (one in its sample rate):
+    /// such a command takes the judged path, where the insight sees it.
+    #[inline]
+    fn observe_next(&self) -> bool {
+        self.policy.keyspace.as_ref().is_some_and(|k| k.due())
     }
 
     /// The common command, forwarded in a few steps: one of no [`Special`] kind that no
@@ -50,8 +58,9 @@ impl Session {
         true
     }
 
-    /// Decide about the command at `span` and carry the decision out.
-    fn decide(&mut self, info: CommandFacts, span: Span) {
+    /// Decide about the command at `span` and carry the decision out (`observe`: the
+    /// keyspace insight sees it).
+    fn decide(&mut self, info: CommandFacts, span: Span, observe: bool) {
         if self.hold_for_probe(info.id, span.start) {
             return;
         }
@@ -78,8 +87,8 @@ impl Session {
                 hidden: 0,
             },
             // Most commands no guard wants: decided by one lookup, before building a view.
-            Intercept::Pass if !self.policy.guards.wants(info.id) => Verdict::Forward,
-            Intercept::Pass => self.judge(info.id, span, &mut watch),
+            Intercept::Pass if !observe && !self.policy.guards.wants(info.id) => Verdict::Forward,
+            Intercept::Pass => self.judge(info.id, span, &mut watch, observe),
         };
         let (outgoing, hidden) = match verdict {
             Verdict::Forward => (Outgoing::AsSent, 0),
@@ -175,7 +184,8 @@ impl Session {
             // Too large to hold, so never one the proxy answers itself: refused unread.
             Verdict::Refuse(resp::error(crate::auth::NOAUTH))
         } else {
-            self.judge(info.id, span, &mut watch)
+            let observe = self.observe_next();
+            self.judge(info.id, span, &mut watch, observe)
         };
         let (new_head, extra) = match verdict {
             Verdict::Answer(reply) | Verdict::Refuse(reply) => {
@@ -218,8 +228,15 @@ impl Session {
     /// Run the guards on the command at `span`. Not while the connection is in RESP2
     /// subscribed mode or MONITOR, where Redis refuses writes and reply counts are Redis's;
     /// nor when no guard that wants it may act now (the shed guard while memory is low).
+    /// With `observe`, the keyspace insight sees the command and the verdict.
     #[inline]
-    fn judge(&mut self, command: u16, span: Span, watch: &mut Option<ReplyWatch>) -> Verdict {
+    fn judge(
+        &mut self,
+        command: u16,
+        span: Span,
+        watch: &mut Option<ReplyWatch>,
+        observe: bool,
+    ) -> Verdict {
         let cmd = Scanned::new(self.requests.scanner(), self.requests.input(), span);
         let info: &CommandInfo = self.shared.table.by_id(command);
         let state = &self.state;
@@ -230,6 +247,7 @@ impl Session {
             keys: &mut self.keys,
             scratch: &mut self.scratch,
             watch,
+            observe: self.policy.keyspace.as_deref().filter(|_| observe),
         };
         pipeline::judge(&cmd, info, with, || state.guards_may_act())
     }

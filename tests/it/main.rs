@@ -12,6 +12,7 @@ mod faults;
 mod fidelity;
 mod guards;
 mod harness;
+mod keyspace;
 mod layering;
 mod memory;
 mod operating;

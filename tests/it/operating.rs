@@ -185,7 +185,7 @@ async fn status_and_the_respguard_command_report_the_proxy() {
     assert!(other
         .call(&["RESPGUARD", "HELP"])
         .await
-        .starts_with("*4\r\n"));
+        .starts_with("*6\r\n"));
     // Inside MULTI it aborts the transaction, as any queue-time error does.
     assert_eq!(other.call(&["MULTI"]).await, "+OK\r\n");
     assert!(other
