@@ -26,7 +26,7 @@ use axum::Router;
 use serde::Serialize;
 use serde_json::json;
 
-use super::routes::{json, Shared};
+use super::state::{json, Shared};
 
 /// The page.
 const INDEX_HTML: &str = include_str!("console/index.html");

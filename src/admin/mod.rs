@@ -19,6 +19,9 @@
 
 pub mod console;
 pub mod routes;
+pub mod state;
+
+pub use state::{AdminState, KeyspaceSource};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,14 +29,8 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-
-use crate::control::Control;
-use crate::health::UpstreamHealth;
-use crate::keyspace::report::LiveReport;
-use crate::telemetry::CommandLatency;
 
 /// The largest request head read, in bytes (hyper's smallest read buffer, and the
 /// listener's bound since its first version).
@@ -45,27 +42,6 @@ pub const CONNECTION_TIME: Duration = Duration::from_secs(5);
 
 /// The most admin connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
-
-/// Produces the live keyspace report served as `/keyspace`.
-pub type KeyspaceSource = Arc<dyn Fn() -> LiveReport + Send + Sync>;
-
-/// What the admin endpoints report on.
-#[derive(Clone)]
-pub struct AdminState {
-    /// Renders the Prometheus text format.
-    pub prometheus: Option<PrometheusHandle>,
-    /// The per-command histograms, rendered after the recorder's metrics.
-    pub latency: Option<Arc<CommandLatency>>,
-    /// Whether Redis answers.
-    pub health: Arc<UpstreamHealth>,
-    /// The status report.
-    pub control: Arc<Control>,
-    /// Name of the command table's source, for `/readyz`.
-    pub table_source: &'static str,
-    /// The keyspace insight's report, for `/keyspace`; `None` while no insight runs (the
-    /// endpoint then answers `404 keyspace insight disabled`).
-    pub keyspace: Option<KeyspaceSource>,
-}
 
 /// Serve admin requests until `shutdown` turns true (or its sender is dropped), then wait
 /// for the connections in progress to finish (each within [`CONNECTION_TIME`]).
@@ -127,18 +103,4 @@ fn refuse_busy(stream: TcpStream) {
     const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
         Content-Length: 27\r\nConnection: close\r\n\r\ntoo many admin connections\n";
     let _ = stream.try_write(BUSY);
-}
-
-/// The recorder's metrics, with the gauges read at scrape time refreshed first, then the
-/// per-command histograms.
-fn render_metrics(prometheus: &PrometheusHandle, state: &AdminState) -> String {
-    metrics::gauge!("respguard_process_resident_memory_bytes")
-        .set(crate::control::resident_memory_bytes() as f64);
-    metrics::gauge!("respguard_upstream_connections")
-        .set(state.control.upstream_connections() as f64);
-    let mut text = prometheus.render();
-    if let Some(latency) = &state.latency {
-        latency.render(&mut text);
-    }
-    text
 }

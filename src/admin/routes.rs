@@ -12,8 +12,6 @@
 //! Every request is a GET without a body: another method is answered `405`, a body `413`,
 //! before any endpoint runs.
 
-use std::sync::Arc;
-
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -21,10 +19,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::{console, render_metrics, AdminState, KeyspaceSource};
+use metrics_exporter_prometheus::PrometheusHandle;
 
-/// Shared by every handler.
-pub type Shared = Arc<AdminState>;
+use super::console;
+use super::state::{json, text, AdminState, KeyspaceSource, Shared};
 
 /// The admin router over `state`.
 pub fn router(state: Shared) -> Router {
@@ -38,22 +36,6 @@ pub fn router(state: Shared) -> Router {
         .fallback(|| async { text(StatusCode::NOT_FOUND, "not found\n".to_string()) })
         .layer(middleware::from_fn(get_without_body))
         .with_state(state)
-}
-
-/// A plain-text answer.
-pub fn text(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
-}
-
-/// A JSON answer (pretty-printed, newline-terminated, as `/status` always was).
-pub fn json(value: &impl serde::Serialize) -> Response {
-    let body = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
 }
 
 /// Only GET, and no body: the endpoints read nothing but the path, so a body is never
@@ -131,6 +113,20 @@ pub fn keyspace_answer(source: Option<&KeyspaceSource>) -> Response {
     }
 }
 
+/// The recorder's metrics, with the gauges read at scrape time refreshed first, then the
+/// per-command histograms.
+fn render_metrics(prometheus: &PrometheusHandle, state: &AdminState) -> String {
+    metrics::gauge!("respguard_process_resident_memory_bytes")
+        .set(crate::control::resident_memory_bytes() as f64);
+    metrics::gauge!("respguard_upstream_connections")
+        .set(state.control.upstream_connections() as f64);
+    let mut text = prometheus.render();
+    if let Some(latency) = &state.latency {
+        latency.render(&mut text);
+    }
+    text
+}
+
 /// The body of a response, for tests.
 #[cfg(test)]
 async fn body_of(response: Response) -> String {
@@ -142,6 +138,8 @@ async fn body_of(response: Response) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::keyspace::report::{LiveReport, PrefixActivity};
 

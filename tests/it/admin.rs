@@ -394,7 +394,9 @@ async fn the_console_shows_live_figures_in_a_real_browser() {
     // The decision table: the configured rule (a pattern no other test uses, as the
     // recorder is the process's), refused exactly as often as it was here.
     assert!(
-        dom.contains("<td>size</td><td>cblob:*</td><td>refused</td><td>enforce</td><td class=\"num\">7</td>"),
+        dom.contains(
+            "<td>size</td><td>cblob:*</td><td>refused</td><td>enforce</td><td class=\"num\">7</td>"
+        ),
         "decision row for cblob:* with 7 refusals: {dom}"
     );
     // The client refused: this test's connection, seven times.
