@@ -83,7 +83,7 @@ function showFigures(data, cps) {
   $("clients").textContent = number(clients.connected) + " of " + number(clients.max);
   const upstream = data.upstream || {};
   $("upstream").textContent = (upstream.up ? "up" : "DOWN") + ", " + number(upstream.connections)
-    + " connections";
+    + (upstream.connections === 1 ? " connection" : " connections");
   $("summary").textContent = upstream.address + " · " + (upstream.up ? "Redis answering" : "Redis not answering")
     + " · shedding " + (memory.shedding_level || "–");
   const config = data.config || {};
