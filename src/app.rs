@@ -205,6 +205,8 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
                     TableSource::Upstream => "upstream",
                     TableSource::Builtin => "builtin",
                 },
+                // The keyspace insight is not wired in yet: `/keyspace` says it is disabled.
+                keyspace: None,
             };
             tokio::spawn(admin::serve(l, state, shutdown_rx.clone()));
             Some(bound)

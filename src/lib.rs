@@ -21,7 +21,7 @@
 //! Around that path: [`config`] (the TOML file and overrides), [`control`] (the policy in
 //! force, hot reload, status, the `RESPGUARD` command), [`auth`] (clients authenticating to
 //! the proxy), [`transport`] (plain TCP or TLS), [`monitor`] and [`pressure`] (Redis
-//! memory), [`health`] (is Redis answering), [`admin`] (HTTP health, status and metrics),
+//! memory), [`health`] (is Redis answering), [`admin`] (HTTP health, status, metrics and the live console),
 //! [`telemetry`] (metric handles and latency histograms), [`refusals`] (who is refused
 //! most), [`keyspace`] (what grows, per key prefix, seen from the commands [`pipeline`]
 //! judges), [`app`] (wiring it all together), [`identity`] (who a client is), [`resp`]
