@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, KeyspaceSource};
 use crate::admission::Admission;
 use crate::command::{CommandTable, TableSource};
 use crate::config::{Config, ConfigError, ListenerTls, UpstreamTls};
@@ -205,8 +205,10 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
                     TableSource::Upstream => "upstream",
                     TableSource::Builtin => "builtin",
                 },
-                // The keyspace insight is not wired in yet: `/keyspace` says it is disabled.
-                keyspace: None,
+                keyspace: control.keyspace_enabled().then(|| {
+                    let control = Arc::clone(&control);
+                    Arc::new(move || control.keyspace().unwrap_or_default()) as KeyspaceSource
+                }),
             };
             tokio::spawn(admin::serve(l, state, shutdown_rx.clone()));
             Some(bound)

@@ -313,6 +313,11 @@ impl Control {
         self.keyspace.as_ref().map(|k| k.report())
     }
 
+    /// Whether the keyspace insight runs (`keyspace.enabled`).
+    pub fn keyspace_enabled(&self) -> bool {
+        self.keyspace.is_some()
+    }
+
     /// Forget what the keyspace insight counted (`RESPGUARD KEYSPACE RESET`); false when
     /// it is disabled.
     pub fn reset_keyspace(&self) -> bool {

@@ -124,6 +124,7 @@ fn render_metrics(prometheus: &PrometheusHandle, state: &AdminState) -> String {
     if let Some(latency) = &state.latency {
         latency.render(&mut text);
     }
+    state.control.render_keyspace_metrics(&mut text);
     text
 }
 
