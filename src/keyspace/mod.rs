@@ -2,7 +2,12 @@
 //!
 //! [`prefix`] groups keys into prefixes learned from their structure; the live insight
 //! the proxy keeps, the audit of an existing Redis and the rule suggestions all group keys
-//! the same way, through it.
+//! the same way, through it. [`library`] knows the key shapes of job libraries, whose keys
+//! must never get a default TTL. [`audit`] reads an existing Redis (`respguard audit`);
+//! [`suggest`] turns an audit or a live report into proposed rules (`respguard suggest`).
 
+pub mod audit;
+pub mod library;
 pub mod prefix;
 pub mod report;
+pub mod suggest;

@@ -2,6 +2,7 @@
 //! real client libraries.
 
 mod access;
+mod audit;
 mod cli;
 mod clients;
 mod deploy;
