@@ -79,6 +79,12 @@ struct AuditArgs {
     /// PEM CA certificates to trust for rediss:// (default: the system's).
     #[arg(long)]
     tls_ca_file: Option<String>,
+    /// PEM client certificate, for a rediss:// server that requires one.
+    #[arg(long, requires = "tls_key_file")]
+    tls_cert_file: Option<String>,
+    /// The key of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<String>,
     /// The COUNT of each SCAN.
     #[arg(long, default_value_t = 500)]
     scan_count: u32,
@@ -243,7 +249,8 @@ fn audit(args: &AuditArgs) -> anyhow::Result<()> {
     let tls = if target.tls {
         let files = respguard::transport::ClientTlsFiles {
             ca_file: args.tls_ca_file.clone(),
-            ..Default::default()
+            cert_file: args.tls_cert_file.clone(),
+            key_file: args.tls_key_file.clone(),
         };
         Some(respguard::config::UpstreamTls {
             connector: respguard::transport::connector(&files).map_err(anyhow::Error::msg)?,

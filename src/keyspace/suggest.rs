@@ -181,11 +181,12 @@ fn fetch(source: &str) -> Result<String, SuggestError> {
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|e| fail(e.to_string()))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| fail(e.to_string()))?;
+    // One write: a request in pieces may be read in part by a server that answers and
+    // closes at once.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
     let mut response = Vec::new();
     stream
         .take(MAX_RESPONSE)
@@ -321,7 +322,7 @@ pub fn propose(observations: &[Observation]) -> Vec<Proposal> {
                 pattern: o.prefix.clone(),
                 max_value: limit,
                 why: format!(
-                    "{}: largest seen {}, limit four times that",
+                    "{}: largest seen {}, limit at least four times that",
                     o.prefix,
                     human_bytes(o.largest_bytes)
                 ),

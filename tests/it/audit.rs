@@ -663,9 +663,14 @@ async fn suggestions_from_a_live_report_file_and_over_http() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut request = vec![0u8; 4096];
-        let n = s.read(&mut request).await.unwrap();
-        let request = String::from_utf8_lossy(&request[..n]).into_owned();
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            request.extend_from_slice(&chunk[..n]);
+        }
+        let request = String::from_utf8_lossy(&request).into_owned();
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             json.len()
@@ -730,4 +735,41 @@ async fn the_audit_keeps_to_its_rate_and_pauses_when_redis_is_slow() {
     );
     assert!(report.pauses >= 1, "{report:?}");
     assert!(report.slowest_round_trip_ms >= 100.0, "{report:?}");
+}
+
+/// A URL's user, password and database are used: the audit authenticates and reads the
+/// database it names, not database 0.
+#[tokio::test]
+async fn the_audit_authenticates_and_reads_the_database_of_its_url() {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let mut c = Conn::open(server.addr()).await;
+    assert_eq!(c.call(&["AUTH", "s3cret"]).await, "+OK\r\n");
+    for i in 0..50 {
+        c.call(&["SET", &format!("zero:{i}"), "v"]).await;
+    }
+    c.call(&["SELECT", "2"]).await;
+    for i in 0..70 {
+        c.call(&["SET", &format!("two:{i}"), "v", "EX", "100"])
+            .await;
+    }
+    let url = format!("redis://default:s3cret@127.0.0.1:{}/2", server.port);
+    let report = audit::run(
+        &AuditOptions::new(UpstreamTarget::parse(&url).unwrap()),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.scanned_keys, 70);
+    assert_eq!(report.prefixes.len(), 1);
+    assert_eq!(report.prefixes[0].prefix, "two:*");
+    assert_eq!(report.prefixes[0].ttl.under_1h, 70);
+    assert!(!report.target.contains("s3cret"), "{}", report.target);
+    let wrong = format!("redis://default:wrong@127.0.0.1:{}/2", server.port);
+    let err = audit::run(
+        &AuditOptions::new(UpstreamTarget::parse(&wrong).unwrap()),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("handshake"), "{err}");
 }

@@ -13,6 +13,7 @@
 //! rule suggestions use, and each prefix is marked with the job library whose key shape
 //! it has ([`crate::keyspace::library`]). The result is an [`AuditReport`].
 
+pub mod error;
 pub mod pace;
 pub mod report;
 pub mod tally;
@@ -22,32 +23,15 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+pub use error::AuditError;
 pub use pace::PaceSettings;
 pub use report::{AuditReport, BigKey, PrefixAudit, TtlBuckets, TypeCounts};
 
 use crate::config::{UpstreamTarget, UpstreamTls};
 use crate::keyspace::prefix::PrefixRules;
-use crate::upstream::UpstreamError;
 use pace::Pace;
 use tally::{KeyFacts, PrefixTallies};
 use wire::{Batch, Connection, Reply};
-
-/// Why an audit failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    /// No connection could be opened.
-    #[error(transparent)]
-    Connect(#[from] UpstreamError),
-    /// The connection broke during the audit.
-    #[error("connection to {address} lost during the audit: {reason}")]
-    Connection { address: String, reason: String },
-    /// Redis refused a command the audit needs (an ACL without SCAN or TYPE, say).
-    #[error("Redis refused the audit's command: {0}")]
-    Refused(String),
-    /// A reply the audit cannot read.
-    #[error("unexpected reply: {0}")]
-    Reply(String),
-}
 
 /// How to audit.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use crate::config::{UpstreamTarget, UpstreamTls};
 use crate::transport::Stream;
 use crate::upstream::{read_replies, ConnectGate, GateSettings, UpstreamSlot};
 
-use super::AuditError;
+use super::error::AuditError;
 
 /// The commands the audit sends (besides the connection's own AUTH and SELECT): all
 /// read-only, none that scans the whole keyspace at once.
