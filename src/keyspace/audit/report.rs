@@ -226,7 +226,7 @@ impl AuditReport {
         }
         let _ = writeln!(
             out,
-            "\n{} keys in {} prefixes{}, ~{} (memory of {} keys read, one in {}); {}{} commands in {} round trips, {:.1} s, {} pauses",
+            "\n{} keys in {} prefixes{}, ~{} ({}); {}{} commands in {} round trips, {:.1} s, {} pauses",
             self.scanned_keys,
             self.prefixes.len(),
             match &self.other {
@@ -234,8 +234,10 @@ impl AuditReport {
                 None => String::new(),
             },
             human_bytes(self.estimated_bytes),
-            self.sampled_keys,
-            self.memory_sample,
+            match self.memory_sample {
+                0 => "memory not read".to_string(),
+                n => format!("memory of {} keys read, one in {n}", self.sampled_keys),
+            },
             if self.complete { "" } else { "INCOMPLETE (stopped at --max-keys); " },
             self.commands_sent,
             self.round_trips,
