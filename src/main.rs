@@ -1,5 +1,5 @@
-//! The `respguard` binary: command-line parsing, logging, signals. Everything else is in the
-//! library.
+//! The `respguard` binary: command-line parsing, logging, signals, printing. Everything
+//! else is in the library.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -51,6 +51,70 @@ enum Command {
         #[arg(long, default_value = "/healthz")]
         path: String,
     },
+    /// Read an existing Redis safely (SCAN, TYPE, PTTL, MEMORY USAGE on a sample; rate
+    /// limited; pausing when Redis is slow) and report its keys per prefix.
+    Audit(AuditArgs),
+    /// Propose guard rules (TOML, in observe mode) from an audit or a proxy's live report;
+    /// nothing is applied.
+    Suggest {
+        /// A report written by `respguard audit --json`.
+        #[arg(
+            long,
+            conflicts_with = "from_proxy",
+            required_unless_present = "from_proxy"
+        )]
+        from_audit: Option<PathBuf>,
+        /// A proxy's live keyspace report: a JSON file, or the admin listener's address
+        /// (host:port; its /keyspace is fetched).
+        #[arg(long)]
+        from_proxy: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct AuditArgs {
+    /// The Redis to audit: redis://[user:password@]host:port[/db] or rediss://...
+    #[arg(long, env = "RESPGUARD_UPSTREAM")]
+    upstream: String,
+    /// PEM CA certificates to trust for rediss:// (default: the system's).
+    #[arg(long)]
+    tls_ca_file: Option<String>,
+    /// PEM client certificate, for a rediss:// server that requires one.
+    #[arg(long, requires = "tls_key_file")]
+    tls_cert_file: Option<String>,
+    /// The key of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<String>,
+    /// The COUNT of each SCAN.
+    #[arg(long, default_value_t = 500)]
+    scan_count: u32,
+    /// MEMORY USAGE for one key in N per prefix (1: every key; 0: none).
+    #[arg(long, default_value_t = 10)]
+    memory_sample: u32,
+    /// Commands per second at most (0: no limit).
+    #[arg(long, default_value_t = 20_000)]
+    rate: u32,
+    /// A round trip slower than this (ms) pauses the audit.
+    #[arg(long, default_value_t = 50)]
+    slow_ms: u64,
+    /// The first pause (ms) after a slow round trip; it doubles while Redis stays slow.
+    #[arg(long, default_value_t = 100)]
+    pause_ms: u64,
+    /// Most prefixes tracked; keys of further prefixes are counted as (other).
+    #[arg(long, default_value_t = 10_000)]
+    max_prefixes: usize,
+    /// Stop after about this many keys (0: all).
+    #[arg(long, default_value_t = 0)]
+    max_keys: u64,
+    /// Bytes that separate key segments.
+    #[arg(long, default_value = ":")]
+    separators: String,
+    /// Most segments a prefix keeps.
+    #[arg(long, default_value_t = 3)]
+    max_depth: usize,
+    /// Print the report as JSON (for `respguard suggest --from-audit`).
+    #[arg(long)]
+    json: bool,
 }
 
 impl Cli {
@@ -97,6 +161,16 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(Command::HealthProbe { admin, path }) = &cli.command {
         return health_probe(admin, path);
+    }
+    if let Some(Command::Audit(args)) = &cli.command {
+        return audit(args);
+    }
+    if let Some(Command::Suggest {
+        from_audit,
+        from_proxy,
+    }) = &cli.command
+    {
+        return suggest(from_audit.as_deref(), from_proxy.as_deref());
     }
     let mut config = cli
         .raw_config(cli.config.as_ref())?
@@ -165,6 +239,88 @@ fn health_probe(admin: &str, path: &str) -> anyhow::Result<()> {
     let status = response.lines().next().unwrap_or_default();
     anyhow::ensure!(status.contains(" 200 "), "{path}: {status}");
     Ok(())
+}
+
+fn audit(args: &AuditArgs) -> anyhow::Result<()> {
+    use respguard::keyspace::audit;
+    use std::io::IsTerminal;
+    use std::time::Duration;
+    let target = respguard::config::UpstreamTarget::parse(&args.upstream)?;
+    let tls = if target.tls {
+        let files = respguard::transport::ClientTlsFiles {
+            ca_file: args.tls_ca_file.clone(),
+            cert_file: args.tls_cert_file.clone(),
+            key_file: args.tls_key_file.clone(),
+        };
+        Some(respguard::config::UpstreamTls {
+            connector: respguard::transport::connector(&files).map_err(anyhow::Error::msg)?,
+            server_name: respguard::transport::server_name(&target.host)
+                .map_err(anyhow::Error::msg)?,
+        })
+    } else {
+        None
+    };
+    let mut options = audit::AuditOptions::new(target);
+    options.tls = tls;
+    options.scan_count = args.scan_count;
+    options.memory_sample = args.memory_sample;
+    options.pace.max_commands_per_second = args.rate;
+    options.pace.slow_round_trip = Duration::from_millis(args.slow_ms);
+    options.pace.pause = Duration::from_millis(args.pause_ms);
+    options.max_prefixes = args.max_prefixes;
+    options.max_keys = args.max_keys;
+    options.prefixes.separators = args.separators.clone();
+    options.prefixes.max_depth = args.max_depth;
+    let on_terminal = std::io::stderr().is_terminal();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(audit::run(&options, |p| {
+        if on_terminal {
+            eprint!(
+                "\r\x1b[2K{} of ~{} keys, {} prefixes, {:.0} s, {} pauses",
+                p.keys,
+                p.dbsize,
+                p.prefixes,
+                p.elapsed.as_secs_f64(),
+                p.pauses
+            );
+        }
+    }));
+    if on_terminal {
+        eprintln!();
+    }
+    let report = report.context("audit failed")?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)?
+    } else {
+        report.table()
+    };
+    print_out(&text)
+}
+
+fn suggest(from_audit: Option<&std::path::Path>, from_proxy: Option<&str>) -> anyhow::Result<()> {
+    use respguard::keyspace::suggest;
+    let (observations, source) = match (from_audit, from_proxy) {
+        (Some(path), _) => (
+            suggest::observe_audit(&suggest::load_audit(path)?),
+            format!("the audit {}", path.display()),
+        ),
+        (None, Some(proxy)) => (
+            suggest::observe_live(&suggest::load_live(proxy)?),
+            format!("the live report of {proxy}"),
+        ),
+        (None, None) => anyhow::bail!("give --from-audit FILE or --from-proxy ADDRESS_OR_FILE"),
+    };
+    print_out(&suggest::to_toml(&suggest::propose(&observations), &source))
+}
+
+/// Print to stdout; a reader that stops early (`... | head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    match writeln!(std::io::stdout(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn init_logging(level: &str, format: &str) {

@@ -3,6 +3,7 @@
 
 mod access;
 mod admin;
+mod audit;
 mod cli;
 mod clients;
 mod deploy;

@@ -302,3 +302,38 @@ print("ok")
     python_ok(&script).await;
     proxy.shutdown().await;
 }
+
+/// `respguard audit` reads a `rediss://` Redis that requires a client certificate.
+#[tokio::test]
+async fn the_audit_reads_a_tls_redis() {
+    let pki = Pki::new();
+    let (server, tls_port) = tls_redis(&pki);
+    let (client_cert, client_key) = pki.issue("auditor", &["respguard-audit"]);
+    let mut plain = TcpStream::connect(server.addr()).await.unwrap();
+    let mut pipeline = Vec::new();
+    for i in 0..300 {
+        pipeline.extend(encode(&["SET", &format!("tls:{i}"), "v"]));
+    }
+    exchange(&mut plain, &pipeline, 300).await;
+    let ca = pki.path("ca.pem");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_respguard"))
+            .args(["audit", "--json", "--upstream"])
+            .arg(format!("rediss://127.0.0.1:{tls_port}"))
+            .args(["--tls-ca-file", s(&ca)])
+            .args(["--tls-cert-file", s(&client_cert)])
+            .args(["--tls-key-file", s(&client_key)])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["scanned_keys"], 300);
+    assert_eq!(report["prefixes"][0]["prefix"], "tls:*");
+}

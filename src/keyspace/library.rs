@@ -1,0 +1,210 @@
+//! Job libraries' key shapes: which keys in a Redis belong to Sidekiq, Celery, RQ, BullMQ,
+//! Dramatiq, Bee-Queue, Huey or taskiq.
+//!
+//! A job library's keys are its own bookkeeping: queues, schedules, retry and dead sets,
+//! job hashes, statistics. They must never be given a default TTL (a queue that expires
+//! loses its jobs), so the audit marks them and the rule suggestions leave them alone.
+//! The names below are the libraries' defaults, read from their sources:
+//!
+//! - **Sidekiq**: `queues` (set of queue names), `queue:<name>` (lists), `schedule`,
+//!   `retry`, `dead` (sorted sets), `processes` (set of process identities), `stat:*`
+//!   counters (`stat:processed`, `stat:failed`, per day `stat:processed:<date>`), and the
+//!   7.x metrics hashes `j|<date>|<hour>:<minute>`.
+//! - **Celery** (kombu's Redis transport and result backend): the default queue `celery`
+//!   and its priority lists `celery\x06\x16<n>`, `_kombu.binding.<exchange>` sets, the
+//!   `unacked`, `unacked_index` and `unacked_mutex` keys, results in
+//!   `celery-task-meta-<id>` and `celery-taskset-meta-<id>`.
+//! - **RQ**: everything under `rq:` (`rq:queue:<q>`, `rq:job:<id>`, `rq:wip:<q>`,
+//!   `rq:finished:<q>`, `rq:workers`, ...).
+//! - **BullMQ** and **Bull**: everything under the default prefix `bull:`
+//!   (`bull:<q>:wait`, `bull:<q>:<id>`, `bull:<q>:meta`, ...).
+//! - **Dramatiq**: the namespace `dramatiq:` (`dramatiq:<q>`, `dramatiq:<q>.msgs`,
+//!   `dramatiq:<q>.DQ`, `dramatiq:<q>.XQ`, `dramatiq:__heartbeats__`,
+//!   `dramatiq:__acks__.<worker>.<q>`).
+//! - **Bee-Queue**: the default prefix `bq:` (`bq:<q>:waiting`, `bq:<q>:jobs`, ...).
+//! - **Huey**: `huey.redis.<name>` (queue), `huey.schedule.<name>`, `huey.results.<name>`,
+//!   `huey.errors.<name>`.
+//! - **taskiq** (taskiq-redis): the default queue `taskiq` (list or stream) and the stream
+//!   broker's `autoclaim:taskiq:<stream>` locks.
+//!
+//! A library configured with another prefix or namespace is not recognised; its keys look
+//! like an application's.
+
+use std::sync::OnceLock;
+
+use crate::guard::pattern::KeyPattern;
+
+/// One job library's keys.
+#[derive(Debug, Clone, Copy)]
+pub struct Library {
+    /// The library's name, lower case, as the reports print it.
+    pub name: &'static str,
+    /// The key patterns of everything it writes (Redis globs).
+    pub patterns: &'static [&'static str],
+    /// The lists it pushes jobs onto with LPUSH/RPUSH, which the queue guard can follow
+    /// (empty for libraries that enqueue through scripts).
+    pub queues: &'static [&'static str],
+}
+
+/// The libraries recognised, in the order they are tried.
+pub const LIBRARIES: &[Library] = &[
+    Library {
+        name: "sidekiq",
+        patterns: &[
+            "queue:*",
+            "queues",
+            "schedule",
+            "retry",
+            "dead",
+            "processes",
+            "stat:*",
+            "j|*",
+        ],
+        queues: &["queue:*"],
+    },
+    Library {
+        name: "celery",
+        patterns: &[
+            "celery",
+            "celery\x06\x16*",
+            "celery-task-meta-*",
+            "celery-taskset-meta-*",
+            "_kombu.binding.*",
+            "unacked*",
+        ],
+        queues: &["celery", "celery\x06\x16*"],
+    },
+    Library {
+        name: "rq",
+        patterns: &["rq:*"],
+        queues: &["rq:queue:*"],
+    },
+    Library {
+        name: "bullmq",
+        patterns: &["bull:*"],
+        queues: &[],
+    },
+    Library {
+        name: "dramatiq",
+        patterns: &["dramatiq:*"],
+        queues: &[],
+    },
+    Library {
+        name: "bee-queue",
+        patterns: &["bq:*"],
+        queues: &[],
+    },
+    Library {
+        name: "huey",
+        patterns: &["huey.*"],
+        queues: &["huey.redis.*"],
+    },
+    Library {
+        name: "taskiq",
+        patterns: &["taskiq", "autoclaim:taskiq:*"],
+        queues: &["taskiq"],
+    },
+];
+
+/// Each library's patterns compiled into one matcher, built on first use.
+fn matchers() -> &'static [(&'static str, KeyPattern)] {
+    static MATCHERS: OnceLock<Vec<(&'static str, KeyPattern)>> = OnceLock::new();
+    MATCHERS.get_or_init(|| {
+        LIBRARIES
+            .iter()
+            .map(|l| (l.name, KeyPattern::any_of(l.patterns)))
+            .collect()
+    })
+}
+
+/// The job library whose key shape `key` has, if any.
+pub fn library_of(key: &[u8]) -> Option<&'static str> {
+    matchers()
+        .iter()
+        .find(|(_, pattern)| pattern.matches(key))
+        .map(|(name, _)| *name)
+}
+
+/// The library called `name`.
+pub fn library(name: &str) -> Option<&'static Library> {
+    LIBRARIES.iter().find(|l| l.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_library_s_keys_are_recognised() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"queue:default", "sidekiq"),
+            (b"queues", "sidekiq"),
+            (b"schedule", "sidekiq"),
+            (b"retry", "sidekiq"),
+            (b"dead", "sidekiq"),
+            (b"processes", "sidekiq"),
+            (b"stat:processed", "sidekiq"),
+            (b"stat:failed:2024-05-01", "sidekiq"),
+            (b"j|20240501|12:5", "sidekiq"),
+            (b"celery", "celery"),
+            (b"celery\x06\x163", "celery"),
+            (
+                b"celery-task-meta-6f1c2a9e-7d4b-4c1e-9a3f-0b8e2d5c7a61",
+                "celery",
+            ),
+            (b"_kombu.binding.celery", "celery"),
+            (b"unacked", "celery"),
+            (b"unacked_index", "celery"),
+            (b"unacked_mutex", "celery"),
+            (b"rq:job:6f1c2a9e", "rq"),
+            (b"rq:queue:default", "rq"),
+            (b"rq:wip:default", "rq"),
+            (b"bull:emails:wait", "bullmq"),
+            (b"bull:emails:42", "bullmq"),
+            (b"dramatiq:default.msgs", "dramatiq"),
+            (b"dramatiq:__heartbeats__", "dramatiq"),
+            (b"bq:emails:waiting", "bee-queue"),
+            (b"huey.redis.tasks", "huey"),
+            (b"huey.schedule.tasks", "huey"),
+            (b"taskiq", "taskiq"),
+            (b"autoclaim:taskiq:taskiq", "taskiq"),
+        ];
+        for (key, want) in cases {
+            assert_eq!(
+                library_of(key),
+                Some(*want),
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    #[test]
+    fn application_keys_belong_to_no_library() {
+        for key in [
+            &b"cache:user:1"[..],
+            b"session:abc",
+            b"queued",
+            b"scheduler:lock",
+            b"retry_count:1",
+            b"celeryx",
+            b"rqx:1",
+            b"bullet:1",
+            b"taskiq:results:1",
+            b"",
+        ] {
+            // `celeryx` starts like Celery's priority queues only with \x06\x16.
+            assert_eq!(library_of(key), None, "{}", String::from_utf8_lossy(key));
+        }
+    }
+
+    #[test]
+    fn a_library_s_queues_are_among_its_own_keys() {
+        for lib in LIBRARIES {
+            for queue in lib.queues {
+                assert_eq!(library_of(queue.as_bytes()), Some(lib.name), "{queue}");
+            }
+            assert_eq!(library(lib.name).map(|l| l.name), Some(lib.name));
+        }
+    }
+}
