@@ -32,6 +32,7 @@ use crate::config::RawKeyspace;
 use crate::guard::size::{values_by_key, KeyValues};
 use crate::guard::ttl::OwnExpiry;
 use crate::guard::{ByCommand, CommandView};
+use crate::keyspace::library::library_of;
 use crate::keyspace::prefix::{PrefixRules, MAX_PREFIX_LEN};
 use crate::keyspace::report::{HotKey, LiveReport, PrefixActivity};
 use crate::keyspace::topk::TopK;
@@ -251,8 +252,12 @@ impl Insight {
             .into_iter()
             .map(|e| {
                 let f = e.value;
+                let prefix = e.item.to_text();
+                // A prefix is a pattern every key of its group matches; read as a key, it
+                // has the shape of its library's keys.
+                let library = library_of(prefix.as_bytes()).map(str::to_string);
                 PrefixActivity {
-                    prefix: e.item.to_text(),
+                    prefix,
                     operations: e.count,
                     writes: f.writes,
                     writes_per_second: per_second(f.writes),
@@ -264,7 +269,7 @@ impl Insight {
                     pushes: f.pushes,
                     pops: f.pops,
                     error_bound: e.error,
-                    library: None,
+                    library,
                 }
             })
             .collect();

@@ -100,6 +100,9 @@ async fn a_known_workload_is_reported_exactly() {
     assert_eq!(blob["bytes_written"], 50_000 + 9 + 2 + 1);
     let queue = prefix(&report, "queue:*");
     assert_eq!(figures(queue, &["operations", "pushes", "pops"]), [4, 5, 3]);
+    // `queue:*` is the shape of Sidekiq's queues; a cache prefix has no library.
+    assert_eq!(queue["library"], "sidekiq");
+    assert!(prefix(&report, "cache:user:*")["library"].is_null());
     assert_eq!(
         figures(prefix(&report, "board"), &["pushes", "pops"]),
         [2, 0]
@@ -182,6 +185,11 @@ async fn a_disabled_insight_says_so() {
     assert_eq!(c.call(&["RESPGUARD", "KEYSPACE"]).await, disabled);
     assert_eq!(c.call(&["RESPGUARD", "KEYSPACE", "RESET"]).await, disabled);
     assert!(proxy.control.keyspace().is_none());
+    let answer = http_get(proxy.admin_addr.unwrap(), "/keyspace").await;
+    assert_eq!(
+        (answer.status, &*answer.body),
+        (404, "keyspace insight disabled\n")
+    );
     proxy.shutdown().await;
 }
 
