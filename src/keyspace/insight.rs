@@ -385,6 +385,10 @@ fn pushed(cmd: &CommandView<'_>, kind: Kind, k: usize, values: KeyValues) -> u64
 /// `POP key [count]`, each value for a removal of members (ZREM, XDEL), one otherwise (a
 /// blocking pop, a move, a trim or range removal, whose size only Redis knows).
 fn popped(cmd: &CommandView<'_>, kind: Kind, k: usize, values: KeyValues) -> u64 {
+    // DEL, UNLINK, GETDEL remove whole keys of any type, not elements of a collection.
+    if kind.collection == Collection::None {
+        return 0;
+    }
     if kind.fixed || kind.one_of_many {
         return 1;
     }
@@ -395,7 +399,6 @@ fn popped(cmd: &CommandView<'_>, kind: Kind, k: usize, values: KeyValues) -> u64
             .map_or(1, |n| n.max(0) as u64);
     }
     match kind.collection {
-        Collection::None => 0,
         Collection::Stream if cmd.info.name.as_ref() != "xdel" => 1,
         _ => values.count.max(1),
     }
@@ -545,7 +548,8 @@ ZADD board NX 1 a 2 b\r\n\
 ZREM board a\r\n\
 XADD stream:events * f v\r\n\
 SET blob:1 toolarge\r\n\
-GET cache:user:1\r\nGET cache:user:1\r\nGET cache:user:1\r\n";
+GET cache:user:1\r\nGET cache:user:1\r\nGET cache:user:1\r\n\
+UNLINK old:2 7 old:3\r\nGETDEL old:4\r\n";
         run(&insight, &guards, &table, input);
         let r = insight.report();
         assert_eq!((r.sample_rate, r.evicted_prefixes), (1, 0));
@@ -577,6 +581,10 @@ GET cache:user:1\r\nGET cache:user:1\r\nGET cache:user:1\r\n";
         let board = prefix(&r, "board");
         assert_eq!((board.pushes, board.pops), (2, 1));
         assert_eq!(prefix(&r, "stream:*").pushes, 1);
+        // Deleting whole keys is not popping: `7`, a key here, is no count either.
+        let old = prefix(&r, "old:*");
+        assert_eq!((old.operations, old.pops), (3, 0));
+        assert_eq!(prefix(&r, "*").pops, 0);
         // A refused write is an operation, not a write.
         let blob = prefix(&r, "blob:*");
         assert_eq!((blob.operations, blob.writes), (1, 0));
