@@ -30,7 +30,7 @@ impl Default for RawKeyspace {
     fn default() -> Self {
         RawKeyspace {
             enabled: true,
-            sample_rate: 64,
+            sample_rate: 128,
             max_prefixes: 1024,
             hot_keys: 32,
             separators: ":".to_string(),

@@ -88,7 +88,7 @@ async fn every_admin_endpoint_answers_with_its_status_type_and_body() {
     assert_eq!(header(&keyspace, "Content-Type"), Some("application/json"));
     let report: respguard::keyspace::report::LiveReport =
         serde_json::from_str(&keyspace.body).expect("a LiveReport");
-    assert_eq!(report.sample_rate, 64);
+    assert_eq!(report.sample_rate, 128);
 
     let missing = http_get(admin, "/nothing").await;
     assert_eq!((missing.status, &*missing.body), (404, "not found\n"));
