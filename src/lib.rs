@@ -41,6 +41,7 @@ pub mod config;
 pub mod control;
 pub mod guard;
 pub mod health;
+pub mod http_get;
 pub mod identity;
 pub mod keyspace;
 pub mod listener;

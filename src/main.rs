@@ -221,23 +221,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn health_probe(admin: &str, path: &str) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
-    use std::time::Duration;
-    let addr = admin
-        .to_socket_addrs()?
-        .next()
-        .context("the admin address resolves to nothing")?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response.lines().next().unwrap_or_default();
-    anyhow::ensure!(status.contains(" 200 "), "{path}: {status}");
+    let timeout = std::time::Duration::from_secs(2);
+    let answer = respguard::http_get::get(admin, path, timeout, 1 << 20)?;
+    anyhow::ensure!(answer.is_ok(), "{path}: {}", answer.status);
     Ok(())
 }
 

@@ -20,8 +20,6 @@
 //! never applies a suggestion by itself.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
@@ -171,36 +169,12 @@ fn fetch(source: &str) -> Result<String, SuggestError> {
         path: path.to_string(),
         reason,
     };
-    let timeout = Duration::from_secs(5);
-    let addr = address
-        .to_socket_addrs()
-        .map_err(|e| fail(e.to_string()))?
-        .next()
-        .ok_or_else(|| fail("the address resolves to nothing".into()))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail(e.to_string()))?;
-    stream
-        .set_read_timeout(Some(timeout))
+    let answer = crate::http_get::get(address, path, Duration::from_secs(5), MAX_RESPONSE)
         .map_err(|e| fail(e.to_string()))?;
-    // One write: a request in pieces may be read in part by a server that answers and
-    // closes at once.
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| fail(e.to_string()))?;
-    let mut response = Vec::new();
-    stream
-        .take(MAX_RESPONSE)
-        .read_to_end(&mut response)
-        .map_err(|e| fail(e.to_string()))?;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| fail("no complete HTTP response".into()))?;
-    let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
-        return Err(fail(status.to_string()));
+    if !answer.is_ok() {
+        return Err(fail(answer.status));
     }
-    Ok(body.to_string())
+    Ok(answer.body)
 }
 
 /// The observations of an audit, `(other)` left out.
