@@ -115,8 +115,8 @@ pub fn judge_observed(
                 let sent = if inline { src.len() } else { end - start };
                 let bound = 2 * sent
                     + 1024
-                    + crate::guard::ttl::SCRIPT
-                        .len()
+                    + (crate::guard::ttl::SCRIPT.len())
+                        .max(crate::guard::ttl::SET_SCRIPT.len())
                         .max(crate::guard::ttl::PAIRS_SCRIPT.len());
                 if scratch.len() > bound {
                     return Err(format!(

@@ -26,7 +26,8 @@
 //!   give a key without a TTL its TTL (documented in `docs/guards.md`).
 //! - A command too large to hold (streamed) is wrapped all the same: only its head is
 //!   rewritten, and the rest streams to Redis unchanged. For a SET whose options follow the
-//!   streamed value, the script reads the options (mode `SET`).
+//!   streamed value, a second script (`ttl_set_script.lua`) reads the options, and from
+//!   them and the reply whether the SET wrote (NX, XX, GET).
 //!
 //! A rule with `ttl = "none"` exempts its keys (and stops the search: first match wins).
 
@@ -64,6 +65,19 @@ static EVAL_SCRIPT: std::sync::LazyLock<EncodedArgs> =
 static EVAL_SCRIPT_ONE_KEY: std::sync::LazyLock<EncodedArgs> =
     std::sync::LazyLock::new(|| EncodedArgs::new(&[b"EVAL", SCRIPT.as_bytes(), b"1"]));
 
+/// The script of a SET whose value streams, so that its options are unseen: it reads them
+/// (`ttl_set_script.lua`). Kept apart so that [`SCRIPT`], sent with every other wrapped
+/// command, carries none of this.
+const SET_SCRIPT_SOURCE: &str = include_str!("ttl_set_script.lua");
+
+/// [`SET_SCRIPT_SOURCE`] as sent.
+pub static SET_SCRIPT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| compact(SET_SCRIPT_SOURCE));
+
+/// `EVAL`, [`SET_SCRIPT`] and `1`, encoded once.
+static EVAL_SET_SCRIPT: std::sync::LazyLock<EncodedArgs> =
+    std::sync::LazyLock::new(|| EncodedArgs::new(&[b"EVAL", SET_SCRIPT.as_bytes(), b"1"]));
+
 /// The script for an MSET or MSETNX too large for the proxy to list its keys (see
 /// `ttl_pairs.lua`): it runs the command, in pieces inside the script when it has more
 /// arguments than one Lua call can pass on, and matches each key against the rules itself
@@ -98,9 +112,9 @@ pub struct TtlLimits {
     pub ttl_millis: Box<[u8]>,
     /// `PX <ttl_millis>`, the arguments a SET without expiry gets, encoded once.
     pub px_ttl: EncodedArgs,
-    /// By [`KeyMode`]: `<mode> <ttl_millis> <max_millis>`, a wrapped command's arguments
-    /// for one key of the rule, encoded once.
-    wrap_args: [EncodedArgs; 3],
+    /// By [`KeyMode`]: `NX <ttl_millis>` and `LT <max_millis>`, a wrapped command's
+    /// arguments for one key of the rule, encoded once.
+    wrap_args: [EncodedArgs; 2],
     /// Largest TTL a client may set.
     pub max_ttl: Option<Duration>,
     /// `max_ttl` in milliseconds as decimal text (`0` for none).
@@ -168,21 +182,8 @@ enum KeyMode {
     Default,
     /// Lower an expiry above the rule's `max_ttl` (no expiry counts as infinite).
     Clamp,
-    /// A SET whose options the proxy cannot see: the script reads them.
+    /// A SET whose options the proxy cannot see: [`SET_SCRIPT`] reads them.
     SetOptions,
-}
-
-impl KeyMode {
-    /// Every mode, in the order of their index (`as usize`).
-    const ALL: [KeyMode; 3] = [KeyMode::Default, KeyMode::Clamp, KeyMode::SetOptions];
-
-    fn word(self) -> &'static [u8] {
-        match self {
-            KeyMode::Default => b"NX",
-            KeyMode::Clamp => b"LT",
-            KeyMode::SetOptions => b"SET",
-        }
-    }
 }
 
 /// What the guard does with a command, decided once per command id when it is built.
@@ -291,8 +292,10 @@ impl TtlGuard {
                     .into_boxed_slice()
             };
             let (ttl_millis, max_millis) = (millis(ttl), millis(max_ttl));
-            let wrap_args =
-                KeyMode::ALL.map(|m| EncodedArgs::new(&[m.word(), &ttl_millis, &max_millis]));
+            let wrap_args = [
+                EncodedArgs::new(&[b"NX", &ttl_millis]),
+                EncodedArgs::new(&[b"LT", &max_millis]),
+            ];
             let limits = TtlLimits {
                 px_ttl: EncodedArgs::new(&[b"PX", &ttl_millis]),
                 wrap_args,
@@ -689,16 +692,28 @@ impl TtlGuard {
         action: Action,
         out: &mut BytesMut,
     ) -> Verdict {
-        if !wrappable(cmd.info, cmd.argc + 8) || !may_set_expiry(cmd, rule, client) {
+        let millis = match mode {
+            KeyMode::Default => rule.limits.ttl,
+            KeyMode::Clamp => rule.limits.max_ttl,
+            KeyMode::SetOptions => rule.limits.ttl.or(rule.limits.max_ttl),
+        };
+        if millis.is_none()
+            || !wrappable(cmd.info, cmd.argc + 8)
+            || !may_set_expiry(cmd, rule, client)
+        {
             return Verdict::Forward;
         }
-        let write_on_success = self.kinds.get(cmd.info).write_on_success;
-        wrap(
-            cmd,
-            std::iter::once((key, rule, mode)),
-            write_on_success,
-            out,
-        );
+        if mode == KeyMode::SetOptions {
+            wrap_set(cmd, key, rule, out);
+        } else {
+            let write_on_success = self.kinds.get(cmd.info).write_on_success;
+            wrap(
+                cmd,
+                std::iter::once((key, rule, mode)),
+                write_on_success,
+                out,
+            );
+        }
         let v = Verdict::Rewrite {
             replacement: Some(out.len()),
             hidden: 0,
@@ -782,9 +797,9 @@ fn wrappable(info: &CommandInfo, total: usize) -> bool {
         && total <= MAX_WRAPPED_ARGS
 }
 
-/// Write `EVAL <script> <n> <keys…> <condition> <mode ttl max…> <command…>`: the
+/// Write `EVAL <script> <n> <keys…> <condition> <mode millis…> <command…>`: the
 /// script's arguments, then the client's command as it encoded it (for a streamed command,
-/// its head; the rest follows unchanged).
+/// its head; the rest follows unchanged). No key's mode is [`KeyMode::SetOptions`].
 fn wrap<'k>(
     cmd: &CommandView<'_>,
     keys: impl Iterator<Item = (&'k [u8], &'k Rule<TtlLimits>, KeyMode)> + Clone,
@@ -792,7 +807,7 @@ fn wrap<'k>(
     out: &mut BytesMut,
 ) {
     let n = keys.clone().count();
-    resp::array_header(out, 3 + n + 1 + 3 * n + cmd.argc);
+    resp::array_header(out, 3 + n + 1 + 2 * n + cmd.argc);
     if n == 1 {
         out.extend_from_slice(EVAL_SCRIPT_ONE_KEY.bytes());
     } else {
@@ -810,8 +825,23 @@ fn wrap<'k>(
     };
     out.extend_from_slice(condition);
     for (_, rule, mode) in keys {
+        debug_assert!(
+            mode != KeyMode::SetOptions,
+            "a SET's options have their own script"
+        );
         out.extend_from_slice(rule.limits.wrap_args[mode as usize].bytes());
     }
+    copy_command(cmd, out);
+}
+
+/// Write `EVAL <set script> 1 <key> <ttl> <max_ttl> <SET…>` for a SET whose options follow
+/// its streamed value (see `ttl_set_script.lua`).
+fn wrap_set(cmd: &CommandView<'_>, key: &[u8], rule: &Rule<TtlLimits>, out: &mut BytesMut) {
+    resp::array_header(out, 3 + 1 + 2 + cmd.argc);
+    out.extend_from_slice(EVAL_SET_SCRIPT.bytes());
+    resp::bulk(out, key);
+    resp::bulk(out, &rule.limits.ttl_millis);
+    resp::bulk(out, &rule.limits.max_millis);
     copy_command(cmd, out);
 }
 

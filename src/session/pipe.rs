@@ -53,6 +53,11 @@ pub(crate) struct Pipe<S> {
     /// Bytes at the front of `input` scanned and waiting to move to `output`.
     ready: usize,
     output: BytesMut,
+    /// How large the output grew in the last batch the proxy appended to: the room made at
+    /// the first append of the next batch, so a batch of rewrites (each adding far more
+    /// than its own input, as a wrapped command does) grows its output once, not by
+    /// repeated doubling, each copying everything before it.
+    append_hint: usize,
     scanner: S,
 }
 
@@ -63,6 +68,7 @@ impl<S: Rebase> Pipe<S> {
             input: ReadBuffer::new(),
             ready: 0,
             output: BytesMut::new(),
+            append_hint: 0,
             scanner,
         }
     }
@@ -146,13 +152,15 @@ impl<S: Rebase> Pipe<S> {
 
     /// The output, after the ready bytes, for the proxy to append its own bytes to.
     ///
-    /// Room is made at once for the rest of the input as well: the output may be the
+    /// Room is made at once for the rest of the input as well, or for as much as the last
+    /// batch that was appended to grew to, whichever is larger: the output may be the
     /// input's own memory, taken without a copy, which cannot grow in place; growing it a
     /// command at a time would copy it again at each doubling.
     #[inline]
     pub fn append(&mut self) -> &mut BytesMut {
         self.move_ready();
-        self.output.reserve(self.input.bytes().len() + APPEND_ROOM);
+        let room = (self.input.bytes().len() + APPEND_ROOM).max(self.append_hint);
+        self.output.reserve(room);
         &mut self.output
     }
 
@@ -202,6 +210,16 @@ impl<S: Rebase> Pipe<S> {
         self.output.clear();
     }
 
+    /// Remember the output's size as the next batch's [`Self::append`] hint when the proxy
+    /// appended to it (its memory is then its own, not the input's); bounded by the largest
+    /// read, so one huge batch does not make every later one reserve as much.
+    #[inline]
+    fn note_output_size(&mut self) {
+        if self.output.capacity() > self.output.len() {
+            self.append_hint = self.output.len().min(crate::buffer::MAX_READ);
+        }
+    }
+
     /// `n` output bytes were written. An emptied output gives up its handle, so the read
     /// buffer can reuse the memory.
     pub fn wrote(&mut self, n: usize) {
@@ -213,6 +231,7 @@ impl<S: Rebase> Pipe<S> {
 
     /// Write as much as `to` takes now, without waiting, counting the bytes in `sent`.
     pub fn flush(&mut self, to: &Stream, sent: &Counter) {
+        self.note_output_size();
         while !self.output.is_empty() {
             match to.try_write(&self.output) {
                 Ok(n) => {

@@ -290,6 +290,49 @@ async fn streamed_writes_get_their_ttl() {
 }
 
 #[tokio::test]
+async fn a_streamed_set_that_writes_nothing_gives_no_ttl() {
+    // A SET whose value streams is wrapped without the proxy seeing its options: the
+    // script reads them, and whether the SET wrote from its reply. A SET NX on a key that
+    // exists, or XX on one that does not (with GET or without), wrote nothing, so it must
+    // not give the key that is there a TTL; the same with GET that did write must.
+    let pair = Pair::start(RULES).await;
+    pair.setup(&[
+        &["SET", "nx", "old"],
+        &["SET", "nx-get", "old"],
+        &["SET", "xx-get", "old"],
+    ])
+    .await;
+    let big = "x".repeat(70 * 1024);
+    let b = big.as_str();
+    pair.same(&[
+        &["SET", "nx", b, "NX"],
+        &["SET", "nx-get", b, "NX", "GET"],
+        &["SET", "xx", b, "XX"],
+        &["SET", "xx-absent-get", b, "XX", "GET"],
+        &["SET", "xx-get", b, "XX", "GET"],
+        &["SET", "get-new", b, "GET"],
+        &["SET", "nx-new", b, "NX", "GET"],
+    ])
+    .await;
+    for key in ["nx", "nx-get"] {
+        assert_eq!(
+            pair.pttl_behind(key).await,
+            -1,
+            "{key}: not written, no TTL"
+        );
+    }
+    for key in ["xx", "xx-absent-get"] {
+        assert_eq!(pair.pttl_behind(key).await, -2, "{key}: never created");
+    }
+    for key in ["xx-get", "get-new", "nx-new"] {
+        assert!(
+            around(pair.pttl_behind(key).await, HOUR_MS),
+            "{key}: written"
+        );
+    }
+}
+
+#[tokio::test]
 async fn client_reply_skip_and_off_apply_to_answers_the_proxy_gives() {
     // A refusal under CLIENT REPLY SKIP was sent while Redis applied the SKIP to the next
     // command; under OFF, refusals and RESPGUARD's own output were sent although Redis
