@@ -110,9 +110,9 @@ pub const LIBRARIES: &[Library] = &[
 ];
 
 /// Every library pattern, grouped by its first byte: a key is tried only against the
-/// patterns that can match its first byte (for most keys none, for `cache:…` Celery's
-/// four), so the TTL guard can ask on every write to a catch-all rule's keys. Every library
-/// pattern begins with a literal byte (a test holds this).
+/// patterns that can match its first byte (for `cache:…`, Celery's four), so the TTL guard
+/// can ask on every write to a catch-all rule's keys. Every library pattern begins with a
+/// literal byte (a test holds this).
 struct Matcher {
     by_first_byte: Vec<Box<[(KeyPattern, &'static str)]>>,
 }
@@ -138,9 +138,40 @@ fn matcher() -> &'static Matcher {
     })
 }
 
+/// By byte: whether some library pattern begins with it. Computed at compile time, so
+/// most keys (no library's first byte) are answered with one table look-up.
+const FIRST_BYTES: [bool; 256] = first_bytes();
+
+const fn first_bytes() -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < LIBRARIES.len() {
+        let patterns = LIBRARIES[i].patterns;
+        let mut j = 0;
+        while j < patterns.len() {
+            let p = patterns[j].as_bytes();
+            if !p.is_empty() {
+                table[p[0] as usize] = true;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    table
+}
+
 /// The job library whose key shape `key` has, if any.
-#[inline]
+#[inline(always)]
 pub fn library_of(key: &[u8]) -> Option<&'static str> {
+    match key.first() {
+        Some(&b) if FIRST_BYTES[usize::from(b)] => library_by_patterns(key),
+        _ => None,
+    }
+}
+
+/// [`library_of`] for a key whose first byte begins some library pattern.
+#[inline(never)]
+fn library_by_patterns(key: &[u8]) -> Option<&'static str> {
     let first = usize::from(*key.first()?);
     matcher().by_first_byte[first]
         .iter()
