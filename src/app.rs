@@ -116,13 +116,14 @@ impl Tls {
 
 /// Build what [`start`] builds from `config` before serving (TLS, and the policy against
 /// the built-in command table), and serve nothing: every error `start` would give before
-/// it connects. `respguard check-config` runs this.
-pub fn check(config: &Config) -> Result<(), ConfigError> {
+/// it connects. `respguard check-config` runs this, and prints the notes it returns: what
+/// the rules leave alone that their author may not expect (the warnings a start logs).
+pub fn check(config: &Config) -> Result<Vec<String>, ConfigError> {
     Tls::build(config)?;
     let raw = &config.raw;
     let table = CommandTable::builtin();
     Policy::build(raw, &table, &GuardContext::new(&raw.guards))?;
-    Ok(())
+    Ok(crate::guard::ttl::library_notes(&raw.guards.ttl))
 }
 
 /// The process's Prometheus recorder, installed once.

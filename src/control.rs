@@ -87,14 +87,20 @@ impl AdminAccess {
 impl Policy {
     /// The one place a configuration becomes a policy: at start, by `check-config` (through
     /// [`crate::app::check`]) and on reload. Guard rules are checked against `table`, and
-    /// the guards keep their shared state in `context`.
+    /// the guards keep their shared state in `context`. What a rule leaves alone that its
+    /// author may not expect (a catch-all TTL rule over job-library keys) is logged as a
+    /// warning.
     pub fn build(
         raw: &RawConfig,
         table: &CommandTable,
         context: &GuardContext,
     ) -> Result<Self, ConfigError> {
+        let guards = Guards::build(&raw.guards, table, context)?;
+        for note in crate::guard::ttl::library_notes(&raw.guards.ttl) {
+            tracing::warn!("{note}");
+        }
         Ok(Policy {
-            guards: Guards::build(&raw.guards, table, context)?,
+            guards,
             auth: ProxyAuth::build(&raw.auth),
             admin: AdminAccess {
                 networks: raw.admin.command_networks.clone(),

@@ -145,13 +145,16 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::CheckConfig { file }) = &cli.command {
         let raw = cli.raw_config(Some(file))?;
         let text = raw.to_toml();
-        raw.validate()
+        let notes = raw
+            .validate()
             .and_then(|config| respguard::app::check(&config))
             .with_context(|| format!("{} is not valid", file.display()))?;
+        // Notes as TOML comments, so the output stays a configuration file.
+        let notes: String = notes.iter().map(|n| format!("# note: {n}\n")).collect();
         // A reader that stops early (`check-config FILE | head`) is not an error.
         let shown = writeln!(
             std::io::stdout(),
-            "# {} is valid; effective configuration:\n{text}",
+            "# {} is valid\n{notes}# effective configuration:\n{text}",
             file.display()
         );
         return match shown {

@@ -19,7 +19,7 @@
 //! The engine's parts import no guard: `verdict` (what a guard sees and answers), `phase`
 //! (the [`Guard`] trait), `rule` (rules, actions, counting and logging), `log_limit`,
 //! `by_command`, `rewrite` (encoding a rewritten command), `watch` (reply watches),
-//! `pattern` (key globs). The guards (`size`, `shed`, `queue`, `enqueue`, `ttl`,
+//! `pattern` (key globs), `library` (job libraries' key shapes). The guards (`size`, `shed`, `queue`, `enqueue`, `ttl`,
 //! `fail_open`) import those; `context` (the state guards share) and `chain` import the
 //! guards. This file only declares the modules and names what the rest of the crate uses.
 
@@ -28,6 +28,7 @@ mod chain;
 mod context;
 pub mod enqueue;
 pub mod fail_open;
+pub mod library;
 mod log_limit;
 pub mod pattern;
 mod phase;

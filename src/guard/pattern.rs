@@ -64,6 +64,14 @@ impl KeyPattern {
         }
     }
 
+    /// True when the pattern begins with a wildcard (`*`, `*:tmp`, `?*`, `[a-z]*`): it names
+    /// no key by its text, only keys of a shape. `cache:*`, `bull:*` and `schedule` begin
+    /// with literal text and so name the keys they match; an escaped first byte (`\*x`)
+    /// is literal too.
+    pub fn is_catch_all(&self) -> bool {
+        matches!(self.source.as_bytes().first(), Some(b'*' | b'?' | b'['))
+    }
+
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.source
@@ -216,6 +224,16 @@ mod tests {
         assert!(m("*", b""));
         // Braces are not special to Redis.
         assert!(m("{a,b}", b"{a,b}") && !m("{a,b}", b"a"));
+    }
+
+    #[test]
+    fn a_catch_all_begins_with_a_wildcard() {
+        for p in ["*", "**", "*:tmp", "?*", "[a-z]*", "[^x]"] {
+            assert!(KeyPattern::new(p).is_catch_all(), "{p}");
+        }
+        for p in ["cache:*", "bull:*", "schedule", "b*", "\\*x", ""] {
+            assert!(!KeyPattern::new(p).is_catch_all(), "{p}");
+        }
     }
 
     #[test]

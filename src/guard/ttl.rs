@@ -30,6 +30,18 @@
 //!   them and the reply whether the SET wrote (NX, XX, GET).
 //!
 //! A rule with `ttl = "none"` exempts its keys (and stops the search: first match wins).
+//!
+//! **Job libraries' keys.** A catch-all rule (its pattern begins with a wildcard: `*`,
+//! `*:tmp`, `[a-z]*`, see [`KeyPattern::is_catch_all`]) does not cover keys with a job
+//! library's shape ([`library_of`]: Sidekiq's `queue:*` and `schedule`, RQ's `rq:*`,
+//! Huey's `huey.*`, ...): for them the search goes on to the next rule. Those keys are the
+//! library's bookkeeping (a queue, a hash of every job's data, results it expires itself);
+//! a TTL given to them, or a result expiry lowered to `max_ttl`, loses jobs. A rule that
+//! names them, by a pattern beginning with literal text (`bull:*`, `rq:job:*`,
+//! `huey.results.*`), covers them like any other key. The library check runs only for keys
+//! a catch-all rule matches, so a configuration without one pays nothing for it.
+//! [`library_notes`] says at start and in `check-config` which libraries a catch-all rule
+//! leaves alone.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,9 +49,11 @@ use bytes::BytesMut;
 use smallvec::SmallVec;
 
 use super::by_command::ByCommand;
+use super::library::{covered_by, library_of, LIBRARIES};
+use super::pattern::KeyPattern;
 use super::phase::Guard;
 use super::rewrite::{appending, EncodedArgs};
-use super::rule::{first_rule, printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
+use super::rule::{printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
 use super::verdict::{CommandView, ScriptAccess, Verdict};
 use crate::command::{CommandInfo, CommandTable, Flags};
 use crate::config::{ConfigError, RawTtlGuard};
@@ -119,6 +133,8 @@ pub struct TtlLimits {
     pub max_ttl: Option<Duration>,
     /// `max_ttl` in milliseconds as decimal text (`0` for none).
     pub max_millis: Box<[u8]>,
+    /// The rule's pattern begins with a wildcard: it does not cover job libraries' keys.
+    pub catch_all: bool,
 }
 
 /// The default-TTL guard.
@@ -303,12 +319,22 @@ impl TtlGuard {
                 ttl,
                 max_millis,
                 max_ttl,
+                catch_all: KeyPattern::new(&r.pattern).is_catch_all(),
             };
             let spec = RuleSpec::new(&r.pattern, &r.clients, r.mode);
             rules.push(Rule::new(kind, spec, limits));
         }
         let kinds = ByCommand::build(table, |info| CommandKind::of(info, &extra));
         Ok(TtlGuard { rules, kinds })
+    }
+
+    /// The rule for `key` written by `client`: the first that applies, a catch-all rule
+    /// passed over for a key with a job library's shape (see the module documentation).
+    #[inline]
+    fn rule_for(&self, key: &[u8], client: &ClientIdentity) -> Option<&Rule<TtlLimits>> {
+        self.rules
+            .iter()
+            .find(|r| r.applies(key, client) && !(r.limits.catch_all && library_of(key).is_some()))
     }
 
     /// Whether any rule enforces: only then does the guard send anything as the user.
@@ -380,6 +406,45 @@ fn check_extra_command(name: &str, pattern: &str, table: &CommandTable) -> Resul
     })
 }
 
+/// What the TTL rules of `raw` leave to the job libraries: for each catch-all rule that
+/// gives keys a TTL or a `max_ttl`, the libraries whose key shapes its pattern matches and
+/// those shapes, in one sentence. Logged as a warning at start and on reload, printed by
+/// `check-config`: a user who wrote `pattern = "*"` learns that their queues are safe, and
+/// how to give those keys a TTL if they mean to.
+pub fn library_notes(raw: &RawTtlGuard) -> Vec<String> {
+    raw.rules
+        .iter()
+        .filter(|r| r.ttl.duration().is_some() || r.max_ttl.is_some())
+        .filter_map(|r| {
+            let pattern = KeyPattern::new(&r.pattern);
+            if !pattern.is_catch_all() {
+                return None;
+            }
+            let covered = covered_by(&pattern);
+            if covered.is_empty() {
+                return None;
+            }
+            let libraries: Vec<String> = covered
+                .iter()
+                .map(|(name, shapes)| {
+                    let shapes: Vec<String> = shapes
+                        .iter()
+                        .map(|s| s.as_bytes().escape_ascii().to_string())
+                        .collect();
+                    format!("{name} ({})", shapes.join(", "))
+                })
+                .collect();
+            Some(format!(
+                "ttl rule `{}` would cover job-library keys: {}; they are left alone (no TTL \
+                 given, no expiry lowered); name them in a rule (a pattern beginning with \
+                 their prefix, such as `bull:*`) to give them one",
+                r.pattern,
+                libraries.join(", ")
+            ))
+        })
+        .collect()
+}
+
 impl Guard for TtlGuard {
     fn name(&self) -> &'static str {
         "ttl"
@@ -409,7 +474,7 @@ impl Guard for TtlGuard {
         let Some(key) = cmd.keys.first().and_then(|&k| cmd.arg(k)) else {
             return Verdict::Forward;
         };
-        let Some(rule) = first_rule(&self.rules, key, client) else {
+        let Some(rule) = self.rule_for(key, client) else {
             return Verdict::Forward;
         };
         match command {
@@ -596,7 +661,7 @@ impl TtlGuard {
         let mut chosen: SmallVec<[(&[u8], &Rule<TtlLimits>); 4]> = SmallVec::new();
         for &k in written {
             let Some(key) = cmd.arg(k) else { continue };
-            let Some(rule) = first_rule(&self.rules, key, client) else {
+            let Some(rule) = self.rule_for(key, client) else {
                 continue;
             };
             if rule.limits.ttl.is_none() || !may_set_expiry(cmd, rule, client) {
@@ -656,7 +721,13 @@ impl TtlGuard {
             return Verdict::Forward;
         }
         counted.count(Action::TtlAdded);
-        resp::array_header(out, 4 + 2 * rules.len() + cmd.argc);
+        // The library shapes go along only when a catch-all rule needs them.
+        let shapes = if rules.iter().any(|r| r.limits.catch_all) {
+            LIBRARIES.iter().flat_map(|l| l.patterns.iter()).count()
+        } else {
+            0
+        };
+        resp::array_header(out, 5 + 3 * rules.len() + shapes + cmd.argc);
         resp::bulk(out, b"EVAL");
         resp::bulk(out, PAIRS_SCRIPT.as_bytes());
         resp::bulk(out, b"0");
@@ -672,6 +743,15 @@ impl TtlGuard {
                     b"0"
                 },
             );
+            resp::bulk(out, if rule.limits.catch_all { b"1" } else { b"0" });
+        }
+        resp::bulk(out, Decimal::of(shapes as u64).as_bytes());
+        for shape in LIBRARIES
+            .iter()
+            .flat_map(|l| l.patterns.iter())
+            .take(shapes)
+        {
+            resp::bulk(out, shape.as_bytes());
         }
         copy_command(cmd, out);
         Verdict::Rewrite {
@@ -856,5 +936,83 @@ fn copy_command(cmd: &CommandView<'_>, out: &mut BytesMut) {
                 resp::bulk(out, &cmd.src[r.clone()]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    fn guard(rules: &str) -> (TtlGuard, RawTtlGuard) {
+        let raw = RawConfig::from_toml(rules).expect("parses").guards.ttl;
+        let table = CommandTable::builtin();
+        let guard = TtlGuard::build(&raw, Mode::Enforce, 0, &table).expect("builds");
+        (guard, raw)
+    }
+
+    /// The pattern of the rule `key` gets, or `None`.
+    fn rule_of(guard: &TtlGuard, key: &str) -> Option<String> {
+        let client = ClientIdentity::new(([127, 0, 0, 1], 1).into());
+        guard
+            .rule_for(key.as_bytes(), &client)
+            .map(|r| r.pattern_source().to_string())
+    }
+
+    #[test]
+    fn a_catch_all_rule_passes_over_job_library_keys() {
+        let (g, _) = guard(
+            "[[guards.ttl.rules]]\npattern = \"*\"\nttl = \"1h\"\n\
+             [[guards.ttl.rules]]\npattern = \"bull:*\"\nttl = \"1d\"\n",
+        );
+        assert_eq!(rule_of(&g, "cache:1").as_deref(), Some("*"));
+        assert_eq!(rule_of(&g, "").as_deref(), Some("*"));
+        // Named by a later rule: that rule covers it.
+        assert_eq!(rule_of(&g, "bull:emails:1").as_deref(), Some("bull:*"));
+        for key in [
+            "queue:default",
+            "rq:job:1",
+            "huey.results.x",
+            "bq:q:jobs",
+            "schedule",
+        ] {
+            assert_eq!(rule_of(&g, key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn a_rule_beginning_with_literal_text_covers_library_keys() {
+        let (g, _) = guard(
+            "[[guards.ttl.rules]]\npattern = \"rq:*\"\nttl = \"1h\"\n\
+             [[guards.ttl.rules]]\npattern = \"schedule\"\nttl = \"1h\"\n\
+             [[guards.ttl.rules]]\npattern = \"[a-z]*\"\nttl = \"1h\"\n",
+        );
+        assert_eq!(rule_of(&g, "rq:job:1").as_deref(), Some("rq:*"));
+        assert_eq!(rule_of(&g, "schedule").as_deref(), Some("schedule"));
+        // A class is a wildcard: `[a-z]*` is a catch-all.
+        assert_eq!(rule_of(&g, "retry"), None);
+        assert_eq!(rule_of(&g, "cache:1").as_deref(), Some("[a-z]*"));
+    }
+
+    #[test]
+    fn notes_name_the_catch_all_rules_that_give_a_ttl_and_their_libraries() {
+        let (_, raw) = guard(
+            "[[guards.ttl.rules]]\npattern = \"cache:*\"\nttl = \"1h\"\n\
+             [[guards.ttl.rules]]\npattern = \"*:tmp\"\nttl = \"1h\"\n\
+             [[guards.ttl.rules]]\npattern = \"*x\"\nttl = \"none\"\n\
+             [[guards.ttl.rules]]\npattern = \"b*\"\nttl = \"1h\"\n\
+             [[guards.ttl.rules]]\npattern = \"?q:*\"\nttl = \"none\"\nmax_ttl = \"1d\"\n",
+        );
+        // `cache:*` and `b*` name their keys; `*:tmp` matches no library's shape; `*x`
+        // gives no TTL; `?q:*` lowers expiries of RQ's and Bee-Queue's keys.
+        let notes = library_notes(&raw);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with(
+                "ttl rule `?q:*` would cover job-library keys: rq (rq:*), bee-queue (bq:*);"
+            ),
+            "{}",
+            notes[0]
+        );
     }
 }

@@ -2,9 +2,12 @@
 -- with more arguments than one Lua call can pass on), then give each key it wrote the TTL
 -- of the first rule whose pattern matches the key, in one step Redis runs atomically.
 -- ARGV[1]: the number of rules R (those that apply to this client, in order; first match
---          wins); ARGV[2 .. 1 + 2R]: each rule's pattern (Redis's glob) and TTL in
---          milliseconds ('0': the rule exempts its keys).
--- ARGV[2 + 2R ..]: the client's command, as it sent it.
+--          wins); ARGV[2 .. 1 + 3R]: each rule's pattern (Redis's glob), TTL in
+--          milliseconds ('0': the rule exempts its keys) and whether it is a catch-all
+--          ('1': it does not cover keys with a job library's shape).
+-- ARGV[2 + 3R]: the number of job-library key shapes S (0 when no rule is a catch-all);
+--          then the S shapes (globs).
+-- ARGV[3 + 3R + S ..]: the client's command, as it sent it.
 redis.setresp(3)
 local function signed(b)
   if b > 127 then return b - 256 end
@@ -79,7 +82,15 @@ local function glob(p, k)
   return p == '*' or match(p, k, 1, 1, {skip = false})
 end
 local rules = tonumber(ARGV[1])
-local first = 2 + 2 * rules
+local shapes = tonumber(ARGV[2 + 3 * rules])
+local first = 3 + 3 * rules + shapes
+-- Whether a key has a job library's shape.
+local function library(key)
+  for s = 3 + 3 * rules, 2 + 3 * rules + shapes do
+    if glob(ARGV[s], key) then return true end
+  end
+  return false
+end
 local name = string.lower(ARGV[first])
 local n = #ARGV
 local reply
@@ -103,8 +114,9 @@ if reply == 0 then return reply end
 for i = first + 1, n, 2 do
   local key = ARGV[i]
   for r = 1, rules do
-    if glob(ARGV[2 * r], key) then
-      local ttl = ARGV[2 * r + 1]
+    local at = 3 * r - 1
+    if glob(ARGV[at], key) and not (ARGV[at + 2] == '1' and library(key)) then
+      local ttl = ARGV[at + 1]
       if ttl ~= '0' and redis.acl_check_cmd('pexpire', key, ttl, 'NX') then
         redis.pcall('pexpire', key, ttl, 'NX')
       end

@@ -29,10 +29,10 @@ use std::time::Instant;
 
 use crate::command::{CommandInfo, CommandTable, Flags};
 use crate::config::RawKeyspace;
+use crate::guard::library::library_of;
 use crate::guard::size::{values_by_key, KeyValues};
 use crate::guard::ttl::OwnExpiry;
 use crate::guard::{ByCommand, CommandView};
-use crate::keyspace::library::library_of;
 use crate::keyspace::prefix::{PrefixRules, MAX_PREFIX_LEN};
 use crate::keyspace::report::{HotKey, LiveReport, PrefixActivity};
 use crate::keyspace::topk::TopK;

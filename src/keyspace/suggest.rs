@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use super::audit::report::human_bytes;
 use super::audit::AuditReport;
-use super::library::{library, library_of};
 use super::report::LiveReport;
 use crate::config::ByteSize;
+use crate::guard::library::{library, library_of};
 
 /// The TTL proposed for a cache-named prefix none of whose keys had one.
 pub const DEFAULT_CACHE_TTL: &str = "1d";

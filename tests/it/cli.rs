@@ -99,3 +99,42 @@ fn a_bad_value_refuses_to_start_and_names_the_key() {
     assert!(!ok);
     assert!(err.contains("upstream.url"), "{err}");
 }
+
+#[test]
+fn check_config_names_the_job_libraries_a_catch_all_ttl_rule_leaves_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ttl.toml");
+    let rules = "[[guards.ttl.rules]]\npattern = \"cache:*\"\nttl = \"1h\"\n\
+                 [[guards.ttl.rules]]\npattern = \"*\"\nttl = \"1d\"\n";
+    std::fs::write(&file, rules).unwrap();
+    let (ok, out, err) = respguard(&["check-config", file.to_str().unwrap()], &[]);
+    assert!(ok, "{err}");
+    let notes: Vec<&str> = out.lines().filter(|l| l.starts_with("# note: ")).collect();
+    assert_eq!(notes.len(), 1, "one note, for `*` only: {out}");
+    let note = notes[0];
+    assert!(
+        note.contains("ttl rule `*` would cover job-library keys"),
+        "{note}"
+    );
+    for library in respguard::guard::library::LIBRARIES {
+        let first = library.patterns[0].as_bytes().escape_ascii().to_string();
+        assert!(
+            note.contains(&format!("{} ({first}", library.name)),
+            "{} missing: {note}",
+            library.name
+        );
+    }
+    // The output stays a configuration: the note is a comment, and the file checks again.
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &out).unwrap();
+    let (ok, _, err) = respguard(&["check-config", again.to_str().unwrap()], &[]);
+    assert!(ok, "{err}");
+    // A rule that names its keys gets no note.
+    std::fs::write(
+        &file,
+        "[[guards.ttl.rules]]\npattern = \"cache:*\"\nttl = \"1h\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = respguard(&["check-config", file.to_str().unwrap()], &[]);
+    assert!(ok && !out.contains("# note:"), "{out}{err}");
+}

@@ -25,4 +25,5 @@ mod scanner;
 mod shim;
 mod soak;
 mod tls;
+mod ttl_libraries;
 mod ttl_semantics;

@@ -613,8 +613,10 @@ async fn the_scripts_glob_matches_the_keys_redis_keys_returns() {
             count.as_bytes(),
         ];
         for (p, ttl) in rules.iter().zip(&ttls) {
-            eval.extend([&p[..], ttl.as_bytes()]);
+            // Not a catch-all: every key the pattern matches is its rule's.
+            eval.extend([&p[..], ttl.as_bytes(), b"0"]);
         }
+        eval.push(b"0"); // No job-library shapes.
         eval.extend(mset.iter().copied());
         c.send(&encode_bytes(&eval)).await;
         assert_eq!(String::from_utf8_lossy(&c.reply().await), "+OK\r\n");

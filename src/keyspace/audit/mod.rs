@@ -11,7 +11,7 @@
 //!
 //! Keys are grouped by [`crate::keyspace::prefix`], the grouping the live insight and the
 //! rule suggestions use, and each prefix is marked with the job library whose key shape
-//! it has ([`crate::keyspace::library`]). The result is an [`AuditReport`].
+//! it has ([`crate::guard::library`]). The result is an [`AuditReport`].
 
 pub mod error;
 pub mod pace;

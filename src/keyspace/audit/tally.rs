@@ -8,7 +8,7 @@
 use rustc_hash::FxHashMap;
 
 use super::report::{AuditReport, BigKey, PrefixAudit, TtlBuckets, TypeCounts};
-use crate::keyspace::library::library_of;
+use crate::guard::library::library_of;
 
 /// Largest keys remembered per prefix.
 pub const BIGGEST_PER_PREFIX: usize = 5;

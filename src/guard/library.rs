@@ -3,7 +3,8 @@
 //!
 //! A job library's keys are its own bookkeeping: queues, schedules, retry and dead sets,
 //! job hashes, statistics. They must never be given a default TTL (a queue that expires
-//! loses its jobs), so the audit marks them and the rule suggestions leave them alone.
+//! loses its jobs), so the audit marks them, the rule suggestions leave them alone, and the
+//! TTL guard's catch-all rules do not cover them (`guard/ttl.rs`).
 //! The names below are the libraries' defaults, read from their sources:
 //!
 //! - **Sidekiq**: `queues` (set of queue names), `queue:<name>` (lists), `schedule`,
@@ -11,7 +12,9 @@
 //!   counters (`stat:processed`, `stat:failed`, per day `stat:processed:<date>`), and the
 //!   7.x metrics hashes `j|<date>|<hour>:<minute>`.
 //! - **Celery** (kombu's Redis transport and result backend): the default queue `celery`
-//!   and its priority lists `celery\x06\x16<n>`, `_kombu.binding.<exchange>` sets, the
+//!   and its priority lists `celery\x06\x16<n>`, everything under `_kombu.` (the
+//!   `_kombu.binding.<exchange>` and `_kombu.binding_permanent.<exchange>` sets, the
+//!   `_kombu.binding_deadlines` sorted set), the
 //!   `unacked`, `unacked_index` and `unacked_mutex` keys, results in
 //!   `celery-task-meta-<id>` and `celery-taskset-meta-<id>`.
 //! - **RQ**: everything under `rq:` (`rq:queue:<q>`, `rq:job:<id>`, `rq:wip:<q>`,
@@ -32,7 +35,7 @@
 
 use std::sync::OnceLock;
 
-use crate::guard::pattern::KeyPattern;
+use super::pattern::KeyPattern;
 
 /// One job library's keys.
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +72,7 @@ pub const LIBRARIES: &[Library] = &[
             "celery\x06\x16*",
             "celery-task-meta-*",
             "celery-taskset-meta-*",
-            "_kombu.binding.*",
+            "_kombu.*",
             "unacked*",
         ],
         queues: &["celery", "celery\x06\x16*"],
@@ -106,28 +109,98 @@ pub const LIBRARIES: &[Library] = &[
     },
 ];
 
-/// Each library's patterns compiled into one matcher, built on first use.
-fn matchers() -> &'static [(&'static str, KeyPattern)] {
-    static MATCHERS: OnceLock<Vec<(&'static str, KeyPattern)>> = OnceLock::new();
-    MATCHERS.get_or_init(|| {
-        LIBRARIES
-            .iter()
-            .map(|l| (l.name, KeyPattern::any_of(l.patterns)))
-            .collect()
+/// Every library pattern, grouped by its first byte: a key is tried only against the
+/// patterns that can match its first byte (for `cache:…`, Celery's four), so the TTL guard
+/// can ask on every write to a catch-all rule's keys. Every library pattern begins with a
+/// literal byte (a test holds this).
+struct Matcher {
+    by_first_byte: Vec<Box<[(KeyPattern, &'static str)]>>,
+}
+
+/// The [`Matcher`], built on first use.
+fn matcher() -> &'static Matcher {
+    static MATCHER: OnceLock<Matcher> = OnceLock::new();
+    MATCHER.get_or_init(|| {
+        let mut by_first_byte: Vec<Vec<(KeyPattern, &'static str)>> = vec![Vec::new(); 256];
+        for lib in LIBRARIES {
+            for p in lib.patterns {
+                if let Some(&first) = p.as_bytes().first() {
+                    by_first_byte[usize::from(first)].push((KeyPattern::new(p), lib.name));
+                }
+            }
+        }
+        Matcher {
+            by_first_byte: by_first_byte
+                .into_iter()
+                .map(Vec::into_boxed_slice)
+                .collect(),
+        }
     })
 }
 
+/// By byte: whether some library pattern begins with it. Computed at compile time, so
+/// most keys (no library's first byte) are answered with one table look-up.
+const FIRST_BYTES: [bool; 256] = first_bytes();
+
+const fn first_bytes() -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < LIBRARIES.len() {
+        let patterns = LIBRARIES[i].patterns;
+        let mut j = 0;
+        while j < patterns.len() {
+            let p = patterns[j].as_bytes();
+            if !p.is_empty() {
+                table[p[0] as usize] = true;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    table
+}
+
 /// The job library whose key shape `key` has, if any.
+#[inline(always)]
 pub fn library_of(key: &[u8]) -> Option<&'static str> {
-    matchers()
+    match key.first() {
+        Some(&b) if FIRST_BYTES[usize::from(b)] => library_by_patterns(key),
+        _ => None,
+    }
+}
+
+/// [`library_of`] for a key whose first byte begins some library pattern.
+#[inline(never)]
+fn library_by_patterns(key: &[u8]) -> Option<&'static str> {
+    let first = usize::from(*key.first()?);
+    matcher().by_first_byte[first]
         .iter()
-        .find(|(_, pattern)| pattern.matches(key))
-        .map(|(name, _)| *name)
+        .find(|(pattern, _)| pattern.matches(key))
+        .map(|(_, name)| *name)
 }
 
 /// The library called `name`.
 pub fn library(name: &str) -> Option<&'static Library> {
     LIBRARIES.iter().find(|l| l.name == name)
+}
+
+/// The libraries some of whose key shapes `pattern` (a rule's) matches, each with those
+/// shapes: for the report of what a catch-all TTL rule leaves alone. A library pattern is
+/// tried as text (`queue:*` as the key `queue:*`), so `*` covers every library and
+/// `*:lock` none.
+pub fn covered_by(pattern: &KeyPattern) -> Vec<(&'static str, Vec<&'static str>)> {
+    LIBRARIES
+        .iter()
+        .filter_map(|lib| {
+            let shapes: Vec<&'static str> = lib
+                .patterns
+                .iter()
+                .copied()
+                .filter(|p| pattern.matches(p.as_bytes()))
+                .collect();
+            (!shapes.is_empty()).then_some((lib.name, shapes))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -153,6 +226,8 @@ mod tests {
                 "celery",
             ),
             (b"_kombu.binding.celery", "celery"),
+            (b"_kombu.binding_permanent.celery", "celery"),
+            (b"_kombu.binding_deadlines", "celery"),
             (b"unacked", "celery"),
             (b"unacked_index", "celery"),
             (b"unacked_mutex", "celery"),
@@ -196,6 +271,32 @@ mod tests {
             // `celeryx` starts like Celery's priority queues only with \x06\x16.
             assert_eq!(library_of(key), None, "{}", String::from_utf8_lossy(key));
         }
+    }
+
+    #[test]
+    fn every_library_pattern_begins_with_a_literal_byte() {
+        // The matcher dispatches on a key's first byte.
+        for lib in LIBRARIES {
+            for p in lib.patterns {
+                let first = p.as_bytes().first().copied();
+                assert!(
+                    first.is_some_and(|b| !matches!(b, b'*' | b'?' | b'[' | b'\\')),
+                    "{p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_catch_all_covers_every_library_and_a_narrow_glob_only_what_it_matches() {
+        let all = covered_by(&KeyPattern::new("*"));
+        let names: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
+        let every: Vec<&str> = LIBRARIES.iter().map(|l| l.name).collect();
+        assert_eq!(names, every);
+        assert_eq!(all[0].1, LIBRARIES[0].patterns);
+        assert!(covered_by(&KeyPattern::new("*:lock")).is_empty());
+        let q = covered_by(&KeyPattern::new("b?:*"));
+        assert_eq!(q, [("bee-queue", vec!["bq:*"])]);
     }
 
     #[test]
