@@ -158,6 +158,16 @@ pub fn bullmq_add<'a>(argv0: &'a [u8], data: &'a [u8]) -> Option<BullmqAdd<'a>> 
     })
 }
 
+/// Whether `call` of `cmd` has the shape of a BullMQ add: its ARGV read as an add's, and
+/// its keys fitting that add's prefix.
+pub fn is_add_shape(call: &ScriptCall, cmd: &CommandView<'_>) -> bool {
+    let Some(add) = bullmq_add(call.arg(cmd, 1), call.arg(cmd, 2)) else {
+        return false;
+    };
+    let keys: Vec<&[u8]> = (1..=call.numkeys).map(|i| call.key(cmd, i)).collect();
+    bullmq_keys_fit(add.prefix, &keys)
+}
+
 /// Whether `keys` look like a BullMQ add's: all under `prefix`, with its `id`, `meta` and
 /// `events` keys among them.
 pub fn bullmq_keys_fit(prefix: &[u8], keys: &[&[u8]]) -> bool {

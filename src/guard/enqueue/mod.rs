@@ -82,6 +82,19 @@ use script_add::ScriptCall;
 pub use bullmq::{BULLMQ_DROPPED_ID, DROPPED_JOB_ID};
 pub use memory::EnqueueMemory;
 
+/// Whether `cmd`, an EVAL or EVALSHA, has the shape of a job library's add script (BullMQ,
+/// Bull, Bee-Queue) or is Dramatiq's enqueue: how the shed guard tells a library's enqueues
+/// from its workers' scripts, with the shapes this guard reads.
+pub fn is_script_add(cmd: &CommandView<'_>) -> bool {
+    let Some(call) = ScriptCall::read(cmd, Cmd::EvalSha) else {
+        return false;
+    };
+    bull::bull_add(&call, cmd).is_some()
+        || beequeue::beequeue_add(&call, cmd).is_some()
+        || dramatiq::dramatiq_enqueue(&call, cmd).is_some()
+        || bullmq::is_add_shape(&call, cmd)
+}
+
 /// The enqueue guard.
 #[derive(Debug)]
 pub struct EnqueueGuard {
