@@ -120,7 +120,171 @@ pub fn dramatiq_queue_key<'b>(cmd: &CommandView<'_>, buf: &'b mut [u8]) -> Optio
 
 #[cfg(test)]
 mod tests {
+    use bytes::BytesMut;
+
     use super::*;
+    use crate::command::CommandTable;
+    use crate::guard::ScriptAccess;
+    use crate::resp;
+    use crate::scanner::request::{Limits, RequestScanner, Step};
+
+    /// `f` on the command `args`, whose keys are at `keys`, as the session shows it.
+    fn with_view<R>(args: &[&[u8]], keys: &[usize], f: impl FnOnce(&CommandView<'_>) -> R) -> R {
+        let table = CommandTable::builtin();
+        let mut src = BytesMut::new();
+        resp::command(&mut src, args);
+        let mut scanner = RequestScanner::new(Limits::default());
+        let Step::Command { .. } = scanner.scan(&src) else {
+            panic!("a whole command");
+        };
+        let view = CommandView {
+            src: &src,
+            args: scanner.args(),
+            keys,
+            info: table.lookup(args),
+            argc: args.len(),
+            access: ScriptAccess::Allowed,
+            streaming: None,
+            size: src.len() as u64,
+            wire: None,
+            watch: Default::default(),
+        };
+        f(&view)
+    }
+
+    fn script(args: &[&[u8]]) -> Option<JobWork> {
+        with_view(args, &[], of_script)
+    }
+
+    const SHA: &[u8] = b"fdacc359c79a5adc3b8eeb53ff5772d7c42144e3";
+
+    /// A Dramatiq 2.2 dispatch of `op`, as captured (message shortened).
+    fn dramatiq(op: &[u8], rest: &[&[u8]]) -> Vec<&'static [u8]> {
+        let mut args: Vec<&[u8]> = vec![
+            b"EVALSHA",
+            SHA,
+            b"1",
+            b"dramatiq",
+            b"",
+            b"1796398804972",
+            b"emails",
+            b"ab1f1519-2733-4258-a93b-a6d47262f193",
+            b"60000",
+            b"604800000",
+            b"0",
+            b"3996",
+        ];
+        args[4] = op.to_vec().leak();
+        args.extend(rest.iter().map(|r| &*r.to_vec().leak()));
+        args
+    }
+
+    #[test]
+    fn dramatiq_operations_are_told_apart() {
+        let enqueue = dramatiq(b"enqueue", &[b"f93902d2", br#"{"actor_name":"send"}"#]);
+        assert_eq!(script(&enqueue), Some(JobWork::DramatiqEnqueue));
+        assert!(with_view(&enqueue, &[], enqueue::is_script_add));
+        let mut buf = [0u8; 64];
+        let key = with_view(&enqueue, &[], |c| {
+            dramatiq_queue_key(c, &mut buf).map(<[u8]>::to_vec)
+        });
+        assert_eq!(key.as_deref(), Some(&b"dramatiq:emails"[..]));
+        for op in [&b"fetch"[..], b"ack", b"nack", b"requeue"] {
+            assert_eq!(
+                script(&dramatiq(op, &[b"x"])),
+                Some(JobWork::Worker),
+                "{op:?}"
+            );
+        }
+        assert_eq!(script(&dramatiq(b"other", &[b"x"])), None);
+    }
+
+    #[test]
+    fn queue_scripts_are_adds_or_workers() {
+        // Bee-Queue 2.0's addJob, as captured.
+        let bq_add: &[&[u8]] = &[
+            b"EVALSHA", SHA, b"3", b"bq:emails:id", b"bq:emails:jobs", b"bq:emails:waiting", b"",
+            br#"{"data":{"to":"a@b"},"options":{"timestamp":1796398805514,"stacktraces":[]},"status":"created","progress":0}"#,
+        ];
+        assert_eq!(script(bq_add), Some(JobWork::Enqueue));
+        // Its checkStalledJobs.
+        let bq_stalled: &[&[u8]] = &[
+            b"EVALSHA",
+            SHA,
+            b"4",
+            b"bq:emails:stallBlock",
+            b"bq:emails:stalling",
+            b"bq:emails:waiting",
+            b"bq:emails:active",
+            b"5000",
+        ];
+        assert_eq!(script(bq_stalled), Some(JobWork::Worker));
+        // Bull 4.16's addJob, as captured (opts shortened).
+        let bull_add: &[&[u8]] = &[
+            b"EVALSHA",
+            SHA,
+            b"6",
+            b"bull:emails:wait",
+            b"bull:emails:paused",
+            b"bull:emails:meta-paused",
+            b"bull:emails:id",
+            b"bull:emails:delayed",
+            b"bull:emails:priority",
+            b"bull:emails:",
+            b"fx",
+            b"named",
+            br#"{"to":"a@b"}"#,
+            b"{}",
+            b"1796398805569",
+            b"0",
+            b"0",
+            b"0",
+            b"LPUSH",
+            b"token",
+        ];
+        assert_eq!(script(bull_add), Some(JobWork::Enqueue));
+        let bull_extend: &[&[u8]] = &[
+            b"EVALSHA",
+            SHA,
+            b"2",
+            b"bull:emails:1:lock",
+            b"bull:emails:stalled",
+            b"token",
+            b"30000",
+            b"1",
+        ];
+        assert_eq!(script(bull_extend), Some(JobWork::Worker));
+        // Keys of two queues, or of an application: not a library's.
+        let mixed: &[&[u8]] = &[
+            b"EVALSHA",
+            SHA,
+            b"2",
+            b"bull:a:wait",
+            b"bull:b:wait",
+            b"x",
+            b"y",
+        ];
+        assert_eq!(script(mixed), None);
+        let app: &[&[u8]] = &[b"EVAL", b"return 1", b"1", b"cache:x", b"v"];
+        assert_eq!(script(app), None);
+    }
+
+    #[test]
+    fn plain_writes_under_one_queue_are_workers() {
+        let fetch: &[&[u8]] = &[
+            b"BRPOPLPUSH",
+            b"bq:emails:waiting",
+            b"bq:emails:active",
+            b"0",
+        ];
+        assert!(with_view(fetch, &[1, 2], is_worker_write));
+        let done: &[&[u8]] = &[b"SADD", b"bq:emails:succeeded", b"7"];
+        assert!(with_view(done, &[1], is_worker_write));
+        let app: &[&[u8]] = &[b"SET", b"cache:x", b"v"];
+        assert!(!with_view(app, &[1], is_worker_write));
+        let across: &[&[u8]] = &[b"LMOVE", b"bq:a:waiting", b"cache:x", b"LEFT", b"RIGHT"];
+        assert!(!with_view(across, &[1, 2], is_worker_write));
+    }
 
     #[test]
     fn queue_prefixes() {
@@ -132,9 +296,5 @@ mod tests {
         assert_eq!(queue_prefix(b"bull::wait"), None);
         assert_eq!(queue_prefix(b"bull:emails"), None);
         assert_eq!(queue_prefix(b"cache:x:y"), None);
-        let keys: [&[u8]; 2] = [b"bull:a:wait", b"bull:a:active"];
-        assert!(under_one_queue(keys.into_iter()).is_some());
-        let keys: [&[u8]; 2] = [b"bull:a:wait", b"bull:b:active"];
-        assert!(under_one_queue(keys.into_iter()).is_none());
     }
 }
