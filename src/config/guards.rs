@@ -192,7 +192,7 @@ impl Default for RawEnqueueGuard {
 /// One `[[guards.enqueue.rules]]` entry.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct RawEnqueueRule {
-    /// `sidekiq`, `celery`, `rq`, `bullmq`, or `generic` (configured below).
+    /// `sidekiq`, `celery`, `rq`, `bullmq`, `dramatiq`, `beequeue`, `bull`, `taskiq`, or `generic` (configured below).
     pub preset: Preset,
     /// The rule's name in errors, logs and metrics; the preset's name when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -153,6 +153,14 @@ word_enum! {
         Rq = "rq",
         /// BullMQ.
         Bullmq = "bullmq",
+        /// Dramatiq (its Redis broker).
+        Dramatiq = "dramatiq",
+        /// Bee-Queue.
+        Beequeue = "beequeue",
+        /// Bull (3.x and 4.x, the generation before BullMQ).
+        Bull = "bull",
+        /// taskiq (taskiq-redis's list brokers).
+        Taskiq = "taskiq",
         /// Described by the rule's own settings.
         Generic = "generic",
     }

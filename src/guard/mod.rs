@@ -28,6 +28,7 @@ mod chain;
 mod context;
 pub mod enqueue;
 pub mod fail_open;
+pub mod job_work;
 pub mod library;
 mod log_limit;
 pub mod pattern;

@@ -18,6 +18,12 @@
 //! against Redis at its own limit. SCRIPT LOAD and FUNCTION LOAD are read at every level,
 //! not only under pressure, so the catalog knows the scripts an application loads at start.
 //!
+//! Job libraries' workers drain their queues at every level ([`super::job_work`]): Dramatiq's
+//! fetch, ack, nack and requeue, and the scripts and plain writes of BullMQ, Bull and
+//! Bee-Queue under one queue's prefix other than their add scripts, pass; those libraries'
+//! enqueues are judged as writes to their queue (refused at `soft` for a low-priority queue,
+//! at `hard` unless the queue is critical or the script is in `allowed_scripts`).
+//!
 //! A command writing several keys takes the lowest priority among them. Refusals use
 //! Redis's `OOM` prefix, so clients treat them exactly as Redis's own out-of-memory error;
 //! inside MULTI the session makes EXEC fail with EXECABORT, as Redis does after an OOM at
@@ -29,6 +35,7 @@ use bytes::BytesMut;
 use rustc_hash::FxHashSet;
 
 use super::by_command::ByCommand;
+use super::job_work::{self, JobWork};
 use super::phase::Guard;
 use super::rule::{Action, Mode, Rule, RuleKind, RuleSpec};
 use super::script_catalog::{CommandGrowth, ScriptCatalog, ScriptNature};
@@ -178,11 +185,7 @@ impl ShedGuard {
         let mut deciding = None::<&Rule<Priority>>;
         for &i in cmd.keys {
             let Some(key) = cmd.arg(i) else { continue };
-            let rule = self
-                .rules
-                .iter()
-                .find(|r| r.applies(key, client))
-                .unwrap_or(catch_all);
+            let rule = self.rule_for_key(key, client);
             if deciding.is_none_or(|d| rule.limits < d.limits) {
                 deciding = Some(rule);
                 if rule.limits == Priority::Low {
@@ -191,6 +194,15 @@ impl ShedGuard {
             }
         }
         deciding.unwrap_or(catch_all)
+    }
+
+    /// The rule of `key`'s priority (the catch-all when no rule matches it).
+    fn rule_for_key(&self, key: &[u8], client: &ClientIdentity) -> &Rule<Priority> {
+        let catch_all = self.rules.last().expect("the catch-all rule");
+        self.rules
+            .iter()
+            .find(|r| r.applies(key, client))
+            .unwrap_or(catch_all)
     }
 
     fn script_allowed(&self, script: Script, cmd: &CommandView<'_>) -> bool {
@@ -304,8 +316,29 @@ impl ShedGuard {
         if reading.level == Level::Normal {
             return Verdict::Forward;
         }
-        let rule = self.deciding_rule(cmd, client);
-        let refused = match (reading.level, script.runs()) {
+        let work = match script {
+            Script::Eval | Script::EvalSha => job_work::of_script(cmd),
+            Script::None if job_work::is_worker_write(cmd) => Some(JobWork::Worker),
+            _ => None,
+        };
+        let mut buf = [0u8; 256];
+        let (rule, script_judged) = match work {
+            Some(JobWork::Worker) => return Verdict::Forward,
+            // An enqueue is a write to its queue, whatever its body.
+            Some(JobWork::Enqueue) => (self.deciding_rule(cmd, client), false),
+            Some(JobWork::DramatiqEnqueue) => {
+                let rule = match job_work::dramatiq_queue_key(cmd, &mut buf) {
+                    Some(queue) => self.rule_for_key(queue, client),
+                    None => self.deciding_rule(cmd, client),
+                };
+                (rule, false)
+            }
+            None => (self.deciding_rule(cmd, client), script.runs()),
+        };
+        if work.is_some() && self.script_allowed(script, cmd) {
+            return Verdict::Forward;
+        }
+        let refused = match (reading.level, script_judged) {
             (Level::Normal, _) => false,
             (Level::Soft, false) => rule.limits == Priority::Low,
             (Level::Soft, true) => {
@@ -317,7 +350,7 @@ impl ShedGuard {
             }
         };
         if refused {
-            self.refuse(rule, reading, script.runs(), client, &cmd.info.name)
+            self.refuse(rule, reading, script_judged, client, &cmd.info.name)
         } else {
             Verdict::Forward
         }

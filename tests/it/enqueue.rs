@@ -10,7 +10,7 @@ use crate::harness::*;
 use respguard::app::ProxyHandle;
 use respguard::config::RawEnqueueGuard;
 
-const STORMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/storms");
+pub(crate) const STORMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/storms");
 
 /// `[guards.enqueue]` with one rule written in TOML.
 fn enqueue_rules(rule: &str) -> RawEnqueueGuard {
@@ -25,14 +25,14 @@ async fn proxy_with(server: &RedisServer, rule: &str) -> ProxyHandle {
 }
 
 /// The counter `respguard_enqueues_total` for `rule` and `kind`, from /metrics.
-async fn enqueues(proxy: &ProxyHandle, rule: &str, kind: &str) -> u64 {
+pub(crate) async fn enqueues(proxy: &ProxyHandle, rule: &str, kind: &str) -> u64 {
     let series = format!("respguard_enqueues_total{{rule=\"{rule}\",kind=\"{kind}\"}}");
     metric(proxy.admin_addr.expect("admin"), &series)
         .await
         .map_or(0, |v| v as u64)
 }
 
-fn n(report: &Value, field: &str) -> u64 {
+pub(crate) fn n(report: &Value, field: &str) -> u64 {
     report[field]
         .as_u64()
         .unwrap_or_else(|| panic!("no {field} in {report}"))
@@ -47,10 +47,10 @@ fn assert_storm_limited(report: &Value) {
 }
 
 /// A job library's storm script and how to install the library.
-struct Library {
-    program: &'static str,
-    script: &'static str,
-    install: &'static str,
+pub(crate) struct Library {
+    pub(crate) program: &'static str,
+    pub(crate) script: &'static str,
+    pub(crate) install: &'static str,
 }
 
 const SIDEKIQ: Library = Library {
@@ -73,7 +73,7 @@ const BULLMQ: Library = Library {
     script: "bullmq_storm.js",
     install: "cd tests/clients && npm install",
 };
-const TASKIQ: Library = Library {
+pub(crate) const TASKIQ: Library = Library {
     program: "python3",
     script: "taskiq_storm.py",
     install: "pip install taskiq-redis",
@@ -81,7 +81,7 @@ const TASKIQ: Library = Library {
 
 /// Start a Redis and a proxy with the enqueue `rule` in front of it, and run `lib`'s storm
 /// through them; its JSON report.
-async fn storm(lib: &Library, rule: &str) -> (RedisServer, ProxyHandle, Value) {
+pub(crate) async fn storm(lib: &Library, rule: &str) -> (RedisServer, ProxyHandle, Value) {
     let server = RedisServer::start();
     let proxy = proxy_with(&server, rule).await;
     let ports = [

@@ -14,6 +14,7 @@ mod faults;
 mod fidelity;
 mod guards;
 mod harness;
+mod jobs;
 mod keyspace;
 mod layering;
 mod memory;

@@ -10,14 +10,14 @@ use respguard::pressure::Level;
 
 use crate::harness::*;
 
-const MAXMEMORY: u64 = 32 * 1024 * 1024;
+pub(crate) const MAXMEMORY: u64 = 32 * 1024 * 1024;
 
-fn limited_server() -> RedisServer {
+pub(crate) fn limited_server() -> RedisServer {
     RedisServer::start_with(&["--maxmemory", "32mb", "--maxmemory-policy", "noeviction"])
 }
 
 /// Redis's `used_memory`, asked directly.
-async fn used_memory(server: &RedisServer) -> u64 {
+pub(crate) async fn used_memory(server: &RedisServer) -> u64 {
     let mut c = Conn::open(server.addr()).await;
     let info = c.call(&["INFO", "memory"]).await;
     info.lines()
@@ -30,7 +30,7 @@ async fn used_memory(server: &RedisServer) -> u64 {
 
 /// Wait until the monitor's polled level is `want`; fail if that takes more than `polls`
 /// polls from now.
-async fn level_within_polls(proxy: &ProxyHandle, want: Level, polls: u64) {
+pub(crate) async fn level_within_polls(proxy: &ProxyHandle, want: Level, polls: u64) {
     let p = &proxy.pressure;
     let mut rx = p.subscribe_polls();
     let start = p.polls();

@@ -15,17 +15,20 @@ use bytes::BytesMut;
 
 use super::super::rule::Rule;
 use super::super::verdict::{CommandView, Verdict};
-use super::decision::{over_limit, refusal};
 use super::memory::EnqueueMemory;
-use super::payload::{Format, JobPrint, PayloadSpec};
-use super::rewrite::rewritten;
-use super::rules::{invalid, Action, Cmd, EnqueueLimits};
+use super::payload::{Format, PayloadSpec};
+use super::rules::{invalid, Cmd, EnqueueLimits};
+use super::script_add::{judge, ScriptAdd, ScriptCall};
 use crate::config::ConfigError;
 use crate::identity::ClientIdentity;
 use crate::resp;
 
-/// The job id a dropped BullMQ add without a custom id is answered with.
-pub const BULLMQ_DROPPED_ID: &[u8] = b"respguard-duplicate";
+/// The job id a dropped script add without a custom id is answered with (BullMQ, Bull,
+/// Bee-Queue).
+pub const DROPPED_JOB_ID: &[u8] = b"respguard-duplicate";
+
+/// The former name of [`DROPPED_JOB_ID`], from when BullMQ was the only such library.
+pub const BULLMQ_DROPPED_ID: &[u8] = DROPPED_JOB_ID;
 
 /// Text found in the body of every BullMQ add script (and no other of its scripts).
 pub const BULLMQ_ADD_MARKER: &[u8] = b"- Increases the job counter if needed.";
@@ -40,60 +43,22 @@ pub fn learn_script(memory: &EnqueueMemory, body: &[u8]) -> bool {
     true
 }
 
-/// An EVAL or EVALSHA that may be a BullMQ add: with keys, and two ARGV after them.
-#[derive(Debug)]
-pub struct ScriptCall {
-    kind: Cmd,
-    /// The index of ARGV[1].
-    argv: usize,
-    /// An EVAL whose body was just learned as an add.
-    learned: bool,
-}
-
-impl ScriptCall {
-    /// Read `cmd`, a `kind` command (EVAL or EVALSHA). An EVAL body is learned whatever its
-    /// keys: its digest may come later with other keys. `None` when it has no key or fewer
-    /// than two ARGV.
-    pub fn read(memory: &EnqueueMemory, cmd: &CommandView<'_>, kind: Cmd) -> Option<Self> {
-        let numkeys = cmd
-            .arg(2)
-            .and_then(|n| std::str::from_utf8(n).ok())
-            .and_then(|n| n.parse::<usize>().ok())
-            .unwrap_or(0);
-        if numkeys == 0 || cmd.argc < 3 + numkeys + 2 {
-            return None;
-        }
-        let learned = kind == Cmd::Eval && learn_script(memory, cmd.arg(1).unwrap_or_default());
-        Some(ScriptCall {
-            kind,
-            argv: 3 + numkeys,
-            learned,
-        })
+/// Whether `cmd` is an add of a script not learned, by its keys' shape; a digest so
+/// recognised is remembered.
+fn fits_unknown(
+    memory: &EnqueueMemory,
+    call: &ScriptCall,
+    cmd: &CommandView<'_>,
+    prefix: &[u8],
+) -> bool {
+    let keys: Vec<&[u8]> = (1..=call.numkeys).map(|i| call.key(cmd, i)).collect();
+    if !bullmq_keys_fit(prefix, &keys) {
+        return false;
     }
-
-    /// The script's first key, which selects the rule.
-    pub fn first_key<'a>(&self, cmd: &CommandView<'a>) -> &'a [u8] {
-        cmd.arg(3).unwrap_or_default()
+    if call.kind == Cmd::EvalSha {
+        memory.remember_script(cmd.arg(1).unwrap_or_default());
     }
-
-    /// Whether the script is known to be an add (learned from its body).
-    fn known(&self, memory: &EnqueueMemory, cmd: &CommandView<'_>) -> bool {
-        self.learned
-            || (self.kind == Cmd::EvalSha && memory.script_known(cmd.arg(1).unwrap_or_default()))
-    }
-
-    /// Whether `cmd` is an add of a script not learned, by its keys' shape; a digest so
-    /// recognised is remembered.
-    fn fits_unknown(&self, memory: &EnqueueMemory, cmd: &CommandView<'_>, prefix: &[u8]) -> bool {
-        let keys: Vec<&[u8]> = (3..self.argv).filter_map(|i| cmd.arg(i)).collect();
-        if !bullmq_keys_fit(prefix, &keys) {
-            return false;
-        }
-        if self.kind == Cmd::EvalSha {
-            memory.remember_script(cmd.arg(1).unwrap_or_default());
-        }
-        true
-    }
+    true
 }
 
 /// Judges BullMQ adds: the job data, a whole JSON document, is the fingerprint.
@@ -110,64 +75,49 @@ impl BullmqAdds {
         })
     }
 
-    /// Judge the add `call` of `cmd` under `rule`; anything else passes.
+    /// Judge `call` of `cmd` under `rule` when it is a BullMQ add (`learned`: an EVAL whose
+    /// body was just learned as one); `None` when it is not.
+    #[allow(clippy::too_many_arguments)]
     pub fn check(
         &self,
         memory: &EnqueueMemory,
         rule: &Rule<EnqueueLimits>,
         call: &ScriptCall,
+        learned: bool,
         cmd: &CommandView<'_>,
         client: &ClientIdentity,
         out: &mut BytesMut,
-    ) -> Verdict {
-        let known = call.known(memory, cmd);
-        let Some(add) = bullmq_add(
-            cmd.arg(call.argv).unwrap_or_default(),
-            cmd.arg(call.argv + 1).unwrap_or_default(),
-        ) else {
-            return Verdict::Forward;
-        };
-        if !known && !call.fits_unknown(memory, cmd, add.prefix) {
-            return Verdict::Forward;
+    ) -> Option<Verdict> {
+        let known = learned
+            || (call.kind == Cmd::EvalSha && memory.script_known(cmd.arg(1).unwrap_or_default()));
+        let add = bullmq_add(call.arg(cmd, 1), call.arg(cmd, 2))?;
+        if !known && !fits_unknown(memory, call, cmd, add.prefix) {
+            return None;
         }
-        let job = self.job(memory, &rule.limits, client, &add);
-        let decision = memory.decide(&rule.limits, client, &job);
-        match over_limit(rule, client, &cmd.info.name, add.prefix, &job, decision) {
-            None => Verdict::Forward,
-            Some(Action::Reject) => refusal(rule, decision),
-            Some(Action::Drop) => {
+        let job = ScriptAdd {
+            queue: add.prefix,
+            job_id: add.job_id,
+            name: add.name,
+            payload: add.data,
+        };
+        Some(judge(
+            memory,
+            rule,
+            &self.whole_json,
+            &job,
+            cmd,
+            client,
+            out,
+            |out| {
                 // BullMQ's own answer to a duplicate: the existing job's id.
                 let id = if add.job_id.is_empty() {
-                    BULLMQ_DROPPED_ID
+                    DROPPED_JOB_ID
                 } else {
                     add.job_id
                 };
                 resp::command(out, &[b"ECHO", id]);
-                rewritten(out)
-            }
-        }
-    }
-
-    /// The job of an add by `client` under the rule of `limits`: its data on its queue,
-    /// under its name. Data that is not JSON is hashed as it is (JSON's canonical text
-    /// always parses, so the two never meet).
-    fn job(
-        &self,
-        memory: &EnqueueMemory,
-        limits: &EnqueueLimits,
-        client: &ClientIdentity,
-        add: &BullmqAdd<'_>,
-    ) -> JobPrint {
-        let context = memory.job_hasher(limits, client, &[add.prefix, add.name]);
-        let fingerprint = self
-            .whole_json
-            .print(add.data, &context, memory.hasher())
-            .map_or_else(|| context.hash(add.data), |p| p.fingerprint);
-        JobPrint {
-            fingerprint,
-            id: (!add.job_id.is_empty()).then(|| memory.hash(&[add.job_id])),
-            label: Some(String::from_utf8_lossy(add.name).into_owned()),
-        }
+            },
+        ))
     }
 }
 
@@ -206,6 +156,16 @@ pub fn bullmq_add<'a>(argv0: &'a [u8], data: &'a [u8]) -> Option<BullmqAdd<'a>> 
         name: strings[2],
         data,
     })
+}
+
+/// Whether `call` of `cmd` has the shape of a BullMQ add: its ARGV read as an add's, and
+/// its keys fitting that add's prefix.
+pub fn is_add_shape(call: &ScriptCall, cmd: &CommandView<'_>) -> bool {
+    let Some(add) = bullmq_add(call.arg(cmd, 1), call.arg(cmd, 2)) else {
+        return false;
+    };
+    let keys: Vec<&[u8]> = (1..=call.numkeys).map(|i| call.key(cmd, i)).collect();
+    bullmq_keys_fit(add.prefix, &keys)
 }
 
 /// Whether `keys` look like a BullMQ add's: all under `prefix`, with its `id`, `meta` and

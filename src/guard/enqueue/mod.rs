@@ -15,8 +15,9 @@
 //! A job over the limit is, by the rule's action:
 //! - `drop`: not sent; the client gets the reply its library expects from an enqueue. The
 //!   command is rewritten to a read with the same reply type (LPUSH → LLEN, ZADD → ZCARD,
-//!   XADD → ECHO of the id, a BullMQ add → ECHO of the job id, as BullMQ's own duplicate
-//!   path answers), so pipelines and MULTI keep their reply counts. Of a push of several
+//!   XADD → ECHO of the id, a BullMQ, Bull or Bee-Queue add → ECHO of the job id, as their
+//!   own duplicate paths answer, a Dramatiq enqueue → an HGET answering nil, as its
+//!   script does), so pipelines and MULTI keep their reply counts. Of a push of several
 //!   payloads only the over-limit ones are left out.
 //! - `reject`: an `-ERR respguard: ...` naming the rule (never a prefix such as READONLY
 //!   that makes clients reconnect and retry); inside MULTI, EXEC then answers EXECABORT.
@@ -34,7 +35,9 @@
 //! - `memory.rs`: [`EnqueueMemory`], its tables and clock, the counting decisions;
 //! - `decision.rs`: a decision counted, logged, and the refusal answered;
 //! - `push.rs`: jobs pushed whole (Sidekiq, Celery, generic), each payload judged;
-//! - `rq.rs` and `bullmq.rs`: the libraries whose jobs are not pushed whole;
+//! - `rq.rs`: RQ, whose job hash and queue push are separate commands;
+//! - `script_add.rs`: enqueues made by a library's Lua script, read and judged; the
+//!   libraries' own readers in `bullmq.rs`, `bull.rs`, `beequeue.rs` and `dramatiq.rs`;
 //! - `rewrite.rs`: where a push's payloads are, and the push without the dropped ones;
 //! - [`payload`]: a job's fingerprint; [`table`]: the bounded table.
 //!
@@ -44,14 +47,18 @@ pub mod payload;
 pub mod preset;
 pub mod table;
 
+mod beequeue;
+mod bull;
 mod bullmq;
 mod decision;
+mod dramatiq;
 mod fingerprint;
 mod memory;
 mod push;
 mod rewrite;
 mod rq;
 mod rules;
+mod script_add;
 
 use std::sync::Arc;
 
@@ -64,12 +71,29 @@ use super::verdict::{CommandView, Verdict};
 use crate::command::{CommandInfo, CommandTable};
 use crate::config::{ConfigError, RawEnqueueGuard};
 use crate::identity::ClientIdentity;
-use bullmq::{BullmqAdds, ScriptCall};
+use beequeue::BeeQueueAdds;
+use bull::BullAdds;
+use bullmq::BullmqAdds;
+use dramatiq::DramatiqAdds;
 use preset::Shape;
 use rules::{Action, Cmd, EnqueueLimits};
+use script_add::ScriptCall;
 
-pub use bullmq::BULLMQ_DROPPED_ID;
+pub use bullmq::{BULLMQ_DROPPED_ID, DROPPED_JOB_ID};
 pub use memory::EnqueueMemory;
+
+/// Whether `cmd`, an EVAL or EVALSHA, has the shape of a job library's add script (BullMQ,
+/// Bull, Bee-Queue) or is Dramatiq's enqueue: how the shed guard tells a library's enqueues
+/// from its workers' scripts, with the shapes this guard reads.
+pub fn is_script_add(cmd: &CommandView<'_>) -> bool {
+    let Some(call) = ScriptCall::read(cmd, Cmd::EvalSha) else {
+        return false;
+    };
+    bull::bull_add(&call, cmd).is_some()
+        || beequeue::beequeue_add(&call, cmd).is_some()
+        || dramatiq::dramatiq_enqueue(&call, cmd).is_some()
+        || bullmq::is_add_shape(&call, cmd)
+}
 
 /// The enqueue guard.
 #[derive(Debug)]
@@ -82,8 +106,14 @@ pub struct EnqueueGuard {
     rq_drops: bool,
     /// By command id: which of the commands a rule may read it is.
     kinds: ByCommand<Option<Cmd>>,
-    /// BullMQ's adds, judged by their job data.
+    /// The libraries whose enqueues are scripts: BullMQ's adds, judged by their job data...
     bullmq: BullmqAdds,
+    /// ... Dramatiq's enqueues...
+    dramatiq: DramatiqAdds,
+    /// ... Bee-Queue's saves...
+    beequeue: BeeQueueAdds,
+    /// ... and Bull's adds.
+    bull: BullAdds,
 }
 
 impl EnqueueGuard {
@@ -109,6 +139,9 @@ impl EnqueueGuard {
             rq_drops,
             kinds: ByCommand::build(table, |info| Cmd::of(&info.name)),
             bullmq: BullmqAdds::new()?,
+            dramatiq: DramatiqAdds::new()?,
+            beequeue: BeeQueueAdds::new()?,
+            bull: BullAdds::new()?,
         })
     }
 
@@ -124,7 +157,8 @@ impl EnqueueGuard {
             .find(|r| r.limits.commands & cmd.bit() != 0 && r.applies(key, client))
     }
 
-    /// EVAL or EVALSHA: a BullMQ add is judged; the body of any add is learned.
+    /// EVAL or EVALSHA: a library's script add is judged by the first rule whose library
+    /// recognises it; the body of any BullMQ add is learned.
     fn check_script(
         &self,
         cmd: &CommandView<'_>,
@@ -132,15 +166,32 @@ impl EnqueueGuard {
         client: &ClientIdentity,
         out: &mut BytesMut,
     ) -> Verdict {
-        let Some(call) = ScriptCall::read(&self.memory, cmd, kind) else {
+        let Some(call) = ScriptCall::read(cmd, kind) else {
             return Verdict::Forward;
         };
-        match self.rule_for(kind, call.first_key(cmd), client) {
-            Some(rule) => self
-                .bullmq
-                .check(&self.memory, rule, &call, cmd, client, out),
-            None => Verdict::Forward,
+        // An EVAL body is learned whatever its keys: its digest may come later with others.
+        let learned =
+            kind == Cmd::Eval && bullmq::learn_script(&self.memory, cmd.arg(1).unwrap_or_default());
+        let key = call.first_key(cmd);
+        let memory = &*self.memory;
+        for rule in &self.rules {
+            if rule.limits.commands & kind.bit() == 0 || !rule.applies(key, client) {
+                continue;
+            }
+            let verdict = match rule.limits.shape {
+                Shape::BullmqScript => self
+                    .bullmq
+                    .check(memory, rule, &call, learned, cmd, client, out),
+                Shape::DramatiqScript => self.dramatiq.check(memory, rule, &call, cmd, client, out),
+                Shape::BeeQueueScript => self.beequeue.check(memory, rule, &call, cmd, client, out),
+                Shape::BullScript => self.bull.check(memory, rule, &call, cmd, client, out),
+                Shape::Payload(_) | Shape::RqJobHash => None,
+            };
+            if let Some(verdict) = verdict {
+                return verdict;
+            }
         }
+        Verdict::Forward
     }
 }
 
@@ -194,7 +245,7 @@ impl Guard for EnqueueGuard {
                     push::check_push(memory, rule, spec, cmd, kind, client, out)
                 }
                 Shape::RqJobHash => rq::check_job_hash(memory, rule, cmd, client, out),
-                Shape::BullmqScript => Verdict::Forward,
+                _ => Verdict::Forward,
             },
             None if self.rq_drops && matches!(kind, Cmd::ListPush | Cmd::Zadd) => {
                 rq::check_dropped_ids(memory, cmd, kind, out)

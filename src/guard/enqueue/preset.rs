@@ -19,9 +19,18 @@
 //!   and SCRIPT LOAD) or, for a script loaded before the proxy started, by its shape: keys
 //!   under one prefix including `<prefix>id`, `<prefix>meta` and `<prefix>events`, and an
 //!   ARGV[1] starting with that prefix.
+//! - **Dramatiq** (2.x): its `dispatch` script with `enqueue` (see `dramatiq.rs`).
+//! - **Bee-Queue** (2.x): its `addJob`/`addDelayedJob` scripts under `bq:<q>:` (see
+//!   `beequeue.rs`).
+//! - **Bull** (4.x, and 3.x with the same `addJob`): its `addJob` script under `bull:<q>:`
+//!   (see `bull.rs`).
+//! - **taskiq** (taskiq-redis's `ListQueueBroker`): `LPUSH taskiq <json>`, the message
+//!   `{"task_id","task_name","labels","labels_types","args","kwargs"}`; a retry re-sends
+//!   the task id (taskiq-redis's stream and pub/sub brokers are not read).
 //!
 //! This module holds the presets (keys, commands, how to find the job); the checks of the
-//! libraries whose jobs are not pushed whole are in `rq.rs` and `bullmq.rs`.
+//! libraries whose jobs are not pushed whole are in `rq.rs`, `bullmq.rs`, `dramatiq.rs`,
+//! `beequeue.rs` and `bull.rs`.
 
 use super::payload::{Format, PayloadSpec, Pointer};
 
@@ -37,6 +46,22 @@ pub enum Shape {
     RqJobHash,
     /// BullMQ's add scripts.
     BullmqScript,
+    /// Dramatiq's dispatch script, with `enqueue`.
+    DramatiqScript,
+    /// Bee-Queue's add scripts.
+    BeeQueueScript,
+    /// Bull's add script.
+    BullScript,
+}
+
+impl Shape {
+    /// Whether jobs of this shape are enqueued by Lua scripts.
+    pub fn is_script(&self) -> bool {
+        matches!(
+            self,
+            Shape::BullmqScript | Shape::DramatiqScript | Shape::BeeQueueScript | Shape::BullScript
+        )
+    }
 }
 
 /// A library's defaults.
@@ -53,7 +78,12 @@ pub struct Preset {
 }
 
 /// The names of the library presets.
-pub const NAMES: &[&str] = &["sidekiq", "celery", "rq", "bullmq"];
+pub const NAMES: &[&str] = &[
+    "sidekiq", "celery", "rq", "bullmq", "dramatiq", "beequeue", "bull", "taskiq",
+];
+
+/// The commands of a library whose enqueues are scripts.
+const SCRIPTS: &[&str] = &["eval", "evalsha", "script|load"];
 
 /// The preset called `name`.
 pub fn preset(name: &str) -> Option<Preset> {
@@ -106,8 +136,36 @@ pub fn preset(name: &str) -> Option<Preset> {
         "bullmq" => Some(Preset {
             pattern: "bull:*",
             also: &[],
-            commands: &["eval", "evalsha", "script|load"],
+            commands: SCRIPTS,
             shape: Shape::BullmqScript,
+        }),
+        "dramatiq" => Some(Preset {
+            pattern: "dramatiq",
+            also: &[],
+            commands: SCRIPTS,
+            shape: Shape::DramatiqScript,
+        }),
+        "beequeue" => Some(Preset {
+            pattern: "bq:*",
+            also: &[],
+            commands: SCRIPTS,
+            shape: Shape::BeeQueueScript,
+        }),
+        "bull" => Some(Preset {
+            pattern: "bull:*",
+            also: &[],
+            commands: SCRIPTS,
+            shape: Shape::BullScript,
+        }),
+        "taskiq" => Some(Preset {
+            pattern: "taskiq*",
+            also: &[],
+            commands: &["lpush", "rpush"],
+            shape: Shape::Payload(Box::new(json(
+                &["/task_name", "/args", "/kwargs"],
+                "/task_id",
+                "/task_name",
+            ))),
         }),
         _ => None,
     }
