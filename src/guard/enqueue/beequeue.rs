@@ -15,14 +15,12 @@ use bytes::BytesMut;
 
 use super::super::rule::Rule;
 use super::super::verdict::{CommandView, Verdict};
-use super::bullmq::DROPPED_JOB_ID;
 use super::memory::EnqueueMemory;
 use super::payload::{Format, PayloadSpec};
 use super::rules::{invalid, EnqueueLimits};
-use super::script_add::{judge, ScriptAdd, ScriptCall};
+use super::script_add::{judge_answering_job_id, ScriptAdd, ScriptCall};
 use crate::config::ConfigError;
 use crate::identity::ClientIdentity;
-use crate::resp;
 
 /// The keys of `addJob`, after the queue's prefix.
 const ADD_KEYS: &[&[u8]] = &[b"id", b"jobs", b"waiting"];
@@ -57,23 +55,8 @@ impl BeeQueueAdds {
         out: &mut BytesMut,
     ) -> Option<Verdict> {
         let add = beequeue_add(call, cmd)?;
-        let job_id = add.job_id;
-        Some(judge(
-            memory,
-            rule,
-            &self.data,
-            &add,
-            cmd,
-            client,
-            out,
-            |out| {
-                let id = if job_id.is_empty() {
-                    DROPPED_JOB_ID
-                } else {
-                    job_id
-                };
-                resp::command(out, &[b"ECHO", id]);
-            },
+        Some(judge_answering_job_id(
+            memory, rule, &self.data, &add, cmd, client, out,
         ))
     }
 }

@@ -18,14 +18,9 @@ use super::super::verdict::{CommandView, Verdict};
 use super::memory::EnqueueMemory;
 use super::payload::{Format, PayloadSpec};
 use super::rules::{invalid, Cmd, EnqueueLimits};
-use super::script_add::{judge, ScriptAdd, ScriptCall};
+use super::script_add::{judge_answering_job_id, ScriptAdd, ScriptCall, DROPPED_JOB_ID};
 use crate::config::ConfigError;
 use crate::identity::ClientIdentity;
-use crate::resp;
-
-/// The job id a dropped script add without a custom id is answered with (BullMQ, Bull,
-/// Bee-Queue).
-pub const DROPPED_JOB_ID: &[u8] = b"respguard-duplicate";
 
 /// The former name of [`DROPPED_JOB_ID`], from when BullMQ was the only such library.
 pub const BULLMQ_DROPPED_ID: &[u8] = DROPPED_JOB_ID;
@@ -100,7 +95,8 @@ impl BullmqAdds {
             name: add.name,
             payload: add.data,
         };
-        Some(judge(
+        // BullMQ's own answer to a duplicate: the existing job's id.
+        Some(judge_answering_job_id(
             memory,
             rule,
             &self.whole_json,
@@ -108,15 +104,6 @@ impl BullmqAdds {
             cmd,
             client,
             out,
-            |out| {
-                // BullMQ's own answer to a duplicate: the existing job's id.
-                let id = if add.job_id.is_empty() {
-                    DROPPED_JOB_ID
-                } else {
-                    add.job_id
-                };
-                resp::command(out, &[b"ECHO", id]);
-            },
         ))
     }
 }

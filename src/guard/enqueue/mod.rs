@@ -79,8 +79,9 @@ use preset::Shape;
 use rules::{Action, Cmd, EnqueueLimits};
 use script_add::ScriptCall;
 
-pub use bullmq::{BULLMQ_DROPPED_ID, DROPPED_JOB_ID};
+pub use bullmq::BULLMQ_DROPPED_ID;
 pub use memory::EnqueueMemory;
+pub use script_add::DROPPED_JOB_ID;
 
 /// Whether `cmd`, an EVAL or EVALSHA, has the shape of a job library's add script (BullMQ,
 /// Bull, Bee-Queue) or is Dramatiq's enqueue: how the shed guard tells a library's enqueues

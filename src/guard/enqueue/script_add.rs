@@ -17,6 +17,7 @@ use super::payload::{JobPrint, PayloadSpec};
 use super::rewrite::rewritten;
 use super::rules::{Action, Cmd, EnqueueLimits};
 use crate::identity::ClientIdentity;
+use crate::resp;
 
 /// An EVAL or EVALSHA with at least one key and two ARGV: where its keys and ARGV are.
 #[derive(Debug)]
@@ -97,6 +98,32 @@ pub struct ScriptAdd<'a> {
     pub name: &'a [u8],
     /// The payload the library's spec reads (the job data, or the whole message).
     pub payload: &'a [u8],
+}
+
+/// The job id a dropped script add without a custom id is answered with (BullMQ, Bull,
+/// Bee-Queue).
+pub const DROPPED_JOB_ID: &[u8] = b"respguard-duplicate";
+
+/// Judge an add whose dropped duplicate is answered as BullMQ's, Bull's and Bee-Queue's add
+/// scripts answer one: with the job's id (its custom id, or [`DROPPED_JOB_ID`] for an
+/// automatic one), sent as an `ECHO` so Redis itself writes the reply.
+pub fn judge_answering_job_id(
+    memory: &EnqueueMemory,
+    rule: &Rule<EnqueueLimits>,
+    spec: &PayloadSpec,
+    add: &ScriptAdd<'_>,
+    cmd: &CommandView<'_>,
+    client: &ClientIdentity,
+    out: &mut BytesMut,
+) -> Verdict {
+    let id = if add.job_id.is_empty() {
+        DROPPED_JOB_ID
+    } else {
+        add.job_id
+    };
+    judge(memory, rule, spec, add, cmd, client, out, |out| {
+        resp::command(out, &[b"ECHO", id]);
+    })
 }
 
 /// Judge `add`, read from `cmd` under `rule` with `spec`: the job is `spec`'s fingerprint of
