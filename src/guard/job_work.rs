@@ -120,37 +120,8 @@ pub fn dramatiq_queue_key<'b>(cmd: &CommandView<'_>, buf: &'b mut [u8]) -> Optio
 
 #[cfg(test)]
 mod tests {
-    use bytes::BytesMut;
-
     use super::*;
-    use crate::command::CommandTable;
-    use crate::guard::ScriptAccess;
-    use crate::resp;
-    use crate::scanner::request::{Limits, RequestScanner, Step};
-
-    /// `f` on the command `args`, whose keys are at `keys`, as the session shows it.
-    fn with_view<R>(args: &[&[u8]], keys: &[usize], f: impl FnOnce(&CommandView<'_>) -> R) -> R {
-        let table = CommandTable::builtin();
-        let mut src = BytesMut::new();
-        resp::command(&mut src, args);
-        let mut scanner = RequestScanner::new(Limits::default());
-        let Step::Command { .. } = scanner.scan(&src) else {
-            panic!("a whole command");
-        };
-        let view = CommandView {
-            src: &src,
-            args: scanner.args(),
-            keys,
-            info: table.lookup(args),
-            argc: args.len(),
-            access: ScriptAccess::Allowed,
-            streaming: None,
-            size: src.len() as u64,
-            wire: None,
-            watch: Default::default(),
-        };
-        f(&view)
-    }
+    use crate::guard::verdict::with_view;
 
     fn script(args: &[&[u8]]) -> Option<JobWork> {
         with_view(args, &[], of_script)

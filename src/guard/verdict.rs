@@ -90,6 +90,36 @@ pub fn examined() -> usize {
     EXAMINED.with(Cell::get)
 }
 
+/// Test support: `f` on the whole command `args`, whose keys are at positions `keys`, as
+/// the session would show it to a guard (scanned by the real scanner, looked up in the
+/// built-in command table, every script and expiry allowed).
+#[cfg(test)]
+pub fn with_view<R>(args: &[&[u8]], keys: &[usize], f: impl FnOnce(&CommandView<'_>) -> R) -> R {
+    use crate::command::CommandTable;
+    use crate::scanner::request::{Limits, RequestScanner, Step};
+
+    let table = CommandTable::builtin();
+    let mut src = bytes::BytesMut::new();
+    crate::resp::command(&mut src, args);
+    let mut scanner = RequestScanner::new(Limits::default());
+    let Step::Command { .. } = scanner.scan(&src) else {
+        panic!("a whole command");
+    };
+    let view = CommandView {
+        src: &src,
+        args: scanner.args(),
+        keys,
+        info: table.lookup(args),
+        argc: args.len(),
+        access: ScriptAccess::Allowed,
+        streaming: None,
+        size: src.len() as u64,
+        wire: None,
+        watch: Default::default(),
+    };
+    f(&view)
+}
+
 /// What the client's Redis user may run on the guards' behalf, as the session learnt it
 /// from a probe ([`PROBE`]) after connecting and after each change of user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,7 +40,7 @@ pub(crate) fn n(report: &Value, field: &str) -> u64 {
 
 /// What every storm must show with `limit = 1` and `drop`: no error raised, the distinct
 /// jobs all queued, the same job once per client.
-fn assert_storm_limited(report: &Value) {
+pub(crate) fn assert_storm_limited(report: &Value) {
     assert_eq!(report["errors"], serde_json::json!([]), "{report}");
     assert_eq!(n(report, "distinct"), 100, "{report}");
     assert_eq!(n(report, "same_job"), 2, "once by each client: {report}");

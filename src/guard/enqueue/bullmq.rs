@@ -18,12 +18,9 @@ use super::super::verdict::{CommandView, Verdict};
 use super::memory::EnqueueMemory;
 use super::payload::{Format, PayloadSpec};
 use super::rules::{invalid, Cmd, EnqueueLimits};
-use super::script_add::{judge_answering_job_id, ScriptAdd, ScriptCall, DROPPED_JOB_ID};
+use super::script_add::{judge_answering_job_id, ScriptAdd, ScriptCall};
 use crate::config::ConfigError;
 use crate::identity::ClientIdentity;
-
-/// The former name of [`DROPPED_JOB_ID`], from when BullMQ was the only such library.
-pub const BULLMQ_DROPPED_ID: &[u8] = DROPPED_JOB_ID;
 
 /// Text found in the body of every BullMQ add script (and no other of its scripts).
 pub const BULLMQ_ADD_MARKER: &[u8] = b"- Increases the job counter if needed.";

@@ -79,7 +79,6 @@ use preset::Shape;
 use rules::{Action, Cmd, EnqueueLimits};
 use script_add::ScriptCall;
 
-pub use bullmq::BULLMQ_DROPPED_ID;
 pub use memory::EnqueueMemory;
 pub use script_add::DROPPED_JOB_ID;
 

@@ -173,37 +173,11 @@ fn unix_ms() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::CommandTable;
-    use crate::guard::ScriptAccess;
-    use crate::scanner::request::{Limits, RequestScanner, Step};
-
-    /// `f` on the command `args` as the session would show it to a guard.
-    fn with_view<R>(args: &[&[u8]], f: impl FnOnce(&CommandView<'_>) -> R) -> R {
-        let table = CommandTable::builtin();
-        let mut src = BytesMut::new();
-        resp::command(&mut src, args);
-        let mut scanner = RequestScanner::new(Limits::default());
-        let Step::Command { .. } = scanner.scan(&src) else {
-            panic!("a whole command");
-        };
-        let view = CommandView {
-            src: &src,
-            args: scanner.args(),
-            keys: &[1],
-            info: table.lookup(args),
-            argc: args.len(),
-            access: ScriptAccess::Allowed,
-            streaming: None,
-            size: src.len() as u64,
-            wire: None,
-            watch: Default::default(),
-        };
-        f(&view)
-    }
+    use crate::guard::verdict::with_view;
 
     /// The command `args` with the payloads at `gone` dropped, as sent to Redis.
     fn dropped(args: &[&[u8]], kind: Cmd, field: Option<&[u8]>, gone: &[usize]) -> BytesMut {
-        with_view(args, |cmd| {
+        with_view(args, &[1], |cmd| {
             let layout = push_layout(cmd, kind, field).expect("a push");
             let mut out = BytesMut::new();
             let verdict = drop_payloads(&mut out, cmd, kind, &layout, gone);
@@ -258,7 +232,7 @@ mod tests {
     #[test]
     fn layouts_find_the_payloads_after_the_options() {
         let layout = |args: &[&[u8]], kind, field: Option<&[u8]>| {
-            with_view(args, |cmd| {
+            with_view(args, &[1], |cmd| {
                 push_layout(cmd, kind, field).map(|l| (l.payloads.collect::<Vec<_>>(), l.xadd_id))
             })
         };
