@@ -58,6 +58,8 @@ pub(crate) struct Pipe<S> {
     /// than its own input, as a wrapped command does) grows its output once, not by
     /// repeated doubling, each copying everything before it.
     append_hint: usize,
+    /// The proxy appended to the output since the hint was last noted.
+    appended: bool,
     scanner: S,
 }
 
@@ -69,6 +71,7 @@ impl<S: Rebase> Pipe<S> {
             ready: 0,
             output: BytesMut::new(),
             append_hint: 0,
+            appended: false,
             scanner,
         }
     }
@@ -161,6 +164,7 @@ impl<S: Rebase> Pipe<S> {
         self.move_ready();
         let room = (self.input.bytes().len() + APPEND_ROOM).max(self.append_hint);
         self.output.reserve(room);
+        self.appended = true;
         &mut self.output
     }
 
@@ -211,12 +215,13 @@ impl<S: Rebase> Pipe<S> {
     }
 
     /// Remember the output's size as the next batch's [`Self::append`] hint when the proxy
-    /// appended to it (its memory is then its own, not the input's); bounded by the largest
-    /// read, so one huge batch does not make every later one reserve as much.
+    /// appended to it; bounded by the largest read, so one huge batch does not make every
+    /// later one reserve as much.
     #[inline]
     fn note_output_size(&mut self) {
-        if self.output.capacity() > self.output.len() {
+        if self.appended {
             self.append_hint = self.output.len().min(crate::buffer::MAX_READ);
+            self.appended = false;
         }
     }
 
@@ -306,6 +311,27 @@ mod tests {
         assert_eq!(output(&mut pipe), b"aaXcc");
         assert_eq!(pipe.scanner().0, 7);
         assert!(pipe.input().is_empty());
+    }
+
+    #[test]
+    fn the_append_hint_follows_the_last_appended_batch_up_to_the_largest_read() {
+        let mut pipe = pipe_with(b"ab");
+        pipe.ready_upto(2);
+        pipe.send(&[b'x'; 3000]);
+        pipe.note_output_size();
+        assert_eq!(pipe.append_hint, 3002, "the batch's size");
+        pipe.drop_output();
+        pipe.send(&vec![b'x'; 4 * crate::buffer::MAX_READ]);
+        pipe.note_output_size();
+        assert_eq!(pipe.append_hint, crate::buffer::MAX_READ, "bounded");
+        assert!(pipe.io_parts().1.capacity() >= 4 * crate::buffer::MAX_READ);
+        pipe.drop_output();
+        pipe.note_output_size();
+        assert_eq!(
+            pipe.append_hint,
+            crate::buffer::MAX_READ,
+            "nothing appended since"
+        );
     }
 
     #[test]
