@@ -9,12 +9,87 @@
 //! minute. Once some runtime of the process has paused its time, reading the clock costs a
 //! thread-local lookup besides; never in a build without `test-util`.
 //!
+//! A session judges the commands of one read at one instant: while it does
+//! ([`ReadTime::enter`]), every clock on that thread reads the instant the first of them
+//! asked for, so a pipeline of 32 guarded commands reads the system's clock once, not once
+//! or twice per command (about 75 instructions each). The instant is set and cleared
+//! around synchronous code only (no `.await` inside), so a task moving to another thread
+//! can never leave it behind; outside such a section a clock reads the system's.
+//!
 //! It never sleeps, schedules or reads wall-clock time (dates, such as a stream entry's id,
 //! are not its concern).
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// What a thread's clocks read.
+#[derive(Debug, Clone, Copy)]
+enum ReadState {
+    /// The system's clock: no read is being judged.
+    System,
+    /// A read is being judged and no clock has asked the time yet: the first to ask reads
+    /// the system's clock, and every later one that instant. A read whose commands never
+    /// ask (no guard with a memory of time) costs no clock read.
+    Unread,
+    /// The instant the read's judging first asked for.
+    At(Instant),
+}
+
+thread_local! {
+    static READ_TIME: Cell<ReadState> = const { Cell::new(ReadState::System) };
+}
+
+/// Now: the instant of the read being judged on this thread, if one is, or else the
+/// system's.
+#[inline]
+pub fn now() -> Instant {
+    READ_TIME.with(|t| match t.get() {
+        ReadState::At(at) => at,
+        ReadState::System => Instant::now(),
+        ReadState::Unread => {
+            let at = Instant::now();
+            t.set(ReadState::At(at));
+            at
+        }
+    })
+}
+
+/// While alive, clocks on this thread read one instant: the first time asked while the read
+/// is judged. Dropping the outermost one (at the end of the synchronous section that judged
+/// the read) gives the thread's clocks back to the system's; a nested section shares the
+/// outer one's instant.
+#[must_use = "the read time lasts only while the value lives"]
+pub struct ReadTime {
+    outer: ReadState,
+}
+
+impl ReadTime {
+    /// Fix the time of this thread's clocks until the value is dropped. Must not be held
+    /// across an `.await`: the task could resume on another thread.
+    #[inline]
+    pub fn enter() -> Self {
+        let outer = READ_TIME.with(|t| {
+            let outer = t.get();
+            if let ReadState::System = outer {
+                t.set(ReadState::Unread);
+            }
+            outer
+        });
+        ReadTime { outer }
+    }
+}
+
+impl Drop for ReadTime {
+    #[inline]
+    fn drop(&mut self) {
+        // A nested section leaves the outer one's instant (or the one it first read) alone.
+        if let ReadState::System = self.outer {
+            READ_TIME.with(|t| t.set(ReadState::System));
+        }
+    }
+}
 
 /// Time since a fixed start, for memories that expire entries.
 #[derive(Debug, Clone, Copy)]
@@ -30,9 +105,10 @@ impl Clock {
         }
     }
 
-    /// Time since the clock started.
+    /// Time since the clock started ([`now`]: the read being judged, if one is).
+    #[inline]
     pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
+        now().saturating_duration_since(self.start)
     }
 
     /// Whole milliseconds since the clock started.
@@ -52,5 +128,36 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1_500)).await;
         assert_eq!(clock.millis(), 1_500);
         assert_eq!(clock.elapsed().as_secs(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inside_a_read_time_clocks_read_the_first_instant_asked_and_after_it_the_system() {
+        let clock = Clock::start();
+        tokio::time::advance(Duration::from_millis(300)).await;
+        {
+            let _read = ReadTime::enter();
+            tokio::time::advance(Duration::from_millis(200)).await;
+            {
+                let _nested = ReadTime::enter();
+                assert_eq!(
+                    clock.millis(),
+                    500,
+                    "the first ask reads the system's clock"
+                );
+            }
+            tokio::time::advance(Duration::from_millis(700)).await;
+            assert_eq!(clock.millis(), 500, "later asks read the same instant");
+        }
+        assert_eq!(clock.millis(), 1_200, "outside a read: the system's clock");
+    }
+
+    #[test]
+    fn a_clock_started_after_the_read_time_reads_zero_not_a_panic() {
+        let _read = ReadTime::enter();
+        let read_at = now();
+        let later = Clock {
+            start: read_at + Duration::from_secs(1),
+        };
+        assert_eq!(later.elapsed(), Duration::ZERO);
     }
 }

@@ -18,10 +18,23 @@
 //!   `BRPOPLPUSH wait active`, Bee-Queue's completion in MULTI) is a worker's or the
 //!   queue's own bookkeeping.
 //!
-//! A library configured with another prefix or namespace is not recognised: its scripts
-//! are judged as any script. Sidekiq, Celery and RQ workers fetch with BRPOP/BLPOP, which
-//! never grow memory; their completion writes (statistics, registries, Celery's `unacked`
-//! hash) are plain writes judged by their keys' priority.
+//! - **RQ** (the `rq:` prefix): every write whose keys all lie under `rq:` (a worker's
+//!   registration and heartbeat, its fetch `LMOVE rq:queue:<q> …:intermediate`, the job's
+//!   status and result, the started, finished and failed registries), except the two ways
+//!   a job is enqueued: a push onto `rq:queue:<q>` and a ZADD onto `rq:scheduled:<q>`. A
+//!   producer's enqueue is a transaction of the job hash and the push, so shedding the push
+//!   aborts the job hash with it (EXECABORT, as Redis does after an OOM in MULTI).
+//! - **Celery** (kombu's Redis transport, default key names): writes and scripts whose keys
+//!   are all kombu's bookkeeping (`unacked`, `unacked_index`, `unacked_mutex`, the
+//!   `_kombu.binding…` sets) or task results (`celery-task-meta-<id>`,
+//!   `celery-taskset-meta-<id>`). A task is enqueued by a push onto its queue, which is
+//!   judged by its key's priority like any write.
+//!
+//! A library configured with another prefix, namespace or key names is not recognised: its
+//! writes are judged as any write. Sidekiq's workers fetch with BRPOP, which never grows
+//! memory; their statistics and heartbeats (`stat:*`, `processes`, the process hash) are
+//! plain writes judged by their keys' priority, so at the hard level a Sidekiq worker keeps
+//! processing jobs while those writes are refused (Sidekiq logs them and retries).
 //!
 //! It never decides a verdict: the shed guard does, with what this module says.
 
@@ -55,8 +68,12 @@ pub fn of_script(cmd: &CommandView<'_>) -> Option<JobWork> {
     if let Some(work) = dramatiq_dispatch(cmd, numkeys) {
         return Some(work);
     }
-    let keys = (3..3 + numkeys).map(|i| cmd.arg(i).unwrap_or_default());
-    under_one_queue(keys)?;
+    let keys = || (3..3 + numkeys).map(|i| cmd.arg(i).unwrap_or_default());
+    if keys().all(is_kombu_bookkeeping) {
+        // kombu's scripts: releasing the `unacked` mutex, binding a queue.
+        return Some(JobWork::Worker);
+    }
+    under_one_queue(keys())?;
     Some(if enqueue::is_script_add(cmd) {
         JobWork::Enqueue
     } else {
@@ -65,10 +82,44 @@ pub fn of_script(cmd: &CommandView<'_>) -> Option<JobWork> {
 }
 
 /// Whether `cmd`, a plain write, is a worker's: all its keys under one queue of a library
-/// that enqueues only through scripts.
+/// that enqueues only through scripts, or all of them RQ's or Celery's own bookkeeping
+/// (and the write not an RQ enqueue).
 pub fn is_worker_write(cmd: &CommandView<'_>) -> bool {
-    let keys = cmd.keys.iter().map(|&i| cmd.arg(i).unwrap_or_default());
-    !cmd.keys.is_empty() && under_one_queue(keys).is_some()
+    if cmd.keys.is_empty() {
+        return false;
+    }
+    let keys = || cmd.keys.iter().map(|&i| cmd.arg(i).unwrap_or_default());
+    if under_one_queue(keys()).is_some() || keys().all(is_kombu_bookkeeping) {
+        return true;
+    }
+    keys().all(|k| k.starts_with(RQ_PREFIX)) && !is_rq_enqueue(cmd)
+}
+
+/// The prefix of every key RQ writes.
+const RQ_PREFIX: &[u8] = b"rq:";
+
+/// An RQ enqueue: a push onto a queue (`rq:queue:<q>`) or a ZADD onto a scheduled-jobs
+/// registry (`rq:scheduled:<q>`), both as the job's first key.
+fn is_rq_enqueue(cmd: &CommandView<'_>) -> bool {
+    let first = cmd
+        .keys
+        .first()
+        .and_then(|&i| cmd.arg(i))
+        .unwrap_or_default();
+    match &*cmd.info.name {
+        "lpush" | "rpush" | "lpushx" | "rpushx" => first.starts_with(b"rq:queue:"),
+        "zadd" => first.starts_with(b"rq:scheduled:"),
+        _ => false,
+    }
+}
+
+/// kombu's (Celery's Redis transport) own keys with their default names, and Celery's
+/// task results: a worker's acknowledgement bookkeeping and its results.
+fn is_kombu_bookkeeping(key: &[u8]) -> bool {
+    matches!(key, b"unacked" | b"unacked_index" | b"unacked_mutex")
+        || key.starts_with(b"_kombu.binding")
+        || key.starts_with(b"celery-task-meta-")
+        || key.starts_with(b"celery-taskset-meta-")
 }
 
 /// A Dramatiq dispatch call: one key and at least eight ARGV, a known operation and a
@@ -255,6 +306,129 @@ mod tests {
         assert!(!with_view(app, &[1], is_worker_write));
         let across: &[&[u8]] = &[b"LMOVE", b"bq:a:waiting", b"cache:x", b"LEFT", b"RIGHT"];
         assert!(!with_view(across, &[1, 2], is_worker_write));
+    }
+
+    /// RQ 3.0's worker writes, as captured, pass; its two ways of enqueueing do not.
+    #[test]
+    fn rq_worker_writes_pass_and_its_enqueues_do_not() {
+        let worker: &[(&[&[u8]], &[usize])] = &[
+            (
+                &[
+                    b"LMOVE",
+                    b"rq:queue:emails",
+                    b"rq:queue:emails:intermediate",
+                    b"LEFT",
+                    b"RIGHT",
+                ],
+                &[1, 2],
+            ),
+            (&[b"HSET", b"rq:worker:fca8", b"state", b"busy"], &[1]),
+            (&[b"SADD", b"rq:workers:emails", b"rq:worker:fca8"], &[1]),
+            (
+                &[b"ZADD", b"rq:wip:emails", b"1796414842", b"e984:cfab"],
+                &[1],
+            ),
+            (
+                &[b"ZADD", b"rq:finished:emails", b"1796415102", b"e984"],
+                &[1],
+            ),
+            (&[b"HSET", b"rq:job:e984", b"status", b"finished"], &[1]),
+            (&[b"XADD", b"rq:results:e984", b"*", b"type", b"1"], &[1]),
+            (
+                &[
+                    b"SET",
+                    b"rq:clean_registries:emails",
+                    b"1",
+                    b"NX",
+                    b"EX",
+                    b"899",
+                ],
+                &[1],
+            ),
+        ];
+        for (args, keys) in worker {
+            assert!(with_view(args, keys, is_worker_write), "{args:?}");
+        }
+        let enqueues: &[(&[&[u8]], &[usize])] = &[
+            (&[b"RPUSH", b"rq:queue:emails", b"e984"], &[1]),
+            (&[b"LPUSH", b"rq:queue:emails", b"e984"], &[1]),
+            (
+                &[b"ZADD", b"rq:scheduled:emails", b"1796415102", b"e984"],
+                &[1],
+            ),
+            (&[b"SET", b"cache:x", b"v"], &[1]),
+            (
+                &[b"LMOVE", b"rq:queue:a", b"cache:x", b"LEFT", b"RIGHT"],
+                &[1, 2],
+            ),
+        ];
+        for (args, keys) in enqueues {
+            assert!(!with_view(args, keys, is_worker_write), "{args:?}");
+        }
+    }
+
+    /// kombu 5's acknowledgement bookkeeping and Celery's results, as captured, pass; a task
+    /// pushed onto its queue does not.
+    #[test]
+    fn celery_bookkeeping_passes_and_its_queue_pushes_do_not() {
+        let worker: &[(&[&[u8]], &[usize])] = &[
+            (
+                &[b"HSET", b"unacked", b"6474", b"[{\"body\": \"W1sw\"}]"],
+                &[1],
+            ),
+            (
+                &[b"ZADD", b"unacked_index", b"1796414613.26", b"6474"],
+                &[1],
+            ),
+            (
+                &[b"SET", b"unacked_mutex", b"c86c", b"NX", b"PX", b"300000"],
+                &[1],
+            ),
+            (
+                &[b"SADD", b"_kombu.binding.emails", b"emails\x06\x16"],
+                &[1],
+            ),
+            (
+                &[
+                    b"ZADD",
+                    b"_kombu.binding_deadlines",
+                    b"GT",
+                    b"1796418213265",
+                    b"celery.pidbox",
+                ],
+                &[1],
+            ),
+            (
+                &[b"SET", b"celery-task-meta-6474", b"{}", b"EX", b"86400"],
+                &[1],
+            ),
+        ];
+        for (args, keys) in worker {
+            assert!(with_view(args, keys, is_worker_write), "{args:?}");
+        }
+        assert!(!with_view(
+            &[b"LPUSH", b"emails", b"{}"],
+            &[1],
+            is_worker_write
+        ));
+        assert!(!with_view(
+            &[b"SET", b"unacked2", b"v"],
+            &[1],
+            is_worker_write
+        ));
+        let release: &[&[u8]] = &[b"EVALSHA", SHA, b"1", b"unacked_mutex", b"c86c"];
+        assert_eq!(script(release), Some(JobWork::Worker));
+        let bind: &[&[u8]] = &[
+            b"EVALSHA",
+            SHA,
+            b"2",
+            b"_kombu.binding.celery.pidbox",
+            b"_kombu.binding_deadlines",
+            b"\x06\x16",
+        ];
+        assert_eq!(script(bind), Some(JobWork::Worker));
+        let other: &[&[u8]] = &[b"EVALSHA", SHA, b"2", b"unacked", b"emails"];
+        assert_eq!(script(other), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! with the next line written. Never formats or writes a line itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+
+use crate::clock::Clock;
 
 /// At most `per_second` log lines per second; a storm of decisions is counted, not logged.
 ///
@@ -13,7 +14,7 @@ use std::time::Instant;
 #[derive(Debug)]
 pub struct LogLimiter {
     per_second: u32,
-    epoch: Instant,
+    epoch: Clock,
     window: AtomicU64,
     suppressed: AtomicU64,
 }
@@ -23,7 +24,7 @@ impl LogLimiter {
     pub fn new(per_second: u32) -> Self {
         LogLimiter {
             per_second,
-            epoch: Instant::now(),
+            epoch: Clock::start(),
             window: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
         }

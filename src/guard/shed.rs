@@ -17,6 +17,8 @@
 //! `allow-oom`, passes at every level: a worker's read-only script keeps working, as it would
 //! against Redis at its own limit. SCRIPT LOAD and FUNCTION LOAD are read at every level,
 //! not only under pressure, so the catalog knows the scripts an application loads at start.
+//! SCRIPT LOAD itself always passes, as Redis (which does not flag it `denyoom`) runs it past
+//! maxmemory; FUNCTION LOAD is `denyoom` and judged like a write.
 //!
 //! Job libraries' workers drain their queues at every level ([`super::job_work`]): Dramatiq's
 //! fetch, ack, nack and requeue, and the scripts and plain writes of BullMQ, Bull and
@@ -309,7 +311,10 @@ impl Guard for ShedGuard {
 impl ShedGuard {
     /// The verdict on `cmd` at the current level.
     fn judge(&self, script: Script, cmd: &CommandView<'_>, client: &ClientIdentity) -> Verdict {
-        if self.pressure.is_normal() {
+        // Redis does not flag SCRIPT LOAD `denyoom` and runs it past maxmemory: a client whose
+        // EVALSHA found no script loads it and retries, and must not be left unable to run a
+        // worker's or a read-only script. Only running a script is judged.
+        if self.pressure.is_normal() || script == Script::Load {
             return Verdict::Forward;
         }
         let reading = self.pressure.reading();

@@ -5,6 +5,7 @@
 //! Never judges a command itself, and never writes to a socket (the event loop flushes).
 
 use super::{Session, StreamTo};
+use crate::clock;
 use crate::pipeline::Span;
 use crate::reply_queue::Pending;
 use crate::resp;
@@ -13,6 +14,9 @@ use crate::scanner::request::{Step, StreamStep};
 impl Session {
     /// Scan and route every whole command in the request buffer.
     pub(super) fn on_client_input(&mut self) {
+        // The commands at hand are judged at one instant: guards' clocks read the system's
+        // once, not once per command (see `clock`).
+        let _read = clock::ReadTime::enter();
         loop {
             if self.ignore_input
                 || self.waiting_for_probe

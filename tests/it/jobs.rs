@@ -250,3 +250,21 @@ async fn bull_workers_drain_their_queue_at_the_hard_level() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rq_workers_drain_their_queue_at_the_hard_level() {
+    let lib = Drain {
+        program: "python3",
+        script: "rq_drain.py",
+    };
+    drain_at_hard(&lib, &[("LLEN", "rq:queue:emails")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn celery_workers_drain_their_queue_at_the_hard_level() {
+    let lib = Drain {
+        program: "python3",
+        script: "celery_drain.py",
+    };
+    drain_at_hard(&lib, &[("LLEN", "emails"), ("HLEN", "unacked")]).await;
+}

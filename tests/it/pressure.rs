@@ -191,6 +191,21 @@ async fn shedding_follows_memory_through_soft_and_hard_and_back() {
     assert!(r.starts_with("-OOM respguard: script refused"), "{r}");
     let r = c.call(&["EVALSHA", &unseen, "1", "data:0"]).await;
     assert!(r.starts_with("-OOM respguard: script refused"), "{r}");
+    // SCRIPT LOAD is not `denyoom` in Redis and runs past maxmemory: it passes, and the
+    // script it loads is learned (a client whose EVALSHA met NOSCRIPT loads and retries);
+    // FUNCTION LOAD is `denyoom` and is shed like a write.
+    let late = "return redis.call('EXISTS', KEYS[1])";
+    let loaded = c.call(&["SCRIPT", "LOAD", late]).await;
+    assert_eq!(loaded, direct.call(&["SCRIPT", "LOAD", late]).await);
+    let late_sha = loaded.lines().nth(1).unwrap().to_string();
+    assert_eq!(
+        c.call(&["EVALSHA", &late_sha, "1", "data:missing"]).await,
+        ":0\r\n"
+    );
+    let r = c
+        .call(&["FUNCTION", "LOAD", &LIBRARY.replace("shedlib", "shedlib2")])
+        .await;
+    assert!(is_oom(&r, "hard", "75"), "{r}");
     // Scripts and functions seen and found unable to grow memory run, as against Redis.
     assert_eq!(
         c.call(&["EVALSHA", &reader, "1", "data:missing"]).await,

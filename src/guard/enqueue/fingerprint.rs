@@ -20,7 +20,7 @@ use siphasher::sip::SipHasher13;
 
 /// The key of every hash the enqueue guard makes: SipHash-1-3's 128 bits, secret and drawn
 /// once per [`EnqueueMemory`], so per process.
-#[derive(Clone)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct FingerprintKey {
     k0: u64,
     k1: u64,
@@ -78,26 +78,55 @@ const CONTEXT_END: [u8; 9] = [LONG_PART, 0, 0, 0, 0, 0, 0, 0, 0];
 /// the job's payload. Short frames keep a typical context (rule, scope, queue) within two
 /// to four blocks.
 pub struct ContextHasher {
-    h: SipHasher13,
+    key: FingerprintKey,
     buf: [u8; CONTEXT_BUFFER],
     n: usize,
-    written: usize,
+    /// The hasher and the bytes it took, once a part did not fit the buffer: such a
+    /// context is hashed as it goes, and never remembered.
+    spilled: Option<(SipHasher13, usize)>,
+}
+
+/// The context a thread hashed last, and the hasher that took it: a producer pushes to the
+/// same queue under the same scope again and again, so its next context is usually this one,
+/// and hashing it (about 150 instructions) is skipped. Compared byte for byte, and with the
+/// key, so a hit gives exactly the hasher the context would have made. Only contexts that
+/// fit the buffer are remembered; the bytes past their end are zeros.
+#[derive(Clone, Copy)]
+struct LastContext {
+    key: FingerprintKey,
+    len: usize,
+    bytes: [u8; CONTEXT_BUFFER],
+    hasher: SipHasher13,
+}
+
+thread_local! {
+    static LAST_CONTEXT: std::cell::RefCell<Option<LastContext>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `a == b`, a word at a time (a call to `memcmp` costs more than the comparison).
+#[inline(always)]
+fn same_bytes(a: &[u8; CONTEXT_BUFFER], b: &[u8; CONTEXT_BUFFER]) -> bool {
+    let word = |s: &[u8; CONTEXT_BUFFER], i: usize| {
+        u64::from_ne_bytes(s[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+    };
+    (0..CONTEXT_BUFFER / 8).fold(0, |diff, i| diff | (word(a, i) ^ word(b, i))) == 0
 }
 
 impl ContextHasher {
     /// Nothing hashed yet, under `key`.
-    #[inline]
+    #[inline(always)]
     pub fn new(key: &FingerprintKey) -> Self {
         ContextHasher {
-            h: key.build_hasher(),
+            key: *key,
             buf: [0; CONTEXT_BUFFER],
             n: 0,
-            written: 0,
+            spilled: None,
         }
     }
 
     /// Add one part: its length, then its bytes.
-    #[inline]
+    #[inline(always)]
     pub fn part(&mut self, part: &[u8]) -> &mut Self {
         let len = part.len();
         if len < usize::from(ABSENT_PART) && self.n + 1 + len <= CONTEXT_BUFFER {
@@ -123,13 +152,14 @@ impl ContextHasher {
             frame[1..].copy_from_slice(&(part.len() as u64).to_le_bytes());
             &frame
         };
-        self.h.write(frame);
-        self.h.write(part);
-        self.written += frame.len() + part.len();
+        let (h, written) = self.spilled.as_mut().expect("flushed");
+        h.write(frame);
+        h.write(part);
+        *written += frame.len() + part.len();
     }
 
     /// Add a part that is absent (unlike any part present, the empty one included).
-    #[inline]
+    #[inline(always)]
     pub fn absent(&mut self) -> &mut Self {
         if self.n == CONTEXT_BUFFER {
             self.flush();
@@ -139,14 +169,18 @@ impl ContextHasher {
         self
     }
 
+    /// Hash the buffered bytes and empty the buffer (zeroed again, so that a remembered
+    /// context never holds stale bytes; but a spilled context is never remembered).
     fn flush(&mut self) {
-        self.h.write(&self.buf[..self.n]);
-        self.written += self.n;
+        let key = self.key;
+        let (h, written) = self.spilled.get_or_insert_with(|| (key.build_hasher(), 0));
+        h.write(&self.buf[..self.n]);
+        *written += self.n;
         self.n = 0;
     }
 
     /// The context hashed: the parts, an end mark, zeros to a whole block.
-    #[inline]
+    #[inline(always)]
     pub fn finish(mut self) -> JobHasher {
         // Without the mark, zero padding would read as empty parts: `[""]` and `["", ""]`
         // would be one input.
@@ -155,14 +189,40 @@ impl ContextHasher {
         }
         self.buf[self.n..self.n + CONTEXT_END.len()].copy_from_slice(&CONTEXT_END);
         self.n += CONTEXT_END.len();
-        let pad = (8 - (self.written + self.n) % 8) % 8;
+        let written = self.spilled.as_ref().map_or(0, |s| s.1);
+        let pad = (8 - (written + self.n) % 8) % 8;
         if self.n + pad > CONTEXT_BUFFER {
             self.flush();
         }
         self.buf[self.n..self.n + pad].fill(0);
         self.n += pad;
-        self.flush();
-        JobHasher(self.h)
+        if self.spilled.is_some() {
+            self.flush();
+            return JobHasher(self.spilled.expect("spilled").0);
+        }
+        self.remembered()
+    }
+
+    /// A context held whole in the buffer (zeros past its end): the thread's last hasher if
+    /// it is that context under that key, else hashed and remembered.
+    #[inline(always)]
+    fn remembered(&self) -> JobHasher {
+        LAST_CONTEXT.with_borrow_mut(|last| match last {
+            Some(l) if l.len == self.n && l.key == self.key && same_bytes(&l.bytes, &self.buf) => {
+                JobHasher(l.hasher)
+            }
+            _ => {
+                let mut hasher = self.key.build_hasher();
+                hasher.write(&self.buf[..self.n]);
+                *last = Some(LastContext {
+                    key: self.key,
+                    len: self.n,
+                    bytes: self.buf,
+                    hasher,
+                });
+                JobHasher(hasher)
+            }
+        })
     }
 }
 
@@ -256,6 +316,38 @@ mod tests {
             s.write(b"load");
             assert_eq!(s.finish(), job.hash(b"payload"));
         }
+    }
+
+    /// The thread's last context is reused only for the same bytes under the same key: each
+    /// hash below, asked twice in a row or after another context, is the hash of its own
+    /// encoding.
+    #[test]
+    fn a_remembered_context_gives_exactly_the_hash_of_the_context_asked() {
+        let (key, other_key) = (FingerprintKey::random(), FingerprintKey::random());
+        let hash = |key: &FingerprintKey, parts: &[&[u8]]| {
+            let mut c = ContextHasher::new(key);
+            for p in parts {
+                c.part(p);
+            }
+            c.finish().hash(b"payload")
+        };
+        let expected = |key: &FingerprintKey, parts: &[&[u8]]| {
+            let mut plain = encoded(&parts.iter().map(|p| Some(*p)).collect::<Vec<_>>());
+            plain.extend_from_slice(b"payload");
+            key.hash_one_bytes(&plain)
+        };
+        let asked: [(&FingerprintKey, &[&[u8]]); 6] = [
+            (&key, &[b"\x01", b"mylist"]),
+            (&key, &[b"\x01", b"mylist"]),
+            (&other_key, &[b"\x01", b"mylist"]),
+            (&key, &[b"\x01", b"mylist2"]),
+            (&key, &[b"\x01", b"mylis"]),
+            (&key, &[b"\x01", b"mylist"]),
+        ];
+        for (k, parts) in asked {
+            assert_eq!(hash(k, parts), expected(k, parts));
+        }
+        assert_ne!(hash(&key, &[b"a"]), hash(&other_key, &[b"a"]));
     }
 
     #[test]

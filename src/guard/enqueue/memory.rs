@@ -92,7 +92,7 @@ impl EnqueueMemory {
     /// fingerprint within its scope, which keys the fingerprints table as it is: a keyed
     /// SipHash output of an injective encoding of rule, scope, context and payload, so
     /// hashing it again with the scope would add no resistance, only a second hash.
-    #[inline]
+    #[inline(always)]
     pub fn job_hasher(
         &self,
         limits: &EnqueueLimits,
@@ -110,7 +110,7 @@ impl EnqueueMemory {
     /// user, client name and address, when the scope has it, else an empty part. A user or
     /// name the client has not set is an absent part, as is one set to `\0none` (which always
     /// stood for the unset one).
-    #[inline]
+    #[inline(always)]
     fn scoped(&self, limits: &EnqueueLimits, client: &ClientIdentity) -> ContextHasher {
         let s = limits.scope;
         let mut h = ContextHasher::new(&self.hashes);
