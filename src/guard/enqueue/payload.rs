@@ -32,6 +32,20 @@ pub enum Format {
     Pickle,
 }
 
+impl Format {
+    /// The document `payload` reads as in this format: `None` for a raw payload (it has
+    /// none) and for one that does not read (not JSON, not MessagePack, not a pickle the
+    /// reader runs, or past one of the readers' bounds).
+    pub fn document(self, payload: &[u8]) -> Option<Value> {
+        match self {
+            Format::Raw => None,
+            Format::Json => serde_json::from_slice(payload).ok(),
+            Format::Msgpack => msgpack::decode(payload).ok(),
+            Format::Pickle => pickle::read(payload).ok(),
+        }
+    }
+}
+
 /// A JSON pointer split into its unescaped tokens once, when the rule is built, so that
 /// following it on the hot path allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,18 +184,14 @@ impl PayloadSpec {
         context: &JobHasher,
         ids: &impl BuildHasher,
     ) -> Option<JobPrint> {
-        let doc = match self.format {
-            Format::Raw => {
-                return Some(JobPrint {
-                    fingerprint: context.hash(payload),
-                    id: None,
-                    label: None,
-                })
-            }
-            Format::Json => serde_json::from_slice(payload).ok()?,
-            Format::Msgpack => msgpack::decode(payload).ok()?,
-            Format::Pickle => pickle::read(payload).ok()?,
-        };
+        if self.format == Format::Raw {
+            return Some(JobPrint {
+                fingerprint: context.hash(payload),
+                id: None,
+                label: None,
+            });
+        }
+        let doc = self.format.document(payload)?;
         Some(self.print_document(doc, context, ids))
     }
 
