@@ -24,6 +24,10 @@ pub const MAX_INPUT: usize = 1 << 20;
 pub const MAX_DEPTH: usize = 128;
 /// The most values (containers included) one payload may hold.
 pub const MAX_ELEMENTS: usize = 100_000;
+/// The most bytes of text written for map keys that are not strings. A key is written as
+/// JSON text, and a map used as a key inside a key escapes that text again, doubling it
+/// level after level: without this bound, a few hundred bytes would write 2^100.
+pub const MAX_KEY_TEXT: usize = 1 << 20;
 
 /// Why a MessagePack payload was not read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +47,9 @@ pub enum MsgpackError {
     /// The never-used marker 0xc1.
     #[error("reserved marker 0xc1")]
     Reserved,
+    /// More than [`MAX_KEY_TEXT`] bytes of keys that are not strings.
+    #[error("keys over {MAX_KEY_TEXT} bytes of text")]
+    KeysTooLong,
     /// Bytes after the payload's one value.
     #[error("{0} bytes after the value")]
     Trailing(usize),
@@ -56,6 +63,7 @@ pub fn decode(input: &[u8]) -> Result<Value, MsgpackError> {
     let mut r = Reader {
         rest: input,
         elements: 0,
+        key_text: 0,
     };
     let v = r.value(0)?;
     match r.rest.len() {
@@ -64,10 +72,11 @@ pub fn decode(input: &[u8]) -> Result<Value, MsgpackError> {
     }
 }
 
-/// What is left to read, and how many values were read.
+/// What is left to read, how many values were read, how much key text was written.
 struct Reader<'a> {
     rest: &'a [u8],
     elements: usize,
+    key_text: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -202,11 +211,24 @@ impl<'a> Reader<'a> {
         Ok(Value::Array(items))
     }
 
+    /// A key that is not a string, as text, counted against [`MAX_KEY_TEXT`].
+    fn key_text(&mut self, key: Value) -> Result<String, MsgpackError> {
+        let text = document::key(key);
+        self.key_text += text.len();
+        if self.key_text > MAX_KEY_TEXT {
+            return Err(MsgpackError::KeysTooLong);
+        }
+        Ok(text)
+    }
+
     fn map(&mut self, n: usize, depth: usize) -> Result<Value, MsgpackError> {
         self.room(n.saturating_mul(2), depth)?;
         let mut m = Map::new();
         for _ in 0..n {
-            let key = document::key(self.value(depth + 1)?);
+            let key = match self.value(depth + 1)? {
+                Value::String(s) => s,
+                other => self.key_text(other)?,
+            };
             let value = self.value(depth + 1)?;
             m.insert(key, value);
         }
@@ -365,6 +387,10 @@ mod tests {
         assert!(decode(&nested(MAX_DEPTH)).is_ok());
         assert_eq!(decode(&nested(MAX_DEPTH + 1)), Err(MsgpackError::TooDeep));
         assert_eq!(decode(&nested(1 << 19)), Err(MsgpackError::TooDeep));
+        // Maps as keys of maps, 100 deep, around a key `"`: each level escapes the text of
+        // the one inside, which would double it a hundred times.
+        let keys = [vec![0x81; 100], vec![0xa1, b'"', 0xc0], vec![0xc0; 99]].concat();
+        assert_eq!(decode(&keys), Err(MsgpackError::KeysTooLong));
         assert_eq!(
             decode(&vec![0xc0; MAX_INPUT + 1]),
             Err(MsgpackError::TooLong)

@@ -27,9 +27,9 @@
 //! # Why not serde-pickle
 //!
 //! `serde-pickle` reads protocols up to 5 but resolves only the few globals it knows (set,
-//! frozenset, bytearray, `_codecs.encode`); any other, such as a namedtuple's class or
-//! `uuid.UUID`, is an error or, with `replace_unresolved_globals`, `None`, and the object
-//! built from it is `None` too. A Huey message would read as `None`: every job the same.
+//! frozenset, list, int, bytearray, `_codecs.encode`); any other, such as a namedtuple's
+//! class or `uuid.UUID`, is kept as an opaque global, and the object built from it becomes
+//! an `UnresolvedGlobal` error or, with `replace_unresolved_globals`, `None`. A Huey message would read as `None`: every job the same.
 //! What a pickling job library writes is objects built from globals, so this reader keeps
 //! them as data instead.
 //!
@@ -622,7 +622,16 @@ impl<'v, 'a> Writer<'v, 'a> {
     ) -> Result<Map<String, Value>, PickleError> {
         let mut m = Map::new();
         for &(k, v) in pairs {
-            let key = document::key(self.value(k, depth + 1)?);
+            // A key that is not a string is written as JSON text, and a dict key inside a
+            // key escapes that text again, doubling it level after level: counted as text.
+            let key = match self.value(k, depth + 1)? {
+                Value::String(s) => s,
+                other => {
+                    let text = document::key(other);
+                    self.text(text.len())?;
+                    text
+                }
+            };
             m.insert(key, self.value(v, depth + 1)?);
         }
         Ok(m)

@@ -338,6 +338,17 @@ fn hostile_pickles_stop_at_their_bounds() {
     }
     text.extend_from_slice(b"l.");
     assert_eq!(read(&text), Err(PickleError::OverBound("text")));
+    // Dicts as keys of dicts, 100 deep, around a key `"`: each level escapes the text of the
+    // one inside, which would double it a hundred times.
+    let keys = [
+        &b"\x80\x02"[..],
+        &[b'('; 101],
+        b"X\x01\x00\x00\x00\"Nd",
+        &b"Nd".repeat(100),
+        b".",
+    ]
+    .concat();
+    assert_eq!(read(&keys), Err(PickleError::OverBound("text")));
     // The memo: more distinct entries than it holds.
     let mut memo = b"\x80\x02N".to_vec();
     for i in 0..=MAX_MEMO as u32 {
