@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
-targets=${TARGETS:-"request_scanner reply_scanner guard_pipeline"}
+targets=${TARGETS:-"request_scanner reply_scanner guard_pipeline payload_formats"}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked

@@ -204,7 +204,7 @@ pub struct RawEnqueueRule {
     /// XADD when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commands: Option<Vec<String>>,
-    /// `generic`: `json` or `raw`.
+    /// `generic`: `json` (the default), `msgpack`, `pickle` or `raw`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<PayloadFormat>,
     /// `generic`: JSON pointers of the fields that identify a job (the whole payload when

@@ -139,6 +139,10 @@ word_enum! {
         Json = "json",
         /// Opaque bytes.
         Raw = "raw",
+        /// A MessagePack value, read as JSON would be.
+        Msgpack = "msgpack",
+        /// A Python pickle (protocols 2 to 5), read without executing anything.
+        Pickle = "pickle",
     }
 }
 

@@ -20,6 +20,7 @@ mod layering;
 mod memory;
 mod operating;
 mod passthrough;
+mod payload_formats;
 mod pressure;
 mod runtime;
 mod scanner;

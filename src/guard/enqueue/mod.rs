@@ -39,7 +39,9 @@
 //! - `script_add.rs`: enqueues made by a library's Lua script, read and judged; the
 //!   libraries' own readers in `bullmq.rs`, `bull.rs`, `beequeue.rs` and `dramatiq.rs`;
 //! - `rewrite.rs`: where a push's payloads are, and the push without the dropped ones;
-//! - [`payload`]: a job's fingerprint; [`table`]: the bounded table.
+//! - [`payload`]: a job's fingerprint, of a JSON payload or of one `msgpack.rs` or
+//!   `pickle.rs` reads into the same document (`document.rs`: what JSON has no word for);
+//! - [`table`]: the bounded table.
 //!
 //! It never keeps per-session state, and never allocates a table entry per job.
 
@@ -51,9 +53,12 @@ mod beequeue;
 mod bull;
 mod bullmq;
 mod decision;
+mod document;
 mod dramatiq;
 mod fingerprint;
 mod memory;
+mod msgpack;
+mod pickle;
 mod push;
 mod rewrite;
 mod rq;

@@ -4,8 +4,10 @@
 //! A JSON payload is parsed, the fields named by `exclude` are taken out, and the fields
 //! named by `include` (the whole document when there are none) are hashed in a canonical
 //! form: object keys in sorted order, numbers and strings as JSON writes them. Fields are
-//! named with JSON pointers (RFC 6901: `/class`, `/headers/task`, `/args/0/job_id`). A raw
-//! payload is hashed as it is.
+//! named with JSON pointers (RFC 6901: `/class`, `/headers/task`, `/args/0/job_id`). A
+//! MessagePack or pickle payload is read into the same document ([`msgpack`](super::msgpack),
+//! [`pickle`](super::pickle)) and fingerprinted the same way. A raw payload is hashed as it
+//! is.
 //!
 //! The job id, when the payload carries one, is hashed apart: it tells a re-push of the same
 //! job (a retry, a scheduled job moving to its queue) from a new job with the same content.
@@ -15,6 +17,7 @@ use std::hash::{BuildHasher, Hasher};
 use serde_json::Value;
 
 use super::fingerprint::JobHasher;
+use super::{msgpack, pickle};
 
 /// How a payload is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +26,24 @@ pub enum Format {
     Json,
     /// Opaque bytes, fingerprinted whole.
     Raw,
+    /// A MessagePack value, read into the JSON document model.
+    Msgpack,
+    /// A Python pickle, read into the JSON document model without executing anything.
+    Pickle,
+}
+
+impl Format {
+    /// The document `payload` reads as in this format: `None` for a raw payload (it has
+    /// none) and for one that does not read (not JSON, not MessagePack, not a pickle the
+    /// reader runs, or past one of the readers' bounds).
+    pub fn document(self, payload: &[u8]) -> Option<Value> {
+        match self {
+            Format::Raw => None,
+            Format::Json => serde_json::from_slice(payload).ok(),
+            Format::Msgpack => msgpack::decode(payload).ok(),
+            Format::Pickle => pickle::read(payload).ok(),
+        }
+    }
 }
 
 /// A JSON pointer split into its unescaped tokens once, when the rule is built, so that
@@ -94,7 +115,7 @@ impl Pointer {
 /// How to fingerprint one kind of payload.
 #[derive(Debug, Clone)]
 pub struct PayloadSpec {
-    /// JSON or raw.
+    /// JSON, MessagePack, pickle or raw.
     pub format: Format,
     /// Fields that identify the job; empty means the whole document.
     pub include: Vec<Pointer>,
@@ -145,65 +166,77 @@ impl PayloadSpec {
         if format == Format::Raw
             && (!spec.include.is_empty() || !spec.exclude.is_empty() || spec.job_id.is_some())
         {
-            return Err("include, exclude and job_id need format = \"json\"".into());
+            return Err(
+                "include, exclude and job_id need a format that is read: json, msgpack or pickle"
+                    .into(),
+            );
         }
         Ok(spec)
     }
 
     /// The job in `payload`, hashed after `context` (which has taken the rule, the scope and
-    /// the queue); its id, if any, is hashed with `ids`. `None` when a JSON payload does not
-    /// parse: it is not a job this rule knows.
+    /// the queue); its id, if any, is hashed with `ids`. `None` when the payload does not
+    /// read in its format (not JSON, not MessagePack, not a pickle this reader runs, or past
+    /// one of its bounds): it is not a job this rule knows.
     pub fn print(
         &self,
         payload: &[u8],
         context: &JobHasher,
         ids: &impl BuildHasher,
     ) -> Option<JobPrint> {
-        match self.format {
-            Format::Raw => Some(JobPrint {
+        if self.format == Format::Raw {
+            return Some(JobPrint {
                 fingerprint: context.hash(payload),
                 id: None,
                 label: None,
-            }),
-            Format::Json => {
-                let mut doc: Value = serde_json::from_slice(payload).ok()?;
-                let id = self
-                    .job_id
-                    .as_ref()
-                    .and_then(|p| p.get(&doc))
-                    .filter(|v| !v.is_null())
-                    .map(|v| hash_id(v, ids));
-                let label = self
-                    .label
-                    .as_ref()
-                    .and_then(|p| p.get(&doc))
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                for p in &self.exclude {
+            });
+        }
+        let doc = self.format.document(payload)?;
+        Some(self.print_document(doc, context, ids))
+    }
+
+    /// The job in a payload read into `doc`.
+    fn print_document(
+        &self,
+        mut doc: Value,
+        context: &JobHasher,
+        ids: &impl BuildHasher,
+    ) -> JobPrint {
+        let id = self
+            .job_id
+            .as_ref()
+            .and_then(|p| p.get(&doc))
+            .filter(|v| !v.is_null())
+            .map(|v| hash_id(v, ids));
+        let label = self
+            .label
+            .as_ref()
+            .and_then(|p| p.get(&doc))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        for p in &self.exclude {
+            p.remove(&mut doc);
+        }
+        if let Some((when, more)) = &self.exclude_if {
+            if when.get(&doc).is_some() {
+                for p in more {
                     p.remove(&mut doc);
                 }
-                if let Some((when, more)) = &self.exclude_if {
-                    if when.get(&doc).is_some() {
-                        for p in more {
-                            p.remove(&mut doc);
-                        }
-                    }
-                }
-                let mut h = context.stream();
-                if self.include.is_empty() {
-                    write_canonical(&doc, &mut h);
-                } else {
-                    for p in &self.include {
-                        h.write(p.as_str().as_bytes());
-                        write_canonical(p.get(&doc).unwrap_or(&Value::Null), &mut h);
-                    }
-                }
-                Some(JobPrint {
-                    fingerprint: h.finish(),
-                    id,
-                    label,
-                })
             }
+        }
+        let mut h = context.stream();
+        if self.include.is_empty() {
+            write_canonical(&doc, &mut h);
+        } else {
+            for p in &self.include {
+                h.write(p.as_str().as_bytes());
+                write_canonical(p.get(&doc).unwrap_or(&Value::Null), &mut h);
+            }
+        }
+        JobPrint {
+            fingerprint: h.finish(),
+            id,
+            label,
         }
     }
 }
@@ -377,5 +410,64 @@ mod tests {
         let p = Pointer::parse("/a~1b/1").unwrap();
         let doc: Value = serde_json::from_str(r#"{"a/b":[0,{"c":2}]}"#).unwrap();
         assert_eq!(p.get(&doc), Some(&serde_json::json!({"c": 2})));
+    }
+
+    /// A pickled tuple `(id, "tasks.add", arg)`, as protocol 4 writes it.
+    fn pickled(id: &str, arg: u8) -> Vec<u8> {
+        let mut p = b"\x80\x04(\x8c".to_vec();
+        p.push(id.len() as u8);
+        p.extend_from_slice(id.as_bytes());
+        p.extend_from_slice(b"\x8c\x09tasks.addK");
+        p.extend_from_slice(&[arg, b't', b'.']);
+        p
+    }
+
+    /// A MessagePack map `{"id": id, "task": "tasks.add", "args": [arg]}`.
+    fn packed(id: &str, arg: u8) -> Vec<u8> {
+        use rmp::encode::*;
+        let mut b = Vec::new();
+        write_map_len(&mut b, 3).unwrap();
+        write_str(&mut b, "id").unwrap();
+        write_str(&mut b, id).unwrap();
+        write_str(&mut b, "task").unwrap();
+        write_str(&mut b, "tasks.add").unwrap();
+        write_str(&mut b, "args").unwrap();
+        write_array_len(&mut b, 1).unwrap();
+        write_uint(&mut b, arg.into()).unwrap();
+        b
+    }
+
+    #[test]
+    fn pickle_and_msgpack_payloads_are_read_with_the_same_pointers() {
+        let h = FingerprintKey::random();
+        type Maker = fn(&str, u8) -> Vec<u8>;
+        let cases: [(Format, &str, &str, Maker); 2] = [
+            (Format::Pickle, "/0", "/1", pickled),
+            (Format::Msgpack, "/id", "/task", packed),
+        ];
+        for (format, id, label, make) in cases {
+            let s = PayloadSpec::new(format, &[], &strings(&[id]), Some(id), Some(label)).unwrap();
+            let print = |payload: Vec<u8>| s.print(&payload, &ctx(&h, &[b"q"]), &h).unwrap();
+            let a = print(make("a", 1));
+            let b = print(make("b", 1));
+            assert_eq!(a.fingerprint, b.fingerprint, "{format:?}: the id left out");
+            assert_ne!(a.id, b.id, "{format:?}");
+            assert_eq!(a.label.as_deref(), Some("tasks.add"), "{format:?}");
+            assert_ne!(a.fingerprint, print(make("a", 2)).fingerprint, "{format:?}");
+            // Without the exclusion the id makes every job different.
+            let all = PayloadSpec::new(format, &[], &[], None, None).unwrap();
+            let print = |payload: Vec<u8>| all.print(&payload, &ctx(&h, &[b"q"]), &h).unwrap();
+            assert_ne!(
+                print(make("a", 1)).fingerprint,
+                print(make("b", 1)).fingerprint
+            );
+            // Unreadable in the format: not a job.
+            assert!(s.print(b"{}", &ctx(&h, &[]), &h).is_none(), "{format:?}");
+        }
+        assert!(
+            PayloadSpec::new(Format::Raw, &[], &strings(&["/0"]), None, None)
+                .unwrap_err()
+                .contains("json, msgpack or pickle")
+        );
     }
 }

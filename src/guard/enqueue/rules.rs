@@ -274,11 +274,14 @@ fn generic_shape(r: &RawEnqueueRule) -> Result<RuleShape, ConfigError> {
     let format = match r.format.unwrap_or(PayloadFormat::Json) {
         PayloadFormat::Json => Format::Json,
         PayloadFormat::Raw => Format::Raw,
+        PayloadFormat::Msgpack => Format::Msgpack,
+        PayloadFormat::Pickle => Format::Pickle,
     };
-    if format == Format::Json && commands & Cmd::Xadd.bit() != 0 && r.field.is_none() {
-        return Err(invalid(
-            "a generic JSON rule reading XADD needs `field`, the stream field holding the payload",
-        ));
+    if format != Format::Raw && commands & Cmd::Xadd.bit() != 0 && r.field.is_none() {
+        return Err(invalid(format!(
+            "a generic {} rule reading XADD needs `field`, the stream field holding the payload",
+            r.format.unwrap_or(PayloadFormat::Json).word()
+        )));
     }
     let spec = PayloadSpec::new(
         format,
