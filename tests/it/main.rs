@@ -23,6 +23,7 @@ mod passthrough;
 mod pressure;
 mod runtime;
 mod scanner;
+mod scripted_enqueue;
 mod shim;
 mod soak;
 mod tls;
