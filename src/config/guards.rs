@@ -287,7 +287,7 @@ pub struct RawScriptMatch {
     /// SCRIPT LOAD through the proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_contains: Option<String>,
-    /// A function's name: FCALL and FCALL_RO of it.
+    /// A function's name: FCALL and FCALL_RO of it (in any case, as Redis finds it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub function: Option<String>,
 }

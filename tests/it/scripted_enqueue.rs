@@ -310,6 +310,18 @@ async fn an_fcall_storm_reaches_redis_once() {
             assert_eq!(c.call(&args).await, twin.call(&args).await, "{i}");
         }
     }
+    // Redis finds a function by its name in any case, and so does the rule.
+    let payload = job("f100", "mail");
+    let args = [
+        "FCALL",
+        "ENQUEUE_JOB",
+        "2",
+        "myq:meta",
+        "myq:fn",
+        "enqueue",
+        &payload,
+    ];
+    assert_eq!(c.call(&args).await, "$6\r\nqueued\r\n");
     assert_eq!(direct.call(&["LLEN", "myq:fn"]).await, ":1\r\n");
     assert_eq!(job_hashes(&mut direct).await, ":1\r\n");
     for i in 0..20 {
@@ -336,7 +348,7 @@ async fn an_fcall_storm_reaches_redis_once() {
         mirrored, ":120\r\n",
         "the mirror queued the dropped ones too"
     );
-    assert_eq!(enqueues(&proxy, "my-fn", "duplicate").await, 99);
+    assert_eq!(enqueues(&proxy, "my-fn", "duplicate").await, 100);
     proxy.shutdown().await;
 }
 

@@ -41,11 +41,17 @@ const MAX_DROPPED_INTEGER: i64 = 1 << 53;
 /// How a generic rule recognises its script's calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScriptMatch {
-    /// By the script's SHA1 digest.
-    Digest([u8; 20]),
+    /// By the script's SHA1 digest, as bytes (an EVAL body's digest) and in lower-case hex
+    /// (compared with EVALSHA's argument in any case, without parsing it).
+    Digest {
+        /// The digest.
+        bytes: [u8; 20],
+        /// The digest in lower-case hex.
+        hex: [u8; 40],
+    },
     /// By text in its body (digests learned from bodies seen).
     BodyContains(Box<[u8]>),
-    /// By a function's name.
+    /// By a function's name (in any case, as Redis finds it).
     Function(Box<[u8]>),
 }
 
@@ -207,9 +213,15 @@ impl ScriptRule {
         cmd: &CommandView<'_>,
     ) -> bool {
         match (&self.script, call.kind) {
-            (ScriptMatch::Function(name), Cmd::Fcall) => cmd.arg(1) == Some(&name[..]),
-            (ScriptMatch::Digest(want), Cmd::Eval | Cmd::EvalSha) => {
-                digest.get(cmd, call.kind).as_ref() == Some(want)
+            (ScriptMatch::Function(name), Cmd::Fcall) => {
+                // Redis finds a function by its name in any case.
+                cmd.arg(1).is_some_and(|n| n.eq_ignore_ascii_case(name))
+            }
+            (ScriptMatch::Digest { hex, .. }, Cmd::EvalSha) => {
+                cmd.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(hex))
+            }
+            (ScriptMatch::Digest { bytes, .. }, Cmd::Eval) => {
+                digest.get(cmd, call.kind).as_ref() == Some(bytes)
             }
             (ScriptMatch::BodyContains(text), Cmd::Eval) => {
                 contains(cmd.arg(1).unwrap_or_default(), text)
@@ -253,12 +265,16 @@ fn contains(body: &[u8], text: &[u8]) -> bool {
 fn script_match(s: &RawScriptMatch) -> Result<ScriptMatch, ConfigError> {
     let m = match (&s.sha1, &s.body_contains, &s.function) {
         (Some(sha), None, None) => {
-            ScriptMatch::Digest(parse_digest(sha.as_bytes()).ok_or_else(|| {
+            let bytes = parse_digest(sha.as_bytes()).ok_or_else(|| {
                 invalid(format!(
                     "script.sha1 `{sha}` is not a SHA1 digest (40 hex digits)"
                 ))
-            })?)
+            })?;
+            let mut hex = [0u8; 40];
+            hex.copy_from_slice(sha.to_ascii_lowercase().as_bytes());
+            ScriptMatch::Digest { bytes, hex }
         }
+
         (None, Some(text), None) if !text.is_empty() => {
             ScriptMatch::BodyContains(text.as_bytes().into())
         }
@@ -358,9 +374,14 @@ mod tests {
             "{SHA}script = {{ sha1 = '{}' }}",
             hex.to_uppercase()
         ));
+        let mut lower = [0u8; 40];
+        lower.copy_from_slice(hex.as_bytes());
         assert_eq!(
             by_digest.script,
-            ScriptMatch::Digest(sha1_smol::Sha1::from(BODY).digest().bytes())
+            ScriptMatch::Digest {
+                bytes: sha1_smol::Sha1::from(BODY).digest().bytes(),
+                hex: lower,
+            }
         );
         assert_eq!(by_digest.payload_arg, 1);
         assert_eq!(by_digest.key_index, None);
