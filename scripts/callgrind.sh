@@ -4,6 +4,11 @@
 #
 #   scripts/callgrind.sh                      # SET GET LPUSH HSET, guards off vs all guards
 #   TESTS="lpush" REQUESTS=50000 scripts/callgrind.sh
+#   TESTS="evalsha" CONFIGS="script-rule" REQUESTS=50000 scripts/callgrind.sh
+#
+# The test `evalsha` is a scripted enqueue: `EVALSHA <sha> 1 myq:bench enqueue <job>` of a
+# script that pushes the job, loaded first, each job's content random (`-r`), so with the
+# `script-rule` configuration nearly every call is read, judged and forwarded.
 #
 # For each configuration below and each test, runs a release respguard under
 # `valgrind --tool=callgrind` collecting only inside session tasks (the spawned task that
@@ -15,6 +20,7 @@ cd "$(dirname "$0")/.."
 TESTS=${TESTS:-"set get lpush hset"}
 REQUESTS=${REQUESTS:-100000}
 CONFIGS=${CONFIGS:-"all-guards"}   # compared with guards-off; also: metrics-off pressure queue,
+# script-rule (a generic enqueue rule reading the `evalsha` test's script),
 # all-guards-no-insight all-guards-insight-every guards-off-no-insight (keyspace insight)
 
 if ! command -v valgrind >/dev/null || ! command -v redis-benchmark >/dev/null; then
@@ -53,6 +59,29 @@ configs[pressure]=$CONF_PRESSURE
 # The same, plus redis-benchmark's list followed as a queue with a depth limit.
 configs[queue]=$CONF_QUEUE
 
+# The scripted enqueue of the `evalsha` test, loaded into Redis, and a generic rule reading it.
+ENQUEUE_SCRIPT="if ARGV[1] == 'enqueue' then return redis.call('RPUSH', KEYS[1], ARGV[2]) end return 0"
+enqueue_sha=$(redis-cli -p "$redis_port" SCRIPT LOAD "$ENQUEUE_SCRIPT")
+configs[script-rule]="$CONF_GUARDS_OFF"'
+[[guards.enqueue.rules]]
+preset = "generic"
+name = "bench-script"
+pattern = "myq:*"
+script = { sha1 = "'"$enqueue_sha"'" }
+payload_arg = 2
+operation_arg = 1
+operation = "enqueue"
+exclude = ["/id"]
+action = "drop"'
+
+# The redis-benchmark arguments of TEST: a built-in test, or the scripted enqueue.
+bench_args() {
+  case "$1" in
+    evalsha) echo "-r 1000000 EVALSHA $enqueue_sha 1 myq:bench enqueue {\"id\":1,\"task\":\"mail\",\"n\":\"__rand_int__\"}" ;;
+    *) echo "-t $1" ;;
+  esac
+}
+
 # measure CONFIG_NAME TEST -> instructions per command in session tasks
 measure() {
   local port conf out pid
@@ -68,7 +97,8 @@ measure() {
   pid=$!
   wait_port "$port"
   write_get_key 100
-  redis-benchmark -h 127.0.0.1 -p "$port" -c 10 -n "$REQUESTS" -P 32 -d 100 -t "$2" -q >/dev/null
+  # shellcheck disable=SC2046 # bench_args is split into arguments on purpose
+  redis-benchmark -h 127.0.0.1 -p "$port" -c 10 -n "$REQUESTS" -P 32 -d 100 -q $(bench_args "$2") >/dev/null
   kill -INT "$pid"
   wait "$pid" || true
   [ -n "${KEEP:-}" ] && cp "$out" "$KEEP/" || true

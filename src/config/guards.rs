@@ -223,6 +223,29 @@ pub struct RawEnqueueRule {
     /// `generic` with XADD: the stream field holding the payload (all fields when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// `generic`: jobs enqueued by a Lua script or function (EVAL, EVALSHA, FCALL) this
+    /// identifies, instead of pushed by LPUSH and the like.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<RawScriptMatch>,
+    /// `script`: which of the script's keys (from 1, as `KEYS` in Lua) `pattern` is
+    /// matched against; any of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_index: Option<u32>,
+    /// `script`: the argument (from 1, as `ARGV` in Lua) holding the job's payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_arg: Option<u32>,
+    /// `script`: the argument naming the operation, when one script serves several
+    /// (enqueue, ack, ...); with `operation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_arg: Option<u32>,
+    /// `script`: the value of `operation_arg` that enqueues; calls with another pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// `script` with `action = "drop"`: what a dropped call is answered, since the proxy
+    /// cannot know what the script would have returned: `"nil"` (the default), `"ok"`, an
+    /// integer, or any other text as a bulk string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_reply: Option<DroppedReply>,
     /// What identifies a client: any of `user`, `client_name`, `address` (the IP address,
     /// never the port).
     #[serde(default = "default_enqueue_scope")]
@@ -250,6 +273,34 @@ pub struct RawEnqueueRule {
     /// Which clients the rule applies to.
     #[serde(flatten)]
     pub clients: ClientMatch,
+}
+
+/// A generic enqueue rule's `script`: exactly one of its keys, which says how its calls are
+/// recognised.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawScriptMatch {
+    /// The script's SHA1 digest (40 hex digits): EVALSHA of it, and EVAL of a body with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha1: Option<String>,
+    /// Text in the script's body: EVAL of such a body, and EVALSHA of one seen in EVAL or
+    /// SCRIPT LOAD through the proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// A function's name: FCALL and FCALL_RO of it (in any case, as Redis finds it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+}
+
+/// What a dropped scripted enqueue is answered (`dropped_reply`): an integer written as
+/// one, or text: `nil`, `ok`, or a bulk string.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum DroppedReply {
+    /// An integer reply.
+    Integer(i64),
+    /// `nil` (a null reply), `ok` (the status `+OK`), or any other text as a bulk string.
+    Text(String),
 }
 
 fn default_enqueue_scope() -> Vec<ScopePart> {

@@ -473,6 +473,43 @@ mod tests {
     }
 
     #[test]
+    fn a_script_rule_round_trips_with_its_dropped_reply_typed() {
+        let rule = |reply: &str| {
+            RawConfig::from_toml(&format!(
+                "[[guards.enqueue.rules]]\npreset = \"generic\"\npattern = \"myq:*\"\n\
+                 script = {{ sha1 = \"{}\" }}\npayload_arg = 2\noperation_arg = 1\n\
+                 operation = \"enqueue\"\nkey_index = 1\ndropped_reply = {reply}\n",
+                "a".repeat(40)
+            ))
+        };
+        let raw = rule("1").unwrap();
+        let r = &raw.guards.enqueue.rules[0];
+        assert_eq!(r.dropped_reply, Some(DroppedReply::Integer(1)));
+        assert_eq!(
+            r.script.as_ref().unwrap().sha1.as_deref(),
+            Some(&*"a".repeat(40))
+        );
+        assert_eq!(
+            (r.payload_arg, r.operation_arg, r.key_index),
+            (Some(2), Some(1), Some(1))
+        );
+        assert_eq!(RawConfig::from_toml(&raw.to_toml()).unwrap(), raw);
+        // Quoted digits are text: a bulk string, as a script returning tostring(id) gives.
+        let raw = rule("\"1\"").unwrap();
+        assert_eq!(
+            raw.guards.enqueue.rules[0].dropped_reply,
+            Some(DroppedReply::Text("1".into()))
+        );
+        assert_eq!(RawConfig::from_toml(&raw.to_toml()).unwrap(), raw);
+        let e = RawConfig::from_toml(
+            "[[guards.enqueue.rules]]\npreset = \"generic\"\nscript = { sha = \"x\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `sha`"), "{e}");
+    }
+
+    #[test]
     fn replication_is_tunnelled_unless_refused() {
         assert_eq!(RawConfig::default().proxy.replication, Replication::Tunnel);
         let c = RawConfig::from_toml("[proxy]\nreplication = \"refuse\"\n").unwrap();

@@ -355,7 +355,8 @@ impl ScriptCatalog {
 }
 
 /// A 40-digit hex digest, in either case, as bytes.
-fn parse_digest(hex: &[u8]) -> Option<[u8; 20]> {
+/// A SHA1 digest written in hex (either case), as bytes; `None` when it is not 40 hex digits.
+pub(crate) fn parse_digest(hex: &[u8]) -> Option<[u8; 20]> {
     if hex.len() != 40 {
         return None;
     }

@@ -18,7 +18,7 @@ fn enqueue_rules(rule: &str) -> RawEnqueueGuard {
     toml::from_str(&text).expect("rule parses")
 }
 
-async fn proxy_with(server: &RedisServer, rule: &str) -> ProxyHandle {
+pub(crate) async fn proxy_with(server: &RedisServer, rule: &str) -> ProxyHandle {
     let mut raw = proxy_config(&server.url());
     raw.guards.enqueue = enqueue_rules(rule);
     start_proxy(raw).await

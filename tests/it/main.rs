@@ -24,6 +24,7 @@ mod payload_formats;
 mod pressure;
 mod runtime;
 mod scanner;
+mod scripted_enqueue;
 mod shim;
 mod soak;
 mod tls;

@@ -254,6 +254,21 @@ impl EnqueueMemory {
         self.hash(&[lower])
     }
 
+    /// Remember a script `digest` as one generic rule `index` reads (its body was seen
+    /// with the rule's text), for a day from its last use.
+    pub fn remember_rule_script(&self, index: u8, digest: &[u8; 20]) {
+        let key = self.hash(&[&[index], digest]);
+        let now = self.now();
+        self.scripts
+            .with_entry(key, now, |e| *e.expires = now + SCRIPT_SECONDS);
+    }
+
+    /// Whether a script `digest` was learned for generic rule `index`.
+    pub fn rule_script_known(&self, index: u8, digest: &[u8; 20]) -> bool {
+        self.scripts
+            .contains(self.hash(&[&[index], digest]), self.now())
+    }
+
     /// Remember a dropped job's id for a few seconds, so pushes of it are dropped too.
     pub fn remember_dropped(&self, job_id: &[u8]) {
         let now = self.now();
@@ -446,6 +461,28 @@ mod tests {
         assert!(!m.script_known(&[b'0'; 40]));
         advance(seconds(u64::from(SCRIPT_SECONDS))).await;
         assert!(!m.script_known(digest));
+    }
+
+    #[test]
+    fn learned_rule_scripts_stay_within_max_scripts() {
+        let raw = RawEnqueueGuard {
+            max_scripts: 64,
+            ..RawEnqueueGuard::default()
+        };
+        let m = EnqueueMemory::new(&raw);
+        let learned = 20_000;
+        for i in 0u32..learned {
+            let digest = sha1_smol::Sha1::from(i.to_le_bytes()).digest().bytes();
+            m.remember_rule_script((i % 3) as u8, &digest);
+        }
+        let live = m.scripts.live(m.now());
+        assert!(live > 0 && live <= m.scripts.capacity(), "{live}");
+        // More were learned than the table holds: the oldest were forgotten.
+        assert!(
+            m.scripts.capacity() < learned as usize,
+            "{}",
+            m.scripts.capacity()
+        );
     }
 
     #[tokio::test]

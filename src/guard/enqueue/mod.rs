@@ -17,7 +17,8 @@
 //!   command is rewritten to a read with the same reply type (LPUSH → LLEN, ZADD → ZCARD,
 //!   XADD → ECHO of the id, a BullMQ, Bull or Bee-Queue add → ECHO of the job id, as their
 //!   own duplicate paths answer, a Dramatiq enqueue → an HGET answering nil, as its
-//!   script does), so pipelines and MULTI keep their reply counts. Of a push of several
+//!   script does, a generic rule's script → the reply its rule configures), so pipelines
+//!   and MULTI keep their reply counts. Of a push of several
 //!   payloads only the over-limit ones are left out.
 //! - `reject`: an `-ERR respguard: ...` naming the rule (never a prefix such as READONLY
 //!   that makes clients reconnect and retry); inside MULTI, EXEC then answers EXECABORT.
@@ -38,6 +39,8 @@
 //! - `rq.rs`: RQ, whose job hash and queue push are separate commands;
 //! - `script_add.rs`: enqueues made by a library's Lua script, read and judged; the
 //!   libraries' own readers in `bullmq.rs`, `bull.rs`, `beequeue.rs` and `dramatiq.rs`;
+//! - `script_rule.rs`: a generic rule's scripted enqueues (EVAL, EVALSHA, FCALL), the
+//!   script known by its digest, text in its body or its function's name;
 //! - `rewrite.rs`: where a push's payloads are, and the push without the dropped ones;
 //! - [`payload`]: a job's fingerprint, of a JSON payload or of one `msgpack.rs` or
 //!   `pickle.rs` reads into the same document (`document.rs`: what JSON has no word for);
@@ -64,6 +67,7 @@ mod rewrite;
 mod rq;
 mod rules;
 mod script_add;
+mod script_rule;
 
 use std::sync::Arc;
 
@@ -83,6 +87,7 @@ use dramatiq::DramatiqAdds;
 use preset::Shape;
 use rules::{Action, Cmd, EnqueueLimits};
 use script_add::ScriptCall;
+use script_rule::CallDigest;
 
 pub use memory::EnqueueMemory;
 pub use script_add::DROPPED_JOB_ID;
@@ -162,8 +167,9 @@ impl EnqueueGuard {
             .find(|r| r.limits.commands & cmd.bit() != 0 && r.applies(key, client))
     }
 
-    /// EVAL or EVALSHA: a library's script add is judged by the first rule whose library
-    /// recognises it; the body of any BullMQ add is learned.
+    /// EVAL, EVALSHA or FCALL: a script add is judged by the first rule that recognises it
+    /// (a library's, or a generic rule's script); the body of any BullMQ add, and of a
+    /// generic rule's script known by its text, is learned.
     fn check_script(
         &self,
         cmd: &CommandView<'_>,
@@ -171,16 +177,31 @@ impl EnqueueGuard {
         client: &ClientIdentity,
         out: &mut BytesMut,
     ) -> Verdict {
-        let Some(call) = ScriptCall::read(cmd, kind) else {
+        let Some(call) = ScriptCall::read_any(cmd, kind) else {
             return Verdict::Forward;
         };
+        let library = call.has_add_shape(cmd);
         // An EVAL body is learned whatever its keys: its digest may come later with others.
-        let learned =
-            kind == Cmd::Eval && bullmq::learn_script(&self.memory, cmd.arg(1).unwrap_or_default());
+        let learned = library
+            && kind == Cmd::Eval
+            && bullmq::learn_script(&self.memory, cmd.arg(1).unwrap_or_default());
+        if kind == Cmd::Eval {
+            self.learn_rule_scripts(cmd.arg(1).unwrap_or_default());
+        }
         let key = call.first_key(cmd);
         let memory = &*self.memory;
+        let mut digest = CallDigest::default();
         for rule in &self.rules {
-            if rule.limits.commands & kind.bit() == 0 || !rule.applies(key, client) {
+            if rule.limits.commands & kind.bit() == 0 {
+                continue;
+            }
+            if let Shape::Script(s) = &rule.limits.shape {
+                match s.check(memory, rule, &call, &mut digest, cmd, client, out) {
+                    Some(verdict) => return verdict,
+                    None => continue,
+                }
+            }
+            if !library || !rule.applies(key, client) {
                 continue;
             }
             let verdict = match rule.limits.shape {
@@ -190,13 +211,23 @@ impl EnqueueGuard {
                 Shape::DramatiqScript => self.dramatiq.check(memory, rule, &call, cmd, client, out),
                 Shape::BeeQueueScript => self.beequeue.check(memory, rule, &call, cmd, client, out),
                 Shape::BullScript => self.bull.check(memory, rule, &call, cmd, client, out),
-                Shape::Payload(_) | Shape::RqJobHash => None,
+                Shape::Payload(_) | Shape::RqJobHash | Shape::Script(_) => None,
             };
             if let Some(verdict) = verdict {
                 return verdict;
             }
         }
         Verdict::Forward
+    }
+
+    /// Learn `body`, seen in EVAL or SCRIPT LOAD, for each generic rule whose script is
+    /// known by text in its body.
+    fn learn_rule_scripts(&self, body: &[u8]) {
+        for rule in &self.rules {
+            if let Shape::Script(s) = &rule.limits.shape {
+                s.learn(&self.memory, rule.limits.index, body);
+            }
+        }
     }
 }
 
@@ -236,10 +267,14 @@ impl Guard for EnqueueGuard {
         }
         match kind {
             Cmd::ScriptLoad => {
-                bullmq::learn_script(&self.memory, cmd.arg(2).unwrap_or_default());
+                let body = cmd.arg(2).unwrap_or_default();
+                bullmq::learn_script(&self.memory, body);
+                self.learn_rule_scripts(body);
                 return Verdict::Forward;
             }
-            Cmd::Eval | Cmd::EvalSha => return self.check_script(cmd, kind, client, out),
+            Cmd::Eval | Cmd::EvalSha | Cmd::Fcall => {
+                return self.check_script(cmd, kind, client, out)
+            }
             _ => {}
         }
         let key = cmd.arg(1).unwrap_or_default();

@@ -33,6 +33,7 @@
 //! `beequeue.rs` and `bull.rs`.
 
 use super::payload::{Format, PayloadSpec, Pointer};
+use super::script_rule::ScriptRule;
 
 /// The commands that push values onto lists.
 pub const LIST_PUSHES: &[&str] = &["lpush", "rpush", "lpushx", "rpushx"];
@@ -52,6 +53,8 @@ pub enum Shape {
     BeeQueueScript,
     /// Bull's add script.
     BullScript,
+    /// A generic rule's script or function, described by the rule.
+    Script(Box<ScriptRule>),
 }
 
 impl Shape {
@@ -59,7 +62,11 @@ impl Shape {
     pub fn is_script(&self) -> bool {
         matches!(
             self,
-            Shape::BullmqScript | Shape::DramatiqScript | Shape::BeeQueueScript | Shape::BullScript
+            Shape::BullmqScript
+                | Shape::DramatiqScript
+                | Shape::BeeQueueScript
+                | Shape::BullScript
+                | Shape::Script(_)
         )
     }
 }

@@ -10,6 +10,7 @@ use metrics::Counter;
 use super::super::rule::{Action as Counted, Mode, Rule, RuleKind, RuleSpec};
 use super::payload::{Format, PayloadSpec};
 use super::preset::{self, Shape, LIST_PUSHES};
+use super::script_rule::ScriptRule;
 use crate::config::{ConfigError, EnqueueAction, PayloadFormat, Preset, ScopePart};
 use crate::config::{RawEnqueueGuard, RawEnqueueRule};
 
@@ -33,6 +34,8 @@ pub enum Cmd {
     EvalSha = 32,
     /// SCRIPT LOAD (learning BullMQ's add scripts).
     ScriptLoad = 64,
+    /// FCALL, FCALL_RO (a generic rule's function).
+    Fcall = 128,
 }
 
 impl Cmd {
@@ -46,6 +49,7 @@ impl Cmd {
             "eval" => Cmd::Eval,
             "evalsha" => Cmd::EvalSha,
             "script|load" => Cmd::ScriptLoad,
+            "fcall" | "fcall_ro" => Cmd::Fcall,
             _ => return None,
         })
     }
@@ -244,10 +248,12 @@ fn rule_shape(r: &RawEnqueueRule) -> Result<RuleShape, ConfigError> {
         || !r.exclude.is_empty()
         || r.job_id.is_some()
         || r.label.is_some()
-        || r.field.is_some();
+        || r.field.is_some()
+        || r.script.is_some()
+        || script_fields(r);
     if generic_only {
         return Err(invalid(format!(
-            "preset `{}` reads its library's own format: commands, format, include, exclude, job_id, label and field are for `generic`",
+            "preset `{}` reads its library's own format: commands, format, include, exclude, job_id, label, field and script (with its settings) are for `generic`",
             r.preset.word()
         )));
     }
@@ -270,7 +276,19 @@ fn generic_shape(r: &RawEnqueueRule) -> Result<RuleShape, ConfigError> {
         .pattern
         .clone()
         .ok_or_else(|| invalid("a generic rule needs a pattern"))?;
-    let commands = generic_commands(r.commands.as_deref())?;
+    let commands =
+        match &r.script {
+            Some(_) if r.commands.is_some() || r.field.is_some() => {
+                return Err(invalid(
+                    "a script rule reads the script's calls: commands and field are for pushes",
+                ))
+            }
+            Some(_) => 0,
+            None if script_fields(r) => return Err(invalid(
+                "key_index, payload_arg, operation_arg, operation and dropped_reply need `script`",
+            )),
+            None => generic_commands(r.commands.as_deref())?,
+        };
     let format = match r.format.unwrap_or(PayloadFormat::Json) {
         PayloadFormat::Json => Format::Json,
         PayloadFormat::Raw => Format::Raw,
@@ -291,7 +309,20 @@ fn generic_shape(r: &RawEnqueueRule) -> Result<RuleShape, ConfigError> {
         r.label.as_deref(),
     )
     .map_err(invalid)?;
+    if let Some(script) = &r.script {
+        let (commands, rule) = ScriptRule::build(r, script, spec)?;
+        return Ok((pattern, &[], commands, Shape::Script(Box::new(rule))));
+    }
     Ok((pattern, &[], commands, Shape::Payload(Box::new(spec))))
+}
+
+/// Whether `r` sets any of a script rule's own settings.
+fn script_fields(r: &RawEnqueueRule) -> bool {
+    r.key_index.is_some()
+        || r.payload_arg.is_some()
+        || r.operation_arg.is_some()
+        || r.operation.is_some()
+        || r.dropped_reply.is_some()
 }
 
 /// A generic rule's commands as bits: the pushes named, or the list pushes and ZADD.

@@ -19,10 +19,10 @@ use super::rules::{Action, Cmd, EnqueueLimits};
 use crate::identity::ClientIdentity;
 use crate::resp;
 
-/// An EVAL or EVALSHA with at least one key and two ARGV: where its keys and ARGV are.
+/// An EVAL, EVALSHA or FCALL: where its keys and ARGV are.
 #[derive(Debug)]
 pub struct ScriptCall {
-    /// EVAL or EVALSHA.
+    /// EVAL, EVALSHA or FCALL.
     pub kind: Cmd,
     /// The number of keys.
     pub numkeys: usize,
@@ -34,12 +34,18 @@ impl ScriptCall {
     /// Read `cmd`, a `kind` command (EVAL or EVALSHA); `None` when it has no key or fewer
     /// than two ARGV.
     pub fn read(cmd: &CommandView<'_>, kind: Cmd) -> Option<Self> {
-        let numkeys = cmd
-            .arg(2)
-            .and_then(|n| std::str::from_utf8(n).ok())
-            .and_then(|n| n.parse::<usize>().ok())
-            .unwrap_or(0);
-        if numkeys == 0 || cmd.argc < 3 + numkeys + 2 {
+        Self::read_any(cmd, kind).filter(|call| call.has_add_shape(cmd))
+    }
+
+    /// Read `cmd`, a `kind` command (EVAL, EVALSHA, FCALL or FCALL_RO), whatever its
+    /// numbers of keys and ARGV; `None` when its key count is not a number or exceeds its
+    /// arguments (Redis refuses it).
+    pub fn read_any(cmd: &CommandView<'_>, kind: Cmd) -> Option<Self> {
+        let numkeys = std::str::from_utf8(cmd.arg(2)?)
+            .ok()?
+            .parse::<usize>()
+            .ok()?;
+        if cmd.argc < 3 + numkeys {
             return None;
         }
         Some(ScriptCall {
@@ -47,6 +53,11 @@ impl ScriptCall {
             numkeys,
             argv: 3 + numkeys,
         })
+    }
+
+    /// Whether the call has at least one key and two ARGV, as every library add read here.
+    pub fn has_add_shape(&self, cmd: &CommandView<'_>) -> bool {
+        self.numkeys > 0 && self.argc(cmd) >= 2
     }
 
     /// The script's first key, which selects the rule.
@@ -141,8 +152,24 @@ pub fn judge(
     dropped: impl FnOnce(&mut BytesMut),
 ) -> Verdict {
     let job = print(memory, &rule.limits, spec, client, add);
-    let decision = memory.decide(&rule.limits, client, &job);
-    match over_limit(rule, client, &cmd.info.name, add.queue, &job, decision) {
+    judge_print(memory, rule, &job, add.queue, cmd, client, out, dropped)
+}
+
+/// Judge `job`, enqueued to `queue` by `cmd` under `rule`: counted, and over the limit
+/// refused, or on a drop replaced by the command `dropped` writes.
+#[allow(clippy::too_many_arguments)]
+pub fn judge_print(
+    memory: &EnqueueMemory,
+    rule: &Rule<EnqueueLimits>,
+    job: &JobPrint,
+    queue: &[u8],
+    cmd: &CommandView<'_>,
+    client: &ClientIdentity,
+    out: &mut BytesMut,
+    dropped: impl FnOnce(&mut BytesMut),
+) -> Verdict {
+    let decision = memory.decide(&rule.limits, client, job);
+    match over_limit(rule, client, &cmd.info.name, queue, job, decision) {
         None => Verdict::Forward,
         Some(Action::Reject) => refusal(rule, decision),
         Some(Action::Drop) => {
