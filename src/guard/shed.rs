@@ -21,8 +21,9 @@
 //! maxmemory; FUNCTION LOAD is `denyoom` and judged like a write.
 //!
 //! Job libraries' workers drain their queues at every level ([`super::job_work`]): Dramatiq's
-//! fetch, ack, nack and requeue, and the scripts and plain writes of BullMQ, Bull and
-//! Bee-Queue under one queue's prefix other than their add scripts, pass; those libraries'
+//! fetch, ack, nack and requeue, the scripts and plain writes of BullMQ, Bull and Bee-Queue
+//! under one queue's prefix other than their add scripts, RQ's writes under `rq:` other than
+//! its enqueues, and kombu's (Celery's) acknowledgement bookkeeping pass; those libraries'
 //! enqueues are judged as writes to their queue (refused at `soft` for a low-priority queue,
 //! at `hard` unless the queue is critical or the script is in `allowed_scripts`).
 //!
