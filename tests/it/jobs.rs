@@ -1,9 +1,11 @@
-//! Job libraries whose enqueues are Lua scripts or that had no preset (Dramatiq, Bee-Queue,
-//! Bull, taskiq), run for real through the proxy: a retry storm limited by each library's
-//! preset, counted from what Redis holds (the queue and the payload store, so a payload
-//! left without its queue entry counts), with `drop` (the producer raises nothing) and
-//! `reject` (an error naming the rule); and their workers draining a full queue through the
-//! proxy while it sheds at the hard level. The scripts are in `tests/clients/storms/`.
+//! Job libraries run for real through the proxy. Those whose enqueues are Lua scripts or
+//! that had no preset (Dramatiq, Bee-Queue, Bull, taskiq): a retry storm limited by each
+//! library's preset, counted from what Redis holds (the queue and the payload store, so a
+//! payload left without its queue entry counts), with `drop` (the producer raises nothing)
+//! and `reject` (an error naming the rule). Workers of BullMQ, Bull, Bee-Queue, Dramatiq, RQ
+//! and Celery draining a full queue through the proxy while it sheds at the hard level, and
+//! producing and processing 200 jobs under a catch-all TTL rule that must leave their keys
+//! alone. The scripts are in `tests/clients/storms/`.
 
 use respguard::pressure::Level;
 use serde_json::Value;
@@ -267,4 +269,82 @@ async fn celery_workers_drain_their_queue_at_the_hard_level() {
         script: "celery_drain.py",
     };
     drain_at_hard(&lib, &[("LLEN", "emails"), ("HLEN", "unacked")]).await;
+}
+
+/// 200 jobs produced and then processed through a proxy whose catch-all TTL rule covers
+/// every key, with a TTL far longer than the test: each job processed exactly once, and
+/// every key of a job library's shape left as the library left it (no TTL from the rule),
+/// while a cache key written through the same proxy gets the rule's.
+async fn work_under_a_catch_all_ttl_rule(lib: &Drain) {
+    const JOBS: usize = 200;
+    let server = RedisServer::start();
+    let proxy = proxy_with_toml(&server, crate::ttl_libraries::CATCH_ALL).await;
+    let port = proxy.addr.port();
+    let produced = drain_script(lib, port, "produce", JOBS).await;
+    assert_eq!(produced["errors"], serde_json::json!([]), "{produced}");
+    let worked = drain_script(lib, port, "work", JOBS).await;
+    assert_eq!(worked["errors"], serde_json::json!([]), "{worked}");
+    let want: Vec<usize> = (0..JOBS).collect();
+    assert_eq!(
+        worked["processed"],
+        serde_json::json!(want),
+        "{}",
+        lib.script
+    );
+    crate::ttl_libraries::assert_rule_active_and_library_keys_untouched(&server, &proxy).await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bullmq_works_under_a_catch_all_ttl_rule() {
+    work_under_a_catch_all_ttl_rule(&Drain {
+        program: "node",
+        script: "bullmq_drain.js",
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bull_works_under_a_catch_all_ttl_rule() {
+    work_under_a_catch_all_ttl_rule(&Drain {
+        program: "node",
+        script: "bull_drain.js",
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn beequeue_works_under_a_catch_all_ttl_rule() {
+    work_under_a_catch_all_ttl_rule(&Drain {
+        program: "node",
+        script: "beequeue_drain.js",
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dramatiq_works_under_a_catch_all_ttl_rule() {
+    work_under_a_catch_all_ttl_rule(&Drain {
+        program: "python3",
+        script: "dramatiq_drain.py",
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rq_works_under_a_catch_all_ttl_rule() {
+    work_under_a_catch_all_ttl_rule(&Drain {
+        program: "python3",
+        script: "rq_drain.py",
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn celery_works_under_a_catch_all_ttl_rule() {
+    work_under_a_catch_all_ttl_rule(&Drain {
+        program: "python3",
+        script: "celery_drain.py",
+    })
+    .await;
 }

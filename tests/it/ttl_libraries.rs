@@ -14,9 +14,11 @@ use respguard::guard::library::library_of;
 const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/ttl");
 
 /// The rule's TTL and `max_ttl`, in milliseconds: an odd value no library uses for its
-/// own expiries (RQ gives a stopped worker's key 60 s), so a key's PTTL says whether the
-/// rule gave it.
-const RULE_MS: i64 = 37_000;
+/// own expiries, nor within [`SLACK_MS`] below (RQ gives a stopped worker's key 60 s, Bull
+/// and BullMQ their stalled-check key 30 s; their longer expiries, RQ's 500 s results and
+/// Celery's day, are above it, so a rule lowering them would show), so a key's PTTL says
+/// whether the rule gave it.
+const RULE_MS: i64 = 97_000;
 
 /// How long a test may take after the rule gave a key its TTL: a PTTL within this of
 /// [`RULE_MS`] is the rule's.
@@ -24,11 +26,11 @@ const SLACK_MS: i64 = 20_000;
 
 /// A catch-all rule that also gives pushed lists, sets and sorted sets a TTL: what a user
 /// writes to make sure nothing lives for ever.
-const CATCH_ALL: &str = r#"
+pub(crate) const CATCH_ALL: &str = r#"
 [[guards.ttl.rules]]
 pattern = "*"
-ttl = "37s"
-max_ttl = "37s"
+ttl = "97s"
+max_ttl = "97s"
 commands = ["LPUSH", "RPUSH", "SADD", "ZADD"]
 "#;
 
@@ -190,7 +192,10 @@ async fn run(script: &str, install: &str) -> (RedisServer, ProxyHandle, Value) {
 
 /// After a library ran: a cache key written through the same proxy gets the rule's TTL,
 /// and every key in Redis with a job library's shape is as the library left it.
-async fn assert_rule_active_and_library_keys_untouched(server: &RedisServer, proxy: &ProxyHandle) {
+pub(crate) async fn assert_rule_active_and_library_keys_untouched(
+    server: &RedisServer,
+    proxy: &ProxyHandle,
+) {
     let mut c = Conn::open(proxy.addr).await;
     assert_eq!(c.call(&["SET", "cache:probe", "v"]).await, "+OK\r\n");
     let t = pttl(server, b"cache:probe").await;
