@@ -40,7 +40,8 @@
 //! - `script_add.rs`: enqueues made by a library's Lua script, read and judged; the
 //!   libraries' own readers in `bullmq.rs`, `bull.rs`, `beequeue.rs` and `dramatiq.rs`;
 //! - `script_rule.rs`: a generic rule's scripted enqueues (EVAL, EVALSHA, FCALL), the
-//!   script known by its digest, text in its body or its function's name;
+//!   script known by its digest, text in its body or its function's name; `scripted.rs`
+//!   judges a call under such a rule;
 //! - `rewrite.rs`: where a push's payloads are, and the push without the dropped ones;
 //! - [`payload`]: a job's fingerprint, of a JSON payload or of one `msgpack.rs` or
 //!   `pickle.rs` reads into the same document (`document.rs`: what JSON has no word for);
@@ -68,6 +69,7 @@ mod rq;
 mod rules;
 mod script_add;
 mod script_rule;
+mod scripted;
 
 use std::sync::Arc;
 
@@ -87,7 +89,7 @@ use dramatiq::DramatiqAdds;
 use preset::Shape;
 use rules::{Action, Cmd, EnqueueLimits};
 use script_add::ScriptCall;
-use script_rule::CallDigest;
+use scripted::CallDigest;
 
 pub use memory::EnqueueMemory;
 pub use script_add::DROPPED_JOB_ID;

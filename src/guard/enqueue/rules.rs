@@ -310,7 +310,12 @@ fn generic_shape(r: &RawEnqueueRule) -> Result<RuleShape, ConfigError> {
     )
     .map_err(invalid)?;
     if let Some(script) = &r.script {
-        let (commands, rule) = ScriptRule::build(r, script, spec)?;
+        let rule = ScriptRule::build(r, script, spec)?;
+        let commands = if rule.reads_functions() {
+            Cmd::Fcall.bit()
+        } else {
+            Cmd::Eval.bit() | Cmd::EvalSha.bit()
+        };
         return Ok((pattern, &[], commands, Shape::Script(Box::new(rule))));
     }
     Ok((pattern, &[], commands, Shape::Payload(Box::new(spec))))
