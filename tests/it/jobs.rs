@@ -136,6 +136,26 @@ async fn drain_script(lib: &Drain, port: u16, mode: &str, n: usize) -> Value {
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{} printed {stdout:?}: {e}", lib.script))
 }
 
+/// `lib`'s producer sends `n` jobs through the proxy on `port`, and none raises.
+async fn produce_all(lib: &Drain, port: u16, n: usize) {
+    let produced = drain_script(lib, port, "produce", n).await;
+    assert_eq!(produced["errors"], serde_json::json!([]), "{produced}");
+}
+
+/// `lib`'s worker, through the proxy on `port`, processes each of `n` jobs exactly once and
+/// raises nothing.
+async fn work_all(lib: &Drain, port: u16, n: usize) {
+    let worked = drain_script(lib, port, "work", n).await;
+    assert_eq!(worked["errors"], serde_json::json!([]), "{worked}");
+    let want: Vec<usize> = (0..n).collect();
+    assert_eq!(
+        worked["processed"],
+        serde_json::json!(want),
+        "{}: each job exactly once",
+        lib.script
+    );
+}
+
 /// Shedding at 50% (soft) and 75% (hard) of a 32 MB Redis, polled every 50 ms.
 const SHED: &str = "[monitor]\ninterval = \"50ms\"\n[guards.shed]\nsoft_enter = 0.5\n\
     soft_exit = 0.4\nhard_enter = 0.75\nhard_exit = 0.65\n";
@@ -163,8 +183,7 @@ async fn drain_at_hard(lib: &Drain, left: &[(&str, &str)]) {
     let server = limited_server();
     let proxy = proxy_with_toml(&server, SHED).await;
     let port = proxy.addr.port();
-    let produced = drain_script(lib, port, "produce", JOBS).await;
-    assert_eq!(produced["errors"], serde_json::json!([]), "{produced}");
+    produce_all(lib, port, JOBS).await;
 
     fill_directly(&server, 0.8).await;
     level_within_polls(&proxy, Level::Hard, 20).await;
@@ -178,14 +197,7 @@ async fn drain_at_hard(lib: &Drain, left: &[(&str, &str)]) {
         "an enqueue at hard is shed: {refused}"
     );
 
-    let worked = drain_script(lib, port, "work", JOBS).await;
-    assert_eq!(worked["errors"], serde_json::json!([]), "{worked}");
-    let want: Vec<usize> = (0..JOBS).collect();
-    assert_eq!(
-        worked["processed"],
-        serde_json::json!(want),
-        "each job exactly once"
-    );
+    work_all(lib, port, JOBS).await;
     assert_eq!(proxy.pressure.polled_level(), Level::Hard, "still at hard");
     let mut direct = Conn::open(server.addr()).await;
     for (command, key) in left {
@@ -280,17 +292,8 @@ async fn work_under_a_catch_all_ttl_rule(lib: &Drain) {
     let server = RedisServer::start();
     let proxy = proxy_with_toml(&server, crate::ttl_libraries::CATCH_ALL).await;
     let port = proxy.addr.port();
-    let produced = drain_script(lib, port, "produce", JOBS).await;
-    assert_eq!(produced["errors"], serde_json::json!([]), "{produced}");
-    let worked = drain_script(lib, port, "work", JOBS).await;
-    assert_eq!(worked["errors"], serde_json::json!([]), "{worked}");
-    let want: Vec<usize> = (0..JOBS).collect();
-    assert_eq!(
-        worked["processed"],
-        serde_json::json!(want),
-        "{}",
-        lib.script
-    );
+    produce_all(lib, port, JOBS).await;
+    work_all(lib, port, JOBS).await;
     crate::ttl_libraries::assert_rule_active_and_library_keys_untouched(&server, &proxy).await;
     proxy.shutdown().await;
 }
