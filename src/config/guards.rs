@@ -220,9 +220,17 @@ pub struct RawEnqueueRule {
     /// `generic`: JSON pointer of the job's class or task name, for logs and errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
-    /// `generic` with XADD: the stream field holding the payload (all fields when absent).
+    /// `generic`: the field holding the payload: with XADD, the stream field (all fields
+    /// when absent); with `id_queues`, the job hash's field (the job key is then written by
+    /// HSET, else by SET).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// `generic`: the payload is written as a job key (`pattern`, ending in `*`: the job's
+    /// id is what the `*` matches) and the id then pushed onto a queue matching this
+    /// pattern (LPUSH, RPUSH or a ZADD member), as in one MULTI; a dropped job's push is
+    /// dropped with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_queues: Option<String>,
     /// `generic`: jobs enqueued by a Lua script or function (EVAL, EVALSHA, FCALL) this
     /// identifies, instead of pushed by LPUSH and the like.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -14,6 +14,7 @@ mod faults;
 mod fidelity;
 mod guards;
 mod harness;
+mod job_keys;
 mod jobs;
 mod keyspace;
 mod layering;

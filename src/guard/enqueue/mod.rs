@@ -17,7 +17,8 @@
 //!   command is rewritten to a read with the same reply type (LPUSH → LLEN, ZADD → ZCARD,
 //!   XADD → ECHO of the id, a BullMQ, Bull or Bee-Queue add → ECHO of the job id, as their
 //!   own duplicate paths answer, a Dramatiq enqueue → an HGET answering nil, as its
-//!   script does, a generic rule's script → the reply its rule configures), so pipelines
+//!   script does, a generic rule's script → the reply its rule configures, a generic
+//!   rule's job key write → a script answering what the write would have), so pipelines
 //!   and MULTI keep their reply counts. Of a push of several
 //!   payloads only the over-limit ones are left out.
 //! - `reject`: an `-ERR respguard: ...` naming the rule (never a prefix such as READONLY
@@ -37,6 +38,8 @@
 //! - `decision.rs`: a decision counted, logged, and the refusal answered;
 //! - `push.rs`: jobs pushed whole (Sidekiq, Celery, generic), each payload judged;
 //! - `rq.rs`: RQ, whose job hash and queue push are separate commands;
+//! - `job_key.rs`: a generic rule's job key (SET or HSET of the payload, then a push of
+//!   the id), and the pushes of dropped jobs' ids, for it and RQ;
 //! - `script_add.rs`: enqueues made by a library's Lua script, read and judged; the
 //!   libraries' own readers in `bullmq.rs`, `bull.rs`, `beequeue.rs` and `dramatiq.rs`;
 //! - `script_rule.rs`: a generic rule's scripted enqueues (EVAL, EVALSHA, FCALL), the
@@ -60,6 +63,8 @@ mod decision;
 mod document;
 mod dramatiq;
 mod fingerprint;
+mod job_key;
+mod job_key_rule;
 mod memory;
 mod msgpack;
 mod pickle;
@@ -107,15 +112,24 @@ pub fn is_script_add(cmd: &CommandView<'_>) -> bool {
         || bullmq::is_add_shape(&call, cmd)
 }
 
+/// Whether `rule` drops jobs over its limit (and so the pushes of their ids).
+fn drops_ids(rule: &Rule<EnqueueLimits>) -> bool {
+    rule.limits.action == Action::Drop && rule.mode == Mode::Enforce
+}
+
 /// The enqueue guard.
 #[derive(Debug)]
 pub struct EnqueueGuard {
     rules: Vec<Rule<EnqueueLimits>>,
     memory: Arc<EnqueueMemory>,
     /// The commands the rules read, as [`Cmd`] bits.
-    commands: u8,
-    /// Whether an RQ rule drops jobs (then pushes of their ids are dropped too).
+    commands: u16,
+    /// Whether an RQ rule drops jobs (then pushes of their ids onto `rq:` keys are dropped
+    /// too).
     rq_drops: bool,
+    /// Whether a job key rule drops jobs (then pushes of their ids onto its `id_queues`
+    /// are dropped too).
+    job_key_drops: bool,
     /// By command id: which of the commands a rule may read it is.
     kinds: ByCommand<Option<Cmd>>,
     /// The libraries whose enqueues are scripts: BullMQ's adds, judged by their job data...
@@ -139,16 +153,18 @@ impl EnqueueGuard {
     ) -> Result<Self, ConfigError> {
         let rules = rules::build_rules(raw, default_mode, logs_per_second)?;
         let commands = rules.iter().fold(0, |c, r| c | r.limits.commands);
-        let rq_drops = rules.iter().any(|r| {
-            matches!(r.limits.shape, Shape::RqJobHash)
-                && r.limits.action == Action::Drop
-                && r.mode == Mode::Enforce
-        });
+        let rq_drops = rules
+            .iter()
+            .any(|r| matches!(r.limits.shape, Shape::RqJobHash) && drops_ids(r));
+        let job_key_drops = rules
+            .iter()
+            .any(|r| matches!(r.limits.shape, Shape::JobKey(_)) && drops_ids(r));
         Ok(EnqueueGuard {
             rules,
             memory,
             commands,
             rq_drops,
+            job_key_drops,
             kinds: ByCommand::build(table, |info| Cmd::of(&info.name)),
             bullmq: BullmqAdds::new()?,
             dramatiq: DramatiqAdds::new()?,
@@ -213,13 +229,24 @@ impl EnqueueGuard {
                 Shape::DramatiqScript => self.dramatiq.check(memory, rule, &call, cmd, client, out),
                 Shape::BeeQueueScript => self.beequeue.check(memory, rule, &call, cmd, client, out),
                 Shape::BullScript => self.bull.check(memory, rule, &call, cmd, client, out),
-                Shape::Payload(_) | Shape::RqJobHash | Shape::Script(_) => None,
+                Shape::Payload(_) | Shape::RqJobHash | Shape::Script(_) | Shape::JobKey(_) => None,
             };
             if let Some(verdict) = verdict {
                 return verdict;
             }
         }
         Verdict::Forward
+    }
+
+    /// Whether pushes onto `key` have the ids of dropped jobs left out: RQ's keys when an
+    /// RQ rule drops, a job key rule's `id_queues` when it drops.
+    fn is_id_queue(&self, key: &[u8]) -> bool {
+        (self.rq_drops && key.starts_with(b"rq:"))
+            || (self.job_key_drops
+                && self.rules.iter().any(|r| match &r.limits.shape {
+                    Shape::JobKey(job_key) => drops_ids(r) && job_key.is_id_queue(key),
+                    _ => false,
+                }))
     }
 
     /// Learn `body`, seen in EVAL or SCRIPT LOAD, for each generic rule whose script is
@@ -242,7 +269,7 @@ impl Guard for EnqueueGuard {
         let Some(cmd) = self.kinds.get(info) else {
             return false;
         };
-        let rq_pushes = if self.rq_drops {
+        let id_pushes = if self.rq_drops || self.job_key_drops {
             Cmd::ListPush.bit() | Cmd::Zadd.bit()
         } else {
             0
@@ -253,7 +280,7 @@ impl Guard for EnqueueGuard {
         } else {
             0
         };
-        (self.commands | rq_pushes | learn) & cmd.bit() != 0
+        (self.commands | id_pushes | learn) & cmd.bit() != 0
     }
 
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict {
@@ -287,10 +314,11 @@ impl Guard for EnqueueGuard {
                     push::check_push(memory, rule, spec, cmd, kind, client, out)
                 }
                 Shape::RqJobHash => rq::check_job_hash(memory, rule, cmd, client, out),
+                Shape::JobKey(job_key) => job_key.check(memory, rule, cmd, client, out),
                 _ => Verdict::Forward,
             },
-            None if self.rq_drops && matches!(kind, Cmd::ListPush | Cmd::Zadd) => {
-                rq::check_dropped_ids(memory, cmd, kind, out)
+            None if matches!(kind, Cmd::ListPush | Cmd::Zadd) && self.is_id_queue(key) => {
+                job_key::check_pushed_ids(memory, cmd, kind, out)
             }
             None => Verdict::Forward,
         }

@@ -32,6 +32,7 @@
 //! libraries whose jobs are not pushed whole are in `rq.rs`, `bullmq.rs`, `dramatiq.rs`,
 //! `beequeue.rs` and `bull.rs`.
 
+use super::job_key_rule::JobKeyRule;
 use super::payload::{Format, PayloadSpec, Pointer};
 use super::script_rule::ScriptRule;
 
@@ -55,6 +56,8 @@ pub enum Shape {
     BullScript,
     /// A generic rule's script or function, described by the rule.
     Script(Box<ScriptRule>),
+    /// A generic rule's job key, written with the payload before its id is pushed.
+    JobKey(Box<JobKeyRule>),
 }
 
 impl Shape {

@@ -1,7 +1,8 @@
 //! RQ's enqueue: in one MULTI, `HSET rq:job:<id> ... data <...> origin <queue> ...` writes
 //! the job and `RPUSH rq:queue:<q> <id>` queues its id. The job is judged at its `HSET`
 //! with `data`; a dropped job's id is remembered for a few seconds, so the push of that id
-//! (to its queue or a registry) is dropped too and no job hash is left behind.
+//! (to its queue or a registry) is dropped too ([`super::job_key::check_pushed_ids`]) and
+//! no job hash is left behind.
 //!
 //! It never judges a push by itself: a push is dropped only for an id this module dropped.
 
@@ -12,8 +13,8 @@ use super::super::verdict::{CommandView, Verdict};
 use super::decision::{over_limit, refusal, Decision};
 use super::memory::EnqueueMemory;
 use super::payload::JobPrint;
-use super::rewrite::{drop_payloads, push_layout, rewritten};
-use super::rules::{Action, Cmd, EnqueueLimits};
+use super::rewrite::rewritten;
+use super::rules::{Action, EnqueueLimits};
 use crate::identity::ClientIdentity;
 use crate::resp;
 
@@ -84,32 +85,6 @@ pub fn check_job_hash(
             rewritten(out)
         }
     }
-}
-
-/// A push of a dropped RQ job's id (to its queue or a registry) is dropped as well.
-pub fn check_dropped_ids(
-    memory: &EnqueueMemory,
-    cmd: &CommandView<'_>,
-    kind: Cmd,
-    out: &mut BytesMut,
-) -> Verdict {
-    let key = cmd.arg(1).unwrap_or_default();
-    if !key.starts_with(b"rq:") {
-        return Verdict::Forward;
-    }
-    let Some(layout) = push_layout(cmd, kind, None) else {
-        return Verdict::Forward;
-    };
-    let now = memory.now();
-    let gone: Vec<usize> = layout
-        .payloads
-        .clone()
-        .filter(|&i| memory.was_dropped(cmd.arg(i).unwrap_or_default(), now))
-        .collect();
-    if gone.is_empty() {
-        return Verdict::Forward;
-    }
-    drop_payloads(out, cmd, kind, &layout, &gone)
 }
 
 /// RQ's job id: the key after `rq:job:` (the whole key for another prefix).

@@ -8,6 +8,7 @@
 use metrics::Counter;
 
 use super::super::rule::{Action as Counted, Mode, Rule, RuleKind, RuleSpec};
+use super::job_key_rule::JobKeyRule;
 use super::payload::{Format, PayloadSpec};
 use super::preset::{self, Shape, LIST_PUSHES};
 use super::script_rule::ScriptRule;
@@ -36,6 +37,8 @@ pub enum Cmd {
     ScriptLoad = 64,
     /// FCALL, FCALL_RO (a generic rule's function).
     Fcall = 128,
+    /// SET, SETEX, PSETEX, SETNX (a generic rule's job key).
+    KeySet = 256,
 }
 
 impl Cmd {
@@ -45,18 +48,19 @@ impl Cmd {
             "lpush" | "rpush" | "lpushx" | "rpushx" => Cmd::ListPush,
             "zadd" => Cmd::Zadd,
             "xadd" => Cmd::Xadd,
-            "hset" | "hmset" => Cmd::Hset,
+            "hset" | "hmset" | "hsetnx" => Cmd::Hset,
             "eval" => Cmd::Eval,
             "evalsha" => Cmd::EvalSha,
             "script|load" => Cmd::ScriptLoad,
             "fcall" | "fcall_ro" => Cmd::Fcall,
+            "set" | "setex" | "psetex" | "setnx" => Cmd::KeySet,
             _ => return None,
         })
     }
 
     /// The command as a bit of a command set.
-    pub fn bit(self) -> u8 {
-        self as u8
+    pub fn bit(self) -> u16 {
+        self as u16
     }
 }
 
@@ -97,7 +101,7 @@ pub struct EnqueueLimits {
     /// How the rule finds jobs in commands.
     pub shape: Shape,
     /// The commands it reads, as [`Cmd`] bits.
-    pub commands: u8,
+    pub commands: u16,
     /// What identifies a client, as `SCOPE_*` bits.
     pub scope: u8,
     /// Enqueues of one fingerprint per scope passing in a window (`u32::MAX`: no limit).
@@ -110,7 +114,7 @@ pub struct EnqueueLimits {
     pub bucket: Option<(f64, f64)>,
     /// What happens to a job over the limit.
     pub action: Action,
-    /// XADD: the field holding the payload.
+    /// XADD: the field holding the payload (a job key rule keeps its own).
     pub field: Option<Box<[u8]>>,
     /// `respguard_enqueues_total{kind="first"}`: a fingerprint's first enqueue.
     pub first: Counter,
@@ -223,14 +227,11 @@ fn bucket(r: &RawEnqueueRule, name: &str) -> Result<Option<(f64, f64)>, ConfigEr
 
 /// A configuration error of `guards.enqueue.rules`.
 pub fn invalid(reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: "guards.enqueue.rules",
-        reason: reason.into(),
-    }
+    ConfigError::enqueue_rule(reason)
 }
 
 /// A rule's key pattern, other patterns, commands (as bits) and job shape.
-type RuleShape = (String, &'static [&'static str], u8, Shape);
+type RuleShape = (String, &'static [&'static str], u16, Shape);
 
 /// A rule's key pattern, commands and job shape, from its preset or its generic settings.
 fn rule_shape(r: &RawEnqueueRule) -> Result<RuleShape, ConfigError> {
@@ -250,10 +251,11 @@ fn rule_shape(r: &RawEnqueueRule) -> Result<RuleShape, ConfigError> {
         || r.label.is_some()
         || r.field.is_some()
         || r.script.is_some()
+        || r.id_queues.is_some()
         || script_fields(r);
     if generic_only {
         return Err(invalid(format!(
-            "preset `{}` reads its library's own format: commands, format, include, exclude, job_id, label, field and script (with its settings) are for `generic`",
+            "preset `{}` reads its library's own format: commands, format, include, exclude, job_id, label, field, id_queues and script (with its settings) are for `generic`",
             r.preset.word()
         )));
     }
@@ -276,19 +278,30 @@ fn generic_shape(r: &RawEnqueueRule) -> Result<RuleShape, ConfigError> {
         .pattern
         .clone()
         .ok_or_else(|| invalid("a generic rule needs a pattern"))?;
-    let commands =
-        match &r.script {
-            Some(_) if r.commands.is_some() || r.field.is_some() => {
-                return Err(invalid(
-                    "a script rule reads the script's calls: commands and field are for pushes",
-                ))
-            }
-            Some(_) => 0,
-            None if script_fields(r) => return Err(invalid(
+    let commands = match (&r.script, &r.id_queues) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "a rule reads a script's calls (`script`) or job keys (`id_queues`), not both",
+            ))
+        }
+        (Some(_), None) if r.commands.is_some() || r.field.is_some() => {
+            return Err(invalid(
+                "a script rule reads the script's calls: commands and field are for pushes",
+            ))
+        }
+        (Some(_), None) => 0,
+        (None, _) if script_fields(r) => {
+            return Err(invalid(
                 "key_index, payload_arg, operation_arg, operation and dropped_reply need `script`",
-            )),
-            None => generic_commands(r.commands.as_deref())?,
-        };
+            ))
+        }
+        (None, Some(_)) if r.commands.is_some() => return Err(invalid(
+            "a job key rule reads SET, SETEX, PSETEX and SETNX (with `field`: HSET, HMSET and HSETNX): commands are for pushes",
+        )),
+        (None, Some(_)) if r.field.is_some() => Cmd::Hset.bit(),
+        (None, Some(_)) => Cmd::KeySet.bit(),
+        (None, None) => generic_commands(r.commands.as_deref())?,
+    };
     let format = match r.format.unwrap_or(PayloadFormat::Json) {
         PayloadFormat::Json => Format::Json,
         PayloadFormat::Raw => Format::Raw,
@@ -318,6 +331,10 @@ fn generic_shape(r: &RawEnqueueRule) -> Result<RuleShape, ConfigError> {
         };
         return Ok((pattern, &[], commands, Shape::Script(Box::new(rule))));
     }
+    if let Some(queues) = &r.id_queues {
+        let rule = JobKeyRule::build(&pattern, queues, r.field.as_deref(), spec)?;
+        return Ok((pattern, &[], commands, Shape::JobKey(Box::new(rule))));
+    }
     Ok((pattern, &[], commands, Shape::Payload(Box::new(spec))))
 }
 
@@ -331,7 +348,7 @@ fn script_fields(r: &RawEnqueueRule) -> bool {
 }
 
 /// A generic rule's commands as bits: the pushes named, or the list pushes and ZADD.
-fn generic_commands(named: Option<&[String]>) -> Result<u8, ConfigError> {
+fn generic_commands(named: Option<&[String]>) -> Result<u16, ConfigError> {
     let default_commands = [LIST_PUSHES, &["zadd"]].concat();
     let names: Vec<String> = match named {
         Some(c) => c.iter().map(|n| n.to_ascii_lowercase()).collect(),

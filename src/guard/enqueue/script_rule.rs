@@ -28,10 +28,7 @@ use crate::resp;
 
 /// A configuration error in `[[guards.enqueue.rules]]`.
 fn invalid(reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: "guards.enqueue.rules",
-        reason: reason.into(),
-    }
+    ConfigError::enqueue_rule(reason)
 }
 
 /// The largest `key_index`, `payload_arg` or `operation_arg` a rule takes.
