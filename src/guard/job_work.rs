@@ -30,11 +30,29 @@
 //!   `celery-taskset-meta-<id>`). A task is enqueued by a push onto its queue, which is
 //!   judged by its key's priority like any write.
 //!
+//! - **Sidekiq** (6.4's traffic; 7.x's by its source): a worker fetches with BRPOP, which
+//!   never grows memory. Its plain writes with no prefix of Sidekiq's own are recognised
+//!   by command, key and arguments together: the statistics (`INCRBY stat:processed`,
+//!   `stat:failed`, and per day `stat:processed:<date>`), the heartbeat (`SADD processes`
+//!   of process identities `<hostname>:<pid>:<12 hex digits>`, HSET or HMSET of the
+//!   process hash `<identity>` with only the heartbeat's fields `info`, `busy`, `beat`,
+//!   `rtt_us`, `quiet`, `rss`, and HSET of `<identity>:workers`, 7.x's `<identity>:work`)
+//!   and a failed job's `ZADD retry` or `ZADD dead` of one job, a JSON object carrying the
+//!   `failed_at` Sidekiq stamps on it. An enqueue, a push onto `queue:<q>` with the `SADD
+//!   queues` before it or a `ZADD schedule`, is judged by its key's priority; so is the
+//!   scheduler's move of a due retry or scheduled job to its queue (the same LPUSH) and a
+//!   stopping worker's requeue of unfinished jobs (RPUSH), which look like a producer's.
+//!   An application's own keys of these names pass only with these shapes: a `processes`
+//!   set of members shaped like identities, a hash so named with those fields, `retry` or
+//!   `dead` members stamped `failed_at`, counters named `stat:processed` or `stat:failed`.
+//! - **taskiq** (taskiq-redis's `ListQueueBroker`): a worker's only command is its BRPOP
+//!   fetch. Its result backend writes a result with `SET <task id>` (a bare uuid in hex,
+//!   or `<prefix_str>:<task id>`), a shape an application's keys share (hex digests), so
+//!   results are judged by their key's priority like any write: a `critical` shed rule on
+//!   the backend's `prefix_str` keeps them at `hard`.
+//!
 //! A library configured with another prefix, namespace or key names is not recognised: its
-//! writes are judged as any write. Sidekiq's workers fetch with BRPOP, which never grows
-//! memory; their statistics and heartbeats (`stat:*`, `processes`, the process hash) are
-//! plain writes judged by their keys' priority, so at the hard level a Sidekiq worker keeps
-//! processing jobs while those writes are refused (Sidekiq logs them and retries).
+//! writes are judged as any write.
 //!
 //! It never decides a verdict: the shed guard does, with what this module says.
 
@@ -83,7 +101,8 @@ pub fn of_script(cmd: &CommandView<'_>) -> Option<JobWork> {
 
 /// Whether `cmd`, a plain write, is a worker's: all its keys under one queue of a library
 /// that enqueues only through scripts, or all of them RQ's or Celery's own bookkeeping
-/// (and the write not an RQ enqueue).
+/// (and the write not an RQ enqueue), or a Sidekiq worker's statistics, heartbeat, retry
+/// or death of a job.
 pub fn is_worker_write(cmd: &CommandView<'_>) -> bool {
     if cmd.keys.is_empty() {
         return false;
@@ -92,7 +111,110 @@ pub fn is_worker_write(cmd: &CommandView<'_>) -> bool {
     if under_one_queue(keys()).is_some() || keys().all(is_kombu_bookkeeping) {
         return true;
     }
-    keys().all(|k| k.starts_with(RQ_PREFIX)) && !is_rq_enqueue(cmd)
+    if keys().all(|k| k.starts_with(RQ_PREFIX)) {
+        return !is_rq_enqueue(cmd);
+    }
+    is_sidekiq_worker_write(cmd)
+}
+
+/// A Sidekiq worker's write, by command, key and arguments: its statistics, its heartbeat
+/// (the `processes` set, the process hash, the hash of the jobs it is running) and a failed
+/// job's retry or death.
+fn is_sidekiq_worker_write(cmd: &CommandView<'_>) -> bool {
+    let &[k] = cmd.keys else { return false };
+    let Some(key) = cmd.arg(k) else { return false };
+    let args = || (2..cmd.argc).map(|i| cmd.arg(i));
+    match &*cmd.info.name {
+        "incrby" => is_sidekiq_stat(key),
+        // `SADD processes <identity>`: only identities, so an application's `processes` set
+        // of other members is judged as any write.
+        "sadd" => key == b"processes" && args().all(|m| m.is_some_and(is_sidekiq_identity)),
+        "hset" | "hmset" => {
+            is_sidekiq_work_key(key)
+                || (is_sidekiq_identity(key)
+                    && cmd.argc % 2 == 0
+                    && args()
+                        .step_by(2)
+                        .all(|f| f.is_some_and(|f| SIDEKIQ_BEAT_FIELDS.contains(&f))))
+        }
+        // `ZADD retry|dead <when> <job>`: one job, which Sidekiq stamps `failed_at`.
+        "zadd" => {
+            matches!(key, b"retry" | b"dead")
+                && cmd.argc == 4
+                && cmd.arg(2).is_some_and(is_decimal)
+                && cmd.arg(3).is_some_and(is_failed_sidekiq_job)
+        }
+        _ => false,
+    }
+}
+
+/// The fields of a Sidekiq process hash (`<identity>`) its heartbeat writes.
+const SIDEKIQ_BEAT_FIELDS: &[&[u8]] = &[b"info", b"busy", b"beat", b"rtt_us", b"quiet", b"rss"];
+
+/// Sidekiq's counters: `stat:processed` and `stat:failed`, and per day
+/// `stat:processed:<date>` (`2026-12-04` in 6.x, `20261204` in 7.x).
+fn is_sidekiq_stat(key: &[u8]) -> bool {
+    let Some(rest) = key
+        .strip_prefix(b"stat:processed")
+        .or_else(|| key.strip_prefix(b"stat:failed"))
+    else {
+        return false;
+    };
+    match rest {
+        [] => true,
+        [b':', date @ ..] => {
+            matches!(date.len(), 8 | 10)
+                && date.first().is_some_and(u8::is_ascii_digit)
+                && date.iter().all(|&b| b.is_ascii_digit() || b == b'-')
+        }
+        _ => false,
+    }
+}
+
+/// A Sidekiq process identity, `<hostname>:<pid>:<nonce>` with a nonce of 12 lower-case
+/// hex digits (`web-1:9199:18f91f12fd97`).
+fn is_sidekiq_identity(key: &[u8]) -> bool {
+    let Some((head, nonce)) = split_last_colon(key) else {
+        return false;
+    };
+    let Some((host, pid)) = split_last_colon(head) else {
+        return false;
+    };
+    nonce.len() == 12
+        && nonce
+            .iter()
+            .all(|&b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && !host.is_empty()
+        && !pid.is_empty()
+        && pid.iter().all(u8::is_ascii_digit)
+}
+
+/// The hash of the jobs a Sidekiq process is running: `<identity>:workers` (6.x) or
+/// `<identity>:work` (7.x).
+fn is_sidekiq_work_key(key: &[u8]) -> bool {
+    key.strip_suffix(b":workers")
+        .or_else(|| key.strip_suffix(b":work"))
+        .is_some_and(is_sidekiq_identity)
+}
+
+/// A job Sidekiq's retry handling writes: a JSON object it stamped `failed_at`.
+fn is_failed_sidekiq_job(job: &[u8]) -> bool {
+    job.first() == Some(&b'{')
+        && job.last() == Some(&b'}')
+        && memchr::memmem::find(job, b"\"failed_at\":").is_some()
+}
+
+/// A score as Sidekiq writes one: digits with at most one decimal point.
+fn is_decimal(score: &[u8]) -> bool {
+    !score.is_empty()
+        && score.iter().filter(|&&b| b == b'.').count() <= 1
+        && score.iter().all(|&b| b.is_ascii_digit() || b == b'.')
+}
+
+/// `a:b:c` → (`a:b`, `c`).
+fn split_last_colon(s: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = s.iter().rposition(|&b| b == b':')?;
+    Some((&s[..at], &s[at + 1..]))
 }
 
 /// The prefix of every key RQ writes.
@@ -429,6 +551,104 @@ mod tests {
         assert_eq!(script(bind), Some(JobWork::Worker));
         let other: &[&[u8]] = &[b"EVALSHA", SHA, b"2", b"unacked", b"emails"];
         assert_eq!(script(other), None);
+    }
+
+    /// Sidekiq 6.4's worker writes, as captured (payloads shortened), pass: its statistics,
+    /// heartbeat, the hash of its running jobs, a job's retry and death. Its enqueues (a
+    /// push onto `queue:<q>` with the `queues` set, a scheduled job) and look-alike
+    /// application writes do not.
+    #[test]
+    fn sidekiq_worker_writes_pass_and_its_enqueues_do_not() {
+        const ID: &[u8] = b"vm:9199:18f91f12fd97";
+        let worker: &[&[&[u8]]] = &[
+            &[b"INCRBY", b"stat:processed", b"5"],
+            &[b"INCRBY", b"stat:processed:2026-12-04", b"5"],
+            &[b"INCRBY", b"stat:failed", b"0"],
+            &[b"INCRBY", b"stat:failed:2026-12-04", b"0"],
+            // Sidekiq 7's per-day counter.
+            &[b"INCRBY", b"stat:processed:20261204", b"5"],
+            &[b"SADD", b"processes", ID],
+            &[
+                b"HMSET",
+                ID,
+                b"info",
+                br#"{"hostname":"vm","pid":9199,"identity":"vm:9199:18f91f12fd97"}"#,
+                b"busy",
+                b"0",
+                b"beat",
+                b"1796422874.7515914",
+                b"rtt_us",
+                b"82",
+                b"quiet",
+                b"false",
+                b"rss",
+                b"27008",
+            ],
+            &[
+                b"HSET",
+                b"vm:9199:18f91f12fd97:workers",
+                b"7nb",
+                br#"{"queue":"emails","payload":"{\"class\":\"SlowJob\"}"}"#,
+            ],
+            &[b"HSET", b"web.1:7:0123456789ab:work", b"7nb", b"{}"],
+            &[
+                b"ZADD",
+                b"retry",
+                b"1796422900.7055287",
+                br#"{"retry":true,"queue":"emails","class":"FailJob","jid":"7a11","error_message":"boom","failed_at":1796422882.7055163,"retry_count":0}"#,
+            ],
+            &[
+                b"ZADD",
+                b"dead",
+                b"1796422882.7068264",
+                br#"{"retry":0,"queue":"emails","class":"DeadJob","jid":"7827","failed_at":1796422882.7067127,"retry_count":0}"#,
+            ],
+        ];
+        for args in worker {
+            assert!(with_view(args, &[1], is_worker_write), "{args:?}");
+        }
+        let judged: &[&[&[u8]]] = &[
+            // A producer's push: the queue and the set of queue names.
+            &[
+                b"LPUSH",
+                b"queue:emails",
+                br#"{"class":"DrainJob","jid":"ddf2"}"#,
+            ],
+            &[b"SADD", b"queues", b"emails"],
+            // A scheduled job, and a job pushed to the retry set without having failed.
+            &[
+                b"ZADD",
+                b"schedule",
+                b"1796422900.1",
+                br#"{"class":"DrainJob"}"#,
+            ],
+            &[
+                b"ZADD",
+                b"retry",
+                b"1796422900.1",
+                br#"{"class":"DrainJob"}"#,
+            ],
+            &[
+                b"ZADD",
+                b"retry",
+                b"NX",
+                b"1796422900.1",
+                br#"{"failed_at":1}"#,
+            ],
+            // Application keys of the same names or near shapes.
+            &[b"SADD", b"processes", b"backup"],
+            &[b"HSET", b"processes", b"info", b"x"],
+            &[b"HSET", ID, b"owner", b"x"],
+            &[b"HSET", b"vm:9199:18F91F12FD97", b"info", b"x"],
+            &[b"HSET", b"vm:x:18f91f12fd97", b"info", b"x"],
+            &[b"HSET", b"vm:9199:18f91f12fd97:jobs", b"t", b"x"],
+            &[b"INCRBY", b"stat:visits", b"1"],
+            &[b"INCRBY", b"stat:processed:emails", b"1"],
+            &[b"SET", b"stat:processed", b"1"],
+        ];
+        for args in judged {
+            assert!(!with_view(args, &[1], is_worker_write), "{args:?}");
+        }
     }
 
     #[test]

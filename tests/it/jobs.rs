@@ -2,10 +2,10 @@
 //! that had no preset (Dramatiq, Bee-Queue, Bull, taskiq): a retry storm limited by each
 //! library's preset, counted from what Redis holds (the queue and the payload store, so a
 //! payload left without its queue entry counts), with `drop` (the producer raises nothing)
-//! and `reject` (an error naming the rule). Workers of BullMQ, Bull, Bee-Queue, Dramatiq, RQ
-//! and Celery draining a full queue through the proxy while it sheds at the hard level, and
-//! producing and processing 200 jobs under a catch-all TTL rule that must leave their keys
-//! alone. The scripts are in `tests/clients/storms/`.
+//! and `reject` (an error naming the rule). Workers of BullMQ, Bull, Bee-Queue, Dramatiq, RQ,
+//! Celery, Sidekiq and taskiq draining a full queue through the proxy while it sheds at the
+//! hard level, and producing and processing 200 jobs under a catch-all TTL rule that must
+//! leave their keys alone. The scripts are in `tests/clients/storms/`.
 
 use respguard::pressure::Level;
 use serde_json::Value;
@@ -115,6 +115,18 @@ struct Drain {
     script: &'static str,
 }
 
+/// Sidekiq's launcher in process (`sidekiq_drain.rb`).
+const SIDEKIQ: Drain = Drain {
+    program: "ruby",
+    script: "sidekiq_drain.rb",
+};
+
+/// taskiq's receiver in process, with its Redis result backend (`taskiq_drain.py`).
+const TASKIQ_DRAIN: Drain = Drain {
+    program: "python3",
+    script: "taskiq_drain.py",
+};
+
 /// Run `lib`'s drain script in `mode` for `n` jobs through the proxy on `port`; its JSON
 /// report.
 async fn drain_script(lib: &Drain, port: u16, mode: &str, n: usize) -> Value {
@@ -143,8 +155,8 @@ async fn produce_all(lib: &Drain, port: u16, n: usize) {
 }
 
 /// `lib`'s worker, through the proxy on `port`, processes each of `n` jobs exactly once and
-/// raises nothing.
-async fn work_all(lib: &Drain, port: u16, n: usize) {
+/// raises nothing; its report.
+async fn work_all(lib: &Drain, port: u16, n: usize) -> Value {
     let worked = drain_script(lib, port, "work", n).await;
     assert_eq!(worked["errors"], serde_json::json!([]), "{worked}");
     let want: Vec<usize> = (0..n).collect();
@@ -154,6 +166,7 @@ async fn work_all(lib: &Drain, port: u16, n: usize) {
         "{}: each job exactly once",
         lib.script
     );
+    worked
 }
 
 /// Shedding at 50% (soft) and 75% (hard) of a 32 MB Redis, polled every 50 ms.
@@ -177,11 +190,16 @@ async fn fill_directly(server: &RedisServer, ratio: f64) {
 /// 200 jobs produced through the proxy; Redis's memory pushed past the hard level; a new
 /// job refused (an enqueue is shed like a write); then the library's worker, through the
 /// proxy, processes each of the 200 exactly once. `left` are the keys that must be empty
-/// afterwards, read from Redis directly.
-async fn drain_at_hard(lib: &Drain, left: &[(&str, &str)]) {
+/// afterwards, read from Redis directly. The worker's report.
+async fn drain_at_hard(lib: &Drain, left: &[(&str, &str)]) -> Value {
+    drain_at_hard_with(lib, "", left).await
+}
+
+/// [`drain_at_hard`] with `rules` (TOML) added to the shed guard's configuration.
+async fn drain_at_hard_with(lib: &Drain, rules: &str, left: &[(&str, &str)]) -> Value {
     const JOBS: usize = 200;
     let server = limited_server();
-    let proxy = proxy_with_toml(&server, SHED).await;
+    let proxy = proxy_with_toml(&server, &format!("{SHED}{rules}")).await;
     let port = proxy.addr.port();
     produce_all(lib, port, JOBS).await;
 
@@ -197,7 +215,7 @@ async fn drain_at_hard(lib: &Drain, left: &[(&str, &str)]) {
         "an enqueue at hard is shed: {refused}"
     );
 
-    work_all(lib, port, JOBS).await;
+    let worked = work_all(lib, port, JOBS).await;
     assert_eq!(proxy.pressure.polled_level(), Level::Hard, "still at hard");
     let mut direct = Conn::open(server.addr()).await;
     for (command, key) in left {
@@ -208,6 +226,7 @@ async fn drain_at_hard(lib: &Drain, left: &[(&str, &str)]) {
         );
     }
     proxy.shutdown().await;
+    worked
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -274,6 +293,39 @@ async fn rq_workers_drain_their_queue_at_the_hard_level() {
     drain_at_hard(&lib, &[("LLEN", "rq:queue:emails")]).await;
 }
 
+/// Sidekiq's launcher drains its queue at hard, and its heartbeat and statistics pass: the
+/// process is seen after the jobs and every job counted (the 200, and two that fail and are
+/// scheduled for a retry and sent to the dead set, which pass too).
+#[tokio::test(flavor = "multi_thread")]
+async fn sidekiq_workers_drain_their_queue_at_the_hard_level() {
+    let worked = drain_at_hard(&SIDEKIQ, &[("LLEN", "queue:emails")]).await;
+    assert_sidekiq_bookkeeping(&worked);
+}
+
+/// What Sidekiq's API read back after its worker ran `sidekiq_drain.rb`'s jobs: 200 and the
+/// two failing ones processed, two failed, one waiting for its retry, one dead, and the
+/// process seen after the jobs by its heartbeat.
+fn assert_sidekiq_bookkeeping(worked: &Value) {
+    assert_eq!(
+        worked["stats"],
+        serde_json::json!({"processed": 202, "failed": 2}),
+        "{worked}"
+    );
+    assert_eq!(worked["retry"], 1, "{worked}");
+    assert_eq!(worked["dead"], 1, "{worked}");
+    assert_eq!(worked["beat"], true, "{worked}");
+}
+
+/// taskiq's receiver drains its list at hard. Its results are plain SETs of keys with no
+/// shape of the library's (bare task ids, here under the backend's `prefix_str`), so they
+/// pass through the rule `docs/job-libraries.md` gives for them, and all read back.
+#[tokio::test(flavor = "multi_thread")]
+async fn taskiq_workers_drain_their_queue_at_the_hard_level() {
+    let results = "[[guards.shed.rules]]\npattern = \"taskiq-result:*\"\npriority = \"critical\"\n";
+    let worked = drain_at_hard_with(&TASKIQ_DRAIN, results, &[("LLEN", "taskiq")]).await;
+    assert_eq!(worked["results"], 200, "{worked}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn celery_workers_drain_their_queue_at_the_hard_level() {
     let lib = Drain {
@@ -286,16 +338,37 @@ async fn celery_workers_drain_their_queue_at_the_hard_level() {
 /// 200 jobs produced and then processed through a proxy whose catch-all TTL rule covers
 /// every key, with a TTL far longer than the test: each job processed exactly once, and
 /// every key of a job library's shape left as the library left it (no TTL from the rule),
-/// while a cache key written through the same proxy gets the rule's.
-async fn work_under_a_catch_all_ttl_rule(lib: &Drain) {
+/// with the queue full and after the work, while a cache key written through the same
+/// proxy gets the rule's.
+async fn work_under_a_catch_all_ttl_rule(lib: &Drain) -> Value {
+    catch_all_ttl(lib, Drained::KeepsItsKeys).await
+}
+
+/// What a library leaves in Redis of its own once its queue is drained.
+#[derive(PartialEq)]
+enum Drained {
+    /// Statistics, registries, bookkeeping: checked again after the work.
+    KeepsItsKeys,
+    /// Nothing (taskiq's list broker): its queue is checked while full only.
+    LeavesNothing,
+}
+
+/// [`work_under_a_catch_all_ttl_rule`]: the library's keys checked with the queue full, and
+/// after the work unless it leaves nothing. The worker's report.
+async fn catch_all_ttl(lib: &Drain, drained: Drained) -> Value {
+    use crate::ttl_libraries::assert_rule_active_and_library_keys_untouched as untouched;
     const JOBS: usize = 200;
     let server = RedisServer::start();
     let proxy = proxy_with_toml(&server, crate::ttl_libraries::CATCH_ALL).await;
     let port = proxy.addr.port();
     produce_all(lib, port, JOBS).await;
-    work_all(lib, port, JOBS).await;
-    crate::ttl_libraries::assert_rule_active_and_library_keys_untouched(&server, &proxy).await;
+    untouched(&server, &proxy).await;
+    let worked = work_all(lib, port, JOBS).await;
+    if drained == Drained::KeepsItsKeys {
+        untouched(&server, &proxy).await;
+    }
     proxy.shutdown().await;
+    worked
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -350,4 +423,19 @@ async fn celery_works_under_a_catch_all_ttl_rule() {
         script: "celery_drain.py",
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sidekiq_works_under_a_catch_all_ttl_rule() {
+    let worked = work_under_a_catch_all_ttl_rule(&SIDEKIQ).await;
+    assert_sidekiq_bookkeeping(&worked);
+}
+
+/// taskiq's list broker keeps nothing once drained, so its queue is checked while full; its
+/// results (keys of no shape of the library's) are the application's to the rule, and all
+/// read back.
+#[tokio::test(flavor = "multi_thread")]
+async fn taskiq_works_under_a_catch_all_ttl_rule() {
+    let worked = catch_all_ttl(&TASKIQ_DRAIN, Drained::LeavesNothing).await;
+    assert_eq!(worked["results"], 200, "{worked}");
 }
