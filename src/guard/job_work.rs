@@ -51,6 +51,13 @@
 //!   results are judged by their key's priority like any write: a `critical` shed rule on
 //!   the backend's `prefix_str` keeps them at `hard`.
 //!
+//! - **arq** (default key names): every write whose keys all lie under `arq:` (a job's
+//!   `arq:in-progress:<id>` lock, its `arq:retry:<id>` count, its `arq:result:<id>`, the
+//!   health check, a retry's ZINCRBY on the queue), except the two writes of an enqueue:
+//!   the job key `arq:job:<id>` and a ZADD of its id onto the queue (`arq:queue`; any ZADD
+//!   but onto the `arq:abort` set). An enqueue is a transaction of both, so shedding the
+//!   job key aborts the push with it. A queue named outside `arq:` is judged as any write.
+//!
 //! A library configured with another prefix, namespace or key names is not recognised: its
 //! writes are judged as any write.
 //!
@@ -113,6 +120,9 @@ pub fn is_worker_write(cmd: &CommandView<'_>) -> bool {
     }
     if keys().all(|k| k.starts_with(RQ_PREFIX)) {
         return !is_rq_enqueue(cmd);
+    }
+    if keys().all(|k| k.starts_with(ARQ_PREFIX)) {
+        return !is_arq_enqueue(cmd);
     }
     is_sidekiq_worker_write(cmd)
 }
@@ -215,6 +225,19 @@ fn is_decimal(score: &[u8]) -> bool {
 fn split_last_colon(s: &[u8]) -> Option<(&[u8], &[u8])> {
     let at = s.iter().rposition(|&b| b == b':')?;
     Some((&s[..at], &s[at + 1..]))
+}
+
+/// The prefix of every key arq writes with its default names.
+const ARQ_PREFIX: &[u8] = b"arq:";
+
+/// An arq enqueue: a write of a job key (`arq:job:<id>`), or a ZADD of a job's id onto a
+/// queue (any sorted set of arq's but the `arq:abort` set).
+fn is_arq_enqueue(cmd: &CommandView<'_>) -> bool {
+    let mut keys = cmd.keys.iter().filter_map(|&i| cmd.arg(i));
+    if keys.clone().any(|k| k.starts_with(b"arq:job:")) {
+        return true;
+    }
+    &*cmd.info.name == "zadd" && keys.next() != Some(b"arq:abort")
 }
 
 /// The prefix of every key RQ writes.
@@ -486,6 +509,32 @@ mod tests {
         ];
         for (args, keys) in enqueues {
             assert!(!with_view(args, keys, is_worker_write), "{args:?}");
+        }
+    }
+
+    /// arq 0.28's worker writes (from its source, as `tests/it/jobs.rs` runs them) pass;
+    /// the two writes of its enqueue do not.
+    #[test]
+    fn arq_worker_writes_pass_and_its_enqueues_do_not() {
+        let worker: &[&[&[u8]]] = &[
+            &[b"PSETEX", b"arq:in-progress:6f1e", b"300000", b"1"],
+            &[b"INCR", b"arq:retry:6f1e"],
+            &[b"SETEX", b"arq:retry:6f1e", b"88400", b"2"],
+            &[b"SET", b"arq:result:6f1e", b"r", b"PX", b"86400000"],
+            &[b"PSETEX", b"arq:queue:health-check", b"3601000", b"ok"],
+            &[b"ZINCRBY", b"arq:queue", b"5000", b"6f1e"],
+            &[b"ZADD", b"arq:abort", b"1796415102", b"6f1e"],
+        ];
+        for args in worker {
+            assert!(with_view(args, &[1], is_worker_write), "{args:?}");
+        }
+        let enqueues: &[&[&[u8]]] = &[
+            &[b"PSETEX", b"arq:job:6f1e", b"86400000", b"pickle"],
+            &[b"ZADD", b"arq:queue", b"1796415102", b"6f1e"],
+            &[b"ZADD", b"arq:queue:emails", b"1796415102", b"6f1e"],
+        ];
+        for args in enqueues {
+            assert!(!with_view(args, &[1], is_worker_write), "{args:?}");
         }
     }
 

@@ -1,5 +1,5 @@
 //! Job libraries' key shapes: which keys in a Redis belong to Sidekiq, Celery, RQ, BullMQ,
-//! Dramatiq, Bee-Queue, Huey or taskiq.
+//! Dramatiq, Bee-Queue, Huey, taskiq or arq.
 //!
 //! A job library's keys are its own bookkeeping: queues, schedules, retry and dead sets,
 //! job hashes, statistics. They must never be given a default TTL (a queue that expires
@@ -29,6 +29,8 @@
 //!   `huey.errors.<name>`.
 //! - **taskiq** (taskiq-redis): the default queue `taskiq` (list or stream) and the stream
 //!   broker's `autoclaim:taskiq:<stream>` locks.
+//! - **arq**: everything under `arq:` (`arq:queue`, `arq:job:<id>`, `arq:in-progress:<id>`,
+//!   `arq:retry:<id>`, `arq:result:<id>`, `arq:abort`).
 //!
 //! A library configured with another prefix or namespace is not recognised; its keys look
 //! like an application's.
@@ -106,6 +108,11 @@ pub const LIBRARIES: &[Library] = &[
         name: "taskiq",
         patterns: &["taskiq", "autoclaim:taskiq:*"],
         queues: &["taskiq"],
+    },
+    Library {
+        name: "arq",
+        patterns: &["arq:*"],
+        queues: &[],
     },
 ];
 
@@ -243,6 +250,8 @@ mod tests {
             (b"huey.schedule.tasks", "huey"),
             (b"taskiq", "taskiq"),
             (b"autoclaim:taskiq:taskiq", "taskiq"),
+            (b"arq:queue", "arq"),
+            (b"arq:job:6f1e", "arq"),
         ];
         for (key, want) in cases {
             assert_eq!(
@@ -266,6 +275,7 @@ mod tests {
             b"rqx:1",
             b"bullet:1",
             b"taskiq:results:1",
+            b"arqueue",
             b"",
         ] {
             // `celeryx` starts like Celery's priority queues only with \x06\x16.

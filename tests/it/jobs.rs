@@ -293,6 +293,22 @@ async fn rq_workers_drain_their_queue_at_the_hard_level() {
     drain_at_hard(&lib, &[("LLEN", "rq:queue:emails")]).await;
 }
 
+/// arq's drain script, run by the venv that holds arq and its redis-py.
+const ARQ_DRAIN: Drain = Drain {
+    program: concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/arq-venv/bin/python"
+    ),
+    script: "arq_drain.py",
+};
+
+/// arq's worker drains at hard: its locks, retry counts and results pass; a new job (its
+/// key, then its id on the queue, in one MULTI) is refused whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn arq_workers_drain_their_queue_at_the_hard_level() {
+    drain_at_hard(&ARQ_DRAIN, &[("ZCARD", "arq:queue")]).await;
+}
+
 /// Sidekiq's launcher drains its queue at hard, and its heartbeat and statistics pass: the
 /// process is seen after the jobs and every job counted (the 200, and two that fail and are
 /// scheduled for a retry and sent to the dead set, which pass too).
@@ -438,4 +454,9 @@ async fn sidekiq_works_under_a_catch_all_ttl_rule() {
 async fn taskiq_works_under_a_catch_all_ttl_rule() {
     let worked = catch_all_ttl(&TASKIQ_DRAIN, Drained::LeavesNothing).await;
     assert_eq!(worked["results"], 200, "{worked}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn arq_works_under_a_catch_all_ttl_rule() {
+    work_under_a_catch_all_ttl_rule(&ARQ_DRAIN).await;
 }
