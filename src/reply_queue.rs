@@ -67,6 +67,8 @@ pub enum Effect {
     Reset,
     /// QUIT: Redis closes the connection after this reply.
     Quit,
+    /// CLIENT KILL: if it killed the calling connection, Redis closes it after this reply.
+    Kill,
     /// A guard watches the reply (the queue guard: a push's reply is the queue's depth).
     Watched(ReplyWatch),
     /// The proxy's probe of what its user may run ([`crate::guard::PROBE`]); an error reply

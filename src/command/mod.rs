@@ -158,6 +158,8 @@ pub enum Special {
     ClientSetInfo,
     /// CLIENT REPLY.
     ClientReply,
+    /// CLIENT KILL: Redis closes the calling connection after the reply when it kills it.
+    ClientKill,
     /// MONITOR.
     Monitor,
     /// RESET.
@@ -197,6 +199,7 @@ impl Special {
             b"client|setname" => Special::ClientSetName,
             b"client|setinfo" => Special::ClientSetInfo,
             b"client|reply" => Special::ClientReply,
+            b"client|kill" => Special::ClientKill,
             b"monitor" => Special::Monitor,
             b"reset" => Special::Reset,
             b"quit" => Special::Quit,

@@ -101,11 +101,23 @@ impl Session {
 
     /// Redis went away mid-session: the commands still waiting get an error that says so,
     /// then the client connection closes, as it would if it had been connected to Redis.
+    ///
+    /// Right after a CLIENT KILL's reply, Redis closing the connection is that command
+    /// killing it: as a direct client, this one gets the replies Redis sent and then sees
+    /// its connection close, the commands after it unanswered (`CLIENT KILL SKIPME no`).
     pub(super) fn upstream_lost(&mut self, reason: &str) -> Option<End> {
         self.upstream = Upstream::none();
         if self.close_when_flushed || (self.input_closed && self.state.queue().is_empty()) {
             self.flush_client();
             return Some(End::Closed);
+        }
+        if self.last_reply_killed && !self.reply_partly_sent {
+            tracing::info!(client = %self.identity, "upstream connection killed by the client's CLIENT KILL");
+            self.replies.move_ready();
+            self.state.queue_mut().clear();
+            self.ignore_input = true;
+            self.close_when_flushed = true;
+            return None;
         }
         tracing::info!(client = %self.identity, reason, "upstream connection lost");
         let mid_reply = self.reply_partly_sent;

@@ -178,6 +178,9 @@ pub struct Session {
     ignore_input: bool,
     /// Close once everything pending is written (QUIT, protocol error).
     close_when_flushed: bool,
+    /// The last reply answered a CLIENT KILL: if Redis closes the connection now, that
+    /// command killed it (see [`Session::upstream_lost`]).
+    last_reply_killed: bool,
     /// The client half-closed or shutdown began: finish what is in flight, then close.
     draining: Option<tokio::time::Instant>,
     /// The proxy is shutting down.
@@ -246,6 +249,7 @@ impl Session {
             input_closed: false,
             ignore_input: false,
             close_when_flushed: false,
+            last_reply_killed: false,
             draining: None,
             shutting_down: false,
             watchdog: Watchdog::default(),

@@ -115,6 +115,8 @@ impl Session {
             finished: Some(p), ..
         } = matched
         {
+            self.last_reply_killed =
+                matches!(p.effect, Effect::Kill) && info.kind != ReplyKind::Error;
             if !matches!(p.disposition, Disposition::Hide) {
                 self.record_latency(p.command, p.received_us, self.replies_arrived_us);
             }
@@ -142,7 +144,11 @@ impl Session {
     fn apply_effect(&mut self, effect: Effect, reply: &ReplyInfo) {
         match effect {
             Effect::Watched(watch) => watch.on_reply(reply),
-            Effect::None | Effect::Monitor | Effect::AccessProbe | Effect::Replication => {}
+            Effect::None
+            | Effect::Monitor
+            | Effect::AccessProbe
+            | Effect::Replication
+            | Effect::Kill => {}
             Effect::MemoryEvent => self.shared.control.context().pressure.mark_stale(),
             Effect::Hello(hello) => {
                 let HelloEffect { user, name, .. } = *hello;

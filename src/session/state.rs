@@ -310,6 +310,7 @@ impl ConnectionState {
                     }
                 }
                 Special::Monitor => pending.effect = Effect::Monitor,
+                Special::ClientKill => pending.effect = Effect::Kill,
                 Special::Reset => {
                     pending.effect = Effect::Reset;
                     self.reply_mode = ReplyMode::On;

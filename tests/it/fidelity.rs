@@ -298,3 +298,32 @@ async fn readyz_says_redis_is_loading_its_dataset() {
     drop(server);
     proxy.shutdown().await;
 }
+
+/// `CLIENT KILL SKIPME no` kills every connection, the caller's own included: Redis answers
+/// with the count and closes the connection, leaving the commands sent after it
+/// unanswered. Through the proxy the client sees the same: one integer reply, then its
+/// connection closing, not an error for the PING it pipelined after (Redis's own
+/// `introspection` suite checks this); and a new connection is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_kill_of_the_callers_own_connection_closes_it_as_redis_does() {
+    let server = RedisServer::start();
+    let proxy = proxy_for(&server).await;
+    let kill_then_ping = [
+        encode(&["CLIENT", "KILL", "SKIPME", "no"]),
+        encode(&["PING"]),
+    ]
+    .concat();
+    let mut seen = Vec::new();
+    for addr in [server.addr(), proxy.addr] {
+        let mut c = Conn::open(addr).await;
+        c.send(&kill_then_ping).await;
+        let got = String::from_utf8_lossy(&c.read_to_close().await).into_owned();
+        // The count of connections killed is Redis's to tell; the shape must be the same.
+        seen.push(got.replace(|ch: char| ch.is_ascii_digit(), "N"));
+    }
+    assert_eq!(seen[0], ":N\r\n", "direct Redis");
+    assert_eq!(seen[1], seen[0], "through the proxy");
+    let mut c = Conn::open(proxy.addr).await;
+    assert_eq!(c.call(&["PING"]).await, "+PONG\r\n");
+    proxy.shutdown().await;
+}
