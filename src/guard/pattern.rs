@@ -31,7 +31,7 @@ enum Kind {
 }
 
 /// The bytes Redis's matcher treats specially.
-fn is_meta(b: u8) -> bool {
+pub fn is_meta(b: u8) -> bool {
     matches!(b, b'*' | b'?' | b'[' | b'\\')
 }
 

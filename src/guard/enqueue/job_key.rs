@@ -125,7 +125,8 @@ mod tests {
     fn a_job_key_is_read_from_the_write_that_creates_it() {
         let (keys, commands) = job_key_rule("pattern = 'arq:job:*'\nid_queues = 'arq:queue'");
         assert_eq!(commands, Cmd::KeySet.bit());
-        assert!(keys.is_id_queue(b"arq:queue") && !keys.is_id_queue(b"arq:queue2"));
+        let queues = keys.id_queues();
+        assert!(queues.matches(b"arq:queue") && !queues.matches(b"arq:queue2"));
         let ok = |p: &str| Some((p.as_bytes().to_vec(), "Ok".to_string()));
         assert_eq!(read(&keys, &[b"PSETEX", b"arq:job:1", b"9", b"p"]), ok("p"));
         assert_eq!(read(&keys, &[b"SETEX", b"arq:job:1", b"9", b"p"]), ok("p"));

@@ -4,7 +4,7 @@
 //!
 //! It never reads the enqueue memory or decides about a job.
 
-use super::super::pattern::KeyPattern;
+use super::super::pattern::{is_meta, KeyPattern};
 use super::super::verdict::CommandView;
 use super::payload::PayloadSpec;
 use crate::config::ConfigError;
@@ -31,7 +31,9 @@ impl JobKeyRule {
         field: Option<&str>,
         spec: PayloadSpec,
     ) -> Result<Self, ConfigError> {
-        let prefix = pattern.strip_suffix('*').filter(|p| !has_wildcard(p));
+        let prefix = pattern
+            .strip_suffix('*')
+            .filter(|p| !p.bytes().any(is_meta));
         let Some(prefix) = prefix else {
             return Err(ConfigError::enqueue_rule(format!(
                 "id_queues: pattern `{pattern}` must end in `*`, its only wildcard (the job's id is what it matches)"
@@ -48,9 +50,9 @@ impl JobKeyRule {
         })
     }
 
-    /// Whether a push onto `key` is one whose dropped ids this rule removes.
-    pub fn is_id_queue(&self, key: &[u8]) -> bool {
-        self.queues.matches(key)
+    /// The queues (a pattern) a dropped job's id is left out of pushes onto.
+    pub fn id_queues(&self) -> &KeyPattern {
+        &self.queues
     }
 
     /// The payload `cmd` writes and the reply it gets on a new key; `None` when it writes
@@ -106,9 +108,4 @@ fn set_may_not_write(cmd: &CommandView<'_>) -> bool {
         cmd.arg(i)
             .is_some_and(|a| a.eq_ignore_ascii_case(b"xx") || a.eq_ignore_ascii_case(b"get"))
     })
-}
-
-/// Whether `text` holds a glob wildcard or escape.
-fn has_wildcard(text: &str) -> bool {
-    text.contains(['*', '?', '[', '\\'])
 }

@@ -81,6 +81,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::by_command::ByCommand;
+use super::pattern::KeyPattern;
 use super::phase::Guard;
 use super::rule::{Mode, Rule};
 use super::verdict::{CommandView, Verdict};
@@ -112,9 +113,20 @@ pub fn is_script_add(cmd: &CommandView<'_>) -> bool {
         || bullmq::is_add_shape(&call, cmd)
 }
 
-/// Whether `rule` drops jobs over its limit (and so the pushes of their ids).
-fn drops_ids(rule: &Rule<EnqueueLimits>) -> bool {
-    rule.limits.action == Action::Drop && rule.mode == Mode::Enforce
+/// The queues onto which pushes of dropped jobs' ids are left out: RQ's keys for an RQ
+/// rule that drops, a job key rule's `id_queues` when it drops; `None` when no rule drops
+/// such jobs.
+fn id_queues(rules: &[Rule<EnqueueLimits>]) -> Option<KeyPattern> {
+    let patterns: Vec<&str> = rules
+        .iter()
+        .filter(|r| r.limits.action == Action::Drop && r.mode == Mode::Enforce)
+        .filter_map(|r| match &r.limits.shape {
+            Shape::RqJobHash => Some("rq:*"),
+            Shape::JobKey(job_key) => Some(job_key.id_queues().as_str()),
+            _ => None,
+        })
+        .collect();
+    (!patterns.is_empty()).then(|| KeyPattern::any_of(&patterns))
 }
 
 /// The enqueue guard.
@@ -124,12 +136,8 @@ pub struct EnqueueGuard {
     memory: Arc<EnqueueMemory>,
     /// The commands the rules read, as [`Cmd`] bits.
     commands: u16,
-    /// Whether an RQ rule drops jobs (then pushes of their ids onto `rq:` keys are dropped
-    /// too).
-    rq_drops: bool,
-    /// Whether a job key rule drops jobs (then pushes of their ids onto its `id_queues`
-    /// are dropped too).
-    job_key_drops: bool,
+    /// Where the pushes of dropped jobs' ids are dropped too ([`id_queues`]).
+    id_queues: Option<KeyPattern>,
     /// By command id: which of the commands a rule may read it is.
     kinds: ByCommand<Option<Cmd>>,
     /// The libraries whose enqueues are scripts: BullMQ's adds, judged by their job data...
@@ -153,18 +161,12 @@ impl EnqueueGuard {
     ) -> Result<Self, ConfigError> {
         let rules = rules::build_rules(raw, default_mode, logs_per_second)?;
         let commands = rules.iter().fold(0, |c, r| c | r.limits.commands);
-        let rq_drops = rules
-            .iter()
-            .any(|r| matches!(r.limits.shape, Shape::RqJobHash) && drops_ids(r));
-        let job_key_drops = rules
-            .iter()
-            .any(|r| matches!(r.limits.shape, Shape::JobKey(_)) && drops_ids(r));
+        let id_queues = id_queues(&rules);
         Ok(EnqueueGuard {
             rules,
             memory,
             commands,
-            rq_drops,
-            job_key_drops,
+            id_queues,
             kinds: ByCommand::build(table, |info| Cmd::of(&info.name)),
             bullmq: BullmqAdds::new()?,
             dramatiq: DramatiqAdds::new()?,
@@ -238,17 +240,6 @@ impl EnqueueGuard {
         Verdict::Forward
     }
 
-    /// Whether pushes onto `key` have the ids of dropped jobs left out: RQ's keys when an
-    /// RQ rule drops, a job key rule's `id_queues` when it drops.
-    fn is_id_queue(&self, key: &[u8]) -> bool {
-        (self.rq_drops && key.starts_with(b"rq:"))
-            || (self.job_key_drops
-                && self.rules.iter().any(|r| match &r.limits.shape {
-                    Shape::JobKey(job_key) => drops_ids(r) && job_key.is_id_queue(key),
-                    _ => false,
-                }))
-    }
-
     /// Learn `body`, seen in EVAL or SCRIPT LOAD, for each generic rule whose script is
     /// known by text in its body.
     fn learn_rule_scripts(&self, body: &[u8]) {
@@ -269,7 +260,7 @@ impl Guard for EnqueueGuard {
         let Some(cmd) = self.kinds.get(info) else {
             return false;
         };
-        let id_pushes = if self.rq_drops || self.job_key_drops {
+        let id_pushes = if self.id_queues.is_some() {
             Cmd::ListPush.bit() | Cmd::Zadd.bit()
         } else {
             0
@@ -317,7 +308,9 @@ impl Guard for EnqueueGuard {
                 Shape::JobKey(job_key) => job_key.check(memory, rule, cmd, client, out),
                 _ => Verdict::Forward,
             },
-            None if matches!(kind, Cmd::ListPush | Cmd::Zadd) && self.is_id_queue(key) => {
+            None if matches!(kind, Cmd::ListPush | Cmd::Zadd)
+                && self.id_queues.as_ref().is_some_and(|q| q.matches(key)) =>
+            {
                 job_key::check_pushed_ids(memory, cmd, kind, out)
             }
             None => Verdict::Forward,
