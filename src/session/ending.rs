@@ -111,18 +111,15 @@ impl Session {
             self.flush_client();
             return Some(End::Closed);
         }
-        if self.last_reply_killed && !self.reply_partly_sent {
+        let killed = self.last_reply_killed;
+        if killed {
             tracing::info!(client = %self.identity, "upstream connection killed by the client's CLIENT KILL");
-            self.replies.move_ready();
-            self.state.queue_mut().clear();
-            self.ignore_input = true;
-            self.close_when_flushed = true;
-            return None;
+        } else {
+            tracing::info!(client = %self.identity, reason, "upstream connection lost");
         }
-        tracing::info!(client = %self.identity, reason, "upstream connection lost");
         let mid_reply = self.reply_partly_sent;
         self.replies.move_ready();
-        if !mid_reply {
+        if !mid_reply && !killed {
             let message = resp::error(&format!(
                 "ERR respguard: upstream {} connection lost before the reply ({reason})",
                 self.shared.gate.target().address
