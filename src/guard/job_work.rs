@@ -107,9 +107,9 @@ pub fn of_script(cmd: &CommandView<'_>) -> Option<JobWork> {
 }
 
 /// Whether `cmd`, a plain write, is a worker's: all its keys under one queue of a library
-/// that enqueues only through scripts, or all of them RQ's or Celery's own bookkeeping
-/// (and the write not an RQ enqueue), or a Sidekiq worker's statistics, heartbeat, retry
-/// or death of a job.
+/// that enqueues only through scripts, or all of them RQ's, arq's or Celery's own
+/// bookkeeping (and the write not an RQ or arq enqueue), or a Sidekiq worker's statistics,
+/// heartbeat, retry or death of a job.
 pub fn is_worker_write(cmd: &CommandView<'_>) -> bool {
     if cmd.keys.is_empty() {
         return false;

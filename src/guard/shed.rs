@@ -23,9 +23,11 @@
 //! Job libraries' workers drain their queues at every level ([`super::job_work`]): Dramatiq's
 //! fetch, ack, nack and requeue, the scripts and plain writes of BullMQ, Bull and Bee-Queue
 //! under one queue's prefix other than their add scripts, RQ's writes under `rq:` other than
-//! its enqueues, kombu's (Celery's) acknowledgement bookkeeping, and Sidekiq's statistics,
-//! heartbeat and retry and dead sets pass; those libraries' enqueues are judged as writes to their queue (refused at `soft` for a low-priority queue,
-//! at `hard` unless the queue is critical or the script is in `allowed_scripts`).
+//! its enqueues, arq's under `arq:` other than its job keys and queue ZADDs, kombu's
+//! (Celery's) acknowledgement bookkeeping, and Sidekiq's statistics, heartbeat and retry and
+//! dead sets pass; those libraries' enqueues are judged as writes to their queue (refused
+//! at `soft` for a low-priority queue, at `hard` unless the queue is critical or the script
+//! is in `allowed_scripts`).
 //!
 //! A command writing several keys takes the lowest priority among them. Refusals use
 //! Redis's `OOM` prefix, so clients treat them exactly as Redis's own out-of-memory error;
