@@ -89,7 +89,7 @@ measure() {
   conf="$work/$1.toml"
   out="$work/callgrind.$1.$2"
   printf '%s\n' "${configs[$1]}" > "$conf"
-  valgrind --tool=callgrind --callgrind-out-file="$out" \
+  valgrind --tool=callgrind --callgrind-out-file="$out" ${CALLGRIND_FLAGS:-} \
     --toggle-collect='respguard::listener::Listener::run::{{closure}}::{{closure}}' \
     ./target/release/respguard --config "$conf" --listen "127.0.0.1:$port" \
     --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level error \

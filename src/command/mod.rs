@@ -648,6 +648,14 @@ impl CommandTable {
         info
     }
 
+    /// The entry of the command named `name` (in any letter case) when its name alone says
+    /// which it is: a known command, not a container of subcommands. `None` for any other.
+    #[inline]
+    pub fn by_own_name(&self, name: &[u8]) -> Option<&CommandInfo> {
+        let info = self.commands.get(self.by_name.get(name)? as usize)?;
+        (!info.has_subcommands).then_some(info)
+    }
+
     /// The id of the command (or `container|sub`) named `name`, in any letter case.
     pub fn lookup_name(&self, name: &[u8]) -> Option<u16> {
         self.by_name.get(name)

@@ -199,6 +199,21 @@ impl Insight {
         })
     }
 
+    /// How many commands pass before the next observed one, on this thread: a run of
+    /// commands that short is forwarded without asking [`Self::due`] for each, and
+    /// [`Self::passed`] told how many went.
+    #[inline]
+    pub fn unobserved_ahead(&self) -> usize {
+        COUNTDOWN.with(|left| left.get() as usize)
+    }
+
+    /// `n` commands passed unobserved (at most [`Self::unobserved_ahead`]), as `n` calls of
+    /// [`Self::due`] answering false would have counted.
+    #[inline]
+    pub fn passed(&self, n: usize) {
+        COUNTDOWN.with(|left| left.set(left.get().saturating_sub(n as u32)));
+    }
+
     fn lock(&self) -> MutexGuard<'_, Tallies> {
         // The tallies stay consistent at every step: a panic elsewhere leaves them usable.
         self.tallies.lock().unwrap_or_else(|e| e.into_inner())
@@ -606,6 +621,24 @@ UNLINK old:2 7 old:3\r\nGETDEL old:4\r\n";
         run(&insight, &guards, &table, &input);
         let r = insight.report();
         assert_eq!(prefix(&r, "a:*").operations, 400);
+    }
+
+    #[test]
+    fn a_run_passed_at_once_counts_down_as_commands_asked_one_by_one() {
+        let (insight, _, _) = setup("[keyspace]\nsample_rate = 5\n");
+        let one_by_one = |n: usize| {
+            COUNTDOWN.with(|c| c.set(0));
+            (0..n).map(|_| insight.due()).collect::<Vec<_>>()
+        };
+        for run in 0..=4 {
+            // Asked once (due), then `run` commands passed at once, then asked again.
+            COUNTDOWN.with(|c| c.set(0));
+            assert!(insight.due());
+            assert_eq!(insight.unobserved_ahead(), 4);
+            insight.passed(run);
+            let next: Vec<bool> = (0..6).map(|_| insight.due()).collect();
+            assert_eq!(next, one_by_one(1 + run + 6)[1 + run..], "run of {run}");
+        }
     }
 
     #[test]

@@ -158,6 +158,8 @@ pub struct RequestScanner {
     inline: Vec<u8>,
     /// The client has not authenticated: Redis's tighter bounds apply.
     unauthenticated: bool,
+    /// The one-step path's bounds, from `limits` and `unauthenticated`.
+    one_step: OneStep,
 }
 
 impl RequestScanner {
@@ -174,6 +176,7 @@ impl RequestScanner {
             args_inline: false,
             inline: Vec::new(),
             unauthenticated: false,
+            one_step: OneStep::of(&limits, false),
         }
     }
 
@@ -182,6 +185,7 @@ impl RequestScanner {
     /// a client without credentials cannot make the proxy read a large command.
     pub fn set_unauthenticated(&mut self, unauthenticated: bool) {
         self.unauthenticated = unauthenticated;
+        self.one_step = OneStep::of(&self.limits, unauthenticated);
     }
 
     /// The error for a declared bulk length, if it is one.
@@ -527,12 +531,8 @@ impl RequestScanner {
         if self.state != State::Idle || buf.get(start) != Some(&b'*') {
             return None;
         }
-        let (count, next) = plain_number(buf, start + 1)?;
-        let mut max = self.limits.max_args.min(i32::MAX as u64);
-        if self.unauthenticated {
-            max = max.min(UNAUTHENTICATED_MAX_ARGS);
-        }
-        if count == 0 || count > max {
+        let (count, next) = length_line(buf, start, b'*')?;
+        if count == 0 || count > self.one_step.max_args {
             return None;
         }
         self.cmd_start = start;
@@ -553,69 +553,254 @@ impl RequestScanner {
     /// first argument that is not, and leaves it to the general path, which handles partial
     /// input, streaming and errors. Returns how many arguments remain.
     #[inline]
-    fn whole_args(&mut self, buf: &[u8], mut remaining: u64) -> u64 {
-        let mut threshold = self.limits.stream_threshold.min(self.limits.max_bulk_len);
-        if self.unauthenticated {
-            threshold = threshold.min(UNAUTHENTICATED_MAX_BULK_LEN);
-        }
-        let last_start = self
-            .cmd_start
-            .saturating_add(self.limits.max_buffered_command);
-        let mut pos = self.pos;
-        while remaining > 0 && pos <= last_start {
-            let Some((len, body)) = bulk_line(buf, pos) else {
-                break;
-            };
-            if len > threshold {
-                break;
-            }
-            let len = len as usize;
-            let end = body + len + 2;
-            if end > buf.len() {
-                break;
-            }
-            self.args.push(body..body + len);
-            pos = end;
-            remaining -= 1;
-        }
+    fn whole_args(&mut self, buf: &[u8], remaining: u64) -> u64 {
+        let args = &mut self.args;
+        let (pos, remaining) = walk_args(
+            buf,
+            self.pos,
+            remaining,
+            self.one_step.longest_arg,
+            self.cmd_start
+                .saturating_add(self.limits.max_buffered_command),
+            |arg| args.push(arg),
+        );
         self.pos = pos;
         self.line_search = 0;
         remaining
     }
+
+    /// The next command, looked at without being taken, for a caller that forwards runs of
+    /// commands knowing only their names: its start, its name's position and where its
+    /// other arguments begin. `None` unless it is one [`Self::scan`] reads in one step and
+    /// its name is whole in `buf`.
+    #[inline]
+    pub fn skim(&self, buf: &[u8]) -> Option<Skimmed> {
+        let start = self.pos;
+        if self.state != State::Idle {
+            return None;
+        }
+        let (count, at) = length_line(buf, start, b'*')?;
+        if count == 0 || count > self.one_step.max_args {
+            return None;
+        }
+        let (len, body) = bulk_line(buf, at)?;
+        let end = body + len as usize + 2;
+        let too_far = at > start.saturating_add(self.limits.max_buffered_command);
+        if len > self.one_step.longest_arg || end > buf.len() || too_far {
+            return None;
+        }
+        Some(Skimmed {
+            start,
+            name: body..body + len as usize,
+            rest: end,
+            remaining: count - 1,
+        })
+    }
+
+    /// Where the command [`Self::skim`] found ends, if the rest of it is whole in `buf` and
+    /// read in one step (the same arguments [`Self::scan`] would take in one step).
+    #[inline]
+    pub fn skim_end(&self, buf: &[u8], skimmed: &Skimmed) -> Option<usize> {
+        let (end, remaining) = walk_args(
+            buf,
+            skimmed.rest,
+            skimmed.remaining,
+            self.one_step.longest_arg,
+            skimmed
+                .start
+                .saturating_add(self.limits.max_buffered_command),
+            |_| {},
+        );
+        (remaining == 0).then_some(end)
+    }
+
+    /// Take the skimmed commands up to `end` as read: the next scan starts there. Their
+    /// arguments are not recorded ([`Self::args`] is left empty).
+    #[inline]
+    pub fn take_skimmed(&mut self, end: usize) {
+        debug_assert!(self.state == State::Idle && end >= self.pos);
+        self.pos = end;
+        self.line_search = 0;
+        self.args.clear();
+    }
+
+    /// Take the command [`Self::skim`] found as [`Self::scan`] would, its arguments in
+    /// [`Self::args`]: where it ends, if all of it is whole in `buf` and read in one step.
+    /// `None`, and nothing taken, otherwise (the next scan reads it afresh).
+    #[inline]
+    pub fn take_whole(&mut self, buf: &[u8], skimmed: &Skimmed) -> Option<usize> {
+        self.args.clear();
+        self.args.push(skimmed.name.clone());
+        let args = &mut self.args;
+        let (end, remaining) = walk_args(
+            buf,
+            skimmed.rest,
+            skimmed.remaining,
+            self.one_step.longest_arg,
+            skimmed
+                .start
+                .saturating_add(self.limits.max_buffered_command),
+            |arg| args.push(arg),
+        );
+        if remaining > 0 {
+            self.args.clear();
+            return None;
+        }
+        self.cmd_start = skimmed.start;
+        self.argc = skimmed.remaining + 1;
+        self.args_inline = false;
+        self.pos = end;
+        self.line_search = 0;
+        Some(end)
+    }
+}
+
+/// A command [`RequestScanner::skim`] found and has not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skimmed {
+    /// Where the command starts.
+    pub start: usize,
+    /// Its name (argument 0).
+    pub name: Range<usize>,
+    /// Where its next argument starts.
+    rest: usize,
+    /// Arguments after the name.
+    remaining: u64,
+}
+
+/// The bounds of the one-step path ([`RequestScanner::scan_whole`] and
+/// [`RequestScanner::skim`]): the limits, tightened while the client has not
+/// authenticated. Worked out when they change, not per command.
+#[derive(Debug, Clone, Copy)]
+struct OneStep {
+    /// Most arguments in one command.
+    max_args: u64,
+    /// Longest argument (a longer one is streamed, or refused, by the general path).
+    longest_arg: u64,
+}
+
+impl OneStep {
+    fn of(limits: &Limits, unauthenticated: bool) -> Self {
+        let mut max_args = limits.max_args.min(i32::MAX as u64);
+        let mut longest_arg = limits.stream_threshold.min(limits.max_bulk_len);
+        if unauthenticated {
+            max_args = max_args.min(UNAUTHENTICATED_MAX_ARGS);
+            longest_arg = longest_arg.min(UNAUTHENTICATED_MAX_BULK_LEN);
+        }
+        OneStep {
+            max_args,
+            longest_arg,
+        }
+    }
+}
+
+/// Walk the arguments from `pos` that are whole in `buf` and ordinary (a plain length up to
+/// `longest`, starting at or before `last_start`), handing each one's position to `each`;
+/// stops at the first that is not. Returns where it stopped and how many of `remaining`
+/// are left.
+#[inline(always)]
+fn walk_args(
+    buf: &[u8],
+    mut pos: usize,
+    mut remaining: u64,
+    longest: u64,
+    last_start: usize,
+    mut each: impl FnMut(Range<usize>),
+) -> (usize, u64) {
+    while remaining > 0 && pos <= last_start {
+        let Some((len, body)) = bulk_line(buf, pos) else {
+            break;
+        };
+        if len > longest {
+            break;
+        }
+        let end = body + len as usize + 2;
+        if end > buf.len() {
+            break;
+        }
+        each(body..body + len as usize);
+        pos = end;
+        remaining -= 1;
+    }
+    (pos, remaining)
 }
 
 /// A bulk length line `$<n>\r` at `at`, read as [`plain_number`] reads the number: the
-/// length and the offset of the bulk's first byte. Away from the end of the buffer it reads
-/// from a fixed-size window, which needs no bounds check per digit.
+/// length and the offset of the bulk's first byte. Away from the end of the buffer a line
+/// of up to six digits is read as one word ([`short_length_line`]), with no bounds check
+/// or branch per digit; anything else goes byte by byte.
 #[inline(always)]
 fn bulk_line(buf: &[u8], at: usize) -> Option<(u64, usize)> {
-    const WINDOW: usize = 24;
-    let Some(window) = buf.get(at..at + WINDOW) else {
-        if buf.get(at) != Some(&b'$') {
-            return None;
+    length_line(buf, at, b'$')
+}
+
+/// A length line `<marker><n>\r` at `at` (`$` for a bulk, `*` for a count), read as
+/// [`bulk_line`] says.
+#[inline(always)]
+fn length_line(buf: &[u8], at: usize, marker: u8) -> Option<(u64, usize)> {
+    // Nine bytes: the longest short line with its `\n`.
+    if let Some(window) = buf.get(at..at + 9) {
+        let word = u64::from_le_bytes(window[..8].try_into().ok()?);
+        match short_length_line(word, marker) {
+            Short::Line(value, used) => return Some((value, at + used)),
+            Short::Not => return None,
+            Short::Long => {}
         }
-        return plain_number(buf, at + 1);
-    };
-    let w: &[u8; WINDOW] = window.try_into().ok()?;
-    let first = w[1].wrapping_sub(b'0');
-    if w[0] != b'$' || first > 9 {
+    }
+    if buf.get(at) != Some(&marker) {
         return None;
     }
-    let mut value = u64::from(first);
-    // At most 18 digits, as `plain_number`: the `\r` is then at most at index 19.
-    let mut i = 2;
-    while i < 20 {
-        let digit = w[i].wrapping_sub(b'0');
-        if digit > 9 {
-            break;
-        }
-        value = value * 10 + u64::from(digit);
-        i += 1;
+    plain_number(buf, at + 1)
+}
+
+/// What [`short_length_line`] read.
+enum Short {
+    /// A line of up to six digits: the number and the bytes the line takes (its `\n` too).
+    Line(u64, usize),
+    /// Not a plain length line.
+    Not,
+    /// Seven digits or more: read it byte by byte.
+    Long,
+}
+
+/// The length line at the start of `word` (eight bytes, little-endian): `marker`, one to
+/// six digits without a leading zero, `\r`. Every byte is tested for being a digit at
+/// once: after `xor '0'` a digit is 0..=9, and adding 0x76 to a byte's low seven bits
+/// sets its high bit exactly when it is 10 or more.
+#[inline(always)]
+fn short_length_line(word: u64, marker: u8) -> Short {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    if word as u8 != marker {
+        return Short::Not;
     }
-    if i == 20 || (first == 0 && i > 2) || w[i] != b'\r' {
-        return None;
+    // One digit or two, the most common lines (names, counts, short keys), without the
+    // test of every byte below.
+    let first = ((word >> 8) as u8).wrapping_sub(b'0');
+    let second = ((word >> 16) as u8).wrapping_sub(b'0');
+    if first <= 9 && second == b'\r'.wrapping_sub(b'0') {
+        return Short::Line(u64::from(first), 4);
     }
-    Some((value, at + i + 2))
+    if (1..=9).contains(&first) && second <= 9 && (word >> 24) as u8 == b'\r' {
+        return Short::Line(u64::from(first * 10 + second), 5);
+    }
+    // The seven bytes after the marker, each xor '0'; the eighth, past them, a non-digit.
+    let digits = ((word >> 8) ^ ((b'0' as u64 * ONES) >> 8)) | (0xFF << 56);
+    let not_digit = (((digits & (0x7F * ONES)) + 0x76 * ONES) | digits) & (0x80 * ONES);
+    let n = (not_digit.trailing_zeros() / 8) as usize;
+    if n == 7 {
+        return Short::Long;
+    }
+    let leading_zero = n > 1 && digits as u8 == 0;
+    if n == 0 || leading_zero || (digits >> (8 * n)) as u8 != b'\r' ^ b'0' {
+        return Short::Not;
+    }
+    let mut value = 0;
+    let mut rest = digits;
+    for _ in 0..n {
+        value = value * 10 + (rest & 0xFF);
+        rest >>= 8;
+    }
+    Short::Line(value, n + 3)
 }
 
 /// A length line's number as the fast path reads it: 1 to 18 digits without a leading zero,

@@ -345,13 +345,20 @@ impl Session {
         let (from_client, to_upstream) = self.requests.io_parts();
         let (from_upstream, to_client) = self.replies.io_parts();
         let watchdog = self.watchdog.sleep_mut();
+        // Polled in this order, not at random (which costs a random number and, when a
+        // branch is ready, polls others for nothing): replies and writes first, since each is
+        // bounded by commands already read, so a client that keeps sending cannot hold back
+        // its own replies; new requests next; the rare events last (tokio's cooperative
+        // budget makes a socket that is always ready say pending now and then, so they are
+        // still seen).
         tokio::select! {
-            r = client_rx.read_buf(from_client), if want.client_read => Event::ClientRead(r),
+            biased;
             r = async { up_rx.as_mut().expect("upstream").read_buf(from_upstream).await },
                 if want.upstream_read => Event::UpstreamRead(r),
             r = client_tx.send(to_client), if want.client_write => Event::ClientWrote(r),
             r = async { up_tx.as_mut().expect("upstream").send(to_upstream).await },
                 if want.upstream_write => Event::UpstreamWrote(r),
+            r = client_rx.read_buf(from_client), if want.client_read => Event::ClientRead(r),
             _ = stop, if want.shutdown => Event::Shutdown,
             _ = async { tokio::time::sleep_until(want.drain.expect("deadline")).await },
                 if want.drain.is_some() => Event::DrainExpired,

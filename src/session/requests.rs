@@ -4,6 +4,7 @@
 //!
 //! Never judges a command itself, and never writes to a socket (the event loop flushes).
 
+use super::verdicts::Run;
 use super::{Session, StreamTo};
 use crate::clock;
 use crate::pipeline::Span;
@@ -36,6 +37,13 @@ impl Session {
             }
             if self.state.queue().is_full() {
                 break;
+            }
+            // Commands read in one step go through a run; the general scan below takes
+            // what a run leaves.
+            match self.forward_run() {
+                Run::Decided => continue,
+                Run::Forwarded(n) if n > 0 && self.state.queue().is_full() => break,
+                Run::Forwarded(_) => {}
             }
             let (scanner, input) = self.requests.scan_parts();
             match scanner.scan(input) {

@@ -38,12 +38,60 @@ fn encode_command(args: &[Vec<u8>]) -> Vec<u8> {
 #[derive(Debug, PartialEq)]
 enum Seen {
     Whole(Vec<Vec<u8>>),
-    Streamed { head: Vec<Vec<u8>>, bytes: usize },
+    Streamed {
+        head: Vec<Vec<u8>>,
+        bytes: usize,
+    },
+    /// Skimmed and taken without its arguments: its name and its bytes.
+    Skimmed {
+        name: Vec<u8>,
+        bytes: Vec<u8>,
+    },
+}
+
+/// How a command at the front of the buffer is read: by the scan, or skimmed first and
+/// taken without its arguments or with them (the session's run of commands).
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    Scan,
+    SkimNameOnly,
+    SkimWhole,
+}
+
+fn read_how() -> impl Strategy<Value = Read> {
+    prop_oneof![
+        Just(Read::Scan),
+        Just(Read::SkimNameOnly),
+        Just(Read::SkimWhole)
+    ]
+}
+
+/// Take the command at the front of `buf` by skimming it, as `how` says; what was seen
+/// and how many bytes it took, or `None` when the skim leaves it to the scan.
+fn skim_front(s: &mut RequestScanner, buf: &[u8], how: Read) -> Option<(Seen, usize)> {
+    let skimmed = s.skim(buf)?;
+    assert_eq!(skimmed.start, 0);
+    match how {
+        Read::Scan => None,
+        Read::SkimNameOnly => {
+            let end = s.skim_end(buf, &skimmed)?;
+            s.take_skimmed(end);
+            let name = buf[skimmed.name.clone()].to_vec();
+            let bytes = buf[..end].to_vec();
+            Some((Seen::Skimmed { name, bytes }, end))
+        }
+        Read::SkimWhole => {
+            let end = s.take_whole(buf, &skimmed)?;
+            let args = s.args().iter().map(|r| buf[r.clone()].to_vec()).collect();
+            Some((Seen::Whole(args), end))
+        }
+    }
 }
 
 /// Feed `stream` in the given chunk sizes, consuming as a session does, and report what
 /// the scanner saw.
-fn scan_requests(stream: &[u8], cuts: &[usize], limits: Limits) -> Vec<Seen> {
+fn scan_requests(stream: &[u8], cuts: &[usize], limits: Limits, reads: &[Read]) -> Vec<Seen> {
+    let mut reads = reads.iter().copied().chain(std::iter::repeat(Read::Scan));
     let mut s = RequestScanner::new(limits);
     let mut buf: Vec<u8> = Vec::new();
     let mut fed = 0;
@@ -76,6 +124,12 @@ fn scan_requests(stream: &[u8], cuts: &[usize], limits: Limits) -> Vec<Seen> {
                     }
                     StreamStep::Error(e) => panic!("valid stream refused: {e}"),
                 }
+            }
+            if let Some((seen_now, end)) = skim_front(&mut s, &buf, reads.next().unwrap()) {
+                seen.push(seen_now);
+                buf.drain(..end);
+                s.rebase(end);
+                continue;
             }
             match s.scan(&buf) {
                 Step::Incomplete => break,
@@ -218,6 +272,7 @@ proptest! {
     fn request_scanner_agrees_with_the_reference(
         cmds in proptest::collection::vec(command(), 1..12),
         cuts in proptest::collection::vec(1usize..200, 0..40),
+        reads in proptest::collection::vec(read_how(), 0..40),
     ) {
         let stream: Vec<u8> = cmds.iter().flat_map(|c| encode_command(c)).collect();
         // The reference: decode every frame of the stream.
@@ -233,11 +288,15 @@ proptest! {
             reference.push((args, n));
             at += n;
         }
-        let seen = scan_requests(&stream, &cuts, small_limits());
+        let seen = scan_requests(&stream, &cuts, small_limits(), &reads);
         prop_assert_eq!(seen.len(), reference.len());
         for (s, (args, n)) in seen.iter().zip(&reference) {
             match s {
                 Seen::Whole(got) => prop_assert_eq!(got, args),
+                Seen::Skimmed { name, bytes } => {
+                    prop_assert_eq!(name, &args[0]);
+                    prop_assert_eq!(bytes, &encode_command(args));
+                }
                 Seen::Streamed { head, bytes } => {
                     prop_assert_eq!(&head[..], &args[..head.len()]);
                     prop_assert_eq!(bytes, n);
