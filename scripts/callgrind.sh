@@ -5,6 +5,8 @@
 #   scripts/callgrind.sh                      # SET GET LPUSH HSET, guards off vs all guards
 #   TESTS="lpush" REQUESTS=50000 scripts/callgrind.sh
 #   TESTS="evalsha" CONFIGS="script-rule" REQUESTS=50000 scripts/callgrind.sh
+#   KEEP=/tmp/cg CALLGRIND_FLAGS=--dump-instr=yes TESTS=set scripts/callgrind.sh
+#     # keeps the profiles; scripts/callgrind-asm.py then shows instructions per command
 #
 # The test `evalsha` is a scripted enqueue: `EVALSHA <sha> 1 myq:bench enqueue <job>` of a
 # script that pushes the job, loaded first, each job's content random (`-r`), so with the

@@ -1,5 +1,6 @@
-//! The request loop: every whole command in the request pipe, scanned in order and handed
-//! to `verdicts`; the rest of a command too large to hold, streamed to Redis or discarded
+//! The request loop: every whole command in the request pipe, in order, taken by a run of
+//! commands read in one step (`verdicts::forward_run`) or scanned and handed to `verdicts`;
+//! the rest of a command too large to hold, streamed to Redis or discarded
 //! as it arrives; malformed input, answered and closed as Redis does.
 //!
 //! Never judges a command itself, and never writes to a socket (the event loop flushes).

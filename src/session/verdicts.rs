@@ -126,9 +126,16 @@ impl Session {
         let Some((span, facts)) = taken else {
             return Run::Forwarded(sent);
         };
-        let info = facts.unwrap_or_else(|| CommandFacts::of(self.current(span).classify(table)));
-        if !self.forward_if_ordinary(info, span) {
-            self.decide(info, span, false);
+        match facts {
+            // Known by its name: the run stopped at it because it is not ordinary here.
+            Some(info) => self.decide(info, span, false),
+            // A container, known by its subcommand, or an unknown command.
+            None => {
+                let info = CommandFacts::of(self.current(span).classify(table));
+                if !self.forward_if_ordinary(info, span) {
+                    self.decide(info, span, false);
+                }
+            }
         }
         Run::Decided
     }
