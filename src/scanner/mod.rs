@@ -2,5 +2,6 @@
 //! [`reply`] for what Redis answers. Both are resumable, allocation-free per message, and
 //! never hold a large value whole.
 
+mod length;
 pub mod reply;
 pub mod request;

@@ -464,11 +464,21 @@ impl ReplyScanner {
             b'+' | b'-' | b':' => {
                 let line = buf.get(at + 1..)?;
                 let line = &line[..line.len().min(SKIP_LINE)];
-                let nl = line.iter().position(|&b| b == b'\n')?;
+                let nl = short_line_end(line).or_else(|| line.iter().position(|&b| b == b'\n'))?;
                 if nl == 0 || line[nl - 1] != b'\r' {
                     return None;
                 }
                 at + 1 + nl + 1
+            }
+            // A plain length (what nearly every bulk reply has), read as requests' are; the
+            // `\n` Redis always sends checked, as the general path checks it.
+            b'$' if buf.get(at + 1) != Some(&b'-') => {
+                let (len, body) = super::length::length_line(buf, at, b'$')?;
+                if buf.get(body - 1) != Some(&b'\n') {
+                    return None;
+                }
+                body.checked_add(usize::try_from(len).ok()?)?
+                    .checked_add(2)?
             }
             b'$' => {
                 let line = buf.get(at + 1..)?;
@@ -639,6 +649,17 @@ fn parse_len(s: &[u8]) -> Result<u64, ReplyError> {
     }
 }
 
+/// Where the first `\n` of `line` is, if it is among its first eight bytes and they are
+/// all there: every byte compared at once (a byte of `word ^ "\n\n…"` is zero exactly where
+/// a `\n` is, and the lowest zero byte is found exactly by the borrow trick).
+#[inline(always)]
+fn short_line_end(line: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let word = u64::from_le_bytes(line.get(..8)?.try_into().ok()?) ^ (u64::from(b'\n') * ONES);
+    let zero = word.wrapping_sub(ONES) & !word & (0x80 * ONES);
+    (zero != 0).then(|| zero.trailing_zeros() as usize / 8)
+}
+
 fn parse_signed_len(s: &[u8]) -> Result<Option<u64>, ReplyError> {
     match crate::scanner::request::parse_int(s) {
         Some(-1) => Ok(None),
@@ -675,7 +696,20 @@ mod tests {
             [0, 1, 2, 3, 4, 5],
             "the short plain replies are skipped"
         );
-        for reply in replies {
+        let hundred = [b"$100\r\n".as_slice(), &[b'v'; 100], b"\r\n"].concat();
+        for reply in replies
+            .iter()
+            .copied()
+            .chain([&hundred[..], b"$12\n0123456789ab\r\n"])
+        {
+            // Followed by more replies, as in a pipeline: read a word at a time, it ends
+            // where it ends alone.
+            let padded = [reply, b"*2\r\n$3\r\nabc\r\n:1\r\n"].concat();
+            assert_eq!(
+                ReplyScanner::new().skip_plain_reply(&padded),
+                ReplyScanner::new().skip_plain_reply(reply),
+                "{reply:?}"
+            );
             let mut whole = ReplyScanner::new();
             let scanned = whole.scan(reply);
             for cut in 0..=reply.len() {

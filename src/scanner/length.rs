@@ -1,0 +1,108 @@
+//! Length lines (`$<n>\r\n`, `*<n>\r\n`) read in a few instructions: the request
+//! scanner reads one per argument, the reply scanner one per bulk string, so they are
+//! among the most frequent steps of the proxy.
+//!
+//! A line of one or two digits is read directly; one of up to six by testing eight bytes
+//! at once; a longer one, or one near the end of the buffer, byte by byte. Anything that
+//! is not a plain length (a sign, a leading zero, a partial line) is `None`, for the
+//! caller's general path to read and word the error for.
+
+/// A length line `<marker><n>\r` at `at` (`$` for a bulk, `*` for a count): the number and
+/// the offset past the line (Redis assumes the `\n` after the `\r`; the line's nine bytes
+/// must be in `buf` for the fast reading, and one byte past the `\r` for the other).
+#[inline(always)]
+pub(crate) fn length_line(buf: &[u8], at: usize, marker: u8) -> Option<(u64, usize)> {
+    // Nine bytes: the longest short line with its `\n`.
+    if let Some(window) = buf.get(at..at + 9) {
+        let word = u64::from_le_bytes(window[..8].try_into().ok()?);
+        match short_length_line(word, marker) {
+            Short::Line(value, used) => return Some((value, at + used)),
+            Short::Not => return None,
+            Short::Long => {}
+        }
+    }
+    if buf.get(at) != Some(&marker) {
+        return None;
+    }
+    plain_number(buf, at + 1)
+}
+
+/// What [`short_length_line`] read.
+enum Short {
+    /// A line of up to six digits: the number and the bytes the line takes (its `\n` too).
+    Line(u64, usize),
+    /// Not a plain length line.
+    Not,
+    /// Seven digits or more: read it byte by byte.
+    Long,
+}
+
+/// The length line at the start of `word` (eight bytes, little-endian): `marker`, one to
+/// six digits without a leading zero, `\r`. Every byte is tested for being a digit at
+/// once: after `xor '0'` a digit is 0..=9, and adding 0x76 to a byte's low seven bits
+/// sets its high bit exactly when it is 10 or more.
+#[inline(always)]
+fn short_length_line(word: u64, marker: u8) -> Short {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    if word as u8 != marker {
+        return Short::Not;
+    }
+    // One digit or two, the most common lines (names, counts, short keys), without the
+    // test of every byte below.
+    let first = ((word >> 8) as u8).wrapping_sub(b'0');
+    let second = ((word >> 16) as u8).wrapping_sub(b'0');
+    if first <= 9 && second == b'\r'.wrapping_sub(b'0') {
+        return Short::Line(u64::from(first), 4);
+    }
+    if (1..=9).contains(&first) && second <= 9 && (word >> 24) as u8 == b'\r' {
+        return Short::Line(u64::from(first * 10 + second), 5);
+    }
+    // The seven bytes after the marker, each xor '0'; the eighth, past them, a non-digit.
+    let digits = ((word >> 8) ^ ((b'0' as u64 * ONES) >> 8)) | (0xFF << 56);
+    let not_digit = (((digits & (0x7F * ONES)) + 0x76 * ONES) | digits) & (0x80 * ONES);
+    let n = (not_digit.trailing_zeros() / 8) as usize;
+    if n == 7 {
+        return Short::Long;
+    }
+    let leading_zero = n > 1 && digits as u8 == 0;
+    if n == 0 || leading_zero || (digits >> (8 * n)) as u8 != b'\r' ^ b'0' {
+        return Short::Not;
+    }
+    let mut value = 0;
+    let mut rest = digits;
+    for _ in 0..n {
+        value = value * 10 + (rest & 0xFF);
+        rest >>= 8;
+    }
+    Short::Line(value, n + 3)
+}
+
+/// A length line's number as the fast path reads it: 1 to 18 digits without a leading zero,
+/// followed by `\r` and one more byte (Redis assumes the `\n`). Returns the number and
+/// the offset past the line. `None` for anything else (a sign, a partial line, a malformed
+/// one), which the general path then reads and words the error for.
+#[inline(always)]
+pub(crate) fn plain_number(buf: &[u8], at: usize) -> Option<(u64, usize)> {
+    let line = buf.get(at..)?;
+    let first = line.first()?.wrapping_sub(b'0');
+    if first > 9 {
+        return None;
+    }
+    let mut value = u64::from(first);
+    let mut i = 1;
+    loop {
+        let digit = line.get(i)?.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        if i == 18 || first == 0 {
+            return None;
+        }
+        value = value * 10 + u64::from(digit);
+        i += 1;
+    }
+    if line[i] != b'\r' || i + 1 >= line.len() {
+        return None;
+    }
+    Some((value, at + i + 2))
+}
