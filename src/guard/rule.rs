@@ -201,6 +201,12 @@ impl<L> Rule<L> {
         self.pattern.matches(key) && (self.every_client || self.applies_to_client(client))
     }
 
+    /// True when the rule applies to every key of every client (pattern `*`, no client
+    /// filter): a guard whose first rule is such can skip the search for most keys.
+    pub fn applies_to_everything(&self) -> bool {
+        self.every_client && self.pattern.matches_every_key()
+    }
+
     /// The rule's key pattern as written (Redis glob).
     pub fn pattern_source(&self) -> &str {
         self.pattern.as_str()

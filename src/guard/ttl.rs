@@ -141,6 +141,9 @@ pub struct TtlLimits {
 #[derive(Debug)]
 pub struct TtlGuard {
     rules: Vec<Rule<TtlLimits>>,
+    /// The first rule applies to every key of every client (`*`, the usual catch-all):
+    /// it is the rule of every key without a job library's shape.
+    first_takes_all: bool,
     /// By command id: what the guard does with the command.
     kinds: ByCommand<CommandKind>,
 }
@@ -325,13 +328,22 @@ impl TtlGuard {
             rules.push(Rule::new(kind, spec, limits));
         }
         let kinds = ByCommand::build(table, |info| CommandKind::of(info, &extra));
-        Ok(TtlGuard { rules, kinds })
+        let first_takes_all = rules.first().is_some_and(|r| r.applies_to_everything());
+        Ok(TtlGuard {
+            rules,
+            first_takes_all,
+            kinds,
+        })
     }
 
     /// The rule for `key` written by `client`: the first that applies, a catch-all rule
     /// passed over for a key with a job library's shape (see the module documentation).
     #[inline]
     fn rule_for(&self, key: &[u8], client: &ClientIdentity) -> Option<&Rule<TtlLimits>> {
+        // `*` is a catch-all: the search goes on only for a job library's key.
+        if self.first_takes_all && library_of(key).is_none() {
+            return self.rules.first();
+        }
         self.rules
             .iter()
             .find(|r| r.applies(key, client) && !(r.limits.catch_all && library_of(key).is_some()))
