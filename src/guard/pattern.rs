@@ -106,9 +106,10 @@ impl KeyPattern {
 }
 
 /// `key == exact`, inline: keys differ in length more often than not, and an exact
-/// pattern is short, so comparing words here costs less than a call to `memcmp`.
+/// pattern (or a queue's key) is short, so comparing words here costs less than a call to
+/// `memcmp`.
 #[inline(always)]
-fn same_key(key: &[u8], exact: &[u8]) -> bool {
+pub fn same_key(key: &[u8], exact: &[u8]) -> bool {
     if key.len() != exact.len() {
         return false;
     }

@@ -303,13 +303,20 @@ impl<L> Rule<L> {
 }
 
 /// The first rule of `rules` that applies to `key` for `client`.
-#[inline]
+#[inline(always)]
 pub fn first_rule<'r, L>(
     rules: &'r [Rule<L>],
     key: &[u8],
     client: &ClientIdentity,
 ) -> Option<&'r Rule<L>> {
-    rules.iter().find(|r| r.applies(key, client))
+    // A plain loop, inlined into the guard's check: `Iter::find` stayed a call of its own,
+    // about 30 instructions for a guard of one rule.
+    for rule in rules {
+        if rule.applies(key, client) {
+            return Some(rule);
+        }
+    }
+    None
 }
 
 /// A key made printable for an error message: lossy UTF-8, cut at 128 bytes.
