@@ -32,7 +32,7 @@ impl LogLimiter {
 
     /// `Some(suppressed)` when a line may be written now.
     pub fn allow(&self) -> Option<u64> {
-        self.allow_at(self.epoch.elapsed().as_secs() as u32)
+        self.allow_at(self.epoch.secs() as u32)
     }
 
     /// [`LogLimiter::allow`] in second `second` since the limiter was made.
