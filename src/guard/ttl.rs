@@ -338,12 +338,18 @@ impl TtlGuard {
 
     /// The rule for `key` written by `client`: the first that applies, a catch-all rule
     /// passed over for a key with a job library's shape (see the module documentation).
-    #[inline]
+    #[inline(always)]
     fn rule_for(&self, key: &[u8], client: &ClientIdentity) -> Option<&Rule<TtlLimits>> {
         // `*` is a catch-all: the search goes on only for a job library's key.
         if self.first_takes_all && library_of(key).is_none() {
             return self.rules.first();
         }
+        self.search_rules(key, client)
+    }
+
+    /// [`Self::rule_for`] by trying each rule in turn.
+    #[inline(never)]
+    fn search_rules(&self, key: &[u8], client: &ClientIdentity) -> Option<&Rule<TtlLimits>> {
         self.rules
             .iter()
             .find(|r| r.applies(key, client) && !(r.limits.catch_all && library_of(key).is_some()))
@@ -577,6 +583,9 @@ fn find_expiry_option(cmd: &CommandView<'_>, from: usize) -> Option<(usize, Expi
 }
 
 impl TtlGuard {
+    /// A SET: `PX <ttl>` appended to one without an expiry, its expiry clamped, or wrapped
+    /// when its value streams. Inlined into the check, its only caller.
+    #[inline(always)]
     fn check_set(
         &self,
         cmd: &CommandView<'_>,
