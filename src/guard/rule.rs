@@ -252,34 +252,37 @@ impl<L> Rule<L> {
         if enforce && action.enforced().is_none() {
             return true;
         }
-        self.logged(action, client, command, message)
+        // Within the log limit, or (a storm of decisions) counted as suppressed: decided
+        // here, so only a line actually written costs a call.
+        match self.log.allow() {
+            None => enforce,
+            Some(suppressed) => self.logged(action, client, command, suppressed, message),
+        }
     }
 
-    /// The rest of [`Rule::decided`], already counted: a decision written to the log within
-    /// the rule's limit; true when the rule enforces it.
+    /// The rest of [`Rule::decided`], counted and within the log limit: the decision
+    /// written to the log, `suppressed` lines after the last one; true when the rule
+    /// enforces it.
     #[inline(never)]
     fn logged<D: std::fmt::Display>(
         &self,
         action: Action,
         client: &ClientIdentity,
         command: &str,
+        suppressed: u64,
         message: impl FnOnce() -> D,
     ) -> bool {
         let enforce = self.mode == Mode::Enforce;
-        let verb = match (enforce, action.enforced()) {
-            (true, None) => return true,
-            (true, Some(verb)) => verb,
-            (false, _) => action.observed(),
-        };
-        let Some(suppressed) = self.log.allow() else {
-            return enforce;
-        };
         let (guard, rule) = (self.guard, &self.name);
         let message = message();
-        if enforce {
-            tracing::warn!(guard, rule = %rule, client = %client, command, suppressed, "{verb}: {message}");
-        } else {
-            tracing::warn!(guard, rule = %rule, client = %client, command, suppressed, "observe: would {verb}: {message}");
+        match action.enforced() {
+            Some(verb) if enforce => {
+                tracing::warn!(guard, rule = %rule, client = %client, command, suppressed, "{verb}: {message}");
+            }
+            _ => {
+                let verb = action.observed();
+                tracing::warn!(guard, rule = %rule, client = %client, command, suppressed, "observe: would {verb}: {message}");
+            }
         }
         enforce
     }

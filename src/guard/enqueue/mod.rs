@@ -176,7 +176,7 @@ impl EnqueueGuard {
     }
 
     /// The first rule that reads `cmd` for `key` written by `client`.
-    #[inline]
+    #[inline(always)]
     fn rule_for(
         &self,
         cmd: Cmd,
