@@ -371,7 +371,7 @@ impl TtlGuard {
     }
 
     /// Count a decision and, in observe mode, log it and forward the command unchanged.
-    #[inline]
+    #[inline(always)]
     fn act(
         &self,
         rule: &Rule<TtlLimits>,
