@@ -119,9 +119,8 @@ pub fn same_key(key: &[u8], exact: &[u8]) -> bool {
             return key.iter().zip(exact).all(|(a, b)| a == b);
         }
         // Two overlapping half-words cover four to seven bytes.
-        let half = |s: &[u8], i: usize| {
-            u32::from_ne_bytes(s[i..i + 4].try_into().expect("4 bytes"))
-        };
+        let half =
+            |s: &[u8], i: usize| u32::from_ne_bytes(s[i..i + 4].try_into().expect("4 bytes"));
         return half(key, 0) == half(exact, 0) && half(key, n - 4) == half(exact, n - 4);
     }
     let word = |s: &[u8], i: usize| u64::from_ne_bytes(s[i..i + 8].try_into().expect("8 bytes"));

@@ -287,7 +287,9 @@ impl QueueDepths {
     fn get_or_track(&self, key: &[u8], rule: &str) -> Option<Arc<TrackedQueue>> {
         let last = LAST_PUSHED.with_borrow(|last| match last {
             Some((id, q))
-                if *id == self.id && same_key(&q.key, key) && !q.forgotten.load(Ordering::Relaxed) =>
+                if *id == self.id
+                    && same_key(&q.key, key)
+                    && !q.forgotten.load(Ordering::Relaxed) =>
             {
                 Some(Arc::clone(q))
             }

@@ -689,7 +689,7 @@ impl TtlGuard {
                 .written_key_positions_by(cmd.argc, |i| cmd.arg(i), &mut found);
             &found
         };
-        let mut chosen: SmallVec<[(&[u8], &Rule<TtlLimits>, KeyMode); 4]> = SmallVec::new();
+        let mut chosen: SmallVec<[WrappedKey<'_>; 4]> = SmallVec::new();
         for &k in written {
             let Some(key) = cmd.arg(k) else { continue };
             let Some(rule) = self.rule_for(key, client) else {
@@ -893,6 +893,10 @@ impl TtlGuard {
     }
 }
 
+/// A key a wrapped command writes, the rule that gives it its expiry, and what the script
+/// does to it.
+type WrappedKey<'a> = (&'a [u8], &'a Rule<TtlLimits>, KeyMode);
+
 /// Whether a command can run inside the script with `total` arguments in all.
 fn wrappable(info: &CommandInfo, total: usize) -> bool {
     !info.flags.contains(Flags::BLOCKING)
@@ -905,7 +909,7 @@ fn wrappable(info: &CommandInfo, total: usize) -> bool {
 /// its head; the rest follows unchanged). No key's mode is [`KeyMode::SetOptions`].
 fn wrap(
     cmd: &CommandView<'_>,
-    keys: &[(&[u8], &Rule<TtlLimits>, KeyMode)],
+    keys: &[WrappedKey<'_>],
     write_on_success: bool,
     out: &mut BytesMut,
 ) {

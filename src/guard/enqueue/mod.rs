@@ -184,6 +184,7 @@ impl EnqueueGuard {
         client: &ClientIdentity,
     ) -> Option<&Rule<EnqueueLimits>> {
         // A plain loop, inlined: `Iter::find` stayed a call of its own.
+        #[allow(clippy::manual_find)]
         for rule in &self.rules {
             if rule.limits.commands & cmd.bit() != 0 && rule.applies(key, client) {
                 return Some(rule);
