@@ -239,7 +239,7 @@ impl<L> Rule<L> {
     /// when the rule enforces it. The message is made only when the line is written, so a
     /// storm of decisions is counted without being formatted. An enforced decision that is
     /// not logged (a TTL added) is decided inline, with one counter increment.
-    #[inline]
+    #[inline(always)]
     pub fn decided<D: std::fmt::Display>(
         &self,
         action: Action,
