@@ -14,15 +14,32 @@
 //! asked for, so a pipeline of 32 guarded commands reads the system's clock once, not once
 //! or twice per command (about 75 instructions each). The instant is set and cleared
 //! around synchronous code only (no `.await` inside), so a task moving to another thread
-//! can never leave it behind; outside such a section a clock reads the system's.
+//! can never leave it behind; outside such a section a clock reads the system's. Instants
+//! are held as nanoseconds since one origin, so a clock's elapsed time is a subtraction.
 //!
 //! It never sleeps, schedules or reads wall-clock time (dates, such as a stream entry's id,
 //! are not its concern).
 
 use std::cell::Cell;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// Where clocks count instants from: the system's time (never a paused runtime's) a day
+/// before the first clock was read, so every instant read later, a paused test runtime's
+/// included (it starts at the system's time when it is built), falls after it.
+static ORIGIN: LazyLock<Instant> = LazyLock::new(|| {
+    let now = Instant::from_std(std::time::Instant::now());
+    now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
+});
+
+/// `at` in nanoseconds since [`ORIGIN`]: how clocks and the read time hold instants, so
+/// that a clock's elapsed time is one subtraction (a difference of two `Instant`s costs
+/// about 38 instructions, and a guarded push asks two or three clocks).
+fn ticks(at: Instant) -> u64 {
+    at.saturating_duration_since(*ORIGIN).as_nanos() as u64
+}
 
 /// What a thread's clocks read.
 #[derive(Debug, Clone, Copy)]
@@ -33,23 +50,23 @@ enum ReadState {
     /// the system's clock, and every later one that instant. A read whose commands never
     /// ask (no guard with a memory of time) costs no clock read.
     Unread,
-    /// The instant the read's judging first asked for.
-    At(Instant),
+    /// The instant the read's judging first asked for, in [`ticks`].
+    At(u64),
 }
 
 thread_local! {
     static READ_TIME: Cell<ReadState> = const { Cell::new(ReadState::System) };
 }
 
-/// Now: the instant of the read being judged on this thread, if one is, or else the
-/// system's.
+/// Now, in [`ticks`]: the instant of the read being judged on this thread, if one is, or
+/// else the system's.
 #[inline]
-pub fn now() -> Instant {
+fn now() -> u64 {
     READ_TIME.with(|t| match t.get() {
         ReadState::At(at) => at,
-        ReadState::System => Instant::now(),
+        ReadState::System => ticks(Instant::now()),
         ReadState::Unread => {
-            let at = Instant::now();
+            let at = ticks(Instant::now());
             t.set(ReadState::At(at));
             at
         }
@@ -94,26 +111,40 @@ impl Drop for ReadTime {
 /// Time since a fixed start, for memories that expire entries.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    start: Instant,
+    /// The start, in [`ticks`].
+    start: u64,
 }
 
 impl Clock {
     /// A clock starting now (on a paused runtime: the runtime's paused now).
     pub fn start() -> Self {
         Clock {
-            start: Instant::now(),
+            start: ticks(Instant::now()),
         }
     }
 
-    /// Time since the clock started ([`now`]: the read being judged, if one is).
+    /// Nanoseconds since the clock started ([`now`]: the read being judged, if one is).
+    #[inline]
+    fn nanos(&self) -> u64 {
+        now().saturating_sub(self.start)
+    }
+
+    /// Time since the clock started.
     #[inline]
     pub fn elapsed(&self) -> Duration {
-        now().saturating_duration_since(self.start)
+        Duration::from_nanos(self.nanos())
     }
 
     /// Whole milliseconds since the clock started.
+    #[inline]
     pub fn millis(&self) -> u64 {
-        self.elapsed().as_millis() as u64
+        self.nanos() / 1_000_000
+    }
+
+    /// Whole seconds since the clock started.
+    #[inline]
+    pub fn secs(&self) -> u64 {
+        self.nanos() / 1_000_000_000
     }
 }
 
@@ -156,7 +187,7 @@ mod tests {
         let _read = ReadTime::enter();
         let read_at = now();
         let later = Clock {
-            start: read_at + Duration::from_secs(1),
+            start: read_at + 1_000_000_000,
         };
         assert_eq!(later.elapsed(), Duration::ZERO);
     }

@@ -31,11 +31,13 @@ impl LogLimiter {
     }
 
     /// `Some(suppressed)` when a line may be written now.
+    #[inline]
     pub fn allow(&self) -> Option<u64> {
-        self.allow_at(self.epoch.elapsed().as_secs() as u32)
+        self.allow_at(self.epoch.secs() as u32)
     }
 
     /// [`LogLimiter::allow`] in second `second` since the limiter was made.
+    #[inline]
     fn allow_at(&self, second: u32) -> Option<u64> {
         if self.per_second == 0 {
             self.suppressed.fetch_add(1, Ordering::Relaxed);

@@ -72,6 +72,11 @@ impl KeyPattern {
         matches!(self.source.as_bytes().first(), Some(b'*' | b'?' | b'['))
     }
 
+    /// True when the pattern matches every key (`*` alone).
+    pub fn matches_every_key(&self) -> bool {
+        matches!(self.kind, Kind::Any)
+    }
+
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.source
@@ -83,7 +88,7 @@ impl KeyPattern {
     pub fn matches(&self, key: &[u8]) -> bool {
         match &self.kind {
             Kind::Any => true,
-            Kind::Exact(k) => key == &k[..],
+            Kind::Exact(k) => same_key(key, k),
             Kind::Prefix(p) => key.starts_with(p),
             Kind::Glob(_) | Kind::AnyOf(_) => self.matches_general(key),
         }
@@ -98,6 +103,36 @@ impl KeyPattern {
             Kind::Any | Kind::Exact(_) | Kind::Prefix(_) => self.matches(key),
         }
     }
+}
+
+/// `key == exact`, inline: keys differ in length more often than not, and an exact
+/// pattern (or a queue's key) is short, so comparing words here costs less than a call to
+/// `memcmp`.
+#[inline(always)]
+pub fn same_key(key: &[u8], exact: &[u8]) -> bool {
+    if key.len() != exact.len() {
+        return false;
+    }
+    let n = key.len();
+    if n < 8 {
+        if n < 4 {
+            return key.iter().zip(exact).all(|(a, b)| a == b);
+        }
+        // Two overlapping half-words cover four to seven bytes.
+        let half =
+            |s: &[u8], i: usize| u32::from_ne_bytes(s[i..i + 4].try_into().expect("4 bytes"));
+        return half(key, 0) == half(exact, 0) && half(key, n - 4) == half(exact, n - 4);
+    }
+    let word = |s: &[u8], i: usize| u64::from_ne_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+    // Whole words from the start, then the last eight bytes (overlapping the previous word).
+    let mut i = 0;
+    while i + 8 < n {
+        if word(key, i) != word(exact, i) {
+            return false;
+        }
+        i += 8;
+    }
+    word(key, n - 8) == word(exact, n - 8)
 }
 
 /// A byte as C's signed `char`, as Redis's range comparison sees it.
@@ -224,6 +259,22 @@ mod tests {
         assert!(m("*", b""));
         // Braces are not special to Redis.
         assert!(m("{a,b}", b"{a,b}") && !m("{a,b}", b"a"));
+    }
+
+    #[test]
+    fn exact_keys_of_every_length_compare_whole() {
+        for n in 0..40 {
+            let key: Vec<u8> = (0..n as u8).collect();
+            let p = KeyPattern::new(std::str::from_utf8(&key).expect("ascii"));
+            assert!(p.matches(&key), "{n}");
+            for i in 0..n {
+                let mut other = key.clone();
+                other[i] ^= 0x40;
+                assert!(!p.matches(&other), "{n} {i}");
+            }
+            assert!(!p.matches(&key[..n.saturating_sub(1)]) || n == 0);
+            assert!(!p.matches(&[&key[..], b"x"].concat()));
+        }
     }
 
     #[test]

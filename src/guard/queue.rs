@@ -42,6 +42,7 @@ use metrics::Counter;
 use rustc_hash::FxBuildHasher;
 
 use super::by_command::ByCommand;
+use super::pattern::same_key;
 use super::phase::Guard;
 use super::rule::{first_rule, printable_key, Action, Mode, Rule, RuleKind, RuleSpec};
 use super::verdict::{CommandView, Verdict};
@@ -286,7 +287,9 @@ impl QueueDepths {
     fn get_or_track(&self, key: &[u8], rule: &str) -> Option<Arc<TrackedQueue>> {
         let last = LAST_PUSHED.with_borrow(|last| match last {
             Some((id, q))
-                if *id == self.id && *q.key == *key && !q.forgotten.load(Ordering::Relaxed) =>
+                if *id == self.id
+                    && same_key(&q.key, key)
+                    && !q.forgotten.load(Ordering::Relaxed) =>
             {
                 Some(Arc::clone(q))
             }

@@ -49,6 +49,7 @@ impl EncodedArgs {
 /// The verdict that sends the command with the `extra` arguments after its own: the
 /// arguments alone written to `out` ([`Verdict::Append`]) when the client's own encoding
 /// can be sent, else the whole command written again ([`Verdict::Rewrite`]).
+#[inline(always)]
 pub fn appending(cmd: &CommandView<'_>, extra: &EncodedArgs, out: &mut BytesMut) -> Verdict {
     if cmd.wire.is_some() && cmd.is_whole() {
         out.extend_from_slice(&extra.bytes);
@@ -65,6 +66,7 @@ pub fn appending(cmd: &CommandView<'_>, extra: &EncodedArgs, out: &mut BytesMut)
 }
 
 /// Write the command followed by the `extra` arguments (multibulk) into `out`.
+#[inline(never)]
 pub fn encode_appending(cmd: &CommandView<'_>, extra: &EncodedArgs, out: &mut BytesMut) {
     resp::array_header(out, cmd.args.len() + extra.count);
     match &cmd.wire {

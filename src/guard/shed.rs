@@ -299,8 +299,27 @@ impl Guard for ShedGuard {
         self.pressure.engaged_for_write(size)
     }
 
+    #[inline]
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, _: &mut BytesMut) -> Verdict {
         let script = self.scripts.get(cmd.info);
+        // The common case, a plain write while no level is in force, decided here: the
+        // chain asks this guard about every write another guard wants, engaged or not.
+        if script == Script::None && self.pressure.is_normal() {
+            return Verdict::Forward;
+        }
+        self.check_pressed(script, cmd, client)
+    }
+}
+
+impl ShedGuard {
+    /// [`Guard::check`] for a script command, or any write while a level may be in force.
+    #[inline(never)]
+    fn check_pressed(
+        &self,
+        script: Script,
+        cmd: &CommandView<'_>,
+        client: &ClientIdentity,
+    ) -> Verdict {
         let verdict = self.judge(script, cmd, client);
         // A source is remembered only when Redis gets to load it (FUNCTION LOAD grows
         // memory and may be refused).
@@ -309,9 +328,7 @@ impl Guard for ShedGuard {
         }
         verdict
     }
-}
 
-impl ShedGuard {
     /// The verdict on `cmd` at the current level.
     fn judge(&self, script: Script, cmd: &CommandView<'_>, client: &ClientIdentity) -> Verdict {
         // Redis does not flag SCRIPT LOAD `denyoom` and runs it past maxmemory: a client whose

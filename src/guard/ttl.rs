@@ -129,6 +129,10 @@ pub struct TtlLimits {
     /// By [`KeyMode`]: `NX <ttl_millis>` and `LT <max_millis>`, a wrapped command's
     /// arguments for one key of the rule, encoded once.
     wrap_args: [EncodedArgs; 2],
+    /// By condition (`ok`, `changed`) and then [`KeyMode`]: the condition followed by
+    /// `wrap_args`, the whole tail of the script's arguments when the rule's key is the only
+    /// one wrapped (almost every wrapped write), written in one copy.
+    wrap_tails: [[Box<[u8]>; 2]; 2],
     /// Largest TTL a client may set.
     pub max_ttl: Option<Duration>,
     /// `max_ttl` in milliseconds as decimal text (`0` for none).
@@ -141,6 +145,9 @@ pub struct TtlLimits {
 #[derive(Debug)]
 pub struct TtlGuard {
     rules: Vec<Rule<TtlLimits>>,
+    /// The first rule applies to every key of every client (`*`, the usual catch-all):
+    /// it is the rule of every key without a job library's shape.
+    first_takes_all: bool,
     /// By command id: what the guard does with the command.
     kinds: ByCommand<CommandKind>,
 }
@@ -312,7 +319,13 @@ impl TtlGuard {
                 EncodedArgs::new(&[b"NX", &ttl_millis]),
                 EncodedArgs::new(&[b"LT", &max_millis]),
             ];
+            let wrap_tails = CONDITIONS.map(|condition| {
+                wrap_args
+                    .each_ref()
+                    .map(|args| [condition, args.bytes()].concat().into_boxed_slice())
+            });
             let limits = TtlLimits {
+                wrap_tails,
                 px_ttl: EncodedArgs::new(&[b"PX", &ttl_millis]),
                 wrap_args,
                 ttl_millis,
@@ -325,13 +338,28 @@ impl TtlGuard {
             rules.push(Rule::new(kind, spec, limits));
         }
         let kinds = ByCommand::build(table, |info| CommandKind::of(info, &extra));
-        Ok(TtlGuard { rules, kinds })
+        let first_takes_all = rules.first().is_some_and(|r| r.applies_to_everything());
+        Ok(TtlGuard {
+            rules,
+            first_takes_all,
+            kinds,
+        })
     }
 
     /// The rule for `key` written by `client`: the first that applies, a catch-all rule
     /// passed over for a key with a job library's shape (see the module documentation).
-    #[inline]
+    #[inline(always)]
     fn rule_for(&self, key: &[u8], client: &ClientIdentity) -> Option<&Rule<TtlLimits>> {
+        // `*` is a catch-all: the search goes on only for a job library's key.
+        if self.first_takes_all && library_of(key).is_none() {
+            return self.rules.first();
+        }
+        self.search_rules(key, client)
+    }
+
+    /// [`Self::rule_for`] by trying each rule in turn.
+    #[inline(never)]
+    fn search_rules(&self, key: &[u8], client: &ClientIdentity) -> Option<&Rule<TtlLimits>> {
         self.rules
             .iter()
             .find(|r| r.applies(key, client) && !(r.limits.catch_all && library_of(key).is_some()))
@@ -343,7 +371,7 @@ impl TtlGuard {
     }
 
     /// Count a decision and, in observe mode, log it and forward the command unchanged.
-    #[inline]
+    #[inline(always)]
     fn act(
         &self,
         rule: &Rule<TtlLimits>,
@@ -565,6 +593,9 @@ fn find_expiry_option(cmd: &CommandView<'_>, from: usize) -> Option<(usize, Expi
 }
 
 impl TtlGuard {
+    /// A SET: `PX <ttl>` appended to one without an expiry, its expiry clamped, or wrapped
+    /// when its value streams. Inlined into the check, its only caller.
+    #[inline(always)]
     fn check_set(
         &self,
         cmd: &CommandView<'_>,
@@ -658,7 +689,7 @@ impl TtlGuard {
                 .written_key_positions_by(cmd.argc, |i| cmd.arg(i), &mut found);
             &found
         };
-        let mut chosen: SmallVec<[(&[u8], &Rule<TtlLimits>); 4]> = SmallVec::new();
+        let mut chosen: SmallVec<[WrappedKey<'_>; 4]> = SmallVec::new();
         for &k in written {
             let Some(key) = cmd.arg(k) else { continue };
             let Some(rule) = self.rule_for(key, client) else {
@@ -670,23 +701,20 @@ impl TtlGuard {
             if !rule.decided(Action::TtlAdded, client, &cmd.info.name, || on_key(key)) {
                 continue;
             }
-            chosen.push((key, rule));
+            chosen.push((key, rule, KeyMode::Default));
         }
         if chosen.is_empty() {
             return Verdict::Forward;
         }
         let wrappable = wrappable(cmd.info, cmd.argc + 4 + 4 * chosen.len());
         if wrappable {
-            let keys = chosen
-                .iter()
-                .map(|&(key, rule)| (key, rule, KeyMode::Default));
-            wrap(cmd, keys, self.kinds.get(cmd.info).write_on_success, out);
+            wrap(cmd, &chosen, self.kinds.get(cmd.info).write_on_success, out);
             return Verdict::Rewrite {
                 replacement: Some(out.len()),
                 hidden: 0,
             };
         }
-        for &(key, rule) in &chosen {
+        for &(key, rule, _) in &chosen {
             resp::array_header(out, 4);
             resp::bulk(out, b"PEXPIRE");
             resp::bulk(out, key);
@@ -787,12 +815,7 @@ impl TtlGuard {
             wrap_set(cmd, key, rule, out);
         } else {
             let write_on_success = self.kinds.get(cmd.info).write_on_success;
-            wrap(
-                cmd,
-                std::iter::once((key, rule, mode)),
-                write_on_success,
-                out,
-            );
+            wrap(cmd, &[(key, rule, mode)], write_on_success, out);
         }
         let v = Verdict::Rewrite {
             replacement: Some(out.len()),
@@ -870,6 +893,10 @@ impl TtlGuard {
     }
 }
 
+/// A key a wrapped command writes, the rule that gives it its expiry, and what the script
+/// does to it.
+type WrappedKey<'a> = (&'a [u8], &'a Rule<TtlLimits>, KeyMode);
+
 /// Whether a command can run inside the script with `total` arguments in all.
 fn wrappable(info: &CommandInfo, total: usize) -> bool {
     !info.flags.contains(Flags::BLOCKING)
@@ -880,39 +907,42 @@ fn wrappable(info: &CommandInfo, total: usize) -> bool {
 /// Write `EVAL <script> <n> <keys…> <condition> <mode millis…> <command…>`: the
 /// script's arguments, then the client's command as it encoded it (for a streamed command,
 /// its head; the rest follows unchanged). No key's mode is [`KeyMode::SetOptions`].
-fn wrap<'k>(
+fn wrap(
     cmd: &CommandView<'_>,
-    keys: impl Iterator<Item = (&'k [u8], &'k Rule<TtlLimits>, KeyMode)> + Clone,
+    keys: &[WrappedKey<'_>],
     write_on_success: bool,
     out: &mut BytesMut,
 ) {
-    let n = keys.clone().count();
+    debug_assert!(
+        keys.iter().all(|&(_, _, mode)| mode != KeyMode::SetOptions),
+        "a SET's options have their own script"
+    );
+    let n = keys.len();
     resp::array_header(out, 3 + n + 1 + 2 * n + cmd.argc);
-    if n == 1 {
+    // The condition, `ok` or `changed`, as a bulk string: by index into CONDITIONS.
+    let condition = usize::from(!write_on_success);
+    if let [(key, rule, mode)] = keys {
         out.extend_from_slice(EVAL_SCRIPT_ONE_KEY.bytes());
+        resp::bulk(out, key);
+        out.extend_from_slice(&rule.limits.wrap_tails[condition][*mode as usize]);
     } else {
         out.extend_from_slice(EVAL_SCRIPT.bytes());
         resp::bulk(out, Decimal::of(n as u64).as_bytes());
-    }
-    for (key, _, _) in keys.clone() {
-        resp::bulk(out, key);
-    }
-    // The condition, `ok` or `changed`, as a bulk string.
-    let condition: &[u8] = if write_on_success {
-        b"$2\r\nok\r\n"
-    } else {
-        b"$7\r\nchanged\r\n"
-    };
-    out.extend_from_slice(condition);
-    for (_, rule, mode) in keys {
-        debug_assert!(
-            mode != KeyMode::SetOptions,
-            "a SET's options have their own script"
-        );
-        out.extend_from_slice(rule.limits.wrap_args[mode as usize].bytes());
+        for (key, _, _) in keys {
+            resp::bulk(out, key);
+        }
+        out.extend_from_slice(CONDITIONS[condition]);
+        for (_, rule, mode) in keys {
+            out.extend_from_slice(rule.limits.wrap_args[*mode as usize].bytes());
+        }
     }
     copy_command(cmd, out);
 }
+
+/// The script's condition for setting the keys' expiries, encoded: `ok` (the command
+/// succeeded) for a command that always writes when it succeeds, else `changed` (its reply
+/// says it changed something).
+const CONDITIONS: [&[u8]; 2] = [b"$2\r\nok\r\n", b"$7\r\nchanged\r\n"];
 
 /// Write `EVAL <set script> 1 <key> <ttl> <max_ttl> <SET…>` for a SET whose options follow
 /// its streamed value (see `ttl_set_script.lua`).
@@ -927,7 +957,7 @@ fn wrap_set(cmd: &CommandView<'_>, key: &[u8], rule: &Rule<TtlLimits>, out: &mut
 
 /// The client's command as it encoded it, after its `*N` line (for a streamed command, its
 /// head: the rest follows unchanged).
-#[inline]
+#[inline(always)]
 fn copy_command(cmd: &CommandView<'_>, out: &mut BytesMut) {
     match &cmd.wire {
         Some(wire) => out.extend_from_slice(&cmd.src[wire.clone()]),

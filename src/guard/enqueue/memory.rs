@@ -83,7 +83,7 @@ impl EnqueueMemory {
 
     /// Now, in the tables' whole seconds (never 0).
     pub fn now(&self) -> u32 {
-        self.clock.elapsed().as_secs() as u32 + 1
+        self.clock.secs() as u32 + 1
     }
 
     /// The hasher of the jobs `client` enqueues under the rule of `limits`, with `context`
@@ -99,47 +99,20 @@ impl EnqueueMemory {
         client: &ClientIdentity,
         context: &[&[u8]],
     ) -> JobHasher {
-        let mut h = self.scoped(limits, client);
+        let mut h = ContextHasher::new(&self.hashes);
+        scoped(&mut h, limits, client);
         for part in context {
             h.part(part);
         }
         h.finish()
     }
 
-    /// A hasher that has taken the rule's index and the scope of `client` under it: each of
-    /// user, client name and address, when the scope has it, else an empty part. A user or
-    /// name the client has not set is an absent part, as is one set to `\0none` (which always
-    /// stood for the unset one).
-    #[inline(always)]
-    fn scoped(&self, limits: &EnqueueLimits, client: &ClientIdentity) -> ContextHasher {
-        let s = limits.scope;
-        let mut h = ContextHasher::new(&self.hashes);
-        h.part(&[limits.index]);
-        for (bit, v) in [
-            (SCOPE_USER, client.user.as_deref()),
-            (SCOPE_NAME, client.name.as_deref()),
-        ] {
-            match v {
-                _ if s & bit == 0 => h.part(b""),
-                Some(v) if v != b"\0none" => h.part(v),
-                _ => h.absent(),
-            };
-        }
-        if s & SCOPE_ADDRESS == 0 {
-            h.part(b"");
-        } else {
-            match client.peer.ip() {
-                std::net::IpAddr::V4(a) => h.part(&a.octets()),
-                std::net::IpAddr::V6(a) => h.part(&a.octets()),
-            };
-        }
-        h
-    }
-
     /// The scope of `client` under the rule of `limits`, hashed (with the rule's index: the
     /// key of its token bucket).
     fn scope(&self, limits: &EnqueueLimits, client: &ClientIdentity) -> u64 {
-        self.scoped(limits, client).finish().hash(b"")
+        let mut h = ContextHasher::new(&self.hashes);
+        scoped(&mut h, limits, client);
+        h.finish().hash(b"")
     }
 
     /// Count one enqueue of `job` by `client` under the rule of `limits`, and decide whether
@@ -280,6 +253,34 @@ impl EnqueueMemory {
     /// Whether `job_id` was dropped in the last seconds, as of `now` ([`EnqueueMemory::now`]).
     pub fn was_dropped(&self, job_id: &[u8], now: u32) -> bool {
         self.dropped_ids.contains(self.hash(&[job_id]), now)
+    }
+}
+
+/// Frame into `h` the rule's index and the scope of `client` under it: each of
+/// user, client name and address, when the scope has it, else an empty part. A user or
+/// name the client has not set is an absent part, as is one set to `\0none` (which always
+/// stood for the unset one).
+#[inline(always)]
+fn scoped(h: &mut ContextHasher, limits: &EnqueueLimits, client: &ClientIdentity) {
+    let s = limits.scope;
+    h.part(&[limits.index]);
+    for (bit, v) in [
+        (SCOPE_USER, client.user.as_deref()),
+        (SCOPE_NAME, client.name.as_deref()),
+    ] {
+        match v {
+            _ if s & bit == 0 => h.part(b""),
+            Some(v) if v != b"\0none" => h.part(v),
+            _ => h.absent(),
+        };
+    }
+    if s & SCOPE_ADDRESS == 0 {
+        h.part(b"");
+    } else {
+        match client.peer.ip() {
+            std::net::IpAddr::V4(a) => h.part(&a.octets()),
+            std::net::IpAddr::V6(a) => h.part(&a.octets()),
+        };
     }
 }
 
