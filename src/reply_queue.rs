@@ -282,6 +282,42 @@ impl ReplyQueue {
         }
     }
 
+    /// Whether the next reply is the answer of a watched head entry that is otherwise
+    /// plain: one reply, forwarded, its one effect a guard's watch (a push onto a followed
+    /// queue). Matched as [`Self::next_reply_is_plain`], by [`Self::pop_watched`].
+    #[inline]
+    pub fn next_reply_is_watched(&self) -> bool {
+        !self.monitoring
+            && matches!(
+                self.entries.front(),
+                Some(Pending {
+                    expect: Expect::One,
+                    disposition: Disposition::Forward,
+                    effect: Effect::Watched(_),
+                    ..
+                })
+            )
+    }
+
+    /// Take the watched head entry (see [`Self::next_reply_is_watched`]): its command id,
+    /// when it was read, and its watch.
+    #[inline]
+    pub fn pop_watched(&mut self) -> Option<(u16, u64, ReplyWatch)> {
+        match self.entries.pop_front()? {
+            Pending {
+                effect: Effect::Watched(watch),
+                command,
+                received_us,
+                ..
+            } => Some((command, received_us, watch)),
+            other => {
+                debug_assert!(false, "not a watched entry: {other:?}");
+                self.entries.push_front(other);
+                None
+            }
+        }
+    }
+
     /// Whether the head entry is a local answer, which the session can send now.
     #[inline]
     pub fn front_is_local(&self) -> bool {

@@ -504,6 +504,33 @@ impl ReplyScanner {
         Some(end)
     }
 
+    /// An integer reply (`:<n>\r\n`, its line at most [`SKIP_LINE`] bytes) skipped, with
+    /// what the general path notes of it: where it ends, and its [`ReplyInfo`] (the value
+    /// in `last_int`). `None`, and nothing consumed, for any other reply.
+    #[inline]
+    pub fn skip_integer_reply(&mut self, buf: &[u8]) -> Option<(usize, ReplyInfo)> {
+        let start = self.pos;
+        if buf.get(start) != Some(&b':') {
+            return None;
+        }
+        if self.state != State::Value || self.nesting.depth != 0 || self.started {
+            return None;
+        }
+        let line = buf.get(start + 1..)?;
+        let line = &line[..line.len().min(SKIP_LINE)];
+        let cr = line.iter().position(|&b| b == b'\r')?;
+        if line.get(cr + 1) != Some(&b'\n') {
+            return None;
+        }
+        let end = start + 1 + cr + 2;
+        self.pos = end;
+        let info = ReplyInfo {
+            last_int: crate::scanner::request::parse_int(&line[..cr]),
+            ..empty_info()
+        };
+        Some((end, info))
+    }
+
     /// The common reply, read in one step: a simple string, error, integer or bulk string
     /// (RESP2's types) at the start of a reply. `None` hands the reply to the general path,
     /// left where it would have been (a bulk string's payload still to come, or nothing read
@@ -727,6 +754,27 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn skipping_an_integer_reply_notes_what_scanning_it_does() {
+        for reply in [
+            &b":7\r\n"[..],
+            b":-12\r\n",
+            b":0\r\n",
+            b":99999999999999999999\r\n",
+        ] {
+            let padded = [reply, b":1\r\n+OK\r\n"].concat();
+            let mut whole = ReplyScanner::new();
+            assert_eq!(whole.scan(&padded), Ok(ReplyStep::Done(reply.len())));
+            let skipped = ReplyScanner::new().skip_integer_reply(&padded);
+            assert_eq!(skipped, Some((reply.len(), *whole.info())), "{reply:?}");
+        }
+        for other in [&b"+OK\r\n"[..], b"$1\r\n1\r\n", b"-ERR x\r\n", b":1\r"] {
+            let mut s = ReplyScanner::new();
+            assert_eq!(s.skip_integer_reply(other), None, "{other:?}");
+            assert_eq!(s.pos, 0);
         }
     }
 

@@ -26,6 +26,9 @@ impl Session {
     pub(super) fn on_upstream_input(&mut self) -> Result<(), String> {
         loop {
             self.forward_plain_replies();
+            while self.reply_forwarded.is_none() && self.forward_watched_reply() {
+                self.forward_plain_replies();
+            }
             self.emit_local_replies();
             if self.reply_forwarded.is_none() {
                 match self.begin_reply() {
@@ -71,15 +74,39 @@ impl Session {
     /// from where this stopped.
     #[inline]
     fn forward_plain_replies(&mut self) {
-        while self.reply_forwarded.is_none() && self.state.queue().next_reply_is_plain() {
+        while self.reply_forwarded.is_none() {
+            if !self.state.queue().next_reply_is_plain() {
+                return;
+            }
             let (scanner, input) = self.replies.scan_parts();
             let Some(end) = scanner.skip_plain_reply(input) else {
-                break;
+                return;
             };
             let (command, received_us) = self.state.queue_mut().pop_plain();
             self.replies.ready_upto(end);
             self.record_latency(command, received_us, self.replies_arrived_us);
         }
+    }
+
+    /// [`Self::forward_plain_replies`] for a watched entry answered by an integer (a push
+    /// onto a followed queue, answered by the queue's length): matched the same way, its
+    /// watch handed what the general path would hand it. True when one was.
+    #[inline(never)]
+    fn forward_watched_reply(&mut self) -> bool {
+        if !self.state.queue().next_reply_is_watched() {
+            return false;
+        }
+        let (scanner, input) = self.replies.scan_parts();
+        let Some((end, info)) = scanner.skip_integer_reply(input) else {
+            return false;
+        };
+        let Some((command, received_us, watch)) = self.state.queue_mut().pop_watched() else {
+            return false;
+        };
+        self.replies.ready_upto(end);
+        self.record_latency(command, received_us, self.replies_arrived_us);
+        watch.on_reply(&info);
+        true
     }
 
     /// A reply begins at the scan position, if any byte of it has arrived: decide from its
