@@ -201,7 +201,8 @@ pub struct Judge<'j> {
 
 /// The guards' verdict on `command`: `Forward` unless a guard wants it, the connection lets
 /// guards act (`connection_allows`, asked only for a command a guard wants) and one that
-/// wants it is engaged at the command's size (the shed guard only under pressure). A command
+/// wants it is engaged at the command's size (the shed guard only under pressure); only the
+/// engaged ones are asked. A command
 /// the keyspace insight observes has its keys found whatever the guards want, and the
 /// insight sees it with the verdict.
 #[inline]
@@ -212,17 +213,16 @@ pub fn judge(
     connection_allows: impl FnOnce() -> bool,
 ) -> Verdict {
     let guards = with.guards;
-    let applies =
-        guards.wants(info.id) && connection_allows() && guards.engaged(info.id, command.span.size);
-    if !applies && with.observe.is_none() {
+    let engaged = if guards.wants(info.id) && connection_allows() {
+        guards.engaged(info.id, command.span.size)
+    } else {
+        0
+    };
+    if engaged == 0 && with.observe.is_none() {
         return Verdict::Forward;
     }
     let view = command.view(info, with.keys, with.access);
-    let (verdict, by) = if applies {
-        guards.check_deciding(&view, with.client, with.scratch)
-    } else {
-        (Verdict::Forward, 0)
-    };
+    let (verdict, by) = guards.check_deciding(&view, with.client, with.scratch, engaged);
     if let Some(insight) = with.observe {
         insight.observe(&view, outcome(guards, &verdict, by));
     }

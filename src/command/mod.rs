@@ -230,6 +230,9 @@ pub struct CommandInfo {
     /// How the session must follow it.
     pub special: Special,
     key_specs: Vec<KeySpec>,
+    /// The one key's index, when the key specifications say only "the argument at this
+    /// index" (GET, SET, HSET, LPUSH …): found without walking them.
+    one_key: Option<usize>,
     has_subcommands: bool,
 }
 
@@ -317,6 +320,12 @@ impl CommandInfo {
         arg: impl Fn(usize) -> Option<&'a [u8]>,
         out: &mut Vec<usize>,
     ) {
+        if let Some(i) = self.one_key {
+            if i < argc {
+                out.push(i);
+            }
+            return;
+        }
         for spec in &self.key_specs {
             spec.find_keys(argc, &arg, out);
         }
@@ -455,6 +464,7 @@ impl CommandTable {
                 flags: Flags::WRITE,
                 special: Special::None,
                 key_specs: Vec::new(),
+                one_key: None,
                 has_subcommands: false,
             },
             source,
@@ -564,6 +574,14 @@ impl CommandTable {
             _ => None,
         };
         let id = self.commands.len() as u16;
+        let one_key = match &key_specs[..] {
+            [KeySpec {
+                begin: BeginSearch::Index(i),
+                find: FindKeys::Range { last_key: 0, .. },
+                ..
+            }] => Some(*i),
+            _ => None,
+        };
         self.commands.push(CommandInfo {
             name: String::from_utf8_lossy(&name).into(),
             id,
@@ -571,6 +589,7 @@ impl CommandTable {
             flags,
             special: Special::from_name(&name),
             key_specs,
+            one_key,
             has_subcommands: subcommands.is_some(),
         });
         if let Some(subs) = subcommands {
@@ -774,6 +793,32 @@ mod tests {
         // WAITAOF came with Redis 7.2, after the recorded table.
         assert_eq!(Special::from_name(b"waitaof"), Special::Wait);
         assert_eq!(Special::from_name(b"waits"), Special::None);
+    }
+
+    #[test]
+    fn a_one_key_command_finds_the_keys_its_specifications_give() {
+        let table = CommandTable::builtin();
+        let args: Vec<Vec<u8>> = (0..8).map(|i| format!("a{i}").into_bytes()).collect();
+        let mut shortcuts = 0;
+        for info in table.all() {
+            shortcuts += usize::from(info.one_key.is_some());
+            for argc in 0..args.len() {
+                let arg = |i: usize| args[..argc].get(i).map(Vec::as_slice);
+                let (mut quick, mut walked) = (Vec::new(), Vec::new());
+                info.key_positions_by(argc, arg, &mut quick);
+                for spec in &info.key_specs {
+                    spec.find_keys(argc, &arg, &mut walked);
+                }
+                assert_eq!(quick, walked, "{} with {argc} arguments", info.name);
+            }
+        }
+        assert!(
+            shortcuts > 100,
+            "most commands have one key at a fixed place"
+        );
+        for name in ["get", "set", "hset", "lpush"] {
+            assert_eq!(table.lookup(&[name]).one_key, Some(1), "{name}");
+        }
     }
 
     #[test]

@@ -129,18 +129,22 @@ impl Guards {
         self.wanted.by_id(command) != 0
     }
 
-    /// Whether a guard that wants this command (of `size` bytes) may act on it now; when
-    /// none may, the command is forwarded without finding its keys. Every gated guard that
-    /// wants the command is asked, whatever the others say: the shed guard counts a
-    /// memory-growing write towards the pressure estimate there.
+    /// The guards (a bit each, in chain order) that want this command (of `size` bytes)
+    /// and may act on it now: each that never disengages, and each that may ([`Guard::may_disengage`])
+    /// when engaged or always engaged for the command. 0 when none may: the command is
+    /// forwarded without finding its keys. Every gated guard that wants the command is
+    /// asked, whatever the others say: the shed guard counts a memory-growing write towards
+    /// the pressure estimate there.
     #[inline]
-    pub fn engaged(&self, command: u16, size: u64) -> bool {
+    pub fn engaged(&self, command: u16, size: u64) -> u8 {
         let bits = self.wanted.by_id(command);
         let mut gated = bits & self.gated;
-        let mut engaged =
-            bits & !self.gated != 0 || (gated != 0 && gated & self.ungated.by_id(command) != 0);
+        let mut engaged = (bits & !self.gated) | (gated & self.ungated.by_id(command));
         while gated != 0 {
-            engaged |= self.chain[gated.trailing_zeros() as usize].engaged(size);
+            let at = gated.trailing_zeros();
+            if self.chain[at as usize].engaged(size) {
+                engaged |= 1 << at;
+            }
             gated &= gated - 1;
         }
         engaged
@@ -158,29 +162,20 @@ impl Guards {
         self.as_user != 0
     }
 
-    /// Run the checks of the guards that want the command, in order; the first verdict that
-    /// is not `Forward` decides. A guard asking to see the reply leaves its watch in the
-    /// view.
-    pub fn check(
-        &self,
-        cmd: &CommandView<'_>,
-        client: &ClientIdentity,
-        out: &mut BytesMut,
-    ) -> Verdict {
-        self.check_deciding(cmd, client, out).0
-    }
-
-    /// [`Self::check`], and which guard decided: its bit (0 when every guard forwarded),
-    /// for [`Self::ttl_decided`].
+    /// Run the checks of the `engaged` guards ([`Self::engaged`]), in order; the first
+    /// verdict that is not `Forward` decides, and which guard gave it is returned too (its
+    /// bit; 0 when every guard forwarded), for [`Self::ttl_decided`]. A guard asking to see
+    /// the reply leaves its watch in the view.
     #[inline]
     pub fn check_deciding(
         &self,
         cmd: &CommandView<'_>,
         client: &ClientIdentity,
         out: &mut BytesMut,
+        engaged: u8,
     ) -> (Verdict, u8) {
-        // Only the guards that want the command, lowest bit (first in the chain) first.
-        let mut bits = self.wanted.get(cmd.info);
+        // Lowest bit (first in the chain) first.
+        let mut bits = engaged;
         while bits != 0 {
             let at = bits.trailing_zeros();
             let guard = &self.chain[at as usize];

@@ -303,7 +303,8 @@ impl Guard for ShedGuard {
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, _: &mut BytesMut) -> Verdict {
         let script = self.scripts.get(cmd.info);
         // The common case, a plain write while no level is in force, decided here: the
-        // chain asks this guard about every write another guard wants, engaged or not.
+        // chain asks this guard only when it is engaged, but the level may have fallen
+        // back since.
         if script == Script::None && self.pressure.is_normal() {
             return Verdict::Forward;
         }

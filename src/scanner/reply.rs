@@ -446,7 +446,11 @@ impl ReplyScanner {
             }
         }
     }
+}
 
+/// The common replies skipped in one step, for a caller that matches them with their
+/// commands without the general path.
+impl ReplyScanner {
     /// Skip a whole short reply of RESP2's plain types (a simple string, error or integer
     /// line of up to [`SKIP_LINE`] bytes, or a bulk string with a plain length) starting at
     /// the scan position: its end. For a caller that needs nothing of the reply but where
@@ -530,7 +534,10 @@ impl ReplyScanner {
         };
         Some((end, info))
     }
+}
 
+/// The general scan's first step, and its helpers.
+impl ReplyScanner {
     /// The common reply, read in one step: a simple string, error, integer or bulk string
     /// (RESP2's types) at the start of a reply. `None` hands the reply to the general path,
     /// left where it would have been (a bulk string's payload still to come, or nothing read
