@@ -254,15 +254,22 @@ impl ReplyQueue {
     /// ([`Self::pop_plain`]), exactly as [`Self::on_reply`] would match it.
     #[inline]
     pub fn next_reply_is_plain(&self) -> bool {
+        self.next_reply_is_one_forwarded(|effect| matches!(effect, Effect::None))
+    }
+
+    /// Whether the head entry waits for one reply, forwarded, on a connection where no
+    /// reply can be a MONITOR line, and its effect is one that `effect` accepts.
+    #[inline(always)]
+    fn next_reply_is_one_forwarded(&self, effect: impl Fn(&Effect) -> bool) -> bool {
         !self.monitoring
             && matches!(
                 self.entries.front(),
                 Some(Pending {
                     expect: Expect::One,
                     disposition: Disposition::Forward,
-                    effect: Effect::None,
+                    effect: e,
                     ..
-                })
+                }) if effect(e)
             )
     }
 
@@ -287,16 +294,7 @@ impl ReplyQueue {
     /// queue). Matched as [`Self::next_reply_is_plain`], by [`Self::pop_watched`].
     #[inline]
     pub fn next_reply_is_watched(&self) -> bool {
-        !self.monitoring
-            && matches!(
-                self.entries.front(),
-                Some(Pending {
-                    expect: Expect::One,
-                    disposition: Disposition::Forward,
-                    effect: Effect::Watched(_),
-                    ..
-                })
-            )
+        self.next_reply_is_one_forwarded(|effect| matches!(effect, Effect::Watched(_)))
     }
 
     /// Take the watched head entry (see [`Self::next_reply_is_watched`]): its command id,

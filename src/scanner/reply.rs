@@ -485,14 +485,8 @@ impl ReplyScanner {
                     .checked_add(2)?
             }
             b'$' => {
-                let line = buf.get(at + 1..)?;
-                let line = &line[..line.len().min(SKIP_LINE)];
-                let cr = line.iter().position(|&b| b == b'\r')?;
-                if line.get(cr + 1) != Some(&b'\n') {
-                    return None;
-                }
-                let body = at + 1 + cr + 2;
-                match parse_signed_len(&line[..cr]).ok()? {
+                let (line, body) = short_line(buf, at)?;
+                match parse_signed_len(line).ok()? {
                     None => body,
                     Some(len) => body
                         .checked_add(usize::try_from(len).ok()?)?
@@ -520,16 +514,10 @@ impl ReplyScanner {
         if self.state != State::Value || self.nesting.depth != 0 || self.started {
             return None;
         }
-        let line = buf.get(start + 1..)?;
-        let line = &line[..line.len().min(SKIP_LINE)];
-        let cr = line.iter().position(|&b| b == b'\r')?;
-        if line.get(cr + 1) != Some(&b'\n') {
-            return None;
-        }
-        let end = start + 1 + cr + 2;
+        let (line, end) = short_line(buf, start)?;
         self.pos = end;
         let info = ReplyInfo {
-            last_int: crate::scanner::request::parse_int(&line[..cr]),
+            last_int: crate::scanner::request::parse_int(line),
             ..empty_info()
         };
         Some((end, info))
@@ -681,6 +669,19 @@ fn parse_len(s: &[u8]) -> Result<u64, ReplyError> {
         Some(n) if n >= 0 => Ok(n as u64),
         _ => Err(ReplyError::InvalidLength),
     }
+}
+
+/// The line after the type byte at `at`, if it ends in `\r\n` within [`SKIP_LINE`] bytes:
+/// its contents and the offset past it.
+#[inline(always)]
+fn short_line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let line = buf.get(at + 1..)?;
+    let line = &line[..line.len().min(SKIP_LINE)];
+    let cr = line.iter().position(|&b| b == b'\r')?;
+    if line.get(cr + 1) != Some(&b'\n') {
+        return None;
+    }
+    Some((&line[..cr], at + 1 + cr + 2))
 }
 
 /// Where the first `\n` of `line` is, if it is among its first eight bytes and they are

@@ -605,17 +605,26 @@ impl RequestScanner {
     /// read in one step (the same arguments [`Self::scan`] would take in one step).
     #[inline]
     pub fn skim_end(&self, buf: &[u8], skimmed: &Skimmed) -> Option<usize> {
+        let (longest, last_start) = self.rest_bounds(skimmed);
         let (end, remaining) = walk_args(
             buf,
             skimmed.rest,
             skimmed.remaining,
-            self.one_step.longest_arg,
-            skimmed
-                .start
-                .saturating_add(self.limits.max_buffered_command),
+            longest,
+            last_start,
             |_| {},
         );
         (remaining == 0).then_some(end)
+    }
+
+    /// The bounds [`walk_args`] keeps to after a skimmed command's name: the longest
+    /// argument, and where the last argument may start.
+    #[inline(always)]
+    fn rest_bounds(&self, skimmed: &Skimmed) -> (u64, usize) {
+        let last_start = skimmed
+            .start
+            .saturating_add(self.limits.max_buffered_command);
+        (self.one_step.longest_arg, last_start)
     }
 
     /// Take the skimmed commands up to `end` as read: the next scan starts there. Their
@@ -633,19 +642,14 @@ impl RequestScanner {
     /// `None`, and nothing taken, otherwise (the next scan reads it afresh).
     #[inline]
     pub fn take_whole(&mut self, buf: &[u8], skimmed: &Skimmed) -> Option<usize> {
-        self.args.clear();
-        self.args.push(skimmed.name.clone());
+        let (longest, last_start) = self.rest_bounds(skimmed);
         let args = &mut self.args;
-        let (end, remaining) = walk_args(
-            buf,
-            skimmed.rest,
-            skimmed.remaining,
-            self.one_step.longest_arg,
-            skimmed
-                .start
-                .saturating_add(self.limits.max_buffered_command),
-            |arg| args.push(arg),
-        );
+        args.clear();
+        args.push(skimmed.name.clone());
+        let (rest, remaining) = (skimmed.rest, skimmed.remaining);
+        let (end, remaining) = walk_args(buf, rest, remaining, longest, last_start, |arg| {
+            args.push(arg)
+        });
         if remaining > 0 {
             self.args.clear();
             return None;
