@@ -460,7 +460,7 @@ impl ReplyScanner {
     /// of at most [`SKIP_LINE`] bytes.
     #[inline]
     pub fn skip_plain_reply(&mut self, buf: &[u8]) -> Option<usize> {
-        if self.state != State::Value || self.nesting.depth != 0 || self.started {
+        if !self.at_reply_start() {
             return None;
         }
         let at = self.pos;
@@ -502,6 +502,13 @@ impl ReplyScanner {
         Some(end)
     }
 
+    /// Whether the scan position is at the start of a top-level reply, where the one-step
+    /// skips may read.
+    #[inline(always)]
+    fn at_reply_start(&self) -> bool {
+        self.state == State::Value && self.nesting.depth == 0 && !self.started
+    }
+
     /// An integer reply (`:<n>\r\n`, its line at most [`SKIP_LINE`] bytes) skipped, with
     /// what the general path notes of it: where it ends, and its [`ReplyInfo`] (the value
     /// in `last_int`). `None`, and nothing consumed, for any other reply.
@@ -511,7 +518,7 @@ impl ReplyScanner {
         if buf.get(start) != Some(&b':') {
             return None;
         }
-        if self.state != State::Value || self.nesting.depth != 0 || self.started {
+        if !self.at_reply_start() {
             return None;
         }
         let (line, end) = short_line(buf, start)?;

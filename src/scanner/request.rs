@@ -535,10 +535,7 @@ impl RequestScanner {
         if self.state != State::Idle || buf.get(start) != Some(&b'*') {
             return None;
         }
-        let (count, next) = length_line(buf, start, b'*')?;
-        if count == 0 || count > self.one_step.max_args {
-            return None;
-        }
+        let (count, next) = self.count_line(buf, start)?;
         self.cmd_start = start;
         self.args.clear();
         self.args_inline = false;
@@ -558,16 +555,11 @@ impl RequestScanner {
     /// input, streaming and errors. Returns how many arguments remain.
     #[inline]
     fn whole_args(&mut self, buf: &[u8], remaining: u64) -> u64 {
+        let (longest, last_start) = (self.one_step.longest_arg, self.last_start(self.cmd_start));
         let args = &mut self.args;
-        let (pos, remaining) = walk_args(
-            buf,
-            self.pos,
-            remaining,
-            self.one_step.longest_arg,
-            self.cmd_start
-                .saturating_add(self.limits.max_buffered_command),
-            |arg| args.push(arg),
-        );
+        let (pos, remaining) = walk_args(buf, self.pos, remaining, longest, last_start, |arg| {
+            args.push(arg)
+        });
         self.pos = pos;
         self.line_search = 0;
         remaining
@@ -583,13 +575,10 @@ impl RequestScanner {
         if self.state != State::Idle {
             return None;
         }
-        let (count, at) = length_line(buf, start, b'*')?;
-        if count == 0 || count > self.one_step.max_args {
-            return None;
-        }
+        let (count, at) = self.count_line(buf, start)?;
         let (len, body) = bulk_line(buf, at)?;
         let end = body + len as usize + 2;
-        let too_far = at > start.saturating_add(self.limits.max_buffered_command);
+        let too_far = at > self.last_start(start);
         if len > self.one_step.longest_arg || end > buf.len() || too_far {
             return None;
         }
@@ -621,10 +610,22 @@ impl RequestScanner {
     /// argument, and where the last argument may start.
     #[inline(always)]
     fn rest_bounds(&self, skimmed: &Skimmed) -> (u64, usize) {
-        let last_start = skimmed
-            .start
-            .saturating_add(self.limits.max_buffered_command);
-        (self.one_step.longest_arg, last_start)
+        (self.one_step.longest_arg, self.last_start(skimmed.start))
+    }
+
+    /// The count line `*<n>` of a command starting at `start`, if the one-step path reads
+    /// it: the count (1 to the most arguments it takes) and where the arguments begin.
+    #[inline(always)]
+    fn count_line(&self, buf: &[u8], start: usize) -> Option<(u64, usize)> {
+        let (count, next) = length_line(buf, start, b'*')?;
+        (count != 0 && count <= self.one_step.max_args).then_some((count, next))
+    }
+
+    /// Where the last argument of a command starting at `start` may begin for the command
+    /// to be buffered whole (past it, the rest is streamed).
+    #[inline(always)]
+    fn last_start(&self, start: usize) -> usize {
+        start.saturating_add(self.limits.max_buffered_command)
     }
 
     /// Take the skimmed commands up to `end` as read: the next scan starts there. Their

@@ -74,13 +74,10 @@ impl Session {
     /// from where this stopped.
     #[inline]
     fn forward_plain_replies(&mut self) {
-        while self.reply_forwarded.is_none() {
-            if !self.state.queue().next_reply_is_plain() {
-                return;
-            }
+        while self.reply_forwarded.is_none() && self.state.queue().next_reply_is_plain() {
             let (scanner, input) = self.replies.scan_parts();
             let Some(end) = scanner.skip_plain_reply(input) else {
-                return;
+                break;
             };
             let (command, received_us) = self.state.queue_mut().pop_plain();
             self.replies.ready_upto(end);

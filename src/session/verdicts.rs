@@ -25,6 +25,13 @@ impl Session {
     pub(super) fn on_command(&mut self, span: Span) {
         let info = CommandFacts::of(self.current(span).classify(&self.shared.table));
         let observe = self.observe_next();
+        self.forward_or_decide(info, span, observe);
+    }
+
+    /// The classified command at `span`, forwarded in a few steps if it is ordinary and not
+    /// `observe`d by the keyspace insight, else decided.
+    #[inline]
+    fn forward_or_decide(&mut self, info: CommandFacts, span: Span, observe: bool) {
         if observe || !self.forward_if_ordinary(info, span) {
             self.decide(info, span, observe);
         }
@@ -132,9 +139,7 @@ impl Session {
             // A container, known by its subcommand, or an unknown command.
             None => {
                 let info = CommandFacts::of(self.current(span).classify(table));
-                if !self.forward_if_ordinary(info, span) {
-                    self.decide(info, span, false);
-                }
+                self.forward_or_decide(info, span, false);
             }
         }
         Run::Decided
