@@ -236,6 +236,12 @@ impl RawConfig {
                 "must be at least 1",
             ));
         }
+        if self.upstream.shared_connections == 0 || self.upstream.shared_connections > 64 {
+            return Err(invalid(
+                "upstream.shared_connections",
+                "must be between 1 and 64",
+            ));
+        }
         if self.upstream.backoff_min.0 > self.upstream.backoff_max.0 {
             return Err(invalid(
                 "upstream.backoff_min",

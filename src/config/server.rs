@@ -2,7 +2,7 @@
 //! `[log]` and `[protocol]`, with their defaults.
 
 use super::units::{ByteSize, HumanDuration};
-use super::words::RuntimeModel;
+use super::words::{ConnectionModel, RuntimeModel};
 use std::fmt;
 use std::time::Duration;
 
@@ -139,6 +139,11 @@ pub struct RawUpstream {
     pub max_connections: usize,
     /// `upstream` to read the command table from Redis, or `builtin` for the shipped one.
     pub command_table: String,
+    /// `per-client` (a Redis connection per client) or `multiplexed` (clients share
+    /// `shared_connections`, and move to their own connection when they use connection state).
+    pub connections: ConnectionModel,
+    /// With `connections = "multiplexed"`: how many Redis connections the clients share.
+    pub shared_connections: usize,
     /// TLS settings for a `rediss://` URL.
     pub tls: RawUpstreamTls,
 }
@@ -180,6 +185,8 @@ impl Default for RawUpstream {
             max_connects_per_second: 500,
             max_connections: 0,
             command_table: "upstream".into(),
+            connections: ConnectionModel::PerClient,
+            shared_connections: 2,
             tls: RawUpstreamTls::default(),
         }
     }

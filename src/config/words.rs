@@ -183,6 +183,19 @@ word_enum! {
     }
 }
 
+word_enum! {
+    /// How client commands reach Redis (`upstream.connections`).
+    pub enum ConnectionModel ("connections") {
+        /// Each client gets its own Redis connection: all connection state lives in Redis
+        /// as if the client were connected directly.
+        PerClient = "per-client",
+        /// Clients share a few Redis connections (`upstream.shared_connections`); a client
+        /// moves to a connection of its own for good once it uses connection state
+        /// (transactions, blocking, subscriptions, SELECT, AUTH, HELLO, CLIENT ...).
+        Multiplexed = "multiplexed",
+    }
+}
+
 /// A TTL rule's `ttl`: a duration, or `none` to exempt matching keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefaultTtl {
