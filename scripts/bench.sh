@@ -40,7 +40,9 @@
 # respguard+guards (TTL and size guards acting on every key), respguard+pressure (monitor,
 # shedding levels and rules, nothing shed), respguard+queue (that plus a queue rule),
 # respguard+all-noinsight (every guard, the keyspace insight off; respguard+all keeps it at
-# its default sample rate), respguard+all-insight-every (the insight observing every command).
+# its default sample rate), respguard+all-insight-every (the insight observing every command),
+# respguard-mux and respguard-mux+all (guards off, and every guard, with
+# upstream.connections = "multiplexed").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,6 +84,16 @@ ports[direct+ttl]=$redis_port
 wanted() { [[ " $TARGETS " == *" $1 "* ]]; }
 if wanted respguard; then start_respguard "ports[respguard]" "$CONF_GUARDS_OFF"; fi
 if wanted respguard+all; then start_respguard "ports[respguard+all]" "$CONF_ALL_GUARDS"; fi
+if wanted respguard-mux; then
+  start_respguard "ports[respguard-mux]" "$CONF_GUARDS_OFF
+[upstream]
+connections = \"multiplexed\""
+fi
+if wanted respguard-mux+all; then
+  start_respguard "ports[respguard-mux+all]" "$CONF_ALL_GUARDS
+[upstream]
+connections = \"multiplexed\""
+fi
 if wanted respguard+all-noinsight; then
   start_respguard "ports[respguard+all-noinsight]" "$CONF_ALL_GUARDS
 [keyspace]
@@ -184,8 +196,8 @@ ttl_test() { [[ " $TTL_TESTS " == *" $1 "* ]]; }
 # Whether TARGET runs in TEST's rows: the +ttl targets only in the TTL rows.
 runs_in() { ! carries_ttl "$1" || ttl_test "$2"; }
 # Whether Redis holds TARGET's TTLs after a TTL row: every target that carries them, and
-# respguard+all (whose TTL guard adds them).
-stores_ttl() { carries_ttl "$1" || [ "$1" = respguard+all ]; }
+# respguard+all and respguard-mux+all (whose TTL guard adds them).
+stores_ttl() { carries_ttl "$1" || [ "$1" = respguard+all ] || [ "$1" = respguard-mux+all ]; }
 
 # A value of $1 bytes, as redis-benchmark -d writes it.
 value_of() { head -c "$1" /dev/zero | tr '\0' x; }

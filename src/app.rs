@@ -19,13 +19,14 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminState, KeyspaceSource};
 use crate::admission::Admission;
 use crate::command::{CommandTable, TableSource};
-use crate::config::{Config, ConfigError, ListenerTls, UpstreamTls};
+use crate::config::{Config, ConfigError, ConnectionModel, ListenerTls, UpstreamTls};
 use crate::control::{Control, Policy, StatusSources};
 use crate::guard::queue::QueueDepths;
 use crate::guard::GuardContext;
 use crate::health::UpstreamHealth;
 use crate::listener::Intake;
 use crate::monitor::Monitor;
+use crate::mux::SharedConnections;
 use crate::pressure::MemoryPressure;
 use crate::runtime::{self, Serving};
 use crate::session::Shared;
@@ -217,6 +218,16 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         None => None,
     };
 
+    let reply_timeout = Some(raw.upstream.reply_timeout.0).filter(|t| !t.is_zero());
+    let lanes = (raw.upstream.connections == ConnectionModel::Multiplexed).then(|| {
+        Arc::new(SharedConnections::new(
+            raw.upstream.shared_connections,
+            Arc::clone(&gate),
+            raw.proxy.output_buffer.0 as usize,
+            reply_timeout,
+            shutdown_rx.clone(),
+        ))
+    });
     let shared = Arc::new(Shared {
         table: Arc::clone(&table),
         gate,
@@ -224,11 +235,12 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         max_pending: raw.proxy.max_pending_commands,
         output_buffer: raw.proxy.output_buffer.0 as usize,
         drain_timeout: raw.proxy.drain_timeout.0,
-        reply_timeout: Some(raw.upstream.reply_timeout.0).filter(|t| !t.is_zero()),
+        reply_timeout,
         replication: raw.proxy.replication,
         metrics,
         latency,
         control: Arc::clone(&control),
+        lanes,
     });
     let admission = Admission::new(
         raw.proxy.max_connections_per_second,

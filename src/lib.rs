@@ -46,6 +46,7 @@ pub mod identity;
 pub mod keyspace;
 pub mod listener;
 pub mod monitor;
+pub mod mux;
 pub mod offline;
 pub mod pipeline;
 pub mod pressure;

@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use bytes::BytesMut;
 
-use crate::command::{CommandInfo, CommandTable, Special};
+use crate::command::{CommandInfo, CommandTable, Pinning, Special};
 use crate::guard::{find_keys, wire_args, CommandView, Guards, ReplyWatch, ScriptAccess, Verdict};
 use crate::identity::ClientIdentity;
 use crate::keyspace::insight::{Insight, Outcome};
@@ -166,6 +166,10 @@ pub struct CommandFacts {
     pub id: u16,
     /// How the session follows it.
     pub special: Special,
+    /// Whether it needs a connection of its own under multiplexing.
+    pub pinning: Pinning,
+    /// No special kind, no pinning ([`CommandInfo::plain`]).
+    pub plain: bool,
 }
 
 impl CommandFacts {
@@ -175,6 +179,8 @@ impl CommandFacts {
         CommandFacts {
             id: info.id,
             special: info.special,
+            pinning: info.pinning,
+            plain: info.plain,
         }
     }
 }

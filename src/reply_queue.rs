@@ -167,6 +167,9 @@ pub struct ReplyQueue {
     monitoring: bool,
     /// The time stamped on commands pushed now (microseconds, the session's clock).
     clock_us: u64,
+    /// Commands pushed that Redis answers (every one but those answered locally), ever:
+    /// how a multiplexed session counts the replies a batch it submits expects.
+    to_upstream: u64,
 }
 
 impl ReplyQueue {
@@ -181,6 +184,7 @@ impl ReplyQueue {
             resp3: false,
             monitoring: false,
             clock_us: 0,
+            to_upstream: 0,
         }
     }
 
@@ -245,7 +249,13 @@ impl ReplyQueue {
     /// at most the commands of one read.
     pub fn push(&mut self, mut p: Pending) {
         p.received_us = self.clock_us;
+        self.to_upstream += u64::from(!matches!(p.disposition, Disposition::Local(_)));
         self.entries.push_back(p);
+    }
+
+    /// How many commands Redis answers were ever pushed (see [`Self::push`]).
+    pub fn pushed_to_upstream(&self) -> u64 {
+        self.to_upstream
     }
 
     /// Whether the next reply is the plain answer of the head entry: one reply, forwarded,

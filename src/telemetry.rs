@@ -37,6 +37,11 @@ pub struct ProxyMetrics {
     pub upstream_reply_timeouts: Counter,
     /// Connections turned into a byte tunnel by SYNC or PSYNC (`proxy.replication`).
     pub replication_tunnels: Counter,
+    /// Multiplexed clients moved to a connection of their own (connection state used).
+    pub pinned_clients: Counter,
+    /// Multiplexed clients disconnected for leaving more than `proxy.output_buffer` of
+    /// replies unread.
+    pub slow_readers: Counter,
 }
 
 impl ProxyMetrics {
@@ -56,6 +61,8 @@ impl ProxyMetrics {
             client_tls_failures: counter!("respguard_client_tls_handshake_failures_total"),
             upstream_reply_timeouts: counter!("respguard_upstream_reply_timeouts_total"),
             replication_tunnels: counter!("respguard_replication_tunnels_total"),
+            pinned_clients: counter!("respguard_pinned_clients_total"),
+            slow_readers: counter!("respguard_slow_readers_disconnected_total"),
         }
     }
 }

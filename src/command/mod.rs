@@ -216,6 +216,41 @@ impl Special {
     }
 }
 
+/// Whether a command leaves state on its Redis connection (or waits on it), so that under
+/// multiplexing (`upstream.connections = "multiplexed"`) the client sending it needs a
+/// connection of its own: a shared one would carry that state over to other clients, or
+/// block them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pinning {
+    /// Stateless: one reply, nothing kept on the connection.
+    Never,
+    /// MULTI, WATCH, blocking commands, subscriptions, MONITOR, SELECT, AUTH, HELLO, RESET,
+    /// QUIT, every CLIENT subcommand Redis knows, WAIT, SYNC, the cluster connection flags.
+    Always,
+    /// XREAD and XREADGROUP: only with a `BLOCK` argument.
+    WhenBlocking,
+}
+
+impl Pinning {
+    /// The pinning of the command `name` (lower case, `container|sub` for a subcommand).
+    fn of(name: &[u8], special: Special, flags: Flags) -> Pinning {
+        match name {
+            b"xread" | b"xreadgroup" => Pinning::WhenBlocking,
+            // `client` itself only for a subcommand the table does not know: Redis answers
+            // it with an error, changing nothing.
+            b"select" | b"asking" | b"readonly" | b"readwrite" | b"replconf" => Pinning::Always,
+            n if n.starts_with(b"client|") => Pinning::Always,
+            _ if flags.contains(Flags::BLOCKING) => Pinning::Always,
+            _ => match special {
+                Special::None | Special::Exec | Special::Discard | Special::MemoryEvent => {
+                    Pinning::Never
+                }
+                _ => Pinning::Always,
+            },
+        }
+    }
+}
+
 /// Everything the proxy knows about one command (or subcommand, named `container|sub`).
 #[derive(Debug, Clone)]
 pub struct CommandInfo {
@@ -229,6 +264,11 @@ pub struct CommandInfo {
     pub flags: Flags,
     /// How the session must follow it.
     pub special: Special,
+    /// Whether it needs a connection of its own under multiplexing.
+    pub pinning: Pinning,
+    /// No [`Special`] kind and no pinning: the session forwards it without a second look
+    /// unless a guard wants it.
+    pub plain: bool,
     key_specs: Vec<KeySpec>,
     /// The one key's index, when the key specifications say only "the argument at this
     /// index" (GET, SET, HSET, LPUSH …): found without walking them.
@@ -463,6 +503,8 @@ impl CommandTable {
                 arity: -1,
                 flags: Flags::WRITE,
                 special: Special::None,
+                pinning: Pinning::Never,
+                plain: true,
                 key_specs: Vec::new(),
                 one_key: None,
                 has_subcommands: false,
@@ -582,12 +624,16 @@ impl CommandTable {
             }] => Some(*i),
             _ => None,
         };
+        let special = Special::from_name(&name);
+        let pinning = Pinning::of(&name, special, flags);
         self.commands.push(CommandInfo {
             name: String::from_utf8_lossy(&name).into(),
             id,
             arity,
             flags,
-            special: Special::from_name(&name),
+            special,
+            pinning,
+            plain: special == Special::None && pinning == Pinning::Never,
             key_specs,
             one_key,
             has_subcommands: subcommands.is_some(),
@@ -793,6 +839,69 @@ mod tests {
         // WAITAOF came with Redis 7.2, after the recorded table.
         assert_eq!(Special::from_name(b"waitaof"), Special::Wait);
         assert_eq!(Special::from_name(b"waits"), Special::None);
+    }
+
+    #[test]
+    fn commands_that_keep_state_on_the_connection_pin_it() {
+        let t = CommandTable::builtin();
+        let pinning = |args: &[&str]| {
+            let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            t.lookup(&args).pinning
+        };
+        for always in [
+            &["MULTI"][..],
+            &["WATCH", "k"],
+            &["BLPOP", "k", "0"],
+            &["BRPOPLPUSH", "a", "b", "0"],
+            &["BLMOVE", "a", "b", "LEFT", "LEFT", "0"],
+            &["BZPOPMIN", "k", "0"],
+            &["SUBSCRIBE", "c"],
+            &["UNSUBSCRIBE"],
+            &["PSUBSCRIBE", "c*"],
+            &["SSUBSCRIBE", "c"],
+            &["MONITOR"],
+            &["SELECT", "1"],
+            &["AUTH", "p"],
+            &["HELLO", "3"],
+            &["RESET"],
+            &["QUIT"],
+            &["CLIENT", "ID"],
+            &["CLIENT", "SETNAME", "n"],
+            &["CLIENT", "TRACKING", "on"],
+            &["WAIT", "1", "0"],
+            &["READONLY"],
+            &["PSYNC", "?", "-1"],
+        ] {
+            assert_eq!(pinning(always), Pinning::Always, "{always:?}");
+        }
+        for never in [
+            &["GET", "k"][..],
+            &["SET", "k", "v"],
+            &["EXEC"],
+            &["DISCARD"],
+            &["UNWATCH"],
+            &["EVAL", "return 1", "0"],
+            &["FLUSHALL"],
+            &["PUBLISH", "c", "m"],
+            &["LPOP", "k"],
+            &["NOSUCHCOMMAND"],
+            &["CLIENT", "NOSUCHSUB"],
+        ] {
+            assert_eq!(pinning(never), Pinning::Never, "{never:?}");
+        }
+        assert!(t.lookup(&[b"get".as_slice()]).plain);
+        assert_eq!(
+            pinning(&["XREAD", "STREAMS", "s", "0"]),
+            Pinning::WhenBlocking
+        );
+        assert_eq!(
+            pinning(&["XREADGROUP", "GROUP", "g", "c"]),
+            Pinning::WhenBlocking
+        );
+        assert!(
+            !t.lookup(&[b"blpop".as_slice()]).plain,
+            "pinning is not plain"
+        );
     }
 
     #[test]

@@ -509,6 +509,11 @@ impl ReplyScanner {
         self.state == State::Value && self.nesting.depth == 0 && !self.started
     }
 
+    /// True when the scan stands between two replies (none of the next one read yet).
+    pub fn between_replies(&self) -> bool {
+        self.at_reply_start()
+    }
+
     /// An integer reply (`:<n>\r\n`, its line at most [`SKIP_LINE`] bytes) skipped, with
     /// what the general path notes of it: where it ends, and its [`ReplyInfo`] (the value
     /// in `last_int`). `None`, and nothing consumed, for any other reply.

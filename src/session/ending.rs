@@ -58,6 +58,7 @@ impl Session {
             return Some(End::Closed);
         }
         let idle = replies_delivered
+            && !self.pin_pending
             && self.requests.unwritten() == 0
             && !self.requests.scanner().in_command();
         if self.shutting_down && idle {

@@ -181,6 +181,9 @@ impl Session {
     /// client stays unauthenticated.
     pub(super) async fn connect_after_auth(&mut self) {
         self.connect_for_auth = false;
+        // The AUTH sets the connection's user: under multiplexing the client gets a
+        // connection of its own.
+        self.pinned = true;
         self.connect_upstream().await;
         if !self.upstream.is_connected() {
             // Every command before it was answered by the proxy: only the AUTH is queued.

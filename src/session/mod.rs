@@ -43,6 +43,7 @@ mod intercept;
 mod pipe;
 mod replies;
 mod requests;
+mod shared;
 mod state;
 mod tunnel;
 mod upstream;
@@ -63,6 +64,7 @@ use crate::config::Replication;
 use crate::control::{Control, Policy};
 use crate::guard::ScriptAccess;
 use crate::identity::ClientIdentity;
+use crate::mux::SharedConnections;
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::{Limits, RequestScanner};
 use crate::telemetry::{CommandLatency, ProxyMetrics};
@@ -101,6 +103,8 @@ pub struct Shared {
     /// The policy in force (guards, client authentication), its reloads, the `RESPGUARD`
     /// command and the refusal tally.
     pub control: Arc<Control>,
+    /// The shared connections, with `upstream.connections = "multiplexed"`.
+    pub lanes: Option<Arc<SharedConnections>>,
 }
 
 /// Where the rest of a streamed command goes.
@@ -123,6 +127,9 @@ pub enum End {
     UpstreamLost(String),
     /// The proxy is shutting down.
     Shutdown,
+    /// On a shared connection, the client left more replies unread than
+    /// `proxy.output_buffer`.
+    SlowReader,
 }
 
 /// One client connection being proxied.
@@ -189,11 +196,21 @@ pub struct Session {
     watchdog: Watchdog,
     /// Redis began a replication stream: from here on the session is a byte tunnel.
     tunnel: bool,
+    /// The session has (or will open) a connection of its own: per-client mode, or a
+    /// multiplexed client that used connection state.
+    pinned: bool,
+    /// A command waits, unscanned, for the session to leave its shared connection.
+    pin_pending: bool,
+    /// On a shared connection: commands Redis answers that were handed to it so far
+    /// (against [`crate::reply_queue::ReplyQueue::pushed_to_upstream`]).
+    submitted: u64,
 }
 
 enum Event {
     ClientRead(std::io::Result<usize>),
     UpstreamRead(std::io::Result<usize>),
+    /// The shared connection has something for the session.
+    Inbox,
     ClientWrote(std::io::Result<usize>),
     UpstreamWrote(std::io::Result<usize>),
     Shutdown,
@@ -206,6 +223,7 @@ enum Event {
 struct Interest {
     client_read: bool,
     upstream_read: bool,
+    inbox: bool,
     client_write: bool,
     upstream_write: bool,
     shutdown: bool,
@@ -226,7 +244,6 @@ impl Session {
             connect_for_auth: false,
             policy,
             policy_generation,
-            shared,
             client,
             upstream: Upstream::none(),
             identity,
@@ -254,6 +271,10 @@ impl Session {
             shutting_down: false,
             watchdog: Watchdog::default(),
             tunnel: false,
+            pinned: shared.lanes.is_none(),
+            pin_pending: false,
+            submitted: 0,
+            shared,
         }
     }
 
@@ -282,6 +303,9 @@ impl Session {
             if let Some(end) = self.handle(event).await {
                 return end;
             }
+            if self.ready_to_pin() {
+                self.pin().await;
+            }
             if self.tunnel {
                 return self.run_tunnel(stop.as_mut()).await;
             }
@@ -303,13 +327,15 @@ impl Session {
         if let Some(timeout) = self.shared.reply_timeout {
             // While replies keep coming it stays armed with its first deadline, so a busy
             // session touches the timer once per `reply_timeout`, not once per command.
-            if self.upstream.is_connected() && !queue.is_empty() {
+            if self.upstream.stream().is_some() && !queue.is_empty() {
                 self.watchdog.arm(timeout);
             }
         }
+        let room = self.replies.unwritten() < cap;
         Interest {
-            client_read,
-            upstream_read: self.upstream.is_connected() && self.replies.unwritten() < cap,
+            client_read: client_read && !self.pin_pending,
+            upstream_read: self.upstream.stream().is_some() && room,
+            inbox: self.upstream.lane().is_some() && room,
             client_write: self.replies.unwritten() > 0 || self.client.wants_flush(),
             upstream_write: self
                 .upstream
@@ -335,13 +361,15 @@ impl Session {
             self.replies.prepare();
         }
         let (mut client_rx, mut client_tx) = self.client.halves();
-        let (mut up_rx, mut up_tx) = match self.upstream.stream_mut() {
+        let (stream, lane) = self.upstream.parts();
+        let (mut up_rx, mut up_tx) = match stream {
             Some(u) => {
                 let (r, w) = u.halves();
                 (Some(r), Some(w))
             }
             None => (None, None),
         };
+        let inbox = lane.map(|l| l.ready());
         let (from_client, to_upstream) = self.requests.io_parts();
         let (from_upstream, to_client) = self.replies.io_parts();
         let watchdog = self.watchdog.sleep_mut();
@@ -355,6 +383,7 @@ impl Session {
             biased;
             r = async { up_rx.as_mut().expect("upstream").read_buf(from_upstream).await },
                 if want.upstream_read => Event::UpstreamRead(r),
+            _ = async { inbox.expect("lane").await }, if want.inbox => Event::Inbox,
             r = client_tx.send(to_client), if want.client_write => Event::ClientWrote(r),
             r = async { up_tx.as_mut().expect("upstream").send(to_upstream).await },
                 if want.upstream_write => Event::UpstreamWrote(r),
@@ -373,7 +402,9 @@ impl Session {
                 self.input_closed = true;
                 // A command cut off by the close can never complete; Redis would drop such a
                 // client at once, and so does the proxy.
-                if self.state.queue().is_empty() && self.replies.unwritten() == 0
+                if self.state.queue().is_empty()
+                    && self.replies.unwritten() == 0
+                    && !self.pin_pending
                     || self.requests.scanner().in_command()
                     || self.must_close_at_once()
                 {
@@ -388,6 +419,7 @@ impl Session {
             }
             Event::UpstreamRead(Ok(0)) => return self.upstream_lost("connection closed by Redis"),
             Event::UpstreamRead(Ok(n)) => return self.on_upstream_read(n),
+            Event::Inbox => return self.on_inbox(),
             Event::UpstreamRead(Err(e)) | Event::UpstreamWrote(Err(e)) => {
                 return self.upstream_lost(&e.to_string());
             }
@@ -448,16 +480,27 @@ impl Session {
         None
     }
 
+    /// Open the session's way to Redis: a place on a shared connection under multiplexing
+    /// (until the session is pinned), else a connection of its own.
     async fn connect_upstream(&mut self) {
-        self.upstream = Upstream::connect(&self.shared.gate, &self.identity).await;
+        self.upstream = match &self.shared.lanes {
+            Some(lanes) if !self.pinned => {
+                self.submitted = self.state.queue().pushed_to_upstream();
+                Upstream::Shared(lanes.attach())
+            }
+            _ => Upstream::connect(&self.shared.gate, &self.identity).await,
+        };
         if self.upstream.is_connected() {
             self.probe_access();
+            self.flush_upstream();
         }
     }
 
     /// While the upstream is missing, try again between reads, when the gate allows it.
     async fn reconnect_if_allowed(&mut self) {
-        if self.state.queue().is_empty()
+        // A shared connection reconnects on its own (see `mux::lane`).
+        if self.upstream.lane().is_none()
+            && self.state.queue().is_empty()
             && !self.requests.scanner().in_command()
             && !self.shared.gate.is_open()
         {
@@ -465,11 +508,14 @@ impl Session {
         }
     }
 
-    /// Write as much as the upstream socket takes now, without waiting.
+    /// Write as much as the upstream socket takes now, without waiting; on a shared
+    /// connection, submit what was scanned.
     fn flush_upstream(&mut self) {
         if let Some(up) = self.upstream.stream() {
             self.requests
                 .flush(up, &self.shared.metrics.upstream_bytes_sent);
+        } else {
+            self.submit_to_lane();
         }
     }
 

@@ -203,6 +203,20 @@ impl<S: Rebase> Pipe<S> {
         self.output.unsplit(bytes);
     }
 
+    /// Take the output whole (whole commands for a shared connection), leaving it empty.
+    pub fn take_output(&mut self) -> BytesMut {
+        self.note_output_size();
+        std::mem::take(&mut self.output)
+    }
+
+    /// Append `bytes` to the input as if read from a socket (replies routed from a shared
+    /// connection): no copy when the input is empty. Returns how many.
+    pub fn feed(&mut self, bytes: BytesMut) -> usize {
+        let n = bytes.len();
+        self.input.bytes_mut().unsplit(bytes);
+        n
+    }
+
     /// Unwritten output bytes.
     #[inline]
     pub fn unwritten(&self) -> usize {

@@ -21,6 +21,7 @@ impl Session {
         let _read = clock::ReadTime::enter();
         loop {
             if self.ignore_input
+                || self.pin_pending
                 || self.waiting_for_probe
                 || self.connect_for_auth
                 || self.state.queue().awaits_replication()

@@ -66,6 +66,7 @@ impl Session {
             let interest = Interest {
                 client_read: !self.input_closed && self.requests.unwritten() < cap,
                 upstream_read: self.upstream.is_connected() && self.replies.unwritten() < cap,
+                inbox: false,
                 client_write: self.replies.unwritten() > 0 || self.client.wants_flush(),
                 upstream_write: self
                     .upstream
@@ -111,8 +112,9 @@ impl Session {
             Event::UpstreamRead(Err(e)) | Event::UpstreamWrote(Err(e)) => {
                 return Some(End::UpstreamLost(e.to_string()))
             }
-            // A replica reconnects on its own; its link is not drained like commands.
-            Event::Shutdown | Event::DrainExpired | Event::WatchdogFired => {
+            // A replica reconnects on its own; its link is not drained like commands. (A
+            // tunnel runs on a connection of its own: no shared connection's news.)
+            Event::Shutdown | Event::DrainExpired | Event::WatchdogFired | Event::Inbox => {
                 return Some(End::Shutdown)
             }
         }

@@ -1,10 +1,11 @@
 //! The session's side of Redis: whether it holds a connection, and which.
 //!
-//! Today a session holds at most one connection of its own ([`Upstream::Dedicated`]),
-//! opened through the shared [`ConnectGate`], together with its [`UpstreamSlot`] (its place
-//! under `upstream.max_connections`, given back when dropped). Without one
-//! ([`Upstream::Missing`]: not opened yet, refused by the gate, or lost) the session
-//! still serves the client, answering each command with the reason.
+//! A session holds a connection of its own ([`Upstream::Dedicated`]), opened through the
+//! shared [`ConnectGate`], together with its [`UpstreamSlot`] (its place under
+//! `upstream.max_connections`, given back when dropped), or, under multiplexing, a place on
+//! a shared connection ([`Upstream::Shared`], a [`LaneLink`]). Without either
+//! ([`Upstream::Missing`]: not opened yet, refused by the gate, or lost) the session still
+//! serves the client, answering each command with the reason.
 //!
 //! The bytes going either way stay in the session's pipes, not here: they outlive a
 //! connection (an AUTH waits in the request pipe for the connection it opens; the errors
@@ -13,6 +14,7 @@
 //! Never reads or writes: the session's event loop does, through [`Upstream::stream`].
 
 use crate::identity::ClientIdentity;
+use crate::mux::lane::LaneLink;
 use crate::transport::Stream;
 use crate::upstream::{ConnectGate, UpstreamSlot};
 
@@ -35,6 +37,8 @@ pub(crate) enum Upstream {
     },
     /// A connection the session alone uses.
     Dedicated(UpstreamLink),
+    /// A place on a connection shared with other sessions (multiplexing).
+    Shared(LaneLink),
 }
 
 impl Upstream {
@@ -61,35 +65,51 @@ impl Upstream {
         }
     }
 
-    /// Whether a connection is open.
+    /// Whether commands can go to Redis: a connection of its own, or a shared one.
     #[inline]
     pub fn is_connected(&self) -> bool {
-        matches!(self, Upstream::Dedicated(_))
+        match self {
+            Upstream::Dedicated(_) => true,
+            Upstream::Shared(link) => link.is_up(),
+            Upstream::Missing { .. } => false,
+        }
     }
 
-    /// The open connection's socket.
+    /// The socket of a connection of its own.
     #[inline]
     pub fn stream(&self) -> Option<&Stream> {
         match self {
             Upstream::Dedicated(link) => Some(&link.stream),
-            Upstream::Missing { .. } => None,
+            Upstream::Missing { .. } | Upstream::Shared(_) => None,
         }
     }
 
-    /// The open connection's socket, to read and write.
+    /// The socket of a connection of its own, to read and write, or the shared
+    /// connection's link.
     #[inline]
-    pub fn stream_mut(&mut self) -> Option<&mut Stream> {
+    pub fn parts(&mut self) -> (Option<&mut Stream>, Option<&LaneLink>) {
         match self {
-            Upstream::Dedicated(link) => Some(&mut link.stream),
-            Upstream::Missing { .. } => None,
+            Upstream::Dedicated(link) => (Some(&mut link.stream), None),
+            Upstream::Shared(link) => (None, Some(link)),
+            Upstream::Missing { .. } => (None, None),
+        }
+    }
+
+    /// The shared connection's link, when on one.
+    #[inline]
+    pub fn lane(&self) -> Option<&LaneLink> {
+        match self {
+            Upstream::Shared(link) => Some(link),
+            _ => None,
         }
     }
 
     /// Why there is no connection (empty while there is one).
-    pub fn error(&self) -> &str {
+    pub fn error(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Upstream::Missing { error } => error,
-            Upstream::Dedicated(_) => "",
+            Upstream::Missing { error } => error.into(),
+            Upstream::Shared(link) if !link.is_up() => link.down_error().into(),
+            Upstream::Dedicated(_) | Upstream::Shared(_) => "".into(),
         }
     }
 }

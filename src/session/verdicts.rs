@@ -50,7 +50,7 @@ impl Session {
     /// what [`Self::decide`] would do with it. False, and nothing done, for any other.
     #[inline]
     fn forward_if_ordinary(&mut self, info: CommandFacts, span: Span) -> bool {
-        let ordinary = info.special == Special::None
+        let ordinary = info.plain
             && !span.inline
             && !self.policy.guards.wants(info.id)
             && info.id != self.shared.table.unknown().id
@@ -100,8 +100,7 @@ impl Session {
                 break;
             };
             let info = table.by_own_name(&input[skimmed.name.clone()]);
-            let Some(info) = info.filter(|i| i.special == Special::None && !guards.wants(i.id))
-            else {
+            let Some(info) = info.filter(|i| i.plain && !guards.wants(i.id)) else {
                 other = Some((skimmed, info.map(CommandFacts::of)));
                 break;
             };
@@ -148,7 +147,10 @@ impl Session {
     /// Decide about the command at `span` and carry the decision out (`observe`: the
     /// keyspace insight sees it).
     fn decide(&mut self, info: CommandFacts, span: Span, observe: bool) {
-        if self.hold_for_probe(info.id, span.start) {
+        if self.hold_for_probe(info.id, span.start)
+            || self.quit_on_lane(info, span)
+            || self.hold_for_pin(info, span)
+        {
             return;
         }
         self.commands_in_batch += 1;
@@ -252,7 +254,7 @@ impl Session {
     /// The head of a command too large to hold: decide now, then stream or discard the rest.
     pub(super) fn on_streamed_head(&mut self, span: Span) {
         let info = CommandFacts::of(self.current(span).classify(&self.shared.table));
-        if self.hold_for_probe(info.id, span.start) {
+        if self.hold_for_probe(info.id, span.start) || self.hold_streamed_for_pin(span.start) {
             return;
         }
         self.commands_in_batch += 1;
@@ -386,7 +388,7 @@ impl Session {
 
     /// Why each command fails while there is no upstream connection.
     pub(super) fn unavailable_reply(&self) -> Bytes {
-        resp::error(self.upstream.error())
+        resp::error(&self.upstream.error())
     }
 
     /// Answer the command at `span` without sending it upstream.

@@ -1,0 +1,437 @@
+//! One shared Redis connection (a **lane**) and the clients' places on it (**slots**).
+//!
+//! A lane is owned by one task ([`Lane::run`]): it alone opens, reads and writes the
+//! connection. Sessions reach it through a [`LaneLink`]: [`LaneLink::submit`] appends a
+//! batch of whole commands to the lane's output and records, in the same lock, how many
+//! replies the batch expects (a run in the [`Router`]), so a client's commands (and the
+//! hidden commands a guard added to them) reach Redis back to back, never interleaved with
+//! another client's. The task routes each reply to its slot's inbox and wakes the session,
+//! which takes the bytes ([`LaneLink::take`]) and reads them as it would its own
+//! connection's.
+//!
+//! Bounds: a slot's inbox holds at most `max_unread` bytes the session has not taken (the
+//! client is not reading): past it the slot is closed as a slow reader and the rest of its
+//! replies are dropped as they arrive, so a client that stops reading costs the proxy
+//! bounded memory and never stalls the lane for the others. The output holds what sessions
+//! submitted, each bounded by its own reply queue.
+//!
+//! When the connection is lost (closed, failed, malformed, silent past the reply timeout)
+//! every reply still owed is lost: each slot is told how many of its commands get the
+//! error, and the clients stay connected; the next submit opens a new connection through
+//! the [`ConnectGate`] (rate, breaker, TLS, `max_connections`), whose handshake (AUTH,
+//! SELECT) is the URL's, then names it `respguard-shared`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use super::router::{Owner, Router};
+use crate::buffer::ReadBuffer;
+use crate::resp;
+use crate::transport::Stream;
+use crate::upstream::ConnectGate;
+
+/// The name every shared connection carries in Redis's `CLIENT LIST`.
+pub const LANE_NAME: &str = "respguard-shared";
+
+/// How a lane behaves, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LaneSettings {
+    /// Longest silence while replies are owed before the connection counts as lost.
+    pub reply_timeout: Option<Duration>,
+    /// Bytes of replies a slot may hold that its session has not taken.
+    pub max_unread: usize,
+}
+
+/// Commands of one batch whose replies were lost with the connection, and the error
+/// reply each of them gets.
+#[derive(Debug, Clone)]
+pub(crate) struct Lost {
+    /// How many replies.
+    pub replies: u32,
+    /// The whole RESP error reply.
+    pub error: Bytes,
+}
+
+/// What a slot holds for its session.
+#[derive(Debug, Default)]
+struct SlotState {
+    inbox: BytesMut,
+    lost: VecDeque<Lost>,
+    /// A reply was cut after some of its bytes were handed over.
+    cut: bool,
+    /// More than `max_unread` bytes waited: the session must end.
+    slow: bool,
+    /// The session is gone (or slow): its replies are dropped as they arrive.
+    dead: bool,
+}
+
+/// One session's place on a lane: its inbox and its wake-up.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    state: Mutex<SlotState>,
+    ready: Notify,
+}
+
+impl Owner for Arc<Slot> {
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
+    }
+}
+
+impl Slot {
+    /// A slot whose replies nobody reads (the lane's own handshake).
+    fn sink() -> Arc<Slot> {
+        let slot = Slot::default();
+        slot.state.lock().expect("slot lock").dead = true;
+        Arc::new(slot)
+    }
+
+    fn deliver(&self, bytes: BytesMut, max_unread: usize) {
+        let mut st = self.state.lock().expect("slot lock");
+        if st.dead {
+            return;
+        }
+        if st.inbox.len() + bytes.len() > max_unread {
+            st.slow = true;
+            st.dead = true;
+            st.inbox = BytesMut::new();
+        } else {
+            st.inbox.unsplit(bytes);
+        }
+        drop(st);
+        self.ready.notify_one();
+    }
+
+    fn lose(&self, replies: u32, cut: bool, error: &Bytes) {
+        let mut st = self.state.lock().expect("slot lock");
+        if st.dead {
+            return;
+        }
+        st.cut |= cut;
+        st.lost.push_back(Lost {
+            replies,
+            error: error.clone(),
+        });
+        drop(st);
+        self.ready.notify_one();
+    }
+}
+
+/// What a session takes from its slot at once.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    /// Reply bytes, in order.
+    pub bytes: BytesMut,
+    /// Batches lost after those bytes, in order.
+    pub lost: VecDeque<Lost>,
+    /// A reply was cut mid-way: its beginning went to the session, its end never comes.
+    pub cut: bool,
+    /// The client let more than the bound of replies wait: it must be disconnected.
+    pub slow: bool,
+}
+
+/// The lane's state shared with sessions.
+#[derive(Debug, Default)]
+struct LaneState {
+    /// Commands submitted and not yet taken by the writer.
+    out: BytesMut,
+    router: Router<Arc<Slot>>,
+}
+
+/// One shared connection to Redis.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    state: Mutex<LaneState>,
+    /// Wakes the lane task: something to write, or a session left.
+    work: Notify,
+    gate: Arc<ConnectGate>,
+    settings: LaneSettings,
+    sink: Arc<Slot>,
+    started: AtomicBool,
+    /// Sessions attached.
+    links: AtomicUsize,
+    /// The last attempt to connect failed: sessions answer as they do without Redis
+    /// (fail-open keys, the reason) until an attempt succeeds.
+    down: AtomicBool,
+    /// Why, as a Redis error line without its `-`.
+    down_error: Mutex<String>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// How long a lane that cannot connect waits between attempts while sessions are attached
+/// (the gate's backoff spaces real attempts further; meanwhile they fail at once).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+impl Lane {
+    /// A lane that connects on its first submit.
+    pub fn new(
+        gate: Arc<ConnectGate>,
+        settings: LaneSettings,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Lane {
+            state: Mutex::new(LaneState::default()),
+            work: Notify::new(),
+            gate,
+            settings,
+            sink: Slot::sink(),
+            started: AtomicBool::new(false),
+            links: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+            down_error: Mutex::new(String::new()),
+            shutdown,
+        }
+    }
+
+    /// A place on this lane for a new session; starts the lane's task on first use.
+    pub fn attach(self: &Arc<Self>) -> LaneLink {
+        self.links.fetch_add(1, Ordering::Relaxed);
+        if !self.started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(Arc::clone(self).run());
+        }
+        LaneLink {
+            lane: Arc::clone(self),
+            slot: Arc::new(Slot::default()),
+        }
+    }
+
+    /// True while the lane cannot connect (see [`LaneLink::is_up`]).
+    fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Sessions attached now.
+    pub fn links(&self) -> usize {
+        self.links.load(Ordering::Relaxed)
+    }
+
+    /// The lane task: connect when there is something to write, serve the connection until
+    /// it is lost, fail what it owed, and again; ends once the proxy shuts down and no
+    /// session is attached.
+    async fn run(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let retry = self.down.load(Ordering::Relaxed) && self.links() > 0;
+            if retry {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            } else if !self.wait_for_work(&mut shutdown).await {
+                self.started.store(false, Ordering::Release);
+                return;
+            }
+            match self.gate.connect().await {
+                Err(e) => {
+                    tracing::debug!(error = %e, "shared upstream connection not opened");
+                    let error = format!("ERR respguard: {e}");
+                    self.lose_everything(&resp::error(&error));
+                    *self.down_error.lock().expect("lane lock") = error;
+                    self.down.store(true, Ordering::Relaxed);
+                }
+                Ok((stream, _place)) => {
+                    self.down.store(false, Ordering::Relaxed);
+                    self.write_handshake_first();
+                    let reason = self.serve(stream, &mut shutdown).await;
+                    let Some(reason) = reason else {
+                        self.started.store(false, Ordering::Release);
+                        return;
+                    };
+                    if self.state.lock().expect("lane lock").router.owed() > 0 {
+                        tracing::info!(reason, "shared upstream connection lost");
+                        metrics::counter!("respguard_shared_connections_lost_total").increment(1);
+                    }
+                    let address = &self.gate.target().address;
+                    self.lose_everything(&resp::error(&format!(
+                        "ERR respguard: upstream {address} connection lost before the reply ({reason})"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Whether the task must go on: waits until something is submitted (true) or the
+    /// proxy shuts down with no session attached (false).
+    async fn wait_for_work(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        loop {
+            if !self.state.lock().expect("lane lock").out.is_empty() {
+                return true;
+            }
+            if self.finished(shutdown) {
+                return false;
+            }
+            tokio::select! {
+                _ = self.work.notified() => {}
+                r = shutdown.changed() => {
+                    if r.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The proxy is shutting down and no session is attached.
+    fn finished(&self, shutdown: &watch::Receiver<bool>) -> bool {
+        *shutdown.borrow() && self.links() == 0
+    }
+
+    /// Put the lane's own `CLIENT SETNAME` before everything queued: its reply is dropped.
+    fn write_handshake_first(&self) {
+        let mut st = self.state.lock().expect("lane lock");
+        let mut out = BytesMut::with_capacity(64 + st.out.len());
+        resp::command(&mut out, &[b"CLIENT", b"SETNAME", LANE_NAME.as_bytes()]);
+        out.extend_from_slice(&st.out);
+        st.out = out;
+        st.router.expect_first(&self.sink, 1);
+    }
+
+    /// Every reply owed, and every command not written yet, fails with `error`.
+    fn lose_everything(&self, error: &Bytes) {
+        let mut st = self.state.lock().expect("lane lock");
+        st.out.clear();
+        st.router
+            .lose_all(|slot, replies, cut| slot.lose(replies, cut, error));
+    }
+
+    /// Serve an open connection: write what sessions submit, route what Redis answers.
+    /// Returns why the connection ended, or `None` when the proxy shut down with no
+    /// session left and nothing owed.
+    async fn serve(
+        &self,
+        mut stream: Stream,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<String> {
+        let mut input = ReadBuffer::new();
+        let mut writing = BytesMut::new();
+        let mut watching = true;
+        let mut progress = Instant::now();
+        loop {
+            let owed = {
+                let mut st = self.state.lock().expect("lane lock");
+                if writing.is_empty() {
+                    writing = std::mem::take(&mut st.out);
+                }
+                st.router.owed()
+            };
+            if owed == 0 && writing.is_empty() && self.finished(shutdown) {
+                return None;
+            }
+            let flush = stream.wants_flush();
+            let deadline = self
+                .settings
+                .reply_timeout
+                .filter(|_| owed > 0)
+                .map(|t| progress + t);
+            input.prepare();
+            let (mut rx, mut tx) = stream.halves();
+            tokio::select! {
+                biased;
+                r = rx.read_buf(input.bytes_mut()) => match r {
+                    Ok(0) => return Some("connection closed by Redis".into()),
+                    Ok(n) => {
+                        input.after_read(n);
+                        progress = Instant::now();
+                        if let Err(e) = self.route(input.bytes_mut()) {
+                            return Some(e);
+                        }
+                    }
+                    Err(e) => return Some(e.to_string()),
+                },
+                r = tx.send(&writing), if !writing.is_empty() || flush => match r {
+                    Ok(n) => {
+                        if owed == 0 {
+                            progress = Instant::now();
+                        }
+                        writing.advance(n);
+                    }
+                    Err(e) => return Some(e.to_string()),
+                },
+                _ = self.work.notified(), if writing.is_empty() => {
+                    // Let the other sessions woken in this tick submit too: one write then
+                    // carries all their commands.
+                    tokio::task::yield_now().await;
+                }
+                _ = async { tokio::time::sleep_until(deadline.expect("armed")).await },
+                    if deadline.is_some() => {
+                    let timeout = self.settings.reply_timeout.expect("armed");
+                    metrics::counter!("respguard_upstream_reply_timeouts_total").increment(1);
+                    return Some(format!("no reply within {timeout:?}, upstream.reply_timeout"));
+                }
+                r = shutdown.changed(), if watching => watching = r.is_ok(),
+            }
+        }
+    }
+
+    /// Hand what arrived to the slots it belongs to.
+    fn route(&self, input: &mut BytesMut) -> Result<(), String> {
+        let max_unread = self.settings.max_unread;
+        let mut st = self.state.lock().expect("lane lock");
+        st.router
+            .route(input, |slot, bytes| slot.deliver(bytes, max_unread))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A session's attachment to a lane. Dropping it leaves the lane: replies still owed to
+/// the session are dropped as they arrive.
+#[derive(Debug)]
+pub(crate) struct LaneLink {
+    lane: Arc<Lane>,
+    slot: Arc<Slot>,
+}
+
+impl LaneLink {
+    /// Queue `bytes` (whole commands) for Redis, expecting `replies` replies for them.
+    pub fn submit(&self, bytes: BytesMut, replies: u32) {
+        let mut st = self.lane.state.lock().expect("lane lock");
+        st.router.expect(&self.slot, replies);
+        st.out.unsplit(bytes);
+        drop(st);
+        self.lane.work.notify_one();
+    }
+
+    /// Everything the slot holds for the session, taken at once.
+    pub fn take(&self) -> Taken {
+        let mut st = self.slot.state.lock().expect("slot lock");
+        Taken {
+            bytes: std::mem::take(&mut st.inbox),
+            lost: std::mem::take(&mut st.lost),
+            cut: std::mem::take(&mut st.cut),
+            slow: st.slow,
+        }
+    }
+
+    /// False while the lane cannot reach Redis: the session then answers as it does with no
+    /// connection ([`Self::down_error`]); the lane keeps trying on its own.
+    #[inline]
+    pub fn is_up(&self) -> bool {
+        !self.lane.is_down()
+    }
+
+    /// Why the lane cannot reach Redis, as a Redis error line without its `-`.
+    pub fn down_error(&self) -> String {
+        self.lane.down_error.lock().expect("lane lock").clone()
+    }
+
+    /// Resolves once the slot may hold something new (a wake-up may be spurious).
+    pub fn ready(&self) -> tokio::sync::futures::Notified<'_> {
+        self.slot.ready.notified()
+    }
+}
+
+impl Drop for LaneLink {
+    fn drop(&mut self) {
+        {
+            let mut st = self.slot.state.lock().expect("slot lock");
+            st.dead = true;
+            st.inbox = BytesMut::new();
+        }
+        self.lane.links.fetch_sub(1, Ordering::Relaxed);
+        self.lane.work.notify_one();
+    }
+}

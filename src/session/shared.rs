@@ -1,0 +1,174 @@
+//! The session on a shared connection (`upstream.connections = "multiplexed"`).
+//!
+//! While on a lane the session works as it does on a connection of its own, with three
+//! differences, all here:
+//! - **Submitting**: at the end of each read, the commands scanned (whole ones only) go to
+//!   the lane in one batch, with the number of replies Redis will send for them
+//!   ([`Session::submit_to_lane`]); the reply queue stays the one record of what to do with
+//!   each reply.
+//! - **Receiving**: the lane hands the session its replies' bytes ([`Session::on_inbox`]),
+//!   which go through the reply pipe exactly as bytes read from a socket; and, when the
+//!   lane's connection was lost, how many of its commands lost their replies: those get the
+//!   connection-lost error, and the client stays connected. A client that lets more than
+//!   `proxy.output_buffer` of replies wait is disconnected ([`End::SlowReader`]).
+//! - **Pinning**: a command that needs state on its connection ([`Pinning`]) is held back
+//!   unscanned until every reply the session owes on the lane has arrived; then the session
+//!   leaves the lane for a connection of its own, for good ([`Session::pin`]), and the
+//!   command goes there. Redis thus runs the client's commands in the order it sent them.
+//!   QUIT is the exception: answered by the session, never sent to the shared connection.
+
+use super::upstream::Upstream;
+use super::{End, Session};
+use bytes::Bytes;
+
+use crate::command::{Pinning, Special};
+use crate::mux::lane::Lost;
+use crate::pipeline::{CommandFacts, Span};
+use crate::reply_queue::{Disposition, Effect};
+
+impl Session {
+    /// Hand the commands scanned since the last submit to the lane, with the number of
+    /// replies they expect.
+    pub(super) fn submit_to_lane(&mut self) {
+        let Some(lane) = self.upstream.lane() else {
+            return;
+        };
+        if self.requests.unwritten() == 0 {
+            return;
+        }
+        let pushed = self.state.queue().pushed_to_upstream();
+        let replies = (pushed - self.submitted) as u32;
+        debug_assert!(replies > 0, "every command on a lane expects its reply");
+        let batch = self.requests.take_output();
+        (self.shared.metrics.upstream_bytes_sent).increment(batch.len() as u64);
+        lane.submit(batch, replies);
+        self.submitted = pushed;
+    }
+
+    /// Whether `info`, about to be decided, needs a connection of its own while the session
+    /// is on a lane. If so it is held back unscanned (see [`Session::pin`]); true then.
+    #[inline]
+    pub(super) fn hold_for_pin(&mut self, info: CommandFacts, span: Span) -> bool {
+        if info.pinning == Pinning::Never || self.upstream.lane().is_none() {
+            return false;
+        }
+        let pins = match info.pinning {
+            Pinning::WhenBlocking => self.current(span).any_arg_is(b"block"),
+            _ => true,
+        };
+        if !pins {
+            return false;
+        }
+        self.requests.scanner_mut().unscan(span.start);
+        self.pin_pending = true;
+        true
+    }
+
+    /// QUIT on a lane: answered here (Redis would close the shared connection), and the
+    /// client's connection closes once the replies before it are written, as Redis does.
+    /// True when it was.
+    #[inline]
+    pub(super) fn quit_on_lane(&mut self, info: CommandFacts, span: Span) -> bool {
+        if info.special != Special::Quit || self.upstream.lane().is_none() {
+            return false;
+        }
+        self.commands_in_batch += 1;
+        self.answer_locally(info.id, Bytes::from_static(b"+OK\r\n"), span);
+        self.ignore_input = true;
+        self.close_when_flushed = true;
+        true
+    }
+
+    /// A streamed command on a lane always needs a connection of its own: it arrives over
+    /// many reads, and another client's commands must not land in the middle of it.
+    pub(super) fn hold_streamed_for_pin(&mut self, start: usize) -> bool {
+        if self.upstream.lane().is_none() {
+            return false;
+        }
+        self.requests.scanner_mut().unscan(start);
+        self.pin_pending = true;
+        true
+    }
+
+    /// The held command may go once nothing is owed on the lane.
+    pub(super) fn ready_to_pin(&self) -> bool {
+        self.pin_pending && self.state.queue().is_empty()
+    }
+
+    /// Leave the lane for a connection of the session's own, for the rest of its life, and
+    /// carry on with the held command.
+    pub(super) async fn pin(&mut self) {
+        self.pin_pending = false;
+        self.pinned = true;
+        self.upstream = Upstream::none();
+        self.shared.metrics.pinned_clients.increment(1);
+        tracing::debug!(client = %self.identity, "client moved to a connection of its own");
+        self.connect_upstream().await;
+        self.on_client_input();
+        self.flush_upstream();
+        self.flush_client();
+    }
+
+    /// The lane has something for the session: replies, lost commands, or the news that
+    /// the client is too slow.
+    pub(super) fn on_inbox(&mut self) -> Option<End> {
+        let taken = self.upstream.lane()?.take();
+        if taken.slow {
+            self.shared.metrics.slow_readers.increment(1);
+            tracing::info!(
+                client = %self.identity,
+                limit = self.shared.output_buffer,
+                "client disconnected: it left more replies unread than proxy.output_buffer"
+            );
+            return Some(End::SlowReader);
+        }
+        if !taken.bytes.is_empty() {
+            let n = self.replies.feed(taken.bytes);
+            if let Some(end) = self.on_upstream_read(n) {
+                return Some(end);
+            }
+        }
+        if taken.cut {
+            // Part of a reply went to the client already: nothing more can follow it.
+            let reason = taken.lost.front().map(|l| l.error.clone());
+            let reason = reason.map(|e| String::from_utf8_lossy(&e).trim().to_string());
+            return self.upstream_lost(reason.as_deref().unwrap_or("connection lost"));
+        }
+        for lost in &taken.lost {
+            self.lost_on_lane(lost);
+        }
+        if !taken.lost.is_empty() {
+            self.flush_client();
+            self.on_client_input();
+            self.flush_upstream();
+        }
+        None
+    }
+
+    /// The lane's connection was lost with `lost.replies` of the session's commands
+    /// unanswered, the oldest in flight: each gets the error; the client stays.
+    fn lost_on_lane(&mut self, lost: &Lost) {
+        let mut left = lost.replies;
+        self.replies.move_ready();
+        while left > 0 {
+            let Some(p) = self.state.queue_mut().pop_front() else {
+                break;
+            };
+            match p.disposition {
+                Disposition::Local(b) => {
+                    self.replies.send(&b);
+                    continue;
+                }
+                Disposition::Forward | Disposition::FilterExec(_) => self.replies.send(&lost.error),
+                Disposition::Hide => {}
+            }
+            if p.effect == Effect::AccessProbe {
+                // Never answered: the guards act as before it was sent.
+                self.probing = false;
+                self.waiting_for_probe = false;
+            }
+            left -= 1;
+        }
+        self.emit_local_replies();
+    }
+}
