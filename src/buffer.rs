@@ -8,7 +8,7 @@
 use bytes::{Buf, BytesMut};
 
 /// The smallest read, and the size an idle connection keeps.
-pub const MIN_READ: usize = 4 * 1024;
+pub const MIN_READ: usize = 2 * 1024;
 /// The largest read.
 pub const MAX_READ: usize = 64 * 1024;
 

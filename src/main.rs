@@ -184,13 +184,18 @@ fn main() -> anyhow::Result<()> {
         overrides: cli.overrides(),
     });
     init_logging(&config.raw.log.level, &config.raw.log.format);
-    // Each client costs two descriptors (its socket and its upstream's): raise the soft
-    // limit to the hard one, as Redis does, and serve no more clients than it allows, so a
-    // client over the limit gets the clear max-clients error instead of accept or connect
-    // failing with "too many open files" (which would also trip the upstream circuit).
+    // Each client costs two descriptors (its socket and its upstream's; multiplexed, one,
+    // the shared connections being few): raise the soft limit to the hard one, as Redis
+    // does, and serve no more clients than it allows, so a client over the limit gets the
+    // clear max-clients error instead of accept or connect failing with "too many open
+    // files" (which would also trip the upstream circuit).
+    let per_client = match config.raw.upstream.connections {
+        respguard::config::ConnectionModel::PerClient => 2,
+        respguard::config::ConnectionModel::Multiplexed => 1,
+    };
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
-            let fits = clients_within(limit);
+            let fits = clients_within(limit, per_client);
             if fits < config.max_clients {
                 tracing::warn!(
                     open_file_limit = limit,
@@ -339,7 +344,7 @@ async fn wait_for_signal() {
 /// check's connections, admin requests, the runtime's own, logs.
 const RESERVED_DESCRIPTORS: u64 = 64;
 
-/// How many clients fit in `open_file_limit` descriptors, two each.
-fn clients_within(open_file_limit: u64) -> usize {
-    (open_file_limit.saturating_sub(RESERVED_DESCRIPTORS) / 2).max(1) as usize
+/// How many clients fit in `open_file_limit` descriptors, `per_client` each.
+fn clients_within(open_file_limit: u64, per_client: u64) -> usize {
+    (open_file_limit.saturating_sub(RESERVED_DESCRIPTORS) / per_client).max(1) as usize
 }

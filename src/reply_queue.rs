@@ -176,7 +176,9 @@ impl ReplyQueue {
     /// An empty queue holding at most `capacity` commands.
     pub fn new(capacity: usize) -> Self {
         ReplyQueue {
-            entries: VecDeque::with_capacity(capacity.min(64)),
+            // Empty until the first command: an idle client costs no entries; the queue
+            // grows once to the client's burst and keeps it.
+            entries: VecDeque::new(),
             capacity,
             channels: 0,
             patterns: 0,

@@ -270,8 +270,16 @@ fn counted(stream: &mut TcpStream, batches: &[Vec<u8>], buf: &mut [u8]) -> (u64,
     (ALLOCATIONS.load(Ordering::SeqCst), errors)
 }
 
+/// Per-client and multiplexed (`upstream.connections`), one after the other: the
+/// allocation counter is global to the process.
 #[test]
 fn a_pipeline_of_guarded_commands_allocates_nothing_per_command() {
+    for multiplexed in [false, true] {
+        allocations_per_command(multiplexed);
+    }
+}
+
+fn allocations_per_command(multiplexed: bool) {
     let redis = Redis::start();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -282,6 +290,9 @@ fn a_pipeline_of_guarded_commands_allocates_nothing_per_command() {
     raw.proxy.listen = "127.0.0.1:0".into();
     raw.admin.listen = String::new();
     raw.upstream.url = format!("redis://127.0.0.1:{}", redis.port);
+    if multiplexed {
+        raw.upstream.connections = respguard::config::ConnectionModel::Multiplexed;
+    }
     let config = raw.validate().expect("config is valid");
     let proxy = runtime
         .block_on(respguard::app::start(config))
@@ -307,14 +318,14 @@ fn a_pipeline_of_guarded_commands_allocates_nothing_per_command() {
     // command (the session's buffers making room for a batch of requests).
     assert!(
         allocations < (COMMANDS / 20) as u64,
-        "{allocations} allocations for {COMMANDS} guarded commands: the hot path allocates"
+        "{allocations} allocations for {COMMANDS} guarded commands (multiplexed: {multiplexed}): the hot path allocates"
     );
 
     // Refusals are not the hot path: their allocations (the error's text) are shown, not
     // bounded.
     let (refusing, errors) = counted(&mut stream, &pipeline(4, true), &mut buf);
     eprintln!(
-        "{allocations} allocations for {COMMANDS} commands; {refusing} with {errors} of them refused"
+        "multiplexed {multiplexed}: {allocations} allocations for {COMMANDS} commands; {refusing} with {errors} of them refused"
     );
 
     runtime.block_on(proxy.shutdown());

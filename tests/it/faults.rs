@@ -452,6 +452,21 @@ async fn client_leaving_mid_request_never_runs_the_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "heavy: scripts/test.sh runs it alone, after the parallel suite"]
 async fn ten_thousand_concurrent_clients_each_get_their_own_replies() {
+    ten_thousand_clients(false).await;
+}
+
+/// The same 10,000 clients multiplexed (`upstream.connections = "multiplexed"`): each costs
+/// the proxy one descriptor, so all are served; while they are all connected Redis sees
+/// only the two shared connections (plus the monitor's and the test's own), every client
+/// still gets its own replies, and an idle client costs the proxy at most 8 KiB of
+/// resident memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: scripts/test.sh runs it alone, after the parallel suite"]
+async fn ten_thousand_multiplexed_clients_share_two_redis_connections() {
+    ten_thousand_clients(true).await;
+}
+
+async fn ten_thousand_clients(multiplexed: bool) {
     const CLIENTS: usize = 10_000;
     let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
     let want = CLIENTS as u64 + 1024;
@@ -465,21 +480,30 @@ async fn ten_thousand_concurrent_clients_each_get_their_own_replies() {
     let server = RedisServer::start_with(&["--maxclients", "10100"]);
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("respguard.toml");
+    let mode = if multiplexed {
+        "connections = \"multiplexed\"\nshared_connections = 2\n"
+    } else {
+        ""
+    };
     std::fs::write(
         &conf,
-        "[proxy]\nmax_clients = 10100\nmax_connections_per_second = 100000\n\
-         max_connections_per_second_per_address = 100000\n\
-         [upstream]\nmax_connects_per_second = 100000\n",
+        format!(
+            "[proxy]\nmax_clients = 10100\nmax_connections_per_second = 100000\n\
+             max_connections_per_second_per_address = 100000\n\
+             [upstream]\nmax_connects_per_second = 100000\n{mode}"
+        ),
     )
     .unwrap();
     let (proxy, admin) = crate::memory::ProxyProcess::start_with_admin(&server.url(), &conf);
     let max = connected_and_max(admin).await.1;
     let expect_served = CLIENTS.min(max);
+    let per_client = if multiplexed { 1 } else { 2 };
     assert_eq!(
         expect_served,
-        CLIENTS.min(((hard - 64) / 2) as usize),
+        CLIENTS.min(((hard - 64) / per_client) as usize),
         "the proxy serves what its descriptors allow"
     );
+    let (rss_before_kib, _) = proxy.rss_kib();
 
     // Connect in waves of 500 (the listen backlog is finite), each client writing its key;
     // clients over the proxy's limit are refused with the max-clients error.
@@ -513,12 +537,29 @@ async fn ten_thousand_concurrent_clients_each_get_their_own_replies() {
     assert_eq!(clients.len(), expect_served, "{refused} refused");
     assert_eq!(connected_and_max(admin).await.0, expect_served);
     let (rss_kib, _) = proxy.rss_kib();
+    let per_client_kib = rss_kib.saturating_sub(rss_before_kib) as f64 / clients.len() as f64;
     println!(
-        "respguard with {} clients connected ({refused} refused): RSS {} MiB, {} KiB per client",
+        "respguard ({}) with {} clients connected ({refused} refused): RSS {} MiB, {:.1} KiB per client",
+        if multiplexed { "multiplexed" } else { "per-client" },
         clients.len(),
         rss_kib / 1024,
-        rss_kib / clients.len() as u64
+        per_client_kib
     );
+    let mut watcher = Conn::open(server.addr()).await;
+    if multiplexed {
+        assert!(
+            per_client_kib <= 8.0,
+            "an idle multiplexed client costs {per_client_kib:.1} KiB"
+        );
+        // The two shared connections and what the per-client run leaves at the end (the
+        // monitor's, this watcher).
+        let connected = redis_clients(&mut watcher).await;
+        assert!(
+            connected <= 5,
+            "{connected} Redis connections for {} clients",
+            clients.len()
+        );
+    }
 
     // All at once: each asks for its own key and echoes its own number.
     let mut tasks = tokio::task::JoinSet::new();
@@ -539,16 +580,12 @@ async fn ten_thousand_concurrent_clients_each_get_their_own_replies() {
     }
     drop(clients);
 
-    // Every upstream connection is freed: only the monitor's and the watcher remain.
-    let mut watcher = Conn::open(server.addr()).await;
+    // Every upstream connection is freed: only the monitor's, the watcher and (multiplexed)
+    // the shared ones remain.
+    let left = if multiplexed { 5 } else { 3 };
     eventually!(WAIT, "every Redis connection freed", {
-        let info = watcher.call(&["INFO", "clients"]).await;
-        let connected: usize = info
-            .lines()
-            .find_map(|l| l.strip_prefix("connected_clients:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap();
-        if connected <= 3 {
+        let connected = redis_clients(&mut watcher).await;
+        if connected <= left {
             Ok(())
         } else {
             Err(format!("{connected} Redis connections left"))
@@ -561,6 +598,15 @@ async fn ten_thousand_concurrent_clients_each_get_their_own_replies() {
             n => Err(format!("{n} clients still counted")),
         }
     });
+}
+
+/// Redis's `connected_clients`, asked on `c`.
+async fn redis_clients(c: &mut Conn) -> usize {
+    let info = c.call(&["INFO", "clients"]).await;
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("connected_clients")
 }
 
 /// `clients.connected` and `clients.max` from `/status`.
