@@ -309,7 +309,9 @@ impl Lane {
         let mut input = ReadBuffer::new();
         let mut writing = BytesMut::new();
         let mut watching = true;
+        // When Redis last showed progress: a reply arrived, or replies began to be owed.
         let mut progress = Instant::now();
+        let mut owed_before = 0;
         loop {
             let owed = {
                 let mut st = self.state.lock().expect("lane lock");
@@ -318,6 +320,10 @@ impl Lane {
                 }
                 st.router.owed()
             };
+            if owed > 0 && owed_before == 0 {
+                progress = Instant::now();
+            }
+            owed_before = owed;
             if owed == 0 && writing.is_empty() && self.finished(shutdown) {
                 return None;
             }
@@ -343,12 +349,7 @@ impl Lane {
                     Err(e) => return Some(e.to_string()),
                 },
                 r = tx.send(&writing), if !writing.is_empty() || flush => match r {
-                    Ok(n) => {
-                        if owed == 0 {
-                            progress = Instant::now();
-                        }
-                        writing.advance(n);
-                    }
+                    Ok(n) => writing.advance(n),
                     Err(e) => return Some(e.to_string()),
                 },
                 _ = self.work.notified(), if writing.is_empty() => {
