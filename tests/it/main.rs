@@ -17,6 +17,7 @@ mod harness;
 mod job_keys;
 mod jobs;
 mod keyspace;
+mod lanes;
 mod layering;
 mod memory;
 mod operating;
