@@ -19,6 +19,7 @@ mod jobs;
 mod keyspace;
 mod layering;
 mod memory;
+mod multiplexed;
 mod operating;
 mod passthrough;
 mod payload_formats;
