@@ -433,6 +433,8 @@ async fn error_replies_and_inline_commands() {
     .await;
 }
 
+/// Malformed input after a PING gets Redis's own protocol error, byte for byte, and the
+/// connection closes, directly and through the proxy in each connection mode.
 #[tokio::test]
 async fn malformed_input_gets_the_protocol_error_and_the_connection_closes() {
     for garbage in [
