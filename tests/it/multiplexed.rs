@@ -276,8 +276,6 @@ async fn stateless_commands_from_many_clients_go_over_the_shared_connections() {
             shared_max: 2,
         };
         watcher.expect(mode, plain, "twenty plain clients").await;
-        let (shared, _) = watcher.serving().await;
-        assert!(shared.iter().all(|c| c.name == SHARED_NAME), "{shared:?}");
         drop(clients);
         proxy.shutdown().await;
     }
@@ -601,8 +599,7 @@ async fn a_pinned_clients_state_never_reaches_other_clients() {
             shared_max: 2,
         };
         watcher.expect(mode, want, "one plain, one pinned").await;
-        let (shared, dedicated) = watcher.serving().await;
-        assert!(shared.iter().all(|c| c.name == SHARED_NAME), "{shared:?}");
+        let (_, dedicated) = watcher.serving().await;
         let named: Vec<_> = dedicated.iter().filter(|c| c.name == "app-a").collect();
         assert_eq!(named.len(), 1, "{mode:?}: {dedicated:?}");
 
