@@ -644,6 +644,18 @@ async fn a_thousand_clients_share_two_redis_connections() {
             baseline + watcher.serving().await.0.len()
         );
 
+        // From here to the end, a sampler reads connected_clients every 5 ms.
+        let (done_tx, mut done) = tokio::sync::watch::channel(false);
+        let sampler = tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                peak = peak.max(watcher.connected().await);
+                if *done.borrow_and_update() {
+                    return (peak, watcher);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
         let mut pinned = Vec::new();
         for i in 0..PINNED {
             let mut c = Conn::open(proxy.addr).await;
@@ -669,18 +681,7 @@ async fn a_thousand_clients_share_two_redis_connections() {
             clients.extend(tasks.join_all().await);
         }
 
-        // All at once, five rounds each, while a sampler reads connected_clients.
-        let (done_tx, mut done) = tokio::sync::watch::channel(false);
-        let sampler = tokio::spawn(async move {
-            let mut peak = 0;
-            loop {
-                peak = peak.max(watcher.connected().await);
-                if *done.borrow_and_update() {
-                    return (peak, watcher);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
+        // All at once, five rounds each.
         let mut tasks = tokio::task::JoinSet::new();
         for (i, mut c) in clients {
             tasks.spawn(async move {
