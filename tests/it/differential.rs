@@ -1,7 +1,8 @@
 //! Differential tests: the same scripted sessions against Redis directly and through the
 //! proxy (two fresh servers, one behind the proxy) must give byte-identical replies, in
-//! RESP2 and RESP3. Only what legitimately differs between two connections is masked
-//! (client ids, MONITOR addresses).
+//! RESP2 and RESP3, with the proxy in each connection mode (a Redis connection per client,
+//! and shared connections). Only what legitimately differs between two connections is
+//! masked (client ids, MONITOR addresses).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,16 +12,17 @@ use crate::harness::*;
 
 type Script = fn(SocketAddr, u8) -> Pin<Box<dyn Future<Output = String> + Send>>;
 
-/// Run `script` directly and through a proxy, in RESP2 and RESP3, and compare.
+/// Run `script` directly and through a proxy in each connection mode, in RESP2 and RESP3,
+/// and compare.
 async fn differential(script: Script) {
     differential_with(script, &[]).await
 }
 
 async fn differential_with(script: Script, server_args: &[&str]) {
-    for proto in [2u8, 3] {
+    for (mode, proto) in Mode::BOTH.into_iter().flat_map(|m| [(m, 2u8), (m, 3)]) {
         let direct = RedisServer::start_with(server_args);
         let behind = RedisServer::start_with(server_args);
-        let proxy = proxy_for(&behind).await;
+        let proxy = mode.proxy_for(&behind).await;
         let want = mask(&script(direct.addr(), proto).await);
         let got = mask(&script(proxy.addr, proto).await);
         assert!(!want.is_empty());
@@ -32,7 +34,7 @@ async fn differential_with(script: Script, server_args: &[&str]) {
                 .unwrap_or(want.len().min(got.len()));
             let lo = at.saturating_sub(80);
             panic!(
-                "RESP{proto}: replies differ at byte {at}\n direct: {:?}\n  proxy: {:?}",
+                "{mode:?}, RESP{proto}: replies differ at byte {at}\n direct: {:?}\n  proxy: {:?}",
                 &want[lo..(at + 80).min(want.len())],
                 &got[lo..(at + 80).min(got.len())]
             );
@@ -431,6 +433,8 @@ async fn error_replies_and_inline_commands() {
     .await;
 }
 
+/// Malformed input after a PING gets Redis's own protocol error, byte for byte, and the
+/// connection closes, directly and through the proxy in each connection mode.
 #[tokio::test]
 async fn malformed_input_gets_the_protocol_error_and_the_connection_closes() {
     for garbage in [
@@ -440,24 +444,26 @@ async fn malformed_input_gets_the_protocol_error_and_the_connection_closes() {
         b"*1\r\n$9999999999999\r\n",
         b"SET \"unbalanced\r\n",
     ] {
-        let direct = RedisServer::start();
-        let behind = RedisServer::start();
-        let proxy = proxy_for(&behind).await;
-        let mut outs = Vec::new();
-        for addr in [direct.addr(), proxy.addr] {
-            let mut c = Conn::open(addr).await;
-            let mut bytes = encode(&["PING"]);
-            bytes.extend_from_slice(garbage);
-            c.send(&bytes).await;
-            outs.push(String::from_utf8_lossy(&c.read_to_close().await).into_owned());
+        for mode in Mode::BOTH {
+            let direct = RedisServer::start();
+            let behind = RedisServer::start();
+            let proxy = mode.proxy_for(&behind).await;
+            let mut outs = Vec::new();
+            for addr in [direct.addr(), proxy.addr] {
+                let mut c = Conn::open(addr).await;
+                let mut bytes = encode(&["PING"]);
+                bytes.extend_from_slice(garbage);
+                c.send(&bytes).await;
+                outs.push(String::from_utf8_lossy(&c.read_to_close().await).into_owned());
+            }
+            assert_eq!(
+                outs[0],
+                outs[1],
+                "{mode:?}, for {:?}",
+                String::from_utf8_lossy(garbage)
+            );
+            assert!(outs[0].contains("Protocol error"), "{}", outs[0]);
+            proxy.shutdown().await;
         }
-        assert_eq!(
-            outs[0],
-            outs[1],
-            "for {:?}",
-            String::from_utf8_lossy(garbage)
-        );
-        assert!(outs[0].contains("Protocol error"), "{}", outs[0]);
-        proxy.shutdown().await;
     }
 }

@@ -123,6 +123,49 @@ pub fn proxy_config(upstream_url: &str) -> RawConfig {
     raw
 }
 
+/// How a test's proxy reaches Redis (`upstream.connections`): a connection per client, or
+/// a few connections all clients share (a client using connection state gets its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    PerClient,
+    Multiplexed,
+}
+
+impl Mode {
+    /// Both modes, for tests whose behaviour must not depend on the mode.
+    pub const BOTH: [Mode; 2] = [Mode::PerClient, Mode::Multiplexed];
+
+    /// `raw` with its upstream connections in this mode.
+    pub fn apply(self, mut raw: RawConfig) -> RawConfig {
+        raw.upstream.connections = match self {
+            Mode::PerClient => respguard::config::ConnectionModel::PerClient,
+            Mode::Multiplexed => respguard::config::ConnectionModel::Multiplexed,
+        };
+        raw
+    }
+
+    /// A configuration in this mode in front of `upstream_url`, on free ports.
+    pub fn config(self, upstream_url: &str) -> RawConfig {
+        self.apply(proxy_config(upstream_url))
+    }
+
+    /// Start a proxy in this mode with default settings in front of `server`.
+    pub async fn proxy_for(self, server: &RedisServer) -> ProxyHandle {
+        start_proxy(self.config(&server.url())).await
+    }
+}
+
+/// A configuration of a multiplexed proxy (`upstream.connections = "multiplexed"`, the
+/// default `shared_connections`) in front of `upstream_url`, on free ports.
+pub fn mux_config(upstream_url: &str) -> RawConfig {
+    Mode::Multiplexed.config(upstream_url)
+}
+
+/// Start a multiplexed proxy with default settings in front of `server`.
+pub async fn mux_proxy_for(server: &RedisServer) -> ProxyHandle {
+    Mode::Multiplexed.proxy_for(server).await
+}
+
 /// Start a proxy in this process.
 pub async fn start_proxy(raw: RawConfig) -> ProxyHandle {
     respguard::app::start(raw.validate().expect("valid test config"))

@@ -20,6 +20,7 @@ mod keyspace;
 mod lanes;
 mod layering;
 mod memory;
+mod multiplexed;
 mod operating;
 mod passthrough;
 mod payload_formats;
