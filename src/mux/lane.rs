@@ -57,15 +57,26 @@ pub(crate) struct Lost {
     pub replies: u32,
     /// The whole RESP error reply.
     pub error: Bytes,
+    /// The first of them was cut after some of its bytes were handed over.
+    pub cut: bool,
+}
+
+/// What the lane told a slot, in the order it happened: bytes received before a loss
+/// belong to replies before the lost ones, bytes after it to commands written after.
+#[derive(Debug)]
+pub(crate) enum News {
+    /// Reply bytes, in order.
+    Replies(BytesMut),
+    /// Replies lost with the connection.
+    Lost(Lost),
 }
 
 /// What a slot holds for its session.
 #[derive(Debug, Default)]
 struct SlotState {
-    inbox: BytesMut,
-    lost: VecDeque<Lost>,
-    /// A reply was cut after some of its bytes were handed over.
-    cut: bool,
+    news: VecDeque<News>,
+    /// Reply bytes among `news`.
+    unread: usize,
     /// More than `max_unread` bytes waited: the session must end.
     slow: bool,
     /// The session is gone (or slow): its replies are dropped as they arrive.
@@ -98,12 +109,17 @@ impl Slot {
         if st.dead {
             return;
         }
-        if st.inbox.len() + bytes.len() > max_unread {
+        if st.unread + bytes.len() > max_unread {
             st.slow = true;
             st.dead = true;
-            st.inbox = BytesMut::new();
+            st.news.clear();
+            st.unread = 0;
         } else {
-            st.inbox.unsplit(bytes);
+            st.unread += bytes.len();
+            match st.news.back_mut() {
+                Some(News::Replies(inbox)) => inbox.unsplit(bytes),
+                _ => st.news.push_back(News::Replies(bytes)),
+            }
         }
         drop(st);
         self.ready.notify_one();
@@ -114,11 +130,11 @@ impl Slot {
         if st.dead {
             return;
         }
-        st.cut |= cut;
-        st.lost.push_back(Lost {
+        st.news.push_back(News::Lost(Lost {
             replies,
             error: error.clone(),
-        });
+            cut,
+        }));
         drop(st);
         self.ready.notify_one();
     }
@@ -127,12 +143,8 @@ impl Slot {
 /// What a session takes from its slot at once.
 #[derive(Debug, Default)]
 pub(crate) struct Taken {
-    /// Reply bytes, in order.
-    pub bytes: BytesMut,
-    /// Batches lost after those bytes, in order.
-    pub lost: VecDeque<Lost>,
-    /// A reply was cut mid-way: its beginning went to the session, its end never comes.
-    pub cut: bool,
+    /// What happened, in order.
+    pub news: VecDeque<News>,
     /// The client let more than the bound of replies wait: it must be disconnected.
     pub slow: bool,
 }
@@ -399,10 +411,9 @@ impl LaneLink {
     /// Everything the slot holds for the session, taken at once.
     pub fn take(&self) -> Taken {
         let mut st = self.slot.state.lock().expect("slot lock");
+        st.unread = 0;
         Taken {
-            bytes: std::mem::take(&mut st.inbox),
-            lost: std::mem::take(&mut st.lost),
-            cut: std::mem::take(&mut st.cut),
+            news: std::mem::take(&mut st.news),
             slow: st.slow,
         }
     }
@@ -430,7 +441,7 @@ impl Drop for LaneLink {
         {
             let mut st = self.slot.state.lock().expect("slot lock");
             st.dead = true;
-            st.inbox = BytesMut::new();
+            st.news.clear();
         }
         self.lane.links.fetch_sub(1, Ordering::Relaxed);
         self.lane.work.notify_one();

@@ -236,7 +236,13 @@ impl Session {
     pub fn new(shared: Arc<Shared>, client: Stream, identity: ClientIdentity) -> Self {
         let policy_generation = shared.control.generation();
         let policy = shared.control.policy();
-        let mut requests = RequestScanner::new(shared.limits);
+        let mut limits = shared.limits;
+        if shared.lanes.is_some() {
+            // On a shared connection a streamed command needs a connection of its own (see
+            // `shared`): commands up to the buffered bound are read whole instead.
+            limits.stream_threshold = (limits.stream_threshold).max(limits.max_buffered_command as u64);
+        }
+        let mut requests = RequestScanner::new(limits);
         requests.set_unauthenticated(policy.auth.required());
         let state = ConnectionState::new(shared.max_pending, shared.table.unknown().id);
         Session {

@@ -217,6 +217,15 @@ impl<S: Rebase> Pipe<S> {
         n
     }
 
+    /// Drop every input byte not ready to move (a reply cut off in its middle) and scan
+    /// afresh with `scanner`; the ready bytes move to the output first.
+    pub fn restart(&mut self, scanner: S) {
+        self.move_ready();
+        let rest = self.input.bytes().len();
+        self.input.discard(rest);
+        self.scanner = scanner;
+    }
+
     /// Unwritten output bytes.
     #[inline]
     pub fn unwritten(&self) -> usize {

@@ -22,7 +22,8 @@ use super::{End, Session};
 use bytes::Bytes;
 
 use crate::command::{Pinning, Special};
-use crate::mux::lane::Lost;
+use crate::mux::lane::{Lost, News};
+use crate::scanner::reply::ReplyScanner;
 use crate::pipeline::{CommandFacts, Span};
 use crate::reply_queue::{Disposition, Effect};
 
@@ -109,8 +110,8 @@ impl Session {
         self.flush_client();
     }
 
-    /// The lane has something for the session: replies, lost commands, or the news that
-    /// the client is too slow.
+    /// The lane has something for the session: replies, lost commands (in the order they
+    /// happened), or the news that the client is too slow.
     pub(super) fn on_inbox(&mut self) -> Option<End> {
         let taken = self.upstream.lane()?.take();
         if taken.slow {
@@ -122,27 +123,39 @@ impl Session {
             );
             return Some(End::SlowReader);
         }
-        if !taken.bytes.is_empty() {
-            let n = self.replies.feed(taken.bytes);
-            if let Some(end) = self.on_upstream_read(n) {
-                return Some(end);
+        for news in taken.news {
+            match news {
+                News::Replies(bytes) => {
+                    let n = self.replies.feed(bytes);
+                    if let Some(end) = self.on_upstream_read(n) {
+                        return Some(end);
+                    }
+                }
+                News::Lost(lost) => {
+                    if lost.cut && !self.drop_cut_reply() {
+                        let reason = String::from_utf8_lossy(&lost.error).trim().to_string();
+                        return self.upstream_lost(&reason);
+                    }
+                    self.lost_on_lane(&lost);
+                    self.flush_client();
+                    self.on_client_input();
+                    self.flush_upstream();
+                }
             }
         }
-        if taken.cut {
-            // Part of a reply went to the client already: nothing more can follow it.
-            let reason = taken.lost.front().map(|l| l.error.clone());
-            let reason = reason.map(|e| String::from_utf8_lossy(&e).trim().to_string());
-            return self.upstream_lost(reason.as_deref().unwrap_or("connection lost"));
-        }
-        for lost in &taken.lost {
-            self.lost_on_lane(lost);
-        }
-        if !taken.lost.is_empty() {
-            self.flush_client();
-            self.on_client_input();
-            self.flush_upstream();
-        }
         None
+    }
+
+    /// The reply being read was cut off by the loss of the lane's connection. If none of
+    /// its bytes reached the client, they are forgotten (its command gets the error like
+    /// the others lost): true. False when some did: nothing may follow them.
+    fn drop_cut_reply(&mut self) -> bool {
+        if self.reply_partly_sent {
+            return false;
+        }
+        self.replies.restart(ReplyScanner::new());
+        self.reply_forwarded = None;
+        true
     }
 
     /// The lane's connection was lost with `lost.replies` of the session's commands
