@@ -366,8 +366,10 @@ impl Lane {
                 },
                 _ = self.work.notified(), if writing.is_empty() => {
                     // Let the other sessions woken in this tick submit too: one write then
-                    // carries all their commands.
-                    tokio::task::yield_now().await;
+                    // carries all their commands (with one session, there are none).
+                    if self.links() > 1 {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 _ = async { tokio::time::sleep_until(deadline.expect("armed")).await },
                     if deadline.is_some() => {

@@ -240,7 +240,8 @@ impl Session {
         if shared.lanes.is_some() {
             // On a shared connection a streamed command needs a connection of its own (see
             // `shared`): commands up to the buffered bound are read whole instead.
-            limits.stream_threshold = (limits.stream_threshold).max(limits.max_buffered_command as u64);
+            limits.stream_threshold =
+                (limits.stream_threshold).max(limits.max_buffered_command as u64);
         }
         let mut requests = RequestScanner::new(limits);
         requests.set_unauthenticated(policy.auth.required());

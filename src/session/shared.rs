@@ -23,9 +23,9 @@ use bytes::Bytes;
 
 use crate::command::{Pinning, Special};
 use crate::mux::lane::{Lost, News};
-use crate::scanner::reply::ReplyScanner;
 use crate::pipeline::{CommandFacts, Span};
 use crate::reply_queue::{Disposition, Effect};
+use crate::scanner::reply::ReplyScanner;
 
 impl Session {
     /// Hand the commands scanned since the last submit to the lane, with the number of
