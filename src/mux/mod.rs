@@ -61,9 +61,4 @@ impl SharedConnections {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         self.lanes[i].attach()
     }
-
-    /// Sessions attached to a lane now.
-    pub fn attached(&self) -> usize {
-        self.lanes.iter().map(|l| l.links()).sum()
-    }
 }
