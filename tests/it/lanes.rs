@@ -163,3 +163,113 @@ async fn a_pinning_command_runs_after_the_clients_shared_commands() {
     );
     proxy.shutdown().await;
 }
+
+/// 500 multiplexed clients pipeline SETs and GETs of values carrying their own tag while the
+/// network between proxy and Redis corrupts a reply byte, half-closes, cuts and stalls the
+/// shared connections in turn (the fault shim). Whatever a fault does, no client ever
+/// receives a byte of another client's data: each reply is its own, an error, or the
+/// beginning of its own before its connection closes. Once the faults stop, every client
+/// (reconnecting if it was closed) gets all its replies exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_on_the_shared_connections_under_500_clients_never_cross_clients() {
+    use crate::shim::{Fault, Shim};
+    const CLIENTS: usize = 500;
+    const PAIRS: usize = 8;
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    let server = RedisServer::start_with(&["--maxclients", "2000"]);
+    let shim = Shim::start(server.addr()).await;
+    let mut raw = multiplexed(&shim.url());
+    raw.upstream.shared_connections = 2;
+    raw.upstream.reply_timeout = HumanDuration(Duration::from_millis(500));
+    raw.proxy.max_clients = 2000;
+    raw.proxy.max_connections_per_second = 100_000;
+    raw.proxy.max_connections_per_second_per_address = 100_000;
+    let proxy = start_proxy(raw).await;
+    let addr = proxy.addr;
+
+    /// One round of a client's tagged pipeline; `exact` asks for every reply to be its own.
+    /// Returns false when its connection closed (after at most the start of its own reply).
+    async fn round(c: &mut Conn, client: usize, round: usize, exact: bool) -> bool {
+        let tag = format!("<c{client:03}>");
+        let mut batch = Vec::new();
+        let mut want = Vec::new();
+        for j in 0..PAIRS {
+            let key = format!("{tag}:{j}");
+            let value = format!("{key}:{round}:{}", "x".repeat(j * 700));
+            batch.extend_from_slice(&encode(&["SET", &key, &value]));
+            batch.extend_from_slice(&encode(&["GET", &key]));
+            want.push("+OK\r\n".to_string());
+            want.push(format!("${}\r\n{value}\r\n", value.len()));
+        }
+        if tokio::io::AsyncWriteExt::write_all(&mut c.stream, &batch)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        for own in want {
+            let got = c.read_reply_or_close().await;
+            let foreign = got.contains("<c") && !got.contains(&tag);
+            assert!(!foreign, "client {client} got another's data: {got:?}");
+            if frame_len(got.as_bytes()) != Some(got.len()) {
+                return false; // closed
+            }
+            if exact {
+                assert_eq!(got, own, "client {client}");
+            } else if got.starts_with('-') {
+                assert!(
+                    got.starts_with("-ERR respguard: "),
+                    "client {client}: {got:?}"
+                );
+            }
+        }
+        true
+    }
+
+    let (done_tx, done) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let done = done.clone();
+        tasks.spawn(async move {
+            let mut c = Conn::open(addr).await;
+            let mut closes = 0;
+            let mut n = 0;
+            while !*done.borrow() {
+                if !round(&mut c, client, n, false).await {
+                    closes += 1;
+                    c = Conn::open(addr).await;
+                }
+                n += 1;
+            }
+            // The faults are over: a clean round, on a fresh connection if this one was cut.
+            eventually!(WAIT, format!("client {client} served in full"), {
+                if round(&mut c, client, n, true).await {
+                    Ok(())
+                } else {
+                    c = Conn::open(addr).await;
+                    Err("closed")
+                }
+            });
+            closes
+        });
+    }
+    for fault in [
+        Fault::CorruptAfter(3000),
+        Fault::HalfCloseAfter(5000),
+        Fault::CutAfter(7000),
+        Fault::Stall,
+        Fault::CorruptAfter(100),
+        Fault::CutAfter(0),
+    ] {
+        // Let traffic flow, then apply the fault to every shared connection for a while.
+        shim.set(Fault::Pass);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        shim.set(fault);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    shim.set(Fault::Pass);
+    done_tx.send(true).unwrap();
+    let closes: usize = tasks.join_all().await.into_iter().sum();
+    println!("500 clients through six faults: {closes} client connections closed mid-reply");
+    proxy.shutdown().await;
+}
