@@ -187,9 +187,9 @@ async fn faults_on_the_shared_connections_under_500_clients_never_cross_clients(
     let proxy = start_proxy(raw).await;
     let addr = proxy.addr;
 
-    /// One round of a client's tagged pipeline; `exact` asks for every reply to be its own.
-    /// Returns false when its connection closed (after at most the start of its own reply).
-    async fn round(c: &mut Conn, client: usize, round: usize, exact: bool) -> bool {
+    /// One round of a client's tagged pipeline: `None` when its connection closed (after at
+    /// most the start of its own reply), else whether every reply was exactly its own.
+    async fn round(c: &mut Conn, client: usize, round: usize) -> Option<bool> {
         let tag = format!("<c{client:03}>");
         let mut batch = Vec::new();
         let mut want = Vec::new();
@@ -205,25 +205,25 @@ async fn faults_on_the_shared_connections_under_500_clients_never_cross_clients(
             .await
             .is_err()
         {
-            return false;
+            return None;
         }
+        let mut exact = true;
         for own in want {
             let got = c.read_reply_or_close().await;
             let foreign = got.contains("<c") && !got.contains(&tag);
             assert!(!foreign, "client {client} got another's data: {got:?}");
             if frame_len(got.as_bytes()) != Some(got.len()) {
-                return false; // closed
+                return None;
             }
-            if exact {
-                assert_eq!(got, own, "client {client}");
-            } else if got.starts_with('-') {
+            if got.starts_with('-') {
                 assert!(
                     got.starts_with("-ERR respguard: "),
                     "client {client}: {got:?}"
                 );
             }
+            exact &= got == own;
         }
-        true
+        Some(exact)
     }
 
     let (done_tx, done) = tokio::sync::watch::channel(false);
@@ -235,19 +235,23 @@ async fn faults_on_the_shared_connections_under_500_clients_never_cross_clients(
             let mut closes = 0;
             let mut n = 0;
             while !*done.borrow() {
-                if !round(&mut c, client, n, false).await {
+                if round(&mut c, client, n).await.is_none() {
                     closes += 1;
                     c = Conn::open(addr).await;
                 }
                 n += 1;
             }
-            // The faults are over: a clean round, on a fresh connection if this one was cut.
+            // The faults are over: a round answered exactly (a connection cut as the faults
+            // ended may still fail one), on a fresh connection if this one was closed.
             eventually!(WAIT, format!("client {client} served in full"), {
-                if round(&mut c, client, n, true).await {
-                    Ok(())
-                } else {
-                    c = Conn::open(addr).await;
-                    Err("closed")
+                n += 1;
+                match round(&mut c, client, n).await {
+                    Some(true) => Ok(()),
+                    Some(false) => Err("an error reply"),
+                    None => {
+                        c = Conn::open(addr).await;
+                        Err("closed")
+                    }
                 }
             });
             closes
@@ -271,5 +275,40 @@ async fn faults_on_the_shared_connections_under_500_clients_never_cross_clients(
     done_tx.send(true).unwrap();
     let closes: usize = tasks.join_all().await.into_iter().sum();
     println!("500 clients through six faults: {closes} client connections closed mid-reply");
+    proxy.shutdown().await;
+}
+
+/// Connections of their own come through the same gate as any (`upstream.max_connections`):
+/// with every place taken (the monitor's and the two shared connections), a client whose
+/// BLPOP needs a connection of its own gets the limit's error at once, not a hang, while
+/// the clients on the shared connections go on.
+#[tokio::test]
+async fn a_client_needing_its_own_connection_past_the_limit_gets_the_limits_error() {
+    let server = RedisServer::start();
+    let mut raw = multiplexed(&server.url());
+    raw.upstream.shared_connections = 2;
+    raw.upstream.max_connections = 3;
+    let proxy = start_proxy(raw).await;
+    let mut a = Conn::open(proxy.addr).await;
+    let mut b = Conn::open(proxy.addr).await;
+    assert_eq!(a.call(&["SET", "k", "v"]).await, "+OK\r\n");
+    assert_eq!(b.call(&["PING"]).await, "+PONG\r\n");
+    let mut watcher = Conn::open(server.addr()).await;
+    eventually!(WAIT, "the monitor and both shared connections open", {
+        let list = watcher.call(&["CLIENT", "LIST"]).await;
+        match list.lines().filter(|l| l.starts_with("id=")).count() {
+            4 => Ok(()),
+            n => Err(format!("{n} connections: {list}")),
+        }
+    });
+    let mut c = Conn::open(proxy.addr).await;
+    let r = c.call(&["BLPOP", "q", "5"]).await;
+    assert!(
+        r.starts_with("-ERR respguard: upstream 127.0.0.1:")
+            && r.contains("connection limit reached (upstream.max_connections = 3)"),
+        "{r}"
+    );
+    assert_eq!(a.call(&["GET", "k"]).await, "$1\r\nv\r\n");
+    assert_eq!(b.call(&["PING"]).await, "+PONG\r\n");
     proxy.shutdown().await;
 }
