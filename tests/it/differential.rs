@@ -335,10 +335,23 @@ async fn monitor_reset_and_quit() {
             let (mut c, _) = conn(addr, proto).await;
             out.push_str(&mon.call(&["MONITOR"]).await);
             c.call(&["SET", "seen", "1"]).await;
-            let line = String::from_utf8_lossy(&mon.reply().await).into_owned();
-            // `+<time> [0 <addr>] "set" "seen" "1"`: keep what follows the address.
+            // `+<time> [0 <addr>] "set" "seen" "1"`: keep what follows the address. The
+            // proxy's monitor polls (PING, INFO) may stream before and after it: skipped.
+            let line = loop {
+                let line = String::from_utf8_lossy(&mon.reply().await).into_owned();
+                if line.contains("\"seen\"") {
+                    break line;
+                }
+            };
             out.push_str(&line[line.find(']').unwrap()..]);
-            out.push_str(&mon.call(&["RESET"]).await);
+            mon.send(&encode(&["RESET"])).await;
+            let reset = loop {
+                let reply = String::from_utf8_lossy(&mon.reply().await).into_owned();
+                if !reply.contains("] \"") {
+                    break reply;
+                }
+            };
+            out.push_str(&reset);
             out.push_str(&mon.call(&["GET", "seen"]).await);
             out.push_str(&c.call(&["SELECT", "2"]).await);
             out.push_str(&c.call(&["RESET"]).await);
