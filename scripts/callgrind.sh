@@ -23,7 +23,8 @@ TESTS=${TESTS:-"set get lpush hset"}
 REQUESTS=${REQUESTS:-100000}
 CONFIGS=${CONFIGS:-"all-guards"}   # compared with guards-off; also: metrics-off pressure queue,
 # script-rule (a generic enqueue rule reading the `evalsha` test's script),
-# all-guards-no-insight all-guards-insight-every guards-off-no-insight (keyspace insight)
+# all-guards-no-insight all-guards-insight-every guards-off-no-insight (keyspace insight),
+# mux mux-all-guards (upstream.connections = "multiplexed")
 
 if ! command -v valgrind >/dev/null || ! command -v redis-benchmark >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
@@ -56,6 +57,14 @@ sample_rate = 1'
 configs[guards-off-no-insight]="$CONF_GUARDS_OFF"'
 [keyspace]
 enabled = false'
+# Guards off and every guard on, clients multiplexed over shared connections (the lanes'
+# tasks are counted with the sessions').
+configs[mux]="$CONF_GUARDS_OFF"'
+[upstream]
+connections = "multiplexed"'
+configs[mux-all-guards]="$CONF_ALL_GUARDS"'
+[upstream]
+connections = "multiplexed"'
 # Monitor polling, shedding levels and rules configured but not active.
 configs[pressure]=$CONF_PRESSURE
 # The same, plus redis-benchmark's list followed as a queue with a depth limit.
@@ -93,6 +102,7 @@ measure() {
   printf '%s\n' "${configs[$1]}" > "$conf"
   valgrind --tool=callgrind --callgrind-out-file="$out" ${CALLGRIND_FLAGS:-} \
     --toggle-collect='respguard::listener::Listener::run::{{closure}}::{{closure}}' \
+    --toggle-collect='respguard::mux::lane::Lane::run::{{closure}}' \
     ./target/release/respguard --config "$conf" --listen "127.0.0.1:$port" \
     --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level error \
     2>"$work/valgrind.log" &
