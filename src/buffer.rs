@@ -3,7 +3,8 @@
 //! An idle connection should cost little memory (1,000 idle clients must fit in a few
 //! MiB), while a connection streaming a pipeline or a large value wants large reads. A
 //! [`ReadBuffer`] starts with small reads, doubles the read size whenever a read fills the
-//! space it was given, and when it is drained after a burst gives its memory back.
+//! space it was given, halves it after a read that used little of it, and when it is
+//! drained after a burst gives its memory back.
 
 use bytes::{Buf, BytesMut};
 
@@ -48,12 +49,15 @@ impl ReadBuffer {
         }
     }
 
-    /// Note that `n` bytes were read: a read that filled the space asks for more next time.
+    /// Note that `n` bytes were read: a read that filled the space asks for twice as much
+    /// next time, one that used under a quarter of it half as much (never under
+    /// [`MIN_READ`]). A connection whose batches sit between two sizes keeps the larger
+    /// (one read per batch); an idle one shrinks back a halving per read.
     pub fn after_read(&mut self, n: usize) {
         if n >= self.read_size && self.read_size < MAX_READ {
             self.read_size *= 2;
-        } else if n < MIN_READ && self.buf.len() == n {
-            self.read_size = MIN_READ;
+        } else if n < self.read_size / 4 && self.read_size > MIN_READ {
+            self.read_size /= 2;
         }
     }
 
@@ -80,5 +84,41 @@ impl ReadBuffer {
     /// Bytes of memory held.
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(b: &mut ReadBuffer, n: usize) {
+        b.prepare();
+        b.bytes_mut().extend_from_slice(&vec![b'x'; n]);
+        b.after_read(n);
+        b.discard(n);
+    }
+
+    #[test]
+    fn batches_between_two_sizes_keep_the_larger_read_and_idle_reads_shrink_it() {
+        let mut b = ReadBuffer::new();
+        // 3.4 KB batches: the first fills 2 KiB, and the read size then stays at 4 KiB.
+        for _ in 0..10 {
+            let n = 3400.min(b.read_size);
+            read(&mut b, n);
+        }
+        assert_eq!(b.read_size, 4 * 1024);
+        for _ in 0..10 {
+            read(&mut b, 3400);
+            assert_eq!(b.read_size, 4 * 1024, "one read per batch");
+        }
+        for _ in 0..3 {
+            read(&mut b, 40);
+        }
+        assert_eq!(b.read_size, MIN_READ, "small reads shrink it back");
+        for _ in 0..10 {
+            let n = b.read_size;
+            read(&mut b, n);
+        }
+        assert_eq!(b.read_size, MAX_READ, "full reads grow it up to the largest");
     }
 }
