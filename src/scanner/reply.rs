@@ -458,7 +458,9 @@ impl ReplyScanner {
     /// anything else (another type, a longer line, a reply not wholly here, a malformed
     /// one), which [`Self::scan`] then reads: of these bytes it can only read again a line
     /// of at most [`SKIP_LINE`] bytes.
-    #[inline]
+    // Always inlined: the session's plain-reply loop depends on it (a call there costs
+    // about 20 instructions per reply), and a shared connection's router calls it too.
+    #[inline(always)]
     pub fn skip_plain_reply(&mut self, buf: &[u8]) -> Option<usize> {
         if !self.at_reply_start() {
             return None;
