@@ -119,6 +119,9 @@ mod tests {
             let n = b.read_size;
             read(&mut b, n);
         }
-        assert_eq!(b.read_size, MAX_READ, "full reads grow it up to the largest");
+        assert_eq!(
+            b.read_size, MAX_READ,
+            "full reads grow it up to the largest"
+        );
     }
 }
