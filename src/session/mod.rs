@@ -1,9 +1,10 @@
-//! One client connection and its own upstream connection: the proxy's hot path.
+//! One client connection and its upstream connection: the proxy's hot path.
 //!
 //! A session owns two sockets, the client's (downstream) and Redis's (upstream), one to one,
 //! so every piece of per-connection state (AUTH, SELECT, MULTI, WATCH, subscriptions,
 //! CLIENT TRACKING, CLIENT REPLY, blocking) lives in Redis exactly as if the client were
-//! connected to it directly.
+//! connected to it directly. Multiplexed, it starts on a shared connection instead and takes
+//! one of its own the first time it needs such state (`shared`).
 //!
 //! Both directions move at once in one task: requests are read, scanned and forwarded while
 //! replies are read, matched and forwarded. Neither direction ever waits for the other, so a
