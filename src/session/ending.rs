@@ -125,20 +125,38 @@ impl Session {
                 "ERR respguard: upstream {} connection lost before the reply ({reason})",
                 self.shared.gate.target().address
             ));
-            while let Some(p) = self.state.queue_mut().pop_front() {
-                match p.disposition {
-                    Disposition::Forward | Disposition::FilterExec(_) => {
-                        self.replies.send(&message)
-                    }
-                    Disposition::Local(b) => self.replies.send(&b),
-                    Disposition::Hide => {}
-                }
-            }
+            self.answer_lost(&message, u32::MAX);
         }
         self.ignore_input = true;
         self.close_when_flushed = true;
         // Give the client its errors; the run loop closes once they are written.
         self.state.queue_mut().clear();
         None
+    }
+
+    /// Redis's connection was lost before the replies of the oldest `replies` commands
+    /// waiting for it (`u32::MAX`: all of them): each gets `error`, oldest first. A local
+    /// answer among them still goes out in its place; a hidden command's reply is simply
+    /// never coming; a lost access probe leaves the guards as before it was sent.
+    pub(super) fn answer_lost(&mut self, error: &[u8], mut replies: u32) {
+        self.replies.move_ready();
+        while replies > 0 {
+            let Some(p) = self.state.queue_mut().pop_front() else {
+                break;
+            };
+            match p.disposition {
+                Disposition::Local(b) => {
+                    self.replies.send(&b);
+                    continue;
+                }
+                Disposition::Forward | Disposition::FilterExec(_) => self.replies.send(error),
+                Disposition::Hide => {}
+            }
+            if p.effect == Effect::AccessProbe {
+                self.probing = false;
+                self.waiting_for_probe = false;
+            }
+            replies -= 1;
+        }
     }
 }

@@ -22,9 +22,8 @@ use super::{End, Session};
 use bytes::Bytes;
 
 use crate::command::{Pinning, Special};
-use crate::mux::lane::{Lost, News};
+use crate::mux::lane::News;
 use crate::pipeline::{CommandFacts, Span};
-use crate::reply_queue::{Disposition, Effect};
 use crate::scanner::reply::ReplyScanner;
 
 impl Session {
@@ -57,12 +56,7 @@ impl Session {
             Pinning::WhenBlocking => self.current(span).any_arg_is(b"block"),
             _ => true,
         };
-        if !pins {
-            return false;
-        }
-        self.requests.scanner_mut().unscan(span.start);
-        self.pin_pending = true;
-        true
+        pins && self.hold_until_pinned(span.start)
     }
 
     /// QUIT on a lane: answered here (Redis would close the shared connection), and the
@@ -83,9 +77,12 @@ impl Session {
     /// A streamed command on a lane always needs a connection of its own: it arrives over
     /// many reads, and another client's commands must not land in the middle of it.
     pub(super) fn hold_streamed_for_pin(&mut self, start: usize) -> bool {
-        if self.upstream.lane().is_none() {
-            return false;
-        }
+        self.upstream.lane().is_some() && self.hold_until_pinned(start)
+    }
+
+    /// Hold the command starting at `start` back, unscanned, until the session has its own
+    /// connection (see [`Session::pin`]).
+    fn hold_until_pinned(&mut self, start: usize) -> bool {
         self.requests.scanner_mut().unscan(start);
         self.pin_pending = true;
         true
@@ -136,7 +133,9 @@ impl Session {
                         let reason = String::from_utf8_lossy(&lost.error).trim().to_string();
                         return self.upstream_lost(&reason);
                     }
-                    self.lost_on_lane(&lost);
+                    // The oldest commands in flight lost their replies; the client stays.
+                    self.answer_lost(&lost.error, lost.replies);
+                    self.emit_local_replies();
                     self.flush_client();
                     self.on_client_input();
                     self.flush_upstream();
@@ -156,32 +155,5 @@ impl Session {
         self.replies.restart(ReplyScanner::new());
         self.reply_forwarded = None;
         true
-    }
-
-    /// The lane's connection was lost with `lost.replies` of the session's commands
-    /// unanswered, the oldest in flight: each gets the error; the client stays.
-    fn lost_on_lane(&mut self, lost: &Lost) {
-        let mut left = lost.replies;
-        self.replies.move_ready();
-        while left > 0 {
-            let Some(p) = self.state.queue_mut().pop_front() else {
-                break;
-            };
-            match p.disposition {
-                Disposition::Local(b) => {
-                    self.replies.send(&b);
-                    continue;
-                }
-                Disposition::Forward | Disposition::FilterExec(_) => self.replies.send(&lost.error),
-                Disposition::Hide => {}
-            }
-            if p.effect == Effect::AccessProbe {
-                // Never answered: the guards act as before it was sent.
-                self.probing = false;
-                self.waiting_for_probe = false;
-            }
-            left -= 1;
-        }
-        self.emit_local_replies();
     }
 }
