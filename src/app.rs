@@ -26,7 +26,7 @@ use crate::guard::GuardContext;
 use crate::health::UpstreamHealth;
 use crate::listener::Intake;
 use crate::monitor::Monitor;
-use crate::mux::SharedConnections;
+use crate::mux::{MuxSettings, SharedConnections};
 use crate::pressure::MemoryPressure;
 use crate::runtime::{self, Serving};
 use crate::session::Shared;
@@ -220,11 +220,17 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
 
     let reply_timeout = Some(raw.upstream.reply_timeout.0).filter(|t| !t.is_zero());
     let lanes = (raw.upstream.connections == ConnectionModel::Multiplexed).then(|| {
-        Arc::new(SharedConnections::new(
-            raw.upstream.shared_connections,
-            Arc::clone(&gate),
-            raw.proxy.output_buffer.0 as usize,
+        let settings = MuxSettings {
+            shared: raw.upstream.shared_connections,
+            pinned: raw.upstream.pinned_connections,
+            pinned_idle: raw.upstream.pinned_idle,
+            pinned_wait: raw.upstream.connect_timeout.0,
+            max_unread: raw.proxy.output_buffer.0 as usize,
             reply_timeout,
+        };
+        Arc::new(SharedConnections::new(
+            settings,
+            Arc::clone(&gate),
             shutdown_rx.clone(),
         ))
     });

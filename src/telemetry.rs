@@ -37,8 +37,10 @@ pub struct ProxyMetrics {
     pub upstream_reply_timeouts: Counter,
     /// Connections turned into a byte tunnel by SYNC or PSYNC (`proxy.replication`).
     pub replication_tunnels: Counter,
-    /// Multiplexed clients moved to a connection of their own (connection state used).
+    /// Times multiplexed clients moved to a connection of their own (connection state used).
     pub pinned_clients: Counter,
+    /// Times multiplexed clients went back to a shared connection (their state ended).
+    pub unpinned_clients: Counter,
     /// Multiplexed clients disconnected for leaving more than `proxy.output_buffer` of
     /// replies unread.
     pub slow_readers: Counter,
@@ -62,6 +64,7 @@ impl ProxyMetrics {
             upstream_reply_timeouts: counter!("respguard_upstream_reply_timeouts_total"),
             replication_tunnels: counter!("respguard_replication_tunnels_total"),
             pinned_clients: counter!("respguard_pinned_clients_total"),
+            unpinned_clients: counter!("respguard_unpinned_clients_total"),
             slow_readers: counter!("respguard_slow_readers_disconnected_total"),
         }
     }

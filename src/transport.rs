@@ -109,6 +109,19 @@ impl Stream {
         };
         matches!(peeked, Ok(n) if n > 0)
     }
+
+    /// True when the peer has sent nothing and has not closed: an idle connection that can
+    /// be used again (asked of the kernel, like [`Stream::has_unread_bytes`]).
+    pub fn is_quiet_and_open(&self) -> bool {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let socket = match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s),
+            Stream::Tls(t) => socket2::SockRef::from(&t.socket),
+        };
+        // The socket is non-blocking (tokio's): an empty, open one says "would block".
+        let peeked = socket.peek(&mut probe);
+        matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
 }
 
 impl AsyncRead for Stream {

@@ -174,6 +174,8 @@ pub enum Special {
     Discard,
     /// WATCH (refused, not queued, inside MULTI).
     Watch,
+    /// UNWATCH: outside MULTI, the client watches no key any more.
+    Unwatch,
     /// A command after which Redis's memory reading may have changed: CONFIG SET
     /// (`maxmemory`, `maxmemory-policy`), CONFIG RESETSTAT, FLUSHALL, FLUSHDB, FAILOVER,
     /// REPLICAOF, SLAVEOF. The session marks the memory reading stale.
@@ -207,6 +209,7 @@ impl Special {
             b"exec" => Special::Exec,
             b"discard" => Special::Discard,
             b"watch" => Special::Watch,
+            b"unwatch" => Special::Unwatch,
             b"config|set" | b"config|resetstat" | b"flushall" | b"flushdb" | b"failover"
             | b"replicaof" | b"slaveof" => Special::MemoryEvent,
             b"sync" | b"psync" => Special::Sync,
@@ -224,10 +227,15 @@ impl Special {
 pub enum Pinning {
     /// Stateless: one reply, nothing kept on the connection.
     Never,
-    /// MULTI, WATCH, blocking commands, subscriptions, MONITOR, SELECT, AUTH, HELLO, RESET,
-    /// QUIT, every CLIENT subcommand Redis knows, WAIT, SYNC, the cluster connection flags.
-    Always,
-    /// XREAD and XREADGROUP: only with a `BLOCK` argument.
+    /// State that ends, and the session can tell when: MULTI and WATCH (until EXEC, DISCARD
+    /// or UNWATCH), blocking commands and WAIT (until answered), subscriptions (until none
+    /// is left); and SCRIPT KILL, FUNCTION KILL, SHUTDOWN, which must not wait behind the
+    /// script they stop. The client goes back to a shared connection afterwards.
+    WhileInUse,
+    /// State kept for the rest of the connection's life: SELECT, AUTH, HELLO, RESET, QUIT,
+    /// MONITOR, every CLIENT subcommand Redis knows, SYNC, the cluster connection flags.
+    ForLife,
+    /// XREAD and XREADGROUP: like [`Pinning::WhileInUse`], only with a `BLOCK` argument.
     WhenBlocking,
 }
 
@@ -236,16 +244,26 @@ impl Pinning {
     fn of(name: &[u8], special: Special, flags: Flags) -> Pinning {
         match name {
             b"xread" | b"xreadgroup" => Pinning::WhenBlocking,
+            // Meant for a Redis busy with a script: a shared connection may be the one
+            // running it, where they would wait behind it.
+            b"script|kill" | b"function|kill" | b"shutdown" => Pinning::WhileInUse,
             // `client` itself only for a subcommand the table does not know: Redis answers
             // it with an error, changing nothing.
-            b"select" | b"asking" | b"readonly" | b"readwrite" | b"replconf" => Pinning::Always,
-            n if n.starts_with(b"client|") => Pinning::Always,
-            _ if flags.contains(Flags::BLOCKING) => Pinning::Always,
+            b"select" | b"asking" | b"readonly" | b"readwrite" | b"replconf" => Pinning::ForLife,
+            n if n.starts_with(b"client|") => Pinning::ForLife,
+            _ if flags.contains(Flags::BLOCKING) => Pinning::WhileInUse,
             _ => match special {
-                Special::None | Special::Exec | Special::Discard | Special::MemoryEvent => {
-                    Pinning::Never
-                }
-                _ => Pinning::Always,
+                Special::None
+                | Special::Exec
+                | Special::Discard
+                | Special::Unwatch
+                | Special::MemoryEvent => Pinning::Never,
+                Special::Multi
+                | Special::Watch
+                | Special::Wait
+                | Special::Subscribe(_)
+                | Special::Unsubscribe(_) => Pinning::WhileInUse,
+                _ => Pinning::ForLife,
             },
         }
     }
@@ -848,7 +866,7 @@ mod tests {
             let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
             t.lookup(&args).pinning
         };
-        for always in [
+        for while_in_use in [
             &["MULTI"][..],
             &["WATCH", "k"],
             &["BLPOP", "k", "0"],
@@ -859,7 +877,19 @@ mod tests {
             &["UNSUBSCRIBE"],
             &["PSUBSCRIBE", "c*"],
             &["SSUBSCRIBE", "c"],
-            &["MONITOR"],
+            &["WAIT", "1", "0"],
+            &["SCRIPT", "KILL"],
+            &["FUNCTION", "KILL"],
+            &["SHUTDOWN", "NOSAVE"],
+        ] {
+            assert_eq!(
+                pinning(while_in_use),
+                Pinning::WhileInUse,
+                "{while_in_use:?}"
+            );
+        }
+        for for_life in [
+            &["MONITOR"][..],
             &["SELECT", "1"],
             &["AUTH", "p"],
             &["HELLO", "3"],
@@ -868,11 +898,11 @@ mod tests {
             &["CLIENT", "ID"],
             &["CLIENT", "SETNAME", "n"],
             &["CLIENT", "TRACKING", "on"],
-            &["WAIT", "1", "0"],
+            &["CLIENT", "REPLY", "OFF"],
             &["READONLY"],
             &["PSYNC", "?", "-1"],
         ] {
-            assert_eq!(pinning(always), Pinning::Always, "{always:?}");
+            assert_eq!(pinning(for_life), Pinning::ForLife, "{for_life:?}");
         }
         for never in [
             &["GET", "k"][..],

@@ -242,6 +242,9 @@ impl RawConfig {
                 "must be between 1 and 64",
             ));
         }
+        if self.upstream.pinned_connections == 0 {
+            return Err(invalid("upstream.pinned_connections", "must be at least 1"));
+        }
         if self.upstream.backoff_min.0 > self.upstream.backoff_max.0 {
             return Err(invalid(
                 "upstream.backoff_min",

@@ -144,6 +144,14 @@ pub struct RawUpstream {
     pub connections: ConnectionModel,
     /// With `connections = "multiplexed"`: how many Redis connections the clients share.
     pub shared_connections: usize,
+    /// With `connections = "multiplexed"`: most connections of their own in use at once, for
+    /// clients holding connection state (a transaction, a blocking command, SELECT ...). A
+    /// client that needs one while all are in use waits up to `connect_timeout`, then gets
+    /// an error.
+    pub pinned_connections: usize,
+    /// With `connections = "multiplexed"`: connections of their own kept open, idle, for the
+    /// next client that needs one (after a transaction or a blocking command ended).
+    pub pinned_idle: usize,
     /// TLS settings for a `rediss://` URL.
     pub tls: RawUpstreamTls,
 }
@@ -187,6 +195,8 @@ impl Default for RawUpstream {
             command_table: "upstream".into(),
             connections: ConnectionModel::PerClient,
             shared_connections: 2,
+            pinned_connections: 1024,
+            pinned_idle: 16,
             tls: RawUpstreamTls::default(),
         }
     }

@@ -198,8 +198,13 @@ pub struct Session {
     /// Redis began a replication stream: from here on the session is a byte tunnel.
     tunnel: bool,
     /// The session has (or will open) a connection of its own: per-client mode, or a
-    /// multiplexed client that used connection state.
+    /// multiplexed client that uses connection state.
     pinned: bool,
+    /// The session keeps its own connection for good: per-client mode, or a multiplexed
+    /// client that sent a command whose state lasts for the connection's life
+    /// ([`crate::command::Pinning::ForLife`]). Otherwise, once its connection holds no
+    /// state, it goes back to a shared one ([`Session::unpin`]).
+    keeps_own_connection: bool,
     /// A command waits, unscanned, for the session to leave its shared connection.
     pin_pending: bool,
     /// On a shared connection: commands Redis answers that were handed to it so far
@@ -280,6 +285,7 @@ impl Session {
             watchdog: Watchdog::default(),
             tunnel: false,
             pinned: shared.lanes.is_none(),
+            keeps_own_connection: shared.lanes.is_none(),
             pin_pending: false,
             submitted: 0,
             shared,
@@ -292,7 +298,13 @@ impl Session {
     }
 
     /// Proxy the connection until one side closes or shutdown completes.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> End {
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> End {
+        let end = self.serve(shutdown).await;
+        self.hand_back_own_connection();
+        end
+    }
+
+    async fn serve(&mut self, mut shutdown: watch::Receiver<bool>) -> End {
         // Wait for shutdown with one future for the whole session, not one per event: each
         // new wait registers on the channel every session shares, a contended lock.
         let mut stop = std::pin::pin!(async move {
@@ -313,6 +325,10 @@ impl Session {
             }
             if self.ready_to_pin() {
                 self.pin().await;
+            }
+            // Also right after a pin that failed: the held commands got the reason.
+            if self.ready_to_unpin() {
+                self.unpin();
             }
             if self.tunnel {
                 return self.run_tunnel(stop.as_mut()).await;
@@ -496,7 +512,8 @@ impl Session {
                 self.submitted = self.state.queue().pushed_to_upstream();
                 Upstream::Shared(lanes.attach())
             }
-            _ => Upstream::connect(&self.shared.gate, &self.identity).await,
+            Some(lanes) => Upstream::pinned(lanes.pinned(), &self.identity).await,
+            None => Upstream::connect(&self.shared.gate, &self.identity).await,
         };
         if self.upstream.is_connected() {
             self.probe_access();

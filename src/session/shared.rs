@@ -13,9 +13,16 @@
 //!   `proxy.output_buffer` of replies wait is disconnected ([`End::SlowReader`]).
 //! - **Pinning**: a command that needs state on its connection ([`Pinning`]) is held back
 //!   unscanned until every reply the session owes on the lane has arrived; then the session
-//!   leaves the lane for a connection of its own, for good ([`Session::pin`]), and the
-//!   command goes there. Redis thus runs the client's commands in the order it sent them.
-//!   QUIT is the exception: answered by the session, never sent to the shared connection.
+//!   leaves the lane for a connection of its own from the pinned pool ([`Session::pin`]),
+//!   and the command goes there. Redis thus runs the client's commands in the order it sent
+//!   them. QUIT is the exception: answered by the session, never sent to the shared
+//!   connection.
+//! - **Unpinning**: once that connection owes nothing and holds no state the session
+//!   follows (no transaction or watched key, no subscription, replies on), the session
+//!   hands it back to the pool and returns to a lane ([`Session::unpin`]), unless it sent a
+//!   command whose state lasts for the connection's life ([`Pinning::ForLife`]: SELECT,
+//!   AUTH, HELLO, CLIENT ..., MONITOR, RESET). If no connection of its own can be had, the
+//!   held commands get the reason and the session stays on the lane.
 
 use super::upstream::Upstream;
 use super::{End, Session};
@@ -56,7 +63,25 @@ impl Session {
             Pinning::WhenBlocking => self.current(span).any_arg_is(b"block"),
             _ => true,
         };
+        if pins && self.selects_the_shared_database(span) {
+            // Nothing to change: Redis would answer +OK and keep the connection as it is.
+            self.commands_in_batch += 1;
+            self.answer_locally(info.id, Bytes::from_static(b"+OK\r\n"), span);
+            return true;
+        }
         pins && self.hold_until_pinned(span.start)
+    }
+
+    /// Whether the command at `span` is `SELECT n` for the database the shared connections
+    /// use (the upstream URL's), written as Redis accepts it: many client libraries send
+    /// it first thing, and it needs no connection of its own.
+    fn selects_the_shared_database(&self, span: Span) -> bool {
+        let cmd = self.current(span);
+        let (Some(name), Some(db), None) = (cmd.arg(0), cmd.arg(1), cmd.arg(2)) else {
+            return false;
+        };
+        name.eq_ignore_ascii_case(b"select")
+            && canonical_number(db) == Some(u64::from(self.shared.gate.target().db))
     }
 
     /// QUIT on a lane: answered here (Redis would close the shared connection), and the
@@ -93,18 +118,86 @@ impl Session {
         self.pin_pending && self.state.queue().is_empty()
     }
 
-    /// Leave the lane for a connection of the session's own, for the rest of its life, and
-    /// carry on with the held command.
+    /// Leave the lane for a connection of the session's own, and carry on with the held
+    /// command. The connection has the lane's user and database, so the guards' access
+    /// (probed on the lane) holds on it too.
     pub(super) async fn pin(&mut self) {
         self.pin_pending = false;
         self.pinned = true;
         self.upstream = Upstream::none();
         self.shared.metrics.pinned_clients.increment(1);
         tracing::debug!(client = %self.identity, "client moved to a connection of its own");
-        self.connect_upstream().await;
+        if let Some(lanes) = &self.shared.lanes {
+            self.upstream = Upstream::pinned(lanes.pinned(), &self.identity).await;
+        }
         self.on_client_input();
         self.flush_upstream();
         self.flush_client();
+    }
+
+    /// Note a command sent to Redis: one whose state lasts for the connection's life keeps
+    /// the session on its own connection for good.
+    #[inline]
+    pub(super) fn note_pinning(&mut self, pinning: Pinning) {
+        self.keeps_own_connection |= pinning == Pinning::ForLife;
+    }
+
+    /// A multiplexed session on its own connection (or without one, when taking it failed)
+    /// may return to a lane: nothing owed, no state the session follows, nothing half sent
+    /// or unread, and no command whose state lasts for the connection's life.
+    pub(super) fn ready_to_unpin(&self) -> bool {
+        self.pinned
+            && !self.keeps_own_connection
+            && !self.close_when_flushed
+            && !self.ignore_input
+            && self.holds_nothing_upstream()
+    }
+
+    /// The connection is as the pool handed it out: it owes nothing, holds no state the
+    /// session follows, and nothing is half sent to it or unread from it.
+    fn holds_nothing_upstream(&self) -> bool {
+        self.state.queue().is_empty()
+            && self.state.holds_nothing()
+            && self.requests.unwritten() == 0
+            && self.streaming.is_none()
+            && self.replies.input().is_empty()
+            && !self.pin_pending
+            && !self.tunnel
+    }
+
+    /// Hand the session's own connection back to the pool and return to a lane; commands
+    /// read meanwhile go there.
+    pub(super) fn unpin(&mut self) {
+        let Some(lanes) = self.shared.lanes.clone() else {
+            return;
+        };
+        self.submitted = self.state.queue().pushed_to_upstream();
+        let own = std::mem::replace(&mut self.upstream, Upstream::Shared(lanes.attach()));
+        if let Upstream::Pinned(connection) = own {
+            lanes.pinned().give_back(connection);
+        }
+        self.pinned = false;
+        self.watchdog.disarm();
+        self.shared.metrics.unpinned_clients.increment(1);
+        tracing::debug!(client = %self.identity, "client back on a shared connection");
+        self.on_client_input();
+        self.flush_upstream();
+        self.flush_client();
+    }
+
+    /// The session ends: its own connection goes back to the pool if it is clean, and is
+    /// closed otherwise (a client gone mid-BLPOP leaves Redis nothing to answer).
+    pub(super) fn hand_back_own_connection(&mut self) {
+        if !self.keeps_own_connection && self.holds_nothing_upstream() {
+            if let (Upstream::Pinned(_), Some(lanes)) = (&self.upstream, &self.shared.lanes) {
+                let lanes = std::sync::Arc::clone(lanes);
+                if let Upstream::Pinned(connection) =
+                    std::mem::replace(&mut self.upstream, Upstream::none())
+                {
+                    lanes.pinned().give_back(connection);
+                }
+            }
+        }
     }
 
     /// The lane has something for the session: replies, lost commands (in the order they
@@ -155,5 +248,42 @@ impl Session {
         self.replies.restart(ReplyScanner::new());
         self.reply_forwarded = None;
         true
+    }
+}
+
+/// The number `digits` spells, if written as Redis's integer parsing accepts it for a
+/// database index: digits only, no sign, no leading zero.
+fn canonical_number(digits: &[u8]) -> Option<u64> {
+    let leading_zero = digits.len() > 1 && digits[0] == b'0';
+    if digits.is_empty() || digits.len() > 19 || leading_zero {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_number;
+
+    #[test]
+    fn only_redis_canonical_database_numbers_count() {
+        assert_eq!(canonical_number(b"0"), Some(0));
+        assert_eq!(canonical_number(b"9"), Some(9));
+        assert_eq!(canonical_number(b"15"), Some(15));
+        for bad in [
+            &b""[..],
+            b"09",
+            b"00",
+            b"+9",
+            b"-0",
+            b" 9",
+            b"9 ",
+            b"1e1",
+            b"x",
+        ] {
+            assert_eq!(canonical_number(bad), None, "{bad:?}");
+        }
     }
 }

@@ -74,6 +74,8 @@ pub(crate) struct ConnectionState {
     hidden_id: u16,
     reply_mode: ReplyMode,
     in_multi: bool,
+    /// WATCH was sent and no EXEC, DISCARD, UNWATCH or RESET since.
+    watching: bool,
     /// Inside MULTI: commands queued so far, and the positions of those the proxy added.
     multi_queued: u32,
     multi_hidden: Vec<u32>,
@@ -98,6 +100,7 @@ impl ConnectionState {
             hidden_id,
             reply_mode: ReplyMode::On,
             in_multi: false,
+            watching: false,
             multi_queued: 0,
             multi_hidden: Vec::new(),
             multi_memory_event: false,
@@ -122,6 +125,19 @@ impl ConnectionState {
     #[inline]
     pub fn in_multi(&self) -> bool {
         self.in_multi
+    }
+
+    /// Whether the connection holds no state the session follows that lasts past the
+    /// replies in flight: no transaction, no watched key, replies on, no subscription, no
+    /// MONITOR, no identity change waiting. Under multiplexing, a client whose own
+    /// connection is in this state (and owes nothing) may go back to a shared one.
+    pub fn holds_nothing(&self) -> bool {
+        !self.in_multi
+            && !self.watching
+            && !self.identity_pending
+            && self.reply_mode == ReplyMode::On
+            && !self.queue.is_subscribed()
+            && !self.queue.is_monitoring()
     }
 
     /// A command that may change the client's identity waits for its reply.
@@ -266,7 +282,11 @@ impl ConnectionState {
         let mut replies = self.reply_mode == ReplyMode::On && !skip_this;
         if !queued {
             match info.special {
-                Special::None | Special::Wait | Special::Watch => {}
+                Special::None | Special::Wait => {}
+                // Inside MULTI Redis refuses it; counted as watching all the same (a pinned
+                // client only stays on its connection longer).
+                Special::Watch => self.watching = true,
+                Special::Unwatch => self.watching = false,
                 Special::Subscribe(_) => {
                     if argc >= 2 {
                         pending.expect = Expect::Confirmations((argc - 1) as u32);
@@ -315,6 +335,7 @@ impl ConnectionState {
                     pending.effect = Effect::Reset;
                     self.reply_mode = ReplyMode::On;
                     self.in_multi = false;
+                    self.watching = false;
                     self.multi_hidden.clear();
                     replies = true;
                 }
@@ -340,9 +361,11 @@ impl ConnectionState {
                         pending.effect = Effect::MemoryEvent;
                     }
                     self.in_multi = false;
+                    self.watching = false;
                 }
                 Special::Discard => {
                     self.in_multi = false;
+                    self.watching = false;
                     self.multi_hidden.clear();
                     self.multi_memory_event = false;
                 }

@@ -3,7 +3,8 @@
 //! A session holds a connection of its own ([`Upstream::Dedicated`]), opened through the
 //! shared [`ConnectGate`], together with its [`UpstreamSlot`] (its place under
 //! `upstream.max_connections`, given back when dropped), or, under multiplexing, a place on
-//! a shared connection ([`Upstream::Shared`], a [`LaneLink`]). Without either
+//! a shared connection ([`Upstream::Shared`], a [`LaneLink`]) or, while it holds connection
+//! state, a connection from the pinned pool ([`Upstream::Pinned`]). Without any
 //! ([`Upstream::Missing`]: not opened yet, refused by the gate, or lost) the session still
 //! serves the client, answering each command with the reason.
 //!
@@ -15,6 +16,7 @@
 
 use crate::identity::ClientIdentity;
 use crate::mux::lane::LaneLink;
+use crate::mux::pinned::{PinnedConnection, PinnedConnections};
 use crate::transport::Stream;
 use crate::upstream::{ConnectGate, UpstreamSlot};
 
@@ -39,6 +41,9 @@ pub(crate) enum Upstream {
     Dedicated(UpstreamLink),
     /// A place on a connection shared with other sessions (multiplexing).
     Shared(LaneLink),
+    /// Under multiplexing, a connection of its own from the pinned pool, while the client
+    /// holds connection state.
+    Pinned(PinnedConnection),
 }
 
 impl Upstream {
@@ -65,11 +70,25 @@ impl Upstream {
         }
     }
 
+    /// Take a connection from the pinned pool; on failure (all in use, or the gate's
+    /// refusal), remember why.
+    pub async fn pinned(pool: &PinnedConnections, client: &ClientIdentity) -> Self {
+        match pool.take().await {
+            Ok(connection) => Upstream::Pinned(connection),
+            Err(e) => {
+                tracing::info!(%client, error = %e, "no connection of its own for the client");
+                Upstream::Missing {
+                    error: format!("ERR respguard: {e}"),
+                }
+            }
+        }
+    }
+
     /// Whether commands can go to Redis: a connection of its own, or a shared one.
     #[inline]
     pub fn is_connected(&self) -> bool {
         match self {
-            Upstream::Dedicated(_) => true,
+            Upstream::Dedicated(_) | Upstream::Pinned(_) => true,
             Upstream::Shared(link) => link.is_up(),
             Upstream::Missing { .. } => false,
         }
@@ -80,6 +99,7 @@ impl Upstream {
     pub fn stream(&self) -> Option<&Stream> {
         match self {
             Upstream::Dedicated(link) => Some(&link.stream),
+            Upstream::Pinned(connection) => Some(&connection.stream),
             Upstream::Missing { .. } | Upstream::Shared(_) => None,
         }
     }
@@ -90,6 +110,7 @@ impl Upstream {
     pub fn parts(&mut self) -> (Option<&mut Stream>, Option<&LaneLink>) {
         match self {
             Upstream::Dedicated(link) => (Some(&mut link.stream), None),
+            Upstream::Pinned(connection) => (Some(&mut connection.stream), None),
             Upstream::Shared(link) => (None, Some(link)),
             Upstream::Missing { .. } => (None, None),
         }
@@ -109,7 +130,7 @@ impl Upstream {
         match self {
             Upstream::Missing { error } => error.into(),
             Upstream::Shared(link) if !link.is_up() => link.down_error().into(),
-            Upstream::Dedicated(_) | Upstream::Shared(_) => "".into(),
+            Upstream::Dedicated(_) | Upstream::Shared(_) | Upstream::Pinned(_) => "".into(),
         }
     }
 }

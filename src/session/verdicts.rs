@@ -202,6 +202,7 @@ impl Session {
             _ => false,
         };
         self.record(info, span, watch);
+        self.note_pinning(info.pinning);
         let used = self.send_command(span, outgoing);
         if hidden > 0 {
             self.requests.send(&self.scratch[used..]);
@@ -298,6 +299,7 @@ impl Session {
             self.after_stream_hidden = hidden;
         }
         self.record(info, span, watch);
+        self.note_pinning(info.pinning);
         match new_head {
             Some(len) => {
                 self.requests.discard(span.end - span.start);

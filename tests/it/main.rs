@@ -24,6 +24,7 @@ mod multiplexed;
 mod operating;
 mod passthrough;
 mod payload_formats;
+mod pinning;
 mod pressure;
 mod runtime;
 mod scanner;

@@ -21,23 +21,23 @@ use crate::memory::ProxyProcess;
 use crate::shim::{Fault, Shim};
 
 /// The name of every shared Redis connection (`CLIENT SETNAME`).
-const SHARED_NAME: &str = "respguard-shared";
+pub(crate) const SHARED_NAME: &str = "respguard-shared";
 
 /// One line of `CLIENT LIST`.
 #[derive(Debug, Clone)]
-struct ClientLine {
-    id: u64,
-    name: String,
-    flags: String,
-    cmd: String,
+pub(crate) struct ClientLine {
+    pub id: u64,
+    pub name: String,
+    pub flags: String,
+    pub cmd: String,
     qbuf: usize,
 }
 
 /// A direct connection to Redis that tells the proxy's connections apart: its own (the
 /// monitor's, found with no client connected), the shared ones (by name), and the rest,
 /// each serving one client (dedicated).
-struct Watcher {
-    conn: Conn,
+pub(crate) struct Watcher {
+    pub conn: Conn,
     /// The watcher's and the proxy's own connections, by id.
     own: HashSet<u64>,
 }
@@ -46,7 +46,7 @@ impl Watcher {
     /// Open the watcher once the proxy has started and before any client connects: wait
     /// for the proxy's monitor (it polls `PING` and `INFO` at once), then remember every
     /// connection there is, but shared ones, as the baseline.
-    async fn open(server: &RedisServer) -> Watcher {
+    pub(crate) async fn open(server: &RedisServer) -> Watcher {
         let mut conn = Conn::open(server.addr()).await;
         let me: u64 = id_of(&conn.call(&["CLIENT", "ID"]).await);
         let mut w = Watcher {
@@ -73,14 +73,14 @@ impl Watcher {
     }
 
     /// A direct connection to Redis, counted with the baseline (not as a client's).
-    async fn direct(&mut self, server: &RedisServer) -> Conn {
+    pub(crate) async fn direct(&mut self, server: &RedisServer) -> Conn {
         let mut c = Conn::open(server.addr()).await;
         self.own.insert(id_of(&c.call(&["CLIENT", "ID"]).await));
         c
     }
 
     /// Redis's connections now.
-    async fn list(&mut self) -> Vec<ClientLine> {
+    pub(crate) async fn list(&mut self) -> Vec<ClientLine> {
         let reply = self.conn.call(&["CLIENT", "LIST"]).await;
         let body = reply.split_once("\r\n").map_or("", |(_, rest)| rest);
         body.lines()
@@ -104,7 +104,7 @@ impl Watcher {
     }
 
     /// The connections serving clients, as (shared, dedicated).
-    async fn serving(&mut self) -> (Vec<ClientLine>, Vec<ClientLine>) {
+    pub(crate) async fn serving(&mut self) -> (Vec<ClientLine>, Vec<ClientLine>) {
         let list = self.list().await;
         let (shared, rest): (Vec<_>, Vec<_>) =
             list.into_iter().partition(|c| c.name == SHARED_NAME);
@@ -116,7 +116,7 @@ impl Watcher {
     }
 
     /// `connected_clients` from `INFO clients`.
-    async fn connected(&mut self) -> usize {
+    pub(crate) async fn connected(&mut self) -> usize {
         let info = self.conn.call(&["INFO", "clients"]).await;
         info.lines()
             .find_map(|l| l.strip_prefix("connected_clients:"))
@@ -125,7 +125,7 @@ impl Watcher {
     }
 
     /// Wait until the connections serving clients are `want` for `mode` (see [`Want`]).
-    async fn expect(&mut self, mode: Mode, want: Want, what: &str) {
+    pub(crate) async fn expect(&mut self, mode: Mode, want: Want, what: &str) {
         eventually!(WAIT, format!("{mode:?}: {what}: {want:?}"), {
             let (shared, dedicated) = self.serving().await;
             if want.holds(mode, shared.len(), dedicated.len()) {
@@ -137,7 +137,7 @@ impl Watcher {
     }
 
     /// Kill the connection `id` (it may be gone already).
-    async fn kill(&mut self, id: u64) {
+    pub(crate) async fn kill(&mut self, id: u64) {
         let reply = self
             .conn
             .call(&["CLIENT", "KILL", "ID", &id.to_string()])
@@ -148,13 +148,13 @@ impl Watcher {
 
 /// The clients being served, and what connections each mode must show for them.
 #[derive(Debug, Clone, Copy)]
-struct Want {
+pub(crate) struct Want {
     /// Clients that sent only stateless commands so far.
-    plain: usize,
+    pub plain: usize,
     /// Clients that used connection state.
-    pinned: usize,
+    pub pinned: usize,
     /// `upstream.shared_connections`.
-    shared_max: usize,
+    pub shared_max: usize,
 }
 
 impl Want {
@@ -336,9 +336,9 @@ async fn shared_connections_is_how_many_connections_clients_share() {
 
 /// Commands that only touch keys or the server, not the connection, never pin: a client
 /// sending XREAD and XREADGROUP without BLOCK, PUBLISH, EVAL, SCRIPT LOAD, EVALSHA, FCALL
-/// (through FUNCTION LOAD), UNWATCH, PING, ECHO, DBSIZE, TYPE, SCAN, UNLINK, pipelined
-/// in RESP2, gets the replies a direct connection gets and still has no Redis connection of
-/// its own (multiplexed).
+/// (through FUNCTION LOAD), UNWATCH, PING, ECHO, DBSIZE, TYPE, SCAN, UNLINK, and SELECT of
+/// the database the shared connections use (0 here), pipelined in RESP2, gets the replies a
+/// direct connection gets and still has no Redis connection of its own (multiplexed).
 #[tokio::test]
 async fn commands_without_connection_state_never_pin() {
     let lib = "#!lua name=pinlib\nredis.register_function('f', function(keys) return redis.call('INCR', keys[1]) end)";
@@ -371,6 +371,8 @@ async fn commands_without_connection_state_never_pin() {
         &["TYPE", "s"],
         &["SCAN", "0", "MATCH", "s", "COUNT", "100"],
         &["UNLINK", "s", "e"],
+        &["SELECT", "0"],
+        &["GET", "s"],
     ];
     let batch: Vec<u8> = script.iter().flat_map(|c| encode(c)).collect();
     let reference = RedisServer::start();
@@ -396,16 +398,27 @@ async fn commands_without_connection_state_never_pin() {
     }
 }
 
-/// Each kind of command that uses connection state pins the client that sends it, on its
-/// first use: MULTI, WATCH, the blocking commands, WAIT, the three SUBSCRIBEs, MONITOR,
-/// SELECT, AUTH, HELLO (2 and 3), RESET, CLIENT subcommands, READONLY, READWRITE, ASKING.
-/// The client gets the replies a direct connection gets; after a GET it has no connection of
-/// its own (multiplexed), after the command it has exactly one, still after its next GET,
-/// and it is freed when the client leaves. Per client, it has one connection throughout.
+/// Each kind of command that uses connection state pins the client that sends it:
+/// MULTI, WATCH, the blocking commands, WAIT, the three SUBSCRIBEs, MONITOR, SELECT, AUTH,
+/// HELLO (2 and 3), RESET, CLIENT subcommands, READONLY, READWRITE, ASKING. The client gets
+/// the replies a direct connection gets; after a GET it has no connection of its own
+/// (multiplexed). Once the state ends (EXEC, DISCARD, UNWATCH, the blocking command or
+/// WAIT answered, the last subscription gone) it has none again, and its next GET uses
+/// none; after a command whose state lasts (SELECT, AUTH, HELLO, CLIENT, MONITOR, RESET,
+/// the cluster flags) it keeps exactly one, still after its next GET, freed when the client
+/// leaves. Per client, it has one connection throughout. (`pinned_idle = 0`: a connection
+/// given back is closed, so Redis shows it gone.)
 #[tokio::test]
-async fn each_command_using_connection_state_pins_its_client_for_good() {
+async fn each_command_using_connection_state_pins_its_client_while_the_state_lasts() {
+    // The cases up to `LASTING` end their state; the rest keep it for good.
+    const LASTING: usize = 14;
     let cases: &[(&str, &[&[&str]])] = &[
         ("MULTI", &[&["MULTI"], &["SET", "pin", "1"], &["EXEC"]]),
+        (
+            "MULTI DISCARD",
+            &[&["MULTI"], &["SET", "pin", "1"], &["DISCARD"]],
+        ),
+        ("WATCH EXEC", &[&["WATCH", "pin"], &["MULTI"], &["EXEC"]]),
         ("WATCH", &[&["WATCH", "pin"], &["UNWATCH"]]),
         ("BLPOP", &[&["BLPOP", "pin:l", "0.01"]]),
         ("BRPOP", &[&["BRPOP", "pin:l", "0.01"]]),
@@ -446,7 +459,7 @@ async fn each_command_using_connection_state_pins_its_client_for_good() {
             &[&["SSUBSCRIBE", "pin:sh"], &["SUNSUBSCRIBE", "pin:sh"]],
         ),
         ("MONITOR", &[&["MONITOR"], &["RESET"]]),
-        ("SELECT", &[&["SELECT", "0"]]),
+        ("SELECT", &[&["SELECT", "1"]]),
         ("AUTH", &[&["AUTH", "default", "anything"]]),
         ("HELLO 2", &[&["HELLO", "2"]]),
         ("HELLO 3", &[&["HELLO", "3"], &["GET", "pin"]]),
@@ -457,9 +470,12 @@ async fn each_command_using_connection_state_pins_its_client_for_good() {
         ("READWRITE", &[&["READWRITE"]]),
         ("ASKING", &[&["ASKING"]]),
     ];
+    assert_eq!(cases[LASTING].0, "MONITOR");
     for mode in Mode::BOTH {
         let server = RedisServer::start();
-        let proxy = mode.proxy_for(&server).await;
+        let mut raw = mode.config(&server.url());
+        raw.upstream.pinned_idle = 0;
+        let proxy = start_proxy(raw).await;
         let mut watcher = Watcher::open(&server).await;
         let setup = ["XGROUP", "CREATE", "pin:s", "g", "$", "MKSTREAM"];
         assert_eq!(watcher.conn.call(&setup).await, "+OK\r\n");
@@ -475,8 +491,9 @@ async fn each_command_using_connection_state_pins_its_client_for_good() {
                 shared_max: 2,
             },
         );
-        for (name, commands) in cases {
+        for (i, (name, commands)) in cases.iter().enumerate() {
             let what = format!("{mode:?}, {name}");
+            let after = if i < LASTING { plain } else { pinned };
             let mut direct = watcher.direct(&server).await;
             let mut c = Conn::open(proxy.addr).await;
             assert_eq!(c.call(&["GET", "pin:k"]).await, "$-1\r\n", "{what}");
@@ -490,14 +507,10 @@ async fn each_command_using_connection_state_pins_its_client_for_good() {
                 let got = mask(&reply_skipping_monitor_lines(&mut c).await);
                 assert_eq!(got, want, "{what}: {cmd:?}");
             }
-            watcher
-                .expect(mode, pinned, &format!("{name}: after"))
-                .await;
+            watcher.expect(mode, after, &format!("{name}: after")).await;
             let again = c.call(&["EXISTS", "pin:k"]).await;
             assert_eq!(again, ":0\r\n", "{what}");
-            watcher
-                .expect(mode, pinned, &format!("{name}: later"))
-                .await;
+            watcher.expect(mode, after, &format!("{name}: later")).await;
             drop(c);
             let none = Want {
                 plain: 0,

@@ -107,8 +107,18 @@ async fn metrics_count_known_traffic_exactly() {
         Some(1.0)
     );
     assert_eq!(m("respguard_client_connections"), Some(1.0));
-    // The session's connection and the memory monitor's.
-    assert_eq!(m("respguard_upstream_connections"), Some(2.0));
+    // The session's connection and the memory monitor's (which connects on its own
+    // schedule: scrape until it has).
+    eventually!(
+        WAIT,
+        "the session's and the monitor's upstream connections",
+        {
+            match sample(&scrape(admin).await, "respguard_upstream_connections") {
+                Some(2.0) => Ok(()),
+                n => Err(n),
+            }
+        }
+    );
     let (rss_kib, _) = proxy.rss_kib();
     let reported = m("respguard_process_resident_memory_bytes").expect("RSS gauge");
     assert!(
