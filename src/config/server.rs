@@ -146,6 +146,10 @@ pub struct RawUpstream {
     pub shared_connections: usize,
     /// TLS settings for a `rediss://` URL.
     pub tls: RawUpstreamTls,
+    /// With a `redis-sentinel://` URL: the password the sentinels require (`requirepass`
+    /// in sentinel.conf); empty: the sentinels are asked without AUTH. The URL's
+    /// credentials are the data nodes'.
+    pub sentinel_password: String,
 }
 
 /// `[upstream.tls]`: how to reach a `rediss://` upstream.
@@ -188,6 +192,7 @@ impl Default for RawUpstream {
             connections: ConnectionModel::PerClient,
             shared_connections: 2,
             tls: RawUpstreamTls::default(),
+            sentinel_password: String::new(),
         }
     }
 }

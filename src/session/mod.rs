@@ -205,6 +205,9 @@ pub struct Session {
     /// On a shared connection: commands Redis answers that were handed to it so far
     /// (against [`crate::reply_queue::ReplyQueue::pushed_to_upstream`]).
     submitted: u64,
+    /// The client sent a command that may leave state on its connection (any but
+    /// [`crate::command::Pinning::Never`]): a lost connection cannot be replaced unseen.
+    used_connection_state: bool,
 }
 
 enum Event {
@@ -282,6 +285,7 @@ impl Session {
             pinned: shared.lanes.is_none(),
             pin_pending: false,
             submitted: 0,
+            used_connection_state: false,
             shared,
         }
     }
@@ -478,6 +482,9 @@ impl Session {
         self.replies_arrived_us = self.clock_us();
         let metrics = &self.shared.metrics;
         metrics.upstream_bytes_received.increment(n as u64);
+        if self.shared.gate.follows_sentinel() {
+            self.watch_for_demotion(n);
+        }
         if let Err(reason) = self.on_upstream_input() {
             return self.upstream_lost(&reason);
         }
@@ -486,6 +493,18 @@ impl Session {
         self.on_client_input();
         self.flush_upstream();
         None
+    }
+
+    /// Behind Sentinel: a `-READONLY` error among the `n` bytes just read says the node is no
+    /// longer the primary; the watcher asks the sentinels at once (a value that happens to
+    /// contain the word costs one needless question).
+    #[cold]
+    fn watch_for_demotion(&self, n: usize) {
+        let input = self.replies.input();
+        let read = &input[input.len().saturating_sub(n)..];
+        if memchr::memmem::find(read, b"-READONLY ").is_some() {
+            self.shared.gate.suspect_primary();
+        }
     }
 
     /// Open the session's way to Redis: a place on a shared connection under multiplexing

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::intercept::Intercept;
 use super::state::LocalAnswer;
 use super::{Session, StreamTo};
-use crate::command::{CommandInfo, Special};
+use crate::command::{CommandInfo, Pinning, Special};
 use crate::guard::{wire_args, ReplyWatch, Verdict};
 use crate::pipeline::{self, CommandFacts, Judge, Scanned, Span};
 use crate::resp;
@@ -154,6 +154,9 @@ impl Session {
             return;
         }
         self.commands_in_batch += 1;
+        if info.pinning != Pinning::Never {
+            self.used_connection_state = true;
+        }
         let intercept = match self.intercept(&info, span) {
             Intercept::Pass if info.special == Special::Sync => self.on_sync(),
             other => other,
