@@ -1,19 +1,20 @@
 //! Finding the primary through Redis Sentinel, and following it across failovers.
 //!
 //! With a `redis-sentinel://` URL the upstream's address is not configured but found: the
-//! [`SentinelWatcher`] asks the sentinels (`SENTINEL GET-MASTER-ADDR-BY-NAME`, the first that
-//! answers, in the URL's order), checks the node it names with `ROLE` (it must say
+//! [`SentinelWatcher`] asks every sentinel at once (`SENTINEL MASTER`), takes the address
+//! named with the newest configuration epoch, checks that node with `ROLE` (it must say
 //! `master`), and sets it on the [`ConnectGate`], which every connection of the proxy goes
 //! through (sessions, shared connections, the monitor, the command table). From then on it
-//! follows the primary three ways:
-//! - a subscription to `+switch-master` on one sentinel (another when that one is lost):
-//!   Sentinel's own announcement of a failover, acted on at once;
-//! - a periodic question to the sentinels (every [`CHECK_INTERVAL`]), for a missed
-//!   announcement;
+//! asks again:
+//! - when a sentinel announces `+switch-master` for the master (a subscription kept on one
+//!   sentinel, the next when that one is lost);
+//! - every [`CHECK_INTERVAL`], for a missed announcement;
 //! - at once when a connection finds the node it reached is not a master (the gate's ROLE
-//!   check), e.g. a demoted primary the sentinels still name.
+//!   check, a `-READONLY` reply seen by a session).
 //!
-//! A new primary is checked with ROLE before the switch; the switch
+//! A sentinel that has not heard of the last failover yet names the old primary with an
+//! older epoch: it is not followed back while the primary in use still says `master`. A
+//! new primary is checked with ROLE before the switch; the switch
 //! ([`ConnectGate::switch_to`]) shuts down every connection to the old one, so commands in
 //! flight there get the proxy's connection-lost error and the next command goes to the new
 //! primary. Each switch is logged and counted (`respguard_upstream_failovers_total`).
@@ -47,8 +48,9 @@ pub struct SentinelWatcher {
     password: Option<String>,
     /// Longest wait for one sentinel (connect and answer).
     timeout: Duration,
-    /// The sentinel that answered last: asked first next time.
-    preferred: usize,
+    /// The configuration epoch of the primary in use, as the sentinels gave it: a sentinel
+    /// naming another node with an older one has not heard of the last failover.
+    epoch: u64,
     /// The last reason no primary could be found, logged once until it changes.
     last_failure: Option<String>,
 }
@@ -66,7 +68,7 @@ impl SentinelWatcher {
             target,
             password,
             timeout,
-            preferred: 0,
+            epoch: 0,
             last_failure: None,
         }
     }
@@ -75,18 +77,10 @@ impl SentinelWatcher {
     /// within the timeout. On failure the gate refuses connections with the reason (clients
     /// get it as their error, `/readyz` says not ready) and [`Self::run`] keeps asking.
     pub async fn discover(&mut self) -> Result<String, String> {
-        match self.find().await {
-            Ok(address) => {
-                self.gate.switch_to(&address);
-                tracing::info!(master = %self.target.master, primary = %address, "primary found through the sentinels");
-                Ok(address)
-            }
-            Err(reason) => {
-                tracing::error!(master = %self.target.master, %reason, "no primary found through the sentinels; retrying every second");
-                self.gate.no_primary_known(reason.clone());
-                self.last_failure = Some(reason.clone());
-                Err(reason)
-            }
+        self.check().await;
+        match self.gate.generation() {
+            0 => Err(self.last_failure.clone().unwrap_or_default()),
+            _ => Ok(self.gate.address()),
         }
     }
 
@@ -104,10 +98,10 @@ impl SentinelWatcher {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let gate = Arc::clone(&self.gate);
-            let hint = tokio::select! {
-                address = announced.recv() => address,
-                _ = ticker.tick() => None,
-                _ = gate.suspected() => None,
+            tokio::select! {
+                _ = announced.recv() => {}
+                _ = ticker.tick() => {}
+                _ = gate.suspected() => {}
                 r = shutdown.changed() => {
                     if r.is_err() || *shutdown.borrow() {
                         return;
@@ -115,104 +109,140 @@ impl SentinelWatcher {
                     continue;
                 }
             };
-            self.check(hint).await;
+            self.check().await;
         }
     }
 
-    /// Ask where the primary is (or take the address a `+switch-master` announced), and
-    /// switch to it if it changed and says `master`.
-    async fn check(&mut self, announced: Option<String>) {
-        let found = match announced {
-            Some(address) => self.verified(address).await,
-            None => self.find().await,
-        };
+    /// Ask the sentinels where the primary is, and switch to the node they name if it
+    /// changed, is named with a newer configuration epoch than the one in use (or the one
+    /// in use is no longer a master), and says `master` to ROLE.
+    async fn check(&mut self) {
         let current = self.gate.address();
-        match found {
-            Ok(address) if address == current => {}
-            Ok(address) => {
-                let first = self.gate.generation() == 0;
-                let closed = self.gate.switch_to(&address);
-                self.last_failure = None;
-                if first {
-                    tracing::info!(master = %self.target.master, primary = %address, "primary found through the sentinels");
-                } else {
-                    metrics::counter!("respguard_upstream_failovers_total").increment(1);
-                    tracing::warn!(master = %self.target.master, from = %current, to = %address, closed, "the primary changed; connections to the old one closed");
-                }
-            }
-            Err(reason) => {
-                if self.gate.generation() == 0 {
-                    self.gate.no_primary_known(reason.clone());
-                }
-                if self.last_failure.as_ref() != Some(&reason) {
-                    tracing::warn!(master = %self.target.master, %reason, "cannot confirm the primary through the sentinels");
-                    self.last_failure = Some(reason);
-                }
-            }
+        let first = self.gate.generation() == 0;
+        let (address, epoch) = match self.ask().await {
+            Ok(found) => found,
+            Err(reason) => return self.failed(reason),
+        };
+        if address == current {
+            self.epoch = self.epoch.max(epoch);
+            self.last_failure = None;
+            return;
+        }
+        // A sentinel that has not heard of the last failover yet names the old primary
+        // with the old epoch: believed only once the primary in use is no longer a master.
+        if !first && epoch <= self.epoch && self.gate.verify_primary(&current).await.is_ok() {
+            return;
+        }
+        // A node named anew is checked with ROLE before anything goes there.
+        if let Err(e) = self.gate.verify_primary(&address).await {
+            return self.failed(e.to_string());
+        }
+        let closed = self.gate.switch_to(&address);
+        self.epoch = epoch;
+        self.last_failure = None;
+        let master = &self.target.master;
+        if first {
+            tracing::info!(%master, primary = %address, epoch, "primary found through the sentinels");
+        } else {
+            metrics::counter!("respguard_upstream_failovers_total").increment(1);
+            tracing::warn!(%master, from = %current, to = %address, epoch, closed, "the primary changed; connections to the old one closed");
         }
     }
 
-    /// The primary the sentinels name, checked with ROLE.
-    async fn find(&mut self) -> Result<String, String> {
-        let address = self.ask().await?;
-        self.verified(address).await
-    }
-
-    /// `address` if it is a primary the proxy can use.
-    async fn verified(&self, address: String) -> Result<String, String> {
-        match self.gate.verify_primary(&address).await {
-            Ok(()) => Ok(address),
-            Err(e) => Err(e.to_string()),
+    /// No primary could be confirmed, for `reason`: logged when the reason changes; while
+    /// none was ever found, the gate refuses connections with it.
+    fn failed(&mut self, reason: String) {
+        let first = self.gate.generation() == 0;
+        if first {
+            self.gate.no_primary_known(reason.clone());
+        }
+        if self.last_failure.as_ref() != Some(&reason) {
+            let master = &self.target.master;
+            if first {
+                tracing::error!(%master, %reason, "no primary found through the sentinels; asking again every second");
+            } else {
+                tracing::warn!(%master, %reason, "cannot confirm the primary through the sentinels");
+            }
+            self.last_failure = Some(reason);
         }
     }
 
-    /// Ask the sentinels, the one that answered last first, where the master is.
-    async fn ask(&mut self) -> Result<String, String> {
-        let n = self.target.sentinels.len();
+    /// Ask every sentinel at once (`SENTINEL MASTER`) and take the primary named with the
+    /// newest configuration epoch (the first in the URL's order among equals).
+    async fn ask(&self) -> Result<(String, u64), String> {
+        let mut asked = tokio::task::JoinSet::new();
+        for (at, sentinel) in self.target.sentinels.iter().enumerate() {
+            let (sentinel, master) = (sentinel.clone(), self.target.master.clone());
+            let (password, timeout) = (self.password.clone(), self.timeout);
+            asked.spawn(async move {
+                let answer = async {
+                    let mut conn = SentinelConn::open(&sentinel, password.as_deref()).await?;
+                    conn.request(&[b"SENTINEL", b"MASTER", master.as_bytes()])
+                        .await
+                };
+                let answer = match tokio::time::timeout(timeout, answer).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                };
+                (at, sentinel, answer)
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(joined) = asked.join_next().await {
+            answers.push(joined.map_err(|e| e.to_string())?);
+        }
+        answers.sort_by_key(|(at, _, _)| *at);
+        let mut best: Option<(String, u64)> = None;
         let mut failures = Vec::new();
         let mut unknown = 0;
-        for i in 0..n {
-            let at = (self.preferred + i) % n;
-            let sentinel = &self.target.sentinels[at];
-            let question: [&[u8]; 3] = [
-                b"SENTINEL",
-                b"GET-MASTER-ADDR-BY-NAME",
-                self.target.master.as_bytes(),
-            ];
-            let answer = async {
-                let mut conn = SentinelConn::open(sentinel, self.password.as_deref()).await?;
-                conn.request(&question).await
-            };
-            match tokio::time::timeout(self.timeout, answer).await {
-                Ok(Ok(OwnedFrame::Array(parts))) if parts.len() == 2 => {
-                    if let (Some(ip), Some(port)) = (text(&parts[0]), text(&parts[1])) {
-                        self.preferred = at;
-                        return Ok(join_host_port(&ip, &port));
+        for (_, sentinel, answer) in answers {
+            match answer.map(|frame| named_primary(&frame)) {
+                Ok(Some((address, epoch))) => {
+                    if best.as_ref().is_none_or(|(_, e)| epoch > *e) {
+                        best = Some((address, epoch));
                     }
-                    failures.push(format!("{sentinel}: unexpected reply {parts:?}"));
                 }
-                Ok(Ok(OwnedFrame::Null)) => {
+                Ok(None) => failures.push(format!("{sentinel}: no address in its reply")),
+                Err(e) if e.contains("No such master") => {
                     unknown += 1;
                     failures.push(format!("{sentinel}: unknown master"));
                 }
-                Ok(Ok(other)) => failures.push(format!("{sentinel}: unexpected reply {other:?}")),
-                Ok(Err(e)) => failures.push(format!("{sentinel}: {e}")),
-                Err(_) => failures.push(format!("{sentinel}: no answer within {:?}", self.timeout)),
+                Err(e) => failures.push(format!("{sentinel}: {e}")),
             }
         }
         let master = &self.target.master;
-        Err(if unknown == n {
-            format!(
-                "no sentinel knows master `{master}` ({})",
-                failures.join("; ")
-            )
-        } else {
-            format!(
-                "no sentinel named the primary of master `{master}` ({})",
-                failures.join("; ")
-            )
+        best.ok_or_else(|| {
+            if unknown == self.target.sentinels.len() {
+                format!(
+                    "no sentinel knows master `{master}` ({})",
+                    failures.join("; ")
+                )
+            } else {
+                format!(
+                    "no sentinel named the primary of master `{master}` ({})",
+                    failures.join("; ")
+                )
+            }
         })
     }
+}
+
+/// The address and configuration epoch in a `SENTINEL MASTER` reply (a flat array of
+/// field names and values).
+fn named_primary(frame: &OwnedFrame) -> Option<(String, u64)> {
+    let OwnedFrame::Array(items) = frame else {
+        return None;
+    };
+    let field = |name: &str| {
+        items
+            .chunks(2)
+            .find(|kv| kv.len() == 2 && text(&kv[0]).as_deref() == Some(name))
+            .and_then(|kv| text(&kv[1]))
+    };
+    let epoch = field("config-epoch")
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    Some((join_host_port(&field("ip")?, &field("port")?), epoch))
 }
 
 /// Keep a subscription to `+switch-master` on one sentinel (the next when it is lost, a
@@ -221,7 +251,7 @@ async fn subscribe(
     target: SentinelTarget,
     password: Option<String>,
     timeout: Duration,
-    announced: mpsc::Sender<String>,
+    announced: mpsc::Sender<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut at = 0;
@@ -245,7 +275,7 @@ async fn subscribe(
                         Ok(frame) => {
                             if let Some(address) = switched_to(&frame, &target.master) {
                                 tracing::info!(%sentinel, to = %address, "+switch-master announced");
-                                if announced.send(address).await.is_err() {
+                                if announced.send(()).await.is_err() {
                                     return;
                                 }
                             }
@@ -416,6 +446,31 @@ mod tests {
             OwnedFrame::Integer(1),
         ]);
         assert_eq!(switched_to(&confirmation, "mymaster"), None);
+    }
+
+    #[test]
+    fn sentinel_master_gives_the_address_and_the_epoch() {
+        let reply = OwnedFrame::Array(
+            [
+                "name",
+                "m",
+                "ip",
+                "10.0.0.2",
+                "port",
+                "6380",
+                "config-epoch",
+                "7",
+            ]
+            .into_iter()
+            .map(bulk)
+            .collect(),
+        );
+        assert_eq!(
+            named_primary(&reply),
+            Some(("10.0.0.2:6380".to_string(), 7))
+        );
+        let no_port = OwnedFrame::Array(["ip", "10.0.0.2"].into_iter().map(bulk).collect());
+        assert_eq!(named_primary(&no_port), None);
     }
 
     #[test]
