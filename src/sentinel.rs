@@ -124,7 +124,8 @@ impl SentinelWatcher {
             Err(reason) => return self.failed(reason),
         };
         if address == current {
-            self.epoch = self.epoch.max(epoch);
+            // The epoch is taken only with a switch: while a failover is under way its
+            // leader names the old primary with the new epoch, until it announces the switch.
             self.last_failure = None;
             return;
         }

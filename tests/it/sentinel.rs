@@ -281,13 +281,23 @@ async fn failover_under_load(mode: Mode, how: How) -> Cost {
         }
         How::Kill => d.nodes[0].kill(),
     }
+    // When the sentinel the test asks first names the new primary, for comparison with
+    // the proxy's own switch (how long the failover itself took).
+    let mut named = None;
     let switched = eventually!(FAILOVER_WAIT, "the proxy switching primaries", {
+        if named.is_none() && d.named_by(2).await == new {
+            named = Some(Instant::now());
+        }
         if proxy.gate.generation() > generation {
             Ok(Instant::now())
         } else {
             Err(proxy.gate.address())
         }
     });
+    let named = match named {
+        Some(at) => format!("{:?}", at - began),
+        None => "after the proxy's switch".into(),
+    };
     assert_eq!(proxy.gate.address(), new, "the replica promoted");
     let marks = writes(0).unwrap();
     eventually!(WAIT, "every client writing after the switch", {
@@ -396,7 +406,7 @@ async fn failover_under_load(mode: Mode, how: How) -> Cost {
     assert!(failovers >= Some(1.0), "{failovers:?}");
     proxy.shutdown().await;
     println!(
-        "sentinel failover, {mode:?}, {how:?}: {} of {} commands failed after it began ({CLIENTS} clients); the proxy switched after {:?}, the first write on the new primary succeeded after {:?}; {} writes acknowledged before the switch were not seen after it",
+        "sentinel failover, {mode:?}, {how:?}: {} of {} commands failed after it began ({CLIENTS} clients); the proxy switched after {:?}, the first write on the new primary succeeded after {:?}; {} writes acknowledged before the switch were not seen after it; sentinel 2 named the new primary after {named}",
         cost.errors, cost.commands, cost.switched_after, cost.recovered_after, cost.lost_before_switch
     );
     cost
