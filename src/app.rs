@@ -29,6 +29,7 @@ use crate::monitor::Monitor;
 use crate::mux::{MuxSettings, SharedConnections};
 use crate::pressure::MemoryPressure;
 use crate::runtime::{self, Serving};
+use crate::sentinel::SentinelWatcher;
 use crate::session::Shared;
 use crate::telemetry::CommandLatency;
 use crate::telemetry::ProxyMetrics;
@@ -50,6 +51,8 @@ pub struct ProxyHandle {
     /// The control plane: reloads (`Control::reload`, which the binary calls on SIGHUP),
     /// status.
     pub control: Arc<Control>,
+    /// The gate every upstream connection goes through (its address: the primary in use).
+    pub gate: Arc<ConnectGate>,
     shutdown: watch::Sender<bool>,
     serving: Serving,
 }
@@ -85,10 +88,14 @@ impl Tls {
             })
             .map_err(|e| invalid("upstream.tls", e))?;
             let name = match t.server_name.as_str() {
-                "" => &config.upstream.host,
-                name => name,
+                // Behind Sentinel: the host of the primary found, at each connection.
+                "" if config.upstream.sentinel.is_some() => None,
+                "" => Some(config.upstream.host.as_str()),
+                name => Some(name),
             };
-            let server_name = crate::transport::server_name(name)
+            let server_name = name
+                .map(crate::transport::server_name)
+                .transpose()
                 .map_err(|e| invalid("upstream.tls.server_name", e))?;
             Some(UpstreamTls {
                 connector,
@@ -156,6 +163,20 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             tls: tls.upstream,
         },
     ));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    if let Some(sentinels) = &config.upstream.sentinel {
+        // Find the primary before anything connects; without one the proxy still starts
+        // (clients get the reason, `/readyz` says not ready) and the watcher keeps asking.
+        let password = Some(raw.upstream.sentinel_password.clone()).filter(|p| !p.is_empty());
+        let mut watcher = SentinelWatcher::new(
+            Arc::clone(&gate),
+            sentinels.clone(),
+            password,
+            raw.upstream.connect_timeout.0,
+        );
+        let _ = watcher.discover().await;
+        tokio::spawn(watcher.run(shutdown_rx.clone()));
+    }
     let table = Arc::new(load_command_table(&gate, config.command_table_from_upstream).await);
     let context = GuardContext::new(&raw.guards);
     let latency = raw
@@ -177,7 +198,6 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             latency: latency.clone(),
         },
     )?);
-    let (shutdown, shutdown_rx) = watch::channel(false);
 
     tokio::spawn(
         Monitor {
@@ -236,7 +256,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
     });
     let shared = Arc::new(Shared {
         table: Arc::clone(&table),
-        gate,
+        gate: Arc::clone(&gate),
         limits: config.limits,
         max_pending: raw.proxy.max_pending_commands,
         output_buffer: raw.proxy.output_buffer.0 as usize,
@@ -260,7 +280,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
     let addr = serving.addr;
     tracing::info!(
         %addr,
-        upstream = %config.upstream.address,
+        upstream = %gate.address(),
         ?admin_addr,
         runtime = raw.proxy.runtime.word(),
         "respguard listening"
@@ -272,6 +292,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         pressure: context.pressure,
         queues: context.queues,
         control,
+        gate,
         shutdown,
         serving,
     })

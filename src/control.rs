@@ -378,7 +378,7 @@ impl Control {
                 "last_reload": last_reload,
             },
             "upstream": {
-                "address": s.gate.target().address,
+                "address": s.gate.address(),
                 "up": s.health.is_up(),
                 "connections": s.gate.open_connections(),
             },

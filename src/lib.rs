@@ -55,6 +55,7 @@ pub mod reply_queue;
 pub mod resp;
 pub mod runtime;
 pub mod scanner;
+pub mod sentinel;
 pub mod session;
 pub mod telemetry;
 pub mod transport;

@@ -18,7 +18,9 @@ struct Cli {
     /// Address clients connect to (overrides proxy.listen).
     #[arg(long, env = "RESPGUARD_LISTEN")]
     listen: Option<String>,
-    /// Redis URL, redis://[user:password@]host:port[/db] (overrides upstream.url).
+    /// Redis URL, redis://[user:password@]host:port[/db], or behind Sentinel
+    /// redis-sentinel://[user:password@]host:port[,host:port...][/db]#master
+    /// (overrides upstream.url).
     #[arg(long, env = "RESPGUARD_UPSTREAM")]
     upstream: Option<String>,
     /// Address of the health and metrics listener; empty disables it (overrides admin.listen).
@@ -189,10 +191,12 @@ fn main() -> anyhow::Result<()> {
     // does, and serve no more clients than it allows, so a client over the limit gets the
     // clear max-clients error instead of accept or connect failing with "too many open
     // files" (which would also trip the upstream circuit).
+    // Behind Sentinel the gate keeps a duplicate of each upstream socket (so that a
+    // failover can shut them down): one more per client.
     let per_client = match config.raw.upstream.connections {
         respguard::config::ConnectionModel::PerClient => 2,
         respguard::config::ConnectionModel::Multiplexed => 1,
-    };
+    } + u64::from(config.upstream.sentinel.is_some());
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
             let fits = clients_within(limit, per_client);
@@ -240,6 +244,10 @@ fn audit(args: &AuditArgs) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     use std::time::Duration;
     let target = respguard::config::UpstreamTarget::parse(&args.upstream)?;
+    anyhow::ensure!(
+        target.sentinel.is_none(),
+        "audit reads one node: give it the node's redis:// URL, not a Sentinel URL"
+    );
     let tls = if target.tls {
         let files = respguard::transport::ClientTlsFiles {
             ca_file: args.tls_ca_file.clone(),
@@ -248,8 +256,9 @@ fn audit(args: &AuditArgs) -> anyhow::Result<()> {
         };
         Some(respguard::config::UpstreamTls {
             connector: respguard::transport::connector(&files).map_err(anyhow::Error::msg)?,
-            server_name: respguard::transport::server_name(&target.host)
-                .map_err(anyhow::Error::msg)?,
+            server_name: Some(
+                respguard::transport::server_name(&target.host).map_err(anyhow::Error::msg)?,
+            ),
         })
     } else {
         None

@@ -15,12 +15,22 @@
 //!
 //! A new connection gets `TCP_NODELAY` and then the proxy's own handshake (AUTH and SELECT
 //! from the upstream URL), whose replies the client never sees.
+//!
+//! Behind a Sentinel URL the address is not fixed: the [`crate::sentinel`] watcher sets it
+//! ([`ConnectGate::switch_to`]). Every connection is then checked with `ROLE` before use
+//! (a node that is not a master is refused), and the gate keeps a duplicate of each
+//! connection's socket so that a switch shuts down every connection to the old primary at
+//! once: its sessions see the connection lost, and their next connection goes to the new
+//! primary. A connection opened across a switch is refused, never used.
 
+use std::collections::HashMap;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -47,6 +57,12 @@ pub enum UpstreamError {
     Handshake { address: String, reply: String },
     #[error("upstream {address}: connection limit reached (upstream.max_connections = {max}), try again")]
     TooManyConnections { address: String, max: usize },
+    #[error("upstream {address}: no primary known ({reason})")]
+    NoPrimary { address: String, reason: String },
+    #[error(
+        "upstream {address} is not the primary (ROLE says {role}); asking the sentinels again"
+    )]
+    NotPrimary { address: String, role: String },
 }
 
 /// A place among the upstream connections allowed at once; dropped with its connection.
@@ -54,12 +70,28 @@ pub enum UpstreamError {
 pub struct UpstreamSlot {
     _permit: Option<OwnedSemaphorePermit>,
     open: Arc<AtomicUsize>,
+    /// Behind Sentinel: this connection's entry among those a switch shuts down.
+    tracked: Option<(Arc<Mutex<Tracked>>, u64)>,
 }
 
 impl Drop for UpstreamSlot {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some((tracked, id)) = self.tracked.take() {
+            tracked.lock().expect("tracked lock").sockets.remove(&id);
+        }
     }
+}
+
+/// Behind Sentinel: the primary's generation (one more per switch) and a duplicate of every
+/// open connection's socket, so that a switch can shut them all down. The duplicate keeps
+/// the socket itself open until the slot is dropped with its connection, so a shutdown never
+/// reaches a descriptor number reused by something else.
+#[derive(Debug, Default)]
+pub struct Tracked {
+    generation: u64,
+    next_id: u64,
+    sockets: HashMap<u64, OwnedFd>,
 }
 
 /// Settings of the gate, from `[upstream]`.
@@ -94,6 +126,16 @@ struct GateState {
 #[derive(Debug)]
 pub struct ConnectGate {
     target: UpstreamTarget,
+    /// `host:port` of the primary: the URL's, or behind Sentinel the watcher's (empty until
+    /// one is known).
+    address: ArcSwap<String>,
+    /// Behind Sentinel: why no primary is known (while `address` is empty).
+    no_primary: Mutex<String>,
+    /// Behind Sentinel: the connections a switch shuts down.
+    tracked: Option<Arc<Mutex<Tracked>>>,
+    /// Behind Sentinel: a connection found a node that is not the primary; the watcher
+    /// asks the sentinels at once.
+    suspect: tokio::sync::Notify,
     settings: GateSettings,
     state: Mutex<GateState>,
     slots: Option<Arc<Semaphore>>,
@@ -107,7 +149,16 @@ impl ConnectGate {
     /// A gate for `target`, with a full bucket and a closed circuit.
     pub fn new(target: UpstreamTarget, settings: GateSettings) -> Self {
         let (handshake, handshake_replies) = handshake_commands(&target);
+        let sentinel = target.sentinel.is_some();
         ConnectGate {
+            address: ArcSwap::from_pointee(target.address.clone()),
+            no_primary: Mutex::new(if sentinel {
+                "the sentinels have not been asked yet".into()
+            } else {
+                String::new()
+            }),
+            tracked: sentinel.then(Arc::default),
+            suspect: tokio::sync::Notify::new(),
             state: Mutex::new(GateState {
                 tokens: f64::from(settings.max_connects_per_second),
                 refilled_at: Instant::now(),
@@ -131,9 +182,72 @@ impl ConnectGate {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Where the upstream is.
+    /// Where the upstream is, as configured (behind Sentinel, its `address` is empty: see
+    /// [`Self::address`]).
     pub fn target(&self) -> &UpstreamTarget {
         &self.target
+    }
+
+    /// `host:port` of the upstream now (behind Sentinel, the primary last found; the master
+    /// name while none is known).
+    pub fn address(&self) -> String {
+        let address = self.address.load();
+        match &self.target.sentinel {
+            Some(s) if address.is_empty() => format!("(master `{}`)", s.master),
+            _ => address.to_string(),
+        }
+    }
+
+    /// Behind Sentinel: the primary's generation, one more per switch.
+    pub fn generation(&self) -> u64 {
+        self.tracked
+            .as_ref()
+            .map_or(0, |t| t.lock().expect("tracked lock").generation)
+    }
+
+    /// Whether the primary is found through sentinels (and may change).
+    pub fn follows_sentinel(&self) -> bool {
+        self.tracked.is_some()
+    }
+
+    /// The primary is now `address` (behind Sentinel): new connections go there, every
+    /// connection open to the old one is shut down (its commands in flight get the
+    /// connection-lost error), and the breaker forgets the old primary's failures. Returns
+    /// how many connections were shut down.
+    pub fn switch_to(&self, address: &str) -> usize {
+        let Some(tracked) = &self.tracked else {
+            return 0;
+        };
+        let mut t = tracked.lock().expect("tracked lock");
+        self.address.store(Arc::new(address.to_string()));
+        t.generation += 1;
+        for fd in t.sockets.values() {
+            let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
+        }
+        let closed = t.sockets.len();
+        drop(t);
+        let mut st = self.state.lock().expect("gate lock");
+        st.consecutive_failures = 0;
+        st.open_until = None;
+        st.probing = false;
+        closed
+    }
+
+    /// Behind Sentinel: no primary can be found now, and why (connections are refused with
+    /// this reason until one is found). The last primary known stays in use if there was one.
+    pub fn no_primary_known(&self, reason: String) {
+        *self.no_primary.lock().expect("gate lock") = reason;
+    }
+
+    /// A connection met a node that is not the primary (ROLE, or a `-READONLY` reply): ask
+    /// the sentinels now rather than at the next periodic check.
+    pub fn suspect_primary(&self) {
+        self.suspect.notify_one();
+    }
+
+    /// Resolves when [`Self::suspect_primary`] was called.
+    pub(crate) fn suspected(&self) -> tokio::sync::futures::Notified<'_> {
+        self.suspect.notified()
     }
 
     /// The commands (AUTH, SELECT) the proxy sends on every new connection and after RESET,
@@ -157,32 +271,56 @@ impl ConnectGate {
     /// token for at most the connect timeout; refuses at once while the circuit is open or
     /// every upstream slot is taken. The slot must be kept as long as the connection.
     pub async fn connect(&self) -> Result<(Stream, UpstreamSlot), UpstreamError> {
+        if self.tracked.is_some() && self.address.load().is_empty() {
+            // Nothing to attempt: not a failure of Redis, so the breaker is left alone.
+            return Err(self.no_primary());
+        }
         let permit = match &self.slots {
             None => None,
             Some(s) => Some(Arc::clone(s).try_acquire_owned().map_err(|_| {
                 UpstreamError::TooManyConnections {
-                    address: self.target.address.clone(),
+                    address: self.address(),
                     max: self.settings.max_connections,
                 }
             })?),
         };
-        let stream = self.connect_stream().await?;
+        let generation = self.generation();
+        let (stream, socket) = self.connect_stream().await?;
+        let tracked = match (&self.tracked, socket) {
+            (Some(tracked), Some(socket)) => {
+                let mut t = tracked.lock().expect("tracked lock");
+                if t.generation != generation {
+                    // The primary changed while this connection was being opened: it may
+                    // lead to the old one.
+                    return Err(UpstreamError::Unreachable {
+                        address: self.address(),
+                        reason: "the primary changed while connecting".into(),
+                    });
+                }
+                let id = t.next_id;
+                t.next_id += 1;
+                t.sockets.insert(id, socket);
+                Some((Arc::clone(tracked), id))
+            }
+            _ => None,
+        };
         self.open.fetch_add(1, Ordering::Relaxed);
         let slot = UpstreamSlot {
             _permit: permit,
             open: Arc::clone(&self.open),
+            tracked,
         };
         Ok((stream, slot))
     }
 
-    async fn connect_stream(&self) -> Result<Stream, UpstreamError> {
+    async fn connect_stream(&self) -> Result<(Stream, Option<OwnedFd>), UpstreamError> {
         let deadline = Instant::now() + self.settings.connect_timeout;
         loop {
             let wait = self.take_token()?;
             let Some(wait) = wait else { break };
             if Instant::now() + wait > deadline {
                 return Err(UpstreamError::RateLimited {
-                    address: self.target.address.clone(),
+                    address: self.address(),
                 });
             }
             tokio::time::sleep(wait).await;
@@ -201,7 +339,7 @@ impl ConnectGate {
         let result = match attempt.await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Unreachable {
-                address: self.target.address.clone(),
+                address: self.address(),
                 reason: format!("no answer within {:?}", self.settings.connect_timeout),
             }),
         };
@@ -216,7 +354,7 @@ impl ConnectGate {
         let open = st.open_until.filter(|&until| until > now);
         if open.is_some() || (st.consecutive_failures > 0 && st.probing) {
             return Err(UpstreamError::CircuitOpen {
-                address: self.target.address.clone(),
+                address: self.address(),
                 reason: st.last_error.clone(),
                 retry_in_ms: open.map_or(0, |until| (until - now).as_millis() as u64),
             });
@@ -235,7 +373,7 @@ impl ConnectGate {
         }
     }
 
-    fn record(&self, result: &Result<Stream, UpstreamError>) {
+    fn record<T>(&self, result: &Result<T, UpstreamError>) {
         let mut st = self.state.lock().expect("gate lock");
         st.probing = false;
         match result {
@@ -265,26 +403,71 @@ impl ConnectGate {
         }
     }
 
-    async fn open(&self) -> Result<Stream, UpstreamError> {
+    async fn open(&self) -> Result<(Stream, Option<OwnedFd>), UpstreamError> {
+        let address = self.address.load_full();
+        if address.is_empty() {
+            return Err(self.no_primary());
+        }
+        let opened = self.open_at(&address).await;
+        if let Err(UpstreamError::NotPrimary { .. }) = &opened {
+            self.suspect_primary();
+        }
+        opened
+    }
+
+    fn no_primary(&self) -> UpstreamError {
+        UpstreamError::NoPrimary {
+            address: self.address(),
+            reason: self.no_primary.lock().expect("gate lock").clone(),
+        }
+    }
+
+    /// Behind Sentinel: whether `address` is a primary the proxy can use (it connects,
+    /// accepts the handshake and says `master` to ROLE), within the connect timeout. Neither
+    /// the breaker nor the rate limit apply: only the watcher calls this, a few times a
+    /// second at most.
+    pub async fn verify_primary(&self, address: &str) -> Result<(), UpstreamError> {
+        match tokio::time::timeout(self.settings.connect_timeout, self.open_at(address)).await {
+            Ok(r) => r.map(drop),
+            Err(_) => Err(UpstreamError::Unreachable {
+                address: address.to_string(),
+                reason: format!("no answer within {:?}", self.settings.connect_timeout),
+            }),
+        }
+    }
+
+    /// Open a connection to `address`: TCP, TLS, the handshake, and behind Sentinel the ROLE
+    /// check (with the duplicate of its socket).
+    async fn open_at(&self, address: &str) -> Result<(Stream, Option<OwnedFd>), UpstreamError> {
         let unreachable = |e: io::Error| UpstreamError::Unreachable {
-            address: self.target.address.clone(),
+            address: address.to_string(),
             reason: e.to_string(),
         };
-        let tcp = TcpStream::connect(&self.target.address)
-            .await
-            .map_err(unreachable)?;
+        let tcp = TcpStream::connect(address).await.map_err(unreachable)?;
         tcp.set_nodelay(true).map_err(unreachable)?;
+        let socket = match self.tracked {
+            Some(_) => Some(tcp.as_fd().try_clone_to_owned().map_err(unreachable)?),
+            None => None,
+        };
         let mut stream = match &self.settings.tls {
             None => Stream::Tcp(tcp),
             Some(tls) => {
-                let s = tls
-                    .connector
-                    .connect(tls.server_name.clone(), tcp)
-                    .await
-                    .map_err(|e| UpstreamError::Unreachable {
-                        address: self.target.address.clone(),
+                let server_name = match &tls.server_name {
+                    Some(name) => name.clone(),
+                    // Behind Sentinel with no name configured: the primary's host.
+                    None => crate::transport::server_name(host_of(address)).map_err(|e| {
+                        UpstreamError::Unreachable {
+                            address: address.to_string(),
+                            reason: format!("TLS server name: {e}"),
+                        }
+                    })?,
+                };
+                let s = tls.connector.connect(server_name, tcp).await.map_err(|e| {
+                    UpstreamError::Unreachable {
+                        address: address.to_string(),
                         reason: format!("TLS handshake failed: {e}"),
-                    })?;
+                    }
+                })?;
                 Stream::tls(tokio_rustls::TlsStream::Client(s)).map_err(unreachable)?
             }
         };
@@ -298,13 +481,39 @@ impl ConnectGate {
                 .map_err(unreachable)?;
             if let Some(err) = replies.into_iter().find_map(|r| r.err()) {
                 return Err(UpstreamError::Handshake {
-                    address: self.target.address.clone(),
+                    address: address.to_string(),
                     reply: err,
                 });
             }
         }
-        Ok(stream)
+        if self.tracked.is_some() {
+            // Behind Sentinel, only the primary is ever used: a node the sentinels still
+            // name but which was demoted (or not promoted yet) is refused.
+            stream
+                .write_all(b"*1\r\n$4\r\nROLE\r\n")
+                .await
+                .map_err(unreachable)?;
+            let reply = read_replies(&mut stream, 1).await.map_err(unreachable)?;
+            let role = match reply.into_iter().next() {
+                Some(Ok(bytes)) => crate::sentinel::role_of(&bytes),
+                Some(Err(e)) => e,
+                None => String::new(),
+            };
+            if role != "master" {
+                return Err(UpstreamError::NotPrimary {
+                    address: address.to_string(),
+                    role,
+                });
+            }
+        }
+        Ok((stream, socket))
     }
+}
+
+/// The host of `host:port` (an IPv6 address without its brackets).
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// AUTH and SELECT for a target, encoded, and how many replies they produce.

@@ -221,6 +221,12 @@ impl RawConfig {
                 })?)
             };
         let upstream = UpstreamTarget::parse(&self.upstream.url)?;
+        if upstream.sentinel.is_none() && !self.upstream.sentinel_password.is_empty() {
+            return Err(invalid(
+                "upstream.sentinel_password",
+                "only with a redis-sentinel:// upstream.url",
+            ));
+        }
         if self.proxy.max_clients == 0 {
             return Err(invalid("proxy.max_clients", "must be at least 1"));
         }

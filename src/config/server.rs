@@ -154,6 +154,10 @@ pub struct RawUpstream {
     pub pinned_idle: usize,
     /// TLS settings for a `rediss://` URL.
     pub tls: RawUpstreamTls,
+    /// With a `redis-sentinel://` URL: the password the sentinels require (`requirepass`
+    /// in sentinel.conf); empty: the sentinels are asked without AUTH. The URL's
+    /// credentials are the data nodes'.
+    pub sentinel_password: String,
 }
 
 /// `[upstream.tls]`: how to reach a `rediss://` upstream.
@@ -198,6 +202,7 @@ impl Default for RawUpstream {
             pinned_connections: 1024,
             pinned_idle: 16,
             tls: RawUpstreamTls::default(),
+            sentinel_password: String::new(),
         }
     }
 }

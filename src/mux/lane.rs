@@ -257,7 +257,7 @@ impl Lane {
                         tracing::info!(reason, "shared upstream connection lost");
                         metrics::counter!("respguard_shared_connections_lost_total").increment(1);
                     }
-                    let address = &self.gate.target().address;
+                    let address = self.gate.address();
                     self.lose_everything(&resp::error(&format!(
                         "ERR respguard: upstream {address} connection lost before the reply ({reason})"
                     )));

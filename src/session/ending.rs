@@ -103,6 +103,11 @@ impl Session {
     /// Redis went away mid-session: the commands still waiting get an error that says so,
     /// then the client connection closes, as it would if it had been connected to Redis.
     ///
+    /// Behind Sentinel, where a lost connection is most often a failover, a client whose
+    /// connection held nothing but the proxy's own handshake (no state left on it, nothing
+    /// half sent or half received) keeps its connection to the proxy: its next command
+    /// opens a connection to the primary in use then.
+    ///
     /// Right after a CLIENT KILL's reply, Redis closing the connection is that command
     /// killing it: as a direct client, this one gets the replies Redis sent and then sees
     /// its connection close, the commands after it unanswered (`CLIENT KILL SKIPME no`).
@@ -120,18 +125,49 @@ impl Session {
         }
         let mid_reply = self.reply_partly_sent;
         self.replies.move_ready();
+        let address = self.shared.gate.address();
         if !mid_reply && !killed {
             let message = resp::error(&format!(
-                "ERR respguard: upstream {} connection lost before the reply ({reason})",
-                self.shared.gate.target().address
+                "ERR respguard: upstream {address} connection lost before the reply ({reason})"
             ));
             self.answer_lost(&message, u32::MAX);
+        }
+        if !mid_reply && !killed && self.may_replace_upstream() {
+            // Nothing of the lost connection may reach the next one: commands not written
+            // yet were answered with the error above, a reply cut off is dropped.
+            drop(self.requests.take_output());
+            self.replies.forget_unready();
+            self.reply_forwarded = None;
+            self.watchdog.disarm();
+            self.upstream = Upstream::Missing {
+                error: format!(
+                    "ERR respguard: upstream {address} connection lost ({reason}); reconnecting"
+                ),
+            };
+            return None;
         }
         self.ignore_input = true;
         self.close_when_flushed = true;
         // Give the client its errors; the run loop closes once they are written.
         self.state.queue_mut().clear();
         None
+    }
+
+    /// Whether the lost connection can be replaced without the client noticing anything but
+    /// the errors of its commands in flight: behind Sentinel, with no lasting connection
+    /// state sent, none held now (a transaction, a watched key, a subscription ...), and
+    /// nothing half done.
+    fn may_replace_upstream(&self) -> bool {
+        self.shared.gate.follows_sentinel()
+            && self.pinned
+            && !self.lasting_state
+            && self.state.holds_nothing()
+            && !self.tunnel
+            && !self.input_closed
+            && self.streaming.is_none()
+            && self.after_stream.is_empty()
+            && !self.pin_pending
+            && self.state.queue().is_empty()
     }
 
     /// Redis's connection was lost before the replies of the oldest `replies` commands

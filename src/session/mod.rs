@@ -200,11 +200,12 @@ pub struct Session {
     /// The session has (or will open) a connection of its own: per-client mode, or a
     /// multiplexed client that uses connection state.
     pinned: bool,
-    /// The session keeps its own connection for good: per-client mode, or a multiplexed
-    /// client that sent a command whose state lasts for the connection's life
-    /// ([`crate::command::Pinning::ForLife`]). Otherwise, once its connection holds no
-    /// state, it goes back to a shared one ([`Session::unpin`]).
-    keeps_own_connection: bool,
+    /// The client sent a command whose state lasts for the connection's life
+    /// ([`crate::command::Pinning::ForLife`]): under multiplexing it keeps its own connection
+    /// for good (otherwise, once that connection holds no state, it goes back to a shared
+    /// one, [`Session::unpin`]); behind Sentinel, a lost connection cannot be replaced
+    /// unseen.
+    lasting_state: bool,
     /// A command waits, unscanned, for the session to leave its shared connection.
     pin_pending: bool,
     /// On a shared connection: commands Redis answers that were handed to it so far
@@ -285,7 +286,7 @@ impl Session {
             watchdog: Watchdog::default(),
             tunnel: false,
             pinned: shared.lanes.is_none(),
-            keeps_own_connection: shared.lanes.is_none(),
+            lasting_state: false,
             pin_pending: false,
             submitted: 0,
             shared,
@@ -494,6 +495,9 @@ impl Session {
         self.replies_arrived_us = self.clock_us();
         let metrics = &self.shared.metrics;
         metrics.upstream_bytes_received.increment(n as u64);
+        if self.shared.gate.follows_sentinel() {
+            self.watch_for_demotion(n);
+        }
         if let Err(reason) = self.on_upstream_input() {
             return self.upstream_lost(&reason);
         }
@@ -502,6 +506,18 @@ impl Session {
         self.on_client_input();
         self.flush_upstream();
         None
+    }
+
+    /// Behind Sentinel: a `-READONLY` error among the `n` bytes just read says the node is no
+    /// longer the primary; the watcher asks the sentinels at once (a value that happens to
+    /// contain the word costs one needless question).
+    #[cold]
+    fn watch_for_demotion(&self, n: usize) {
+        let input = self.replies.input();
+        let read = &input[input.len().saturating_sub(n)..];
+        if memchr::memmem::find(read, b"-READONLY ").is_some() {
+            self.shared.gate.suspect_primary();
+        }
     }
 
     /// Open the session's way to Redis: a place on a shared connection under multiplexing

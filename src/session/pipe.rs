@@ -146,6 +146,18 @@ impl<S: Rebase> Pipe<S> {
         }
     }
 
+    /// Drop every input byte that follows the ready ones (which move first), and start the
+    /// scan afresh: the part of a reply a lost connection cut off.
+    pub fn forget_unready(&mut self)
+    where
+        S: Default,
+    {
+        self.move_ready();
+        let n = self.input.bytes().len();
+        self.input.discard(n);
+        self.scanner = S::default();
+    }
+
     /// Drop `n` input bytes that follow the ready ones (which move first).
     pub fn discard(&mut self, n: usize) {
         self.move_ready();

@@ -139,7 +139,7 @@ impl Session {
     /// the session on its own connection for good.
     #[inline]
     pub(super) fn note_pinning(&mut self, pinning: Pinning) {
-        self.keeps_own_connection |= pinning == Pinning::ForLife;
+        self.lasting_state |= pinning == Pinning::ForLife;
     }
 
     /// A multiplexed session on its own connection (or without one, when taking it failed)
@@ -147,7 +147,8 @@ impl Session {
     /// or unread, and no command whose state lasts for the connection's life.
     pub(super) fn ready_to_unpin(&self) -> bool {
         self.pinned
-            && !self.keeps_own_connection
+            && !self.lasting_state
+            && self.shared.lanes.is_some()
             && !self.close_when_flushed
             && !self.ignore_input
             && self.holds_nothing_upstream()
@@ -188,7 +189,7 @@ impl Session {
     /// The session ends: its own connection goes back to the pool if it is clean, and is
     /// closed otherwise (a client gone mid-BLPOP leaves Redis nothing to answer).
     pub(super) fn hand_back_own_connection(&mut self) {
-        if !self.keeps_own_connection && self.holds_nothing_upstream() {
+        if !self.lasting_state && self.holds_nothing_upstream() {
             if let (Upstream::Pinned(_), Some(lanes)) = (&self.upstream, &self.shared.lanes) {
                 let lanes = std::sync::Arc::clone(lanes);
                 if let Upstream::Pinned(connection) =

@@ -508,3 +508,73 @@ pub fn sample(body: &str, series: &str) -> Option<f64> {
 pub async fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
     sample(&scrape(admin).await, series)
 }
+
+/// A `redis-server --sentinel` process on a port of its own, monitoring one master, stopped
+/// on drop. Its configuration is a file of its own in a temporary directory: a sentinel
+/// rewrites it as it learns the deployment.
+pub struct SentinelServer {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelServer {
+    /// Start a sentinel on `port` monitoring `master` at `127.0.0.1:primary_port` with
+    /// `quorum`, a node counted down after `down_after_ms` of silence and a failover
+    /// abandoned after `failover_timeout_ms`.
+    pub fn start_on(
+        port: u16,
+        master: &str,
+        primary_port: u16,
+        quorum: u32,
+        down_after_ms: u32,
+        failover_timeout_ms: u32,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile \"\"\n\
+                 sentinel monitor {master} 127.0.0.1 {primary_port} {quorum}\n\
+                 sentinel down-after-milliseconds {master} {down_after_ms}\n\
+                 sentinel failover-timeout {master} {failover_timeout_ms}\n\
+                 sentinel parallel-syncs {master} 1\n",
+                dir = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let bin = server_binary();
+        let mut child = Command::new(&bin)
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} --sentinel: {e}"));
+        // Its own word that it monitors the master.
+        let stdout = child.stdout.take().unwrap();
+        wait_for_line(
+            stdout,
+            "+monitor master",
+            &format!("sentinel on port {port}"),
+        );
+        SentinelServer {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for SentinelServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

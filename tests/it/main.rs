@@ -29,6 +29,7 @@ mod pressure;
 mod runtime;
 mod scanner;
 mod scripted_enqueue;
+mod sentinel;
 mod shim;
 mod soak;
 mod tls;
