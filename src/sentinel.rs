@@ -338,17 +338,6 @@ fn text(frame: &OwnedFrame) -> Option<String> {
     }
 }
 
-/// The role in a `ROLE` reply (`master`, `slave`, `sentinel`), or what came instead.
-pub fn role_of(reply: &[u8]) -> String {
-    match redis_protocol::resp2::decode::decode(reply) {
-        Ok(Some((OwnedFrame::Array(parts), _))) => parts
-            .first()
-            .and_then(text)
-            .unwrap_or_else(|| "nothing readable".into()),
-        _ => "nothing readable".into(),
-    }
-}
-
 /// A connection to one sentinel, reading whole frames.
 struct SentinelConn {
     stream: TcpStream,
@@ -472,15 +461,5 @@ mod tests {
         );
         let no_port = OwnedFrame::Array(["ip", "10.0.0.2"].into_iter().map(bulk).collect());
         assert_eq!(named_primary(&no_port), None);
-    }
-
-    #[test]
-    fn role_reads_the_first_element() {
-        assert_eq!(role_of(b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"), "master");
-        assert_eq!(
-            role_of(b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n$9\r\nconnected\r\n:1\r\n"),
-            "slave"
-        );
-        assert_eq!(role_of(b"+OK\r\n"), "nothing readable");
     }
 }

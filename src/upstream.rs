@@ -495,7 +495,7 @@ impl ConnectGate {
                 .map_err(unreachable)?;
             let reply = read_replies(&mut stream, 1).await.map_err(unreachable)?;
             let role = match reply.into_iter().next() {
-                Some(Ok(bytes)) => crate::sentinel::role_of(&bytes),
+                Some(Ok(bytes)) => role_of(&bytes),
                 Some(Err(e)) => e,
                 None => String::new(),
             };
@@ -514,6 +514,21 @@ impl ConnectGate {
 fn host_of(address: &str) -> &str {
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The role in a `ROLE` reply (`master`, `slave`, `sentinel`), or what came instead.
+pub fn role_of(reply: &[u8]) -> String {
+    use redis_protocol::resp2::types::OwnedFrame;
+    let first = match redis_protocol::resp2::decode::decode(reply) {
+        Ok(Some((OwnedFrame::Array(parts), _))) => parts.into_iter().next(),
+        _ => None,
+    };
+    match first {
+        Some(OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b)) => {
+            String::from_utf8_lossy(&b).into_owned()
+        }
+        _ => "nothing readable".into(),
+    }
 }
 
 /// AUTH and SELECT for a target, encoded, and how many replies they produce.
@@ -623,6 +638,16 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_millis(50));
         assert!(g.is_open() && !g.is_healthy());
+    }
+
+    #[test]
+    fn role_reads_the_first_element() {
+        assert_eq!(role_of(b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"), "master");
+        assert_eq!(
+            role_of(b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n$9\r\nconnected\r\n:1\r\n"),
+            "slave"
+        );
+        assert_eq!(role_of(b"+OK\r\n"), "nothing readable");
     }
 
     #[test]
