@@ -1,7 +1,8 @@
 //! The multiplexed connection mode (`upstream.connections = "multiplexed"`): clients share
 //! `upstream.shared_connections` Redis connections, each named `respguard-shared`, and a
-//! client moves to a Redis connection of its own for good (it is pinned) the first time it
-//! uses connection state. These tests look at Redis from a direct connection (`CLIENT LIST`,
+//! client moves to a Redis connection of its own (it is pinned) while it uses connection
+//! state, for good after state that lasts (`tests/it/pinning.rs` covers the pool of those
+//! connections). These tests look at Redis from a direct connection (`CLIENT LIST`,
 //! `INFO clients`) to see which connections carry what, and check every reply against its
 //! own request, so a reply delivered to another client or another request fails the test.
 //!
