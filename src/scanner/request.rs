@@ -743,13 +743,15 @@ fn bulk_line(buf: &[u8], at: usize) -> Option<(u64, usize)> {
     length_line(buf, at, b'$')
 }
 
-/// Redis's `string2ll` on a length line: an optional `-`, digits, no spaces, no `+`.
+/// Redis's `string2ll` on a length line: an optional `-`, digits, no spaces, no `+`, no
+/// leading zero (so no `-0` either).
 pub(crate) fn parse_int(s: &[u8]) -> Option<i64> {
     let (neg, digits) = match s.first() {
         Some(b'-') => (true, &s[1..]),
         _ => (false, s),
     };
-    if digits.is_empty() || digits.len() > 19 || (digits.len() > 1 && digits[0] == b'0') {
+    let leading_zero = digits.first() == Some(&b'0') && (digits.len() > 1 || neg);
+    if digits.is_empty() || digits.len() > 19 || leading_zero {
         return None;
     }
     let mut v: i64 = 0;
@@ -883,6 +885,28 @@ fn encode_inline_as_multibulk(raw: &mut Vec<u8>, args: &mut [Range<usize>]) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn integers_are_read_as_redis_string2ll_reads_them() {
+        assert_eq!(parse_int(b"0"), Some(0));
+        assert_eq!(parse_int(b"9"), Some(9));
+        assert_eq!(parse_int(b"-15"), Some(-15));
+        for bad in [
+            &b""[..],
+            b"09",
+            b"00",
+            b"+9",
+            b"-0",
+            b"-",
+            b" 9",
+            b"9 ",
+            b"1e1",
+            b"x",
+        ] {
+            assert_eq!(parse_int(bad), None, "{bad:?}");
+        }
+    }
+
     use super::*;
 
     fn scan_all(input: &[u8], limits: Limits) -> Vec<Result<Vec<Vec<u8>>, ProtocolError>> {

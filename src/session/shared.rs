@@ -32,6 +32,7 @@ use crate::command::{Pinning, Special};
 use crate::mux::lane::News;
 use crate::pipeline::{CommandFacts, Span};
 use crate::scanner::reply::ReplyScanner;
+use crate::scanner::request::parse_int;
 
 impl Session {
     /// Hand the commands scanned since the last submit to the lane, with the number of
@@ -81,7 +82,7 @@ impl Session {
             return false;
         };
         name.eq_ignore_ascii_case(b"select")
-            && canonical_number(db) == Some(u64::from(self.shared.gate.target().db))
+            && parse_int(db) == Some(i64::from(self.shared.gate.target().db))
     }
 
     /// QUIT on a lane: answered here (Redis would close the shared connection), and the
@@ -249,42 +250,5 @@ impl Session {
         self.replies.restart(ReplyScanner::new());
         self.reply_forwarded = None;
         true
-    }
-}
-
-/// The number `digits` spells, if written as Redis's integer parsing accepts it for a
-/// database index: digits only, no sign, no leading zero.
-fn canonical_number(digits: &[u8]) -> Option<u64> {
-    let leading_zero = digits.len() > 1 && digits[0] == b'0';
-    if digits.is_empty() || digits.len() > 19 || leading_zero {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &d| {
-        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::canonical_number;
-
-    #[test]
-    fn only_redis_canonical_database_numbers_count() {
-        assert_eq!(canonical_number(b"0"), Some(0));
-        assert_eq!(canonical_number(b"9"), Some(9));
-        assert_eq!(canonical_number(b"15"), Some(15));
-        for bad in [
-            &b""[..],
-            b"09",
-            b"00",
-            b"+9",
-            b"-0",
-            b" 9",
-            b"9 ",
-            b"1e1",
-            b"x",
-        ] {
-            assert_eq!(canonical_number(bad), None, "{bad:?}");
-        }
     }
 }
