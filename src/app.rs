@@ -26,7 +26,7 @@ use crate::guard::GuardContext;
 use crate::health::UpstreamHealth;
 use crate::listener::Intake;
 use crate::monitor::Monitor;
-use crate::mux::{MuxSettings, SharedConnections};
+use crate::mux::{MuxSettings, SharedConnections, UnreadLimit};
 use crate::pressure::MemoryPressure;
 use crate::runtime::{self, Serving};
 use crate::sentinel::SentinelWatcher;
@@ -245,7 +245,11 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             pinned: raw.upstream.pinned_connections,
             pinned_idle: raw.upstream.pinned_idle,
             pinned_wait: raw.upstream.connect_timeout.0,
-            max_unread: raw.proxy.output_buffer.0 as usize,
+            unread: UnreadLimit {
+                soft: raw.proxy.output_buffer.0 as usize,
+                hard: raw.proxy.output_buffer_hard.0 as usize,
+                soft_time: raw.proxy.output_buffer_soft_time.0,
+            },
             reply_timeout,
         };
         Arc::new(SharedConnections::new(

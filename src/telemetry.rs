@@ -41,8 +41,8 @@ pub struct ProxyMetrics {
     pub pinned_clients: Counter,
     /// Times multiplexed clients went back to a shared connection (their state ended).
     pub unpinned_clients: Counter,
-    /// Multiplexed clients disconnected for leaving more than `proxy.output_buffer` of
-    /// replies unread.
+    /// Multiplexed clients disconnected for leaving replies unread past their limit
+    /// (`proxy.output_buffer_hard`, or `output_buffer` for `output_buffer_soft_time`).
     pub slow_readers: Counter,
 }
 

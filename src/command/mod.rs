@@ -156,6 +156,8 @@ pub enum Special {
     ClientSetName,
     /// CLIENT SETINFO.
     ClientSetInfo,
+    /// CLIENT GETNAME.
+    ClientGetName,
     /// CLIENT REPLY.
     ClientReply,
     /// CLIENT KILL: Redis closes the calling connection after the reply when it kills it.
@@ -200,6 +202,7 @@ impl Special {
             b"auth" => Special::Auth,
             b"client|setname" => Special::ClientSetName,
             b"client|setinfo" => Special::ClientSetInfo,
+            b"client|getname" => Special::ClientGetName,
             b"client|reply" => Special::ClientReply,
             b"client|kill" => Special::ClientKill,
             b"monitor" => Special::Monitor,

@@ -236,6 +236,12 @@ impl RawConfig {
         if self.proxy.output_buffer.0 < 4096 {
             return Err(invalid("proxy.output_buffer", "must be at least 4KiB"));
         }
+        if self.proxy.output_buffer_hard.0 < self.proxy.output_buffer.0 {
+            return Err(invalid(
+                "proxy.output_buffer_hard",
+                "must be at least proxy.output_buffer",
+            ));
+        }
         if self.upstream.max_connects_per_second == 0 {
             return Err(invalid(
                 "upstream.max_connects_per_second",

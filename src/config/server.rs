@@ -63,8 +63,14 @@ pub struct RawProxy {
     pub max_clients: usize,
     /// Most commands in flight (sent, reply not yet delivered) per connection.
     pub max_pending_commands: usize,
-    /// Unwritten bytes per direction after which the proxy stops reading the other side.
+    /// Unwritten bytes per direction after which the proxy stops reading the other side;
+    /// multiplexed, the soft limit of a client's unread replies.
     pub output_buffer: ByteSize,
+    /// Multiplexed: most bytes of replies a client may leave unread (a shared connection
+    /// cannot wait for it); past it the client is disconnected.
+    pub output_buffer_hard: ByteSize,
+    /// Multiplexed: longest time a client's unread replies may stay above `output_buffer`.
+    pub output_buffer_soft_time: HumanDuration,
     /// How long in-flight replies may take to finish on shutdown.
     pub drain_timeout: HumanDuration,
     /// Threads serving connections; 0 means one per CPU core.
@@ -104,6 +110,8 @@ impl Default for RawProxy {
             max_clients: 10_000,
             max_pending_commands: 4096,
             output_buffer: ByteSize(256 * 1024),
+            output_buffer_hard: ByteSize(64 * 1024 * 1024),
+            output_buffer_soft_time: HumanDuration(Duration::from_secs(60)),
             drain_timeout: HumanDuration(Duration::from_secs(5)),
             worker_threads: 0,
             runtime: RuntimeModel::MultiThread,

@@ -9,10 +9,13 @@
 //! which takes the bytes ([`LaneLink::take`]) and reads them as it would its own
 //! connection's.
 //!
-//! Bounds: a slot's inbox holds at most `max_unread` bytes the session has not taken (the
-//! client is not reading): past it the slot is closed as a slow reader and the rest of its
-//! replies are dropped as they arrive, so a client that stops reading costs the proxy
-//! bounded memory and never stalls the lane for the others. The output holds what sessions
+//! Bounds: a slot's inbox holds the bytes the session has not taken (the client is not
+//! reading them yet) within an [`UnreadLimit`], Redis's `client-output-buffer-limit` for
+//! one client: any amount up to the soft limit, up to the hard limit for at most the soft
+//! time. Past it the slot is closed as a slow reader and the rest of its replies are
+//! dropped as they arrive, so a client that stops reading costs the proxy bounded memory
+//! and never stalls the lane for the others, while one reading a reply larger than the
+//! soft limit (a 4 MB GET arrives faster than any client reads it) is served. The output holds what sessions
 //! submitted, each bounded by its own reply queue.
 //!
 //! When the connection is lost (closed, failed, malformed, silent past the reply timeout)
@@ -46,7 +49,43 @@ pub(crate) struct LaneSettings {
     /// Longest silence while replies are owed before the connection counts as lost.
     pub reply_timeout: Option<Duration>,
     /// Bytes of replies a slot may hold that its session has not taken.
-    pub max_unread: usize,
+    pub unread: UnreadLimit,
+}
+
+/// How many reply bytes a client may leave untaken on a lane: Redis's
+/// `client-output-buffer-limit` (`proxy.output_buffer`, `output_buffer_hard`,
+/// `output_buffer_soft_time`).
+#[derive(Debug, Clone, Copy)]
+pub struct UnreadLimit {
+    /// Any amount up to this, for as long as the client likes.
+    pub soft: usize,
+    /// Never more than this.
+    pub hard: usize,
+    /// Longest time a slot may stay above `soft` (measured when replies arrive).
+    pub soft_time: Duration,
+}
+
+/// Why a client was found too slow to take its replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowReader {
+    /// Its unread replies would have passed the hard limit.
+    Hard,
+    /// They stayed above the soft limit longer than the soft time.
+    SoftTime,
+}
+
+impl UnreadLimit {
+    /// Whether a slot holding `unread` bytes, above the soft limit since `over_since`,
+    /// is a slow reader at `now`.
+    fn judge(&self, unread: usize, over_since: Instant, now: Instant) -> Option<SlowReader> {
+        if unread > self.hard {
+            Some(SlowReader::Hard)
+        } else if unread > self.soft && now.duration_since(over_since) > self.soft_time {
+            Some(SlowReader::SoftTime)
+        } else {
+            None
+        }
+    }
 }
 
 /// Commands of one batch whose replies were lost with the connection, and the error
@@ -77,17 +116,22 @@ struct SlotState {
     news: VecDeque<News>,
     /// Reply bytes among `news`.
     unread: usize,
-    /// More than `max_unread` bytes waited: the session must end.
-    slow: bool,
+    /// Since when `unread` has been above the soft limit.
+    over_soft_since: Option<Instant>,
+    /// The client was found too slow: the session must end.
+    slow: Option<SlowReader>,
     /// The session is gone (or slow): its replies are dropped as they arrive.
     dead: bool,
 }
 
-/// One session's place on a lane: its inbox and its wake-up.
+/// One session's place on a lane: its inbox and its wake-ups.
 #[derive(Debug, Default)]
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
+    /// Something new: replies, losses, the end.
     ready: Notify,
+    /// The end only: the client was found too slow.
+    ended: Notify,
 }
 
 impl Owner for Arc<Slot> {
@@ -104,14 +148,22 @@ impl Slot {
         Arc::new(slot)
     }
 
-    fn deliver(&self, bytes: BytesMut, max_unread: usize) {
+    fn deliver(&self, bytes: BytesMut, limit: &UnreadLimit) {
         let mut st = self.state.lock().expect("slot lock");
         if st.dead {
             return;
         }
-        if st.unread + bytes.len() > max_unread {
-            st.slow = true;
+        let unread = st.unread + bytes.len();
+        let mut verdict = None;
+        if unread > limit.soft {
+            let now = Instant::now();
+            let since = *st.over_soft_since.get_or_insert(now);
+            verdict = limit.judge(unread, since, now);
+        }
+        if verdict.is_some() {
+            st.slow = verdict;
             st.dead = true;
+            self.ended.notify_one();
             st.news.clear();
             st.unread = 0;
         } else {
@@ -145,8 +197,8 @@ impl Slot {
 pub(crate) struct Taken {
     /// What happened, in order.
     pub news: VecDeque<News>,
-    /// The client let more than the bound of replies wait: it must be disconnected.
-    pub slow: bool,
+    /// The client let more replies wait than its [`UnreadLimit`]: it must be disconnected.
+    pub slow: Option<SlowReader>,
 }
 
 /// The lane's state shared with sessions.
@@ -384,10 +436,10 @@ impl Lane {
 
     /// Hand what arrived to the slots it belongs to.
     fn route(&self, input: &mut BytesMut) -> Result<(), String> {
-        let max_unread = self.settings.max_unread;
+        let limit = self.settings.unread;
         let mut st = self.state.lock().expect("lane lock");
         st.router
-            .route(input, |slot, bytes| slot.deliver(bytes, max_unread))
+            .route(input, |slot, bytes| slot.deliver(bytes, &limit))
             .map_err(|e| e.to_string())
     }
 }
@@ -414,10 +466,22 @@ impl LaneLink {
     pub fn take(&self) -> Taken {
         let mut st = self.slot.state.lock().expect("slot lock");
         st.unread = 0;
+        st.over_soft_since = None;
         Taken {
             news: std::mem::take(&mut st.news),
             slow: st.slow,
         }
+    }
+
+    /// Resolves once the client was found too slow (a wake-up may be spurious); waited on
+    /// instead of [`Self::ready`] while the session has no room for more replies.
+    pub fn ended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.slot.ended.notified()
+    }
+
+    /// How many reply bytes the slot may hold untaken.
+    pub fn unread_limit(&self) -> UnreadLimit {
+        self.lane.settings.unread
     }
 
     /// False while the lane cannot reach Redis: the session then answers as it does with no

@@ -29,7 +29,7 @@ use crate::upstream::ConnectGate;
 use lane::{Lane, LaneLink, LaneSettings};
 use pinned::PinnedConnections;
 
-pub use lane::LANE_NAME;
+pub use lane::{SlowReader, UnreadLimit, LANE_NAME};
 
 /// How multiplexing is set up, from `[upstream]` and `[proxy]`.
 #[derive(Debug, Clone, Copy)]
@@ -42,8 +42,9 @@ pub struct MuxSettings {
     pub pinned_idle: usize,
     /// How long a client waits for a connection of its own (`upstream.connect_timeout`).
     pub pinned_wait: Duration,
-    /// `proxy.output_buffer`: most bytes of replies a client may leave unread on a lane.
-    pub max_unread: usize,
+    /// How many bytes of replies a client may leave unread on a lane (`proxy.output_buffer`
+    /// and its hard limit and soft time).
+    pub unread: UnreadLimit,
     /// `upstream.reply_timeout`: longest silence of a lane that owes replies.
     pub reply_timeout: Option<Duration>,
 }
@@ -65,7 +66,7 @@ impl SharedConnections {
     ) -> Self {
         let lane_settings = LaneSettings {
             reply_timeout: settings.reply_timeout,
-            max_unread: settings.max_unread,
+            unread: settings.unread,
         };
         let lanes = (0..settings.shared.max(1))
             .map(|_| {

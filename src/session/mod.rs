@@ -225,12 +225,24 @@ enum Event {
     WatchdogFired,
 }
 
+/// What the event loop waits for from the client's lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LaneWatch {
+    /// No lane (a connection of its own, or none).
+    Off,
+    /// Its news: replies, lost commands.
+    News,
+    /// The client's replies leave no room for more: only the news that it must end (a
+    /// slow reader), so its replies wait in the slot meanwhile.
+    EndOnly,
+}
+
 /// What the event loop waits for this time round.
 #[derive(Debug, Clone, Copy)]
 struct Interest {
     client_read: bool,
     upstream_read: bool,
-    inbox: bool,
+    inbox: LaneWatch,
     client_write: bool,
     upstream_write: bool,
     shutdown: bool,
@@ -360,7 +372,11 @@ impl Session {
         Interest {
             client_read: client_read && !self.pin_pending,
             upstream_read: self.upstream.stream().is_some() && room,
-            inbox: self.upstream.lane().is_some() && room,
+            inbox: match self.upstream.lane() {
+                None => LaneWatch::Off,
+                Some(_) if room => LaneWatch::News,
+                Some(_) => LaneWatch::EndOnly,
+            },
             client_write: self.replies.unwritten() > 0 || self.client.wants_flush(),
             upstream_write: self
                 .upstream
@@ -394,7 +410,12 @@ impl Session {
             }
             None => (None, None),
         };
-        let inbox = lane.map(|l| l.ready());
+        let inbox = lane.and_then(|l| match want.inbox {
+            LaneWatch::Off => None,
+            LaneWatch::News => Some(l.ready()),
+            LaneWatch::EndOnly => Some(l.ended()),
+        });
+        let watch_lane = inbox.is_some();
         let (from_client, to_upstream) = self.requests.io_parts();
         let (from_upstream, to_client) = self.replies.io_parts();
         let watchdog = self.watchdog.sleep_mut();
@@ -408,7 +429,7 @@ impl Session {
             biased;
             r = async { up_rx.as_mut().expect("upstream").read_buf(from_upstream).await },
                 if want.upstream_read => Event::UpstreamRead(r),
-            _ = async { inbox.expect("lane").await }, if want.inbox => Event::Inbox,
+            _ = async { inbox.expect("lane").await }, if watch_lane => Event::Inbox,
             r = client_tx.send(to_client), if want.client_write => Event::ClientWrote(r),
             r = async { up_tx.as_mut().expect("upstream").send(to_upstream).await },
                 if want.upstream_write => Event::UpstreamWrote(r),

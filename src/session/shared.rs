@@ -9,8 +9,9 @@
 //! - **Receiving**: the lane hands the session its replies' bytes ([`Session::on_inbox`]),
 //!   which go through the reply pipe exactly as bytes read from a socket; and, when the
 //!   lane's connection was lost, how many of its commands lost their replies: those get the
-//!   connection-lost error, and the client stays connected. A client that lets more than
-//!   `proxy.output_buffer` of replies wait is disconnected ([`End::SlowReader`]).
+//!   connection-lost error, and the client stays connected. A client whose unread replies pass
+//!   the lane's [`UnreadLimit`](crate::mux::UnreadLimit) is disconnected
+//!   ([`End::SlowReader`]); while its replies fill the pipe it waits only for that news.
 //! - **Pinning**: a command that needs state on its connection ([`Pinning`]) is held back
 //!   unscanned until every reply the session owes on the lane has arrived; then the session
 //!   leaves the lane for a connection of its own from the pinned pool ([`Session::pin`]),
@@ -30,9 +31,20 @@ use bytes::Bytes;
 
 use crate::command::{Pinning, Special};
 use crate::mux::lane::News;
+use crate::mux::SlowReader;
 use crate::pipeline::{CommandFacts, Span};
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::parse_int;
+
+/// Redis's refusal of a client name (or library attribute) outside `!`..`~`.
+const INVALID_NAME: &[u8] =
+    b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
+
+/// Whether Redis accepts `value` as a client name or library attribute: printable ASCII
+/// without spaces (so `CLIENT LIST` stays splittable), or empty (which clears it).
+fn is_printable_attribute(value: &[u8]) -> bool {
+    value.iter().all(|b| (b'!'..=b'~').contains(b))
+}
 
 impl Session {
     /// Hand the commands scanned since the last submit to the lane, with the number of
@@ -62,6 +74,8 @@ impl Session {
         }
         let pins = match info.pinning {
             Pinning::WhenBlocking => self.current(span).any_arg_is(b"block"),
+            // Not answered by `name_kept_here`: one Redis refuses, keeping nothing.
+            _ if info.special == Special::ClientSetInfo => false,
             _ => true,
         };
         if pins && self.selects_the_shared_database(span) {
@@ -98,6 +112,73 @@ impl Session {
         self.ignore_input = true;
         self.close_when_flushed = true;
         true
+    }
+
+    /// Multiplexed, a client's name and library (CLIENT SETNAME, CLIENT SETINFO) are kept by
+    /// respguard rather than on a Redis connection, which other clients share or which goes
+    /// back to the pool: SETNAME and SETINFO are answered here as Redis would (a name with
+    /// a space or a control character refused with Redis's error; an invalid SETINFO goes
+    /// to Redis, which refuses it and keeps nothing), and CLIENT GETNAME from what was
+    /// kept, so a client library naming its connections needs no connection of its own.
+    /// Inside MULTI Redis queues them as usual. True when answered.
+    pub(super) fn name_kept_here(&mut self, info: CommandFacts, span: Span) -> bool {
+        if self.shared.lanes.is_none() || self.state.in_multi() {
+            return false;
+        }
+        let reply = match info.special {
+            Special::ClientSetName => self.set_name_here(span),
+            Special::ClientSetInfo => self.set_info_here(span),
+            Special::ClientGetName => self.get_name_here(span),
+            _ => None,
+        };
+        let Some(reply) = reply else {
+            return false;
+        };
+        self.commands_in_batch += 1;
+        self.answer_locally(info.id, reply, span);
+        true
+    }
+
+    /// `CLIENT SETNAME name`: the reply Redis would give, the name kept when accepted.
+    fn set_name_here(&mut self, span: Span) -> Option<Bytes> {
+        let cmd = self.current(span);
+        let (Some(name), None) = (cmd.arg(2), cmd.arg(3)) else {
+            return None;
+        };
+        if !is_printable_attribute(name) {
+            return Some(Bytes::from_static(INVALID_NAME));
+        }
+        self.identity.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
+        Some(Bytes::from_static(b"+OK\r\n"))
+    }
+
+    /// `CLIENT SETINFO LIB-NAME|LIB-VER value`, when valid: `+OK`, the library kept.
+    fn set_info_here(&mut self, span: Span) -> Option<Bytes> {
+        let cmd = self.current(span);
+        let (Some(attr), Some(value), None) = (cmd.arg(2), cmd.arg(3), cmd.arg(4)) else {
+            return None;
+        };
+        if !is_printable_attribute(value) {
+            return None;
+        }
+        if attr.eq_ignore_ascii_case(b"lib-name") {
+            self.identity.lib_name = (!value.is_empty()).then(|| Bytes::copy_from_slice(value));
+        } else if !attr.eq_ignore_ascii_case(b"lib-ver") {
+            return None;
+        }
+        Some(Bytes::from_static(b"+OK\r\n"))
+    }
+
+    /// `CLIENT GETNAME`: the name kept, or Redis's null in the client's protocol.
+    fn get_name_here(&mut self, span: Span) -> Option<Bytes> {
+        if self.current(span).arg(2).is_some() {
+            return None;
+        }
+        Some(match &self.identity.name {
+            Some(name) => crate::resp::bulk_reply(name),
+            None if self.state.queue().is_resp3() => Bytes::from_static(b"_\r\n"),
+            None => Bytes::from_static(b"$-1\r\n"),
+        })
     }
 
     /// A streamed command on a lane always needs a connection of its own: it arrives over
@@ -205,14 +286,25 @@ impl Session {
     /// The lane has something for the session: replies, lost commands (in the order they
     /// happened), or the news that the client is too slow.
     pub(super) fn on_inbox(&mut self) -> Option<End> {
-        let taken = self.upstream.lane()?.take();
-        if taken.slow {
+        let lane = self.upstream.lane()?;
+        let taken = lane.take();
+        if let Some(why) = taken.slow {
             self.shared.metrics.slow_readers.increment(1);
-            tracing::info!(
-                client = %self.identity,
-                limit = self.shared.output_buffer,
-                "client disconnected: it left more replies unread than proxy.output_buffer"
-            );
+            let limit = lane.unread_limit();
+            match why {
+                SlowReader::Hard => tracing::info!(
+                    client = %self.identity,
+                    limit = limit.hard,
+                    "client disconnected: it left more replies unread than proxy.output_buffer_hard"
+                ),
+                SlowReader::SoftTime => tracing::info!(
+                    client = %self.identity,
+                    limit = limit.soft,
+                    time = ?limit.soft_time,
+                    "client disconnected: its unread replies stayed above proxy.output_buffer \
+                     longer than proxy.output_buffer_soft_time"
+                ),
+            }
             return Some(End::SlowReader);
         }
         for news in taken.news {

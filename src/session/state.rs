@@ -282,7 +282,7 @@ impl ConnectionState {
         let mut replies = self.reply_mode == ReplyMode::On && !skip_this;
         if !queued {
             match info.special {
-                Special::None | Special::Wait => {}
+                Special::None | Special::Wait | Special::ClientGetName => {}
                 // Inside MULTI Redis refuses it; counted as watching all the same (a pinned
                 // client only stays on its connection longer).
                 Special::Watch => self.watching = true,

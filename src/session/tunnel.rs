@@ -15,7 +15,7 @@ use std::pin::Pin;
 
 use super::intercept::Intercept;
 use super::upstream::Upstream;
-use super::{End, Event, Interest, Session};
+use super::{End, Event, Interest, LaneWatch, Session};
 use crate::config::Replication;
 use crate::resp;
 
@@ -66,7 +66,7 @@ impl Session {
             let interest = Interest {
                 client_read: !self.input_closed && self.requests.unwritten() < cap,
                 upstream_read: self.upstream.is_connected() && self.replies.unwritten() < cap,
-                inbox: false,
+                inbox: LaneWatch::Off,
                 client_write: self.replies.unwritten() > 0 || self.client.wants_flush(),
                 upstream_write: self
                     .upstream

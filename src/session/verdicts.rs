@@ -149,6 +149,7 @@ impl Session {
     fn decide(&mut self, info: CommandFacts, span: Span, observe: bool) {
         if self.hold_for_probe(info.id, span.start)
             || self.quit_on_lane(info, span)
+            || self.name_kept_here(info, span)
             || self.hold_for_pin(info, span)
         {
             return;

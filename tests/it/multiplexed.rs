@@ -337,9 +337,12 @@ async fn shared_connections_is_how_many_connections_clients_share() {
 
 /// Commands that only touch keys or the server, not the connection, never pin: a client
 /// sending XREAD and XREADGROUP without BLOCK, PUBLISH, EVAL, SCRIPT LOAD, EVALSHA, FCALL
-/// (through FUNCTION LOAD), UNWATCH, PING, ECHO, DBSIZE, TYPE, SCAN, UNLINK, and SELECT of
-/// the database the shared connections use (0 here), pipelined in RESP2, gets the replies a
-/// direct connection gets and still has no Redis connection of its own (multiplexed).
+/// (through FUNCTION LOAD), UNWATCH, PING, ECHO, DBSIZE, TYPE, SCAN, UNLINK, SELECT of the
+/// database the shared connections use (0 here), and the connection's name and library
+/// (CLIENT SETNAME, valid, refused and cleared, each followed by CLIENT GETNAME; CLIENT
+/// SETINFO valid and refused, which Redis 7.0 does not know), pipelined in RESP2, gets the
+/// replies a direct connection gets and still has no Redis connection of its own
+/// (multiplexed: respguard keeps the name).
 #[tokio::test]
 async fn commands_without_connection_state_never_pin() {
     let lib = "#!lua name=pinlib\nredis.register_function('f', function(keys) return redis.call('INCR', keys[1]) end)";
@@ -374,6 +377,16 @@ async fn commands_without_connection_state_never_pin() {
         &["UNLINK", "s", "e"],
         &["SELECT", "0"],
         &["GET", "s"],
+        &["CLIENT", "SETNAME", "app-1"],
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "SETNAME", "bad name"],
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "SETNAME", ""],
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "SETINFO", "lib-name", "mylib"],
+        &["CLIENT", "SETINFO", "LIB-VER", "1.0"],
+        &["CLIENT", "SETINFO", "lib-name", "bad lib"],
+        &["CLIENT", "SETINFO", "lib-colour", "red"],
     ];
     let batch: Vec<u8> = script.iter().flat_map(|c| encode(c)).collect();
     let reference = RedisServer::start();
@@ -465,8 +478,8 @@ async fn each_command_using_connection_state_pins_its_client_while_the_state_las
         ("HELLO 2", &[&["HELLO", "2"]]),
         ("HELLO 3", &[&["HELLO", "3"], &["GET", "pin"]]),
         ("RESET", &[&["RESET"]]),
-        ("CLIENT GETNAME", &[&["CLIENT", "GETNAME"]]),
-        ("CLIENT SETNAME", &[&["CLIENT", "SETNAME", "app"]]),
+        ("CLIENT NO-EVICT", &[&["CLIENT", "NO-EVICT", "off"]]),
+        ("CLIENT REPLY", &[&["CLIENT", "REPLY", "ON"]]),
         ("READONLY", &[&["READONLY"]]),
         ("READWRITE", &[&["READWRITE"]]),
         ("ASKING", &[&["ASKING"]]),
@@ -573,8 +586,9 @@ async fn commands_pipelined_before_the_pinning_one_run_before_it() {
 
 /// What a pinned client does to its connection stays on it: after SELECT 3 its writes land
 /// in database 3 while a plain client's land in database 0; its open MULTI queues only its
-/// own commands; its CLIENT SETNAME names only its own connection (the shared ones keep
-/// their name). A RESP3 client (HELLO 3) gets RESP3 replies while a RESP2 client next to it
+/// own commands; its CLIENT SETNAME names only itself (per client, its own connection;
+/// multiplexed, no Redis connection at all: respguard keeps the name and answers CLIENT
+/// GETNAME with it, the shared connections keep their name). A RESP3 client (HELLO 3) gets RESP3 replies while a RESP2 client next to it
 /// gets RESP2 ones.
 #[tokio::test]
 async fn a_pinned_clients_state_never_reaches_other_clients() {
@@ -615,7 +629,18 @@ async fn a_pinned_clients_state_never_reaches_other_clients() {
         watcher.expect(mode, want, "one plain, one pinned").await;
         let (_, dedicated) = watcher.serving().await;
         let named: Vec<_> = dedicated.iter().filter(|c| c.name == "app-a").collect();
-        assert_eq!(named.len(), 1, "{mode:?}: {dedicated:?}");
+        let named_in_redis = match mode {
+            Mode::PerClient => 1,
+            Mode::Multiplexed => 0,
+        };
+        assert_eq!(named.len(), named_in_redis, "{mode:?}: {dedicated:?}");
+        let name = pinned.call(&["CLIENT", "GETNAME"]).await;
+        assert_eq!(name, "$5\r\napp-a\r\n", "{mode:?}");
+        assert_eq!(
+            plain.call(&["CLIENT", "GETNAME"]).await,
+            "$-1\r\n",
+            "{mode:?}"
+        );
 
         let mut resp3 = Conn::open(proxy.addr).await;
         assert!(resp3.call(&["HELLO", "3"]).await.starts_with('%'));
@@ -634,7 +659,7 @@ async fn a_pinned_clients_state_never_reaches_other_clients() {
 }
 
 /// A thousand clients connected at once, each writing and reading its own keys in pipelines
-/// concurrently, and ten pinned clients (CLIENT SETNAME) beside them: Redis's
+/// concurrently, and ten pinned clients (SELECT 1) beside them: Redis's
 /// `connected_clients`, sampled throughout, never passes the baseline (the proxy's monitor
 /// and this test's own connection) plus `shared_connections` plus the ten pinned clients;
 /// every reply is the client's own. Per client, it is exactly the baseline plus 1,010.
@@ -673,8 +698,7 @@ async fn a_thousand_clients_share_two_redis_connections() {
         let mut pinned = Vec::new();
         for i in 0..PINNED {
             let mut c = Conn::open(proxy.addr).await;
-            let name = format!("pinned-{i}");
-            assert_eq!(c.call(&["CLIENT", "SETNAME", &name]).await, "+OK\r\n");
+            assert_eq!(c.call(&["SELECT", "1"]).await, "+OK\r\n", "pinned {i}");
             pinned.push(c);
         }
         // Connect in waves (the listen backlog is finite), each client writing its key.
@@ -1110,9 +1134,9 @@ async fn a_pinned_clients_lost_connection_closes_only_that_client() {
 }
 
 /// A client pipelines 512 GETs of a 256 KiB value (128 MiB of replies) and never reads,
-/// with `proxy.output_buffer` at 64 KiB and one shared connection. Multiplexed, the proxy
-/// disconnects it once its unread replies pass the bound (it must not hold up the shared
-/// connection), having sent it far less than it asked for; per client, it is held back
+/// with `proxy.output_buffer` at 64 KiB, `output_buffer_hard` at 8 MiB and one shared
+/// connection. Multiplexed, the proxy disconnects it once its unread replies pass the hard
+/// limit (it must not hold up the shared connection), having sent it far less than it asked for; per client, it is held back
 /// instead and stays connected. Either way three other clients keep being served meanwhile
 /// and the proxy's peak RSS stays under 64 MiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1133,7 +1157,7 @@ async fn a_client_that_never_reads_is_dropped_without_holding_up_the_others() {
         std::fs::write(
             &conf,
             format!(
-                "[proxy]\noutput_buffer = \"64KiB\"\n\
+                "[proxy]\noutput_buffer = \"64KiB\"\noutput_buffer_hard = \"8MiB\"\n\
                  [upstream]\nconnections = \"{word}\"\nshared_connections = 1\n"
             ),
         )
@@ -1179,6 +1203,110 @@ async fn a_client_that_never_reads_is_dropped_without_holding_up_the_others() {
             assert_eq!(c.call(&["PING"]).await, "+PONG\r\n");
         }
     }
+}
+
+/// A reply far larger than `proxy.output_buffer` (64 KiB here) reaches a multiplexed client
+/// that reads it: Redis sends a 16 MiB value faster than any client reads it, and the
+/// proxy holds the difference (up to `output_buffer_hard`) instead of taking the client for
+/// a slow reader. Three pipelined GETs of 4 and 16 MiB values arrive byte for byte as a
+/// direct connection gets them, while another client on the same shared connection is
+/// served between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_larger_than_the_output_buffer_reaches_a_client_that_reads_it() {
+    let server = RedisServer::start();
+    let mut direct = Conn::open(server.addr()).await;
+    for (key, len) in [("v4", 4 << 20), ("v16", 16 << 20)] {
+        let value: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        assert_eq!(direct.call(&["SET", key, &value]).await, "+OK\r\n");
+    }
+    let gets: Vec<u8> = ["v4", "v16", "v4"]
+        .iter()
+        .flat_map(|k| encode(&["GET", k]))
+        .collect();
+    direct.send(&gets).await;
+    let want: Vec<Vec<u8>> = vec![
+        direct.reply().await,
+        direct.reply().await,
+        direct.reply().await,
+    ];
+    let mut raw = mux_config(&server.url());
+    raw.proxy.output_buffer = respguard::config::ByteSize(64 * 1024);
+    raw.upstream.shared_connections = 1;
+    let proxy = start_proxy(raw).await;
+    let mut other = Conn::open(proxy.addr).await;
+    let mut reader = Conn::open(proxy.addr).await;
+    reader.send(&gets).await;
+    for round in 1..=20 {
+        assert_eq!(
+            other.call(&["INCR", "other"]).await,
+            format!(":{round}\r\n")
+        );
+    }
+    for (i, want) in want.iter().enumerate() {
+        let got = reader.reply().await;
+        assert!(
+            got == *want,
+            "GET {i}: {} bytes, {} wanted",
+            got.len(),
+            want.len()
+        );
+    }
+    assert_eq!(reader.call(&["PING"]).await, "+PONG\r\n");
+    proxy.shutdown().await;
+}
+
+/// A multiplexed client may leave more than `proxy.output_buffer` of replies unread only
+/// for `output_buffer_soft_time` (Redis's soft limit): a client pipelines 32 MiB of GETs
+/// and reads nothing. Right after, with its replies above the soft limit but below the
+/// hard one, it is still connected; once the soft time has passed, the next reply it gets
+/// ends it, counted in `respguard_slow_readers_disconnected_total`, and the other client
+/// on the same shared connection is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_above_the_soft_limit_past_the_soft_time_is_dropped() {
+    const SOFT_TIME: Duration = Duration::from_secs(2);
+    let server = RedisServer::start();
+    let mut direct = Conn::open(server.addr()).await;
+    let value = "x".repeat(256 * 1024);
+    assert_eq!(direct.call(&["SET", "big", &value]).await, "+OK\r\n");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("respguard.toml");
+    std::fs::write(
+        &conf,
+        "[proxy]\noutput_buffer = \"64KiB\"\noutput_buffer_hard = \"64MiB\"\n\
+         output_buffer_soft_time = \"2s\"\n\
+         [upstream]\nconnections = \"multiplexed\"\nshared_connections = 1\n",
+    )
+    .unwrap();
+    let (proxy, admin) = ProxyProcess::start_with_admin(&server.url(), &conf);
+    let connected = || async {
+        let status = http_get(admin, "/status").await.json();
+        status["clients"]["connected"].as_u64().expect("a count")
+    };
+    let mut other = Conn::open(proxy.addr).await;
+    let mut slow = Conn::open(proxy.addr).await;
+    let gets: Vec<u8> = (0..128).flat_map(|_| encode(&["GET", "big"])).collect();
+    slow.send(&gets).await;
+    // The lane answers in order: once this INCR is answered, every GET before it was
+    // routed to the slow client's inbox.
+    assert_eq!(other.call(&["INCR", "n"]).await, ":1\r\n");
+    let paused_at = std::time::Instant::now();
+    assert_eq!(
+        connected().await,
+        2,
+        "within the soft time, below the hard limit"
+    );
+    tokio::time::sleep(SOFT_TIME.saturating_sub(paused_at.elapsed()) + SOFT_TIME / 4).await;
+    slow.cmd(&["GET", "big"]).await;
+    assert_eq!(other.call(&["INCR", "n"]).await, ":2\r\n");
+    eventually!(WAIT, "the slow reader dropped", {
+        match connected().await {
+            1 => Ok(()),
+            n => Err(n),
+        }
+    });
+    let dropped = metric(admin, "respguard_slow_readers_disconnected_total").await;
+    assert_eq!(dropped, Some(1.0));
+    assert_eq!(other.call(&["INCR", "n"]).await, ":3\r\n");
 }
 
 /// The guards act alike in both modes, with eight clients pipelining at once (so hidden
@@ -1281,8 +1409,8 @@ import threading, time, warnings, redis
 warnings.simplefilter("ignore", DeprecationWarning)
 port = {port}
 r = redis.Redis(host="127.0.0.1", port=port, protocol={protocol})
-# Without CLIENT SETINFO (which redis-py sends by default, and which pins): a plain client.
-plain = redis.Redis(host="127.0.0.1", port=port, protocol=2, lib_name=None, lib_version=None)
+# A plain client: redis-py's CLIENT SETINFO at connect pins nothing.
+plain = redis.Redis(host="127.0.0.1", port=port, protocol=2)
 plain.flushall()
 p = plain.pipeline(transaction=False)
 for i in range(100):
