@@ -9,8 +9,8 @@
 //! - [`reader`]: one node asked for its topology through the [`crate::upstream::ConnectGate`].
 //!
 //! The design of the whole upstream, built and planned, is `docs/cluster.md`. Imports only
-//! `command`, `upstream`, `transport`, `resp` and `scanner`; never a session, a lane or a
-//! guard.
+//! `command`, `upstream` and `resp` (it may import `scanner` and `config`); never a
+//! session, a lane or a guard, and nothing imports it yet.
 
 pub mod frame;
 pub mod reader;

@@ -10,10 +10,9 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::topology::{SlotMap, TopologyError};
-use crate::transport::Stream;
 use crate::upstream::{host_of, read_replies_within, ConnectGate, UpstreamError};
 
 /// The largest topology reply read: a `CLUSTER SLOTS` of 16,384 single-slot ranges, each
@@ -97,18 +96,23 @@ pub fn is_unknown_subcommand(message: &str) -> bool {
 }
 
 /// The reader's own connection to one node.
-struct NodeConn<'g> {
+struct NodeConn<'g, S> {
     gate: &'g ConnectGate,
     node: &'g str,
-    stream: Stream,
+    stream: S,
 }
 
-impl<'g> NodeConn<'g> {
-    async fn open(gate: &'g ConnectGate, node: &'g str) -> Result<Self, ReadError> {
+impl<'g> NodeConn<'g, ()> {
+    async fn open(
+        gate: &'g ConnectGate,
+        node: &'g str,
+    ) -> Result<NodeConn<'g, impl AsyncRead + AsyncWrite + Unpin>, ReadError> {
         let stream = gate.open_node(node).await?;
         Ok(NodeConn { gate, node, stream })
     }
+}
 
+impl<S: AsyncRead + AsyncWrite + Unpin> NodeConn<'_, S> {
     /// Ask `CLUSTER <source>` and read the map from its reply.
     async fn read(&mut self, source: Source) -> Result<SlotMap, ReadError> {
         let subcommand = std::str::from_utf8(source.subcommand()).unwrap_or_default();

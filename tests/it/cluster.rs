@@ -168,7 +168,7 @@ fn first_key(table: &CommandTable, command: &[Vec<u8>]) -> Option<Vec<u8>> {
 }
 
 /// For real commands (SET, MGET over one tag and across slots, DEL of several keys, MSET,
-/// EVAL with numkeys, XREADGROUP … STREAMS, PING, INFO) and 200 random MGETs and DELs,
+/// EVAL with numkeys, XREADGROUP … STREAMS, SPUBLISH, PING, INFO) and 200 random MGETs and DELs,
 /// `route` says `CrossSlot` exactly when the node owning the first key answers
 /// `-CROSSSLOT`, and a command routed to a slot (or keyless) is never answered `-MOVED` by
 /// the node the map names.
@@ -226,6 +226,7 @@ async fn routes_agree_with_the_cluster_s_crossslot_and_moved_answers() {
             ">",
             ">",
         ],
+        &["SPUBLISH", "{t}channel", "message"],
         &["PING"],
         &["INFO", "server"],
     ]
