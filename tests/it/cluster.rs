@@ -5,14 +5,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use respguard::cluster::reader::{read_topology, read_topology_from, Source};
+use respguard::cluster::reader::{read_topology, read_topology_from, ReadError, Source};
 use respguard::cluster::route::{route_args, Route};
 use respguard::cluster::slot::{key_slot, SLOTS};
 use respguard::cluster::topology::SlotMap;
 use respguard::command::CommandTable;
 
 use crate::cluster_harness::{cluster_node, gate_for, Cluster, NODES};
-use crate::harness::{encode_bytes, eventually, Conn, WAIT};
+use crate::harness::{encode_bytes, eventually, Conn, RedisServer, WAIT};
 
 /// A random key: binary bytes (empty sometimes), with `{` and `}` put at random places.
 fn random_key(rng: &mut fastrand::Rng) -> Vec<u8> {
@@ -366,4 +366,35 @@ async fn a_new_read_of_the_topology_shows_resharded_slots() {
     );
     let mut new = cluster.conn(&to).await;
     assert_eq!(new.call(&["GET", &key]).await, "$5\r\nmoved\r\n");
+}
+
+/// The reader authenticates as the gate does (the URL's password), and says what a node
+/// refuses: a node asked without the password answers `-NOAUTH`, a Redis not in cluster
+/// mode says cluster support is disabled, and a cluster node with no slots yet gives a
+/// map covering nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_authenticates_and_reports_what_a_node_refuses() {
+    let node = crate::cluster_harness::cluster_node_with(&["--requirepass", "s3cret"]);
+    let address = node.addr().to_string();
+    let with_password = crate::cluster_harness::gate_for_url(&format!("redis://:s3cret@{address}"));
+    let (map, source) = read_topology(&with_password, &address).await.unwrap();
+    assert_eq!(
+        (map.covered(), map.shards().len(), source),
+        (0, 0, Source::Shards)
+    );
+    let without = gate_for(&address);
+    match read_topology(&without, &address).await {
+        Err(ReadError::Refused { message, .. }) => {
+            assert!(message.starts_with("NOAUTH"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let plain = RedisServer::start();
+    let address = plain.addr().to_string();
+    match read_topology(&gate_for(&address), &address).await {
+        Err(ReadError::Refused { message, .. }) => {
+            assert!(message.contains("cluster support disabled"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -25,8 +25,13 @@ pub struct Cluster {
 
 /// A `redis-server` started for a cluster (not joined to one yet).
 pub fn cluster_node() -> RedisServer {
+    cluster_node_with(&[])
+}
+
+/// [`cluster_node`] with `extra` `--name value` arguments.
+pub fn cluster_node_with(extra: &[&str]) -> RedisServer {
     let bus = free_port().to_string();
-    RedisServer::start_with(&[
+    let mut args = vec![
         "--cluster-enabled",
         "yes",
         "--cluster-config-file",
@@ -42,7 +47,9 @@ pub fn cluster_node() -> RedisServer {
         // A primary starts a replica's full synchronisation at once, not 5 s later.
         "--repl-diskless-sync-delay",
         "0",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    RedisServer::start_with(&args)
 }
 
 impl Cluster {
@@ -128,8 +135,13 @@ impl Cluster {
 /// A gate as the proxy would build for `address` (no TLS, no password), for the topology
 /// reader.
 pub fn gate_for(address: &str) -> ConnectGate {
+    gate_for_url(&format!("redis://{address}"))
+}
+
+/// A gate as the proxy would build for the upstream URL `url`.
+pub fn gate_for_url(url: &str) -> ConnectGate {
     ConnectGate::new(
-        UpstreamTarget::parse(&format!("redis://{address}")).unwrap(),
+        UpstreamTarget::parse(url).unwrap(),
         GateSettings {
             connect_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
