@@ -15,6 +15,7 @@
 //! Off the hot path: read when the topology is asked for, never per command. Never does I/O
 //! (the reader in [`super::reader`] does).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::RangeInclusive;
 
@@ -167,6 +168,9 @@ impl SlotMap {
         let shape = |what| TopologyError::Shape { reply: REPLY, what };
         let frame = frame::parse(reply)?;
         let mut described: Vec<Described> = Vec::new();
+        // Each primary's place in `described`, so a reply of many entries is read in
+        // linear time.
+        let mut by_primary: HashMap<String, usize> = HashMap::new();
         for entry in frame.items().ok_or(shape("the reply"))? {
             let items = entry.items().ok_or(shape("an entry"))?;
             let [start, end, primary, replicas @ ..] = items else {
@@ -175,10 +179,11 @@ impl SlotMap {
             let range = slot_range(REPLY, start, end)?;
             let primary = slots_node_address(primary, asked_host).ok_or(shape("a node"))?;
             // A shard with several ranges comes as several entries naming the same primary.
-            if let Some(known) = described.iter_mut().find(|d| d.shard.primary == primary) {
-                known.ranges.push(range);
+            if let Some(&known) = by_primary.get(&primary) {
+                described[known].ranges.push(range);
                 continue;
             }
+            by_primary.insert(primary.clone(), described.len());
             let replicas = replicas
                 .iter()
                 .map(|r| slots_node_address(r, asked_host).ok_or(shape("a node")))
