@@ -26,7 +26,8 @@
 //! most), [`keyspace`] (what grows, per key prefix, seen from the commands [`pipeline`]
 //! judges), [`app`] (wiring it all together), [`identity`] (who a client is), [`resp`]
 //! (everything the proxy itself writes in RESP), [`clock`] (time for the guards' windows),
-//! [`offline`] (the guards over a byte stream, for fuzzing).
+//! [`offline`] (the guards over a byte stream, for fuzzing), [`cluster`] (slots, the slot
+//! map and command routing for a Redis Cluster upstream still to come).
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 
@@ -36,6 +37,7 @@ pub mod app;
 pub mod auth;
 pub mod buffer;
 pub mod clock;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod control;

@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::SentinelTarget;
-use crate::upstream::ConnectGate;
+use crate::upstream::{join_host_port, ConnectGate};
 
 /// How often the sentinels are asked where the primary is, besides the announcements.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -316,15 +316,6 @@ fn switched_to(frame: &OwnedFrame, master: &str) -> Option<String> {
     match words.as_slice() {
         [name, _, _, ip, port] if *name == master => Some(join_host_port(ip, port)),
         _ => None,
-    }
-}
-
-/// `host:port`, an IPv6 address in brackets.
-fn join_host_port(host: &str, port: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 

@@ -427,13 +427,32 @@ impl ConnectGate {
     /// the breaker nor the rate limit apply: only the watcher calls this, a few times a
     /// second at most.
     pub async fn verify_primary(&self, address: &str) -> Result<(), UpstreamError> {
+        self.open_node(address).await.map(drop)
+    }
+
+    /// Open a connection to the node at `address`, which need not be the upstream's own
+    /// (a cluster node asked for its topology): TCP, TLS, the handshake (and behind
+    /// Sentinel the ROLE check), within the connect timeout. Neither the breaker, the rate
+    /// limit nor a connection slot apply: it is for the proxy's own occasional questions,
+    /// never a client's connection.
+    pub async fn open_node(&self, address: &str) -> Result<Stream, UpstreamError> {
         match tokio::time::timeout(self.settings.connect_timeout, self.open_at(address)).await {
-            Ok(r) => r.map(drop),
+            Ok(r) => r.map(|(stream, _socket)| stream),
             Err(_) => Err(UpstreamError::Unreachable {
                 address: address.to_string(),
                 reason: format!("no answer within {:?}", self.settings.connect_timeout),
             }),
         }
+    }
+
+    /// The longest time one connection attempt (connect plus handshake) may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.settings.connect_timeout
+    }
+
+    /// Whether connections to Redis use TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.settings.tls.is_some()
     }
 
     /// Open a connection to `address`: TCP, TLS, the handshake, and behind Sentinel the ROLE
@@ -510,8 +529,17 @@ impl ConnectGate {
     }
 }
 
+/// `host:port`, an IPv6 address in brackets.
+pub fn join_host_port(host: &str, port: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// The host of `host:port` (an IPv6 address without its brackets).
-fn host_of(address: &str) -> &str {
+pub fn host_of(address: &str) -> &str {
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')
 }
@@ -557,6 +585,16 @@ pub async fn read_replies(
     stream: &mut (impl AsyncRead + Unpin),
     n: usize,
 ) -> io::Result<Vec<Result<Vec<u8>, String>>> {
+    read_replies_within(stream, n, usize::MAX).await
+}
+
+/// [`read_replies`], refusing (an `InvalidData` error) replies that together pass
+/// `max_bytes`.
+pub async fn read_replies_within(
+    stream: &mut (impl AsyncRead + Unpin),
+    n: usize,
+    max_bytes: usize,
+) -> io::Result<Vec<Result<Vec<u8>, String>>> {
     let mut buf = BytesMut::with_capacity(4096);
     let mut scanner = ReplyScanner::new();
     let mut out = Vec::with_capacity(n);
@@ -577,6 +615,12 @@ pub async fn read_replies(
             }
             ReplyStep::Header { .. } | ReplyStep::Element(_) => {}
             ReplyStep::Partial(_) => {
+                if buf.len() >= max_bytes {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("a reply over {max_bytes} bytes"),
+                    ));
+                }
                 buf.reserve(64 * 1024);
                 if stream.read_buf(&mut buf).await? == 0 {
                     return Err(io::Error::new(

@@ -327,6 +327,18 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_url_is_refused_while_no_router_uses_it() {
+        // src/cluster holds the slot map and routes, but nothing routes commands by slot
+        // yet (docs/cluster.md): a cluster must not be offered as an upstream.
+        for url in [
+            "redis-cluster://h1:7000,h2:7001",
+            "redis-cluster://u:p@h1:7000",
+        ] {
+            assert!(UpstreamTarget::parse(url).is_err(), "{url}");
+        }
+    }
+
+    #[test]
     fn an_error_never_shows_the_password() {
         let e = error("redis-sentinel://u:hunter2@h1,,h2#m");
         assert!(

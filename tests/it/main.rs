@@ -6,6 +6,8 @@ mod admin;
 mod audit;
 mod cli;
 mod clients;
+mod cluster;
+mod cluster_harness;
 mod deploy;
 mod differential;
 mod enqueue;
