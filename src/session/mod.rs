@@ -68,7 +68,7 @@ use crate::identity::ClientIdentity;
 use crate::mux::SharedConnections;
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::{Limits, RequestScanner};
-use crate::telemetry::{CommandLatency, ProxyMetrics};
+use crate::telemetry::{CommandLatency, LatencyRun, ProxyMetrics};
 use crate::transport::Stream;
 use crate::upstream::ConnectGate;
 
@@ -576,6 +576,15 @@ impl Session {
     fn record_latency(&self, command: u16, received_us: u64, now_us: u64) {
         if let Some(latency) = &self.shared.latency {
             latency.record(command, now_us.saturating_sub(received_us));
+        }
+    }
+
+    /// Count the commands of `run`, whose replies arrived with the last read from Redis,
+    /// in their latency histogram.
+    #[inline]
+    fn record_latency_run(&self, run: LatencyRun) {
+        if let Some(latency) = &self.shared.latency {
+            latency.record_run(run, self.replies_arrived_us);
         }
     }
 }
