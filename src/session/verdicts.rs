@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::intercept::Intercept;
 use super::state::LocalAnswer;
 use super::{Session, StreamTo};
-use crate::command::{CommandInfo, Special};
+use crate::command::{CommandInfo, LastName, Special};
 use crate::guard::{wire_args, ReplyWatch, Verdict};
 use crate::pipeline::{self, CommandFacts, Judge, Scanned, Span};
 use crate::resp;
@@ -95,11 +95,12 @@ impl Session {
         let (scanner, input) = self.requests.scan_parts();
         let (mut sent, mut end) = (0, 0);
         let mut other = None;
+        let mut last_name = LastName::default();
         while sent < limit {
             let Some(skimmed) = scanner.skim(input) else {
                 break;
             };
-            let info = table.by_own_name(&input[skimmed.name.clone()]);
+            let info = table.by_own_name_remembered(&input[skimmed.name.clone()], &mut last_name);
             let Some(info) = info.filter(|i| i.plain && !guards.wants(i.id)) else {
                 other = Some((skimmed, info.map(CommandFacts::of)));
                 break;
