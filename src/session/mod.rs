@@ -60,7 +60,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use crate::command::CommandTable;
+use crate::command::{CommandTable, LastName};
 use crate::config::Replication;
 use crate::control::{Control, Policy};
 use crate::guard::ScriptAccess;
@@ -171,6 +171,9 @@ pub struct Session {
     probing: bool,
     /// A command is held back (unscanned) until the probe answers.
     waiting_for_probe: bool,
+    /// The last command name a run of commands found (`verdicts::forward_run`): the next
+    /// command of that name, in this run or the next, is known without a lookup.
+    last_name: LastName,
     /// Argument indices of the current command's keys (capacity kept).
     keys: Vec<usize>,
     /// Where guards write rewritten and extra commands (capacity kept).
@@ -272,6 +275,7 @@ impl Session {
             access: ScriptAccess::Allowed,
             probing: false,
             waiting_for_probe: false,
+            last_name: LastName::default(),
             keys: Vec::new(),
             scratch: BytesMut::new(),
             after_stream: BytesMut::new(),
