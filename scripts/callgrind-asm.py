@@ -22,6 +22,12 @@ def own_costs(profile):
     costs = collections.Counter()
     objects, current, addr, after_call = {}, None, 0, False
     for line in open(profile):
+        if line.startswith("cob=("):
+            # A called object may be named here first, before any `ob=` line names it.
+            m = re.match(r"cob=\((\d+)\) (.*)", line.strip())
+            if m:
+                objects[m.group(1)] = m.group(2)
+            continue
         if line.startswith("ob="):
             m = re.match(r"ob=\((\d+)\)(?: (.*))?", line.strip())
             if m.group(2):

@@ -82,6 +82,39 @@ struct Buckets {
     sum_us: AtomicU64,
 }
 
+/// Commands of one kind read at one instant, whose replies arrived together: counted in
+/// their histogram with one update of a bucket and of the sum, not one per command. In a
+/// pipeline, the replies of one read from Redis mostly answer commands of one read from
+/// the client, so a run is usually all of them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyRun {
+    command: u16,
+    received_us: u64,
+    count: u64,
+}
+
+impl LatencyRun {
+    /// Add a command read at `received_us`. When it does not belong to this run, the run
+    /// starts afresh with it, and the run it ended is returned to be recorded
+    /// ([`CommandLatency::record_run`]).
+    #[inline]
+    pub fn add(&mut self, command: u16, received_us: u64) -> Option<LatencyRun> {
+        if self.command == command && self.received_us == received_us && self.count > 0 {
+            self.count += 1;
+            return None;
+        }
+        let ended = std::mem::replace(
+            self,
+            LatencyRun {
+                command,
+                received_us,
+                count: 1,
+            },
+        );
+        (ended.count > 0).then_some(ended)
+    }
+}
+
 /// Calls and latency per command, as Prometheus histograms
 /// (`respguard_command_duration_seconds{command}`): the time from the proxy reading a
 /// command to its reply going to the client's socket buffer.
@@ -131,6 +164,13 @@ impl CommandLatency {
     /// Record one command answered after `micros` microseconds.
     #[inline]
     pub fn record(&self, command: u16, micros: u64) {
+        self.record_many(command, micros, 1);
+    }
+
+    /// Record `count` commands of one kind, each answered after `micros` microseconds:
+    /// what `count` calls of [`Self::record`] would record.
+    #[inline]
+    pub fn record_many(&self, command: u16, micros: u64, count: u64) {
         let Some(b) = self
             .buckets
             .get(command as usize)
@@ -139,8 +179,18 @@ impl CommandLatency {
             return;
         };
         let i = LATENCY_BUCKETS_US.partition_point(|&bound| bound < micros);
-        b.counts[i].fetch_add(1, Ordering::Relaxed);
-        b.sum_us.fetch_add(micros, Ordering::Relaxed);
+        b.counts[i].fetch_add(count, Ordering::Relaxed);
+        b.sum_us
+            .fetch_add(micros.wrapping_mul(count), Ordering::Relaxed);
+    }
+
+    /// Record the commands of `run`, answered at `now_us`.
+    #[inline]
+    pub fn record_run(&self, run: LatencyRun, now_us: u64) {
+        if run.count > 0 {
+            let micros = now_us.saturating_sub(run.received_us);
+            self.record_many(run.command, micros, run.count);
+        }
     }
 
     /// How many commands named `name` were answered (for tests and `/status`).
@@ -227,5 +277,46 @@ mod tests {
             "unused commands are not rendered"
         );
         assert_eq!(latency.calls("get"), 4);
+    }
+
+    /// Commands recorded in runs ([`LatencyRun`]) render exactly as the same commands
+    /// recorded one by one: counts, buckets and sums, across runs that change command or
+    /// read time.
+    #[test]
+    fn a_run_of_commands_records_what_each_command_would() {
+        let table = CommandTable::builtin();
+        let get = table.lookup(&[b"GET"]).id;
+        let set = table.lookup(&[b"SET"]).id;
+        let answered: [(u16, u64); 7] = [
+            (get, 10),
+            (get, 10),
+            (get, 10),
+            (set, 10),
+            (set, 900),
+            (get, 900),
+            (get, 900),
+        ];
+        let now_us = 1_000;
+        let one_by_one = CommandLatency::new(&table);
+        for (command, received_us) in answered {
+            one_by_one.record(command, now_us - received_us);
+        }
+        let in_runs = CommandLatency::new(&table);
+        let mut run = LatencyRun::default();
+        let mut recorded = 0;
+        for (command, received_us) in answered {
+            if let Some(ended) = run.add(command, received_us) {
+                in_runs.record_run(ended, now_us);
+                recorded += 1;
+            }
+        }
+        in_runs.record_run(run, now_us);
+        assert_eq!(recorded, 3, "four runs: three ended by the next, one left");
+        let (mut expected, mut got) = (String::new(), String::new());
+        one_by_one.render(&mut expected);
+        in_runs.render(&mut got);
+        assert_eq!(got, expected);
+        in_runs.record_run(LatencyRun::default(), now_us);
+        assert_eq!(in_runs.total_calls(), 7, "an empty run records nothing");
     }
 }

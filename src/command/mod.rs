@@ -17,6 +17,7 @@
 
 mod names;
 
+pub use names::LastName;
 use names::NameIndex;
 use redis_protocol::resp2::types::OwnedFrame;
 
@@ -739,6 +740,17 @@ impl CommandTable {
     #[inline]
     pub fn by_own_name(&self, name: &[u8]) -> Option<&CommandInfo> {
         let info = self.commands.get(self.by_name.get(name)? as usize)?;
+        (!info.has_subcommands).then_some(info)
+    }
+
+    /// [`Self::by_own_name`] for a run of commands: `last` remembers the name found, so
+    /// the next command of the same name is known by comparing its bytes
+    /// ([`NameIndex::get_remembered`]).
+    #[inline(always)]
+    pub fn by_own_name_remembered(&self, name: &[u8], last: &mut LastName) -> Option<&CommandInfo> {
+        let info = self
+            .commands
+            .get(self.by_name.get_remembered(name, last)? as usize)?;
         (!info.has_subcommands).then_some(info)
     }
 

@@ -85,6 +85,15 @@ fn lower_ascii(w: u64) -> u64 {
     w | (upper >> 2)
 }
 
+/// The last name [`NameIndex::get_remembered`] found: its bytes as sent (up to eight, in a
+/// word) and its id. Nothing is remembered at first (a length of zero).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LastName {
+    raw: u64,
+    len: usize,
+    id: u16,
+}
+
 /// Command names (lower case, subcommands as `container|sub`) to command ids.
 #[derive(Debug)]
 pub struct NameIndex {
@@ -141,6 +150,25 @@ impl NameIndex {
             }
             i = (i + 1) & self.mask;
         }
+    }
+
+    /// [`Self::get`], remembering in `last` the name found: a run of commands of one kind
+    /// (a pipeline of SETs) looks each next name up by comparing its bytes with the last
+    /// one's, without lower-casing or probing. Only names of up to eight bytes are
+    /// remembered, by their bytes as sent.
+    #[inline(always)]
+    pub fn get_remembered(&self, name: &[u8], last: &mut LastName) -> Option<u16> {
+        let len = name.len();
+        if len == 0 || len > 8 {
+            return self.get(name);
+        }
+        let raw = word(name);
+        if raw == last.raw && len == last.len {
+            return Some(last.id);
+        }
+        let id = self.get(name)?;
+        *last = LastName { raw, len, id };
+        Some(id)
     }
 
     /// The id of `container|sub`, in any letter case.
@@ -221,6 +249,43 @@ mod tests {
             assert_eq!(index.get(missing), None, "{missing:?}");
         }
         assert_eq!(index.get(&[b'a'; 200]), None);
+    }
+
+    /// A remembered name answers only for the same bytes: another name, another case of
+    /// the same name, a longer or shorter one, or a name past eight bytes is looked up,
+    /// and every answer is the one [`NameIndex::get`] gives.
+    #[test]
+    fn a_remembered_name_answers_only_for_the_same_bytes() {
+        let names: [&[u8]; 4] = [b"get", b"set", b"getset", b"client|setname"];
+        let index = NameIndex::build(names.iter().enumerate().map(|(id, n)| (*n, id as u16)));
+        let mut last = LastName::default();
+        let sequence: [&[u8]; 12] = [
+            b"set",
+            b"set",
+            b"SET",
+            b"get",
+            b"getset",
+            b"get",
+            b"ge",
+            b"get\0",
+            b"",
+            b"client|setname",
+            b"sets",
+            b"set",
+        ];
+        for name in sequence {
+            assert_eq!(
+                index.get_remembered(name, &mut last),
+                index.get(name),
+                "{name:?}"
+            );
+        }
+        let mut fresh = LastName::default();
+        assert_eq!(
+            index.get_remembered(b"\0", &mut fresh),
+            None,
+            "nothing remembered yet"
+        );
     }
 
     #[test]

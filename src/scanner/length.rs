@@ -2,7 +2,7 @@
 //! scanner reads one per argument, the reply scanner one per bulk string, so they are
 //! among the most frequent steps of the proxy.
 //!
-//! A line of one or two digits is read directly; one of up to six by testing eight bytes
+//! A line of one to three digits is read directly; one of up to six by testing eight bytes
 //! at once; a longer one, or one near the end of the buffer, byte by byte. Anything that
 //! is not a plain length (a sign, a leading zero, a partial line) is `None`, for the
 //! caller's general path to read and word the error for.
@@ -54,8 +54,16 @@ fn short_length_line(word: u64, marker: u8) -> Short {
     if first <= 9 && second == b'\r'.wrapping_sub(b'0') {
         return Short::Line(u64::from(first), 4);
     }
-    if (1..=9).contains(&first) && second <= 9 && (word >> 24) as u8 == b'\r' {
-        return Short::Line(u64::from(first * 10 + second), 5);
+    if (1..=9).contains(&first) && second <= 9 {
+        if (word >> 24) as u8 == b'\r' {
+            return Short::Line(u64::from(first * 10 + second), 5);
+        }
+        // Three digits: a value's length from 100 to 999 bytes, as common as short ones.
+        let third = ((word >> 24) as u8).wrapping_sub(b'0');
+        if third <= 9 && (word >> 32) as u8 == b'\r' {
+            let value = u64::from(first) * 100 + u64::from(second) * 10 + u64::from(third);
+            return Short::Line(value, 6);
+        }
     }
     // The seven bytes after the marker, each xor '0'; the eighth, past them, a non-digit.
     let digits = ((word >> 8) ^ ((b'0' as u64 * ONES) >> 8)) | (0xFF << 56);
@@ -105,4 +113,78 @@ pub(crate) fn plain_number(buf: &[u8], at: usize) -> Option<(u64, usize)> {
         return None;
     }
     Some((value, at + i + 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a length line means, read the plain way: the marker, 1 to 18 digits without a
+    /// leading zero (a lone `0` is fine), `\r`, one more byte.
+    fn reference(line: &[u8], marker: u8) -> Option<(u64, usize)> {
+        if line.first() != Some(&marker) {
+            return None;
+        }
+        let digits = line[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 18 || (digits > 1 && line[1] == b'0') {
+            return None;
+        }
+        let end = 1 + digits;
+        if line.get(end) != Some(&b'\r') || line.len() < end + 2 {
+            return None;
+        }
+        let value = std::str::from_utf8(&line[1..end]).ok()?.parse().ok()?;
+        Some((value, end + 2))
+    }
+
+    /// Every way of reading a line (one, two, three digits directly, up to six a word at a
+    /// time, longer ones byte by byte, near the buffer's end) gives what the plain reading
+    /// gives, for lengths around each number of digits and for malformed lines.
+    #[test]
+    fn every_length_line_reads_as_the_plain_reading() {
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let numbers = (0..1_200u64).chain([
+            9_999,
+            10_000,
+            99_999,
+            100_000,
+            999_999,
+            1_000_000,
+            123_456_789,
+        ]);
+        for n in numbers {
+            for marker in [b'$', b'*'] {
+                lines.push(format!("{}{n}\r\n$3\r\nabc", marker as char).into_bytes());
+                lines.push(format!("{}{n}\r\n", marker as char).into_bytes());
+                lines.push(format!("{}{n}\r", marker as char).into_bytes());
+            }
+        }
+        for bad in [
+            "$012\r\nxxxxxxx",
+            "$01\r\nxxxxxxx",
+            "$00\r\nxxxxxxx",
+            "$1a3\r\nxxxxxxx",
+            "$10a\r\nxxxxxxx",
+            "$100a\r\nxxxxxx",
+            "$100\n\rxxxxxxx",
+            "$-10\r\nxxxxxxx",
+            "$+10\r\nxxxxxxx",
+            "$ 10\r\nxxxxxxx",
+            "$\r\nxxxxxxxxxx",
+            "*100\r\nxxxxxxx",
+        ] {
+            lines.push(bad.as_bytes().to_vec());
+        }
+        for line in &lines {
+            for marker in [b'$', b'*'] {
+                assert_eq!(
+                    length_line(line, 0, marker),
+                    reference(line, marker),
+                    "{:?} {}",
+                    String::from_utf8_lossy(line),
+                    marker as char
+                );
+            }
+        }
+    }
 }

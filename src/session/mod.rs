@@ -60,7 +60,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use crate::command::CommandTable;
+use crate::command::{CommandTable, LastName};
 use crate::config::Replication;
 use crate::control::{Control, Policy};
 use crate::guard::ScriptAccess;
@@ -68,7 +68,7 @@ use crate::identity::ClientIdentity;
 use crate::mux::SharedConnections;
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::{Limits, RequestScanner};
-use crate::telemetry::{CommandLatency, ProxyMetrics};
+use crate::telemetry::{CommandLatency, LatencyRun, ProxyMetrics};
 use crate::transport::Stream;
 use crate::upstream::ConnectGate;
 
@@ -171,6 +171,9 @@ pub struct Session {
     probing: bool,
     /// A command is held back (unscanned) until the probe answers.
     waiting_for_probe: bool,
+    /// The last command name a run of commands found (`verdicts::forward_run`): the next
+    /// command of that name, in this run or the next, is known without a lookup.
+    last_name: LastName,
     /// Argument indices of the current command's keys (capacity kept).
     keys: Vec<usize>,
     /// Where guards write rewritten and extra commands (capacity kept).
@@ -284,6 +287,7 @@ impl Session {
             access: ScriptAccess::Allowed,
             probing: false,
             waiting_for_probe: false,
+            last_name: LastName::default(),
             keys: Vec::new(),
             scratch: BytesMut::new(),
             after_stream: BytesMut::new(),
@@ -597,6 +601,15 @@ impl Session {
     fn record_latency(&self, command: u16, received_us: u64, now_us: u64) {
         if let Some(latency) = &self.shared.latency {
             latency.record(command, now_us.saturating_sub(received_us));
+        }
+    }
+
+    /// Count the commands of `run`, whose replies arrived with the last read from Redis,
+    /// in their latency histogram.
+    #[inline]
+    fn record_latency_run(&self, run: LatencyRun) {
+        if let Some(latency) = &self.shared.latency {
+            latency.record_run(run, self.replies_arrived_us);
         }
     }
 }

@@ -10,6 +10,7 @@
 use super::Session;
 use crate::reply_queue::{Disposition, Effect, HelloEffect, Matched};
 use crate::scanner::reply::{ReplyInfo, ReplyKind, ReplyStep};
+use crate::telemetry::LatencyRun;
 
 /// What the first byte at the scan position began.
 enum Begun {
@@ -72,8 +73,12 @@ impl Session {
     /// simple string, error, integer or bulk string has arrived, its bytes go to the client
     /// and the entry is done. Anything else is left to the general path, which carries on
     /// from where this stopped.
+    ///
+    /// The replies answer commands mostly read together: their latency is counted a run at
+    /// a time ([`LatencyRun`]), before the replies can reach the client.
     #[inline]
     fn forward_plain_replies(&mut self) {
+        let mut run = LatencyRun::default();
         while self.reply_forwarded.is_none() && self.state.queue().next_reply_is_plain() {
             let (scanner, input) = self.replies.scan_parts();
             let Some(end) = scanner.skip_plain_reply(input) else {
@@ -81,8 +86,11 @@ impl Session {
             };
             let (command, received_us) = self.state.queue_mut().pop_plain();
             self.replies.ready_upto(end);
-            self.record_latency(command, received_us, self.replies_arrived_us);
+            if let Some(ended) = run.add(command, received_us) {
+                self.record_latency_run(ended);
+            }
         }
+        self.record_latency_run(run);
     }
 
     /// [`Self::forward_plain_replies`] for a watched entry answered by an integer (a push

@@ -252,7 +252,10 @@ impl ConnectionState {
         if let Some(w) = watch {
             pending.effect = Effect::Watched(w);
         }
-        if info.special == Special::None && !self.in_multi && self.reply_mode == ReplyMode::On {
+        if matches!(info.special, Special::None)
+            && !self.in_multi
+            && self.reply_mode == ReplyMode::On
+        {
             self.queue.push(pending);
             return Recorded::default();
         }
@@ -273,7 +276,7 @@ impl ConnectionState {
         if queued {
             self.multi_queued += 1;
             // Runs at EXEC: the memory reading is stale once EXEC has run.
-            self.multi_memory_event |= info.special == Special::MemoryEvent;
+            self.multi_memory_event |= matches!(info.special, Special::MemoryEvent);
         }
         let skip_this = self.reply_mode == ReplyMode::SkipNext;
         if skip_this {

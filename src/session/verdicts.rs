@@ -95,11 +95,12 @@ impl Session {
         let (scanner, input) = self.requests.scan_parts();
         let (mut sent, mut end) = (0, 0);
         let mut other = None;
+        let last_name = &mut self.last_name;
         while sent < limit {
             let Some(skimmed) = scanner.skim(input) else {
                 break;
             };
-            let info = table.by_own_name(&input[skimmed.name.clone()]);
+            let info = table.by_own_name_remembered(&input[skimmed.name.clone()], last_name);
             let Some(info) = info.filter(|i| i.plain && !guards.wants(i.id)) else {
                 other = Some((skimmed, info.map(CommandFacts::of)));
                 break;
@@ -156,7 +157,7 @@ impl Session {
         }
         self.commands_in_batch += 1;
         let intercept = match self.intercept(&info, span) {
-            Intercept::Pass if info.special == Special::Sync => self.on_sync(),
+            Intercept::Pass if matches!(info.special, Special::Sync) => self.on_sync(),
             other => other,
         };
         if !self.upstream.is_connected()
@@ -196,7 +197,7 @@ impl Session {
                 return;
             }
         };
-        let is_reset = info.special == Special::Reset;
+        let is_reset = matches!(info.special, Special::Reset);
         let changes_user = match info.special {
             Special::Auth => true,
             Special::Hello => self.current(span).any_arg_is(b"auth"),
