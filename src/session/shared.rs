@@ -36,12 +36,8 @@ use crate::pipeline::{CommandFacts, Span};
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::parse_int;
 
-/// Redis's refusal of a client name (or library attribute) outside `!`..`~`.
-const INVALID_NAME: &[u8] =
-    b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
-
-/// Whether Redis accepts `value` as a client name or library attribute: printable ASCII
-/// without spaces (so `CLIENT LIST` stays splittable), or empty (which clears it).
+/// Whether Redis accepts `value` as a library attribute: printable ASCII without spaces
+/// (so `CLIENT LIST` stays splittable), or empty (which clears it).
 fn is_printable_attribute(value: &[u8]) -> bool {
     value.iter().all(|b| (b'!'..=b'~').contains(b))
 }
@@ -114,21 +110,21 @@ impl Session {
         true
     }
 
-    /// Multiplexed, a client's name and library (CLIENT SETNAME, CLIENT SETINFO) are kept by
-    /// respguard rather than on a Redis connection, which other clients share or which goes
-    /// back to the pool: SETNAME and SETINFO are answered here as Redis would (a name with
-    /// a space or a control character refused with Redis's error; an invalid SETINFO goes
-    /// to Redis, which refuses it and keeps nothing), and CLIENT GETNAME from what was
-    /// kept, so a client library naming its connections needs no connection of its own.
-    /// Inside MULTI Redis queues them as usual. True when answered.
+    /// Multiplexed, what a client library says about itself at connect (CLIENT SETINFO
+    /// LIB-NAME, LIB-VER) is kept by respguard rather than on a Redis connection, which other
+    /// clients share or which goes back to the pool: a valid one is answered `+OK` here (an
+    /// invalid one goes to Redis, which refuses it and keeps nothing). CLIENT GETNAME on a
+    /// shared connection is answered too: a client there has no name (CLIENT SETNAME and
+    /// HELLO ... SETNAME pin it for good, so its name shows in Redis's `CLIENT LIST`). So a
+    /// client library sending them needs no connection of its own. Inside MULTI Redis
+    /// queues them as usual. True when answered.
     pub(super) fn name_kept_here(&mut self, info: CommandFacts, span: Span) -> bool {
         if self.shared.lanes.is_none() || self.state.in_multi() {
             return false;
         }
         let reply = match info.special {
-            Special::ClientSetName => self.set_name_here(span),
             Special::ClientSetInfo => self.set_info_here(span),
-            Special::ClientGetName => self.get_name_here(span),
+            Special::ClientGetName if self.upstream.lane().is_some() => self.get_name_here(span),
             _ => None,
         };
         let Some(reply) = reply else {
@@ -137,19 +133,6 @@ impl Session {
         self.commands_in_batch += 1;
         self.answer_locally(info.id, reply, span);
         true
-    }
-
-    /// `CLIENT SETNAME name`: the reply Redis would give, the name kept when accepted.
-    fn set_name_here(&mut self, span: Span) -> Option<Bytes> {
-        let cmd = self.current(span);
-        let (Some(name), None) = (cmd.arg(2), cmd.arg(3)) else {
-            return None;
-        };
-        if !is_printable_attribute(name) {
-            return Some(Bytes::from_static(INVALID_NAME));
-        }
-        self.identity.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
-        Some(Bytes::from_static(b"+OK\r\n"))
     }
 
     /// `CLIENT SETINFO LIB-NAME|LIB-VER value`, when valid: `+OK`, the library kept.
@@ -169,7 +152,7 @@ impl Session {
         Some(Bytes::from_static(b"+OK\r\n"))
     }
 
-    /// `CLIENT GETNAME`: the name kept, or Redis's null in the client's protocol.
+    /// `CLIENT GETNAME`: the client's name, or Redis's null in the client's protocol.
     fn get_name_here(&mut self, span: Span) -> Option<Bytes> {
         if self.current(span).arg(2).is_some() {
             return None;
