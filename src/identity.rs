@@ -36,6 +36,17 @@ impl ClientIdentity {
         }
     }
 
+    /// The name CLIENT SETNAME (or HELLO ... SETNAME) gave; an empty one removes it, as in
+    /// Redis.
+    pub fn set_name(&mut self, name: Bytes) {
+        self.name = (!name.is_empty()).then_some(name);
+    }
+
+    /// The library CLIENT SETINFO LIB-NAME gave; an empty one removes it, as in Redis.
+    pub fn set_lib_name(&mut self, lib: Bytes) {
+        self.lib_name = (!lib.is_empty()).then_some(lib);
+    }
+
     /// Back to a new connection's state (after RESET).
     pub fn reset(&mut self) {
         *self = ClientIdentity::new(self.peer);
@@ -55,5 +66,24 @@ impl fmt::Display for ClientIdentity {
             write!(f, " lib={}", String::from_utf8_lossy(l))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CLIENT SETNAME and SETINFO LIB-NAME with an empty value remove what was set, as
+    /// Redis does; any other value replaces it.
+    #[test]
+    fn an_empty_name_or_library_removes_it() {
+        let mut id = ClientIdentity::new("127.0.0.1:1".parse().unwrap());
+        id.set_name(Bytes::from_static(b"app"));
+        id.set_lib_name(Bytes::from_static(b"redis-py"));
+        assert_eq!(id.name.as_deref(), Some(&b"app"[..]));
+        assert_eq!(id.lib_name.as_deref(), Some(&b"redis-py"[..]));
+        id.set_name(Bytes::new());
+        id.set_lib_name(Bytes::new());
+        assert_eq!((id.name, id.lib_name), (None, None));
     }
 }

@@ -15,8 +15,8 @@
 //! time. Past it the slot is closed as a slow reader and the rest of its replies are
 //! dropped as they arrive, so a client that stops reading costs the proxy bounded memory
 //! and never stalls the lane for the others, while one reading a reply larger than the
-//! soft limit (a 4 MB GET arrives faster than any client reads it) is served. The output holds what sessions
-//! submitted, each bounded by its own reply queue.
+//! soft limit (a 4 MB GET arrives faster than any client reads it) is served. The output
+//! holds what sessions submitted, each bounded by its own reply queue.
 //!
 //! When the connection is lost (closed, failed, malformed, silent past the reply timeout)
 //! every reply still owed is lost: each slot is told how many of its commands get the

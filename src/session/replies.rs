@@ -189,7 +189,7 @@ impl Session {
                     self.set_authenticated(true);
                 }
                 if let Some(n) = name {
-                    self.identity.name = Some(n);
+                    self.identity.set_name(n);
                 }
             }
             Effect::Auth(user) => {
@@ -198,8 +198,8 @@ impl Session {
                 // user the proxy accepted: Redis's +OK completes the authentication.
                 self.set_authenticated(true);
             }
-            Effect::SetName(name) => self.identity.name = Some(name),
-            Effect::SetLibName(lib) => self.identity.lib_name = Some(lib),
+            Effect::SetName(name) => self.identity.set_name(name),
+            Effect::SetLibName(lib) => self.identity.set_lib_name(lib),
             Effect::Reset => self.identity.reset(),
             Effect::Quit => self.close_when_flushed = true,
         }

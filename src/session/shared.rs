@@ -145,7 +145,7 @@ impl Session {
             return None;
         }
         if attr.eq_ignore_ascii_case(b"lib-name") {
-            self.identity.lib_name = (!value.is_empty()).then(|| Bytes::copy_from_slice(value));
+            self.identity.set_lib_name(Bytes::copy_from_slice(value));
         } else if !attr.eq_ignore_ascii_case(b"lib-ver") {
             return None;
         }
