@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
-targets=${TARGETS:-"request_scanner reply_scanner guard_pipeline payload_formats cluster_topology"}
+targets=${TARGETS:-"request_scanner reply_scanner guard_pipeline payload_formats cluster_topology own_replies"}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked

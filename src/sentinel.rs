@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::SentinelTarget;
+use crate::scanner::tree::{self, Bounds};
 use crate::upstream::{join_host_port, ConnectGate};
 
 /// How often the sentinels are asked where the primary is, besides the announcements.
@@ -371,7 +372,7 @@ impl SentinelConn {
     /// The next whole frame (cancel-safe: bytes read stay in the buffer).
     async fn next(&mut self) -> Result<OwnedFrame, String> {
         loop {
-            match redis_protocol::resp2::decode::decode(&self.buf) {
+            match tree::decode(&self.buf, &Bounds::SERVER_REPLY) {
                 Ok(Some((frame, used))) => {
                     self.buf.advance(used);
                     return Ok(frame);

@@ -546,8 +546,9 @@ pub fn host_of(address: &str) -> &str {
 
 /// The role in a `ROLE` reply (`master`, `slave`, `sentinel`), or what came instead.
 pub fn role_of(reply: &[u8]) -> String {
+    use crate::scanner::tree::{decode, Bounds};
     use redis_protocol::resp2::types::OwnedFrame;
-    let first = match redis_protocol::resp2::decode::decode(reply) {
+    let first = match decode(reply, &Bounds::SERVER_REPLY) {
         Ok(Some((OwnedFrame::Array(parts), _))) => parts.into_iter().next(),
         _ => None,
     };
@@ -579,13 +580,18 @@ fn handshake_commands(target: &UpstreamTarget) -> (Vec<u8>, usize) {
     (out.to_vec(), n)
 }
 
-/// Read `n` replies from a connection the proxy owns (off the hot path). Each is `Ok` with
-/// its bytes, or `Err` with the error text.
+/// The most bytes the replies to one of the proxy's own questions may take together
+/// ([`read_replies`]): far above what any of them needs (`COMMAND` takes about 300 KB, an
+/// audit page a few MB), so that a server streaming without end costs bounded memory.
+pub const OWN_REPLIES_MAX_BYTES: usize = 64 << 20;
+
+/// Read `n` replies from a connection the proxy owns (off the hot path), together within
+/// [`OWN_REPLIES_MAX_BYTES`]. Each is `Ok` with its bytes, or `Err` with the error text.
 pub async fn read_replies(
     stream: &mut (impl AsyncRead + Unpin),
     n: usize,
 ) -> io::Result<Vec<Result<Vec<u8>, String>>> {
-    read_replies_within(stream, n, usize::MAX).await
+    read_replies_within(stream, n, OWN_REPLIES_MAX_BYTES).await
 }
 
 /// [`read_replies`], refusing (an `InvalidData` error) replies that together pass

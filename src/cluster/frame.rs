@@ -1,20 +1,32 @@
-//! A small reader of the RESP2 replies the topology comes in (`CLUSTER SHARDS`, `CLUSTER
-//! SLOTS`): a whole reply's bytes into a tree of [`Frame`]s borrowing them.
+//! The RESP2 replies the topology comes in (`CLUSTER SHARDS`, `CLUSTER SLOTS`): a whole
+//! reply's bytes as a tree of [`Frame`]s borrowing them.
 //!
-//! Off the hot path, so it builds vectors freely; but every size is bounded, and a reply
-//! past a bound is refused with a [`FrameError`] rather than followed: nesting
-//! ([`MAX_DEPTH`]), elements of one aggregate ([`MAX_AGGREGATE`]), elements in all
-//! ([`MAX_ELEMENTS`]) and one string ([`MAX_STRING`]).
+//! Read by `scanner::tree` within bounds fit for a topology: nesting ([`MAX_DEPTH`]),
+//! elements of one array ([`MAX_AGGREGATE`]), elements in all ([`MAX_ELEMENTS`]) and one
+//! string ([`MAX_STRING`]); a reply past a bound is refused with a [`FrameError`] rather
+//! than followed.
 
-/// The deepest nesting a topology reply may have (CLUSTER SHARDS nests four levels).
+use redis_protocol::resp2::types::RangeFrame;
+
+pub use crate::scanner::tree::TreeError as FrameError;
+use crate::scanner::tree::{self, Bounds};
+
+/// The most arrays open at once in a topology reply (CLUSTER SHARDS nests four levels).
 pub const MAX_DEPTH: usize = 8;
-/// The most elements one aggregate may declare: a shard's flat slot list has at most two
+/// The most elements one array may declare: a shard's flat slot list has at most two
 /// per slot (32,768).
 pub const MAX_AGGREGATE: u64 = 2 * super::slot::SLOTS as u64;
 /// The most elements a whole reply may hold.
-pub const MAX_ELEMENTS: usize = 1 << 20;
+pub const MAX_ELEMENTS: u64 = 1 << 20;
 /// The longest string in a topology reply (addresses, node ids, host names, field names).
 pub const MAX_STRING: u64 = 64 * 1024;
+
+const TOPOLOGY: Bounds = Bounds {
+    depth: MAX_DEPTH,
+    aggregate: MAX_AGGREGATE,
+    elements: MAX_ELEMENTS,
+    string: MAX_STRING,
+};
 
 /// One value of a reply, borrowing its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,19 +41,6 @@ pub enum Frame<'a> {
     Error(&'a [u8]),
     /// An array.
     Array(Vec<Frame<'a>>),
-}
-
-/// A reply that is not the RESP2 expected, or is larger than a topology can be.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    #[error("malformed reply at byte {at}: {what}")]
-    Malformed { at: usize, what: &'static str },
-    #[error("reply {what} of {size} over the bound of {max}")]
-    TooLarge {
-        what: &'static str,
-        size: u64,
-        max: u64,
-    },
 }
 
 impl<'a> Frame<'a> {
@@ -81,118 +80,31 @@ impl<'a> Frame<'a> {
 
 /// Read one whole reply from `bytes` (trailing bytes are an error).
 pub fn parse(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
-    let mut reader = Reader {
-        bytes,
-        at: 0,
-        elements: 0,
-    };
-    let frame = reader.frame(0)?;
-    if reader.at != bytes.len() {
-        return Err(reader.malformed("bytes after the reply"));
+    let (range, used) = tree::decode_range(bytes, &TOPOLOGY)?.ok_or(FrameError::Malformed {
+        at: bytes.len(),
+        what: "the reply ends early",
+    })?;
+    if used != bytes.len() {
+        return Err(FrameError::Malformed {
+            at: used,
+            what: "bytes after the reply",
+        });
     }
-    Ok(frame)
+    Ok(borrowed(bytes, range))
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-    elements: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn malformed(&self, what: &'static str) -> FrameError {
-        FrameError::Malformed { at: self.at, what }
-    }
-
-    fn frame(&mut self, depth: usize) -> Result<Frame<'a>, FrameError> {
-        if depth > MAX_DEPTH {
-            return Err(FrameError::TooLarge {
-                what: "nesting",
-                size: depth as u64,
-                max: MAX_DEPTH as u64,
-            });
+/// redis-protocol's ranges as slices of `bytes` (recursion bounded by [`MAX_DEPTH`]).
+fn borrowed(bytes: &[u8], range: RangeFrame) -> Frame<'_> {
+    match range {
+        RangeFrame::SimpleString((from, to)) | RangeFrame::BulkString((from, to)) => {
+            Frame::Text(&bytes[from..to])
         }
-        self.elements += 1;
-        if self.elements > MAX_ELEMENTS {
-            return Err(FrameError::TooLarge {
-                what: "element count",
-                size: self.elements as u64,
-                max: MAX_ELEMENTS as u64,
-            });
+        RangeFrame::Error((from, to)) => Frame::Error(&bytes[from..to]),
+        RangeFrame::Integer(n) => Frame::Integer(n),
+        RangeFrame::Null => Frame::Nil,
+        RangeFrame::Array(items) => {
+            Frame::Array(items.into_iter().map(|i| borrowed(bytes, i)).collect())
         }
-        let kind = *self
-            .bytes
-            .get(self.at)
-            .ok_or_else(|| self.malformed("the reply ends early"))?;
-        self.at += 1;
-        let line = self.line()?;
-        match kind {
-            b'+' => Ok(Frame::Text(line)),
-            b'-' => Ok(Frame::Error(line)),
-            b':' => Ok(Frame::Integer(self.number(line)?)),
-            b'$' => match self.number(line)? {
-                -1 => Ok(Frame::Nil),
-                n => self.bulk(n),
-            },
-            b'*' => match self.number(line)? {
-                -1 => Ok(Frame::Nil),
-                n => self.array(n, depth),
-            },
-            _ => Err(self.malformed("not a RESP2 type")),
-        }
-    }
-
-    /// The rest of the current line, up to its `\r\n`.
-    fn line(&mut self) -> Result<&'a [u8], FrameError> {
-        let rest = &self.bytes[self.at..];
-        let end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| self.malformed("a line without its end"))?;
-        self.at += end + 2;
-        Ok(&rest[..end])
-    }
-
-    fn number(&self, line: &[u8]) -> Result<i64, FrameError> {
-        std::str::from_utf8(line)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| self.malformed("not a number"))
-    }
-
-    fn bulk(&mut self, len: i64) -> Result<Frame<'a>, FrameError> {
-        let len = u64::try_from(len).map_err(|_| self.malformed("a negative length"))?;
-        if len > MAX_STRING {
-            return Err(FrameError::TooLarge {
-                what: "string length",
-                size: len,
-                max: MAX_STRING,
-            });
-        }
-        let len = len as usize;
-        let end = self.at + len;
-        if self.bytes.get(end..end + 2) != Some(b"\r\n") {
-            return Err(self.malformed("a string without its end"));
-        }
-        let text = &self.bytes[self.at..end];
-        self.at = end + 2;
-        Ok(Frame::Text(text))
-    }
-
-    fn array(&mut self, count: i64, depth: usize) -> Result<Frame<'a>, FrameError> {
-        let count = u64::try_from(count).map_err(|_| self.malformed("a negative count"))?;
-        if count > MAX_AGGREGATE {
-            return Err(FrameError::TooLarge {
-                what: "array length",
-                size: count,
-                max: MAX_AGGREGATE,
-            });
-        }
-        let mut items = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            items.push(self.frame(depth + 1)?);
-        }
-        Ok(Frame::Array(items))
     }
 }
 

@@ -11,7 +11,8 @@
 //! `find_keys` by range or key count), which also cover movable-key commands such as EVAL
 //! and XREAD. A command the table does not know is treated as a write with no known keys.
 //!
-//! Parsing happens once, off the hot path, with the `redis-protocol` decoder. Looking a
+//! Parsing happens once, off the hot path, with `scanner::tree` (redis-protocol's decoder
+//! behind a bounded walk). Looking a
 //! command up on the hot path packs its name into two words and probes a fixed table
 //! ([`names`]): no allocation, no copy.
 
@@ -508,9 +509,10 @@ pub struct CommandTable {
 impl CommandTable {
     /// Parse a RESP2 `COMMAND` reply.
     pub fn from_command_reply(reply: &[u8], source: TableSource) -> Result<Self, TableError> {
-        let (frame, _) = redis_protocol::resp2::decode::decode(reply)
-            .map_err(|e| TableError::Decode(e.to_string()))?
-            .ok_or(TableError::Incomplete)?;
+        let (frame, _) =
+            crate::scanner::tree::decode(reply, &crate::scanner::tree::Bounds::SERVER_REPLY)
+                .map_err(|e| TableError::Decode(e.to_string()))?
+                .ok_or(TableError::Incomplete)?;
         let entries = match frame {
             OwnedFrame::Array(a) => a,
             OwnedFrame::Error(e) => return Err(TableError::Refused(e)),

@@ -248,3 +248,30 @@ async fn readyz_follows_the_upstream() {
     wait_for(true).await;
     proxy.shutdown().await;
 }
+
+/// An upstream answering `COMMAND` (and everything else) with a reply nested 100,000
+/// arrays deep: the proxy, in this test's process, where a decoder recursing per level
+/// would overflow the stack and abort it, refuses the reply as a command table and starts
+/// on the built-in one; a client's command gets the server's deep reply byte for byte (the
+/// client path's scanners are iterative).
+#[tokio::test]
+async fn an_upstream_answering_a_deeply_nested_reply_is_survived() {
+    let deep = deeply_nested_reply(100_000);
+    let peer = ScriptedPeer::start(deep.clone()).await;
+    let proxy = start_proxy(proxy_config(&format!("redis://{}", peer.addr))).await;
+    assert_eq!(
+        proxy.table.source(),
+        respguard::command::TableSource::Builtin
+    );
+    assert!(peer.answers.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+
+    let mut c = Conn::open(proxy.addr).await;
+    c.send(&encode(&["PING"])).await;
+    let got = c.read_exactly(deep.len()).await;
+    assert!(
+        got == deep,
+        "the client got {} bytes unlike the server's",
+        got.len()
+    );
+    proxy.shutdown().await;
+}

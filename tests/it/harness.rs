@@ -272,6 +272,19 @@ impl Conn {
         }
     }
 
+    /// The next `n` bytes, whatever they hold (a reply too deep for [`frame_len`]).
+    pub async fn read_exactly(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            self.buf.reserve(64 * 1024);
+            let read = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("bytes in time")
+                .expect("read");
+            assert!(read > 0, "closed after {} of {n} bytes", self.buf.len());
+        }
+        self.buf.split_to(n).to_vec()
+    }
+
     /// Wait until the server closes the connection; returns the bytes that came before.
     pub async fn read_to_close(&mut self) -> Vec<u8> {
         let mut rest = self.buf.split().to_vec();
@@ -576,5 +589,48 @@ impl Drop for SentinelServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A reply of `depth` nested one-element arrays around `:1`: at 100,000 levels, deep
+/// enough to overflow the stack of a decoder that recurses once per level.
+pub fn deeply_nested_reply(depth: usize) -> Vec<u8> {
+    let mut reply = b"*1\r\n".repeat(depth);
+    reply.extend_from_slice(b":1\r\n");
+    reply
+}
+
+/// A server that is not Redis: on every connection, each read of the peer's bytes is
+/// answered with `reply` once. Counts the answers it gave.
+pub struct ScriptedPeer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// How many times it has answered.
+    pub answers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ScriptedPeer {
+    /// Listen on a free port and answer every read with `reply`.
+    pub async fn start(reply: Vec<u8>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answers = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = answers.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let reply = reply.clone();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {
+                        if socket.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        ScriptedPeer { addr, answers }
     }
 }

@@ -566,3 +566,41 @@ async fn a_master_name_no_sentinel_knows_is_named_in_the_error() {
     assert_eq!(ready.status, 503, "{}", ready.body);
     proxy.shutdown().await;
 }
+
+/// A sentinel that answers with a reply nested 100,000 arrays deep (a decoder recursing
+/// per level would overflow the stack of this test's process and abort it): alone, it is
+/// reported in the error each command gets, as a reply past the nesting bound; beside a
+/// real sentinel, it is passed over and the proxy serves through the other one.
+#[tokio::test]
+async fn a_sentinel_answering_a_deeply_nested_reply_is_passed_over() {
+    let deep = ScriptedPeer::start(deeply_nested_reply(100_000)).await;
+    let alone = start_proxy(proxy_config(&format!(
+        "redis-sentinel://{}#{MASTER}",
+        deep.addr
+    )))
+    .await;
+    let mut c = Conn::open(alone.addr).await;
+    let reply = c.call(&["PING"]).await;
+    assert!(reply.contains("nesting"), "{reply}");
+    alone.shutdown().await;
+
+    let primary = RedisServer::start();
+    let sentinel = SentinelServer::start_on(free_port(), MASTER, primary.port, 1, 1000, 5000);
+    let url = format!(
+        "redis-sentinel://{},127.0.0.1:{}#{MASTER}",
+        deep.addr, sentinel.port
+    );
+    let proxy = start_proxy(proxy_config(&url)).await;
+    let mut c = Conn::open(proxy.addr).await;
+    eventually!(WAIT, "the proxy serving through the real sentinel", {
+        let got = c.call(&["SET", "k", "v"]).await;
+        if got == "+OK\r\n" {
+            Ok(())
+        } else {
+            Err(got)
+        }
+    });
+    let mut direct = Conn::open(primary.addr()).await;
+    assert_eq!(direct.call(&["GET", "k"]).await, "$1\r\nv\r\n");
+    proxy.shutdown().await;
+}

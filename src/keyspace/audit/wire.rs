@@ -12,6 +12,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{UpstreamTarget, UpstreamTls};
+use crate::scanner::tree::{self, Bounds};
 use crate::transport::Stream;
 use crate::upstream::{read_replies, ConnectGate, GateSettings, UpstreamSlot};
 
@@ -117,7 +118,7 @@ impl Connection {
 }
 
 fn decode(bytes: &[u8]) -> Result<OwnedFrame, AuditError> {
-    match redis_protocol::resp2::decode::decode(bytes) {
+    match tree::decode(bytes, &Bounds::SERVER_REPLY) {
         Ok(Some((frame, _))) => Ok(frame),
         Ok(None) => Err(AuditError::Reply("an incomplete reply".into())),
         Err(e) => Err(AuditError::Reply(e.to_string())),
