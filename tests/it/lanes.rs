@@ -312,3 +312,138 @@ async fn a_client_needing_its_own_connection_past_the_limit_gets_the_limits_erro
     assert_eq!(b.call(&["PING"]).await, "+PONG\r\n");
     proxy.shutdown().await;
 }
+
+/// Fairness on a shared connection: a client pipelining 100,000 INCRs holds another
+/// client's INCR back by at most one batch of its commands, the session's
+/// `proxy.max_pending_commands` plus one read (64 KiB, 2,849 of these INCRs), not by its
+/// whole pipeline. Counted by Redis itself: writes are paused (`CLIENT PAUSE WRITE`) while
+/// the pipeline flows, the count read, the other client's INCR sent and seen arriving in the
+/// shared connection's query buffer, writes resumed; its INCR returns how many ran before it.
+/// (256 pending INCRs take 5.9 KB, within one of Redis's 16 KiB reads, so a paused Redis
+/// still reads all of them and then the other client's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_pipeline_holds_another_client_back_by_one_batch_at_most() {
+    const PIPELINE: usize = 100_000;
+    const PENDING: usize = 256;
+    let incr = encode(&["INCR", "n"]);
+    let one_read = 64 * 1024 / incr.len();
+    let server = RedisServer::start();
+    let mut raw = multiplexed(&server.url());
+    raw.proxy.max_pending_commands = PENDING;
+    let proxy = start_proxy(raw).await;
+    let mut direct = Conn::open(server.addr()).await;
+    let mut other = Conn::open(proxy.addr).await;
+    assert_eq!(other.call(&["PING"]).await, "+PONG\r\n");
+
+    let long = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (long_rx, mut long_tx) = long.into_split();
+    let pipeline = incr.repeat(PIPELINE);
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        long_tx.write_all(&pipeline).await.unwrap();
+        long_tx
+    });
+    let reader = tokio::spawn(read_counts(long_rx, PIPELINE));
+    eventually!(WAIT, "the pipeline under way", {
+        let n = direct.call(&["GET", "n"]).await;
+        if n.starts_with('$') && n != "$-1\r\n" {
+            Ok(())
+        } else {
+            Err(n)
+        }
+    });
+    assert_eq!(
+        direct.call(&["CLIENT", "PAUSE", "20000", "WRITE"]).await,
+        "+OK\r\n"
+    );
+    let before = bulk_int(&direct.call(&["GET", "n"]).await);
+    let settled = settled_query_buffer(&mut direct).await;
+    other.send(&incr).await;
+    eventually!(
+        WAIT,
+        "the other client's INCR in the shared connection's query buffer",
+        {
+            let now = shared_query_buffer(&mut direct).await;
+            if now == settled + incr.len() {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        }
+    );
+    assert_eq!(direct.call(&["CLIENT", "UNPAUSE"]).await, "+OK\r\n");
+
+    let reply = String::from_utf8(other.reply().await).unwrap();
+    let at: usize = reply.trim_start_matches(':').trim_end().parse().unwrap();
+    let ahead = at - 1 - before;
+    println!("pipeline commands run after the pause and before the other client's: {ahead}");
+    assert!(
+        ahead <= PENDING + one_read,
+        "{ahead} of the pipeline's commands ran ahead of another client's"
+    );
+    let values = reader.await.unwrap();
+    let mut want: Vec<usize> = (1..=PIPELINE + 1).filter(|&v| v != at).collect();
+    want.truncate(PIPELINE);
+    assert!(
+        values == want,
+        "the pipeline's replies are its own, in order"
+    );
+    writer.await.unwrap();
+    proxy.shutdown().await;
+}
+
+/// The integer replies of `count` INCRs read from `rx`.
+async fn read_counts(mut rx: tokio::net::tcp::OwnedReadHalf, count: usize) -> Vec<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut values = Vec::with_capacity(count);
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while values.len() < count {
+        let n = tokio::time::timeout(WAIT, rx.read(&mut chunk))
+            .await
+            .expect("replies in time")
+            .unwrap();
+        assert!(n > 0, "closed after {} replies", values.len());
+        buf.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        while let Some(end) = buf[start..].windows(2).position(|w| w == b"\r\n") {
+            let line = &buf[start + 1..start + end];
+            values.push(std::str::from_utf8(line).unwrap().parse().unwrap());
+            start += end + 2;
+        }
+        buf.drain(..start);
+    }
+    values
+}
+
+/// The shared connection's query buffer once it stops growing: the long pipeline's
+/// session has stopped submitting (its replies are held by the pause).
+async fn settled_query_buffer(direct: &mut Conn) -> usize {
+    let mut last = shared_query_buffer(direct).await;
+    eventually!(WAIT, "the shared connection's query buffer settled", {
+        let now = shared_query_buffer(direct).await;
+        let settled = now == last && now > 0;
+        last = now;
+        if settled {
+            Ok(())
+        } else {
+            Err(now)
+        }
+    });
+    last
+}
+
+/// `qbuf` of the one shared connection in `CLIENT LIST`.
+async fn shared_query_buffer(direct: &mut Conn) -> usize {
+    let list = direct.call(&["CLIENT", "LIST"]).await;
+    list.lines()
+        .find(|l| l.contains("name=respguard-shared"))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("qbuf=")))
+        .and_then(|q| q.parse().ok())
+        .expect("a shared connection")
+}
+
+/// The integer in a bulk string reply.
+fn bulk_int(reply: &str) -> usize {
+    reply.lines().nth(1).unwrap().parse().unwrap()
+}
