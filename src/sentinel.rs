@@ -30,12 +30,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::SentinelTarget;
 use crate::scanner::tree::{self, Bounds};
-use crate::upstream::{join_host_port, ConnectGate};
+use crate::transport::Stream;
+use crate::upstream::{join_host_port, ConnectGate, UpstreamError};
 
 /// How often the sentinels are asked where the primary is, besides the announcements.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -89,6 +89,7 @@ impl SentinelWatcher {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let (announced_tx, mut announced) = mpsc::channel(16);
         tokio::spawn(subscribe(
+            self.gate.clone(),
             self.target.clone(),
             self.password.clone(),
             self.timeout,
@@ -176,9 +177,11 @@ impl SentinelWatcher {
         for (at, sentinel) in self.target.sentinels.iter().enumerate() {
             let (sentinel, master) = (sentinel.clone(), self.target.master.clone());
             let (password, timeout) = (self.password.clone(), self.timeout);
+            let gate = self.gate.clone();
             asked.spawn(async move {
                 let answer = async {
-                    let mut conn = SentinelConn::open(&sentinel, password.as_deref()).await?;
+                    let mut conn =
+                        SentinelConn::open(&gate, &sentinel, password.as_deref()).await?;
                     conn.request(&[b"SENTINEL", b"MASTER", master.as_bytes()])
                         .await
                 };
@@ -250,6 +253,7 @@ fn named_primary(frame: &OwnedFrame) -> Option<(String, u64)> {
 /// Keep a subscription to `+switch-master` on one sentinel (the next when it is lost, a
 /// second apart), and send each new address announced for `target`'s master.
 async fn subscribe(
+    gate: Arc<ConnectGate>,
     target: SentinelTarget,
     password: Option<String>,
     timeout: Duration,
@@ -261,7 +265,7 @@ async fn subscribe(
         let sentinel = &target.sentinels[at % target.sentinels.len()];
         at += 1;
         let subscribed = async {
-            let mut conn = SentinelConn::open(sentinel, password.as_deref()).await?;
+            let mut conn = SentinelConn::open(&gate, sentinel, password.as_deref()).await?;
             conn.request(&[b"SUBSCRIBE", b"+switch-master"]).await?;
             Ok::<_, String>(conn)
         };
@@ -330,19 +334,26 @@ fn text(frame: &OwnedFrame) -> Option<String> {
     }
 }
 
-/// A connection to one sentinel, reading whole frames.
+/// A connection to one sentinel (TCP, or TLS with `rediss-sentinel://`), reading whole
+/// frames.
 struct SentinelConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
 }
 
 impl SentinelConn {
-    /// Connect to `address`, authenticating with `password` if given.
-    async fn open(address: &str, password: Option<&str>) -> Result<Self, String> {
-        let stream = TcpStream::connect(address)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
+    /// Connect to `address` as `gate` connects (TLS or not), authenticating with
+    /// `password` if given.
+    async fn open(
+        gate: &ConnectGate,
+        address: &str,
+        password: Option<&str>,
+    ) -> Result<Self, String> {
+        let stream = gate.open_sentinel(address).await.map_err(|e| match e {
+            // The caller names the sentinel.
+            UpstreamError::Unreachable { reason, .. } => reason,
+            other => other.to_string(),
+        })?;
         let mut conn = SentinelConn {
             stream,
             buf: BytesMut::with_capacity(1024),

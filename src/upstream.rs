@@ -455,25 +455,51 @@ impl ConnectGate {
         self.settings.tls.is_some()
     }
 
+    /// Open a connection to a sentinel at `address`: TCP, and TLS when the upstream uses it
+    /// (`rediss-sentinel://`: sentinels and data nodes alike), within the connect timeout;
+    /// no handshake (a sentinel has its own password).
+    pub async fn open_sentinel(&self, address: &str) -> Result<Stream, UpstreamError> {
+        let dial = self.dial(address, false);
+        match tokio::time::timeout(self.settings.connect_timeout, dial).await {
+            Ok(r) => r.map(|(stream, _socket)| stream),
+            Err(_) => Err(UpstreamError::Unreachable {
+                address: address.to_string(),
+                reason: format!("no answer within {:?}", self.settings.connect_timeout),
+            }),
+        }
+    }
+
     /// Open a connection to `address`: TCP, TLS, the handshake, and behind Sentinel the ROLE
     /// check (with the duplicate of its socket).
     async fn open_at(&self, address: &str) -> Result<(Stream, Option<OwnedFd>), UpstreamError> {
+        let (stream, socket) = self.dial(address, self.tracked.is_some()).await?;
+        let stream = self.greet(stream, address).await?;
+        Ok((stream, socket))
+    }
+
+    /// TCP to `address`, then TLS if configured; with `keep_socket`, a duplicate of the
+    /// socket (to shut the connection down from outside on a switch).
+    async fn dial(
+        &self,
+        address: &str,
+        keep_socket: bool,
+    ) -> Result<(Stream, Option<OwnedFd>), UpstreamError> {
         let unreachable = |e: io::Error| UpstreamError::Unreachable {
             address: address.to_string(),
             reason: e.to_string(),
         };
         let tcp = TcpStream::connect(address).await.map_err(unreachable)?;
         tcp.set_nodelay(true).map_err(unreachable)?;
-        let socket = match self.tracked {
-            Some(_) => Some(tcp.as_fd().try_clone_to_owned().map_err(unreachable)?),
-            None => None,
+        let socket = match keep_socket {
+            true => Some(tcp.as_fd().try_clone_to_owned().map_err(unreachable)?),
+            false => None,
         };
-        let mut stream = match &self.settings.tls {
+        let stream = match &self.settings.tls {
             None => Stream::Tcp(tcp),
             Some(tls) => {
                 let server_name = match &tls.server_name {
                     Some(name) => name.clone(),
-                    // Behind Sentinel with no name configured: the primary's host.
+                    // Behind Sentinel with no name configured: the host dialled.
                     None => crate::transport::server_name(host_of(address)).map_err(|e| {
                         UpstreamError::Unreachable {
                             address: address.to_string(),
@@ -489,6 +515,15 @@ impl ConnectGate {
                 })?;
                 Stream::tls(tokio_rustls::TlsStream::Client(s)).map_err(unreachable)?
             }
+        };
+        Ok((stream, socket))
+    }
+
+    /// The URL's AUTH and SELECT on a new connection, and behind Sentinel the ROLE check.
+    async fn greet(&self, mut stream: Stream, address: &str) -> Result<Stream, UpstreamError> {
+        let unreachable = |e: io::Error| UpstreamError::Unreachable {
+            address: address.to_string(),
+            reason: e.to_string(),
         };
         if self.handshake_replies > 0 {
             stream
@@ -525,7 +560,7 @@ impl ConnectGate {
                 });
             }
         }
-        Ok((stream, socket))
+        Ok(stream)
     }
 }
 

@@ -19,7 +19,8 @@ pub struct UpstreamTarget {
     pub db: u32,
     /// The host, as the URL gives it (the TLS server name by default).
     pub host: String,
-    /// `rediss://` (or `rediss-sentinel://`): connect to the data nodes with TLS.
+    /// `rediss://` (or `rediss-sentinel://`): connect with TLS (behind Sentinel, to the
+    /// sentinels and the data nodes alike).
     pub tls: bool,
     /// `redis-sentinel://`: the primary is found through these sentinels, and `address`
     /// and `host` are empty (the address is the gate's, and changes on failover).
@@ -109,8 +110,8 @@ impl UpstreamTarget {
     /// `redis-sentinel://[user:password@]host[:port][,host[:port]…][/db]#master`. The
     /// credentials and the database are the data nodes' (AUTH and SELECT on every
     /// connection to the primary); the sentinels are asked without AUTH unless
-    /// `upstream.sentinel_password` is set. `rediss-sentinel://` uses TLS to the data nodes
-    /// only. The `url` crate cannot read a list of hosts, hence this small parser.
+    /// `upstream.sentinel_password` is set. `rediss-sentinel://` uses TLS to the sentinels
+    /// and the data nodes. The `url` crate cannot read a list of hosts, hence this small parser.
     pub fn parse_sentinel(s: &str) -> Result<Self, ConfigError> {
         let key = "upstream.url";
         let bad = |why: String| invalid(key, format!("`{}`: {why}", redact(s)));

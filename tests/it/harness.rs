@@ -543,6 +543,22 @@ impl SentinelServer {
         down_after_ms: u32,
         failover_timeout_ms: u32,
     ) -> Self {
+        let timing = format!(
+            "sentinel down-after-milliseconds {master} {down_after_ms}\n\
+             sentinel failover-timeout {master} {failover_timeout_ms}\n"
+        );
+        Self::start_configured(port, master, primary_port, quorum, &timing)
+    }
+
+    /// Start a sentinel on `port` monitoring `master` at `127.0.0.1:primary_port`, with
+    /// `extra` lines of configuration after the monitoring ones (TLS, timings).
+    pub fn start_configured(
+        port: u16,
+        master: &str,
+        primary_port: u16,
+        quorum: u32,
+        extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
@@ -550,9 +566,7 @@ impl SentinelServer {
             format!(
                 "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile \"\"\n\
                  sentinel monitor {master} 127.0.0.1 {primary_port} {quorum}\n\
-                 sentinel down-after-milliseconds {master} {down_after_ms}\n\
-                 sentinel failover-timeout {master} {failover_timeout_ms}\n\
-                 sentinel parallel-syncs {master} 1\n",
+                 sentinel parallel-syncs {master} 1\n{extra}",
                 dir = dir.path().display()
             ),
         )

@@ -11,8 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
+use crate::harness::eventually;
 use crate::harness::{
-    encode, frame_len, free_port, http_get, proxy_config, python_ok, start_proxy, RedisServer, WAIT,
+    encode, frame_len, free_port, http_get, proxy_config, python_ok, start_proxy, RedisServer,
+    SentinelServer, WAIT,
 };
 
 /// A CA and the files of certificates it signed.
@@ -336,4 +338,49 @@ async fn the_audit_reads_a_tls_redis() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["scanned_keys"], 300);
     assert_eq!(report["prefixes"][0]["prefix"], "tls:*");
+}
+
+/// `rediss-sentinel://`: the sentinel answers only TLS (no plain port) and requires a
+/// client certificate, as does the primary; the proxy finds the primary through the
+/// sentinel over TLS, with the upstream's certificates, and serves clients through it.
+#[tokio::test]
+async fn rediss_sentinel_reaches_sentinels_and_the_primary_over_tls() {
+    const MASTER: &str = "tls-primary";
+    let pki = Pki::new();
+    let (primary, tls_port) = tls_redis(&pki);
+    let (cert, key) = pki.issue("sentinel", &["localhost", "127.0.0.1"]);
+    let sentinel_port = free_port();
+    let tls = format!(
+        "port 0\ntls-port {sentinel_port}\ntls-cert-file {}\ntls-key-file {}\n\
+         tls-ca-cert-file {}\ntls-auth-clients yes\ntls-replication yes\n",
+        s(&cert),
+        s(&key),
+        s(&pki.path("ca.pem"))
+    );
+    let _sentinel = SentinelServer::start_configured(sentinel_port, MASTER, tls_port, 1, &tls);
+    let (client_cert, client_key) = pki.issue("client", &["respguard-client"]);
+    let mut raw = proxy_config(&format!(
+        "rediss-sentinel://127.0.0.1:{sentinel_port}#{MASTER}"
+    ));
+    raw.upstream.tls.ca_file = s(&pki.path("ca.pem")).into();
+    raw.upstream.tls.cert_file = s(&client_cert).into();
+    raw.upstream.tls.key_file = s(&client_key).into();
+    let proxy = start_proxy(raw).await;
+
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    let set = encode(&["SET", "over-tls", "yes"]);
+    eventually!(WAIT, "the proxy serving through the TLS sentinel", {
+        let answer = String::from_utf8_lossy(&exchange(&mut c, &set, 1).await).into_owned();
+        if answer == "+OK\r\n" {
+            Ok(())
+        } else {
+            Err(answer)
+        }
+    });
+    let mut direct = TcpStream::connect(primary.addr()).await.unwrap();
+    assert_eq!(
+        exchange(&mut direct, &encode(&["GET", "over-tls"]), 1).await,
+        b"$3\r\nyes\r\n"
+    );
+    proxy.shutdown().await;
 }
