@@ -421,7 +421,11 @@ impl ConnectGate {
             reason: self.no_primary.lock().expect("gate lock").clone(),
         }
     }
+}
 
+/// Opening one connection: TCP, TLS, the handshake, the ROLE check; for clients (through
+/// the limits above) and for the proxy's own questions to other nodes.
+impl ConnectGate {
     /// Behind Sentinel: whether `address` is a primary the proxy can use (it connects,
     /// accepts the handshake and says `master` to ROLE), within the connect timeout. Neither
     /// the breaker nor the rate limit apply: only the watcher calls this, a few times a
