@@ -18,6 +18,8 @@ use bytes::{Buf, BytesMut};
 use metrics::Counter;
 
 use crate::buffer::ReadBuffer;
+use crate::guard::wire_args;
+use crate::resp;
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::RequestScanner;
 use crate::transport::Stream;
@@ -174,10 +176,16 @@ impl<S: Rebase> Pipe<S> {
     #[inline]
     pub fn append(&mut self) -> &mut BytesMut {
         self.move_ready();
+        self.make_room();
+        &mut self.output
+    }
+
+    /// The room [`Self::append`] makes in the output, the ready bytes moved already.
+    #[inline]
+    fn make_room(&mut self) {
         let room = (self.input.bytes().len() + APPEND_ROOM).max(self.append_hint);
         self.output.reserve(room);
         self.appended = true;
-        &mut self.output
     }
 
     /// Append `bytes` to the output, after the ready bytes.
@@ -186,13 +194,22 @@ impl<S: Rebase> Pipe<S> {
         self.append().extend_from_slice(bytes);
     }
 
-    /// Append a copy of the input bytes at `range` (positions in [`Self::input`], after the
-    /// ready bytes, which move first) to the output; they stay in the input.
-    pub fn copy_input(&mut self, range: std::ops::Range<usize>) {
-        let base = self.ready;
+    /// Send the whole multibulk command at the front of the unready input (its first
+    /// `size` bytes, after the ready ones, which move first) with arguments added after its
+    /// own: a new `*argc` line, a copy of the client's own encoding of its arguments, then
+    /// `added` (the added arguments, encoded); the command's bytes leave the input. One
+    /// reservation for all three.
+    pub fn replace_with_appended(&mut self, argc: usize, size: usize, added: &[u8]) {
         self.move_ready();
-        let bytes = &self.input.bytes()[range.start - base..range.end - base];
-        self.output.extend_from_slice(bytes);
+        let wire = wire_args(self.input.bytes(), 0, size).unwrap_or(size..size);
+        debug_assert!(wire.start > 0, "a multibulk command");
+        self.make_room();
+        let out = &mut self.output;
+        resp::array_header(out, argc);
+        out.extend_from_slice(&self.input.bytes()[wire]);
+        out.extend_from_slice(added);
+        self.input.discard(size);
+        self.scanner.rebase(size);
     }
 
     /// Append bytes the scanner holds (an inline command's multibulk form) to the output.

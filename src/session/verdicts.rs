@@ -15,7 +15,7 @@ use super::intercept::Intercept;
 use super::state::LocalAnswer;
 use super::{Session, StreamTo};
 use crate::command::{CommandInfo, Special};
-use crate::guard::{wire_args, ReplyWatch, Verdict};
+use crate::guard::{ReplyWatch, Verdict};
 use crate::pipeline::{self, CommandFacts, Judge, Scanned, Span};
 use crate::resp;
 
@@ -148,6 +148,10 @@ impl Session {
     /// Decide about the command at `span` and carry the decision out (`observe`: the
     /// keyspace insight sees it).
     fn decide(&mut self, info: CommandFacts, span: Span, observe: bool) {
+        if !observe && self.is_plain_here(info) {
+            self.decide_plain(info, span);
+            return;
+        }
         if self.hold_for_probe(info.id, span.start)
             || self.quit_on_lane(info, span)
             || self.name_kept_here(info, span)
@@ -181,6 +185,62 @@ impl Session {
             Intercept::Pass if !observe && !self.policy.guards.wants(info.id) => Verdict::Forward,
             Intercept::Pass => self.judge(info.id, span, &mut watch, observe),
         };
+        let is_reset = matches!(info.special, Special::Reset);
+        let changes_user = match info.special {
+            Special::Auth => true,
+            Special::Hello => self.current(span).any_arg_is(b"auth"),
+            _ => false,
+        };
+        if !self.carry_out(info, span, verdict, watch) {
+            return;
+        }
+        if is_reset {
+            self.send_handshake();
+        }
+        if is_reset || changes_user {
+            // What Redis lets the guards do may have changed with the user (AUTH, HELLO …
+            // AUTH, RESET; a HELLO that only picks the protocol changes nothing).
+            self.probe_access();
+        }
+    }
+
+    /// Whether the command is one [`Self::decide_plain`] decides: of no [`Special`] kind and
+    /// no pinning, known to the table, on a connection that lets ordinary commands go to
+    /// Redis unread (connected, the client authenticated).
+    #[inline]
+    fn is_plain_here(&self, info: CommandFacts) -> bool {
+        info.plain && info.id != self.shared.table.unknown().id && self.forwards_unread()
+    }
+
+    /// [`Self::decide`] for a command [`Self::is_plain_here`] accepts (most often one a guard
+    /// wants), not observed: the proxy's own commands, authentication, a lane's local
+    /// answers and pins have nothing to do with it, so what is left is the hold while the
+    /// access probe is in flight, the guards and carrying their verdict out.
+    fn decide_plain(&mut self, info: CommandFacts, span: Span) {
+        if self.hold_for_probe(info.id, span.start) {
+            return;
+        }
+        self.commands_in_batch += 1;
+        let mut watch = None;
+        let verdict = if self.policy.guards.wants(info.id) {
+            self.judge(info.id, span, &mut watch, false)
+        } else {
+            Verdict::Forward
+        };
+        self.carry_out(info, span, verdict, watch);
+    }
+
+    /// Do what `verdict` says with the command at `span`: answer it locally (false), or
+    /// record its replies' fate (with the guard's `watch`) and send it, and any hidden
+    /// commands after it, to Redis (true).
+    #[inline]
+    fn carry_out(
+        &mut self,
+        info: CommandFacts,
+        span: Span,
+        verdict: Verdict,
+        watch: Option<ReplyWatch>,
+    ) -> bool {
         let (outgoing, hidden) = match verdict {
             Verdict::Forward => (Outgoing::AsSent, 0),
             Verdict::Rewrite {
@@ -194,14 +254,8 @@ impl Session {
             Verdict::Append { args, len } => (Outgoing::Appended { args, len }, 0),
             Verdict::Answer(reply) | Verdict::Refuse(reply) => {
                 self.refuse(info.id, reply, span);
-                return;
+                return false;
             }
-        };
-        let is_reset = matches!(info.special, Special::Reset);
-        let changes_user = match info.special {
-            Special::Auth => true,
-            Special::Hello => self.current(span).any_arg_is(b"auth"),
-            _ => false,
         };
         self.record(info, span, watch);
         self.note_pinning(info.pinning);
@@ -210,14 +264,7 @@ impl Session {
             self.requests.send(&self.scratch[used..]);
             self.state.expect_hidden(hidden);
         }
-        if is_reset {
-            self.send_handshake();
-        }
-        if is_reset || changes_user {
-            // What Redis lets the guards do may have changed with the user (AUTH, HELLO …
-            // AUTH, RESET; a HELLO that only picks the protocol changes nothing).
-            self.probe_access();
-        }
+        true
     }
 
     /// Send the whole command at `span` to Redis as decided; how many bytes of the scratch
@@ -240,15 +287,11 @@ impl Session {
                 len
             }
             Outgoing::Appended { args, len } => {
-                // A new `*N` line, the client's arguments (one copy), then the added ones.
-                // Once the bytes before it have moved, the command starts the input.
-                resp::array_header(self.requests.append(), span.argc + args as usize);
+                debug_assert!(!span.inline, "a multibulk command");
+                let argc = span.argc + args as usize;
                 let size = span.end - span.start;
-                let wire = wire_args(self.requests.input(), 0, size).unwrap_or(size..size);
-                debug_assert!(wire.start > 0 && !span.inline, "a multibulk command");
-                self.requests.copy_input(wire);
-                self.requests.send(&self.scratch[..len]);
-                self.requests.discard(size);
+                self.requests
+                    .replace_with_appended(argc, size, &self.scratch[..len]);
                 len
             }
         }
@@ -350,6 +393,20 @@ impl Session {
     /// arrives inside EXEC's array, so it is not watched.
     #[inline]
     fn record(&mut self, info: CommandFacts, span: Span, watch: Option<ReplyWatch>) {
+        // The common guarded command (no special kind, no watch, outside MULTI, replies
+        // on): one forwarded entry, as `push_for` would record it, without building its
+        // general entry first.
+        if watch.is_some()
+            || !matches!(info.special, Special::None)
+            || !self.state.push_plain(info.id)
+        {
+            self.record_general(info, span, watch);
+        }
+    }
+
+    /// [`Self::record`] for any command, through the connection state's general path.
+    #[inline(never)]
+    fn record_general(&mut self, info: CommandFacts, span: Span, watch: Option<ReplyWatch>) {
         let watch = watch.filter(|_| !self.state.in_multi());
         let requests = &self.requests;
         let cmd = || Scanned::new(requests.scanner(), requests.input(), span);
