@@ -169,29 +169,37 @@ impl<S: Rebase> Pipe<S> {
 
     /// The output, after the ready bytes, for the proxy to append its own bytes to.
     ///
-    /// Room is made at once for the rest of the input as well, or for as much as the last
-    /// batch that was appended to grew to, whichever is larger: the output may be the
-    /// input's own memory, taken without a copy, which cannot grow in place; growing it a
-    /// command at a time would copy it again at each doubling.
+    /// When the output has no room left, room is made at once for the rest of the input
+    /// as well, or for as much as the last batch that was appended to grew to, whichever
+    /// is larger: the output may be the input's own memory, taken without a copy, which
+    /// cannot grow in place; growing it a command at a time would copy it again at each
+    /// doubling.
     #[inline]
     pub fn append(&mut self) -> &mut BytesMut {
         self.move_ready();
-        self.make_room();
+        self.make_room(1);
         &mut self.output
     }
 
-    /// The room [`Self::append`] makes in the output, the ready bytes moved already.
+    /// Make sure the output has room for `need` more bytes, the ready bytes moved already:
+    /// when it has not, the room [`Self::append`] describes. Room made once serves the
+    /// batch's later appends (asking for it again at each would regrow the output at
+    /// nearly every command, as it fills faster than the input empties).
     #[inline]
-    fn make_room(&mut self) {
-        let room = (self.input.bytes().len() + APPEND_ROOM).max(self.append_hint);
-        self.output.reserve(room);
+    fn make_room(&mut self, need: usize) {
+        if self.output.capacity() - self.output.len() < need {
+            let rest = self.input.bytes().len() + APPEND_ROOM;
+            self.output.reserve(rest.max(self.append_hint).max(need));
+        }
         self.appended = true;
     }
 
     /// Append `bytes` to the output, after the ready bytes.
     #[inline]
     pub fn send(&mut self, bytes: &[u8]) {
-        self.append().extend_from_slice(bytes);
+        self.move_ready();
+        self.make_room(bytes.len());
+        self.output.extend_from_slice(bytes);
     }
 
     /// Send the whole multibulk command at the front of the unready input (its first
@@ -203,7 +211,8 @@ impl<S: Rebase> Pipe<S> {
         self.move_ready();
         let wire = wire_args(self.input.bytes(), 0, size).unwrap_or(size..size);
         debug_assert!(wire.start > 0, "a multibulk command");
-        self.make_room();
+        // The `*argc` line takes at most 23 bytes.
+        self.make_room(23 + wire.len() + added.len());
         let out = &mut self.output;
         resp::array_header(out, argc);
         out.extend_from_slice(&self.input.bytes()[wire]);
