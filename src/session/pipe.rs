@@ -202,6 +202,17 @@ impl<S: Rebase> Pipe<S> {
         self.output.extend_from_slice(bytes);
     }
 
+    /// Drop the first `size` input bytes after the ready ones (which move first), a command
+    /// the proxy rewrote, and send `bytes`, its replacement, in their place.
+    #[inline]
+    pub fn replace_with(&mut self, size: usize, bytes: &[u8]) {
+        self.move_ready();
+        self.input.discard(size);
+        self.scanner.rebase(size);
+        self.make_room(bytes.len());
+        self.output.extend_from_slice(bytes);
+    }
+
     /// Send the whole multibulk command at the front of the unready input (its first
     /// `size` bytes, after the ready ones, which move first) with arguments added after its
     /// own: a new `*argc` line, a copy of the client's own encoding of its arguments, then

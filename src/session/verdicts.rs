@@ -282,8 +282,8 @@ impl Session {
                 0
             }
             Outgoing::Replaced(len) => {
-                self.requests.discard(span.end - span.start);
-                self.requests.send(&self.scratch[..len]);
+                self.requests
+                    .replace_with(span.end - span.start, &self.scratch[..len]);
                 len
             }
             Outgoing::Appended { args, len } => {
@@ -393,14 +393,15 @@ impl Session {
     /// arrives inside EXEC's array, so it is not watched.
     #[inline]
     fn record(&mut self, info: CommandFacts, span: Span, watch: Option<ReplyWatch>) {
-        // The common guarded command (no special kind, no watch, outside MULTI, replies
-        // on): one forwarded entry, as `push_for` would record it, without building its
-        // general entry first.
-        if watch.is_some()
-            || !matches!(info.special, Special::None)
-            || !self.state.push_plain(info.id)
-        {
+        // The common guarded command (no special kind, outside MULTI, replies on): one
+        // forwarded entry, its effect the guard's watch if any, as `push_for` would record
+        // it, without the general path.
+        if !matches!(info.special, Special::None) || !self.state.records_as_sent() {
             self.record_general(info, span, watch);
+        } else if let Some(watch) = watch {
+            self.state.push_watched(info.id, watch);
+        } else {
+            self.state.push_plain(info.id);
         }
     }
 
