@@ -134,6 +134,11 @@ impl Session {
             return Run::Forwarded(sent);
         };
         match facts {
+            // Of no special kind, on a connection the run found open to such commands (a
+            // guard wants it, or it is inside MULTI or under CLIENT REPLY).
+            Some(info) if info.plain && info.id != table.unknown().id => {
+                self.decide_plain(info, span)
+            }
             // Known by its name: the run stopped at it because it is not ordinary here.
             Some(info) => self.decide(info, span, false),
             // A container, known by its subcommand, or an unknown command.
