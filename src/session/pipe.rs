@@ -406,6 +406,42 @@ mod tests {
         );
     }
 
+    /// A command sent with arguments appended: the ready bytes first, then a new `*N`
+    /// line, the command's own arguments and the added ones; its bytes leave the input and
+    /// the scanner follows. A replaced command leaves the input the same way.
+    #[test]
+    fn a_command_goes_out_with_its_added_arguments_or_replaced() {
+        let set = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
+        let mut pipe = pipe_with(&[&b"+x"[..], set, b"*1\r\n$4\r\nPING\r\n"].concat());
+        pipe.ready_upto(2);
+        pipe.replace_with_appended(5, set.len(), b"$2\r\nPX\r\n$1\r\n9\r\n");
+        assert_eq!(
+            output(&mut pipe),
+            b"+x*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nPX\r\n$1\r\n9\r\n"
+        );
+        assert_eq!(pipe.input(), b"*1\r\n$4\r\nPING\r\n");
+        assert_eq!((pipe.ready(), pipe.scanner().0), (0, 2 + set.len()));
+        pipe.replace_with(14, b"+PONG\r\n");
+        assert!(output(&mut pipe).ends_with(b"\r\n9\r\n+PONG\r\n"));
+        assert!(pipe.input().is_empty());
+        assert_eq!(pipe.scanner().0, 2 + set.len() + 14);
+    }
+
+    /// Appends that fit the room made at the first one do not grow the output again: asking
+    /// for the rest of the input at every append regrew it at nearly every command.
+    #[test]
+    fn a_batch_of_appends_grows_the_output_once() {
+        let set = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
+        let mut pipe = pipe_with(&set.repeat(32));
+        pipe.replace_with_appended(5, set.len(), b"$2\r\nPX\r\n$1\r\n9\r\n");
+        let room = pipe.io_parts().1.capacity();
+        for _ in 1..32 {
+            pipe.replace_with_appended(5, set.len(), b"$2\r\nPX\r\n$1\r\n9\r\n");
+        }
+        assert!(pipe.input().is_empty());
+        assert_eq!(pipe.io_parts().1.capacity(), room);
+    }
+
     #[test]
     fn appended_bytes_come_after_the_ready_ones() {
         let mut pipe = pipe_with(b"ab");
