@@ -27,7 +27,7 @@ use crate::identity::ClientIdentity;
 
 /// The guards, in order, and which of their phases each command needs.
 pub struct Guards {
-    chain: Vec<Arc<dyn Guard>>,
+    chain: Vec<Box<dyn Guard>>,
     /// By command id: bit `i` is set when guard `i` wants the command (at most 8 guards).
     wanted: ByCommand<u8>,
     /// Guards whose `engaged` phase may say no (the shed guard).
@@ -59,38 +59,38 @@ impl Guards {
     ) -> Result<Self, ConfigError> {
         let mode = raw.mode;
         let logs = raw.refusal_logs_per_second;
-        let mut chain: Vec<Arc<dyn Guard>> = Vec::new();
+        let mut chain: Vec<Box<dyn Guard>> = Vec::new();
         if !raw.size.rules.is_empty() {
-            chain.push(Arc::new(SizeGuard::build(&raw.size, mode, logs)?));
+            chain.push(Box::new(SizeGuard::build(&raw.size, mode, logs)?));
         }
         // Built (and its counters registered) even when no level is on, as always.
         let pressure = Arc::clone(&context.pressure);
         let catalog = Arc::clone(&context.scripts);
         let shed = ShedGuard::build(&raw.shed, mode, logs, pressure, catalog, table);
         if raw.shed.soft_enter > 0.0 || raw.shed.hard_enter > 0.0 {
-            chain.push(Arc::new(shed));
+            chain.push(Box::new(shed));
         }
         if !raw.queue.rules.is_empty() {
             let depths = Arc::clone(&context.queues);
             let queue = QueueGuard::build(&raw.queue, mode, logs, depths, table);
-            chain.push(Arc::new(queue));
+            chain.push(Box::new(queue));
         }
         if !raw.enqueue.rules.is_empty() {
             let memory = Arc::clone(&context.enqueue);
             let enqueue = EnqueueGuard::build(&raw.enqueue, mode, logs, memory, table)?;
-            chain.push(Arc::new(enqueue));
+            chain.push(Box::new(enqueue));
         }
         if !raw.ttl.rules.is_empty() {
-            chain.push(Arc::new(TtlGuard::build(&raw.ttl, mode, logs, table)?));
+            chain.push(Box::new(TtlGuard::build(&raw.ttl, mode, logs, table)?));
         }
         if let Some(fail_open) = FailOpen::build(&raw.fail_open, table, logs) {
-            chain.push(Arc::new(fail_open));
+            chain.push(Box::new(fail_open));
         }
         Ok(Guards::of(chain, table))
     }
 
     /// The chain `chain`, in that order, with its bitmasks for the commands of `table`.
-    fn of(chain: Vec<Arc<dyn Guard>>, table: &CommandTable) -> Self {
+    fn of(chain: Vec<Box<dyn Guard>>, table: &CommandTable) -> Self {
         debug_assert!(chain.len() <= 8, "the bitmasks hold eight guards");
         let mask = |has: &dyn Fn(&dyn Guard) -> bool| {
             chain

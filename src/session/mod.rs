@@ -44,6 +44,7 @@ mod intercept;
 mod pipe;
 mod replies;
 mod requests;
+mod run;
 mod shared;
 mod state;
 mod tunnel;
@@ -171,7 +172,7 @@ pub struct Session {
     probing: bool,
     /// A command is held back (unscanned) until the probe answers.
     waiting_for_probe: bool,
-    /// The last command name a run of commands found (`verdicts::forward_run`): the next
+    /// The last command name a run of commands found (`run::forward_run`): the next
     /// command of that name, in this run or the next, is known without a lookup.
     last_name: LastName,
     /// Argument indices of the current command's keys (capacity kept).

@@ -18,6 +18,8 @@ use bytes::{Buf, BytesMut};
 use metrics::Counter;
 
 use crate::buffer::ReadBuffer;
+use crate::guard::wire_args;
+use crate::resp;
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::RequestScanner;
 use crate::transport::Stream;
@@ -167,32 +169,67 @@ impl<S: Rebase> Pipe<S> {
 
     /// The output, after the ready bytes, for the proxy to append its own bytes to.
     ///
-    /// Room is made at once for the rest of the input as well, or for as much as the last
-    /// batch that was appended to grew to, whichever is larger: the output may be the
-    /// input's own memory, taken without a copy, which cannot grow in place; growing it a
-    /// command at a time would copy it again at each doubling.
+    /// When the output has no room left, room is made at once for the rest of the input
+    /// as well, or for as much as the last batch that was appended to grew to, whichever
+    /// is larger: the output may be the input's own memory, taken without a copy, which
+    /// cannot grow in place; growing it a command at a time would copy it again at each
+    /// doubling.
     #[inline]
     pub fn append(&mut self) -> &mut BytesMut {
         self.move_ready();
-        let room = (self.input.bytes().len() + APPEND_ROOM).max(self.append_hint);
-        self.output.reserve(room);
-        self.appended = true;
+        self.make_room(1);
         &mut self.output
+    }
+
+    /// Make sure the output has room for `need` more bytes, the ready bytes moved already:
+    /// when it has not, the room [`Self::append`] describes. Room made once serves the
+    /// batch's later appends (asking for it again at each would regrow the output at
+    /// nearly every command, as it fills faster than the input empties).
+    #[inline]
+    fn make_room(&mut self, need: usize) {
+        if self.output.capacity() - self.output.len() < need {
+            let rest = self.input.bytes().len() + APPEND_ROOM;
+            self.output.reserve(rest.max(self.append_hint).max(need));
+        }
+        self.appended = true;
     }
 
     /// Append `bytes` to the output, after the ready bytes.
     #[inline]
     pub fn send(&mut self, bytes: &[u8]) {
-        self.append().extend_from_slice(bytes);
+        self.move_ready();
+        self.make_room(bytes.len());
+        self.output.extend_from_slice(bytes);
     }
 
-    /// Append a copy of the input bytes at `range` (positions in [`Self::input`], after the
-    /// ready bytes, which move first) to the output; they stay in the input.
-    pub fn copy_input(&mut self, range: std::ops::Range<usize>) {
-        let base = self.ready;
+    /// Drop the first `size` input bytes after the ready ones (which move first), a command
+    /// the proxy rewrote, and send `bytes`, its replacement, in their place.
+    #[inline]
+    pub fn replace_with(&mut self, size: usize, bytes: &[u8]) {
         self.move_ready();
-        let bytes = &self.input.bytes()[range.start - base..range.end - base];
+        self.input.discard(size);
+        self.scanner.rebase(size);
+        self.make_room(bytes.len());
         self.output.extend_from_slice(bytes);
+    }
+
+    /// Send the whole multibulk command at the front of the unready input (its first
+    /// `size` bytes, after the ready ones, which move first) with arguments added after its
+    /// own: a new `*argc` line, a copy of the client's own encoding of its arguments, then
+    /// `added` (the added arguments, encoded); the command's bytes leave the input. One
+    /// reservation for all three.
+    pub fn replace_with_appended(&mut self, argc: usize, size: usize, added: &[u8]) {
+        self.move_ready();
+        let wire = wire_args(self.input.bytes(), 0, size).unwrap_or(size..size);
+        debug_assert!(wire.start > 0, "a multibulk command");
+        // The `*argc` line takes at most 23 bytes.
+        self.make_room(23 + wire.len() + added.len());
+        let out = &mut self.output;
+        resp::array_header(out, argc);
+        out.extend_from_slice(&self.input.bytes()[wire]);
+        out.extend_from_slice(added);
+        self.input.discard(size);
+        self.scanner.rebase(size);
     }
 
     /// Append bytes the scanner holds (an inline command's multibulk form) to the output.
@@ -367,6 +404,42 @@ mod tests {
             crate::buffer::MAX_READ,
             "nothing appended since"
         );
+    }
+
+    /// A command sent with arguments appended: the ready bytes first, then a new `*N`
+    /// line, the command's own arguments and the added ones; its bytes leave the input and
+    /// the scanner follows. A replaced command leaves the input the same way.
+    #[test]
+    fn a_command_goes_out_with_its_added_arguments_or_replaced() {
+        let set = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
+        let mut pipe = pipe_with(&[&b"+x"[..], set, b"*1\r\n$4\r\nPING\r\n"].concat());
+        pipe.ready_upto(2);
+        pipe.replace_with_appended(5, set.len(), b"$2\r\nPX\r\n$1\r\n9\r\n");
+        assert_eq!(
+            output(&mut pipe),
+            b"+x*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nPX\r\n$1\r\n9\r\n"
+        );
+        assert_eq!(pipe.input(), b"*1\r\n$4\r\nPING\r\n");
+        assert_eq!((pipe.ready(), pipe.scanner().0), (0, 2 + set.len()));
+        pipe.replace_with(14, b"+PONG\r\n");
+        assert!(output(&mut pipe).ends_with(b"\r\n9\r\n+PONG\r\n"));
+        assert!(pipe.input().is_empty());
+        assert_eq!(pipe.scanner().0, 2 + set.len() + 14);
+    }
+
+    /// Appends that fit the room made at the first one do not grow the output again: asking
+    /// for the rest of the input at every append regrew it at nearly every command.
+    #[test]
+    fn a_batch_of_appends_grows_the_output_once() {
+        let set = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
+        let mut pipe = pipe_with(&set.repeat(32));
+        pipe.replace_with_appended(5, set.len(), b"$2\r\nPX\r\n$1\r\n9\r\n");
+        let room = pipe.io_parts().1.capacity();
+        for _ in 1..32 {
+            pipe.replace_with_appended(5, set.len(), b"$2\r\nPX\r\n$1\r\n9\r\n");
+        }
+        assert!(pipe.input().is_empty());
+        assert_eq!(pipe.io_parts().1.capacity(), room);
     }
 
     #[test]

@@ -27,9 +27,6 @@ impl Session {
     pub(super) fn on_upstream_input(&mut self) -> Result<(), String> {
         loop {
             self.forward_plain_replies();
-            while self.reply_forwarded.is_none() && self.forward_watched_reply() {
-                self.forward_plain_replies();
-            }
             self.emit_local_replies();
             if self.reply_forwarded.is_none() {
                 match self.begin_reply() {
@@ -71,21 +68,33 @@ impl Session {
     /// The common reply, matched in a few steps: while the head entry waits for one plain
     /// forwarded reply ([`crate::reply_queue::ReplyQueue::next_reply_is_plain`]) and a whole
     /// simple string, error, integer or bulk string has arrived, its bytes go to the client
-    /// and the entry is done. Anything else is left to the general path, which carries on
-    /// from where this stopped.
+    /// and the entry is done; so too a watched push's integer reply
+    /// ([`Self::forward_watched_reply`]). Anything else is left to the general path, which
+    /// carries on from where this stopped.
     ///
     /// The replies answer commands mostly read together: their latency is counted a run at
     /// a time ([`LatencyRun`]), before the replies can reach the client.
     #[inline]
     fn forward_plain_replies(&mut self) {
         let mut run = LatencyRun::default();
-        while self.reply_forwarded.is_none() && self.state.queue().next_reply_is_plain() {
-            let (scanner, input) = self.replies.scan_parts();
-            let Some(end) = scanner.skip_plain_reply(input) else {
+        loop {
+            while self.reply_forwarded.is_none() && self.state.queue().next_reply_is_plain() {
+                let (scanner, input) = self.replies.scan_parts();
+                let Some(end) = scanner.skip_plain_reply(input) else {
+                    break;
+                };
+                let (command, received_us) = self.state.queue_mut().pop_plain();
+                self.replies.ready_upto(end);
+                if let Some(ended) = run.add(command, received_us) {
+                    self.record_latency_run(ended);
+                }
+            }
+            if self.reply_forwarded.is_some() {
+                break;
+            }
+            let Some((command, received_us)) = self.forward_watched_reply() else {
                 break;
             };
-            let (command, received_us) = self.state.queue_mut().pop_plain();
-            self.replies.ready_upto(end);
             if let Some(ended) = run.add(command, received_us) {
                 self.record_latency_run(ended);
             }
@@ -93,25 +102,21 @@ impl Session {
         self.record_latency_run(run);
     }
 
-    /// [`Self::forward_plain_replies`] for a watched entry answered by an integer (a push
-    /// onto a followed queue, answered by the queue's length): matched the same way, its
-    /// watch handed what the general path would hand it. True when one was.
+    /// A watched entry answered by an integer (a push onto a followed queue, answered by
+    /// the queue's length), matched in a few steps, its watch handed what the general path
+    /// would hand it: the command's id and when it was read, for its latency, or `None`
+    /// when the head entry or the reply is not of that kind.
     #[inline(never)]
-    fn forward_watched_reply(&mut self) -> bool {
+    fn forward_watched_reply(&mut self) -> Option<(u16, u64)> {
         if !self.state.queue().next_reply_is_watched() {
-            return false;
+            return None;
         }
         let (scanner, input) = self.replies.scan_parts();
-        let Some((end, info)) = scanner.skip_integer_reply(input) else {
-            return false;
-        };
-        let Some((command, received_us, watch)) = self.state.queue_mut().pop_watched() else {
-            return false;
-        };
+        let (end, info) = scanner.skip_integer_reply(input)?;
+        let (command, received_us, watch) = self.state.queue_mut().pop_watched()?;
         self.replies.ready_upto(end);
-        self.record_latency(command, received_us, self.replies_arrived_us);
         watch.on_reply(&info);
-        true
+        Some((command, received_us))
     }
 
     /// A reply begins at the scan position, if any byte of it has arrived: decide from its

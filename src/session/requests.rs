@@ -1,11 +1,11 @@
 //! The request loop: every whole command in the request pipe, in order, taken by a run of
-//! commands read in one step (`verdicts::forward_run`) or scanned and handed to `verdicts`;
+//! commands read in one step (`run::forward_run`) or scanned and handed to `verdicts`;
 //! the rest of a command too large to hold, streamed to Redis or discarded
 //! as it arrives; malformed input, answered and closed as Redis does.
 //!
 //! Never judges a command itself, and never writes to a socket (the event loop flushes).
 
-use super::verdicts::Run;
+use super::run::Run;
 use super::{Session, StreamTo};
 use crate::clock;
 use crate::pipeline::Span;

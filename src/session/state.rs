@@ -229,11 +229,29 @@ impl ConnectionState {
     /// nothing recorded, otherwise.
     #[inline]
     pub fn push_plain(&mut self, command: u16) -> bool {
-        if self.in_multi || self.reply_mode != ReplyMode::On {
+        if !self.records_as_sent() {
             return false;
         }
         self.queue.push(Pending::forward(command));
         true
+    }
+
+    /// Whether a command of no [`Special`] kind gets one forwarded reply, as sent: not
+    /// inside MULTI, replies on.
+    #[inline]
+    pub fn records_as_sent(&self) -> bool {
+        !self.in_multi && self.reply_mode == ReplyMode::On
+    }
+
+    /// Record a command of no [`Special`] kind whose reply a guard watches, where
+    /// [`Self::records_as_sent`]: one forwarded reply, its effect the `watch`, as
+    /// [`Self::push_for`] would record it.
+    #[inline(never)]
+    pub fn push_watched(&mut self, command: u16, watch: ReplyWatch) {
+        debug_assert!(self.records_as_sent());
+        let mut pending = Pending::forward(command);
+        pending.effect = Effect::Watched(watch);
+        self.queue.push(pending);
     }
 
     /// Record what to do with the replies of `cmd`, sent to Redis, following the connection

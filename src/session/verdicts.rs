@@ -15,7 +15,7 @@ use super::intercept::Intercept;
 use super::state::LocalAnswer;
 use super::{Session, StreamTo};
 use crate::command::{CommandInfo, Special};
-use crate::guard::{wire_args, ReplyWatch, Verdict};
+use crate::guard::{ReplyWatch, Verdict};
 use crate::pipeline::{self, CommandFacts, Judge, Scanned, Span};
 use crate::resp;
 
@@ -31,7 +31,7 @@ impl Session {
     /// The classified command at `span`, forwarded in a few steps if it is ordinary and not
     /// `observe`d by the keyspace insight, else decided.
     #[inline]
-    fn forward_or_decide(&mut self, info: CommandFacts, span: Span, observe: bool) {
+    pub(super) fn forward_or_decide(&mut self, info: CommandFacts, span: Span, observe: bool) {
         if observe || !self.forward_if_ordinary(info, span) {
             self.decide(info, span, observe);
         }
@@ -44,110 +44,13 @@ impl Session {
         self.policy.keyspace.as_ref().is_some_and(|k| k.due())
     }
 
-    /// The common command, forwarded in a few steps: one of no [`Special`] kind that no
-    /// guard wants and the proxy does not answer itself, on a connection where nothing is
-    /// held back or answered locally. It goes to Redis as sent, with one reply-queue entry:
-    /// what [`Self::decide`] would do with it. False, and nothing done, for any other.
-    #[inline]
-    fn forward_if_ordinary(&mut self, info: CommandFacts, span: Span) -> bool {
-        let ordinary = info.plain
-            && !span.inline
-            && !self.policy.guards.wants(info.id)
-            && info.id != self.shared.table.unknown().id
-            && self.forwards_unread();
-        if !ordinary || !self.state.push_plain(info.id) {
-            return false;
-        }
-        self.commands_in_batch += 1;
-        self.requests.ready_upto(span.end);
-        true
-    }
-
-    /// Whether the connection lets an ordinary command go to Redis unread: connected, the
-    /// client authenticated (or no `[auth]`), no connection opened for its credentials.
-    #[inline]
-    fn forwards_unread(&self) -> bool {
-        !self.connect_for_auth
-            && (self.authenticated || !self.policy.auth.required())
-            && self.upstream.is_connected()
-    }
-
-    /// Take the commands at the front of the unscanned input that are read in one step:
-    /// each is skimmed and looked up by its name ([`crate::command::CommandTable::by_own_name`]); the
-    /// ordinary ones (no [`Special`] kind, wanted by no guard) are forwarded with one
-    /// reply-queue entry each and nothing else, which is what [`Self::forward_if_ordinary`]
-    /// would do with them, without recording their arguments. The first other command ends
-    /// the run: it is taken whole and decided as [`Self::on_command`] would. The run stops
-    /// before the command the keyspace insight observes next, and at anything not whole or
-    /// not read in one step; the general scan reads those.
-    #[inline]
-    pub(super) fn forward_run(&mut self) -> Run {
-        if !self.forwards_unread() {
-            return Run::Forwarded(0);
-        }
-        let insight = self.policy.keyspace.as_deref();
-        let mut limit = self.state.queue().room();
-        if let Some(insight) = insight {
-            limit = limit.min(insight.unobserved_ahead());
-        }
-        let table = &self.shared.table;
-        let guards = &self.policy.guards;
-        let (scanner, input) = self.requests.scan_parts();
-        let (mut sent, mut end) = (0, 0);
-        let mut other = None;
-        let last_name = &mut self.last_name;
-        while sent < limit {
-            let Some(skimmed) = scanner.skim(input) else {
-                break;
-            };
-            let info = table.by_own_name_remembered(&input[skimmed.name.clone()], last_name);
-            let Some(info) = info.filter(|i| i.plain && !guards.wants(i.id)) else {
-                other = Some((skimmed, info.map(CommandFacts::of)));
-                break;
-            };
-            let Some(at) = scanner.skim_end(input, &skimmed) else {
-                break;
-            };
-            if !self.state.push_plain(info.id) {
-                other = Some((skimmed, Some(CommandFacts::of(info))));
-                break;
-            }
-            scanner.take_skimmed(at);
-            (sent, end) = (sent + 1, at);
-        }
-        let taken = other.and_then(|(skimmed, facts)| {
-            let end = scanner.take_whole(input, &skimmed)?;
-            Some((
-                Span::whole(skimmed.start, end, false, scanner.args().len()),
-                facts,
-            ))
-        });
-        if sent > 0 {
-            self.requests.ready_upto(end);
-            self.commands_in_batch += sent as u64;
-        }
-        let decided = taken.is_some();
-        if let Some(insight) = insight {
-            insight.passed(sent + usize::from(decided));
-        }
-        let Some((span, facts)) = taken else {
-            return Run::Forwarded(sent);
-        };
-        match facts {
-            // Known by its name: the run stopped at it because it is not ordinary here.
-            Some(info) => self.decide(info, span, false),
-            // A container, known by its subcommand, or an unknown command.
-            None => {
-                let info = CommandFacts::of(self.current(span).classify(table));
-                self.forward_or_decide(info, span, false);
-            }
-        }
-        Run::Decided
-    }
-
     /// Decide about the command at `span` and carry the decision out (`observe`: the
     /// keyspace insight sees it).
-    fn decide(&mut self, info: CommandFacts, span: Span, observe: bool) {
+    pub(super) fn decide(&mut self, info: CommandFacts, span: Span, observe: bool) {
+        if !observe && self.is_plain_here(info) {
+            self.decide_plain(info, span);
+            return;
+        }
         if self.hold_for_probe(info.id, span.start)
             || self.quit_on_lane(info, span)
             || self.name_kept_here(info, span)
@@ -181,6 +84,62 @@ impl Session {
             Intercept::Pass if !observe && !self.policy.guards.wants(info.id) => Verdict::Forward,
             Intercept::Pass => self.judge(info.id, span, &mut watch, observe),
         };
+        let is_reset = matches!(info.special, Special::Reset);
+        let changes_user = match info.special {
+            Special::Auth => true,
+            Special::Hello => self.current(span).any_arg_is(b"auth"),
+            _ => false,
+        };
+        if !self.carry_out(info, span, verdict, watch) {
+            return;
+        }
+        if is_reset {
+            self.send_handshake();
+        }
+        if is_reset || changes_user {
+            // What Redis lets the guards do may have changed with the user (AUTH, HELLO …
+            // AUTH, RESET; a HELLO that only picks the protocol changes nothing).
+            self.probe_access();
+        }
+    }
+
+    /// Whether the command is one [`Self::decide_plain`] decides: of no [`Special`] kind and
+    /// no pinning, known to the table, on a connection that lets ordinary commands go to
+    /// Redis unread (connected, the client authenticated).
+    #[inline]
+    fn is_plain_here(&self, info: CommandFacts) -> bool {
+        info.plain && info.id != self.shared.table.unknown().id && self.forwards_unread()
+    }
+
+    /// [`Self::decide`] for a command [`Self::is_plain_here`] accepts (most often one a guard
+    /// wants), not observed: the proxy's own commands, authentication, a lane's local
+    /// answers and pins have nothing to do with it, so what is left is the hold while the
+    /// access probe is in flight, the guards and carrying their verdict out.
+    pub(super) fn decide_plain(&mut self, info: CommandFacts, span: Span) {
+        if self.hold_for_probe(info.id, span.start) {
+            return;
+        }
+        self.commands_in_batch += 1;
+        let mut watch = None;
+        let verdict = if self.policy.guards.wants(info.id) {
+            self.judge(info.id, span, &mut watch, false)
+        } else {
+            Verdict::Forward
+        };
+        self.carry_out(info, span, verdict, watch);
+    }
+
+    /// Do what `verdict` says with the command at `span`: answer it locally (false), or
+    /// record its replies' fate (with the guard's `watch`) and send it, and any hidden
+    /// commands after it, to Redis (true).
+    #[inline]
+    fn carry_out(
+        &mut self,
+        info: CommandFacts,
+        span: Span,
+        verdict: Verdict,
+        watch: Option<ReplyWatch>,
+    ) -> bool {
         let (outgoing, hidden) = match verdict {
             Verdict::Forward => (Outgoing::AsSent, 0),
             Verdict::Rewrite {
@@ -194,14 +153,8 @@ impl Session {
             Verdict::Append { args, len } => (Outgoing::Appended { args, len }, 0),
             Verdict::Answer(reply) | Verdict::Refuse(reply) => {
                 self.refuse(info.id, reply, span);
-                return;
+                return false;
             }
-        };
-        let is_reset = matches!(info.special, Special::Reset);
-        let changes_user = match info.special {
-            Special::Auth => true,
-            Special::Hello => self.current(span).any_arg_is(b"auth"),
-            _ => false,
         };
         self.record(info, span, watch);
         self.note_pinning(info.pinning);
@@ -210,14 +163,7 @@ impl Session {
             self.requests.send(&self.scratch[used..]);
             self.state.expect_hidden(hidden);
         }
-        if is_reset {
-            self.send_handshake();
-        }
-        if is_reset || changes_user {
-            // What Redis lets the guards do may have changed with the user (AUTH, HELLO …
-            // AUTH, RESET; a HELLO that only picks the protocol changes nothing).
-            self.probe_access();
-        }
+        true
     }
 
     /// Send the whole command at `span` to Redis as decided; how many bytes of the scratch
@@ -235,20 +181,16 @@ impl Session {
                 0
             }
             Outgoing::Replaced(len) => {
-                self.requests.discard(span.end - span.start);
-                self.requests.send(&self.scratch[..len]);
+                self.requests
+                    .replace_with(span.end - span.start, &self.scratch[..len]);
                 len
             }
             Outgoing::Appended { args, len } => {
-                // A new `*N` line, the client's arguments (one copy), then the added ones.
-                // Once the bytes before it have moved, the command starts the input.
-                resp::array_header(self.requests.append(), span.argc + args as usize);
+                debug_assert!(!span.inline, "a multibulk command");
+                let argc = span.argc + args as usize;
                 let size = span.end - span.start;
-                let wire = wire_args(self.requests.input(), 0, size).unwrap_or(size..size);
-                debug_assert!(wire.start > 0 && !span.inline, "a multibulk command");
-                self.requests.copy_input(wire);
-                self.requests.send(&self.scratch[..len]);
-                self.requests.discard(size);
+                self.requests
+                    .replace_with_appended(argc, size, &self.scratch[..len]);
                 len
             }
         }
@@ -350,6 +292,21 @@ impl Session {
     /// arrives inside EXEC's array, so it is not watched.
     #[inline]
     fn record(&mut self, info: CommandFacts, span: Span, watch: Option<ReplyWatch>) {
+        // The common guarded command (no special kind, outside MULTI, replies on): one
+        // forwarded entry, its effect the guard's watch if any, as `push_for` would record
+        // it, without the general path.
+        if !matches!(info.special, Special::None) || !self.state.records_as_sent() {
+            self.record_general(info, span, watch);
+        } else if let Some(watch) = watch {
+            self.state.push_watched(info.id, watch);
+        } else {
+            self.state.push_plain(info.id);
+        }
+    }
+
+    /// [`Self::record`] for any command, through the connection state's general path.
+    #[inline(never)]
+    fn record_general(&mut self, info: CommandFacts, span: Span, watch: Option<ReplyWatch>) {
         let watch = watch.filter(|_| !self.state.in_multi());
         let requests = &self.requests;
         let cmd = || Scanned::new(requests.scanner(), requests.input(), span);
@@ -409,16 +366,6 @@ impl Session {
             }
         }
     }
-}
-
-/// How a run of commands read in one step ended ([`Session::forward_run`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Run {
-    /// This many ordinary commands were forwarded; the next is left to the general scan.
-    Forwarded(usize),
-    /// Ordinary commands were forwarded and the command after them decided, which may have
-    /// changed what the connection accepts next.
-    Decided,
 }
 
 /// How a decided whole command goes to Redis.

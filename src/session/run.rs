@@ -1,0 +1,131 @@
+//! The run: the commands at the front of the client's input that are read in one step
+//! (skimmed, looked up by name) and, when ordinary, forwarded with one reply-queue entry
+//! each and nothing else, as the general path would forward them; the first other command
+//! ends the run and is decided (`verdicts`). Also the same shortcut for one command the
+//! general scan read (`forward_if_ordinary`).
+//!
+//! Never judges a command: a command a guard wants leaves the run.
+
+use super::Session;
+use crate::pipeline::{CommandFacts, Span};
+
+impl Session {
+    /// The common command, forwarded in a few steps: one of no
+    /// [`Special`](crate::command::Special) kind that no guard wants and the proxy does not
+    /// answer itself, on a connection where nothing is held back or answered locally. It
+    /// goes to Redis as sent, with one reply-queue entry: what [`Self::decide`] would do
+    /// with it. False, and nothing done, for any other.
+    #[inline]
+    pub(super) fn forward_if_ordinary(&mut self, info: CommandFacts, span: Span) -> bool {
+        let ordinary = info.plain
+            && !span.inline
+            && !self.policy.guards.wants(info.id)
+            && info.id != self.shared.table.unknown().id
+            && self.forwards_unread();
+        if !ordinary || !self.state.push_plain(info.id) {
+            return false;
+        }
+        self.commands_in_batch += 1;
+        self.requests.ready_upto(span.end);
+        true
+    }
+
+    /// Whether the connection lets an ordinary command go to Redis unread: connected, the
+    /// client authenticated (or no `[auth]`), no connection opened for its credentials.
+    #[inline]
+    pub(super) fn forwards_unread(&self) -> bool {
+        !self.connect_for_auth
+            && (self.authenticated || !self.policy.auth.required())
+            && self.upstream.is_connected()
+    }
+
+    /// Take the commands at the front of the unscanned input that are read in one step:
+    /// each is skimmed and looked up by its name
+    /// ([`crate::command::CommandTable::by_own_name`]); the ordinary ones (no
+    /// [`Special`](crate::command::Special) kind, wanted by no guard) are forwarded with
+    /// one reply-queue entry each and nothing else, which is what
+    /// [`Self::forward_if_ordinary`] would do with them, without recording their arguments.
+    /// The first other command ends the run: it is taken whole and decided as
+    /// [`Self::on_command`] would. The run stops before the command the keyspace insight
+    /// observes next, and at anything not whole or not read in one step; the general scan
+    /// reads those.
+    #[inline]
+    pub(super) fn forward_run(&mut self) -> Run {
+        if !self.forwards_unread() {
+            return Run::Forwarded(0);
+        }
+        let insight = self.policy.keyspace.as_deref();
+        let mut limit = self.state.queue().room();
+        if let Some(insight) = insight {
+            limit = limit.min(insight.unobserved_ahead());
+        }
+        let table = &self.shared.table;
+        let guards = &self.policy.guards;
+        let (scanner, input) = self.requests.scan_parts();
+        let (mut sent, mut end) = (0, 0);
+        let mut other = None;
+        let last_name = &mut self.last_name;
+        while sent < limit {
+            let Some(skimmed) = scanner.skim(input) else {
+                break;
+            };
+            let info = table.by_own_name_remembered(&input[skimmed.name.clone()], last_name);
+            let Some(info) = info.filter(|i| i.plain && !guards.wants(i.id)) else {
+                other = Some((skimmed, info.map(CommandFacts::of)));
+                break;
+            };
+            let Some(at) = scanner.skim_end(input, &skimmed) else {
+                break;
+            };
+            if !self.state.push_plain(info.id) {
+                other = Some((skimmed, Some(CommandFacts::of(info))));
+                break;
+            }
+            scanner.take_skimmed(at);
+            (sent, end) = (sent + 1, at);
+        }
+        let taken = other.and_then(|(skimmed, facts)| {
+            let end = scanner.take_whole(input, &skimmed)?;
+            Some((
+                Span::whole(skimmed.start, end, false, scanner.args().len()),
+                facts,
+            ))
+        });
+        if sent > 0 {
+            self.requests.ready_upto(end);
+            self.commands_in_batch += sent as u64;
+        }
+        let decided = taken.is_some();
+        if let Some(insight) = insight {
+            insight.passed(sent + usize::from(decided));
+        }
+        let Some((span, facts)) = taken else {
+            return Run::Forwarded(sent);
+        };
+        match facts {
+            // Of no special kind, on a connection the run found open to such commands (a
+            // guard wants it, or it is inside MULTI or under CLIENT REPLY).
+            Some(info) if info.plain && info.id != table.unknown().id => {
+                self.decide_plain(info, span)
+            }
+            // Known by its name: the run stopped at it because it is not ordinary here.
+            Some(info) => self.decide(info, span, false),
+            // A container, known by its subcommand, or an unknown command.
+            None => {
+                let info = CommandFacts::of(self.current(span).classify(table));
+                self.forward_or_decide(info, span, false);
+            }
+        }
+        Run::Decided
+    }
+}
+
+/// How a run of commands read in one step ended ([`Session::forward_run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Run {
+    /// This many ordinary commands were forwarded; the next is left to the general scan.
+    Forwarded(usize),
+    /// Ordinary commands were forwarded and the command after them decided, which may have
+    /// changed what the connection accepts next.
+    Decided,
+}
