@@ -80,6 +80,9 @@ pub enum Effect {
     /// SYNC or PSYNC: unless Redis answers with an error, its answer starts a replication
     /// stream (an RDB without a trailing CRLF, then commands), not a reply.
     Replication,
+    /// Multiplexed, a `SELECT` sent on a lane of the database's identity succeeded: the
+    /// client uses that database (and those lanes) from now on.
+    Select(u32),
 }
 
 /// What a successful HELLO changes: protocol version (when given), user (when AUTH was
@@ -253,6 +256,14 @@ impl ReplyQueue {
         p.received_us = self.clock_us;
         self.to_upstream += u64::from(!matches!(p.disposition, Disposition::Local(_)));
         self.entries.push_back(p);
+    }
+
+    /// Give the command pushed last `effect` (what its successful reply changes), when the
+    /// session learns it only after the push.
+    pub fn set_last_effect(&mut self, effect: Effect) {
+        if let Some(last) = self.entries.back_mut() {
+            last.effect = effect;
+        }
     }
 
     /// How many commands Redis answers were ever pushed (see [`Self::push`]).

@@ -202,6 +202,7 @@ impl Session {
             Effect::SetLibName(lib) => self.identity.set_lib_name(lib),
             Effect::Reset => self.identity.reset(),
             Effect::Quit => self.close_when_flushed = true,
+            Effect::Select(db) => self.on_selected(db),
         }
     }
 
