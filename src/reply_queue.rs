@@ -80,9 +80,9 @@ pub enum Effect {
     /// SYNC or PSYNC: unless Redis answers with an error, its answer starts a replication
     /// stream (an RDB without a trailing CRLF, then commands), not a reply.
     Replication,
-    /// Multiplexed, a `SELECT` sent on a lane of the database's identity succeeded: the
-    /// client uses that database (and those lanes) from now on.
-    Select(u32),
+    /// Multiplexed, a `SELECT` sent on a lane of another identity succeeded: the client
+    /// uses that identity's lanes from now on (a HELLO's move is its `Hello` effect).
+    LaneSwitch,
 }
 
 /// What a successful HELLO changes: protocol version (when given), user (when AUTH was

@@ -161,8 +161,9 @@ pub struct RawUpstream {
     /// next client that needs one (after a transaction or a blocking command ended).
     pub pinned_idle: usize,
     /// With `connections = "multiplexed"`: most distinct identities (database, protocol
-    /// version) with shared connections of their own, the URL's included; a client needing
-    /// one more keeps a connection of its own for good instead.
+    /// version) with shared connections of their own, the URL's included (a client's
+    /// SELECT or HELLO 3 moves it to its identity's); a client needing one more keeps a
+    /// connection of its own for good instead.
     pub shared_identities: usize,
     /// TLS settings for a `rediss://` URL.
     pub tls: RawUpstreamTls,

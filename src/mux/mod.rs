@@ -7,14 +7,14 @@
 //! [`pinned`] pool, once its commands on the lane have been answered (so Redis runs them in
 //! the order the client sent them). State that ends (a transaction, a blocking command, a
 //! subscription) gives the connection back when it does, and the client returns to a
-//! lane; state kept for the connection's life (AUTH, CLIENT SETNAME, MONITOR, RESET ...)
-//! keeps it.
+//! lane; state kept for the connection's life (AUTH, CLIENT SETNAME, HELLO ... SETNAME,
+//! MONITOR, RESET ...) keeps it.
 //!
 //! State the proxy can keep per client instead picks which lanes the client shares: lanes
 //! are grouped by [`LaneIdentity`] (database, protocol version). The URL's identity has
 //! its lanes from the start; another gets `shared_connections` lanes of its own, whose
-//! handshake selects its database, the first time a client needs it (`SELECT n` on a
-//! lane), up to `upstream.shared_identities` identities in all; past that bound a client
+//! handshake selects its database and protocol, the first time a client needs it
+//! (`SELECT n` or `HELLO 3` on a lane), up to `upstream.shared_identities` identities in all; past that bound a client
 //! needing one more takes a connection of its own for good, as before.
 //! Redis therefore sees `shared_connections` connections per identity in use plus one per
 //! client holding connection state (at most `pinned_connections`), plus the few kept for
@@ -230,7 +230,11 @@ impl SharedConnections {
             metrics::counter!("respguard_shared_identities_exhausted_total").increment(1);
             return None;
         }
-        tracing::debug!(db = identity.db, protocol = identity.protocol, "shared connections for a new identity");
+        tracing::debug!(
+            db = identity.db,
+            protocol = identity.protocol,
+            "shared connections for a new identity"
+        );
         let group = Arc::new(self.group(identity));
         let link = group.attach();
         others.push(group);

@@ -17,13 +17,13 @@
 //!   leaves the lane for a connection of its own from the pinned pool ([`Session::pin`]),
 //!   and the command goes there. Redis thus runs the client's commands in the order it sent
 //!   them. QUIT is the exception: answered by the session, never sent to the shared
-//!   connection; and SELECT, which moves the client to the lanes of its database instead
-//!   (`switch`).
+//!   connection; and SELECT and HELLO 2|3, which move the client to the lanes of its
+//!   database and protocol instead (`switch`).
 //! - **Unpinning**: once that connection owes nothing and holds no state the session
 //!   follows (no transaction or watched key, no subscription, replies on), the session
 //!   hands it back to the pool and returns to a lane ([`Session::unpin`]), unless it sent a
 //!   command whose state lasts for the connection's life ([`Pinning::ForLife`]: SELECT
-//!   there, AUTH, HELLO, CLIENT ..., MONITOR, RESET). If no connection of its own can be had, the
+//!   and HELLO there, AUTH, CLIENT ..., MONITOR, RESET). If no connection of its own can be had, the
 //!   held commands get the reason and the session stays on the lane.
 
 use super::upstream::Upstream;
@@ -75,7 +75,11 @@ impl Session {
             _ => true,
         };
         if pins {
-            if let Some(arg) = self.select_argument(span) {
+            if info.special == Special::Hello {
+                if let Some(protocol) = self.hello_protocol(span) {
+                    return self.hello_on_lane(span, protocol);
+                }
+            } else if let Some(arg) = self.select_argument(span) {
                 return self.select_on_lane(info, span, &arg);
             }
         }
@@ -91,6 +95,21 @@ impl Session {
         };
         name.eq_ignore_ascii_case(b"select")
             .then(|| Bytes::copy_from_slice(db))
+    }
+
+    /// For `HELLO` with at most a protocol version (`HELLO`, `HELLO v`): `Some(Some(2 | 3))`
+    /// for a version Redis accepts, `Some(None)` for none or one it refuses; `None` when
+    /// HELLO has more arguments (AUTH, SETNAME: state for the connection's life).
+    fn hello_protocol(&self, span: Span) -> Option<Option<u8>> {
+        let cmd = self.current(span);
+        if cmd.arg(2).is_some() {
+            return None;
+        }
+        Some(match cmd.arg(1) {
+            Some(b"2") => Some(2),
+            Some(b"3") => Some(3),
+            _ => None,
+        })
     }
 
     /// QUIT on a lane: answered here (Redis would close the shared connection), and the
@@ -201,8 +220,9 @@ impl Session {
 
     /// Note a command sent to Redis: one whose state lasts for the connection's life keeps
     /// the session on its own connection for good. On a lane the only such commands sent
-    /// are a SELECT Redis refuses (changing nothing) and the SELECT of a move to another
-    /// identity's lanes (`switch`).
+    /// are a SELECT or HELLO that changes nothing (Redis refuses it, or it names the
+    /// identity in use) and the SELECT or HELLO of a move to another identity's lanes
+    /// (`switch`).
     #[inline]
     pub(super) fn note_pinning(&mut self, pinning: Pinning) {
         if pinning == Pinning::ForLife {

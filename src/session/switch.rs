@@ -20,6 +20,12 @@
 //! - past `upstream.shared_identities`, the client takes a connection of its own for good,
 //!   as without identities.
 //!
+//! `HELLO 2` or `HELLO 3` (no other argument) on a lane works the same way for the
+//! protocol: HELLO for the protocol in use, with no argument, or with a version Redis
+//! refuses goes to the client's lane; another protocol's goes to a lane of that identity
+//! (a RESP3 lane's handshake is `HELLO 3`), and its reply is Redis's, `id` included: the
+//! shared connection's. HELLO with AUTH or SETNAME still pins for good.
+//!
 //! [`Session::lane_identity`] is the one record of which identity's lanes the client uses;
 //! a connection of its own taken from the pool (which opens them with the URL's identity)
 //! is given the client's identity first, with hidden commands, and is closed rather than
@@ -41,8 +47,8 @@ pub(super) struct LaneSwitch {
     /// The lane the client came from, and its identity.
     previous: LaneLink,
     previous_identity: LaneIdentity,
-    /// The database asked for.
-    db: u32,
+    /// The identity asked for.
+    target: LaneIdentity,
     /// The SELECT went to Redis (a guard or a lane that is down may answer it instead).
     sent: bool,
 }
@@ -93,7 +99,7 @@ impl Session {
         };
         match lanes.attach_to(target) {
             Some(link) => {
-                self.begin_switch(link, db);
+                self.begin_switch(link, target);
                 false
             }
             // Past `upstream.shared_identities`: a connection of its own, for good.
@@ -101,11 +107,44 @@ impl Session {
         }
     }
 
-    /// Attach to `link`, of the identity with database `db`, keeping the old lane until
-    /// the SELECT about to be sent there is answered.
-    fn begin_switch(&mut self, link: LaneLink, db: u32) {
+    /// `HELLO` with at most a protocol version, on a lane (`protocol`: the version when it
+    /// is one Redis accepts): sent on the client's lane, on the new protocol's, or held, as
+    /// the module doc says. True when held here.
+    pub(super) fn hello_on_lane(&mut self, span: Span, protocol: Option<u8>) -> bool {
+        let Some(protocol) = protocol else {
+            // No version, or one Redis refuses: nothing changes.
+            return false;
+        };
+        let target = LaneIdentity {
+            protocol,
+            ..self.lane_identity
+        };
+        if target == self.lane_identity {
+            return false;
+        }
+        if !self.state.queue().is_empty() {
+            self.requests.scanner_mut().unscan(span.start);
+            self.state.wait_for_replies();
+            return true;
+        }
+        let Some(lanes) = self.shared.lanes.clone() else {
+            return false;
+        };
+        match lanes.attach_to(target) {
+            Some(link) => {
+                self.begin_switch(link, target);
+                false
+            }
+            None => self.hold_until_pinned(span.start),
+        }
+    }
+
+    /// Attach to `link`, of the identity `target`, keeping the old lane until the SELECT or
+    /// HELLO about to be sent there is answered.
+    fn begin_switch(&mut self, link: LaneLink, target: LaneIdentity) {
         self.submit_to_lane();
-        let Upstream::Shared(previous) = std::mem::replace(&mut self.upstream, Upstream::Shared(link))
+        let Upstream::Shared(previous) =
+            std::mem::replace(&mut self.upstream, Upstream::Shared(link))
         else {
             unreachable!("a switch starts on a lane");
         };
@@ -113,7 +152,7 @@ impl Session {
         self.switch = Some(LaneSwitch {
             previous,
             previous_identity: self.lane_identity,
-            db,
+            target,
             sent: false,
         });
         // The commands after the SELECT wait for its reply: they belong to whichever
@@ -121,26 +160,31 @@ impl Session {
         self.state.wait_for_replies();
     }
 
-    /// The SELECT of a switch was just recorded: its reply, if a success, completes the
-    /// switch. True when it was the one (it then pins nothing).
+    /// The SELECT or HELLO of a switch was just recorded: its reply, if a success,
+    /// completes the switch (a SELECT's through [`Effect::LaneSwitch`], a HELLO's through
+    /// its own effect). True when it was the one (it then pins nothing).
     pub(super) fn note_switch_sent(&mut self) -> bool {
         let Some(switch) = self.switch.as_mut().filter(|s| !s.sent) else {
             return false;
         };
         switch.sent = true;
-        let db = switch.db;
-        self.state.queue_mut().set_last_effect(Effect::Select(db));
+        if switch.target.db != switch.previous_identity.db {
+            self.state.queue_mut().set_last_effect(Effect::LaneSwitch);
+        }
         true
     }
 
-    /// Redis accepted the SELECT: the client uses database `db`, on its new lane.
-    pub(super) fn on_selected(&mut self, db: u32) {
+    /// Redis accepted the SELECT or HELLO of the switch in flight, if any: the client uses
+    /// the new identity's lanes from now on.
+    pub(super) fn confirm_switch(&mut self) {
         if let Some(switch) = self.switch.take() {
-            self.lane_identity = LaneIdentity {
-                db,
-                ..switch.previous_identity
-            };
-            tracing::debug!(client = %self.identity, db, "client moved to the shared connections of its database");
+            self.lane_identity = switch.target;
+            tracing::debug!(
+                client = %self.identity,
+                db = switch.target.db,
+                protocol = switch.target.protocol,
+                "client moved to the shared connections of its identity"
+            );
         }
     }
 

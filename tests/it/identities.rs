@@ -25,9 +25,15 @@ async fn mux_proxy(server: &RedisServer, adjust: impl FnOnce(&mut RawConfig)) ->
 
 /// Send `script` as one pipeline and read its replies.
 async fn pipelined(conn: &mut Conn, script: &[&[&str]]) -> String {
+    pipelined_with_pushes(conn, script, 0).await
+}
+
+/// Send `script` as one pipeline and read its replies and the `pushes` RESP3 pushes
+/// among them.
+async fn pipelined_with_pushes(conn: &mut Conn, script: &[&[&str]], pushes: usize) -> String {
     let bytes: Vec<u8> = script.iter().flat_map(|c| encode(c)).collect();
     conn.send(&bytes).await;
-    conn.replies(script.len()).await
+    conn.replies(script.len() + pushes).await
 }
 
 /// Redis's connections now, the proxy's shared ones and those serving one client each.
@@ -255,7 +261,10 @@ async fn past_shared_identities_a_client_keeps_a_connection_of_its_own() {
     // Kept for good: still there after more commands.
     assert_eq!(two.call(&["PING"]).await, "+PONG\r\n");
     let (_, dedicated) = connections(&mut watcher).await;
-    assert_eq!(dedicated.iter().map(|c| c.id).collect::<Vec<_>>(), [own[0].id]);
+    assert_eq!(
+        dedicated.iter().map(|c| c.id).collect::<Vec<_>>(),
+        [own[0].id]
+    );
     assert_eq!(get_in(&mut direct, 1, "k").await, "$3\r\none\r\n");
     assert_eq!(get_in(&mut direct, 2, "k").await, "$3\r\ntwo\r\n");
     proxy.shutdown().await;
@@ -298,7 +307,10 @@ async fn a_lost_shared_connection_of_another_database_reopens_in_it() {
         .filter(|l| l.db == 6 && l.name == SHARED_NAME)
         .collect();
     assert!(!reopened.is_empty(), "{shared:?}");
-    assert!(reopened.iter().all(|l| !in_six.contains(&l.id)), "{shared:?}");
+    assert!(
+        reopened.iter().all(|l| !in_six.contains(&l.id)),
+        "{shared:?}"
+    );
     assert_eq!(get_in(&mut direct, 6, "after").await, "$1\r\n1\r\n");
     assert_eq!(get_in(&mut direct, 0, "after").await, "$-1\r\n");
     proxy.shutdown().await;
@@ -355,5 +367,143 @@ async fn transactions_keep_the_clients_database_and_select_inside_them_pins() {
     });
     assert_eq!(get_in(&mut direct, 7, "x").await, "$1\r\n1\r\n");
     assert_eq!(get_in(&mut direct, 7, "y").await, "$1\r\n1\r\n");
+    proxy.shutdown().await;
+}
+
+/// `HELLO 3` (and back with `HELLO 2`) moves a client to the shared connections of its
+/// protocol: pipelined with RESP3 replies of every shape Redis 7 sends (null, map, set,
+/// double, boolean through DEBUG PROTOCOL, an attribute, a verbatim string, a push sent
+/// before its reply), HELLO with no version, with a version Redis refuses (`4`, `03`), and
+/// SELECT on the RESP3 side, the client gets byte for byte what a direct connection gets
+/// (HELLO's `id` field aside: it is the shared connection's); a RESP2 client beside it
+/// keeps RESP2 replies; Redis shows no connection of the client's own, and shared ones in
+/// RESP3.
+#[tokio::test]
+async fn hello_moves_a_client_to_the_shared_connections_of_its_protocol() {
+    let script: &[&[&str]] = &[
+        &["HELLO", "3"],
+        &["GET", "nothing"],
+        &["HSET", "h", "f", "v"],
+        &["HGETALL", "h"],
+        &["SADD", "s", "a"],
+        &["SMEMBERS", "s"],
+        &["ZADD", "z", "1.5", "m"],
+        &["ZSCORE", "z", "m"],
+        &["DEBUG", "PROTOCOL", "true"],
+        &["DEBUG", "PROTOCOL", "attrib"],
+        &["DEBUG", "PROTOCOL", "verbatim"],
+        &["DEBUG", "PROTOCOL", "bignum"],
+        &["DEBUG", "PROTOCOL", "push"],
+        &["HELLO"],
+        &["HELLO", "4"],
+        &["HELLO", "03"],
+        &["HELLO", "3"],
+        &["SELECT", "2"],
+        &["HGETALL", "h"],
+        &["SET", "k", "v"],
+        &["HELLO", "2"],
+        &["GET", "nothing"],
+        &["GET", "k"],
+        &["HGETALL", "h"],
+        &["SELECT", "0"],
+        &["HGETALL", "h"],
+    ];
+    let debug = ["--enable-debug-command", "yes"];
+    let reference = RedisServer::start_with(&debug);
+    let mut direct = Conn::open(reference.addr()).await;
+    let want = mask(&pipelined_with_pushes(&mut direct, script, 1).await);
+    assert!(want.contains("|1\r\n"), "an attribute: {want}");
+    assert!(want.contains(">2\r\n"), "a push: {want}");
+
+    let server = RedisServer::start_with(&debug);
+    let proxy = mux_proxy(&server, |_| {}).await;
+    let mut watcher = Watcher::open(&server).await;
+    let mut c = Conn::open(proxy.addr).await;
+    let mut resp2 = Conn::open(proxy.addr).await;
+    let got = pipelined_with_pushes(&mut c, script, 1).await;
+    assert_eq!(mask(&got), want, "one pipeline");
+    assert_eq!(
+        resp2.call(&["HGETALL", "h"]).await,
+        "*2\r\n$1\r\nf\r\n$1\r\nv\r\n"
+    );
+    assert_eq!(resp2.call(&["GET", "nothing"]).await, "$-1\r\n");
+
+    let mut direct = watcher.direct(&server).await;
+    assert_eq!(direct.call(&["FLUSHALL"]).await, "+OK\r\n");
+    let mut c2 = Conn::open(proxy.addr).await;
+    let mut replies = String::new();
+    for command in script {
+        replies.push_str(&c2.call(command).await);
+        if command == &["DEBUG", "PROTOCOL", "push"] {
+            // The push, then the reply.
+            replies.push_str(&String::from_utf8_lossy(&c2.reply().await));
+        }
+    }
+    assert_eq!(mask(&replies), want, "one at a time");
+    let shared = only_shared(&mut watcher, "the clients on shared connections").await;
+    assert!(shared.len() <= 2 * 4, "{shared:?}");
+    let list = watcher.conn.call(&["CLIENT", "LIST"]).await;
+    let resp3_shared = list
+        .lines()
+        .filter(|l| l.contains(SHARED_NAME) && l.contains(" resp=3"))
+        .count();
+    assert!(resp3_shared >= 1, "{list}");
+    assert_eq!(get_in(&mut direct, 2, "k").await, "$1\r\nv\r\n");
+    proxy.shutdown().await;
+}
+
+/// HELLO with SETNAME (or AUTH) keeps state for the connection's life: the client gets a
+/// connection of its own for good, named as asked, with Redis's reply.
+#[tokio::test]
+async fn hello_with_setname_keeps_a_connection_of_its_own() {
+    let server = RedisServer::start();
+    let proxy = mux_proxy(&server, |_| {}).await;
+    let mut watcher = Watcher::open(&server).await;
+    let mut direct = watcher.direct(&server).await;
+    let want = mask(&direct.call(&["HELLO", "3", "SETNAME", "app"]).await);
+    let mut c = Conn::open(proxy.addr).await;
+    assert_eq!(c.call(&["PING"]).await, "+PONG\r\n");
+    let got = mask(&c.call(&["HELLO", "3", "SETNAME", "app"]).await);
+    assert_eq!(got, want);
+    assert_eq!(c.call(&["GET", "nothing"]).await, "_\r\n");
+    eventually!(WAIT, "a connection of its own named app", {
+        let (_, dedicated) = connections(&mut watcher).await;
+        if dedicated.len() == 1 && dedicated[0].name == "app" {
+            Ok(())
+        } else {
+            Err(format!("{dedicated:?}"))
+        }
+    });
+    proxy.shutdown().await;
+}
+
+/// A RESP3 client in database 4 that opens a transaction gets a connection of its own in
+/// RESP3 and database 4 (hidden `SELECT 4` and `HELLO 3` first), its replies as a direct
+/// connection's; after EXEC it has none, and its writes are in database 4.
+#[tokio::test]
+async fn a_connection_of_its_own_gets_the_clients_protocol_and_database() {
+    let script: &[&[&str]] = &[
+        &["HELLO", "3"],
+        &["SELECT", "4"],
+        &["MULTI"],
+        &["HSET", "h", "f", "v"],
+        &["HGETALL", "h"],
+        &["GET", "nothing"],
+        &["EXEC"],
+        &["HGETALL", "h"],
+    ];
+    let reference = RedisServer::start();
+    let mut direct = Conn::open(reference.addr()).await;
+    let want = mask(&pipelined(&mut direct, script).await);
+    let server = RedisServer::start();
+    let proxy = mux_proxy(&server, |_| {}).await;
+    let mut watcher = Watcher::open(&server).await;
+    let mut direct = watcher.direct(&server).await;
+    let mut c = Conn::open(proxy.addr).await;
+    assert_eq!(mask(&pipelined(&mut c, script).await), want);
+    only_shared(&mut watcher, "back on shared connections").await;
+    assert_eq!(get_in(&mut direct, 4, "nothing").await, "$-1\r\n");
+    assert_eq!(direct.call(&["SELECT", "4"]).await, "+OK\r\n");
+    assert_eq!(direct.call(&["HGET", "h", "f"]).await, "$1\r\nv\r\n");
     proxy.shutdown().await;
 }

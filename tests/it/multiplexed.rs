@@ -411,15 +411,15 @@ async fn commands_without_connection_state_never_pin() {
 
 /// Each kind of command that uses connection state pins the client that sends it:
 /// MULTI, WATCH, the blocking commands, WAIT, the three SUBSCRIBEs, MONITOR, AUTH,
-/// HELLO (2 and 3), RESET, CLIENT subcommands, READONLY, READWRITE, ASKING. The client gets
+/// HELLO with SETNAME, RESET, CLIENT subcommands, READONLY, READWRITE, ASKING. The client gets
 /// the replies a direct connection gets; after a GET it has no connection of its own
 /// (multiplexed). Once the state ends (EXEC, DISCARD, UNWATCH, the blocking command or
 /// WAIT answered, the last subscription gone) it has none again, and its next GET uses
 /// none; after a command whose state lasts (AUTH, HELLO, CLIENT, MONITOR, RESET,
 /// the cluster flags) it keeps exactly one, still after its next GET, freed when the client
 /// leaves. Per client, it has one connection throughout. (`pinned_idle = 0`: a connection
-/// given back is closed, so Redis shows it gone.) SELECT moves a client to other shared
-/// connections instead (`tests/it/identities.rs`).
+/// given back is closed, so Redis shows it gone.) SELECT and HELLO 2|3 move a client to
+/// other shared connections instead (`tests/it/identities.rs`).
 #[tokio::test]
 async fn each_command_using_connection_state_pins_its_client_while_the_state_lasts() {
     // The cases up to `LASTING` end their state; the rest keep it for good.
@@ -472,8 +472,10 @@ async fn each_command_using_connection_state_pins_its_client_while_the_state_las
         ),
         ("MONITOR", &[&["MONITOR"], &["RESET"]]),
         ("AUTH", &[&["AUTH", "default", "anything"]]),
-        ("HELLO 2", &[&["HELLO", "2"]]),
-        ("HELLO 3", &[&["HELLO", "3"], &["GET", "pin"]]),
+        (
+            "HELLO 3 SETNAME",
+            &[&["HELLO", "3", "SETNAME", "h"], &["GET", "pin"]],
+        ),
         ("RESET", &[&["RESET"]]),
         ("CLIENT SETNAME", &[&["CLIENT", "SETNAME", "app"]]),
         ("CLIENT NO-EVICT", &[&["CLIENT", "NO-EVICT", "off"]]),
@@ -585,8 +587,9 @@ async fn commands_pipelined_before_the_pinning_one_run_before_it() {
 /// What a client does to its connection stays on it: after SELECT 3 its writes land
 /// in database 3 while a plain client's land in database 0 (multiplexed, each on shared
 /// connections of its database); its open MULTI queues only its own commands; its CLIENT SETNAME names only its own connection (the shared ones keep
-/// their name), and CLIENT GETNAME answers it to that client only. A RESP3 client (HELLO 3) gets RESP3 replies while a RESP2 client next to it
-/// gets RESP2 ones.
+/// their name), and CLIENT GETNAME answers it to that client only. A RESP3 client (HELLO 3,
+/// multiplexed on shared RESP3 connections) gets RESP3 replies while a RESP2 client next to
+/// it gets RESP2 ones.
 #[tokio::test]
 async fn a_pinned_clients_state_never_reaches_other_clients() {
     for mode in Mode::BOTH {
@@ -621,7 +624,7 @@ async fn a_pinned_clients_state_never_reaches_other_clients() {
         let want = Want {
             plain: 1,
             pinned: 1,
-            shared_max: 4,
+            shared_max: 6,
         };
         watcher.expect(mode, want, "one plain, one pinned").await;
         let (_, dedicated) = watcher.serving().await;
@@ -641,12 +644,21 @@ async fn a_pinned_clients_state_never_reaches_other_clients() {
         assert_eq!(plain.call(&["GET", "nothing"]).await, "$-1\r\n");
         assert_eq!(resp3.call(&["HGETALL", "nothing"]).await, "%0\r\n");
         assert_eq!(plain.call(&["HGETALL", "nothing"]).await, "*0\r\n");
-        let want = Want {
-            plain: 1,
-            pinned: 2,
-            shared_max: 4,
+        let want = match mode {
+            Mode::PerClient => Want {
+                plain: 1,
+                pinned: 2,
+                shared_max: 0,
+            },
+            Mode::Multiplexed => Want {
+                plain: 2,
+                pinned: 1,
+                shared_max: 6,
+            },
         };
-        watcher.expect(mode, want, "one plain, two pinned").await;
+        watcher
+            .expect(mode, want, "one pinned, the RESP3 one shares")
+            .await;
         proxy.shutdown().await;
     }
 }
