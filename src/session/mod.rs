@@ -219,7 +219,7 @@ pub struct Session {
     /// uses, and which a connection of its own is given; the URL's at first (`switch`).
     lane_identity: LaneIdentity,
     /// A move to another identity's shared connections waiting for Redis's answer.
-    switch: Option<switch::LaneSwitch>,
+    switch: Option<upstream::LaneSwitch>,
 }
 
 enum Event {

@@ -33,25 +33,12 @@
 
 use bytes::Bytes;
 
-use super::upstream::Upstream;
+use super::upstream::{LaneSwitch, Upstream};
 use super::Session;
 use crate::mux::lane::LaneLink;
 use crate::mux::LaneIdentity;
 use crate::pipeline::{CommandFacts, Span};
 use crate::reply_queue::Effect;
-
-/// A move to another identity's lane in flight: the SELECT was (or is about to be) sent on
-/// the new lane, and the old one is kept until Redis answers.
-#[derive(Debug)]
-pub(super) struct LaneSwitch {
-    /// The lane the client came from, and its identity.
-    previous: LaneLink,
-    previous_identity: LaneIdentity,
-    /// The identity asked for.
-    target: LaneIdentity,
-    /// The SELECT went to Redis (a guard or a lane that is down may answer it instead).
-    sent: bool,
-}
 
 /// The database `SELECT` names when Redis would accept its spelling and sign: digits only,
 /// no leading zero, at most `i32::MAX` (Redis's `string2ll`, then its range check for an
