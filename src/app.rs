@@ -244,6 +244,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             shared: raw.upstream.shared_connections,
             pinned: raw.upstream.pinned_connections,
             pinned_idle: raw.upstream.pinned_idle,
+            identities: raw.upstream.shared_identities,
             pinned_wait: raw.upstream.connect_timeout.0,
             unread: UnreadLimit {
                 soft: raw.proxy.output_buffer.0 as usize,

@@ -80,6 +80,9 @@ pub enum Effect {
     /// SYNC or PSYNC: unless Redis answers with an error, its answer starts a replication
     /// stream (an RDB without a trailing CRLF, then commands), not a reply.
     Replication,
+    /// Multiplexed, a `SELECT` sent on a lane of another identity succeeded: the client
+    /// uses that identity's lanes from now on (a HELLO's move is its `Hello` effect).
+    LaneSwitch,
 }
 
 /// What a successful HELLO changes: protocol version (when given), user (when AUTH was
@@ -253,6 +256,14 @@ impl ReplyQueue {
         p.received_us = self.clock_us;
         self.to_upstream += u64::from(!matches!(p.disposition, Disposition::Local(_)));
         self.entries.push_back(p);
+    }
+
+    /// Give the command pushed last `effect` (what its successful reply changes), when the
+    /// session learns it only after the push.
+    pub fn set_last_effect(&mut self, effect: Effect) {
+        if let Some(last) = self.entries.back_mut() {
+            last.effect = effect;
+        }
     }
 
     /// How many commands Redis answers were ever pushed (see [`Self::push`]).

@@ -254,6 +254,12 @@ impl RawConfig {
                 "must be between 1 and 64",
             ));
         }
+        if self.upstream.shared_identities == 0 || self.upstream.shared_identities > 256 {
+            return Err(invalid(
+                "upstream.shared_identities",
+                "must be between 1 and 256",
+            ));
+        }
         if self.upstream.pinned_connections == 0 {
             return Err(invalid("upstream.pinned_connections", "must be at least 1"));
         }
@@ -414,6 +420,22 @@ mod tests {
         let c = RawConfig::default().validate().unwrap();
         assert_eq!(c.upstream.address, "127.0.0.1:6379");
         assert_eq!(c.limits, Limits::default());
+    }
+
+    /// `upstream.shared_identities` takes 1 to 256 (the URL's identity counts): 0 would
+    /// leave no lanes at all, and each identity costs `shared_connections` connections.
+    #[test]
+    fn shared_identities_is_bounded() {
+        let with = |n: usize| {
+            RawConfig::from_toml(&format!("[upstream]\nshared_identities = {n}\n"))
+                .unwrap()
+                .validate()
+        };
+        assert!(with(1).is_ok() && with(256).is_ok());
+        for n in [0, 257] {
+            let e = with(n).unwrap_err().to_string();
+            assert!(e.contains("upstream.shared_identities"), "{n}: {e}");
+        }
     }
 
     #[test]

@@ -160,6 +160,11 @@ pub struct RawUpstream {
     /// With `connections = "multiplexed"`: connections of their own kept open, idle, for the
     /// next client that needs one (after a transaction or a blocking command ended).
     pub pinned_idle: usize,
+    /// With `connections = "multiplexed"`: most distinct identities (database, protocol
+    /// version) with shared connections of their own, the URL's included (a client's
+    /// SELECT or HELLO 3 moves it to its identity's); a client needing one more keeps a
+    /// connection of its own for good instead.
+    pub shared_identities: usize,
     /// TLS settings for a `rediss://` URL.
     pub tls: RawUpstreamTls,
     /// With a `redis-sentinel://` URL: the password the sentinels require (`requirepass`
@@ -209,6 +214,7 @@ impl Default for RawUpstream {
             shared_connections: 2,
             pinned_connections: 1024,
             pinned_idle: 16,
+            shared_identities: 16,
             tls: RawUpstreamTls::default(),
             sentinel_password: String::new(),
         }

@@ -189,9 +189,10 @@ word_enum! {
         /// Each client gets its own Redis connection: all connection state lives in Redis
         /// as if the client were connected directly.
         PerClient = "per-client",
-        /// Clients share a few Redis connections (`upstream.shared_connections`); a client
-        /// moves to a connection of its own for good once it uses connection state
-        /// (transactions, blocking, subscriptions, SELECT, AUTH, HELLO, CLIENT ...).
+        /// Clients share a few Redis connections (`upstream.shared_connections` per
+        /// database in use, `upstream.shared_identities`); a client moves to a connection of
+        /// its own while it uses connection state (transactions, blocking, subscriptions),
+        /// for good after AUTH, HELLO, CLIENT ....
         Multiplexed = "multiplexed",
     }
 }

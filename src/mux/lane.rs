@@ -22,7 +22,10 @@
 //! every reply still owed is lost: each slot is told how many of its commands get the
 //! error, and the clients stay connected; the next submit opens a new connection through
 //! the [`ConnectGate`] (rate, breaker, TLS, `max_connections`), whose handshake (AUTH,
-//! SELECT) is the URL's, then names it `respguard-shared`.
+//! SELECT) is the URL's, then gives it the lane's identity (`SELECT n`, `HELLO 3`,
+//! [`LaneSettings::handshake`]), each reply checked before any client's command is written
+//! (a refusal fails what was submitted with Redis's own error, and marks the lane refused),
+//! then names it `respguard-shared`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -44,12 +47,19 @@ use crate::upstream::ConnectGate;
 pub const LANE_NAME: &str = "respguard-shared";
 
 /// How a lane behaves, from the configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct LaneSettings {
     /// Longest silence while replies are owed before the connection counts as lost.
     pub reply_timeout: Option<Duration>,
     /// Bytes of replies a slot may hold that its session has not taken.
     pub unread: UnreadLimit,
+    /// What every new connection is sent before any client's command, and how many
+    /// replies that gets, each checked: the lane's identity, when not the URL's
+    /// (`SELECT n`, `HELLO 3`; see [`super::LaneIdentity::handshake_from`]).
+    pub handshake: (Bytes, u32),
+    /// Longest time the identity's commands may take to be answered
+    /// (`upstream.connect_timeout`).
+    pub handshake_timeout: Duration,
 }
 
 /// How many reply bytes a client may leave untaken on a lane: Redis's
@@ -226,7 +236,20 @@ pub(crate) struct Lane {
     down: AtomicBool,
     /// Why, as a Redis error line without its `-`.
     down_error: Mutex<String>,
+    /// Redis refused the lane's identity on the last connection.
+    refused: AtomicBool,
+    /// No session will attach any more (see [`Lane::retire`]).
+    retired: AtomicBool,
     shutdown: watch::Receiver<bool>,
+}
+
+/// Why a new connection could not be given the lane's identity.
+#[derive(Debug)]
+enum IdentityFailure {
+    /// Redis answered with this error (the whole reply).
+    Refused(Bytes),
+    /// No answer, or the connection failed.
+    Lost(String),
 }
 
 /// How long a lane that cannot connect waits between attempts while sessions are attached
@@ -250,6 +273,8 @@ impl Lane {
             links: AtomicUsize::new(0),
             down: AtomicBool::new(false),
             down_error: Mutex::new(String::new()),
+            refused: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             shutdown,
         }
     }
@@ -297,8 +322,13 @@ impl Lane {
                     *self.down_error.lock().expect("lane lock") = error;
                     self.down.store(true, Ordering::Relaxed);
                 }
-                Ok((stream, _place)) => {
+                Ok((mut stream, _place)) => {
                     self.down.store(false, Ordering::Relaxed);
+                    if let Err(failure) = self.give_identity(&mut stream).await {
+                        self.on_identity_failure(failure);
+                        continue;
+                    }
+                    self.refused.store(false, Ordering::Relaxed);
                     self.write_handshake_first();
                     let reason = self.serve(stream, &mut shutdown).await;
                     let Some(reason) = reason else {
@@ -316,6 +346,39 @@ impl Lane {
                 }
             }
         }
+    }
+
+    /// The connection could not be given the lane's identity: what was submitted fails
+    /// with Redis's own refusal (`-ERR DB index is out of range` for a database past
+    /// `databases`), or with the connection-lost error; the lane is marked refused, so that
+    /// the next client needing its identity gets new lanes ([`super::SharedConnections`]).
+    fn on_identity_failure(&self, failure: IdentityFailure) {
+        let error = match failure {
+            IdentityFailure::Refused(reply) => {
+                tracing::debug!(reply = %String::from_utf8_lossy(&reply).trim_end(), "shared connection's identity refused");
+                self.refused.store(true, Ordering::Relaxed);
+                reply
+            }
+            IdentityFailure::Lost(reason) => {
+                let address = self.gate.address();
+                resp::error(&format!(
+                    "ERR respguard: upstream {address} connection lost before the reply ({reason})"
+                ))
+            }
+        };
+        self.lose_everything(&error);
+    }
+
+    /// Redis refused this lane's identity on its last connection.
+    pub fn is_refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// No new session will attach: the task ends once none is attached and nothing is
+    /// owed (its connection closes).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.work.notify_one();
     }
 
     /// Whether the task must go on: waits until something is submitted (true) or the
@@ -339,9 +402,9 @@ impl Lane {
         }
     }
 
-    /// The proxy is shutting down and no session is attached.
+    /// The proxy is shutting down (or the lane was retired) and no session is attached.
     fn finished(&self, shutdown: &watch::Receiver<bool>) -> bool {
-        *shutdown.borrow() && self.links() == 0
+        (*shutdown.borrow() || self.retired.load(Ordering::Relaxed)) && self.links() == 0
     }
 
     /// Put the lane's own `CLIENT SETNAME` before everything queued: its reply is dropped.
@@ -352,6 +415,31 @@ impl Lane {
         out.extend_from_slice(&st.out);
         st.out = out;
         st.router.expect_first(&self.sink, 1);
+    }
+
+    /// Give a new connection the lane's identity (`SELECT n`, `HELLO 3`) and check every
+    /// reply: a connection whose identity Redis refused must carry no client's command, as
+    /// they would run in the wrong database.
+    async fn give_identity(&self, stream: &mut Stream) -> Result<(), IdentityFailure> {
+        let (commands, replies) = &self.settings.handshake;
+        if *replies == 0 {
+            return Ok(());
+        }
+        let exchange = async {
+            stream.write_all(commands).await?;
+            crate::upstream::read_replies(stream, *replies as usize).await
+        };
+        let timeout = self.settings.handshake_timeout;
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(IdentityFailure::Lost(format!(
+                "no answer to the connection's SELECT within {timeout:?}"
+            ))),
+            Ok(Err(e)) => Err(IdentityFailure::Lost(e.to_string())),
+            Ok(Ok(answers)) => match answers.into_iter().find_map(|r| r.err()) {
+                Some(error) => Err(IdentityFailure::Refused(resp::error(&error))),
+                None => Ok(()),
+            },
+        }
     }
 
     /// Every reply owed, and every command not written yet, fails with `error`.

@@ -7,9 +7,18 @@
 //! [`pinned`] pool, once its commands on the lane have been answered (so Redis runs them in
 //! the order the client sent them). State that ends (a transaction, a blocking command, a
 //! subscription) gives the connection back when it does, and the client returns to a
-//! lane; state kept for the connection's life (SELECT, AUTH, HELLO, CLIENT ...) keeps it.
-//! Redis therefore sees `shared_connections` connections plus one per client holding
-//! connection state (at most `pinned_connections`), plus the few kept for reuse.
+//! lane; state kept for the connection's life (AUTH, CLIENT SETNAME, HELLO ... SETNAME,
+//! MONITOR, RESET ...) keeps it.
+//!
+//! State the proxy can keep per client instead picks which lanes the client shares: lanes
+//! are grouped by [`LaneIdentity`] (database, protocol version). The URL's identity has
+//! its lanes from the start; another gets `shared_connections` lanes of its own, whose
+//! handshake selects its database and protocol, the first time a client needs it
+//! (`SELECT n` or `HELLO 3` on a lane), up to `upstream.shared_identities` identities in all; past that bound a client
+//! needing one more takes a connection of its own for good, as before.
+//! Redis therefore sees `shared_connections` connections per identity in use plus one per
+//! client holding connection state (at most `pinned_connections`), plus the few kept for
+//! reuse.
 //!
 //! [`router`] is the pure part (which reply bytes belong to which client), [`lane`] the
 //! connection and its task, [`pinned`] the connections of their own. The session's side is
@@ -20,9 +29,10 @@ pub(crate) mod pinned;
 pub(crate) mod router;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use crate::upstream::ConnectGate;
@@ -34,8 +44,10 @@ pub use lane::{SlowReader, UnreadLimit, LANE_NAME};
 /// How multiplexing is set up, from `[upstream]` and `[proxy]`.
 #[derive(Debug, Clone, Copy)]
 pub struct MuxSettings {
-    /// `upstream.shared_connections`: how many lanes.
+    /// `upstream.shared_connections`: how many lanes per identity.
     pub shared: usize,
+    /// `upstream.shared_identities`: most identities with lanes, the URL's included.
+    pub identities: usize,
     /// `upstream.pinned_connections`: most connections of their own in use at once.
     pub pinned: usize,
     /// `upstream.pinned_idle`: most connections of their own kept open for reuse.
@@ -49,11 +61,78 @@ pub struct MuxSettings {
     pub reply_timeout: Option<Duration>,
 }
 
-/// The lanes clients share and the connections of their own, proxy-wide.
+/// What a Redis connection carries that decides how it answers a client's commands, as far
+/// as lanes are concerned: the database its commands use and the protocol of its replies.
+/// Clients of one identity may share connections; clients of two may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LaneIdentity {
+    /// The selected database.
+    pub db: u32,
+    /// The protocol version, 2 or 3.
+    pub protocol: u8,
+}
+
+impl LaneIdentity {
+    /// The commands that bring a connection opened with the URL's handshake (database
+    /// `home.db`, RESP2) to this identity, encoded, and how many replies they get: a
+    /// `SELECT` when the database differs. Empty for the URL's identity.
+    pub fn handshake_from(&self, home: LaneIdentity) -> (Bytes, u32) {
+        let mut out = BytesMut::new();
+        let mut replies = 0;
+        if self.db != home.db {
+            let db = self.db.to_string();
+            crate::resp::command(&mut out, &[b"SELECT", db.as_bytes()]);
+            replies += 1;
+        }
+        if self.protocol != home.protocol {
+            let protocol = self.protocol.to_string();
+            crate::resp::command(&mut out, &[b"HELLO", protocol.as_bytes()]);
+            replies += 1;
+        }
+        (out.freeze(), replies)
+    }
+}
+
+/// The lanes of one identity, attached to in turn.
 #[derive(Debug)]
-pub struct SharedConnections {
+struct LaneGroup {
+    identity: LaneIdentity,
     lanes: Vec<Arc<Lane>>,
     next: AtomicUsize,
+}
+
+impl LaneGroup {
+    /// Redis refused this identity (a database past `databases`) on one of its lanes.
+    fn is_refused(&self) -> bool {
+        self.lanes.iter().any(|lane| lane.is_refused())
+    }
+
+    /// No session attaches any more; each lane closes once its sessions have left.
+    fn retire(&self) {
+        for lane in &self.lanes {
+            lane.retire();
+        }
+    }
+
+    /// A place on the next lane in turn.
+    fn attach(&self) -> LaneLink {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        self.lanes[i].attach()
+    }
+}
+
+/// The lanes clients share, by identity, and the connections of their own, proxy-wide.
+#[derive(Debug)]
+pub struct SharedConnections {
+    /// The URL's identity's lanes, where every session starts.
+    home: LaneGroup,
+    /// The other identities' lanes, created when first needed; never more than
+    /// `max_identities - 1`.
+    others: Mutex<Vec<Arc<LaneGroup>>>,
+    max_identities: usize,
+    settings: MuxSettings,
+    gate: Arc<ConnectGate>,
+    shutdown: watch::Receiver<bool>,
     pinned: PinnedConnections,
 }
 
@@ -64,29 +143,54 @@ impl SharedConnections {
         gate: Arc<ConnectGate>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let lane_settings = LaneSettings {
-            reply_timeout: settings.reply_timeout,
-            unread: settings.unread,
+        let home = LaneIdentity {
+            db: gate.target().db,
+            protocol: 2,
         };
-        let lanes = (0..settings.shared.max(1))
-            .map(|_| {
-                Arc::new(Lane::new(
-                    Arc::clone(&gate),
-                    lane_settings,
-                    shutdown.clone(),
-                ))
-            })
-            .collect();
         let pinned = PinnedConnections::new(
-            gate,
+            Arc::clone(&gate),
             settings.pinned,
             settings.pinned_wait,
             settings.pinned_idle,
         );
-        SharedConnections {
+        let mut connections = SharedConnections {
+            home: LaneGroup {
+                identity: home,
+                lanes: Vec::new(),
+                next: AtomicUsize::new(0),
+            },
+            others: Mutex::new(Vec::new()),
+            max_identities: settings.identities.max(1),
+            settings,
+            gate,
+            shutdown,
+            pinned,
+        };
+        connections.home = connections.group(home);
+        connections
+    }
+
+    /// `shared_connections` lanes for `identity`, none connected until used.
+    fn group(&self, identity: LaneIdentity) -> LaneGroup {
+        let lane_settings = LaneSettings {
+            reply_timeout: self.settings.reply_timeout,
+            unread: self.settings.unread,
+            handshake: identity.handshake_from(self.home.identity),
+            handshake_timeout: self.settings.pinned_wait,
+        };
+        let lanes = (0..self.settings.shared.max(1))
+            .map(|_| {
+                Arc::new(Lane::new(
+                    Arc::clone(&self.gate),
+                    lane_settings.clone(),
+                    self.shutdown.clone(),
+                ))
+            })
+            .collect();
+        LaneGroup {
+            identity,
             lanes,
             next: AtomicUsize::new(0),
-            pinned,
         }
     }
 
@@ -95,9 +199,46 @@ impl SharedConnections {
         &self.pinned
     }
 
-    /// A place for a new session on the next lane in turn.
+    /// The identity of the URL's handshake: every session starts there, and connections of
+    /// their own are opened with it.
+    pub(crate) fn home(&self) -> LaneIdentity {
+        self.home.identity
+    }
+
+    /// A place for a new session on the next of the URL's identity's lanes in turn.
     pub(crate) fn attach(&self) -> LaneLink {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        self.lanes[i].attach()
+        self.home.attach()
+    }
+
+    /// A place on the next lane of `identity` in turn, its lanes created if this is the
+    /// first time it is needed; `None` when `upstream.shared_identities` identities have
+    /// lanes already (the client then needs a connection of its own).
+    pub(crate) fn attach_to(&self, identity: LaneIdentity) -> Option<LaneLink> {
+        if identity == self.home.identity {
+            return Some(self.home.attach());
+        }
+        let mut others = self.others.lock().expect("identities lock");
+        if let Some(i) = others.iter().position(|g| g.identity == identity) {
+            if !others[i].is_refused() {
+                return Some(others[i].attach());
+            }
+            // Redis refused it last time: new lanes ask again (a refusal may pass, as a
+            // busy script's does), and the old ones close once their clients leave.
+            others.swap_remove(i).retire();
+        }
+        if others.len() + 1 >= self.max_identities {
+            metrics::counter!("respguard_shared_identities_exhausted_total").increment(1);
+            return None;
+        }
+        tracing::debug!(
+            db = identity.db,
+            protocol = identity.protocol,
+            "shared connections for a new identity"
+        );
+        let group = Arc::new(self.group(identity));
+        let link = group.attach();
+        others.push(group);
+        metrics::gauge!("respguard_shared_identities").set((others.len() + 1) as f64);
+        Some(link)
     }
 }

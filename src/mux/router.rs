@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 
 use bytes::BytesMut;
 
-use crate::scanner::reply::{ReplyScanner, ReplyStep};
+use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
 
 /// Who receives replies: compared by identity, so that consecutive runs of one owner merge.
 pub(crate) trait Owner: Clone {
@@ -125,14 +125,22 @@ impl<T: Owner> Router<T> {
             let Some(head) = self.order.front_mut() else {
                 return Err(RouteError::Unexpected);
             };
-            let step = match self.scanner.skip_plain_reply(input) {
-                Some(end) => ReplyStep::Done(end),
-                None => self
-                    .scanner
-                    .scan(input)
-                    .map_err(|e| RouteError::Malformed(e.to_string()))?,
+            let (step, plain) = match self.scanner.skip_plain_reply(input) {
+                Some(end) => (ReplyStep::Done(end), true),
+                None => (
+                    self.scanner
+                        .scan(input)
+                        .map_err(|e| RouteError::Malformed(e.to_string()))?,
+                    false,
+                ),
             };
             match step {
+                // A RESP3 push is no reply: on a shared connection (no subscription, no
+                // tracking: those pin) only a command being answered sends one (DEBUG
+                // PROTOCOL push), so it goes with the bytes of that command's reply.
+                ReplyStep::Done(_) if !plain && self.scanner.info().kind == ReplyKind::Push => {
+                    self.mid_reply = false;
+                }
                 ReplyStep::Done(end) => {
                     head.replies -= 1;
                     self.owed -= 1;
@@ -265,6 +273,45 @@ mod tests {
         let r = router.route(&mut input, |o, b| got.push((*o, b.to_vec())));
         assert_eq!(r, Err(RouteError::Unexpected));
         assert_eq!(got, vec![(1, b"+OK\r\n".to_vec())]);
+    }
+
+    /// A RESP3 push (DEBUG PROTOCOL push sends one before its reply) is no reply: it goes
+    /// to the owner of the reply it precedes, at any read split, and counts for nothing; one
+    /// arriving when nothing is owed stops the routing.
+    #[test]
+    fn a_push_goes_with_the_reply_it_precedes_and_counts_for_nothing() {
+        let wire = b"+a\r\n>2\r\n$3\r\ncpu\r\n:42\r\n$4\r\nreal\r\n:7\r\n";
+        for split in 0..=wire.len() {
+            let mut router = Router::<u32>::new();
+            router.expect(&1, 1);
+            router.expect(&2, 1);
+            router.expect(&3, 1);
+            let mut got: Vec<(u32, Vec<u8>)> = Vec::new();
+            let mut input = BytesMut::new();
+            for piece in [&wire[..split], &wire[split..]] {
+                input.extend_from_slice(piece);
+                router
+                    .route(&mut input, |o, b| match got.last_mut() {
+                        Some((last, bytes)) if last == o => bytes.extend_from_slice(&b),
+                        _ => got.push((*o, b.to_vec())),
+                    })
+                    .unwrap();
+            }
+            assert!(input.is_empty(), "split at {split}");
+            let want: Vec<(u32, Vec<u8>)> = vec![
+                (1, b"+a\r\n".to_vec()),
+                (2, b">2\r\n$3\r\ncpu\r\n:42\r\n$4\r\nreal\r\n".to_vec()),
+                (3, b":7\r\n".to_vec()),
+            ];
+            assert_eq!(got, want, "split at {split}");
+            assert_eq!(router.owed(), 0);
+        }
+        let mut router = Router::<u32>::new();
+        let mut input = BytesMut::from(&b">1\r\n:1\r\n"[..]);
+        assert_eq!(
+            router.route(&mut input, |_, _| {}),
+            Err(RouteError::Unexpected)
+        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ mod requests;
 mod run;
 mod shared;
 mod state;
+mod switch;
 mod tunnel;
 mod upstream;
 mod verdicts;
@@ -66,7 +67,7 @@ use crate::config::Replication;
 use crate::control::{Control, Policy};
 use crate::guard::ScriptAccess;
 use crate::identity::ClientIdentity;
-use crate::mux::SharedConnections;
+use crate::mux::{LaneIdentity, SharedConnections};
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::{Limits, RequestScanner};
 use crate::telemetry::{CommandLatency, LatencyRun, ProxyMetrics};
@@ -215,6 +216,11 @@ pub struct Session {
     /// On a shared connection: commands Redis answers that were handed to it so far
     /// (against [`crate::reply_queue::ReplyQueue::pushed_to_upstream`]).
     submitted: u64,
+    /// Multiplexed: the identity (database, protocol) whose shared connections the client
+    /// uses, and which a connection of its own is given; the URL's at first (`switch`).
+    lane_identity: LaneIdentity,
+    /// A move to another identity's shared connections waiting for Redis's answer.
+    switch: Option<upstream::LaneSwitch>,
 }
 
 enum Event {
@@ -306,6 +312,11 @@ impl Session {
             lasting_state: false,
             pin_pending: false,
             submitted: 0,
+            lane_identity: LaneIdentity {
+                db: shared.gate.target().db,
+                protocol: 2,
+            },
+            switch: None,
             shared,
         }
     }
@@ -552,7 +563,7 @@ impl Session {
         self.upstream = match &self.shared.lanes {
             Some(lanes) if !self.pinned => {
                 self.submitted = self.state.queue().pushed_to_upstream();
-                Upstream::Shared(lanes.attach())
+                Upstream::Shared(self.attach_to_identity().unwrap_or_else(|| lanes.attach()))
             }
             Some(lanes) => Upstream::pinned(lanes.pinned(), &self.identity).await,
             None => Upstream::connect(&self.shared.gate, &self.identity).await,

@@ -196,6 +196,7 @@ impl Session {
                 if let Some(n) = name {
                     self.identity.set_name(n);
                 }
+                self.confirm_switch();
             }
             Effect::Auth(user) => {
                 self.identity.user = Some(user);
@@ -207,6 +208,7 @@ impl Session {
             Effect::SetLibName(lib) => self.identity.set_lib_name(lib),
             Effect::Reset => self.identity.reset(),
             Effect::Quit => self.close_when_flushed = true,
+            Effect::LaneSwitch => self.confirm_switch(),
         }
     }
 

@@ -31,6 +31,7 @@ impl Session {
             if self.state.holds_for_identity() {
                 break;
             }
+            self.settle_switch();
             if let Some(to) = self.streaming {
                 if self.continue_stream(to) {
                     continue;

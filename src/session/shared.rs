@@ -17,12 +17,13 @@
 //!   leaves the lane for a connection of its own from the pinned pool ([`Session::pin`]),
 //!   and the command goes there. Redis thus runs the client's commands in the order it sent
 //!   them. QUIT is the exception: answered by the session, never sent to the shared
-//!   connection.
+//!   connection; and SELECT and HELLO 2|3, which move the client to the lanes of its
+//!   database and protocol instead (`switch`).
 //! - **Unpinning**: once that connection owes nothing and holds no state the session
 //!   follows (no transaction or watched key, no subscription, replies on), the session
 //!   hands it back to the pool and returns to a lane ([`Session::unpin`]), unless it sent a
-//!   command whose state lasts for the connection's life ([`Pinning::ForLife`]: SELECT,
-//!   AUTH, HELLO, CLIENT ..., MONITOR, RESET). If no connection of its own can be had, the
+//!   command whose state lasts for the connection's life ([`Pinning::ForLife`]: SELECT
+//!   and HELLO there, AUTH, CLIENT ..., MONITOR, RESET). If no connection of its own can be had, the
 //!   held commands get the reason and the session stays on the lane.
 
 use super::upstream::Upstream;
@@ -34,7 +35,6 @@ use crate::mux::lane::News;
 use crate::mux::SlowReader;
 use crate::pipeline::{CommandFacts, Span};
 use crate::scanner::reply::ReplyScanner;
-use crate::scanner::request::parse_int;
 
 /// Whether Redis accepts `value` as a library attribute: printable ASCII without spaces
 /// (so `CLIENT LIST` stays splittable), or empty (which clears it).
@@ -74,25 +74,42 @@ impl Session {
             _ if info.special == Special::ClientSetInfo => false,
             _ => true,
         };
-        if pins && self.selects_the_shared_database(span) {
-            // Nothing to change: Redis would answer +OK and keep the connection as it is.
-            self.commands_in_batch += 1;
-            self.answer_locally(info.id, Bytes::from_static(b"+OK\r\n"), span);
-            return true;
+        if pins {
+            if info.special == Special::Hello {
+                if let Some(protocol) = self.hello_protocol(span) {
+                    return self.hello_on_lane(span, protocol);
+                }
+            } else if let Some(arg) = self.select_argument(span) {
+                return self.select_on_lane(info, span, &arg);
+            }
         }
         pins && self.hold_until_pinned(span.start)
     }
 
-    /// Whether the command at `span` is `SELECT n` for the database the shared connections
-    /// use (the upstream URL's), written as Redis accepts it: many client libraries send
-    /// it first thing, and it needs no connection of its own.
-    fn selects_the_shared_database(&self, span: Span) -> bool {
+    /// The argument of the command at `span` when it is `SELECT` with exactly one (copied:
+    /// a few bytes, on a rare command).
+    fn select_argument(&self, span: Span) -> Option<Bytes> {
         let cmd = self.current(span);
         let (Some(name), Some(db), None) = (cmd.arg(0), cmd.arg(1), cmd.arg(2)) else {
-            return false;
+            return None;
         };
         name.eq_ignore_ascii_case(b"select")
-            && parse_int(db) == Some(i64::from(self.shared.gate.target().db))
+            .then(|| Bytes::copy_from_slice(db))
+    }
+
+    /// For `HELLO` with at most a protocol version (`HELLO`, `HELLO v`): `Some(Some(2 | 3))`
+    /// for a version Redis accepts, `Some(None)` for none or one it refuses; `None` when
+    /// HELLO has more arguments (AUTH, SETNAME: state for the connection's life).
+    fn hello_protocol(&self, span: Span) -> Option<Option<u8>> {
+        let cmd = self.current(span);
+        if cmd.arg(2).is_some() {
+            return None;
+        }
+        Some(match cmd.arg(1) {
+            Some(b"2") => Some(2),
+            Some(b"3") => Some(3),
+            _ => None,
+        })
     }
 
     /// QUIT on a lane: answered here (Redis would close the shared connection), and the
@@ -172,7 +189,7 @@ impl Session {
 
     /// Hold the command starting at `start` back, unscanned, until the session has its own
     /// connection (see [`Session::pin`]).
-    fn hold_until_pinned(&mut self, start: usize) -> bool {
+    pub(super) fn hold_until_pinned(&mut self, start: usize) -> bool {
         self.requests.scanner_mut().unscan(start);
         self.pin_pending = true;
         true
@@ -184,8 +201,8 @@ impl Session {
     }
 
     /// Leave the lane for a connection of the session's own, and carry on with the held
-    /// command. The connection has the lane's user and database, so the guards' access
-    /// (probed on the lane) holds on it too.
+    /// command. The connection has the lane's user, so the guards' access (probed on the
+    /// lane) holds on it too, and is given the lane's identity (database, protocol) first.
     pub(super) async fn pin(&mut self) {
         self.pin_pending = false;
         self.pinned = true;
@@ -195,16 +212,30 @@ impl Session {
         if let Some(lanes) = &self.shared.lanes {
             self.upstream = Upstream::pinned(lanes.pinned(), &self.identity).await;
         }
+        self.give_own_connection_the_identity();
         self.on_client_input();
         self.flush_upstream();
         self.flush_client();
     }
 
     /// Note a command sent to Redis: one whose state lasts for the connection's life keeps
-    /// the session on its own connection for good.
+    /// the session on its own connection for good. On a lane the only such commands sent
+    /// are a SELECT or HELLO that changes nothing (Redis refuses it, or it names the
+    /// identity in use) and the SELECT or HELLO of a move to another identity's lanes
+    /// (`switch`).
     #[inline]
     pub(super) fn note_pinning(&mut self, pinning: Pinning) {
-        self.lasting_state |= pinning == Pinning::ForLife;
+        if pinning == Pinning::ForLife {
+            self.note_lasting_command();
+        }
+    }
+
+    fn note_lasting_command(&mut self) {
+        if self.upstream.lane().is_some() {
+            self.note_switch_sent();
+            return;
+        }
+        self.lasting_state = true;
     }
 
     /// A multiplexed session on its own connection (or without one, when taking it failed)
@@ -237,10 +268,17 @@ impl Session {
         let Some(lanes) = self.shared.lanes.clone() else {
             return;
         };
+        let Some(link) = self.attach_to_identity() else {
+            // Its identity's lanes are always kept; should they not be, it stays here.
+            self.lasting_state = true;
+            return;
+        };
         self.submitted = self.state.queue().pushed_to_upstream();
-        let own = std::mem::replace(&mut self.upstream, Upstream::Shared(lanes.attach()));
+        let own = std::mem::replace(&mut self.upstream, Upstream::Shared(link));
         if let Upstream::Pinned(connection) = own {
-            lanes.pinned().give_back(connection);
+            if self.own_connection_reusable() {
+                lanes.pinned().give_back(connection);
+            }
         }
         self.pinned = false;
         self.watchdog.disarm();
@@ -254,7 +292,7 @@ impl Session {
     /// The session ends: its own connection goes back to the pool if it is clean, and is
     /// closed otherwise (a client gone mid-BLPOP leaves Redis nothing to answer).
     pub(super) fn hand_back_own_connection(&mut self) {
-        if !self.lasting_state && self.holds_nothing_upstream() {
+        if !self.lasting_state && self.holds_nothing_upstream() && self.own_connection_reusable() {
             if let (Upstream::Pinned(_), Some(lanes)) = (&self.upstream, &self.shared.lanes) {
                 let lanes = std::sync::Arc::clone(lanes);
                 if let Upstream::Pinned(connection) =

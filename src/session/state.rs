@@ -146,6 +146,12 @@ impl ConnectionState {
         self.identity_pending
     }
 
+    /// The next command waits until every reply in flight has arrived, as after a change
+    /// of identity (a multiplexed client moving to other shared connections).
+    pub fn wait_for_replies(&mut self) {
+        self.identity_pending = true;
+    }
+
     /// Whether the next command must wait for the identity change in flight; once its
     /// reply is in, it need not any more.
     #[inline]

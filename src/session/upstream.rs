@@ -17,8 +17,23 @@
 use crate::identity::ClientIdentity;
 use crate::mux::lane::LaneLink;
 use crate::mux::pinned::{PinnedConnection, PinnedConnections};
+use crate::mux::LaneIdentity;
 use crate::transport::Stream;
 use crate::upstream::{ConnectGate, UpstreamSlot};
+
+/// A move to another identity's lane in flight (`session::switch`): the SELECT or HELLO
+/// was (or is about to be) sent on the new lane, and the old one is kept until Redis
+/// answers.
+#[derive(Debug)]
+pub(super) struct LaneSwitch {
+    /// The lane the client came from, and its identity.
+    pub previous: LaneLink,
+    pub previous_identity: LaneIdentity,
+    /// The identity asked for.
+    pub target: LaneIdentity,
+    /// The command went to Redis (a guard or a lane that is down may answer it instead).
+    pub sent: bool,
+}
 
 /// An open connection to Redis and its slot.
 #[derive(Debug)]

@@ -16,6 +16,7 @@ mod faults;
 mod fidelity;
 mod guards;
 mod harness;
+mod identities;
 mod job_keys;
 mod jobs;
 mod keyspace;

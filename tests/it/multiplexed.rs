@@ -31,6 +31,8 @@ pub(crate) struct ClientLine {
     pub name: String,
     pub flags: String,
     pub cmd: String,
+    /// The database the connection uses.
+    pub db: u32,
     qbuf: usize,
 }
 
@@ -98,6 +100,7 @@ impl Watcher {
                     name: field("name"),
                     flags: field("flags"),
                     cmd: field("cmd"),
+                    db: field("db").parse().unwrap_or(0),
                     qbuf: field("qbuf").parse().unwrap_or(0),
                 }
             })
@@ -407,15 +410,16 @@ async fn commands_without_connection_state_never_pin() {
 }
 
 /// Each kind of command that uses connection state pins the client that sends it:
-/// MULTI, WATCH, the blocking commands, WAIT, the three SUBSCRIBEs, MONITOR, SELECT, AUTH,
-/// HELLO (2 and 3), RESET, CLIENT subcommands, READONLY, READWRITE, ASKING. The client gets
+/// MULTI, WATCH, the blocking commands, WAIT, the three SUBSCRIBEs, MONITOR, AUTH,
+/// HELLO with SETNAME, RESET, CLIENT subcommands, READONLY, READWRITE, ASKING. The client gets
 /// the replies a direct connection gets; after a GET it has no connection of its own
 /// (multiplexed). Once the state ends (EXEC, DISCARD, UNWATCH, the blocking command or
 /// WAIT answered, the last subscription gone) it has none again, and its next GET uses
-/// none; after a command whose state lasts (SELECT, AUTH, HELLO, CLIENT, MONITOR, RESET,
+/// none; after a command whose state lasts (AUTH, HELLO, CLIENT, MONITOR, RESET,
 /// the cluster flags) it keeps exactly one, still after its next GET, freed when the client
 /// leaves. Per client, it has one connection throughout. (`pinned_idle = 0`: a connection
-/// given back is closed, so Redis shows it gone.)
+/// given back is closed, so Redis shows it gone.) SELECT and HELLO 2|3 move a client to
+/// other shared connections instead (`tests/it/identities.rs`).
 #[tokio::test]
 async fn each_command_using_connection_state_pins_its_client_while_the_state_lasts() {
     // The cases up to `LASTING` end their state; the rest keep it for good.
@@ -467,10 +471,11 @@ async fn each_command_using_connection_state_pins_its_client_while_the_state_las
             &[&["SSUBSCRIBE", "pin:sh"], &["SUNSUBSCRIBE", "pin:sh"]],
         ),
         ("MONITOR", &[&["MONITOR"], &["RESET"]]),
-        ("SELECT", &[&["SELECT", "1"]]),
         ("AUTH", &[&["AUTH", "default", "anything"]]),
-        ("HELLO 2", &[&["HELLO", "2"]]),
-        ("HELLO 3", &[&["HELLO", "3"], &["GET", "pin"]]),
+        (
+            "HELLO 3 SETNAME",
+            &[&["HELLO", "3", "SETNAME", "h"], &["GET", "pin"]],
+        ),
         ("RESET", &[&["RESET"]]),
         ("CLIENT SETNAME", &[&["CLIENT", "SETNAME", "app"]]),
         ("CLIENT NO-EVICT", &[&["CLIENT", "NO-EVICT", "off"]]),
@@ -579,11 +584,12 @@ async fn commands_pipelined_before_the_pinning_one_run_before_it() {
     }
 }
 
-/// What a pinned client does to its connection stays on it: after SELECT 3 its writes land
-/// in database 3 while a plain client's land in database 0; its open MULTI queues only its
-/// own commands; its CLIENT SETNAME names only its own connection (the shared ones keep
-/// their name), and CLIENT GETNAME answers it to that client only. A RESP3 client (HELLO 3) gets RESP3 replies while a RESP2 client next to it
-/// gets RESP2 ones.
+/// What a client does to its connection stays on it: after SELECT 3 its writes land
+/// in database 3 while a plain client's land in database 0 (multiplexed, each on shared
+/// connections of its database); its open MULTI queues only its own commands; its CLIENT SETNAME names only its own connection (the shared ones keep
+/// their name), and CLIENT GETNAME answers it to that client only. A RESP3 client (HELLO 3,
+/// multiplexed on shared RESP3 connections) gets RESP3 replies while a RESP2 client next to
+/// it gets RESP2 ones.
 #[tokio::test]
 async fn a_pinned_clients_state_never_reaches_other_clients() {
     for mode in Mode::BOTH {
@@ -618,7 +624,7 @@ async fn a_pinned_clients_state_never_reaches_other_clients() {
         let want = Want {
             plain: 1,
             pinned: 1,
-            shared_max: 2,
+            shared_max: 6,
         };
         watcher.expect(mode, want, "one plain, one pinned").await;
         let (_, dedicated) = watcher.serving().await;
@@ -638,18 +644,27 @@ async fn a_pinned_clients_state_never_reaches_other_clients() {
         assert_eq!(plain.call(&["GET", "nothing"]).await, "$-1\r\n");
         assert_eq!(resp3.call(&["HGETALL", "nothing"]).await, "%0\r\n");
         assert_eq!(plain.call(&["HGETALL", "nothing"]).await, "*0\r\n");
-        let want = Want {
-            plain: 1,
-            pinned: 2,
-            shared_max: 2,
+        let want = match mode {
+            Mode::PerClient => Want {
+                plain: 1,
+                pinned: 2,
+                shared_max: 0,
+            },
+            Mode::Multiplexed => Want {
+                plain: 2,
+                pinned: 1,
+                shared_max: 6,
+            },
         };
-        watcher.expect(mode, want, "one plain, two pinned").await;
+        watcher
+            .expect(mode, want, "one pinned, the RESP3 one shares")
+            .await;
         proxy.shutdown().await;
     }
 }
 
 /// A thousand clients connected at once, each writing and reading its own keys in pipelines
-/// concurrently, and ten pinned clients (SELECT 1) beside them: Redis's
+/// concurrently, and ten pinned clients (CLIENT SETNAME) beside them: Redis's
 /// `connected_clients`, sampled throughout, never passes the baseline (the proxy's monitor
 /// and this test's own connection) plus `shared_connections` plus the ten pinned clients;
 /// every reply is the client's own. Per client, it is exactly the baseline plus 1,010.
@@ -688,7 +703,9 @@ async fn a_thousand_clients_share_two_redis_connections() {
         let mut pinned = Vec::new();
         for i in 0..PINNED {
             let mut c = Conn::open(proxy.addr).await;
-            assert_eq!(c.call(&["SELECT", "1"]).await, "+OK\r\n", "pinned {i}");
+            let name = format!("pinned-{i}");
+            let named = c.call(&["CLIENT", "SETNAME", &name]).await;
+            assert_eq!(named, "+OK\r\n", "pinned {i}");
             pinned.push(c);
         }
         // Connect in waves (the listen backlog is finite), each client writing its key.
