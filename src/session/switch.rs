@@ -75,23 +75,7 @@ impl Session {
             self.answer_locally(info.id, Bytes::from_static(b"+OK\r\n"), span);
             return true;
         }
-        if !self.state.queue().is_empty() {
-            // Redis runs the client's commands in order: the old lane answers first.
-            self.requests.scanner_mut().unscan(span.start);
-            self.state.wait_for_replies();
-            return true;
-        }
-        let Some(lanes) = self.shared.lanes.clone() else {
-            return false;
-        };
-        match lanes.attach_to(target) {
-            Some(link) => {
-                self.begin_switch(link, target);
-                false
-            }
-            // Past `upstream.shared_identities`: a connection of its own, for good.
-            None => self.hold_until_pinned(span.start),
-        }
+        self.switch_lanes(target, span)
     }
 
     /// `HELLO` with at most a protocol version, on a lane (`protocol`: the version when it
@@ -109,7 +93,16 @@ impl Session {
         if target == self.lane_identity {
             return false;
         }
+        self.switch_lanes(target, span)
+    }
+
+    /// The command at `span` moves the client to the lanes of `target`: held until the
+    /// client's lane owes nothing (Redis runs its commands in order), then sent on a lane of
+    /// `target`; past `upstream.shared_identities`, held for a connection of its own, for
+    /// good. True when held here.
+    fn switch_lanes(&mut self, target: LaneIdentity, span: Span) -> bool {
         if !self.state.queue().is_empty() {
+            // Redis runs the client's commands in order: the old lane answers first.
             self.requests.scanner_mut().unscan(span.start);
             self.state.wait_for_replies();
             return true;
@@ -122,6 +115,7 @@ impl Session {
                 self.begin_switch(link, target);
                 false
             }
+            // Past `upstream.shared_identities`: a connection of its own, for good.
             None => self.hold_until_pinned(span.start),
         }
     }

@@ -129,6 +129,20 @@ impl Deployment {
     }
 }
 
+/// Once the proxy serves `c`, a SET through it lands on `primary`.
+async fn writes_reach(c: &mut Conn, primary: &RedisServer) {
+    eventually!(WAIT, "the proxy serving through a sentinel", {
+        let got = c.call(&["SET", "k", "v"]).await;
+        if got == "+OK\r\n" {
+            Ok(())
+        } else {
+            Err(got)
+        }
+    });
+    let mut direct = Conn::open(primary.addr()).await;
+    assert_eq!(direct.call(&["GET", "k"]).await, "$1\r\nv\r\n");
+}
+
 fn address(server: &RedisServer) -> String {
     format!("127.0.0.1:{}", server.port)
 }
@@ -522,16 +536,7 @@ async fn without_a_sentinel_at_start_the_proxy_says_why_then_follows_one_that_co
 
     let primary = RedisServer::start();
     let _sentinel = SentinelServer::start_on(ports[1], MASTER, primary.port, 1, 1000, 5000);
-    eventually!(WAIT, "the proxy serving through the sentinel", {
-        let got = c.call(&["SET", "k", "v"]).await;
-        if got == "+OK\r\n" {
-            Ok(())
-        } else {
-            Err(got)
-        }
-    });
-    let mut direct = Conn::open(primary.addr()).await;
-    assert_eq!(direct.call(&["GET", "k"]).await, "$1\r\nv\r\n");
+    writes_reach(&mut c, &primary).await;
     eventually!(WAIT, "/readyz ready", {
         let r = http_get(admin, "/readyz").await;
         if r.status == 200 {
@@ -592,15 +597,6 @@ async fn a_sentinel_answering_a_deeply_nested_reply_is_passed_over() {
     );
     let proxy = start_proxy(proxy_config(&url)).await;
     let mut c = Conn::open(proxy.addr).await;
-    eventually!(WAIT, "the proxy serving through the real sentinel", {
-        let got = c.call(&["SET", "k", "v"]).await;
-        if got == "+OK\r\n" {
-            Ok(())
-        } else {
-            Err(got)
-        }
-    });
-    let mut direct = Conn::open(primary.addr()).await;
-    assert_eq!(direct.call(&["GET", "k"]).await, "$1\r\nv\r\n");
+    writes_reach(&mut c, &primary).await;
     proxy.shutdown().await;
 }
