@@ -67,7 +67,9 @@ pub struct RawProxy {
     /// multiplexed, the soft limit of a client's unread replies.
     pub output_buffer: ByteSize,
     /// Multiplexed: most bytes of replies a client may leave unread (a shared connection
-    /// cannot wait for it); past it the client is disconnected.
+    /// cannot wait for it); past it the client is disconnected. The default, 512 MiB, is
+    /// Redis's `proto-max-bulk-len`: any value Redis accepts reaches a client that reads it,
+    /// however slowly (within the soft time).
     pub output_buffer_hard: ByteSize,
     /// Multiplexed: longest time a client's unread replies may stay above `output_buffer`.
     pub output_buffer_soft_time: HumanDuration,
@@ -110,7 +112,7 @@ impl Default for RawProxy {
             max_clients: 10_000,
             max_pending_commands: 4096,
             output_buffer: ByteSize(256 * 1024),
-            output_buffer_hard: ByteSize(64 * 1024 * 1024),
+            output_buffer_hard: ByteSize(512 * 1024 * 1024),
             output_buffer_soft_time: HumanDuration(Duration::from_secs(60)),
             drain_timeout: HumanDuration(Duration::from_secs(5)),
             worker_threads: 0,
