@@ -9,7 +9,7 @@
 use bytes::{Buf, BytesMut};
 
 /// The smallest read, and the size an idle connection keeps.
-pub const MIN_READ: usize = 2 * 1024;
+pub const MIN_READ: usize = 1024;
 /// The largest read.
 pub const MAX_READ: usize = 64 * 1024;
 
@@ -101,7 +101,8 @@ mod tests {
     #[test]
     fn batches_between_two_sizes_keep_the_larger_read_and_idle_reads_shrink_it() {
         let mut b = ReadBuffer::new();
-        // 3.4 KB batches: the first fills 2 KiB, and the read size then stays at 4 KiB.
+        // 3.4 KB batches: the first ones fill 1 and 2 KiB, and the read size then stays
+        // at 4 KiB.
         for _ in 0..10 {
             let n = 3400.min(b.read_size);
             read(&mut b, n);
