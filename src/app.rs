@@ -18,6 +18,8 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState, KeyspaceSource};
 use crate::admission::Admission;
+use crate::cluster::view::ClusterView;
+use crate::cluster::ClusterUpstream;
 use crate::command::{CommandTable, TableSource};
 use crate::config::{Config, ConfigError, ConnectionModel, ListenerTls, UpstreamTls};
 use crate::control::{Control, Policy, StatusSources};
@@ -178,6 +180,17 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         tokio::spawn(watcher.run(shutdown_rx.clone()));
     }
     let table = Arc::new(load_command_table(&gate, config.command_table_from_upstream).await);
+    let cluster = match &config.upstream.cluster {
+        Some(target) => {
+            // Read the topology before clients come; without it the proxy still starts
+            // (clients get the reason, `/readyz` says not ready) and the view keeps asking.
+            let view = Arc::new(ClusterView::new(Arc::clone(&gate), target.seeds.clone()));
+            view.read_once().await;
+            tokio::spawn(Arc::clone(&view).run(shutdown_rx.clone()));
+            Some(Arc::new(ClusterUpstream::new(view, Arc::clone(&table))))
+        }
+        None => None,
+    };
     let context = GuardContext::new(&raw.guards);
     let latency = raw
         .admin
@@ -203,6 +216,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         Monitor {
             health: Arc::clone(&health),
             gate: Arc::clone(&gate),
+            cluster: cluster.clone(),
             pressure: Arc::clone(&context.pressure),
             queues: Arc::clone(&context.queues),
             settings: raw.monitor.clone(),
@@ -272,6 +286,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         latency,
         control: Arc::clone(&control),
         lanes,
+        cluster,
     });
     let admission = Admission::new(
         raw.proxy.max_connections_per_second,

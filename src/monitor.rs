@@ -184,6 +184,10 @@ pub struct Monitor {
     pub health: Arc<crate::health::UpstreamHealth>,
     /// The gate to connect through.
     pub gate: Arc<ConnectGate>,
+    /// With a `redis-cluster://` upstream: the cluster, reached through a router of the
+    /// monitor's own so that each queue's depth is read on its node (memory is read from
+    /// the node the router's keyless commands go to: one primary).
+    pub cluster: Option<Arc<crate::cluster::ClusterUpstream>>,
     /// Where the readings go.
     pub pressure: Arc<MemoryPressure>,
     /// Queues to refresh.
@@ -222,7 +226,10 @@ impl Monitor {
                 _ = shutdown.changed() => return,
             }
             if conn.is_none() {
-                conn = self.gate.connect().await.ok();
+                conn = match &self.cluster {
+                    Some(cluster) => cluster.connect(([127, 0, 0, 1], 0).into()).ok(),
+                    None => self.gate.connect().await.ok(),
+                };
             }
             let Some((stream, _)) = conn.as_mut() else {
                 metrics.up.set(0.0);

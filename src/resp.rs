@@ -153,6 +153,13 @@ pub fn bulk_reply(bytes: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// A command of one word, such as `ASKING` or `RESET`, as a multibulk.
+pub fn simple_command(word: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    command(&mut out, &[word]);
+    out.freeze()
+}
+
 /// A simple-string reply `+<line>\r\n`, with any line break made a space so the reply stays
 /// one line.
 pub fn simple(line: &str) -> Bytes {

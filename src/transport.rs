@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::rustls;
 
 /// A TLS stream over TCP, client or server side.
@@ -38,6 +38,9 @@ pub enum Stream {
     Tcp(TcpStream),
     /// TLS over TCP.
     Tls(Box<TlsParts>),
+    /// One end of a socket pair inside the process: a session's side of a connection
+    /// whose other end a router task holds (a Redis Cluster upstream).
+    Local(UnixStream),
 }
 
 impl std::fmt::Debug for Stream {
@@ -45,6 +48,7 @@ impl std::fmt::Debug for Stream {
         f.write_str(match self {
             Stream::Tcp(_) => "Stream::Tcp",
             Stream::Tls(_) => "Stream::Tls",
+            Stream::Local(_) => "Stream::Local",
         })
     }
 }
@@ -81,6 +85,10 @@ impl Stream {
                 } = &mut **t;
                 (Reader::Tls(read), Writer::Tls(write, unflushed))
             }
+            Stream::Local(s) => {
+                let (r, w) = s.split();
+                (Reader::Local(r), Writer::Local(w))
+            }
         }
     }
 
@@ -89,7 +97,18 @@ impl Stream {
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_write(buf),
+            Stream::Local(s) => s.try_write(buf),
             Stream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// The local address of a TCP connection (plain or TLS): for a client, the address it
+    /// reached the proxy at. `None` for a socket pair's end.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.local_addr().ok(),
+            Stream::Tls(t) => t.socket.local_addr().ok(),
+            Stream::Local(_) => None,
         }
     }
 
@@ -106,6 +125,7 @@ impl Stream {
         let peeked = match self {
             Stream::Tcp(s) => socket2::SockRef::from(s).peek(&mut probe),
             Stream::Tls(t) => socket2::SockRef::from(&t.socket).peek(&mut probe),
+            Stream::Local(s) => socket2::SockRef::from(s).peek(&mut probe),
         };
         matches!(peeked, Ok(n) if n > 0)
     }
@@ -117,6 +137,7 @@ impl Stream {
         let socket = match self {
             Stream::Tcp(s) => socket2::SockRef::from(s),
             Stream::Tls(t) => socket2::SockRef::from(&t.socket),
+            Stream::Local(s) => socket2::SockRef::from(s),
         };
         // The socket is non-blocking (tokio's): an empty, open one says "would block".
         let peeked = socket.peek(&mut probe);
@@ -133,6 +154,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(t) => Pin::new(&mut t.read).poll_read(cx, buf),
+            Stream::Local(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -146,6 +168,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(t) => Pin::new(&mut t.write).poll_write(cx, buf),
+            Stream::Local(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -153,6 +176,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(t) => Pin::new(&mut t.write).poll_flush(cx),
+            Stream::Local(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -160,6 +184,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(t) => Pin::new(&mut t.write).poll_shutdown(cx),
+            Stream::Local(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -170,6 +195,8 @@ pub enum Reader<'a> {
     Tcp(tokio::net::tcp::ReadHalf<'a>),
     /// TLS.
     Tls(&'a mut ReadHalf<TlsStream>),
+    /// A socket pair's end.
+    Local(tokio::net::unix::ReadHalf<'a>),
 }
 
 impl AsyncRead for Reader<'_> {
@@ -181,6 +208,7 @@ impl AsyncRead for Reader<'_> {
         match self.get_mut() {
             Reader::Tcp(r) => Pin::new(r).poll_read(cx, buf),
             Reader::Tls(r) => Pin::new(&mut **r).poll_read(cx, buf),
+            Reader::Local(r) => Pin::new(r).poll_read(cx, buf),
         }
     }
 }
@@ -191,6 +219,8 @@ pub enum Writer<'a> {
     Tcp(tokio::net::tcp::WriteHalf<'a>),
     /// TLS, and its "bytes may wait for a flush" flag.
     Tls(&'a mut WriteHalf<TlsStream>, &'a mut bool),
+    /// A socket pair's end.
+    Local(tokio::net::unix::WriteHalf<'a>),
 }
 
 impl Writer<'_> {
@@ -198,6 +228,7 @@ impl Writer<'_> {
     pub async fn send(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Writer::Tcp(w) => w.write(buf).await,
+            Writer::Local(w) => w.write(buf).await,
             Writer::Tls(w, unflushed) => {
                 if buf.is_empty() {
                     w.flush().await?;

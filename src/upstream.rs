@@ -275,15 +275,7 @@ impl ConnectGate {
             // Nothing to attempt: not a failure of Redis, so the breaker is left alone.
             return Err(self.no_primary());
         }
-        let permit = match &self.slots {
-            None => None,
-            Some(s) => Some(Arc::clone(s).try_acquire_owned().map_err(|_| {
-                UpstreamError::TooManyConnections {
-                    address: self.address(),
-                    max: self.settings.max_connections,
-                }
-            })?),
-        };
+        let permit = self.take_permit()?;
         let generation = self.generation();
         let (stream, socket) = self.connect_stream().await?;
         let tracked = match (&self.tracked, socket) {
@@ -311,6 +303,31 @@ impl ConnectGate {
             tracked,
         };
         Ok((stream, slot))
+    }
+
+    /// A place under `upstream.max_connections` for a connection opened another way: a
+    /// cluster router's (the session's side of it; the router's node connections are its
+    /// own). Neither the breaker nor the rate limit apply.
+    pub fn admit(&self) -> Result<UpstreamSlot, UpstreamError> {
+        let permit = self.take_permit()?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(UpstreamSlot {
+            _permit: permit,
+            open: Arc::clone(&self.open),
+            tracked: None,
+        })
+    }
+
+    fn take_permit(&self) -> Result<Option<OwnedSemaphorePermit>, UpstreamError> {
+        match &self.slots {
+            None => Ok(None),
+            Some(s) => Arc::clone(s).try_acquire_owned().map(Some).map_err(|_| {
+                UpstreamError::TooManyConnections {
+                    address: self.address(),
+                    max: self.settings.max_connections,
+                }
+            }),
+        }
     }
 
     async fn connect_stream(&self) -> Result<(Stream, Option<OwnedFd>), UpstreamError> {

@@ -1,19 +1,84 @@
-//! The ground for a Redis Cluster upstream (not offered yet: the configuration accepts no
-//! `redis-cluster://` URL until a router uses this). What is here:
+//! A Redis Cluster upstream (`redis-cluster://`): each client's commands routed by slot
+//! over connections to the cluster's nodes, so that an application unaware of the cluster
+//! sees one Redis.
 //!
 //! - [`slot`]: a key's hash slot (CRC16 and the hash-tag rule), as `CLUSTER KEYSLOT`;
 //! - [`topology`]: the [`topology::SlotMap`], which shard serves each slot, read from a
 //!   `CLUSTER SHARDS` or `CLUSTER SLOTS` reply ([`frame`] reads those replies, bounded);
+//! - [`reader`]: one node asked for its topology through the [`crate::upstream::ConnectGate`];
+//! - [`view`]: the map in force, shared, and the task keeping it current;
 //! - [`route`]: where a command goes, from the command table's keys: keyless, one slot,
-//!   or across slots;
-//! - [`reader`]: one node asked for its topology through the [`crate::upstream::ConnectGate`].
+//!   or across slots; [`spread`]: commands split per slot or sent to every primary, and
+//!   their replies merged; [`local`]: the `CLUSTER` questions the proxy answers itself;
+//! - [`router`] and [`dispatch`]: one client's router, a task at the other end of the
+//!   session's upstream socket, and [`node`]: its connection to one node.
 //!
-//! The design of the whole upstream, built and planned, is `docs/cluster.md`. Imports only
-//! `command`, `upstream` and `resp` (it may import `scanner` and `config`); never a
-//! session, a lane or a guard, and nothing imports it yet.
+//! The session does not know it talks to a cluster: [`ClusterUpstream::connect`] gives it
+//! a socket, and the router answers on it as one Redis would. Guide: `docs/cluster.md`.
+//! Imports `command`, `upstream`, `scanner`, `transport` and `resp`; never a session, a
+//! lane or a guard.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::UnixStream;
+
+use crate::command::CommandTable;
+use crate::transport::Stream;
+use crate::upstream::{ConnectGate, UpstreamError, UpstreamSlot};
+
+pub mod delivery;
+pub mod dispatch;
 pub mod frame;
+pub mod local;
+pub mod node;
 pub mod reader;
 pub mod route;
+pub mod router;
 pub mod slot;
+pub mod spread;
+pub mod state;
 pub mod topology;
+pub mod view;
+
+/// The cluster as the sessions reach it: the shared view and what each router needs.
+#[derive(Debug)]
+pub struct ClusterUpstream {
+    view: Arc<view::ClusterView>,
+    table: Arc<CommandTable>,
+    gate: Arc<ConnectGate>,
+}
+
+impl ClusterUpstream {
+    /// The upstream for `view`'s cluster, routing by `table`'s key positions.
+    pub fn new(view: Arc<view::ClusterView>, table: Arc<CommandTable>) -> Self {
+        let gate = Arc::clone(view.gate());
+        ClusterUpstream { view, table, gate }
+    }
+
+    /// The view of the cluster's topology.
+    pub fn view(&self) -> &Arc<view::ClusterView> {
+        &self.view
+    }
+
+    /// A connection for one client that reached the proxy at `proxy`: one end of a socket
+    /// pair, a router task at the other. Refused while no node has described the cluster
+    /// (the reason says why), or past `upstream.max_connections`.
+    pub fn connect(&self, proxy: SocketAddr) -> Result<(Stream, UpstreamSlot), UpstreamError> {
+        if self.view.map().is_none() {
+            return Err(UpstreamError::Unreachable {
+                address: self.gate.address(),
+                reason: format!("no cluster node answered: {}", self.view.last_error()),
+            });
+        }
+        let slot = self.gate.admit()?;
+        let (session_end, router_end) =
+            UnixStream::pair().map_err(|e| UpstreamError::Unreachable {
+                address: self.gate.address(),
+                reason: e.to_string(),
+            })?;
+        let router = router::Router::new(Arc::clone(&self.view), Arc::clone(&self.table), proxy);
+        tokio::spawn(router.run(router_end));
+        Ok((Stream::Local(session_end), slot))
+    }
+}

@@ -110,6 +110,27 @@ impl SlotMap {
         ranges
     }
 
+    /// This map with `slot` served by the primary at `address`, as a `-MOVED` reply says:
+    /// the shard whose primary that is, or a new shard (no replicas known) when none is.
+    pub fn with_slot_moved(&self, slot: u16, address: &str) -> SlotMap {
+        let mut map = self.clone();
+        let index = match map.shards.iter().position(|s| s.primary == address) {
+            Some(i) => i,
+            None => {
+                map.shards.push(Shard {
+                    primary: address.to_string(),
+                    replicas: Vec::new(),
+                });
+                map.shards.len() - 1
+            }
+        };
+        if let Some(owner) = map.owner.get_mut(usize::from(slot)) {
+            // At most 16,384 shards: each covers a slot when read, one more per MOVED.
+            *owner = u16::try_from(index).unwrap_or(UNCOVERED);
+        }
+        map
+    }
+
     /// The map a `CLUSTER SHARDS` reply describes (RESP2: each shard a flat map of
     /// `slots`, a flat list of start/end pairs, and `nodes`, each a flat map of `ip`,
     /// `endpoint`, `port`, `tls-port`, `role`, `health` …). With `tls`, nodes are reached at

@@ -227,6 +227,12 @@ impl RawConfig {
                 "only with a redis-sentinel:// upstream.url",
             ));
         }
+        if upstream.cluster.is_some() && self.upstream.connections == ConnectionModel::Multiplexed {
+            return Err(invalid(
+                "upstream.connections",
+                "\"multiplexed\" is not available with a redis-cluster:// upstream yet: each client gets its own connection to each node it uses (docs/cluster.md)",
+            ));
+        }
         if self.proxy.max_clients == 0 {
             return Err(invalid("proxy.max_clients", "must be at least 1"));
         }

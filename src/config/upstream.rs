@@ -25,6 +25,17 @@ pub struct UpstreamTarget {
     /// `redis-sentinel://`: the primary is found through these sentinels, and `address`
     /// and `host` are empty (the address is the gate's, and changes on failover).
     pub sentinel: Option<SentinelTarget>,
+    /// `redis-cluster://`: a Redis Cluster, whose topology these seed nodes describe;
+    /// `address` and `host` are the first seed's.
+    pub cluster: Option<ClusterTarget>,
+}
+
+/// The Redis Cluster a `redis-cluster://` URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTarget {
+    /// The seed nodes, `host:port` each (port 6379 when not given), in the URL's order: any
+    /// of them can describe the whole cluster.
+    pub seeds: Vec<String>,
 }
 
 /// The Sentinel deployment a `redis-sentinel://` URL names.
@@ -46,6 +57,7 @@ impl fmt::Debug for UpstreamTarget {
             .field("db", &self.db)
             .field("tls", &self.tls)
             .field("sentinel", &self.sentinel)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -59,6 +71,9 @@ impl UpstreamTarget {
         if s.starts_with("redis-sentinel://") || s.starts_with("rediss-sentinel://") {
             return Self::parse_sentinel(s);
         }
+        if s.starts_with("redis-cluster://") || s.starts_with("rediss-cluster://") {
+            return Self::parse_cluster(s);
+        }
         let url = url::Url::parse(s).map_err(|e| invalid(key, format!("`{s}`: {e}")))?;
         let tls = match url.scheme() {
             "redis" => false,
@@ -66,7 +81,7 @@ impl UpstreamTarget {
             other => {
                 return Err(invalid(
                     key,
-                    format!("scheme `{other}`: expected redis://host:port, rediss://host:port or redis-sentinel://host:port,host:port#master"),
+                    format!("scheme `{other}`: expected redis://host:port, rediss://host:port, redis-sentinel://host:port,host:port#master or redis-cluster://host:port,host:port"),
                 ))
             }
         };
@@ -103,6 +118,7 @@ impl UpstreamTarget {
             host: host.to_string(),
             tls,
             sentinel: None,
+            cluster: None,
         })
     }
 
@@ -113,8 +129,7 @@ impl UpstreamTarget {
     /// `upstream.sentinel_password` is set. `rediss-sentinel://` uses TLS to the sentinels
     /// and the data nodes. The `url` crate cannot read a list of hosts, hence this small parser.
     pub fn parse_sentinel(s: &str) -> Result<Self, ConfigError> {
-        let key = "upstream.url";
-        let bad = |why: String| invalid(key, format!("`{}`: {why}", redact(s)));
+        let bad = |why: String| invalid("upstream.url", format!("`{}`: {why}", redact(s)));
         let (tls, rest) = if let Some(rest) = s.strip_prefix("rediss-sentinel://") {
             (true, rest)
         } else if let Some(rest) = s.strip_prefix("redis-sentinel://") {
@@ -124,21 +139,85 @@ impl UpstreamTarget {
                 "expected redis-sentinel:// or rediss-sentinel://".into()
             ));
         };
-        let decode = |p: &str| {
-            percent_encoding::percent_decode_str(p)
-                .decode_utf8()
-                .map(|c| c.into_owned())
-                .map_err(|_| bad("not UTF-8 once percent-decoded".into()))
-        };
         let (rest, master) = rest
             .split_once('#')
             .ok_or_else(|| bad("no master name: end the URL with #mastername".into()))?;
-        let master = decode(master)?;
+        let master = percent_decoded(master).map_err(&bad)?;
         if master.is_empty() {
             return Err(bad("empty master name after `#`".into()));
         }
+        let list = HostList::parse(rest, 26379).map_err(&bad)?;
+        Ok(UpstreamTarget {
+            address: String::new(),
+            username: list.username,
+            password: list.password,
+            db: list.db,
+            host: String::new(),
+            tls,
+            sentinel: Some(SentinelTarget {
+                master,
+                sentinels: list.hosts,
+            }),
+            cluster: None,
+        })
+    }
+
+    /// Parse a Redis Cluster URL: `redis-cluster://[user:password@]host[:port][,host[:port]…]`
+    /// (`rediss-cluster://` for TLS to every node). The hosts are seeds: any one that
+    /// answers describes the cluster. The credentials are every node's. Redis Cluster has
+    /// database 0 only, so a database other than 0 is refused.
+    pub fn parse_cluster(s: &str) -> Result<Self, ConfigError> {
+        let bad = |why: String| invalid("upstream.url", format!("`{}`: {why}", redact(s)));
+        let (tls, rest) = if let Some(rest) = s.strip_prefix("rediss-cluster://") {
+            (true, rest)
+        } else if let Some(rest) = s.strip_prefix("redis-cluster://") {
+            (false, rest)
+        } else {
+            return Err(bad("expected redis-cluster:// or rediss-cluster://".into()));
+        };
+        if rest.contains('#') {
+            return Err(bad("a cluster URL names no master (`#`)".into()));
+        }
+        let list = HostList::parse(rest, 6379).map_err(&bad)?;
+        if list.db != 0 {
+            return Err(bad(format!(
+                "database {}: Redis Cluster has database 0 only",
+                list.db
+            )));
+        }
+        let address = list.hosts[0].clone();
+        let host = address[..address.rfind(':').unwrap_or(address.len())]
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        Ok(UpstreamTarget {
+            address,
+            username: list.username,
+            password: list.password,
+            db: 0,
+            host,
+            tls,
+            sentinel: None,
+            cluster: Some(ClusterTarget { seeds: list.hosts }),
+        })
+    }
+}
+
+/// What follows the scheme of a URL naming several hosts:
+/// `[user:password@]host[:port][,host[:port]…][/db]`. The `url` crate cannot read a list
+/// of hosts, hence this small parser.
+struct HostList {
+    username: Option<String>,
+    password: Option<String>,
+    hosts: Vec<String>,
+    db: u32,
+}
+
+impl HostList {
+    /// Read `rest`, giving a host without a port `default_port`; the error says why.
+    fn parse(rest: &str, default_port: u16) -> Result<Self, String> {
         if rest.contains('?') {
-            return Err(bad("query parameters are not supported".into()));
+            return Err("query parameters are not supported".into());
         }
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
@@ -152,39 +231,49 @@ impl UpstreamTarget {
             None => (None, None),
             Some(info) => match info.split_once(':') {
                 Some((u, p)) => (
-                    (!u.is_empty()).then(|| decode(u)).transpose()?,
-                    Some(decode(p)?),
+                    (!u.is_empty()).then(|| percent_decoded(u)).transpose()?,
+                    Some(percent_decoded(p)?),
                 ),
-                None => ((!info.is_empty()).then(|| decode(info)).transpose()?, None),
+                None => (
+                    (!info.is_empty())
+                        .then(|| percent_decoded(info))
+                        .transpose()?,
+                    None,
+                ),
             },
         };
-        let mut sentinels = Vec::new();
-        for part in hosts.split(',') {
-            sentinels.push(sentinel_address(part).map_err(&bad)?);
-        }
+        let hosts = hosts
+            .split(',')
+            .map(|part| host_address(part, default_port))
+            .collect::<Result<Vec<_>, _>>()?;
         let db = if path.is_empty() {
             0
         } else {
             path.parse()
-                .map_err(|_| bad(format!("database `{path}` is not a number")))?
+                .map_err(|_| format!("database `{path}` is not a number"))?
         };
-        Ok(UpstreamTarget {
-            address: String::new(),
+        Ok(HostList {
             username,
             password,
+            hosts,
             db,
-            host: String::new(),
-            tls,
-            sentinel: Some(SentinelTarget { master, sentinels }),
         })
     }
 }
 
-/// One sentinel of a Sentinel URL: `host`, `host:port`, `[v6]` or `[v6]:port` (port
-/// 26379 when not given), as `host:port`.
-fn sentinel_address(part: &str) -> Result<String, String> {
+/// `part` percent-decoded, or why it cannot be.
+fn percent_decoded(part: &str) -> Result<String, String> {
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| "not UTF-8 once percent-decoded".into())
+}
+
+/// One host of a URL's list: `host`, `host:port`, `[v6]` or `[v6]:port` (`default_port`
+/// when not given), as `host:port`.
+fn host_address(part: &str, default_port: u16) -> Result<String, String> {
     if part.is_empty() {
-        return Err("an empty sentinel address (two commas, or none before `/` or `#`)".into());
+        return Err("an empty address (two commas, or none before `/` or `#`)".into());
     }
     let (host, port) = if let Some(v6) = part.strip_prefix('[') {
         let (host, after) = v6
@@ -211,7 +300,7 @@ fn sentinel_address(part: &str) -> Result<String, String> {
         return Err(format!("`{part}`: not a host"));
     }
     let port: u16 = match port {
-        None => 26379,
+        None => default_port,
         Some(p) => p
             .parse()
             .ok()
@@ -308,8 +397,8 @@ mod tests {
         for (url, fault) in [
             ("redis-sentinel://h1:26379", "no master name"),
             ("redis-sentinel://h1:26379#", "empty master name"),
-            ("redis-sentinel://h1,,h2#m", "empty sentinel address"),
-            ("redis-sentinel://#m", "empty sentinel address"),
+            ("redis-sentinel://h1,,h2#m", "empty address"),
+            ("redis-sentinel://#m", "empty address"),
             ("redis-sentinel://h1:0#m", "port `0`"),
             ("redis-sentinel://h1:x#m", "port `x`"),
             ("redis-sentinel://h1:70000#m", "port `70000`"),
@@ -328,14 +417,28 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_url_is_refused_while_no_router_uses_it() {
-        // src/cluster holds the slot map and routes, but nothing routes commands by slot
-        // yet (docs/cluster.md): a cluster must not be offered as an upstream.
-        for url in [
-            "redis-cluster://h1:7000,h2:7001",
-            "redis-cluster://u:p@h1:7000",
+    fn a_cluster_url_names_its_seeds_and_credentials() {
+        let t = UpstreamTarget::parse("redis-cluster://u:p%40ss@h1:7000,h2,[::1]:7002").unwrap();
+        let cluster = t.cluster.as_ref().unwrap();
+        assert_eq!(cluster.seeds, ["h1:7000", "h2:6379", "[::1]:7002"]);
+        assert_eq!((t.address.as_str(), t.host.as_str()), ("h1:7000", "h1"));
+        assert_eq!(t.username.as_deref(), Some("u"));
+        assert_eq!(t.password.as_deref(), Some("p@ss"));
+        assert!(!t.tls && t.sentinel.is_none());
+        let tls = UpstreamTarget::parse("rediss-cluster://h1:7000/0").unwrap();
+        assert!(tls.tls && tls.cluster.is_some());
+    }
+
+    #[test]
+    fn a_cluster_url_with_a_database_or_a_master_is_refused() {
+        for (url, fault) in [
+            ("redis-cluster://h1:7000/3", "database 0 only"),
+            ("redis-cluster://h1:7000#m", "no master"),
+            ("redis-cluster://h1,,h2", "empty address"),
+            ("redis-cluster://h1:0", "port"),
         ] {
-            assert!(UpstreamTarget::parse(url).is_err(), "{url}");
+            let e = error(url);
+            assert!(e.contains(fault), "{url}: {e}");
         }
     }
 

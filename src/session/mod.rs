@@ -62,6 +62,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
+use crate::cluster::ClusterUpstream;
 use crate::command::{CommandTable, LastName};
 use crate::config::Replication;
 use crate::control::{Control, Policy};
@@ -108,6 +109,8 @@ pub struct Shared {
     pub control: Arc<Control>,
     /// The shared connections, with `upstream.connections = "multiplexed"`.
     pub lanes: Option<Arc<SharedConnections>>,
+    /// With a `redis-cluster://` upstream: the cluster each client's router reaches.
+    pub cluster: Option<Arc<ClusterUpstream>>,
 }
 
 /// Where the rest of a streamed command goes.
@@ -566,7 +569,16 @@ impl Session {
                 Upstream::Shared(self.attach_to_identity().unwrap_or_else(|| lanes.attach()))
             }
             Some(lanes) => Upstream::pinned(lanes.pinned(), &self.identity).await,
-            None => Upstream::connect(&self.shared.gate, &self.identity).await,
+            None => match &self.shared.cluster {
+                Some(cluster) => {
+                    let proxy = self
+                        .client
+                        .local_addr()
+                        .unwrap_or(([127, 0, 0, 1], 0).into());
+                    Upstream::connect_cluster(cluster, proxy, &self.identity)
+                }
+                None => Upstream::connect(&self.shared.gate, &self.identity).await,
+            },
         };
         if self.upstream.is_connected() {
             self.probe_access();

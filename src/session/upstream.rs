@@ -14,6 +14,7 @@
 //!
 //! Never reads or writes: the session's event loop does, through [`Upstream::stream`].
 
+use crate::cluster::ClusterUpstream;
 use crate::identity::ClientIdentity;
 use crate::mux::lane::LaneLink;
 use crate::mux::pinned::{PinnedConnection, PinnedConnections};
@@ -72,6 +73,27 @@ impl Upstream {
     /// Open a connection through `gate`; on failure, remember why.
     pub async fn connect(gate: &ConnectGate, client: &ClientIdentity) -> Self {
         match gate.connect().await {
+            Ok((stream, slot)) => Upstream::Dedicated(UpstreamLink {
+                stream,
+                _slot: slot,
+            }),
+            Err(e) => {
+                tracing::debug!(%client, error = %e, "no upstream connection");
+                Upstream::Missing {
+                    error: format!("ERR respguard: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Open a way into a Redis Cluster through `cluster` (a router for this client, which
+    /// reached the proxy at `proxy`); on failure, remember why.
+    pub fn connect_cluster(
+        cluster: &ClusterUpstream,
+        proxy: std::net::SocketAddr,
+        client: &ClientIdentity,
+    ) -> Self {
+        match cluster.connect(proxy) {
             Ok((stream, slot)) => Upstream::Dedicated(UpstreamLink {
                 stream,
                 _slot: slot,

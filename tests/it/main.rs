@@ -8,6 +8,7 @@ mod cli;
 mod clients;
 mod cluster;
 mod cluster_harness;
+mod cluster_proxy;
 mod deploy;
 mod differential;
 mod enqueue;

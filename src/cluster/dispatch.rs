@@ -1,0 +1,281 @@
+//! Where each command of the session's goes: its slot's primary, split per slot, every
+//! primary, or the default node; what the proxy answers itself (`CLUSTER SLOTS`…, a
+//! cross-slot refusal). Connection state (transactions, subscriptions, AUTH and the like,
+//! `CLIENT REPLY`) is [`super::state`]'s; sending, redirections and retries are
+//! [`super::delivery`]'s; the queue and the links [`super::router`]'s.
+
+use bytes::{Bytes, BytesMut};
+
+use super::local;
+use super::route::{route, Route};
+use super::router::{Entry, Kind, Part, ReplyMode, Router};
+use super::slot::key_slot;
+use super::spread::{self, Keyless, Merge};
+use crate::resp;
+
+/// Redis Cluster's own answer to keys in several slots.
+pub(super) const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+/// `bytes` upper-cased into a small buffer (command and subcommand names).
+pub(super) fn upper(bytes: Option<&&[u8]>) -> Vec<u8> {
+    bytes.map_or_else(Vec::new, |b| b.to_ascii_uppercase())
+}
+
+/// Commands whose connection state every node must share, keyed so that a later one of
+/// the same kind replaces the earlier.
+fn state_key(name: &[u8], sub: &[u8], args: &[&[u8]]) -> Option<Vec<u8>> {
+    match name {
+        b"AUTH" | b"HELLO" | b"SELECT" | b"READONLY" | b"READWRITE" => Some(name.to_vec()),
+        b"CLIENT" if matches!(sub, b"SETNAME" | b"NO-EVICT" | b"NO-TOUCH") => {
+            Some([name, b" ", sub].concat())
+        }
+        b"CLIENT" if sub == b"SETINFO" => {
+            Some([name, b" ", sub, b" ", &upper(args.get(2))].concat())
+        }
+        _ => None,
+    }
+}
+
+impl Router {
+    /// One whole command from the session.
+    pub(super) fn on_command(&mut self, raw: Bytes, args: &[&[u8]]) {
+        if let Some(node) = self.tunnel {
+            // Subscribed: everything goes through the subscribed connection as it is.
+            if let Some(link) = &self.links[node] {
+                link.send(raw);
+            }
+            return;
+        }
+        let name = upper(args.first());
+        let sub = upper(args.get(1));
+        if name == b"CLIENT" && sub == b"REPLY" {
+            return self.client_reply(raw, args);
+        }
+        let silent = match self.reply_mode {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::SkipNext => {
+                self.reply_mode = ReplyMode::On;
+                true
+            }
+        };
+        if self.transaction.is_some() || matches!(&name[..], b"MULTI" | b"EXEC" | b"DISCARD") {
+            return self.transaction_command(raw, args, &name, silent);
+        }
+        match &name[..] {
+            b"CLUSTER" => match local::answer(&sub, self.proxy, self.protocol) {
+                Some(reply) => self.answer(reply, silent),
+                None => self.keyed(raw, args, Kind::Plain, silent),
+            },
+            b"MONITOR" => self.answer(
+                resp::error("ERR respguard: MONITOR is not available through a Redis Cluster upstream: each node has its own, run it on a node"),
+                silent,
+            ),
+            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => self.subscribe(raw, args),
+            b"RESET" => {
+                self.send_to_default(raw, Kind::Plain, silent);
+                let except = self.default_node;
+                self.reset_links(except);
+            }
+            b"WATCH" => self.keyed(raw, args, Kind::Watch, silent),
+            b"UNWATCH" => {
+                let node = self.watch_node.take();
+                match node.filter(|&n| self.links[n].is_some()) {
+                    Some(n) => self.send_to_node(n, raw, Kind::Plain, silent),
+                    None => self.send_to_default(raw, Kind::Plain, silent),
+                }
+            }
+            _ => match state_key(&name, &sub, args) {
+                Some(key) => self.state_command(raw, key, silent),
+                None => self.keyed(raw, args, Kind::Plain, silent),
+            },
+        }
+    }
+
+    /// A command routed by its keys: one slot, split per slot, or by [`spread::keyless`].
+    pub(super) fn keyed(&mut self, raw: Bytes, args: &[&[u8]], kind: Kind, silent: bool) {
+        let table = std::sync::Arc::clone(&self.table);
+        let info = table.lookup(args);
+        let mut positions = std::mem::take(&mut self.positions);
+        let routed = route(info, args.len(), |i| args.get(i).copied(), &mut positions);
+        self.positions = positions;
+        match routed {
+            Route::Slot(slot) => {
+                if kind == Kind::Watch && !self.watch_fits(slot) {
+                    return self.answer(resp::error(CROSSSLOT), silent);
+                }
+                let seq = self.push_entry(Entry {
+                    parts: vec![Part::new(raw, Some(slot), None)],
+                    merge: Merge::One,
+                    kind,
+                    reply: None,
+                    silent,
+                });
+                self.send_first(seq, 0);
+                self.release();
+            }
+            Route::CrossSlot => {
+                let name = upper(args.first());
+                match spread::split(&name, args, key_slot).filter(|_| kind == Kind::Plain) {
+                    Some(split) => {
+                        let parts = split
+                            .parts
+                            .into_iter()
+                            .map(|(command, slot)| Part::new(command, Some(slot), None))
+                            .collect::<Vec<_>>();
+                        let count = parts.len() as u16;
+                        let seq = self.push_entry(Entry {
+                            parts,
+                            merge: split.merge,
+                            kind,
+                            reply: None,
+                            silent,
+                        });
+                        for part in 0..count {
+                            self.send_first(seq, part);
+                        }
+                        self.release();
+                    }
+                    None => self.answer(resp::error(CROSSSLOT), silent),
+                }
+            }
+            Route::Keyless => self.keyless(raw, args, kind, silent),
+        }
+    }
+
+    /// Whether WATCH on `slot` keeps every watched key on one node.
+    pub(super) fn watch_fits(&self, slot: u16) -> bool {
+        let Some(node) = self.watch_node else {
+            return true;
+        };
+        let Some(map) = self.view.map() else {
+            return true;
+        };
+        map.shard_of(slot)
+            .is_some_and(|s| self.addresses.get(&s.primary) == Some(&node))
+    }
+
+    pub(super) fn keyless(&mut self, raw: Bytes, args: &[&[u8]], kind: Kind, silent: bool) {
+        let name = upper(args.first());
+        let sub = upper(args.get(1));
+        match spread::keyless(&name, &sub) {
+            Keyless::AnyNode => self.send_to_default(raw, kind, silent),
+            Keyless::EveryPrimary(merge) => {
+                let Some(map) = self.view.map() else {
+                    return self.answer(self.no_node(), silent);
+                };
+                let mut parts = Vec::new();
+                for shard in map.shards() {
+                    match self.node_for(&shard.primary) {
+                        Some(node) => parts.push(Part::new(raw.clone(), None, Some(node))),
+                        None => return self.answer(self.no_node(), silent),
+                    }
+                }
+                let count = parts.len() as u16;
+                let seq = self.push_entry(Entry {
+                    parts,
+                    merge,
+                    kind,
+                    reply: None,
+                    silent,
+                });
+                for part in 0..count {
+                    self.send_first(seq, part);
+                }
+                self.release();
+            }
+            Keyless::Scan => self.scan(raw, args, silent),
+        }
+    }
+
+    /// `SCAN cursor …`: on the primary the proxy's cursor names, with Redis's cursor there.
+    pub(super) fn scan(&mut self, raw: Bytes, args: &[&[u8]], silent: bool) {
+        let cursor = args
+            .get(1)
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.parse::<u64>().ok());
+        let (Some(cursor), Some(map)) = (cursor, self.view.map()) else {
+            // Redis's own error for a cursor that is not one.
+            return self.send_to_default(raw, Kind::Plain, silent);
+        };
+        let (node, redis_cursor) = spread::scan_position(cursor);
+        let Some(shard) = map.shards().get(usize::from(node)) else {
+            return self.answer(resp::error("ERR invalid cursor"), silent);
+        };
+        let Some(index) = self.node_for(&shard.primary) else {
+            return self.answer(self.no_node(), silent);
+        };
+        let redis_cursor = redis_cursor.to_string();
+        let mut rewritten: Vec<&[u8]> = args.to_vec();
+        rewritten[1] = redis_cursor.as_bytes();
+        let mut command = BytesMut::new();
+        resp::command(&mut command, &rewritten);
+        let seq = self.push_entry(Entry {
+            parts: vec![Part::new(command.freeze(), None, Some(index))],
+            merge: Merge::Scan {
+                node,
+                nodes: map.shards().len() as u16,
+            },
+            kind: Kind::Plain,
+            reply: None,
+            silent,
+        });
+        self.send_first(seq, 0);
+        self.release();
+    }
+
+    /// The error for a command when no node can be named.
+    pub(super) fn no_node(&self) -> Bytes {
+        resp::error(&format!(
+            "ERR respguard: no cluster node is known ({})",
+            self.view.last_error()
+        ))
+    }
+
+    /// A command for the default node (the last used, else a primary), which may go to
+    /// another node should that one be lost.
+    pub(super) fn send_to_default(&mut self, raw: Bytes, kind: Kind, silent: bool) {
+        match self.default_index() {
+            Some(node) => {
+                let mut part = Part::new(raw, None, Some(node));
+                part.pinned = false;
+                self.one_part(part, kind, silent);
+            }
+            None => self.answer(self.no_node(), silent),
+        }
+    }
+
+    /// A command for node `node` and no other.
+    pub(super) fn send_to_node(&mut self, node: usize, raw: Bytes, kind: Kind, silent: bool) {
+        self.one_part(Part::new(raw, None, Some(node)), kind, silent);
+    }
+
+    pub(super) fn one_part(&mut self, part: Part, kind: Kind, silent: bool) {
+        let seq = self.push_entry(Entry {
+            parts: vec![part],
+            merge: Merge::One,
+            kind,
+            reply: None,
+            silent,
+        });
+        self.send_first(seq, 0);
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_commands_are_keyed_by_kind() {
+        let args: Vec<&[u8]> = vec![b"CLIENT", b"SETINFO", b"lib-name", b"x"];
+        assert_eq!(
+            state_key(b"CLIENT", b"SETINFO", &args).unwrap(),
+            b"CLIENT SETINFO LIB-NAME"
+        );
+        assert_eq!(state_key(b"AUTH", b"U", &[]).unwrap(), b"AUTH");
+        assert!(state_key(b"CLIENT", b"LIST", &[]).is_none());
+        assert!(state_key(b"GET", b"K", &[]).is_none());
+    }
+}

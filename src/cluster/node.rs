@@ -1,0 +1,155 @@
+//! One router's connection to one cluster node, run by its own task: opened through the
+//! gate (TCP, TLS, the URL's AUTH, within the connect timeout), the router's commands
+//! written in the order sent, and each whole reply handed back as it ends, tagged with the
+//! link that read it. A lost or refused connection is one [`NodeEvent::Lost`], after which
+//! the task ends; the router opens a new link if it needs the node again.
+//!
+//! Never decides anything about a command or a reply: the router does.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
+use crate::upstream::ConnectGate;
+
+/// What a link tells its router.
+#[derive(Debug)]
+pub enum NodeEvent {
+    /// A whole reply (`push`: RESP3's out-of-band `>`) read by link `link`.
+    Reply { link: u64, reply: Bytes, push: bool },
+    /// Link `link` could not connect (`connected` false: nothing was sent), or its
+    /// connection failed or closed: why.
+    Lost {
+        link: u64,
+        reason: String,
+        connected: bool,
+    },
+}
+
+/// A connection to one node, as its router holds it. Dropping it ends the connection.
+#[derive(Debug)]
+pub struct NodeLink {
+    /// The node's `host:port`.
+    pub address: String,
+    /// This link's number, unique within its router.
+    pub id: u64,
+    commands: mpsc::UnboundedSender<Bytes>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for NodeLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl NodeLink {
+    /// Start a link to `address`: it connects in the background; `send` may be called at
+    /// once (commands wait for the connection).
+    pub fn open(
+        id: u64,
+        address: String,
+        gate: Arc<ConnectGate>,
+        events: mpsc::UnboundedSender<NodeEvent>,
+    ) -> Self {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(id, address.clone(), gate, rx, events));
+        NodeLink {
+            address,
+            id,
+            commands,
+            task,
+        }
+    }
+
+    /// Queue `command` (whole commands, in order); false when the link has ended.
+    pub fn send(&self, command: Bytes) -> bool {
+        self.commands.send(command).is_ok()
+    }
+}
+
+async fn run(
+    id: u64,
+    address: String,
+    gate: Arc<ConnectGate>,
+    mut commands: mpsc::UnboundedReceiver<Bytes>,
+    events: mpsc::UnboundedSender<NodeEvent>,
+) {
+    let (reason, connected) = match gate.open_node(&address).await {
+        Ok(mut stream) => (carry(id, &mut stream, &mut commands, &events).await, true),
+        Err(e) => (e.to_string(), false),
+    };
+    let _ = events.send(NodeEvent::Lost {
+        link: id,
+        reason,
+        connected,
+    });
+}
+
+/// Write commands and read replies until the connection fails or the router drops the
+/// link; returns why it ended.
+async fn carry(
+    id: u64,
+    stream: &mut crate::transport::Stream,
+    commands: &mut mpsc::UnboundedReceiver<Bytes>,
+    events: &mpsc::UnboundedSender<NodeEvent>,
+) -> String {
+    let (mut reader, mut writer) = stream.halves();
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut scanner = ReplyScanner::new();
+    let mut batch = BytesMut::new();
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { return "closed by the proxy".into() };
+                batch.clear();
+                batch.extend_from_slice(&command);
+                while batch.len() < 64 * 1024 {
+                    match commands.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                let mut written = 0;
+                while written < batch.len() {
+                    match writer.send(&batch[written..]).await {
+                        Ok(0) => return "the connection closed".into(),
+                        Ok(n) => written += n,
+                        Err(e) => return e.to_string(),
+                    }
+                }
+                if let Err(e) = writer.send(&[]).await {
+                    return e.to_string();
+                }
+            }
+            read = reader.read_buf(&mut input) => {
+                match read {
+                    Ok(0) => return "the node closed the connection".into(),
+                    Err(e) => return e.to_string(),
+                    Ok(_) => {}
+                }
+                loop {
+                    match scanner.scan(&input) {
+                        Ok(ReplyStep::Done(end)) => {
+                            let push = scanner.info().kind == ReplyKind::Push;
+                            scanner.rebase(end);
+                            let reply = input.split_to(end).freeze();
+                            if events.send(NodeEvent::Reply { link: id, reply, push }).is_err() {
+                                return "closed by the proxy".into();
+                            }
+                        }
+                        Ok(_) => break,
+                        Err(e) => return format!("unreadable reply: {e}"),
+                    }
+                }
+                if input.capacity() - input.len() < 4096 {
+                    input.reserve(16 * 1024);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! One client's way into a Redis Cluster: a task that looks like one Redis connection to
+//! the session (the other end of a socket pair) and spreads its commands over connections
+//! to the cluster's nodes.
+//!
+//! Each command read from the session becomes an [`Entry`] in one ordered queue, with one
+//! [`Part`] per node it goes to (one, unless it is split or fanned out). Each node link
+//! answers in its own order; a part's reply is matched through that node's queue of
+//! [`Expect`]s, and an entry's reply goes to the session when it and every entry before it
+//! are answered: the session sees replies in command order, as from one Redis.
+//!
+//! Redirections never reach the client: `-MOVED` points the slot at the named node (and a
+//! topology read follows) and the part is sent there; `-ASK` sends `ASKING` and the part to
+//! the named node once; `-TRYAGAIN`, and a node that cannot be reached, retry after a
+//! pause, doubling, a bounded number of times. While a slot has parts redirected, or in
+//! flight at another node than the map now names, new parts for that slot wait
+//! ([`Flight`]), so two commands on one key never swap places.
+//!
+//! The command handling is in [`super::dispatch`]; this file is the queue, the links and
+//! the event loop. Never judges a command: the session's guards did.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use super::node::{NodeEvent, NodeLink};
+use super::spread::Merge;
+use super::view::ClusterView;
+use crate::command::CommandTable;
+use crate::resp;
+use crate::scanner::request::{Limits, RequestScanner, Step};
+
+/// Most redirections (`-MOVED`, `-ASK`) one part follows before its error is the reply.
+pub const MAX_REDIRECTS: u8 = 5;
+
+/// How long one part may be retried after `-TRYAGAIN`, a node that cannot be reached, or
+/// a slot no primary serves (a failover in progress), counted from its first retry.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(5);
+
+/// The first pause before a retry; doubled each time, at most [`MAX_RETRY_PAUSE`].
+pub(super) const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(10);
+pub(super) const MAX_RETRY_PAUSE: Duration = Duration::from_millis(400);
+
+/// Commands in flight before the router stops reading the session (the session's own
+/// `max_pending_commands` normally stops it first).
+const MAX_ENTRIES: usize = 65_536;
+
+/// Replies waiting for the session before the router stops reading it.
+const MAX_OUTPUT: usize = 4 * 1024 * 1024;
+
+/// Distinct nodes one router may connect to.
+const MAX_NODES: usize = 1024;
+
+/// Where a reply read from a node belongs.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Expect {
+    /// Part `part` of the entry numbered `seq`.
+    Part { seq: u64, part: u16 },
+    /// A reply the client never sees (`ASKING`, a state command replayed, a hidden MULTI).
+    Hidden,
+}
+
+/// What kind of command an entry is, for what its reply changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// Redirections followed.
+    Plain,
+    /// Inside MULTI (or MULTI, EXEC, DISCARD themselves): sent as is, replies as they come.
+    Transaction,
+    /// A command changing connection state, replayed on every node (`key` names it).
+    State { key: Vec<u8> },
+    /// WATCH: the transaction that follows runs on its node.
+    Watch,
+}
+
+/// One part of an entry: a command for one node.
+#[derive(Debug)]
+pub(super) struct Part {
+    pub command: Bytes,
+    /// The slot it is routed by; `None` for a part sent to a chosen node.
+    pub slot: Option<u16>,
+    /// The node it was last sent to.
+    pub node: Option<usize>,
+    pub reply: Option<Bytes>,
+    pub redirects: u8,
+    pub retries: u8,
+    /// When it was first retried.
+    pub retried_since: Option<Instant>,
+    /// It was redirected or is waiting for a retry (its slot's [`Flight`] counts it).
+    pub rerouted: bool,
+    /// It waits in the parked queue.
+    pub parked: bool,
+    /// It must run on its node (a primary of a fan-out, a transaction's node): a lost
+    /// link is reopened to the same address rather than another node chosen.
+    pub pinned: bool,
+}
+
+impl Part {
+    pub fn new(command: Bytes, slot: Option<u16>, node: Option<usize>) -> Self {
+        Part {
+            command,
+            slot,
+            node,
+            reply: None,
+            redirects: 0,
+            retries: 0,
+            retried_since: None,
+            rerouted: false,
+            parked: false,
+            pinned: node.is_some(),
+        }
+    }
+}
+
+/// One command of the session's, in order.
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub parts: Vec<Part>,
+    pub merge: Merge,
+    pub kind: Kind,
+    /// The client's reply, once whole.
+    pub reply: Option<Bytes>,
+    /// Under `CLIENT REPLY OFF/SKIP`: the reply is dropped.
+    pub silent: bool,
+}
+
+/// The parts of one slot not answered yet: where they went, how many were rerouted, how
+/// many wait to be sent.
+#[derive(Debug, Default)]
+pub(super) struct Flight {
+    pub node: usize,
+    pub count: u32,
+    pub rerouted: u32,
+    pub parked: u32,
+}
+
+/// A transaction in progress.
+#[derive(Debug)]
+pub(super) struct Transaction {
+    /// The node it runs on, once chosen.
+    pub node: Option<usize>,
+    /// MULTI was sent to that node.
+    pub multi_sent: bool,
+}
+
+/// `CLIENT REPLY`, followed by the router (which answers it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReplyMode {
+    On,
+    Off,
+    SkipNext,
+}
+
+/// One client's router; see the module documentation.
+pub struct Router {
+    pub(super) view: Arc<ClusterView>,
+    pub(super) table: Arc<CommandTable>,
+    /// The address the client reached the proxy at (the one node a cluster-aware client
+    /// sees).
+    pub(super) proxy: SocketAddr,
+    pub(super) links: Vec<Option<NodeLink>>,
+    pub(super) expects: Vec<VecDeque<Expect>>,
+    pub(super) addresses: HashMap<String, usize>,
+    link_nodes: HashMap<u64, usize>,
+    next_link: u64,
+    events_tx: mpsc::UnboundedSender<NodeEvent>,
+    pub(super) retry_tx: mpsc::UnboundedSender<(u64, u16)>,
+    pub(super) entries: VecDeque<Entry>,
+    pub(super) first_seq: u64,
+    pub(super) out: BytesMut,
+    pub(super) positions: Vec<usize>,
+    pub(super) flights: HashMap<u16, Flight>,
+    pub(super) parked: VecDeque<(u64, u16)>,
+    /// The node of the last command sent: where a command naming no key goes.
+    pub(super) default_node: Option<usize>,
+    pub(super) transaction: Option<Transaction>,
+    pub(super) watch_node: Option<usize>,
+    /// Subscribed: the node every command and reply goes through as is.
+    pub(super) tunnel: Option<usize>,
+    pub(super) tunnel_held: BytesMut,
+    /// State commands in force (AUTH, HELLO, CLIENT SETNAME…), replayed on new links.
+    pub(super) state: Vec<(Vec<u8>, Bytes)>,
+    pub(super) protocol: u8,
+    pub(super) reply_mode: ReplyMode,
+    /// A node holding the connection's state (a transaction, WATCH, subscriptions) was
+    /// lost: the router ends, so the session sees its connection lost, as with one Redis.
+    pub(super) broken: Option<String>,
+}
+
+impl Router {
+    /// A router for a client that reached the proxy at `proxy`.
+    pub fn new(view: Arc<ClusterView>, table: Arc<CommandTable>, proxy: SocketAddr) -> Self {
+        let (events_tx, _) = mpsc::unbounded_channel();
+        let (retry_tx, _) = mpsc::unbounded_channel();
+        Router {
+            view,
+            table,
+            proxy,
+            links: Vec::new(),
+            expects: Vec::new(),
+            addresses: HashMap::new(),
+            link_nodes: HashMap::new(),
+            next_link: 0,
+            events_tx,
+            retry_tx,
+            entries: VecDeque::new(),
+            first_seq: 0,
+            out: BytesMut::new(),
+            positions: Vec::new(),
+            flights: HashMap::new(),
+            parked: VecDeque::new(),
+            default_node: None,
+            transaction: None,
+            watch_node: None,
+            tunnel: None,
+            tunnel_held: BytesMut::new(),
+            state: Vec::new(),
+            protocol: 2,
+            reply_mode: ReplyMode::On,
+            broken: None,
+        }
+    }
+
+    /// Serve the session at the other end of `client` until it closes (or a node holding
+    /// the connection's state is lost).
+    pub async fn run(mut self, client: UnixStream) {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (retry_tx, mut retries) = mpsc::unbounded_channel();
+        self.events_tx = events_tx;
+        self.retry_tx = retry_tx;
+        let (mut reader, writer) = client.into_split();
+        let mut scanner = RequestScanner::new(Limits {
+            stream_threshold: u64::MAX,
+            max_buffered_command: usize::MAX,
+            ..Limits::default()
+        });
+        let mut input = BytesMut::with_capacity(16 * 1024);
+        loop {
+            let may_read = self.entries.len() < MAX_ENTRIES && self.out.len() < MAX_OUTPUT;
+            tokio::select! {
+                Some(event) = events.recv() => self.on_event(event),
+                Some((seq, part)) = retries.recv() => self.retry(seq, part),
+                read = reader.read_buf(&mut input), if may_read => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        return;
+                    }
+                    if !self.on_input(&mut scanner, &mut input) {
+                        return;
+                    }
+                }
+                ready = writer.writable(), if !self.out.is_empty() => {
+                    if ready.is_err() {
+                        return;
+                    }
+                    match writer.try_write(&self.out) {
+                        Ok(n) => {
+                            let _ = self.out.split_to(n);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+            if let Some(why) = &self.broken {
+                tracing::info!(reason = %why, "cluster connection ended");
+                // Replies already whole are still given before the end.
+                while !self.out.is_empty() {
+                    if writer.writable().await.is_err() {
+                        return;
+                    }
+                    match writer.try_write(&self.out) {
+                        Ok(n) => {
+                            let _ = self.out.split_to(n);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    /// Every whole command read; false when the session sent what cannot be read (it
+    /// never does: its own scanner checked every command).
+    fn on_input(&mut self, scanner: &mut RequestScanner, input: &mut BytesMut) -> bool {
+        loop {
+            match scanner.scan(input) {
+                Step::Incomplete => {
+                    if input.capacity() - input.len() < 4096 {
+                        input.reserve(16 * 1024);
+                    }
+                    return true;
+                }
+                Step::Empty { end } => {
+                    let _ = input.split_to(end);
+                    scanner.rebase(end);
+                }
+                Step::Command { end, inline, .. } => {
+                    let ranges = scanner.args().to_vec();
+                    let raw = input.split_to(end).freeze();
+                    scanner.rebase(end);
+                    let source: &[u8] = if inline { scanner.inline_bytes() } else { &raw };
+                    let args: Vec<&[u8]> = ranges.iter().map(|r| &source[r.clone()]).collect();
+                    let raw = if inline {
+                        let mut out = BytesMut::new();
+                        resp::command(&mut out, &args);
+                        out.freeze()
+                    } else {
+                        raw.clone()
+                    };
+                    self.on_command(raw, &args);
+                }
+                Step::Streaming { .. } | Step::Error(_) => return false,
+            }
+        }
+    }
+
+    /// The link index for `address`, opening a link (with the connection's state
+    /// replayed) when none is open; `None` past [`MAX_NODES`].
+    pub(super) fn node_for(&mut self, address: &str) -> Option<usize> {
+        let index = match self.addresses.get(address) {
+            Some(&i) => i,
+            None if self.links.len() >= MAX_NODES => return None,
+            None => {
+                self.links.push(None);
+                self.expects.push(VecDeque::new());
+                self.addresses
+                    .insert(address.to_string(), self.links.len() - 1);
+                self.links.len() - 1
+            }
+        };
+        if self.links[index].is_none() {
+            let id = self.next_link;
+            self.next_link += 1;
+            let link = NodeLink::open(
+                id,
+                address.to_string(),
+                Arc::clone(self.view.gate()),
+                self.events_tx.clone(),
+            );
+            self.link_nodes.insert(id, index);
+            for (_, command) in &self.state {
+                link.send(command.clone());
+                self.expects[index].push_back(Expect::Hidden);
+            }
+            self.links[index] = Some(link);
+        }
+        Some(index)
+    }
+
+    /// Send `command` on node `index`'s link, its reply expected as `expect`.
+    pub(super) fn send(&mut self, index: usize, command: Bytes, expect: Expect) {
+        if let Some(link) = &self.links[index] {
+            link.send(command);
+            self.expects[index].push_back(expect);
+        }
+    }
+
+    /// The address of a primary chosen at random, for a command any node answers.
+    pub(super) fn any_primary(&self) -> Option<String> {
+        let map = self.view.map()?;
+        let shards = map.shards();
+        (!shards.is_empty()).then(|| shards[fastrand::usize(..shards.len())].primary.clone())
+    }
+
+    /// The node a command naming no key goes to: the last one used, else a primary.
+    pub(super) fn default_index(&mut self) -> Option<usize> {
+        if let Some(i) = self.default_node.filter(|&i| self.links[i].is_some()) {
+            return Some(i);
+        }
+        let address = self.any_primary()?;
+        let index = self.node_for(&address)?;
+        self.default_node = Some(index);
+        Some(index)
+    }
+
+    /// Append an entry; returns its number.
+    pub(super) fn push_entry(&mut self, entry: Entry) -> u64 {
+        self.entries.push_back(entry);
+        self.first_seq + self.entries.len() as u64 - 1
+    }
+
+    /// An entry answered at once by the proxy.
+    pub(super) fn answer(&mut self, reply: Bytes, silent: bool) {
+        self.push_entry(Entry {
+            parts: Vec::new(),
+            merge: Merge::One,
+            kind: Kind::Plain,
+            reply: Some(reply),
+            silent,
+        });
+        self.release();
+    }
+
+    pub(super) fn entry_mut(&mut self, seq: u64) -> Option<&mut Entry> {
+        let i = seq.checked_sub(self.first_seq)?;
+        self.entries.get_mut(usize::try_from(i).ok()?)
+    }
+
+    /// Give the session every entry answered at the front of the queue, in order.
+    pub(super) fn release(&mut self) {
+        while self.entries.front().is_some_and(|e| e.reply.is_some()) {
+            let entry = self.entries.pop_front().expect("front");
+            self.first_seq += 1;
+            if !entry.silent {
+                self.out
+                    .extend_from_slice(entry.reply.as_ref().expect("answered"));
+            }
+        }
+        if self.entries.is_empty() && !self.tunnel_held.is_empty() {
+            let held = self.tunnel_held.split();
+            self.out.extend_from_slice(&held);
+        }
+    }
+
+    fn on_event(&mut self, event: NodeEvent) {
+        match event {
+            NodeEvent::Reply { link, reply, push } => {
+                let Some(&index) = self.link_nodes.get(&link) else {
+                    return;
+                };
+                self.on_reply(index, reply, push);
+            }
+            NodeEvent::Lost {
+                link,
+                reason,
+                connected,
+            } => {
+                if let Some(index) = self.link_nodes.remove(&link) {
+                    self.on_lost(index, &reason, connected);
+                }
+            }
+        }
+        self.unpark();
+    }
+
+    fn on_reply(&mut self, index: usize, reply: Bytes, push: bool) {
+        if self.tunnel == Some(index) && self.expects[index].is_empty() {
+            self.on_tunnel_reply(index, reply);
+            return;
+        }
+        if push {
+            // Out of band (RESP3): between two whole replies, never inside one.
+            self.out.extend_from_slice(&reply);
+            return;
+        }
+        match self.expects[index].pop_front() {
+            Some(Expect::Hidden) => {}
+            Some(Expect::Part { seq, part }) => self.on_part_reply(seq, part, reply),
+            // A reply to a command sent while subscribed, after the subscriptions ended.
+            None => self.out.extend_from_slice(&reply),
+        }
+    }
+
+    /// A reply on the subscribed connection: given as it is (after the replies owed
+    /// before it); the last subscription ended, or RESET, ends the tunnel.
+    fn on_tunnel_reply(&mut self, index: usize, reply: Bytes) {
+        let ends = reply.as_ref() == b"+RESET\r\n" || ends_subscriptions(&reply);
+        if self.entries.is_empty() {
+            self.out.extend_from_slice(&reply);
+        } else {
+            self.tunnel_held.extend_from_slice(&reply);
+        }
+        if ends {
+            self.tunnel = None;
+            if reply.as_ref() == b"+RESET\r\n" {
+                self.reset_links(Some(index));
+            }
+        }
+    }
+
+    /// The node's link ended: its parts in flight get the error (or, when the link never
+    /// connected, are retried once the topology is read again).
+    fn on_lost(&mut self, index: usize, reason: &str, connected: bool) {
+        let address = self.links[index]
+            .take()
+            .map(|l| l.address.clone())
+            .unwrap_or_default();
+        self.view.refresh_soon();
+        if self.default_node == Some(index) {
+            self.default_node = None;
+        }
+        let holds_state = self.tunnel == Some(index)
+            || self.watch_node == Some(index)
+            || self
+                .transaction
+                .as_ref()
+                .is_some_and(|t| t.node == Some(index));
+        if holds_state && connected {
+            self.broken = Some(format!(
+                "the connection to cluster node {address}, which held the client's transaction or subscriptions, was lost: {reason}"
+            ));
+        }
+        let error = resp::error(&format!(
+            "ERR respguard: connection to cluster node {address} lost ({reason})"
+        ));
+        let owed: Vec<Expect> = self.expects[index].drain(..).collect();
+        for expect in owed {
+            let Expect::Part { seq, part } = expect else {
+                continue;
+            };
+            if !connected && self.may_retry(seq, part) {
+                continue;
+            }
+            self.finish_part(seq, part, error.clone());
+        }
+        self.release();
+    }
+}
+
+/// Whether a subscribed connection's reply says no subscription is left: an
+/// `unsubscribe`, `punsubscribe` or `sunsubscribe` confirmation with a count of 0.
+fn ends_subscriptions(reply: &[u8]) -> bool {
+    let Some(rest) = reply
+        .strip_prefix(b"*3\r\n")
+        .or_else(|| reply.strip_prefix(b">3\r\n"))
+    else {
+        return false;
+    };
+    let named =
+        |word: &[u8]| rest.len() > word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
+    rest.ends_with(b":0\r\n")
+        && (named(b"$11\r\nunsubscribe\r\n")
+            || named(b"$12\r\npunsubscribe\r\n")
+            || named(b"$12\r\nsunsubscribe\r\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_last_unsubscription_ends_the_tunnel() {
+        assert!(ends_subscriptions(
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
+        ));
+        assert!(ends_subscriptions(
+            b">3\r\n$12\r\npunsubscribe\r\n$1\r\na\r\n:0\r\n"
+        ));
+        assert!(!ends_subscriptions(
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n"
+        ));
+        assert!(!ends_subscriptions(
+            b"*3\r\n$7\r\nmessage\r\n$11\r\nunsubscribe\r\n:0\r\n"
+        ));
+    }
+}

@@ -1,0 +1,201 @@
+//! The connection's state across nodes, so that the client sees one connection: commands
+//! changing it (AUTH, HELLO, CLIENT SETNAME…) answered by one node and replayed on every
+//! other, RESET, `CLIENT REPLY` (answered by the router), subscriptions (one node's
+//! connection carried as it is) and transactions (MULTI…EXEC on the node of their first
+//! key, or of WATCH).
+
+use bytes::Bytes;
+
+use super::dispatch::{upper, CROSSSLOT};
+use super::route::{route, Route};
+use super::router::{Expect, Kind, ReplyMode, Router, Transaction};
+use super::spread;
+use crate::resp;
+
+impl Router {
+    /// What an entry's reply changes: a state command refused is not replayed; a HELLO
+    /// answered sets the protocol.
+    pub(super) fn after_reply(&mut self, kind: &Kind, reply: &Bytes) {
+        let Kind::State { key } = kind else {
+            return;
+        };
+        if spread::is_error(reply) {
+            self.state.retain(|(k, _)| k != key);
+        } else if key == b"HELLO" {
+            self.protocol = if reply.starts_with(b"%") { 3 } else { 2 };
+        }
+    }
+
+    /// A command changing connection state: answered by the default node, sent hidden to
+    /// every other node open, and replayed on every node opened later.
+    pub(super) fn state_command(&mut self, raw: Bytes, key: Vec<u8>, silent: bool) {
+        let Some(target) = self.default_index() else {
+            return self.answer(self.no_node(), silent);
+        };
+        for node in 0..self.links.len() {
+            if node != target && self.links[node].is_some() {
+                self.send(node, raw.clone(), Expect::Hidden);
+            }
+        }
+        self.state.retain(|(k, _)| *k != key);
+        if self.state.len() >= 32 {
+            self.state.remove(0);
+        }
+        self.state.push((key.clone(), raw.clone()));
+        self.send_to_node(target, raw, Kind::State { key }, silent);
+    }
+
+    /// RESET on every open node but `except` (hidden), and the connection's state
+    /// forgotten, as RESET does to one Redis connection.
+    pub(super) fn reset_links(&mut self, except: Option<usize>) {
+        for node in 0..self.links.len() {
+            if Some(node) != except && self.links[node].is_some() {
+                self.send(node, resp::simple_command(b"RESET"), Expect::Hidden);
+            }
+        }
+        self.state.clear();
+        self.protocol = 2;
+        self.reply_mode = ReplyMode::On;
+        self.transaction = None;
+        self.watch_node = None;
+    }
+
+    /// `CLIENT REPLY ON|OFF|SKIP`, answered by the router (nodes always reply to it).
+    pub(super) fn client_reply(&mut self, raw: Bytes, args: &[&[u8]]) {
+        let mode = upper(args.get(2));
+        match (&mode[..], args.len()) {
+            (b"ON", 3) => {
+                self.reply_mode = ReplyMode::On;
+                self.answer(resp::simple("OK"), false);
+            }
+            (b"OFF", 3) => {
+                self.reply_mode = ReplyMode::Off;
+                self.answer(resp::simple("OK"), true);
+            }
+            (b"SKIP", 3) => {
+                if self.reply_mode == ReplyMode::On {
+                    self.reply_mode = ReplyMode::SkipNext;
+                }
+                self.answer(resp::simple("OK"), true);
+            }
+            // Redis's own error for anything else.
+            _ => self.send_to_default(raw, Kind::Plain, self.reply_mode != ReplyMode::On),
+        }
+    }
+
+    /// SUBSCRIBE, PSUBSCRIBE (one node: the cluster bus spreads messages) or SSUBSCRIBE
+    /// (its channels' slot): from now on that connection carries everything as it is.
+    pub(super) fn subscribe(&mut self, raw: Bytes, args: &[&[u8]]) {
+        let table = std::sync::Arc::clone(&self.table);
+        let mut positions = std::mem::take(&mut self.positions);
+        let routed = route(
+            table.lookup(args),
+            args.len(),
+            |i| args.get(i).copied(),
+            &mut positions,
+        );
+        self.positions = positions;
+        let node = match routed {
+            Route::Slot(slot) => self
+                .view
+                .map()
+                .and_then(|m| m.shard_of(slot).map(|s| s.primary.clone()))
+                .and_then(|a| self.node_for(&a)),
+            Route::CrossSlot => return self.answer(resp::error(CROSSSLOT), false),
+            Route::Keyless => self.default_index(),
+        };
+        match node {
+            Some(node) => {
+                self.tunnel = Some(node);
+                if let Some(link) = &self.links[node] {
+                    link.send(raw);
+                }
+            }
+            None => self.answer(self.no_node(), false),
+        }
+    }
+
+    /// MULTI, EXEC, DISCARD, and every command between: on one node, chosen by the
+    /// transaction's first command (or the node of WATCH).
+    pub(super) fn transaction_command(
+        &mut self,
+        raw: Bytes,
+        args: &[&[u8]],
+        name: &[u8],
+        silent: bool,
+    ) {
+        match (name, self.transaction.take()) {
+            (b"MULTI", None) => {
+                let node = self.watch_node.filter(|&n| self.links[n].is_some());
+                self.transaction = Some(Transaction {
+                    node,
+                    multi_sent: node.is_some(),
+                });
+                match node {
+                    Some(n) => self.send_to_node(n, raw, Kind::Transaction, silent),
+                    None => self.answer(resp::simple("OK"), silent),
+                }
+            }
+            (b"EXEC" | b"DISCARD", None) => self.send_to_default(raw, Kind::Plain, silent),
+            (b"EXEC" | b"DISCARD", Some(t)) => {
+                let watched = self.watch_node.take().filter(|&n| self.links[n].is_some());
+                match (t.node.filter(|_| t.multi_sent), watched) {
+                    (Some(n), _) => self.send_to_node(n, raw, Kind::Transaction, silent),
+                    (None, Some(w)) => {
+                        self.send(w, resp::simple_command(b"MULTI"), Expect::Hidden);
+                        self.send_to_node(w, raw, Kind::Transaction, silent);
+                    }
+                    (None, None) if name == b"EXEC" => {
+                        self.answer(Bytes::from_static(b"*0\r\n"), silent)
+                    }
+                    (None, None) => self.answer(resp::simple("OK"), silent),
+                }
+            }
+            (_, Some(mut t)) => {
+                let node = match t.node.filter(|&n| self.links[n].is_some()) {
+                    Some(n) => Some(n),
+                    None => self.transaction_node(args),
+                };
+                let Some(node) = node else {
+                    self.transaction = Some(t);
+                    return self.answer(self.no_node(), silent);
+                };
+                if !t.multi_sent {
+                    self.send(node, resp::simple_command(b"MULTI"), Expect::Hidden);
+                    t.multi_sent = true;
+                }
+                t.node = Some(node);
+                self.transaction = Some(t);
+                self.send_to_node(node, raw, Kind::Transaction, silent);
+            }
+            (_, None) => {
+                unreachable!("only MULTI, EXEC and DISCARD come here outside a transaction")
+            }
+        }
+    }
+
+    /// The node a transaction runs on, from its first command: its slot's primary, else
+    /// the default node.
+    pub(super) fn transaction_node(&mut self, args: &[&[u8]]) -> Option<usize> {
+        let table = std::sync::Arc::clone(&self.table);
+        let mut positions = std::mem::take(&mut self.positions);
+        let routed = route(
+            table.lookup(args),
+            args.len(),
+            |i| args.get(i).copied(),
+            &mut positions,
+        );
+        self.positions = positions;
+        let address = match routed {
+            Route::Slot(slot) => self
+                .view
+                .map()
+                .and_then(|m| m.shard_of(slot).map(|s| s.primary.clone())),
+            _ => None,
+        };
+        match address {
+            Some(a) => self.node_for(&a),
+            None => self.default_index(),
+        }
+    }
+}

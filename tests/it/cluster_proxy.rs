@@ -1,0 +1,468 @@
+//! The proxy in front of a real Redis Cluster (`redis-cluster://`, three primaries and
+//! three replicas started by the tests): a cluster-unaware client sees one Redis. Each
+//! scripted session runs against a standalone Redis directly and through the proxy in
+//! front of the cluster, and the replies must be equal byte for byte (the `mode` field of
+//! HELLO, which names the server's mode, is masked). Keys are spread over every slot.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::cluster_harness::Cluster;
+use crate::harness::*;
+use respguard::app::ProxyHandle;
+
+/// A proxy in front of `cluster`, its seeds the cluster's first two nodes.
+async fn proxy_for_cluster(cluster: &Cluster, toml: &str) -> ProxyHandle {
+    let seeds = cluster.addresses()[..2].join(",");
+    let mut raw = proxy_config(&format!("redis-cluster://{seeds}"));
+    if !toml.is_empty() {
+        let extra: respguard::config::RawConfig = toml::from_str(toml).unwrap();
+        raw.guards = extra.guards;
+    }
+    start_proxy(raw).await
+}
+
+/// The replies with what names the server's mode masked.
+fn unmode(replies: &str) -> String {
+    mask(replies).replace(
+        "$4\r\nmode\r\n$7\r\ncluster\r\n",
+        "$4\r\nmode\r\n$10\r\nstandalone\r\n",
+    )
+}
+
+/// Run `script` against a fresh standalone Redis and through `proxy`, in RESP2 and
+/// RESP3, and compare.
+async fn same_as_one_redis<F, Fut>(proxy: SocketAddr, script: F)
+where
+    F: Fn(SocketAddr, u8) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    for proto in [2u8, 3] {
+        let direct = RedisServer::start();
+        let want = unmode(&script(direct.addr(), proto).await);
+        let got = unmode(&script(proxy, proto).await);
+        assert!(!want.is_empty());
+        if want != got {
+            let at = want
+                .bytes()
+                .zip(got.bytes())
+                .position(|(a, b)| a != b)
+                .unwrap_or(want.len().min(got.len()));
+            let lo = at.saturating_sub(100);
+            panic!(
+                "RESP{proto}: replies differ at byte {at}\n direct: {:?}\n  proxy: {:?}",
+                &want[lo..(at + 100).min(want.len())],
+                &got[lo..(at + 100).min(got.len())]
+            );
+        }
+        // The next protocol's run starts from an empty cluster, as from a fresh server.
+        Conn::open(proxy).await.call(&["FLUSHALL"]).await;
+    }
+}
+
+async fn hello(addr: SocketAddr, proto: u8) -> (Conn, String) {
+    let mut c = Conn::open(addr).await;
+    let hello = c.call(&["HELLO", &proto.to_string()]).await;
+    (c, hello)
+}
+
+/// 10,000 single-key commands over 1,000 keys (every primary's slots), written at once:
+/// every reply in order, equal to one Redis's.
+async fn single_key_pipeline(addr: SocketAddr, proto: u8) -> String {
+    let (mut c, mut out) = hello(addr, proto).await;
+    let mut batch = Vec::new();
+    for i in 0..10_000 {
+        let k = format!("key:{}", i % 1000);
+        let cmd: Vec<String> = match i % 6 {
+            0 => vec!["SET".into(), k, format!("v{i}")],
+            1 => vec!["GET".into(), k],
+            2 => vec!["INCR".into(), format!("n:{}", i % 97)],
+            3 => vec!["LPUSH".into(), format!("l:{}", i % 31), i.to_string()],
+            4 => vec!["HSET".into(), format!("h:{}", i % 13), k, i.to_string()],
+            _ => vec!["INCR".into(), format!("h:{}", i % 13)], // WRONGTYPE
+        };
+        let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        batch.extend_from_slice(&encode(&refs));
+    }
+    c.send(&batch).await;
+    out.push_str(&c.replies(10_000).await);
+    for i in 0..31 {
+        out.push_str(&c.call(&["LRANGE", &format!("l:{i}"), "0", "-1"]).await);
+    }
+    out
+}
+
+/// Multi-key commands across slots, split per slot and merged in the client's order;
+/// DBSIZE summed over the primaries; KEYS and a whole SCAN give every key once.
+async fn multi_key_commands(addr: SocketAddr, proto: u8) -> String {
+    let (mut c, mut out) = hello(addr, proto).await;
+    let keys: Vec<String> = (0..200).map(|i| format!("mk:{i}")).collect();
+    let mut mset = vec!["MSET".to_string()];
+    for (i, k) in keys.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        mset.push(k.clone());
+        mset.push(format!("value-{i}"));
+    }
+    let refs: Vec<&str> = mset.iter().map(String::as_str).collect();
+    out.push_str(&c.call(&refs).await);
+    let mut mget = vec!["MGET"];
+    mget.extend(keys.iter().map(String::as_str));
+    mget.push("mk:0");
+    out.push_str(&c.call(&mget).await);
+    for name in ["EXISTS", "TOUCH"] {
+        let mut cmd = vec![name];
+        cmd.extend(keys.iter().map(String::as_str));
+        out.push_str(&c.call(&cmd).await);
+    }
+    out.push_str(&c.call(&["DBSIZE"]).await);
+    let mut keys_reply = c.call(&["KEYS", "mk:*"]).await;
+    keys_reply = sorted_elements(&keys_reply);
+    out.push_str(&keys_reply);
+    let mut scanned = Vec::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let page = c
+            .call(&["SCAN", &cursor, "MATCH", "mk:*", "COUNT", "50"])
+            .await;
+        let lines: Vec<&str> = page.split("\r\n").collect();
+        cursor = lines[2].to_string();
+        scanned.extend(
+            lines
+                .iter()
+                .filter(|l| l.starts_with("mk:"))
+                .map(|s| s.to_string()),
+        );
+        if cursor == "0" {
+            break;
+        }
+    }
+    scanned.sort();
+    scanned.dedup();
+    out.push_str(&format!("scanned {} keys\n", scanned.len()));
+    for name in ["DEL", "UNLINK"] {
+        let mut cmd = vec![name];
+        cmd.extend(keys[..100].iter().map(String::as_str));
+        out.push_str(&c.call(&cmd).await);
+    }
+    out.push_str(&c.call(&["DBSIZE"]).await);
+    out.push_str(&c.call(&["FLUSHALL"]).await);
+    out.push_str(&c.call(&["DBSIZE"]).await);
+    out
+}
+
+/// The elements of a flat array reply of bulk strings, sorted, as text.
+fn sorted_elements(reply: &str) -> String {
+    let mut items: Vec<&str> = reply
+        .split("\r\n")
+        .skip(1)
+        .filter(|l| !l.starts_with('$') && !l.is_empty())
+        .collect();
+    items.sort();
+    format!("{}:{}\n", items.len(), items.join(","))
+}
+
+/// Transactions and WATCH on one slot (hash tags), blocking commands, scripts, CLIENT
+/// REPLY, pub/sub: as with one Redis.
+async fn connection_state(addr: SocketAddr, proto: u8) -> String {
+    let (mut c, mut out) = hello(addr, proto).await;
+    for cmd in [
+        &["SET", "{user:1}:n", "5"][..],
+        &["WATCH", "{user:1}:n"],
+        &["MULTI"],
+        &["INCR", "{user:1}:n"],
+        &["LPUSH", "{user:1}:log", "a", "b"],
+        &["EXEC"],
+        &["MULTI"],
+        &["PING"],
+        &["EXEC"],
+        &["MULTI"],
+        &["DISCARD"],
+        &["WATCH", "{user:2}:n"],
+        &["MULTI"],
+        &["SET", "{user:2}:n", "x"],
+        &["EXEC"],
+        &[
+            "EVAL",
+            "return redis.call('INCRBY', KEYS[1], ARGV[1])",
+            "1",
+            "{user:1}:n",
+            "10",
+        ],
+        &["SCRIPT", "LOAD", "return ARGV[1]"],
+        &[
+            "EVALSHA",
+            "e5f0fbb4c4e2f63c0e84c0c5ecd9ceb3c05df1c9",
+            "0",
+            "x",
+        ],
+        &["EXISTS", "{user:1}:n", "{user:1}:log", "{user:1}:none"],
+    ] {
+        out.push_str(&c.call(cmd).await);
+    }
+    // CLIENT REPLY: the OFF'd and SKIP'd replies never come.
+    c.send(&encode(&["CLIENT", "REPLY", "SKIP"])).await;
+    c.send(&encode(&["SET", "skipped", "1"])).await;
+    c.send(&encode(&["CLIENT", "REPLY", "OFF"])).await;
+    c.send(&encode(&["SET", "off", "1"])).await;
+    out.push_str(&c.call(&["CLIENT", "REPLY", "ON"]).await);
+    out.push_str(&c.call(&["MGET", "skipped", "off"]).await);
+    // A pop served by a push from another connection (blocked first, or not: the reply
+    // is the same either way).
+    let mut other = Conn::open(addr).await;
+    c.send(&encode(&["BLPOP", "queue:{q}", "5"])).await;
+    other.call(&["RPUSH", "queue:{q}", "job"]).await;
+    out.push_str(&mask(&c.replies(1).await));
+    // Pub/sub: subscribed (the confirmation says so), a message, then back to commands.
+    let (mut sub, _) = hello(addr, proto).await;
+    out.push_str(&sub.call(&["SUBSCRIBE", "news"]).await);
+    other.call(&["PUBLISH", "news", "hello"]).await;
+    out.push_str(&sub.replies(1).await);
+    out.push_str(&sub.call(&["UNSUBSCRIBE", "news"]).await);
+    out.push_str(&sub.call(&["GET", "{user:1}:n"]).await);
+    out
+}
+
+/// One cluster for the differential sessions: started once, each session run against a
+/// fresh standalone Redis and through the proxy, FLUSHALL between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_unaware_client_sees_one_redis() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, "").await;
+    same_as_one_redis(proxy.addr, single_key_pipeline).await;
+    same_as_one_redis(proxy.addr, multi_key_commands).await;
+    same_as_one_redis(proxy.addr, connection_state).await;
+    // The keys were spread over every primary.
+    let mut c = Conn::open(proxy.addr).await;
+    for i in 0..300 {
+        c.call(&["SET", &format!("spread:{i}"), "x"]).await;
+    }
+    for shard in cluster.addresses() {
+        let mut node = cluster.conn(&shard).await;
+        if node.call(&["ROLE"]).await.contains("master") {
+            let size = node.call(&["DBSIZE"]).await;
+            assert_ne!(size, ":0\r\n", "{shard} holds none of the keys");
+        }
+    }
+    proxy.shutdown().await;
+}
+
+/// What Redis Cluster itself refuses across slots gets Redis Cluster's own error, without
+/// a round trip; a cluster-aware client sees one node, the proxy, serving every slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_slot_refusals_are_redis_s_and_the_proxy_is_a_one_node_cluster() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, "").await;
+    let mut node = cluster.conn(&cluster.addresses()[0]).await;
+    let mut c = Conn::open(proxy.addr).await;
+    for cmd in [
+        &["MSETNX", "a", "1", "b", "2"][..],
+        &["RENAME", "a", "b"],
+        &["SUNIONSTORE", "a", "b", "c"],
+        &["EVAL", "return 1", "2", "a", "b"],
+    ] {
+        let want = node.call(cmd).await;
+        assert!(want.starts_with("-CROSSSLOT"), "{cmd:?}: {want}");
+        assert_eq!(c.call(cmd).await, want, "{cmd:?}");
+    }
+    let slots = c.call(&["CLUSTER", "SLOTS"]).await;
+    let port = proxy.addr.port().to_string();
+    assert!(
+        slots.starts_with(&format!(
+            "*1\r\n*3\r\n:0\r\n:16383\r\n*4\r\n$9\r\n127.0.0.1\r\n:{port}\r\n"
+        )),
+        "{slots}"
+    );
+    let nodes = c.call(&["CLUSTER", "NODES"]).await;
+    assert!(nodes.contains(&format!("127.0.0.1:{port}@")), "{nodes}");
+    assert!(c
+        .call(&["CLUSTER", "INFO"])
+        .await
+        .contains("cluster_state:ok"));
+    // Other subcommands are a node's: KEYSLOT is Redis's own.
+    assert_eq!(
+        c.call(&["CLUSTER", "KEYSLOT", "user:1"]).await,
+        node.call(&["CLUSTER", "KEYSLOT", "user:1"]).await
+    );
+    proxy.shutdown().await;
+}
+
+/// Resharding under load: `redis-cli --cluster reshard` moves 1,000 slots while 50
+/// clients write and read keys across slots through the proxy. No client sees an error,
+/// and every value read back is the last one its client wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_load_is_invisible_to_clients() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, "").await;
+    let addresses = cluster.addresses();
+    let map = respguard::cluster::reader::read_topology(
+        &crate::cluster_harness::gate_for(&addresses[0]),
+        &addresses[0],
+    )
+    .await
+    .unwrap()
+    .0;
+    let from = map.shards()[0].primary.clone();
+    let to = map.shards()[1].primary.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..50 {
+        let stop = std::sync::Arc::clone(&stop);
+        let addr = proxy.addr;
+        clients.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr).await;
+            let mut round = 0u64;
+            let mut errors = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || round < 5 {
+                round += 1;
+                let keys: Vec<String> = (0..4).map(|k| format!("c{client}:k{k}")).collect();
+                let value = format!("r{round}");
+                // One key alone, then all four at once (across slots), then read back.
+                let set = c.call(&["SET", &keys[0], &value]).await;
+                let mut mset = vec!["MSET"];
+                for k in &keys[1..] {
+                    mset.push(k);
+                    mset.push(&value);
+                }
+                let mset_reply = c.call(&mset).await;
+                let got = c.call(&["GET", &keys[0]]).await;
+                let mut mget = vec!["MGET"];
+                mget.extend(keys.iter().map(String::as_str));
+                let many = c.call(&mget).await;
+                let want_one = format!("${}\r\n{value}\r\n", value.len());
+                let want_many = format!("*4\r\n{}", want_one.repeat(4));
+                for (what, reply, want) in [
+                    ("SET", &set, "+OK\r\n"),
+                    ("MSET", &mset_reply, "+OK\r\n"),
+                    ("GET", &got, want_one.as_str()),
+                    ("MGET", &many, want_many.as_str()),
+                ] {
+                    if reply != want {
+                        errors.push(format!("{what}: {reply:?}, want {want:?}"));
+                    }
+                }
+            }
+            (round, errors)
+        }));
+    }
+    let began = Instant::now();
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["--cluster", "reshard", &from])
+        .args(["--cluster-from", &node_id_of(&cluster, &from).await])
+        .args(["--cluster-to", &node_id_of(&cluster, &to).await])
+        .args(["--cluster-slots", "1000", "--cluster-yes"])
+        .output()
+        .await
+        .unwrap();
+    let resharded_in = began.elapsed();
+    assert!(
+        out.status.success(),
+        "reshard: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut rounds = 0;
+    for client in clients {
+        let (done, errors) = client.await.unwrap();
+        rounds += done;
+        assert!(
+            errors.is_empty(),
+            "{} errors, first: {}",
+            errors.len(),
+            errors[0]
+        );
+    }
+    eprintln!(
+        "resharding 1,000 slots took {resharded_in:?}; 50 clients ran {rounds} rounds (4 commands each) without an error"
+    );
+    proxy.shutdown().await;
+}
+
+async fn node_id_of(cluster: &Cluster, address: &str) -> String {
+    let reply = cluster.conn(address).await.call(&["CLUSTER", "MYID"]).await;
+    reply.split("\r\n").nth(1).unwrap().to_string()
+}
+
+/// A primary killed under load: only the commands in flight on it, and those sent before
+/// its replica took over, fail; the proxy then routes to the new primary, within the
+/// cluster's own failover time plus a topology read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_costs_only_the_commands_meant_for_it_until_failover() {
+    let mut cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, "").await;
+    let addresses = cluster.addresses();
+    let map = respguard::cluster::reader::read_topology(
+        &crate::cluster_harness::gate_for(&addresses[0]),
+        &addresses[0],
+    )
+    .await
+    .unwrap()
+    .0;
+    let victim = map.shards()[1].primary.clone();
+    // Redis's default stops every shard while one has no primary; with full coverage not
+    // required (a common production setting), the other shards keep serving.
+    for node in &addresses {
+        let mut n = cluster.conn(node).await;
+        n.call(&["CONFIG", "SET", "cluster-require-full-coverage", "no"])
+            .await;
+    }
+    let mut c = Conn::open(proxy.addr).await;
+    let keys: Vec<String> = (0..300).map(|i| format!("fo:{i}")).collect();
+    for k in &keys {
+        assert_eq!(c.call(&["SET", k, "before"]).await, "+OK\r\n");
+    }
+    let on_victim: Vec<&String> = keys
+        .iter()
+        .filter(|k| {
+            map.shard_of(respguard::cluster::slot::key_slot(k.as_bytes()))
+                .unwrap()
+                .primary
+                == victim
+        })
+        .collect();
+    assert!(!on_victim.is_empty());
+    // Wait for the replicas to hold every key before the kill.
+    for node in &addresses {
+        let mut n = cluster.conn(node).await;
+        n.call(&["WAIT", "1", "2000"]).await;
+    }
+    let killed_at = Instant::now();
+    let index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.addr().to_string() == victim)
+        .unwrap();
+    cluster.nodes[index].kill();
+    let mut errors_on_victim = 0;
+    let mut errors_elsewhere = 0;
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    let recovered_in = loop {
+        let mut all_ok = true;
+        for k in &keys {
+            let reply = c.call(&["GET", k]).await;
+            if reply != "$6\r\nbefore\r\n" {
+                all_ok = false;
+                *kinds.entry(reply.chars().take(60).collect()).or_default() += 1;
+                if on_victim.contains(&k) {
+                    errors_on_victim += 1;
+                } else {
+                    errors_elsewhere += 1;
+                }
+            }
+        }
+        if all_ok {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "no recovery in 30 s"
+        );
+    };
+    eprintln!(
+        "primary killed: recovered in {recovered_in:?}; {errors_on_victim} failed GETs on its keys, {errors_elsewhere} elsewhere: {kinds:?}"
+    );
+    assert_eq!(
+        errors_elsewhere, 0,
+        "keys on the other primaries kept working"
+    );
+    proxy.shutdown().await;
+}
