@@ -19,7 +19,8 @@ struct Cli {
     #[arg(long, env = "RESPGUARD_LISTEN")]
     listen: Option<String>,
     /// Redis URL, redis://[user:password@]host:port[/db], or behind Sentinel
-    /// redis-sentinel://[user:password@]host:port[,host:port...][/db]#master
+    /// redis-sentinel://[user:password@]host:port[,host:port...][/db]#master, or a Redis
+    /// Cluster redis-cluster://[user:password@]host:port[,host:port...]
     /// (overrides upstream.url).
     #[arg(long, env = "RESPGUARD_UPSTREAM")]
     upstream: Option<String>,

@@ -35,6 +35,17 @@ enum Redirect<'a> {
 }
 
 impl<'a> Redirect<'a> {
+    /// The metric label: `moved`, `ask`, `tryagain` or `clusterdown`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Redirect::Moved { .. } => "moved",
+            Redirect::Ask { .. } => "ask",
+            Redirect::TryAgain => "tryagain",
+            Redirect::ClusterDown => "clusterdown",
+        }
+    }
+
+
     pub(super) fn parse(reply: &'a [u8]) -> Option<Self> {
         let line = std::str::from_utf8(reply.strip_prefix(b"-")?.strip_suffix(b"\r\n")?).ok()?;
         let mut words = line.split(' ');
@@ -174,7 +185,12 @@ impl Router {
             return;
         };
         if entry.kind != Kind::Transaction {
-            match Redirect::parse(&reply) {
+            let redirect = Redirect::parse(&reply);
+            if let Some(r) = &redirect {
+                metrics::counter!("respguard_cluster_redirections_total", "kind" => r.kind())
+                    .increment(1);
+            }
+            match redirect {
                 Some(Redirect::Moved { slot, address }) => {
                     self.view.moved(slot, address);
                     if self.redirect(seq, part) {

@@ -11,15 +11,30 @@ use crate::cluster_harness::Cluster;
 use crate::harness::*;
 use respguard::app::ProxyHandle;
 
-/// A proxy in front of `cluster`, its seeds the cluster's first two nodes.
+/// A proxy in front of `cluster`, its seeds the cluster's first two nodes, configured by
+/// `toml` (empty: the defaults).
 async fn proxy_for_cluster(cluster: &Cluster, toml: &str) -> ProxyHandle {
-    let seeds = cluster.addresses()[..2].join(",");
-    let mut raw = proxy_config(&format!("redis-cluster://{seeds}"));
-    if !toml.is_empty() {
-        let extra: respguard::config::RawConfig = toml::from_str(toml).unwrap();
-        raw.guards = extra.guards;
-    }
+    let mut raw = respguard::config::RawConfig::from_toml(toml).expect("test config parses");
+    raw.proxy.listen = "127.0.0.1:0".into();
+    raw.admin.listen = "127.0.0.1:0".into();
+    raw.upstream.url = format!("redis-cluster://{}", cluster.addresses()[..2].join(","));
     start_proxy(raw).await
+}
+
+/// The connection to the primary serving `key`, found by asking the cluster.
+async fn primary_of(cluster: &Cluster, key: &str) -> Conn {
+    let first = cluster.addresses()[0].clone();
+    let mut any = cluster.conn(&first).await;
+    let slot = any.call(&["CLUSTER", "KEYSLOT", key]).await;
+    let slot: u16 = slot.trim_start_matches(':').trim().parse().unwrap();
+    let map = respguard::cluster::reader::read_topology(
+        &crate::cluster_harness::gate_for(&first),
+        &first,
+    )
+    .await
+    .unwrap()
+    .0;
+    cluster.conn(&map.shard_of(slot).unwrap().primary).await
 }
 
 /// The replies with what names the server's mode masked.
@@ -464,5 +479,137 @@ async fn a_killed_primary_costs_only_the_commands_meant_for_it_until_failover() 
         errors_elsewhere, 0,
         "keys on the other primaries kept working"
     );
+    proxy.shutdown().await;
+}
+
+/// The guards act through the cluster as in front of one Redis: a SET without expiry gets
+/// the default TTL on the node that holds the key (the TTL guard's rewrite names the same
+/// key, so the same slot), a HSET's `EVAL` wrapper runs on its key's node, and an oversized
+/// value is refused before any node sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guards_act_on_the_node_that_holds_the_key() {
+    let cluster = Cluster::start().await;
+    let toml = "[[guards.ttl.rules]]\npattern = \"*\"\nttl = \"1h\"\n[[guards.size.rules]]\npattern = \"*\"\nmax_value = \"1KiB\"\n";
+    let proxy = proxy_for_cluster(&cluster, toml).await;
+    let mut c = Conn::open(proxy.addr).await;
+    for i in 0..30 {
+        let key = format!("ttl:{i}");
+        assert_eq!(c.call(&["SET", &key, "v"]).await, "+OK\r\n");
+        let hash = format!("hash:{i}");
+        assert_eq!(c.call(&["HSET", &hash, "f", "v"]).await, ":1\r\n");
+        for key in [&key, &hash] {
+            let ttl = primary_of(&cluster, key).await.call(&["TTL", key]).await;
+            let secs: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+            assert!((3590..=3600).contains(&secs), "{key}: TTL {ttl:?} on its node");
+        }
+    }
+    let big = "x".repeat(2000);
+    let refused = c.call(&["SET", "big", &big]).await;
+    assert!(refused.starts_with("-ERR") && refused.contains("size"), "{refused}");
+    assert_eq!(primary_of(&cluster, "big").await.call(&["EXISTS", "big"]).await, ":0\r\n");
+    proxy.shutdown().await;
+}
+
+/// A primary killed while a pipeline is in flight: every command gets exactly one reply,
+/// in order; those in flight on the lost node get the connection-lost error naming it, the
+/// others their values; the client stays connected, and once the replica has taken over
+/// every key answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_mid_pipeline_fails_only_its_commands_in_flight() {
+    let mut cluster = Cluster::start().await;
+    for node in cluster.addresses() {
+        let mut n = cluster.conn(&node).await;
+        n.call(&["CONFIG", "SET", "cluster-require-full-coverage", "no"]).await;
+    }
+    let proxy = proxy_for_cluster(&cluster, "").await;
+    let mut c = Conn::open(proxy.addr).await;
+    let keys: Vec<String> = (0..200).map(|i| format!("mid:{i}")).collect();
+    for k in &keys {
+        c.call(&["SET", k, "value"]).await;
+    }
+    for node in cluster.addresses() {
+        cluster.conn(&node).await.call(&["WAIT", "1", "2000"]).await;
+    }
+    // The victim: the primary of the first key. A blocked BLPOP on its node holds the
+    // pipeline's commands for that node in flight while it is killed.
+    let first = cluster.addresses()[0].clone();
+    let map = respguard::cluster::reader::read_topology(
+        &crate::cluster_harness::gate_for(&first),
+        &first,
+    )
+    .await
+    .unwrap()
+    .0;
+    let slot_of = |k: &str| respguard::cluster::slot::key_slot(k.as_bytes());
+    let victim = map.shard_of(slot_of(&keys[0])).unwrap().primary.clone();
+    let blocker = (0..)
+        .map(|i| format!("block:{i}"))
+        .find(|k| map.shard_of(slot_of(k)).unwrap().primary == victim)
+        .unwrap();
+    let mut batch = encode(&["BLPOP", &blocker, "0"]);
+    for k in &keys {
+        batch.extend_from_slice(&encode(&["GET", k]));
+    }
+    c.send(&batch).await;
+    let mut watcher = cluster.conn(&victim).await;
+    eventually!(WAIT, "the BLPOP blocked on the victim", {
+        watcher.call(&["CLIENT", "LIST"]).await.contains("cmd=blpop")
+    });
+    drop(watcher);
+    let index = cluster.nodes.iter().position(|n| n.addr().to_string() == victim).unwrap();
+    cluster.nodes[index].kill();
+    let lost = format!("-ERR respguard: connection to cluster node {victim} lost");
+    let blpop = c.replies(1).await;
+    assert!(blpop.starts_with(&lost), "{blpop}");
+    for k in &keys {
+        let reply = c.replies(1).await;
+        let on_victim = map.shard_of(slot_of(k)).unwrap().primary == victim;
+        if reply != "$5\r\nvalue\r\n" {
+            assert!(on_victim && reply.starts_with(&lost), "{k}: {reply}");
+        }
+    }
+    // The same connection, once the replica has taken over: every key answers.
+    eventually!(Duration::from_secs(30), "every key answers after the failover", {
+        let mut all = true;
+        for k in &keys {
+            all &= c.call(&["GET", k]).await == "$5\r\nvalue\r\n";
+        }
+        all
+    });
+    proxy.shutdown().await;
+}
+
+/// A client that goes away takes its router's node connections with it: each node's
+/// client count comes back to what it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_closes_its_node_connections() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, "").await;
+    let connected = |info: String| -> usize {
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    };
+    let mut before = Vec::new();
+    for node in cluster.addresses() {
+        before.push(connected(cluster.conn(&node).await.call(&["INFO", "clients"]).await));
+    }
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut c = Conn::open(proxy.addr).await;
+        for i in 0..30 {
+            c.call(&["SET", &format!("gone:{i}"), "v"]).await;
+        }
+        clients.push(c);
+    }
+    drop(clients);
+    for (node, before) in cluster.addresses().iter().zip(before) {
+        let mut n = cluster.conn(node).await;
+        eventually!(WAIT, format!("{node} back to its client count"), {
+            // This connection itself is one more than before.
+            connected(n.call(&["INFO", "clients"]).await) <= before + 1
+        });
+    }
     proxy.shutdown().await;
 }
