@@ -24,7 +24,7 @@
 //! stays in force (commands fail anyway while Redis is unreachable) and
 //! `respguard_monitor_up` is 0.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use metrics::{counter, gauge, Counter, Gauge};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
+use crate::cluster::view::ClusterView;
 use crate::config::RawMonitor;
 use crate::guard::queue::{QueueDepths, QueueKind};
 use crate::health::Upstream;
@@ -218,6 +219,7 @@ impl Monitor {
             pressure: 0.0,
             limit_note: None,
         };
+        let mut shards = ShardMemory::default();
         let mut ticker = tokio::time::interval(self.settings.interval.0);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -240,7 +242,13 @@ impl Monitor {
                 Ok(Ok((polled, covers))) => {
                     // PING decides readiness: INFO still answers while Redis is LOADING.
                     self.health.set(polled.upstream);
-                    match polled.info {
+                    let info = match (&self.cluster, polled.info) {
+                        (Some(cluster), Ok(info)) => {
+                            Ok(shards.poll(cluster.view(), &self).await.unwrap_or(info))
+                        }
+                        (_, info) => info,
+                    };
+                    match info {
                         Ok(info) => {
                             metrics.up.set(1.0);
                             let seen = &mut remembered;
@@ -439,6 +447,74 @@ fn human_bytes(n: u64) -> String {
         }
     }
     format!("{n}B")
+}
+
+/// In front of a Redis Cluster: every primary's memory, read on connections of the
+/// monitor's own, each shard's level set on its slots (the shed guard judges a write by
+/// the shard holding its keys), and the fullest shard's reading the one the proxy's level,
+/// metrics and logs follow.
+#[derive(Default)]
+struct ShardMemory {
+    /// A connection to each primary polled (dropped when it fails).
+    conns: HashMap<String, crate::transport::Stream>,
+    /// Each primary's level at its last poll, for the thresholds' hysteresis.
+    levels: HashMap<String, Level>,
+}
+
+impl ShardMemory {
+    /// Poll every primary of `view`'s map; the fullest shard's reading, if any answered.
+    async fn poll(&mut self, view: &ClusterView, monitor: &Monitor) -> Option<InfoReading> {
+        let map = view.map()?;
+        let mut fullest: Option<(f64, InfoReading)> = None;
+        for (index, shard) in map.shards().iter().enumerate() {
+            let Some(info) = self.read(&shard.primary, view, monitor.timeout).await else {
+                continue;
+            };
+            let (limit, _, enabled) = monitor.limit_of(&info);
+            let pressure = if limit > 0 && enabled {
+                info.used_memory as f64 / limit as f64
+            } else {
+                0.0
+            };
+            let before = self
+                .levels
+                .get(&shard.primary)
+                .copied()
+                .unwrap_or(Level::Normal);
+            let level = monitor.pressure.thresholds().next(before, pressure);
+            self.levels.insert(shard.primary.clone(), level);
+            monitor
+                .pressure
+                .set_slot_levels(&map.ranges_of(index), level);
+            if fullest.as_ref().is_none_or(|(p, _)| pressure > *p) {
+                fullest = Some((pressure, info));
+            }
+        }
+        self.conns
+            .retain(|address, _| map.shards().iter().any(|s| &s.primary == address));
+        fullest.map(|(_, info)| info)
+    }
+
+    /// One primary's INFO, on the connection kept for it (opened when missing).
+    async fn read(
+        &mut self,
+        address: &str,
+        view: &ClusterView,
+        timeout: Duration,
+    ) -> Option<InfoReading> {
+        if !self.conns.contains_key(address) {
+            let stream = view.gate().open_node(address).await.ok()?;
+            self.conns.insert(address.to_string(), stream);
+        }
+        let stream = self.conns.get_mut(address)?;
+        match tokio::time::timeout(timeout, poll(stream)).await {
+            Ok(Ok(Poll { info: Ok(info), .. })) => Some(info),
+            _ => {
+                self.conns.remove(address);
+                None
+            }
+        }
+    }
 }
 
 /// What one poll got back.

@@ -19,7 +19,11 @@
 //! Redis has answered it); until a poll that began after the last mark is recorded, no level
 //! applies (Redis itself still answers `OOM` if it is full) until the next regular poll.
 
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use crate::cluster::slot::{key_slot, SLOTS};
 
 /// How hard the proxy sheds writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -165,6 +169,10 @@ pub struct MemoryPressure {
     /// The marks the last recorded poll covers (it began after them): the reading is stale
     /// while `marks` is ahead.
     covered: AtomicU64,
+    /// In front of a Redis Cluster: each slot's shard's polled level (the reading above is
+    /// the fullest shard's), so a write is judged by the shard that holds its keys. Made at
+    /// the first shard poll; absent for one Redis.
+    slot_levels: OnceLock<Box<[AtomicU8]>>,
 }
 
 impl MemoryPressure {
@@ -184,6 +192,7 @@ impl MemoryPressure {
             poll_events: tokio::sync::watch::channel(0).0,
             marks: AtomicU64::new(0),
             covered: AtomicU64::new(0),
+            slot_levels: OnceLock::new(),
         }
     }
 
@@ -268,6 +277,28 @@ impl MemoryPressure {
                     .saturating_add(self.written.load(Ordering::Relaxed))
                     < self.watch_from.load(Ordering::Relaxed))
             || self.is_stale()
+    }
+
+    /// In front of a Redis Cluster: the shard serving `slots` is at `level` now.
+    pub fn set_slot_levels(&self, slots: &[RangeInclusive<u16>], level: Level) {
+        let levels = self.slot_levels.get_or_init(|| {
+            (0..SLOTS)
+                .map(|_| AtomicU8::new(Level::Normal as u8))
+                .collect()
+        });
+        for range in slots {
+            for slot in range.clone() {
+                levels[usize::from(slot)].store(level as u8, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// In front of a Redis Cluster, the level of the shard holding `key` (`None` for one
+    /// Redis, where [`Self::reading`] is the level of every key).
+    pub fn level_of_key(&self, key: &[u8]) -> Option<Level> {
+        let levels = self.slot_levels.get()?;
+        let level = levels[usize::from(key_slot(key))].load(Ordering::Relaxed);
+        Some(Level::from_u8(level))
     }
 
     /// The level in force now and the pressure behind it (`normal` while the reading is

@@ -45,7 +45,6 @@ impl<'a> Redirect<'a> {
         }
     }
 
-
     pub(super) fn parse(reply: &'a [u8]) -> Option<Self> {
         let line = std::str::from_utf8(reply.strip_prefix(b"-")?.strip_suffix(b"\r\n")?).ok()?;
         let mut words = line.split(' ');

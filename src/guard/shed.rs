@@ -330,6 +330,16 @@ impl ShedGuard {
         verdict
     }
 
+    /// In front of a Redis Cluster, the highest level of the shards holding `cmd`'s keys;
+    /// `None` for one Redis, or a command naming no key (judged at the fullest shard's).
+    fn shard_level(&self, cmd: &CommandView<'_>) -> Option<Level> {
+        cmd.keys
+            .iter()
+            .filter_map(|&i| cmd.arg(i))
+            .filter_map(|key| self.pressure.level_of_key(key))
+            .max()
+    }
+
     /// The verdict on `cmd` at the current level.
     fn judge(&self, script: Script, cmd: &CommandView<'_>, client: &ClientIdentity) -> Verdict {
         // Redis does not flag SCRIPT LOAD `denyoom` and runs it past maxmemory: a client whose
@@ -338,7 +348,11 @@ impl ShedGuard {
         if self.pressure.is_normal() || script == Script::Load {
             return Verdict::Forward;
         }
-        let reading = self.pressure.reading();
+        let mut reading = self.pressure.reading();
+        if let Some(level) = self.shard_level(cmd) {
+            // In front of a Redis Cluster: the level of the shards holding the keys.
+            reading.level = reading.level.min(level);
+        }
         if reading.level == Level::Normal {
             return Verdict::Forward;
         }

@@ -500,13 +500,25 @@ async fn the_guards_act_on_the_node_that_holds_the_key() {
         for key in [&key, &hash] {
             let ttl = primary_of(&cluster, key).await.call(&["TTL", key]).await;
             let secs: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
-            assert!((3590..=3600).contains(&secs), "{key}: TTL {ttl:?} on its node");
+            assert!(
+                (3590..=3600).contains(&secs),
+                "{key}: TTL {ttl:?} on its node"
+            );
         }
     }
     let big = "x".repeat(2000);
     let refused = c.call(&["SET", "big", &big]).await;
-    assert!(refused.starts_with("-ERR") && refused.contains("size"), "{refused}");
-    assert_eq!(primary_of(&cluster, "big").await.call(&["EXISTS", "big"]).await, ":0\r\n");
+    assert!(
+        refused.starts_with("-ERR") && refused.contains("size"),
+        "{refused}"
+    );
+    assert_eq!(
+        primary_of(&cluster, "big")
+            .await
+            .call(&["EXISTS", "big"])
+            .await,
+        ":0\r\n"
+    );
     proxy.shutdown().await;
 }
 
@@ -519,7 +531,8 @@ async fn a_primary_killed_mid_pipeline_fails_only_its_commands_in_flight() {
     let mut cluster = Cluster::start().await;
     for node in cluster.addresses() {
         let mut n = cluster.conn(&node).await;
-        n.call(&["CONFIG", "SET", "cluster-require-full-coverage", "no"]).await;
+        n.call(&["CONFIG", "SET", "cluster-require-full-coverage", "no"])
+            .await;
     }
     let proxy = proxy_for_cluster(&cluster, "").await;
     let mut c = Conn::open(proxy.addr).await;
@@ -553,10 +566,17 @@ async fn a_primary_killed_mid_pipeline_fails_only_its_commands_in_flight() {
     c.send(&batch).await;
     let mut watcher = cluster.conn(&victim).await;
     eventually!(WAIT, "the BLPOP blocked on the victim", {
-        watcher.call(&["CLIENT", "LIST"]).await.contains("cmd=blpop")
+        watcher
+            .call(&["CLIENT", "LIST"])
+            .await
+            .contains("cmd=blpop")
     });
     drop(watcher);
-    let index = cluster.nodes.iter().position(|n| n.addr().to_string() == victim).unwrap();
+    let index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.addr().to_string() == victim)
+        .unwrap();
     cluster.nodes[index].kill();
     let lost = format!("-ERR respguard: connection to cluster node {victim} lost");
     let blpop = c.replies(1).await;
@@ -569,13 +589,17 @@ async fn a_primary_killed_mid_pipeline_fails_only_its_commands_in_flight() {
         }
     }
     // The same connection, once the replica has taken over: every key answers.
-    eventually!(Duration::from_secs(30), "every key answers after the failover", {
-        let mut all = true;
-        for k in &keys {
-            all &= c.call(&["GET", k]).await == "$5\r\nvalue\r\n";
+    eventually!(
+        Duration::from_secs(30),
+        "every key answers after the failover",
+        {
+            let mut all = true;
+            for k in &keys {
+                all &= c.call(&["GET", k]).await == "$5\r\nvalue\r\n";
+            }
+            all
         }
-        all
-    });
+    );
     proxy.shutdown().await;
 }
 
@@ -593,7 +617,9 @@ async fn a_client_gone_closes_its_node_connections() {
     };
     let mut before = Vec::new();
     for node in cluster.addresses() {
-        before.push(connected(cluster.conn(&node).await.call(&["INFO", "clients"]).await));
+        before.push(connected(
+            cluster.conn(&node).await.call(&["INFO", "clients"]).await,
+        ));
     }
     let mut clients = Vec::new();
     for _ in 0..20 {
@@ -611,5 +637,75 @@ async fn a_client_gone_closes_its_node_connections() {
             connected(n.call(&["INFO", "clients"]).await) <= before + 1
         });
     }
+    proxy.shutdown().await;
+}
+
+/// Shedding per shard: one primary filled past the hard level (its `maxmemory` lowered
+/// under what it holds) sheds writes to its keys while keys on the other shards, and reads
+/// and deletes on the full one, pass; raising its limit again lifts the shedding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_shard_sheds_writes_to_its_keys_only() {
+    let cluster = Cluster::start().await;
+    let toml = "[monitor]\ninterval = \"50ms\"\n[guards.shed]\nsoft_enter = 0.5\nsoft_exit = 0.4\nhard_enter = 0.75\nhard_exit = 0.65\n";
+    let proxy = proxy_for_cluster(&cluster, toml).await;
+    let first = cluster.addresses()[0].clone();
+    let map = respguard::cluster::reader::read_topology(
+        &crate::cluster_harness::gate_for(&first),
+        &first,
+    )
+    .await
+    .unwrap()
+    .0;
+    let slot_of = |k: &str| respguard::cluster::slot::key_slot(k.as_bytes());
+    let full = map.shards()[0].primary.clone();
+    let on = |k: &String| map.shard_of(slot_of(k)).unwrap().primary.clone();
+    let keys: Vec<String> = (0..60).map(|i| format!("shard:{i}")).collect();
+    let mut c = Conn::open(proxy.addr).await;
+    for k in &keys {
+        assert_eq!(c.call(&["SET", k, "before"]).await, "+OK\r\n");
+    }
+    // Every primary gets a generous limit, then the full one a limit just above what it
+    // uses: past the hard level (75%).
+    for shard in map.shards() {
+        let mut n = cluster.conn(&shard.primary).await;
+        n.call(&["CONFIG", "SET", "maxmemory", "1gb"]).await;
+    }
+    let mut node = cluster.conn(&full).await;
+    let info = node.call(&["INFO", "memory"]).await;
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    node.call(&["CONFIG", "SET", "maxmemory", &(used * 11 / 10).to_string()])
+        .await;
+    let (on_full, elsewhere): (Vec<&String>, Vec<&String>) =
+        keys.iter().partition(|k| on(k) == full);
+    assert!(!on_full.is_empty() && !elsewhere.is_empty());
+    eventually!(WAIT, "writes to the full shard's keys shed", {
+        c.call(&["SET", on_full[0], "after"])
+            .await
+            .starts_with("-OOM respguard: ")
+    });
+    for k in &on_full {
+        let reply = c.call(&["SET", k, "after"]).await;
+        assert!(reply.starts_with("-OOM respguard: "), "{k}: {reply}");
+        let read = c.call(&["GET", k]).await;
+        assert!(read.starts_with('$'), "reads pass: {k}: {read}");
+    }
+    for k in &elsewhere {
+        assert_eq!(
+            c.call(&["SET", k, "after"]).await,
+            "+OK\r\n",
+            "{k} on another shard"
+        );
+    }
+    assert_eq!(c.call(&["DEL", on_full[0]]).await, ":1\r\n", "deletes pass");
+    node.call(&["CONFIG", "SET", "maxmemory", "1gb"]).await;
+    eventually!(WAIT, "the full shard's keys writable again", {
+        c.call(&["SET", on_full[1], "again"]).await == "+OK\r\n"
+    });
     proxy.shutdown().await;
 }
