@@ -482,6 +482,10 @@ impl ShardMemory {
                 .copied()
                 .unwrap_or(Level::Normal);
             let level = monitor.pressure.thresholds().next(before, pressure);
+            // One series per primary: bounded by the cluster's size.
+            let node = shard.primary.clone();
+            gauge!("respguard_shard_memory_pressure", "node" => node.clone()).set(pressure);
+            gauge!("respguard_shard_shedding_level", "node" => node).set(level as u8 as f64);
             self.levels.insert(shard.primary.clone(), level);
             monitor
                 .pressure

@@ -703,6 +703,13 @@ async fn a_full_shard_sheds_writes_to_its_keys_only() {
         );
     }
     assert_eq!(c.call(&["DEL", on_full[0]]).await, ":1\r\n", "deletes pass");
+    let admin = proxy.admin_addr.expect("admin listener");
+    let series = format!("respguard_shard_shedding_level{{node=\"{full}\"}}");
+    assert_eq!(
+        metric(admin, &series).await,
+        Some(2.0),
+        "the full shard's level, by node"
+    );
     node.call(&["CONFIG", "SET", "maxmemory", "1gb"]).await;
     eventually!(WAIT, "the full shard's keys writable again", {
         c.call(&["SET", on_full[1], "again"]).await == "+OK\r\n"
