@@ -23,8 +23,8 @@
 #   respguard--cluster      redis-benchmark --cluster against the guards-off respguard, which
 #                           answers CLUSTER SLOTS/NODES as one node serving every slot
 #   respguard+ttl--cluster  the same against the TTL respguard
-# redis-benchmark before Redis 7.4 refuses a one-node cluster; the two --cluster targets
-# through respguard are then left out, with a note under the table.
+# The redis-benchmark of Redis 7.0 refuses a one-node cluster ("Invalid cluster: 1 node(s).");
+# the two --cluster targets through respguard are then left out, with a note under the table.
 #
 # Where the keys go (redis-benchmark's own key names): in cluster mode redis-benchmark puts
 # a hash tag for the first slot of each client's node into every key (`key:{tag}:<n>`), so
@@ -158,9 +158,9 @@ if wanted respguard+ttl || wanted respguard+ttl--cluster; then
   start_respguard "ports[respguard+ttl]" "$CONF_TTL"
   ports[respguard+ttl--cluster]=${ports[respguard+ttl]}
 fi
-# redis-benchmark before Redis 7.4 refuses a cluster of one node ("Invalid cluster: 1
-# node(s)."), which is what respguard presents: the --cluster targets through respguard are
-# then left out, and the note below the table says so.
+# The redis-benchmark of Redis 7.0 refuses a cluster of one node ("Invalid cluster: 1
+# node(s)."), which is what respguard presents (Valkey's benchmark dropped that check): the
+# --cluster targets through respguard are then left out, and the note below the table says so.
 one_node_refusal=""
 if wanted respguard--cluster || wanted respguard+ttl--cluster; then
   port=${ports[respguard]:-${ports[respguard+ttl]}}
@@ -219,10 +219,10 @@ load() {
 # requests, so a short write can leave a node's clients without a turn: each try sends ten
 # times more.
 write_get_keys() {
-  local target=$1 expected=1 requests=$((CLIENTS * 4)) try
+  local target=$1 expected=1 requests=$((CLIENTS * 4))
   shift
   if [ "$target" = direct ]; then expected=${#primary_ports[@]}; fi
-  for try in 1 2 3 4; do
+  for _ in 1 2 3 4; do
     redis-benchmark "$@" -c "$CLIENTS" -n "$requests" -d "$SIZE" -t SET -q >/dev/null || return 1
     [ "$(cluster_keys)" -eq "$expected" ] && return 0
     requests=$((requests * 10))
