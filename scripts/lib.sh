@@ -24,8 +24,9 @@ wait_port() {
   exit 1
 }
 
-# Start the release respguard in front of the Redis on $redis_port with the configuration
-# text $2, on a free port stored in the variable named $1; $3 is the log level (warn).
+# Start the release respguard in front of the Redis on $redis_port (or of $upstream_url, when
+# set) with the configuration text $2, on a free port stored in the variable named $1; $3 is
+# the log level (warn).
 # Not for a $(...) subshell: the process must be recorded in this shell's pids for cleanup.
 start_respguard() {
   local port conf
@@ -33,7 +34,7 @@ start_respguard() {
   conf="$work/respguard-$port.toml"
   printf '%s\n' "$2" > "$conf"
   ./target/release/respguard --config "$conf" --listen "127.0.0.1:$port" \
-    --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level "${3:-warn}" &
+    --upstream "${upstream_url:-redis://127.0.0.1:$redis_port}" --admin-listen "" --log-level "${3:-warn}" &
   pids+=($!)
   wait_port "$port"
   printf -v "$1" '%s' "$port"
