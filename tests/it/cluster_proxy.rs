@@ -12,7 +12,7 @@ use crate::harness::*;
 use respguard::app::ProxyHandle;
 
 /// A proxy in front of `cluster`, its seeds the cluster's first two nodes.
-async fn proxy_for_cluster(cluster: &Cluster, toml: &str) -> ProxyHandle {
+pub async fn proxy_for_cluster(cluster: &Cluster, toml: &str) -> ProxyHandle {
     let seeds = cluster.addresses()[..2].join(",");
     let mut raw = proxy_config(&format!("redis-cluster://{seeds}"));
     if !toml.is_empty() {
