@@ -290,3 +290,40 @@ async fn invalidations(addr: SocketAddr) -> String {
     }
     seen
 }
+
+/// In RESP3 a subscribed connection may run any command (node-redis and Lettuce share one
+/// connection between subscriptions and commands): through the proxy, GET of keys on every
+/// node, MGET across slots and DBSIZE while subscribed answer as one Redis does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "proxy defect: while subscribed, every command goes as it is to the subscription's \
+    node, so a key of another node gets -MOVED, MGET across slots -CROSSSLOT and DBSIZE \
+    that node's count"]
+async fn resp3_commands_while_subscribed_are_routed_as_ever() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, "").await;
+    let direct = RedisServer::start();
+    let want = commands_while_subscribed(direct.addr()).await;
+    assert!(!want.contains("MOVED"), "{want}");
+    assert_eq!(commands_while_subscribed(proxy.addr).await, want);
+    proxy.shutdown().await;
+}
+
+/// Six keys set (on every primary), then on one RESP3 connection: SUBSCRIBE, GET of each
+/// key, an MGET of three, DBSIZE. The replies, concatenated.
+async fn commands_while_subscribed(addr: SocketAddr) -> String {
+    let keys = ["a", "b", "c", "d", "e", "f"];
+    let mut writer = Conn::open(addr).await;
+    writer.call(&["FLUSHALL"]).await;
+    for key in keys {
+        writer.call(&["SET", key, key]).await;
+    }
+    let mut c = Conn::open(addr).await;
+    c.call(&["HELLO", "3"]).await;
+    let mut seen = c.call(&["SUBSCRIBE", "news"]).await;
+    for key in keys {
+        seen.push_str(&c.call(&["GET", key]).await);
+    }
+    seen.push_str(&c.call(&["MGET", "a", "b", "c"]).await);
+    seen.push_str(&c.call(&["DBSIZE"]).await);
+    seen
+}
