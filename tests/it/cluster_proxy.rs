@@ -13,7 +13,7 @@ use respguard::app::ProxyHandle;
 
 /// A proxy in front of `cluster`, its seeds the cluster's first two nodes, configured by
 /// `toml` (empty: the defaults).
-async fn proxy_for_cluster(cluster: &Cluster, toml: &str) -> ProxyHandle {
+pub async fn proxy_for_cluster(cluster: &Cluster, toml: &str) -> ProxyHandle {
     let mut raw = respguard::config::RawConfig::from_toml(toml).expect("test config parses");
     raw.proxy.listen = "127.0.0.1:0".into();
     raw.admin.listen = "127.0.0.1:0".into();

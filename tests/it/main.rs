@@ -7,6 +7,7 @@ mod audit;
 mod cli;
 mod clients;
 mod cluster;
+mod cluster_clients;
 mod cluster_harness;
 mod cluster_proxy;
 mod deploy;
