@@ -26,7 +26,7 @@ pub(super) fn upper(bytes: Option<&&[u8]>) -> Vec<u8> {
 fn state_key(name: &[u8], sub: &[u8], args: &[&[u8]]) -> Option<Vec<u8>> {
     match name {
         b"AUTH" | b"HELLO" | b"SELECT" | b"READONLY" | b"READWRITE" => Some(name.to_vec()),
-        b"CLIENT" if matches!(sub, b"SETNAME" | b"NO-EVICT" | b"NO-TOUCH") => {
+        b"CLIENT" if matches!(sub, b"SETNAME" | b"NO-EVICT" | b"NO-TOUCH" | b"TRACKING") => {
             Some([name, b" ", sub].concat())
         }
         b"CLIENT" if sub == b"SETINFO" => {
@@ -72,6 +72,18 @@ impl Router {
                 silent,
             ),
             b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => self.subscribe(raw, args),
+            // RESP3 confirms an unsubscription with a push, never a reply.
+            b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" if self.protocol >= 3 => {
+                self.subscribe(raw, args)
+            }
+            b"PUBLISH" => match self.pubsub_index() {
+                Some(node) => self.send_to_node(node, raw, Kind::Plain, silent),
+                None => self.answer(self.no_node(), silent),
+            },
+            b"PUBSUB" if !sub.starts_with(b"SHARD") => match self.pubsub_index() {
+                Some(node) => self.send_to_node(node, raw, Kind::Plain, silent),
+                None => self.answer(self.no_node(), silent),
+            },
             b"RESET" => {
                 self.send_to_default(raw, Kind::Plain, silent);
                 let except = self.default_node;

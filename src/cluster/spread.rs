@@ -30,6 +30,8 @@ pub enum Merge {
     Same,
     /// The arrays concatenated (`KEYS`).
     Concat,
+    /// One of the replies that is not null, at random (`RANDOMKEY`: a key of any node).
+    AnyValue,
     /// A `SCAN` on the primary `node` of `nodes`: the cursor Redis gives is moved into the
     /// proxy's cursor, which names the primary in its high bits (see [`scan_cursor`]).
     Scan { node: u16, nodes: u16 },
@@ -52,6 +54,7 @@ pub fn keyless(name: &[u8], sub: &[u8]) -> Keyless {
     match name {
         b"DBSIZE" => Keyless::EveryPrimary(Merge::Sum),
         b"KEYS" => Keyless::EveryPrimary(Merge::Concat),
+        b"RANDOMKEY" => Keyless::EveryPrimary(Merge::AnyValue),
         b"FLUSHALL" | b"FLUSHDB" => Keyless::EveryPrimary(Merge::Same),
         b"SCAN" => Keyless::Scan,
         b"SCRIPT" if matches!(sub, b"LOAD" | b"FLUSH") => Keyless::EveryPrimary(Merge::Same),
@@ -133,6 +136,11 @@ pub fn scan_position(cursor: u64) -> (u16, u64) {
     ((cursor >> 54) as u16, cursor & ((1 << 54) - 1))
 }
 
+/// Whether a reply is null (RESP2's `$-1` or `*-1`, RESP3's `_`).
+fn is_null(reply: &[u8]) -> bool {
+    matches!(reply, b"$-1\r\n" | b"*-1\r\n" | b"_\r\n")
+}
+
 /// Whether a reply is an error (`-` or RESP3's `!`).
 pub fn is_error(reply: &[u8]) -> bool {
     matches!(reply.first(), Some(b'-' | b'!'))
@@ -147,6 +155,13 @@ pub fn merge(merge: &Merge, replies: &[Bytes]) -> Bytes {
         Merge::One | Merge::Same => replies.first().cloned(),
         Merge::Sum => sum(replies),
         Merge::Concat => concat(replies),
+        Merge::AnyValue => {
+            let values: Vec<&Bytes> = replies.iter().filter(|r| !is_null(r)).collect();
+            match values.len() {
+                0 => replies.first().cloned(),
+                n => Some(values[fastrand::usize(..n)].clone()),
+            }
+        }
         Merge::Values(places) => values(replies, places),
         Merge::Scan { node, nodes } => scan_reply(&replies[0], *node, *nodes),
     };
@@ -359,6 +374,17 @@ mod tests {
         );
         assert_eq!(keyless(b"SCRIPT", b"EXISTS"), Keyless::AnyNode);
         assert_eq!(keyless(b"PING", b""), Keyless::AnyNode);
+        assert_eq!(
+            merge(
+                &Merge::AnyValue,
+                &[b("$-1\r\n"), b("$1\r\nk\r\n"), b("_\r\n")]
+            ),
+            b("$1\r\nk\r\n")
+        );
+        assert_eq!(
+            merge(&Merge::AnyValue, &[b("$-1\r\n"), b("$-1\r\n")]),
+            b("$-1\r\n")
+        );
         assert_eq!(keyless(b"SCAN", b"0"), Keyless::Scan);
     }
 }

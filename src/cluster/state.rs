@@ -102,17 +102,30 @@ impl Router {
                 .and_then(|m| m.shard_of(slot).map(|s| s.primary.clone()))
                 .and_then(|a| self.node_for(&a)),
             Route::CrossSlot => return self.answer(resp::error(CROSSSLOT), false),
-            Route::Keyless => self.default_index(),
+            Route::Keyless => self.pubsub_index(),
         };
         match node {
             Some(node) => {
-                self.tunnel = Some(node);
+                // RESP3 says every subscription event with a push, out of band: the client
+                // goes on sending any command, routed as ever. RESP2 allows only the
+                // subscription commands: the connection becomes a tunnel.
+                if self.protocol < 3 {
+                    self.tunnel = Some(node);
+                }
                 if let Some(link) = &self.links[node] {
                     link.send(raw);
                 }
             }
             None => self.answer(self.no_node(), false),
         }
+    }
+
+    /// The node every client's `SUBSCRIBE`, `PSUBSCRIBE`, `PUBLISH` and `PUBSUB` go to: the
+    /// primary of the first shard, so that `PUBLISH` counts every subscriber through the
+    /// proxy, as one Redis does (a node counts only its own).
+    pub(super) fn pubsub_index(&mut self) -> Option<usize> {
+        let address = self.view.map()?.shards().first()?.primary.clone();
+        self.node_for(&address)
     }
 
     /// MULTI, EXEC, DISCARD, and every command between: on one node, chosen by the

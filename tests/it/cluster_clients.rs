@@ -7,8 +7,7 @@
 //! number of jobs. A missing library fails the test with the command that installs it.
 //! The last tests check, with raw connections, what those libraries' users rely on beyond
 //! the scenarios (PUBLISH's count, CLIENT TRACKING's invalidations, commands on a RESP3
-//! subscribed connection, RANDOMKEY), each against one Redis; each is ignored, with the
-//! reason, while the proxy answers differently.
+//! subscribed connection, RANDOMKEY), each against one Redis.
 
 use std::net::SocketAddr;
 
@@ -222,9 +221,6 @@ async fn primaries_holding_keys(cluster: &Cluster) -> usize {
 /// node the publisher's previous command went to: a subscriber through the proxy gets
 /// every message, and the publisher's count says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy defect: PUBLISH goes to the publisher's last-used node and SUBSCRIBE to the \
-    subscriber's; a cluster node counts only its own subscribers, so a delivered message is \
-    answered :0 unless the two nodes happen to match"]
 async fn publish_counts_the_subscriber_that_received_the_message() {
     let cluster = Cluster::start().await;
     let proxy = proxy_for_cluster(&cluster, "").await;
@@ -260,8 +256,6 @@ async fn publish_counts(addr: SocketAddr) -> String {
 /// key another client changes, as by one Redis, whichever node holds the key: a cache that
 /// missed one would serve a stale value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy defect: CLIENT TRACKING ON reaches one node only; keys read from the other \
-    nodes are not tracked, so their invalidation pushes never come (the proxy answered +OK)"]
 async fn client_tracking_invalidates_keys_on_every_node() {
     let cluster = Cluster::start().await;
     let proxy = proxy_for_cluster(&cluster, "").await;
@@ -299,9 +293,6 @@ async fn invalidations(addr: SocketAddr) -> String {
 /// connection between subscriptions and commands): through the proxy, GET of keys on every
 /// node, MGET across slots and DBSIZE while subscribed answer as one Redis does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy defect: while subscribed, every command goes as it is to the subscription's \
-    node, so a key of another node gets -MOVED, MGET across slots -CROSSSLOT and DBSIZE \
-    that node's count"]
 async fn resp3_commands_while_subscribed_are_routed_as_ever() {
     let cluster = Cluster::start().await;
     let proxy = proxy_for_cluster(&cluster, "").await;
@@ -335,8 +326,6 @@ async fn commands_while_subscribed(addr: SocketAddr) -> String {
 /// RANDOMKEY answers a key whenever the database holds one, as one Redis does, whichever
 /// node the connection's previous command went to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy defect: RANDOMKEY goes to the node of the connection's last command, and \
-    answers nil when that node holds no key though another does"]
 async fn randomkey_finds_a_key_on_any_node() {
     let cluster = Cluster::start().await;
     let proxy = proxy_for_cluster(&cluster, "").await;

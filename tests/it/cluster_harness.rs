@@ -30,6 +30,11 @@ pub fn cluster_node() -> RedisServer {
 
 /// [`cluster_node`] with `extra` `--name value` arguments.
 pub fn cluster_node_with(extra: &[&str]) -> RedisServer {
+    RedisServer::start_with_ports(|| cluster_node_args(extra))
+}
+
+/// A cluster node's arguments, with a free port for its cluster bus.
+fn cluster_node_args(extra: &[&str]) -> Vec<String> {
     let bus = free_port().to_string();
     let mut args = vec![
         "--cluster-enabled",
@@ -49,7 +54,7 @@ pub fn cluster_node_with(extra: &[&str]) -> RedisServer {
         "0",
     ];
     args.extend_from_slice(extra);
-    RedisServer::start_with(&args)
+    args.iter().map(|a| a.to_string()).collect()
 }
 
 impl Cluster {

@@ -33,15 +33,24 @@ pub fn server_binary() -> String {
 /// Read a child's output until a line containing `needle` (the child's own word that it is
 /// ready), then keep draining it in a thread so the child never blocks on a full pipe.
 pub fn wait_for_line(output: impl std::io::Read + Send + 'static, needle: &str, what: &str) {
+    assert!(
+        saw_line(output, needle),
+        "{what} exited before saying {needle:?}"
+    );
+}
+
+/// [`wait_for_line`], saying whether the line came (false: the child exited first).
+pub fn saw_line(output: impl std::io::Read + Send + 'static, needle: &str) -> bool {
     let mut lines = BufReader::new(output).lines();
     loop {
         match lines.next() {
             Some(Ok(line)) if line.contains(needle) => break,
             Some(Ok(_)) => continue,
-            _ => panic!("{what} exited before saying {needle:?}"),
+            _ => return false,
         }
     }
     std::thread::spawn(move || for _ in lines {});
+    true
 }
 
 /// A port nobody listens on right now.
@@ -59,13 +68,40 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
-    /// Start a server with extra `--name value` arguments.
+    /// Start a server with extra `--name value` arguments, on a free port. A port found
+    /// free may be taken (by another test's connection) before the server binds it: the
+    /// start is tried again on another port, a few times.
     pub fn start_with(extra: &[&str]) -> Self {
-        Self::start_on(free_port(), extra)
+        Self::start_with_ports(|| extra.iter().map(|a| a.to_string()).collect())
+    }
+
+    /// Start a server with the arguments `args()` makes for each attempt (a cluster node
+    /// takes a fresh bus port each time), on a free port, tried a few times.
+    pub fn start_with_ports(args: impl Fn() -> Vec<String>) -> Self {
+        for _ in 0..4 {
+            let extra = args();
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            if let Some(server) = Self::try_start_on(free_port(), &extra) {
+                return server;
+            }
+        }
+        let extra = args();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Self::start_on(free_port(), &extra)
     }
 
     /// Start a server on a given port (to restart one where it was).
     pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        Self::try_start_on(port, extra).unwrap_or_else(|| {
+            panic!(
+                "{} on port {port} exited before it was ready",
+                server_binary()
+            )
+        })
+    }
+
+    /// Start a server on `port`; `None` when it exits before it is ready (a port taken).
+    pub fn try_start_on(port: u16, extra: &[&str]) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let bin = server_binary();
         let mut child = Command::new(&bin)
@@ -79,16 +115,16 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("cannot start {bin} (is it installed?): {e}"));
         // Wait for the server's own word that it is ready, not for a fixed time.
         let stdout = child.stdout.take().unwrap();
-        wait_for_line(
-            stdout,
-            "Ready to accept connections",
-            &format!("{bin} on port {port}"),
-        );
-        RedisServer {
+        if !saw_line(stdout, "Ready to accept connections") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        Some(RedisServer {
             port,
             child,
             _dir: dir,
-        }
+        })
     }
 
     /// `127.0.0.1:port`.
