@@ -615,6 +615,15 @@ async fn a_client_gone_closes_its_node_connections() {
             .and_then(|n| n.trim().parse().ok())
             .unwrap()
     };
+    // The monitor's own connections (a router, one to each primary) open at its first
+    // polls: counted in `before`.
+    let mut polled = proxy.pressure.subscribe_polls();
+    while proxy.pressure.polls() < 2 {
+        tokio::time::timeout(WAIT, polled.changed())
+            .await
+            .unwrap()
+            .unwrap();
+    }
     let mut before = Vec::new();
     for node in cluster.addresses() {
         before.push(connected(
