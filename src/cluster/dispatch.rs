@@ -106,25 +106,12 @@ impl Router {
 
     /// A command routed by its keys: one slot, split per slot, or by [`spread::keyless`].
     pub(super) fn keyed(&mut self, raw: Bytes, args: &[&[u8]], kind: Kind, silent: bool) {
-        let table = std::sync::Arc::clone(&self.table);
-        let info = table.lookup(args);
-        let mut positions = std::mem::take(&mut self.positions);
-        let routed = route(info, args.len(), |i| args.get(i).copied(), &mut positions);
-        self.positions = positions;
-        match routed {
+        match self.route_of(args) {
             Route::Slot(slot) => {
                 if kind == Kind::Watch && !self.watch_fits(slot) {
                     return self.answer(resp::error(CROSSSLOT), silent);
                 }
-                let seq = self.push_entry(Entry {
-                    parts: vec![Part::new(raw, Some(slot), None)],
-                    merge: Merge::One,
-                    kind,
-                    reply: None,
-                    silent,
-                });
-                self.send_first(seq, 0);
-                self.release();
+                self.one_part(Part::new(raw, Some(slot), None), kind, silent);
             }
             Route::CrossSlot => {
                 let name = upper(args.first());
@@ -134,19 +121,8 @@ impl Router {
                             .parts
                             .into_iter()
                             .map(|(command, slot)| Part::new(command, Some(slot), None))
-                            .collect::<Vec<_>>();
-                        let count = parts.len() as u16;
-                        let seq = self.push_entry(Entry {
-                            parts,
-                            merge: split.merge,
-                            kind,
-                            reply: None,
-                            silent,
-                        });
-                        for part in 0..count {
-                            self.send_first(seq, part);
-                        }
-                        self.release();
+                            .collect();
+                        self.parts_entry(parts, split.merge, kind, silent);
                     }
                     None => self.answer(resp::error(CROSSSLOT), silent),
                 }
@@ -183,18 +159,7 @@ impl Router {
                         None => return self.answer(self.no_node(), silent),
                     }
                 }
-                let count = parts.len() as u16;
-                let seq = self.push_entry(Entry {
-                    parts,
-                    merge,
-                    kind,
-                    reply: None,
-                    silent,
-                });
-                for part in 0..count {
-                    self.send_first(seq, part);
-                }
-                self.release();
+                self.parts_entry(parts, merge, kind, silent);
             }
             Keyless::Scan => self.scan(raw, args, silent),
         }
@@ -222,18 +187,12 @@ impl Router {
         rewritten[1] = redis_cursor.as_bytes();
         let mut command = BytesMut::new();
         resp::command(&mut command, &rewritten);
-        let seq = self.push_entry(Entry {
-            parts: vec![Part::new(command.freeze(), None, Some(index))],
-            merge: Merge::Scan {
-                node,
-                nodes: map.shards().len() as u16,
-            },
-            kind: Kind::Plain,
-            reply: None,
-            silent,
-        });
-        self.send_first(seq, 0);
-        self.release();
+        let merge = Merge::Scan {
+            node,
+            nodes: map.shards().len() as u16,
+        };
+        let part = Part::new(command.freeze(), None, Some(index));
+        self.parts_entry(vec![part], merge, Kind::Plain, silent);
     }
 
     /// The error for a command when no node can be named.
@@ -263,15 +222,43 @@ impl Router {
     }
 
     pub(super) fn one_part(&mut self, part: Part, kind: Kind, silent: bool) {
+        self.parts_entry(vec![part], Merge::One, kind, silent);
+    }
+
+    /// A command of these parts, each sent (or parked), their replies merged by `merge`.
+    pub(super) fn parts_entry(&mut self, parts: Vec<Part>, merge: Merge, kind: Kind, silent: bool) {
+        let count = parts.len() as u16;
         let seq = self.push_entry(Entry {
-            parts: vec![part],
-            merge: Merge::One,
+            parts,
+            merge,
             kind,
             reply: None,
             silent,
         });
-        self.send_first(seq, 0);
+        for part in 0..count {
+            self.send_first(seq, part);
+        }
         self.release();
+    }
+
+    /// Where `args` go by their keys.
+    pub(super) fn route_of(&mut self, args: &[&[u8]]) -> Route {
+        let table = std::sync::Arc::clone(&self.table);
+        let mut positions = std::mem::take(&mut self.positions);
+        let routed = route(
+            table.lookup(args),
+            args.len(),
+            |i| args.get(i).copied(),
+            &mut positions,
+        );
+        self.positions = positions;
+        routed
+    }
+
+    /// The link to the primary serving `slot`, if one does.
+    pub(super) fn primary_index(&mut self, slot: u16) -> Option<usize> {
+        let address = self.view.map()?.shard_of(slot)?.primary.clone();
+        self.node_for(&address)
     }
 }
 

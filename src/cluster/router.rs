@@ -254,15 +254,8 @@ impl Router {
                     }
                 }
                 ready = writer.writable(), if !self.out.is_empty() => {
-                    if ready.is_err() {
+                    if ready.is_err() || !self.write_some(&writer) {
                         return;
-                    }
-                    match writer.try_write(&self.out) {
-                        Ok(n) => {
-                            let _ = self.out.split_to(n);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => return,
                     }
                 }
             }
@@ -270,19 +263,24 @@ impl Router {
                 tracing::info!(reason = %why, "cluster connection ended");
                 // Replies already whole are still given before the end.
                 while !self.out.is_empty() {
-                    if writer.writable().await.is_err() {
+                    if writer.writable().await.is_err() || !self.write_some(&writer) {
                         return;
-                    }
-                    match writer.try_write(&self.out) {
-                        Ok(n) => {
-                            let _ = self.out.split_to(n);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => return,
                     }
                 }
                 return;
             }
+        }
+    }
+
+    /// Write what the session's socket takes now of the replies waiting; false when it
+    /// has gone.
+    fn write_some(&mut self, writer: &tokio::net::unix::OwnedWriteHalf) -> bool {
+        match writer.try_write(&self.out) {
+            Ok(n) => {
+                let _ = self.out.split_to(n);
+                true
+            }
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
         }
     }
 

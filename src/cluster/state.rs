@@ -7,7 +7,7 @@
 use bytes::Bytes;
 
 use super::dispatch::{upper, CROSSSLOT};
-use super::route::{route, Route};
+use super::route::Route;
 use super::router::{Expect, Kind, ReplyMode, Router, Transaction};
 use super::spread;
 use crate::resp;
@@ -86,21 +86,8 @@ impl Router {
     /// SUBSCRIBE, PSUBSCRIBE (one node: the cluster bus spreads messages) or SSUBSCRIBE
     /// (its channels' slot): from now on that connection carries everything as it is.
     pub(super) fn subscribe(&mut self, raw: Bytes, args: &[&[u8]]) {
-        let table = std::sync::Arc::clone(&self.table);
-        let mut positions = std::mem::take(&mut self.positions);
-        let routed = route(
-            table.lookup(args),
-            args.len(),
-            |i| args.get(i).copied(),
-            &mut positions,
-        );
-        self.positions = positions;
-        let node = match routed {
-            Route::Slot(slot) => self
-                .view
-                .map()
-                .and_then(|m| m.shard_of(slot).map(|s| s.primary.clone()))
-                .and_then(|a| self.node_for(&a)),
+        let node = match self.route_of(args) {
+            Route::Slot(slot) => self.primary_index(slot),
             Route::CrossSlot => return self.answer(resp::error(CROSSSLOT), false),
             Route::Keyless => self.pubsub_index(),
         };
@@ -190,25 +177,9 @@ impl Router {
     /// The node a transaction runs on, from its first command: its slot's primary, else
     /// the default node.
     pub(super) fn transaction_node(&mut self, args: &[&[u8]]) -> Option<usize> {
-        let table = std::sync::Arc::clone(&self.table);
-        let mut positions = std::mem::take(&mut self.positions);
-        let routed = route(
-            table.lookup(args),
-            args.len(),
-            |i| args.get(i).copied(),
-            &mut positions,
-        );
-        self.positions = positions;
-        let address = match routed {
-            Route::Slot(slot) => self
-                .view
-                .map()
-                .and_then(|m| m.shard_of(slot).map(|s| s.primary.clone())),
-            _ => None,
-        };
-        match address {
-            Some(a) => self.node_for(&a),
-            None => self.default_index(),
+        match self.route_of(args) {
+            Route::Slot(slot) => self.primary_index(slot).or_else(|| self.default_index()),
+            _ => self.default_index(),
         }
     }
 }

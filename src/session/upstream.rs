@@ -20,7 +20,7 @@ use crate::mux::lane::LaneLink;
 use crate::mux::pinned::{PinnedConnection, PinnedConnections};
 use crate::mux::LaneIdentity;
 use crate::transport::Stream;
-use crate::upstream::{ConnectGate, UpstreamSlot};
+use crate::upstream::{ConnectGate, UpstreamError, UpstreamSlot};
 
 /// A move to another identity's lane in flight (`session::switch`): the SELECT or HELLO
 /// was (or is about to be) sent on the new lane, and the old one is kept until Redis
@@ -72,18 +72,7 @@ impl Upstream {
 
     /// Open a connection through `gate`; on failure, remember why.
     pub async fn connect(gate: &ConnectGate, client: &ClientIdentity) -> Self {
-        match gate.connect().await {
-            Ok((stream, slot)) => Upstream::Dedicated(UpstreamLink {
-                stream,
-                _slot: slot,
-            }),
-            Err(e) => {
-                tracing::debug!(%client, error = %e, "no upstream connection");
-                Upstream::Missing {
-                    error: format!("ERR respguard: {e}"),
-                }
-            }
-        }
+        Self::opened(gate.connect().await, client)
     }
 
     /// Open a way into a Redis Cluster through `cluster` (a router for this client, which
@@ -93,7 +82,15 @@ impl Upstream {
         proxy: std::net::SocketAddr,
         client: &ClientIdentity,
     ) -> Self {
-        match cluster.connect(proxy) {
+        Self::opened(cluster.connect(proxy), client)
+    }
+
+    /// A connection of its own, or why there is none.
+    fn opened(
+        result: Result<(Stream, UpstreamSlot), UpstreamError>,
+        client: &ClientIdentity,
+    ) -> Self {
+        match result {
             Ok((stream, slot)) => Upstream::Dedicated(UpstreamLink {
                 stream,
                 _slot: slot,

@@ -21,19 +21,23 @@ pub async fn proxy_for_cluster(cluster: &Cluster, toml: &str) -> ProxyHandle {
     start_proxy(raw).await
 }
 
+/// The cluster's slot map, as its first node describes it.
+async fn slot_map(cluster: &Cluster) -> respguard::cluster::topology::SlotMap {
+    let first = cluster.addresses()[0].clone();
+    let gate = crate::cluster_harness::gate_for(&first);
+    respguard::cluster::reader::read_topology(&gate, &first)
+        .await
+        .unwrap()
+        .0
+}
+
 /// The connection to the primary serving `key`, found by asking the cluster.
 async fn primary_of(cluster: &Cluster, key: &str) -> Conn {
     let first = cluster.addresses()[0].clone();
     let mut any = cluster.conn(&first).await;
     let slot = any.call(&["CLUSTER", "KEYSLOT", key]).await;
     let slot: u16 = slot.trim_start_matches(':').trim().parse().unwrap();
-    let map = respguard::cluster::reader::read_topology(
-        &crate::cluster_harness::gate_for(&first),
-        &first,
-    )
-    .await
-    .unwrap()
-    .0;
+    let map = slot_map(cluster).await;
     cluster.conn(&map.shard_of(slot).unwrap().primary).await
 }
 
@@ -307,14 +311,7 @@ async fn cross_slot_refusals_are_redis_s_and_the_proxy_is_a_one_node_cluster() {
 async fn resharding_under_load_is_invisible_to_clients() {
     let cluster = Cluster::start().await;
     let proxy = proxy_for_cluster(&cluster, "").await;
-    let addresses = cluster.addresses();
-    let map = respguard::cluster::reader::read_topology(
-        &crate::cluster_harness::gate_for(&addresses[0]),
-        &addresses[0],
-    )
-    .await
-    .unwrap()
-    .0;
+    let map = slot_map(&cluster).await;
     let from = map.shards()[0].primary.clone();
     let to = map.shards()[1].primary.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -405,13 +402,7 @@ async fn a_killed_primary_costs_only_the_commands_meant_for_it_until_failover() 
     let mut cluster = Cluster::start().await;
     let proxy = proxy_for_cluster(&cluster, "").await;
     let addresses = cluster.addresses();
-    let map = respguard::cluster::reader::read_topology(
-        &crate::cluster_harness::gate_for(&addresses[0]),
-        &addresses[0],
-    )
-    .await
-    .unwrap()
-    .0;
+    let map = slot_map(&cluster).await;
     let victim = map.shards()[1].primary.clone();
     // Redis's default stops every shard while one has no primary; with full coverage not
     // required (a common production setting), the other shards keep serving.
@@ -545,14 +536,7 @@ async fn a_primary_killed_mid_pipeline_fails_only_its_commands_in_flight() {
     }
     // The victim: the primary of the first key. A blocked BLPOP on its node holds the
     // pipeline's commands for that node in flight while it is killed.
-    let first = cluster.addresses()[0].clone();
-    let map = respguard::cluster::reader::read_topology(
-        &crate::cluster_harness::gate_for(&first),
-        &first,
-    )
-    .await
-    .unwrap()
-    .0;
+    let map = slot_map(&cluster).await;
     let slot_of = |k: &str| respguard::cluster::slot::key_slot(k.as_bytes());
     let victim = map.shard_of(slot_of(&keys[0])).unwrap().primary.clone();
     let blocker = (0..)
@@ -657,14 +641,7 @@ async fn a_full_shard_sheds_writes_to_its_keys_only() {
     let cluster = Cluster::start().await;
     let toml = "[monitor]\ninterval = \"50ms\"\n[guards.shed]\nsoft_enter = 0.5\nsoft_exit = 0.4\nhard_enter = 0.75\nhard_exit = 0.65\n";
     let proxy = proxy_for_cluster(&cluster, toml).await;
-    let first = cluster.addresses()[0].clone();
-    let map = respguard::cluster::reader::read_topology(
-        &crate::cluster_harness::gate_for(&first),
-        &first,
-    )
-    .await
-    .unwrap()
-    .0;
+    let map = slot_map(&cluster).await;
     let slot_of = |k: &str| respguard::cluster::slot::key_slot(k.as_bytes());
     let full = map.shards()[0].primary.clone();
     let on = |k: &String| map.shard_of(slot_of(k)).unwrap().primary.clone();
