@@ -702,3 +702,64 @@ async fn a_full_shard_sheds_writes_to_its_keys_only() {
     });
     proxy.shutdown().await;
 }
+
+/// `CLUSTER FAILOVER` on a replica under load (a planned failover: the primary hands over
+/// its slots, then answers `-MOVED`): no client sees an error, every value read back is
+/// the one written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_failover_under_load_is_invisible_to_clients() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, "").await;
+    let map = slot_map(&cluster).await;
+    let old_primary = map.shards()[0].primary.clone();
+    let replica = map.shards()[0].replicas[0].clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..20 {
+        let stop = std::sync::Arc::clone(&stop);
+        let addr = proxy.addr;
+        clients.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr).await;
+            let (mut round, mut errors) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || round < 5 {
+                round += 1;
+                let key = format!("pf{client}:{}", round % 16);
+                let value = format!("r{round}");
+                let set = c.call(&["SET", &key, &value]).await;
+                let got = c.call(&["GET", &key]).await;
+                let want = format!("${}\r\n{value}\r\n", value.len());
+                if set != "+OK\r\n" || got != want {
+                    errors.push(format!("{key}: SET {set:?}, GET {got:?}"));
+                }
+            }
+            (round, errors)
+        }));
+    }
+    let began = Instant::now();
+    let mut r = cluster.conn(&replica).await;
+    assert_eq!(r.call(&["CLUSTER", "FAILOVER"]).await, "+OK\r\n");
+    eventually!(WAIT, "the replica is a primary", {
+        r.call(&["ROLE"]).await.contains("master")
+    });
+    let mut old = cluster.conn(&old_primary).await;
+    eventually!(WAIT, "the old primary is a replica", {
+        old.call(&["ROLE"]).await.contains("slave")
+    });
+    let switched_in = began.elapsed();
+    // The load goes on for a while on the new primary (MOVED from the old one followed).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut rounds = 0;
+    for client in clients {
+        let (done, errors) = client.await.unwrap();
+        rounds += done;
+        assert!(
+            errors.is_empty(),
+            "{} errors, first: {}",
+            errors.len(),
+            errors[0]
+        );
+    }
+    eprintln!("planned failover took {switched_in:?}; 20 clients ran {rounds} SET+GET rounds without an error");
+    proxy.shutdown().await;
+}
