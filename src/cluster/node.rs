@@ -54,7 +54,7 @@ impl NodeLink {
         id: u64,
         address: String,
         gate: Arc<ConnectGate>,
-        events: mpsc::UnboundedSender<NodeEvent>,
+        events: mpsc::Sender<NodeEvent>,
     ) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(id, address.clone(), gate, rx, events));
@@ -77,17 +77,19 @@ async fn run(
     address: String,
     gate: Arc<ConnectGate>,
     mut commands: mpsc::UnboundedReceiver<Bytes>,
-    events: mpsc::UnboundedSender<NodeEvent>,
+    events: mpsc::Sender<NodeEvent>,
 ) {
     let (reason, connected) = match gate.open_node(&address).await {
         Ok(mut stream) => (carry(id, &mut stream, &mut commands, &events).await, true),
         Err(e) => (e.to_string(), false),
     };
-    let _ = events.send(NodeEvent::Lost {
-        link: id,
-        reason,
-        connected,
-    });
+    let _ = events
+        .send(NodeEvent::Lost {
+            link: id,
+            reason,
+            connected,
+        })
+        .await;
 }
 
 /// Write commands and read replies until the connection fails or the router drops the
@@ -96,7 +98,7 @@ async fn carry(
     id: u64,
     stream: &mut crate::transport::Stream,
     commands: &mut mpsc::UnboundedReceiver<Bytes>,
-    events: &mpsc::UnboundedSender<NodeEvent>,
+    events: &mpsc::Sender<NodeEvent>,
 ) -> String {
     let (mut reader, mut writer) = stream.halves();
     let mut input = BytesMut::with_capacity(16 * 1024);
@@ -138,7 +140,10 @@ async fn carry(
                             let push = scanner.info().kind == ReplyKind::Push;
                             scanner.rebase(end);
                             let reply = input.split_to(end).freeze();
-                            if events.send(NodeEvent::Reply { link: id, reply, push }).is_err() {
+                            // Waits while the router holds back (its client is not
+                            // reading): this node's replies then wait in Redis, whose
+                            // own output limits apply, not in the proxy.
+                            if events.send(NodeEvent::Reply { link: id, reply, push }).await.is_err() {
                                 return "closed by the proxy".into();
                             }
                         }

@@ -53,6 +53,9 @@ const MAX_ENTRIES: usize = 65_536;
 /// Replies waiting for the session before the router stops reading it.
 const MAX_OUTPUT: usize = 4 * 1024 * 1024;
 
+/// Node replies read ahead of the router, in all its links.
+const EVENTS: usize = 1024;
+
 /// Distinct nodes one router may connect to.
 const MAX_NODES: usize = 1024;
 
@@ -168,7 +171,7 @@ pub struct Router {
     pub(super) addresses: HashMap<String, usize>,
     link_nodes: HashMap<u64, usize>,
     next_link: u64,
-    events_tx: mpsc::UnboundedSender<NodeEvent>,
+    events_tx: mpsc::Sender<NodeEvent>,
     pub(super) retry_tx: mpsc::UnboundedSender<(u64, u16)>,
     pub(super) entries: VecDeque<Entry>,
     pub(super) first_seq: u64,
@@ -195,7 +198,7 @@ pub struct Router {
 impl Router {
     /// A router for a client that reached the proxy at `proxy`.
     pub fn new(view: Arc<ClusterView>, table: Arc<CommandTable>, proxy: SocketAddr) -> Self {
-        let (events_tx, _) = mpsc::unbounded_channel();
+        let (events_tx, _) = mpsc::channel(EVENTS);
         let (retry_tx, _) = mpsc::unbounded_channel();
         Router {
             view,
@@ -229,7 +232,7 @@ impl Router {
     /// Serve the session at the other end of `client` until it closes (or a node holding
     /// the connection's state is lost).
     pub async fn run(mut self, client: UnixStream) {
-        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (events_tx, mut events) = mpsc::channel(EVENTS);
         let (retry_tx, mut retries) = mpsc::unbounded_channel();
         self.events_tx = events_tx;
         self.retry_tx = retry_tx;
@@ -243,7 +246,8 @@ impl Router {
         loop {
             let may_read = self.entries.len() < MAX_ENTRIES && self.out.len() < MAX_OUTPUT;
             tokio::select! {
-                Some(event) = events.recv() => self.on_event(event),
+                // While the session owes reading MAX_OUTPUT bytes, node replies wait.
+                Some(event) = events.recv(), if self.out.len() < MAX_OUTPUT => self.on_event(event),
                 Some((seq, part)) = retries.recv() => self.retry(seq, part),
                 read = reader.read_buf(&mut input), if may_read => {
                     if !matches!(read, Ok(n) if n > 0) {
@@ -464,6 +468,11 @@ impl Router {
             self.out.extend_from_slice(&reply);
         } else {
             self.tunnel_held.extend_from_slice(&reply);
+            if self.tunnel_held.len() > MAX_OUTPUT {
+                // Messages behind replies still owed by other nodes: a subscriber that far
+                // behind is let go, as Redis lets a slow subscriber go.
+                self.broken = Some("subscription messages piled up behind replies owed".into());
+            }
         }
         if ends {
             self.tunnel = None;

@@ -763,3 +763,50 @@ async fn a_planned_failover_under_load_is_invisible_to_clients() {
     eprintln!("planned failover took {switched_in:?}; 20 clients ran {rounds} SET+GET rounds without an error");
     proxy.shutdown().await;
 }
+
+/// A subscriber that stops reading does not pile messages up in the proxy: its router
+/// stops reading the node once 4 MiB wait for the session, so the messages wait in Redis,
+/// whose own pub/sub output limit (1 MiB here) disconnects the proxy's connection; the
+/// client then sees its connection end, as a slow subscriber of one Redis does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_let_go_by_redis_s_limit() {
+    let cluster = Cluster::start().await;
+    for node in cluster.addresses() {
+        let mut n = cluster.conn(&node).await;
+        let limit = n
+            .call(&[
+                "CONFIG",
+                "SET",
+                "client-output-buffer-limit",
+                "pubsub 1mb 0 0",
+            ])
+            .await;
+        assert_eq!(limit, "+OK\r\n");
+    }
+    let proxy = proxy_for_cluster(&cluster, "").await;
+    let mut subscriber = Conn::open(proxy.addr).await;
+    assert!(subscriber
+        .call(&["SUBSCRIBE", "flood"])
+        .await
+        .contains("subscribe"));
+    let mut publisher = Conn::open(proxy.addr).await;
+    let message = "m".repeat(10_000);
+    let mut published = 0;
+    // 200 MB offered to a subscriber that reads nothing: without the bound the proxy would
+    // hold it all.
+    while published < 20_000 {
+        let reply = publisher.call(&["PUBLISH", "flood", &message]).await;
+        published += 1;
+        if reply == ":0\r\n" {
+            break;
+        }
+    }
+    assert!(published < 20_000, "Redis never let the subscriber go");
+    let rest = subscriber.read_to_close().await;
+    assert!(
+        rest.len() < 64 * 1024 * 1024,
+        "read {} bytes before the end",
+        rest.len()
+    );
+    proxy.shutdown().await;
+}
