@@ -162,10 +162,11 @@ pub struct RawUpstream {
     /// With `connections = "multiplexed"`: connections of their own kept open, idle, for the
     /// next client that needs one (after a transaction or a blocking command ended).
     pub pinned_idle: usize,
-    /// With `connections = "multiplexed"`: most distinct identities (database, protocol
-    /// version) with shared connections of their own, the URL's included (a client's
-    /// SELECT or HELLO 3 moves it to its identity's); a client needing one more keeps a
-    /// connection of its own for good instead.
+    /// With `connections = "multiplexed"`: most distinct identities (ACL user, database,
+    /// protocol version) with shared connections of their own, the URL's included (a
+    /// client's AUTH, SELECT or HELLO 3 moves it to its identity's); at the bound unused
+    /// ones close to make room, and a client needing one more keeps a connection of its
+    /// own for good instead.
     pub shared_identities: usize,
     /// TLS settings for a `rediss://` URL.
     pub tls: RawUpstreamTls,

@@ -22,7 +22,7 @@
 //! every reply still owed is lost: each slot is told how many of its commands get the
 //! error, and the clients stay connected; the next submit opens a new connection through
 //! the [`ConnectGate`] (rate, breaker, TLS, `max_connections`), whose handshake (AUTH,
-//! SELECT) is the URL's, then gives it the lane's identity (`SELECT n`, `HELLO 3`,
+//! SELECT) is the URL's, then gives it the lane's identity (`AUTH`, `SELECT n`, `HELLO 3`,
 //! [`LaneSettings::handshake`]), each reply checked before any client's command is written
 //! (a refusal fails what was submitted with Redis's own error, and marks the lane refused),
 //! then names it `respguard-shared`.
@@ -33,10 +33,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use super::identity::{give_identity, IdentityFailure};
 use super::router::{Owner, Router};
 use crate::buffer::ReadBuffer;
 use crate::resp;
@@ -55,7 +56,7 @@ pub(crate) struct LaneSettings {
     pub unread: UnreadLimit,
     /// What every new connection is sent before any client's command, and how many
     /// replies that gets, each checked: the lane's identity, when not the URL's
-    /// (`SELECT n`, `HELLO 3`; see [`super::LaneIdentity::handshake_from`]).
+    /// (`AUTH`, `SELECT n`, `HELLO 3`; see [`super::LaneIdentity::handshake_from`]).
     pub handshake: (Bytes, u32),
     /// Longest time the identity's commands may take to be answered
     /// (`upstream.connect_timeout`).
@@ -243,15 +244,6 @@ pub(crate) struct Lane {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Why a new connection could not be given the lane's identity.
-#[derive(Debug)]
-enum IdentityFailure {
-    /// Redis answered with this error (the whole reply).
-    Refused(Bytes),
-    /// No answer, or the connection failed.
-    Lost(String),
-}
-
 /// How long a lane that cannot connect waits between attempts while sessions are attached
 /// (the gate's backoff spaces real attempts further; meanwhile they fail at once).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -324,7 +316,9 @@ impl Lane {
                 }
                 Ok((mut stream, _place)) => {
                     self.down.store(false, Ordering::Relaxed);
-                    if let Err(failure) = self.give_identity(&mut stream).await {
+                    let handshake = &self.settings.handshake;
+                    let timeout = self.settings.handshake_timeout;
+                    if let Err(failure) = give_identity(&mut stream, handshake, timeout).await {
                         self.on_identity_failure(failure);
                         continue;
                     }
@@ -349,8 +343,8 @@ impl Lane {
     }
 
     /// The connection could not be given the lane's identity: what was submitted fails
-    /// with Redis's own refusal (`-ERR DB index is out of range` for a database past
-    /// `databases`), or with the connection-lost error; the lane is marked refused, so that
+    /// with Redis's own refusal (`-WRONGPASS ...` for a wrong password, `-ERR DB index is
+    /// out of range` for a database past `databases`), or with the connection-lost error; the lane is marked refused, so that
     /// the next client needing its identity gets new lanes ([`super::SharedConnections`]).
     fn on_identity_failure(&self, failure: IdentityFailure) {
         let error = match failure {
@@ -415,31 +409,6 @@ impl Lane {
         out.extend_from_slice(&st.out);
         st.out = out;
         st.router.expect_first(&self.sink, 1);
-    }
-
-    /// Give a new connection the lane's identity (`SELECT n`, `HELLO 3`) and check every
-    /// reply: a connection whose identity Redis refused must carry no client's command, as
-    /// they would run in the wrong database.
-    async fn give_identity(&self, stream: &mut Stream) -> Result<(), IdentityFailure> {
-        let (commands, replies) = &self.settings.handshake;
-        if *replies == 0 {
-            return Ok(());
-        }
-        let exchange = async {
-            stream.write_all(commands).await?;
-            crate::upstream::read_replies(stream, *replies as usize).await
-        };
-        let timeout = self.settings.handshake_timeout;
-        match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => Err(IdentityFailure::Lost(format!(
-                "no answer to the connection's SELECT within {timeout:?}"
-            ))),
-            Ok(Err(e)) => Err(IdentityFailure::Lost(e.to_string())),
-            Ok(Ok(answers)) => match answers.into_iter().find_map(|r| r.err()) {
-                Some(error) => Err(IdentityFailure::Refused(resp::error(&error))),
-                None => Ok(()),
-            },
-        }
     }
 
     /// Every reply owed, and every command not written yet, fails with `error`.

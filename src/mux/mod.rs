@@ -7,15 +7,17 @@
 //! [`pinned`] pool, once its commands on the lane have been answered (so Redis runs them in
 //! the order the client sent them). State that ends (a transaction, a blocking command, a
 //! subscription) gives the connection back when it does, and the client returns to a
-//! lane; state kept for the connection's life (AUTH, CLIENT SETNAME, HELLO ... SETNAME,
+//! lane; state kept for the connection's life (CLIENT SETNAME, HELLO ... SETNAME,
 //! MONITOR, RESET ...) keeps it.
 //!
 //! State the proxy can keep per client instead picks which lanes the client shares: lanes
-//! are grouped by [`LaneIdentity`] (database, protocol version). The URL's identity has
-//! its lanes from the start; another gets `shared_connections` lanes of its own, whose
-//! handshake selects its database and protocol, the first time a client needs it
-//! (`SELECT n` or `HELLO 3` on a lane), up to `upstream.shared_identities` identities in all; past that bound a client
-//! needing one more takes a connection of its own for good, as before.
+//! are grouped by [`LaneIdentity`] (ACL user, database, protocol version; see
+//! [`identity`]). The URL's identity has its lanes from the start; another gets
+//! `shared_connections` lanes of its own, whose handshake authenticates, selects the
+//! database and the protocol, the first time a client needs it (`AUTH`, `SELECT n` or
+//! `HELLO` on a lane), up to `upstream.shared_identities` identities in all. At that bound
+//! the identities no client uses (or that Redis refused) close to make room; past it a
+//! client needing one more takes a connection of its own for good, as before.
 //! Redis therefore sees `shared_connections` connections per identity in use plus one per
 //! client holding connection state (at most `pinned_connections`), plus the few kept for
 //! reuse.
@@ -24,6 +26,7 @@
 //! connection and its task, [`pinned`] the connections of their own. The session's side is
 //! `session::shared`.
 
+pub(crate) mod identity;
 pub(crate) mod lane;
 pub(crate) mod pinned;
 pub(crate) mod router;
@@ -32,13 +35,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use crate::upstream::ConnectGate;
 use lane::{Lane, LaneLink, LaneSettings};
 use pinned::PinnedConnections;
 
+pub use identity::{LaneIdentity, LaneUser};
 pub use lane::{SlowReader, UnreadLimit, LANE_NAME};
 
 /// How multiplexing is set up, from `[upstream]` and `[proxy]`.
@@ -61,38 +64,6 @@ pub struct MuxSettings {
     pub reply_timeout: Option<Duration>,
 }
 
-/// What a Redis connection carries that decides how it answers a client's commands, as far
-/// as lanes are concerned: the database its commands use and the protocol of its replies.
-/// Clients of one identity may share connections; clients of two may not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LaneIdentity {
-    /// The selected database.
-    pub db: u32,
-    /// The protocol version, 2 or 3.
-    pub protocol: u8,
-}
-
-impl LaneIdentity {
-    /// The commands that bring a connection opened with the URL's handshake (database
-    /// `home.db`, RESP2) to this identity, encoded, and how many replies they get: a
-    /// `SELECT` when the database differs. Empty for the URL's identity.
-    pub fn handshake_from(&self, home: LaneIdentity) -> (Bytes, u32) {
-        let mut out = BytesMut::new();
-        let mut replies = 0;
-        if self.db != home.db {
-            let db = self.db.to_string();
-            crate::resp::command(&mut out, &[b"SELECT", db.as_bytes()]);
-            replies += 1;
-        }
-        if self.protocol != home.protocol {
-            let protocol = self.protocol.to_string();
-            crate::resp::command(&mut out, &[b"HELLO", protocol.as_bytes()]);
-            replies += 1;
-        }
-        (out.freeze(), replies)
-    }
-}
-
 /// The lanes of one identity, attached to in turn.
 #[derive(Debug)]
 struct LaneGroup {
@@ -112,6 +83,11 @@ impl LaneGroup {
         for lane in &self.lanes {
             lane.retire();
         }
+    }
+
+    /// How many sessions are attached to its lanes.
+    fn links(&self) -> usize {
+        self.lanes.iter().map(|lane| lane.links()).sum()
     }
 
     /// A place on the next lane in turn.
@@ -144,6 +120,7 @@ impl SharedConnections {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let home = LaneIdentity {
+            user: None,
             db: gate.target().db,
             protocol: 2,
         };
@@ -155,7 +132,7 @@ impl SharedConnections {
         );
         let mut connections = SharedConnections {
             home: LaneGroup {
-                identity: home,
+                identity: home.clone(),
                 lanes: Vec::new(),
                 next: AtomicUsize::new(0),
             },
@@ -175,7 +152,7 @@ impl SharedConnections {
         let lane_settings = LaneSettings {
             reply_timeout: self.settings.reply_timeout,
             unread: self.settings.unread,
-            handshake: identity.handshake_from(self.home.identity),
+            handshake: identity.handshake_from(&self.home.identity),
             handshake_timeout: self.settings.pinned_wait,
         };
         let lanes = (0..self.settings.shared.max(1))
@@ -194,6 +171,11 @@ impl SharedConnections {
         }
     }
 
+    /// Longest time a new connection's identity commands (AUTH, SELECT, HELLO) may take.
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        self.settings.pinned_wait
+    }
+
     /// The connections of their own, for clients using connection state.
     pub(crate) fn pinned(&self) -> &PinnedConnections {
         &self.pinned
@@ -201,8 +183,14 @@ impl SharedConnections {
 
     /// The identity of the URL's handshake: every session starts there, and connections of
     /// their own are opened with it.
-    pub(crate) fn home(&self) -> LaneIdentity {
-        self.home.identity
+    pub(crate) fn home(&self) -> &LaneIdentity {
+        &self.home.identity
+    }
+
+    /// The identity user of `AUTH`'s credentials: `None` (the URL's) when they are the
+    /// URL's own.
+    pub(crate) fn user_of(&self, user: LaneUser) -> Option<Arc<LaneUser>> {
+        (!user.is_the_urls(self.gate.target())).then(|| Arc::new(user))
     }
 
     /// A place for a new session on the next of the URL's identity's lanes in turn.
@@ -213,12 +201,12 @@ impl SharedConnections {
     /// A place on the next lane of `identity` in turn, its lanes created if this is the
     /// first time it is needed; `None` when `upstream.shared_identities` identities have
     /// lanes already (the client then needs a connection of its own).
-    pub(crate) fn attach_to(&self, identity: LaneIdentity) -> Option<LaneLink> {
-        if identity == self.home.identity {
+    pub(crate) fn attach_to(&self, identity: &LaneIdentity) -> Option<LaneLink> {
+        if *identity == self.home.identity {
             return Some(self.home.attach());
         }
         let mut others = self.others.lock().expect("identities lock");
-        if let Some(i) = others.iter().position(|g| g.identity == identity) {
+        if let Some(i) = others.iter().position(|g| g.identity == *identity) {
             if !others[i].is_refused() {
                 return Some(others[i].attach());
             }
@@ -227,18 +215,39 @@ impl SharedConnections {
             others.swap_remove(i).retire();
         }
         if others.len() + 1 >= self.max_identities {
+            Self::close_unused(&mut others);
+        }
+        if others.len() + 1 >= self.max_identities {
             metrics::counter!("respguard_shared_identities_exhausted_total").increment(1);
             return None;
         }
         tracing::debug!(
+            user = identity
+                .user
+                .as_ref()
+                .map(|u| String::from_utf8_lossy(&u.name).into_owned()),
             db = identity.db,
             protocol = identity.protocol,
             "shared connections for a new identity"
         );
-        let group = Arc::new(self.group(identity));
+        let group = Arc::new(self.group(identity.clone()));
         let link = group.attach();
         others.push(group);
         metrics::gauge!("respguard_shared_identities").set((others.len() + 1) as f64);
         Some(link)
+    }
+
+    /// At the bound, make room: the identities Redis refused (a wrong password) and those
+    /// no client is attached to give their places up, their lanes closing. A client of a
+    /// closed identity that comes back from a connection of its own opens it again.
+    fn close_unused(others: &mut Vec<Arc<LaneGroup>>) {
+        others.retain(|group| {
+            let keep = !group.is_refused() && group.links() > 0;
+            if !keep {
+                group.retire();
+            }
+            keep
+        });
+        metrics::gauge!("respguard_shared_identities").set((others.len() + 1) as f64);
     }
 }

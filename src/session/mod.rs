@@ -316,6 +316,7 @@ impl Session {
             pin_pending: false,
             submitted: 0,
             lane_identity: LaneIdentity {
+                user: None,
                 db: shared.gate.target().db,
                 protocol: 2,
             },
@@ -568,7 +569,10 @@ impl Session {
                 self.submitted = self.state.queue().pushed_to_upstream();
                 Upstream::Shared(self.attach_to_identity().unwrap_or_else(|| lanes.attach()))
             }
-            Some(lanes) => Upstream::pinned(lanes.pinned(), &self.identity).await,
+            Some(lanes) => {
+                let handshake = self.lane_identity.handshake_from(lanes.home());
+                Upstream::pinned(lanes, &self.identity, &handshake).await
+            }
             None => match &self.shared.cluster {
                 Some(cluster) => {
                     let proxy = self

@@ -203,6 +203,8 @@ impl Session {
                 // Under `[auth]`, an AUTH reaches Redis only with the credentials of the
                 // user the proxy accepted: Redis's +OK completes the authentication.
                 self.set_authenticated(true);
+                // Multiplexed, an AUTH naming another user moved the client to its lanes.
+                self.confirm_switch();
             }
             Effect::SetName(name) => self.identity.set_name(name),
             Effect::SetLibName(lib) => self.identity.set_lib_name(lib),

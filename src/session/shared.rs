@@ -17,13 +17,13 @@
 //!   leaves the lane for a connection of its own from the pinned pool ([`Session::pin`]),
 //!   and the command goes there. Redis thus runs the client's commands in the order it sent
 //!   them. QUIT is the exception: answered by the session, never sent to the shared
-//!   connection; and SELECT and HELLO 2|3, which move the client to the lanes of its
-//!   database and protocol instead (`switch`).
+//!   connection; and AUTH, SELECT and HELLO (without SETNAME), which move the client to
+//!   the lanes of its user, database and protocol instead (`switch`).
 //! - **Unpinning**: once that connection owes nothing and holds no state the session
 //!   follows (no transaction or watched key, no subscription, replies on), the session
 //!   hands it back to the pool and returns to a lane ([`Session::unpin`]), unless it sent a
-//!   command whose state lasts for the connection's life ([`Pinning::ForLife`]: SELECT
-//!   and HELLO there, AUTH, CLIENT ..., MONITOR, RESET). If no connection of its own can be had, the
+//!   command whose state lasts for the connection's life ([`Pinning::ForLife`]: AUTH,
+//!   SELECT and HELLO there, CLIENT ..., MONITOR, RESET). If no connection of its own can be had, the
 //!   held commands get the reason and the session stays on the lane.
 
 use super::upstream::Upstream;
@@ -32,7 +32,7 @@ use bytes::Bytes;
 
 use crate::command::{Pinning, Special};
 use crate::mux::lane::News;
-use crate::mux::SlowReader;
+use crate::mux::{LaneUser, SlowReader};
 use crate::pipeline::{CommandFacts, Span};
 use crate::scanner::reply::ReplyScanner;
 
@@ -74,13 +74,19 @@ impl Session {
             _ if info.special == Special::ClientSetInfo => false,
             _ => true,
         };
-        if pins {
-            if info.special == Special::Hello {
-                if let Some(protocol) = self.hello_protocol(span) {
-                    return self.hello_on_lane(span, protocol);
+        if pins && !self.policy.auth.required() {
+            match info.special {
+                Special::Hello => {
+                    if let Some((protocol, user)) = self.hello_arguments(span) {
+                        return self.hello_on_lane(span, protocol, user);
+                    }
                 }
-            } else if let Some(arg) = self.select_argument(span) {
-                return self.select_on_lane(info, span, &arg);
+                Special::Auth => return self.auth_on_lane(span),
+                _ => {
+                    if let Some(arg) = self.select_argument(span) {
+                        return self.select_on_lane(info, span, &arg);
+                    }
+                }
             }
         }
         pins && self.hold_until_pinned(span.start)
@@ -97,19 +103,39 @@ impl Session {
             .then(|| Bytes::copy_from_slice(db))
     }
 
-    /// For `HELLO` with at most a protocol version (`HELLO`, `HELLO v`): `Some(Some(2 | 3))`
-    /// for a version Redis accepts, `Some(None)` for none or one it refuses; `None` when
-    /// HELLO has more arguments (AUTH, SETNAME: state for the connection's life).
-    fn hello_protocol(&self, span: Span) -> Option<Option<u8>> {
+    /// For `HELLO` with at most a protocol version and an AUTH clause (`HELLO`, `HELLO v`,
+    /// `HELLO v AUTH user password`): the version when Redis accepts it (`None` for none or
+    /// one it refuses, which it refuses before reading the rest), and the clause's
+    /// credentials with an accepted version. `None` when HELLO has any other argument
+    /// (SETNAME: state for the connection's life; a syntax error).
+    fn hello_arguments(&self, span: Span) -> Option<(Option<u8>, Option<LaneUser>)> {
         let cmd = self.current(span);
-        if cmd.arg(2).is_some() {
-            return None;
-        }
-        Some(match cmd.arg(1) {
+        let protocol = match cmd.arg(1) {
             Some(b"2") => Some(2),
             Some(b"3") => Some(3),
             _ => None,
-        })
+        };
+        match (cmd.arg(2), cmd.arg(3), cmd.arg(4), cmd.arg(5)) {
+            (None, ..) => Some((protocol, None)),
+            _ if protocol.is_none() => Some((None, None)),
+            (Some(auth), Some(user), Some(password), None)
+                if auth.eq_ignore_ascii_case(b"auth") =>
+            {
+                Some((protocol, LaneUser::from_auth_args(&[user, password])))
+            }
+            _ => None,
+        }
+    }
+
+    /// The credentials of `AUTH` at `span`, when it has one or two arguments (any other
+    /// count Redis refuses, changing nothing).
+    pub(super) fn auth_arguments(&self, span: Span) -> Option<LaneUser> {
+        let cmd = self.current(span);
+        match (cmd.arg(1), cmd.arg(2), cmd.arg(3)) {
+            (Some(password), None, None) => LaneUser::from_auth_args(&[password]),
+            (Some(user), Some(password), None) => LaneUser::from_auth_args(&[user, password]),
+            _ => None,
+        }
     }
 
     /// QUIT on a lane: answered here (Redis would close the shared connection), and the
@@ -202,17 +228,18 @@ impl Session {
 
     /// Leave the lane for a connection of the session's own, and carry on with the held
     /// command. The connection has the lane's user, so the guards' access (probed on the
-    /// lane) holds on it too, and is given the lane's identity (database, protocol) first.
+    /// lane) holds on it too: it is given the lane's identity (user, database, protocol)
+    /// first, every reply checked, and not used if Redis refuses it.
     pub(super) async fn pin(&mut self) {
         self.pin_pending = false;
         self.pinned = true;
         self.upstream = Upstream::none();
         self.shared.metrics.pinned_clients.increment(1);
         tracing::debug!(client = %self.identity, "client moved to a connection of its own");
-        if let Some(lanes) = &self.shared.lanes {
-            self.upstream = Upstream::pinned(lanes.pinned(), &self.identity).await;
+        if let Some(lanes) = self.shared.lanes.clone() {
+            let handshake = self.lane_identity.handshake_from(lanes.home());
+            self.upstream = Upstream::pinned(&lanes, &self.identity, &handshake).await;
         }
-        self.give_own_connection_the_identity();
         self.on_client_input();
         self.flush_upstream();
         self.flush_client();

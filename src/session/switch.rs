@@ -1,5 +1,16 @@
 //! A multiplexed client moving to the shared connections of another identity
-//! ([`LaneIdentity`]: database, protocol version) instead of taking a connection of its own.
+//! ([`LaneIdentity`]: ACL user, database, protocol version) instead of taking a connection
+//! of its own.
+//!
+//! `AUTH [user] password` on a lane (without `[auth]`, under which the proxy authenticates
+//! clients itself and AUTH still pins): the identity's user is the one named (`default`
+//! for one argument; the URL's own credentials name the URL's identity). Redis checks the
+//! password every time: for another user, on a lane of that user's identity, opened with
+//! these credentials (a wrong password fails its handshake, and the client's AUTH gets
+//! Redis's `-WRONGPASS`, the client staying where it was); for the user and password in
+//! use, on the client's own lane, where a success changes nothing and a refusal leaves
+//! the connection as it was. `HELLO v AUTH user password` works the same way, with the
+//! protocol. An AUTH Redis refuses for its argument count goes to the client's lane.
 //!
 //! `SELECT n` on a lane, outside any other connection state (on a lane there is none: a
 //! transaction or a subscription already gave the client a connection of its own, where
@@ -24,7 +35,7 @@
 //! protocol: HELLO for the protocol in use, with no argument, or with a version Redis
 //! refuses goes to the client's lane; another protocol's goes to a lane of that identity
 //! (a RESP3 lane's handshake is `HELLO 3`), and its reply is Redis's, `id` included: the
-//! shared connection's. HELLO with AUTH or SETNAME still pins for good.
+//! shared connection's. HELLO with SETNAME still pins for good.
 //!
 //! [`Session::lane_identity`] is the one record of which identity's lanes the client uses;
 //! a connection of its own taken from the pool (which opens them with the URL's identity)
@@ -36,7 +47,7 @@ use bytes::Bytes;
 use super::upstream::{LaneSwitch, Upstream};
 use super::Session;
 use crate::mux::lane::LaneLink;
-use crate::mux::LaneIdentity;
+use crate::mux::{LaneIdentity, LaneUser};
 use crate::pipeline::{CommandFacts, Span};
 use crate::reply_queue::Effect;
 
@@ -67,7 +78,7 @@ impl Session {
         };
         let target = LaneIdentity {
             db,
-            ..self.lane_identity
+            ..self.lane_identity.clone()
         };
         if target == self.lane_identity {
             // Nothing to change: Redis would answer +OK and keep the connection as it is.
@@ -78,17 +89,47 @@ impl Session {
         self.switch_lanes(target, span)
     }
 
-    /// `HELLO` with at most a protocol version, on a lane (`protocol`: the version when it
-    /// is one Redis accepts): sent on the client's lane, on the new protocol's, or held, as
-    /// the module doc says. True when held here.
-    pub(super) fn hello_on_lane(&mut self, span: Span, protocol: Option<u8>) -> bool {
+    /// `HELLO` with at most a protocol version and an AUTH clause, on a lane (`protocol`:
+    /// the version when it is one Redis accepts; `user`: the clause's credentials): sent on
+    /// the client's lane, on the new identity's, or held, as the module doc says. True when
+    /// held here.
+    pub(super) fn hello_on_lane(
+        &mut self,
+        span: Span,
+        protocol: Option<u8>,
+        user: Option<LaneUser>,
+    ) -> bool {
         let Some(protocol) = protocol else {
             // No version, or one Redis refuses: nothing changes.
             return false;
         };
-        let target = LaneIdentity {
+        let mut target = LaneIdentity {
             protocol,
-            ..self.lane_identity
+            ..self.lane_identity.clone()
+        };
+        if let (Some(user), Some(lanes)) = (user, &self.shared.lanes) {
+            target.user = lanes.user_of(user);
+        }
+        if target == self.lane_identity {
+            // Redis checks the password again on the client's lane; a success changes
+            // nothing there, a refusal changes nothing either.
+            return false;
+        }
+        self.switch_lanes(target, span)
+    }
+
+    /// `AUTH` on a lane: with one or two arguments, the client moves to the lanes of the
+    /// user it names (opened with its credentials, so Redis itself checks them: a wrong
+    /// password gets Redis's `-WRONGPASS` and the client stays where it was); with the
+    /// user and password it has already, or with any other argument count, it goes to the
+    /// client's lane, which Redis's reply leaves as it was. True when held here.
+    pub(super) fn auth_on_lane(&mut self, span: Span) -> bool {
+        let (Some(user), Some(lanes)) = (self.auth_arguments(span), &self.shared.lanes) else {
+            return false;
+        };
+        let target = LaneIdentity {
+            user: lanes.user_of(user),
+            ..self.lane_identity.clone()
         };
         if target == self.lane_identity {
             return false;
@@ -110,7 +151,7 @@ impl Session {
         let Some(lanes) = self.shared.lanes.clone() else {
             return false;
         };
-        match lanes.attach_to(target) {
+        match lanes.attach_to(&target) {
             Some(link) => {
                 self.begin_switch(link, target);
                 false
@@ -132,7 +173,7 @@ impl Session {
         self.submitted = self.state.queue().pushed_to_upstream();
         self.switch = Some(LaneSwitch {
             previous,
-            previous_identity: self.lane_identity,
+            previous_identity: self.lane_identity.clone(),
             target,
             sent: false,
         });
@@ -159,13 +200,13 @@ impl Session {
     /// the new identity's lanes from now on.
     pub(super) fn confirm_switch(&mut self) {
         if let Some(switch) = self.switch.take() {
-            self.lane_identity = switch.target;
             tracing::debug!(
                 client = %self.identity,
                 db = switch.target.db,
                 protocol = switch.target.protocol,
                 "client moved to the shared connections of its identity"
             );
+            self.lane_identity = switch.target;
         }
     }
 
@@ -188,31 +229,18 @@ impl Session {
         self.submitted = self.state.queue().pushed_to_upstream();
     }
 
-    /// A connection of its own just taken from the pool (opened with the URL's identity)
-    /// gets the client's identity first: its commands, hidden.
-    pub(super) fn give_own_connection_the_identity(&mut self) {
-        let Some(lanes) = &self.shared.lanes else {
-            return;
-        };
-        let (commands, replies) = self.lane_identity.handshake_from(lanes.home());
-        if replies > 0 && self.upstream.stream().is_some() {
-            self.requests.send(&commands);
-            self.state.expect_hidden(replies);
-        }
-    }
-
     /// Whether a connection of its own may go back to the pool for another client: only
     /// with the URL's identity, as the pool opens them.
     pub(super) fn own_connection_reusable(&self) -> bool {
         self.shared
             .lanes
             .as_ref()
-            .is_some_and(|lanes| lanes.home() == self.lane_identity)
+            .is_some_and(|lanes| *lanes.home() == self.lane_identity)
     }
 
     /// A place on a lane of the client's identity (which has lanes: the client used them).
     pub(super) fn attach_to_identity(&self) -> Option<LaneLink> {
-        self.shared.lanes.as_ref()?.attach_to(self.lane_identity)
+        self.shared.lanes.as_ref()?.attach_to(&self.lane_identity)
     }
 }
 

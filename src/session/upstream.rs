@@ -16,11 +16,13 @@
 
 use crate::cluster::ClusterUpstream;
 use crate::identity::ClientIdentity;
+use crate::mux::identity::{give_identity, IdentityFailure};
 use crate::mux::lane::LaneLink;
-use crate::mux::pinned::{PinnedConnection, PinnedConnections};
-use crate::mux::LaneIdentity;
+use crate::mux::pinned::PinnedConnection;
+use crate::mux::{LaneIdentity, SharedConnections};
 use crate::transport::Stream;
 use crate::upstream::{ConnectGate, UpstreamError, UpstreamSlot};
+use bytes::Bytes;
 
 /// A move to another identity's lane in flight (`session::switch`): the SELECT or HELLO
 /// was (or is about to be) sent on the new lane, and the old one is kept until Redis
@@ -104,18 +106,32 @@ impl Upstream {
         }
     }
 
-    /// Take a connection from the pinned pool; on failure (all in use, or the gate's
-    /// refusal), remember why.
-    pub async fn pinned(pool: &PinnedConnections, client: &ClientIdentity) -> Self {
-        match pool.take().await {
-            Ok(connection) => Upstream::Pinned(connection),
-            Err(e) => {
-                tracing::info!(%client, error = %e, "no connection of its own for the client");
-                Upstream::Missing {
-                    error: format!("ERR respguard: {e}"),
+    /// Take a connection from the pinned pool of `lanes` and give it the client's identity
+    /// (`handshake`, from [`LaneIdentity::handshake_from`], every reply checked); on failure
+    /// (all in use, the gate's refusal, Redis refusing the identity), remember why: a
+    /// connection Redis refused is closed, never used as the URL's user.
+    pub async fn pinned(
+        lanes: &SharedConnections,
+        client: &ClientIdentity,
+        handshake: &(Bytes, u32),
+    ) -> Self {
+        let failure = match lanes.pinned().take().await {
+            Ok(mut connection) => {
+                let timeout = lanes.handshake_timeout();
+                match give_identity(&mut connection.stream, handshake, timeout).await {
+                    Ok(()) => return Upstream::Pinned(connection),
+                    Err(IdentityFailure::Refused(reply)) => {
+                        String::from_utf8_lossy(&reply[1..]).trim_end().to_string()
+                    }
+                    Err(IdentityFailure::Lost(reason)) => format!(
+                        "ERR respguard: upstream connection lost before the reply ({reason})"
+                    ),
                 }
             }
-        }
+            Err(e) => format!("ERR respguard: {e}"),
+        };
+        tracing::info!(%client, error = %failure, "no connection of its own for the client");
+        Upstream::Missing { error: failure }
     }
 
     /// Whether commands can go to Redis: a connection of its own, or a shared one.

@@ -17,14 +17,17 @@ use crate::harness::*;
 use crate::multiplexed::{ClientLine, Watcher, SHARED_NAME};
 
 /// A multiplexed proxy in front of `server`, with `adjust` applied to its configuration.
-async fn mux_proxy(server: &RedisServer, adjust: impl FnOnce(&mut RawConfig)) -> ProxyHandle {
+pub(crate) async fn mux_proxy(
+    server: &RedisServer,
+    adjust: impl FnOnce(&mut RawConfig),
+) -> ProxyHandle {
     let mut raw = mux_config(&server.url());
     adjust(&mut raw);
     start_proxy(raw).await
 }
 
 /// Send `script` as one pipeline and read its replies.
-async fn pipelined(conn: &mut Conn, script: &[&[&str]]) -> String {
+pub(crate) async fn pipelined(conn: &mut Conn, script: &[&[&str]]) -> String {
     pipelined_with_pushes(conn, script, 0).await
 }
 
@@ -43,7 +46,7 @@ async fn connections(watcher: &mut Watcher) -> (Vec<ClientLine>, Vec<ClientLine>
 
 /// Wait until Redis shows no connection serving one client (the clients are on shared
 /// ones), and return the shared ones.
-async fn only_shared(watcher: &mut Watcher, what: &str) -> Vec<ClientLine> {
+pub(crate) async fn only_shared(watcher: &mut Watcher, what: &str) -> Vec<ClientLine> {
     eventually!(WAIT, what, {
         let (shared, dedicated) = connections(watcher).await;
         if dedicated.is_empty() {

@@ -40,3 +40,4 @@ mod soak;
 mod tls;
 mod ttl_libraries;
 mod ttl_semantics;
+mod user_lanes;

@@ -33,6 +33,8 @@ pub(crate) struct ClientLine {
     pub cmd: String,
     /// The database the connection uses.
     pub db: u32,
+    /// The ACL user it is authenticated as.
+    pub user: String,
     qbuf: usize,
 }
 
@@ -101,6 +103,7 @@ impl Watcher {
                     flags: field("flags"),
                     cmd: field("cmd"),
                     db: field("db").parse().unwrap_or(0),
+                    user: field("user"),
                     qbuf: field("qbuf").parse().unwrap_or(0),
                 }
             })
@@ -410,16 +413,17 @@ async fn commands_without_connection_state_never_pin() {
 }
 
 /// Each kind of command that uses connection state pins the client that sends it:
-/// MULTI, WATCH, the blocking commands, WAIT, the three SUBSCRIBEs, MONITOR, AUTH,
+/// MULTI, WATCH, the blocking commands, WAIT, the three SUBSCRIBEs, MONITOR,
 /// HELLO with SETNAME, RESET, CLIENT subcommands, READONLY, READWRITE, ASKING. The client gets
 /// the replies a direct connection gets; after a GET it has no connection of its own
 /// (multiplexed). Once the state ends (EXEC, DISCARD, UNWATCH, the blocking command or
 /// WAIT answered, the last subscription gone) it has none again, and its next GET uses
-/// none; after a command whose state lasts (AUTH, HELLO, CLIENT, MONITOR, RESET,
+/// none; after a command whose state lasts (HELLO SETNAME, CLIENT, MONITOR, RESET,
 /// the cluster flags) it keeps exactly one, still after its next GET, freed when the client
 /// leaves. Per client, it has one connection throughout. (`pinned_idle = 0`: a connection
 /// given back is closed, so Redis shows it gone.) SELECT and HELLO 2|3 move a client to
-/// other shared connections instead (`tests/it/identities.rs`).
+/// other shared connections instead (`tests/it/identities.rs`), and so does AUTH
+/// (`tests/it/user_lanes.rs`).
 #[tokio::test]
 async fn each_command_using_connection_state_pins_its_client_while_the_state_lasts() {
     // The cases up to `LASTING` end their state; the rest keep it for good.
@@ -471,7 +475,6 @@ async fn each_command_using_connection_state_pins_its_client_while_the_state_las
             &[&["SSUBSCRIBE", "pin:sh"], &["SUNSUBSCRIBE", "pin:sh"]],
         ),
         ("MONITOR", &[&["MONITOR"], &["RESET"]]),
-        ("AUTH", &[&["AUTH", "default", "anything"]]),
         (
             "HELLO 3 SETNAME",
             &[&["HELLO", "3", "SETNAME", "h"], &["GET", "pin"]],
