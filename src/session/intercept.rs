@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::Session;
 use crate::command::Special;
 use crate::guard::ScriptAccess;
+use crate::mux::LaneUser;
 use crate::pipeline::{CommandFacts, Span};
 use crate::reply_queue::Pending;
 use crate::resp;
@@ -173,6 +174,9 @@ impl Session {
             }
         }
         self.connect_for_auth = !self.upstream.is_connected();
+        if self.connect_for_auth && self.shared.lanes.is_some() {
+            self.mapped_user = mapped_lane_user(u, p, hello);
+        }
         Intercept::Replace
     }
 
@@ -181,13 +185,16 @@ impl Session {
     /// client stays unauthenticated.
     pub(super) async fn connect_after_auth(&mut self) {
         self.connect_for_auth = false;
-        // The AUTH sets the connection's user: under multiplexing the client gets a
-        // connection of its own.
-        self.pinned = true;
-        self.connect_upstream().await;
+        if !self.join_lanes_of_mapped_user() {
+            // The AUTH sets the connection's user: under multiplexing, when its user's
+            // shared connections cannot be had, the client gets a connection of its own.
+            self.pinned = true;
+            self.connect_upstream().await;
+        }
         if !self.upstream.is_connected() {
             // Every command before it was answered by the proxy: only the AUTH is queued.
             self.requests.drop_output();
+            self.submitted = self.state.queue().pushed_to_upstream();
             if let Some(auth) = self.state.queue_mut().pop_front() {
                 let reply = self.unavailable_reply();
                 self.state
@@ -267,4 +274,26 @@ impl Session {
             tracing::debug!(client = %self.identity, access = ?self.access, "the Redis user may not run what the TTL guard sends");
         }
     }
+}
+
+/// The shared connections' user for an AUTH the proxy accepted and rewrote to the Redis
+/// credentials `user`/`password`: with `AUTH`, or `HELLO 2|3 AUTH ...` alone (`hello`: the
+/// whole HELLO and the clause's position), those credentials and HELLO's protocol; `None`
+/// for a HELLO with more (SETNAME lasts for the connection's life) or a version Redis
+/// refuses, which keep a connection of their own.
+fn mapped_lane_user(
+    user: &[u8],
+    password: &[u8],
+    hello: Option<(&[Vec<u8>], usize)>,
+) -> Option<(LaneUser, Option<u8>)> {
+    let protocol = match hello {
+        None => None,
+        Some((argv, 2)) if argv.len() == 5 => match argv[1].as_slice() {
+            b"2" => Some(2),
+            b"3" => Some(3),
+            _ => return None,
+        },
+        Some(_) => return None,
+    };
+    Some((LaneUser::from_auth_args(&[user, password])?, protocol))
 }

@@ -68,7 +68,7 @@ use crate::config::Replication;
 use crate::control::{Control, Policy};
 use crate::guard::ScriptAccess;
 use crate::identity::ClientIdentity;
-use crate::mux::{LaneIdentity, SharedConnections};
+use crate::mux::{LaneIdentity, LaneUser, SharedConnections};
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::{Limits, RequestScanner};
 use crate::telemetry::{CommandLatency, LatencyRun, ProxyMetrics};
@@ -153,6 +153,10 @@ pub struct Session {
     /// An AUTH the proxy accepted waits for the upstream connection to be opened (a client
     /// gets one only once it has authenticated).
     connect_for_auth: bool,
+    /// Under `[auth]` and multiplexing, the Redis user (and HELLO's protocol) of the AUTH
+    /// the proxy accepted, whose shared connections the client joins once connected
+    /// (`switch::join_lanes_of_mapped_user`).
+    mapped_user: Option<(LaneUser, Option<u8>)>,
     /// Client → upstream: the client's bytes, scanned for commands.
     requests: Pipe<RequestScanner>,
     /// Upstream → client: Redis's bytes, scanned for replies.
@@ -281,6 +285,7 @@ impl Session {
         Session {
             authenticated: !policy.auth.required(),
             connect_for_auth: false,
+            mapped_user: None,
             policy,
             policy_generation,
             client,

@@ -2,8 +2,9 @@
 //! ([`LaneIdentity`]: ACL user, database, protocol version) instead of taking a connection
 //! of its own.
 //!
-//! `AUTH [user] password` on a lane (without `[auth]`, under which the proxy authenticates
-//! clients itself and AUTH still pins): the identity's user is the one named (`default`
+//! `AUTH [user] password` on a lane (without `[auth]`; under it the proxy authenticates
+//! clients itself, and a client's first accepted AUTH joins the lanes of its mapped Redis
+//! user, [`Session::join_lanes_of_mapped_user`]): the identity's user is the one named (`default`
 //! for one argument; the URL's own credentials name the URL's identity). Redis checks the
 //! password every time: for another user, on a lane of that user's identity, opened with
 //! these credentials (a wrong password fails its handshake, and the client's AUTH gets
@@ -236,6 +237,36 @@ impl Session {
             .lanes
             .as_ref()
             .is_some_and(|lanes| *lanes.home() == self.lane_identity)
+    }
+
+    /// Under `[auth]`, the client the proxy just authenticated joins the shared connections
+    /// of the Redis user it is mapped to (opened with that user's credentials, checked),
+    /// where the rewritten AUTH (or HELLO ... AUTH) goes, rather than a connection of its
+    /// own. False when it cannot (no mapped user, or `upstream.shared_identities` reached).
+    pub(super) fn join_lanes_of_mapped_user(&mut self) -> bool {
+        let (Some(lanes), Some((user, protocol))) =
+            (self.shared.lanes.clone(), self.mapped_user.take())
+        else {
+            return false;
+        };
+        let identity = LaneIdentity {
+            user: lanes.user_of(user),
+            protocol: protocol.unwrap_or(self.lane_identity.protocol),
+            db: self.lane_identity.db,
+        };
+        let Some(link) = lanes.attach_to(&identity) else {
+            return false;
+        };
+        tracing::debug!(client = %self.identity, "authenticated client on the shared connections of its Redis user");
+        self.lane_identity = identity;
+        self.upstream = Upstream::Shared(link);
+        // Every command before the AUTH was answered by the proxy: the AUTH is the first
+        // the lane carries for this client.
+        self.submitted = self.state.queue().pushed_to_upstream() - 1;
+        // The AUTH's state lives on its user's lanes, not on a connection of the client's.
+        self.lasting_state = false;
+        self.probe_access();
+        true
     }
 
     /// A place on a lane of the client's identity (which has lanes: the client used them).

@@ -297,3 +297,77 @@ async fn shared_identities_bound_users_and_unused_ones_give_their_place() {
     assert_eq!(users, ["alice", "default"].map(String::from).into());
     proxy.shutdown().await;
 }
+
+/// `[auth]` with two proxy users mapped to Redis's alice and bob.
+const PROXY_USERS: &str = r#"
+[[auth.users]]
+name = "app"
+password = "app-proxy-pass"
+upstream_user = "alice"
+upstream_password = "apw"
+
+[[auth.users]]
+name = "ops"
+password = "ops-proxy-pass"
+upstream_user = "bob"
+upstream_password = "bpw"
+"#;
+
+/// Clients respguard authenticates itself (`[auth]`) share the connections of the Redis
+/// user each is mapped to: after `AUTH app ...` (or `HELLO 3 AUTH ...`) the client runs as
+/// alice, with alice's permissions, on alice's shared connections; a wrong password is
+/// refused by the proxy; a transaction takes a connection of its own as alice and gives it
+/// back. Redis shows no connection of a client's own at the end, and shared ones as
+/// alice and bob only.
+#[tokio::test]
+async fn clients_the_proxy_authenticates_share_their_redis_users_connections() {
+    let server = RedisServer::start();
+    add_users(&server).await;
+    let proxy = mux_proxy(&server, |raw| {
+        raw.auth = respguard::config::RawConfig::from_toml(PROXY_USERS)
+            .unwrap()
+            .auth;
+        raw.upstream.pinned_idle = 0;
+    })
+    .await;
+    let mut watcher = Watcher::open(&server).await;
+    let mut clients = Vec::new();
+    for (name, password, redis_user, key) in [
+        ("app", "app-proxy-pass", "alice", "a:1"),
+        ("app", "app-proxy-pass", "alice", "a:2"),
+        ("ops", "ops-proxy-pass", "bob", "b:1"),
+    ] {
+        let mut c = Conn::open(proxy.addr).await;
+        let wrong = c.call(&["AUTH", name, "wrong"]).await;
+        assert!(wrong.starts_with("-WRONGPASS"), "{wrong}");
+        let script: &[&[&str]] = &[
+            &["AUTH", name, password],
+            &["ACL", "WHOAMI"],
+            &["SET", key, "v"],
+            &["SET", "c:1", "v"],
+        ];
+        let got = pipelined(&mut c, script).await;
+        let want = format!("+OK\r\n${}\r\n{redis_user}\r\n+OK\r\n", redis_user.len());
+        assert!(got.starts_with(&want), "{name}: {got}");
+        assert!(got[want.len()..].starts_with("-NOPERM"), "{name}: {got}");
+        clients.push(c);
+    }
+    let mut resp3 = Conn::open(proxy.addr).await;
+    let hello = resp3
+        .call(&["HELLO", "3", "AUTH", "app", "app-proxy-pass"])
+        .await;
+    assert!(hello.starts_with("%7\r\n"), "{hello}");
+    assert_eq!(resp3.call(&["ACL", "WHOAMI"]).await, "$5\r\nalice\r\n");
+    let users = shared_users(&mut watcher, "authenticated clients on shared connections").await;
+    assert_eq!(users, ["alice", "bob"].map(String::from).into());
+
+    let transaction: &[&[&str]] = &[&["MULTI"], &["SET", "a:3", "t"], &["EXEC"]];
+    assert_eq!(
+        pipelined(&mut clients[0], transaction).await,
+        "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n"
+    );
+    let users = shared_users(&mut watcher, "back on alice's shared connections").await;
+    assert_eq!(users, ["alice", "bob"].map(String::from).into());
+    assert_eq!(clients[1].call(&["GET", "a:3"]).await, "$1\r\nt\r\n");
+    proxy.shutdown().await;
+}
