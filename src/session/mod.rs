@@ -575,7 +575,7 @@ impl Session {
                 Upstream::Shared(self.attach_to_identity().unwrap_or_else(|| lanes.attach()))
             }
             Some(lanes) => {
-                let handshake = self.lane_identity.handshake_from(lanes.home());
+                let handshake = self.own_connection_handshake(lanes);
                 Upstream::pinned(lanes, &self.identity, &handshake).await
             }
             None => match &self.shared.cluster {

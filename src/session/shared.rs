@@ -71,7 +71,13 @@ impl Session {
         let pins = match info.pinning {
             Pinning::WhenBlocking => self.current(span).any_arg_is(b"block"),
             // Not answered by `name_kept_here`: one Redis refuses, keeping nothing.
-            _ if info.special == Special::ClientSetInfo => false,
+            _ if matches!(
+                info.special,
+                Special::ClientSetInfo | Special::ClientSetName
+            ) =>
+            {
+                false
+            }
             _ => true,
         };
         if pins && !self.policy.auth.required() {
@@ -153,20 +159,21 @@ impl Session {
         true
     }
 
-    /// Multiplexed, what a client library says about itself at connect (CLIENT SETINFO
-    /// LIB-NAME, LIB-VER) is kept by respguard rather than on a Redis connection, which other
-    /// clients share or which goes back to the pool: a valid one is answered `+OK` here (an
-    /// invalid one goes to Redis, which refuses it and keeps nothing). CLIENT GETNAME on a
-    /// shared connection is answered too: a client there has no name (CLIENT SETNAME and
-    /// HELLO ... SETNAME pin it for good, so its name shows in Redis's `CLIENT LIST`). So a
-    /// client library sending them needs no connection of its own. Inside MULTI Redis
-    /// queues them as usual. True when answered.
+    /// Multiplexed, what a client says about itself (CLIENT SETINFO LIB-NAME, LIB-VER;
+    /// CLIENT SETNAME on a shared connection) is kept by respguard rather than on a Redis
+    /// connection, which other clients share or which goes back to the pool: a valid one is
+    /// answered `+OK` here (an invalid one goes to Redis, which refuses it and keeps
+    /// nothing). CLIENT GETNAME on a shared connection is answered from the name kept. A
+    /// connection of the client's own is given the name when taken, and CLIENT SETNAME
+    /// there goes to Redis as usual. So a client library sending them needs no connection
+    /// of its own. Inside MULTI Redis queues them as usual. True when answered.
     pub(super) fn name_kept_here(&mut self, info: CommandFacts, span: Span) -> bool {
         if self.shared.lanes.is_none() || self.state.in_multi() {
             return false;
         }
         let reply = match info.special {
             Special::ClientSetInfo => self.set_info_here(span),
+            Special::ClientSetName if self.upstream.lane().is_some() => self.set_name_here(span),
             Special::ClientGetName if self.upstream.lane().is_some() => self.get_name_here(span),
             _ => None,
         };
@@ -192,6 +199,20 @@ impl Session {
         } else if !attr.eq_ignore_ascii_case(b"lib-ver") {
             return None;
         }
+        Some(Bytes::from_static(b"+OK\r\n"))
+    }
+
+    /// `CLIENT SETNAME name`, when Redis would accept the name (printable, no spaces; empty
+    /// removes it): `+OK`, the name kept.
+    fn set_name_here(&mut self, span: Span) -> Option<Bytes> {
+        let cmd = self.current(span);
+        let (Some(name), None) = (cmd.arg(2), cmd.arg(3)) else {
+            return None;
+        };
+        if !is_printable_attribute(name) {
+            return None;
+        }
+        self.identity.set_name(Bytes::copy_from_slice(name));
         Some(Bytes::from_static(b"+OK\r\n"))
     }
 
@@ -237,7 +258,7 @@ impl Session {
         self.shared.metrics.pinned_clients.increment(1);
         tracing::debug!(client = %self.identity, "client moved to a connection of its own");
         if let Some(lanes) = self.shared.lanes.clone() {
-            let handshake = self.lane_identity.handshake_from(lanes.home());
+            let handshake = self.own_connection_handshake(&lanes);
             self.upstream = Upstream::pinned(&lanes, &self.identity, &handshake).await;
         }
         self.on_client_input();
@@ -250,9 +271,18 @@ impl Session {
     /// are a SELECT or HELLO that changes nothing (Redis refuses it, or it names the
     /// identity in use) and the SELECT or HELLO of a move to another identity's lanes
     /// (`switch`).
+    /// CLIENT GETNAME, and CLIENT SETNAME outside MULTI, are the exceptions: the session
+    /// keeps the name, and gives it to every connection of its own it takes, so they bind
+    /// the client to none. (A SETNAME a transaction runs is Redis's alone: the client keeps
+    /// that connection.)
     #[inline]
-    pub(super) fn note_pinning(&mut self, pinning: Pinning) {
-        if pinning == Pinning::ForLife {
+    pub(super) fn note_pinning(&mut self, info: CommandFacts) {
+        let name = match info.special {
+            Special::ClientGetName => true,
+            Special::ClientSetName => !self.state.in_multi(),
+            _ => false,
+        };
+        if info.pinning == Pinning::ForLife && !name {
             self.note_lasting_command();
         }
     }

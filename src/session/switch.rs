@@ -48,7 +48,7 @@ use bytes::Bytes;
 use super::upstream::{LaneSwitch, Upstream};
 use super::Session;
 use crate::mux::lane::LaneLink;
-use crate::mux::{LaneIdentity, LaneUser};
+use crate::mux::{LaneIdentity, LaneUser, SharedConnections};
 use crate::pipeline::{CommandFacts, Span};
 use crate::reply_queue::Effect;
 
@@ -230,13 +230,28 @@ impl Session {
         self.submitted = self.state.queue().pushed_to_upstream();
     }
 
+    /// What a connection of its own taken from the pool (opened with the URL's identity) is
+    /// sent first, every reply checked: the client's identity, then its name (kept by the
+    /// session while it shares), so Redis's `CLIENT LIST` shows the client as it is.
+    pub(super) fn own_connection_handshake(&self, lanes: &SharedConnections) -> (Bytes, u32) {
+        let (commands, replies) = self.lane_identity.handshake_from(lanes.home());
+        let Some(name) = &self.identity.name else {
+            return (commands, replies);
+        };
+        let mut out = bytes::BytesMut::from(&commands[..]);
+        crate::resp::command(&mut out, &[b"CLIENT", b"SETNAME", name]);
+        (out.freeze(), replies + 1)
+    }
+
     /// Whether a connection of its own may go back to the pool for another client: only
-    /// with the URL's identity, as the pool opens them.
+    /// with the URL's identity, as the pool opens them, and no name.
     pub(super) fn own_connection_reusable(&self) -> bool {
-        self.shared
-            .lanes
-            .as_ref()
-            .is_some_and(|lanes| *lanes.home() == self.lane_identity)
+        self.identity.name.is_none()
+            && self
+                .shared
+                .lanes
+                .as_ref()
+                .is_some_and(|lanes| *lanes.home() == self.lane_identity)
     }
 
     /// Under `[auth]`, the client the proxy just authenticated joins the shared connections

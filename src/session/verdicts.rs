@@ -157,7 +157,7 @@ impl Session {
             }
         };
         self.record(info, span, watch);
-        self.note_pinning(info.pinning);
+        self.note_pinning(info);
         let used = self.send_command(span, outgoing);
         if hidden > 0 {
             self.requests.send(&self.scratch[used..]);
@@ -243,7 +243,7 @@ impl Session {
             self.after_stream_hidden = hidden;
         }
         self.record(info, span, watch);
-        self.note_pinning(info.pinning);
+        self.note_pinning(info);
         match new_head {
             Some(len) => {
                 self.requests.discard(span.end - span.start);

@@ -5,6 +5,7 @@ mod access;
 mod admin;
 mod audit;
 mod cli;
+mod client_names;
 mod clients;
 mod cluster;
 mod cluster_clients;

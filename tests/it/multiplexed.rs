@@ -414,7 +414,7 @@ async fn commands_without_connection_state_never_pin() {
 
 /// Each kind of command that uses connection state pins the client that sends it:
 /// MULTI, WATCH, the blocking commands, WAIT, the three SUBSCRIBEs, MONITOR,
-/// HELLO with SETNAME, RESET, CLIENT subcommands, READONLY, READWRITE, ASKING. The client gets
+/// HELLO with SETNAME, RESET, CLIENT subcommands but SETNAME, READONLY, READWRITE, ASKING. The client gets
 /// the replies a direct connection gets; after a GET it has no connection of its own
 /// (multiplexed). Once the state ends (EXEC, DISCARD, UNWATCH, the blocking command or
 /// WAIT answered, the last subscription gone) it has none again, and its next GET uses
@@ -480,7 +480,6 @@ async fn each_command_using_connection_state_pins_its_client_while_the_state_las
             &[&["HELLO", "3", "SETNAME", "h"], &["GET", "pin"]],
         ),
         ("RESET", &[&["RESET"]]),
-        ("CLIENT SETNAME", &[&["CLIENT", "SETNAME", "app"]]),
         ("CLIENT NO-EVICT", &[&["CLIENT", "NO-EVICT", "off"]]),
         ("CLIENT REPLY", &[&["CLIENT", "REPLY", "ON"]]),
         ("READONLY", &[&["READONLY"]]),
@@ -589,8 +588,10 @@ async fn commands_pipelined_before_the_pinning_one_run_before_it() {
 
 /// What a client does to its connection stays on it: after SELECT 3 its writes land
 /// in database 3 while a plain client's land in database 0 (multiplexed, each on shared
-/// connections of its database); its open MULTI queues only its own commands; its CLIENT SETNAME names only its own connection (the shared ones keep
-/// their name), and CLIENT GETNAME answers it to that client only. A RESP3 client (HELLO 3,
+/// connections of its database); its open MULTI queues only its own commands; its CLIENT
+/// SETNAME names only its own connection (multiplexed, kept by the proxy and given to the
+/// connection of its own a CLIENT NO-EVICT takes; the shared ones keep their name), and
+/// CLIENT GETNAME answers it to that client only. A RESP3 client (HELLO 3,
 /// multiplexed on shared RESP3 connections) gets RESP3 replies while a RESP2 client next to
 /// it gets RESP2 ones.
 #[tokio::test]
@@ -623,6 +624,9 @@ async fn a_pinned_clients_state_never_reaches_other_clients() {
             pinned.call(&["CLIENT", "SETNAME", "app-a"]).await,
             "+OK\r\n"
         );
+        let name = pinned.call(&["CLIENT", "GETNAME"]).await;
+        assert_eq!(name, "$5\r\napp-a\r\n", "{mode:?}, before pinning");
+        assert_eq!(pinned.call(&["CLIENT", "NO-EVICT", "off"]).await, "+OK\r\n");
         assert_eq!(plain.call(&["GET", "b"]).await, "$1\r\n0\r\n");
         let want = Want {
             plain: 1,
@@ -667,7 +671,7 @@ async fn a_pinned_clients_state_never_reaches_other_clients() {
 }
 
 /// A thousand clients connected at once, each writing and reading its own keys in pipelines
-/// concurrently, and ten pinned clients (CLIENT SETNAME) beside them: Redis's
+/// concurrently, and ten pinned clients (CLIENT NO-EVICT) beside them: Redis's
 /// `connected_clients`, sampled throughout, never passes the baseline (the proxy's monitor
 /// and this test's own connection) plus `shared_connections` plus the ten pinned clients;
 /// every reply is the client's own. Per client, it is exactly the baseline plus 1,010.
@@ -706,8 +710,7 @@ async fn a_thousand_clients_share_two_redis_connections() {
         let mut pinned = Vec::new();
         for i in 0..PINNED {
             let mut c = Conn::open(proxy.addr).await;
-            let name = format!("pinned-{i}");
-            let named = c.call(&["CLIENT", "SETNAME", &name]).await;
+            let named = c.call(&["CLIENT", "NO-EVICT", "off"]).await;
             assert_eq!(named, "+OK\r\n", "pinned {i}");
             pinned.push(c);
         }
