@@ -358,7 +358,7 @@ impl Router {
         }
         let entry = self.entry_mut(seq).expect("entry");
         if entry.parts.iter().all(|p| p.reply.is_some()) {
-            let replies: Vec<Bytes> = entry
+            let replies: smallvec::SmallVec<[Bytes; 1]> = entry
                 .parts
                 .iter_mut()
                 .map(|p| p.reply.take().expect("answered"))

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use super::args::Args;
 use super::local;
 use super::route::{route, Route};
-use super::router::{Entry, Kind, Part, ReplyMode, Router};
+use super::router::{Entry, Kind, Part, Parts, ReplyMode, Router};
 use super::slot::key_slot;
 use super::spread::{self, Keyless, Merge};
 use crate::resp;
@@ -157,7 +157,7 @@ impl Router {
                 let Some(map) = self.view.map() else {
                     return self.answer(self.no_node(), silent);
                 };
-                let mut parts = Vec::new();
+                let mut parts = Parts::new();
                 for shard in map.shards() {
                     match self.node_for(&shard.primary) {
                         Some(node) => parts.push(Part::new(raw.clone(), None, Some(node))),
@@ -197,7 +197,7 @@ impl Router {
             nodes: map.shards().len() as u16,
         };
         let part = Part::new(command.freeze(), None, Some(index));
-        self.parts_entry(vec![part], merge, Kind::Plain, silent);
+        self.parts_entry(smallvec::smallvec![part], merge, Kind::Plain, silent);
     }
 
     /// The error for a command when no node can be named.
@@ -227,11 +227,11 @@ impl Router {
     }
 
     pub(super) fn one_part(&mut self, part: Part, kind: Kind, silent: bool) {
-        self.parts_entry(vec![part], Merge::One, kind, silent);
+        self.parts_entry(smallvec::smallvec![part], Merge::One, kind, silent);
     }
 
     /// A command of these parts, each sent (or parked), their replies merged by `merge`.
-    pub(super) fn parts_entry(&mut self, parts: Vec<Part>, merge: Merge, kind: Kind, silent: bool) {
+    pub(super) fn parts_entry(&mut self, parts: Parts, merge: Merge, kind: Kind, silent: bool) {
         let count = parts.len() as u16;
         let seq = self.push_entry(Entry {
             parts,

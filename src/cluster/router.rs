@@ -129,10 +129,14 @@ impl Part {
     }
 }
 
+/// An entry's parts: inline for the usual one, so a command in one slot costs no
+/// allocation of its own.
+pub(super) type Parts = smallvec::SmallVec<[Part; 1]>;
+
 /// One command of the session's, in order.
 #[derive(Debug)]
 pub(super) struct Entry {
-    pub parts: Vec<Part>,
+    pub parts: Parts,
     pub merge: Merge,
     pub kind: Kind,
     /// The client's reply, once whole.
@@ -427,7 +431,7 @@ impl Router {
     /// An entry answered at once by the proxy.
     pub(super) fn answer(&mut self, reply: Bytes, silent: bool) {
         self.push_entry(Entry {
-            parts: Vec::new(),
+            parts: Parts::new(),
             merge: Merge::One,
             kind: Kind::Plain,
             reply: Some(reply),
