@@ -370,7 +370,7 @@ mod tests {
             merge(&Merge::AllOf, &[a.clone(), b_]),
             b("*3\r\n:1\r\n:0\r\n:0\r\n")
         );
-        assert_eq!(merge(&Merge::AllOf, &[a.clone()]), a);
+        assert_eq!(merge(&Merge::AllOf, std::slice::from_ref(&a)), a);
         assert!(
             merge(&Merge::AllOf, &[a.clone(), b("*1\r\n:1\r\n")]).starts_with(b"-ERR respguard")
         );
