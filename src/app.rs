@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState, KeyspaceSource};
 use crate::admission::Admission;
-use crate::cluster::replica::ReadRules;
+use crate::cluster::read_rules::ReadRules;
 use crate::cluster::view::ClusterView;
 use crate::cluster::ClusterUpstream;
 use crate::command::{CommandTable, TableSource};

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::replica::replica_unready;
+use super::read_rules::replica_unready;
 use super::router::{
     Expect, Flight, Kind, Router, FIRST_RETRY_PAUSE, MAX_REDIRECTS, MAX_RETRY_PAUSE, RETRY_WINDOW,
 };

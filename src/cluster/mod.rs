@@ -13,7 +13,8 @@
 //! - [`router`] and [`dispatch`]: one client's router, a task at the other end of the
 //!   session's upstream socket ([`args`]: the commands it reads, in place), and [`node`]:
 //!   its connection to one node;
-//! - [`replica`]: which reads go to a replica (`[[upstream.read_from]]`) and which replica.
+//! - [`read_rules`] and [`replica`]: which reads go to a replica (`[[upstream.read_from]]`)
+//!   and which replica.
 //!
 //! The session does not know it talks to a cluster: [`ClusterUpstream::connect`] gives it
 //! a socket, and the router answers on it as one Redis would. Guide: `docs/cluster.md`.
@@ -37,6 +38,7 @@ pub mod dispatch;
 pub mod frame;
 pub mod local;
 pub mod node;
+pub mod read_rules;
 pub mod reader;
 pub mod replica;
 pub mod route;
@@ -53,7 +55,7 @@ pub struct ClusterUpstream {
     view: Arc<view::ClusterView>,
     table: Arc<CommandTable>,
     gate: Arc<ConnectGate>,
-    rules: Arc<replica::ReadRules>,
+    rules: Arc<read_rules::ReadRules>,
     /// Routers started: each client's place, which spreads clients over a shard's
     /// replicas.
     clients: AtomicUsize,
@@ -65,7 +67,7 @@ impl ClusterUpstream {
     pub fn new(
         view: Arc<view::ClusterView>,
         table: Arc<CommandTable>,
-        rules: replica::ReadRules,
+        rules: read_rules::ReadRules,
     ) -> Self {
         let gate = Arc::clone(view.gate());
         ClusterUpstream {
@@ -95,13 +97,13 @@ impl ClusterUpstream {
         &self,
         proxy: SocketAddr,
     ) -> Result<(Stream, UpstreamSlot), UpstreamError> {
-        self.connect_with(proxy, Arc::new(replica::ReadRules::default()))
+        self.connect_with(proxy, Arc::new(read_rules::ReadRules::default()))
     }
 
     fn connect_with(
         &self,
         proxy: SocketAddr,
-        rules: Arc<replica::ReadRules>,
+        rules: Arc<read_rules::ReadRules>,
     ) -> Result<(Stream, UpstreamSlot), UpstreamError> {
         if self.view.map().is_none() {
             return Err(UpstreamError::Unreachable {

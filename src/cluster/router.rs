@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::args::Args;
 use super::node::{NodeEvent, NodeLink};
-use super::replica::ReadRules;
+use super::read_rules::ReadRules;
 use super::spread::Merge;
 use super::view::ClusterView;
 use crate::command::CommandTable;
