@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState, KeyspaceSource};
 use crate::admission::Admission;
+use crate::cluster::read_rules::ReadRules;
 use crate::cluster::view::ClusterView;
 use crate::cluster::ClusterUpstream;
 use crate::command::{CommandTable, TableSource};
@@ -187,7 +188,12 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             let view = Arc::new(ClusterView::new(Arc::clone(&gate), target.seeds.clone()));
             view.read_once().await;
             tokio::spawn(Arc::clone(&view).run(shutdown_rx.clone()));
-            Some(Arc::new(ClusterUpstream::new(view, Arc::clone(&table))))
+            let rules = ReadRules::new(&raw.upstream.read_from);
+            Some(Arc::new(ClusterUpstream::new(
+                view,
+                Arc::clone(&table),
+                rules,
+            )))
         }
         None => None,
     };

@@ -229,7 +229,9 @@ impl Monitor {
             }
             if conn.is_none() {
                 conn = match &self.cluster {
-                    Some(cluster) => cluster.connect(([127, 0, 0, 1], 0).into()).ok(),
+                    Some(cluster) => cluster
+                        .connect_to_primaries(([127, 0, 0, 1], 0).into())
+                        .ok(),
                     None => self.gate.connect().await.ok(),
                 };
             }

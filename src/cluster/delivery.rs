@@ -7,10 +7,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::read_rules::replica_unready;
 use super::router::{
     Expect, Flight, Kind, Router, FIRST_RETRY_PAUSE, MAX_REDIRECTS, MAX_RETRY_PAUSE, RETRY_WINDOW,
 };
 use super::spread;
+use crate::config::ReadFrom;
 use crate::resp;
 
 /// Redis Cluster's own answer for a slot nobody serves.
@@ -64,16 +66,30 @@ impl<'a> Redirect<'a> {
 }
 
 impl Router {
-    /// Where part `part` of `seq` goes now: its slot's primary, else its node (a keyless
-    /// part whose node is gone goes to the default node). Why nowhere, else.
+    /// Where part `part` of `seq` goes now: its slot's primary (or, for a read the rules
+    /// send to a replica, the client's replica of that shard when one is known), else its
+    /// node (a keyless part whose node is gone goes to the default node). Why nowhere,
+    /// else.
     pub(super) fn target_of(&mut self, seq: u64, part: u16) -> Result<usize, NoTarget> {
         let p = &self.entry_mut(seq).expect("entry").parts[usize::from(part)];
-        let (slot, node, pinned) = (p.slot, p.node, p.pinned);
+        let (slot, node, pinned, read) = (p.slot, p.node, p.pinned, p.read);
         match slot {
             Some(slot) => {
                 let map = self.view.map().ok_or(NoTarget::NoNode)?;
                 let shard = map.shard_of(slot).ok_or(NoTarget::Uncovered)?;
-                self.node_for(&shard.primary).ok_or(NoTarget::NoNode)
+                let replica = match read {
+                    ReadFrom::Primary => None,
+                    _ => self.replica_for(shard, read),
+                };
+                let index = self
+                    .node_for(replica.as_deref().unwrap_or(&shard.primary))
+                    .ok_or(NoTarget::NoNode)?;
+                if replica.is_some() {
+                    self.ensure_readonly(index);
+                }
+                self.entry_mut(seq).expect("entry").parts[usize::from(part)].on_replica =
+                    replica.is_some();
+                Ok(index)
             }
             None => match node.filter(|&n| self.links[n].is_some()) {
                 Some(n) => Ok(n),
@@ -90,10 +106,7 @@ impl Router {
 
     /// The address of node `index`.
     pub(super) fn address_of(&self, index: usize) -> Option<String> {
-        self.addresses
-            .iter()
-            .find(|(_, &i)| i == index)
-            .map(|(a, _)| a.clone())
+        self.node_addresses.get(index).cloned()
     }
 
     /// Send a part the first time: at once, unless earlier parts of its slot are being
@@ -152,7 +165,11 @@ impl Router {
     /// where the map now says.
     pub(super) fn resend(&mut self, seq: u64, part: u16, to: Option<(&str, bool)>) {
         let target = match to {
-            Some((address, _)) => self.node_for(address).ok_or(NoTarget::NoNode),
+            Some((address, _)) => {
+                // A redirection names the node serving the slot: a primary.
+                self.entry_mut(seq).expect("entry").parts[usize::from(part)].on_replica = false;
+                self.node_for(address).ok_or(NoTarget::NoNode)
+            }
             None => self.target_of(seq, part),
         };
         match target {
@@ -201,6 +218,13 @@ impl Router {
                 }
                 Some(Redirect::TryAgain) if self.may_retry(seq, part) => return,
                 Some(Redirect::ClusterDown) => self.view.refresh_soon(),
+                None if replica_unready(&reply) && self.may_fall_back(seq, part) => {
+                    let node = self.entry_mut(seq).expect("entry").parts[usize::from(part)].node;
+                    if let Some(address) = node.and_then(|n| self.address_of(n)) {
+                        self.mark_down(&address);
+                    }
+                    return self.fall_back(seq, part, reply);
+                }
                 _ => {}
             }
         }
@@ -334,7 +358,7 @@ impl Router {
         }
         let entry = self.entry_mut(seq).expect("entry");
         if entry.parts.iter().all(|p| p.reply.is_some()) {
-            let replies: Vec<Bytes> = entry
+            let replies: smallvec::SmallVec<[Bytes; 1]> = entry
                 .parts
                 .iter_mut()
                 .map(|p| p.reply.take().expect("answered"))
@@ -360,12 +384,13 @@ impl Router {
     }
 }
 
-/// Whether a part is routed by a key (its node then becomes the default node, so `WAIT`
-/// after a write asks the node that took it).
+/// Whether a part is routed by a key to its primary (its node then becomes the default
+/// node, so `WAIT` after a write asks the node that took it; a replica never does).
 fn p_is_keyed(router: &mut Router, seq: u64, part: u16) -> bool {
-    router
-        .entry_mut(seq)
-        .is_some_and(|e| e.parts[usize::from(part)].slot.is_some())
+    router.entry_mut(seq).is_some_and(|e| {
+        let p = &e.parts[usize::from(part)];
+        p.slot.is_some() && !p.on_replica
+    })
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
-//! Where each command of the session's goes: its slot's primary, split per slot, every
-//! primary, or the default node; what the proxy answers itself (`CLUSTER SLOTS`…, a
-//! cross-slot refusal). Connection state (transactions, subscriptions, AUTH and the like,
+//! Where each command of the session's goes: its slot's primary (or, for a read the
+//! `[[upstream.read_from]]` rules send there, a replica: [`super::replica`]), split per
+//! slot, every primary, or the default node; what the proxy answers itself (`CLUSTER
+//! SLOTS`…, a cross-slot refusal). Names are compared upper-cased on the stack
+//! ([`Args::upper`]): routing a command allocates nothing of its own. Connection state (transactions, subscriptions, AUTH and the like,
 //! `CLIENT REPLY`) is [`super::state`]'s; sending, redirections and retries are
 //! [`super::delivery`]'s; the queue and the links [`super::router`]'s.
 
 use bytes::{Bytes, BytesMut};
 
+use super::args::Args;
 use super::local;
 use super::route::{route, Route};
-use super::router::{Entry, Kind, Part, ReplyMode, Router};
+use super::router::{Entry, Kind, Part, Parts, ReplyMode, Router};
 use super::slot::key_slot;
 use super::spread::{self, Keyless, Merge};
 use crate::resp;
@@ -16,29 +19,22 @@ use crate::resp;
 /// Redis Cluster's own answer to keys in several slots.
 pub(super) const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
-/// `bytes` upper-cased into a small buffer (command and subcommand names).
-pub(super) fn upper(bytes: Option<&&[u8]>) -> Vec<u8> {
-    bytes.map_or_else(Vec::new, |b| b.to_ascii_uppercase())
-}
-
 /// Commands whose connection state every node must share, keyed so that a later one of
-/// the same kind replaces the earlier.
-fn state_key(name: &[u8], sub: &[u8], args: &[&[u8]]) -> Option<Vec<u8>> {
+/// the same kind replaces the earlier (`attribute`: `CLIENT SETINFO`'s, upper-cased).
+fn state_key(name: &[u8], sub: &[u8], attribute: &[u8]) -> Option<Vec<u8>> {
     match name {
         b"AUTH" | b"HELLO" | b"SELECT" | b"READONLY" | b"READWRITE" => Some(name.to_vec()),
         b"CLIENT" if matches!(sub, b"SETNAME" | b"NO-EVICT" | b"NO-TOUCH" | b"TRACKING") => {
             Some([name, b" ", sub].concat())
         }
-        b"CLIENT" if sub == b"SETINFO" => {
-            Some([name, b" ", sub, b" ", &upper(args.get(2))].concat())
-        }
+        b"CLIENT" if sub == b"SETINFO" => Some([name, b" ", sub, b" ", attribute].concat()),
         _ => None,
     }
 }
 
 impl Router {
     /// One whole command from the session.
-    pub(super) fn on_command(&mut self, raw: Bytes, args: &[&[u8]]) {
+    pub(super) fn on_command(&mut self, raw: Bytes, args: Args<'_>) {
         if let Some(node) = self.tunnel {
             // Subscribed: everything goes through the subscribed connection as it is.
             if let Some(link) = &self.links[node] {
@@ -46,9 +42,9 @@ impl Router {
             }
             return;
         }
-        let name = upper(args.first());
-        let sub = upper(args.get(1));
-        if name == b"CLIENT" && sub == b"REPLY" {
+        let name = args.upper(0);
+        let sub = args.upper(1);
+        if &*name == b"CLIENT" && &*sub == b"REPLY" {
             return self.client_reply(raw, args);
         }
         let silent = match self.reply_mode {
@@ -97,7 +93,7 @@ impl Router {
                     None => self.send_to_default(raw, Kind::Plain, silent),
                 }
             }
-            _ => match state_key(&name, &sub, args) {
+            _ => match state_key(&name, &sub, &args.upper(2)) {
                 Some(key) => self.state_command(raw, key, silent),
                 None => self.keyed(raw, args, Kind::Plain, silent),
             },
@@ -105,22 +101,32 @@ impl Router {
     }
 
     /// A command routed by its keys: one slot, split per slot, or by [`spread::keyless`].
-    pub(super) fn keyed(&mut self, raw: Bytes, args: &[&[u8]], kind: Kind, silent: bool) {
+    /// A read goes where the read rules say, each part of a split by its own keys.
+    pub(super) fn keyed(&mut self, raw: Bytes, args: Args<'_>, kind: Kind, silent: bool) {
         match self.route_of(args) {
             Route::Slot(slot) => {
                 if kind == Kind::Watch && !self.watch_fits(slot) {
                     return self.answer(resp::error(CROSSSLOT), silent);
                 }
-                self.one_part(Part::new(raw, Some(slot), None), kind, silent);
+                let mut part = Part::new(raw, Some(slot), None);
+                if kind == Kind::Plain {
+                    part.read = self.read_choice(args, None);
+                }
+                self.one_part(part, kind, silent);
             }
             Route::CrossSlot => {
-                let name = upper(args.first());
-                match spread::split(&name, args, key_slot).filter(|_| kind == Kind::Plain) {
+                let name = args.upper(0);
+                let all = args.to_vec();
+                match spread::split(&name, &all, key_slot).filter(|_| kind == Kind::Plain) {
                     Some(split) => {
                         let parts = split
                             .parts
                             .into_iter()
-                            .map(|(command, slot)| Part::new(command, Some(slot), None))
+                            .map(|(command, slot)| {
+                                let mut part = Part::new(command, Some(slot), None);
+                                part.read = self.read_choice(args, Some(slot));
+                                part
+                            })
                             .collect();
                         self.parts_entry(parts, split.merge, kind, silent);
                     }
@@ -143,16 +149,15 @@ impl Router {
             .is_some_and(|s| self.addresses.get(&s.primary) == Some(&node))
     }
 
-    pub(super) fn keyless(&mut self, raw: Bytes, args: &[&[u8]], kind: Kind, silent: bool) {
-        let name = upper(args.first());
-        let sub = upper(args.get(1));
+    pub(super) fn keyless(&mut self, raw: Bytes, args: Args<'_>, kind: Kind, silent: bool) {
+        let (name, sub) = (args.upper(0), args.upper(1));
         match spread::keyless(&name, &sub) {
             Keyless::AnyNode => self.send_to_default(raw, kind, silent),
             Keyless::EveryPrimary(merge) => {
                 let Some(map) = self.view.map() else {
                     return self.answer(self.no_node(), silent);
                 };
-                let mut parts = Vec::new();
+                let mut parts = Parts::new();
                 for shard in map.shards() {
                     match self.node_for(&shard.primary) {
                         Some(node) => parts.push(Part::new(raw.clone(), None, Some(node))),
@@ -166,7 +171,7 @@ impl Router {
     }
 
     /// `SCAN cursor …`: on the primary the proxy's cursor names, with Redis's cursor there.
-    pub(super) fn scan(&mut self, raw: Bytes, args: &[&[u8]], silent: bool) {
+    pub(super) fn scan(&mut self, raw: Bytes, args: Args<'_>, silent: bool) {
         let cursor = args
             .get(1)
             .and_then(|c| std::str::from_utf8(c).ok())
@@ -192,7 +197,7 @@ impl Router {
             nodes: map.shards().len() as u16,
         };
         let part = Part::new(command.freeze(), None, Some(index));
-        self.parts_entry(vec![part], merge, Kind::Plain, silent);
+        self.parts_entry(smallvec::smallvec![part], merge, Kind::Plain, silent);
     }
 
     /// The error for a command when no node can be named.
@@ -222,11 +227,11 @@ impl Router {
     }
 
     pub(super) fn one_part(&mut self, part: Part, kind: Kind, silent: bool) {
-        self.parts_entry(vec![part], Merge::One, kind, silent);
+        self.parts_entry(smallvec::smallvec![part], Merge::One, kind, silent);
     }
 
     /// A command of these parts, each sent (or parked), their replies merged by `merge`.
-    pub(super) fn parts_entry(&mut self, parts: Vec<Part>, merge: Merge, kind: Kind, silent: bool) {
+    pub(super) fn parts_entry(&mut self, parts: Parts, merge: Merge, kind: Kind, silent: bool) {
         let count = parts.len() as u16;
         let seq = self.push_entry(Entry {
             parts,
@@ -241,16 +246,15 @@ impl Router {
         self.release();
     }
 
-    /// Where `args` go by their keys.
-    pub(super) fn route_of(&mut self, args: &[&[u8]]) -> Route {
+    /// Where `args` go by their keys (left in `positions`).
+    pub(super) fn route_of(&mut self, args: Args<'_>) -> Route {
         let table = std::sync::Arc::clone(&self.table);
+        let info = match args.get(0) {
+            Some(name) => table.classify(name, || args.get(1)),
+            None => table.unknown(),
+        };
         let mut positions = std::mem::take(&mut self.positions);
-        let routed = route(
-            table.lookup(args),
-            args.len(),
-            |i| args.get(i).copied(),
-            &mut positions,
-        );
+        let routed = route(info, args.len(), |i| args.get(i), &mut positions);
         self.positions = positions;
         routed
     }
@@ -268,13 +272,12 @@ mod tests {
 
     #[test]
     fn state_commands_are_keyed_by_kind() {
-        let args: Vec<&[u8]> = vec![b"CLIENT", b"SETINFO", b"lib-name", b"x"];
         assert_eq!(
-            state_key(b"CLIENT", b"SETINFO", &args).unwrap(),
+            state_key(b"CLIENT", b"SETINFO", b"LIB-NAME").unwrap(),
             b"CLIENT SETINFO LIB-NAME"
         );
-        assert_eq!(state_key(b"AUTH", b"U", &[]).unwrap(), b"AUTH");
-        assert!(state_key(b"CLIENT", b"LIST", &[]).is_none());
-        assert!(state_key(b"GET", b"K", &[]).is_none());
+        assert_eq!(state_key(b"AUTH", b"U", b"").unwrap(), b"AUTH");
+        assert!(state_key(b"CLIENT", b"LIST", b"").is_none());
+        assert!(state_key(b"GET", b"K", b"").is_none());
     }
 }

@@ -11,14 +11,19 @@
 //!   or across slots; [`spread`]: commands split per slot or sent to every primary, and
 //!   their replies merged; [`local`]: the `CLUSTER` questions the proxy answers itself;
 //! - [`router`] and [`dispatch`]: one client's router, a task at the other end of the
-//!   session's upstream socket, and [`node`]: its connection to one node.
+//!   session's upstream socket ([`args`]: the commands it reads, in place), and [`node`]:
+//!   its connection to one node;
+//! - [`read_rules`] and [`replica`]: which reads go to a replica (`[[upstream.read_from]]`)
+//!   and which replica.
 //!
 //! The session does not know it talks to a cluster: [`ClusterUpstream::connect`] gives it
 //! a socket, and the router answers on it as one Redis would. Guide: `docs/cluster.md`.
-//! Imports `command`, `upstream`, `scanner`, `transport` and `resp`; never a session, a
-//! lane or a guard.
+//! Imports `command`, `upstream`, `scanner`, `transport`, `resp`, `config` (the read
+//! rules' shape) and `guard::pattern` (their key patterns); never a session, a lane or a
+//! guard.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::UnixStream;
@@ -27,12 +32,15 @@ use crate::command::CommandTable;
 use crate::transport::Stream;
 use crate::upstream::{ConnectGate, UpstreamError, UpstreamSlot};
 
+pub mod args;
 pub mod delivery;
 pub mod dispatch;
 pub mod frame;
 pub mod local;
 pub mod node;
+pub mod read_rules;
 pub mod reader;
+pub mod replica;
 pub mod route;
 pub mod router;
 pub mod slot;
@@ -47,13 +55,28 @@ pub struct ClusterUpstream {
     view: Arc<view::ClusterView>,
     table: Arc<CommandTable>,
     gate: Arc<ConnectGate>,
+    rules: Arc<read_rules::ReadRules>,
+    /// Routers started: each client's place, which spreads clients over a shard's
+    /// replicas.
+    clients: AtomicUsize,
 }
 
 impl ClusterUpstream {
-    /// The upstream for `view`'s cluster, routing by `table`'s key positions.
-    pub fn new(view: Arc<view::ClusterView>, table: Arc<CommandTable>) -> Self {
+    /// The upstream for `view`'s cluster, routing by `table`'s key positions, reading
+    /// from replicas as `rules` say.
+    pub fn new(
+        view: Arc<view::ClusterView>,
+        table: Arc<CommandTable>,
+        rules: read_rules::ReadRules,
+    ) -> Self {
         let gate = Arc::clone(view.gate());
-        ClusterUpstream { view, table, gate }
+        ClusterUpstream {
+            view,
+            table,
+            gate,
+            rules: Arc::new(rules),
+            clients: AtomicUsize::new(0),
+        }
     }
 
     /// The view of the cluster's topology.
@@ -65,6 +88,23 @@ impl ClusterUpstream {
     /// pair, a router task at the other. Refused while no node has described the cluster
     /// (the reason says why), or past `upstream.max_connections`.
     pub fn connect(&self, proxy: SocketAddr) -> Result<(Stream, UpstreamSlot), UpstreamError> {
+        self.connect_with(proxy, Arc::clone(&self.rules))
+    }
+
+    /// [`Self::connect`] for the proxy's own questions (queue depths): every read on a
+    /// primary, whatever `[[upstream.read_from]]` says, so a replica's lag never shows.
+    pub fn connect_to_primaries(
+        &self,
+        proxy: SocketAddr,
+    ) -> Result<(Stream, UpstreamSlot), UpstreamError> {
+        self.connect_with(proxy, Arc::new(read_rules::ReadRules::default()))
+    }
+
+    fn connect_with(
+        &self,
+        proxy: SocketAddr,
+        rules: Arc<read_rules::ReadRules>,
+    ) -> Result<(Stream, UpstreamSlot), UpstreamError> {
         if self.view.map().is_none() {
             return Err(UpstreamError::Unreachable {
                 address: self.gate.address(),
@@ -77,7 +117,14 @@ impl ClusterUpstream {
                 address: self.gate.address(),
                 reason: e.to_string(),
             })?;
-        let router = router::Router::new(Arc::clone(&self.view), Arc::clone(&self.table), proxy);
+        let pick = self.clients.fetch_add(1, Ordering::Relaxed);
+        let router = router::Router::new(
+            Arc::clone(&self.view),
+            Arc::clone(&self.table),
+            proxy,
+            rules,
+            pick,
+        );
         tokio::spawn(router.run(router_end));
         Ok((Stream::Local(session_end), slot))
     }

@@ -28,10 +28,13 @@ use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
+use super::args::Args;
 use super::node::{NodeEvent, NodeLink};
+use super::read_rules::ReadRules;
 use super::spread::Merge;
 use super::view::ClusterView;
 use crate::command::CommandTable;
+use crate::config::ReadFrom;
 use crate::resp;
 use crate::scanner::request::{Limits, RequestScanner, Step};
 
@@ -101,6 +104,10 @@ pub(super) struct Part {
     /// It must run on its node (a primary of a fan-out, a transaction's node): a lost
     /// link is reopened to the same address rather than another node chosen.
     pub pinned: bool,
+    /// Where it is read (`[[upstream.read_from]]`); a write's is `Primary`.
+    pub read: ReadFrom,
+    /// It was last sent to a replica.
+    pub on_replica: bool,
 }
 
 impl Part {
@@ -116,14 +123,20 @@ impl Part {
             rerouted: false,
             parked: false,
             pinned: node.is_some(),
+            read: ReadFrom::Primary,
+            on_replica: false,
         }
     }
 }
 
+/// An entry's parts: inline for the usual one, so a command in one slot costs no
+/// allocation of its own.
+pub(super) type Parts = smallvec::SmallVec<[Part; 1]>;
+
 /// One command of the session's, in order.
 #[derive(Debug)]
 pub(super) struct Entry {
-    pub parts: Vec<Part>,
+    pub parts: Parts,
     pub merge: Merge,
     pub kind: Kind,
     /// The client's reply, once whole.
@@ -169,6 +182,17 @@ pub struct Router {
     pub(super) links: Vec<Option<NodeLink>>,
     pub(super) expects: Vec<VecDeque<Expect>>,
     pub(super) addresses: HashMap<String, usize>,
+    /// Each node's address, by index.
+    pub(super) node_addresses: Vec<String>,
+    /// Each node's connection has had `READONLY` (it serves this client's replica reads).
+    pub(super) readonly: Vec<bool>,
+    /// Where reads go (`[[upstream.read_from]]`).
+    pub(super) rules: Arc<ReadRules>,
+    /// This client's place among the clients: which replica of a shard it reads from.
+    pub(super) pick: usize,
+    /// Replicas that could not serve lately, and since when (passed over by
+    /// `prefer-replica`).
+    pub(super) down: Vec<(String, Instant)>,
     link_nodes: HashMap<u64, usize>,
     next_link: u64,
     events_tx: mpsc::Sender<NodeEvent>,
@@ -196,8 +220,15 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router for a client that reached the proxy at `proxy`.
-    pub fn new(view: Arc<ClusterView>, table: Arc<CommandTable>, proxy: SocketAddr) -> Self {
+    /// A router for a client that reached the proxy at `proxy`, reading by `rules` from
+    /// the replica its place `pick` among the clients chooses.
+    pub fn new(
+        view: Arc<ClusterView>,
+        table: Arc<CommandTable>,
+        proxy: SocketAddr,
+        rules: Arc<ReadRules>,
+        pick: usize,
+    ) -> Self {
         let (events_tx, _) = mpsc::channel(EVENTS);
         let (retry_tx, _) = mpsc::unbounded_channel();
         Router {
@@ -207,6 +238,11 @@ impl Router {
             links: Vec::new(),
             expects: Vec::new(),
             addresses: HashMap::new(),
+            node_addresses: Vec::new(),
+            readonly: Vec::new(),
+            rules,
+            pick,
+            down: Vec::new(),
             link_nodes: HashMap::new(),
             next_link: 0,
             events_tx,
@@ -304,19 +340,20 @@ impl Router {
                     scanner.rebase(end);
                 }
                 Step::Command { end, inline, .. } => {
-                    let ranges = scanner.args().to_vec();
+                    // The scanner's positions index the command's bytes (or, inline, its
+                    // own copy) until `rebase`: read in place, nothing copied.
                     let raw = input.split_to(end).freeze();
-                    scanner.rebase(end);
                     let source: &[u8] = if inline { scanner.inline_bytes() } else { &raw };
-                    let args: Vec<&[u8]> = ranges.iter().map(|r| &source[r.clone()]).collect();
+                    let args = Args::new(source, scanner.args());
                     let raw = if inline {
                         let mut out = BytesMut::new();
-                        resp::command(&mut out, &args);
+                        resp::command(&mut out, &args.to_vec());
                         out.freeze()
                     } else {
                         raw.clone()
                     };
-                    self.on_command(raw, &args);
+                    self.on_command(raw, args);
+                    scanner.rebase(end);
                 }
                 Step::Streaming { .. } | Step::Error(_) => return false,
             }
@@ -332,6 +369,8 @@ impl Router {
             None => {
                 self.links.push(None);
                 self.expects.push(VecDeque::new());
+                self.readonly.push(false);
+                self.node_addresses.push(address.to_string());
                 self.addresses
                     .insert(address.to_string(), self.links.len() - 1);
                 self.links.len() - 1
@@ -351,6 +390,7 @@ impl Router {
                 link.send(command.clone());
                 self.expects[index].push_back(Expect::Hidden);
             }
+            self.readonly[index] = false;
             self.links[index] = Some(link);
         }
         Some(index)
@@ -391,7 +431,7 @@ impl Router {
     /// An entry answered at once by the proxy.
     pub(super) fn answer(&mut self, reply: Bytes, silent: bool) {
         self.push_entry(Entry {
-            parts: Vec::new(),
+            parts: Parts::new(),
             merge: Merge::One,
             kind: Kind::Plain,
             reply: Some(reply),
@@ -507,11 +547,18 @@ impl Router {
         let error = resp::error(&format!(
             "ERR respguard: connection to cluster node {address} lost ({reason})"
         ));
+        if self.readonly[index] {
+            self.mark_down(&address);
+        }
         let owed: Vec<Expect> = self.expects[index].drain(..).collect();
         for expect in owed {
             let Expect::Part { seq, part } = expect else {
                 continue;
             };
+            if self.may_fall_back(seq, part) {
+                self.fall_back(seq, part, error.clone());
+                continue;
+            }
             if !connected && self.may_retry(seq, part) {
                 continue;
             }

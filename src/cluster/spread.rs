@@ -30,6 +30,9 @@ pub enum Merge {
     Same,
     /// The arrays concatenated (`KEYS`).
     Concat,
+    /// Arrays of `0`/`1` answered element by element: `1` only where every part says `1`
+    /// (`SCRIPT EXISTS`: a script is there only if every primary has it).
+    AllOf,
     /// One of the replies that is not null, at random (`RANDOMKEY`: a key of any node).
     AnyValue,
     /// A `SCAN` on the primary `node` of `nodes`: the cursor Redis gives is moved into the
@@ -58,6 +61,7 @@ pub fn keyless(name: &[u8], sub: &[u8]) -> Keyless {
         b"FLUSHALL" | b"FLUSHDB" => Keyless::EveryPrimary(Merge::Same),
         b"SCAN" => Keyless::Scan,
         b"SCRIPT" if matches!(sub, b"LOAD" | b"FLUSH") => Keyless::EveryPrimary(Merge::Same),
+        b"SCRIPT" if sub == b"EXISTS" => Keyless::EveryPrimary(Merge::AllOf),
         b"FUNCTION" if matches!(sub, b"LOAD" | b"DELETE" | b"FLUSH" | b"RESTORE") => {
             Keyless::EveryPrimary(Merge::Same)
         }
@@ -155,6 +159,7 @@ pub fn merge(merge: &Merge, replies: &[Bytes]) -> Bytes {
         Merge::One | Merge::Same => replies.first().cloned(),
         Merge::Sum => sum(replies),
         Merge::Concat => concat(replies),
+        Merge::AllOf => all_of(replies),
         Merge::AnyValue => {
             let values: Vec<&Bytes> = replies.iter().filter(|r| !is_null(r)).collect();
             match values.len() {
@@ -222,6 +227,31 @@ fn concat(replies: &[Bytes]) -> Option<Bytes> {
         if let (Some(first), Some(last)) = (ranges.first(), ranges.last()) {
             out.extend_from_slice(&reply[first.start..last.end]);
         }
+    }
+    Some(out.freeze())
+}
+
+fn all_of(replies: &[Bytes]) -> Option<Bytes> {
+    let parts = replies
+        .iter()
+        .map(|r| elements(r))
+        .collect::<Option<Vec<_>>>()?;
+    let count = parts.first()?.len();
+    if parts.iter().any(|p| p.len() != count) {
+        return None;
+    }
+    let mut out = BytesMut::new();
+    resp::array_header(&mut out, count);
+    for i in 0..count {
+        let mut every = true;
+        for (reply, ranges) in replies.iter().zip(&parts) {
+            match &reply[ranges[i].clone()] {
+                b":1\r\n" => {}
+                b":0\r\n" => every = false,
+                _ => return None,
+            }
+        }
+        resp::integer(&mut out, i64::from(every));
     }
     Some(out.freeze())
 }
@@ -330,6 +360,27 @@ mod tests {
         );
     }
 
+    /// SCRIPT EXISTS asked of every primary: a digest is there only where every primary
+    /// answered 1; replies of other lengths or shapes are refused, not guessed at.
+    #[test]
+    fn script_exists_is_one_only_where_every_primary_has_the_script() {
+        let a = b("*3\r\n:1\r\n:1\r\n:0\r\n");
+        let b_ = b("*3\r\n:1\r\n:0\r\n:0\r\n");
+        assert_eq!(
+            merge(&Merge::AllOf, &[a.clone(), b_]),
+            b("*3\r\n:1\r\n:0\r\n:0\r\n")
+        );
+        assert_eq!(merge(&Merge::AllOf, std::slice::from_ref(&a)), a);
+        assert!(
+            merge(&Merge::AllOf, &[a.clone(), b("*1\r\n:1\r\n")]).starts_with(b"-ERR respguard")
+        );
+        assert!(merge(&Merge::AllOf, &[b("*1\r\n$1\r\n1\r\n")]).starts_with(b"-ERR respguard"));
+        assert_eq!(
+            merge(&Merge::AllOf, &[b("*0\r\n"), b("*0\r\n")]),
+            b("*0\r\n")
+        );
+    }
+
     #[test]
     fn keys_are_concatenated_and_scan_cursors_walk_the_primaries() {
         assert_eq!(
@@ -372,7 +423,10 @@ mod tests {
             keyless(b"SCRIPT", b"LOAD"),
             Keyless::EveryPrimary(Merge::Same)
         );
-        assert_eq!(keyless(b"SCRIPT", b"EXISTS"), Keyless::AnyNode);
+        assert_eq!(
+            keyless(b"SCRIPT", b"EXISTS"),
+            Keyless::EveryPrimary(Merge::AllOf)
+        );
         assert_eq!(keyless(b"PING", b""), Keyless::AnyNode);
         assert_eq!(
             merge(

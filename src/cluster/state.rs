@@ -6,7 +6,8 @@
 
 use bytes::Bytes;
 
-use super::dispatch::{upper, CROSSSLOT};
+use super::args::Args;
+use super::dispatch::CROSSSLOT;
 use super::route::Route;
 use super::router::{Expect, Kind, ReplyMode, Router, Transaction};
 use super::spread;
@@ -42,7 +43,12 @@ impl Router {
             self.state.remove(0);
         }
         self.state.push((key.clone(), raw.clone()));
+        let readwrite = key == b"READWRITE";
         self.send_to_node(target, raw, Kind::State { key }, silent);
+        if readwrite {
+            // The client's READWRITE is its own; the replica connections keep reading.
+            self.restore_readonly();
+        }
     }
 
     /// RESET on every open node but `except` (hidden), and the connection's state
@@ -58,11 +64,12 @@ impl Router {
         self.reply_mode = ReplyMode::On;
         self.transaction = None;
         self.watch_node = None;
+        self.restore_readonly();
     }
 
     /// `CLIENT REPLY ON|OFF|SKIP`, answered by the router (nodes always reply to it).
-    pub(super) fn client_reply(&mut self, raw: Bytes, args: &[&[u8]]) {
-        let mode = upper(args.get(2));
+    pub(super) fn client_reply(&mut self, raw: Bytes, args: Args<'_>) {
+        let mode = args.upper(2);
         match (&mode[..], args.len()) {
             (b"ON", 3) => {
                 self.reply_mode = ReplyMode::On;
@@ -85,7 +92,7 @@ impl Router {
 
     /// SUBSCRIBE, PSUBSCRIBE (one node: the cluster bus spreads messages) or SSUBSCRIBE
     /// (its channels' slot): from now on that connection carries everything as it is.
-    pub(super) fn subscribe(&mut self, raw: Bytes, args: &[&[u8]]) {
+    pub(super) fn subscribe(&mut self, raw: Bytes, args: Args<'_>) {
         let node = match self.route_of(args) {
             Route::Slot(slot) => self.primary_index(slot),
             Route::CrossSlot => return self.answer(resp::error(CROSSSLOT), false),
@@ -120,7 +127,7 @@ impl Router {
     pub(super) fn transaction_command(
         &mut self,
         raw: Bytes,
-        args: &[&[u8]],
+        args: Args<'_>,
         name: &[u8],
         silent: bool,
     ) {
@@ -176,7 +183,7 @@ impl Router {
 
     /// The node a transaction runs on, from its first command: its slot's primary, else
     /// the default node.
-    pub(super) fn transaction_node(&mut self, args: &[&[u8]]) -> Option<usize> {
+    pub(super) fn transaction_node(&mut self, args: Args<'_>) -> Option<usize> {
         match self.route_of(args) {
             Route::Slot(slot) => self.primary_index(slot).or_else(|| self.default_index()),
             _ => self.default_index(),

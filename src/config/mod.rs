@@ -116,6 +116,42 @@ fn validate_auth(auth: &RawAuth, upstream: &UpstreamTarget) -> Result<(), Config
     Ok(())
 }
 
+/// Most `[[upstream.read_from]]` rules (each command's keys are matched against them in
+/// turn).
+pub const MAX_READ_RULES: usize = 64;
+
+/// `[[upstream.read_from]]`: a pattern each, at most [`MAX_READ_RULES`], and a rule reading
+/// elsewhere than the primary only in front of a Redis Cluster (a standalone Redis or
+/// Sentinel's primary has no replicas the proxy reads from).
+fn validate_read_from(rules: &[RawReadRule], upstream: &UpstreamTarget) -> Result<(), ConfigError> {
+    let key = "upstream.read_from";
+    if rules.len() > MAX_READ_RULES {
+        return Err(invalid(
+            key,
+            format!("{} rules: at most {MAX_READ_RULES}", rules.len()),
+        ));
+    }
+    for rule in rules {
+        if rule.pattern.is_empty() {
+            return Err(invalid(
+                key,
+                "a rule has an empty pattern, which names no key (\"*\" names every key)",
+            ));
+        }
+        if rule.from != ReadFrom::Primary && upstream.cluster.is_none() {
+            return Err(invalid(
+                key,
+                format!(
+                    "rule `{}` reads from \"{}\": reading from replicas is built for a redis-cluster:// upstream only (docs/cluster.md)",
+                    rule.pattern,
+                    rule.from.word()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The validated configuration the proxy runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -233,6 +269,7 @@ impl RawConfig {
                 "\"multiplexed\" is not available with a redis-cluster:// upstream yet: each client gets its own connection to each node it uses (docs/cluster.md)",
             ));
         }
+        validate_read_from(&self.upstream.read_from, &upstream)?;
         if self.proxy.max_clients == 0 {
             return Err(invalid("proxy.max_clients", "must be at least 1"));
         }
@@ -639,6 +676,87 @@ mod tests {
         assert_eq!(t.username, None);
         assert!(UpstreamTarget::parse("http://x").is_err());
         assert!(UpstreamTarget::parse("redis://h/x").is_err());
+    }
+
+    /// Read rules parse typed, round-trip, and are refused with the key named: a wrong
+    /// `from`, an unknown key, an empty pattern, too many rules, and a replica rule in
+    /// front of anything but a Redis Cluster.
+    #[test]
+    fn read_from_rules_parse_and_are_refused_when_invalid() {
+        let cluster = "[upstream]\nurl = \"redis-cluster://127.0.0.1:7000\"\n";
+        let rules = concat!(
+            "[[upstream.read_from]]\npattern = \"cache:*\"\nfrom = \"replica\"\n",
+            "[[upstream.read_from]]\npattern = \"feed:*\"\nfrom = \"prefer-replica\"\n",
+            "[[upstream.read_from]]\npattern = \"*\"\nfrom = \"primary\"\n",
+        );
+        let raw = RawConfig::from_toml(&format!("{cluster}{rules}")).unwrap();
+        let froms: Vec<ReadFrom> = raw.upstream.read_from.iter().map(|r| r.from).collect();
+        assert_eq!(
+            froms,
+            [
+                ReadFrom::Replica,
+                ReadFrom::PreferReplica,
+                ReadFrom::Primary
+            ]
+        );
+        assert_eq!(raw.upstream.read_from[0].pattern, "cache:*");
+        assert_eq!(RawConfig::from_toml(&raw.to_toml()).unwrap(), raw);
+        raw.validate().unwrap();
+
+        let err = |toml: &str| {
+            RawConfig::from_toml(toml)
+                .and_then(RawConfig::validate)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&format!(
+            "{cluster}[[upstream.read_from]]\npattern = \"a:*\"\nfrom = \"replicas\"\n"
+        ));
+        assert!(
+            e.contains("upstream.read_from.from `replicas`: expected `primary`, `replica` or `prefer-replica`"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{cluster}[[upstream.read_from]]\npattern = \"a:*\"\nform = \"replica\"\n"
+        ));
+        assert!(e.contains("unknown field `form`"), "{e}");
+        let e = err(&format!(
+            "{cluster}[[upstream.read_from]]\npattern = \"a:*\"\n"
+        ));
+        assert!(e.contains("missing field `from`"), "{e}");
+        let e = err(&format!(
+            "{cluster}[[upstream.read_from]]\npattern = \"\"\nfrom = \"replica\"\n"
+        ));
+        assert!(
+            e.contains("upstream.read_from") && e.contains("empty pattern"),
+            "{e}"
+        );
+        let many = "[[upstream.read_from]]\npattern = \"a\"\nfrom = \"replica\"\n"
+            .repeat(MAX_READ_RULES + 1);
+        let e = err(&format!("{cluster}{many}"));
+        assert!(
+            e.contains("upstream.read_from") && e.contains("at most 64"),
+            "{e}"
+        );
+        // Not a cluster: a replica rule is refused, a primary rule changes nothing.
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis-sentinel://127.0.0.1:26379#m",
+        ] {
+            let e = err(&format!(
+                "[upstream]\nurl = \"{url}\"\n[[upstream.read_from]]\npattern = \"r:*\"\nfrom = \"prefer-replica\"\n"
+            ));
+            assert!(
+                e.contains("upstream.read_from")
+                    && e.contains("rule `r:*`")
+                    && e.contains("redis-cluster:// upstream only"),
+                "{e}"
+            );
+        }
+        RawConfig::from_toml("[[upstream.read_from]]\npattern = \"r:*\"\nfrom = \"primary\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `[log]` and `[protocol]`, with their defaults.
 
 use super::units::{ByteSize, HumanDuration};
-use super::words::{ConnectionModel, RuntimeModel};
+use super::words::{ConnectionModel, ReadFrom, RuntimeModel};
 use std::fmt;
 use std::time::Duration;
 
@@ -168,12 +168,27 @@ pub struct RawUpstream {
     /// ones close to make room, and a client needing one more keeps a connection of its
     /// own for good instead.
     pub shared_identities: usize,
+    /// With a `redis-cluster://` URL: where read-only commands on matching keys go (the
+    /// first rule whose pattern matches wins; a key no rule matches is read from its
+    /// primary).
+    pub read_from: Vec<RawReadRule>,
     /// TLS settings for a `rediss://` URL.
     pub tls: RawUpstreamTls,
     /// With a `redis-sentinel://` URL: the password the sentinels require (`requirepass`
     /// in sentinel.conf); empty: the sentinels are asked without AUTH. The URL's
     /// credentials are the data nodes'.
     pub sentinel_password: String,
+}
+
+/// One `[[upstream.read_from]]` rule: reads of the keys `pattern` matches go where `from`
+/// says (`docs/cluster.md`, "Reading from replicas").
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawReadRule {
+    /// Key pattern (Redis glob, as the guards' rules).
+    pub pattern: String,
+    /// `primary`, `replica` or `prefer-replica`.
+    pub from: ReadFrom,
 }
 
 /// `[upstream.tls]`: how to reach a `rediss://` upstream.
@@ -218,6 +233,7 @@ impl Default for RawUpstream {
             pinned_connections: 1024,
             pinned_idle: 16,
             shared_identities: 16,
+            read_from: Vec::new(),
             tls: RawUpstreamTls::default(),
             sentinel_password: String::new(),
         }

@@ -197,6 +197,21 @@ word_enum! {
     }
 }
 
+word_enum! {
+    /// Where a read of a key goes in front of a Redis Cluster (`upstream.read_from`'s
+    /// `from`).
+    pub enum ReadFrom ("upstream.read_from.from") {
+        /// The slot's primary, as every command.
+        Primary = "primary",
+        /// A replica of the slot's shard; the primary only when the shard has no replica
+        /// known.
+        Replica = "replica",
+        /// A replica of the slot's shard, or the primary when none is known or the
+        /// replica cannot be reached.
+        PreferReplica = "prefer-replica",
+    }
+}
+
 /// A TTL rule's `ttl`: a duration, or `none` to exempt matching keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefaultTtl {

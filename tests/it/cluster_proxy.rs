@@ -22,7 +22,7 @@ pub async fn proxy_for_cluster(cluster: &Cluster, toml: &str) -> ProxyHandle {
 }
 
 /// The cluster's slot map, as its first node describes it.
-async fn slot_map(cluster: &Cluster) -> respguard::cluster::topology::SlotMap {
+pub async fn slot_map(cluster: &Cluster) -> respguard::cluster::topology::SlotMap {
     let first = cluster.addresses()[0].clone();
     let gate = crate::cluster_harness::gate_for(&first);
     respguard::cluster::reader::read_topology(&gate, &first)

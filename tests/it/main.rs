@@ -11,6 +11,7 @@ mod cluster;
 mod cluster_clients;
 mod cluster_harness;
 mod cluster_proxy;
+mod cluster_replicas;
 mod deploy;
 mod differential;
 mod enqueue;
