@@ -232,6 +232,26 @@ impl<S: Rebase> Pipe<S> {
         self.scanner.rebase(size);
     }
 
+    /// Send the whole multibulk command at the front of the unready input (its first
+    /// `size` bytes, after the ready ones, which move first) with arguments added before
+    /// its own: a new `*argc` line, `fixed` and `added` (the added arguments, encoded), then
+    /// a copy of the client's own encoding of its arguments; the command's bytes leave the
+    /// input. One reservation for all four.
+    pub fn replace_with_prepended(&mut self, argc: usize, size: usize, fixed: &[u8], added: &[u8]) {
+        self.move_ready();
+        let wire = wire_args(self.input.bytes(), 0, size).unwrap_or(size..size);
+        debug_assert!(wire.start > 0, "a multibulk command");
+        // The `*argc` line takes at most 23 bytes.
+        self.make_room(23 + fixed.len() + added.len() + wire.len());
+        let out = &mut self.output;
+        resp::array_header(out, argc);
+        out.extend_from_slice(fixed);
+        out.extend_from_slice(added);
+        out.extend_from_slice(&self.input.bytes()[wire]);
+        self.input.discard(size);
+        self.scanner.rebase(size);
+    }
+
     /// Append bytes the scanner holds (an inline command's multibulk form) to the output.
     #[inline]
     pub fn send_from_scanner(&mut self, bytes: impl FnOnce(&S) -> &[u8]) {
