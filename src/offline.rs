@@ -148,7 +148,9 @@ pub fn judge_observed(
                 // What the session sends: a new `*N` line, the added, the client's arguments.
                 let wire = crate::guard::wire_args(src, start, end)
                     .filter(|_| !inline && streaming.is_none())
-                    .ok_or_else(|| format!("{} prepended to without its own encoding", info.name))?;
+                    .ok_or_else(|| {
+                        format!("{} prepended to without its own encoding", info.name)
+                    })?;
                 let mut sent = Vec::new();
                 crate::resp::array_header(&mut sent, span.argc + args as usize);
                 sent.extend_from_slice(fixed);

@@ -1015,9 +1015,8 @@ mod tests {
     fn a_wrap_prepended_to_the_clients_arguments_equals_the_whole_rewrite() {
         use crate::guard::verdict::{find_keys, wire_args};
         use crate::scanner::request::{Limits, RequestScanner, Step};
-        let (g, _) = guard(
-            "[[guards.ttl.rules]]\npattern = \"*\"\nttl = \"1h\"\nmax_ttl = \"1d\"\n",
-        );
+        let (g, _) =
+            guard("[[guards.ttl.rules]]\npattern = \"*\"\nttl = \"1h\"\nmax_ttl = \"1d\"\n");
         let table = CommandTable::builtin();
         let client = ClientIdentity::new(([127, 0, 0, 1], 1).into());
         for src in [
@@ -1047,7 +1046,11 @@ mod tests {
                 watch: Default::default(),
             };
             let mut out = BytesMut::new();
-            let Verdict::Prepend { args: added, fixed, len } = g.check(&view, &client, &mut out)
+            let Verdict::Prepend {
+                args: added,
+                fixed,
+                len,
+            } = g.check(&view, &client, &mut out)
             else {
                 panic!("{} not prepended to", info.name);
             };

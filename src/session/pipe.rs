@@ -307,12 +307,16 @@ impl<S: Rebase> Pipe<S> {
     }
 
     /// Remember the output's size as the next batch's [`Self::append`] hint when the proxy
-    /// appended to it; bounded by the largest read, so one huge batch does not make every
-    /// later one reserve as much.
+    /// appended to it, or an eighth less than the hint before when that is larger (reads
+    /// of one pipeline of clients' commands alternate between a large batch and a small
+    /// rest, and a hint from the small one would make the next large one grow twice, each
+    /// copying the output so far); bounded by the largest read, so one huge batch does not
+    /// make every later one reserve as much.
     #[inline]
     fn note_output_size(&mut self) {
         if self.appended {
-            self.append_hint = self.output.len().min(crate::buffer::MAX_READ);
+            let decayed = self.append_hint - self.append_hint / 8;
+            self.append_hint = self.output.len().max(decayed).min(crate::buffer::MAX_READ);
             self.appended = false;
         }
     }
@@ -424,6 +428,27 @@ mod tests {
             crate::buffer::MAX_READ,
             "nothing appended since"
         );
+    }
+
+    /// A small batch after a large one leaves the hint an eighth lower, not at the small
+    /// batch's size, so the next large batch still finds most of its room made at once; a
+    /// run of small batches brings it down.
+    #[test]
+    fn the_append_hint_comes_down_an_eighth_per_smaller_batch() {
+        let mut pipe = pipe_with(b"");
+        pipe.send(&[b'x'; 8000]);
+        pipe.note_output_size();
+        assert_eq!(pipe.append_hint, 8000);
+        pipe.drop_output();
+        pipe.send(b"small");
+        pipe.note_output_size();
+        assert_eq!(pipe.append_hint, 7000, "an eighth less");
+        for _ in 0..40 {
+            pipe.drop_output();
+            pipe.send(b"small");
+            pipe.note_output_size();
+        }
+        assert!(pipe.append_hint < 100, "{}", pipe.append_hint);
     }
 
     /// A command sent with arguments appended: the ready bytes first, then a new `*N`
