@@ -307,16 +307,13 @@ impl<S: Rebase> Pipe<S> {
     }
 
     /// Remember the output's size as the next batch's [`Self::append`] hint when the proxy
-    /// appended to it, or an eighth less than the hint before when that is larger (reads
-    /// of one pipeline of clients' commands alternate between a large batch and a small
-    /// rest, and a hint from the small one would make the next large one grow twice, each
-    /// copying the output so far); bounded by the largest read, so one huge batch does not
-    /// make every later one reserve as much.
+    /// appended to it; bounded by the largest read, so one huge batch does not make every
+    /// later one reserve as much. Noted before the batch's first bytes are written, by a
+    /// flush or by the event loop's own write ([`Self::wrote`]), whichever comes first.
     #[inline]
     fn note_output_size(&mut self) {
         if self.appended {
-            let decayed = self.append_hint - self.append_hint / 8;
-            self.append_hint = self.output.len().max(decayed).min(crate::buffer::MAX_READ);
+            self.append_hint = self.output.len().min(crate::buffer::MAX_READ);
             self.appended = false;
         }
     }
@@ -324,6 +321,9 @@ impl<S: Rebase> Pipe<S> {
     /// `n` output bytes were written. An emptied output gives up its handle, so the read
     /// buffer can reuse the memory.
     pub fn wrote(&mut self, n: usize) {
+        // The batch's size before its first bytes leave (a flush after the write would
+        // find the output emptied).
+        self.note_output_size();
         self.output.advance(n);
         if self.output.is_empty() {
             self.output = BytesMut::new();
@@ -430,25 +430,22 @@ mod tests {
         );
     }
 
-    /// A small batch after a large one leaves the hint an eighth lower, not at the small
-    /// batch's size, so the next large batch still finds most of its room made at once; a
-    /// run of small batches brings it down.
+    /// A batch the event loop writes before any flush still sets the hint to its size: a
+    /// flush after the write finds the output emptied and leaves the hint alone, so the
+    /// next batch of rewrites finds its room made at once instead of regrowing (each
+    /// regrowth copying the output so far).
     #[test]
-    fn the_append_hint_comes_down_an_eighth_per_smaller_batch() {
+    fn a_batch_written_before_a_flush_still_sets_the_hint() {
         let mut pipe = pipe_with(b"");
-        pipe.send(&[b'x'; 8000]);
+        pipe.send(&[b'x'; 3000]);
+        pipe.wrote(1000);
+        assert_eq!(
+            pipe.append_hint, 3000,
+            "the batch's size before its first write"
+        );
+        pipe.wrote(2000);
         pipe.note_output_size();
-        assert_eq!(pipe.append_hint, 8000);
-        pipe.drop_output();
-        pipe.send(b"small");
-        pipe.note_output_size();
-        assert_eq!(pipe.append_hint, 7000, "an eighth less");
-        for _ in 0..40 {
-            pipe.drop_output();
-            pipe.send(b"small");
-            pipe.note_output_size();
-        }
-        assert!(pipe.append_hint < 100, "{}", pipe.append_hint);
+        assert_eq!(pipe.append_hint, 3000, "an emptied output leaves the hint");
     }
 
     /// A command sent with arguments appended: the ready bytes first, then a new `*N`
