@@ -143,6 +143,25 @@ pub fn judge_observed(
                     return Err(format!("{} appended to, with bytes left over", info.name));
                 }
             }
+            Verdict::Prepend { args, fixed, len } => {
+                out.rewritten += 1;
+                // What the session sends: a new `*N` line, the added, the client's arguments.
+                let wire = crate::guard::wire_args(src, start, end)
+                    .filter(|_| !inline && streaming.is_none())
+                    .ok_or_else(|| {
+                        format!("{} prepended to without its own encoding", info.name)
+                    })?;
+                let mut sent = Vec::new();
+                crate::resp::array_header(&mut sent, span.argc + args as usize);
+                sent.extend_from_slice(fixed);
+                sent.extend_from_slice(&scratch[..len]);
+                sent.extend_from_slice(&src[wire]);
+                check_rewrite(&sent, Some(sent.len()), 0, false)
+                    .map_err(|e| format!("{} prepended to: {e}", info.name))?;
+                if len != scratch.len() {
+                    return Err(format!("{} prepended to, with bytes left over", info.name));
+                }
+            }
             Verdict::Answer(reply) | Verdict::Refuse(reply) => {
                 out.answered += 1;
                 check_one_reply(&reply).map_err(|e| format!("{} answered: {e}", info.name))?;

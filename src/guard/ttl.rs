@@ -708,11 +708,7 @@ impl TtlGuard {
         }
         let wrappable = wrappable(cmd.info, cmd.argc + 4 + 4 * chosen.len());
         if wrappable {
-            wrap(cmd, &chosen, self.kinds.get(cmd.info).write_on_success, out);
-            return Verdict::Rewrite {
-                replacement: Some(out.len()),
-                hidden: 0,
-            };
+            return wrap(cmd, &chosen, self.kinds.get(cmd.info).write_on_success, out);
         }
         for &(key, rule, _) in &chosen {
             resp::array_header(out, 4);
@@ -811,15 +807,15 @@ impl TtlGuard {
         {
             return Verdict::Forward;
         }
-        if mode == KeyMode::SetOptions {
+        let v = if mode == KeyMode::SetOptions {
             wrap_set(cmd, key, rule, out);
+            Verdict::Rewrite {
+                replacement: Some(out.len()),
+                hidden: 0,
+            }
         } else {
             let write_on_success = self.kinds.get(cmd.info).write_on_success;
-            wrap(cmd, &[(key, rule, mode)], write_on_success, out);
-        }
-        let v = Verdict::Rewrite {
-            replacement: Some(out.len()),
-            hidden: 0,
+            wrap(cmd, &[(key, rule, mode)], write_on_success, out)
         };
         self.act(rule, action, v, client, &cmd.info.name, key)
     }
@@ -904,23 +900,41 @@ fn wrappable(info: &CommandInfo, total: usize) -> bool {
         && total <= MAX_WRAPPED_ARGS
 }
 
-/// Write `EVAL <script> <n> <keys…> <condition> <mode millis…> <command…>`: the
-/// script's arguments, then the client's command as it encoded it (for a streamed command,
-/// its head; the rest follows unchanged). No key's mode is [`KeyMode::SetOptions`].
+/// The verdict that sends `EVAL <script> <n> <keys…> <condition> <mode millis…>
+/// <command…>`: the script's arguments, then the client's command as it encoded it (for a
+/// streamed command, its head; the rest follows unchanged). No key's mode is
+/// [`KeyMode::SetOptions`].
+///
+/// A whole multibulk command wrapped for one key (almost every wrapped write) is a
+/// [`Verdict::Prepend`]: `out` gets the key and the rule's tail alone, and the session
+/// copies the script, encoded once, and the client's arguments straight into what Redis is
+/// sent; any other is written whole to `out` ([`Verdict::Rewrite`]).
 fn wrap(
     cmd: &CommandView<'_>,
     keys: &[WrappedKey<'_>],
     write_on_success: bool,
     out: &mut BytesMut,
-) {
+) -> Verdict {
     debug_assert!(
         keys.iter().all(|&(_, _, mode)| mode != KeyMode::SetOptions),
         "a SET's options have their own script"
     );
-    let n = keys.len();
-    resp::array_header(out, 3 + n + 1 + 2 * n + cmd.argc);
     // The condition, `ok` or `changed`, as a bulk string: by index into CONDITIONS.
     let condition = usize::from(!write_on_success);
+    if let [(key, rule, mode)] = keys {
+        if cmd.wire.is_some() && cmd.is_whole() {
+            resp::bulk(out, key);
+            out.extend_from_slice(&rule.limits.wrap_tails[condition][*mode as usize]);
+            // EVAL, the script, 1, the key, the condition, the mode's millis.
+            return Verdict::Prepend {
+                args: 7,
+                fixed: EVAL_SCRIPT_ONE_KEY.bytes(),
+                len: out.len(),
+            };
+        }
+    }
+    let n = keys.len();
+    resp::array_header(out, 3 + n + 1 + 2 * n + cmd.argc);
     if let [(key, rule, mode)] = keys {
         out.extend_from_slice(EVAL_SCRIPT_ONE_KEY.bytes());
         resp::bulk(out, key);
@@ -937,6 +951,10 @@ fn wrap(
         }
     }
     copy_command(cmd, out);
+    Verdict::Rewrite {
+        replacement: Some(out.len()),
+        hidden: 0,
+    }
 }
 
 /// The script's condition for setting the keys' expiries, encoded: `ok` (the command
@@ -987,6 +1005,73 @@ mod tests {
         guard
             .rule_for(key.as_bytes(), &client)
             .map(|r| r.pattern_source().to_string())
+    }
+
+    /// A write wrapped for one key goes out as the script's arguments before the client's
+    /// own encoding (`Verdict::Prepend`): put together as the session sends it, it is byte
+    /// for byte the command the general rewrite writes whole, for a wrapped HSET (condition
+    /// `changed`), a wrapped SETEX (`ok`) and a clamped EXPIRE and PERSIST (`LT`).
+    #[test]
+    fn a_wrap_prepended_to_the_clients_arguments_equals_the_whole_rewrite() {
+        use crate::guard::verdict::{find_keys, wire_args};
+        use crate::scanner::request::{Limits, RequestScanner, Step};
+        let (g, _) =
+            guard("[[guards.ttl.rules]]\npattern = \"*\"\nttl = \"1h\"\nmax_ttl = \"1d\"\n");
+        let table = CommandTable::builtin();
+        let client = ClientIdentity::new(([127, 0, 0, 1], 1).into());
+        for src in [
+            &b"*4\r\n$4\r\nHSET\r\n$3\r\nk:1\r\n$1\r\nf\r\n$5\r\nvalue\r\n"[..],
+            b"*4\r\n$5\r\nSETEX\r\n$3\r\nk:2\r\n$7\r\n9999999\r\n$1\r\nv\r\n",
+            b"*3\r\n$6\r\nEXPIRE\r\n$3\r\nk:3\r\n$7\r\n9999999\r\n",
+            b"*2\r\n$7\r\nPERSIST\r\n$3\r\nk:4\r\n",
+        ] {
+            let mut scanner = RequestScanner::new(Limits::default());
+            let Step::Command { start, end, .. } = scanner.scan(src) else {
+                panic!("a whole command");
+            };
+            let args = scanner.args();
+            let info = table.lookup(&args.iter().map(|r| &src[r.clone()]).collect::<Vec<_>>());
+            let mut keys = Vec::new();
+            find_keys(info, src, args, args.len(), &mut keys);
+            let mut view = CommandView {
+                src,
+                args,
+                keys: &keys,
+                info,
+                argc: args.len(),
+                access: ScriptAccess::Allowed,
+                streaming: None,
+                size: src.len() as u64,
+                wire: wire_args(src, start, end),
+                watch: Default::default(),
+            };
+            let mut out = BytesMut::new();
+            let Verdict::Prepend {
+                args: added,
+                fixed,
+                len,
+            } = g.check(&view, &client, &mut out)
+            else {
+                panic!("{} not prepended to", info.name);
+            };
+            let mut sent = Vec::new();
+            resp::array_header(&mut sent, view.argc + added as usize);
+            sent.extend_from_slice(fixed);
+            sent.extend_from_slice(&out[..len]);
+            sent.extend_from_slice(&src[view.wire.clone().expect("multibulk")]);
+            // Without the client's encoding at hand, the guard writes the whole command.
+            view.wire = None;
+            let mut whole = BytesMut::new();
+            let Verdict::Rewrite {
+                replacement: Some(n),
+                hidden: 0,
+            } = g.check(&view, &client, &mut whole)
+            else {
+                panic!("{} not rewritten whole", info.name);
+            };
+            assert_eq!(sent, &whole[..n], "{}", info.name);
+            assert!(sent.starts_with(b"*"), "{}", info.name);
+        }
     }
 
     #[test]

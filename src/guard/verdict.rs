@@ -8,6 +8,8 @@
 //!   commands whose replies the client never sees;
 //! - [`Verdict::Append`]: send the command as the client encoded it, with arguments the
 //!   guard wrote after its own (the client's bytes are not copied into the guard's buffer);
+//! - [`Verdict::Prepend`]: the same with arguments before its own, the first of them
+//!   fixed bytes the guard encoded once (a script), copied only into what Redis is sent;
 //! - [`Verdict::Answer`]: reply to the client without asking Redis;
 //! - [`Verdict::Refuse`]: reply with an error that names the guard, the rule and the reason.
 //!
@@ -39,6 +41,16 @@ pub enum Verdict {
     /// (the added arguments, encoded). Only for a whole command sent in multibulk form
     /// ([`CommandView::wire`] is known).
     Append { args: u32, len: usize },
+    /// Send the command with `args` more arguments before its own: a new `*N` line,
+    /// `fixed` (arguments encoded once, such as a script), the first `len` bytes the guard
+    /// wrote (the rest of the added arguments, encoded), then the client's own encoding of
+    /// its arguments. Only for a whole command sent in multibulk form
+    /// ([`CommandView::wire`] is known).
+    Prepend {
+        args: u32,
+        fixed: &'static [u8],
+        len: usize,
+    },
     /// Answer the client with these bytes; Redis never sees the command.
     Answer(Bytes),
     /// Refuse the command with this error reply; Redis never sees the command.

@@ -232,6 +232,26 @@ impl<S: Rebase> Pipe<S> {
         self.scanner.rebase(size);
     }
 
+    /// Send the whole multibulk command at the front of the unready input (its first
+    /// `size` bytes, after the ready ones, which move first) with arguments added before
+    /// its own: a new `*argc` line, `fixed` and `added` (the added arguments, encoded), then
+    /// a copy of the client's own encoding of its arguments; the command's bytes leave the
+    /// input. One reservation for all four.
+    pub fn replace_with_prepended(&mut self, argc: usize, size: usize, fixed: &[u8], added: &[u8]) {
+        self.move_ready();
+        let wire = wire_args(self.input.bytes(), 0, size).unwrap_or(size..size);
+        debug_assert!(wire.start > 0, "a multibulk command");
+        // The `*argc` line takes at most 23 bytes.
+        self.make_room(23 + fixed.len() + added.len() + wire.len());
+        let out = &mut self.output;
+        resp::array_header(out, argc);
+        out.extend_from_slice(fixed);
+        out.extend_from_slice(added);
+        out.extend_from_slice(&self.input.bytes()[wire]);
+        self.input.discard(size);
+        self.scanner.rebase(size);
+    }
+
     /// Append bytes the scanner holds (an inline command's multibulk form) to the output.
     #[inline]
     pub fn send_from_scanner(&mut self, bytes: impl FnOnce(&S) -> &[u8]) {
@@ -288,7 +308,8 @@ impl<S: Rebase> Pipe<S> {
 
     /// Remember the output's size as the next batch's [`Self::append`] hint when the proxy
     /// appended to it; bounded by the largest read, so one huge batch does not make every
-    /// later one reserve as much.
+    /// later one reserve as much. Noted before the batch's first bytes are written, by a
+    /// flush or by the event loop's own write ([`Self::wrote`]), whichever comes first.
     #[inline]
     fn note_output_size(&mut self) {
         if self.appended {
@@ -300,6 +321,9 @@ impl<S: Rebase> Pipe<S> {
     /// `n` output bytes were written. An emptied output gives up its handle, so the read
     /// buffer can reuse the memory.
     pub fn wrote(&mut self, n: usize) {
+        // The batch's size before its first bytes leave (a flush after the write would
+        // find the output emptied).
+        self.note_output_size();
         self.output.advance(n);
         if self.output.is_empty() {
             self.output = BytesMut::new();
@@ -404,6 +428,24 @@ mod tests {
             crate::buffer::MAX_READ,
             "nothing appended since"
         );
+    }
+
+    /// A batch the event loop writes before any flush still sets the hint to its size: a
+    /// flush after the write finds the output emptied and leaves the hint alone, so the
+    /// next batch of rewrites finds its room made at once instead of regrowing (each
+    /// regrowth copying the output so far).
+    #[test]
+    fn a_batch_written_before_a_flush_still_sets_the_hint() {
+        let mut pipe = pipe_with(b"");
+        pipe.send(&[b'x'; 3000]);
+        pipe.wrote(1000);
+        assert_eq!(
+            pipe.append_hint, 3000,
+            "the batch's size before its first write"
+        );
+        pipe.wrote(2000);
+        pipe.note_output_size();
+        assert_eq!(pipe.append_hint, 3000, "an emptied output leaves the hint");
     }
 
     /// A command sent with arguments appended: the ready bytes first, then a new `*N`

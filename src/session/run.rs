@@ -49,11 +49,29 @@ impl Session {
     /// [`Self::on_command`] would. The run stops before the command the keyspace insight
     /// observes next, and at anything not whole or not read in one step; the general scan
     /// reads those.
+    ///
+    /// A command of no special kind that a guard wants and that goes to Redis as the guards
+    /// decided (as sent, or with arguments added) changes nothing the request loop tests
+    /// before a run: the run goes on after it, without going back through the loop's
+    /// tests, unless the reply queue is full.
     #[inline]
     pub(super) fn forward_run(&mut self) -> Run {
         if !self.forwards_unread() {
             return Run::Forwarded(0);
         }
+        loop {
+            match self.forward_part() {
+                Part::Ended(run) => return run,
+                Part::Passed if self.state.queue().is_full() => return Run::Decided,
+                Part::Passed => {}
+            }
+        }
+    }
+
+    /// One part of [`Self::forward_run`]: the ordinary commands up to the first other one,
+    /// and that one decided.
+    #[inline]
+    fn forward_part(&mut self) -> Part {
         let insight = self.policy.keyspace.as_deref();
         let mut limit = self.state.queue().room();
         if let Some(insight) = insight {
@@ -100,13 +118,15 @@ impl Session {
             insight.passed(sent + usize::from(decided));
         }
         let Some((span, facts)) = taken else {
-            return Run::Forwarded(sent);
+            return Part::Ended(Run::Forwarded(sent));
         };
         match facts {
             // Of no special kind, on a connection the run found open to such commands (a
             // guard wants it, or it is inside MULTI or under CLIENT REPLY).
             Some(info) if info.plain && info.id != table.unknown().id => {
-                self.decide_plain(info, span)
+                if self.decide_plain(info, span) {
+                    return Part::Passed;
+                }
             }
             // Known by its name: the run stopped at it because it is not ordinary here.
             Some(info) => self.decide(info, span, false),
@@ -116,8 +136,16 @@ impl Session {
                 self.forward_or_decide(info, span, false);
             }
         }
-        Run::Decided
+        Part::Ended(Run::Decided)
     }
+}
+
+/// How a part of a run ended ([`Session::forward_part`]).
+enum Part {
+    /// The run ended so.
+    Ended(Run),
+    /// A command a guard wants went to Redis as decided: the run may go on.
+    Passed,
 }
 
 /// How a run of commands read in one step ended ([`Session::forward_run`]).

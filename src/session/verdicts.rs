@@ -114,10 +114,11 @@ impl Session {
     /// [`Self::decide`] for a command [`Self::is_plain_here`] accepts (most often one a guard
     /// wants), not observed: the proxy's own commands, authentication, a lane's local
     /// answers and pins have nothing to do with it, so what is left is the hold while the
-    /// access probe is in flight, the guards and carrying their verdict out.
-    pub(super) fn decide_plain(&mut self, info: CommandFacts, span: Span) {
+    /// access probe is in flight, the guards and carrying their verdict out. True when the
+    /// command went to Redis (not held, answered or refused).
+    pub(super) fn decide_plain(&mut self, info: CommandFacts, span: Span) -> bool {
         if self.hold_for_probe(info.id, span.start) {
-            return;
+            return false;
         }
         self.commands_in_batch += 1;
         let mut watch = None;
@@ -126,7 +127,7 @@ impl Session {
         } else {
             Verdict::Forward
         };
-        self.carry_out(info, span, verdict, watch);
+        self.carry_out(info, span, verdict, watch)
     }
 
     /// Do what `verdict` says with the command at `span`: answer it locally (false), or
@@ -151,6 +152,7 @@ impl Session {
                 hidden,
             } => (Outgoing::AsSent, hidden),
             Verdict::Append { args, len } => (Outgoing::Appended { args, len }, 0),
+            Verdict::Prepend { args, fixed, len } => (Outgoing::Prepended { args, fixed, len }, 0),
             Verdict::Answer(reply) | Verdict::Refuse(reply) => {
                 self.refuse(info.id, reply, span);
                 return false;
@@ -193,6 +195,14 @@ impl Session {
                     .replace_with_appended(argc, size, &self.scratch[..len]);
                 len
             }
+            Outgoing::Prepended { args, fixed, len } => {
+                debug_assert!(!span.inline, "a multibulk command");
+                let argc = span.argc + args as usize;
+                let size = span.end - span.start;
+                self.requests
+                    .replace_with_prepended(argc, size, fixed, &self.scratch[..len]);
+                len
+            }
         }
     }
 
@@ -227,8 +237,9 @@ impl Session {
                 self.streaming = Some(StreamTo::Discard);
                 return;
             }
-            // A guard appends only to a whole command (`rewrite::appending`).
-            Verdict::Forward | Verdict::Append { .. } => (None, None),
+            // A guard adds arguments only to a whole command (`rewrite::appending`,
+            // the TTL guard's `wrap`).
+            Verdict::Forward | Verdict::Append { .. } | Verdict::Prepend { .. } => (None, None),
             Verdict::Rewrite {
                 replacement,
                 hidden,
@@ -377,4 +388,10 @@ enum Outgoing {
     Replaced(usize),
     /// With `args` arguments (the first `len` scratch bytes) after its own.
     Appended { args: u32, len: usize },
+    /// With `args` arguments (`fixed`, then the first `len` scratch bytes) before its own.
+    Prepended {
+        args: u32,
+        fixed: &'static [u8],
+        len: usize,
+    },
 }
