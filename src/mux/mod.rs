@@ -7,8 +7,8 @@
 //! [`pinned`] pool, once its commands on the lane have been answered (so Redis runs them in
 //! the order the client sent them). State that ends (a transaction, a blocking command, a
 //! subscription) gives the connection back when it does, and the client returns to a
-//! lane; state kept for the connection's life (HELLO ... SETNAME, CLIENT NO-EVICT,
-//! MONITOR, RESET ...) keeps it. A client's name (CLIENT SETNAME) is kept by the session
+//! lane; state kept for the connection's life (CLIENT NO-EVICT, MONITOR, RESET ...)
+//! keeps it. A client's name (CLIENT SETNAME, HELLO ... SETNAME) is kept by the session
 //! and given to each connection of its own it takes.
 //!
 //! State the proxy can keep per client instead picks which lanes the client shares: lanes

@@ -29,9 +29,12 @@ pub(super) enum Intercept {
 
 impl Session {
     /// What the proxy itself does with a command before the guards: its `RESPGUARD`
-    /// command, and client authentication when `[auth]` lists users. Two comparisons for
-    /// any other command.
+    /// command, client authentication when `[auth]` lists users, and a HELLO naming a
+    /// multiplexed client (`hello`). Three comparisons for any other command.
     pub(super) fn intercept(&mut self, info: &CommandFacts, span: Span) -> Intercept {
+        if info.special == Special::Hello && self.hello_without_name(span) {
+            return Intercept::Replace;
+        }
         let unknown = info.id == self.shared.table.unknown().id;
         let auth = self.policy.auth.required();
         let auth_command = matches!(

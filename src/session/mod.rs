@@ -40,6 +40,7 @@
 //! silent Redis, a lost one), `tunnel` (SYNC/PSYNC).
 
 mod ending;
+mod hello;
 mod intercept;
 mod pipe;
 mod replies;

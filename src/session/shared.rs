@@ -17,7 +17,7 @@
 //!   leaves the lane for a connection of its own from the pinned pool ([`Session::pin`]),
 //!   and the command goes there. Redis thus runs the client's commands in the order it sent
 //!   them. QUIT is the exception: answered by the session, never sent to the shared
-//!   connection; and AUTH, SELECT and HELLO (without SETNAME), which move the client to
+//!   connection; and AUTH, SELECT and HELLO, which move the client to
 //!   the lanes of its user, database and protocol instead (`switch`).
 //! - **Unpinning**: once that connection owes nothing and holds no state the session
 //!   follows (no transaction or watched key, no subscription, replies on), the session
@@ -38,7 +38,7 @@ use crate::scanner::reply::ReplyScanner;
 
 /// Whether Redis accepts `value` as a library attribute: printable ASCII without spaces
 /// (so `CLIENT LIST` stays splittable), or empty (which clears it).
-fn is_printable_attribute(value: &[u8]) -> bool {
+pub(super) fn is_printable_attribute(value: &[u8]) -> bool {
     value.iter().all(|b| (b'!'..=b'~').contains(b))
 }
 
@@ -83,8 +83,8 @@ impl Session {
         if pins && !self.policy.auth.required() {
             match info.special {
                 Special::Hello => {
-                    if let Some((protocol, user)) = self.hello_arguments(span) {
-                        return self.hello_on_lane(span, protocol, user);
+                    if let Some(hello) = self.hello_arguments(span) {
+                        return self.hello_on_lane(span, hello.protocol, hello.user);
                     }
                 }
                 Special::Auth => return self.auth_on_lane(span),
@@ -107,30 +107,6 @@ impl Session {
         };
         name.eq_ignore_ascii_case(b"select")
             .then(|| Bytes::copy_from_slice(db))
-    }
-
-    /// For `HELLO` with at most a protocol version and an AUTH clause (`HELLO`, `HELLO v`,
-    /// `HELLO v AUTH user password`): the version when Redis accepts it (`None` for none or
-    /// one it refuses, which it refuses before reading the rest), and the clause's
-    /// credentials with an accepted version. `None` when HELLO has any other argument
-    /// (SETNAME: state for the connection's life; a syntax error).
-    fn hello_arguments(&self, span: Span) -> Option<(Option<u8>, Option<LaneUser>)> {
-        let cmd = self.current(span);
-        let protocol = match cmd.arg(1) {
-            Some(b"2") => Some(2),
-            Some(b"3") => Some(3),
-            _ => None,
-        };
-        match (cmd.arg(2), cmd.arg(3), cmd.arg(4), cmd.arg(5)) {
-            (None, ..) => Some((protocol, None)),
-            _ if protocol.is_none() => Some((None, None)),
-            (Some(auth), Some(user), Some(password), None)
-                if auth.eq_ignore_ascii_case(b"auth") =>
-            {
-                Some((protocol, LaneUser::from_auth_args(&[user, password])))
-            }
-            _ => None,
-        }
     }
 
     /// The credentials of `AUTH` at `span`, when it has one or two arguments (any other

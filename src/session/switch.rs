@@ -36,7 +36,7 @@
 //! protocol: HELLO for the protocol in use, with no argument, or with a version Redis
 //! refuses goes to the client's lane; another protocol's goes to a lane of that identity
 //! (a RESP3 lane's handshake is `HELLO 3`), and its reply is Redis's, `id` included: the
-//! shared connection's. HELLO with SETNAME still pins for good.
+//! shared connection's. HELLO's SETNAME clause is the session's (`hello`).
 //!
 //! [`Session::lane_identity`] is the one record of which identity's lanes the client uses;
 //! a connection of its own taken from the pool (which opens them with the URL's identity)

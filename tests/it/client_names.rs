@@ -86,3 +86,47 @@ async fn client_setname_is_kept_without_a_connection_of_its_own() {
     assert_eq!(pipelined(&mut other, transaction).await, want);
     proxy.shutdown().await;
 }
+
+/// `HELLO v SETNAME name` names the client on shared connections too (go-redis and Lettuce
+/// send it at connect when given a client name): Redis's reply (its `id` aside: a shared
+/// connection's), CLIENT GETNAME, a version Redis refuses: byte for byte what a direct
+/// connection gets; Redis shows no connection of the client's own and no shared one
+/// renamed. A name Redis refuses gets Redis's own error.
+#[tokio::test]
+async fn hello_with_setname_names_the_client_on_shared_connections() {
+    let script: &[&[&str]] = &[
+        &["HELLO", "3", "SETNAME", "app"],
+        &["CLIENT", "GETNAME"],
+        &["GET", "nothing"],
+        &["HELLO", "2", "SETNAME", "app2"],
+        &["CLIENT", "GETNAME"],
+        &["HELLO", "4", "SETNAME", "other"],
+        &["CLIENT", "GETNAME"],
+    ];
+    let refused: &[&[&str]] = &[&["HELLO", "3", "SETNAME", "a b"], &["CLIENT", "GETNAME"]];
+    let reference = RedisServer::start();
+    let mut direct = Conn::open(reference.addr()).await;
+    let want = mask(&pipelined(&mut direct, script).await);
+    let mut direct = Conn::open(reference.addr()).await;
+    let want_refused = pipelined(&mut direct, refused).await;
+    assert!(
+        want_refused.starts_with("-ERR Client names"),
+        "{want_refused}"
+    );
+
+    let server = RedisServer::start();
+    let proxy = mux_proxy(&server, |_| {}).await;
+    let mut watcher = Watcher::open(&server).await;
+    let mut c = Conn::open(proxy.addr).await;
+    assert_eq!(mask(&pipelined(&mut c, script).await), want);
+    let shared = only_shared(&mut watcher, "the named client on shared connections").await;
+    assert!(
+        shared
+            .iter()
+            .all(|c| c.name == crate::multiplexed::SHARED_NAME),
+        "{shared:?}"
+    );
+    let mut other = Conn::open(proxy.addr).await;
+    assert_eq!(pipelined(&mut other, refused).await, want_refused);
+    proxy.shutdown().await;
+}

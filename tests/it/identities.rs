@@ -455,31 +455,6 @@ async fn hello_moves_a_client_to_the_shared_connections_of_its_protocol() {
     proxy.shutdown().await;
 }
 
-/// HELLO with SETNAME (or AUTH) keeps state for the connection's life: the client gets a
-/// connection of its own for good, named as asked, with Redis's reply.
-#[tokio::test]
-async fn hello_with_setname_keeps_a_connection_of_its_own() {
-    let server = RedisServer::start();
-    let proxy = mux_proxy(&server, |_| {}).await;
-    let mut watcher = Watcher::open(&server).await;
-    let mut direct = watcher.direct(&server).await;
-    let want = mask(&direct.call(&["HELLO", "3", "SETNAME", "app"]).await);
-    let mut c = Conn::open(proxy.addr).await;
-    assert_eq!(c.call(&["PING"]).await, "+PONG\r\n");
-    let got = mask(&c.call(&["HELLO", "3", "SETNAME", "app"]).await);
-    assert_eq!(got, want);
-    assert_eq!(c.call(&["GET", "nothing"]).await, "_\r\n");
-    eventually!(WAIT, "a connection of its own named app", {
-        let (_, dedicated) = connections(&mut watcher).await;
-        if dedicated.len() == 1 && dedicated[0].name == "app" {
-            Ok(())
-        } else {
-            Err(format!("{dedicated:?}"))
-        }
-    });
-    proxy.shutdown().await;
-}
-
 /// A RESP3 client in database 4 that opens a transaction gets a connection of its own in
 /// RESP3 and database 4 (hidden `SELECT 4` and `HELLO 3` first), its replies as a direct
 /// connection's; after EXEC it has none, and its writes are in database 4.

@@ -414,11 +414,11 @@ async fn commands_without_connection_state_never_pin() {
 
 /// Each kind of command that uses connection state pins the client that sends it:
 /// MULTI, WATCH, the blocking commands, WAIT, the three SUBSCRIBEs, MONITOR,
-/// HELLO with SETNAME, RESET, CLIENT subcommands but SETNAME, READONLY, READWRITE, ASKING. The client gets
+/// RESET, CLIENT subcommands but SETNAME, READONLY, READWRITE, ASKING. The client gets
 /// the replies a direct connection gets; after a GET it has no connection of its own
 /// (multiplexed). Once the state ends (EXEC, DISCARD, UNWATCH, the blocking command or
 /// WAIT answered, the last subscription gone) it has none again, and its next GET uses
-/// none; after a command whose state lasts (HELLO SETNAME, CLIENT, MONITOR, RESET,
+/// none; after a command whose state lasts (CLIENT, MONITOR, RESET,
 /// the cluster flags) it keeps exactly one, still after its next GET, freed when the client
 /// leaves. Per client, it has one connection throughout. (`pinned_idle = 0`: a connection
 /// given back is closed, so Redis shows it gone.) SELECT and HELLO 2|3 move a client to
@@ -475,10 +475,6 @@ async fn each_command_using_connection_state_pins_its_client_while_the_state_las
             &[&["SSUBSCRIBE", "pin:sh"], &["SUNSUBSCRIBE", "pin:sh"]],
         ),
         ("MONITOR", &[&["MONITOR"], &["RESET"]]),
-        (
-            "HELLO 3 SETNAME",
-            &[&["HELLO", "3", "SETNAME", "h"], &["GET", "pin"]],
-        ),
         ("RESET", &[&["RESET"]]),
         ("CLIENT NO-EVICT", &[&["CLIENT", "NO-EVICT", "off"]]),
         ("CLIENT REPLY", &[&["CLIENT", "REPLY", "ON"]]),
