@@ -61,9 +61,12 @@ impl ReadRules {
 }
 
 /// Whether the command table lets `info` run on a replica: flagged `readonly`, and not
-/// `blocking`.
+/// `blocking`. TOUCH is the exception: Redis flags it read-only, but its purpose is the
+/// access time that eviction reads on the primary, which a replica's copy would not move.
 pub fn may_read_from_replica(info: &CommandInfo) -> bool {
-    info.flags.contains(Flags::READONLY) && !info.flags.contains(Flags::BLOCKING)
+    info.flags.contains(Flags::READONLY)
+        && !info.flags.contains(Flags::BLOCKING)
+        && &*info.name != "touch"
 }
 
 /// Whether a replica's reply says it cannot serve reads now: loading its data set, or cut
@@ -118,7 +121,7 @@ mod tests {
             assert!(may(name), "{name}");
         }
         for name in [
-            "SET", "EVAL", "EVALSHA", "FCALL", "BLPOP", "XREAD", "NOSUCH",
+            "SET", "EVAL", "EVALSHA", "FCALL", "BLPOP", "XREAD", "TOUCH", "NOSUCH",
         ] {
             assert!(!may(name), "{name}");
         }
