@@ -68,7 +68,7 @@ impl Session {
     /// SETNAME clause, written to the scratch buffer (its reply does not depend on it; the
     /// name is kept once Redis answers). False when it is not one.
     pub(super) fn hello_without_name(&mut self, span: Span) -> bool {
-        if self.upstream.lane().is_none() || self.policy.auth.required() {
+        if self.upstream.lane().is_none() {
             return false;
         }
         let Some(HelloRequest {
@@ -79,6 +79,10 @@ impl Session {
         else {
             return false;
         };
+        if user.is_some() && self.policy.auth.required() {
+            // A proxy user's AUTH clause: `[auth]` rewrites it, on a connection of its own.
+            return false;
+        }
         let version = [b'0' + protocol];
         let mut args: Vec<&[u8]> = vec![b"HELLO", &version];
         if let Some(user) = &user {

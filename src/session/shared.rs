@@ -80,14 +80,20 @@ impl Session {
             }
             _ => true,
         };
-        if pins && !self.policy.auth.required() {
+        // Under `[auth]`, AUTH and HELLO's AUTH clause name a proxy user, not a Redis one:
+        // they keep a connection of their own.
+        let proxy_auth = self.policy.auth.required();
+        if pins {
             match info.special {
                 Special::Hello => {
                     if let Some(hello) = self.hello_arguments(span) {
-                        return self.hello_on_lane(span, hello.protocol, hello.user);
+                        if hello.user.is_none() || !proxy_auth {
+                            return self.hello_on_lane(span, hello.protocol, hello.user);
+                        }
                     }
                 }
-                Special::Auth => return self.auth_on_lane(span),
+                Special::Auth if !proxy_auth => return self.auth_on_lane(span),
+                Special::Auth => {}
                 _ => {
                     if let Some(arg) = self.select_argument(span) {
                         return self.select_on_lane(info, span, &arg);

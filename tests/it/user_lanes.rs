@@ -316,8 +316,9 @@ upstream_password = "bpw"
 /// Clients respguard authenticates itself (`[auth]`) share the connections of the Redis
 /// user each is mapped to: after `AUTH app ...` (or `HELLO 3 AUTH ...`) the client runs as
 /// alice, with alice's permissions, on alice's shared connections; a wrong password is
-/// refused by the proxy; a transaction takes a connection of its own as alice and gives it
-/// back. Redis shows no connection of a client's own at the end, and shared ones as
+/// refused by the proxy; SELECT and `HELLO 2 SETNAME` keep the client on shared connections
+/// (the name kept by the proxy, no shared connection renamed); a transaction takes a
+/// connection of its own as alice and gives it back. Redis shows no connection of a client's own at the end, and shared ones as
 /// alice and bob only.
 #[tokio::test]
 async fn clients_the_proxy_authenticates_share_their_redis_users_connections() {
@@ -358,8 +359,17 @@ async fn clients_the_proxy_authenticates_share_their_redis_users_connections() {
         .await;
     assert!(hello.starts_with("%7\r\n"), "{hello}");
     assert_eq!(resp3.call(&["ACL", "WHOAMI"]).await, "$5\r\nalice\r\n");
+    // SELECT and a name given by HELLO keep an authenticated client on shared connections.
+    assert_eq!(clients[2].call(&["SELECT", "5"]).await, "+OK\r\n");
+    assert_eq!(clients[2].call(&["SET", "b:5", "v"]).await, "+OK\r\n");
+    let named = clients[1].call(&["HELLO", "2", "SETNAME", "worker"]).await;
+    assert!(named.starts_with("*14\r\n"), "{named}");
+    let name = clients[1].call(&["CLIENT", "GETNAME"]).await;
+    assert_eq!(name, "$6\r\nworker\r\n");
     let users = shared_users(&mut watcher, "authenticated clients on shared connections").await;
     assert_eq!(users, ["alice", "bob"].map(String::from).into());
+    let shared = only_shared(&mut watcher, "no shared connection renamed").await;
+    assert!(shared.iter().all(|c| c.name != "worker"), "{shared:?}");
 
     let transaction: &[&[&str]] = &[&["MULTI"], &["SET", "a:3", "t"], &["EXEC"]];
     assert_eq!(
