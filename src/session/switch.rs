@@ -111,11 +111,6 @@ impl Session {
         if let (Some(user), Some(lanes)) = (user, &self.shared.lanes) {
             target.user = lanes.user_of(user);
         }
-        if target == self.lane_identity {
-            // Redis checks the password again on the client's lane; a success changes
-            // nothing there, a refusal changes nothing either.
-            return false;
-        }
         self.switch_lanes(target, span)
     }
 
@@ -132,17 +127,19 @@ impl Session {
             user: lanes.user_of(user),
             ..self.lane_identity.clone()
         };
-        if target == self.lane_identity {
-            return false;
-        }
         self.switch_lanes(target, span)
     }
 
     /// The command at `span` moves the client to the lanes of `target`: held until the
     /// client's lane owes nothing (Redis runs its commands in order), then sent on a lane of
     /// `target`; past `upstream.shared_identities`, held for a connection of its own, for
-    /// good. True when held here.
+    /// good; for the identity in use, nothing. True when held here.
     fn switch_lanes(&mut self, target: LaneIdentity, span: Span) -> bool {
+        if target == self.lane_identity {
+            // The identity in use: the command goes to the client's lane, where Redis
+            // answers it (an AUTH's password checked again, changing nothing either way).
+            return false;
+        }
         if !self.state.queue().is_empty() {
             // Redis runs the client's commands in order: the old lane answers first.
             self.requests.scanner_mut().unscan(span.start);
