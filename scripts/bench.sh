@@ -42,7 +42,8 @@
 # respguard+all-noinsight (every guard, the keyspace insight off; respguard+all keeps it at
 # its default sample rate), respguard+all-insight-every (the insight observing every command),
 # respguard-mux and respguard-mux+all (guards off, and every guard, with
-# upstream.connections = "multiplexed").
+# upstream.connections = "multiplexed"), respguard-mux-percore and respguard-mux+all-percore
+# (the same with proxy.runtime = "per-core": shared connections per serving thread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,6 +94,20 @@ if wanted respguard-mux+all; then
   start_respguard "ports[respguard-mux+all]" "$CONF_ALL_GUARDS
 [upstream]
 connections = \"multiplexed\""
+fi
+if wanted respguard-mux-percore; then
+  start_respguard "ports[respguard-mux-percore]" "$CONF_GUARDS_OFF
+[upstream]
+connections = \"multiplexed\"
+[proxy]
+runtime = \"per-core\""
+fi
+if wanted respguard-mux+all-percore; then
+  start_respguard "ports[respguard-mux+all-percore]" "$CONF_ALL_GUARDS
+[upstream]
+connections = \"multiplexed\"
+[proxy]
+runtime = \"per-core\""
 fi
 if wanted respguard+all-noinsight; then
   start_respguard "ports[respguard+all-noinsight]" "$CONF_ALL_GUARDS
@@ -197,7 +212,10 @@ ttl_test() { [[ " $TTL_TESTS " == *" $1 "* ]]; }
 runs_in() { ! carries_ttl "$1" || ttl_test "$2"; }
 # Whether Redis holds TARGET's TTLs after a TTL row: every target that carries them, and
 # respguard+all and respguard-mux+all (whose TTL guard adds them).
-stores_ttl() { carries_ttl "$1" || [ "$1" = respguard+all ] || [ "$1" = respguard-mux+all ]; }
+stores_ttl() {
+  carries_ttl "$1" || [ "$1" = respguard+all ] || [ "$1" = respguard-mux+all ] \
+    || [ "$1" = respguard-mux+all-percore ]
+}
 
 # A value of $1 bytes, as redis-benchmark -d writes it.
 value_of() { head -c "$1" /dev/zero | tr '\0' x; }

@@ -22,14 +22,14 @@ use crate::cluster::read_rules::ReadRules;
 use crate::cluster::view::ClusterView;
 use crate::cluster::ClusterUpstream;
 use crate::command::{CommandTable, TableSource};
-use crate::config::{Config, ConfigError, ConnectionModel, ListenerTls, UpstreamTls};
+use crate::config::{Config, ConfigError, ConnectionModel, ListenerTls, RuntimeModel, UpstreamTls};
 use crate::control::{Control, Policy, StatusSources};
 use crate::guard::queue::QueueDepths;
 use crate::guard::GuardContext;
 use crate::health::UpstreamHealth;
 use crate::listener::Intake;
 use crate::monitor::Monitor;
-use crate::mux::{MuxSettings, SharedConnections, UnreadLimit};
+use crate::mux::{LanesPerThread, MuxSettings, UnreadLimit};
 use crate::pressure::MemoryPressure;
 use crate::runtime::{self, Serving};
 use crate::sentinel::SentinelWatcher;
@@ -273,10 +273,16 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             },
             reply_timeout,
         };
-        Arc::new(SharedConnections::new(
+        // Per-core, each serving thread has its own lanes (mux::threads).
+        let threads = match raw.proxy.runtime {
+            RuntimeModel::PerCore => runtime::serving_threads(raw.proxy.worker_threads),
+            RuntimeModel::MultiThread => 1,
+        };
+        Arc::new(LanesPerThread::new(
             settings,
             Arc::clone(&gate),
             shutdown_rx.clone(),
+            threads,
         ))
     });
     let shared = Arc::new(Shared {

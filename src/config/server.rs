@@ -152,7 +152,8 @@ pub struct RawUpstream {
     /// `per-client` (a Redis connection per client) or `multiplexed` (clients share
     /// `shared_connections`, and move to their own connection when they use connection state).
     pub connections: ConnectionModel,
-    /// With `connections = "multiplexed"`: how many Redis connections the clients share.
+    /// With `connections = "multiplexed"`: how many Redis connections the clients share
+    /// (per serving thread with `proxy.runtime = "per-core"`).
     pub shared_connections: usize,
     /// With `connections = "multiplexed"`: most connections of their own in use at once, for
     /// clients holding connection state (a transaction, a blocking command, SELECT ...). A

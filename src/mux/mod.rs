@@ -31,6 +31,7 @@ pub(crate) mod identity;
 pub(crate) mod lane;
 pub(crate) mod pinned;
 pub(crate) mod router;
+pub(crate) mod threads;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,7 @@ use pinned::PinnedConnections;
 
 pub use identity::{LaneIdentity, LaneUser};
 pub use lane::{SlowReader, UnreadLimit, LANE_NAME};
+pub use threads::{serve_on_thread, LanesPerThread};
 
 /// How multiplexing is set up, from `[upstream]` and `[proxy]`.
 #[derive(Debug, Clone, Copy)]
@@ -110,27 +112,23 @@ pub struct SharedConnections {
     settings: MuxSettings,
     gate: Arc<ConnectGate>,
     shutdown: watch::Receiver<bool>,
-    pinned: PinnedConnections,
+    pinned: Arc<PinnedConnections>,
 }
 
 impl SharedConnections {
-    /// The lanes and the pool as `settings` say, through `gate`, none connected until used.
+    /// The lanes as `settings` say, through `gate`, none connected until used, and
+    /// `pinned`, the pool of connections of their own (one proxy-wide: see [`threads`]).
     pub fn new(
         settings: MuxSettings,
         gate: Arc<ConnectGate>,
         shutdown: watch::Receiver<bool>,
+        pinned: Arc<PinnedConnections>,
     ) -> Self {
         let home = LaneIdentity {
             user: None,
             db: gate.target().db,
             protocol: 2,
         };
-        let pinned = PinnedConnections::new(
-            Arc::clone(&gate),
-            settings.pinned,
-            settings.pinned_wait,
-            settings.pinned_idle,
-        );
         let mut connections = SharedConnections {
             home: LaneGroup {
                 identity: home.clone(),
@@ -145,6 +143,7 @@ impl SharedConnections {
             pinned,
         };
         connections.home = connections.group(home);
+        identities_gauge().increment(1.0);
         connections
     }
 
@@ -178,7 +177,7 @@ impl SharedConnections {
     }
 
     /// The connections of their own, for clients using connection state.
-    pub(crate) fn pinned(&self) -> &PinnedConnections {
+    pub(crate) fn pinned(&self) -> &Arc<PinnedConnections> {
         &self.pinned
     }
 
@@ -214,6 +213,7 @@ impl SharedConnections {
             // Redis refused it last time: new lanes ask again (a refusal may pass, as a
             // busy script's does), and the old ones close once their clients leave.
             others.swap_remove(i).retire();
+            identities_gauge().decrement(1.0);
         }
         if others.len() + 1 >= self.max_identities {
             Self::close_unused(&mut others);
@@ -234,7 +234,7 @@ impl SharedConnections {
         let group = Arc::new(self.group(identity.clone()));
         let link = group.attach();
         others.push(group);
-        metrics::gauge!("respguard_shared_identities").set((others.len() + 1) as f64);
+        identities_gauge().increment(1.0);
         Some(link)
     }
 
@@ -246,9 +246,14 @@ impl SharedConnections {
             let keep = !group.is_refused() && group.links() > 0;
             if !keep {
                 group.retire();
+                identities_gauge().decrement(1.0);
             }
             keep
         });
-        metrics::gauge!("respguard_shared_identities").set((others.len() + 1) as f64);
     }
+}
+
+/// Identities with shared connections, summed over the serving threads' sets of lanes.
+fn identities_gauge() -> metrics::Gauge {
+    metrics::gauge!("respguard_shared_identities")
 }

@@ -177,7 +177,7 @@ impl Session {
             }
         }
         self.connect_for_auth = !self.upstream.is_connected();
-        if self.connect_for_auth && self.shared.lanes.is_some() {
+        if self.connect_for_auth && self.lanes.is_some() {
             self.mapped_user = mapped_lane_user(u, p, hello);
         }
         Intercept::Replace

@@ -69,7 +69,7 @@ use crate::config::Replication;
 use crate::control::{Control, Policy};
 use crate::guard::ScriptAccess;
 use crate::identity::ClientIdentity;
-use crate::mux::{LaneIdentity, LaneUser, SharedConnections};
+use crate::mux::{LaneIdentity, LaneUser, LanesPerThread, SharedConnections};
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::{Limits, RequestScanner};
 use crate::telemetry::{CommandLatency, LatencyRun, ProxyMetrics};
@@ -108,8 +108,9 @@ pub struct Shared {
     /// The policy in force (guards, client authentication), its reloads, the `RESPGUARD`
     /// command and the refusal tally.
     pub control: Arc<Control>,
-    /// The shared connections, with `upstream.connections = "multiplexed"`.
-    pub lanes: Option<Arc<SharedConnections>>,
+    /// The shared connections of each serving thread, with `upstream.connections =
+    /// "multiplexed"`.
+    pub lanes: Option<Arc<LanesPerThread>>,
     /// With a `redis-cluster://` upstream: the cluster each client's router reaches.
     pub cluster: Option<Arc<ClusterUpstream>>,
 }
@@ -142,6 +143,9 @@ pub enum End {
 /// One client connection being proxied.
 pub struct Session {
     shared: Arc<Shared>,
+    /// The shared connections of the serving thread that accepted the client
+    /// (`upstream.connections = "multiplexed"`).
+    lanes: Option<Arc<SharedConnections>>,
     client: Stream,
     upstream: Upstream,
     identity: ClientIdentity,
@@ -327,6 +331,7 @@ impl Session {
                 protocol: 2,
             },
             switch: None,
+            lanes: shared.lanes.as_ref().map(|lanes| lanes.here()),
             shared,
         }
     }
@@ -570,7 +575,7 @@ impl Session {
     /// Open the session's way to Redis: a place on a shared connection under multiplexing
     /// (until the session is pinned), else a connection of its own.
     async fn connect_upstream(&mut self) {
-        self.upstream = match &self.shared.lanes {
+        self.upstream = match &self.lanes {
             Some(lanes) if !self.pinned => {
                 self.submitted = self.state.queue().pushed_to_upstream();
                 Upstream::Shared(self.attach_to_identity().unwrap_or_else(|| lanes.attach()))

@@ -150,7 +150,7 @@ impl Session {
     /// there goes to Redis as usual. So a client library sending them needs no connection
     /// of its own. Inside MULTI Redis queues them as usual. True when answered.
     pub(super) fn name_kept_here(&mut self, info: CommandFacts, span: Span) -> bool {
-        if self.shared.lanes.is_none() || self.state.in_multi() {
+        if self.lanes.is_none() || self.state.in_multi() {
             return false;
         }
         let reply = match info.special {
@@ -239,7 +239,7 @@ impl Session {
         self.upstream = Upstream::none();
         self.shared.metrics.pinned_clients.increment(1);
         tracing::debug!(client = %self.identity, "client moved to a connection of its own");
-        if let Some(lanes) = self.shared.lanes.clone() {
+        if let Some(lanes) = self.lanes.clone() {
             let handshake = self.own_connection_handshake(&lanes);
             self.upstream = Upstream::pinned(&lanes, &self.identity, &handshake).await;
         }
@@ -283,7 +283,7 @@ impl Session {
     pub(super) fn ready_to_unpin(&self) -> bool {
         self.pinned
             && !self.lasting_state
-            && self.shared.lanes.is_some()
+            && self.lanes.is_some()
             && !self.close_when_flushed
             && !self.ignore_input
             && self.holds_nothing_upstream()
@@ -304,7 +304,7 @@ impl Session {
     /// Hand the session's own connection back to the pool and return to a lane; commands
     /// read meanwhile go there.
     pub(super) fn unpin(&mut self) {
-        let Some(lanes) = self.shared.lanes.clone() else {
+        let Some(lanes) = self.lanes.clone() else {
             return;
         };
         let Some(link) = self.attach_to_identity() else {
@@ -332,7 +332,7 @@ impl Session {
     /// closed otherwise (a client gone mid-BLPOP leaves Redis nothing to answer).
     pub(super) fn hand_back_own_connection(&mut self) {
         if !self.lasting_state && self.holds_nothing_upstream() && self.own_connection_reusable() {
-            if let (Upstream::Pinned(_), Some(lanes)) = (&self.upstream, &self.shared.lanes) {
+            if let (Upstream::Pinned(_), Some(lanes)) = (&self.upstream, &self.lanes) {
                 let lanes = std::sync::Arc::clone(lanes);
                 if let Upstream::Pinned(connection) =
                     std::mem::replace(&mut self.upstream, Upstream::none())

@@ -108,7 +108,7 @@ impl Session {
             protocol,
             ..self.lane_identity.clone()
         };
-        if let (Some(user), Some(lanes)) = (user, &self.shared.lanes) {
+        if let (Some(user), Some(lanes)) = (user, &self.lanes) {
             target.user = lanes.user_of(user);
         }
         self.switch_lanes(target, span)
@@ -120,7 +120,7 @@ impl Session {
     /// user and password it has already, or with any other argument count, it goes to the
     /// client's lane, which Redis's reply leaves as it was. True when held here.
     pub(super) fn auth_on_lane(&mut self, span: Span) -> bool {
-        let (Some(user), Some(lanes)) = (self.auth_arguments(span), &self.shared.lanes) else {
+        let (Some(user), Some(lanes)) = (self.auth_arguments(span), &self.lanes) else {
             return false;
         };
         let target = LaneIdentity {
@@ -146,7 +146,7 @@ impl Session {
             self.state.wait_for_replies();
             return true;
         }
-        let Some(lanes) = self.shared.lanes.clone() else {
+        let Some(lanes) = self.lanes.clone() else {
             return false;
         };
         match lanes.attach_to(&target) {
@@ -245,7 +245,6 @@ impl Session {
     pub(super) fn own_connection_reusable(&self) -> bool {
         self.identity.name.is_none()
             && self
-                .shared
                 .lanes
                 .as_ref()
                 .is_some_and(|lanes| *lanes.home() == self.lane_identity)
@@ -256,8 +255,7 @@ impl Session {
     /// where the rewritten AUTH (or HELLO ... AUTH) goes, rather than a connection of its
     /// own. False when it cannot (no mapped user, or `upstream.shared_identities` reached).
     pub(super) fn join_lanes_of_mapped_user(&mut self) -> bool {
-        let (Some(lanes), Some((user, protocol))) =
-            (self.shared.lanes.clone(), self.mapped_user.take())
+        let (Some(lanes), Some((user, protocol))) = (self.lanes.clone(), self.mapped_user.take())
         else {
             return false;
         };
@@ -283,7 +281,7 @@ impl Session {
 
     /// A place on a lane of the client's identity (which has lanes: the client used them).
     pub(super) fn attach_to_identity(&self) -> Option<LaneLink> {
-        self.shared.lanes.as_ref()?.attach_to(&self.lane_identity)
+        self.lanes.as_ref()?.attach_to(&self.lane_identity)
     }
 }
 

@@ -192,3 +192,63 @@ async fn per_core_reload_reaches_the_sessions_of_every_thread() {
         );
     }
 }
+
+/// Redis's `CLIENT LIST`, one line per connection.
+async fn client_list(redis: &mut Conn) -> Vec<String> {
+    let list = redis.call(&["CLIENT", "LIST"]).await;
+    list.lines()
+        .filter(|l| l.contains("id="))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Multiplexed per core: each serving thread has its own shared connections (one each here,
+/// so two in all, where one set of lanes would be one), and every client gets its own
+/// replies through them.
+#[tokio::test]
+async fn per_core_multiplexed_threads_have_their_own_shared_connections() {
+    let server = RedisServer::start();
+    let upstream = "[upstream]\nconnections = \"multiplexed\"\nshared_connections = 1";
+    let (proxy, _admin, _dir) = per_core(&server, "", upstream);
+    let _conns = served_connections(proxy.addr, CONNECTIONS).await;
+    let mut redis = Conn::open(server.addr()).await;
+    let shared: Vec<String> = client_list(&mut redis)
+        .await
+        .into_iter()
+        .filter(|l| l.contains("name=respguard-shared"))
+        .collect();
+    assert_eq!(shared.len(), THREADS, "{shared:#?}");
+}
+
+/// Multiplexed per core, the connections of their own are one pool for every thread: with
+/// `pinned_connections = 1`, of sixteen clients (on both threads) sending BLPOP, one blocks
+/// in Redis and the others get the limit's error once `connect_timeout` has passed.
+#[tokio::test]
+async fn per_core_multiplexed_threads_share_one_pinned_limit() {
+    let server = RedisServer::start();
+    let upstream = "[upstream]\nconnections = \"multiplexed\"\npinned_connections = 1\n\
+                    connect_timeout = \"300ms\"";
+    let (proxy, _admin, _dir) = per_core(&server, "", upstream);
+    let mut conns = served_connections(proxy.addr, CONNECTIONS).await;
+    for c in &mut conns {
+        c.send(&crate::harness::encode(&["BLPOP", "rt:queue", "0"]))
+            .await;
+    }
+    let mut refused = 0;
+    for c in conns.iter_mut() {
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(3), c.reply()).await;
+        if let Ok(reply) = waited {
+            let reply = String::from_utf8_lossy(&reply);
+            assert!(reply.contains("(upstream.pinned_connections)"), "{reply}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, CONNECTIONS - 1);
+    let mut redis = Conn::open(server.addr()).await;
+    let blocked = client_list(&mut redis)
+        .await
+        .into_iter()
+        .filter(|l| l.contains("cmd=blpop"))
+        .count();
+    assert_eq!(blocked, 1);
+}
