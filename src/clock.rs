@@ -108,6 +108,20 @@ impl Drop for ReadTime {
     }
 }
 
+/// An instant read once ([`Now::read`]) and handed to every clock a command asks, so that
+/// a command whose guard counts in a memory and rate-limits a log line reads the time
+/// once; each clock tells its own elapsed time at it ([`Clock::secs_at`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Now(u64);
+
+impl Now {
+    /// Now: the read being judged on this thread, if one is, else the system's clock.
+    #[inline]
+    pub fn read() -> Self {
+        Now(now())
+    }
+}
+
 /// Time since a fixed start, for memories that expire entries.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
@@ -146,6 +160,18 @@ impl Clock {
     pub fn secs(&self) -> u64 {
         self.nanos() / 1_000_000_000
     }
+
+    /// Whole milliseconds from the clock's start to `at`.
+    #[inline]
+    pub fn millis_at(&self, at: Now) -> u64 {
+        at.0.saturating_sub(self.start) / 1_000_000
+    }
+
+    /// Whole seconds from the clock's start to `at`.
+    #[inline]
+    pub fn secs_at(&self, at: Now) -> u64 {
+        at.0.saturating_sub(self.start) / 1_000_000_000
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +206,23 @@ mod tests {
             assert_eq!(clock.millis(), 500, "later asks read the same instant");
         }
         assert_eq!(clock.millis(), 1_200, "outside a read: the system's clock");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_now_read_once_is_what_each_clock_tells_at_it() {
+        let first = Clock::start();
+        tokio::time::advance(Duration::from_millis(2_500)).await;
+        let second = Clock::start();
+        tokio::time::advance(Duration::from_millis(1_250)).await;
+        let at = Now::read();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!((first.secs_at(at), first.millis_at(at)), (3, 3_750));
+        assert_eq!((second.secs_at(at), second.millis_at(at)), (1, 1_250));
+        assert_eq!(
+            first.secs(),
+            8,
+            "the clock itself reads the time of its ask"
+        );
     }
 
     #[test]

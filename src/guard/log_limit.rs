@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Now};
 
 /// At most `per_second` log lines per second; a storm of decisions is counted, not logged.
 ///
@@ -30,10 +30,10 @@ impl LogLimiter {
         }
     }
 
-    /// `Some(suppressed)` when a line may be written now.
+    /// `Some(suppressed)` when a line may be written at `now`.
     #[inline]
-    pub fn allow(&self) -> Option<u64> {
-        self.allow_at(self.epoch.secs() as u32)
+    pub fn allow(&self, now: Now) -> Option<u64> {
+        self.allow_at(self.epoch.secs_at(now) as u32)
     }
 
     /// [`LogLimiter::allow`] in second `second` since the limiter was made.

@@ -281,9 +281,9 @@ impl QueueDepths {
     }
 
     /// The queue's entry, created if there is room (one allocation per new queue): the
-    /// thread's last pushed queue if it is this one, else from the map (and then the
-    /// thread's last pushed queue).
-    #[inline]
+    /// thread's last pushed queue if it is this one (found inline, in the check), else from
+    /// the map (and then the thread's last pushed queue).
+    #[inline(always)]
     fn get_or_track(&self, key: &[u8], rule: &str) -> Option<Arc<TrackedQueue>> {
         let last = LAST_PUSHED.with_borrow(|last| match last {
             Some((id, q))
@@ -298,6 +298,13 @@ impl QueueDepths {
         if last.is_some() {
             return last;
         }
+        self.track_last(key, rule)
+    }
+
+    /// The rest of [`QueueDepths::get_or_track`]: the entry from the map, remembered as the
+    /// thread's last pushed queue.
+    #[inline(never)]
+    fn track_last(&self, key: &[u8], rule: &str) -> Option<Arc<TrackedQueue>> {
         let q = self.find_or_track(key, rule)?;
         LAST_PUSHED.set(Some((self.id, Arc::clone(&q))));
         Some(q)

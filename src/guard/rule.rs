@@ -11,6 +11,7 @@ use metrics::Counter;
 use super::log_limit::LogLimiter;
 use super::pattern::KeyPattern;
 use super::verdict::Verdict;
+use crate::clock::Now;
 use crate::config::ClientMatch;
 use crate::identity::ClientIdentity;
 
@@ -247,6 +248,20 @@ impl<L> Rule<L> {
         command: &str,
         message: impl FnOnce() -> D,
     ) -> bool {
+        self.decided_at(action, client, command, Now::read, message)
+    }
+
+    /// [`Rule::decided`], the time of the log limit asked of `now` (only when a line would
+    /// be written): a guard that read the time for its own memory hands that instant.
+    #[inline(always)]
+    pub fn decided_at<D: std::fmt::Display>(
+        &self,
+        action: Action,
+        client: &ClientIdentity,
+        command: &str,
+        now: impl FnOnce() -> Now,
+        message: impl FnOnce() -> D,
+    ) -> bool {
         self.count(action);
         let enforce = self.mode == Mode::Enforce;
         if enforce && action.enforced().is_none() {
@@ -254,7 +269,7 @@ impl<L> Rule<L> {
         }
         // Within the log limit, or (a storm of decisions) counted as suppressed: decided
         // here, so only a line actually written costs a call.
-        match self.log.allow() {
+        match self.log.allow(now()) {
             None => enforce,
             Some(suppressed) => self.logged(action, client, command, suppressed, message),
         }

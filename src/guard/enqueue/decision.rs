@@ -9,6 +9,7 @@ use super::super::rule::{printable_key, Rule};
 use super::super::verdict::Verdict;
 use super::payload::JobPrint;
 use super::rules::{Action, EnqueueLimits};
+use crate::clock::Now;
 use crate::identity::ClientIdentity;
 
 /// Whether a job passes, and if not, why.
@@ -27,23 +28,28 @@ pub enum Decision {
     Rate,
 }
 
-/// Count and log a job of `queue` over the limit, enqueued by `client` with `command`; the
-/// rule's action when it enforces, `None` when the job passes or the rule only observes.
+/// Count and log a job of `queue` over the limit, enqueued by `client` with `command`,
+/// decided at `now`; the rule's action when it enforces, `None` when the job passes or the
+/// rule only observes.
 pub fn over_limit(
     rule: &Rule<EnqueueLimits>,
     client: &ClientIdentity,
     command: &str,
     queue: &[u8],
     job: &JobPrint,
-    decision: Decision,
+    (decision, now): (Decision, Now),
 ) -> Option<Action> {
     let l = &rule.limits;
     if decision == Decision::Pass {
         return None;
     }
-    let enforced = rule.decided(l.action.counted(), client, command, || {
-        log_line(l, queue, job, decision)
-    });
+    let enforced = rule.decided_at(
+        l.action.counted(),
+        client,
+        command,
+        || now,
+        || log_line(l, queue, job, decision),
+    );
     enforced.then_some(l.action)
 }
 

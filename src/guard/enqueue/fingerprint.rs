@@ -229,7 +229,7 @@ impl ContextHasher {
 /// A keyed hasher that has taken a job's context, at a block boundary: each payload of a
 /// push is hashed from a copy of it. Its outputs are SipHash-1-3 outputs of the whole
 /// input, so they are what the fingerprints table is keyed by, not hashed again.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct JobHasher(SipHasher13);
 
 impl JobHasher {

@@ -13,10 +13,11 @@ use metrics::{Counter, Gauge};
 
 use super::decision::Decision;
 use super::fingerprint::{ContextHasher, FingerprintKey, JobHasher};
+use super::last_push;
 use super::payload::JobPrint;
 use super::rules::{EnqueueLimits, SCOPE_ADDRESS, SCOPE_NAME, SCOPE_USER};
 use super::table::BoundedTable;
-use crate::clock::Clock;
+use crate::clock::{Clock, Now};
 use crate::config::RawEnqueueGuard;
 use crate::identity::ClientIdentity;
 
@@ -107,6 +108,21 @@ impl EnqueueMemory {
         h.finish()
     }
 
+    /// [`EnqueueMemory::job_hasher`] of a context that is one queue: the thread's last
+    /// push's hasher when it was made of the same inputs ([`last_push`]), so a producer's
+    /// pushes to one queue frame and hash their context once.
+    #[inline(always)]
+    pub fn queue_hasher(
+        &self,
+        limits: &EnqueueLimits,
+        client: &ClientIdentity,
+        queue: &[u8],
+    ) -> JobHasher {
+        last_push::hasher_of(&self.hashes, limits, client, queue, || {
+            self.job_hasher(limits, client, &[queue])
+        })
+    }
+
     /// The scope of `client` under the rule of `limits`, hashed (with the rule's index: the
     /// key of its token bucket).
     fn scope(&self, limits: &EnqueueLimits, client: &ClientIdentity) -> u64 {
@@ -115,19 +131,20 @@ impl EnqueueMemory {
         h.finish().hash(b"")
     }
 
-    /// Count one enqueue of `job` by `client` under the rule of `limits`, and decide whether
-    /// it passes: its fingerprint's count in the window, then the scope's bucket. The job's
+    /// Count one enqueue of `job` by `client` under the rule of `limits` at `at`, and decide
+    /// whether it passes: its fingerprint's count in the window, then the scope's bucket. The job's
     /// fingerprint is from [`EnqueueMemory::job_hasher`], so already within the scope.
     pub fn decide(
         &self,
         limits: &EnqueueLimits,
         client: &ClientIdentity,
         job: &JobPrint,
+        at: Now,
     ) -> Decision {
         let l = limits;
         let key = job.fingerprint;
         let table = &self.fingerprints;
-        let now = self.now();
+        let now = self.clock.secs_at(at) as u32 + 1;
         let evictions = table.evictions();
         let occupied = table.occupied();
         let decision = table.with_entry(key, now, |e| {
@@ -169,7 +186,7 @@ impl EnqueueMemory {
             return decision;
         }
         match l.bucket {
-            Some((rate, burst)) if !self.take_token(self.scope(l, client), rate, burst) => {
+            Some((rate, burst)) if !self.take_token(self.scope(l, client), rate, burst, at) => {
                 Decision::Rate
             }
             _ => Decision::Pass,
@@ -178,8 +195,8 @@ impl EnqueueMemory {
 
     /// Take one token from the bucket of `scope` (hashed with its rule's index); false when
     /// it is empty.
-    fn take_token(&self, scope: u64, rate: f64, burst: f64) -> bool {
-        let millis = self.clock.millis();
+    fn take_token(&self, scope: u64, rate: f64, burst: f64, at: Now) -> bool {
+        let millis = self.clock.millis_at(at);
         // Refills need only differences of milliseconds, which wrap harmlessly in 32 bits.
         let now_ms = millis as u32;
         let now = (millis / 1000) as u32 + 1;
@@ -343,9 +360,12 @@ mod tests {
         let l = &rule.limits;
         let (one, other) = (client("10.0.0.1:4000"), client("10.0.0.2:4000"));
         let job = |c: &ClientIdentity, id: u64| pushed(&m, l, c, b"work", id);
-        assert_eq!(m.decide(l, &one, &job(&one, 1)), Decision::Pass);
         assert_eq!(
-            m.decide(l, &one, &job(&one, 2)),
+            m.decide(l, &one, &job(&one, 1), Now::read()),
+            Decision::Pass
+        );
+        assert_eq!(
+            m.decide(l, &one, &job(&one, 2), Now::read()),
             Decision::Pass,
             "the limit is 2"
         );
@@ -354,21 +374,28 @@ mod tests {
             seen: 3,
             repush: false,
         };
-        assert_eq!(m.decide(l, &one, &job(&one, 3)), over, "in the window");
         assert_eq!(
-            m.decide(l, &other, &job(&other, 4)),
+            m.decide(l, &one, &job(&one, 3), Now::read()),
+            over,
+            "in the window"
+        );
+        assert_eq!(
+            m.decide(l, &other, &job(&other, 4), Now::read()),
             Decision::Pass,
             "another scope counts on its own"
         );
         advance(seconds(1)).await;
         // Counted from the first enqueue: the refusal at 59 s did not extend the window.
         assert_eq!(
-            m.decide(l, &one, &job(&one, 5)),
+            m.decide(l, &one, &job(&one, 5), Now::read()),
             Decision::Pass,
             "a new window"
         );
-        assert_eq!(m.decide(l, &one, &job(&one, 6)), Decision::Pass);
-        assert_eq!(m.decide(l, &one, &job(&one, 7)), over);
+        assert_eq!(
+            m.decide(l, &one, &job(&one, 6), Now::read()),
+            Decision::Pass
+        );
+        assert_eq!(m.decide(l, &one, &job(&one, 7), Now::read()), over);
     }
 
     #[tokio::test(start_paused = true)]
@@ -376,13 +403,23 @@ mod tests {
         let (m, rule) = memory_and_rule("limit = 1\nwindow = '10s'");
         for _ in 0..3 {
             assert_eq!(
-                m.decide(&rule.limits, &client("10.0.0.1:4000"), &job(1, 1)),
+                m.decide(
+                    &rule.limits,
+                    &client("10.0.0.1:4000"),
+                    &job(1, 1),
+                    Now::read()
+                ),
                 Decision::Pass
             );
         }
         let (m, rule) = memory_and_rule("limit = 1\nwindow = '10s'\nlimit_repushes = true");
         assert_eq!(
-            m.decide(&rule.limits, &client("10.0.0.1:4000"), &job(1, 1)),
+            m.decide(
+                &rule.limits,
+                &client("10.0.0.1:4000"),
+                &job(1, 1),
+                Now::read()
+            ),
             Decision::Pass
         );
         let repush = Decision::Duplicate {
@@ -390,12 +427,22 @@ mod tests {
             repush: true,
         };
         assert_eq!(
-            m.decide(&rule.limits, &client("10.0.0.1:4000"), &job(1, 1)),
+            m.decide(
+                &rule.limits,
+                &client("10.0.0.1:4000"),
+                &job(1, 1),
+                Now::read()
+            ),
             repush
         );
         advance(seconds(10)).await;
         assert_eq!(
-            m.decide(&rule.limits, &client("10.0.0.1:4000"), &job(1, 1)),
+            m.decide(
+                &rule.limits,
+                &client("10.0.0.1:4000"),
+                &job(1, 1),
+                Now::read()
+            ),
             Decision::Pass
         );
     }
@@ -406,7 +453,12 @@ mod tests {
         let mut next = 0;
         let mut enqueue = || {
             next += 1;
-            m.decide(&rule.limits, &client("10.0.0.1:4000"), &job(next, next))
+            m.decide(
+                &rule.limits,
+                &client("10.0.0.1:4000"),
+                &job(next, next),
+                Now::read(),
+            )
         };
         assert_eq!(enqueue(), Decision::Pass);
         assert_eq!(enqueue(), Decision::Pass);
@@ -432,7 +484,7 @@ mod tests {
         let me = client("10.0.0.1:4000");
         for n in 0..100u64 {
             let job = pushed(&m, &rule.limits, &me, &n.to_le_bytes(), n);
-            m.decide(&rule.limits, &me, &job);
+            m.decide(&rule.limits, &me, &job, Now::read());
         }
         assert_eq!(m.fingerprints.live(m.now()), 100);
         advance(Duration::from_millis(4_999)).await;

@@ -65,6 +65,7 @@ mod dramatiq;
 mod fingerprint;
 mod job_key;
 mod job_key_rule;
+mod last_push;
 mod memory;
 mod msgpack;
 mod pickle;

@@ -14,6 +14,7 @@ use super::memory::EnqueueMemory;
 use super::payload::PayloadSpec;
 use super::rewrite::{drop_payloads, push_layout};
 use super::rules::{Action, Cmd, EnqueueLimits};
+use crate::clock::Now;
 use crate::identity::ClientIdentity;
 
 /// Judge each payload of a push `cmd` (a `kind` command) under `rule`, whose payloads
@@ -32,7 +33,7 @@ pub fn check_push(
         return Verdict::Forward;
     };
     // Rule, scope and queue: hashed once for all the payloads of the push.
-    let context = memory.job_hasher(&rule.limits, client, &[key]);
+    let context = memory.queue_hasher(&rule.limits, client, key);
     // Argument indices of the payloads over the limit, ascending; allocated only on a drop.
     let mut gone = Vec::new();
     for i in layout.payloads.clone() {
@@ -44,8 +45,9 @@ pub fn check_push(
             rule.limits.unread.increment(1);
             continue;
         };
-        let decision = memory.decide(&rule.limits, client, &job);
-        match over_limit(rule, client, &cmd.info.name, key, &job, decision) {
+        let now = Now::read();
+        let decision = memory.decide(&rule.limits, client, &job, now);
+        match over_limit(rule, client, &cmd.info.name, key, &job, (decision, now)) {
             None => {}
             Some(Action::Reject) => return refusal(rule, decision),
             Some(Action::Drop) => gone.push(i),

@@ -15,6 +15,7 @@ use super::memory::EnqueueMemory;
 use super::payload::JobPrint;
 use super::rewrite::rewritten;
 use super::rules::{Action, EnqueueLimits};
+use crate::clock::Now;
 use crate::identity::ClientIdentity;
 use crate::resp;
 
@@ -69,8 +70,9 @@ pub fn check_job_hash(
             .description
             .map(|d| String::from_utf8_lossy(d).into_owned()),
     };
-    let decision = memory.decide(&rule.limits, client, &job);
-    match over_limit(rule, client, &cmd.info.name, origin, &job, decision) {
+    let now = Now::read();
+    let decision = memory.decide(&rule.limits, client, &job, now);
+    match over_limit(rule, client, &cmd.info.name, origin, &job, (decision, now)) {
         None => Verdict::Forward,
         Some(Action::Reject) => refusal(rule, decision),
         Some(Action::Drop) => {

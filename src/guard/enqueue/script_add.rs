@@ -16,6 +16,7 @@ use super::memory::EnqueueMemory;
 use super::payload::{JobPrint, PayloadSpec};
 use super::rewrite::rewritten;
 use super::rules::{Action, Cmd, EnqueueLimits};
+use crate::clock::Now;
 use crate::identity::ClientIdentity;
 use crate::resp;
 
@@ -168,8 +169,9 @@ pub fn judge_print(
     out: &mut BytesMut,
     dropped: impl FnOnce(&mut BytesMut),
 ) -> Verdict {
-    let decision = memory.decide(&rule.limits, client, job);
-    match over_limit(rule, client, &cmd.info.name, queue, job, decision) {
+    let now = Now::read();
+    let decision = memory.decide(&rule.limits, client, job, now);
+    match over_limit(rule, client, &cmd.info.name, queue, job, (decision, now)) {
         None => Verdict::Forward,
         Some(Action::Reject) => refusal(rule, decision),
         Some(Action::Drop) => {

@@ -62,7 +62,7 @@ impl ScriptRule {
             rule.limits.unread.increment(1);
             return Some(Verdict::Forward);
         }
-        let context = memory.job_hasher(&rule.limits, client, &[queue]);
+        let context = memory.queue_hasher(&rule.limits, client, queue);
         let payload = call.arg(cmd, self.payload_arg);
         let Some(job) = self.spec.print(payload, &context, memory.hasher()) else {
             rule.limits.unread.increment(1);
