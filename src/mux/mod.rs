@@ -176,6 +176,11 @@ impl SharedConnections {
         self.settings.pinned_wait
     }
 
+    /// Where Redis is now (the gate's address: a Sentinel upstream's current primary).
+    pub(crate) fn address(&self) -> String {
+        self.gate.address()
+    }
+
     /// The connections of their own, for clients using connection state.
     pub(crate) fn pinned(&self) -> &Arc<PinnedConnections> {
         &self.pinned

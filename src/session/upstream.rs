@@ -124,7 +124,8 @@ impl Upstream {
                         String::from_utf8_lossy(&reply[1..]).trim_end().to_string()
                     }
                     Err(IdentityFailure::Lost(reason)) => format!(
-                        "ERR respguard: upstream connection lost before the reply ({reason})"
+                        "ERR respguard: upstream {} connection lost before the reply ({reason})",
+                        lanes.address()
                     ),
                 }
             }
