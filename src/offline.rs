@@ -130,7 +130,7 @@ pub fn judge_observed(
             Verdict::Append { args, len } => {
                 out.rewritten += 1;
                 // What the session sends: a new `*N` line, the client's arguments, the added.
-                let wire = crate::guard::wire_args(src, start, end)
+                let wire = crate::guard::wire_args(src, start, end, span.argc)
                     .filter(|_| !inline && streaming.is_none())
                     .ok_or_else(|| format!("{} appended to without its own encoding", info.name))?;
                 let mut sent = Vec::new();
@@ -146,7 +146,7 @@ pub fn judge_observed(
             Verdict::Prepend { args, fixed, len } => {
                 out.rewritten += 1;
                 // What the session sends: a new `*N` line, the added, the client's arguments.
-                let wire = crate::guard::wire_args(src, start, end)
+                let wire = crate::guard::wire_args(src, start, end, span.argc)
                     .filter(|_| !inline && streaming.is_none())
                     .ok_or_else(|| {
                         format!("{} prepended to without its own encoding", info.name)

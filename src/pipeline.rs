@@ -152,7 +152,7 @@ impl<'a> Scanned<'a> {
             wire: if self.span.inline {
                 None
             } else {
-                wire_args(self.src, self.span.start, self.span.end)
+                wire_args(self.src, self.span.start, self.span.end, self.span.argc)
             },
             watch: Default::default(),
         }

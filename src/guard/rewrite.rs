@@ -105,7 +105,7 @@ mod tests {
             access: ScriptAccess::Allowed,
             streaming: None,
             size: src.len() as u64,
-            wire: wire_args(src, start, end),
+            wire: wire_args(src, start, end, args.len()),
             watch: Default::default(),
         };
         assert_eq!(view.wire, Some(4..src.len()));

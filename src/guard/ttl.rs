@@ -1042,7 +1042,7 @@ mod tests {
                 access: ScriptAccess::Allowed,
                 streaming: None,
                 size: src.len() as u64,
-                wire: wire_args(src, start, end),
+                wire: wire_args(src, start, end, args.len()),
                 watch: Default::default(),
             };
             let mut out = BytesMut::new();

@@ -162,14 +162,31 @@ impl ScriptAccess {
 /// probe key is not mistaken for one denied PEXPIRE. Nothing is run or logged in ACL LOG.
 pub const PROBE: &[u8] = b"*3\r\n$4\r\nEVAL\r\n$153\r\nlocal k = 'respguard:probe' if redis.acl_check_cmd('pexpire', k, '1', 'NX') then return 2 end if redis.acl_check_cmd('get', k) then return 1 end return 0\r\n$1\r\n0\r\n";
 
-/// The arguments of a whole multibulk command `src[start..end]`, as encoded: everything
-/// after the `*N` line (see [`CommandView::wire`]). Like Redis, the line ends at its `\r`
-/// and the byte after it, whatever that byte is.
-pub fn wire_args(src: &[u8], start: usize, end: usize) -> Option<Range<usize>> {
-    // The `*N` line is short: a plain loop beats a vectorised search's setup.
-    let cr = src[start..end].iter().position(|&b| b == b'\r')?;
-    let args = start + cr + 2;
+/// The arguments of a whole multibulk command `src[start..end]` of `argc` arguments, as
+/// encoded: everything after the `*argc` line (see [`CommandView::wire`]). The request
+/// scanner takes only a plain count (digits without a sign or a leading zero, as Redis's
+/// `string2ll`), and, like Redis, ends the line at its `\r` and the byte after it,
+/// whatever that byte is: so the line is `*`, the digits of `argc`, and two bytes, and
+/// where it ends is known without reading it again.
+#[inline]
+pub fn wire_args(src: &[u8], start: usize, end: usize, argc: usize) -> Option<Range<usize>> {
+    let args = start + 3 + decimal_digits(argc);
+    debug_assert!(
+        args > end || src[start..args - 1].ends_with(b"\r"),
+        "the count line of {argc}"
+    );
     (args <= end).then_some(args..end)
+}
+
+/// How many decimal digits `n` is written with.
+#[inline(always)]
+fn decimal_digits(n: usize) -> usize {
+    match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        _ => n.ilog10() as usize + 1,
+    }
 }
 
 /// The argument indices of a command's keys into `keys` (its capacity kept), sorted and
@@ -235,7 +252,19 @@ mod tests {
         // looked for `\n` copied the arguments from the middle of the next line
         // (found by the guard-pipeline fuzz target).
         let src = b"*2\rX$4\r\nINCR\r\n$1\r\nk\r\n";
-        assert_eq!(wire_args(src, 0, src.len()), Some(4..src.len()));
-        assert_eq!(wire_args(b"*1\r", 0, 3), None);
+        assert_eq!(wire_args(src, 0, src.len(), 2), Some(4..src.len()));
+        assert_eq!(wire_args(b"*1\r", 0, 3, 1), None);
+        let mut long = b"*12\r\n".to_vec();
+        for _ in 0..12 {
+            long.extend_from_slice(b"$1\r\nx\r\n");
+        }
+        assert_eq!(wire_args(&long, 0, long.len(), 12), Some(5..long.len()));
+    }
+
+    #[test]
+    fn digits_are_counted_at_every_power_of_ten() {
+        for n in [0usize, 9, 10, 99, 100, 999, 1000, 9999, 10_000, 1 << 31] {
+            assert_eq!(decimal_digits(n), n.to_string().len(), "{n}");
+        }
     }
 }

@@ -217,10 +217,10 @@ impl<S: Rebase> Pipe<S> {
     /// `size` bytes, after the ready ones, which move first) with arguments added after its
     /// own: a new `*argc` line, a copy of the client's own encoding of its arguments, then
     /// `added` (the added arguments, encoded); the command's bytes leave the input. One
-    /// reservation for all three.
-    pub fn replace_with_appended(&mut self, argc: usize, size: usize, added: &[u8]) {
+    /// reservation for all three. `own` is how many arguments the command had.
+    pub fn replace_with_appended(&mut self, own: usize, argc: usize, size: usize, added: &[u8]) {
         self.move_ready();
-        let wire = wire_args(self.input.bytes(), 0, size).unwrap_or(size..size);
+        let wire = wire_args(self.input.bytes(), 0, size, own).unwrap_or(size..size);
         debug_assert!(wire.start > 0, "a multibulk command");
         // The `*argc` line takes at most 23 bytes.
         self.make_room(23 + wire.len() + added.len());
@@ -235,11 +235,17 @@ impl<S: Rebase> Pipe<S> {
     /// Send the whole multibulk command at the front of the unready input (its first
     /// `size` bytes, after the ready ones, which move first) with arguments added before
     /// its own: a new `*argc` line, `fixed` and `added` (the added arguments, encoded), then
-    /// a copy of the client's own encoding of its arguments; the command's bytes leave the
-    /// input. One reservation for all four.
-    pub fn replace_with_prepended(&mut self, argc: usize, size: usize, fixed: &[u8], added: &[u8]) {
+    /// a copy of the client's own encoding of its arguments (`own` of them); the command's
+    /// bytes leave the input. One reservation for all four.
+    pub fn replace_with_prepended(
+        &mut self,
+        own: usize,
+        argc: usize,
+        size: usize,
+        (fixed, added): (&[u8], &[u8]),
+    ) {
         self.move_ready();
-        let wire = wire_args(self.input.bytes(), 0, size).unwrap_or(size..size);
+        let wire = wire_args(self.input.bytes(), 0, size, own).unwrap_or(size..size);
         debug_assert!(wire.start > 0, "a multibulk command");
         // The `*argc` line takes at most 23 bytes.
         self.make_room(23 + fixed.len() + added.len() + wire.len());
@@ -456,7 +462,7 @@ mod tests {
         let set = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
         let mut pipe = pipe_with(&[&b"+x"[..], set, b"*1\r\n$4\r\nPING\r\n"].concat());
         pipe.ready_upto(2);
-        pipe.replace_with_appended(5, set.len(), b"$2\r\nPX\r\n$1\r\n9\r\n");
+        pipe.replace_with_appended(3, 5, set.len(), b"$2\r\nPX\r\n$1\r\n9\r\n");
         assert_eq!(
             output(&mut pipe),
             b"+x*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nPX\r\n$1\r\n9\r\n"
@@ -475,10 +481,10 @@ mod tests {
     fn a_batch_of_appends_grows_the_output_once() {
         let set = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
         let mut pipe = pipe_with(&set.repeat(32));
-        pipe.replace_with_appended(5, set.len(), b"$2\r\nPX\r\n$1\r\n9\r\n");
+        pipe.replace_with_appended(3, 5, set.len(), b"$2\r\nPX\r\n$1\r\n9\r\n");
         let room = pipe.io_parts().1.capacity();
         for _ in 1..32 {
-            pipe.replace_with_appended(5, set.len(), b"$2\r\nPX\r\n$1\r\n9\r\n");
+            pipe.replace_with_appended(3, 5, set.len(), b"$2\r\nPX\r\n$1\r\n9\r\n");
         }
         assert!(pipe.input().is_empty());
         assert_eq!(pipe.io_parts().1.capacity(), room);

@@ -192,15 +192,16 @@ impl Session {
                 let argc = span.argc + args as usize;
                 let size = span.end - span.start;
                 self.requests
-                    .replace_with_appended(argc, size, &self.scratch[..len]);
+                    .replace_with_appended(span.argc, argc, size, &self.scratch[..len]);
                 len
             }
             Outgoing::Prepended { args, fixed, len } => {
                 debug_assert!(!span.inline, "a multibulk command");
                 let argc = span.argc + args as usize;
                 let size = span.end - span.start;
+                let added = (fixed, &self.scratch[..len]);
                 self.requests
-                    .replace_with_prepended(argc, size, fixed, &self.scratch[..len]);
+                    .replace_with_prepended(span.argc, argc, size, added);
                 len
             }
         }
