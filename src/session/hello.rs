@@ -17,6 +17,16 @@ use crate::mux::LaneUser;
 use crate::pipeline::Span;
 use crate::resp;
 
+/// HELLO's version argument, when it is one Redis accepts: 2 or 3, written plainly (Redis
+/// reads it with `string2ll`, which refuses `02` and `+3`).
+pub(super) fn accepted_version(arg: Option<&[u8]>) -> Option<u8> {
+    match arg {
+        Some(b"2") => Some(2),
+        Some(b"3") => Some(3),
+        _ => None,
+    }
+}
+
 /// What a HELLO a lane may carry asks for.
 #[derive(Debug, Default)]
 pub(super) struct HelloRequest {
@@ -33,12 +43,11 @@ impl Session {
     /// needs a connection of its own (see the module doc).
     pub(super) fn hello_arguments(&self, span: Span) -> Option<HelloRequest> {
         let cmd = self.current(span);
-        let protocol = match cmd.arg(1) {
-            Some(b"2") => Some(2),
-            Some(b"3") => Some(3),
-            // No version: HELLO reports; one Redis refuses: refused before the options.
-            _ => return Some(HelloRequest::default()),
+        // No version: HELLO reports; one Redis refuses: refused before the options.
+        let Some(protocol) = accepted_version(cmd.arg(1)) else {
+            return Some(HelloRequest::default());
         };
+        let protocol = Some(protocol);
         let mut hello = HelloRequest {
             protocol,
             ..HelloRequest::default()

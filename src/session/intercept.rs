@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+use super::hello::accepted_version;
 use super::Session;
 use crate::command::Special;
 use crate::guard::ScriptAccess;
@@ -291,11 +292,7 @@ fn mapped_lane_user(
 ) -> Option<(LaneUser, Option<u8>)> {
     let protocol = match hello {
         None => None,
-        Some((argv, 2)) if argv.len() == 5 => match argv[1].as_slice() {
-            b"2" => Some(2),
-            b"3" => Some(3),
-            _ => return None,
-        },
+        Some((argv, 2)) if argv.len() == 5 => Some(accepted_version(Some(&argv[1]))?),
         Some(_) => return None,
     };
     Some((LaneUser::from_auth_args(&[user, password])?, protocol))
