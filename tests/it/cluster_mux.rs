@@ -290,7 +290,7 @@ async fn a_killed_shared_connection_fails_only_its_commands_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_holds_no_shared_connection_back() {
     let cluster = Cluster::start().await;
-    let toml = "[proxy]\noutput_buffer_hard = \"4MiB\"\n[upstream]\nconnections = \"multiplexed\"\nshared_connections = 1\n";
+    let toml = "[proxy]\noutput_buffer_hard = \"64MiB\"\n[upstream]\nconnections = \"multiplexed\"\nshared_connections = 1\n";
     let proxy = proxy_for_cluster(&cluster, toml).await;
     let node = primaries(&cluster).await[0].clone();
     let big = key_on(&cluster, &node, "big:").await;
@@ -301,7 +301,8 @@ async fn a_client_that_stops_reading_holds_no_shared_connection_back() {
     let mut other = Conn::open(proxy.addr).await;
     assert_eq!(other.call(&["SET", &small, "s"]).await, "+OK\r\n");
     // 125 MiB of replies asked for, none read: more replies than a router's channel
-    // holds, so a shared connection waiting for it would stall.
+    // holds, and a hard limit above what a router holds back without multiplexing, so
+    // a shared connection waiting for it would stall.
     let mut batch = Vec::new();
     for _ in 0..2000 {
         batch.extend(encode(&["GET", &big]));
