@@ -20,6 +20,9 @@
 #                           off: the proxy routes every command by slot
 #   respguard+ttl           the same against respguard with the default-TTL guard on every
 #                           key (`*`, 1h: every SET gets PX appended)
+#   respguard+mux           as respguard, multiplexed (`upstream.connections =
+#                           "multiplexed"`: the clients share two connections per node);
+#                           not in the default TARGETS
 #   respguard--cluster      redis-benchmark --cluster against the guards-off respguard, which
 #                           answers CLUSTER SLOTS/NODES as one node serving every slot
 #   respguard+ttl--cluster  the same against the TTL respguard
@@ -153,6 +156,11 @@ wanted() { [[ " $TARGETS " == *" $1 "* ]]; }
 if wanted respguard || wanted respguard--cluster; then
   start_respguard "ports[respguard]" "$CONF_GUARDS_OFF"
   ports[respguard--cluster]=${ports[respguard]}
+fi
+if wanted respguard+mux; then
+  start_respguard "ports[respguard+mux]" "$CONF_GUARDS_OFF"'
+[upstream]
+connections = "multiplexed"'
 fi
 if wanted respguard+ttl || wanted respguard+ttl--cluster; then
   start_respguard "ports[respguard+ttl]" "$CONF_TTL"

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminState, KeyspaceSource};
 use crate::admission::Admission;
 use crate::cluster::read_rules::ReadRules;
+use crate::cluster::shared::SharedSettings;
 use crate::cluster::view::ClusterView;
 use crate::cluster::ClusterUpstream;
 use crate::command::{CommandTable, TableSource};
@@ -189,10 +190,19 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             view.read_once().await;
             tokio::spawn(Arc::clone(&view).run(shutdown_rx.clone()));
             let rules = ReadRules::new(&raw.upstream.read_from);
+            let shared = (raw.upstream.connections == ConnectionModel::Multiplexed).then_some(
+                SharedSettings {
+                    per_node: raw.upstream.shared_connections,
+                    identities: raw.upstream.shared_identities,
+                    unread_hard: raw.proxy.output_buffer_hard.0 as usize,
+                    handshake_timeout: raw.upstream.connect_timeout.0,
+                },
+            );
             Some(Arc::new(ClusterUpstream::new(
                 view,
                 Arc::clone(&table),
                 rules,
+                shared,
             )))
         }
         None => None,
@@ -259,7 +269,9 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
     };
 
     let reply_timeout = Some(raw.upstream.reply_timeout.0).filter(|t| !t.is_zero());
-    let lanes = (raw.upstream.connections == ConnectionModel::Multiplexed).then(|| {
+    // In front of a cluster each client's router shares node connections instead.
+    let multiplexed = raw.upstream.connections == ConnectionModel::Multiplexed;
+    let lanes = (multiplexed && cluster.is_none()).then(|| {
         let settings = MuxSettings {
             shared: raw.upstream.shared_connections,
             pinned: raw.upstream.pinned_connections,

@@ -145,15 +145,24 @@ impl Router {
 
     /// Write part `part` of `seq` on node `target` (after `ASKING` when `asking`).
     pub(super) fn put(&mut self, seq: u64, part: u16, target: usize, asking: bool) {
-        if asking {
-            self.send(target, resp::simple_command(b"ASKING"), Expect::Hidden);
-        }
         let entry = self.entry_mut(seq).expect("entry");
         let kind = entry.kind.clone();
         let p = &mut entry.parts[usize::from(part)];
         p.node = Some(target);
         let command = p.command.clone();
-        self.send(target, command, Expect::Part { seq, part });
+        if asking {
+            // One write: on a shared connection nothing of another client's may come
+            // between ASKING (a one-command flag) and the command it is for.
+            let mut both = bytes::BytesMut::from(&resp::simple_command(b"ASKING")[..]);
+            both.extend_from_slice(&command);
+            self.send_together(
+                target,
+                both.freeze(),
+                &[Expect::Hidden, Expect::Part { seq, part }],
+            );
+        } else {
+            self.send(target, command, Expect::Part { seq, part });
+        }
         match kind {
             Kind::Watch => self.watch_node = Some(target),
             Kind::Plain if p_is_keyed(self, seq, part) => self.default_node = Some(target),

@@ -38,7 +38,7 @@ impl Router {
         if let Some(node) = self.tunnel {
             // Subscribed: everything goes through the subscribed connection as it is.
             if let Some(link) = &self.links[node] {
-                link.send(raw);
+                link.send(raw, 0);
             }
             return;
         }

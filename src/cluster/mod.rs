@@ -12,15 +12,17 @@
 //!   their replies merged; [`local`]: the `CLUSTER` questions the proxy answers itself;
 //! - [`router`] and [`dispatch`]: one client's router, a task at the other end of the
 //!   session's upstream socket ([`args`]: the commands it reads, in place), and [`node`]:
-//!   its connection to one node;
+//!   its connection to one node; [`shared`] and [`sharing`]: multiplexed, the node
+//!   connections routers share, and the moves of a client holding state off them;
 //! - [`read_rules`] and [`replica`]: which reads go to a replica (`[[upstream.read_from]]`)
 //!   and which replica.
 //!
 //! The session does not know it talks to a cluster: [`ClusterUpstream::connect`] gives it
 //! a socket, and the router answers on it as one Redis would. Guide: `docs/cluster.md`.
 //! Imports `command`, `upstream`, `scanner`, `transport`, `resp`, `config` (the read
-//! rules' shape) and `guard::pattern` (their key patterns); never a session, a lane or a
-//! guard.
+//! rules' shape), `guard::pattern` (their key patterns) and `mux` (multiplexed: the order
+//! router, the handshake check, the shared connections' name); never a session, a lane or
+//! a guard.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +37,7 @@ use crate::upstream::{ConnectGate, UpstreamError, UpstreamSlot};
 pub mod args;
 pub mod delivery;
 pub mod dispatch;
+pub mod event;
 pub mod frame;
 pub mod local;
 pub mod node;
@@ -43,6 +46,8 @@ pub mod reader;
 pub mod replica;
 pub mod route;
 pub mod router;
+pub mod shared;
+pub mod sharing;
 pub mod slot;
 pub mod spread;
 pub mod state;
@@ -56,6 +61,8 @@ pub struct ClusterUpstream {
     table: Arc<CommandTable>,
     gate: Arc<ConnectGate>,
     rules: Arc<read_rules::ReadRules>,
+    /// Multiplexed: the shared node connections the clients' routers use.
+    shared: Option<Arc<shared::SharedNodes>>,
     /// Routers started: each client's place, which spreads clients over a shard's
     /// replicas.
     clients: AtomicUsize,
@@ -63,18 +70,23 @@ pub struct ClusterUpstream {
 
 impl ClusterUpstream {
     /// The upstream for `view`'s cluster, routing by `table`'s key positions, reading
-    /// from replicas as `rules` say.
+    /// from replicas as `rules` say; with `shared` (multiplexed), clients share node
+    /// connections.
     pub fn new(
         view: Arc<view::ClusterView>,
         table: Arc<CommandTable>,
         rules: read_rules::ReadRules,
+        shared: Option<shared::SharedSettings>,
     ) -> Self {
         let gate = Arc::clone(view.gate());
+        let shared =
+            shared.map(|settings| Arc::new(shared::SharedNodes::new(Arc::clone(&gate), settings)));
         ClusterUpstream {
             view,
             table,
             gate,
             rules: Arc::new(rules),
+            shared,
             clients: AtomicUsize::new(0),
         }
     }
@@ -88,7 +100,7 @@ impl ClusterUpstream {
     /// pair, a router task at the other. Refused while no node has described the cluster
     /// (the reason says why), or past `upstream.max_connections`.
     pub fn connect(&self, proxy: SocketAddr) -> Result<(Stream, UpstreamSlot), UpstreamError> {
-        self.connect_with(proxy, Arc::clone(&self.rules))
+        self.connect_with(proxy, Arc::clone(&self.rules), self.shared.clone())
     }
 
     /// [`Self::connect`] for the proxy's own questions (queue depths): every read on a
@@ -97,13 +109,14 @@ impl ClusterUpstream {
         &self,
         proxy: SocketAddr,
     ) -> Result<(Stream, UpstreamSlot), UpstreamError> {
-        self.connect_with(proxy, Arc::new(read_rules::ReadRules::default()))
+        self.connect_with(proxy, Arc::new(read_rules::ReadRules::default()), None)
     }
 
     fn connect_with(
         &self,
         proxy: SocketAddr,
         rules: Arc<read_rules::ReadRules>,
+        shared: Option<Arc<shared::SharedNodes>>,
     ) -> Result<(Stream, UpstreamSlot), UpstreamError> {
         if self.view.map().is_none() {
             return Err(UpstreamError::Unreachable {
@@ -124,6 +137,7 @@ impl ClusterUpstream {
             proxy,
             rules,
             pick,
+            shared,
         );
         tokio::spawn(router.run(router_end));
         Ok((Stream::Local(session_end), slot))

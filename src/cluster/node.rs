@@ -4,6 +4,9 @@
 //! link that read it. A lost or refused connection is one [`NodeEvent::Lost`], after which
 //! the task ends; the router opens a new link if it needs the node again.
 //!
+//! Under multiplexing a link is a place on a shared connection instead
+//! ([`super::shared`]), which tells its router the same events.
+//!
 //! Never decides anything about a command or a reply: the router does.
 
 use std::sync::Arc;
@@ -13,37 +16,37 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use super::event::NodeEvent;
+use super::shared::SharedLink;
 use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
 use crate::upstream::ConnectGate;
 
-/// What a link tells its router.
-#[derive(Debug)]
-pub enum NodeEvent {
-    /// A whole reply (`push`: RESP3's out-of-band `>`) read by link `link`.
-    Reply { link: u64, reply: Bytes, push: bool },
-    /// Link `link` could not connect (`connected` false: nothing was sent), or its
-    /// connection failed or closed: why.
-    Lost {
-        link: u64,
-        reason: String,
-        connected: bool,
-    },
-}
-
-/// A connection to one node, as its router holds it. Dropping it ends the connection.
+/// A connection to one node, as its router holds it: its own, or a place on a shared one
+/// ([`super::shared`]). Dropping it ends its own connection, or leaves the shared one.
 #[derive(Debug)]
 pub struct NodeLink {
     /// The node's `host:port`.
     pub address: String,
     /// This link's number, unique within its router.
     pub id: u64,
-    commands: mpsc::UnboundedSender<Bytes>,
-    task: JoinHandle<()>,
+    carrier: Carrier,
+}
+
+/// What carries a link's commands.
+#[derive(Debug)]
+enum Carrier {
+    Own {
+        commands: mpsc::UnboundedSender<Bytes>,
+        task: JoinHandle<()>,
+    },
+    Shared(SharedLink),
 }
 
 impl Drop for NodeLink {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Carrier::Own { task, .. } = &self.carrier {
+            task.abort();
+        }
     }
 }
 
@@ -61,14 +64,31 @@ impl NodeLink {
         NodeLink {
             address,
             id,
-            commands,
-            task,
+            carrier: Carrier::Own { commands, task },
         }
     }
 
-    /// Queue `command` (whole commands, in order); false when the link has ended.
-    pub fn send(&self, command: Bytes) -> bool {
-        self.commands.send(command).is_ok()
+    /// A link on a shared connection to `address` (see [`super::shared::SharedNodes::attach`]).
+    pub fn shared(id: u64, address: String, link: SharedLink) -> Self {
+        NodeLink {
+            address,
+            id,
+            carrier: Carrier::Shared(link),
+        }
+    }
+
+    /// Whether the link is a place on a shared connection.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.carrier, Carrier::Shared(_))
+    }
+
+    /// Queue `command` (whole commands, written together, in order) that get `replies`
+    /// replies; false when the link has ended.
+    pub fn send(&self, command: Bytes, replies: u32) -> bool {
+        match &self.carrier {
+            Carrier::Own { commands, .. } => commands.send(command).is_ok(),
+            Carrier::Shared(link) => link.send(command, replies),
+        }
     }
 }
 

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use super::args::Args;
 use super::node::{NodeEvent, NodeLink};
 use super::read_rules::ReadRules;
+use super::shared::SharedNodes;
 use super::spread::Merge;
 use super::view::ClusterView;
 use crate::command::CommandTable;
@@ -164,6 +165,17 @@ pub(super) struct Transaction {
     pub multi_sent: bool,
 }
 
+/// Where a command takes a client on shared connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sharing {
+    /// It runs on the shared connections the client uses.
+    Stay,
+    /// To the shared connections of this protocol (`HELLO 2|3`).
+    Protocol(u8),
+    /// To connections of its own, for good.
+    Own,
+}
+
 /// `CLIENT REPLY`, followed by the router (which answers it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ReplyMode {
@@ -193,9 +205,9 @@ pub struct Router {
     /// Replicas that could not serve lately, and since when (passed over by
     /// `prefer-replica`).
     pub(super) down: Vec<(String, Instant)>,
-    link_nodes: HashMap<u64, usize>,
+    pub(super) link_nodes: HashMap<u64, usize>,
     next_link: u64,
-    events_tx: mpsc::Sender<NodeEvent>,
+    pub(super) events_tx: mpsc::Sender<NodeEvent>,
     pub(super) retry_tx: mpsc::UnboundedSender<(u64, u16)>,
     pub(super) entries: VecDeque<Entry>,
     pub(super) first_seq: u64,
@@ -217,6 +229,16 @@ pub struct Router {
     /// A node holding the connection's state (a transaction, WATCH, subscriptions) was
     /// lost: the router ends, so the session sees its connection lost, as with one Redis.
     pub(super) broken: Option<String>,
+    /// Multiplexed: the shared node connections, while the client uses them (`None` once
+    /// it moved to connections of its own, and without multiplexing).
+    pub(super) shared: Option<Arc<SharedNodes>>,
+    /// Multiplexed: the protocol of the shared connections the client uses.
+    pub(super) identity: u8,
+    /// A command that moves the client off its shared connections, held (with where it
+    /// moves) until every earlier command is answered.
+    pub(super) held: Option<(Bytes, Sharing)>,
+    /// The client let more replies wait than a router on shared connections holds.
+    pub(super) slow: bool,
 }
 
 impl Router {
@@ -228,6 +250,7 @@ impl Router {
         proxy: SocketAddr,
         rules: Arc<ReadRules>,
         pick: usize,
+        shared: Option<Arc<SharedNodes>>,
     ) -> Self {
         let (events_tx, _) = mpsc::channel(EVENTS);
         let (retry_tx, _) = mpsc::unbounded_channel();
@@ -262,6 +285,10 @@ impl Router {
             protocol: 2,
             reply_mode: ReplyMode::On,
             broken: None,
+            shared,
+            identity: 2,
+            held: None,
+            slow: false,
         }
     }
 
@@ -280,10 +307,15 @@ impl Router {
         });
         let mut input = BytesMut::with_capacity(16 * 1024);
         loop {
-            let may_read = self.entries.len() < MAX_ENTRIES && self.out.len() < MAX_OUTPUT;
+            let may_read = self.entries.len() < MAX_ENTRIES
+                && self.out.len() < MAX_OUTPUT
+                && self.held.is_none();
+            // While the session owes reading MAX_OUTPUT bytes, node replies wait; not on
+            // shared connections, which other clients use (a client too far behind is
+            // let go instead).
+            let may_take = self.out.len() < MAX_OUTPUT || self.shared.is_some();
             tokio::select! {
-                // While the session owes reading MAX_OUTPUT bytes, node replies wait.
-                Some(event) = events.recv(), if self.out.len() < MAX_OUTPUT => self.on_event(event),
+                Some(event) = events.recv(), if may_take => self.on_event(event),
                 Some((seq, part)) = retries.recv() => self.retry(seq, part),
                 read = reader.read_buf(&mut input), if may_read => {
                     if !matches!(read, Ok(n) if n > 0) {
@@ -299,8 +331,21 @@ impl Router {
                     }
                 }
             }
+            if self.held.is_some() && self.entries.is_empty() {
+                self.resume_held();
+                if !self.on_input(&mut scanner, &mut input) {
+                    return;
+                }
+            }
+            self.check_slow();
             if let Some(why) = &self.broken {
                 tracing::info!(reason = %why, "cluster connection ended");
+                // Shared connections never wait for this router again.
+                drop(events);
+                self.links.clear();
+                if self.slow {
+                    return;
+                }
                 // Replies already whole are still given before the end.
                 while !self.out.is_empty() {
                     if writer.writable().await.is_err() || !self.write_some(&writer) {
@@ -352,6 +397,11 @@ impl Router {
                     } else {
                         raw.clone()
                     };
+                    if self.hold_to_move(&raw, args) {
+                        // Read again once every earlier command is answered.
+                        scanner.rebase(end);
+                        return true;
+                    }
                     self.on_command(raw, args);
                     scanner.rebase(end);
                 }
@@ -379,17 +429,25 @@ impl Router {
         if self.links[index].is_none() {
             let id = self.next_link;
             self.next_link += 1;
-            let link = NodeLink::open(
-                id,
-                address.to_string(),
-                Arc::clone(self.view.gate()),
-                self.events_tx.clone(),
-            );
+            let link = match self.shared_link(id, address) {
+                Some(link) => link,
+                None => {
+                    let link = NodeLink::open(
+                        id,
+                        address.to_string(),
+                        Arc::clone(self.view.gate()),
+                        self.events_tx.clone(),
+                    );
+                    // A shared connection has the identity of its pool, and no other
+                    // state: only a connection of its own replays the client's.
+                    for (_, command) in &self.state {
+                        link.send(command.clone(), 1);
+                        self.expects[index].push_back(Expect::Hidden);
+                    }
+                    link
+                }
+            };
             self.link_nodes.insert(id, index);
-            for (_, command) in &self.state {
-                link.send(command.clone());
-                self.expects[index].push_back(Expect::Hidden);
-            }
             self.readonly[index] = false;
             self.links[index] = Some(link);
         }
@@ -399,8 +457,17 @@ impl Router {
     /// Send `command` on node `index`'s link, its reply expected as `expect`.
     pub(super) fn send(&mut self, index: usize, command: Bytes, expect: Expect) {
         if let Some(link) = &self.links[index] {
-            link.send(command);
+            link.send(command, 1);
             self.expects[index].push_back(expect);
+        }
+    }
+
+    /// Send `commands` on node `index`'s link in one write (nothing of another client's
+    /// between them on a shared connection), their replies expected as `expects`.
+    pub(super) fn send_together(&mut self, index: usize, commands: Bytes, expects: &[Expect]) {
+        if let Some(link) = &self.links[index] {
+            link.send(commands, expects.len() as u32);
+            self.expects[index].extend(expects.iter().copied());
         }
     }
 
@@ -413,8 +480,14 @@ impl Router {
 
     /// The node a command naming no key goes to: the last one used, else a primary.
     pub(super) fn default_index(&mut self) -> Option<usize> {
-        if let Some(i) = self.default_node.filter(|&i| self.links[i].is_some()) {
-            return Some(i);
+        if let Some(i) = self.default_node {
+            if self.links[i].is_some() {
+                return Some(i);
+            }
+            // Its link was closed by a move off the shared connections: the same node.
+            if let Some(index) = self.address_of(i).and_then(|a| self.node_for(&a)) {
+                return Some(index);
+            }
         }
         let address = self.any_primary()?;
         let index = self.node_for(&address)?;

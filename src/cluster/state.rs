@@ -33,8 +33,10 @@ impl Router {
         let Some(target) = self.default_index() else {
             return self.answer(self.no_node(), silent);
         };
+        // A shared connection keeps no client's state: only recorded, for the client's
+        // connections of its own should it move to them.
         for node in 0..self.links.len() {
-            if node != target && self.links[node].is_some() {
+            if node != target && self.links[node].as_ref().is_some_and(|l| !l.is_shared()) {
                 self.send(node, raw.clone(), Expect::Hidden);
             }
         }
@@ -107,7 +109,7 @@ impl Router {
                     self.tunnel = Some(node);
                 }
                 if let Some(link) = &self.links[node] {
-                    link.send(raw);
+                    link.send(raw, 0);
                 }
             }
             None => self.answer(self.no_node(), false),

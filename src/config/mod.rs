@@ -263,12 +263,6 @@ impl RawConfig {
                 "only with a redis-sentinel:// upstream.url",
             ));
         }
-        if upstream.cluster.is_some() && self.upstream.connections == ConnectionModel::Multiplexed {
-            return Err(invalid(
-                "upstream.connections",
-                "\"multiplexed\" is not available with a redis-cluster:// upstream yet: each client gets its own connection to each node it uses (docs/cluster.md)",
-            ));
-        }
         validate_read_from(&self.upstream.read_from, &upstream)?;
         if self.proxy.max_clients == 0 {
             return Err(invalid("proxy.max_clients", "must be at least 1"));

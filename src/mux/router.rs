@@ -165,6 +165,47 @@ impl<T: Owner> Router<T> {
         }
     }
 
+    /// Like [`Self::route`], for an owner that matches each reply to a command of its own
+    /// (a cluster router): every whole reply handed over alone, with whether it is a RESP3
+    /// push (handed to the owner of the reply it precedes, counted as no reply); a reply
+    /// still arriving stays in `input` until whole.
+    pub fn route_each(
+        &mut self,
+        input: &mut BytesMut,
+        mut deliver: impl FnMut(&T, BytesMut, bool),
+    ) -> Result<(), RouteError> {
+        loop {
+            if input.is_empty() {
+                return Ok(());
+            }
+            if self.order.is_empty() {
+                return Err(RouteError::Unexpected);
+            }
+            let (end, push) = match self.scanner.skip_plain_reply(input) {
+                Some(end) => (end, false),
+                None => match self.scanner.scan(input) {
+                    Ok(ReplyStep::Done(end)) => (end, self.scanner.info().kind == ReplyKind::Push),
+                    Ok(_) => return Ok(()),
+                    Err(e) => return Err(RouteError::Malformed(e.to_string())),
+                },
+            };
+            let reply = self.take(input, end);
+            let head = self.order.front_mut().expect("a reply is owed");
+            if push {
+                deliver(&head.to, reply, true);
+                continue;
+            }
+            head.replies -= 1;
+            self.owed -= 1;
+            if head.replies == 0 {
+                let run = self.order.pop_front().expect("the head run");
+                deliver(&run.to, reply, false);
+            } else {
+                deliver(&head.to, reply, false);
+            }
+        }
+    }
+
     /// The first `n` bytes of `input`, taken out and the scan moved along.
     fn take(&mut self, input: &mut BytesMut, n: usize) -> BytesMut {
         self.scanner.rebase(n);
@@ -259,6 +300,47 @@ mod tests {
                     .unwrap();
             }
             assert!(input.is_empty(), "seed {seed}: everything routed");
+            assert_eq!(router.owed(), 0, "seed {seed}");
+            assert_eq!(got, want, "seed {seed}");
+        }
+    }
+
+    /// `route_each` hands each owner its replies one whole reply at a time, at any read
+    /// split, a reply never cut.
+    #[test]
+    fn each_whole_reply_reaches_its_owner_alone() {
+        for seed in 1..100u64 {
+            let mut rng = Rng(seed * 104_729);
+            let mut router = Router::<u32>::new();
+            let mut stream = Vec::new();
+            let mut want: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+            let mut counts = [0u32; 3];
+            for _ in 0..20 {
+                let owner = rng.below(3) as u32;
+                let n = 1 + rng.below(4) as u32;
+                router.expect(&owner, n);
+                for _ in 0..n {
+                    let r = reply(owner, counts[owner as usize], rng.below(6));
+                    counts[owner as usize] += 1;
+                    want[owner as usize].push(r.clone());
+                    stream.extend_from_slice(&r);
+                }
+            }
+            let mut got: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+            let mut input = BytesMut::new();
+            let mut at = 0;
+            while at < stream.len() {
+                let end = (at + 1 + rng.below(500) as usize).min(stream.len());
+                input.extend_from_slice(&stream[at..end]);
+                at = end;
+                router
+                    .route_each(&mut input, |o, b, push| {
+                        assert!(!push);
+                        got[*o as usize].push(b.to_vec());
+                    })
+                    .unwrap();
+            }
+            assert!(input.is_empty(), "seed {seed}");
             assert_eq!(router.owed(), 0, "seed {seed}");
             assert_eq!(got, want, "seed {seed}");
         }

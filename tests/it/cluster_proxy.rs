@@ -244,8 +244,14 @@ async fn connection_state(addr: SocketAddr, proto: u8) -> String {
 /// fresh standalone Redis and through the proxy, FLUSHALL between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_unaware_client_sees_one_redis() {
+    a_cluster_unaware_client_sees_one_redis_with("").await;
+}
+
+/// The differential sessions through a proxy configured by `toml` (`cluster_mux` runs them
+/// multiplexed).
+pub async fn a_cluster_unaware_client_sees_one_redis_with(toml: &str) {
     let cluster = Cluster::start().await;
-    let proxy = proxy_for_cluster(&cluster, "").await;
+    let proxy = proxy_for_cluster(&cluster, toml).await;
     same_as_one_redis(proxy.addr, single_key_pipeline).await;
     same_as_one_redis(proxy.addr, multi_key_commands).await;
     same_as_one_redis(proxy.addr, connection_state).await;
@@ -309,8 +315,13 @@ async fn cross_slot_refusals_are_redis_s_and_the_proxy_is_a_one_node_cluster() {
 /// and every value read back is the last one its client wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resharding_under_load_is_invisible_to_clients() {
+    resharding_under_load_is_invisible_to_clients_with("").await;
+}
+
+/// Resharding under load through a proxy configured by `toml`.
+pub async fn resharding_under_load_is_invisible_to_clients_with(toml: &str) {
     let cluster = Cluster::start().await;
-    let proxy = proxy_for_cluster(&cluster, "").await;
+    let proxy = proxy_for_cluster(&cluster, toml).await;
     let map = slot_map(&cluster).await;
     let from = map.shards()[0].primary.clone();
     let to = map.shards()[1].primary.clone();
@@ -389,7 +400,7 @@ async fn resharding_under_load_is_invisible_to_clients() {
     proxy.shutdown().await;
 }
 
-async fn node_id_of(cluster: &Cluster, address: &str) -> String {
+pub async fn node_id_of(cluster: &Cluster, address: &str) -> String {
     let reply = cluster.conn(address).await.call(&["CLUSTER", "MYID"]).await;
     reply.split("\r\n").nth(1).unwrap().to_string()
 }

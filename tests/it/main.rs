@@ -10,6 +10,7 @@ mod clients;
 mod cluster;
 mod cluster_clients;
 mod cluster_harness;
+mod cluster_mux;
 mod cluster_proxy;
 mod cluster_replicas;
 mod deploy;

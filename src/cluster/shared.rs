@@ -1,0 +1,408 @@
+//! Shared node connections (`upstream.connections = "multiplexed"` in front of a cluster):
+//! the commands of many clients' routers to one node carried by a few connections to it.
+//!
+//! [`SharedNodes`] keeps, per node address and protocol (the identity: the URL's user
+//! always, RESP2 or RESP3), `upstream.shared_connections` [`NodeConn`]s, attached to in
+//! turn. A router's link to a node is then a [`SharedLink`] on one of them instead of a
+//! connection of its own ([`super::node::NodeLink`]). Each submission (whole commands and
+//! how many replies they get) is written back to back, never interleaved with another
+//! router's (`ASKING` and its command are one submission), and each whole reply handed to
+//! its router by order ([`crate::mux::router::Router::route_each`]) as the same
+//! [`NodeEvent`] a connection of its own sends, so the router cannot tell them apart.
+//!
+//! A connection is opened through [`ConnectGate::open_node`] (TCP, TLS, the URL's AUTH)
+//! when there is something to write, named `respguard-shared` (and given `HELLO 3` for the
+//! RESP3 identity), and closed once no router is attached. Lost, every router with
+//! replies owed on it gets one [`NodeEvent::Lost`] (its link is dead: what it sends
+//! there is dropped, the router having failed it); the next submission opens a new
+//! connection. A router never waits for one: its channel is the only thing a connection
+//! waits on, and a router always reads it (a client past its reply limit is let go).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, Notify};
+
+use super::event::NodeEvent;
+use crate::mux::identity::{give_identity, IdentityFailure};
+use crate::mux::router::{Owner as RunOwner, Router as OrderRouter};
+use crate::mux::LANE_NAME;
+use crate::resp;
+use crate::transport::Stream;
+use crate::upstream::ConnectGate;
+
+/// Node addresses and protocols with shared connections at once (a cluster has far fewer
+/// nodes; past it, pools no router uses are dropped, and a router gets a connection of its
+/// own when none can be).
+const MAX_POOLS: usize = 2048;
+
+/// Bytes written to a node in one go.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// How the shared node connections are set up, from `[upstream]` and `[proxy]`.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedSettings {
+    /// `upstream.shared_connections`: connections per node and identity.
+    pub per_node: usize,
+    /// `upstream.shared_identities`: 1 shares RESP2 clients' connections only, 2 or more
+    /// RESP3 clients' too.
+    pub identities: usize,
+    /// `proxy.output_buffer_hard`: most reply bytes a router on shared connections holds
+    /// for a client that does not read them before the client is let go.
+    pub unread_hard: usize,
+    /// `upstream.connect_timeout`: longest wait for a new connection's `CLIENT SETNAME`
+    /// and `HELLO`.
+    pub handshake_timeout: Duration,
+}
+
+/// Every node's shared connections, proxy-wide.
+#[derive(Debug)]
+pub struct SharedNodes {
+    gate: Arc<ConnectGate>,
+    settings: SharedSettings,
+    pools: Mutex<HashMap<(String, u8), Arc<Pool>>>,
+}
+
+/// One node's connections for one protocol.
+#[derive(Debug)]
+struct Pool {
+    conns: Vec<Arc<NodeConn>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn attached(&self) -> usize {
+        self.conns
+            .iter()
+            .map(|c| c.attached.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl SharedNodes {
+    /// No connection open until a router needs one.
+    pub fn new(gate: Arc<ConnectGate>, settings: SharedSettings) -> Self {
+        SharedNodes {
+            gate,
+            settings,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &SharedSettings {
+        &self.settings
+    }
+
+    /// Whether clients speaking `protocol` share connections (RESP3 needs a second
+    /// identity).
+    pub fn shares(&self, protocol: u8) -> bool {
+        protocol == 2 || self.settings.identities >= 2
+    }
+
+    /// A place for a router's link `link` (whose events go to `events`) on the next
+    /// connection in turn to `address` for `protocol`; `None` past [`MAX_POOLS`] pools in
+    /// use.
+    pub fn attach(
+        &self,
+        address: &str,
+        protocol: u8,
+        link: u64,
+        events: mpsc::Sender<NodeEvent>,
+    ) -> Option<SharedLink> {
+        let mut pools = self.pools.lock().expect("pools lock");
+        let key = (address.to_string(), protocol);
+        if !pools.contains_key(&key) {
+            if pools.len() >= MAX_POOLS {
+                pools.retain(|_, pool| pool.attached() > 0);
+            }
+            if pools.len() >= MAX_POOLS {
+                return None;
+            }
+            let conns = (0..self.settings.per_node.max(1))
+                .map(|_| {
+                    Arc::new(NodeConn {
+                        address: address.to_string(),
+                        protocol,
+                        gate: Arc::clone(&self.gate),
+                        handshake_timeout: self.settings.handshake_timeout,
+                        queue: Mutex::new(VecDeque::new()),
+                        work: Notify::new(),
+                        attached: AtomicUsize::new(0),
+                        running: AtomicBool::new(false),
+                    })
+                })
+                .collect();
+            pools.insert(
+                key.clone(),
+                Arc::new(Pool {
+                    conns,
+                    next: AtomicUsize::new(0),
+                }),
+            );
+        }
+        let pool = &pools[&key];
+        let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.conns.len();
+        let conn = Arc::clone(&pool.conns[i]);
+        drop(pools);
+        conn.attached.fetch_add(1, Ordering::Relaxed);
+        if !conn.running.swap(true, Ordering::AcqRel) {
+            tokio::spawn(Arc::clone(&conn).run());
+        }
+        Some(SharedLink {
+            conn,
+            owner: Arc::new(Owner {
+                link,
+                events,
+                dead: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// A router's link, as a shared connection knows it: where its replies go.
+#[derive(Debug)]
+struct Owner {
+    link: u64,
+    events: mpsc::Sender<NodeEvent>,
+    /// The connection was lost with replies owed to it (it was told), or the router
+    /// dropped the link: what it still sends is dropped, what comes for it too.
+    dead: AtomicBool,
+}
+
+impl RunOwner for Arc<Owner> {
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
+    }
+}
+
+/// Commands submitted and not yet taken by the connection's task.
+type Queue = VecDeque<(Arc<Owner>, Bytes, u32)>;
+
+/// One shared connection to a node, owned by its task while it runs.
+#[derive(Debug)]
+struct NodeConn {
+    address: String,
+    protocol: u8,
+    gate: Arc<ConnectGate>,
+    handshake_timeout: Duration,
+    queue: Mutex<Queue>,
+    /// Wakes the task: something submitted, or a router left.
+    work: Notify,
+    /// Router links attached.
+    attached: AtomicUsize,
+    running: AtomicBool,
+}
+
+/// A router's place on a shared node connection. Dropping it leaves the connection.
+#[derive(Debug)]
+pub struct SharedLink {
+    conn: Arc<NodeConn>,
+    owner: Arc<Owner>,
+}
+
+impl SharedLink {
+    /// Queue `command` (whole commands, written together) expecting `replies` replies;
+    /// false when the connection was lost with replies owed to this link (the router got,
+    /// or will get, its [`NodeEvent::Lost`]).
+    pub fn send(&self, command: Bytes, replies: u32) -> bool {
+        let mut queue = self.conn.queue.lock().expect("queue lock");
+        if self.owner.dead.load(Ordering::Acquire) {
+            return false;
+        }
+        queue.push_back((Arc::clone(&self.owner), command, replies));
+        drop(queue);
+        self.conn.work.notify_one();
+        true
+    }
+}
+
+impl Drop for SharedLink {
+    fn drop(&mut self) {
+        // Its router no longer reads what comes for it: never waited for, never told.
+        self.owner.dead.store(true, Ordering::Release);
+        self.conn.attached.fetch_sub(1, Ordering::Relaxed);
+        self.conn.work.notify_one();
+    }
+}
+
+impl NodeConn {
+    /// The task: connect when there is work, serve until the connection is lost (its
+    /// routers told) or no router is attached; ends then.
+    async fn run(self: Arc<Self>) {
+        loop {
+            if !self.wait_for_work().await {
+                self.running.store(false, Ordering::Release);
+                // A router that attached meanwhile found the task still running.
+                if self.attached.load(Ordering::Relaxed) > 0
+                    && !self.running.swap(true, Ordering::AcqRel)
+                {
+                    continue;
+                }
+                return;
+            }
+            let stream = match self.gate.open_node(&self.address).await {
+                Ok(mut stream) => {
+                    match give_identity(&mut stream, &self.handshake(), self.handshake_timeout)
+                        .await
+                    {
+                        Ok(()) => Ok(stream),
+                        Err(IdentityFailure::Lost(reason)) => Err(reason),
+                        Err(IdentityFailure::Refused(reply)) => {
+                            Err(String::from_utf8_lossy(&reply).trim_end().to_string())
+                        }
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match stream {
+                // Nothing was written: the routers retry (a node restarting, a failover).
+                Err(reason) => self.fail_queued(&reason).await,
+                Ok(stream) => {
+                    metrics::gauge!("respguard_cluster_shared_connections").increment(1.0);
+                    let mut order = OrderRouter::new();
+                    let reason = self.serve(stream, &mut order).await;
+                    metrics::gauge!("respguard_cluster_shared_connections").decrement(1.0);
+                    if let Some(reason) = reason {
+                        self.lose(&mut order, &reason).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `CLIENT SETNAME respguard-shared`, and `HELLO 3` for the RESP3 identity.
+    fn handshake(&self) -> (Bytes, u32) {
+        let mut out = BytesMut::new();
+        resp::command(&mut out, &[b"CLIENT", b"SETNAME", LANE_NAME.as_bytes()]);
+        if self.protocol == 3 {
+            resp::command(&mut out, &[b"HELLO", b"3"]);
+            return (out.freeze(), 2);
+        }
+        (out.freeze(), 1)
+    }
+
+    /// True once something is queued; false when no router is attached.
+    async fn wait_for_work(&self) -> bool {
+        loop {
+            if !self.queue.lock().expect("queue lock").is_empty() {
+                return true;
+            }
+            if self.attached.load(Ordering::Relaxed) == 0 {
+                return false;
+            }
+            self.work.notified().await;
+        }
+    }
+
+    /// The connection could not be opened: every router with commands queued is told
+    /// (`connected` false: nothing was sent, it may retry).
+    async fn fail_queued(&self, reason: &str) {
+        let queued: Queue = std::mem::take(&mut *self.queue.lock().expect("queue lock"));
+        for (owner, _, _) in queued {
+            tell_lost(&owner, reason, false).await;
+        }
+    }
+
+    /// The connection was lost: every router with replies owed is told.
+    async fn lose(&self, order: &mut OrderRouter<Arc<Owner>>, reason: &str) {
+        let mut owners = Vec::new();
+        order.lose_all(|owner, _, _| owners.push(Arc::clone(owner)));
+        if !owners.is_empty() {
+            tracing::info!(node = %self.address, reason, "shared cluster node connection lost");
+            metrics::counter!("respguard_shared_connections_lost_total").increment(1);
+        }
+        for owner in owners {
+            tell_lost(&owner, reason, true).await;
+        }
+    }
+
+    /// Write what routers submit, hand each reply to its router; returns why the
+    /// connection ended, or `None` once no router is attached and nothing is owed.
+    async fn serve(
+        &self,
+        mut stream: Stream,
+        order: &mut OrderRouter<Arc<Owner>>,
+    ) -> Option<String> {
+        let mut input = BytesMut::with_capacity(16 * 1024);
+        let mut writing = BytesMut::new();
+        let mut replies: Vec<(Arc<Owner>, BytesMut, bool)> = Vec::new();
+        loop {
+            if writing.is_empty() {
+                self.take_queued(order, &mut writing);
+            }
+            if writing.is_empty() && order.owed() == 0 && self.attached.load(Ordering::Relaxed) == 0
+            {
+                return None;
+            }
+            let flush = stream.wants_flush();
+            let (mut rx, mut tx) = stream.halves();
+            tokio::select! {
+                biased;
+                r = rx.read_buf(&mut input) => {
+                    match r {
+                        Ok(0) => return Some("the node closed the connection".into()),
+                        Err(e) => return Some(e.to_string()),
+                        Ok(_) => {}
+                    }
+                    let routed = order.route_each(&mut input, |owner, reply, push| {
+                        replies.push((Arc::clone(owner), reply, push));
+                    });
+                    for (owner, reply, push) in replies.drain(..) {
+                        if owner.dead.load(Ordering::Acquire) {
+                            continue;
+                        }
+                        let event = NodeEvent::Reply { link: owner.link, reply: reply.freeze(), push };
+                        // A router always reads its events; one gone is skipped.
+                        let _ = owner.events.send(event).await;
+                    }
+                    if let Err(e) = routed {
+                        return Some(e.to_string());
+                    }
+                    if input.capacity() - input.len() < 4096 {
+                        input.reserve(16 * 1024);
+                    }
+                }
+                r = tx.send(&writing), if !writing.is_empty() || flush => match r {
+                    Ok(0) if !writing.is_empty() => return Some("the connection closed".into()),
+                    Ok(n) => { let _ = writing.split_to(n); }
+                    Err(e) => return Some(e.to_string()),
+                },
+                _ = self.work.notified(), if writing.is_empty() => {}
+            }
+        }
+    }
+
+    /// Move queued submissions to the bytes to write, their replies expected in order
+    /// (a dead link's dropped: its router failed them).
+    fn take_queued(&self, order: &mut OrderRouter<Arc<Owner>>, writing: &mut BytesMut) {
+        let mut queue = self.queue.lock().expect("queue lock");
+        while writing.len() < WRITE_BATCH {
+            let Some((owner, command, replies)) = queue.pop_front() else {
+                break;
+            };
+            if owner.dead.load(Ordering::Acquire) {
+                continue;
+            }
+            order.expect(&owner, replies);
+            writing.extend_from_slice(&command);
+        }
+    }
+}
+
+/// Tell a router its link on a shared connection is lost (once), and mark it dead.
+async fn tell_lost(owner: &Arc<Owner>, reason: &str, connected: bool) {
+    if owner.dead.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let event = NodeEvent::Lost {
+        link: owner.link,
+        reason: reason.to_string(),
+        connected,
+    };
+    let _ = owner.events.send(event).await;
+}
