@@ -167,7 +167,7 @@ fn spawn_core(
     std::thread::Builder::new()
         .name(format!("core-{index}"))
         .spawn(move || {
-            crate::mux::serve_on_thread(index);
+            crate::mux::threads::serve_on_thread(index);
             runtime.block_on(Listener::new(socket, intake).run(shutdown, drain));
             // Sessions still running after the drain timeout end with their runtime.
             drop(runtime);

@@ -45,7 +45,6 @@ use pinned::PinnedConnections;
 
 pub use identity::{LaneIdentity, LaneUser};
 pub use lane::{SlowReader, UnreadLimit, LANE_NAME};
-pub use threads::{serve_on_thread, LanesPerThread};
 
 /// How multiplexing is set up, from `[upstream]` and `[proxy]`.
 #[derive(Debug, Clone, Copy)]
