@@ -140,7 +140,13 @@ impl Clock {
     /// Nanoseconds since the clock started ([`now`]: the read being judged, if one is).
     #[inline]
     fn nanos(&self) -> u64 {
-        now().saturating_sub(self.start)
+        self.nanos_at(Now::read())
+    }
+
+    /// Nanoseconds from the clock's start to `at`.
+    #[inline]
+    fn nanos_at(&self, at: Now) -> u64 {
+        at.0.saturating_sub(self.start)
     }
 
     /// Time since the clock started.
@@ -152,25 +158,25 @@ impl Clock {
     /// Whole milliseconds since the clock started.
     #[inline]
     pub fn millis(&self) -> u64 {
-        self.nanos() / 1_000_000
+        self.millis_at(Now::read())
     }
 
     /// Whole seconds since the clock started.
     #[inline]
     pub fn secs(&self) -> u64 {
-        self.nanos() / 1_000_000_000
+        self.secs_at(Now::read())
     }
 
     /// Whole milliseconds from the clock's start to `at`.
     #[inline]
     pub fn millis_at(&self, at: Now) -> u64 {
-        at.0.saturating_sub(self.start) / 1_000_000
+        self.nanos_at(at) / 1_000_000
     }
 
     /// Whole seconds from the clock's start to `at`.
     #[inline]
     pub fn secs_at(&self, at: Now) -> u64 {
-        at.0.saturating_sub(self.start) / 1_000_000_000
+        self.nanos_at(at) / 1_000_000_000
     }
 }
 
