@@ -27,7 +27,7 @@ use crate::identity::ClientIdentity;
 
 /// The guards, in order, and which of their phases each command needs.
 pub struct Guards {
-    chain: Vec<Box<dyn Guard>>,
+    chain: Vec<Link>,
     /// By command id: bit `i` is set when guard `i` wants the command (at most 8 guards).
     wanted: ByCommand<u8>,
     /// Guards whose `engaged` phase may say no (the shed guard).
@@ -44,7 +44,7 @@ pub struct Guards {
 
 impl std::fmt::Debug for Guards {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<_> = self.chain.iter().map(|g| g.name()).collect();
+        let names: Vec<_> = self.chain.iter().map(|g| g.guard().name()).collect();
         f.debug_struct("Guards").field("chain", &names).finish()
     }
 }
@@ -59,44 +59,44 @@ impl Guards {
     ) -> Result<Self, ConfigError> {
         let mode = raw.mode;
         let logs = raw.refusal_logs_per_second;
-        let mut chain: Vec<Box<dyn Guard>> = Vec::new();
+        let mut chain = Vec::new();
         if !raw.size.rules.is_empty() {
-            chain.push(Box::new(SizeGuard::build(&raw.size, mode, logs)?));
+            chain.push(Link::Size(SizeGuard::build(&raw.size, mode, logs)?));
         }
         // Built (and its counters registered) even when no level is on, as always.
         let pressure = Arc::clone(&context.pressure);
         let catalog = Arc::clone(&context.scripts);
         let shed = ShedGuard::build(&raw.shed, mode, logs, pressure, catalog, table);
         if raw.shed.soft_enter > 0.0 || raw.shed.hard_enter > 0.0 {
-            chain.push(Box::new(shed));
+            chain.push(Link::Shed(shed));
         }
         if !raw.queue.rules.is_empty() {
             let depths = Arc::clone(&context.queues);
             let queue = QueueGuard::build(&raw.queue, mode, logs, depths, table);
-            chain.push(Box::new(queue));
+            chain.push(Link::Queue(queue));
         }
         if !raw.enqueue.rules.is_empty() {
             let memory = Arc::clone(&context.enqueue);
             let enqueue = EnqueueGuard::build(&raw.enqueue, mode, logs, memory, table)?;
-            chain.push(Box::new(enqueue));
+            chain.push(Link::Enqueue(enqueue));
         }
         if !raw.ttl.rules.is_empty() {
-            chain.push(Box::new(TtlGuard::build(&raw.ttl, mode, logs, table)?));
+            chain.push(Link::Ttl(TtlGuard::build(&raw.ttl, mode, logs, table)?));
         }
         if let Some(fail_open) = FailOpen::build(&raw.fail_open, table, logs) {
-            chain.push(Box::new(fail_open));
+            chain.push(Link::FailOpen(fail_open));
         }
         Ok(Guards::of(chain, table))
     }
 
     /// The chain `chain`, in that order, with its bitmasks for the commands of `table`.
-    fn of(chain: Vec<Box<dyn Guard>>, table: &CommandTable) -> Self {
+    fn of(chain: Vec<Link>, table: &CommandTable) -> Self {
         debug_assert!(chain.len() <= 8, "the bitmasks hold eight guards");
         let mask = |has: &dyn Fn(&dyn Guard) -> bool| {
             chain
                 .iter()
                 .enumerate()
-                .filter(|(_, g)| has(g.as_ref()))
+                .filter(|(_, g)| has(g.guard()))
                 .fold(0u8, |bits, (i, _)| bits | 1 << i)
         };
         Guards {
@@ -105,7 +105,11 @@ impl Guards {
             ungated: ByCommand::build(table, |info| mask(&|g| g.always_engaged(info))),
             as_user: mask(&|g| g.acts_as_user()),
             when_down: ByCommand::build(table, |info| mask(&|g| g.wants_when_down(info))),
-            ttl: mask(&|g| g.name() == "ttl"),
+            ttl: chain
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| matches!(g, Link::Ttl(_)))
+                .fold(0u8, |bits, (i, _)| bits | 1 << i),
             chain,
         }
     }
@@ -213,11 +217,67 @@ impl Guards {
         let mut bits = self.when_down.get(cmd.info);
         while bits != 0 {
             let guard = &self.chain[bits.trailing_zeros() as usize];
-            if let Some(reply) = guard.when_upstream_down(cmd, client, resp3) {
+            if let Some(reply) = guard.guard().when_upstream_down(cmd, client, resp3) {
                 return Some(reply);
             }
             bits &= bits - 1;
         }
         None
+    }
+}
+
+/// One guard of the chain, held by its kind rather than behind a vtable, so the per-command
+/// phases ([`Link::engaged`], [`Link::check`]) are direct calls the compiler may inline
+/// into the chain's loop; everything asked once, at build or while Redis is down, goes
+/// through the [`Guard`] trait ([`Link::guard`]). Unboxed: a chain holds at most six, built
+/// once per configuration, and a box would put the enqueue guard's check behind one more
+/// load.
+#[allow(clippy::large_enum_variant)]
+enum Link {
+    Size(SizeGuard),
+    Shed(ShedGuard),
+    Queue(QueueGuard),
+    Enqueue(EnqueueGuard),
+    Ttl(TtlGuard),
+    FailOpen(FailOpen),
+}
+
+impl Link {
+    /// The guard, as the trait every phase is written against.
+    fn guard(&self) -> &dyn Guard {
+        match self {
+            Link::Size(g) => g,
+            Link::Shed(g) => g,
+            Link::Queue(g) => g,
+            Link::Enqueue(g) => g,
+            Link::Ttl(g) => g,
+            Link::FailOpen(g) => g,
+        }
+    }
+
+    /// [`Guard::engaged`], called directly.
+    #[inline(always)]
+    fn engaged(&self, size: u64) -> bool {
+        match self {
+            Link::Size(g) => g.engaged(size),
+            Link::Shed(g) => g.engaged(size),
+            Link::Queue(g) => g.engaged(size),
+            Link::Enqueue(g) => g.engaged(size),
+            Link::Ttl(g) => g.engaged(size),
+            Link::FailOpen(g) => g.engaged(size),
+        }
+    }
+
+    /// [`Guard::check`], called directly.
+    #[inline(always)]
+    fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict {
+        match self {
+            Link::Size(g) => g.check(cmd, client, out),
+            Link::Shed(g) => g.check(cmd, client, out),
+            Link::Queue(g) => g.check(cmd, client, out),
+            Link::Enqueue(g) => g.check(cmd, client, out),
+            Link::Ttl(g) => g.check(cmd, client, out),
+            Link::FailOpen(g) => g.check(cmd, client, out),
+        }
     }
 }

@@ -269,6 +269,7 @@ impl Guard for SizeGuard {
         info.is_write()
     }
 
+    #[inline]
     fn check(
         &self,
         cmd: &CommandView<'_>,
@@ -278,6 +279,15 @@ impl Guard for SizeGuard {
         if self.within_every_limit(cmd) {
             return Verdict::Forward;
         }
+        self.check_each_key(cmd, client)
+    }
+}
+
+impl SizeGuard {
+    /// [`Guard::check`] for a command over some limit's size: the first key whose rule
+    /// it breaks decides.
+    #[inline(never)]
+    fn check_each_key(&self, cmd: &CommandView<'_>, client: &ClientIdentity) -> Verdict {
         let ownership = Ownership::of(cmd);
         for (n, &k) in cmd.keys.iter().enumerate() {
             let Some(key) = cmd.arg(k) else { continue };
