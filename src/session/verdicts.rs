@@ -302,7 +302,7 @@ impl Session {
     /// Record what to do with the replies of the command at `span`, sent to Redis, and the
     /// guard's watch on its reply. A command inside MULTI is answered QUEUED; its reply
     /// arrives inside EXEC's array, so it is not watched.
-    #[inline]
+    #[inline(always)]
     fn record(&mut self, info: CommandFacts, span: Span, watch: Option<ReplyWatch>) {
         // The common guarded command (no special kind, outside MULTI, replies on): one
         // forwarded entry, its effect the guard's watch if any, as `push_for` would record
