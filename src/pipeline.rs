@@ -219,8 +219,9 @@ pub fn judge(
     connection_allows: impl FnOnce() -> bool,
 ) -> Verdict {
     let guards = with.guards;
-    let engaged = if guards.wants(info.id) && connection_allows() {
-        guards.engaged(info.id, command.span.size)
+    let wanted = guards.wanted(info.id);
+    let engaged = if wanted != 0 && connection_allows() {
+        guards.engaged(info.id, wanted, command.span.size)
     } else {
         0
     };

@@ -88,10 +88,11 @@ pub fn assets() -> [(&'static str, &'static str); 3] {
 /// `/console/data`: the figures of this moment.
 async fn data(State(state): State<Shared>) -> Response {
     let status = state.control.status();
-    let decisions = state
-        .prometheus
-        .as_ref()
-        .map(|p| decisions(&p.render(), MAX_DECISIONS));
+    let decisions = state.prometheus.as_ref().map(|_| {
+        let mut text = String::new();
+        crate::guard::decisions::render(&mut text);
+        decisions(&text, MAX_DECISIONS)
+    });
     let unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -218,6 +219,30 @@ mod tests {
             decisions(text, 1)[0].guard,
             "ttl",
             "the first `limit` of the exposition"
+        );
+    }
+
+    #[test]
+    fn decisions_the_guards_count_are_read_back_from_their_rendering() {
+        let count = crate::guard::decisions::DecisionCount::of(
+            "enqueue",
+            "console \"q\"\\",
+            "drop",
+            "observe",
+        );
+        count.increment();
+        count.increment();
+        count.increment();
+        let mut text = String::new();
+        crate::guard::decisions::render(&mut text);
+        let read = decisions(&text, usize::MAX);
+        let found = read
+            .iter()
+            .find(|d| d.guard == "enqueue" && d.rule == "console \"q\"\\")
+            .expect("the count is rendered");
+        assert_eq!(
+            (found.action.as_str(), found.mode.as_str(), found.count),
+            ("drop", "observe", 3)
         );
     }
 }

@@ -114,13 +114,14 @@ pub fn keyspace_answer(source: Option<&KeyspaceSource>) -> Response {
 }
 
 /// The recorder's metrics, with the gauges read at scrape time refreshed first, then the
-/// per-command histograms.
+/// guards' decision counts and the per-command histograms.
 fn render_metrics(prometheus: &PrometheusHandle, state: &AdminState) -> String {
     metrics::gauge!("respguard_process_resident_memory_bytes")
         .set(crate::control::resident_memory_bytes() as f64);
     metrics::gauge!("respguard_upstream_connections")
         .set(state.control.upstream_connections() as f64);
     let mut text = prometheus.render();
+    crate::guard::decisions::render(&mut text);
     if let Some(latency) = &state.latency {
         latency.render(&mut text);
     }

@@ -133,17 +133,23 @@ impl Guards {
         self.wanted.by_id(command) != 0
     }
 
-    /// The guards (a bit each, in chain order) that want this command (of `size` bytes)
-    /// and may act on it now: each that never disengages, and each that may ([`Guard::may_disengage`])
-    /// when engaged or always engaged for the command. 0 when none may: the command is
-    /// forwarded without finding its keys. Every gated guard that wants the command is
-    /// asked, whatever the others say: the shed guard counts a memory-growing write towards
-    /// the pressure estimate there.
+    /// The guards (a bit each, in chain order) that want the command with this id: 0 when
+    /// none does.
     #[inline]
-    pub fn engaged(&self, command: u16, size: u64) -> u8 {
-        let bits = self.wanted.by_id(command);
-        let mut gated = bits & self.gated;
-        let mut engaged = (bits & !self.gated) | (gated & self.ungated.by_id(command));
+    pub fn wanted(&self, command: u16) -> u8 {
+        self.wanted.by_id(command)
+    }
+
+    /// Of the guards `wanted` ([`Self::wanted`] of this command, of `size` bytes), those
+    /// that may act on it now: each that never disengages, and each that may
+    /// ([`Guard::may_disengage`]) when engaged or always engaged for the command. 0 when
+    /// none may: the command is forwarded without finding its keys. Every gated guard that
+    /// wants the command is asked, whatever the others say: the shed guard counts a
+    /// memory-growing write towards the pressure estimate there.
+    #[inline]
+    pub fn engaged(&self, command: u16, wanted: u8, size: u64) -> u8 {
+        let mut gated = wanted & self.gated;
+        let mut engaged = (wanted & !self.gated) | (gated & self.ungated.by_id(command));
         while gated != 0 {
             let at = gated.trailing_zeros();
             if self.chain[at as usize].engaged(size) {

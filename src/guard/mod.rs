@@ -26,6 +26,7 @@
 mod by_command;
 mod chain;
 mod context;
+pub mod decisions;
 pub mod enqueue;
 pub mod fail_open;
 pub mod job_work;

@@ -2,12 +2,12 @@
 //! place a decision is counted, logged and (in observe mode) set aside.
 //!
 //! A guard says what it would do ([`Action`]) and acts only when [`Rule::decided`] returns
-//! true; the counters (`respguard_guard_decisions_total`, labelled with guard, rule, action
-//! and mode) are registered when the rule is built, and log lines are limited per rule by
-//! a [`LogLimiter`]. Never decides anything itself and never imports a guard.
+//! true; the counts (`respguard_guard_decisions_total`, labelled with guard, rule, action
+//! and mode: [`super::decisions`]) are found when the rule is built, and log lines are
+//! limited per rule by a [`LogLimiter`]. Never decides anything itself and never imports a
+//! guard.
 
-use metrics::Counter;
-
+use super::decisions::DecisionCount;
 use super::log_limit::LogLimiter;
 use super::pattern::KeyPattern;
 use super::verdict::Verdict;
@@ -18,7 +18,7 @@ use crate::identity::ClientIdentity;
 pub use crate::config::Mode;
 
 /// What a guard did, as the `action` label of `respguard_guard_decisions_total`. Each rule
-/// registers a counter for the actions its guard takes, indexed by this enum.
+/// counts the actions its guard takes, indexed by this enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Size guard: a value, request or element count over a limit.
@@ -110,9 +110,9 @@ pub struct Rule<L> {
     pub mode: Mode,
     /// The guard's settings for this rule.
     pub limits: L,
-    /// By [`Action`]: the counter of each action the guard registered (a no-op counter for
-    /// the others).
-    counters: [Counter; Action::COUNT],
+    /// By [`Action`]: the count of each action the guard takes (one no one reads for the
+    /// others).
+    counters: [DecisionCount; Action::COUNT],
     log: LogLimiter,
 }
 
@@ -168,15 +168,11 @@ impl<L> Rule<L> {
         };
         let mode = spec.mode.unwrap_or(kind.default_mode);
         let name = spec.name.unwrap_or(spec.pattern);
-        let mut counters: [Counter; Action::COUNT] = std::array::from_fn(|_| Counter::noop());
+        let mut counters: [DecisionCount; Action::COUNT] =
+            std::array::from_fn(|_| DecisionCount::unread());
         for &action in kind.actions {
-            counters[action as usize] = metrics::counter!(
-                "respguard_guard_decisions_total",
-                "guard" => kind.guard,
-                "rule" => name.to_string(),
-                "action" => action.label(),
-                "mode" => mode.label(),
-            );
+            counters[action as usize] =
+                DecisionCount::of(kind.guard, name, action.label(), mode.label());
         }
         let clients = spec.clients;
         Rule {
@@ -231,7 +227,7 @@ impl<L> Rule<L> {
     /// Count one `action`, without a log line.
     #[inline]
     pub fn count(&self, action: Action) {
-        self.counters[action as usize].increment(1);
+        self.counters[action as usize].increment();
     }
 
     /// A decision to take `action` on `client`'s `command` (its name, for the log line):
