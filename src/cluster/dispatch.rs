@@ -37,6 +37,7 @@ impl Router {
     pub(super) fn on_command(&mut self, raw: Bytes, args: Args<'_>) {
         if let Some(node) = self.tunnel {
             // Subscribed: everything goes through the subscribed connection as it is.
+            self.follow_pubsub(node, args);
             if let Some(link) = &self.links[node] {
                 link.send(raw, 0);
             }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::args::Args;
 use super::dispatch::CROSSSLOT;
 use super::route::Route;
-use super::router::{Expect, Kind, ReplyMode, Router, Transaction};
+use super::router::{Expect, Kind, ReplyMode, Router, Transaction, MAX_OUTPUT};
 use super::spread;
 use crate::resp;
 
@@ -108,6 +108,7 @@ impl Router {
                 if self.protocol < 3 {
                     self.tunnel = Some(node);
                 }
+                self.follow_pubsub(node, args);
                 if let Some(link) = &self.links[node] {
                     link.send(raw, 0);
                 }
@@ -190,5 +191,65 @@ impl Router {
             Route::Slot(slot) => self.primary_index(slot).or_else(|| self.default_index()),
             _ => self.default_index(),
         }
+    }
+
+    /// A reply on the subscribed connection: given as it is (after the replies owed
+    /// before it); the last subscription ended, or RESET, ends the tunnel.
+    pub(super) fn on_tunnel_reply(&mut self, index: usize, reply: Bytes) {
+        let ends = reply.as_ref() == b"+RESET\r\n" || ends_subscriptions(&reply);
+        if self.entries.is_empty() {
+            self.out.extend_from_slice(&reply);
+        } else {
+            self.tunnel_held.extend_from_slice(&reply);
+            if self.tunnel_held.len() > MAX_OUTPUT {
+                // Messages behind replies still owed by other nodes: a subscriber that far
+                // behind is let go, as Redis lets a slow subscriber go.
+                self.broken = Some("subscription messages piled up behind replies owed".into());
+            }
+        }
+        if ends {
+            self.tunnel = None;
+            if reply.as_ref() == b"+RESET\r\n" {
+                self.reset_links(Some(index));
+            }
+        }
+    }
+}
+
+/// Whether a subscribed connection's reply says no subscription is left: an
+/// `unsubscribe`, `punsubscribe` or `sunsubscribe` confirmation with a count of 0.
+fn ends_subscriptions(reply: &[u8]) -> bool {
+    let Some(rest) = reply
+        .strip_prefix(b"*3\r\n")
+        .or_else(|| reply.strip_prefix(b">3\r\n"))
+    else {
+        return false;
+    };
+    let named =
+        |word: &[u8]| rest.len() > word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
+    rest.ends_with(b":0\r\n")
+        && (named(b"$11\r\nunsubscribe\r\n")
+            || named(b"$12\r\npunsubscribe\r\n")
+            || named(b"$12\r\nsunsubscribe\r\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_last_unsubscription_ends_the_tunnel() {
+        assert!(ends_subscriptions(
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
+        ));
+        assert!(ends_subscriptions(
+            b">3\r\n$12\r\npunsubscribe\r\n$1\r\na\r\n:0\r\n"
+        ));
+        assert!(!ends_subscriptions(
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n"
+        ));
+        assert!(!ends_subscriptions(
+            b"*3\r\n$7\r\nmessage\r\n$11\r\nunsubscribe\r\n:0\r\n"
+        ));
     }
 }
