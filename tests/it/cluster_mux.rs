@@ -464,6 +464,45 @@ async fn a_client_whose_state_ended_is_back_on_shared_connections() {
     proxy.shutdown().await;
 }
 
+/// In RESP3 too: a client that said `HELLO 3` (on the RESP3 shared connections), then
+/// subscribed, got a message and unsubscribed, goes back to the shared connections once
+/// its last subscription is gone (the pushes counted as one Redis connection's), each
+/// push the bytes a direct RESP3 connection gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_subscriber_is_back_on_shared_connections_after_its_last_unsubscribe() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, MUX).await;
+    let pubsub = slot_map(&cluster).await.shards()[0].primary.clone();
+    let key = key_on(&cluster, &pubsub, "r3:").await;
+    let mut subscriber = cluster.conn(&pubsub).await;
+    assert!(subscriber.call(&["HELLO", "3"]).await.starts_with('%'));
+    let mut publisher = Conn::open(proxy.addr).await;
+    assert_eq!(publisher.call(&["SET", &key, "v"]).await, "+OK\r\n");
+    let before = unshared_on(&cluster, &pubsub).await.len();
+
+    let mut c = Conn::open(proxy.addr).await;
+    assert!(c.call(&["HELLO", "3"]).await.starts_with('%'));
+    assert_eq!(c.call(&["CLIENT", "SETNAME", "pusher3"]).await, "+OK\r\n");
+    assert_eq!(c.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    wait_until_back(&cluster, &pubsub, "pusher3", before).await;
+
+    let subscribed = subscriber.call(&["SUBSCRIBE", "events"]).await;
+    assert!(subscribed.starts_with('>'), "{subscribed:?}");
+    assert_eq!(c.call(&["SUBSCRIBE", "events"]).await, subscribed);
+    wait_for_own(&cluster, &pubsub, "pusher3", " cmd=subscribe ").await;
+    // Still subscribed: a command between is routed as ever, and the client stays.
+    assert_eq!(c.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    assert_eq!(publisher.call(&["PUBLISH", "events", "e1"]).await, ":2\r\n");
+    let message = String::from_utf8_lossy(&subscriber.reply().await).into_owned();
+    assert_eq!(String::from_utf8_lossy(&c.reply().await), message);
+    assert_eq!(named_on(&cluster, &pubsub, "pusher3").await.len(), 1);
+    let unsubscribed = subscriber.call(&["UNSUBSCRIBE", "events"]).await;
+    assert_eq!(c.call(&["UNSUBSCRIBE", "events"]).await, unsubscribed);
+    wait_until_back(&cluster, &pubsub, "pusher3", before).await;
+    assert_eq!(c.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    proxy.shutdown().await;
+}
+
 /// A command whose state lasts for the connection's life keeps the client on the
 /// connection of its own it took: `CLIENT ID` answers the same id before and after other
 /// commands (a client back on shared connections would need a new one, of another id),
