@@ -61,14 +61,16 @@ impl Router {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         for index in 0..self.links.len() {
-            if !self.owes_on_own(index) || self.excused(index) {
+            if !self.owes_on_own(index) {
                 continue;
             }
             let due = self.progress[index] + timeout;
-            if due <= now {
-                self.time_out(index, timeout);
-            } else {
+            if due > now {
                 next = Some(next.map_or(due, |n| n.min(due)));
+            } else if !self.excused(index) {
+                // Read only once silent that long: the commands owed are not looked at
+                // while replies come.
+                self.time_out(index, timeout);
             }
         }
         self.deadline = next;
