@@ -56,6 +56,9 @@ impl Router {
                 true
             }
         };
+        if &*name == b"CLIENT" && self.name_kept_here(&raw, args, silent) {
+            return;
+        }
         if self.transaction.is_some() || matches!(&name[..], b"MULTI" | b"EXEC" | b"DISCARD") {
             return self.transaction_command(raw, args, &name, silent);
         }

@@ -80,8 +80,13 @@ pub(super) enum Kind {
     Plain,
     /// Inside MULTI (or MULTI, EXEC, DISCARD themselves): sent as is, replies as they come.
     Transaction,
-    /// A command changing connection state, replayed on every node (`key` names it).
-    State { key: Vec<u8> },
+    /// A command changing connection state (`raw`), replayed on every node (`key` names
+    /// it), in force instead of `previous` unless refused.
+    State {
+        key: Vec<u8>,
+        raw: Bytes,
+        previous: Option<Bytes>,
+    },
     /// WATCH: the transaction that follows runs on its node.
     Watch,
 }

@@ -7,24 +7,25 @@
 //! - **while the state lasts** ([`Pinning::WhileInUse`], and `XREAD … BLOCK`): MULTI until
 //!   EXEC or DISCARD, WATCH until EXEC, DISCARD or UNWATCH, a blocking command or WAIT until
 //!   answered, subscriptions until none is held (followed per node by a [`ReplyQueue`], as
-//!   a session follows one Redis connection's), and `CLIENT SETNAME`/`GETNAME` (the name is
-//!   the router's state, replayed on each connection of its own, never a shared one's);
+//!   a session follows one Redis connection's), and a `CLIENT SETNAME` Redis refuses;
 //!   then, once every command is answered, its own connections close and it goes back to
 //!   the shared connections of its protocol ([`Router::return_to_shared`]);
 //! - **for the rest of its life** ([`Pinning::ForLife`]: AUTH, RESET, READONLY,
 //!   READWRITE, ASKING, `HELLO` with `AUTH` or `SETNAME`, CLIENT subcommands but SETINFO,
 //!   REPLY, SETNAME and GETNAME…), sent on shared connections or on its own.
 //!
-//! `HELLO 2|3` alone moves it to the shared connections of that protocol (or, when that
-//! protocol does not share, to its own until it speaks one that does). `SELECT` (Redis
-//! Cluster changes nothing with it), `CLIENT SETINFO` (a library's name) and `CLIENT
-//! REPLY` (answered by the router) stay. A move waits until every earlier command is
-//! answered (the command held, the session not read meanwhile), so the node runs the
-//! client's commands in the order sent even though the next ones take another connection;
-//! then the shared links close and the state the client set so far (`HELLO`, `CLIENT
-//! SETNAME`, `CLIENT SETINFO`) is replayed on each connection of its own as it opens. A
-//! return needs nothing held either: every reply is in the router, in order, before the
-//! links it came on close.
+//! On shared connections `CLIENT SETNAME` (a name Redis accepts) and `GETNAME` are answered
+//! by the router ([`Router::name_kept_here`]): the name is the client's state, given to
+//! each connection of its own, never to a shared one. `HELLO 2|3` alone moves it to the
+//! shared connections of that protocol (or, when that protocol does not share, to its own
+//! until it speaks one that does). `SELECT` (Redis Cluster changes nothing with it),
+//! `CLIENT SETINFO` (a library's name) and `CLIENT REPLY` (answered by the router) stay.
+//! A move waits until every earlier command is answered (the command held, the session not
+//! read meanwhile), so the node runs the client's commands in the order sent even though
+//! the next ones take another connection; then the shared links close and the state the
+//! client set so far (`HELLO`, `CLIENT SETNAME`, `CLIENT SETINFO`) is replayed on each
+//! connection of its own as it opens. A return needs nothing owed either: every reply is
+//! in the router, in order, before the links it came on close.
 
 use bytes::Bytes;
 
@@ -33,6 +34,7 @@ use super::node::NodeLink;
 use super::router::{Router, Sharing, MAX_ENTRIES};
 use crate::command::Pinning;
 use crate::reply_queue::{Expect, Pending, ReplyQueue};
+use crate::resp;
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
 use crate::scanner::request::{Limits, RequestScanner, Step};
 
@@ -78,8 +80,37 @@ impl Router {
         }
     }
 
+    /// On shared connections, `CLIENT SETNAME` with a name Redis accepts and `CLIENT
+    /// GETNAME` are answered by the router as Redis would (`+OK`; the name, or null), the
+    /// name kept as the client's state and given to each connection of its own, so a
+    /// client library naming its connection takes none. True when answered.
+    pub(super) fn name_kept_here(&mut self, raw: &Bytes, args: Args<'_>, silent: bool) -> bool {
+        if self.shared.is_none() || self.sharing_of(args) != Sharing::Stay {
+            return false;
+        }
+        let key = b"CLIENT SETNAME".to_vec();
+        if &args.upper(1)[..] == b"SETNAME" {
+            let _ = self.record_state(key, raw.clone());
+            self.answer(resp::simple("OK"), silent);
+            return true;
+        }
+        let name = self
+            .state
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, command)| name_of(command))
+            .filter(|name| !name.is_empty());
+        let reply = match name {
+            Some(name) => resp::bulk_reply(&name),
+            None if self.protocol >= 3 => Bytes::from_static(b"_\r\n"),
+            None => Bytes::from_static(b"$-1\r\n"),
+        };
+        self.answer(reply, silent);
+        true
+    }
+
     /// Where `args` take a client on shared connections.
-    pub(super) fn sharing_of(&self, args: Args<'_>) -> Sharing {
+    fn sharing_of(&self, args: Args<'_>) -> Sharing {
         let info = match args.get(0) {
             Some(name) => self.table.classify(name, || args.get(1)),
             None => return Sharing::Stay,
@@ -96,7 +127,13 @@ impl Router {
             // (SELECT 0 changes nothing, any other is refused) or that is no one else's
             // business (a library's name and version).
             (b"MONITOR" | b"SELECT", _) | (b"CLIENT", b"REPLY" | b"SETINFO") => Sharing::Stay,
-            // The router keeps the name and gives it to each connection of its own.
+            // The router keeps the name and gives it to each connection of its own: on
+            // shared connections it answers them ([`Self::name_kept_here`]); a name Redis
+            // refuses goes to a connection of its own, where Redis says why.
+            (b"CLIENT", b"SETNAME") if self.shared.is_some() && settable_name(args) => {
+                Sharing::Stay
+            }
+            (b"CLIENT", b"GETNAME") if self.shared.is_some() && args.len() == 2 => Sharing::Stay,
             (b"CLIENT", b"SETNAME" | b"GETNAME") => Sharing::WhileInUse,
             (b"HELLO", _) if args.len() == 1 => Sharing::Stay,
             (b"HELLO", version) if args.len() == 2 => match version {
@@ -250,4 +287,24 @@ impl Router {
                 Some("the client let more replies wait than proxy.output_buffer_hard".into());
         }
     }
+}
+
+/// Whether `CLIENT SETNAME`'s `args` name one Redis accepts: exactly one name, printable
+/// ASCII without spaces, or empty (which removes it).
+fn settable_name(args: Args<'_>) -> bool {
+    args.len() == 3
+        && args
+            .get(2)
+            .is_some_and(|n| n.iter().all(|b| (b'!'..=b'~').contains(b)))
+}
+
+/// The name a recorded `CLIENT SETNAME` command gives.
+fn name_of(command: &Bytes) -> Option<Vec<u8>> {
+    let mut scanner = RequestScanner::new(Limits::default());
+    let Step::Command { .. } = scanner.scan(command) else {
+        return None;
+    };
+    Args::new(command, scanner.args())
+        .get(2)
+        .map(<[u8]>::to_vec)
 }

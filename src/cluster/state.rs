@@ -14,14 +14,20 @@ use super::spread;
 use crate::resp;
 
 impl Router {
-    /// What an entry's reply changes: a state command refused is not replayed; a HELLO
-    /// answered sets the protocol.
+    /// What an entry's reply changes: a state command refused is not replayed (the one
+    /// it was to replace is, as Redis keeps it); a HELLO answered sets the protocol.
     pub(super) fn after_reply(&mut self, kind: &Kind, reply: &Bytes) {
-        let Kind::State { key } = kind else {
+        let Kind::State { key, raw, previous } = kind else {
             return;
         };
         if spread::is_error(reply) {
-            self.state.retain(|(k, _)| k != key);
+            // Unless a later command of its kind replaced it meanwhile.
+            if self.state.iter().any(|(k, r)| k == key && r == raw) {
+                self.state.retain(|(k, _)| k != key);
+                if let Some(previous) = previous {
+                    self.record_state(key.clone(), previous.clone());
+                }
+            }
         } else if key == b"HELLO" {
             self.protocol = if reply.starts_with(b"%") { 3 } else { 2 };
         }
@@ -40,17 +46,34 @@ impl Router {
                 self.send(node, raw.clone(), Expect::Hidden);
             }
         }
-        self.state.retain(|(k, _)| *k != key);
-        if self.state.len() >= 32 {
-            self.state.remove(0);
-        }
-        self.state.push((key.clone(), raw.clone()));
+        let previous = self.record_state(key.clone(), raw.clone());
         let readwrite = key == b"READWRITE";
-        self.send_to_node(target, raw, Kind::State { key }, silent);
+        let kind = Kind::State {
+            key,
+            raw: raw.clone(),
+            previous,
+        };
+        self.send_to_node(target, raw, kind, silent);
         if readwrite {
             // The client's READWRITE is its own; the replica connections keep reading.
             self.restore_readonly();
         }
+    }
+
+    /// Keep `raw` as the state command of kind `key` in force (replacing an earlier one of
+    /// its kind, returned; at most 32 kept), replayed on each connection of the client's
+    /// own.
+    pub(super) fn record_state(&mut self, key: Vec<u8>, raw: Bytes) -> Option<Bytes> {
+        let previous = self
+            .state
+            .iter()
+            .position(|(k, _)| *k == key)
+            .map(|at| self.state.remove(at).1);
+        if self.state.len() >= 32 {
+            self.state.remove(0);
+        }
+        self.state.push((key, raw));
+        previous
     }
 
     /// RESET on every open node but `except` (hidden), and the connection's state

@@ -414,8 +414,26 @@ async fn a_client_whose_state_ended_is_back_on_shared_connections() {
     let before = unshared_on(&cluster, &node).await.len();
     let before_pubsub = unshared_on(&cluster, &pubsub).await.len();
     let mut c = Conn::open(proxy.addr).await;
-    // The name is the client's: given to each connection of its own, which shows them.
-    assert_eq!(c.call(&["CLIENT", "SETNAME", "returner"]).await, "+OK\r\n");
+    // The name is the client's, kept by the proxy on shared connections (no move) and
+    // given to each connection of its own, which shows them.
+    let admin = proxy.admin_addr.expect("admin listener");
+    let unshared = "respguard_cluster_clients_unshared_total";
+    let moves = metric(admin, unshared).await.unwrap_or(0.0);
+    let naming: &[&[&str]] = &[
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "SETNAME", "returner"],
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "SETNAME", "a name"],
+    ];
+    let mut named = cluster.conn(&node).await;
+    let want = replies_to(&mut named, naming).await;
+    drop(named);
+    assert_eq!(replies_to(&mut c, &naming[..3]).await, want[..3]);
+    assert_eq!(metric(admin, unshared).await.unwrap_or(0.0), moves);
+    // A name Redis refuses is Redis's to refuse, on a connection of the client's own.
+    assert_eq!(c.call(naming[3]).await, want[3]);
+    assert_eq!(metric(admin, unshared).await.unwrap_or(0.0), moves + 1.0);
+    assert_eq!(c.call(naming[2]).await, want[2]);
     assert_eq!(c.call(&["GET", &key]).await, "$-1\r\n");
     wait_until_back(&cluster, &node, "returner", before).await;
 
@@ -482,6 +500,9 @@ async fn a_resp3_subscriber_is_back_on_shared_connections_after_its_last_unsubsc
 
     let mut c = Conn::open(proxy.addr).await;
     assert!(c.call(&["HELLO", "3"]).await.starts_with('%'));
+    let unnamed = subscriber.call(&["CLIENT", "GETNAME"]).await;
+    assert_eq!(unnamed, "_\r\n");
+    assert_eq!(c.call(&["CLIENT", "GETNAME"]).await, unnamed);
     assert_eq!(c.call(&["CLIENT", "SETNAME", "pusher3"]).await, "+OK\r\n");
     assert_eq!(c.call(&["GET", &key]).await, "$1\r\nv\r\n");
     wait_until_back(&cluster, &pubsub, "pusher3", before).await;
