@@ -183,6 +183,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         tokio::spawn(watcher.run(shutdown_rx.clone()));
     }
     let table = Arc::new(load_command_table(&gate, config.command_table_from_upstream).await);
+    let reply_timeout = Some(raw.upstream.reply_timeout.0).filter(|t| !t.is_zero());
     let cluster = match &config.upstream.cluster {
         Some(target) => {
             // Read the topology before clients come; without it the proxy still starts
@@ -197,6 +198,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
                     identities: raw.upstream.shared_identities,
                     unread_hard: raw.proxy.output_buffer_hard.0 as usize,
                     handshake_timeout: raw.upstream.connect_timeout.0,
+                    reply_timeout,
                 },
             );
             Some(Arc::new(ClusterUpstream::new(
@@ -204,6 +206,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
                 Arc::clone(&table),
                 rules,
                 shared,
+                reply_timeout,
             )))
         }
         None => None,
@@ -269,7 +272,6 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         None => None,
     };
 
-    let reply_timeout = Some(raw.upstream.reply_timeout.0).filter(|t| !t.is_zero());
     // In front of a cluster each client's router shares node connections instead.
     let multiplexed = raw.upstream.connections == ConnectionModel::Multiplexed;
     let lanes = (multiplexed && cluster.is_none()).then(|| {
@@ -305,7 +307,9 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         max_pending: raw.proxy.max_pending_commands,
         output_buffer: raw.proxy.output_buffer.0 as usize,
         drain_timeout: raw.proxy.drain_timeout.0,
-        reply_timeout,
+        // In front of a cluster a session's one connection is several: each router applies
+        // it to each node link (a silent node fails only what it owes).
+        reply_timeout: reply_timeout.filter(|_| cluster.is_none()),
         replication: raw.proxy.replication,
         metrics,
         latency,

@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use crate::command::Special;
 pub use crate::command::SubKind;
 use crate::guard::ReplyWatch;
 use crate::scanner::reply::{ReplyInfo, ReplyKind};
@@ -45,6 +46,23 @@ pub enum Expect {
     Confirmations(u32),
     /// One confirmation per subscription of `kind` held when Redis runs it (at least one).
     UnsubscribeAll(SubKind),
+}
+
+impl Expect {
+    /// The replies Redis sends for a command of kind `special` with `argc` arguments (its
+    /// name counted), outside MULTI: a subscription or unsubscription naming channels gets
+    /// one confirmation per channel, an unsubscription naming none one per subscription of
+    /// its kind held, anything else one reply. The session and a cluster router (following
+    /// a client's subscriptions on its own node connections) count them alike.
+    pub fn of(special: Special, argc: usize) -> Expect {
+        match special {
+            Special::Subscribe(_) | Special::Unsubscribe(_) if argc >= 2 => {
+                Expect::Confirmations((argc - 1) as u32)
+            }
+            Special::Unsubscribe(kind) => Expect::UnsubscribeAll(kind),
+            _ => Expect::One,
+        }
+    }
 }
 
 /// What a successful reply changes in the session's view of the connection.
@@ -237,6 +255,12 @@ impl ReplyQueue {
     /// Room for this many more commands.
     pub fn room(&self) -> usize {
         self.capacity.saturating_sub(self.entries.len())
+    }
+
+    /// Follow a connection that speaks RESP3 (`resp3`) or RESP2 from now on, as a HELLO
+    /// answered elsewhere set it.
+    pub fn set_resp3(&mut self, resp3: bool) {
+        self.resp3 = resp3;
     }
 
     /// True when the connection is in RESP3.

@@ -391,6 +391,51 @@ impl Router {
             }
         }
     }
+
+    /// The node's link ended: its parts in flight get the error (or, when the link never
+    /// connected, are retried once the topology is read again).
+    pub(super) fn on_lost(&mut self, index: usize, reason: &str, connected: bool) {
+        let address = self.links[index]
+            .take()
+            .map(|l| l.address.clone())
+            .unwrap_or_default();
+        self.view.refresh_soon();
+        if self.default_node == Some(index) {
+            self.default_node = None;
+        }
+        let holds_state = self.tunnel == Some(index)
+            || self.watch_node == Some(index)
+            || self
+                .transaction
+                .as_ref()
+                .is_some_and(|t| t.node == Some(index));
+        if holds_state && connected {
+            self.broken = Some(format!(
+                "the connection to cluster node {address}, which held the client's transaction or subscriptions, was lost: {reason}"
+            ));
+        }
+        let error = resp::error(&format!(
+            "ERR respguard: connection to cluster node {address} lost ({reason})"
+        ));
+        if self.readonly[index] {
+            self.mark_down(&address);
+        }
+        let owed: Vec<Expect> = self.expects[index].drain(..).collect();
+        for expect in owed {
+            let Expect::Part { seq, part } = expect else {
+                continue;
+            };
+            if self.may_fall_back(seq, part) {
+                self.fall_back(seq, part, error.clone());
+                continue;
+            }
+            if !connected && self.may_retry(seq, part) {
+                continue;
+            }
+            self.finish_part(seq, part, error.clone());
+        }
+        self.release();
+    }
 }
 
 /// Whether a part is routed by a key to its primary (its node then becomes the default

@@ -37,6 +37,7 @@ impl Router {
     pub(super) fn on_command(&mut self, raw: Bytes, args: Args<'_>) {
         if let Some(node) = self.tunnel {
             // Subscribed: everything goes through the subscribed connection as it is.
+            self.follow_pubsub(node, args);
             if let Some(link) = &self.links[node] {
                 link.send(raw, 0);
             }
@@ -55,6 +56,9 @@ impl Router {
                 true
             }
         };
+        if &*name == b"CLIENT" && self.name_kept_here(&raw, args, silent) {
+            return;
+        }
         if self.transaction.is_some() || matches!(&name[..], b"MULTI" | b"EXEC" | b"DISCARD") {
             return self.transaction_command(raw, args, &name, silent);
         }

@@ -13,7 +13,8 @@
 //! - [`router`] and [`dispatch`]: one client's router, a task at the other end of the
 //!   session's upstream socket ([`args`]: the commands it reads, in place), and [`node`]:
 //!   its connection to one node; [`shared`] and [`sharing`]: multiplexed, the node
-//!   connections routers share, and the moves of a client holding state off them;
+//!   connections routers share, and the moves of a client holding state off them and
+//!   back; [`silence`]: `upstream.reply_timeout` on a router's own node links;
 //! - [`read_rules`] and [`replica`]: which reads go to a replica (`[[upstream.read_from]]`)
 //!   and which replica.
 //!
@@ -27,6 +28,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::UnixStream;
 
@@ -48,6 +50,7 @@ pub mod route;
 pub mod router;
 pub mod shared;
 pub mod sharing;
+pub mod silence;
 pub mod slot;
 pub mod spread;
 pub mod state;
@@ -63,6 +66,8 @@ pub struct ClusterUpstream {
     rules: Arc<read_rules::ReadRules>,
     /// Multiplexed: the shared node connections the clients' routers use.
     shared: Option<Arc<shared::SharedNodes>>,
+    /// `upstream.reply_timeout`: longest silence of a node owing a router replies.
+    reply_timeout: Option<Duration>,
     /// Routers started: each client's place, which spreads clients over a shard's
     /// replicas.
     clients: AtomicUsize,
@@ -71,12 +76,13 @@ pub struct ClusterUpstream {
 impl ClusterUpstream {
     /// The upstream for `view`'s cluster, routing by `table`'s key positions, reading
     /// from replicas as `rules` say; with `shared` (multiplexed), clients share node
-    /// connections.
+    /// connections; a node link silent for `reply_timeout` while it owes replies is lost.
     pub fn new(
         view: Arc<view::ClusterView>,
         table: Arc<CommandTable>,
         rules: read_rules::ReadRules,
         shared: Option<shared::SharedSettings>,
+        reply_timeout: Option<Duration>,
     ) -> Self {
         let gate = Arc::clone(view.gate());
         let shared =
@@ -87,6 +93,7 @@ impl ClusterUpstream {
             gate,
             rules: Arc::new(rules),
             shared,
+            reply_timeout,
             clients: AtomicUsize::new(0),
         }
     }
@@ -138,6 +145,7 @@ impl ClusterUpstream {
             rules,
             pick,
             shared,
+            self.reply_timeout,
         );
         tokio::spawn(router.run(router_end));
         Ok((Stream::Local(session_end), slot))

@@ -36,6 +36,7 @@ use super::spread::Merge;
 use super::view::ClusterView;
 use crate::command::CommandTable;
 use crate::config::ReadFrom;
+use crate::reply_queue::ReplyQueue;
 use crate::resp;
 use crate::scanner::request::{Limits, RequestScanner, Step};
 
@@ -52,13 +53,13 @@ pub(super) const MAX_RETRY_PAUSE: Duration = Duration::from_millis(400);
 
 /// Commands in flight before the router stops reading the session (the session's own
 /// `max_pending_commands` normally stops it first).
-const MAX_ENTRIES: usize = 65_536;
+pub(super) const MAX_ENTRIES: usize = 65_536;
 
 /// Replies waiting for the session before the router stops reading it.
-const MAX_OUTPUT: usize = 4 * 1024 * 1024;
+pub(super) const MAX_OUTPUT: usize = 4 * 1024 * 1024;
 
 /// Node replies read ahead of the router, in all its links.
-const EVENTS: usize = 1024;
+pub(super) const EVENTS: usize = 1024;
 
 /// Distinct nodes one router may connect to.
 const MAX_NODES: usize = 1024;
@@ -79,8 +80,13 @@ pub(super) enum Kind {
     Plain,
     /// Inside MULTI (or MULTI, EXEC, DISCARD themselves): sent as is, replies as they come.
     Transaction,
-    /// A command changing connection state, replayed on every node (`key` names it).
-    State { key: Vec<u8> },
+    /// A command changing connection state (`raw`), replayed on every node (`key` names
+    /// it), in force instead of `previous` unless refused.
+    State {
+        key: Vec<u8>,
+        raw: Bytes,
+        previous: Option<Bytes>,
+    },
     /// WATCH: the transaction that follows runs on its node.
     Watch,
 }
@@ -172,8 +178,12 @@ pub(super) enum Sharing {
     Stay,
     /// To the shared connections of this protocol (`HELLO 2|3`).
     Protocol(u8),
-    /// To connections of its own, for good.
-    Own,
+    /// To connections of its own while the state it sets lasts (a transaction, WATCH, a
+    /// blocking command, subscriptions), then back.
+    WhileInUse,
+    /// To connections of its own for the rest of its life (state that stays on the
+    /// connection: RESET, AUTH, READONLY, CLIENT ID…).
+    ForLife,
 }
 
 /// `CLIENT REPLY`, followed by the router (which answers it).
@@ -234,16 +244,33 @@ pub struct Router {
     pub(super) shared: Option<Arc<SharedNodes>>,
     /// Multiplexed: the protocol of the shared connections the client uses.
     pub(super) identity: u8,
+    /// Multiplexed, on connections of its own while its state lasts: the shared
+    /// connections it goes back to once the state ended and every command is answered
+    /// (`None` on shared connections, and for good after a command whose state lasts for
+    /// the connection's life).
+    pub(super) home: Option<Arc<SharedNodes>>,
+    /// Multiplexed, on connections of its own for a while: per node, the client's
+    /// subscriptions there and the replies its pub/sub commands still get, followed as a
+    /// session follows one Redis connection's ([`ReplyQueue`]).
+    pub(super) pubsub: Vec<(usize, ReplyQueue)>,
     /// A command that moves the client off its shared connections, held (with where it
     /// moves) until every earlier command is answered.
     pub(super) held: Option<(Bytes, Sharing)>,
     /// The client let more replies wait than a router on shared connections holds.
     pub(super) slow: bool,
+    /// `upstream.reply_timeout`, applied to the router's own node links ([`super::silence`]).
+    pub(super) reply_timeout: Option<Duration>,
+    /// Each node's last progress (a reply, or the first reply owed), by index.
+    pub(super) progress: Vec<tokio::time::Instant>,
+    /// When the links' silence is next checked, while armed.
+    pub(super) deadline: Option<tokio::time::Instant>,
 }
 
 impl Router {
     /// A router for a client that reached the proxy at `proxy`, reading by `rules` from
-    /// the replica its place `pick` among the clients chooses.
+    /// the replica its place `pick` among the clients chooses; on `shared` node
+    /// connections when multiplexed; a node silent for `reply_timeout` while it owes
+    /// replies is lost.
     pub fn new(
         view: Arc<ClusterView>,
         table: Arc<CommandTable>,
@@ -251,6 +278,7 @@ impl Router {
         rules: Arc<ReadRules>,
         pick: usize,
         shared: Option<Arc<SharedNodes>>,
+        reply_timeout: Option<Duration>,
     ) -> Self {
         let (events_tx, _) = mpsc::channel(EVENTS);
         let (retry_tx, _) = mpsc::unbounded_channel();
@@ -287,8 +315,13 @@ impl Router {
             broken: None,
             shared,
             identity: 2,
+            home: None,
+            pubsub: Vec::new(),
             held: None,
             slow: false,
+            reply_timeout,
+            progress: Vec::new(),
+            deadline: None,
         }
     }
 
@@ -314,8 +347,11 @@ impl Router {
             // shared connections, which other clients use (a client too far behind is
             // let go instead).
             let may_take = self.out.len() < MAX_OUTPUT || self.shared.is_some();
+            let deadline = self.silence_deadline(may_take);
             tokio::select! {
                 Some(event) = events.recv(), if may_take => self.on_event(event),
+                _ = async { tokio::time::sleep_until(deadline.expect("armed")).await },
+                    if deadline.is_some() => self.on_silence(&mut events),
                 Some((seq, part)) = retries.recv() => self.retry(seq, part),
                 read = reader.read_buf(&mut input), if may_read => {
                     if !matches!(read, Ok(n) if n > 0) {
@@ -336,6 +372,9 @@ impl Router {
                 if !self.on_input(&mut scanner, &mut input) {
                     return;
                 }
+            }
+            if self.ready_to_return() {
+                self.return_to_shared();
             }
             self.check_slow();
             if let Some(why) = &self.broken {
@@ -418,6 +457,7 @@ impl Router {
             None if self.links.len() >= MAX_NODES => return None,
             None => {
                 self.links.push(None);
+                self.progress.push(tokio::time::Instant::now());
                 self.expects.push(VecDeque::new());
                 self.readonly.push(false);
                 self.node_addresses.push(address.to_string());
@@ -458,6 +498,9 @@ impl Router {
     pub(super) fn send(&mut self, index: usize, command: Bytes, expect: Expect) {
         if let Some(link) = &self.links[index] {
             link.send(command, 1);
+            if self.expects[index].is_empty() {
+                self.node_progress(index);
+            }
             self.expects[index].push_back(expect);
         }
     }
@@ -467,6 +510,9 @@ impl Router {
     pub(super) fn send_together(&mut self, index: usize, commands: Bytes, expects: &[Expect]) {
         if let Some(link) = &self.links[index] {
             link.send(commands, expects.len() as u32);
+            if self.expects[index].is_empty() {
+                self.node_progress(index);
+            }
             self.expects[index].extend(expects.iter().copied());
         }
     }
@@ -534,12 +580,13 @@ impl Router {
         }
     }
 
-    fn on_event(&mut self, event: NodeEvent) {
+    pub(super) fn on_event(&mut self, event: NodeEvent) {
         match event {
             NodeEvent::Reply { link, reply, push } => {
                 let Some(&index) = self.link_nodes.get(&link) else {
                     return;
                 };
+                self.node_progress(index);
                 self.on_reply(index, reply, push);
             }
             NodeEvent::Lost {
@@ -557,11 +604,13 @@ impl Router {
 
     fn on_reply(&mut self, index: usize, reply: Bytes, push: bool) {
         if self.tunnel == Some(index) && self.expects[index].is_empty() {
+            self.note_pubsub_reply(index, &reply);
             self.on_tunnel_reply(index, reply);
             return;
         }
         if push {
             // Out of band (RESP3): between two whole replies, never inside one.
+            self.note_pubsub_reply(index, &reply);
             self.out.extend_from_slice(&reply);
             return;
         }
@@ -569,112 +618,10 @@ impl Router {
             Some(Expect::Hidden) => {}
             Some(Expect::Part { seq, part }) => self.on_part_reply(seq, part, reply),
             // A reply to a command sent while subscribed, after the subscriptions ended.
-            None => self.out.extend_from_slice(&reply),
-        }
-    }
-
-    /// A reply on the subscribed connection: given as it is (after the replies owed
-    /// before it); the last subscription ended, or RESET, ends the tunnel.
-    fn on_tunnel_reply(&mut self, index: usize, reply: Bytes) {
-        let ends = reply.as_ref() == b"+RESET\r\n" || ends_subscriptions(&reply);
-        if self.entries.is_empty() {
-            self.out.extend_from_slice(&reply);
-        } else {
-            self.tunnel_held.extend_from_slice(&reply);
-            if self.tunnel_held.len() > MAX_OUTPUT {
-                // Messages behind replies still owed by other nodes: a subscriber that far
-                // behind is let go, as Redis lets a slow subscriber go.
-                self.broken = Some("subscription messages piled up behind replies owed".into());
+            None => {
+                self.note_pubsub_reply(index, &reply);
+                self.out.extend_from_slice(&reply);
             }
         }
-        if ends {
-            self.tunnel = None;
-            if reply.as_ref() == b"+RESET\r\n" {
-                self.reset_links(Some(index));
-            }
-        }
-    }
-
-    /// The node's link ended: its parts in flight get the error (or, when the link never
-    /// connected, are retried once the topology is read again).
-    fn on_lost(&mut self, index: usize, reason: &str, connected: bool) {
-        let address = self.links[index]
-            .take()
-            .map(|l| l.address.clone())
-            .unwrap_or_default();
-        self.view.refresh_soon();
-        if self.default_node == Some(index) {
-            self.default_node = None;
-        }
-        let holds_state = self.tunnel == Some(index)
-            || self.watch_node == Some(index)
-            || self
-                .transaction
-                .as_ref()
-                .is_some_and(|t| t.node == Some(index));
-        if holds_state && connected {
-            self.broken = Some(format!(
-                "the connection to cluster node {address}, which held the client's transaction or subscriptions, was lost: {reason}"
-            ));
-        }
-        let error = resp::error(&format!(
-            "ERR respguard: connection to cluster node {address} lost ({reason})"
-        ));
-        if self.readonly[index] {
-            self.mark_down(&address);
-        }
-        let owed: Vec<Expect> = self.expects[index].drain(..).collect();
-        for expect in owed {
-            let Expect::Part { seq, part } = expect else {
-                continue;
-            };
-            if self.may_fall_back(seq, part) {
-                self.fall_back(seq, part, error.clone());
-                continue;
-            }
-            if !connected && self.may_retry(seq, part) {
-                continue;
-            }
-            self.finish_part(seq, part, error.clone());
-        }
-        self.release();
-    }
-}
-
-/// Whether a subscribed connection's reply says no subscription is left: an
-/// `unsubscribe`, `punsubscribe` or `sunsubscribe` confirmation with a count of 0.
-fn ends_subscriptions(reply: &[u8]) -> bool {
-    let Some(rest) = reply
-        .strip_prefix(b"*3\r\n")
-        .or_else(|| reply.strip_prefix(b">3\r\n"))
-    else {
-        return false;
-    };
-    let named =
-        |word: &[u8]| rest.len() > word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
-    rest.ends_with(b":0\r\n")
-        && (named(b"$11\r\nunsubscribe\r\n")
-            || named(b"$12\r\npunsubscribe\r\n")
-            || named(b"$12\r\nsunsubscribe\r\n"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_last_unsubscription_ends_the_tunnel() {
-        assert!(ends_subscriptions(
-            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
-        ));
-        assert!(ends_subscriptions(
-            b">3\r\n$12\r\npunsubscribe\r\n$1\r\na\r\n:0\r\n"
-        ));
-        assert!(!ends_subscriptions(
-            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n"
-        ));
-        assert!(!ends_subscriptions(
-            b"*3\r\n$7\r\nmessage\r\n$11\r\nunsubscribe\r\n:0\r\n"
-        ));
     }
 }

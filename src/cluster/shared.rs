@@ -26,6 +26,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
 use super::event::NodeEvent;
 use crate::mux::identity::{give_identity, IdentityFailure};
@@ -37,8 +38,8 @@ use crate::upstream::ConnectGate;
 
 /// Node addresses and protocols with shared connections at once (a cluster has far fewer
 /// nodes; past it, pools no router uses are dropped, and a router gets a connection of its
-/// own when none can be).
-const MAX_POOLS: usize = 2048;
+/// own when none can be: `tests::pools_stay_within_the_bound_and_unused_ones_make_room`).
+pub const MAX_POOLS: usize = 2048;
 
 /// Bytes written to a node in one go.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -57,6 +58,9 @@ pub struct SharedSettings {
     /// `upstream.connect_timeout`: longest wait for a new connection's `CLIENT SETNAME`
     /// and `HELLO`.
     pub handshake_timeout: Duration,
+    /// `upstream.reply_timeout`: longest silence of a connection that owes replies (no
+    /// blocking command ever takes a shared one), then it is closed as lost.
+    pub reply_timeout: Option<Duration>,
 }
 
 /// Every node's shared connections, proxy-wide.
@@ -121,6 +125,11 @@ impl SharedNodes {
                 pools.retain(|_, pool| pool.attached() > 0);
             }
             if pools.len() >= MAX_POOLS {
+                tracing::warn!(
+                    node = address,
+                    "{MAX_POOLS} shared node pools (node and protocol) in use: this client \
+                     gets a connection of its own to the node"
+                );
                 return None;
             }
             let conns = (0..self.settings.per_node.max(1))
@@ -130,6 +139,7 @@ impl SharedNodes {
                         protocol,
                         gate: Arc::clone(&self.gate),
                         handshake_timeout: self.settings.handshake_timeout,
+                        reply_timeout: self.settings.reply_timeout,
                         queue: Mutex::new(VecDeque::new()),
                         work: Notify::new(),
                         attached: AtomicUsize::new(0),
@@ -164,6 +174,20 @@ impl SharedNodes {
     }
 }
 
+#[cfg(test)]
+impl SharedNodes {
+    /// The pools kept now.
+    fn pool_count(&self) -> usize {
+        self.pools.lock().expect("pools lock").len()
+    }
+
+    /// Whether a pool for `address` and `protocol` is kept.
+    fn has_pool(&self, address: &str, protocol: u8) -> bool {
+        let key = (address.to_string(), protocol);
+        self.pools.lock().expect("pools lock").contains_key(&key)
+    }
+}
+
 /// A router's link, as a shared connection knows it: where its replies go.
 #[derive(Debug)]
 struct Owner {
@@ -190,6 +214,7 @@ struct NodeConn {
     protocol: u8,
     gate: Arc<ConnectGate>,
     handshake_timeout: Duration,
+    reply_timeout: Option<Duration>,
     queue: Mutex<Queue>,
     /// Wakes the task: something submitted, or a router left.
     work: Notify,
@@ -331,14 +356,25 @@ impl NodeConn {
         let mut input = BytesMut::with_capacity(16 * 1024);
         let mut writing = BytesMut::new();
         let mut replies: Vec<(Arc<Owner>, BytesMut, bool)> = Vec::new();
+        // When the node last showed progress: a reply arrived, or replies began to be owed.
+        let mut progress = Instant::now();
+        let mut owed_before = 0;
         loop {
             if writing.is_empty() {
                 self.take_queued(order, &mut writing);
             }
-            if writing.is_empty() && order.owed() == 0 && self.attached.load(Ordering::Relaxed) == 0
-            {
+            let owed = order.owed();
+            if owed > 0 && owed_before == 0 {
+                progress = Instant::now();
+            }
+            owed_before = owed;
+            if writing.is_empty() && owed == 0 && self.attached.load(Ordering::Relaxed) == 0 {
                 return None;
             }
+            let deadline = self
+                .reply_timeout
+                .filter(|_| owed > 0)
+                .map(|t| progress + t);
             let flush = stream.wants_flush();
             let (mut rx, mut tx) = stream.halves();
             tokio::select! {
@@ -360,6 +396,9 @@ impl NodeConn {
                         // A router always reads its events; one gone is skipped.
                         let _ = owner.events.send(event).await;
                     }
+                    // Progress once every reply read is handed on (a router's full channel
+                    // is the proxy's wait, not the node's).
+                    progress = Instant::now();
                     if let Err(e) = routed {
                         return Some(e.to_string());
                     }
@@ -373,6 +412,17 @@ impl NodeConn {
                     Err(e) => return Some(e.to_string()),
                 },
                 _ = self.work.notified(), if writing.is_empty() => {}
+                _ = async { tokio::time::sleep_until(deadline.expect("armed")).await },
+                    if deadline.is_some() => {
+                    let timeout = self.reply_timeout.expect("armed");
+                    metrics::counter!("respguard_upstream_reply_timeouts_total").increment(1);
+                    tracing::warn!(
+                        node = %self.address,
+                        "cluster node sent nothing for {timeout:?} while replies were owed \
+                         (upstream.reply_timeout); closing the shared connection"
+                    );
+                    return Some(format!("no reply within {timeout:?}, upstream.reply_timeout"));
+                }
             }
         }
     }
@@ -405,4 +455,73 @@ async fn tell_lost(owner: &Arc<Owner>, reason: &str, connected: bool) {
         connected,
     };
     let _ = owner.events.send(event).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamTarget;
+    use crate::upstream::GateSettings;
+
+    fn nodes() -> SharedNodes {
+        let gate = Arc::new(ConnectGate::new(
+            UpstreamTarget::parse("redis://127.0.0.1:1").unwrap(),
+            GateSettings {
+                connect_timeout: Duration::from_millis(200),
+                backoff_min: Duration::from_millis(100),
+                backoff_max: Duration::from_secs(1),
+                max_connects_per_second: 0,
+                max_connections: 0,
+                tls: None,
+            },
+        ));
+        SharedNodes::new(
+            gate,
+            SharedSettings {
+                per_node: 1,
+                identities: 2,
+                unread_hard: 1 << 20,
+                handshake_timeout: Duration::from_secs(1),
+                reply_timeout: None,
+            },
+        )
+    }
+
+    fn node(i: usize) -> String {
+        format!("10.0.{}.{}:6379", i / 250, i % 250 + 1)
+    }
+
+    /// Pools are made only on a router's attach (no connection opens before there is work,
+    /// so none is opened here). At the bound, with every pool in use, a new node gets no
+    /// place (its router opens a connection of its own) and no pool in use is dropped;
+    /// once a pool is unused, it gives its place.
+    #[tokio::test]
+    async fn pools_stay_within_the_bound_and_unused_ones_make_room() {
+        let nodes = nodes();
+        let (events, _rx) = mpsc::channel(1);
+        let mut links: Vec<SharedLink> = (0..MAX_POOLS)
+            .map(|i| {
+                let protocol = if i % 2 == 0 { 2 } else { 3 };
+                nodes
+                    .attach(&node(i / 2), protocol, i as u64, events.clone())
+                    .expect("room below the bound")
+            })
+            .collect();
+        assert_eq!(nodes.pool_count(), MAX_POOLS);
+        let newcomer = "192.168.0.1:6379";
+        assert!(nodes.attach(newcomer, 2, 0, events.clone()).is_none());
+        assert_eq!(nodes.pool_count(), MAX_POOLS);
+        assert!(!nodes.has_pool(newcomer, 2));
+        // A pool kept still takes more routers.
+        let another = nodes.attach(&node(0), 2, 1, events.clone());
+        assert!(another.is_some());
+        // Its last router gone, the pool of node 7 for RESP3 is unused: it makes room.
+        let unused = links.remove(15);
+        drop(unused);
+        assert!(nodes.attach(newcomer, 2, 2, events.clone()).is_some());
+        assert_eq!(nodes.pool_count(), MAX_POOLS);
+        assert!(nodes.has_pool(newcomer, 2));
+        assert!(!nodes.has_pool(&node(7), 3));
+        assert!(nodes.has_pool(&node(7), 2), "a pool in use is kept");
+    }
 }

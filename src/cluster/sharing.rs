@@ -1,33 +1,54 @@
 //! A router on shared node connections ([`super::shared`], `upstream.connections =
-//! "multiplexed"`): which commands may share, and the moves off them.
+//! "multiplexed"`): which commands may share, and the moves off them and back.
 //!
 //! A command that leaves state on its connection or waits on it (the command table's
-//! [`Pinning`]: MULTI, WATCH, blocking commands, WAIT, subscriptions, AUTH, RESET, READONLY,
-//! ASKING, every CLIENT subcommand but SETINFO and REPLY…) moves the client to connections
-//! of its own for the rest of its life, as redis-cluster-proxy does; `HELLO 2|3` moves it to
-//! the shared connections of that protocol. `SELECT` (Redis Cluster changes nothing with
-//! it), `CLIENT SETINFO` (a library's name) and `CLIENT REPLY` (answered by the router)
-//! stay. A move waits until every earlier command is answered (the command held, the
-//! session not read meanwhile), so the node runs the client's commands in the order sent
-//! even though the next ones take another connection; then the shared links close and the
-//! state the client set so far (`HELLO`, `SELECT`, `CLIENT SETINFO`) is replayed on each
-//! connection of its own as it opens.
+//! [`Pinning`], the one the single-Redis multiplexing reads) moves the client to
+//! connections of its own:
+//! - **while the state lasts** ([`Pinning::WhileInUse`], and `XREAD … BLOCK`): MULTI until
+//!   EXEC or DISCARD, WATCH until EXEC, DISCARD or UNWATCH, a blocking command or WAIT until
+//!   answered, subscriptions until none is held (followed per node by a [`ReplyQueue`], as
+//!   a session follows one Redis connection's), and a `CLIENT SETNAME` Redis refuses;
+//!   then, once every command is answered, its own connections close and it goes back to
+//!   the shared connections of its protocol ([`Router::return_to_shared`]);
+//! - **for the rest of its life** ([`Pinning::ForLife`]: AUTH, RESET, READONLY,
+//!   READWRITE, ASKING, `HELLO` with `AUTH` or `SETNAME`, CLIENT subcommands but SETINFO,
+//!   REPLY, SETNAME and GETNAME…), sent on shared connections or on its own.
+//!
+//! On shared connections `CLIENT SETNAME` (a name Redis accepts) and `GETNAME` are answered
+//! by the router ([`Router::name_kept_here`]): the name is the client's state, given to
+//! each connection of its own, never to a shared one. `HELLO 2|3` alone moves it to the
+//! shared connections of that protocol (or, when that protocol does not share, to its own
+//! until it speaks one that does). `SELECT` (Redis Cluster changes nothing with it),
+//! `CLIENT SETINFO` (a library's name) and `CLIENT REPLY` (answered by the router) stay.
+//! A move waits until every earlier command is answered (the command held, the session not
+//! read meanwhile), so the node runs the client's commands in the order sent even though
+//! the next ones take another connection; then the shared links close and the state the
+//! client set so far (`HELLO`, `CLIENT SETNAME`, `CLIENT SETINFO`) is replayed on each
+//! connection of its own as it opens. A return needs nothing owed either: every reply is
+//! in the router, in order, before the links it came on close.
 
 use bytes::Bytes;
 
 use super::args::Args;
 use super::node::NodeLink;
-use super::router::{Router, Sharing};
+use super::router::{Router, Sharing, MAX_ENTRIES};
 use crate::command::Pinning;
+use crate::reply_queue::{Expect, Pending, ReplyQueue};
+use crate::resp;
+use crate::scanner::reply::{ReplyScanner, ReplyStep};
 use crate::scanner::request::{Limits, RequestScanner, Step};
 
 impl Router {
     /// Whether the command `raw` (read as `args`) moves the client off its shared
     /// connections while earlier commands are unanswered: then it is held (true), and
     /// the session is not read until it is sent ([`Self::resume_held`]). Moves at once
-    /// when nothing is owed.
+    /// when nothing is owed. On connections of its own for a while, a command whose state
+    /// lasts for the connection's life keeps the client there for good.
     pub(super) fn hold_to_move(&mut self, raw: &Bytes, args: Args<'_>) -> bool {
         if self.shared.is_none() {
+            if self.home.is_some() && self.sharing_of(args) == Sharing::ForLife {
+                self.stay_for_life();
+            }
             return false;
         }
         let to = self.sharing_of(args);
@@ -59,6 +80,35 @@ impl Router {
         }
     }
 
+    /// On shared connections, `CLIENT SETNAME` with a name Redis accepts and `CLIENT
+    /// GETNAME` are answered by the router as Redis would (`+OK`; the name, or null), the
+    /// name kept as the client's state and given to each connection of its own, so a
+    /// client library naming its connection takes none. True when answered.
+    pub(super) fn name_kept_here(&mut self, raw: &Bytes, args: Args<'_>, silent: bool) -> bool {
+        if self.shared.is_none() || self.sharing_of(args) != Sharing::Stay {
+            return false;
+        }
+        let key = b"CLIENT SETNAME".to_vec();
+        if &args.upper(1)[..] == b"SETNAME" {
+            let _ = self.record_state(key, raw.clone());
+            self.answer(resp::simple("OK"), silent);
+            return true;
+        }
+        let name = self
+            .state
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, command)| name_of(command))
+            .filter(|name| !name.is_empty());
+        let reply = match name {
+            Some(name) => resp::bulk_reply(&name),
+            None if self.protocol >= 3 => Bytes::from_static(b"_\r\n"),
+            None => Bytes::from_static(b"$-1\r\n"),
+        };
+        self.answer(reply, silent);
+        true
+    }
+
     /// Where `args` take a client on shared connections.
     fn sharing_of(&self, args: Args<'_>) -> Sharing {
         let info = match args.get(0) {
@@ -77,36 +127,54 @@ impl Router {
             // (SELECT 0 changes nothing, any other is refused) or that is no one else's
             // business (a library's name and version).
             (b"MONITOR" | b"SELECT", _) | (b"CLIENT", b"REPLY" | b"SETINFO") => Sharing::Stay,
+            // The router keeps the name and gives it to each connection of its own: on
+            // shared connections it answers them ([`Self::name_kept_here`]); a name Redis
+            // refuses goes to a connection of its own, where Redis says why.
+            (b"CLIENT", b"SETNAME") if self.shared.is_some() && settable_name(args) => {
+                Sharing::Stay
+            }
+            (b"CLIENT", b"GETNAME") if self.shared.is_some() && args.len() == 2 => Sharing::Stay,
+            (b"CLIENT", b"SETNAME" | b"GETNAME") => Sharing::WhileInUse,
             (b"HELLO", _) if args.len() == 1 => Sharing::Stay,
             (b"HELLO", version) if args.len() == 2 => match version {
                 b"2" | b"3" => {
                     let protocol = version[0] - b'0';
-                    if protocol == self.identity {
+                    let pools = self.shared.as_ref().or(self.home.as_ref());
+                    if protocol == self.identity && self.shared.is_some() {
                         Sharing::Stay
-                    } else if self.shared.as_ref().is_some_and(|s| s.shares(protocol)) {
+                    } else if pools.is_some_and(|s| s.shares(protocol)) {
                         Sharing::Protocol(protocol)
                     } else {
-                        Sharing::Own
+                        // Back once it speaks a protocol that shares.
+                        Sharing::WhileInUse
                     }
                 }
                 // Refused by Redis, changing nothing.
                 _ => Sharing::Stay,
             },
-            _ => Sharing::Own,
+            _ if info.pinning == Pinning::ForLife => Sharing::ForLife,
+            _ => Sharing::WhileInUse,
         }
     }
 
     /// Leave the shared connections used so far (nothing is owed on them): for those of
-    /// another protocol, or for connections of its own.
+    /// another protocol, or for connections of its own (for a while, or for good).
     fn move_to(&mut self, to: Sharing) {
         match to {
             Sharing::Stay => return,
             Sharing::Protocol(protocol) => self.identity = protocol,
-            Sharing::Own => {
-                self.shared = None;
+            Sharing::WhileInUse | Sharing::ForLife => {
+                let shared = self.shared.take();
+                self.home = shared.filter(|_| to == Sharing::WhileInUse);
                 metrics::counter!("respguard_cluster_clients_unshared_total").increment(1);
             }
         }
+        self.close_links();
+    }
+
+    /// Close every node link (nothing is owed on them but hidden replies, which are
+    /// dropped): the next command opens the links its place calls for.
+    fn close_links(&mut self) {
         for index in 0..self.links.len() {
             self.links[index] = None;
             self.expects[index].clear();
@@ -114,6 +182,90 @@ impl Router {
         }
         // Replies still to come on the closed links (a hidden READONLY's) are dropped.
         self.link_nodes.clear();
+    }
+
+    /// A command whose state lasts for the connection's life was sent on the client's own
+    /// connections: it keeps them.
+    fn stay_for_life(&mut self) {
+        self.home = None;
+        self.pubsub.clear();
+    }
+
+    /// Whether a client on connections of its own for a while may go back to shared
+    /// ones: its state ended (no transaction, watched key, subscription, blocking command),
+    /// every command is answered and nothing is held, and its protocol shares.
+    pub(super) fn ready_to_return(&self) -> bool {
+        let Some(home) = &self.home else {
+            return false;
+        };
+        self.entries.is_empty()
+            && self.held.is_none()
+            && self.transaction.is_none()
+            && self.watch_node.is_none()
+            && self.tunnel.is_none()
+            && self.tunnel_held.is_empty()
+            && self.broken.is_none()
+            && self
+                .pubsub
+                .iter()
+                .all(|(_, q)| q.is_empty() && !q.is_subscribed())
+            && home.shares(self.protocol)
+    }
+
+    /// Back to the shared connections of the client's protocol: its own connections
+    /// close (they owe it nothing), and its next command takes a shared one.
+    pub(super) fn return_to_shared(&mut self) {
+        self.identity = self.protocol;
+        self.shared = self.home.take();
+        self.pubsub.clear();
+        self.close_links();
+        metrics::counter!("respguard_cluster_clients_reshared_total").increment(1);
+        tracing::debug!("cluster client back on shared node connections");
+    }
+
+    /// A pub/sub command (or, subscribed in RESP2, any command) sent to node `node`,
+    /// followed while the client is on connections of its own for a while: how many
+    /// replies it gets, so its subscriptions' end is known. Past [`MAX_ENTRIES`] unanswered
+    /// the client keeps its connections instead.
+    pub(super) fn follow_pubsub(&mut self, node: usize, args: Args<'_>) {
+        if self.home.is_none() {
+            return;
+        }
+        let Some(name) = args.get(0) else {
+            return;
+        };
+        let info = self.table.classify(name, || args.get(1));
+        let resp3 = self.protocol >= 3;
+        let at = match self.pubsub.iter().position(|(n, _)| *n == node) {
+            Some(at) => at,
+            None => {
+                let mut queue = ReplyQueue::new(MAX_ENTRIES);
+                queue.set_resp3(resp3);
+                self.pubsub.push((node, queue));
+                self.pubsub.len() - 1
+            }
+        };
+        let queue = &mut self.pubsub[at].1;
+        if queue.is_full() {
+            return self.stay_for_life();
+        }
+        queue.push(Pending {
+            expect: Expect::of(info.special, args.len()),
+            ..Pending::forward(info.id)
+        });
+    }
+
+    /// A reply from node `index` that no command of the router's queue expects (a
+    /// subscription's confirmation or message, or what a command sent while subscribed
+    /// gets): matched to the pub/sub commands followed there.
+    pub(super) fn note_pubsub_reply(&mut self, index: usize, reply: &[u8]) {
+        let Some((_, queue)) = self.pubsub.iter_mut().find(|(n, _)| *n == index) else {
+            return;
+        };
+        let mut scanner = ReplyScanner::new();
+        if let Ok(ReplyStep::Done(_)) = scanner.scan(reply) {
+            queue.on_reply(scanner.info());
+        }
     }
 
     /// A link for `address` on a shared connection, while the client uses them.
@@ -135,4 +287,24 @@ impl Router {
                 Some("the client let more replies wait than proxy.output_buffer_hard".into());
         }
     }
+}
+
+/// Whether `CLIENT SETNAME`'s `args` name one Redis accepts: exactly one name, printable
+/// ASCII without spaces, or empty (which removes it).
+fn settable_name(args: Args<'_>) -> bool {
+    args.len() == 3
+        && args
+            .get(2)
+            .is_some_and(|n| n.iter().all(|b| (b'!'..=b'~').contains(b)))
+}
+
+/// The name a recorded `CLIENT SETNAME` command gives.
+fn name_of(command: &Bytes) -> Option<Vec<u8>> {
+    let mut scanner = RequestScanner::new(Limits::default());
+    let Step::Command { .. } = scanner.scan(command) else {
+        return None;
+    };
+    Args::new(command, scanner.args())
+        .get(2)
+        .map(<[u8]>::to_vec)
 }

@@ -9,19 +9,25 @@ use bytes::Bytes;
 use super::args::Args;
 use super::dispatch::CROSSSLOT;
 use super::route::Route;
-use super::router::{Expect, Kind, ReplyMode, Router, Transaction};
+use super::router::{Expect, Kind, ReplyMode, Router, Transaction, MAX_OUTPUT};
 use super::spread;
 use crate::resp;
 
 impl Router {
-    /// What an entry's reply changes: a state command refused is not replayed; a HELLO
-    /// answered sets the protocol.
+    /// What an entry's reply changes: a state command refused is not replayed (the one
+    /// it was to replace is, as Redis keeps it); a HELLO answered sets the protocol.
     pub(super) fn after_reply(&mut self, kind: &Kind, reply: &Bytes) {
-        let Kind::State { key } = kind else {
+        let Kind::State { key, raw, previous } = kind else {
             return;
         };
         if spread::is_error(reply) {
-            self.state.retain(|(k, _)| k != key);
+            // Unless a later command of its kind replaced it meanwhile.
+            if self.state.iter().any(|(k, r)| k == key && r == raw) {
+                self.state.retain(|(k, _)| k != key);
+                if let Some(previous) = previous {
+                    self.record_state(key.clone(), previous.clone());
+                }
+            }
         } else if key == b"HELLO" {
             self.protocol = if reply.starts_with(b"%") { 3 } else { 2 };
         }
@@ -40,17 +46,34 @@ impl Router {
                 self.send(node, raw.clone(), Expect::Hidden);
             }
         }
-        self.state.retain(|(k, _)| *k != key);
-        if self.state.len() >= 32 {
-            self.state.remove(0);
-        }
-        self.state.push((key.clone(), raw.clone()));
+        let previous = self.record_state(key.clone(), raw.clone());
         let readwrite = key == b"READWRITE";
-        self.send_to_node(target, raw, Kind::State { key }, silent);
+        let kind = Kind::State {
+            key,
+            raw: raw.clone(),
+            previous,
+        };
+        self.send_to_node(target, raw, kind, silent);
         if readwrite {
             // The client's READWRITE is its own; the replica connections keep reading.
             self.restore_readonly();
         }
+    }
+
+    /// Keep `raw` as the state command of kind `key` in force (replacing an earlier one of
+    /// its kind, returned; at most 32 kept), replayed on each connection of the client's
+    /// own.
+    pub(super) fn record_state(&mut self, key: Vec<u8>, raw: Bytes) -> Option<Bytes> {
+        let previous = self
+            .state
+            .iter()
+            .position(|(k, _)| *k == key)
+            .map(|at| self.state.remove(at).1);
+        if self.state.len() >= 32 {
+            self.state.remove(0);
+        }
+        self.state.push((key, raw));
+        previous
     }
 
     /// RESET on every open node but `except` (hidden), and the connection's state
@@ -108,6 +131,7 @@ impl Router {
                 if self.protocol < 3 {
                     self.tunnel = Some(node);
                 }
+                self.follow_pubsub(node, args);
                 if let Some(link) = &self.links[node] {
                     link.send(raw, 0);
                 }
@@ -190,5 +214,65 @@ impl Router {
             Route::Slot(slot) => self.primary_index(slot).or_else(|| self.default_index()),
             _ => self.default_index(),
         }
+    }
+
+    /// A reply on the subscribed connection: given as it is (after the replies owed
+    /// before it); the last subscription ended, or RESET, ends the tunnel.
+    pub(super) fn on_tunnel_reply(&mut self, index: usize, reply: Bytes) {
+        let ends = reply.as_ref() == b"+RESET\r\n" || ends_subscriptions(&reply);
+        if self.entries.is_empty() {
+            self.out.extend_from_slice(&reply);
+        } else {
+            self.tunnel_held.extend_from_slice(&reply);
+            if self.tunnel_held.len() > MAX_OUTPUT {
+                // Messages behind replies still owed by other nodes: a subscriber that far
+                // behind is let go, as Redis lets a slow subscriber go.
+                self.broken = Some("subscription messages piled up behind replies owed".into());
+            }
+        }
+        if ends {
+            self.tunnel = None;
+            if reply.as_ref() == b"+RESET\r\n" {
+                self.reset_links(Some(index));
+            }
+        }
+    }
+}
+
+/// Whether a subscribed connection's reply says no subscription is left: an
+/// `unsubscribe`, `punsubscribe` or `sunsubscribe` confirmation with a count of 0.
+fn ends_subscriptions(reply: &[u8]) -> bool {
+    let Some(rest) = reply
+        .strip_prefix(b"*3\r\n")
+        .or_else(|| reply.strip_prefix(b">3\r\n"))
+    else {
+        return false;
+    };
+    let named =
+        |word: &[u8]| rest.len() > word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
+    rest.ends_with(b":0\r\n")
+        && (named(b"$11\r\nunsubscribe\r\n")
+            || named(b"$12\r\npunsubscribe\r\n")
+            || named(b"$12\r\nsunsubscribe\r\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_last_unsubscription_ends_the_tunnel() {
+        assert!(ends_subscriptions(
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
+        ));
+        assert!(ends_subscriptions(
+            b">3\r\n$12\r\npunsubscribe\r\n$1\r\na\r\n:0\r\n"
+        ));
+        assert!(!ends_subscriptions(
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n"
+        ));
+        assert!(!ends_subscriptions(
+            b"*3\r\n$7\r\nmessage\r\n$11\r\nunsubscribe\r\n:0\r\n"
+        ));
     }
 }

@@ -314,17 +314,8 @@ impl ConnectionState {
                 // client only stays on its connection longer).
                 Special::Watch => self.watching = true,
                 Special::Unwatch => self.watching = false,
-                Special::Subscribe(_) => {
-                    if argc >= 2 {
-                        pending.expect = Expect::Confirmations((argc - 1) as u32);
-                    }
-                }
-                Special::Unsubscribe(kind) => {
-                    pending.expect = if argc >= 2 {
-                        Expect::Confirmations((argc - 1) as u32)
-                    } else {
-                        Expect::UnsubscribeAll(kind)
-                    }
+                Special::Subscribe(_) | Special::Unsubscribe(_) => {
+                    pending.expect = Expect::of(info.special, argc);
                 }
                 Special::Hello => {
                     pending.effect = hello_effect(argc, &|i| cmd.arg(i));

@@ -1,8 +1,9 @@
 //! Multiplexing in front of a real Redis Cluster (`upstream.connections = "multiplexed"`
 //! with a `redis-cluster://` URL): clients' routers share a few connections per node,
 //! each client still sees one Redis of its own, a client holding connection state moves
-//! to connections of its own, and a shared connection lost costs only the commands in
-//! flight on it.
+//! to connections of its own while the state lasts (for good after a command whose state
+//! lasts for the connection's life), a shared connection lost costs only the commands in
+//! flight on it, and a silent node (`upstream.reply_timeout`) fails what it owes.
 
 use std::time::{Duration, Instant};
 
@@ -207,14 +208,15 @@ async fn state_takes_a_connection_of_its_own_and_blocks_no_one() {
     assert_eq!(reader.call(&["RPUSH", &queue, "job"]).await, ":1\r\n");
     let popped = format!("*2\r\n${}\r\n{queue}\r\n$3\r\njob\r\n", queue.len());
     assert_eq!(String::from_utf8_lossy(&waiter.reply().await), popped);
-    // The moved client goes on, on its own connections.
+    // The moved client goes on (back on the shared connections).
     assert_eq!(waiter.call(&["GET", &other]).await, "$1\r\n1\r\n");
     let mut tx = Conn::open(proxy.addr).await;
     assert_eq!(tx.call(&["MULTI"]).await, "+OK\r\n");
     assert_eq!(tx.call(&["INCR", &other]).await, "+QUEUED\r\n");
     assert_eq!(reader.call(&["GET", &other]).await, "$1\r\n1\r\n");
     assert_eq!(tx.call(&["EXEC"]).await, "*1\r\n:2\r\n");
-    assert_eq!(shared_on(&cluster, &node).await.len(), 1);
+    let shared = shared_on(&cluster, &node).await;
+    assert!(shared.len() <= 2, "{shared:?}");
     proxy.shutdown().await;
 }
 
@@ -321,4 +323,321 @@ async fn a_client_that_stops_reading_holds_no_shared_connection_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resharding_under_load_is_invisible_to_multiplexed_clients() {
     resharding_under_load_is_invisible_to_clients_with(MUX).await;
+}
+
+/// The connections a node lists that are not shared ones, but for the one asking.
+async fn unshared_on(cluster: &Cluster, address: &str) -> Vec<String> {
+    client_list(cluster, address)
+        .await
+        .into_iter()
+        .filter(|l| {
+            !l.contains(" name=respguard-shared ")
+                && !l.contains(" cmd=client|list ")
+                && !l.contains(" cmd=cluster|")
+        })
+        .collect()
+}
+
+/// The connections a node lists named `name` (a client's own connections carry the name
+/// it gave, replayed on each).
+async fn named_on(cluster: &Cluster, address: &str, name: &str) -> Vec<String> {
+    let word = format!(" name={name} ");
+    client_list(cluster, address)
+        .await
+        .into_iter()
+        .filter(|l| l.contains(&word))
+        .collect()
+}
+
+/// Wait until `address` lists a connection named `name` whose line holds `detail`.
+async fn wait_for_own(cluster: &Cluster, address: &str, name: &str, detail: &str) -> String {
+    let tries = Tries::new(Duration::from_secs(5));
+    loop {
+        let named = named_on(cluster, address, name).await;
+        if let Some(line) = named.iter().find(|l| l.contains(detail)) {
+            return line.clone();
+        }
+        tries
+            .again(
+                &format!("{name}'s own connection with {detail}"),
+                format!("{named:?}"),
+            )
+            .await;
+    }
+}
+
+/// Wait until `address` lists no connection named `name`, and as many that are not
+/// shared as `before` (the proxy's own monitor's, a topology read's come and go).
+async fn wait_until_back(cluster: &Cluster, address: &str, name: &str, before: usize) {
+    let tries = Tries::new(Duration::from_secs(5));
+    loop {
+        let named = named_on(cluster, address, name).await;
+        let unshared = unshared_on(cluster, address).await;
+        if named.is_empty() && unshared.len() == before {
+            return;
+        }
+        tries
+            .again(
+                &format!("{name} back on shared connections, {before} unshared"),
+                format!("named {named:?}, unshared {unshared:?}"),
+            )
+            .await;
+    }
+}
+
+/// The replies `commands` get, in order, from `conn`.
+async fn replies_to(conn: &mut Conn, commands: &[&[&str]]) -> Vec<String> {
+    let mut out = Vec::new();
+    for command in commands {
+        out.push(conn.call(command).await);
+    }
+    out
+}
+
+/// A client's state ends and it goes back to the shared connections, its own closed (the
+/// node's count of unshared connections back to what it was): after MULTI, SET, EXEC;
+/// after WATCH … UNWATCH; after a BLPOP answered by another client's push; after
+/// SUBSCRIBE, a message and UNSUBSCRIBE. Each reply is byte for byte the one a direct
+/// connection to the node gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_state_ended_is_back_on_shared_connections() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, MUX).await;
+    let node = primaries(&cluster).await[0].clone();
+    let key = key_on(&cluster, &node, "tx:").await;
+    let queue = key_on(&cluster, &node, "jobs:").await;
+    let pubsub = slot_map(&cluster).await.shards()[0].primary.clone();
+    let mut direct = cluster.conn(&node).await;
+    let mut subscriber = cluster.conn(&pubsub).await;
+    let mut pusher = Conn::open(proxy.addr).await;
+    assert_eq!(pusher.call(&["GET", &key]).await, "$-1\r\n");
+    let before = unshared_on(&cluster, &node).await.len();
+    let before_pubsub = unshared_on(&cluster, &pubsub).await.len();
+    let mut c = Conn::open(proxy.addr).await;
+    // The name is the client's, kept by the proxy on shared connections (no move) and
+    // given to each connection of its own, which shows them.
+    let admin = proxy.admin_addr.expect("admin listener");
+    let unshared = "respguard_cluster_clients_unshared_total";
+    let moves = metric(admin, unshared).await.unwrap_or(0.0);
+    let naming: &[&[&str]] = &[
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "SETNAME", "returner"],
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "SETNAME", "a name"],
+    ];
+    let mut named = cluster.conn(&node).await;
+    let want = replies_to(&mut named, naming).await;
+    drop(named);
+    assert_eq!(replies_to(&mut c, &naming[..3]).await, want[..3]);
+    assert_eq!(metric(admin, unshared).await.unwrap_or(0.0), moves);
+    // A name Redis refuses is Redis's to refuse, on a connection of the client's own.
+    assert_eq!(c.call(naming[3]).await, want[3]);
+    assert_eq!(metric(admin, unshared).await.unwrap_or(0.0), moves + 1.0);
+    assert_eq!(c.call(naming[2]).await, want[2]);
+    assert_eq!(c.call(&["GET", &key]).await, "$-1\r\n");
+    wait_until_back(&cluster, &node, "returner", before).await;
+
+    // MULTI … EXEC on a connection of its own, then back.
+    let transaction: &[&[&str]] = &[&["MULTI"], &["SET", &key, "1"], &["INCR", &key], &["EXEC"]];
+    let want = replies_to(&mut direct, transaction).await;
+    assert_eq!(c.call(transaction[0]).await, want[0]);
+    assert_eq!(c.call(transaction[1]).await, want[1]);
+    wait_for_own(&cluster, &node, "returner", " flags=x ").await;
+    assert_eq!(c.call(transaction[2]).await, want[2]);
+    assert_eq!(c.call(transaction[3]).await, want[3]);
+    assert_eq!(c.call(&["GET", &key]).await, "$1\r\n2\r\n");
+    wait_until_back(&cluster, &node, "returner", before).await;
+    assert_eq!(c.call(&["INCR", &key]).await, ":3\r\n");
+
+    // WATCH … UNWATCH.
+    let watching: &[&[&str]] = &[&["WATCH", &key], &["UNWATCH"]];
+    let want = replies_to(&mut direct, watching).await;
+    assert_eq!(c.call(watching[0]).await, want[0]);
+    wait_for_own(&cluster, &node, "returner", " cmd=watch ").await;
+    assert_eq!(c.call(watching[1]).await, want[1]);
+    wait_until_back(&cluster, &node, "returner", before).await;
+    assert_eq!(c.call(&["GET", &key]).await, "$1\r\n3\r\n");
+
+    // BLPOP, answered by another client's RPUSH.
+    assert_eq!(direct.call(&["RPUSH", &queue, "job"]).await, ":1\r\n");
+    let popped = direct.call(&["BLPOP", &queue, "0"]).await;
+    c.cmd(&["BLPOP", &queue, "0"]).await;
+    wait_for_own(&cluster, &node, "returner", " cmd=blpop ").await;
+    assert_eq!(pusher.call(&["RPUSH", &queue, "job"]).await, ":1\r\n");
+    assert_eq!(String::from_utf8_lossy(&c.reply().await), popped);
+    wait_until_back(&cluster, &node, "returner", before).await;
+    assert_eq!(c.call(&["GET", &key]).await, "$1\r\n3\r\n");
+
+    // SUBSCRIBE (on the pub/sub node), a message, UNSUBSCRIBE.
+    let subscribed = subscriber.call(&["SUBSCRIBE", "news"]).await;
+    assert_eq!(c.call(&["SUBSCRIBE", "news"]).await, subscribed);
+    wait_for_own(&cluster, &pubsub, "returner", " cmd=subscribe ").await;
+    assert_eq!(pusher.call(&["PUBLISH", "news", "hello"]).await, ":2\r\n");
+    let message = String::from_utf8_lossy(&subscriber.reply().await).into_owned();
+    assert_eq!(String::from_utf8_lossy(&c.reply().await), message);
+    let unsubscribed = subscriber.call(&["UNSUBSCRIBE", "news"]).await;
+    assert_eq!(c.call(&["UNSUBSCRIBE", "news"]).await, unsubscribed);
+    wait_until_back(&cluster, &pubsub, "returner", before_pubsub).await;
+    assert_eq!(c.call(&["GET", &key]).await, "$1\r\n3\r\n");
+    proxy.shutdown().await;
+}
+
+/// In RESP3 too: a client that said `HELLO 3` (on the RESP3 shared connections), then
+/// subscribed, got a message and unsubscribed, goes back to the shared connections once
+/// its last subscription is gone (the pushes counted as one Redis connection's), each
+/// push the bytes a direct RESP3 connection gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_subscriber_is_back_on_shared_connections_after_its_last_unsubscribe() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, MUX).await;
+    let pubsub = slot_map(&cluster).await.shards()[0].primary.clone();
+    let key = key_on(&cluster, &pubsub, "r3:").await;
+    let mut subscriber = cluster.conn(&pubsub).await;
+    assert!(subscriber.call(&["HELLO", "3"]).await.starts_with('%'));
+    let mut publisher = Conn::open(proxy.addr).await;
+    assert_eq!(publisher.call(&["SET", &key, "v"]).await, "+OK\r\n");
+    let before = unshared_on(&cluster, &pubsub).await.len();
+
+    let mut c = Conn::open(proxy.addr).await;
+    assert!(c.call(&["HELLO", "3"]).await.starts_with('%'));
+    let unnamed = subscriber.call(&["CLIENT", "GETNAME"]).await;
+    assert_eq!(unnamed, "_\r\n");
+    assert_eq!(c.call(&["CLIENT", "GETNAME"]).await, unnamed);
+    assert_eq!(c.call(&["CLIENT", "SETNAME", "pusher3"]).await, "+OK\r\n");
+    assert_eq!(c.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    wait_until_back(&cluster, &pubsub, "pusher3", before).await;
+
+    let subscribed = subscriber.call(&["SUBSCRIBE", "events"]).await;
+    assert!(subscribed.starts_with('>'), "{subscribed:?}");
+    assert_eq!(c.call(&["SUBSCRIBE", "events"]).await, subscribed);
+    wait_for_own(&cluster, &pubsub, "pusher3", " cmd=subscribe ").await;
+    // Still subscribed: a command between is routed as ever, and the client stays.
+    assert_eq!(c.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    assert_eq!(publisher.call(&["PUBLISH", "events", "e1"]).await, ":2\r\n");
+    let message = String::from_utf8_lossy(&subscriber.reply().await).into_owned();
+    assert_eq!(String::from_utf8_lossy(&c.reply().await), message);
+    assert_eq!(named_on(&cluster, &pubsub, "pusher3").await.len(), 1);
+    let unsubscribed = subscriber.call(&["UNSUBSCRIBE", "events"]).await;
+    assert_eq!(c.call(&["UNSUBSCRIBE", "events"]).await, unsubscribed);
+    wait_until_back(&cluster, &pubsub, "pusher3", before).await;
+    assert_eq!(c.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    proxy.shutdown().await;
+}
+
+/// A command whose state lasts for the connection's life keeps the client on the
+/// connection of its own it took: `CLIENT ID` answers the same id before and after other
+/// commands (a client back on shared connections would need a new one, of another id),
+/// and after `READONLY` the connection that took it is the one `CLIENT ID` names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sent_client_id_or_readonly_keeps_its_connections() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, MUX).await;
+    let node = primaries(&cluster).await[0].clone();
+    let key = key_on(&cluster, &node, "life:").await;
+
+    let mut c = Conn::open(proxy.addr).await;
+    assert_eq!(c.call(&["SET", &key, "v"]).await, "+OK\r\n");
+    let id = c.call(&["CLIENT", "ID"]).await;
+    let digits = id.trim_start_matches(':').trim_end();
+    assert!(
+        id.starts_with(':') && digits.parse::<u64>().is_ok(),
+        "{id:?}"
+    );
+    for _ in 0..3 {
+        assert_eq!(c.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    }
+    assert_eq!(c.call(&["CLIENT", "ID"]).await, id);
+    let list = client_list(&cluster, &node).await;
+    let own = list
+        .iter()
+        .find(|l| l.starts_with(&format!("id={digits} ")))
+        .unwrap_or_else(|| panic!("no connection {digits} on {node}: {list:?}"));
+    assert!(!own.contains("respguard-shared"), "{own}");
+
+    let mut direct = cluster.conn(&node).await;
+    let mut r = Conn::open(proxy.addr).await;
+    assert_eq!(r.call(&["CLIENT", "SETNAME", "reader"]).await, "+OK\r\n");
+    assert_eq!(r.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    assert_eq!(
+        r.call(&["READONLY"]).await,
+        direct.call(&["READONLY"]).await
+    );
+    let line = wait_for_own(&cluster, &node, "reader", " cmd=readonly ").await;
+    assert_eq!(r.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    let id = r.call(&["CLIENT", "ID"]).await;
+    assert!(
+        line.starts_with(&format!("id={} ", id.trim_start_matches(':').trim_end())),
+        "CLIENT ID {id:?} is not the READONLY connection {line}"
+    );
+    proxy.shutdown().await;
+}
+
+/// `upstream.reply_timeout` on cluster node links: a node paused (`CLIENT PAUSE … ALL`)
+/// owes replies and sends nothing; each client waiting on it, on a shared connection or
+/// on one of its own, gets `no reply within 300ms, upstream.reply_timeout` well before
+/// the pause ends, the timeouts are counted, and once the node answers again the same
+/// clients' commands run on new connections. A BLPOP waiting longer than the limit is
+/// excused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_fails_what_it_owes_within_the_reply_timeout() {
+    let cluster = Cluster::start().await;
+    let toml = "[upstream]\nconnections = \"multiplexed\"\nshared_connections = 1\nreply_timeout = \"300ms\"\n";
+    let proxy = proxy_for_cluster(&cluster, toml).await;
+    let node = primaries(&cluster).await[0].clone();
+    let key = key_on(&cluster, &node, "slow:").await;
+    let queue = key_on(&cluster, &node, "wait:").await;
+
+    // Excused: a blocking command waits past the limit.
+    let mut blocked = Conn::open(proxy.addr).await;
+    let mut direct = cluster.conn(&node).await;
+    let began = Instant::now();
+    assert_eq!(
+        blocked.call(&["BLPOP", &queue, "1"]).await,
+        direct.call(&["BLPOP", &queue, "1"]).await
+    );
+    assert!(began.elapsed() >= Duration::from_millis(900));
+
+    let mut shared = Conn::open(proxy.addr).await;
+    let mut other = Conn::open(proxy.addr).await;
+    let mut own = Conn::open(proxy.addr).await;
+    assert_eq!(shared.call(&["SET", &key, "v"]).await, "+OK\r\n");
+    assert_eq!(other.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    assert!(own.call(&["CLIENT", "ID"]).await.starts_with(':'));
+    assert_eq!(own.call(&["GET", &key]).await, "$1\r\nv\r\n");
+
+    let mut admin = cluster.conn(&node).await;
+    assert_eq!(
+        admin.call(&["CLIENT", "PAUSE", "2500", "ALL"]).await,
+        "+OK\r\n"
+    );
+    let began = Instant::now();
+    shared.cmd(&["GET", &key]).await;
+    other.cmd(&["GET", &key]).await;
+    own.cmd(&["GET", &key]).await;
+    let error = format!(
+        "-ERR respguard: connection to cluster node {node} lost (no reply within 300ms, upstream.reply_timeout)\r\n"
+    );
+    for (who, conn) in [
+        ("shared", &mut shared),
+        ("other", &mut other),
+        ("own", &mut own),
+    ] {
+        let reply = String::from_utf8_lossy(&conn.reply().await).into_owned();
+        assert_eq!(reply, error, "{who}");
+    }
+    let waited = began.elapsed();
+    assert!(
+        waited < Duration::from_secs(2),
+        "the errors took {waited:?}"
+    );
+    let admin_addr = proxy.admin_addr.expect("admin listener");
+    let timeouts = metric(admin_addr, "respguard_upstream_reply_timeouts_total").await;
+    assert!(timeouts.is_some_and(|n| n >= 2.0), "{timeouts:?}");
+
+    // Paused too, it runs once the pause is over.
+    assert_eq!(admin.call(&["CLIENT", "UNPAUSE"]).await, "+OK\r\n");
+    assert_eq!(shared.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    assert_eq!(other.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    assert_eq!(own.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    proxy.shutdown().await;
 }
