@@ -105,11 +105,7 @@ impl Guards {
             ungated: ByCommand::build(table, |info| mask(&|g| g.always_engaged(info))),
             as_user: mask(&|g| g.acts_as_user()),
             when_down: ByCommand::build(table, |info| mask(&|g| g.wants_when_down(info))),
-            ttl: chain
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| matches!(g, Link::Ttl(_)))
-                .fold(0u8, |bits, (i, _)| bits | 1 << i),
+            ttl: mask(&|g| g.name() == "ttl"),
             chain,
         }
     }
