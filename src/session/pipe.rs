@@ -189,7 +189,10 @@ impl<S: Rebase> Pipe<S> {
     fn make_room(&mut self, need: usize) {
         if self.output.capacity() - self.output.len() < need {
             let rest = self.input.bytes().len() + APPEND_ROOM;
-            self.output.reserve(rest.max(self.append_hint).max(need));
+            // The last batch's size plus this append's: the last command's reservation is
+            // an upper bound (its `*argc` line counted at its longest), so a batch exactly
+            // as large as the last must not find itself a few bytes short at its end.
+            self.output.reserve(rest.max(self.append_hint + need));
         }
         self.appended = true;
     }
@@ -488,6 +491,35 @@ mod tests {
         }
         assert!(pipe.input().is_empty());
         assert_eq!(pipe.io_parts().1.capacity(), room);
+    }
+
+    /// A batch of prepended commands (a wrapped write, each far larger than the input it
+    /// replaces) as large as the batch before it grows its output once: the room made at
+    /// its first command holds the last command too, whose reservation counts its `*argc`
+    /// line at its longest. Sized from the last batch alone, the batch came up a few bytes
+    /// short at its last command and was copied into a larger buffer each time.
+    #[test]
+    fn a_batch_as_large_as_the_last_grows_its_output_once() {
+        let hset = b"*4\r\n$4\r\nHSET\r\n$1\r\nh\r\n$1\r\nf\r\n$1\r\nv\r\n";
+        let fixed = [b'x'; 300];
+        let mut batch = |pipe: &mut Pipe<Shifts>| {
+            let mut rooms = Vec::new();
+            for _ in 0..32 {
+                pipe.replace_with_prepended(4, 7, hset.len(), (&fixed, b"$1\r\nh\r\n"));
+                rooms.push(pipe.io_parts().1.capacity());
+            }
+            rooms
+        };
+        let mut pipe = pipe_with(&hset.repeat(64));
+        batch(&mut pipe);
+        let written = pipe.unwritten();
+        pipe.wrote(written);
+        let rooms = batch(&mut pipe);
+        assert!(pipe.input().is_empty());
+        assert!(
+            rooms.iter().all(|&r| r == rooms[0]),
+            "the second batch's output grew after its first command: {rooms:?}"
+        );
     }
 
     #[test]
