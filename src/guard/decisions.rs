@@ -53,7 +53,8 @@ impl DecisionCount {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The decisions counted so far.
+    /// The decisions counted so far (`/metrics` reads them all through [`render`]).
+    #[cfg(test)]
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
