@@ -502,7 +502,7 @@ mod tests {
     fn a_batch_as_large_as_the_last_grows_its_output_once() {
         let hset = b"*4\r\n$4\r\nHSET\r\n$1\r\nh\r\n$1\r\nf\r\n$1\r\nv\r\n";
         let fixed = [b'x'; 300];
-        let mut batch = |pipe: &mut Pipe<Shifts>| {
+        let batch = |pipe: &mut Pipe<Shifts>| {
             let mut rooms = Vec::new();
             for _ in 0..32 {
                 pipe.replace_with_prepended(4, 7, hset.len(), (&fixed, b"$1\r\nh\r\n"));
