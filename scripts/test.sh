@@ -18,3 +18,5 @@ echo "== differential tests against $("$valkey" --version | cut -d' ' -f1-3)"
 RESPGUARD_TEST_SERVER="$valkey" cargo test --test it differential
 echo "== the same sessions through a Valkey cluster"
 RESPGUARD_TEST_SERVER="$valkey" cargo test --test it cluster_proxy::a_cluster_unaware_client_sees_one_redis
+echo "== CLIENT SETINFO kept per client through a Valkey cluster (Redis 7.0 knows no SETINFO)"
+RESPGUARD_TEST_SERVER="$valkey" cargo test --test it cluster_mux_state::client_setinfo

@@ -199,6 +199,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
                     unread_hard: raw.proxy.output_buffer_hard.0 as usize,
                     handshake_timeout: raw.upstream.connect_timeout.0,
                     reply_timeout,
+                    pinned: raw.upstream.pinned_connections,
                 },
             );
             Some(Arc::new(ClusterUpstream::new(

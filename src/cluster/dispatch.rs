@@ -48,14 +48,7 @@ impl Router {
         if &*name == b"CLIENT" && &*sub == b"REPLY" {
             return self.client_reply(raw, args);
         }
-        let silent = match self.reply_mode {
-            ReplyMode::On => false,
-            ReplyMode::Off => true,
-            ReplyMode::SkipNext => {
-                self.reply_mode = ReplyMode::On;
-                true
-            }
-        };
+        let silent = self.next_silent();
         if &*name == b"CLIENT" && self.name_kept_here(&raw, args, silent) {
             return;
         }
@@ -67,6 +60,9 @@ impl Router {
                 Some(reply) => self.answer(reply, silent),
                 None => self.keyed(raw, args, Kind::Plain, silent),
             },
+            // On shared connections Redis would close a connection other clients use: the
+            // router answers, and the session closes once the replies before it are written.
+            b"QUIT" if self.shared.is_some() => self.answer(resp::simple("OK"), silent),
             b"MONITOR" => self.answer(
                 resp::error("ERR respguard: MONITOR is not available through a Redis Cluster upstream: each node has its own, run it on a node"),
                 silent,
@@ -101,6 +97,19 @@ impl Router {
                 Some(key) => self.state_command(raw, key, silent),
                 None => self.keyed(raw, args, Kind::Plain, silent),
             },
+        }
+    }
+
+    /// Whether the next command's reply is dropped (`CLIENT REPLY OFF|SKIP`), a SKIP used
+    /// up by it.
+    pub(super) fn next_silent(&mut self) -> bool {
+        match self.reply_mode {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::SkipNext => {
+                self.reply_mode = ReplyMode::On;
+                true
+            }
         }
     }
 

@@ -36,6 +36,7 @@ use super::spread::Merge;
 use super::view::ClusterView;
 use crate::command::CommandTable;
 use crate::config::ReadFrom;
+use crate::mux::pinned::PinnedPermit;
 use crate::reply_queue::ReplyQueue;
 use crate::resp;
 use crate::scanner::request::{Limits, RequestScanner, Step};
@@ -171,6 +172,15 @@ pub(super) struct Transaction {
     pub multi_sent: bool,
 }
 
+/// The wait for a place under `upstream.pinned_connections` (`upstream.connect_timeout`
+/// at most).
+pub(super) type PlaceWait = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<PinnedPermit, crate::mux::pinned::PinnedError>>
+            + Send,
+    >,
+>;
+
 /// Where a command takes a client on shared connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Sharing {
@@ -264,6 +274,12 @@ pub struct Router {
     pub(super) progress: Vec<tokio::time::Instant>,
     /// When the links' silence is next checked, while armed.
     pub(super) deadline: Option<tokio::time::Instant>,
+    /// Multiplexed, on connections of its own: the client's one place under
+    /// `upstream.pinned_connections`, however many nodes it uses.
+    pub(super) place: Option<PinnedPermit>,
+    /// No place came within `upstream.connect_timeout`: the commands already read get
+    /// this error, as the held one did.
+    pub(super) refusing: Option<Bytes>,
 }
 
 impl Router {
@@ -322,6 +338,8 @@ impl Router {
             reply_timeout,
             progress: Vec::new(),
             deadline: None,
+            place: None,
+            refusing: None,
         }
     }
 
@@ -339,6 +357,8 @@ impl Router {
             ..Limits::default()
         });
         let mut input = BytesMut::with_capacity(16 * 1024);
+        // Multiplexed: the wait for a place under `upstream.pinned_connections`.
+        let mut waiting: Option<PlaceWait> = None;
         loop {
             let may_read = self.entries.len() < MAX_ENTRIES
                 && self.out.len() < MAX_OUTPUT
@@ -366,11 +386,23 @@ impl Router {
                         return;
                     }
                 }
+                placed = async { waiting.as_mut().expect("armed").await }, if waiting.is_some() => {
+                    waiting = None;
+                    self.on_place(placed);
+                    if !self.on_input(&mut scanner, &mut input) {
+                        return;
+                    }
+                }
             }
-            if self.held.is_some() && self.entries.is_empty() {
-                self.resume_held();
-                if !self.on_input(&mut scanner, &mut input) {
-                    return;
+            if self.held.is_some() && self.entries.is_empty() && waiting.is_none() {
+                match self.place_for_held() {
+                    Some(wait) => waiting = Some(wait),
+                    None => {
+                        self.resume_held();
+                        if !self.on_input(&mut scanner, &mut input) {
+                            return;
+                        }
+                    }
                 }
             }
             if self.ready_to_return() {
@@ -414,6 +446,7 @@ impl Router {
         loop {
             match scanner.scan(input) {
                 Step::Incomplete => {
+                    self.refusing = None;
                     if input.capacity() - input.len() < 4096 {
                         input.reserve(16 * 1024);
                     }
@@ -436,6 +469,13 @@ impl Router {
                     } else {
                         raw.clone()
                     };
+                    if let Some(error) = self.refusing.clone() {
+                        // Read while the client waited for a place that never came.
+                        let silent = self.next_silent();
+                        self.answer(error, silent);
+                        scanner.rebase(end);
+                        continue;
+                    }
                     if self.hold_to_move(&raw, args) {
                         // Read again once every earlier command is answered.
                         scanner.rebase(end);

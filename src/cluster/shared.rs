@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use super::event::NodeEvent;
 use crate::mux::identity::{give_identity, IdentityFailure};
+use crate::mux::pinned::PinnedLimit;
 use crate::mux::router::{Owner as RunOwner, Router as OrderRouter};
 use crate::mux::LANE_NAME;
 use crate::resp;
@@ -61,6 +62,10 @@ pub struct SharedSettings {
     /// `upstream.reply_timeout`: longest silence of a connection that owes replies (no
     /// blocking command ever takes a shared one), then it is closed as lost.
     pub reply_timeout: Option<Duration>,
+    /// `upstream.pinned_connections`: most clients on connections of their own at once
+    /// (each counted once, however many nodes it uses), waiting up to
+    /// `handshake_timeout` (`upstream.connect_timeout`) for a place.
+    pub pinned: usize,
 }
 
 /// Every node's shared connections, proxy-wide.
@@ -69,6 +74,8 @@ pub struct SharedNodes {
     gate: Arc<ConnectGate>,
     settings: SharedSettings,
     pools: Mutex<HashMap<(String, u8), Arc<Pool>>>,
+    /// Places for clients on connections of their own (`upstream.pinned_connections`).
+    pinned: PinnedLimit,
 }
 
 /// One node's connections for one protocol.
@@ -94,12 +101,18 @@ impl SharedNodes {
             gate,
             settings,
             pools: Mutex::new(HashMap::new()),
+            pinned: PinnedLimit::new(settings.pinned, settings.handshake_timeout),
         }
     }
 
     /// The settings in force.
     pub fn settings(&self) -> &SharedSettings {
         &self.settings
+    }
+
+    /// The bound on clients holding connections of their own.
+    pub(crate) fn pinned(&self) -> &PinnedLimit {
+        &self.pinned
     }
 
     /// Whether clients speaking `protocol` share connections (RESP3 needs a second
@@ -483,6 +496,7 @@ mod tests {
                 unread_hard: 1 << 20,
                 handshake_timeout: Duration::from_secs(1),
                 reply_timeout: None,
+                pinned: 1,
             },
         )
     }

@@ -14,12 +14,22 @@
 //!   READWRITE, ASKING, `HELLO` with `AUTH` or `SETNAME`, CLIENT subcommands but SETINFO,
 //!   REPLY, SETNAME and GETNAME…), sent on shared connections or on its own.
 //!
-//! On shared connections `CLIENT SETNAME` (a name Redis accepts) and `GETNAME` are answered
-//! by the router ([`Router::name_kept_here`]): the name is the client's state, given to
-//! each connection of its own, never to a shared one. `HELLO 2|3` alone moves it to the
-//! shared connections of that protocol (or, when that protocol does not share, to its own
-//! until it speaks one that does). `SELECT` (Redis Cluster changes nothing with it),
-//! `CLIENT SETINFO` (a library's name) and `CLIENT REPLY` (answered by the router) stay.
+//! On shared connections `CLIENT SETNAME` (a name Redis accepts), `GETNAME` and `CLIENT
+//! SETINFO` (a library's name or version Redis accepts) are answered by the router
+//! ([`Router::name_kept_here`]): they are the client's state, given to each connection of
+//! its own, never to a shared one, where another client would see them; so is `QUIT`
+//! (Redis would close a connection others use). `HELLO 2|3` alone moves it to the shared
+//! connections of that protocol (or, when that protocol does not share, to its own until
+//! it speaks one that does). `SELECT` (Redis Cluster changes nothing with it) and `CLIENT
+//! REPLY` (answered by the router) stay.
+//!
+//! A client on connections of its own holds one place under `upstream.pinned_connections`
+//! ([`PinnedLimit`](crate::mux::pinned::PinnedLimit), shared with every router), however
+//! many nodes it then uses: counted per node, a client holding one place could wait for
+//! another in the middle of its state, and two such clients for each other's. A move waits
+//! up to `upstream.connect_timeout` for a place, else the held command (and those already
+//! read after it) gets the limit's error and the client stays on shared connections, as a
+//! single Redis's multiplexed client does.
 //! A move waits until every earlier command is answered (the command held, the session not
 //! read meanwhile), so the node runs the client's commands in the order sent even though
 //! the next ones take another connection; then the shared links close and the state the
@@ -27,12 +37,15 @@
 //! connection of its own as it opens. A return needs nothing owed either: every reply is
 //! in the router, in order, before the links it came on close.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::args::Args;
 use super::node::NodeLink;
-use super::router::{Router, Sharing, MAX_ENTRIES};
-use crate::command::Pinning;
+use super::router::{PlaceWait, Router, Sharing, MAX_ENTRIES};
+use crate::command::{Pinning, Special};
+use crate::mux::pinned::{PinnedError, PinnedPermit};
 use crate::reply_queue::{Expect, Pending, ReplyQueue};
 use crate::resp;
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
@@ -55,12 +68,57 @@ impl Router {
         if to == Sharing::Stay {
             return false;
         }
-        if !self.entries.is_empty() {
+        if !self.entries.is_empty() || !self.has_place_for(to) {
             self.held = Some((raw.clone(), to));
             return true;
         }
         self.move_to(to);
         false
+    }
+
+    /// Whether a move to `to` may happen now as far as `upstream.pinned_connections` goes:
+    /// one to connections of its own needs the client's place (one, however many nodes it
+    /// then uses), taken now if one is free.
+    fn has_place_for(&mut self, to: Sharing) -> bool {
+        if !matches!(to, Sharing::WhileInUse | Sharing::ForLife) || self.place.is_some() {
+            return true;
+        }
+        self.place = self.shared.as_ref().and_then(|s| s.pinned().try_take());
+        self.place.is_some()
+    }
+
+    /// Every command before the held one is answered: `None` when it may move now, else
+    /// the wait for a place (every place is taken), which ends in [`Self::on_place`].
+    pub(super) fn place_for_held(&mut self) -> Option<PlaceWait> {
+        let to = self.held.as_ref()?.1;
+        if self.has_place_for(to) {
+            return None;
+        }
+        let shared = Arc::clone(self.shared.as_ref()?);
+        Some(Box::pin(async move { shared.pinned().take().await }))
+    }
+
+    /// The wait for a place ended: with one, the held command moves the client and is
+    /// sent; without (`upstream.connect_timeout` passed), it gets the limit's error, and
+    /// so do the commands already read after it, the client staying on shared
+    /// connections, as a single Redis's multiplexed client does.
+    pub(super) fn on_place(&mut self, placed: Result<PinnedPermit, PinnedError>) {
+        match placed {
+            Ok(place) => {
+                self.place = Some(place);
+                self.resume_held();
+            }
+            Err(e) => {
+                if self.held.take().is_none() {
+                    return;
+                }
+                tracing::info!(error = %e, "no connections of its own for the cluster client");
+                let error = resp::error(&format!("ERR respguard: {e}"));
+                self.refusing = Some(error.clone());
+                let silent = self.next_silent();
+                self.answer(error, silent);
+            }
+        }
     }
 
     /// Every command before the held one is answered: move, and send it.
@@ -89,10 +147,21 @@ impl Router {
             return false;
         }
         let key = b"CLIENT SETNAME".to_vec();
-        if &args.upper(1)[..] == b"SETNAME" {
-            let _ = self.record_state(key, raw.clone());
-            self.answer(resp::simple("OK"), silent);
-            return true;
+        match &args.upper(1)[..] {
+            b"SETNAME" => {
+                let _ = self.record_state(key, raw.clone());
+                self.answer(resp::simple("OK"), silent);
+                return true;
+            }
+            // As the name: kept under the key a connection of its own replays it by.
+            b"SETINFO" if self.knows_setinfo() => {
+                let key = [&b"CLIENT SETINFO "[..], &args.upper(2)].concat();
+                let _ = self.record_state(key, raw.clone());
+                self.answer(resp::simple("OK"), silent);
+                return true;
+            }
+            b"GETNAME" => {}
+            _ => return false,
         }
         let name = self
             .state
@@ -126,7 +195,19 @@ impl Router {
             // Refused, or answered by the router; or state Redis Cluster keeps none of
             // (SELECT 0 changes nothing, any other is refused) or that is no one else's
             // business (a library's name and version).
-            (b"MONITOR" | b"SELECT", _) | (b"CLIENT", b"REPLY" | b"SETINFO") => Sharing::Stay,
+            (b"MONITOR" | b"SELECT", _) | (b"CLIENT", b"REPLY") => Sharing::Stay,
+            // The router answers (Redis would close a connection others use).
+            (b"QUIT", _) if self.shared.is_some() => Sharing::Stay,
+            // A library's name and version, kept like the name ([`Self::name_kept_here`]);
+            // one Redis refuses goes to a connection of its own, where Redis says why.
+            // Where Redis knows no SETINFO (before 7.2) it refuses it on any connection,
+            // changing nothing.
+            (b"CLIENT", b"SETINFO")
+                if self.shared.is_none() || settable_info(args) || !self.knows_setinfo() =>
+            {
+                Sharing::Stay
+            }
+            (b"CLIENT", b"SETINFO") => Sharing::WhileInUse,
             // The router keeps the name and gives it to each connection of its own: on
             // shared connections it answers them ([`Self::name_kept_here`]); a name Redis
             // refuses goes to a connection of its own, where Redis says why.
@@ -155,6 +236,11 @@ impl Router {
             _ if info.pinning == Pinning::ForLife => Sharing::ForLife,
             _ => Sharing::WhileInUse,
         }
+    }
+
+    /// Whether the nodes know `CLIENT SETINFO` (Redis 7.2 and later, Valkey).
+    fn knows_setinfo(&self) -> bool {
+        self.table.classify(b"CLIENT", || Some(b"SETINFO")).special == Special::ClientSetInfo
     }
 
     /// Leave the shared connections used so far (nothing is owed on them): for those of
@@ -217,6 +303,7 @@ impl Router {
     pub(super) fn return_to_shared(&mut self) {
         self.identity = self.protocol;
         self.shared = self.home.take();
+        self.place = None;
         self.pubsub.clear();
         self.close_links();
         metrics::counter!("respguard_cluster_clients_reshared_total").increment(1);
@@ -296,6 +383,16 @@ fn settable_name(args: Args<'_>) -> bool {
         && args
             .get(2)
             .is_some_and(|n| n.iter().all(|b| (b'!'..=b'~').contains(b)))
+}
+
+/// Whether `CLIENT SETINFO`'s `args` set an attribute Redis accepts: `LIB-NAME` or
+/// `LIB-VER` (any case) and one value of printable ASCII without spaces, or empty.
+fn settable_info(args: Args<'_>) -> bool {
+    args.len() == 4
+        && matches!(&args.upper(2)[..], b"LIB-NAME" | b"LIB-VER")
+        && args
+            .get(3)
+            .is_some_and(|v| v.iter().all(|b| (b'!'..=b'~').contains(b)))
 }
 
 /// The name a recorded `CLIENT SETNAME` command gives.

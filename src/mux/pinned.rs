@@ -6,6 +6,10 @@
 //! then gets [`PinnedError::Exhausted`]: never an unbounded wait, never more connections
 //! than the limit. A kept connection is checked before it is handed out again (Redis may
 //! have closed it while it was idle) and dropped if it is not quiet and open.
+//!
+//! The bound itself is a [`PinnedLimit`], which a cluster's multiplexed routers share too:
+//! there a client on connections of its own to the nodes holds one [`PinnedPermit`]
+//! however many nodes it uses (`crate::cluster::sharing`).
 
 use std::sync::Mutex;
 use std::sync::{Arc, OnceLock};
@@ -40,19 +44,78 @@ pub(crate) struct PinnedConnection {
     /// The socket to Redis.
     pub stream: Stream,
     slot: UpstreamSlot,
-    held: Held,
+    held: PinnedPermit,
 }
 
-/// A place under `upstream.pinned_connections`, counted in the in-use gauge while held.
+/// A place under `upstream.pinned_connections`, counted in the in-use gauge
+/// (`respguard_pinned_connections`) while held; dropping it gives the place back.
 #[derive(Debug)]
-struct Held {
+pub(crate) struct PinnedPermit {
     _permit: OwnedSemaphorePermit,
     in_use: Gauge,
 }
 
-impl Drop for Held {
+impl Drop for PinnedPermit {
     fn drop(&mut self) {
         self.in_use.decrement(1.0);
+    }
+}
+
+/// The bound on clients holding connections of their own (`upstream.pinned_connections`):
+/// a client past it waits up to `upstream.connect_timeout` for a place, then gets
+/// [`PinnedError::Exhausted`]. Proxy-wide, shared by every thread's pool.
+#[derive(Debug)]
+pub(crate) struct PinnedLimit {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    wait: Duration,
+}
+
+impl PinnedLimit {
+    /// At most `limit` places held at once; a client waits at most `wait` for one.
+    pub(crate) fn new(limit: usize, wait: Duration) -> Self {
+        PinnedLimit {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            wait,
+        }
+    }
+
+    /// A place now, if one is free (no wait, nothing counted as waiting).
+    pub(crate) fn try_take(&self) -> Option<PinnedPermit> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        Some(Self::held(permit))
+    }
+
+    /// A place, waiting up to the limit's wait for one (counted in
+    /// `respguard_pinned_waiting_clients`); past it, [`PinnedError::Exhausted`], counted in
+    /// `respguard_pinned_connections_exhausted_total`.
+    pub(crate) async fn take(&self) -> Result<PinnedPermit, PinnedError> {
+        let started = tokio::time::Instant::now();
+        let waiting = &gauges().waiting;
+        waiting.increment(1.0);
+        let acquired =
+            tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned()).await;
+        waiting.decrement(1.0);
+        let permit = acquired
+            .map_err(|_| {
+                counter!("respguard_pinned_connections_exhausted_total").increment(1);
+                PinnedError::Exhausted {
+                    limit: self.limit,
+                    waited: started.elapsed(),
+                }
+            })?
+            .expect("the semaphore is never closed");
+        Ok(Self::held(permit))
+    }
+
+    fn held(permit: OwnedSemaphorePermit) -> PinnedPermit {
+        let in_use = gauges().in_use.clone();
+        in_use.increment(1.0);
+        PinnedPermit {
+            _permit: permit,
+            in_use,
+        }
     }
 }
 
@@ -67,9 +130,7 @@ struct Idle {
 #[derive(Debug)]
 pub struct PinnedConnections {
     gate: Arc<ConnectGate>,
-    permits: Arc<Semaphore>,
-    limit: usize,
-    wait: Duration,
+    limit: PinnedLimit,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
 }
@@ -97,9 +158,7 @@ impl PinnedConnections {
     pub fn new(gate: Arc<ConnectGate>, limit: usize, wait: Duration, max_idle: usize) -> Self {
         PinnedConnections {
             gate,
-            permits: Arc::new(Semaphore::new(limit)),
-            limit,
-            wait,
+            limit: PinnedLimit::new(limit, wait),
             idle: Mutex::new(Vec::new()),
             // More could never all be in use again at once.
             max_idle: max_idle.min(limit),
@@ -108,35 +167,12 @@ impl PinnedConnections {
 
     /// A connection for one client: a kept one if one is still good, else a new one.
     pub(crate) async fn take(&self) -> Result<PinnedConnection, PinnedError> {
-        let started = tokio::time::Instant::now();
-        let waiting = &gauges().waiting;
-        waiting.increment(1.0);
-        let acquired =
-            tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned()).await;
-        waiting.decrement(1.0);
-        let permit = acquired
-            .map_err(|_| {
-                counter!("respguard_pinned_connections_exhausted_total").increment(1);
-                PinnedError::Exhausted {
-                    limit: self.limit,
-                    waited: started.elapsed(),
-                }
-            })?
-            .expect("the semaphore is never closed");
+        let held = self.limit.take().await?;
         let (stream, slot) = match self.kept() {
             Some(idle) => (idle.stream, idle.slot),
             None => self.gate.connect().await?,
         };
-        let in_use = gauges().in_use.clone();
-        in_use.increment(1.0);
-        Ok(PinnedConnection {
-            stream,
-            slot,
-            held: Held {
-                _permit: permit,
-                in_use,
-            },
-        })
+        Ok(PinnedConnection { stream, slot, held })
     }
 
     /// Keep `connection` for the next client, if there is room; its client must have left

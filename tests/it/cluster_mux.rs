@@ -16,10 +16,10 @@ use crate::harness::*;
 use respguard::cluster::slot::key_slot;
 
 /// Multiplexed, two shared connections per node.
-const MUX: &str = "[upstream]\nconnections = \"multiplexed\"\nshared_connections = 2\n";
+pub(crate) const MUX: &str = "[upstream]\nconnections = \"multiplexed\"\nshared_connections = 2\n";
 
 /// The connections a node lists (`CLIENT LIST`), one line each.
-async fn client_list(cluster: &Cluster, address: &str) -> Vec<String> {
+pub(crate) async fn client_list(cluster: &Cluster, address: &str) -> Vec<String> {
     let list = cluster.conn(address).await.call(&["CLIENT", "LIST"]).await;
     list.lines()
         .filter(|l| l.starts_with("id="))
@@ -28,7 +28,7 @@ async fn client_list(cluster: &Cluster, address: &str) -> Vec<String> {
 }
 
 /// The shared connections a node lists.
-async fn shared_on(cluster: &Cluster, address: &str) -> Vec<String> {
+pub(crate) async fn shared_on(cluster: &Cluster, address: &str) -> Vec<String> {
     client_list(cluster, address)
         .await
         .into_iter()
@@ -48,13 +48,13 @@ async fn connected_clients(cluster: &Cluster, address: &str) -> usize {
 }
 
 /// The primaries' addresses.
-async fn primaries(cluster: &Cluster) -> Vec<String> {
+pub(crate) async fn primaries(cluster: &Cluster) -> Vec<String> {
     let map = slot_map(cluster).await;
     map.shards().iter().map(|s| s.primary.clone()).collect()
 }
 
 /// A key (`prefix` and a number) whose slot `address` serves.
-async fn key_on(cluster: &Cluster, address: &str, prefix: &str) -> String {
+pub(crate) async fn key_on(cluster: &Cluster, address: &str, prefix: &str) -> String {
     let map = slot_map(cluster).await;
     (0..)
         .map(|i| format!("{prefix}{i}"))
@@ -326,7 +326,7 @@ async fn resharding_under_load_is_invisible_to_multiplexed_clients() {
 }
 
 /// The connections a node lists that are not shared ones, but for the one asking.
-async fn unshared_on(cluster: &Cluster, address: &str) -> Vec<String> {
+pub(crate) async fn unshared_on(cluster: &Cluster, address: &str) -> Vec<String> {
     client_list(cluster, address)
         .await
         .into_iter()
@@ -340,7 +340,7 @@ async fn unshared_on(cluster: &Cluster, address: &str) -> Vec<String> {
 
 /// The connections a node lists named `name` (a client's own connections carry the name
 /// it gave, replayed on each).
-async fn named_on(cluster: &Cluster, address: &str, name: &str) -> Vec<String> {
+pub(crate) async fn named_on(cluster: &Cluster, address: &str, name: &str) -> Vec<String> {
     let word = format!(" name={name} ");
     client_list(cluster, address)
         .await
@@ -350,7 +350,12 @@ async fn named_on(cluster: &Cluster, address: &str, name: &str) -> Vec<String> {
 }
 
 /// Wait until `address` lists a connection named `name` whose line holds `detail`.
-async fn wait_for_own(cluster: &Cluster, address: &str, name: &str, detail: &str) -> String {
+pub(crate) async fn wait_for_own(
+    cluster: &Cluster,
+    address: &str,
+    name: &str,
+    detail: &str,
+) -> String {
     let tries = Tries::new(Duration::from_secs(5));
     loop {
         let named = named_on(cluster, address, name).await;
@@ -368,7 +373,7 @@ async fn wait_for_own(cluster: &Cluster, address: &str, name: &str, detail: &str
 
 /// Wait until `address` lists no connection named `name`, and as many that are not
 /// shared as `before` (the proxy's own monitor's, a topology read's come and go).
-async fn wait_until_back(cluster: &Cluster, address: &str, name: &str, before: usize) {
+pub(crate) async fn wait_until_back(cluster: &Cluster, address: &str, name: &str, before: usize) {
     let tries = Tries::new(Duration::from_secs(5));
     loop {
         let named = named_on(cluster, address, name).await;
@@ -386,7 +391,7 @@ async fn wait_until_back(cluster: &Cluster, address: &str, name: &str, before: u
 }
 
 /// The replies `commands` get, in order, from `conn`.
-async fn replies_to(conn: &mut Conn, commands: &[&[&str]]) -> Vec<String> {
+pub(crate) async fn replies_to(conn: &mut Conn, commands: &[&[&str]]) -> Vec<String> {
     let mut out = Vec::new();
     for command in commands {
         out.push(conn.call(command).await);

@@ -821,3 +821,79 @@ async fn a_subscriber_that_stops_reading_is_let_go_by_redis_s_limit() {
     );
     proxy.shutdown().await;
 }
+
+/// `upstream.reply_timeout` for per-client cluster connections (not multiplexed): with
+/// `reply_timeout = "300ms"`, a BLPOP waiting a second is answered as a direct connection
+/// answers it; then, its primary paused (`CLIENT PAUSE 2500 ALL`), a client's GET and
+/// another's pipelined SET and GET, each on its own connection to that node, get
+/// `no reply within 300ms, upstream.reply_timeout` well before the pause ends, counted;
+/// a BLPOP sent during the pause with a one-second timeout is not cut (it runs once the
+/// pause ends, answered as a direct connection's); and after the pause each client's
+/// next command succeeds on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_node_connections_fail_what_a_silent_node_owes_within_the_reply_timeout() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, "[upstream]\nreply_timeout = \"300ms\"\n").await;
+    let admin_addr = proxy.admin_addr.expect("admin listener");
+    let map = slot_map(&cluster).await;
+    let node = map.shards()[0].primary.clone();
+    let on_node = |prefix: &str| {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|k| {
+                let slot = respguard::cluster::slot::key_slot(k.as_bytes());
+                map.shard_of(slot).unwrap().primary == node
+            })
+            .unwrap()
+    };
+    let (key, other, queue) = (on_node("silent:"), on_node("silent2:"), on_node("silentq:"));
+    let mut direct = cluster.conn(&node).await;
+    let nil = direct.call(&["BLPOP", &queue, "1"]).await;
+
+    let mut blocked = Conn::open(proxy.addr).await;
+    let began = Instant::now();
+    assert_eq!(blocked.call(&["BLPOP", &queue, "1"]).await, nil);
+    assert!(began.elapsed() >= Duration::from_millis(900));
+
+    let mut a = Conn::open(proxy.addr).await;
+    let mut b = Conn::open(proxy.addr).await;
+    assert_eq!(a.call(&["SET", &key, "v"]).await, "+OK\r\n");
+    assert_eq!(b.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    let timeouts = "respguard_upstream_reply_timeouts_total";
+    let before = metric(admin_addr, timeouts).await.unwrap_or(0.0);
+
+    let mut admin = cluster.conn(&node).await;
+    assert_eq!(
+        admin.call(&["CLIENT", "PAUSE", "2500", "ALL"]).await,
+        "+OK\r\n"
+    );
+    let paused = Instant::now();
+    a.cmd(&["GET", &key]).await;
+    let mut batch = encode(&["SET", &other, "w"]);
+    batch.extend(encode(&["GET", &key]));
+    b.send(&batch).await;
+    blocked.cmd(&["BLPOP", &queue, "1"]).await;
+    let error = format!(
+        "-ERR respguard: connection to cluster node {node} lost (no reply within 300ms, upstream.reply_timeout)\r\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&a.reply().await), error, "a");
+    for i in 0..2 {
+        assert_eq!(String::from_utf8_lossy(&b.reply().await), error, "b {i}");
+    }
+    let waited = paused.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "the errors took {waited:?}"
+    );
+    let counted = metric(admin_addr, timeouts).await.unwrap_or(0.0);
+    assert!(counted >= before + 2.0, "{before} then {counted}");
+
+    assert_eq!(admin.call(&["CLIENT", "UNPAUSE"]).await, "+OK\r\n");
+    let unpaused = Instant::now();
+    assert_eq!(String::from_utf8_lossy(&blocked.reply().await), nil);
+    assert!(unpaused.elapsed() >= Duration::from_millis(900));
+    assert_eq!(a.call(&["GET", &key]).await, "$1\r\nv\r\n");
+    assert_eq!(b.call(&["SET", &other, "w"]).await, "+OK\r\n");
+    assert_eq!(b.call(&["GET", &other]).await, "$1\r\nw\r\n");
+    proxy.shutdown().await;
+}

@@ -11,6 +11,8 @@ mod cluster;
 mod cluster_clients;
 mod cluster_harness;
 mod cluster_mux;
+mod cluster_mux_state;
+mod cluster_pinning;
 mod cluster_proxy;
 mod cluster_replicas;
 mod deploy;
