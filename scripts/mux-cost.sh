@@ -8,8 +8,8 @@
 #   KEEP=/tmp/cg scripts/mux-cost.sh           # keeps the callgrind profiles
 #   RESPGUARD=/tmp/respguard-before scripts/mux-cost.sh   # a kept binary, not built here
 #
-# For each target and test, one redis-benchmark run (-c $CLIENTS -P $PIPELINE -d 100) of $REQUESTS
-# requests, after a warm-up that connects every client, gives:
+# For each target and test, one redis-benchmark run (-c $CLIENTS -P $PIPELINE -d 100) of
+# $REQUESTS requests, after a warm-up that connects every client, gives:
 # - system calls per command of the whole proxy process (perf's syscall tracepoints, every
 #   thread): reads, writes, epoll_wait, futex (a thread woken by another);
 # - the proxy's and Redis's CPU time per command (user + system, from /proc; noisier, but
@@ -19,9 +19,9 @@
 #   (`total_writes_processed`);
 # - with CALLGRIND=1 (the default), a second run under `valgrind --tool=callgrind` of the
 #   whole process, instrumented only for the measured requests (`--instr-atstart=no`, then
-#   `callgrind_control -i on` and `off`): instructions per command. Valgrind runs one thread at a time
-#   and slows the proxy about 50-fold, so batches grow: the count is the proxy's work per
-#   command under load, comparable between targets measured the same way.
+#   `callgrind_control -i on` and `off`): user-space instructions per command. Valgrind
+#   runs one thread at a time and slows the proxy many times over, so its batching differs
+#   and cross-thread costs do not show: compare targets measured the same way.
 #
 # Targets: respguard-mux, respguard-mux+all, respguard-mux-percore (guards off, per-core
 # runtime), respguard-mux-1thread (guards off, a multi-thread runtime of one worker),
