@@ -121,10 +121,55 @@ pub(crate) enum News {
     Lost(Lost),
 }
 
+/// A slot's news in order. Nearly always one piece of reply bytes (consecutive replies
+/// join it), kept inline: delivering and taking it allocate nothing per command.
+#[derive(Debug, Default)]
+pub(crate) struct NewsList {
+    first: Option<News>,
+    rest: VecDeque<News>,
+}
+
+impl NewsList {
+    /// Reply bytes after everything held: joined to the last piece when it is replies.
+    fn push_replies(&mut self, bytes: BytesMut) {
+        let last = match self.rest.back_mut() {
+            Some(last) => Some(last),
+            None => self.first.as_mut(),
+        };
+        match last {
+            Some(News::Replies(inbox)) => inbox.unsplit(bytes),
+            _ => self.push(News::Replies(bytes)),
+        }
+    }
+
+    fn push(&mut self, news: News) {
+        if self.first.is_none() {
+            self.first = Some(news);
+        } else {
+            self.rest.push_back(news);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.first = None;
+        self.rest.clear();
+    }
+}
+
+impl IntoIterator for NewsList {
+    type Item = News;
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<News>, std::collections::vec_deque::IntoIter<News>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
 /// What a slot holds for its session.
 #[derive(Debug, Default)]
 struct SlotState {
-    news: VecDeque<News>,
+    news: NewsList,
     /// Reply bytes among `news`.
     unread: usize,
     /// Since when `unread` has been above the soft limit.
@@ -179,10 +224,7 @@ impl Slot {
             st.unread = 0;
         } else {
             st.unread += bytes.len();
-            match st.news.back_mut() {
-                Some(News::Replies(inbox)) => inbox.unsplit(bytes),
-                _ => st.news.push_back(News::Replies(bytes)),
-            }
+            st.news.push_replies(bytes);
         }
         drop(st);
         self.ready.notify_one();
@@ -193,7 +235,7 @@ impl Slot {
         if st.dead {
             return;
         }
-        st.news.push_back(News::Lost(Lost {
+        st.news.push(News::Lost(Lost {
             replies,
             error: error.clone(),
             cut,
@@ -207,7 +249,7 @@ impl Slot {
 #[derive(Debug, Default)]
 pub(crate) struct Taken {
     /// What happened, in order.
-    pub news: VecDeque<News>,
+    pub news: NewsList,
     /// The client let more replies wait than its [`UnreadLimit`]: it must be disconnected.
     pub slow: Option<SlowReader>,
 }
@@ -428,6 +470,7 @@ impl Lane {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<String> {
         let mut input = ReadBuffer::new();
+        let mut routed = Vec::new();
         let mut writing = BytesMut::new();
         let mut watching = true;
         // When Redis last showed progress: a reply arrived, or replies began to be owed.
@@ -463,7 +506,7 @@ impl Lane {
                     Ok(n) => {
                         input.after_read(n);
                         progress = Instant::now();
-                        if let Err(e) = self.route(input.bytes_mut()) {
+                        if let Err(e) = self.route(input.bytes_mut(), &mut routed) {
                             return Some(e);
                         }
                     }
@@ -491,13 +534,25 @@ impl Lane {
         }
     }
 
-    /// Hand what arrived to the slots it belongs to.
-    fn route(&self, input: &mut BytesMut) -> Result<(), String> {
+    /// Hand what arrived to the slots it belongs to: the replies split among them under
+    /// the lane's lock, then delivered (each slot's lock, each session woken) after it is
+    /// released, so a woken session submitting its next command does not wait for it.
+    /// `routed` is scratch space, kept between reads.
+    fn route(
+        &self,
+        input: &mut BytesMut,
+        routed: &mut Vec<(Arc<Slot>, BytesMut)>,
+    ) -> Result<(), String> {
+        let split = {
+            let mut st = self.state.lock().expect("lane lock");
+            st.router
+                .route(input, |slot, bytes| routed.push((Arc::clone(slot), bytes)))
+        };
         let limit = self.settings.unread;
-        let mut st = self.state.lock().expect("lane lock");
-        st.router
-            .route(input, |slot, bytes| slot.deliver(bytes, &limit))
-            .map_err(|e| e.to_string())
+        for (slot, bytes) in routed.drain(..) {
+            slot.deliver(bytes, &limit);
+        }
+        split.map_err(|e| e.to_string())
     }
 }
 
@@ -514,9 +569,13 @@ impl LaneLink {
     pub fn submit(&self, bytes: BytesMut, replies: u32) {
         let mut st = self.lane.state.lock().expect("lane lock");
         st.router.expect(&self.slot, replies);
+        // The lane was woken by the submit that made the output non-empty.
+        let wake = st.out.is_empty();
         st.out.unsplit(bytes);
         drop(st);
-        self.lane.work.notify_one();
+        if wake {
+            self.lane.work.notify_one();
+        }
     }
 
     /// Everything the slot holds for the session, taken at once.
@@ -568,5 +627,57 @@ impl Drop for LaneLink {
         }
         self.lane.links.fetch_sub(1, Ordering::Relaxed);
         self.lane.work.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost(replies: u32) -> News {
+        News::Lost(Lost {
+            replies,
+            error: Bytes::from_static(b"-ERR lost\r\n"),
+            cut: false,
+        })
+    }
+
+    /// What `list` holds, as text: replies as their bytes, losses as `lost n`.
+    fn shown(list: NewsList) -> Vec<String> {
+        list.into_iter()
+            .map(|news| match news {
+                News::Replies(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                News::Lost(lost) => format!("lost {}", lost.replies),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replies_join_the_last_piece_and_losses_keep_their_place() {
+        let mut list = NewsList::default();
+        list.push_replies(BytesMut::from(&b"+a\r\n"[..]));
+        list.push_replies(BytesMut::from(&b"+b\r\n"[..]));
+        assert!(list.rest.is_empty(), "one piece of replies is held inline");
+        list.push(lost(2));
+        list.push_replies(BytesMut::from(&b"+c\r\n"[..]));
+        list.push_replies(BytesMut::from(&b"+d\r\n"[..]));
+        list.push(lost(1));
+        assert_eq!(
+            shown(list),
+            ["+a\r\n+b\r\n", "lost 2", "+c\r\n+d\r\n", "lost 1"]
+        );
+    }
+
+    #[test]
+    fn a_loss_first_is_followed_by_the_replies_after_it() {
+        let mut list = NewsList::default();
+        list.push(lost(3));
+        list.push_replies(BytesMut::from(&b"+x\r\n"[..]));
+        assert_eq!(shown(list), ["lost 3", "+x\r\n"]);
+        let mut cleared = NewsList::default();
+        cleared.push_replies(BytesMut::from(&b"+y\r\n"[..]));
+        cleared.push(lost(1));
+        cleared.clear();
+        assert!(shown(cleared).is_empty());
     }
 }
