@@ -146,6 +146,23 @@ pub struct ConnectGate {
 }
 
 impl ConnectGate {
+    /// A gate to an address where nothing listens, for unit tests of what holds a gate
+    /// without ever connecting through it.
+    #[cfg(test)]
+    pub fn unreachable() -> Self {
+        ConnectGate::new(
+            UpstreamTarget::parse("redis://127.0.0.1:1").unwrap(),
+            GateSettings {
+                connect_timeout: Duration::from_millis(200),
+                backoff_min: Duration::from_millis(100),
+                backoff_max: Duration::from_secs(1),
+                max_connects_per_second: 0,
+                max_connections: 0,
+                tls: None,
+            },
+        )
+    }
+
     /// A gate for `target`, with a full bucket and a closed circuit.
     pub fn new(target: UpstreamTarget, settings: GateSettings) -> Self {
         let (handshake, handshake_replies) = handshake_commands(&target);

@@ -473,21 +473,9 @@ async fn tell_lost(owner: &Arc<Owner>, reason: &str, connected: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::UpstreamTarget;
-    use crate::upstream::GateSettings;
 
     fn nodes() -> SharedNodes {
-        let gate = Arc::new(ConnectGate::new(
-            UpstreamTarget::parse("redis://127.0.0.1:1").unwrap(),
-            GateSettings {
-                connect_timeout: Duration::from_millis(200),
-                backoff_min: Duration::from_millis(100),
-                backoff_max: Duration::from_secs(1),
-                max_connects_per_second: 0,
-                max_connections: 0,
-                tls: None,
-            },
-        ));
+        let gate = Arc::new(ConnectGate::unreachable());
         SharedNodes::new(
             gate,
             SharedSettings {

@@ -80,9 +80,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::UpstreamTarget;
     use crate::mux::UnreadLimit;
-    use crate::upstream::GateSettings;
 
     #[test]
     fn each_serving_thread_gets_its_own_lanes() {
@@ -91,17 +89,7 @@ mod tests {
             .build()
             .unwrap();
         let _in_runtime = rt.enter();
-        let gate = Arc::new(ConnectGate::new(
-            UpstreamTarget::parse("redis://127.0.0.1:1").unwrap(),
-            GateSettings {
-                connect_timeout: Duration::from_millis(200),
-                backoff_min: Duration::from_millis(100),
-                backoff_max: Duration::from_secs(1),
-                max_connects_per_second: 0,
-                max_connections: 0,
-                tls: None,
-            },
-        ));
+        let gate = Arc::new(ConnectGate::unreachable());
         let (_tx, shutdown) = watch::channel(false);
         let settings = MuxSettings {
             shared: 2,
