@@ -422,8 +422,13 @@ impl Router {
         }
         let owed: Vec<Expect> = self.expects[index].drain(..).collect();
         for expect in owed {
-            let Expect::Part { seq, part } = expect else {
-                continue;
+            let (seq, part) = match expect {
+                Expect::Part { seq, part } => (seq, part),
+                Expect::Confirmations { seq, .. } => {
+                    self.refused_subscription(seq, &error);
+                    continue;
+                }
+                Expect::Hidden => continue,
             };
             if self.may_fall_back(seq, part) {
                 self.fall_back(seq, part, error.clone());

@@ -37,6 +37,7 @@ use crate::transport::Stream;
 use crate::upstream::{ConnectGate, UpstreamError, UpstreamSlot};
 
 pub mod args;
+pub mod confirm;
 pub mod delivery;
 pub mod dispatch;
 pub mod event;

@@ -72,6 +72,9 @@ pub(super) enum Expect {
     Part { seq: u64, part: u16 },
     /// A reply the client never sees (`ASKING`, a state command replayed, a hidden MULTI).
     Hidden,
+    /// RESP3: the confirmation pushes of the subscription command of entry `seq`, `left`
+    /// more to come, or one error reply instead ([`super::confirm`]).
+    Confirmations { seq: u64, left: u32 },
 }
 
 /// What kind of command an entry is, for what its reply changes.
@@ -242,6 +245,9 @@ pub struct Router {
     /// Subscribed: the node every command and reply goes through as is.
     pub(super) tunnel: Option<usize>,
     pub(super) tunnel_held: BytesMut,
+    /// RESP3: pushes held behind subscription commands not yet given to the client, in
+    /// the queue's order ([`super::confirm`]).
+    pub(super) held_pushes: VecDeque<super::confirm::HeldPushes>,
     /// State commands in force (AUTH, HELLO, CLIENT SETNAME…), replayed on new links.
     pub(super) state: Vec<(Vec<u8>, Bytes)>,
     pub(super) protocol: u8,
@@ -325,6 +331,7 @@ impl Router {
             watch_node: None,
             tunnel: None,
             tunnel_held: BytesMut::new(),
+            held_pushes: VecDeque::new(),
             state: Vec::new(),
             protocol: 2,
             reply_mode: ReplyMode::On,
@@ -608,10 +615,14 @@ impl Router {
     pub(super) fn release(&mut self) {
         while self.entries.front().is_some_and(|e| e.reply.is_some()) {
             let entry = self.entries.pop_front().expect("front");
+            let seq = self.first_seq;
             self.first_seq += 1;
             if !entry.silent {
                 self.out
                     .extend_from_slice(entry.reply.as_ref().expect("answered"));
+            }
+            if let Some(pushes) = self.take_held(seq) {
+                self.out.extend_from_slice(&pushes);
             }
         }
         if self.entries.is_empty() && !self.tunnel_held.is_empty() {
@@ -649,14 +660,21 @@ impl Router {
             return;
         }
         if push {
-            // Out of band (RESP3): between two whole replies, never inside one.
+            // Out of band (RESP3): between two whole replies, never inside one; behind a
+            // subscription of the node's not given to the client yet.
             self.note_pubsub_reply(index, &reply);
-            self.out.extend_from_slice(&reply);
+            if !self.hold_push(index, &reply) {
+                self.out.extend_from_slice(&reply);
+            }
             return;
         }
         match self.expects[index].pop_front() {
             Some(Expect::Hidden) => {}
             Some(Expect::Part { seq, part }) => self.on_part_reply(seq, part, reply),
+            Some(Expect::Confirmations { seq, .. }) => {
+                self.note_pubsub_reply(index, &reply);
+                self.refused_subscription(seq, &reply);
+            }
             // A reply to a command sent while subscribed, after the subscriptions ended.
             None => {
                 self.note_pubsub_reply(index, &reply);

@@ -132,6 +132,10 @@ impl Router {
                     self.tunnel = Some(node);
                 }
                 self.follow_pubsub(node, args);
+                let channels = args.len().saturating_sub(1);
+                if self.protocol >= 3 && channels > 0 {
+                    return self.send_confirmed(node, raw, channels as u32);
+                }
                 if let Some(link) = &self.links[node] {
                     link.send(raw, 0);
                 }

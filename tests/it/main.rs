@@ -14,6 +14,7 @@ mod cluster_mux;
 mod cluster_mux_state;
 mod cluster_pinning;
 mod cluster_proxy;
+mod cluster_pubsub_order;
 mod cluster_replicas;
 mod deploy;
 mod differential;

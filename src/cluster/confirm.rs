@@ -1,0 +1,173 @@
+//! RESP3 subscriptions kept in the client's order across nodes.
+//!
+//! In RESP3 a subscription command's answer is one confirmation push per channel (or,
+//! refused, one error reply), and the client goes on sending any command. Over one Redis
+//! connection those pushes come in order with the replies to the commands around them. In
+//! front of a cluster the commands go to different nodes, so the router gives such a
+//! command a place in its queue like any command: its confirmations (or its error) are its
+//! reply ([`Expect::Confirmations`] on its node), released once every command before it is
+//! answered. The pushes that node sends after them (messages on the channels, later
+//! confirmations) wait behind them, so a message never reaches the client before the
+//! confirmation of its subscription.
+//!
+//! Only commands naming their channels have a known number of confirmations; an
+//! `UNSUBSCRIBE` naming none (one confirmation per subscription held) is sent as before.
+
+use bytes::{Bytes, BytesMut};
+
+use super::router::{Entry, Expect, Kind, Parts, Router};
+use super::spread::Merge;
+use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
+
+/// Pushes from one node held behind a subscription command's place in the queue.
+#[derive(Debug)]
+pub(super) struct HeldPushes {
+    /// The node they come from.
+    pub node: usize,
+    /// The subscription command's entry.
+    pub seq: u64,
+    /// Its confirmations (or error), then what the node pushed after them.
+    pub bytes: BytesMut,
+}
+
+impl Router {
+    /// Send `raw`, a RESP3 subscription command naming `channels` channels, to node
+    /// `index`, its confirmations expected as its reply.
+    pub(super) fn send_confirmed(&mut self, index: usize, raw: Bytes, channels: u32) {
+        let Some(link) = &self.links[index] else {
+            return;
+        };
+        // A shared connection counts replies, not pushes: only a refusal is one.
+        link.send(raw, 0);
+        let seq = self.push_entry(Entry {
+            parts: Parts::new(),
+            merge: Merge::One,
+            kind: Kind::Plain,
+            reply: None,
+            silent: false,
+        });
+        if self.expects[index].is_empty() {
+            self.node_progress(index);
+        }
+        self.expects[index].push_back(Expect::Confirmations {
+            seq,
+            left: channels,
+        });
+        self.held_pushes.push_back(HeldPushes {
+            node: index,
+            seq,
+            bytes: BytesMut::new(),
+        });
+    }
+
+    /// A push from node `index`: kept behind a subscription command of that node not yet
+    /// given to the client (counted as one of its confirmations when it is one), else
+    /// `false` (the caller sends it on).
+    pub(super) fn hold_push(&mut self, index: usize, push: &[u8]) -> bool {
+        // The node's earliest subscription still confirming takes what comes before its
+        // confirmations end; after them, the node's latest one not yet given.
+        let confirming = match self.expects[index].front_mut() {
+            Some(Expect::Confirmations { seq, left }) => Some((*seq, left)),
+            _ => None,
+        };
+        let target = match confirming {
+            Some((seq, left)) => {
+                if *left > 0 && is_confirmation(push) {
+                    *left -= 1;
+                }
+                let done = *left == 0;
+                Some((seq, done))
+            }
+            None => None,
+        };
+        let held = match target {
+            Some((seq, _)) => self.held_pushes.iter_mut().find(|h| h.seq == seq),
+            None => self.held_pushes.iter_mut().rev().find(|h| h.node == index),
+        };
+        let Some(held) = held else {
+            return false;
+        };
+        held.bytes.extend_from_slice(push);
+        if let Some((seq, true)) = target {
+            self.expects[index].pop_front();
+            self.confirmed(seq);
+        }
+        true
+    }
+
+    /// A reply (not a push) to a subscription command: Redis refused it, and sends no
+    /// confirmation. The error is its answer, after anything the node pushed before it.
+    pub(super) fn refused_subscription(&mut self, seq: u64, reply: &[u8]) {
+        if let Some(held) = self.held_pushes.iter_mut().find(|h| h.seq == seq) {
+            held.bytes.extend_from_slice(reply);
+        }
+        self.confirmed(seq);
+    }
+
+    /// Entry `seq` has its answer (in its held pushes): it goes to the client in its turn.
+    fn confirmed(&mut self, seq: u64) {
+        if let Some(entry) = self.entry_mut(seq) {
+            entry.reply = Some(Bytes::new());
+        }
+        self.release();
+    }
+
+    /// The pushes held for entry `seq`, which is being given to the client, appended to
+    /// `out` after its reply.
+    pub(super) fn take_held(&mut self, seq: u64) -> Option<BytesMut> {
+        if self.held_pushes.front().is_some_and(|h| h.seq == seq) {
+            return self.held_pushes.pop_front().map(|h| h.bytes);
+        }
+        None
+    }
+}
+
+/// Whether `push` is a subscription's confirmation (`subscribe`, `psubscribe`,
+/// `ssubscribe` and their `un` forms), not a message.
+fn is_confirmation(push: &[u8]) -> bool {
+    let mut scanner = ReplyScanner::new();
+    if !matches!(scanner.scan(push), Ok(ReplyStep::Done(_))) {
+        return false;
+    }
+    let info = scanner.info();
+    info.kind == ReplyKind::Push
+        && info.first_str().is_some_and(|kind| {
+            matches!(
+                kind,
+                b"subscribe"
+                    | b"psubscribe"
+                    | b"ssubscribe"
+                    | b"unsubscribe"
+                    | b"punsubscribe"
+                    | b"sunsubscribe"
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirmations_are_told_from_messages() {
+        assert!(is_confirmation(
+            b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+        ));
+        assert!(is_confirmation(
+            b">3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:0\r\n"
+        ));
+        assert!(is_confirmation(
+            b">3\r\n$10\r\npsubscribe\r\n$2\r\nc*\r\n:2\r\n"
+        ));
+        assert!(!is_confirmation(
+            b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n"
+        ));
+        assert!(!is_confirmation(
+            b">4\r\n$8\r\npmessage\r\n$2\r\nc*\r\n$2\r\nch\r\n$1\r\nx\r\n"
+        ));
+        assert!(
+            !is_confirmation(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"),
+            "a RESP2 confirmation is a reply, not a push"
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! RESP3 subscriptions in front of a real Redis Cluster keep the client's order: a
+//! `SUBSCRIBE` pipelined behind a command another node is slow to answer is answered after
+//! it (its confirmation, or Redis's refusal), as over one connection, and a message on the
+//! channel comes after the confirmation. Every reply is compared with a direct connection's.
+
+use crate::cluster_harness::Cluster;
+use crate::cluster_mux::{key_on, primaries, MUX};
+use crate::cluster_proxy::slot_map;
+use crate::harness::*;
+
+/// An ACL user `app` on every node that may use only channels `allowed:*`.
+async fn user_with_some_channels(cluster: &Cluster) {
+    for address in cluster.addresses() {
+        let mut admin = cluster.conn(&address).await;
+        let set = admin
+            .call(&[
+                "ACL",
+                "SETUSER",
+                "app",
+                "on",
+                ">secret",
+                "~*",
+                "resetchannels",
+                "&allowed:*",
+                "+@all",
+            ])
+            .await;
+        assert_eq!(set, "+OK\r\n");
+    }
+}
+
+/// A connection to `address` as `app`, in RESP3.
+async fn direct_app(cluster: &Cluster, address: &str) -> Conn {
+    let mut c = cluster.conn(address).await;
+    assert_eq!(c.call(&["AUTH", "app", "secret"]).await, "+OK\r\n");
+    assert!(c.call(&["HELLO", "3"]).await.starts_with('%'));
+    c
+}
+
+/// Pause every client of the node at `address` for `ms` milliseconds.
+async fn pause(cluster: &Cluster, address: &str, ms: u32) {
+    let mut admin = cluster.conn(address).await;
+    let ms = ms.to_string();
+    assert_eq!(
+        admin.call(&["CLIENT", "PAUSE", &ms, "ALL"]).await,
+        "+OK\r\n"
+    );
+}
+
+async fn subscriptions_keep_the_clients_order_with(toml: &str) {
+    let cluster = Cluster::start().await;
+    user_with_some_channels(&cluster).await;
+    let mut raw = respguard::config::RawConfig::from_toml(toml).unwrap();
+    raw.proxy.listen = "127.0.0.1:0".into();
+    raw.admin.listen = "127.0.0.1:0".into();
+    raw.upstream.url = format!(
+        "redis-cluster://app:secret@{}",
+        cluster.addresses()[..2].join(",")
+    );
+    let proxy = start_proxy(raw).await;
+    // Channels go to the first shard's primary; the key lives on another primary.
+    let pubsub = slot_map(&cluster).await.shards()[0].primary.clone();
+    let other = primaries(&cluster)
+        .await
+        .into_iter()
+        .find(|a| *a != pubsub)
+        .expect("a second primary");
+    let key = key_on(&cluster, &other, "order:").await;
+
+    let mut on_other = direct_app(&cluster, &other).await;
+    assert_eq!(on_other.call(&["SET", &key, "v"]).await, "+OK\r\n");
+    let value = on_other.call(&["GET", &key]).await;
+    let mut on_pubsub = direct_app(&cluster, &pubsub).await;
+    let noperm = on_pubsub.call(&["SUBSCRIBE", "news"]).await;
+    assert!(noperm.starts_with("-NOPERM"), "{noperm}");
+    let first = on_pubsub.call(&["SUBSCRIBE", "allowed:y"]).await;
+    let confirmed = on_pubsub.call(&["SUBSCRIBE", "allowed:x"]).await;
+    assert!(confirmed.starts_with(">3"), "{confirmed}");
+
+    let mut c = Conn::open(proxy.addr).await;
+    assert!(c.call(&["HELLO", "3"]).await.starts_with('%'));
+    assert_eq!(c.call(&["GET", &key]).await, value);
+    // Subscribed first: a multiplexed client is on connections of its own from here on,
+    // so what follows is not ordered by its move off the shared ones.
+    assert_eq!(c.call(&["SUBSCRIBE", "allowed:y"]).await, first);
+
+    // Refused: the other node, paused, answers its GET after the refusal has arrived.
+    let mut batch = encode(&["GET", &key]);
+    batch.extend(encode(&["SUBSCRIBE", "news"]));
+    batch.extend(encode(&["GET", &key]));
+    pause(&cluster, &other, 300).await;
+    c.send(&batch).await;
+    assert_eq!(String::from_utf8_lossy(&c.reply().await), value);
+    assert_eq!(String::from_utf8_lossy(&c.reply().await), noperm);
+    assert_eq!(String::from_utf8_lossy(&c.reply().await), value);
+
+    // Confirmed: the same, then a message on the channel after its confirmation.
+    let mut batch = encode(&["GET", &key]);
+    batch.extend(encode(&["SUBSCRIBE", "allowed:x"]));
+    pause(&cluster, &other, 300).await;
+    c.send(&batch).await;
+    assert_eq!(String::from_utf8_lossy(&c.reply().await), value);
+    assert_eq!(String::from_utf8_lossy(&c.reply().await), confirmed);
+    let mut publisher = direct_app(&cluster, &pubsub).await;
+    assert_eq!(
+        publisher.call(&["PUBLISH", "allowed:x", "hi"]).await,
+        ":2\r\n"
+    );
+    let direct_message = on_pubsub.reply().await;
+    assert_eq!(c.reply().await, direct_message);
+    assert_eq!(c.call(&["GET", &key]).await, value);
+
+    // Pattern and un- forms, each confirmation in turn, then a command after them.
+    for command in [
+        &["PSUBSCRIBE", "allowed:*"][..],
+        &["PUNSUBSCRIBE", "allowed:*"],
+        &["UNSUBSCRIBE", "allowed:x", "allowed:y"],
+    ] {
+        let mut direct = Vec::new();
+        on_pubsub.send(&encode(command)).await;
+        for _ in 1..command.len() {
+            direct.push(on_pubsub.reply().await);
+        }
+        let mut batch = encode(command);
+        batch.extend(encode(&["GET", &key]));
+        c.send(&batch).await;
+        for expected in direct {
+            assert_eq!(c.reply().await, expected, "{command:?}");
+        }
+        assert_eq!(String::from_utf8_lossy(&c.reply().await), value);
+    }
+    proxy.shutdown().await;
+}
+
+/// Each client on node connections of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_subscription_is_answered_in_the_clients_order() {
+    subscriptions_keep_the_clients_order_with("").await;
+}
+
+/// Multiplexed: subscribed, the client is on connections of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multiplexed_resp3_subscription_is_answered_in_the_clients_order() {
+    subscriptions_keep_the_clients_order_with(MUX).await;
+}
