@@ -183,17 +183,7 @@ CFG
 fi
 if wanted twemproxy; then
   ports[twemproxy]=$(free_port)
-  cat > "$work/nutcracker.yml" <<CFG
-bench:
-  listen: 127.0.0.1:${ports[twemproxy]}
-  redis: true
-  hash: fnv1a_64
-  distribution: ketama
-  auto_eject_hosts: false
-  server_connections: 1
-  servers:
-    - 127.0.0.1:$redis_port:1
-CFG
+  write_nutcracker_config "$work/nutcracker.yml" "${ports[twemproxy]}" "$redis_port"
   nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" &
   pids+=($!)
   wait_port "${ports[twemproxy]}"

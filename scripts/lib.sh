@@ -98,3 +98,19 @@ pattern = "mylist"
 commands = ["LPUSH"]
 format = "raw"
 action = "observe"'
+
+# Write twemproxy's configuration to $1: listening on port $2, one connection to the Redis
+# on port $3 (as the benchmarks run it).
+write_nutcracker_config() {
+  cat > "$1" <<CFG
+bench:
+  listen: 127.0.0.1:$2
+  redis: true
+  hash: fnv1a_64
+  distribution: ketama
+  auto_eject_hosts: false
+  server_connections: 1
+  servers:
+    - 127.0.0.1:$3:1
+CFG
+}

@@ -81,17 +81,7 @@ start() {
   case $t in
     direct) port=$redis_port; pid=$redis_pid; return ;;
     twemproxy)
-      cat > "$work/nutcracker.yml" <<CFG
-bench:
-  listen: 127.0.0.1:$port
-  redis: true
-  hash: fnv1a_64
-  distribution: ketama
-  auto_eject_hosts: false
-  server_connections: 1
-  servers:
-    - 127.0.0.1:$redis_port:1
-CFG
+      write_nutcracker_config "$work/nutcracker.yml" "$port" "$redis_port"
       "$@" nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" 2>"$work/$t.err" &
       ;;
     *)

@@ -150,13 +150,19 @@ impl ConnectGate {
     /// without ever connecting through it.
     #[cfg(test)]
     pub fn unreachable() -> Self {
+        ConnectGate::unreachable_limited(0)
+    }
+
+    /// [`Self::unreachable`], allowing `rate` connection attempts per second (0: no limit).
+    #[cfg(test)]
+    pub fn unreachable_limited(rate: u32) -> Self {
         ConnectGate::new(
             UpstreamTarget::parse("redis://127.0.0.1:1").unwrap(),
             GateSettings {
                 connect_timeout: Duration::from_millis(200),
                 backoff_min: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(1),
-                max_connects_per_second: 0,
+                max_connects_per_second: rate,
                 max_connections: 0,
                 tls: None,
             },
@@ -718,17 +724,7 @@ mod tests {
     use super::*;
 
     fn gate(rate: u32) -> ConnectGate {
-        ConnectGate::new(
-            UpstreamTarget::parse("redis://127.0.0.1:1").unwrap(),
-            GateSettings {
-                connect_timeout: Duration::from_millis(200),
-                backoff_min: Duration::from_millis(100),
-                backoff_max: Duration::from_secs(1),
-                max_connects_per_second: rate,
-                max_connections: 0,
-                tls: None,
-            },
-        )
+        ConnectGate::unreachable_limited(rate)
     }
 
     #[test]

@@ -191,23 +191,7 @@ async fn client_setinfo_on_shared_connections_is_kept_per_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_resp3_subscription_leaves_the_client_on_shared_connections() {
     let cluster = Cluster::start().await;
-    for address in cluster.addresses() {
-        let mut admin = cluster.conn(&address).await;
-        let set = admin
-            .call(&[
-                "ACL",
-                "SETUSER",
-                "app",
-                "on",
-                ">secret",
-                "~*",
-                "resetchannels",
-                "&allowed:*",
-                "+@all",
-            ])
-            .await;
-        assert_eq!(set, "+OK\r\n");
-    }
+    crate::cluster_pubsub_order::user_with_some_channels(&cluster).await;
     let mut raw = respguard::config::RawConfig::from_toml(MUX).unwrap();
     raw.proxy.listen = "127.0.0.1:0".into();
     raw.admin.listen = "127.0.0.1:0".into();

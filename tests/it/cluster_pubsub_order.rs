@@ -8,8 +8,9 @@ use crate::cluster_mux::{key_on, primaries, MUX};
 use crate::cluster_proxy::slot_map;
 use crate::harness::*;
 
-/// An ACL user `app` on every node that may use only channels `allowed:*`.
-async fn user_with_some_channels(cluster: &Cluster) {
+/// An ACL user `app` (password `secret`) on every node that may use only channels
+/// `allowed:*`.
+pub(crate) async fn user_with_some_channels(cluster: &Cluster) {
     for address in cluster.addresses() {
         let mut admin = cluster.conn(&address).await;
         let set = admin
