@@ -190,16 +190,7 @@ async fn client_setinfo_on_shared_connections_is_kept_per_client() {
 /// refused `SUBSCRIBE` gets its value, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_resp3_subscription_leaves_the_client_on_shared_connections() {
-    let cluster = Cluster::start().await;
-    crate::cluster_pubsub_order::user_with_some_channels(&cluster).await;
-    let mut raw = respguard::config::RawConfig::from_toml(MUX).unwrap();
-    raw.proxy.listen = "127.0.0.1:0".into();
-    raw.admin.listen = "127.0.0.1:0".into();
-    raw.upstream.url = format!(
-        "redis-cluster://app:secret@{}",
-        cluster.addresses()[..2].join(",")
-    );
-    let proxy = start_proxy(raw).await;
+    let (cluster, proxy) = crate::cluster_pubsub_order::cluster_and_proxy_as_app(MUX).await;
     let pubsub = slot_map(&cluster).await.shards()[0].primary.clone();
     let key = key_on(&cluster, &pubsub, "sub:").await;
     // Two shard channels in different slots.

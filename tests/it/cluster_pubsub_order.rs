@@ -7,10 +7,11 @@ use crate::cluster_harness::Cluster;
 use crate::cluster_mux::{key_on, primaries, MUX};
 use crate::cluster_proxy::slot_map;
 use crate::harness::*;
+use respguard::app::ProxyHandle;
 
 /// An ACL user `app` (password `secret`) on every node that may use only channels
 /// `allowed:*`.
-pub(crate) async fn user_with_some_channels(cluster: &Cluster) {
+async fn user_with_some_channels(cluster: &Cluster) {
     for address in cluster.addresses() {
         let mut admin = cluster.conn(&address).await;
         let set = admin
@@ -28,6 +29,22 @@ pub(crate) async fn user_with_some_channels(cluster: &Cluster) {
             .await;
         assert_eq!(set, "+OK\r\n");
     }
+}
+
+/// A cluster whose nodes have the user of [`user_with_some_channels`], and a proxy
+/// configured by `toml` in front of it, connecting as that user.
+pub(crate) async fn cluster_and_proxy_as_app(toml: &str) -> (Cluster, ProxyHandle) {
+    let cluster = Cluster::start().await;
+    user_with_some_channels(&cluster).await;
+    let mut raw = respguard::config::RawConfig::from_toml(toml).unwrap();
+    raw.proxy.listen = "127.0.0.1:0".into();
+    raw.admin.listen = "127.0.0.1:0".into();
+    raw.upstream.url = format!(
+        "redis-cluster://app:secret@{}",
+        cluster.addresses()[..2].join(",")
+    );
+    let proxy = start_proxy(raw).await;
+    (cluster, proxy)
 }
 
 /// A connection to `address` as `app`, in RESP3.
@@ -49,16 +66,7 @@ async fn pause(cluster: &Cluster, address: &str, ms: u32) {
 }
 
 async fn subscriptions_keep_the_clients_order_with(toml: &str) {
-    let cluster = Cluster::start().await;
-    user_with_some_channels(&cluster).await;
-    let mut raw = respguard::config::RawConfig::from_toml(toml).unwrap();
-    raw.proxy.listen = "127.0.0.1:0".into();
-    raw.admin.listen = "127.0.0.1:0".into();
-    raw.upstream.url = format!(
-        "redis-cluster://app:secret@{}",
-        cluster.addresses()[..2].join(",")
-    );
-    let proxy = start_proxy(raw).await;
+    let (cluster, proxy) = cluster_and_proxy_as_app(toml).await;
     // Channels go to the first shard's primary; the key lives on another primary.
     let pubsub = slot_map(&cluster).await.shards()[0].primary.clone();
     let other = primaries(&cluster)
