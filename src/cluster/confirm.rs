@@ -15,20 +15,9 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::router::{Entry, Expect, Kind, Parts, Router};
+use super::router::{Entry, Expect, HeldPushes, Kind, Parts, Router};
 use super::spread::Merge;
 use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
-
-/// Pushes from one node held behind a subscription command's place in the queue.
-#[derive(Debug)]
-pub(super) struct HeldPushes {
-    /// The node they come from.
-    pub node: usize,
-    /// The subscription command's entry.
-    pub seq: u64,
-    /// Its confirmations (or error), then what the node pushed after them.
-    pub bytes: BytesMut,
-}
 
 impl Router {
     /// Send `raw`, a RESP3 subscription command naming `channels` channels, to node

@@ -73,7 +73,7 @@ pub(super) enum Expect {
     /// A reply the client never sees (`ASKING`, a state command replayed, a hidden MULTI).
     Hidden,
     /// RESP3: the confirmation pushes of the subscription command of entry `seq`, `left`
-    /// more to come, or one error reply instead ([`super::confirm`]).
+    /// more to come, or one error reply instead (see `cluster/confirm.rs`).
     Confirmations { seq: u64, left: u32 },
 }
 
@@ -154,6 +154,18 @@ pub(super) struct Entry {
     pub reply: Option<Bytes>,
     /// Under `CLIENT REPLY OFF/SKIP`: the reply is dropped.
     pub silent: bool,
+}
+
+/// RESP3: pushes from one node held behind a subscription command's place in the queue
+/// until it is given to the client (see `cluster/confirm.rs`).
+#[derive(Debug)]
+pub(super) struct HeldPushes {
+    /// The node they come from.
+    pub node: usize,
+    /// The subscription command's entry.
+    pub seq: u64,
+    /// Its confirmations (or error), then what the node pushed after them.
+    pub bytes: BytesMut,
 }
 
 /// The parts of one slot not answered yet: where they went, how many were rerouted, how
@@ -246,8 +258,8 @@ pub struct Router {
     pub(super) tunnel: Option<usize>,
     pub(super) tunnel_held: BytesMut,
     /// RESP3: pushes held behind subscription commands not yet given to the client, in
-    /// the queue's order ([`super::confirm`]).
-    pub(super) held_pushes: VecDeque<super::confirm::HeldPushes>,
+    /// the queue's order (see `cluster/confirm.rs`).
+    pub(super) held_pushes: VecDeque<HeldPushes>,
     /// State commands in force (AUTH, HELLO, CLIENT SETNAME…), replayed on new links.
     pub(super) state: Vec<(Vec<u8>, Bytes)>,
     pub(super) protocol: u8,
