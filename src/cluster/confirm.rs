@@ -12,10 +12,12 @@
 //!
 //! Only commands naming their channels have a known number of confirmations; an
 //! `UNSUBSCRIBE` naming none (one confirmation per subscription held) is sent as before.
+//! Pushes held past `MAX_OUTPUT` (behind a blocking command another node has not answered)
+//! end the client's connection, as a RESP2 subscriber's held messages do.
 
 use bytes::{Bytes, BytesMut};
 
-use super::router::{Entry, Expect, HeldPushes, Kind, Parts, Router};
+use super::router::{Entry, Expect, HeldPushes, Kind, Parts, Router, MAX_OUTPUT};
 use super::spread::Merge;
 use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
 
@@ -77,6 +79,12 @@ impl Router {
             return false;
         };
         held.bytes.extend_from_slice(push);
+        if held.bytes.len() > MAX_OUTPUT {
+            // Messages behind a reply another node still owes (a blocking command before
+            // the subscription): a subscriber that far behind is let go, as Redis lets a
+            // slow subscriber go, and as a RESP2 subscriber's held messages are.
+            self.broken = Some("subscription messages piled up behind replies owed".into());
+        }
         if let Some((seq, true)) = target {
             self.expects[index].pop_front();
             self.confirmed(seq);

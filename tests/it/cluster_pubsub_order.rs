@@ -152,3 +152,65 @@ async fn a_resp3_subscription_is_answered_in_the_clients_order() {
 async fn a_multiplexed_resp3_subscription_is_answered_in_the_clients_order() {
     subscriptions_keep_the_clients_order_with(MUX).await;
 }
+
+/// Messages held behind a reply another node still owes are bounded: a RESP3 client whose
+/// `SUBSCRIBE` waits behind its own `BLPOP … 0` on another node, while messages of 1 MiB
+/// arrive on the channel, is let go past 4 MiB (its connection closed) instead of the proxy holding
+/// them without end. No message reaches it: the two commands it is owed get the
+/// connection-lost error, then the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_held_behind_an_unanswered_command_are_bounded() {
+    let (cluster, proxy) = cluster_and_proxy_as_app("").await;
+    let pubsub = slot_map(&cluster).await.shards()[0].primary.clone();
+    let other = primaries(&cluster)
+        .await
+        .into_iter()
+        .find(|a| *a != pubsub)
+        .expect("a second primary");
+    let queue = key_on(&cluster, &other, "empty:").await;
+
+    let mut c = Conn::open(proxy.addr).await;
+    assert!(c.call(&["HELLO", "3"]).await.starts_with('%'));
+    let mut batch = encode(&["BLPOP", &queue, "0"]);
+    batch.extend(encode(&["SUBSCRIBE", "allowed:flood"]));
+    c.send(&batch).await;
+    // The subscription is in force on its node once Redis counts it.
+    let mut publisher = direct_app(&cluster, &pubsub).await;
+    let mut subscribed = String::new();
+    for _ in 0..100 {
+        subscribed = publisher.call(&["PUBSUB", "NUMSUB", "allowed:flood"]).await;
+        if subscribed.ends_with(":1\r\n") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(subscribed.ends_with(":1\r\n"), "{subscribed}");
+    // 1 MiB at a time until the subscriber is gone (Redis counts no one to deliver to):
+    // past the proxy's 4 MiB of held output, at the fifth message.
+    let message = "m".repeat(1 << 20);
+    let mut delivered = 0;
+    while publisher
+        .call(&["PUBLISH", "allowed:flood", &message])
+        .await
+        == ":1\r\n"
+    {
+        delivered += 1;
+        assert!(delivered <= 8, "8 MiB held for a client that reads nothing");
+    }
+    assert!(delivered >= 4, "let go after only {delivered} MiB");
+    // The two commands owed get the connection-lost error the session gives when its way
+    // to Redis ends; no message ever reached the client.
+    let before_close = String::from_utf8_lossy(&c.read_to_close().await).into_owned();
+    assert_eq!(
+        before_close.matches("\r\n").count(),
+        2,
+        "{before_close:.300}"
+    );
+    for line in before_close.lines() {
+        assert!(
+            line.starts_with("-ERR respguard: upstream") && line.contains("connection lost"),
+            "{line:.300}"
+        );
+    }
+    proxy.shutdown().await;
+}
