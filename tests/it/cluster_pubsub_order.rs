@@ -65,15 +65,21 @@ async fn pause(cluster: &Cluster, address: &str, ms: u32) {
     );
 }
 
-async fn subscriptions_keep_the_clients_order_with(toml: &str) {
-    let (cluster, proxy) = cluster_and_proxy_as_app(toml).await;
-    // Channels go to the first shard's primary; the key lives on another primary.
-    let pubsub = slot_map(&cluster).await.shards()[0].primary.clone();
-    let other = primaries(&cluster)
+/// The pub/sub node (the first shard's primary, where channels go) and another primary.
+async fn pubsub_node_and_another(cluster: &Cluster) -> (String, String) {
+    let pubsub = slot_map(cluster).await.shards()[0].primary.clone();
+    let other = primaries(cluster)
         .await
         .into_iter()
         .find(|a| *a != pubsub)
         .expect("a second primary");
+    (pubsub, other)
+}
+
+async fn subscriptions_keep_the_clients_order_with(toml: &str) {
+    let (cluster, proxy) = cluster_and_proxy_as_app(toml).await;
+    // Channels go to the first shard's primary; the key lives on another primary.
+    let (pubsub, other) = pubsub_node_and_another(&cluster).await;
     let key = key_on(&cluster, &other, "order:").await;
 
     let mut on_other = direct_app(&cluster, &other).await;
@@ -161,12 +167,7 @@ async fn a_multiplexed_resp3_subscription_is_answered_in_the_clients_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_held_behind_an_unanswered_command_are_bounded() {
     let (cluster, proxy) = cluster_and_proxy_as_app("").await;
-    let pubsub = slot_map(&cluster).await.shards()[0].primary.clone();
-    let other = primaries(&cluster)
-        .await
-        .into_iter()
-        .find(|a| *a != pubsub)
-        .expect("a second primary");
+    let (pubsub, other) = pubsub_node_and_another(&cluster).await;
     let queue = key_on(&cluster, &other, "empty:").await;
 
     let mut c = Conn::open(proxy.addr).await;
