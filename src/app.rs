@@ -219,7 +219,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         .then(|| Arc::new(CommandLatency::new(&table)));
     let health = Arc::new(UpstreamHealth::default());
     let client_slots = Arc::new(Semaphore::new(config.max_clients));
-    let control = Arc::new(Control::new(
+    let mut control = Control::new(
         raw.clone(),
         config.source.clone(),
         Arc::clone(&table),
@@ -231,7 +231,11 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             max_clients: config.max_clients,
             latency: latency.clone(),
         },
-    )?);
+    )?;
+    if let Some(cluster) = &cluster {
+        control = control.with_read_rules(Arc::clone(cluster.read_rules()));
+    }
+    let control = Arc::new(control);
 
     tokio::spawn(
         Monitor {

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::auth::ProxyAuth;
+use crate::cluster::read_rules::{LiveReadRules, ReadRules};
 use crate::command::CommandTable;
 use crate::config::{ConfigError, ConfigSource, RawConfig};
 use crate::guard::{GuardContext, Guards};
@@ -49,6 +50,7 @@ const RELOADABLE: &[&str] = &[
     "auth",
     "admin.command_networks",
     "admin.command_users",
+    "upstream.read_from",
 ];
 
 /// Everything a reload can change, swapped as one.
@@ -170,6 +172,8 @@ pub struct Control {
     /// Refusals by client, for the status report's top list.
     pub refusals: RefusalTally,
     sources: StatusSources,
+    /// With a Redis Cluster upstream, the read rules its routers follow.
+    read_rules: Option<Arc<LiveReadRules>>,
     reloads_applied: Counter,
     reloads_refused: Counter,
     generation_gauge: Gauge,
@@ -220,10 +224,18 @@ impl Control {
             started: Instant::now(),
             refusals: RefusalTally::new(1024),
             sources,
+            read_rules: None,
             reloads_applied: counter!("respguard_config_reloads_total", "result" => "applied"),
             reloads_refused: counter!("respguard_config_reloads_total", "result" => "refused"),
             generation_gauge,
         })
+    }
+
+    /// Let reloads replace the read rules of a Redis Cluster upstream's routers too
+    /// (`[[upstream.read_from]]`).
+    pub fn with_read_rules(mut self, rules: Arc<LiveReadRules>) -> Self {
+        self.read_rules = Some(rules);
+        self
     }
 
     /// The policy in force.
@@ -303,6 +315,9 @@ impl Control {
         };
         let restart_needed = restart_needed(old, &new);
         self.policy.store(Arc::new(policy));
+        if let Some(live) = &self.read_rules {
+            live.replace(ReadRules::new(&checked.raw.upstream.read_from));
+        }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         Ok((
             effective,

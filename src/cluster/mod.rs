@@ -64,7 +64,10 @@ pub struct ClusterUpstream {
     view: Arc<view::ClusterView>,
     table: Arc<CommandTable>,
     gate: Arc<ConnectGate>,
-    rules: Arc<read_rules::ReadRules>,
+    /// The read rules in force, which a reload replaces ([`Self::read_rules`]).
+    rules: Arc<read_rules::LiveReadRules>,
+    /// No read on a replica: the proxy's own questions.
+    primaries_only: Arc<read_rules::LiveReadRules>,
     /// Multiplexed: the shared node connections the clients' routers use.
     shared: Option<Arc<shared::SharedNodes>>,
     /// `upstream.reply_timeout`: longest silence of a node owing a router replies.
@@ -92,11 +95,17 @@ impl ClusterUpstream {
             view,
             table,
             gate,
-            rules: Arc::new(rules),
+            rules: Arc::new(read_rules::LiveReadRules::new(rules)),
+            primaries_only: Arc::default(),
             shared,
             reply_timeout,
             clients: AtomicUsize::new(0),
         }
+    }
+
+    /// The read rules in force, for a reload to replace.
+    pub fn read_rules(&self) -> &Arc<read_rules::LiveReadRules> {
+        &self.rules
     }
 
     /// The view of the cluster's topology.
@@ -117,13 +126,13 @@ impl ClusterUpstream {
         &self,
         proxy: SocketAddr,
     ) -> Result<(Stream, UpstreamSlot), UpstreamError> {
-        self.connect_with(proxy, Arc::new(read_rules::ReadRules::default()), None)
+        self.connect_with(proxy, Arc::clone(&self.primaries_only), None)
     }
 
     fn connect_with(
         &self,
         proxy: SocketAddr,
-        rules: Arc<read_rules::ReadRules>,
+        rules: Arc<read_rules::LiveReadRules>,
         shared: Option<Arc<shared::SharedNodes>>,
     ) -> Result<(Stream, UpstreamSlot), UpstreamError> {
         if self.view.map().is_none() {

@@ -1,6 +1,11 @@
-//! The `[[upstream.read_from]]` rules, compiled ([`ReadRules`]), and what the command table
-//! must say of a command for it to be read from a replica ([`may_read_from_replica`]).
-//! Pure: the router ([`super::replica`]) applies them.
+//! The `[[upstream.read_from]]` rules, compiled ([`ReadRules`]), the rules in force that a
+//! reload replaces ([`LiveReadRules`]), and what the command table must say of a command
+//! for it to be read from a replica ([`may_read_from_replica`]). The router
+//! ([`super::replica`]) applies them.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::command::{CommandInfo, Flags};
 use crate::config::{RawReadRule, ReadFrom};
@@ -57,6 +62,33 @@ impl ReadRules {
             });
         }
         from.unwrap_or(ReadFrom::Primary)
+    }
+}
+
+/// The read rules in force, shared by every client's router and replaced whole by a reload
+/// (`RESPGUARD RELOAD`, SIGHUP): each command is routed wholly by the old rules or wholly
+/// by the new ones, the next command of every client already by the new.
+#[derive(Debug, Default)]
+pub struct LiveReadRules {
+    rules: ArcSwap<ReadRules>,
+}
+
+impl LiveReadRules {
+    /// The rules of the configuration, in force until [`Self::replace`].
+    pub fn new(rules: ReadRules) -> Self {
+        LiveReadRules {
+            rules: ArcSwap::from_pointee(rules),
+        }
+    }
+
+    /// The rules in force now.
+    pub fn current(&self) -> arc_swap::Guard<Arc<ReadRules>> {
+        self.rules.load()
+    }
+
+    /// Put `rules` in force for every router's next command.
+    pub fn replace(&self, rules: ReadRules) {
+        self.rules.store(Arc::new(rules));
     }
 }
 

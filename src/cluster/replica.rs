@@ -36,7 +36,8 @@ impl Router {
     /// Where this command (`args`, whose keys `route_of` left in `positions`) is read;
     /// with `slot`, only its keys of that slot count (a part of a split command).
     pub(super) fn read_choice(&self, args: Args<'_>, slot: Option<u16>) -> ReadFrom {
-        if self.rules.is_empty() || self.watch_node.is_some() || self.transaction.is_some() {
+        let rules = self.rules.current();
+        if rules.is_empty() || self.watch_node.is_some() || self.transaction.is_some() {
             return ReadFrom::Primary;
         }
         let info = match args.get(0) {
@@ -51,7 +52,7 @@ impl Router {
             .iter()
             .filter_map(|&i| args.get(i))
             .filter(|key| slot.is_none_or(|s| key_slot(key) == s));
-        self.rules.of_keys(keys)
+        rules.of_keys(keys)
     }
 
     /// The replica of `shard` this client reads from under `from`, if one is known (under

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::args::Args;
 use super::node::{NodeEvent, NodeLink};
-use super::read_rules::ReadRules;
+use super::read_rules::LiveReadRules;
 use super::shared::SharedNodes;
 use super::spread::Merge;
 use super::view::ClusterView;
@@ -233,8 +233,8 @@ pub struct Router {
     pub(super) node_addresses: Vec<String>,
     /// Each node's connection has had `READONLY` (it serves this client's replica reads).
     pub(super) readonly: Vec<bool>,
-    /// Where reads go (`[[upstream.read_from]]`).
-    pub(super) rules: Arc<ReadRules>,
+    /// Where reads go (`[[upstream.read_from]]`, as the last reload left them).
+    pub(super) rules: Arc<LiveReadRules>,
     /// This client's place among the clients: which replica of a shard it reads from.
     pub(super) pick: usize,
     /// Replicas that could not serve lately, and since when (passed over by
@@ -309,7 +309,7 @@ impl Router {
         view: Arc<ClusterView>,
         table: Arc<CommandTable>,
         proxy: SocketAddr,
-        rules: Arc<ReadRules>,
+        rules: Arc<LiveReadRules>,
         pick: usize,
         shared: Option<Arc<SharedNodes>>,
         reply_timeout: Option<Duration>,

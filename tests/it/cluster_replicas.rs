@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::cluster_harness::Cluster;
 use crate::cluster_proxy::{proxy_for_cluster, slot_map};
 use crate::harness::*;
+use crate::memory::ProxyProcess;
 use respguard::cluster::slot::key_slot;
 use respguard::cluster::topology::SlotMap;
 
@@ -302,4 +303,65 @@ async fn script_exists_is_one_only_while_every_primary_has_the_script() {
         "*2\r\n:0\r\n:0\r\n"
     );
     proxy.shutdown().await;
+}
+
+/// `[[upstream.read_from]]` follows a reload, for clients already connected: with no rule
+/// a client's GETs of `r:` keys run on primaries; once `RESPGUARD RELOAD` has put the
+/// replica rule in force (no restart needed), the same connection's GETs run on replicas,
+/// each giving the value written; once a reload has taken the rule away, on primaries
+/// again. The nodes' own `INFO commandstats` say where each ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_rules_follow_a_reload_for_clients_already_connected() {
+    let cluster = Cluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("respguard.toml");
+    std::fs::write(&config, "").unwrap();
+    let url = format!("redis-cluster://{}", cluster.addresses()[..2].join(","));
+    let proxy = ProxyProcess::start(&url, &["--config", config.to_str().unwrap()]);
+    let (primaries, replicas) = roles(&slot_map(&cluster).await);
+    let mut c = Conn::open(proxy.addr).await;
+    let keys: Vec<String> = (0..20).map(|i| format!("r:{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        write_and_wait(&mut c, k, &format!("v{i}")).await;
+    }
+    reset_stats(&cluster).await;
+    let mut counts = Counts {
+        cluster: &cluster,
+        primaries,
+        replicas,
+        last: Default::default(),
+    };
+    let read_all = async |c: &mut Conn| {
+        for (i, k) in keys.iter().enumerate() {
+            let v = format!("v{i}");
+            assert_eq!(
+                c.call(&["GET", k]).await,
+                format!("${}\r\n{v}\r\n", v.len())
+            );
+        }
+    };
+
+    read_all(&mut c).await;
+    assert_eq!(counts.step("get").await, (20, 0), "no rule: primaries");
+
+    std::fs::write(&config, R_FROM_REPLICA).unwrap();
+    assert_eq!(
+        c.call(&["RESPGUARD", "RELOAD"]).await,
+        "+OK generation 2\r\n",
+        "read rules apply without a restart"
+    );
+    read_all(&mut c).await;
+    assert_eq!(
+        counts.step("get").await,
+        (0, 20),
+        "after the reload: replicas"
+    );
+
+    std::fs::write(&config, "").unwrap();
+    assert_eq!(
+        c.call(&["RESPGUARD", "RELOAD"]).await,
+        "+OK generation 3\r\n"
+    );
+    read_all(&mut c).await;
+    assert_eq!(counts.step("get").await, (20, 0), "rule removed: primaries");
 }
