@@ -43,7 +43,8 @@
 # its default sample rate), respguard+all-insight-every (the insight observing every command),
 # respguard-mux and respguard-mux+all (guards off, and every guard, with
 # upstream.connections = "multiplexed"), respguard-mux-percore and respguard-mux+all-percore
-# (the same with proxy.runtime = "per-core": shared connections per serving thread).
+# (the same with proxy.runtime = "per-core": shared connections per serving thread),
+# respguard-mux-1thread and respguard-mux+all-1thread (multiplexed, one worker thread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -108,6 +109,20 @@ if wanted respguard-mux+all-percore; then
 connections = \"multiplexed\"
 [proxy]
 runtime = \"per-core\""
+fi
+if wanted respguard-mux-1thread; then
+  start_respguard "ports[respguard-mux-1thread]" "$CONF_GUARDS_OFF
+[upstream]
+connections = \"multiplexed\"
+[proxy]
+worker_threads = 1"
+fi
+if wanted respguard-mux+all-1thread; then
+  start_respguard "ports[respguard-mux+all-1thread]" "$CONF_ALL_GUARDS
+[upstream]
+connections = \"multiplexed\"
+[proxy]
+worker_threads = 1"
 fi
 if wanted respguard+all-noinsight; then
   start_respguard "ports[respguard+all-noinsight]" "$CONF_ALL_GUARDS
@@ -204,7 +219,7 @@ runs_in() { ! carries_ttl "$1" || ttl_test "$2"; }
 # respguard+all and respguard-mux+all (whose TTL guard adds them).
 stores_ttl() {
   carries_ttl "$1" || [ "$1" = respguard+all ] || [ "$1" = respguard-mux+all ] \
-    || [ "$1" = respguard-mux+all-percore ]
+    || [ "$1" = respguard-mux+all-percore ] || [ "$1" = respguard-mux+all-1thread ]
 }
 
 # A value of $1 bytes, as redis-benchmark -d writes it.
