@@ -10,8 +10,13 @@
 //! confirmations) wait behind them, so a message never reaches the client before the
 //! confirmation of its subscription.
 //!
-//! Only commands naming their channels have a known number of confirmations; an
-//! `UNSUBSCRIBE` naming none (one confirmation per subscription held) is sent as before.
+//! An `UNSUBSCRIBE`, `PUNSUBSCRIBE` or `SUNSUBSCRIBE` naming no channel gets one
+//! confirmation per subscription its node holds, a number only the node knows: a hidden
+//! `PING` follows it on the same connection, and the pushes before that `PING`'s reply are
+//! its answer ([`Expect::Unsubscriptions`]). `UNSUBSCRIBE` and `PUNSUBSCRIBE` go to the
+//! pub/sub node, where every channel and pattern is; `SUNSUBSCRIBE` to every node the
+//! client sent an `SSUBSCRIBE` since (the pub/sub node when none, for Redis's answer to
+//! a client holding none), one entry each, released one after the other.
 //! Pushes held past `MAX_OUTPUT` (behind a blocking command another node has not answered)
 //! end the client's connection, as a RESP2 subscriber's held messages do.
 
@@ -51,25 +56,70 @@ impl Router {
         });
     }
 
+    /// Send `raw`, a RESP3 `UNSUBSCRIBE`, `PUNSUBSCRIBE` or `SUNSUBSCRIBE` naming no
+    /// channel, to node `index`, then a hidden `PING`: its confirmations, however many,
+    /// are its reply, ended by the `PING`'s.
+    pub(super) fn send_unsubscribe_all(&mut self, index: usize, raw: Bytes) {
+        let Some(link) = &self.links[index] else {
+            return;
+        };
+        link.send(raw, 0);
+        link.send(crate::resp::simple_command(b"PING"), 1);
+        let seq = self.push_entry(Entry {
+            parts: Parts::new(),
+            merge: Merge::One,
+            kind: Kind::Plain,
+            reply: None,
+            silent: false,
+        });
+        if self.expects[index].is_empty() {
+            self.node_progress(index);
+        }
+        self.expects[index].push_back(Expect::Unsubscriptions { seq, seen: false });
+        self.held_pushes.push_back(HeldPushes {
+            node: index,
+            seq,
+            bytes: BytesMut::new(),
+        });
+    }
+
+    /// A reply (not a push) from node `index` while it confirms the unsubscriptions of
+    /// entry `seq`: with none confirmed yet, an error is the command's refusal (the
+    /// hidden `PING`'s reply, still to come, is dropped); otherwise it is the `PING`'s, and
+    /// the confirmations before it were all.
+    pub(super) fn unsubscriptions_ended(
+        &mut self,
+        index: usize,
+        seq: u64,
+        seen: bool,
+        reply: &[u8],
+    ) {
+        if !seen && reply.first() == Some(&b'-') {
+            self.note_pubsub_reply(index, reply);
+            self.expects[index].push_front(Expect::Hidden);
+            return self.refused_subscription(seq, reply);
+        }
+        self.confirmed(seq);
+    }
+
     /// A push from node `index`: kept behind a subscription command of that node not yet
     /// given to the client (counted as one of its confirmations when it is one), else
     /// `false` (the caller sends it on).
     pub(super) fn hold_push(&mut self, index: usize, push: &[u8]) -> bool {
         // The node's earliest subscription still confirming takes what comes before its
         // confirmations end; after them, the node's latest one not yet given.
-        let confirming = match self.expects[index].front_mut() {
-            Some(Expect::Confirmations { seq, left }) => Some((*seq, left)),
-            _ => None,
-        };
-        let target = match confirming {
-            Some((seq, left)) => {
+        let target = match self.expects[index].front_mut() {
+            Some(Expect::Confirmations { seq, left }) => {
                 if *left > 0 && is_confirmation(push) {
                     *left -= 1;
                 }
-                let done = *left == 0;
-                Some((seq, done))
+                Some((*seq, *left == 0))
             }
-            None => None,
+            Some(Expect::Unsubscriptions { seq, seen }) => {
+                *seen |= is_confirmation(push);
+                Some((*seq, false))
+            }
+            _ => None,
         };
         let held = match target {
             Some((seq, _)) => self.held_pushes.iter_mut().find(|h| h.seq == seq),

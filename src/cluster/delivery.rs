@@ -424,7 +424,7 @@ impl Router {
         for expect in owed {
             let (seq, part) = match expect {
                 Expect::Part { seq, part } => (seq, part),
-                Expect::Confirmations { seq, .. } => {
+                Expect::Confirmations { seq, .. } | Expect::Unsubscriptions { seq, .. } => {
                     self.refused_subscription(seq, &error);
                     continue;
                 }

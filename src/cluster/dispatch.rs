@@ -81,6 +81,7 @@ impl Router {
                 None => self.answer(self.no_node(), silent),
             },
             b"RESET" => {
+                self.shard_nodes.clear();
                 self.send_to_default(raw, Kind::Plain, silent);
                 let except = self.default_node;
                 self.reset_links(except);

@@ -75,6 +75,11 @@ pub(super) enum Expect {
     /// RESP3: the confirmation pushes of the subscription command of entry `seq`, `left`
     /// more to come, or one error reply instead (see `cluster/confirm.rs`).
     Confirmations { seq: u64, left: u32 },
+    /// RESP3: the confirmation pushes of the `UNSUBSCRIBE`, `PUNSUBSCRIBE` or
+    /// `SUNSUBSCRIBE` naming no channel of entry `seq` (one per subscription the node
+    /// holds), ended by the reply to the hidden `PING` sent after it; `seen` once one came
+    /// (before any, an error reply is the command's refusal).
+    Unsubscriptions { seq: u64, seen: bool },
 }
 
 /// What kind of command an entry is, for what its reply changes.
@@ -260,6 +265,9 @@ pub struct Router {
     /// RESP3: pushes held behind subscription commands not yet given to the client, in
     /// the queue's order (see `cluster/confirm.rs`).
     pub(super) held_pushes: VecDeque<HeldPushes>,
+    /// RESP3: the nodes sent an `SSUBSCRIBE` since the last `SUNSUBSCRIBE` naming no
+    /// channel (or `RESET`), which such a `SUNSUBSCRIBE` goes to.
+    pub(super) shard_nodes: Vec<usize>,
     /// State commands in force (AUTH, HELLO, CLIENT SETNAME…), replayed on new links.
     pub(super) state: Vec<(Vec<u8>, Bytes)>,
     pub(super) protocol: u8,
@@ -344,6 +352,7 @@ impl Router {
             tunnel: None,
             tunnel_held: BytesMut::new(),
             held_pushes: VecDeque::new(),
+            shard_nodes: Vec::new(),
             state: Vec::new(),
             protocol: 2,
             reply_mode: ReplyMode::On,
@@ -686,6 +695,9 @@ impl Router {
             Some(Expect::Confirmations { seq, .. }) => {
                 self.note_pubsub_reply(index, &reply);
                 self.refused_subscription(seq, &reply);
+            }
+            Some(Expect::Unsubscriptions { seq, seen }) => {
+                self.unsubscriptions_ended(index, seq, seen, &reply);
             }
             // A reply to a command sent while subscribed, after the subscriptions ended.
             None => {

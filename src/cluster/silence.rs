@@ -93,7 +93,7 @@ impl Router {
                     .part_command(seq, part)
                     .is_some_and(|command| self.waits(command)),
                 Expect::Hidden => false,
-                Expect::Confirmations { .. } => false,
+                Expect::Confirmations { .. } | Expect::Unsubscriptions { .. } => false,
             })
     }
 

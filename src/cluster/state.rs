@@ -131,9 +131,15 @@ impl Router {
                 if self.protocol < 3 {
                     self.tunnel = Some(node);
                 }
-                self.follow_pubsub(node, args);
                 let channels = args.len().saturating_sub(1);
-                if self.protocol >= 3 && channels > 0 {
+                if self.protocol >= 3 && channels == 0 {
+                    return self.unsubscribe_all(node, raw, args);
+                }
+                self.follow_pubsub(node, args);
+                if self.protocol >= 3 {
+                    if &*args.upper(0) == b"SSUBSCRIBE" && !self.shard_nodes.contains(&node) {
+                        self.shard_nodes.push(node);
+                    }
                     return self.send_confirmed(node, raw, channels as u32);
                 }
                 if let Some(link) = &self.links[node] {
@@ -141,6 +147,26 @@ impl Router {
                 }
             }
             None => self.answer(self.no_node(), false),
+        }
+    }
+
+    /// RESP3 `UNSUBSCRIBE`, `PUNSUBSCRIBE` or `SUNSUBSCRIBE` naming no channel (`raw`):
+    /// to the pub/sub node `pubsub`, where channels and patterns are, or, for
+    /// `SUNSUBSCRIBE`, to every node that took an `SSUBSCRIBE` of the client since (see
+    /// `cluster/confirm.rs`).
+    fn unsubscribe_all(&mut self, pubsub: usize, raw: Bytes, args: Args<'_>) {
+        let mut nodes = Vec::new();
+        if &*args.upper(0) == b"SUNSUBSCRIBE" {
+            nodes = std::mem::take(&mut self.shard_nodes);
+            // A node whose connection was lost holds none of the client's subscriptions.
+            nodes.retain(|&node| self.links[node].is_some());
+        }
+        if nodes.is_empty() {
+            nodes.push(pubsub);
+        }
+        for node in nodes {
+            self.follow_pubsub(node, args);
+            self.send_unsubscribe_all(node, raw.clone());
         }
     }
 

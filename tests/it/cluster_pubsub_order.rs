@@ -215,3 +215,115 @@ async fn messages_held_behind_an_unanswered_command_are_bounded() {
     }
     proxy.shutdown().await;
 }
+
+/// `[GET, command, GET]` through `c`, the node at `paused` paused meanwhile: the value,
+/// then what `command` is answered (`pushes` of them), then the value again.
+async fn around_a_slow_get(
+    c: &mut Conn,
+    cluster: &Cluster,
+    paused: &str,
+    key: &str,
+    command: &[&str],
+    pushes: usize,
+) -> Vec<Vec<u8>> {
+    let value = {
+        let mut direct = direct_app(cluster, paused).await;
+        direct.call(&["GET", key]).await
+    };
+    let mut batch = encode(&["GET", key]);
+    batch.extend(encode(command));
+    batch.extend(encode(&["GET", key]));
+    pause(cluster, paused, 300).await;
+    c.send(&batch).await;
+    assert_eq!(String::from_utf8_lossy(&c.reply().await), value);
+    let mut answer = Vec::new();
+    for _ in 0..pushes {
+        answer.push(c.reply().await);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&c.reply().await),
+        value,
+        "{command:?}: nothing more than its confirmations before the next reply"
+    );
+    answer
+}
+
+async fn unsubscriptions_naming_no_channel_end_every_subscription_with(toml: &str) {
+    let (cluster, proxy) = cluster_and_proxy_as_app(toml).await;
+    let (pubsub, other) = pubsub_node_and_another(&cluster).await;
+    let key = key_on(&cluster, &other, "order:").await;
+    let on_other_channel = key_on(&cluster, &other, "allowed:s").await;
+    let on_pubsub_channel = key_on(&cluster, &pubsub, "allowed:t").await;
+
+    // What each node answers a direct connection.
+    let mut on_other = direct_app(&cluster, &other).await;
+    assert_eq!(on_other.call(&["SET", &key, "v"]).await, "+OK\r\n");
+    let shard_other = on_other.call(&["SSUBSCRIBE", &on_other_channel]).await;
+    let unsub_other = on_other.call(&["SUNSUBSCRIBE"]).await;
+    let mut on_pubsub = direct_app(&cluster, &pubsub).await;
+    let shard_pubsub = on_pubsub.call(&["SSUBSCRIBE", &on_pubsub_channel]).await;
+    let unsub_pubsub = on_pubsub.call(&["SUNSUBSCRIBE"]).await;
+    let channel = on_pubsub.call(&["SUBSCRIBE", "allowed:x"]).await;
+    let unsub_channel = on_pubsub.call(&["UNSUBSCRIBE"]).await;
+    let unsub_none = on_pubsub.call(&["SUNSUBSCRIBE"]).await;
+    assert_eq!(unsub_none, ">3\r\n$12\r\nsunsubscribe\r\n_\r\n:0\r\n");
+
+    let mut c = Conn::open(proxy.addr).await;
+    assert!(c.call(&["HELLO", "3"]).await.starts_with('%'));
+    assert_eq!(
+        c.call(&["SSUBSCRIBE", &on_other_channel]).await,
+        shard_other
+    );
+    assert_eq!(
+        c.call(&["SSUBSCRIBE", &on_pubsub_channel]).await,
+        shard_pubsub
+    );
+    assert_eq!(c.call(&["SUBSCRIBE", "allowed:x"]).await, channel);
+
+    // The shard channels of both nodes, each node's confirmation in the client's turn.
+    let answer = around_a_slow_get(&mut c, &cluster, &other, &key, &["SUNSUBSCRIBE"], 2).await;
+    assert_eq!(
+        answer,
+        [unsub_other.into_bytes(), unsub_pubsub.into_bytes()]
+    );
+    let mut publisher = direct_app(&cluster, &other).await;
+    assert_eq!(
+        publisher.call(&["SPUBLISH", &on_other_channel, "m"]).await,
+        ":0\r\n",
+        "no subscriber left on the other node"
+    );
+    let mut publisher = direct_app(&cluster, &pubsub).await;
+    assert_eq!(
+        publisher.call(&["SPUBLISH", &on_pubsub_channel, "m"]).await,
+        ":0\r\n"
+    );
+
+    let answer = around_a_slow_get(&mut c, &cluster, &other, &key, &["UNSUBSCRIBE"], 1).await;
+    assert_eq!(answer, [unsub_channel.into_bytes()]);
+    assert_eq!(
+        publisher.call(&["PUBLISH", "allowed:x", "m"]).await,
+        ":0\r\n"
+    );
+    // Nothing held: Redis's one confirmation naming no channel.
+    let answer = around_a_slow_get(&mut c, &cluster, &other, &key, &["SUNSUBSCRIBE"], 1).await;
+    assert_eq!(answer, [unsub_none.into_bytes()]);
+    assert_eq!(c.call(&["PING"]).await, "+PONG\r\n");
+    proxy.shutdown().await;
+}
+
+/// RESP3 `SUNSUBSCRIBE` and `UNSUBSCRIBE` naming no channel, each client on node
+/// connections of its own: `SUNSUBSCRIBE` ends the shard subscriptions on every node
+/// (each node's confirmation byte for byte a direct connection's, after the reply the
+/// client was owed first), `UNSUBSCRIBE` the channel, and with nothing held Redis's one
+/// confirmation naming no channel; no publisher finds a subscriber afterwards, and the
+/// hidden `PING` that ends each never reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscriptions_naming_no_channel_end_every_subscription_in_turn() {
+    unsubscriptions_naming_no_channel_end_every_subscription_with("").await;
+}
+
+/// The same, multiplexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_unsubscriptions_naming_no_channel_end_every_subscription_in_turn() {
+    unsubscriptions_naming_no_channel_end_every_subscription_with(MUX).await;
+}
