@@ -47,9 +47,10 @@ enum Short {
 }
 
 /// The length line at the start of `word` (eight bytes, little-endian): `marker`, one to
-/// six digits without a leading zero, `\r`. Every byte is tested for being a digit at
-/// once: after `xor '0'` a digit is 0..=9, and adding 0x76 to a byte's low seven bits
-/// sets its high bit exactly when it is 10 or more.
+/// six digits without a leading zero, `\r`. One to three digits are told by where the `\r`
+/// is; four to six by testing every byte for being a digit at once: after `xor '0'` a
+/// digit is 0..=9, and adding 0x76 to a byte's low seven bits sets its high bit exactly
+/// when it is 10 or more.
 #[inline(always)]
 fn short_length_line(word: u64, marker: u8) -> Short {
     const ONES: u64 = 0x0101_0101_0101_0101;
