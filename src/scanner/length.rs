@@ -12,19 +12,28 @@
 /// must be in `buf` for the fast reading, and one byte past the `\r` for the other).
 #[inline(always)]
 pub(crate) fn length_line(buf: &[u8], at: usize, marker: u8) -> Option<(u64, usize)> {
+    let (value, used) = length_line_at_front(buf.get(at..)?, marker)?;
+    Some((value, at + used))
+}
+
+/// [`length_line`] at the front of `rest`: the number and the bytes the line takes. The
+/// request scanner walks arguments with a shrinking slice, so the window's bounds are one
+/// test of its length.
+#[inline(always)]
+pub(crate) fn length_line_at_front(rest: &[u8], marker: u8) -> Option<(u64, usize)> {
     // Nine bytes: the longest short line with its `\n`.
-    if let Some(window) = buf.get(at..at + 9) {
-        let word = u64::from_le_bytes(window[..8].try_into().ok()?);
+    if let Some(window) = rest.first_chunk::<9>() {
+        let word = u64::from_le_bytes(*window.first_chunk::<8>()?);
         match short_length_line(word, marker) {
-            Short::Line(value, used) => return Some((value, at + used)),
+            Short::Line(value, used) => return Some((value, used)),
             Short::Not => return None,
             Short::Long => {}
         }
     }
-    if buf.get(at) != Some(&marker) {
+    if rest.first() != Some(&marker) {
         return None;
     }
-    plain_number(buf, at + 1)
+    plain_number(rest, 1)
 }
 
 /// What [`short_length_line`] read.
@@ -38,32 +47,44 @@ enum Short {
 }
 
 /// The length line at the start of `word` (eight bytes, little-endian): `marker`, one to
-/// six digits without a leading zero, `\r`. Every byte is tested for being a digit at
-/// once: after `xor '0'` a digit is 0..=9, and adding 0x76 to a byte's low seven bits
-/// sets its high bit exactly when it is 10 or more.
+/// six digits without a leading zero, `\r`. One to three digits are told by where the `\r`
+/// is; four to six by testing every byte for being a digit at once: after `xor '0'` a
+/// digit is 0..=9, and adding 0x76 to a byte's low seven bits sets its high bit exactly
+/// when it is 10 or more.
 #[inline(always)]
 fn short_length_line(word: u64, marker: u8) -> Short {
     const ONES: u64 = 0x0101_0101_0101_0101;
     if word as u8 != marker {
         return Short::Not;
     }
-    // One digit or two, the most common lines (names, counts, short keys), without the
-    // test of every byte below.
-    let first = ((word >> 8) as u8).wrapping_sub(b'0');
-    let second = ((word >> 16) as u8).wrapping_sub(b'0');
-    if first <= 9 && second == b'\r'.wrapping_sub(b'0') {
-        return Short::Line(u64::from(first), 4);
+    // One, two or three digits, the most common lines (names, counts, keys, values up to
+    // 999 bytes), found by where the `\r` is: one test of a byte each, then the digits.
+    let byte = |i: u32| (word >> (8 * i)) as u8;
+    let digit = |i: u32| byte(i).wrapping_sub(b'0');
+    if byte(2) == b'\r' {
+        let first = digit(1);
+        return if first <= 9 {
+            Short::Line(u64::from(first), 4)
+        } else {
+            Short::Not
+        };
     }
-    if (1..=9).contains(&first) && second <= 9 {
-        if (word >> 24) as u8 == b'\r' {
-            return Short::Line(u64::from(first * 10 + second), 5);
-        }
-        // Three digits: a value's length from 100 to 999 bytes, as common as short ones.
-        let third = ((word >> 24) as u8).wrapping_sub(b'0');
-        if third <= 9 && (word >> 32) as u8 == b'\r' {
+    let (first, second) = (digit(1), digit(2));
+    if byte(3) == b'\r' {
+        return if (1..=9).contains(&first) && second <= 9 {
+            Short::Line(u64::from(first * 10 + second), 5)
+        } else {
+            Short::Not
+        };
+    }
+    if byte(4) == b'\r' {
+        let third = digit(3);
+        return if (1..=9).contains(&first) && second <= 9 && third <= 9 {
             let value = u64::from(first) * 100 + u64::from(second) * 10 + u64::from(third);
-            return Short::Line(value, 6);
-        }
+            Short::Line(value, 6)
+        } else {
+            Short::Not
+        };
     }
     // The seven bytes after the marker, each xor '0'; the eighth, past them, a non-digit.
     let digits = ((word >> 8) ^ ((b'0' as u64 * ONES) >> 8)) | (0xFF << 56);

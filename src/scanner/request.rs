@@ -20,9 +20,9 @@
 
 use std::ops::Range;
 
-use super::length::length_line;
 #[cfg(test)]
 use super::length::plain_number;
+use super::length::{length_line, length_line_at_front};
 
 /// Redis's `PROTO_INLINE_MAX_SIZE`: the longest inline command or length line.
 pub const REDIS_INLINE_MAX: usize = 64 * 1024;
@@ -555,11 +555,15 @@ impl RequestScanner {
     /// input, streaming and errors. Returns how many arguments remain.
     #[inline]
     fn whole_args(&mut self, buf: &[u8], remaining: u64) -> u64 {
-        let (longest, last_start) = (self.one_step.longest_arg, self.last_start(self.cmd_start));
+        let (longest, buffered_limit) = (
+            self.one_step.longest_arg,
+            self.buffered_limit(self.cmd_start),
+        );
         let args = &mut self.args;
-        let (pos, remaining) = walk_args(buf, self.pos, remaining, longest, last_start, |arg| {
-            args.push(arg)
-        });
+        let (pos, remaining) =
+            walk_args(buf, self.pos, remaining, longest, buffered_limit, |arg| {
+                args.push(arg)
+            });
         self.pos = pos;
         self.line_search = 0;
         remaining
@@ -576,10 +580,12 @@ impl RequestScanner {
             return None;
         }
         let (count, at) = self.count_line(buf, start)?;
-        let (len, body) = bulk_line(buf, at)?;
+        let (len, body) = length_line(buf, at, b'$')?;
         let end = body + len as usize + 2;
-        let too_far = at > self.last_start(start);
-        if len > self.one_step.longest_arg || end > buf.len() || too_far {
+        // As for the other arguments (`walk_args`), the name must end by the point where
+        // the rest of a command is streamed.
+        let within = buf.len().min(self.buffered_limit(start));
+        if len > self.one_step.longest_arg || end > within {
             return None;
         }
         Some(Skimmed {
@@ -594,23 +600,26 @@ impl RequestScanner {
     /// read in one step (the same arguments [`Self::scan`] would take in one step).
     #[inline]
     pub fn skim_end(&self, buf: &[u8], skimmed: &Skimmed) -> Option<usize> {
-        let (longest, last_start) = self.rest_bounds(skimmed);
+        let (longest, buffered_limit) = self.rest_bounds(skimmed);
         let (end, remaining) = walk_args(
             buf,
             skimmed.rest,
             skimmed.remaining,
             longest,
-            last_start,
+            buffered_limit,
             |_| {},
         );
         (remaining == 0).then_some(end)
     }
 
     /// The bounds [`walk_args`] keeps to after a skimmed command's name: the longest
-    /// argument, and where the last argument may start.
+    /// argument, and where the one-step path's arguments must end.
     #[inline(always)]
     fn rest_bounds(&self, skimmed: &Skimmed) -> (u64, usize) {
-        (self.one_step.longest_arg, self.last_start(skimmed.start))
+        (
+            self.one_step.longest_arg,
+            self.buffered_limit(skimmed.start),
+        )
     }
 
     /// The count line `*<n>` of a command starting at `start`, if the one-step path reads
@@ -621,10 +630,11 @@ impl RequestScanner {
         (count != 0 && count <= self.one_step.max_args).then_some((count, next))
     }
 
-    /// Where the last argument of a command starting at `start` may begin for the command
-    /// to be buffered whole (past it, the rest is streamed).
+    /// Where the buffered part of a command starting at `start` ends: the general path
+    /// streams the rest of a command from the first argument starting past it, and the
+    /// one-step path takes only arguments ending by it.
     #[inline(always)]
-    fn last_start(&self, start: usize) -> usize {
+    fn buffered_limit(&self, start: usize) -> usize {
         start.saturating_add(self.limits.max_buffered_command)
     }
 
@@ -643,12 +653,12 @@ impl RequestScanner {
     /// `None`, and nothing taken, otherwise (the next scan reads it afresh).
     #[inline]
     pub fn take_whole(&mut self, buf: &[u8], skimmed: &Skimmed) -> Option<usize> {
-        let (longest, last_start) = self.rest_bounds(skimmed);
+        let (longest, buffered_limit) = self.rest_bounds(skimmed);
         let args = &mut self.args;
         args.clear();
         args.push(skimmed.name.clone());
         let (rest, remaining) = (skimmed.rest, skimmed.remaining);
-        let (end, remaining) = walk_args(buf, rest, remaining, longest, last_start, |arg| {
+        let (end, remaining) = walk_args(buf, rest, remaining, longest, buffered_limit, |arg| {
             args.push(arg)
         });
         if remaining > 0 {
@@ -704,43 +714,52 @@ impl OneStep {
 }
 
 /// Walk the arguments from `pos` that are whole in `buf` and ordinary (a plain length up to
-/// `longest`, starting at or before `last_start`), handing each one's position to `each`;
-/// stops at the first that is not. Returns where it stopped and how many of `remaining`
-/// are left.
+/// `longest`, ending by `buffered_limit`), handing each one's position to `each`; stops at the
+/// first that is not. Returns where it stopped and how many of `remaining` are left.
+///
+/// Arguments are read from a slice that shrinks past each, so an argument costs a test of
+/// its length line's window and one of its end. An argument that ends by `buffered_limit`
+/// starts before it; one that starts by it and ends past it is left to the general path,
+/// which buffers it (as it buffers every argument starting by that point) and streams the
+/// rest: one bound stands for the two tests an argument needs.
 #[inline(always)]
 fn walk_args(
     buf: &[u8],
-    mut pos: usize,
+    pos: usize,
     mut remaining: u64,
     longest: u64,
-    last_start: usize,
+    buffered_limit: usize,
     mut each: impl FnMut(Range<usize>),
 ) -> (usize, u64) {
-    while remaining > 0 && pos <= last_start {
-        let Some((len, body)) = bulk_line(buf, pos) else {
+    let within = &buf[..buf.len().min(buffered_limit)];
+    let Some(mut rest) = within.get(pos..) else {
+        return (pos, remaining);
+    };
+    while remaining > 0 {
+        let Some((len, used)) = bulk_line(rest) else {
             break;
         };
         if len > longest {
             break;
         }
-        let end = body + len as usize + 2;
-        if end > buf.len() {
+        let Some(after) = rest.get(used + len as usize + 2..) else {
             break;
-        }
+        };
+        let body = within.len() - rest.len() + used;
         each(body..body + len as usize);
-        pos = end;
+        rest = after;
         remaining -= 1;
     }
-    (pos, remaining)
+    (within.len() - rest.len(), remaining)
 }
 
-/// A bulk length line `$<n>\r` at `at`, read as [`super::length`] reads the number: the
-/// length and the offset of the bulk's first byte. Away from the end of the buffer a line
-/// of up to six digits is read as one word ([`short_length_line`]), with no bounds check
-/// or branch per digit; anything else goes byte by byte.
+/// A bulk length line `$<n>\r` at the front of `rest`, read as [`super::length`] reads
+/// the number: the length and the bytes the line takes. Away from the end of the buffer a
+/// line of up to six digits is read as one word, with no bounds check or branch per digit;
+/// anything else goes byte by byte.
 #[inline(always)]
-fn bulk_line(buf: &[u8], at: usize) -> Option<(u64, usize)> {
-    length_line(buf, at, b'$')
+fn bulk_line(rest: &[u8]) -> Option<(u64, usize)> {
+    length_line_at_front(rest, b'$')
 }
 
 /// Redis's `string2ll` on a length line: an optional `-`, digits, no spaces, no `+`, no
@@ -995,8 +1014,8 @@ mod tests {
             let mut padded = line.to_vec();
             padded.extend_from_slice(&[b'z'; 32]);
             let plain = |buf: &[u8]| (buf[0] == b'$').then(|| plain_number(buf, 1)).flatten();
-            assert_eq!(bulk_line(&padded, 0), plain(&padded), "{line:?}");
-            assert_eq!(bulk_line(near_end, 0), plain(near_end), "{line:?}");
+            assert_eq!(bulk_line(&padded), plain(&padded), "{line:?}");
+            assert_eq!(bulk_line(near_end), plain(near_end), "{line:?}");
         }
     }
 
@@ -1023,11 +1042,96 @@ mod tests {
             let mut padded = line.clone();
             padded.extend_from_slice(&[b'7'; 20]);
             assert_eq!(
-                bulk_line(&padded, 0),
+                bulk_line(&padded),
                 plain(&padded),
                 "{:?}",
                 String::from_utf8_lossy(line)
             );
+        }
+    }
+
+    /// The multibulk encoding of `args`.
+    fn encode(args: &[&[u8]]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend(format!("${}\r\n", a.len()).bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn an_argument_ending_at_the_buffers_end_is_read_in_one_step() {
+        // Short last arguments put their length line's nine-byte window past the end.
+        for n in (0..=12).chain([99, 100, 999, 1000]) {
+            let value = vec![b'v'; n];
+            let cmd = encode(&[b"SET", b"k", &value]);
+            let whole = vec![b"SET".to_vec(), b"k".to_vec(), value.clone()];
+            let args_of = |s: &RequestScanner| -> Vec<Vec<u8>> {
+                s.args().iter().map(|r| cmd[r.clone()].to_vec()).collect()
+            };
+            let mut s = RequestScanner::new(Limits::default());
+            assert_eq!(s.scan_whole(&cmd), Some((0, cmd.len())), "{n}");
+            assert_eq!(args_of(&s), whole);
+            let mut s = RequestScanner::new(Limits::default());
+            let skimmed = s.skim(&cmd).expect("skimmed");
+            assert_eq!(s.skim_end(&cmd, &skimmed), Some(cmd.len()), "{n}");
+            assert_eq!(s.take_whole(&cmd, &skimmed), Some(cmd.len()), "{n}");
+            assert_eq!(args_of(&s), whole);
+            // One byte short, nothing is whole.
+            let cut = &cmd[..cmd.len() - 1];
+            let mut s = RequestScanner::new(Limits::default());
+            let skimmed = s.skim(cut).expect("the name is whole");
+            assert_eq!(s.skim_end(cut, &skimmed), None, "{n}");
+            assert_eq!(s.take_whole(cut, &skimmed), None, "{n}");
+            assert_eq!(s.scan(cut), Step::Incomplete, "{n}");
+        }
+    }
+
+    #[test]
+    fn the_buffered_part_of_a_command_ends_where_the_general_scan_ends_it() {
+        // Arguments start at 4, 13, 20 and 37; the command ends at 44.
+        let cmd = encode(&[b"SET", b"k", b"0123456789", b"x"]);
+        let starts = [4, 13, 20, 37];
+        for max_buffered_command in 0..=50 {
+            let limits = Limits {
+                max_buffered_command,
+                ..Limits::default()
+            };
+            // Every argument starting by the limit is buffered, the rest streamed.
+            let buffered = starts.iter().filter(|&&at| at <= max_buffered_command);
+            let expected = match buffered.count() {
+                4 => Step::Command {
+                    start: 0,
+                    end: cmd.len(),
+                    inline: false,
+                },
+                k => Step::Streaming {
+                    start: 0,
+                    head_end: starts[k],
+                    argc: 4,
+                    next_len: None,
+                },
+            };
+            let mut s = RequestScanner::new(limits);
+            let step = s.scan(&cmd);
+            assert_eq!(step, expected, "limit {max_buffered_command}");
+            let k = starts
+                .iter()
+                .filter(|&&at| at <= max_buffered_command)
+                .count();
+            assert_eq!(s.args().len(), k, "limit {max_buffered_command}");
+            // A skim reads the command in one step only when the scan takes it whole.
+            let mut s = RequestScanner::new(limits);
+            if let Some(skimmed) = s.skim(&cmd) {
+                let end = s.skim_end(&cmd, &skimmed);
+                assert_eq!(s.take_whole(&cmd, &skimmed), end);
+                if end.is_some() {
+                    assert_eq!(end, Some(cmd.len()));
+                    assert_eq!(k, 4, "limit {max_buffered_command}");
+                }
+            }
         }
     }
 
