@@ -14,7 +14,8 @@
 //!   session's upstream socket ([`args`]: the commands it reads, in place), and [`node`]:
 //!   its connection to one node; [`shared`] and [`sharing`]: multiplexed, the node
 //!   connections routers share, and the moves of a client holding state off them and
-//!   back; [`silence`]: `upstream.reply_timeout` on a router's own node links;
+//!   back; [`identity`]: multiplexed, the ACL user a client runs as after `AUTH`;
+//!   [`silence`]: `upstream.reply_timeout` on a router's own node links;
 //! - [`read_rules`] and [`replica`]: which reads go to a replica (`[[upstream.read_from]]`)
 //!   and which replica.
 //!
@@ -22,8 +23,8 @@
 //! a socket, and the router answers on it as one Redis would. Guide: `docs/cluster.md`.
 //! Imports `command`, `upstream`, `scanner`, `transport`, `resp`, `config` (the read
 //! rules' shape), `guard::pattern` (their key patterns) and `mux` (multiplexed: the order
-//! router, the handshake check, the shared connections' name); never a session, a lane or
-//! a guard.
+//! router, the identities and their checked handshake, the shared connections' name);
+//! never a session, a lane or a guard.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +43,7 @@ pub mod delivery;
 pub mod dispatch;
 pub mod event;
 pub mod frame;
+pub mod identity;
 pub mod local;
 pub mod node;
 pub mod read_rules;

@@ -1,8 +1,11 @@
 //! One router's connection to one cluster node, run by its own task: opened through the
-//! gate (TCP, TLS, the URL's AUTH, within the connect timeout), the router's commands
-//! written in the order sent, and each whole reply handed back as it ends, tagged with the
-//! link that read it. A lost or refused connection is one [`NodeEvent::Lost`], after which
-//! the task ends; the router opens a new link if it needs the node again.
+//! gate (TCP, TLS, the URL's AUTH, within the connect timeout), given the client's ACL
+//! user when multiplexing follows it ([`Handshake`], every reply checked: refused, each
+//! command gets Redis's refusal as its reply and none is sent, so none runs as another
+//! user), the router's commands written in the order sent, and each whole reply handed
+//! back as it ends, tagged with the link that read it. A lost or unreachable connection is
+//! one [`NodeEvent::Lost`], after which the task ends; the router opens a new link if it
+//! needs the node again.
 //!
 //! Under multiplexing a link is a place on a shared connection instead
 //! ([`super::shared`]), which tells its router the same events.
@@ -10,6 +13,7 @@
 //! Never decides anything about a command or a reply: the router does.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -18,8 +22,23 @@ use tokio::task::JoinHandle;
 
 pub use super::event::NodeEvent;
 use super::shared::SharedLink;
+use crate::mux::identity::{give_identity, IdentityFailure};
 use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
 use crate::upstream::ConnectGate;
+
+/// What a connection of a client's own is sent first, every reply checked (an `AUTH` as
+/// the client's user, from [`crate::mux::LaneIdentity::handshake_from`]), and how long
+/// it may take; none without multiplexing, where the client's own `AUTH` is replayed.
+#[derive(Debug, Clone, Default)]
+pub struct Handshake {
+    /// The commands and their number of replies.
+    pub commands: (Bytes, u32),
+    /// `upstream.connect_timeout`.
+    pub timeout: Duration,
+}
+
+/// Commands a link carries, with the number of replies each submission gets.
+type Commands = mpsc::UnboundedReceiver<(Bytes, u32)>;
 
 /// A connection to one node, as its router holds it: its own, or a place on a shared one
 /// ([`super::shared`]). Dropping it ends its own connection, or leaves the shared one.
@@ -36,7 +55,7 @@ pub struct NodeLink {
 #[derive(Debug)]
 enum Carrier {
     Own {
-        commands: mpsc::UnboundedSender<Bytes>,
+        commands: mpsc::UnboundedSender<(Bytes, u32)>,
         task: JoinHandle<()>,
     },
     Shared(SharedLink),
@@ -51,16 +70,17 @@ impl Drop for NodeLink {
 }
 
 impl NodeLink {
-    /// Start a link to `address`: it connects in the background; `send` may be called at
-    /// once (commands wait for the connection).
+    /// Start a link to `address`, given `handshake` once connected: it connects in the
+    /// background; `send` may be called at once (commands wait for the connection).
     pub fn open(
         id: u64,
         address: String,
         gate: Arc<ConnectGate>,
         events: mpsc::Sender<NodeEvent>,
+        handshake: Handshake,
     ) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(id, address.clone(), gate, rx, events));
+        let task = tokio::spawn(run(id, address.clone(), gate, rx, events, handshake));
         NodeLink {
             address,
             id,
@@ -86,7 +106,7 @@ impl NodeLink {
     /// replies; false when the link has ended.
     pub fn send(&self, command: Bytes, replies: u32) -> bool {
         match &self.carrier {
-            Carrier::Own { commands, .. } => commands.send(command).is_ok(),
+            Carrier::Own { commands, .. } => commands.send((command, replies)).is_ok(),
             Carrier::Shared(link) => link.send(command, replies),
         }
     }
@@ -96,11 +116,20 @@ async fn run(
     id: u64,
     address: String,
     gate: Arc<ConnectGate>,
-    mut commands: mpsc::UnboundedReceiver<Bytes>,
+    mut commands: Commands,
     events: mpsc::Sender<NodeEvent>,
+    handshake: Handshake,
 ) {
     let (reason, connected) = match gate.open_node(&address).await {
-        Ok(mut stream) => (carry(id, &mut stream, &mut commands, &events).await, true),
+        Ok(mut stream) => {
+            match give_identity(&mut stream, &handshake.commands, handshake.timeout).await {
+                Ok(()) => (carry(id, &mut stream, &mut commands, &events).await, true),
+                Err(IdentityFailure::Refused(reply)) => {
+                    return refuse(id, reply, &mut commands, &events).await
+                }
+                Err(IdentityFailure::Lost(reason)) => (reason, false),
+            }
+        }
         Err(e) => (e.to_string(), false),
     };
     let _ = events
@@ -112,12 +141,34 @@ async fn run(
         .await;
 }
 
+/// Redis refused the client's user on this connection (`reply`, e.g. `-WRONGPASS ...`):
+/// every command the router sends gets it as each of its replies (one for a command sent
+/// expecting none, a subscription's), none is sent, until the router drops the link.
+async fn refuse(id: u64, reply: Bytes, commands: &mut Commands, events: &mpsc::Sender<NodeEvent>) {
+    tracing::debug!(
+        reply = %String::from_utf8_lossy(&reply).trim_end(),
+        "cluster node refused the client's user on its own connection"
+    );
+    while let Some((_, replies)) = commands.recv().await {
+        for _ in 0..replies.max(1) {
+            let event = NodeEvent::Reply {
+                link: id,
+                reply: reply.clone(),
+                push: false,
+            };
+            if events.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Write commands and read replies until the connection fails or the router drops the
 /// link; returns why it ended.
 async fn carry(
     id: u64,
     stream: &mut crate::transport::Stream,
-    commands: &mut mpsc::UnboundedReceiver<Bytes>,
+    commands: &mut Commands,
     events: &mpsc::Sender<NodeEvent>,
 ) -> String {
     let (mut reader, mut writer) = stream.halves();
@@ -127,12 +178,12 @@ async fn carry(
     loop {
         tokio::select! {
             command = commands.recv() => {
-                let Some(command) = command else { return "closed by the proxy".into() };
+                let Some((command, _)) = command else { return "closed by the proxy".into() };
                 batch.clear();
                 batch.extend_from_slice(&command);
                 while batch.len() < 64 * 1024 {
                     match commands.try_recv() {
-                        Ok(more) => batch.extend_from_slice(&more),
+                        Ok((more, _)) => batch.extend_from_slice(&more),
                         Err(_) => break,
                     }
                 }

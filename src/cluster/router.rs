@@ -37,6 +37,7 @@ use super::view::ClusterView;
 use crate::command::CommandTable;
 use crate::config::ReadFrom;
 use crate::mux::pinned::PinnedPermit;
+use crate::mux::LaneIdentity;
 use crate::reply_queue::ReplyQueue;
 use crate::resp;
 use crate::scanner::request::{Limits, RequestScanner, Step};
@@ -202,18 +203,32 @@ pub(super) type PlaceWait = std::pin::Pin<
 >;
 
 /// Where a command takes a client on shared connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Sharing {
     /// It runs on the shared connections the client uses.
     Stay,
-    /// To the shared connections of this protocol (`HELLO 2|3`).
-    Protocol(u8),
+    /// To the shared connections of this identity: another protocol (`HELLO 2|3`), another
+    /// ACL user (`AUTH`, `HELLO v AUTH user password`: once Redis accepts it).
+    Identity(LaneIdentity),
     /// To connections of its own while the state it sets lasts (a transaction, WATCH, a
     /// blocking command, subscriptions), then back.
     WhileInUse,
     /// To connections of its own for the rest of its life (state that stays on the
     /// connection: RESET, AUTH, READONLY, CLIENT ID…).
     ForLife,
+}
+
+/// An `AUTH` (or `HELLO … AUTH`) in flight under multiplexing, whose reply decides the
+/// client's user (`cluster/identity.rs`).
+#[derive(Debug)]
+pub(super) struct Verification {
+    /// The identity the client had before it: back to it unless Redis accepts the `AUTH`.
+    pub previous: LaneIdentity,
+    /// Redis accepted it.
+    pub confirmed: bool,
+    /// The client's node connections were closed to take another identity's shared ones
+    /// (closed again to go back should Redis refuse).
+    pub moved: bool,
 }
 
 /// `CLIENT REPLY`, followed by the router (which answers it).
@@ -278,8 +293,15 @@ pub struct Router {
     /// Multiplexed: the shared node connections, while the client uses them (`None` once
     /// it moved to connections of its own, and without multiplexing).
     pub(super) shared: Option<Arc<SharedNodes>>,
-    /// Multiplexed: the protocol of the shared connections the client uses.
-    pub(super) identity: u8,
+    /// Multiplexed: the node connections of every client, whether or not this one uses
+    /// them now (`None` without multiplexing).
+    pub(super) pools: Option<Arc<SharedNodes>>,
+    /// Multiplexed: the identity (ACL user, protocol) of the shared connections the client
+    /// uses, or goes back to; its user is the one its connections of its own are given.
+    pub(super) identity: LaneIdentity,
+    /// Multiplexed: an `AUTH` (or `HELLO … AUTH`) moved the client to another user's
+    /// shared connections; the session is not read until Redis answers it.
+    pub(super) verifying: Option<Verification>,
     /// Multiplexed, on connections of its own while its state lasts: the shared
     /// connections it goes back to once the state ended and every command is answered
     /// (`None` on shared connections, and for good after a command whose state lasts for
@@ -357,8 +379,10 @@ impl Router {
             protocol: 2,
             reply_mode: ReplyMode::On,
             broken: None,
+            pools: shared.clone(),
             shared,
-            identity: 2,
+            identity: SharedNodes::home(),
+            verifying: None,
             home: None,
             pubsub: Vec::new(),
             held: None,
@@ -390,7 +414,8 @@ impl Router {
         loop {
             let may_read = self.entries.len() < MAX_ENTRIES
                 && self.out.len() < MAX_OUTPUT
-                && self.held.is_none();
+                && self.held.is_none()
+                && self.verifying.is_none();
             // While the session owes reading MAX_OUTPUT bytes, node replies wait; not on
             // shared connections, which other clients use (a client too far behind is
             // let go instead).
@@ -433,6 +458,13 @@ impl Router {
                     }
                 }
             }
+            if self.verifying.is_some() && self.entries.is_empty() {
+                // Redis answered the AUTH: the client's next commands run as it left it.
+                self.settle_identity();
+                if !self.on_input(&mut scanner, &mut input) {
+                    return;
+                }
+            }
             if self.ready_to_return() {
                 self.return_to_shared();
             }
@@ -472,6 +504,10 @@ impl Router {
     /// never does: its own scanner checked every command).
     fn on_input(&mut self, scanner: &mut RequestScanner, input: &mut BytesMut) -> bool {
         loop {
+            if self.verifying.is_some() {
+                // Read again once Redis answered the AUTH moving the client.
+                return true;
+            }
             match scanner.scan(input) {
                 Step::Incomplete => {
                     self.refusing = None;
@@ -539,21 +575,8 @@ impl Router {
             self.next_link += 1;
             let link = match self.shared_link(id, address) {
                 Some(link) => link,
-                None => {
-                    let link = NodeLink::open(
-                        id,
-                        address.to_string(),
-                        Arc::clone(self.view.gate()),
-                        self.events_tx.clone(),
-                    );
-                    // A shared connection has the identity of its pool, and no other
-                    // state: only a connection of its own replays the client's.
-                    for (_, command) in &self.state {
-                        link.send(command.clone(), 1);
-                        self.expects[index].push_back(Expect::Hidden);
-                    }
-                    link
-                }
+                // A shared connection has the identity of its pool, and no other state.
+                None => self.own_link(id, index, address),
             };
             self.link_nodes.insert(id, index);
             self.readonly[index] = false;

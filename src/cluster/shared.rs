@@ -1,9 +1,10 @@
 //! Shared node connections (`upstream.connections = "multiplexed"` in front of a cluster):
 //! the commands of many clients' routers to one node carried by a few connections to it.
 //!
-//! [`SharedNodes`] keeps, per node address and protocol (the identity: the URL's user
-//! always, RESP2 or RESP3), `upstream.shared_connections` [`NodeConn`]s, attached to in
-//! turn. A router's link to a node is then a [`SharedLink`] on one of them instead of a
+//! [`SharedNodes`] keeps, per node address and identity (a [`LaneIdentity`]: the ACL user,
+//! the URL's or one a client authenticated as, and RESP2 or RESP3),
+//! `upstream.shared_connections` [`NodeConn`]s, attached to in turn; at most
+//! `upstream.shared_identities` identities at once ([`SharedNodes::admit`]). A router's link to a node is then a [`SharedLink`] on one of them instead of a
 //! connection of its own ([`super::node::NodeLink`]). Each submission (whole commands and
 //! how many replies they get) is written back to back, never interleaved with another
 //! router's (`ASKING` and its command are one submission), and each whole reply handed to
@@ -11,8 +12,11 @@
 //! [`NodeEvent`] a connection of its own sends, so the router cannot tell them apart.
 //!
 //! A connection is opened through [`ConnectGate::open_node`] (TCP, TLS, the URL's AUTH)
-//! when there is something to write, named `respguard-shared` (and given `HELLO 3` for the
-//! RESP3 identity), and closed once no router is attached. Lost, every router with
+//! when there is something to write, named `respguard-shared`, and given its identity
+//! (`AUTH user password` for another user, `HELLO 3` for RESP3), every reply checked
+//! before it carries a command ([`give_identity`]): when Redis refuses the identity (a
+//! wrong password), every command submitted gets Redis's refusal as its reply, so none
+//! runs as another user. It is closed once no router is attached. Lost, every router with
 //! replies owed on it gets one [`NodeEvent::Lost`] (its link is dead: what it sends
 //! there is dropped, the router having failed it); the next submission opens a new
 //! connection. A router never waits for one: its channel is the only thing a connection
@@ -29,7 +33,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::event::NodeEvent;
-use crate::mux::identity::{give_identity, IdentityFailure};
+use crate::mux::identity::{give_identity, IdentityFailure, LaneIdentity};
 use crate::mux::pinned::PinnedLimit;
 use crate::mux::router::{Owner as RunOwner, Router as OrderRouter};
 use crate::mux::LANE_NAME;
@@ -37,7 +41,7 @@ use crate::resp;
 use crate::transport::Stream;
 use crate::upstream::ConnectGate;
 
-/// Node addresses and protocols with shared connections at once (a cluster has far fewer
+/// Node addresses and identities with shared connections at once (a cluster has far fewer
 /// nodes; past it, pools no router uses are dropped, and a router gets a connection of its
 /// own when none can be: `tests::pools_stay_within_the_bound_and_unused_ones_make_room`).
 pub const MAX_POOLS: usize = 2048;
@@ -50,8 +54,8 @@ const WRITE_BATCH: usize = 64 * 1024;
 pub struct SharedSettings {
     /// `upstream.shared_connections`: connections per node and identity.
     pub per_node: usize,
-    /// `upstream.shared_identities`: 1 shares RESP2 clients' connections only, 2 or more
-    /// RESP3 clients' too.
+    /// `upstream.shared_identities`: most identities (ACL user and protocol) with shared
+    /// connections at once, the URL's RESP2 one included.
     pub identities: usize,
     /// `proxy.output_buffer_hard`: most reply bytes a router on shared connections holds
     /// for a client that does not read them before the client is let go.
@@ -73,12 +77,20 @@ pub struct SharedSettings {
 pub struct SharedNodes {
     gate: Arc<ConnectGate>,
     settings: SharedSettings,
-    pools: Mutex<HashMap<(String, u8), Arc<Pool>>>,
+    pools: Mutex<Pools>,
     /// Places for clients on connections of their own (`upstream.pinned_connections`).
     pinned: PinnedLimit,
 }
 
-/// One node's connections for one protocol.
+/// The pools, by node address and identity, and the identities admitted (the URL's RESP2
+/// one always first), under one lock.
+#[derive(Debug, Default)]
+struct Pools {
+    by_node: HashMap<(String, LaneIdentity), Arc<Pool>>,
+    identities: Vec<LaneIdentity>,
+}
+
+/// One node's connections for one identity.
 #[derive(Debug)]
 struct Pool {
     conns: Vec<Arc<NodeConn>>,
@@ -92,16 +104,34 @@ impl Pool {
             .map(|c| c.attached.load(Ordering::Relaxed))
             .sum()
     }
+
+    /// Redis refused the identity on one of its connections.
+    fn is_refused(&self) -> bool {
+        self.conns.iter().any(|c| c.refused.load(Ordering::Relaxed))
+    }
 }
 
 impl SharedNodes {
     /// No connection open until a router needs one.
     pub fn new(gate: Arc<ConnectGate>, settings: SharedSettings) -> Self {
+        identities_gauge().increment(1.0);
         SharedNodes {
             gate,
             settings,
-            pools: Mutex::new(HashMap::new()),
+            pools: Mutex::new(Pools {
+                by_node: HashMap::new(),
+                identities: vec![Self::home()],
+            }),
             pinned: PinnedLimit::new(settings.pinned, settings.handshake_timeout),
+        }
+    }
+
+    /// The identity every client starts with: the URL's user, RESP2.
+    pub fn home() -> LaneIdentity {
+        LaneIdentity {
+            user: None,
+            db: 0,
+            protocol: 2,
         }
     }
 
@@ -115,32 +145,38 @@ impl SharedNodes {
         &self.pinned
     }
 
-    /// Whether clients speaking `protocol` share connections (RESP3 needs a second
-    /// identity).
-    pub fn shares(&self, protocol: u8) -> bool {
-        protocol == 2 || self.settings.identities >= 2
+    /// Whether clients of `identity` may share connections: it has them already, or there
+    /// is room for one more identity under `upstream.shared_identities` (made, at the bound,
+    /// by dropping the identities no router is attached to, and those Redis refused). An
+    /// identity admitted keeps its place while routers use its connections.
+    pub fn admit(&self, identity: &LaneIdentity) -> bool {
+        let mut pools = self.pools.lock().expect("pools lock");
+        pools.admit(identity, self.settings.identities.max(1))
     }
 
     /// A place for a router's link `link` (whose events go to `events`) on the next
-    /// connection in turn to `address` for `protocol`; `None` past [`MAX_POOLS`] pools in
-    /// use.
+    /// connection in turn to `address` for `identity`; `None` past [`MAX_POOLS`] pools in
+    /// use, or when `identity` can no longer be admitted.
     pub fn attach(
         &self,
         address: &str,
-        protocol: u8,
+        identity: &LaneIdentity,
         link: u64,
         events: mpsc::Sender<NodeEvent>,
     ) -> Option<SharedLink> {
         let mut pools = self.pools.lock().expect("pools lock");
-        let key = (address.to_string(), protocol);
-        if !pools.contains_key(&key) {
-            if pools.len() >= MAX_POOLS {
-                pools.retain(|_, pool| pool.attached() > 0);
+        if !pools.admit(identity, self.settings.identities.max(1)) {
+            return None;
+        }
+        let key = (address.to_string(), identity.clone());
+        if !pools.by_node.contains_key(&key) {
+            if pools.by_node.len() >= MAX_POOLS {
+                pools.by_node.retain(|_, pool| pool.attached() > 0);
             }
-            if pools.len() >= MAX_POOLS {
+            if pools.by_node.len() >= MAX_POOLS {
                 tracing::warn!(
                     node = address,
-                    "{MAX_POOLS} shared node pools (node and protocol) in use: this client \
+                    "{MAX_POOLS} shared node pools (node and identity) in use: this client \
                      gets a connection of its own to the node"
                 );
                 return None;
@@ -149,7 +185,7 @@ impl SharedNodes {
                 .map(|_| {
                     Arc::new(NodeConn {
                         address: address.to_string(),
-                        protocol,
+                        identity: identity.clone(),
                         gate: Arc::clone(&self.gate),
                         handshake_timeout: self.settings.handshake_timeout,
                         reply_timeout: self.settings.reply_timeout,
@@ -157,10 +193,11 @@ impl SharedNodes {
                         work: Notify::new(),
                         attached: AtomicUsize::new(0),
                         running: AtomicBool::new(false),
+                        refused: AtomicBool::new(false),
                     })
                 })
                 .collect();
-            pools.insert(
+            pools.by_node.insert(
                 key.clone(),
                 Arc::new(Pool {
                     conns,
@@ -168,7 +205,7 @@ impl SharedNodes {
                 }),
             );
         }
-        let pool = &pools[&key];
+        let pool = &pools.by_node[&key];
         let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.conns.len();
         let conn = Arc::clone(&pool.conns[i]);
         drop(pools);
@@ -187,17 +224,83 @@ impl SharedNodes {
     }
 }
 
+impl Pools {
+    /// [`SharedNodes::admit`] under the lock, with at most `max` identities.
+    fn admit(&mut self, identity: &LaneIdentity, max: usize) -> bool {
+        if self.identities.contains(identity) {
+            return true;
+        }
+        if self.identities.len() >= max {
+            self.close_unused();
+        }
+        if self.identities.len() >= max {
+            metrics::counter!("respguard_shared_identities_exhausted_total").increment(1);
+            return false;
+        }
+        tracing::debug!(
+            user = identity
+                .user
+                .as_ref()
+                .map(|u| String::from_utf8_lossy(&u.name).into_owned()),
+            protocol = identity.protocol,
+            "shared cluster node connections for a new identity"
+        );
+        self.identities.push(identity.clone());
+        identities_gauge().increment(1.0);
+        true
+    }
+
+    /// At the bound, make room: every identity but the URL's whose pools no router is
+    /// attached to, or whose connection Redis refused (a wrong password), gives its place
+    /// up, and its pools go (their connections close once no router uses them).
+    fn close_unused(&mut self) {
+        let home = SharedNodes::home();
+        let in_use: Vec<LaneIdentity> = self
+            .by_node
+            .iter()
+            .filter(|((_, identity), pool)| {
+                *identity != home && pool.attached() > 0 && !pool.is_refused()
+            })
+            .map(|((_, identity), _)| identity.clone())
+            .collect();
+        let before = self.identities.len();
+        self.identities
+            .retain(|identity| *identity == home || in_use.contains(identity));
+        self.by_node
+            .retain(|(_, identity), _| *identity == home || in_use.contains(identity));
+        identities_gauge().decrement((before - self.identities.len()) as f64);
+    }
+}
+
+/// Identities with shared connections (as for one Redis, `mux`'s gauge).
+fn identities_gauge() -> metrics::Gauge {
+    metrics::gauge!("respguard_shared_identities")
+}
+
 #[cfg(test)]
 impl SharedNodes {
     /// The pools kept now.
     fn pool_count(&self) -> usize {
-        self.pools.lock().expect("pools lock").len()
+        self.pools.lock().expect("pools lock").by_node.len()
     }
 
-    /// Whether a pool for `address` and `protocol` is kept.
+    /// Whether a pool for `address` and `protocol` (the URL's user) is kept.
     fn has_pool(&self, address: &str, protocol: u8) -> bool {
-        let key = (address.to_string(), protocol);
-        self.pools.lock().expect("pools lock").contains_key(&key)
+        let identity = LaneIdentity {
+            protocol,
+            ..Self::home()
+        };
+        self.has_identity_pool(address, &identity)
+    }
+
+    /// Whether a pool for `address` and `identity` is kept.
+    fn has_identity_pool(&self, address: &str, identity: &LaneIdentity) -> bool {
+        let key = (address.to_string(), identity.clone());
+        self.pools
+            .lock()
+            .expect("pools lock")
+            .by_node
+            .contains_key(&key)
     }
 }
 
@@ -224,7 +327,7 @@ type Queue = VecDeque<(Arc<Owner>, Bytes, u32)>;
 #[derive(Debug)]
 struct NodeConn {
     address: String,
-    protocol: u8,
+    identity: LaneIdentity,
     gate: Arc<ConnectGate>,
     handshake_timeout: Duration,
     reply_timeout: Option<Duration>,
@@ -234,6 +337,8 @@ struct NodeConn {
     /// Router links attached.
     attached: AtomicUsize,
     running: AtomicBool,
+    /// Redis refused the identity on the last connection.
+    refused: AtomicBool,
 }
 
 /// A router's place on a shared node connection. Dropping it leaves the connection.
@@ -289,17 +394,20 @@ impl NodeConn {
                         .await
                     {
                         Ok(()) => Ok(stream),
-                        Err(IdentityFailure::Lost(reason)) => Err(reason),
-                        Err(IdentityFailure::Refused(reply)) => {
-                            Err(String::from_utf8_lossy(&reply).trim_end().to_string())
-                        }
+                        Err(failure) => Err(failure),
                     }
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(IdentityFailure::Lost(e.to_string())),
             };
+            self.refused.store(
+                matches!(stream, Err(IdentityFailure::Refused(_))),
+                Ordering::Relaxed,
+            );
             match stream {
                 // Nothing was written: the routers retry (a node restarting, a failover).
-                Err(reason) => self.fail_queued(&reason).await,
+                Err(IdentityFailure::Lost(reason)) => self.fail_queued(&reason).await,
+                // Redis's refusal is each command's reply: none runs as another user.
+                Err(IdentityFailure::Refused(reply)) => self.refuse_queued(reply).await,
                 Ok(stream) => {
                     metrics::gauge!("respguard_cluster_shared_connections").increment(1.0);
                     let mut order = OrderRouter::new();
@@ -313,15 +421,14 @@ impl NodeConn {
         }
     }
 
-    /// `CLIENT SETNAME respguard-shared`, and `HELLO 3` for the RESP3 identity.
+    /// `CLIENT SETNAME respguard-shared` (as the URL's user, which may name connections),
+    /// then the identity's `AUTH user password` and `HELLO 3`.
     fn handshake(&self) -> (Bytes, u32) {
         let mut out = BytesMut::new();
         resp::command(&mut out, &[b"CLIENT", b"SETNAME", LANE_NAME.as_bytes()]);
-        if self.protocol == 3 {
-            resp::command(&mut out, &[b"HELLO", b"3"]);
-            return (out.freeze(), 2);
-        }
-        (out.freeze(), 1)
+        let (identity, replies) = self.identity.handshake_from(&SharedNodes::home());
+        out.extend_from_slice(&identity);
+        (out.freeze(), replies + 1)
     }
 
     /// True once something is queued; false when no router is attached.
@@ -343,6 +450,31 @@ impl NodeConn {
         let queued: Queue = std::mem::take(&mut *self.queue.lock().expect("queue lock"));
         for (owner, _, _) in queued {
             tell_lost(&owner, reason, false).await;
+        }
+    }
+
+    /// Redis refused the connection's identity (`reply`, e.g. `-WRONGPASS ...`): every
+    /// command queued gets it as its reply, as Redis would answer it on a connection that
+    /// failed to authenticate, and none is sent.
+    async fn refuse_queued(&self, reply: Bytes) {
+        tracing::debug!(
+            node = %self.address,
+            reply = %String::from_utf8_lossy(&reply).trim_end(),
+            "shared cluster node connection's identity refused"
+        );
+        let queued: Queue = std::mem::take(&mut *self.queue.lock().expect("queue lock"));
+        for (owner, _, replies) in queued {
+            for _ in 0..replies.max(1) {
+                if owner.dead.load(Ordering::Acquire) {
+                    break;
+                }
+                let event = NodeEvent::Reply {
+                    link: owner.link,
+                    reply: reply.clone(),
+                    push: false,
+                };
+                let _ = owner.events.send(event).await;
+            }
         }
     }
 
@@ -493,6 +625,50 @@ mod tests {
         format!("10.0.{}.{}:6379", i / 250, i % 250 + 1)
     }
 
+    /// The URL's user speaking `protocol`.
+    fn speaking(protocol: u8) -> LaneIdentity {
+        LaneIdentity {
+            protocol,
+            ..SharedNodes::home()
+        }
+    }
+
+    /// The ACL user `name`, in RESP2.
+    fn user(name: &str) -> LaneIdentity {
+        LaneIdentity {
+            user: crate::mux::LaneUser::from_auth_args(&[name.as_bytes(), b"pw"]).map(Arc::new),
+            ..SharedNodes::home()
+        }
+    }
+
+    /// At most `upstream.shared_identities` identities (the URL's RESP2 one counted) have
+    /// shared connections: one more is refused while every other is in use (its client
+    /// then keeps connections of its own), and admitted once one is unused, whose pools go
+    /// (an identity admitted that no router uses yet gives its place up too).
+    #[tokio::test]
+    async fn identities_stay_within_their_bound_and_unused_ones_make_room() {
+        let nodes = nodes();
+        let (events, _rx) = mpsc::channel(1);
+        assert!(nodes.admit(&SharedNodes::home()));
+        let alice = nodes.attach(&node(0), &user("alice"), 0, events.clone());
+        assert!(alice.is_some());
+        assert!(nodes.admit(&user("alice")), "admitted already");
+        assert!(!nodes.admit(&user("bob")), "alice's is in use");
+        assert!(!nodes.admit(&speaking(3)));
+        assert!(nodes
+            .attach(&node(1), &user("bob"), 1, events.clone())
+            .is_none());
+        // The URL's identity always has its place.
+        assert!(nodes
+            .attach(&node(1), &speaking(2), 2, events.clone())
+            .is_some());
+        drop(alice);
+        assert!(nodes.admit(&user("bob")));
+        assert!(!nodes.has_identity_pool(&node(0), &user("alice")));
+        // Bob's place, unused, is given up in turn.
+        assert!(nodes.admit(&user("alice")));
+    }
+
     /// Pools are made only on a router's attach (no connection opens before there is work,
     /// so none is opened here). At the bound, with every pool in use, a new node gets no
     /// place (its router opens a connection of its own) and no pool in use is dropped;
@@ -505,22 +681,26 @@ mod tests {
             .map(|i| {
                 let protocol = if i % 2 == 0 { 2 } else { 3 };
                 nodes
-                    .attach(&node(i / 2), protocol, i as u64, events.clone())
+                    .attach(&node(i / 2), &speaking(protocol), i as u64, events.clone())
                     .expect("room below the bound")
             })
             .collect();
         assert_eq!(nodes.pool_count(), MAX_POOLS);
         let newcomer = "192.168.0.1:6379";
-        assert!(nodes.attach(newcomer, 2, 0, events.clone()).is_none());
+        assert!(nodes
+            .attach(newcomer, &speaking(2), 0, events.clone())
+            .is_none());
         assert_eq!(nodes.pool_count(), MAX_POOLS);
         assert!(!nodes.has_pool(newcomer, 2));
         // A pool kept still takes more routers.
-        let another = nodes.attach(&node(0), 2, 1, events.clone());
+        let another = nodes.attach(&node(0), &speaking(2), 1, events.clone());
         assert!(another.is_some());
         // Its last router gone, the pool of node 7 for RESP3 is unused: it makes room.
         let unused = links.remove(15);
         drop(unused);
-        assert!(nodes.attach(newcomer, 2, 2, events.clone()).is_some());
+        assert!(nodes
+            .attach(newcomer, &speaking(2), 2, events.clone())
+            .is_some());
         assert_eq!(nodes.pool_count(), MAX_POOLS);
         assert!(nodes.has_pool(newcomer, 2));
         assert!(!nodes.has_pool(&node(7), 3));

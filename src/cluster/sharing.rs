@@ -10,9 +10,14 @@
 //!   a session follows one Redis connection's), and a `CLIENT SETNAME` Redis refuses;
 //!   then, once every command is answered, its own connections close and it goes back to
 //!   the shared connections of its protocol ([`Router::return_to_shared`]);
-//! - **for the rest of its life** ([`Pinning::ForLife`]: AUTH, RESET, READONLY,
-//!   READWRITE, ASKING, `HELLO` with `AUTH` or `SETNAME`, CLIENT subcommands but SETINFO,
-//!   REPLY, SETNAME and GETNAME…), sent on shared connections or on its own.
+//! - **for the rest of its life** ([`Pinning::ForLife`]: RESET, READONLY, READWRITE,
+//!   ASKING, `HELLO` with `SETNAME`, CLIENT subcommands but SETINFO, REPLY, SETNAME and
+//!   GETNAME…), sent on shared connections or on its own; and `AUTH` past
+//!   `upstream.shared_identities`, or sent on connections of its own.
+//!
+//! `AUTH [user] password` and `HELLO 2|3 AUTH user password` on shared connections move
+//! the client to the shared connections of that user's identity instead
+//! ([`super::identity`]), where Redis checks the password.
 //!
 //! On shared connections `CLIENT SETNAME` (a name Redis accepts), `GETNAME` and `CLIENT
 //! SETINFO` (a library's name or version Redis accepts) are answered by the router
@@ -46,6 +51,7 @@ use super::node::NodeLink;
 use super::router::{PlaceWait, Router, Sharing, MAX_ENTRIES};
 use crate::command::{Pinning, Special};
 use crate::mux::pinned::{PinnedError, PinnedPermit};
+use crate::mux::LaneIdentity;
 use crate::reply_queue::{Expect, Pending, ReplyQueue};
 use crate::resp;
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
@@ -68,7 +74,7 @@ impl Router {
         if to == Sharing::Stay {
             return false;
         }
-        if !self.entries.is_empty() || !self.has_place_for(to) {
+        if !self.entries.is_empty() || !self.has_place_for(&to) {
             self.held = Some((raw.clone(), to));
             return true;
         }
@@ -79,7 +85,7 @@ impl Router {
     /// Whether a move to `to` may happen now as far as `upstream.pinned_connections` goes:
     /// one to connections of its own needs the client's place (one, however many nodes it
     /// then uses), taken now if one is free.
-    fn has_place_for(&mut self, to: Sharing) -> bool {
+    fn has_place_for(&mut self, to: &Sharing) -> bool {
         if !matches!(to, Sharing::WhileInUse | Sharing::ForLife) || self.place.is_some() {
             return true;
         }
@@ -90,8 +96,8 @@ impl Router {
     /// Every command before the held one is answered: `None` when it may move now, else
     /// the wait for a place (every place is taken), which ends in [`Self::on_place`].
     pub(super) fn place_for_held(&mut self) -> Option<PlaceWait> {
-        let to = self.held.as_ref()?.1;
-        if self.has_place_for(to) {
+        let to = self.held.as_ref()?.1.clone();
+        if self.has_place_for(&to) {
             return None;
         }
         let shared = Arc::clone(self.shared.as_ref()?);
@@ -190,6 +196,9 @@ impl Router {
             Pinning::WhenBlocking if !blocking() => return Sharing::Stay,
             _ => {}
         }
+        if let Some(to) = self.user_sharing(args) {
+            return to;
+        }
         let (name, sub) = (args.upper(0), args.upper(1));
         match (&name[..], &sub[..]) {
             // Refused, or answered by the router; or state Redis Cluster keeps none of
@@ -219,12 +228,15 @@ impl Router {
             (b"HELLO", _) if args.len() == 1 => Sharing::Stay,
             (b"HELLO", version) if args.len() == 2 => match version {
                 b"2" | b"3" => {
-                    let protocol = version[0] - b'0';
+                    let target = LaneIdentity {
+                        protocol: version[0] - b'0',
+                        ..self.identity.clone()
+                    };
                     let pools = self.shared.as_ref().or(self.home.as_ref());
-                    if protocol == self.identity && self.shared.is_some() {
+                    if target == self.identity && self.shared.is_some() {
                         Sharing::Stay
-                    } else if pools.is_some_and(|s| s.shares(protocol)) {
-                        Sharing::Protocol(protocol)
+                    } else if pools.is_some_and(|s| s.admit(&target)) {
+                        Sharing::Identity(target)
                     } else {
                         // Back once it speaks a protocol that shares.
                         Sharing::WhileInUse
@@ -244,11 +256,12 @@ impl Router {
     }
 
     /// Leave the shared connections used so far (nothing is owed on them): for those of
-    /// another protocol, or for connections of its own (for a while, or for good).
+    /// another identity (another user's until Redis accepts it), or for connections of its
+    /// own (for a while, or for good).
     fn move_to(&mut self, to: Sharing) {
         match to {
             Sharing::Stay => return,
-            Sharing::Protocol(protocol) => self.identity = protocol,
+            Sharing::Identity(target) => self.take_identity(target),
             Sharing::WhileInUse | Sharing::ForLife => {
                 let shared = self.shared.take();
                 self.home = shared.filter(|_| to == Sharing::WhileInUse);
@@ -260,7 +273,7 @@ impl Router {
 
     /// Close every node link (nothing is owed on them but hidden replies, which are
     /// dropped): the next command opens the links its place calls for.
-    fn close_links(&mut self) {
+    pub(super) fn close_links(&mut self) {
         for index in 0..self.links.len() {
             self.links[index] = None;
             self.expects[index].clear();
@@ -295,13 +308,16 @@ impl Router {
                 .pubsub
                 .iter()
                 .all(|(_, q)| q.is_empty() && !q.is_subscribed())
-            && home.shares(self.protocol)
+            && home.admit(&LaneIdentity {
+                protocol: self.protocol,
+                ..self.identity.clone()
+            })
     }
 
-    /// Back to the shared connections of the client's protocol: its own connections
-    /// close (they owe it nothing), and its next command takes a shared one.
+    /// Back to the shared connections of the client's user and protocol: its own
+    /// connections close (they owe it nothing), and its next command takes a shared one.
     pub(super) fn return_to_shared(&mut self) {
-        self.identity = self.protocol;
+        self.identity.protocol = self.protocol;
         self.shared = self.home.take();
         self.place = None;
         self.pubsub.clear();
@@ -358,7 +374,7 @@ impl Router {
     /// A link for `address` on a shared connection, while the client uses them.
     pub(super) fn shared_link(&self, id: u64, address: &str) -> Option<NodeLink> {
         let shared = self.shared.as_ref()?;
-        let link = shared.attach(address, self.identity, id, self.events_tx.clone())?;
+        let link = shared.attach(address, &self.identity, id, self.events_tx.clone())?;
         Some(NodeLink::shared(id, address.to_string(), link))
     }
 

@@ -15,12 +15,15 @@ use crate::resp;
 
 impl Router {
     /// What an entry's reply changes: a state command refused is not replayed (the one
-    /// it was to replace is, as Redis keeps it); a HELLO answered sets the protocol.
+    /// it was to replace is, as Redis keeps it); a HELLO answered sets the protocol; an
+    /// AUTH accepted, under multiplexing, the client's user.
     pub(super) fn after_reply(&mut self, kind: &Kind, reply: &Bytes) {
         let Kind::State { key, raw, previous } = kind else {
             return;
         };
-        if spread::is_error(reply) {
+        let refused = spread::is_error(reply);
+        self.note_identity_reply(key, raw, refused);
+        if refused {
             // Unless a later command of its kind replaced it meanwhile.
             if self.state.iter().any(|(k, r)| k == key && r == raw) {
                 self.state.retain(|(k, _)| k != key);
@@ -47,6 +50,7 @@ impl Router {
             }
         }
         let previous = self.record_state(key.clone(), raw.clone());
+        self.verify_if_auth(&key, &raw);
         let readwrite = key == b"READWRITE";
         let kind = Kind::State {
             key,
@@ -85,6 +89,7 @@ impl Router {
             }
         }
         self.state.clear();
+        self.forget_user();
         self.protocol = 2;
         self.reply_mode = ReplyMode::On;
         self.transaction = None;

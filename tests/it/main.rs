@@ -12,6 +12,7 @@ mod cluster_clients;
 mod cluster_harness;
 mod cluster_mux;
 mod cluster_mux_state;
+mod cluster_mux_users;
 mod cluster_pinning;
 mod cluster_proxy;
 mod cluster_pubsub_order;

@@ -1,0 +1,335 @@
+//! The ACL user a multiplexed client runs as in front of a cluster (`upstream.connections =
+//! "multiplexed"`): which node connections carry its commands after `AUTH`.
+//!
+//! A client starts as the URL's user, on the shared connections of the URL's identity
+//! ([`SharedNodes::home`]). `AUTH [user] password` or `HELLO 2|3 AUTH user password` on
+//! shared connections names an identity ([`LaneIdentity`]: the user with its password, and
+//! the protocol; the URL's own credentials name the URL's): the client moves to that
+//! identity's shared connections, each opened with those credentials and checked before it
+//! carries a command ([`super::shared`]), up to `upstream.shared_identities` identities
+//! (past it, to connections of its own for good, as before). Redis checks the password on
+//! the identity's connection to the client's default node: the `AUTH` is sent there, and
+//! the client's next commands wait, unread, until Redis answers
+//! ([`Router::settle_identity`]):
+//! - accepted, the client stays: its commands run as that user;
+//! - refused (`-WRONGPASS …`, whether by the connection's own `AUTH` or by the client's),
+//!   the client gets Redis's bytes and goes back to the identity it had, as a connection
+//!   whose `AUTH` failed stays authenticated as before.
+//!
+//! `AUTH` with the identity in use stays on its connections, where Redis checks it again
+//! and a refusal changes nothing; an `AUTH` whose argument count Redis refuses, and a
+//! `HELLO` with a version Redis refuses, change nothing either and stay.
+//!
+//! The client's connections of its own (while a transaction, a subscription … lasts, or for
+//! good) are given its user with a checked `AUTH` when they open ([`Router::own_handshake`]:
+//! refused, each command sent there gets Redis's refusal), rather than the client's `AUTH`
+//! replayed unchecked; an `AUTH` sent there moves that user once Redis accepts it. So no
+//! command runs as a user the client did not authenticate as. `RESET` returns to the URL's
+//! user, as the connections its `RESET` reached use Redis's `default` user.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::args::Args;
+use super::node::{Handshake, NodeLink};
+use super::router::{Expect, Router, Sharing, Verification};
+use super::shared::SharedNodes;
+use crate::mux::{LaneIdentity, LaneUser};
+use crate::resp;
+use crate::scanner::request::{Limits, RequestScanner, Step};
+
+impl Router {
+    /// Where `AUTH` or `HELLO … AUTH` take a client on shared connections (see the module
+    /// doc); `None` for any other command, and for a `HELLO` the router's general rules
+    /// take (with `SETNAME`: connections of its own for good).
+    pub(super) fn user_sharing(&self, args: Args<'_>) -> Option<Sharing> {
+        let shared = self.shared.as_ref()?;
+        let (protocol, user) = match &args.upper(0)[..] {
+            b"AUTH" => match LaneUser::from_auth_args(&args.to_vec()[1..]) {
+                Some(user) => (self.identity.protocol, user),
+                // Refused by Redis for its argument count, changing nothing.
+                None => return Some(Sharing::Stay),
+            },
+            b"HELLO" if args.len() > 2 && !matches!(args.get(1), Some(b"2" | b"3")) => {
+                // A version Redis refuses before reading any option, changing nothing.
+                return Some(Sharing::Stay);
+            }
+            b"HELLO" => hello_auth(args)?,
+            _ => return None,
+        };
+        let target = LaneIdentity {
+            user: self.user_of(user),
+            db: 0,
+            protocol,
+        };
+        Some(if target == self.identity {
+            Sharing::Stay
+        } else if shared.admit(&target) {
+            Sharing::Identity(target)
+        } else {
+            tracing::debug!(
+                "upstream.shared_identities reached: this cluster client keeps connections of \
+                 its own"
+            );
+            Sharing::ForLife
+        })
+    }
+
+    /// Use the shared connections of `target` from now on (the links are closed next); a
+    /// move to another user waits for Redis's answer to the `AUTH` that asks for it.
+    pub(super) fn take_identity(&mut self, target: LaneIdentity) {
+        let previous = std::mem::replace(&mut self.identity, target);
+        if previous.user != self.identity.user {
+            self.verifying = Some(Verification {
+                previous,
+                confirmed: false,
+                moved: true,
+            });
+        }
+    }
+
+    /// A state command `key` (`raw`) is about to be sent: an `AUTH` (or `HELLO … AUTH`)
+    /// under multiplexing makes the client's next commands wait for Redis's answer, so
+    /// that each runs as the user that answer leaves it (a connection of its own opened
+    /// meanwhile would be given the user in force).
+    pub(super) fn verify_if_auth(&mut self, key: &[u8], raw: &Bytes) {
+        if self.pools.is_none() || self.verifying.is_some() || user_in(key, raw).is_none() {
+            return;
+        }
+        self.verifying = Some(Verification {
+            previous: self.identity.clone(),
+            confirmed: false,
+            moved: false,
+        });
+    }
+
+    /// Redis answered the state command `key` (`raw`), `refused` or not: an accepted
+    /// `AUTH` (or `HELLO … AUTH`) under multiplexing makes its user the client's.
+    pub(super) fn note_identity_reply(&mut self, key: &[u8], raw: &Bytes, refused: bool) {
+        if self.pools.is_none() || refused {
+            return;
+        }
+        let Some(user) = user_in(key, raw) else {
+            return;
+        };
+        self.identity.user = self.user_of(user);
+        if let Some(verification) = &mut self.verifying {
+            verification.confirmed = true;
+        }
+    }
+
+    /// Every command before and including the `AUTH` is answered: unless Redis accepted
+    /// it, the client goes back to the identity it had (its links on the refused one's
+    /// shared connections closed).
+    pub(super) fn settle_identity(&mut self) {
+        let Some(verification) = self.verifying.take() else {
+            return;
+        };
+        if verification.confirmed {
+            tracing::debug!(
+                protocol = self.identity.protocol,
+                "cluster client on the node connections of its user"
+            );
+            return;
+        }
+        self.identity = verification.previous;
+        if verification.moved {
+            self.close_links();
+        }
+    }
+
+    /// `RESET`: the client's user is the URL's again.
+    pub(super) fn forget_user(&mut self) {
+        self.identity.user = None;
+    }
+
+    /// A connection of the client's own to `address` (link `id`, node `index`): given its
+    /// user ([`Self::own_handshake`]), then the client's state replayed, hidden.
+    pub(super) fn own_link(&mut self, id: u64, index: usize, address: &str) -> NodeLink {
+        let link = NodeLink::open(
+            id,
+            address.to_string(),
+            Arc::clone(self.view.gate()),
+            self.events_tx.clone(),
+            self.own_handshake(),
+        );
+        for (key, command) in &self.state {
+            let Some(command) = self.replayed(key, command) else {
+                continue;
+            };
+            link.send(command, 1);
+            self.expects[index].push_back(Expect::Hidden);
+        }
+        link
+    }
+
+    /// What a connection of the client's own is given first: under multiplexing, `AUTH` as
+    /// its user (checked); nothing else (without multiplexing the client's `AUTH` is
+    /// replayed).
+    fn own_handshake(&self) -> Handshake {
+        let Some(pools) = &self.pools else {
+            return Handshake::default();
+        };
+        let user = LaneIdentity {
+            user: self.identity.user.clone(),
+            ..SharedNodes::home()
+        };
+        Handshake {
+            commands: user.handshake_from(&SharedNodes::home()),
+            timeout: pools.settings().handshake_timeout,
+        }
+    }
+
+    /// The state command `key` (`command`) as replayed on a new connection of the client's
+    /// own: under multiplexing, its user comes from [`Self::own_handshake`], so `AUTH` is
+    /// not replayed and `HELLO` loses its `AUTH` clause.
+    pub(super) fn replayed(&self, key: &[u8], command: &Bytes) -> Option<Bytes> {
+        if self.pools.is_none() {
+            return Some(command.clone());
+        }
+        match key {
+            b"AUTH" => None,
+            b"HELLO" => Some(hello_without_auth(command)),
+            _ => Some(command.clone()),
+        }
+    }
+
+    /// The identity user of credentials: `None` (the URL's) when they are the URL's own.
+    fn user_of(&self, user: LaneUser) -> Option<Arc<LaneUser>> {
+        (!user.is_the_urls(self.view.gate().target())).then(|| Arc::new(user))
+    }
+}
+
+/// `HELLO 2|3 AUTH user password` and nothing else: the protocol and the credentials.
+fn hello_auth(args: Args<'_>) -> Option<(u8, LaneUser)> {
+    let protocol = match args.get(1)? {
+        b"2" => 2,
+        b"3" => 3,
+        _ => return None,
+    };
+    if args.len() != 5 || &args.upper(2)[..] != b"AUTH" {
+        return None;
+    }
+    let user = LaneUser::from_auth_args(&[args.get(3)?, args.get(4)?])?;
+    Some((protocol, user))
+}
+
+/// The arguments of the whole command `raw`.
+fn arguments(raw: &Bytes) -> Option<Vec<Vec<u8>>> {
+    let mut scanner = RequestScanner::new(Limits {
+        stream_threshold: u64::MAX,
+        max_buffered_command: usize::MAX,
+        ..Limits::default()
+    });
+    let Step::Command { .. } = scanner.scan(raw) else {
+        return None;
+    };
+    let args = Args::new(raw, scanner.args());
+    Some(args.to_vec().into_iter().map(<[u8]>::to_vec).collect())
+}
+
+/// Where `HELLO`'s `AUTH` clause is among `args`, read as Redis reads its options.
+fn auth_clause(args: &[Vec<u8>]) -> Option<usize> {
+    let mut i = 2;
+    while i < args.len() {
+        if args[i].eq_ignore_ascii_case(b"AUTH") {
+            return (i + 2 < args.len()).then_some(i);
+        }
+        if !args[i].eq_ignore_ascii_case(b"SETNAME") {
+            return None;
+        }
+        i += 2;
+    }
+    None
+}
+
+/// The credentials the state command `key` (`raw`: `AUTH`, or `HELLO` with an `AUTH`
+/// clause) authenticates with.
+fn user_in(key: &[u8], raw: &Bytes) -> Option<LaneUser> {
+    match key {
+        b"AUTH" => {
+            let args = arguments(raw)?;
+            let rest: Vec<&[u8]> = args[1..].iter().map(Vec::as_slice).collect();
+            LaneUser::from_auth_args(&rest)
+        }
+        b"HELLO" => {
+            let args = arguments(raw)?;
+            let at = auth_clause(&args)?;
+            LaneUser::from_auth_args(&[&args[at + 1], &args[at + 2]])
+        }
+        _ => None,
+    }
+}
+
+/// `HELLO` without its `AUTH` clause (the rest as sent).
+fn hello_without_auth(raw: &Bytes) -> Bytes {
+    let Some(args) = arguments(raw) else {
+        return raw.clone();
+    };
+    let Some(at) = auth_clause(&args) else {
+        return raw.clone();
+    };
+    let kept: Vec<&[u8]> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(at..at + 3).contains(i))
+        .map(|(_, a)| a.as_slice())
+        .collect();
+    let mut out = BytesMut::new();
+    resp::command(&mut out, &kept);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(args: &[&str]) -> Bytes {
+        let mut out = BytesMut::new();
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        resp::command(&mut out, &args);
+        out.freeze()
+    }
+
+    /// `AUTH`'s one or two arguments and `HELLO`'s `AUTH` clause (after a `SETNAME`, or
+    /// before one) name the credentials; a `SETNAME` whose name is `auth` does not.
+    #[test]
+    fn credentials_are_read_as_redis_reads_them() {
+        let alice =
+            |raw: &[&str], key: &[u8]| user_in(key, &command(raw)).map(|u| (u.name, u.password));
+        let pair = Some((Bytes::from("alice"), Bytes::from("pw")));
+        assert_eq!(alice(&["AUTH", "alice", "pw"], b"AUTH"), pair);
+        assert_eq!(
+            alice(&["auth", "pw"], b"AUTH").map(|u| u.0),
+            Some(Bytes::from("default"))
+        );
+        assert_eq!(
+            alice(&["HELLO", "3", "auth", "alice", "pw"], b"HELLO"),
+            pair
+        );
+        assert_eq!(
+            alice(
+                &["HELLO", "3", "SETNAME", "n", "AUTH", "alice", "pw"],
+                b"HELLO"
+            ),
+            pair
+        );
+        assert_eq!(alice(&["HELLO", "3", "SETNAME", "auth"], b"HELLO"), None);
+        assert_eq!(alice(&["HELLO", "3"], b"HELLO"), None);
+        assert_eq!(alice(&["AUTH", "a", "b", "c"], b"AUTH"), None);
+    }
+
+    /// A `HELLO` replayed on a connection given the user by its handshake keeps its
+    /// protocol and name, not its `AUTH`.
+    #[test]
+    fn hello_is_replayed_without_its_auth_clause() {
+        let hello = command(&["HELLO", "3", "AUTH", "alice", "pw", "SETNAME", "n"]);
+        assert_eq!(
+            hello_without_auth(&hello),
+            command(&["HELLO", "3", "SETNAME", "n"])
+        );
+        let plain = command(&["HELLO", "3"]);
+        assert_eq!(hello_without_auth(&plain), plain);
+    }
+}
