@@ -35,24 +35,9 @@ impl Router {
         };
         // A shared connection counts replies, not pushes: only a refusal is one.
         link.send(raw, 0);
-        let seq = self.push_entry(Entry {
-            parts: Parts::new(),
-            merge: Merge::One,
-            kind: Kind::Plain,
-            reply: None,
-            silent: false,
-        });
-        if self.expects[index].is_empty() {
-            self.node_progress(index);
-        }
-        self.expects[index].push_back(Expect::Confirmations {
+        self.expect_pushes(index, |seq| Expect::Confirmations {
             seq,
             left: channels,
-        });
-        self.held_pushes.push_back(HeldPushes {
-            node: index,
-            seq,
-            bytes: BytesMut::new(),
         });
     }
 
@@ -65,6 +50,13 @@ impl Router {
         };
         link.send(raw, 0);
         link.send(crate::resp::simple_command(b"PING"), 1);
+        self.expect_pushes(index, |seq| Expect::Unsubscriptions { seq, seen: false });
+    }
+
+    /// A place in the queue for a command just sent to node `index` whose answer is
+    /// pushes: what the node owes for it (`expect`, given the entry's number), and room
+    /// for the pushes held behind it.
+    fn expect_pushes(&mut self, index: usize, expect: impl FnOnce(u64) -> Expect) {
         let seq = self.push_entry(Entry {
             parts: Parts::new(),
             merge: Merge::One,
@@ -75,7 +67,7 @@ impl Router {
         if self.expects[index].is_empty() {
             self.node_progress(index);
         }
-        self.expects[index].push_back(Expect::Unsubscriptions { seq, seen: false });
+        self.expects[index].push_back(expect(seq));
         self.held_pushes.push_back(HeldPushes {
             node: index,
             seq,
