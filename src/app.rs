@@ -200,6 +200,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
                     handshake_timeout: raw.upstream.connect_timeout.0,
                     reply_timeout,
                     pinned: raw.upstream.pinned_connections,
+                    pinned_idle: raw.upstream.pinned_idle,
                 },
             );
             Some(Arc::new(ClusterUpstream::new(

@@ -5,6 +5,8 @@
 
 use std::ops::{Deref, Range};
 
+use crate::scanner::request::{Limits, RequestScanner, Step};
+
 /// The longest word [`Upper`] upper-cases; every command, subcommand and keyword the router
 /// compares is shorter.
 const UPPER_MAX: usize = 32;
@@ -48,6 +50,22 @@ impl<'a> Args<'a> {
     pub fn to_vec(&self) -> Vec<&'a [u8]> {
         (0..self.len()).filter_map(|i| self.get(i)).collect()
     }
+}
+
+/// `read` given the arguments of `command`, one whole command as a session stored it (so
+/// already within the session's limits: it is scanned without any); `None` when the bytes
+/// are not one whole command. Off the one-slot path: for the commands the router reads
+/// again after routing (credentials, whether a command may wait).
+pub fn read_stored<T>(command: &[u8], read: impl FnOnce(Args<'_>) -> T) -> Option<T> {
+    let mut scanner = RequestScanner::new(Limits {
+        stream_threshold: u64::MAX,
+        max_buffered_command: usize::MAX,
+        ..Limits::default()
+    });
+    let Step::Command { .. } = scanner.scan(command) else {
+        return None;
+    };
+    Some(read(Args::new(command, scanner.args())))
 }
 
 /// A word upper-cased on the stack. A word longer than [`UPPER_MAX`] bytes is kept as
@@ -113,6 +131,12 @@ mod tests {
         assert_eq!(&*args.upper(0), b"GET");
         assert_eq!(&*args.upper(5), b"");
         assert_eq!(args.to_vec(), [&b"gEt"[..], b"k"]);
+        assert_eq!(read_stored(bytes, |a| a.len()), Some(2));
+        assert_eq!(
+            read_stored(&bytes[..bytes.len() - 1], |a| a.len()),
+            None,
+            "a command cut short is not read"
+        );
         let long = [b'a'; 40];
         assert_eq!(
             &*Upper::of(&long),

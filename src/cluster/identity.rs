@@ -31,13 +31,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::args::Args;
-use super::node::{Handshake, NodeLink};
+use super::args::{read_stored, Args};
+use super::node::{Handshake, NodeLink, Reuse};
 use super::router::{Expect, Router, Sharing, Verification};
 use super::shared::SharedNodes;
 use crate::mux::{LaneIdentity, LaneUser};
 use crate::resp;
-use crate::scanner::request::{Limits, RequestScanner, Step};
 
 impl Router {
     /// Where `AUTH` or `HELLO … AUTH` take a client on shared connections (see the module
@@ -144,15 +143,21 @@ impl Router {
         self.identity.user = None;
     }
 
-    /// A connection of the client's own to `address` (link `id`, node `index`): given its
-    /// user ([`Self::own_handshake`]), then the client's state replayed, hidden.
+    /// A connection of the client's own to `address` (link `id`, node `index`): one kept
+    /// for its user and protocol if there is one (multiplexed), else a new one given its
+    /// user ([`Self::own_handshake`]); then the client's state replayed, hidden.
     pub(super) fn own_link(&mut self, id: u64, index: usize, address: &str) -> NodeLink {
+        let reuse = self.pools.as_ref().map(|pools| Reuse {
+            pool: Arc::clone(pools.idle()),
+            identity: self.own_identity(),
+        });
         let link = NodeLink::open(
             id,
             address.to_string(),
             Arc::clone(self.view.gate()),
             self.events_tx.clone(),
             self.own_handshake(),
+            reuse,
         );
         for (key, command) in &self.state {
             let Some(command) = self.replayed(key, command) else {
@@ -162,6 +167,16 @@ impl Router {
             self.expects[index].push_back(Expect::Hidden);
         }
         link
+    }
+
+    /// What a connection of the client's own is as far as reuse goes: its user, and the
+    /// client's protocol (its `HELLO` is replayed on it).
+    pub(super) fn own_identity(&self) -> LaneIdentity {
+        LaneIdentity {
+            user: self.identity.user.clone(),
+            db: 0,
+            protocol: self.protocol,
+        }
     }
 
     /// What a connection of the client's own is given first: under multiplexing, `AUTH` as
@@ -215,28 +230,14 @@ fn hello_auth(args: Args<'_>) -> Option<(u8, LaneUser)> {
     Some((protocol, user))
 }
 
-/// The arguments of the whole command `raw`.
-fn arguments(raw: &Bytes) -> Option<Vec<Vec<u8>>> {
-    let mut scanner = RequestScanner::new(Limits {
-        stream_threshold: u64::MAX,
-        max_buffered_command: usize::MAX,
-        ..Limits::default()
-    });
-    let Step::Command { .. } = scanner.scan(raw) else {
-        return None;
-    };
-    let args = Args::new(raw, scanner.args());
-    Some(args.to_vec().into_iter().map(<[u8]>::to_vec).collect())
-}
-
 /// Where `HELLO`'s `AUTH` clause is among `args`, read as Redis reads its options.
-fn auth_clause(args: &[Vec<u8>]) -> Option<usize> {
+fn auth_clause(args: Args<'_>) -> Option<usize> {
     let mut i = 2;
-    while i < args.len() {
-        if args[i].eq_ignore_ascii_case(b"AUTH") {
+    while let Some(option) = args.get(i) {
+        if option.eq_ignore_ascii_case(b"AUTH") {
             return (i + 2 < args.len()).then_some(i);
         }
-        if !args[i].eq_ignore_ascii_case(b"SETNAME") {
+        if !option.eq_ignore_ascii_case(b"SETNAME") {
             return None;
         }
         i += 2;
@@ -247,38 +248,34 @@ fn auth_clause(args: &[Vec<u8>]) -> Option<usize> {
 /// The credentials the state command `key` (`raw`: `AUTH`, or `HELLO` with an `AUTH`
 /// clause) authenticates with.
 fn user_in(key: &[u8], raw: &Bytes) -> Option<LaneUser> {
-    match key {
-        b"AUTH" => {
-            let args = arguments(raw)?;
-            let rest: Vec<&[u8]> = args[1..].iter().map(Vec::as_slice).collect();
-            LaneUser::from_auth_args(&rest)
-        }
+    read_stored(raw, |args| match key {
+        b"AUTH" => LaneUser::from_auth_args(&args.to_vec()[1..]),
         b"HELLO" => {
-            let args = arguments(raw)?;
-            let at = auth_clause(&args)?;
-            LaneUser::from_auth_args(&[&args[at + 1], &args[at + 2]])
+            let at = auth_clause(args)?;
+            LaneUser::from_auth_args(&[args.get(at + 1)?, args.get(at + 2)?])
         }
         _ => None,
-    }
+    })
+    .flatten()
 }
 
 /// `HELLO` without its `AUTH` clause (the rest as sent).
 fn hello_without_auth(raw: &Bytes) -> Bytes {
-    let Some(args) = arguments(raw) else {
-        return raw.clone();
-    };
-    let Some(at) = auth_clause(&args) else {
-        return raw.clone();
-    };
-    let kept: Vec<&[u8]> = args
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !(at..at + 3).contains(i))
-        .map(|(_, a)| a.as_slice())
-        .collect();
-    let mut out = BytesMut::new();
-    resp::command(&mut out, &kept);
-    out.freeze()
+    read_stored(raw, |args| {
+        let at = auth_clause(args)?;
+        let kept: Vec<&[u8]> = args
+            .to_vec()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !(at..at + 3).contains(i))
+            .map(|(_, arg)| arg)
+            .collect();
+        let mut out = BytesMut::new();
+        resp::command(&mut out, &kept);
+        Some(out.freeze())
+    })
+    .flatten()
+    .unwrap_or_else(|| raw.clone())
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ pub mod dispatch;
 pub mod event;
 pub mod frame;
 pub mod identity;
+pub mod idle;
 pub mod local;
 pub mod node;
 pub mod read_rules;

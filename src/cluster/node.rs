@@ -8,11 +8,13 @@
 //! needs the node again.
 //!
 //! Under multiplexing a link is a place on a shared connection instead
-//! ([`super::shared`]), which tells its router the same events.
+//! ([`super::shared`]), which tells its router the same events; and a connection of the
+//! client's own may be one kept from an earlier client ([`Reuse`], [`super::idle`]), and
+//! is handed back there when its router is done with it clean ([`NodeLink::hand_back`]).
 //!
 //! Never decides anything about a command or a reply: the router does.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -21,8 +23,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use super::event::NodeEvent;
+use super::idle::IdleNodeConnections;
 use super::shared::SharedLink;
 use crate::mux::identity::{give_identity, IdentityFailure};
+use crate::mux::LaneIdentity;
 use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
 use crate::upstream::ConnectGate;
 
@@ -36,6 +40,20 @@ pub struct Handshake {
     /// `upstream.connect_timeout`.
     pub timeout: Duration,
 }
+
+/// Where a connection of a client's own may come from and go back to (multiplexed only):
+/// the kept connections, and what this one is for them (its node is the link's).
+#[derive(Debug, Clone)]
+pub struct Reuse {
+    /// The connections kept for reuse (`upstream.pinned_idle`).
+    pub pool: Arc<IdleNodeConnections>,
+    /// The ACL user and protocol of the client when the link opens: a kept connection of
+    /// that identity is taken first.
+    pub identity: LaneIdentity,
+}
+
+/// The identity a connection was handed back with, shared by a link and its task.
+type HandedBack = Arc<Mutex<Option<LaneIdentity>>>;
 
 /// Commands a link carries, with the number of replies each submission gets.
 type Commands = mpsc::UnboundedReceiver<(Bytes, u32)>;
@@ -57,34 +75,69 @@ enum Carrier {
     Own {
         commands: mpsc::UnboundedSender<(Bytes, u32)>,
         task: JoinHandle<()>,
+        /// Set by [`NodeLink::hand_back`] to the connection's identity: the task gives the
+        /// connection to the kept ones once it has read everything, rather than being
+        /// stopped.
+        handed_back: HandedBack,
     },
     Shared(SharedLink),
 }
 
 impl Drop for NodeLink {
     fn drop(&mut self) {
-        if let Carrier::Own { task, .. } = &self.carrier {
-            task.abort();
+        if let Carrier::Own {
+            task, handed_back, ..
+        } = &self.carrier
+        {
+            if handed_back.lock().expect("hand-back lock").is_none() {
+                task.abort();
+            }
         }
     }
 }
 
 impl NodeLink {
-    /// Start a link to `address`, given `handshake` once connected: it connects in the
-    /// background; `send` may be called at once (commands wait for the connection).
+    /// Start a link to `address`: a connection kept for `reuse` if one is, else a new one
+    /// given `handshake` once connected. It connects in the background; `send` may be
+    /// called at once (commands wait for the connection).
     pub fn open(
         id: u64,
         address: String,
         gate: Arc<ConnectGate>,
         events: mpsc::Sender<NodeEvent>,
         handshake: Handshake,
+        reuse: Option<Reuse>,
     ) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(id, address.clone(), gate, rx, events, handshake));
+        let handed_back = HandedBack::default();
+        let own = OwnConnection {
+            id,
+            address: address.clone(),
+            gate,
+            events,
+            handshake,
+            reuse,
+            handed_back: Arc::clone(&handed_back),
+        };
+        let task = tokio::spawn(own.run(rx));
         NodeLink {
             address,
             id,
-            carrier: Carrier::Own { commands, task },
+            carrier: Carrier::Own {
+                commands,
+                task,
+                handed_back,
+            },
+        }
+    }
+
+    /// The router is done with this connection of the client's own and left it as a new
+    /// one of `identity` is (nothing owed, no state but its user and protocol): it goes to
+    /// the kept connections once every byte the node sent is read (and closes if any was
+    /// left half read, or there is no room). A shared link just leaves its connection.
+    pub fn hand_back(self, identity: LaneIdentity) {
+        if let Carrier::Own { handed_back, .. } = &self.carrier {
+            *handed_back.lock().expect("hand-back lock") = Some(identity);
         }
     }
 
@@ -112,33 +165,91 @@ impl NodeLink {
     }
 }
 
-async fn run(
+/// A connection of a client's own, as its task runs it.
+struct OwnConnection {
     id: u64,
     address: String,
     gate: Arc<ConnectGate>,
-    mut commands: Commands,
     events: mpsc::Sender<NodeEvent>,
     handshake: Handshake,
-) {
-    let (reason, connected) = match gate.open_node(&address).await {
-        Ok(mut stream) => {
-            match give_identity(&mut stream, &handshake.commands, handshake.timeout).await {
-                Ok(()) => (carry(id, &mut stream, &mut commands, &events).await, true),
-                Err(IdentityFailure::Refused(reply)) => {
-                    return refuse(id, reply, &mut commands, &events).await
+    reuse: Option<Reuse>,
+    handed_back: HandedBack,
+}
+
+impl OwnConnection {
+    /// Connect (or take a kept connection), carry the router's commands, and tell it when
+    /// the connection is lost; or, handed back, give it to the kept connections.
+    async fn run(self, mut commands: Commands) {
+        let kept = self
+            .reuse
+            .as_ref()
+            .and_then(|r| r.pool.take(&self.address, &r.identity));
+        let mut stream = match kept {
+            Some(stream) => stream,
+            None => match self.connect().await {
+                Ok(stream) => stream,
+                Err(Opening::Refused(reply)) => {
+                    return refuse(self.id, reply, &mut commands, &self.events).await
                 }
-                Err(IdentityFailure::Lost(reason)) => (reason, false),
+                Err(Opening::Lost(reason)) => return self.lost(reason, false).await,
+            },
+        };
+        match carry(self.id, &mut stream, &mut commands, &self.events).await {
+            Ended::Closed { clean } => {
+                let identity = self.handed_back.lock().expect("hand-back lock").take();
+                if let (Some(reuse), Some(identity), true) = (self.reuse, identity, clean) {
+                    reuse.pool.give_back(self.address, identity, stream);
+                }
             }
+            Ended::Lost(reason) => self.lost(reason, true).await,
         }
-        Err(e) => (e.to_string(), false),
-    };
-    let _ = events
-        .send(NodeEvent::Lost {
-            link: id,
+    }
+
+    /// A new connection through the gate, given the handshake.
+    async fn connect(&self) -> Result<crate::transport::Stream, Opening> {
+        let mut stream = self
+            .gate
+            .open_node(&self.address)
+            .await
+            .map_err(|e| Opening::Lost(e.to_string()))?;
+        match give_identity(
+            &mut stream,
+            &self.handshake.commands,
+            self.handshake.timeout,
+        )
+        .await
+        {
+            Ok(()) => Ok(stream),
+            Err(IdentityFailure::Refused(reply)) => Err(Opening::Refused(reply)),
+            Err(IdentityFailure::Lost(reason)) => Err(Opening::Lost(reason)),
+        }
+    }
+
+    /// Tell the router the link is lost.
+    async fn lost(&self, reason: String, connected: bool) {
+        let event = NodeEvent::Lost {
+            link: self.id,
             reason,
             connected,
-        })
-        .await;
+        };
+        let _ = self.events.send(event).await;
+    }
+}
+
+/// Why a connection of the client's own could not be had.
+enum Opening {
+    /// Redis refused the client's user (its reply).
+    Refused(Bytes),
+    /// The connection failed or closed.
+    Lost(String),
+}
+
+/// How carrying a connection's commands ended.
+enum Ended {
+    /// The router dropped the link; `clean` when no reply was left half read.
+    Closed { clean: bool },
+    /// The connection failed (why).
+    Lost(String),
 }
 
 /// Redis refused the client's user on this connection (`reply`, e.g. `-WRONGPASS ...`):
@@ -164,13 +275,13 @@ async fn refuse(id: u64, reply: Bytes, commands: &mut Commands, events: &mpsc::S
 }
 
 /// Write commands and read replies until the connection fails or the router drops the
-/// link; returns why it ended.
+/// link; returns how it ended.
 async fn carry(
     id: u64,
     stream: &mut crate::transport::Stream,
     commands: &mut Commands,
     events: &mpsc::Sender<NodeEvent>,
-) -> String {
+) -> Ended {
     let (mut reader, mut writer) = stream.halves();
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut scanner = ReplyScanner::new();
@@ -178,7 +289,9 @@ async fn carry(
     loop {
         tokio::select! {
             command = commands.recv() => {
-                let Some((command, _)) = command else { return "closed by the proxy".into() };
+                let Some((command, _)) = command else {
+                    return Ended::Closed { clean: input.is_empty() };
+                };
                 batch.clear();
                 batch.extend_from_slice(&command);
                 while batch.len() < 64 * 1024 {
@@ -190,19 +303,19 @@ async fn carry(
                 let mut written = 0;
                 while written < batch.len() {
                     match writer.send(&batch[written..]).await {
-                        Ok(0) => return "the connection closed".into(),
+                        Ok(0) => return Ended::Lost("the connection closed".into()),
                         Ok(n) => written += n,
-                        Err(e) => return e.to_string(),
+                        Err(e) => return Ended::Lost(e.to_string()),
                     }
                 }
                 if let Err(e) = writer.send(&[]).await {
-                    return e.to_string();
+                    return Ended::Lost(e.to_string());
                 }
             }
             read = reader.read_buf(&mut input) => {
                 match read {
-                    Ok(0) => return "the node closed the connection".into(),
-                    Err(e) => return e.to_string(),
+                    Ok(0) => return Ended::Lost("the node closed the connection".into()),
+                    Err(e) => return Ended::Lost(e.to_string()),
                     Ok(_) => {}
                 }
                 loop {
@@ -215,11 +328,11 @@ async fn carry(
                             // reading): this node's replies then wait in Redis, whose
                             // own output limits apply, not in the proxy.
                             if events.send(NodeEvent::Reply { link: id, reply, push }).await.is_err() {
-                                return "closed by the proxy".into();
+                                return Ended::Closed { clean: false };
                             }
                         }
                         Ok(_) => break,
-                        Err(e) => return format!("unreadable reply: {e}"),
+                        Err(e) => return Ended::Lost(format!("unreadable reply: {e}")),
                     }
                 }
                 if input.capacity() - input.len() < 4096 {

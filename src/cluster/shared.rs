@@ -33,7 +33,10 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::event::NodeEvent;
-use crate::mux::identity::{give_identity, IdentityFailure, LaneIdentity};
+use super::idle::IdleNodeConnections;
+use crate::mux::identity::{
+    count_identities_exhausted, give_identity, identities_gauge, IdentityFailure, LaneIdentity,
+};
 use crate::mux::pinned::PinnedLimit;
 use crate::mux::router::{Owner as RunOwner, Router as OrderRouter};
 use crate::mux::LANE_NAME;
@@ -70,6 +73,9 @@ pub struct SharedSettings {
     /// (each counted once, however many nodes it uses), waiting up to
     /// `handshake_timeout` (`upstream.connect_timeout`) for a place.
     pub pinned: usize,
+    /// `upstream.pinned_idle`: most connections of clients' own kept open for reuse, over
+    /// all nodes.
+    pub pinned_idle: usize,
 }
 
 /// Every node's shared connections, proxy-wide.
@@ -80,6 +86,8 @@ pub struct SharedNodes {
     pools: Mutex<Pools>,
     /// Places for clients on connections of their own (`upstream.pinned_connections`).
     pinned: PinnedLimit,
+    /// Connections of clients' own kept for reuse (`upstream.pinned_idle`).
+    idle: Arc<IdleNodeConnections>,
 }
 
 /// The pools, by node address and identity, and the identities admitted (the URL's RESP2
@@ -123,6 +131,10 @@ impl SharedNodes {
                 identities: vec![Self::home()],
             }),
             pinned: PinnedLimit::new(settings.pinned, settings.handshake_timeout),
+            // More could never all be in use again at once.
+            idle: Arc::new(IdleNodeConnections::new(
+                settings.pinned_idle.min(settings.pinned),
+            )),
         }
     }
 
@@ -143,6 +155,11 @@ impl SharedNodes {
     /// The bound on clients holding connections of their own.
     pub(crate) fn pinned(&self) -> &PinnedLimit {
         &self.pinned
+    }
+
+    /// The connections of clients' own kept for reuse.
+    pub fn idle(&self) -> &Arc<IdleNodeConnections> {
+        &self.idle
     }
 
     /// Whether clients of `identity` may share connections: it has them already, or there
@@ -234,14 +251,11 @@ impl Pools {
             self.close_unused();
         }
         if self.identities.len() >= max {
-            metrics::counter!("respguard_shared_identities_exhausted_total").increment(1);
+            count_identities_exhausted();
             return false;
         }
         tracing::debug!(
-            user = identity
-                .user
-                .as_ref()
-                .map(|u| String::from_utf8_lossy(&u.name).into_owned()),
+            user = identity.user_name(),
             protocol = identity.protocol,
             "shared cluster node connections for a new identity"
         );
@@ -270,11 +284,6 @@ impl Pools {
             .retain(|(_, identity), _| *identity == home || in_use.contains(identity));
         identities_gauge().decrement((before - self.identities.len()) as f64);
     }
-}
-
-/// Identities with shared connections (as for one Redis, `mux`'s gauge).
-fn identities_gauge() -> metrics::Gauge {
-    metrics::gauge!("respguard_shared_identities")
 }
 
 #[cfg(test)]
@@ -617,6 +626,7 @@ mod tests {
                 handshake_timeout: Duration::from_secs(1),
                 reply_timeout: None,
                 pinned: 1,
+                pinned_idle: 0,
             },
         )
     }

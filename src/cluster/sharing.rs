@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::args::Args;
+use super::args::{read_stored, Args};
 use super::node::NodeLink;
 use super::router::{PlaceWait, Router, Sharing, MAX_ENTRIES};
 use crate::command::{Pinning, Special};
@@ -55,7 +55,6 @@ use crate::mux::LaneIdentity;
 use crate::reply_queue::{Expect, Pending, ReplyQueue};
 use crate::resp;
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
-use crate::scanner::request::{Limits, RequestScanner, Step};
 
 impl Router {
     /// Whether the command `raw` (read as `args`) moves the client off its shared
@@ -133,15 +132,7 @@ impl Router {
             return;
         };
         self.move_to(to);
-        let mut scanner = RequestScanner::new(Limits {
-            stream_threshold: u64::MAX,
-            max_buffered_command: usize::MAX,
-            ..Limits::default()
-        });
-        if let Step::Command { .. } = scanner.scan(&raw) {
-            let args = Args::new(&raw, scanner.args());
-            self.on_command(raw.clone(), args);
-        }
+        read_stored(&raw, |args| self.on_command(raw.clone(), args));
     }
 
     /// On shared connections, `CLIENT SETNAME` with a name Redis accepts and `CLIENT
@@ -317,6 +308,7 @@ impl Router {
     /// Back to the shared connections of the client's user and protocol: its own
     /// connections close (they owe it nothing), and its next command takes a shared one.
     pub(super) fn return_to_shared(&mut self) {
+        self.hand_back_links();
         self.identity.protocol = self.protocol;
         self.shared = self.home.take();
         self.place = None;
@@ -324,6 +316,26 @@ impl Router {
         self.close_links();
         metrics::counter!("respguard_cluster_clients_reshared_total").increment(1);
         tracing::debug!("cluster client back on shared node connections");
+    }
+
+    /// Going back to shared connections: each connection of the client's own left as a
+    /// new one of its user and protocol is (nothing owed, not READONLY, no state given but
+    /// `HELLO`) is handed back for the next client (`upstream.pinned_idle`); the others
+    /// close with [`Self::close_links`].
+    fn hand_back_links(&mut self) {
+        let plain = |key: &Vec<u8>| matches!(&key[..], b"AUTH" | b"HELLO");
+        if !self.state.iter().all(|(key, _)| plain(key)) {
+            return;
+        }
+        let identity = self.own_identity();
+        for index in 0..self.links.len() {
+            if self.readonly[index] || !self.expects[index].is_empty() {
+                continue;
+            }
+            if let Some(link) = self.links[index].take() {
+                link.hand_back(identity.clone());
+            }
+        }
     }
 
     /// A pub/sub command (or, subscribed in RESP2, any command) sent to node `node`,
@@ -413,11 +425,5 @@ fn settable_info(args: Args<'_>) -> bool {
 
 /// The name a recorded `CLIENT SETNAME` command gives.
 fn name_of(command: &Bytes) -> Option<Vec<u8>> {
-    let mut scanner = RequestScanner::new(Limits::default());
-    let Step::Command { .. } = scanner.scan(command) else {
-        return None;
-    };
-    Args::new(command, scanner.args())
-        .get(2)
-        .map(<[u8]>::to_vec)
+    read_stored(command, |args| args.get(2).map(<[u8]>::to_vec)).flatten()
 }

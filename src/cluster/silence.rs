@@ -14,11 +14,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::args::Args;
+use super::args::read_stored;
 use super::node::NodeEvent;
 use super::router::{Expect, Router};
 use crate::command::{Flags, Special};
-use crate::scanner::request::{Limits, RequestScanner, Step};
 
 impl Router {
     /// Note that node `index` showed progress now (a reply arrived, or it begins to owe).
@@ -106,20 +105,14 @@ impl Router {
     /// Whether `command` may wait on its node by design: a blocking command or WAIT (read
     /// only when a deadline passes, never per command).
     fn waits(&self, command: &Bytes) -> bool {
-        let mut scanner = RequestScanner::new(Limits {
-            stream_threshold: u64::MAX,
-            max_buffered_command: usize::MAX,
-            ..Limits::default()
-        });
-        let Step::Command { .. } = scanner.scan(command) else {
-            return false;
-        };
-        let args = Args::new(command, scanner.args());
-        let Some(name) = args.get(0) else {
-            return false;
-        };
-        let info = self.table.classify(name, || args.get(1));
-        info.flags.contains(Flags::BLOCKING) || info.special == Special::Wait
+        read_stored(command, |args| {
+            let Some(name) = args.get(0) else {
+                return false;
+            };
+            let info = self.table.classify(name, || args.get(1));
+            info.flags.contains(Flags::BLOCKING) || info.special == Special::Wait
+        })
+        .unwrap_or(false)
     }
 
     /// Close node `index`'s link as lost for its silence.

@@ -82,6 +82,13 @@ pub struct LaneIdentity {
 }
 
 impl LaneIdentity {
+    /// The ACL user's name as logged (`None`: the URL's user).
+    pub fn user_name(&self) -> Option<String> {
+        self.user
+            .as_ref()
+            .map(|u| String::from_utf8_lossy(&u.name).into_owned())
+    }
+
     /// The commands that bring a connection opened with the URL's handshake (user and
     /// database of `home`, RESP2) to this identity, encoded, and how many replies they get:
     /// an `AUTH` when the user differs (first: the rest needs it), a `SELECT` when the
@@ -145,6 +152,18 @@ pub(crate) async fn give_identity(
             None => Ok(()),
         },
     }
+}
+
+/// Identities with shared connections (`respguard_shared_identities`), summed over the
+/// serving threads' sets of lanes, or the cluster's node connections.
+pub fn identities_gauge() -> metrics::Gauge {
+    metrics::gauge!("respguard_shared_identities")
+}
+
+/// Count one client refused shared connections because `upstream.shared_identities`
+/// identities have them already (it gets connections of its own).
+pub fn count_identities_exhausted() {
+    metrics::counter!("respguard_shared_identities_exhausted_total").increment(1);
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ use crate::upstream::ConnectGate;
 use lane::{Lane, LaneLink, LaneSettings};
 use pinned::PinnedConnections;
 
+use identity::{count_identities_exhausted, identities_gauge};
 pub use identity::{LaneIdentity, LaneUser};
 pub use lane::{SlowReader, UnreadLimit, LANE_NAME};
 
@@ -223,14 +224,11 @@ impl SharedConnections {
             Self::close_unused(&mut others);
         }
         if others.len() + 1 >= self.max_identities {
-            metrics::counter!("respguard_shared_identities_exhausted_total").increment(1);
+            count_identities_exhausted();
             return None;
         }
         tracing::debug!(
-            user = identity
-                .user
-                .as_ref()
-                .map(|u| String::from_utf8_lossy(&u.name).into_owned()),
+            user = identity.user_name(),
             db = identity.db,
             protocol = identity.protocol,
             "shared connections for a new identity"
@@ -255,9 +253,4 @@ impl SharedConnections {
             keep
         });
     }
-}
-
-/// Identities with shared connections, summed over the serving threads' sets of lanes.
-fn identities_gauge() -> metrics::Gauge {
-    metrics::gauge!("respguard_shared_identities")
 }

@@ -152,6 +152,12 @@ fn gauges() -> &'static Gauges {
     })
 }
 
+/// Connections of their own kept open for reuse (`respguard_pinned_idle_connections`),
+/// which a cluster's kept node connections count too ([`crate::cluster::idle`]).
+pub(crate) fn idle_gauge() -> &'static Gauge {
+    &gauges().idle
+}
+
 impl PinnedConnections {
     /// At most `limit` connections in use at once, through `gate`; a client waits at most
     /// `wait` for one; at most `max_idle` kept open for reuse.

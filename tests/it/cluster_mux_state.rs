@@ -13,7 +13,7 @@ use crate::harness::*;
 
 /// The value of `field` in `INFO section` on `conn` (0 when absent: a command never run
 /// has no `cmdstat_` line).
-async fn info_number(conn: &mut Conn, section: &str, field: &str) -> u64 {
+pub(crate) async fn info_number(conn: &mut Conn, section: &str, field: &str) -> u64 {
     let info = conn.call(&["INFO", section]).await;
     let prefix = format!("{field}:");
     info.lines()
