@@ -209,7 +209,7 @@ impl Router {
         let Some(entry) = self.entry_mut(seq) else {
             return;
         };
-        if entry.kind != Kind::Transaction {
+        if !entry.kind.is_transaction() {
             let redirect = Redirect::parse(&reply);
             if let Some(r) = &redirect {
                 metrics::counter!("respguard_cluster_redirections_total", "kind" => r.kind())
@@ -314,7 +314,7 @@ impl Router {
         let Some(entry) = self.entry_mut(seq) else {
             return false;
         };
-        if entry.kind == Kind::Transaction {
+        if entry.kind.is_transaction() {
             return false;
         }
         let p = &mut entry.parts[usize::from(part)];

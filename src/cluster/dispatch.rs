@@ -21,7 +21,7 @@ pub(super) const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the 
 
 /// Commands whose connection state every node must share, keyed so that a later one of
 /// the same kind replaces the earlier (`attribute`: `CLIENT SETINFO`'s, upper-cased).
-fn state_key(name: &[u8], sub: &[u8], attribute: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn state_key(name: &[u8], sub: &[u8], attribute: &[u8]) -> Option<Vec<u8>> {
     match name {
         b"AUTH" | b"HELLO" | b"SELECT" | b"READONLY" | b"READWRITE" => Some(name.to_vec()),
         b"CLIENT" if matches!(sub, b"SETNAME" | b"NO-EVICT" | b"NO-TOUCH" | b"TRACKING") => {

@@ -90,6 +90,12 @@ pub(super) enum Kind {
     Plain,
     /// Inside MULTI (or MULTI, EXEC, DISCARD themselves): sent as is, replies as they come.
     Transaction,
+    /// An EXEC on node `node` whose transaction queued state commands (`state`): each one
+    /// EXEC's reply says ran is then in force on every node, as outside a transaction.
+    Exec {
+        node: usize,
+        state: Vec<QueuedState>,
+    },
     /// A command changing connection state (`raw`), replayed on every node (`key` names
     /// it), in force instead of `previous` unless refused.
     State {
@@ -99,6 +105,22 @@ pub(super) enum Kind {
     },
     /// WATCH: the transaction that follows runs on its node.
     Watch,
+}
+
+impl Kind {
+    /// Whether the entry is part of a transaction (sent as is, never redirected or retried).
+    pub(super) fn is_transaction(&self) -> bool {
+        matches!(self, Kind::Transaction | Kind::Exec { .. })
+    }
+}
+
+/// A state command (`AUTH`, `HELLO`, `CLIENT SETNAME`…) queued in a transaction: the
+/// `at`-th command after MULTI, of kind `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct QueuedState {
+    pub at: usize,
+    pub key: Vec<u8>,
+    pub raw: Bytes,
 }
 
 /// One part of an entry: a command for one node.
@@ -191,6 +213,10 @@ pub(super) struct Transaction {
     pub node: Option<usize>,
     /// MULTI was sent to that node.
     pub multi_sent: bool,
+    /// Commands sent after MULTI so far.
+    pub queued: usize,
+    /// The state commands among them.
+    pub state: Vec<QueuedState>,
 }
 
 /// The wait for a place under `upstream.pinned_connections` (`upstream.connect_timeout`
@@ -302,6 +328,9 @@ pub struct Router {
     /// Multiplexed: an `AUTH` (or `HELLO … AUTH`) moved the client to another user's
     /// shared connections; the session is not read until Redis answers it.
     pub(super) verifying: Option<Verification>,
+    /// An EXEC whose transaction changes connection state is unanswered: the client's
+    /// next commands wait, unread, so they run with that state on every node.
+    pub(super) exec_changes_state: bool,
     /// Multiplexed, on connections of its own while its state lasts: the shared
     /// connections it goes back to once the state ended and every command is answered
     /// (`None` on shared connections, and for good after a command whose state lasts for
@@ -383,6 +412,7 @@ impl Router {
             shared,
             identity: SharedNodes::home(),
             verifying: None,
+            exec_changes_state: false,
             home: None,
             pubsub: Vec::new(),
             held: None,
@@ -415,7 +445,8 @@ impl Router {
             let may_read = self.entries.len() < MAX_ENTRIES
                 && self.out.len() < MAX_OUTPUT
                 && self.held.is_none()
-                && self.verifying.is_none();
+                && self.verifying.is_none()
+                && !self.exec_changes_state;
             // While the session owes reading MAX_OUTPUT bytes, node replies wait; not on
             // shared connections, which other clients use (a client too far behind is
             // let go instead).
@@ -465,6 +496,13 @@ impl Router {
                     return;
                 }
             }
+            if self.exec_changes_state && self.entries.is_empty() {
+                // EXEC answered: its state is on every node.
+                self.exec_changes_state = false;
+                if !self.on_input(&mut scanner, &mut input) {
+                    return;
+                }
+            }
             if self.ready_to_return() {
                 self.return_to_shared();
             }
@@ -504,8 +542,9 @@ impl Router {
     /// never does: its own scanner checked every command).
     fn on_input(&mut self, scanner: &mut RequestScanner, input: &mut BytesMut) -> bool {
         loop {
-            if self.verifying.is_some() {
-                // Read again once Redis answered the AUTH moving the client.
+            if self.verifying.is_some() || self.exec_changes_state {
+                // Read again once Redis answered the AUTH moving the client, or the EXEC
+                // changing its state.
                 return true;
             }
             match scanner.scan(input) {

@@ -7,17 +7,22 @@
 use bytes::Bytes;
 
 use super::args::Args;
+use super::dispatch::state_key;
 use super::dispatch::CROSSSLOT;
 use super::route::Route;
-use super::router::{Expect, Kind, ReplyMode, Router, Transaction, MAX_OUTPUT};
+use super::router::{Expect, Kind, QueuedState, ReplyMode, Router, Transaction, MAX_OUTPUT};
 use super::spread;
 use crate::resp;
+use crate::scanner::reply::{ReplyScanner, ReplyStep};
 
 impl Router {
     /// What an entry's reply changes: a state command refused is not replayed (the one
     /// it was to replace is, as Redis keeps it); a HELLO answered sets the protocol; an
     /// AUTH accepted, under multiplexing, the client's user.
     pub(super) fn after_reply(&mut self, kind: &Kind, reply: &Bytes) {
+        if let Kind::Exec { node, state } = kind {
+            return self.after_exec(*node, state, reply);
+        }
         let Kind::State { key, raw, previous } = kind else {
             return;
         };
@@ -33,6 +38,37 @@ impl Router {
             }
         } else if key == b"HELLO" {
             self.protocol = if reply.starts_with(b"%") { 3 } else { 2 };
+        }
+    }
+
+    /// EXEC on `node` answered `reply`: each state command of the transaction (`state`)
+    /// that ran without an error is in force from now on, as one sent outside a
+    /// transaction would be: sent hidden to every other node open, replayed on every node
+    /// opened later, its reply noted (a `HELLO`'s protocol, an `AUTH`'s user). Nothing
+    /// when the transaction did not run (`EXECABORT`, a watched key changed).
+    fn after_exec(&mut self, node: usize, state: &[QueuedState], reply: &Bytes) {
+        let Some(replies) = exec_replies(reply) else {
+            return;
+        };
+        for queued in state {
+            let Some(&own) = replies.get(queued.at) else {
+                continue;
+            };
+            if spread::is_error(own) {
+                continue;
+            }
+            for other in 0..self.links.len() {
+                if other != node && self.links[other].as_ref().is_some_and(|l| !l.is_shared()) {
+                    self.send(other, queued.raw.clone(), Expect::Hidden);
+                }
+            }
+            let previous = self.record_state(queued.key.clone(), queued.raw.clone());
+            let kind = Kind::State {
+                key: queued.key.clone(),
+                raw: queued.raw.clone(),
+                previous,
+            };
+            self.after_reply(&kind, &reply.slice_ref(own));
         }
     }
 
@@ -198,6 +234,8 @@ impl Router {
                 self.transaction = Some(Transaction {
                     node,
                     multi_sent: node.is_some(),
+                    queued: 0,
+                    state: Vec::new(),
                 });
                 match node {
                     Some(n) => self.send_to_node(n, raw, Kind::Transaction, silent),
@@ -208,6 +246,14 @@ impl Router {
             (b"EXEC" | b"DISCARD", Some(t)) => {
                 let watched = self.watch_node.take().filter(|&n| self.links[n].is_some());
                 match (t.node.filter(|_| t.multi_sent), watched) {
+                    (Some(n), _) if name == b"EXEC" && !t.state.is_empty() => {
+                        let kind = Kind::Exec {
+                            node: n,
+                            state: t.state,
+                        };
+                        self.exec_changes_state = true;
+                        self.send_to_node(n, raw, kind, silent)
+                    }
                     (Some(n), _) => self.send_to_node(n, raw, Kind::Transaction, silent),
                     (None, Some(w)) => {
                         self.send(w, resp::simple_command(b"MULTI"), Expect::Hidden);
@@ -233,6 +279,7 @@ impl Router {
                     t.multi_sent = true;
                 }
                 t.node = Some(node);
+                t.note_queued(name, args, &raw);
                 self.transaction = Some(t);
                 self.send_to_node(node, raw, Kind::Transaction, silent);
             }
@@ -291,9 +338,70 @@ fn ends_subscriptions(reply: &[u8]) -> bool {
             || named(b"$12\r\nsunsubscribe\r\n"))
 }
 
+impl Transaction {
+    /// Most state commands a transaction keeps for after its EXEC (the earliest dropped).
+    const MAX_STATE: usize = 32;
+
+    /// The command `name` (`args`, `raw`) was sent inside the transaction: counted if Redis
+    /// queues it (`MULTI` and `WATCH` it refuses there without aborting), kept if it
+    /// changes connection state.
+    fn note_queued(&mut self, name: &[u8], args: Args<'_>, raw: &Bytes) {
+        if matches!(name, b"MULTI" | b"WATCH") {
+            return;
+        }
+        if let Some(key) = state_key(name, &args.upper(1), &args.upper(2)) {
+            if self.state.len() >= Self::MAX_STATE {
+                self.state.remove(0);
+            }
+            self.state.push(QueuedState {
+                at: self.queued,
+                key,
+                raw: raw.clone(),
+            });
+        }
+        self.queued += 1;
+    }
+}
+
+/// The replies of a transaction's commands in EXEC's reply (an array of them), each
+/// whole; `None` when the transaction did not run (an error, a null) or the reply cannot
+/// be read.
+fn exec_replies(reply: &[u8]) -> Option<Vec<&[u8]>> {
+    let header = reply.strip_prefix(b"*")?;
+    let end = header.iter().position(|&b| b == b'\r')?;
+    let count: usize = std::str::from_utf8(&header[..end]).ok()?.parse().ok()?;
+    let mut at = 1 + end + 2;
+    let mut replies = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let rest = reply.get(at..)?;
+        let Ok(ReplyStep::Done(len)) = ReplyScanner::new().scan(rest) else {
+            return None;
+        };
+        replies.push(&rest[..len]);
+        at += len;
+    }
+    Some(replies)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// EXEC's reply read as its commands' replies, each whole (nested, errors included);
+    /// a transaction that did not run has none.
+    #[test]
+    fn exec_replies_are_each_commands_reply() {
+        let reply = b"*3\r\n+OK\r\n-ERR no\r\n*2\r\n$1\r\na\r\n:1\r\n";
+        assert_eq!(
+            exec_replies(reply).unwrap(),
+            [&b"+OK\r\n"[..], b"-ERR no\r\n", b"*2\r\n$1\r\na\r\n:1\r\n"]
+        );
+        assert_eq!(exec_replies(b"*0\r\n").unwrap().len(), 0);
+        assert!(exec_replies(b"*-1\r\n").is_none());
+        assert!(exec_replies(b"_\r\n").is_none());
+        assert!(exec_replies(b"-EXECABORT Transaction discarded\r\n").is_none());
+        assert!(exec_replies(b"*2\r\n+OK\r\n").is_none(), "cut short");
+    }
 
     #[test]
     fn only_the_last_unsubscription_ends_the_tunnel() {

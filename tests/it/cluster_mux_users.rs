@@ -342,3 +342,55 @@ async fn hello_3_auth_moves_the_client_to_its_users_resp3_connections() {
     no_client_owned(&cluster, &nodes, "resp3-client-").await;
     proxy.shutdown().await;
 }
+
+/// `AUTH alice apw` inside a transaction (after a key that puts the transaction on one
+/// primary, as Redis Cluster's clients must): once `EXEC` ran it, the client is alice on every
+/// node, as a direct connection is after such an `EXEC`: its commands on every primary
+/// get a direct alice connection's replies (`-NOPERM` for another's key and `CONFIG`, its
+/// own key written), and `ACL WHOAMI` says alice. A transaction whose `AUTH` failed
+/// (a wrong password) leaves it as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_inside_a_transaction_makes_the_client_that_user_everywhere() {
+    let (cluster, proxy) = cluster_with_alice().await;
+    let a_keys = keys_on_each(&cluster, "a:tx:").await;
+    let b_keys = keys_on_each(&cluster, "b:tx:").await;
+    let nodes = primaries(&cluster).await;
+    let first = &a_keys[&nodes[0]];
+    let mut c = Conn::open(proxy.addr).await;
+    let mut direct = cluster.conn(&nodes[0]).await;
+    let wrong: &[&[&str]] = &[
+        &["MULTI"],
+        &["SET", first, "default"],
+        &["AUTH", "alice", "nope"],
+        &["EXEC"],
+        &["ACL", "WHOAMI"],
+    ];
+    let want = pipelined(&mut direct, wrong).await;
+    assert!(want.ends_with("$7\r\ndefault\r\n"), "{want}");
+    assert_eq!(pipelined(&mut c, wrong).await, want);
+    let right: &[&[&str]] = &[
+        &["MULTI"],
+        &["SET", first, "alice"],
+        &["AUTH", "alice", "apw"],
+        &["EXEC"],
+    ];
+    let want = pipelined(&mut direct, right).await;
+    assert_eq!(want, "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n+OK\r\n");
+    assert_eq!(pipelined(&mut c, right).await, want);
+    for node in &nodes {
+        let (a, b) = (&a_keys[node], &b_keys[node]);
+        let script: &[&[&str]] = &[
+            &["SET", a, "mine"],
+            &["SET", b, "not mine"],
+            &["CONFIG", "GET", "maxmemory"],
+            &["GET", a],
+            &["ACL", "WHOAMI"],
+        ];
+        let mut direct = cluster.conn(node).await;
+        assert_eq!(direct.call(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+        let want = pipelined(&mut direct, script).await;
+        assert_eq!(want.matches("-NOPERM").count(), 2, "{want}");
+        assert_eq!(pipelined(&mut c, script).await, want, "{node}");
+    }
+    proxy.shutdown().await;
+}

@@ -897,3 +897,47 @@ async fn per_client_node_connections_fail_what_a_silent_node_owes_within_the_rep
     assert_eq!(b.call(&["GET", &other]).await, "$1\r\nw\r\n");
     proxy.shutdown().await;
 }
+
+/// `CLIENT SETNAME` inside a transaction names the client's connection once `EXEC` ran it,
+/// on every node, as it names a direct connection: `CLIENT GETNAME` answers the name, and
+/// each primary the client then reads a key on lists its connection under that name. A
+/// transaction that did not run (`DISCARD`) names nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_set_inside_a_transaction_is_the_connections_on_every_node() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, "").await;
+    let nodes = crate::cluster_mux::primaries(&cluster).await;
+    let first = crate::cluster_mux::key_on(&cluster, &nodes[0], "txname:").await;
+    let mut direct = cluster.conn(&nodes[0]).await;
+    let mut c = Conn::open(proxy.addr).await;
+    let discarded: &[&[&str]] = &[
+        &["MULTI"],
+        &["SET", &first, "x"],
+        &["CLIENT", "SETNAME", "never"],
+        &["DISCARD"],
+        &["CLIENT", "GETNAME"],
+    ];
+    let want = crate::identities::pipelined(&mut direct, discarded).await;
+    assert!(want.ends_with("$-1\r\n"), "{want}");
+    assert_eq!(crate::identities::pipelined(&mut c, discarded).await, want);
+    let named: &[&[&str]] = &[
+        &["MULTI"],
+        &["SET", &first, "x"],
+        &["CLIENT", "SETNAME", "txname"],
+        &["EXEC"],
+        &["CLIENT", "GETNAME"],
+    ];
+    let want = crate::identities::pipelined(&mut direct, named).await;
+    assert!(
+        want.ends_with("*2\r\n+OK\r\n+OK\r\n$6\r\ntxname\r\n"),
+        "{want}"
+    );
+    assert_eq!(crate::identities::pipelined(&mut c, named).await, want);
+    for node in &nodes {
+        let key = crate::cluster_mux::key_on(&cluster, node, "txname:read:").await;
+        assert_eq!(c.call(&["GET", &key]).await, "$-1\r\n");
+        let listed = crate::cluster_mux::named_on(&cluster, node, "txname").await;
+        assert!(!listed.is_empty(), "{node}: no connection named txname");
+    }
+    proxy.shutdown().await;
+}
