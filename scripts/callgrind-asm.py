@@ -48,7 +48,7 @@ def own_costs(profile):
         if after_call:
             after_call = False  # a call's inclusive cost, not this instruction's own
             continue
-        if current and current.endswith("respguard"):
+        if current and "respguard" in current.rsplit("/", 1)[-1]:
             costs[addr] += int(cost)
     return costs
 

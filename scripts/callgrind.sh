@@ -7,6 +7,7 @@
 #   TESTS="evalsha" CONFIGS="script-rule" REQUESTS=50000 scripts/callgrind.sh
 #   KEEP=/tmp/cg CALLGRIND_FLAGS=--dump-instr=yes TESTS=set scripts/callgrind.sh
 #     # keeps the profiles; scripts/callgrind-asm.py then shows instructions per command
+#   RESPGUARD=/tmp/respguard-before scripts/callgrind.sh   # a kept binary, not built here
 #
 # The test `evalsha` is a scripted enqueue: `EVALSHA <sha> 1 myq:bench enqueue <job>` of a
 # script that pushes the job, loaded first, each job's content random (`-r`), so with the
@@ -30,7 +31,11 @@ if ! command -v valgrind >/dev/null || ! command -v redis-benchmark >/dev/null; 
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq valgrind redis-server redis-tools >/dev/null
 fi
-cargo build --release --quiet
+# RESPGUARD: the binary measured (a kept build, to compare two trees); built here when unset.
+if [ -z "${RESPGUARD:-}" ]; then
+  cargo build --release --quiet
+  RESPGUARD=./target/release/respguard
+fi
 . scripts/lib.sh
 
 redis_port=$(free_port)
@@ -103,7 +108,7 @@ measure() {
   valgrind --tool=callgrind --callgrind-out-file="$out" ${CALLGRIND_FLAGS:-} \
     --toggle-collect='respguard::listener::Listener::run::{{closure}}::{{closure}}' \
     --toggle-collect='respguard::mux::lane::Lane::run::{{closure}}' \
-    ./target/release/respguard --config "$conf" --listen "127.0.0.1:$port" \
+    "$RESPGUARD" --config "$conf" --listen "127.0.0.1:$port" \
     --upstream "redis://127.0.0.1:$redis_port" --admin-listen "" --log-level error \
     2>"$work/valgrind.log" &
   pid=$!

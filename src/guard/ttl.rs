@@ -492,10 +492,18 @@ impl Guard for TtlGuard {
         if !cmd.info.arity_accepts(cmd.argc) {
             return Verdict::Forward; // Redis answers with its own arity error.
         }
-        let command = self.kinds.get(cmd.info).command;
+        let kind = self.kinds.get(cmd.info);
+        let command = kind.command;
         match command {
             TtlCommand::Other => return Verdict::Forward,
-            TtlCommand::Creates { pairs } => return self.default_ttls(cmd, client, pairs, out),
+            TtlCommand::Creates { pairs } => {
+                return match cmd.keys {
+                    [k] if !pairs && kind.writes_every_key => {
+                        self.default_ttl_of_one(cmd, client, *k, kind, out)
+                    }
+                    _ => self.default_ttls(cmd, client, pairs, out),
+                }
+            }
             _ => {}
         }
         // The rest name one key, the first.
@@ -666,6 +674,37 @@ impl TtlGuard {
         self.act(rule, Action::TtlAdded, v, client, &cmd.info.name, key)
     }
 
+    /// [`Self::default_ttls`] of a command naming one key, which it writes (HSET, SETNX, ...:
+    /// almost every creating write): the same decision and the same bytes, without the list
+    /// of chosen keys or a second look-up of the command's kind.
+    #[inline(always)]
+    fn default_ttl_of_one(
+        &self,
+        cmd: &CommandView<'_>,
+        client: &ClientIdentity,
+        at: usize,
+        kind: CommandKind,
+        out: &mut BytesMut,
+    ) -> Verdict {
+        let Some(key) = cmd.arg(at) else {
+            return Verdict::Forward;
+        };
+        let Some(rule) = self.rule_for(key, client) else {
+            return Verdict::Forward;
+        };
+        if rule.limits.ttl.is_none()
+            || !may_set_expiry(cmd, rule, client)
+            || !rule.decided(Action::TtlAdded, client, &cmd.info.name, || on_key(key))
+        {
+            return Verdict::Forward;
+        }
+        let chosen = [(key, rule, KeyMode::Default)];
+        if wrappable(cmd.info, cmd.argc + 8) {
+            return wrap(cmd, &chosen, kind.write_on_success, out);
+        }
+        expire_after(&chosen, out)
+    }
+
     /// The rule's TTL for every key the command writes whose rule has one: the command
     /// wrapped, or (when it cannot be) followed by a hidden `PEXPIRE key ttl NX` per key.
     fn default_ttls(
@@ -710,17 +749,7 @@ impl TtlGuard {
         if wrappable {
             return wrap(cmd, &chosen, self.kinds.get(cmd.info).write_on_success, out);
         }
-        for &(key, rule, _) in &chosen {
-            resp::array_header(out, 4);
-            resp::bulk(out, b"PEXPIRE");
-            resp::bulk(out, key);
-            resp::bulk(out, &rule.limits.ttl_millis);
-            resp::bulk(out, b"NX");
-        }
-        Verdict::Rewrite {
-            replacement: None,
-            hidden: chosen.len() as u32,
-        }
+        expire_after(&chosen, out)
     }
 
     /// An MSET or MSETNX too large to list its keys, wrapped in the pairs script with the
@@ -892,6 +921,22 @@ impl TtlGuard {
 /// A key a wrapped command writes, the rule that gives it its expiry, and what the script
 /// does to it.
 type WrappedKey<'a> = (&'a [u8], &'a Rule<TtlLimits>, KeyMode);
+
+/// The verdict that sends, after a command that cannot be wrapped, a hidden
+/// `PEXPIRE key <ttl> NX` for each of `keys`.
+fn expire_after(keys: &[WrappedKey<'_>], out: &mut BytesMut) -> Verdict {
+    for &(key, rule, _) in keys {
+        resp::array_header(out, 4);
+        resp::bulk(out, b"PEXPIRE");
+        resp::bulk(out, key);
+        resp::bulk(out, &rule.limits.ttl_millis);
+        resp::bulk(out, b"NX");
+    }
+    Verdict::Rewrite {
+        replacement: None,
+        hidden: keys.len() as u32,
+    }
+}
 
 /// Whether a command can run inside the script with `total` arguments in all.
 fn wrappable(info: &CommandInfo, total: usize) -> bool {
@@ -1072,6 +1117,69 @@ mod tests {
             assert_eq!(sent, &whole[..n], "{}", info.name);
             assert!(sent.starts_with(b"*"), "{}", info.name);
         }
+    }
+
+    /// A creating write of one key takes the one-key path, which decides and writes exactly
+    /// what the general path does: wrapped, its key left alone (a job library's, or a rule
+    /// without a TTL), for a command that writes whatever it answers or only when it
+    /// changes something, with the client's encoding at hand or not.
+    #[test]
+    fn a_write_of_one_key_is_judged_as_the_general_path_judges_it() {
+        use crate::guard::verdict::{find_keys, wire_args};
+        use crate::scanner::request::{Limits, RequestScanner, Step};
+        let (g, _) = guard(
+            "[[guards.ttl.rules]]\npattern = \"keep:*\"\nttl = \"none\"\n\
+             [[guards.ttl.rules]]\npattern = \"*\"\nttl = \"1h\"\n",
+        );
+        let table = CommandTable::builtin();
+        let client = ClientIdentity::new(([127, 0, 0, 1], 1).into());
+        let mut wrapped = 0;
+        for src in [
+            &b"*4\r\n$4\r\nHSET\r\n$3\r\nk:1\r\n$1\r\nf\r\n$5\r\nvalue\r\n"[..],
+            b"*4\r\n$6\r\nHSETNX\r\n$3\r\nk:2\r\n$1\r\nf\r\n$1\r\nv\r\n",
+            b"*3\r\n$5\r\nSETNX\r\n$3\r\nk:3\r\n$1\r\nv\r\n",
+            b"*6\r\n$5\r\nHMSET\r\n$3\r\nk:4\r\n$1\r\nf\r\n$1\r\nv\r\n$1\r\ng\r\n$1\r\nw\r\n",
+            b"*4\r\n$4\r\nHSET\r\n$6\r\nkeep:1\r\n$1\r\nf\r\n$1\r\nv\r\n",
+            b"*4\r\n$4\r\nHSET\r\n$13\r\nqueue:default\r\n$1\r\nf\r\n$1\r\nv\r\n",
+        ] {
+            let mut scanner = RequestScanner::new(Limits::default());
+            let Step::Command { start, end, .. } = scanner.scan(src) else {
+                panic!("a whole command");
+            };
+            let args = scanner.args();
+            let info = table.lookup(&args.iter().map(|r| &src[r.clone()]).collect::<Vec<_>>());
+            let mut keys = Vec::new();
+            find_keys(info, src, args, args.len(), &mut keys);
+            assert_eq!(keys.len(), 1, "{}", info.name);
+            for wire in [wire_args(src, start, end, args.len()), None] {
+                let view = CommandView {
+                    src,
+                    args,
+                    keys: &keys,
+                    info,
+                    argc: args.len(),
+                    access: ScriptAccess::Allowed,
+                    streaming: None,
+                    size: src.len() as u64,
+                    wire,
+                    watch: Default::default(),
+                };
+                let (mut one, mut general) = (BytesMut::new(), BytesMut::new());
+                let verdict = g.check(&view, &client, &mut one);
+                assert_eq!(
+                    verdict,
+                    g.default_ttls(&view, &client, false, &mut general),
+                    "{}",
+                    info.name
+                );
+                assert_eq!(one, general, "{}", info.name);
+                wrapped += usize::from(verdict != Verdict::Forward);
+            }
+        }
+        assert_eq!(
+            wrapped, 8,
+            "four commands wrapped, each with and without its encoding"
+        );
     }
 
     #[test]

@@ -528,10 +528,16 @@ impl ReplyScanner {
         if !self.at_reply_start() {
             return None;
         }
-        let (line, end) = short_line(buf, start)?;
+        let (last_int, end) = match plain_integer_line(buf, start) {
+            Some((n, end)) => (Some(n), end),
+            None => {
+                let (line, end) = short_line(buf, start)?;
+                (crate::scanner::request::parse_int(line), end)
+            }
+        };
         self.pos = end;
         let info = ReplyInfo {
-            last_int: crate::scanner::request::parse_int(line),
+            last_int,
             ..empty_info()
         };
         Some((end, info))
@@ -698,6 +704,31 @@ fn short_line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
     Some((&line[..cr], at + 1 + cr + 2))
 }
 
+/// The most digits [`plain_integer_line`] reads: any 18-digit number fits an `i64`.
+const PLAIN_INTEGER_DIGITS: usize = 18;
+
+/// The integer line after the type byte at `at` when it is as Redis writes a non-negative
+/// integer (1 to 18 digits, no sign, no leading zero) and ends in `\r\n`: its value and the
+/// offset past it, read in one pass over the digits. `None` for any other line, which
+/// [`short_line`] and `parse_int` read instead (and read a line this one accepts to the
+/// same value and end).
+#[inline(always)]
+fn plain_integer_line(buf: &[u8], at: usize) -> Option<(i64, usize)> {
+    let line = buf.get(at + 1..)?;
+    let mut value: i64 = 0;
+    let mut n = 0;
+    while let Some(&b) = line.get(n) {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 || n == PLAIN_INTEGER_DIGITS {
+            break;
+        }
+        value = value * 10 + i64::from(digit);
+        n += 1;
+    }
+    let plain = n == 1 || (n > 1 && line[0] != b'0');
+    (plain && line.get(n..n + 2) == Some(b"\r\n")).then_some((value, at + 1 + n + 2))
+}
+
 /// Where the first `\n` of `line` is, if it is among its first eight bytes and they are
 /// all there: every byte compared at once (a byte of `word ^ "\n\n…"` is zero exactly where
 /// a `\n` is, and the lowest zero byte is found exactly by the borrow trick).
@@ -797,6 +828,49 @@ mod tests {
             let mut s = ReplyScanner::new();
             assert_eq!(s.skip_integer_reply(other), None, "{other:?}");
             assert_eq!(s.pos, 0);
+        }
+    }
+
+    /// The one-pass reading of a plain integer line agrees with the general scan at every
+    /// width, at the bounds of the 18 digits it reads, and on the lines it leaves to the
+    /// general path (a sign, a leading zero, 19 digits, a line cut short or ended otherwise).
+    #[test]
+    fn an_integer_reply_of_any_width_is_noted_as_scanning_it_does() {
+        let mut replies: Vec<Vec<u8>> = (0..=19)
+            .flat_map(|digits: u32| {
+                let n = 10u64.pow(digits);
+                [n - 1, n, n + 7]
+            })
+            .map(|n| format!(":{n}\r\n").into_bytes())
+            .collect();
+        for other in [
+            &b":007\r\n"[..],
+            b":00\r\n",
+            b":-0\r\n",
+            b":-123\r\n",
+            b":9223372036854775807\r\n",
+            b":9223372036854775808\r\n",
+            b":12\rx",
+            b":12x\r\n",
+            b":\r\n",
+        ] {
+            replies.push(other.to_vec());
+        }
+        for reply in &replies {
+            let padded = [&reply[..], b":1\r\n"].concat();
+            let mut whole = ReplyScanner::new();
+            let scanned = whole.scan(&padded);
+            let skipped = ReplyScanner::new().skip_integer_reply(&padded);
+            match scanned {
+                Ok(ReplyStep::Done(end)) if end == reply.len() && reply.ends_with(b"\r\n") => {
+                    assert_eq!(skipped, Some((end, *whole.info())), "{reply:?}");
+                }
+                _ => assert_eq!(skipped, None, "{reply:?}: {scanned:?}"),
+            }
+            for cut in 0..reply.len() {
+                let skipped = ReplyScanner::new().skip_integer_reply(&reply[..cut]);
+                assert_eq!(skipped, None, "{reply:?} cut at {cut}");
+            }
         }
     }
 

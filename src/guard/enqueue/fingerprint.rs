@@ -6,7 +6,8 @@
 //! own collide with another client's (which would drop that job as a duplicate), nor aim
 //! many jobs at one set of a table. The fast non-cryptographic hashes measured against it
 //! (foldhash, aHash, rapidhash, gxhash) do not claim that against such an attacker; see
-//! "Enqueue fingerprint hash" in docs/benchmarks.md.
+//! "Enqueue fingerprint hash" and the ninth lean-hot-path round (the candidates measured in
+//! the push's own path) in docs/benchmarks.md.
 //!
 //! A job is hashed once: [`ContextHasher`] takes the rule, the client's scope and the queue
 //! as framed parts, and the [`JobHasher`] it finishes as hashes each payload after them. The

@@ -177,7 +177,9 @@ impl PayloadSpec {
     /// The job in `payload`, hashed after `context` (which has taken the rule, the scope and
     /// the queue); its id, if any, is hashed with `ids`. `None` when the payload does not
     /// read in its format (not JSON, not MessagePack, not a pickle this reader runs, or past
-    /// one of its bounds): it is not a job this rule knows.
+    /// one of its bounds): it is not a job this rule knows. A raw payload, hashed as it is,
+    /// is printed inline; a document apart.
+    #[inline(always)]
     pub fn print(
         &self,
         payload: &[u8],
@@ -191,6 +193,17 @@ impl PayloadSpec {
                 label: None,
             });
         }
+        self.read_and_print(payload, context, ids)
+    }
+
+    /// [`PayloadSpec::print`] of a payload in a format that is read into a document.
+    #[inline(never)]
+    fn read_and_print(
+        &self,
+        payload: &[u8],
+        context: &JobHasher,
+        ids: &impl BuildHasher,
+    ) -> Option<JobPrint> {
         let doc = self.format.document(payload)?;
         Some(self.print_document(doc, context, ids))
     }
