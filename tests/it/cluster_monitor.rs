@@ -370,3 +370,38 @@ async fn monitor_shows_reads_on_replicas_and_each_write_once() {
     assert_eq!(distinct.len(), 2 * keys, "{seen:?}");
     proxy.shutdown().await;
 }
+
+/// A node's monitor connection lost (killed by `CLIENT KILL`): the client stays, the
+/// other nodes' lines keep coming, and the node is monitored again at the next check, so
+/// writes to every primary show afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_monitor_is_replaced_and_the_client_keeps_its_stream() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, "").await;
+    let primaries = primaries(&cluster).await;
+    let mut monitor = Conn::open(proxy.addr).await;
+    assert_eq!(monitor.call(&["MONITOR"]).await, "+OK\r\n");
+    let mut node = cluster.conn(&primaries[0]).await;
+    let list = node.call(&["CLIENT", "LIST"]).await;
+    let id = list
+        .lines()
+        .find(|l| l.contains("flags=O"))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .expect("the proxy's monitor on the node")
+        .to_string();
+    assert_eq!(node.call(&["CLIENT", "KILL", "ID", &id]).await, ":1\r\n");
+    eventually!(WAIT, "the node monitored again", {
+        let list = node.call(&["CLIENT", "LIST"]).await;
+        list.lines()
+            .any(|l| l.contains("flags=O") && !l.contains(&format!("id={id} ")))
+    });
+    let mut writer = Conn::open(proxy.addr).await;
+    let keys = 100;
+    for i in 0..keys {
+        writer.cmd(&["SET", &format!("back:{i}"), "v"]).await;
+    }
+    assert_eq!(writer.replies(keys).await, "+OK\r\n".repeat(keys));
+    let seen = lines_with(&mut monitor, "\"SET\" \"back:", keys).await;
+    assert_eq!(seen.len(), keys);
+    proxy.shutdown().await;
+}
