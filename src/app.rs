@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState, KeyspaceSource};
 use crate::admission::Admission;
+use crate::cluster::monitoring::OutputLimit;
 use crate::cluster::read_rules::ReadRules;
 use crate::cluster::shared::SharedSettings;
 use crate::cluster::view::ClusterView;
@@ -203,13 +204,15 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
                     pinned_idle: raw.upstream.pinned_idle,
                 },
             );
-            Some(Arc::new(ClusterUpstream::new(
-                view,
-                Arc::clone(&table),
-                rules,
-                shared,
-                reply_timeout,
-            )))
+            let output_limit = OutputLimit {
+                soft: raw.proxy.output_buffer.0 as usize,
+                soft_time: raw.proxy.output_buffer_soft_time.0,
+                hard: raw.proxy.output_buffer_hard.0 as usize,
+            };
+            Some(Arc::new(
+                ClusterUpstream::new(view, Arc::clone(&table), rules, shared, reply_timeout)
+                    .with_output_limit(output_limit),
+            ))
         }
         None => None,
     };

@@ -400,6 +400,7 @@ impl Router {
             .map(|l| l.address.clone())
             .unwrap_or_default();
         self.view.refresh_soon();
+        self.monitoring.forget_node(index);
         if self.default_node == Some(index) {
             self.default_node = None;
         }

@@ -60,13 +60,12 @@ impl Router {
                 Some(reply) => self.answer(reply, silent),
                 None => self.keyed(raw, args, Kind::Plain, silent),
             },
+            b"QUIT" if self.monitoring.is_active() => self.quit_monitoring(silent),
             // On shared connections Redis would close a connection other clients use: the
             // router answers, and the session closes once the replies before it are written.
             b"QUIT" if self.shared.is_some() => self.answer(resp::simple("OK"), silent),
-            b"MONITOR" => self.answer(
-                resp::error("ERR respguard: MONITOR is not available through a Redis Cluster upstream: each node has its own, run it on a node"),
-                silent,
-            ),
+            b"MONITOR" => self.monitor(raw, silent),
+            b"RESET" if self.monitoring.is_active() => self.reset_monitoring(raw, silent),
             b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => self.subscribe(raw, args),
             // RESP3 confirms an unsubscription with a push, never a reply.
             b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" if self.protocol >= 3 => {
@@ -212,6 +211,30 @@ impl Router {
         };
         let part = Part::new(command.freeze(), None, Some(index));
         self.parts_entry(smallvec::smallvec![part], merge, Kind::Plain, silent);
+    }
+
+    /// The address of a primary chosen at random, for a command any node answers.
+    pub(super) fn any_primary(&self) -> Option<String> {
+        let map = self.view.map()?;
+        let shards = map.shards();
+        (!shards.is_empty()).then(|| shards[fastrand::usize(..shards.len())].primary.clone())
+    }
+
+    /// The node a command naming no key goes to: the last one used, else a primary.
+    pub(super) fn default_index(&mut self) -> Option<usize> {
+        if let Some(i) = self.default_node {
+            if self.links[i].is_some() {
+                return Some(i);
+            }
+            // Its link was closed by a move off the shared connections: the same node.
+            if let Some(index) = self.address_of(i).and_then(|a| self.node_for(&a)) {
+                return Some(index);
+            }
+        }
+        let address = self.any_primary()?;
+        let index = self.node_for(&address)?;
+        self.default_node = Some(index);
+        Some(index)
     }
 
     /// The error for a command when no node can be named.

@@ -15,7 +15,8 @@
 //!   its connection to one node; [`shared`] and [`sharing`]: multiplexed, the node
 //!   connections routers share, and the moves of a client holding state off them and
 //!   back; [`identity`]: multiplexed, the ACL user a client runs as after `AUTH`;
-//!   [`silence`]: `upstream.reply_timeout` on a router's own node links;
+//!   [`silence`]: `upstream.reply_timeout` on a router's own node links; [`monitor`]:
+//!   `MONITOR` on every node, its lines relayed ([`monitoring`]: its state);
 //! - [`read_rules`] and [`replica`]: which reads go to a replica (`[[upstream.read_from]]`)
 //!   and which replica.
 //!
@@ -46,6 +47,8 @@ pub mod frame;
 pub mod identity;
 pub mod idle;
 pub mod local;
+pub mod monitor;
+pub mod monitoring;
 pub mod node;
 pub mod read_rules;
 pub mod reader;
@@ -78,6 +81,8 @@ pub struct ClusterUpstream {
     /// Routers started: each client's place, which spreads clients over a shard's
     /// replicas.
     clients: AtomicUsize,
+    /// How much a monitoring client may leave unread (`proxy.output_buffer`…).
+    output_limit: monitoring::OutputLimit,
 }
 
 impl ClusterUpstream {
@@ -103,7 +108,14 @@ impl ClusterUpstream {
             shared,
             reply_timeout,
             clients: AtomicUsize::new(0),
+            output_limit: monitoring::OutputLimit::default(),
         }
+    }
+
+    /// The same upstream, a monitoring client let go past `limit` of unread lines.
+    pub fn with_output_limit(mut self, limit: monitoring::OutputLimit) -> Self {
+        self.output_limit = limit;
+        self
     }
 
     /// The read rules in force, for a reload to replace.
@@ -159,7 +171,8 @@ impl ClusterUpstream {
             pick,
             shared,
             self.reply_timeout,
-        );
+        )
+        .with_output_limit(self.output_limit);
         tokio::spawn(router.run(router_end));
         Ok((Stream::Local(session_end), slot))
     }

@@ -29,6 +29,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::args::Args;
+use super::monitoring::{self, Monitoring};
 use super::node::{NodeEvent, NodeLink};
 use super::read_rules::LiveReadRules;
 use super::shared::SharedNodes;
@@ -357,6 +358,8 @@ pub struct Router {
     /// No place came within `upstream.connect_timeout`: the commands already read get
     /// this error, as the held one did.
     pub(super) refusing: Option<Bytes>,
+    /// The client's MONITOR, across the nodes ([`super::monitor`]).
+    pub(super) monitoring: Monitoring,
 }
 
 impl Router {
@@ -422,6 +425,7 @@ impl Router {
             deadline: None,
             place: None,
             refusing: None,
+            monitoring: Monitoring::default(),
         }
     }
 
@@ -441,6 +445,7 @@ impl Router {
         let mut input = BytesMut::with_capacity(16 * 1024);
         // Multiplexed: the wait for a place under `upstream.pinned_connections`.
         let mut waiting: Option<PlaceWait> = None;
+        let mut monitor_check = monitoring::check_interval();
         loop {
             let may_read = self.entries.len() < MAX_ENTRIES
                 && self.out.len() < MAX_OUTPUT
@@ -449,14 +454,16 @@ impl Router {
                 && !self.exec_changes_state;
             // While the session owes reading MAX_OUTPUT bytes, node replies wait; not on
             // shared connections, which other clients use (a client too far behind is
-            // let go instead).
-            let may_take = self.out.len() < MAX_OUTPUT || self.shared.is_some();
+            // let go instead), nor while monitoring (`super::monitor` bounds the lines).
+            let monitoring = self.monitoring.is_active();
+            let may_take = self.out.len() < MAX_OUTPUT || self.shared.is_some() || monitoring;
             let deadline = self.silence_deadline(may_take);
             tokio::select! {
                 Some(event) = events.recv(), if may_take => self.on_event(event),
                 _ = async { tokio::time::sleep_until(deadline.expect("armed")).await },
                     if deadline.is_some() => self.on_silence(&mut events),
                 Some((seq, part)) = retries.recv() => self.retry(seq, part),
+                _ = monitor_check.tick(), if monitoring => self.follow_monitored_nodes(),
                 read = reader.read_buf(&mut input), if may_read => {
                     if !matches!(read, Ok(n) if n > 0) {
                         return;
@@ -507,6 +514,7 @@ impl Router {
                 self.return_to_shared();
             }
             self.check_slow();
+            self.check_slow_monitor();
             if let Some(why) = &self.broken {
                 tracing::info!(reason = %why, "cluster connection ended");
                 // Shared connections never wait for this router again.
@@ -647,30 +655,6 @@ impl Router {
         }
     }
 
-    /// The address of a primary chosen at random, for a command any node answers.
-    pub(super) fn any_primary(&self) -> Option<String> {
-        let map = self.view.map()?;
-        let shards = map.shards();
-        (!shards.is_empty()).then(|| shards[fastrand::usize(..shards.len())].primary.clone())
-    }
-
-    /// The node a command naming no key goes to: the last one used, else a primary.
-    pub(super) fn default_index(&mut self) -> Option<usize> {
-        if let Some(i) = self.default_node {
-            if self.links[i].is_some() {
-                return Some(i);
-            }
-            // Its link was closed by a move off the shared connections: the same node.
-            if let Some(index) = self.address_of(i).and_then(|a| self.node_for(&a)) {
-                return Some(index);
-            }
-        }
-        let address = self.any_primary()?;
-        let index = self.node_for(&address)?;
-        self.default_node = Some(index);
-        Some(index)
-    }
-
     /// Append an entry; returns its number.
     pub(super) fn push_entry(&mut self, entry: Entry) -> u64 {
         self.entries.push_back(entry);
@@ -704,6 +688,7 @@ impl Router {
                 self.out
                     .extend_from_slice(entry.reply.as_ref().expect("answered"));
             }
+            self.on_released(seq, entry.reply.as_ref());
             if let Some(pushes) = self.take_held(seq) {
                 self.out.extend_from_slice(&pushes);
             }
@@ -737,6 +722,9 @@ impl Router {
     }
 
     fn on_reply(&mut self, index: usize, reply: Bytes, push: bool) {
+        if self.on_monitor_reply(index, &reply) {
+            return;
+        }
         if self.tunnel == Some(index) && self.expects[index].is_empty() {
             self.note_pubsub_reply(index, &reply);
             self.on_tunnel_reply(index, reply);

@@ -195,7 +195,7 @@ impl Router {
             // Refused, or answered by the router; or state Redis Cluster keeps none of
             // (SELECT 0 changes nothing, any other is refused) or that is no one else's
             // business (a library's name and version).
-            (b"MONITOR" | b"SELECT", _) | (b"CLIENT", b"REPLY") => Sharing::Stay,
+            (b"SELECT", _) | (b"CLIENT", b"REPLY") => Sharing::Stay,
             // The router answers (Redis would close a connection others use).
             (b"QUIT", _) if self.shared.is_some() => Sharing::Stay,
             // A library's name and version, kept like the name ([`Self::name_kept_here`]);

@@ -124,6 +124,12 @@ impl Router {
                 self.send(node, resp::simple_command(b"RESET"), Expect::Hidden);
             }
         }
+        self.forget_state();
+    }
+
+    /// The connection's state forgotten, as RESET does to one Redis connection (the
+    /// nodes sent RESET by the caller).
+    pub(super) fn forget_state(&mut self) {
         self.state.clear();
         self.forget_user();
         self.protocol = 2;

@@ -347,6 +347,8 @@ impl ConnectionState {
                         replies = self.client_reply(cmd.arg(2).unwrap_or_default(), replies);
                     }
                 }
+                // Redis ignores MONITOR on a monitoring connection: no reply.
+                Special::Monitor if self.monitoring_or_asked() => replies = false,
                 Special::Monitor => pending.effect = Effect::Monitor,
                 Special::ClientKill => pending.effect = Effect::Kill,
                 Special::Reset => {
@@ -407,6 +409,15 @@ impl ConnectionState {
             self.queue.push(pending);
         }
         recorded
+    }
+
+    /// Whether the connection monitors, or a MONITOR waits for its reply.
+    fn monitoring_or_asked(&self) -> bool {
+        self.queue.is_monitoring()
+            || self
+                .queue
+                .iter()
+                .any(|p| matches!(p.effect, Effect::Monitor))
     }
 
     /// `CLIENT REPLY mode`: the new mode, and whether this command itself gets a reply

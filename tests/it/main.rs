@@ -10,6 +10,7 @@ mod clients;
 mod cluster;
 mod cluster_clients;
 mod cluster_harness;
+mod cluster_monitor;
 mod cluster_mux;
 mod cluster_mux_state;
 mod cluster_mux_users;
