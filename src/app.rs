@@ -18,7 +18,6 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState, KeyspaceSource};
 use crate::admission::Admission;
-use crate::cluster::monitoring::OutputLimit;
 use crate::cluster::read_rules::ReadRules;
 use crate::cluster::shared::SharedSettings;
 use crate::cluster::view::ClusterView;
@@ -185,6 +184,12 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
     }
     let table = Arc::new(load_command_table(&gate, config.command_table_from_upstream).await);
     let reply_timeout = Some(raw.upstream.reply_timeout.0).filter(|t| !t.is_zero());
+    // How much a client may leave unread: on a lane, and monitoring through a cluster.
+    let unread = UnreadLimit {
+        soft: raw.proxy.output_buffer.0 as usize,
+        hard: raw.proxy.output_buffer_hard.0 as usize,
+        soft_time: raw.proxy.output_buffer_soft_time.0,
+    };
     let cluster = match &config.upstream.cluster {
         Some(target) => {
             // Read the topology before clients come; without it the proxy still starts
@@ -204,14 +209,9 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
                     pinned_idle: raw.upstream.pinned_idle,
                 },
             );
-            let output_limit = OutputLimit {
-                soft: raw.proxy.output_buffer.0 as usize,
-                soft_time: raw.proxy.output_buffer_soft_time.0,
-                hard: raw.proxy.output_buffer_hard.0 as usize,
-            };
             Some(Arc::new(
                 ClusterUpstream::new(view, Arc::clone(&table), rules, shared, reply_timeout)
-                    .with_output_limit(output_limit),
+                    .with_output_limit(unread),
             ))
         }
         None => None,
@@ -290,11 +290,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             pinned_idle: raw.upstream.pinned_idle,
             identities: raw.upstream.shared_identities,
             pinned_wait: raw.upstream.connect_timeout.0,
-            unread: UnreadLimit {
-                soft: raw.proxy.output_buffer.0 as usize,
-                hard: raw.proxy.output_buffer_hard.0 as usize,
-                soft_time: raw.proxy.output_buffer_soft_time.0,
-            },
+            unread,
             reply_timeout,
         };
         // Per-core, each serving thread has its own lanes (mux::threads).

@@ -35,6 +35,7 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 
 use crate::command::CommandTable;
+use crate::mux::UnreadLimit;
 use crate::transport::Stream;
 use crate::upstream::{ConnectGate, UpstreamError, UpstreamSlot};
 
@@ -82,7 +83,7 @@ pub struct ClusterUpstream {
     /// replicas.
     clients: AtomicUsize,
     /// How much a monitoring client may leave unread (`proxy.output_buffer`…).
-    output_limit: monitoring::OutputLimit,
+    output_limit: UnreadLimit,
 }
 
 impl ClusterUpstream {
@@ -108,12 +109,12 @@ impl ClusterUpstream {
             shared,
             reply_timeout,
             clients: AtomicUsize::new(0),
-            output_limit: monitoring::OutputLimit::default(),
+            output_limit: UnreadLimit::default(),
         }
     }
 
     /// The same upstream, a monitoring client let go past `limit` of unread lines.
-    pub fn with_output_limit(mut self, limit: monitoring::OutputLimit) -> Self {
+    pub fn with_output_limit(mut self, limit: UnreadLimit) -> Self {
         self.output_limit = limit;
         self
     }

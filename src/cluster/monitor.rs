@@ -30,14 +30,15 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::monitoring::{is_line, line_client, Monitoring, OutputLimit};
+use super::monitoring::{is_line, line_client, Monitoring};
 use super::router::{Expect, Kind, Part, Parts, Router};
 use super::spread::Merge;
+use crate::mux::{SlowReader, UnreadLimit};
 use crate::resp;
 
 impl Router {
     /// The same router, a monitoring client let go past `limit` of unread lines.
-    pub fn with_output_limit(mut self, limit: OutputLimit) -> Self {
+    pub fn with_output_limit(mut self, limit: UnreadLimit) -> Self {
         self.monitoring = Monitoring::new(limit);
         self
     }
@@ -199,23 +200,22 @@ impl Router {
         }
         let limit = self.monitoring.limit;
         let unread = self.out.len() + self.monitoring.held.len();
-        let why = if unread > limit.hard {
-            Some(format!(
+        if unread <= limit.soft {
+            self.monitoring.above_since = None;
+            return;
+        }
+        let now = Instant::now();
+        let since = *self.monitoring.above_since.get_or_insert(now);
+        let why = limit.judge(unread, since, now).map(|slow| match slow {
+            SlowReader::Hard => format!(
                 "the monitoring client let more than {} bytes wait (proxy.output_buffer_hard)",
                 limit.hard
-            ))
-        } else if unread <= limit.soft {
-            self.monitoring.above_since = None;
-            None
-        } else {
-            let since = *self.monitoring.above_since.get_or_insert_with(Instant::now);
-            (since.elapsed() >= limit.soft_time).then(|| {
-                format!(
-                    "the monitoring client let more than {} bytes wait for {:?} (proxy.output_buffer, output_buffer_soft_time)",
-                    limit.soft, limit.soft_time
-                )
-            })
-        };
+            ),
+            SlowReader::SoftTime => format!(
+                "the monitoring client let more than {} bytes wait for {:?} (proxy.output_buffer, output_buffer_soft_time)",
+                limit.soft, limit.soft_time
+            ),
+        });
         if let Some(why) = why {
             metrics::counter!("respguard_slow_readers_disconnected_total").increment(1);
             tracing::info!(reason = %why, "monitoring client disconnected");

@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+
+use crate::mux::UnreadLimit;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 /// How often a monitoring router checks that every node it should monitor is.
@@ -17,28 +19,6 @@ pub fn check_interval() -> Interval {
     let mut interval = tokio::time::interval(CHECK_EVERY);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     interval
-}
-
-/// How many bytes of replies a client may leave unread while monitoring, and for how long
-/// (`proxy.output_buffer`, `output_buffer_soft_time`, `output_buffer_hard`).
-#[derive(Debug, Clone, Copy)]
-pub struct OutputLimit {
-    /// Above this many bytes for `soft_time`, the client is let go.
-    pub soft: usize,
-    /// How long the unread bytes may stay above `soft`.
-    pub soft_time: Duration,
-    /// Past this many bytes, the client is let go at once.
-    pub hard: usize,
-}
-
-impl Default for OutputLimit {
-    fn default() -> Self {
-        OutputLimit {
-            soft: 256 * 1024,
-            soft_time: Duration::from_secs(60),
-            hard: 512 * 1024 * 1024,
-        }
-    }
 }
 
 /// A router's MONITOR state.
@@ -58,12 +38,14 @@ pub struct Monitoring {
     pub(super) quitting: bool,
     /// When the unread bytes went above the soft limit.
     pub(super) above_since: Option<Instant>,
-    pub(super) limit: OutputLimit,
+    /// How much a monitoring client may leave unread (`proxy.output_buffer`…), judged as
+    /// a lane judges its clients.
+    pub(super) limit: UnreadLimit,
 }
 
 impl Monitoring {
     /// No monitoring yet; a slow monitoring client judged by `limit`.
-    pub(super) fn new(limit: OutputLimit) -> Self {
+    pub(super) fn new(limit: UnreadLimit) -> Self {
         Monitoring {
             limit,
             ..Monitoring::default()

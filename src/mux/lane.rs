@@ -85,10 +85,27 @@ pub enum SlowReader {
     SoftTime,
 }
 
+impl Default for UnreadLimit {
+    /// The defaults of `proxy.output_buffer`, `output_buffer_hard` and
+    /// `output_buffer_soft_time`.
+    fn default() -> Self {
+        UnreadLimit {
+            soft: 256 * 1024,
+            hard: 512 * 1024 * 1024,
+            soft_time: Duration::from_secs(60),
+        }
+    }
+}
+
 impl UnreadLimit {
-    /// Whether a slot holding `unread` bytes, above the soft limit since `over_since`,
+    /// Whether a client holding `unread` bytes, above the soft limit since `over_since`,
     /// is a slow reader at `now`.
-    fn judge(&self, unread: usize, over_since: Instant, now: Instant) -> Option<SlowReader> {
+    pub(crate) fn judge(
+        &self,
+        unread: usize,
+        over_since: Instant,
+        now: Instant,
+    ) -> Option<SlowReader> {
         if unread > self.hard {
             Some(SlowReader::Hard)
         } else if unread > self.soft && now.duration_since(over_since) > self.soft_time {
