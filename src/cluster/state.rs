@@ -57,11 +57,7 @@ impl Router {
             if spread::is_error(own) {
                 continue;
             }
-            for other in 0..self.links.len() {
-                if other != node && self.links[other].as_ref().is_some_and(|l| !l.is_shared()) {
-                    self.send(other, queued.raw.clone(), Expect::Hidden);
-                }
-            }
+            self.send_to_other_own_links(node, &queued.raw);
             let previous = self.record_state(queued.key.clone(), queued.raw.clone());
             let kind = Kind::State {
                 key: queued.key.clone(),
@@ -78,13 +74,7 @@ impl Router {
         let Some(target) = self.default_index() else {
             return self.answer(self.no_node(), silent);
         };
-        // A shared connection keeps no client's state: only recorded, for the client's
-        // connections of its own should it move to them.
-        for node in 0..self.links.len() {
-            if node != target && self.links[node].as_ref().is_some_and(|l| !l.is_shared()) {
-                self.send(node, raw.clone(), Expect::Hidden);
-            }
-        }
+        self.send_to_other_own_links(target, &raw);
         let previous = self.record_state(key.clone(), raw.clone());
         self.verify_if_auth(&key, &raw);
         let readwrite = key == b"READWRITE";
@@ -97,6 +87,18 @@ impl Router {
         if readwrite {
             // The client's READWRITE is its own; the replica connections keep reading.
             self.restore_readonly();
+        }
+    }
+
+    /// The state command `raw`, answered on node `except`, sent hidden to every other node
+    /// open on a connection of the client's own. A shared connection keeps no client's
+    /// state: there it is only recorded, for the client's connections of its own should it
+    /// move to them.
+    fn send_to_other_own_links(&mut self, except: usize, raw: &Bytes) {
+        for node in 0..self.links.len() {
+            if node != except && self.links[node].as_ref().is_some_and(|l| !l.is_shared()) {
+                self.send(node, raw.clone(), Expect::Hidden);
+            }
         }
     }
 
