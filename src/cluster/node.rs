@@ -188,10 +188,10 @@ impl OwnConnection {
             Some(stream) => stream,
             None => match self.connect().await {
                 Ok(stream) => stream,
-                Err(Opening::Refused(reply)) => {
+                Err(IdentityFailure::Refused(reply)) => {
                     return refuse(self.id, reply, &mut commands, &self.events).await
                 }
-                Err(Opening::Lost(reason)) => return self.lost(reason, false).await,
+                Err(IdentityFailure::Lost(reason)) => return self.lost(reason, false).await,
             },
         };
         match carry(self.id, &mut stream, &mut commands, &self.events).await {
@@ -206,23 +206,19 @@ impl OwnConnection {
     }
 
     /// A new connection through the gate, given the handshake.
-    async fn connect(&self) -> Result<crate::transport::Stream, Opening> {
+    async fn connect(&self) -> Result<crate::transport::Stream, IdentityFailure> {
         let mut stream = self
             .gate
             .open_node(&self.address)
             .await
-            .map_err(|e| Opening::Lost(e.to_string()))?;
-        match give_identity(
+            .map_err(|e| IdentityFailure::Lost(e.to_string()))?;
+        give_identity(
             &mut stream,
             &self.handshake.commands,
             self.handshake.timeout,
         )
-        .await
-        {
-            Ok(()) => Ok(stream),
-            Err(IdentityFailure::Refused(reply)) => Err(Opening::Refused(reply)),
-            Err(IdentityFailure::Lost(reason)) => Err(Opening::Lost(reason)),
-        }
+        .await?;
+        Ok(stream)
     }
 
     /// Tell the router the link is lost.
@@ -234,14 +230,6 @@ impl OwnConnection {
         };
         let _ = self.events.send(event).await;
     }
-}
-
-/// Why a connection of the client's own could not be had.
-enum Opening {
-    /// Redis refused the client's user (its reply).
-    Refused(Bytes),
-    /// The connection failed or closed.
-    Lost(String),
 }
 
 /// How carrying a connection's commands ended.
