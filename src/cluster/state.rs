@@ -393,10 +393,44 @@ fn exec_replies(reply: &[u8]) -> Option<Vec<&[u8]>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::args::read_stored;
     use super::*;
 
     /// EXEC's reply read as its commands' replies, each whole (nested, errors included);
     /// a transaction that did not run has none.
+    /// A transaction keeps at most `MAX_STATE` state commands for after its EXEC (the
+    /// latest), each at its place among the commands Redis queues (MULTI and WATCH inside
+    /// are not queued).
+    #[test]
+    fn a_transaction_keeps_a_bounded_number_of_state_commands() {
+        let mut t = Transaction {
+            node: None,
+            multi_sent: true,
+            queued: 0,
+            state: Vec::new(),
+        };
+        let note = |t: &mut Transaction, args: &[&str]| {
+            let mut raw = bytes::BytesMut::new();
+            let words: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            resp::command(&mut raw, &words);
+            let raw = raw.freeze();
+            read_stored(&raw, |a| {
+                let name = a.upper(0);
+                t.note_queued(&name, a, &raw)
+            });
+        };
+        note(&mut t, &["WATCH", "k"]);
+        note(&mut t, &["SET", "k", "v"]);
+        for i in 0..100 {
+            note(&mut t, &["CLIENT", "SETNAME", &format!("n{i}")]);
+        }
+        assert_eq!(t.queued, 101, "WATCH is not queued");
+        assert_eq!(t.state.len(), Transaction::MAX_STATE);
+        assert_eq!(t.state[0].at, 101 - Transaction::MAX_STATE);
+        assert_eq!(t.state.last().unwrap().at, 100);
+        assert_eq!(t.state[0].key, b"CLIENT SETNAME");
+    }
+
     #[test]
     fn exec_replies_are_each_commands_reply() {
         let reply = b"*3\r\n+OK\r\n-ERR no\r\n*2\r\n$1\r\na\r\n:1\r\n";
