@@ -169,6 +169,11 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         },
     ));
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let read_rules = ReadRules::new(&raw.upstream.read_from);
+    // Behind Sentinel with rules reading from replicas: the primary and its replicas as
+    // one shard, routed as a cluster's (`cluster`), published by the watcher.
+    let replica_view = (config.upstream.sentinel.is_some() && !read_rules.is_empty())
+        .then(|| Arc::new(ClusterView::replicated(Arc::new(gate.for_nodes()))));
     if let Some(sentinels) = &config.upstream.sentinel {
         // Find the primary before anything connects; without one the proxy still starts
         // (clients get the reason, `/readyz` says not ready) and the watcher keeps asking.
@@ -179,6 +184,9 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
             password,
             raw.upstream.connect_timeout.0,
         );
+        if let Some(view) = &replica_view {
+            watcher = watcher.with_replica_view(Arc::clone(view));
+        }
         let _ = watcher.discover().await;
         tokio::spawn(watcher.run(shutdown_rx.clone()));
     }
@@ -190,32 +198,33 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         hard: raw.proxy.output_buffer_hard.0 as usize,
         soft_time: raw.proxy.output_buffer_soft_time.0,
     };
-    let cluster = match &config.upstream.cluster {
-        Some(target) => {
+    let view = match (&config.upstream.cluster, replica_view) {
+        (Some(target), _) => {
             // Read the topology before clients come; without it the proxy still starts
             // (clients get the reason, `/readyz` says not ready) and the view keeps asking.
             let view = Arc::new(ClusterView::new(Arc::clone(&gate), target.seeds.clone()));
             view.read_once().await;
             tokio::spawn(Arc::clone(&view).run(shutdown_rx.clone()));
-            let rules = ReadRules::new(&raw.upstream.read_from);
-            let shared = (raw.upstream.connections == ConnectionModel::Multiplexed).then_some(
-                SharedSettings {
-                    per_node: raw.upstream.shared_connections,
-                    identities: raw.upstream.shared_identities,
-                    unread_hard: raw.proxy.output_buffer_hard.0 as usize,
-                    handshake_timeout: raw.upstream.connect_timeout.0,
-                    reply_timeout,
-                    pinned: raw.upstream.pinned_connections,
-                    pinned_idle: raw.upstream.pinned_idle,
-                },
-            );
-            Some(Arc::new(
-                ClusterUpstream::new(view, Arc::clone(&table), rules, shared, reply_timeout)
-                    .with_output_limit(unread),
-            ))
+            Some(view)
         }
-        None => None,
+        (None, replicated) => replicated,
     };
+    let cluster = view.map(|view| {
+        let shared =
+            (raw.upstream.connections == ConnectionModel::Multiplexed).then_some(SharedSettings {
+                per_node: raw.upstream.shared_connections,
+                identities: raw.upstream.shared_identities,
+                unread_hard: raw.proxy.output_buffer_hard.0 as usize,
+                handshake_timeout: raw.upstream.connect_timeout.0,
+                reply_timeout,
+                pinned: raw.upstream.pinned_connections,
+                pinned_idle: raw.upstream.pinned_idle,
+            });
+        Arc::new(
+            ClusterUpstream::new(view, Arc::clone(&table), read_rules, shared, reply_timeout)
+                .with_output_limit(unread),
+        )
+    });
     let context = GuardContext::new(&raw.guards);
     let latency = raw
         .admin
@@ -245,7 +254,8 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         Monitor {
             health: Arc::clone(&health),
             gate: Arc::clone(&gate),
-            cluster: cluster.clone(),
+            // Behind Sentinel memory and queues are the primary's, read through the gate.
+            cluster: cluster.clone().filter(|c| c.view().is_sharded()),
             pressure: Arc::clone(&context.pressure),
             queues: Arc::clone(&context.queues),
             settings: raw.monitor.clone(),

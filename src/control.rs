@@ -313,10 +313,16 @@ impl Control {
             keyspace: self.keyspace.clone(),
             ..Policy::build(&checked.raw, &self.table, &self.context).map_err(|e| e.to_string())?
         };
+        let read_rules = ReadRules::new(&checked.raw.upstream.read_from);
+        if self.read_rules.is_none() && !read_rules.is_empty() {
+            // Behind Sentinel, clients are routed through replicas only when the proxy
+            // starts with a rule reading from them.
+            return Err("upstream.read_from: the proxy started without a rule reading from replicas; behind Sentinel, reading from replicas begins with a restart".into());
+        }
         let restart_needed = restart_needed(old, &new);
         self.policy.store(Arc::new(policy));
         if let Some(live) = &self.read_rules {
-            live.replace(ReadRules::new(&checked.raw.upstream.read_from));
+            live.replace(read_rules);
         }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         Ok((

@@ -19,6 +19,11 @@
 //! flight there get the proxy's connection-lost error and the next command goes to the new
 //! primary. Each switch is logged and counted (`respguard_upstream_failovers_total`).
 //!
+//! With `[[upstream.read_from]]` rules reading from replicas, each check also asks for the
+//! master's replicas (`SENTINEL REPLICAS`) and publishes the primary and the replicas
+//! that serve (no `s_down`, `o_down` or `disconnected` flag, a replication link `ok`) to
+//! a [`ClusterView`] of one shard, which the routers read by ([`crate::cluster`]).
+//!
 //! The sentinels are asked without AUTH unless `upstream.sentinel_password` is set: the
 //! URL's credentials are the data nodes'. Connections to the sentinels are plain TCP.
 //!
@@ -32,6 +37,8 @@ use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
+use crate::cluster::topology::Shard;
+use crate::cluster::view::ClusterView;
 use crate::config::SentinelTarget;
 use crate::scanner::tree::{self, Bounds};
 use crate::transport::Stream;
@@ -54,6 +61,17 @@ pub struct SentinelWatcher {
     epoch: u64,
     /// The last reason no primary could be found, logged once until it changes.
     last_failure: Option<String>,
+    /// Reading from replicas: the view the primary and its replicas are published to.
+    replicas: Option<Arc<ClusterView>>,
+}
+
+/// What the sentinels said of the master: its primary's address and configuration epoch,
+/// and (when asked) the replicas that serve.
+#[derive(Debug)]
+struct Named {
+    address: String,
+    epoch: u64,
+    replicas: Vec<String>,
 }
 
 impl SentinelWatcher {
@@ -71,7 +89,15 @@ impl SentinelWatcher {
             timeout,
             epoch: 0,
             last_failure: None,
+            replicas: None,
         }
+    }
+
+    /// The same watcher, also publishing the primary and its serving replicas to `view`
+    /// at every check (reads from replicas behind Sentinel).
+    pub fn with_replica_view(mut self, view: Arc<ClusterView>) -> Self {
+        self.replicas = Some(view);
+        self
     }
 
     /// Find the primary now (at start): the sentinels are asked and the node checked, each
@@ -100,10 +126,12 @@ impl SentinelWatcher {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let gate = Arc::clone(&self.gate);
+            let view = self.replicas.clone();
             tokio::select! {
                 _ = announced.recv() => {}
                 _ = ticker.tick() => {}
                 _ = gate.suspected() => {}
+                _ = async { view.as_ref().expect("armed").refresh_wanted().await }, if view.is_some() => {}
                 r = shutdown.changed() => {
                     if r.is_err() || *shutdown.borrow() {
                         return;
@@ -119,12 +147,19 @@ impl SentinelWatcher {
     /// changed, is named with a newer configuration epoch than the one in use (or the one
     /// in use is no longer a master), and says `master` to ROLE.
     async fn check(&mut self) {
-        let current = self.gate.address();
-        let first = self.gate.generation() == 0;
-        let (address, epoch) = match self.ask().await {
+        let named = match self.ask().await {
             Ok(found) => found,
             Err(reason) => return self.failed(reason),
         };
+        self.follow(&named.address, named.epoch).await;
+        self.publish_replicas(named.replicas);
+    }
+
+    /// Switch to the primary at `address`, named with configuration `epoch`, unless it is
+    /// the one in use or not to be believed (see [`Self::check`]).
+    async fn follow(&mut self, address: &str, epoch: u64) {
+        let current = self.gate.address();
+        let first = self.gate.generation() == 0;
         if address == current {
             // The epoch is taken only with a switch: while a failover is under way its
             // leader names the old primary with the new epoch, until it announces the switch.
@@ -137,10 +172,10 @@ impl SentinelWatcher {
             return;
         }
         // A node named anew is checked with ROLE before anything goes there.
-        if let Err(e) = self.gate.verify_primary(&address).await {
+        if let Err(e) = self.gate.verify_primary(address).await {
             return self.failed(e.to_string());
         }
-        let closed = self.gate.switch_to(&address);
+        let closed = self.gate.switch_to(address);
         self.epoch = epoch;
         self.last_failure = None;
         let master = &self.target.master;
@@ -152,12 +187,30 @@ impl SentinelWatcher {
         }
     }
 
+    /// Reading from replicas: publish the primary in use and `replicas` (those of them
+    /// that are not the primary) to the view, once a primary is known.
+    fn publish_replicas(&self, mut replicas: Vec<String>) {
+        let (Some(view), primary) = (&self.replicas, self.gate.address()) else {
+            return;
+        };
+        if self.gate.generation() == 0 {
+            return;
+        }
+        replicas.retain(|r| *r != primary);
+        replicas.sort();
+        replicas.dedup();
+        view.publish_shard(Shard { primary, replicas });
+    }
+
     /// No primary could be confirmed, for `reason`: logged when the reason changes; while
     /// none was ever found, the gate refuses connections with it.
     fn failed(&mut self, reason: String) {
         let first = self.gate.generation() == 0;
         if first {
             self.gate.no_primary_known(reason.clone());
+            if let Some(view) = &self.replicas {
+                view.failed(format!("no primary known: {reason}"));
+            }
         }
         if self.last_failure.as_ref() != Some(&reason) {
             let master = &self.target.master;
@@ -170,10 +223,12 @@ impl SentinelWatcher {
         }
     }
 
-    /// Ask every sentinel at once (`SENTINEL MASTER`) and take the primary named with the
-    /// newest configuration epoch (the first in the URL's order among equals).
-    async fn ask(&self) -> Result<(String, u64), String> {
+    /// Ask every sentinel at once (`SENTINEL MASTER`, and `SENTINEL REPLICAS` when reading
+    /// from replicas) and take the primary named with the newest configuration epoch (the
+    /// first in the URL's order among equals), with the replicas that sentinel lists.
+    async fn ask(&self) -> Result<Named, String> {
         let mut asked = tokio::task::JoinSet::new();
+        let with_replicas = self.replicas.is_some();
         for (at, sentinel) in self.target.sentinels.iter().enumerate() {
             let (sentinel, master) = (sentinel.clone(), self.target.master.clone());
             let (password, timeout) = (self.password.clone(), self.timeout);
@@ -182,8 +237,18 @@ impl SentinelWatcher {
                 let answer = async {
                     let mut conn =
                         SentinelConn::open(&gate, &sentinel, password.as_deref()).await?;
-                    conn.request(&[b"SENTINEL", b"MASTER", master.as_bytes()])
-                        .await
+                    let frame = conn
+                        .request(&[b"SENTINEL", b"MASTER", master.as_bytes()])
+                        .await?;
+                    let replicas = match with_replicas {
+                        true => serving_replicas(
+                            &conn
+                                .request(&[b"SENTINEL", b"REPLICAS", master.as_bytes()])
+                                .await?,
+                        ),
+                        false => Vec::new(),
+                    };
+                    Ok::<_, String>((frame, replicas))
                 };
                 let answer = match tokio::time::timeout(timeout, answer).await {
                     Ok(r) => r,
@@ -197,14 +262,21 @@ impl SentinelWatcher {
             answers.push(joined.map_err(|e| e.to_string())?);
         }
         answers.sort_by_key(|(at, _, _)| *at);
-        let mut best: Option<(String, u64)> = None;
+        let mut best: Option<Named> = None;
         let mut failures = Vec::new();
         let mut unknown = 0;
         for (_, sentinel, answer) in answers {
-            match answer.map(|frame| named_primary(&frame)) {
-                Ok(Some((address, epoch))) => {
-                    if best.as_ref().is_none_or(|(_, e)| epoch > *e) {
-                        best = Some((address, epoch));
+            let named = answer.map(|(frame, replicas)| {
+                named_primary(&frame).map(|(address, epoch)| Named {
+                    address,
+                    epoch,
+                    replicas,
+                })
+            });
+            match named {
+                Ok(Some(named)) => {
+                    if best.as_ref().is_none_or(|b| named.epoch > b.epoch) {
+                        best = Some(named);
                     }
                 }
                 Ok(None) => failures.push(format!("{sentinel}: no address in its reply")),
@@ -238,16 +310,46 @@ fn named_primary(frame: &OwnedFrame) -> Option<(String, u64)> {
     let OwnedFrame::Array(items) = frame else {
         return None;
     };
-    let field = |name: &str| {
-        items
-            .chunks(2)
-            .find(|kv| kv.len() == 2 && text(&kv[0]).as_deref() == Some(name))
-            .and_then(|kv| text(&kv[1]))
-    };
-    let epoch = field("config-epoch")
+    let epoch = field(items, "config-epoch")
         .and_then(|e| e.parse().ok())
         .unwrap_or(0);
-    Some((join_host_port(&field("ip")?, &field("port")?), epoch))
+    Some((address_in(items)?, epoch))
+}
+
+/// The value of field `name` in a flat array of field names and values.
+fn field(items: &[OwnedFrame], name: &str) -> Option<String> {
+    items
+        .chunks(2)
+        .find(|kv| kv.len() == 2 && text(&kv[0]).as_deref() == Some(name))
+        .and_then(|kv| text(&kv[1]))
+}
+
+/// The `host:port` of the `ip` and `port` fields of a flat array of fields.
+fn address_in(items: &[OwnedFrame]) -> Option<String> {
+    Some(join_host_port(&field(items, "ip")?, &field(items, "port")?))
+}
+
+/// The replicas in a `SENTINEL REPLICAS` reply (an array of flat field maps) that serve
+/// reads: not flagged `s_down`, `o_down` or `disconnected`, their link to the primary
+/// `ok`; as `host:port` each.
+fn serving_replicas(frame: &OwnedFrame) -> Vec<String> {
+    let OwnedFrame::Array(replicas) = frame else {
+        return Vec::new();
+    };
+    let serves = |items: &[OwnedFrame]| {
+        let flags = field(items, "flags").unwrap_or_default();
+        let down = flags
+            .split(',')
+            .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"));
+        !down && field(items, "master-link-status").as_deref() == Some("ok")
+    };
+    replicas
+        .iter()
+        .filter_map(|replica| match replica {
+            OwnedFrame::Array(items) if serves(items) => address_in(items),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Keep a subscription to `+switch-master` on one sentinel (the next when it is lost, a
@@ -439,6 +541,45 @@ mod tests {
             OwnedFrame::Integer(1),
         ]);
         assert_eq!(switched_to(&confirmation, "mymaster"), None);
+    }
+
+    /// A replica is read from only while no sentinel flag says it is down or disconnected
+    /// and its replication link is `ok`.
+    #[test]
+    fn sentinel_replicas_gives_the_replicas_that_serve() {
+        let replica = |ip: &str, flags: &str, link: &str| {
+            OwnedFrame::Array(
+                [
+                    "name",
+                    "x",
+                    "ip",
+                    ip,
+                    "port",
+                    "6380",
+                    "flags",
+                    flags,
+                    "master-link-status",
+                    link,
+                ]
+                .into_iter()
+                .map(bulk)
+                .collect(),
+            )
+        };
+        let reply = OwnedFrame::Array(vec![
+            replica("10.0.0.1", "slave", "ok"),
+            replica("10.0.0.2", "s_down,slave", "ok"),
+            replica("10.0.0.3", "slave,disconnected", "ok"),
+            replica("10.0.0.4", "slave", "err"),
+            replica("::5", "slave", "ok"),
+            replica("10.0.0.6", "o_down,slave", "ok"),
+            bulk("not a replica"),
+        ]);
+        assert_eq!(
+            serving_replicas(&reply),
+            ["10.0.0.1:6380".to_string(), "[::5]:6380".to_string()]
+        );
+        assert!(serving_replicas(&bulk("no array")).is_empty());
     }
 
     #[test]

@@ -221,6 +221,22 @@ impl ConnectGate {
         }
     }
 
+    /// Behind Sentinel, reading from replicas: a gate for the master's data nodes, the
+    /// primary and its replicas at the address each router gives (`crate::cluster`), with
+    /// this gate's settings, handshake (AUTH, SELECT) and TLS, but no ROLE check (a
+    /// replica is meant) and no switch to follow (the routers follow the sentinels' view).
+    pub fn for_nodes(&self) -> ConnectGate {
+        let label = self.address();
+        ConnectGate::new(
+            UpstreamTarget {
+                sentinel: None,
+                address: label,
+                ..self.target.clone()
+            },
+            self.settings.clone(),
+        )
+    }
+
     /// Behind Sentinel: the primary's generation, one more per switch.
     pub fn generation(&self) -> u64 {
         self.tracked

@@ -30,10 +30,19 @@ pub(super) enum NoTarget {
 /// A redirection a node answered instead of running the command.
 #[derive(Debug, PartialEq, Eq)]
 enum Redirect<'a> {
-    Moved { slot: u16, address: &'a str },
-    Ask { slot: u16, address: &'a str },
+    Moved {
+        slot: u16,
+        address: &'a str,
+    },
+    Ask {
+        slot: u16,
+        address: &'a str,
+    },
     TryAgain,
     ClusterDown,
+    /// `-READONLY`, from a primary demoted behind Sentinel (a read-only replica refusing a
+    /// write); not a redirection in a cluster, where a replica answers `-MOVED`.
+    ReadOnly,
 }
 
 impl<'a> Redirect<'a> {
@@ -44,6 +53,7 @@ impl<'a> Redirect<'a> {
             Redirect::Ask { .. } => "ask",
             Redirect::TryAgain => "tryagain",
             Redirect::ClusterDown => "clusterdown",
+            Redirect::ReadOnly => "readonly",
         }
     }
 
@@ -60,6 +70,7 @@ impl<'a> Redirect<'a> {
             "ASK" => target().map(|(slot, address)| Redirect::Ask { slot, address }),
             "TRYAGAIN" => Some(Redirect::TryAgain),
             "CLUSTERDOWN" => Some(Redirect::ClusterDown),
+            "READONLY" => Some(Redirect::ReadOnly),
             _ => None,
         }
     }
@@ -210,7 +221,9 @@ impl Router {
             return;
         };
         if !entry.kind.is_transaction() {
-            let redirect = Redirect::parse(&reply);
+            // `-READONLY` redirects only behind Sentinel (see `Redirect::ReadOnly`).
+            let redirect = Redirect::parse(&reply)
+                .filter(|r| *r != Redirect::ReadOnly || !self.view.is_sharded());
             if let Some(r) = &redirect {
                 metrics::counter!("respguard_cluster_redirections_total", "kind" => r.kind())
                     .increment(1);
@@ -227,12 +240,23 @@ impl Router {
                 }
                 Some(Redirect::TryAgain) if self.may_retry(seq, part) => return,
                 Some(Redirect::ClusterDown) => self.view.refresh_soon(),
+                // Behind Sentinel, a primary demoted before the proxy heard of it: the
+                // command did not run; sent again to the primary the sentinels name.
+                Some(Redirect::ReadOnly) if self.may_retry(seq, part) => {
+                    self.view.refresh_soon();
+                    return;
+                }
                 None if replica_unready(&reply) && self.may_fall_back(seq, part) => {
                     let node = self.entry_mut(seq).expect("entry").parts[usize::from(part)].node;
                     if let Some(address) = node.and_then(|n| self.address_of(n)) {
                         self.mark_down(&address);
                     }
                     return self.fall_back(seq, part, reply);
+                }
+                None if reply.starts_with(b"-NOSCRIPT") && self.on_replica(seq, part) => {
+                    // `SCRIPT LOAD` reaches primaries only (Redis does not replicate it):
+                    // the read-only script runs on the primary, which has it.
+                    return self.read_on_primary(seq, part, reply);
                 }
                 _ => {}
             }
@@ -480,6 +504,10 @@ mod tests {
         assert_eq!(
             Redirect::parse(b"-CLUSTERDOWN The cluster is down\r\n"),
             Some(Redirect::ClusterDown)
+        );
+        assert_eq!(
+            Redirect::parse(b"-READONLY You can't write against a read only replica.\r\n"),
+            Some(Redirect::ReadOnly)
         );
         assert_eq!(Redirect::parse(b"-ERR MOVED 1 a:1\r\n"), None);
         assert_eq!(Redirect::parse(b"-MOVED x a:1\r\n"), None);

@@ -56,10 +56,13 @@ impl Router {
             return self.transaction_command(raw, args, &name, silent);
         }
         match &name[..] {
-            b"CLUSTER" => match local::answer(&sub, self.proxy, self.protocol) {
-                Some(reply) => self.answer(reply, silent),
-                None => self.keyed(raw, args, Kind::Plain, silent),
-            },
+            // Behind Sentinel the primary answers as it would (no cluster support).
+            b"CLUSTER" if self.view.is_sharded() => {
+                match local::answer(&sub, self.proxy, self.protocol) {
+                    Some(reply) => self.answer(reply, silent),
+                    None => self.keyed(raw, args, Kind::Plain, silent),
+                }
+            }
             b"QUIT" if self.monitoring.is_active() => self.quit_monitoring(silent),
             // On shared connections Redis would close a connection other clients use: the
             // router answers, and the session closes once the replies before it are written.
@@ -163,6 +166,13 @@ impl Router {
     }
 
     pub(super) fn keyless(&mut self, raw: Bytes, args: Args<'_>, kind: Kind, silent: bool) {
+        if !self.view.is_sharded() {
+            // One primary holds every key: it runs the command as it stands, ordered with
+            // the client's keyed commands (one flight, see `route_of`).
+            let mut part = Part::new(raw, Some(0), None);
+            part.pinned = false;
+            return self.one_part(part, kind, silent);
+        }
         let (name, sub) = (args.upper(0), args.upper(1));
         match spread::keyless(&name, &sub) {
             Keyless::AnyNode => self.send_to_default(raw, kind, silent),
@@ -220,8 +230,13 @@ impl Router {
         (!shards.is_empty()).then(|| shards[fastrand::usize(..shards.len())].primary.clone())
     }
 
-    /// The node a command naming no key goes to: the last one used, else a primary.
+    /// The node a command naming no key goes to: the last one used, else a primary; behind
+    /// Sentinel, the primary in force (after a failover, the new one).
     pub(super) fn default_index(&mut self) -> Option<usize> {
+        if !self.view.is_sharded() {
+            let primary = self.view.map()?.shards().first()?.primary.clone();
+            return self.node_for(&primary);
+        }
         if let Some(i) = self.default_node {
             if self.links[i].is_some() {
                 return Some(i);
@@ -239,8 +254,12 @@ impl Router {
 
     /// The error for a command when no node can be named.
     pub(super) fn no_node(&self) -> Bytes {
+        let what = match self.view.is_sharded() {
+            true => "no cluster node is known",
+            false => "no primary is known",
+        };
         resp::error(&format!(
-            "ERR respguard: no cluster node is known ({})",
+            "ERR respguard: {what} ({})",
             self.view.last_error()
         ))
     }
@@ -283,7 +302,10 @@ impl Router {
         self.release();
     }
 
-    /// Where `args` go by their keys (left in `positions`).
+    /// Where `args` go by their keys (left in `positions`). Behind Sentinel every key is
+    /// in slot 0: one primary holds them all, nothing is split or refused across slots,
+    /// and a read waits for the client's commands in flight on another node (the slot's
+    /// flight) before it goes to a replica.
     pub(super) fn route_of(&mut self, args: Args<'_>) -> Route {
         let table = std::sync::Arc::clone(&self.table);
         let info = match args.get(0) {
@@ -293,7 +315,10 @@ impl Router {
         let mut positions = std::mem::take(&mut self.positions);
         let routed = route(info, args.len(), |i| args.get(i), &mut positions);
         self.positions = positions;
-        routed
+        match routed {
+            Route::Slot(_) | Route::CrossSlot if !self.view.is_sharded() => Route::Slot(0),
+            routed => routed,
+        }
     }
 
     /// The link to the primary serving `slot`, if one does.

@@ -65,10 +65,14 @@ impl Router {
             .cloned()
     }
 
-    /// Send `READONLY` (hidden) on node `index` unless its connection has it.
+    /// Send `READONLY` (hidden) on node `index` unless its connection has it; behind
+    /// Sentinel a replica serves reads without it (and refuses it: no cluster support),
+    /// so the connection is only marked as one serving replica reads.
     pub(super) fn ensure_readonly(&mut self, index: usize) {
         if !self.readonly[index] {
-            self.send(index, resp::simple_command(b"READONLY"), Expect::Hidden);
+            if self.view.is_sharded() {
+                self.send(index, resp::simple_command(b"READONLY"), Expect::Hidden);
+            }
             self.readonly[index] = true;
         }
     }
@@ -76,6 +80,9 @@ impl Router {
     /// `READONLY` again (hidden) on every replica connection, after a command that cleared
     /// it there (the client's `READWRITE`, `RESET`).
     pub(super) fn restore_readonly(&mut self) {
+        if !self.view.is_sharded() {
+            return;
+        }
         for index in 0..self.links.len() {
             if self.readonly[index] && self.links[index].is_some() {
                 self.send(index, resp::simple_command(b"READONLY"), Expect::Hidden);
@@ -104,6 +111,21 @@ impl Router {
             let p = &e.parts[usize::from(part)];
             p.on_replica && p.read == ReadFrom::PreferReplica
         })
+    }
+
+    /// Whether part `part` of `seq` was last sent to a replica.
+    pub(super) fn on_replica(&mut self, seq: u64, part: u16) -> bool {
+        self.entry_mut(seq)
+            .is_some_and(|e| e.parts[usize::from(part)].on_replica)
+    }
+
+    /// A read its replica answered `-NOSCRIPT` (`EVALSHA_RO` of a script loaded through
+    /// the proxy, which loads scripts on primaries): sent again to the primary, once.
+    pub(super) fn read_on_primary(&mut self, seq: u64, part: u16, error: Bytes) {
+        if let Some(entry) = self.entry_mut(seq) {
+            entry.parts[usize::from(part)].read = ReadFrom::Primary;
+        }
+        self.fall_back(seq, part, error);
     }
 
     /// A `prefer-replica` read its replica could not serve: sent again where the map says

@@ -192,6 +192,9 @@ impl Router {
         }
         let (name, sub) = (args.upper(0), args.upper(1));
         match (&name[..], &sub[..]) {
+            // Behind Sentinel a database is the connection's for good: shared ones stay
+            // in the URL's.
+            (b"SELECT", _) if !self.view.is_sharded() => Sharing::ForLife,
             // Refused, or answered by the router; or state Redis Cluster keeps none of
             // (SELECT 0 changes nothing, any other is refused) or that is no one else's
             // business (a library's name and version).

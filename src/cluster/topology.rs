@@ -72,6 +72,15 @@ struct Described {
 }
 
 impl SlotMap {
+    /// A map of one shard serving every slot: a primary and its replicas found otherwise
+    /// than from a cluster (behind Sentinel, `crate::sentinel`), routed by the same router.
+    pub fn one_shard(shard: Shard) -> SlotMap {
+        SlotMap {
+            owner: Box::new([0; SLOTS]),
+            shards: vec![shard],
+        }
+    }
+
     /// The index of the shard serving `slot` (into [`Self::shards`]), if covered.
     pub fn shard_index(&self, slot: u16) -> Option<usize> {
         match self.owner.get(usize::from(slot)) {

@@ -10,6 +10,11 @@
 //! answering thousands of `-MOVED` costs a few reads. A `-MOVED` is news in itself: the
 //! slot is pointed at the named node at once ([`ClusterView::moved`]), before the read.
 //!
+//! Behind Sentinel with replicas to read from, the same view holds one shard (the primary
+//! and its replicas, [`ClusterView::replicated`]): the Sentinel watcher publishes it
+//! ([`ClusterView::publish_shard`]) and answers the routers' requests for a read
+//! ([`ClusterView::refresh_wanted`]); nothing asks `CLUSTER SHARDS` then.
+//!
 //! Never carries a client's command: it only asks `CLUSTER SHARDS` (or `SLOTS`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,7 +25,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{watch, Notify};
 
 use super::reader::read_topology;
-use super::topology::SlotMap;
+use super::topology::{Shard, SlotMap};
 use crate::upstream::ConnectGate;
 
 /// How often the topology is read while nothing asks for it.
@@ -43,6 +48,8 @@ pub struct ClusterView {
     wanted: Notify,
     /// Which node of the map the next periodic read asks first.
     turn: AtomicUsize,
+    /// A Redis Cluster (slots over shards); false for one shard found through Sentinel.
+    sharded: bool,
 }
 
 impl ClusterView {
@@ -56,7 +63,46 @@ impl ClusterView {
             last_error: Mutex::new("the cluster has not been asked yet".into()),
             wanted: Notify::new(),
             turn: AtomicUsize::new(0),
+            sharded: true,
         }
+    }
+
+    /// A view of one shard, a primary and its replicas that another part of the proxy
+    /// finds (the Sentinel watcher) and publishes with [`Self::publish_shard`]; node
+    /// connections go through `gate`.
+    pub fn replicated(gate: Arc<ConnectGate>) -> Self {
+        ClusterView {
+            sharded: false,
+            ..ClusterView::new(gate, Vec::new())
+        }
+    }
+
+    /// Whether this is a Redis Cluster (slots over shards, cluster commands); false for
+    /// one primary and its replicas (behind Sentinel), where every key is the primary's.
+    pub fn is_sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// The primary and replicas of a replicated view are now `shard` (published only when
+    /// it changed, so routers see a new generation only then).
+    pub fn publish_shard(&self, shard: Shard) {
+        let current = self.map.load();
+        if current.as_ref().map(|m| m.shards()) != Some(std::slice::from_ref(&shard)) {
+            self.publish(SlotMap::one_shard(shard));
+        }
+        self.last_error.lock().expect("view lock").clear();
+    }
+
+    /// Why the shard of a replicated view could not be found (the routers' error while no
+    /// map is known).
+    pub fn failed(&self, reason: String) {
+        *self.last_error.lock().expect("view lock") = reason;
+    }
+
+    /// Resolves when a router asked for a read ([`Self::refresh_soon`]): the Sentinel
+    /// watcher of a replicated view waits on it.
+    pub async fn refresh_wanted(&self) {
+        self.wanted.notified().await;
     }
 
     /// The map in force, if any node has answered yet.

@@ -121,8 +121,8 @@ fn validate_auth(auth: &RawAuth, upstream: &UpstreamTarget) -> Result<(), Config
 pub const MAX_READ_RULES: usize = 64;
 
 /// `[[upstream.read_from]]`: a pattern each, at most [`MAX_READ_RULES`], and a rule reading
-/// elsewhere than the primary only in front of a Redis Cluster (a standalone Redis or
-/// Sentinel's primary has no replicas the proxy reads from).
+/// elsewhere than the primary only in front of a Redis Cluster or behind Sentinel (a
+/// single Redis has no replicas the proxy knows of).
 fn validate_read_from(rules: &[RawReadRule], upstream: &UpstreamTarget) -> Result<(), ConfigError> {
     let key = "upstream.read_from";
     if rules.len() > MAX_READ_RULES {
@@ -138,11 +138,14 @@ fn validate_read_from(rules: &[RawReadRule], upstream: &UpstreamTarget) -> Resul
                 "a rule has an empty pattern, which names no key (\"*\" names every key)",
             ));
         }
-        if rule.from != ReadFrom::Primary && upstream.cluster.is_none() {
+        if rule.from != ReadFrom::Primary
+            && upstream.cluster.is_none()
+            && upstream.sentinel.is_none()
+        {
             return Err(invalid(
                 key,
                 format!(
-                    "rule `{}` reads from \"{}\": reading from replicas is built for a redis-cluster:// upstream only (docs/cluster.md)",
+                    "rule `{}` reads from \"{}\": a single Redis has no replicas to read from; reading from replicas needs a redis-cluster:// or redis-sentinel:// upstream (docs/cluster.md, docs/sentinel.md)",
                     rule.pattern,
                     rule.from.word()
                 ),
@@ -674,7 +677,7 @@ mod tests {
 
     /// Read rules parse typed, round-trip, and are refused with the key named: a wrong
     /// `from`, an unknown key, an empty pattern, too many rules, and a replica rule in
-    /// front of anything but a Redis Cluster.
+    /// front of a single Redis (taken behind Sentinel).
     #[test]
     fn read_from_rules_parse_and_are_refused_when_invalid() {
         let cluster = "[upstream]\nurl = \"redis-cluster://127.0.0.1:7000\"\n";
@@ -732,21 +735,24 @@ mod tests {
             e.contains("upstream.read_from") && e.contains("at most 64"),
             "{e}"
         );
-        // Not a cluster: a replica rule is refused, a primary rule changes nothing.
-        for url in [
-            "redis://127.0.0.1:6379",
-            "redis-sentinel://127.0.0.1:26379#m",
-        ] {
-            let e = err(&format!(
-                "[upstream]\nurl = \"{url}\"\n[[upstream.read_from]]\npattern = \"r:*\"\nfrom = \"prefer-replica\"\n"
-            ));
-            assert!(
-                e.contains("upstream.read_from")
-                    && e.contains("rule `r:*`")
-                    && e.contains("redis-cluster:// upstream only"),
-                "{e}"
-            );
-        }
+        // A single Redis: a replica rule is refused, a primary rule changes nothing;
+        // behind Sentinel a replica rule is taken.
+        let replica_rule = "[[upstream.read_from]]\npattern = \"r:*\"\nfrom = \"prefer-replica\"\n";
+        let e = err(&format!(
+            "[upstream]\nurl = \"redis://127.0.0.1:6379\"\n{replica_rule}"
+        ));
+        assert!(
+            e.contains("upstream.read_from")
+                && e.contains("rule `r:*`")
+                && e.contains("a single Redis has no replicas to read from"),
+            "{e}"
+        );
+        RawConfig::from_toml(&format!(
+            "[upstream]\nurl = \"redis-sentinel://127.0.0.1:26379#m\"\n{replica_rule}"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
         RawConfig::from_toml("[[upstream.read_from]]\npattern = \"r:*\"\nfrom = \"primary\"\n")
             .unwrap()
             .validate()

@@ -43,6 +43,7 @@ mod runtime;
 mod scanner;
 mod scripted_enqueue;
 mod sentinel;
+mod sentinel_replicas;
 mod shim;
 mod soak;
 mod tls;

@@ -16,13 +16,13 @@ use tokio::io::AsyncWriteExt;
 
 use crate::harness::*;
 
-const MASTER: &str = "respguard-primary";
+pub(crate) const MASTER: &str = "respguard-primary";
 /// Clients looping SET and GET through the proxy during a failover.
 const CLIENTS: usize = 10;
 /// The longest a failover (and the sentinels' setup) may take on a busy machine.
-const FAILOVER_WAIT: Duration = Duration::from_secs(40);
+pub(crate) const FAILOVER_WAIT: Duration = Duration::from_secs(40);
 
-fn frame(reply: &str) -> OwnedFrame {
+pub(crate) fn frame(reply: &str) -> OwnedFrame {
     match redis_protocol::resp2::decode::decode(reply.as_bytes()) {
         Ok(Some((f, _))) => f,
         other => panic!("not a reply ({other:?}): {reply:?}"),
@@ -40,7 +40,7 @@ fn text(f: &OwnedFrame) -> String {
 
 /// The value of `name` in a flat `[name, value, ...]` array (a sentinel's description of
 /// an instance).
-fn field(entry: &OwnedFrame, name: &str) -> Option<String> {
+pub(crate) fn field(entry: &OwnedFrame, name: &str) -> Option<String> {
     let OwnedFrame::Array(items) = entry else {
         return None;
     };
@@ -52,10 +52,10 @@ fn field(entry: &OwnedFrame, name: &str) -> Option<String> {
 
 /// A primary, its replica and three sentinels watching them (quorum 2, a node down after
 /// 1 s of silence).
-struct Deployment {
+pub(crate) struct Deployment {
     /// The primary at start, then its replica.
-    nodes: Vec<RedisServer>,
-    sentinels: Vec<SentinelServer>,
+    pub(crate) nodes: Vec<RedisServer>,
+    pub(crate) sentinels: Vec<SentinelServer>,
 }
 
 impl Deployment {
@@ -74,7 +74,7 @@ impl Deployment {
 
     /// Start, and wait until a failover can happen: every sentinel knows the two others
     /// and the replica, whose link to the primary is up.
-    async fn ready() -> Self {
+    pub(crate) async fn ready() -> Self {
         let d = Self::start().await;
         eventually!(
             FAILOVER_WAIT,
@@ -108,7 +108,7 @@ impl Deployment {
     }
 
     /// `redis-sentinel://` with the three sentinels.
-    fn url(&self, db: u32) -> String {
+    pub(crate) fn url(&self, db: u32) -> String {
         let hosts: Vec<String> = (self.sentinels.iter())
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect();
@@ -116,7 +116,7 @@ impl Deployment {
     }
 
     /// The primary as sentinel `i` names it.
-    async fn named_by(&self, i: usize) -> String {
+    pub(crate) async fn named_by(&self, i: usize) -> String {
         let mut c = Conn::open(self.sentinels[i].addr()).await;
         let reply = frame(
             &c.call(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER])
@@ -143,7 +143,7 @@ async fn writes_reach(c: &mut Conn, primary: &RedisServer) {
     assert_eq!(direct.call(&["GET", "k"]).await, "$1\r\nv\r\n");
 }
 
-fn address(server: &RedisServer) -> String {
+pub(crate) fn address(server: &RedisServer) -> String {
     format!("127.0.0.1:{}", server.port)
 }
 
