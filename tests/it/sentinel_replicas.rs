@@ -360,3 +360,48 @@ async fn a_forced_failover_moves_writes_to_the_new_primary_and_reads_to_its_repl
     assert!(errors <= 2 * CLIENTS, "{errors} errors");
     proxy.shutdown().await;
 }
+
+/// A proxy behind Sentinel started without a rule reading from replicas refuses a reload
+/// adding one (its clients are not routed through replicas) and says to restart; the rules
+/// in force stay, so the next reload of the old file succeeds.
+#[tokio::test]
+async fn a_reload_adding_the_first_replica_rule_behind_sentinel_is_refused() {
+    let d = Deployment::ready().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("respguard.toml");
+    std::fs::write(&config, "").unwrap();
+    let overrides = respguard::config::Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        upstream: Some(d.url(0)),
+        ..Default::default()
+    };
+    let source = respguard::config::ConfigSource {
+        path: config.clone(),
+        overrides,
+    };
+    let mut started = source.load().unwrap().validate().unwrap();
+    started.source = Some(source);
+    let proxy = respguard::app::start(started).await.unwrap();
+    let mut c = Conn::open(proxy.addr).await;
+    assert_eq!(c.call(&["SET", "r:1", "x"]).await, "+OK\r\n");
+
+    std::fs::write(
+        &config,
+        "[[upstream.read_from]]\npattern = \"r:*\"\nfrom = \"replica\"\n",
+    )
+    .unwrap();
+    let refused = c.call(&["RESPGUARD", "RELOAD"]).await;
+    assert!(
+        refused.starts_with("-ERR respguard: reload refused, the rules in force are unchanged:")
+            && refused.contains("behind Sentinel, reading from replicas begins with a restart"),
+        "{refused}"
+    );
+    std::fs::write(&config, "").unwrap();
+    assert_eq!(
+        c.call(&["RESPGUARD", "RELOAD"]).await,
+        "+OK generation 2\r\n"
+    );
+    assert_eq!(c.call(&["GET", "r:1"]).await, bulk("x"));
+    proxy.shutdown().await;
+}
