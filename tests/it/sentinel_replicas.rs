@@ -262,15 +262,26 @@ async fn load(proxy: std::net::SocketAddr, id: usize, stop: Arc<AtomicBool>) -> 
 }
 
 /// `SENTINEL FAILOVER` while 10 clients write through the primary and read `prefer-replica`
-/// keys: no client loses its connection, at most the commands in flight fail, every read
-/// gives the value written, each client's last acknowledged write is on the new primary,
-/// and reads go back to a replica (the demoted primary) once the sentinels list it.
+/// keys, each on a connection of its own: no client loses its connection, at most the
+/// commands in flight fail, every read gives the value written, each client's last
+/// acknowledged write is on the new primary, and reads go back to a replica (the demoted
+/// primary) once the sentinels list it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_failover_moves_writes_to_the_new_primary_and_reads_to_its_replica() {
+    failover_reading_from_replicas(Mode::PerClient).await;
+}
+
+/// The same with the clients on shared node connections (`multiplexed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_failover_moves_the_shared_connections_of_replica_reads() {
+    failover_reading_from_replicas(Mode::Multiplexed).await;
+}
+
+async fn failover_reading_from_replicas(mode: Mode) {
     const CLIENTS: usize = 10;
     let d = Deployment::ready().await;
     let rule = "[[upstream.read_from]]\npattern = \"r:*\"\nfrom = \"prefer-replica\"\n";
-    let proxy = proxy_with_rules(&d, Mode::PerClient, 0, rule).await;
+    let proxy = proxy_with_rules(&d, mode, 0, rule).await;
     let mut c = Conn::open(proxy.addr).await;
     for id in 0..CLIENTS {
         assert_eq!(
@@ -325,7 +336,10 @@ async fn a_forced_failover_moves_writes_to_the_new_primary_and_reads_to_its_repl
     let mut direct = Conn::open(d.nodes[1].addr()).await;
     for (id, task) in tasks.into_iter().enumerate() {
         let (ops, closes) = task.await.unwrap();
-        assert_eq!(closes, 0, "client {id} kept its connection to the proxy");
+        assert_eq!(
+            closes, 0,
+            "{mode:?}: client {id} kept its connection to the proxy"
+        );
         let after: Vec<&Op> = ops.iter().filter(|o| o.sent >= began).collect();
         commands += after.len();
         let failed: Vec<&&Op> = after.iter().filter(|o| o.reply.starts_with('-')).collect();
@@ -353,7 +367,7 @@ async fn a_forced_failover_moves_writes_to_the_new_primary_and_reads_to_its_repl
         );
     }
     println!(
-        "sentinel failover reading from replicas: {errors} of {commands} commands failed after it began ({CLIENTS} clients); the proxy switched after {:?}; reads were on the demoted primary, now a replica, after {:?}",
+        "sentinel failover reading from replicas, {mode:?}: {errors} of {commands} commands failed after it began ({CLIENTS} clients); the proxy switched after {:?}; reads were on the demoted primary, now a replica, after {:?}",
         switched - began,
         replica_again - began
     );
