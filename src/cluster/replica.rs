@@ -3,7 +3,8 @@
 //! from, and the replica connections' `READONLY`.
 //!
 //! A read goes to a replica only when the command table flags it `readonly` (not
-//! `blocking`: EVAL, EVALSHA and FCALL are not flagged so, their `_RO` forms are), every key
+//! `blocking`: EVAL, EVALSHA and FCALL are not flagged so, their `_RO` forms are) or it is
+//! an EVAL whose shebang declares `no-writes`, every key
 //! it names is in one slot (or, split across slots, in the part's slot) and matched by a
 //! rule reading from replicas, and the client is in no transaction and watches no key.
 //! Each client reads from one replica per shard, chosen by its router's place among the
@@ -25,12 +26,20 @@ use super::read_rules::may_read_from_replica;
 use super::router::{Expect, Router};
 use super::slot::key_slot;
 use super::topology::Shard;
+use crate::command::shebang::declares_no_writes;
 use crate::config::ReadFrom;
 use crate::resp;
 
 /// How long a replica found unreachable is passed over by `prefer-replica` reads before
 /// it is tried again.
 pub const DOWN_FOR: Duration = Duration::from_secs(5);
+
+/// Whether `args` is an `EVAL` of a script whose shebang declares `no-writes` (Redis runs
+/// it on a read-only replica). `EVALSHA` and `FCALL` name a body the router has not read:
+/// they stay on primaries (their `_RO` forms do not).
+fn declared_no_writes(args: Args<'_>) -> bool {
+    &*args.upper(0) == b"EVAL" && args.get(1).is_some_and(declares_no_writes)
+}
 
 impl Router {
     /// Where this command (`args`, whose keys `route_of` left in `positions`) is read;
@@ -44,7 +53,7 @@ impl Router {
             Some(name) => self.table.classify(name, || args.get(1)),
             None => return ReadFrom::Primary,
         };
-        if !may_read_from_replica(info) {
+        if !may_read_from_replica(info) && !declared_no_writes(args) {
             return ReadFrom::Primary;
         }
         let keys = self

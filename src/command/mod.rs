@@ -17,6 +17,7 @@
 //! ([`names`]): no allocation, no copy.
 
 mod names;
+pub mod shebang;
 
 pub use names::LastName;
 use names::NameIndex;

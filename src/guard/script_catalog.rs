@@ -30,6 +30,7 @@ use rustc_hash::FxHashMap;
 
 use rustc_hash::FxHashSet;
 
+use crate::command::shebang::shebang_flags;
 use crate::command::{CommandTable, Flags};
 
 /// Most script digests remembered.
@@ -128,24 +129,6 @@ fn nature_of_flags(flags: &[&[u8]]) -> Option<ScriptNature> {
     } else {
         None
     }
-}
-
-/// The flags of a `#!lua flags=a,b` first line; `None` without a shebang, and an empty list
-/// for a shebang without flags.
-fn shebang_flags(body: &[u8]) -> Option<Vec<&[u8]>> {
-    let line = body.strip_prefix(b"#!")?;
-    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
-    let flags = line
-        .split(|&b| b == b' ')
-        .find_map(|word| word.strip_prefix(b"flags="))
-        .unwrap_or_default();
-    Some(
-        flags
-            .split(|&b| b == b',')
-            .map(|f| f.trim_ascii())
-            .filter(|f| !f.is_empty())
-            .collect(),
-    )
 }
 
 /// The command names of a source's `redis.call(`/`pcall(` sites, in order: `Some(name)` for

@@ -154,7 +154,13 @@ async fn reads_matched_by_a_replica_rule_run_on_replicas_and_nothing_else_does()
         "$2\r\nv2\r\n"
     );
     assert_eq!(counts.step("eval_ro").await, (0, 1), "EVAL_RO");
-    assert_eq!(counts.step("get").await, (1, 1), "the scripts' own GETs");
+    let no_writes = "#!lua flags=no-writes\nreturn redis.call('GET', KEYS[1])";
+    assert_eq!(
+        c.call(&["EVAL", no_writes, "1", "r:2"]).await,
+        "$2\r\nv2\r\n"
+    );
+    assert_eq!(counts.step("eval").await, (0, 1), "a no-writes EVAL");
+    assert_eq!(counts.step("get").await, (1, 2), "the scripts' own GETs");
 
     // The client's own READWRITE and RESET do not take READONLY from the proxy's replica
     // connections: reads stay there, with no -MOVED to follow.

@@ -187,6 +187,13 @@ async fn reads_matched_by_a_rule_run_on_the_sentinels_replica_and_nothing_else_d
             (0, 1),
             "{mode:?}: EVAL_RO"
         );
+        let no_writes = "#!lua flags=no-writes\nreturn redis.call('GET', KEYS[1])";
+        assert_eq!(c.call(&["EVAL", no_writes, "1", "r:2"]).await, bulk("v2"));
+        assert_eq!(
+            counts.step(&d, "eval").await,
+            (0, 1),
+            "{mode:?}: a no-writes EVAL"
+        );
         // A script loaded through the proxy is on the primary only (Redis does not
         // replicate SCRIPT LOAD): EVALSHA_RO gets its result all the same.
         let sha = c.call(&["SCRIPT", "LOAD", script]).await;
