@@ -268,6 +268,23 @@ async fn load(proxy: std::net::SocketAddr, id: usize, stop: Arc<AtomicBool>) -> 
     (ops, closes)
 }
 
+/// Loop `GET r:0` until `stop`; every command as the client saw it.
+async fn read_only(proxy: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Vec<Op> {
+    let mut c = Conn::open(proxy).await;
+    let mut ops = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let sent = Instant::now();
+        let reply = c.call(&["GET", "r:0"]).await;
+        ops.push(Op {
+            sent,
+            set: None,
+            reply,
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    ops
+}
+
 /// `SENTINEL FAILOVER` while 10 clients write through the primary and read `prefer-replica`
 /// keys, each on a connection of its own: no client loses its connection, at most the
 /// commands in flight fail, every read gives the value written, each client's last
@@ -275,18 +292,36 @@ async fn load(proxy: std::net::SocketAddr, id: usize, stop: Arc<AtomicBool>) -> 
 /// primary) once the sentinels list it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_failover_moves_writes_to_the_new_primary_and_reads_to_its_replica() {
-    failover_reading_from_replicas(Mode::PerClient).await;
+    failover_reading_from_replicas(Mode::PerClient, Failover::Forced).await;
 }
 
 /// The same with the clients on shared node connections (`multiplexed`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_failover_moves_the_shared_connections_of_replica_reads() {
-    failover_reading_from_replicas(Mode::Multiplexed).await;
+    failover_reading_from_replicas(Mode::Multiplexed, Failover::Forced).await;
 }
 
-async fn failover_reading_from_replicas(mode: Mode) {
+/// The primary SIGKILLed under the same load: reads go on from the replica while there is
+/// no primary (writes wait, retried for up to 5 s), the sentinels promote it, and writes
+/// resume there (each client's last
+/// acknowledged write on it), every client still on its connection to the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_leaves_replica_reads_served_and_writes_move_to_the_promoted_one() {
+    failover_reading_from_replicas(Mode::PerClient, Failover::Kill).await;
+}
+
+/// How the primary goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failover {
+    /// `SENTINEL FAILOVER`: it stays up and becomes a replica.
+    Forced,
+    /// SIGKILL: the sentinels find it down and promote its replica.
+    Kill,
+}
+
+async fn failover_reading_from_replicas(mode: Mode, how: Failover) {
     const CLIENTS: usize = 10;
-    let d = Deployment::ready().await;
+    let mut d = Deployment::ready().await;
     let rule = "[[upstream.read_from]]\npattern = \"r:*\"\nfrom = \"prefer-replica\"\n";
     let proxy = proxy_with_rules(&d, mode, 0, rule).await;
     let mut c = Conn::open(proxy.addr).await;
@@ -303,6 +338,7 @@ async fn failover_reading_from_replicas(mode: Mode) {
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|id| tokio::spawn(load(proxy.addr, id, Arc::clone(&stop))))
         .collect();
+    let reader = tokio::spawn(read_only(proxy.addr, Arc::clone(&stop)));
     let replica_gets = calls(&d.nodes[1], "get").await;
     eventually!(WAIT, "reads on the replica", {
         let now = calls(&d.nodes[1], "get").await;
@@ -314,8 +350,13 @@ async fn failover_reading_from_replicas(mode: Mode) {
     });
 
     let began = Instant::now();
-    let mut s = Conn::open(d.sentinels[2].addr()).await;
-    assert_eq!(s.call(&["SENTINEL", "FAILOVER", MASTER]).await, "+OK\r\n");
+    match how {
+        Failover::Forced => {
+            let mut s = Conn::open(d.sentinels[2].addr()).await;
+            assert_eq!(s.call(&["SENTINEL", "FAILOVER", MASTER]).await, "+OK\r\n");
+        }
+        Failover::Kill => d.nodes[0].kill(),
+    }
     let new = address(&d.nodes[1]);
     let switched = eventually!(FAILOVER_WAIT, "the proxy switching primaries", {
         if proxy.gate.generation() > generation {
@@ -325,19 +366,46 @@ async fn failover_reading_from_replicas(mode: Mode) {
         }
     });
     assert_eq!(proxy.gate.address(), new);
-    // Reads go back to a replica: the demoted primary, once the sentinels list it linked.
-    let old_gets = calls(&d.nodes[0], "get").await;
-    let mut reading = Conn::open(proxy.addr).await;
-    let replica_again = eventually!(FAILOVER_WAIT, "reads on the demoted primary", {
-        assert_eq!(reading.call(&["GET", "r:0"]).await, bulk("r0"));
-        let now = calls(&d.nodes[0], "get").await;
-        if now > old_gets + 10 {
-            Ok(Instant::now())
-        } else {
-            Err(now)
+    let settled = match how {
+        // Reads go back to a replica: the demoted primary, once the sentinels list it.
+        Failover::Forced => {
+            let old_gets = calls(&d.nodes[0], "get").await;
+            let mut reading = Conn::open(proxy.addr).await;
+            eventually!(FAILOVER_WAIT, "reads on the demoted primary", {
+                assert_eq!(reading.call(&["GET", "r:0"]).await, bulk("r0"));
+                let now = calls(&d.nodes[0], "get").await;
+                if now > old_gets + 10 {
+                    Ok(Instant::now())
+                } else {
+                    Err(now)
+                }
+            })
         }
-    });
+        // No replica left: every client writing on the promoted node.
+        Failover::Kill => {
+            let sets = calls(&d.nodes[1], "set").await;
+            eventually!(FAILOVER_WAIT, "writes on the promoted node", {
+                let now = calls(&d.nodes[1], "set").await;
+                if now > sets + 20 * CLIENTS as u64 {
+                    Ok(Instant::now())
+                } else {
+                    Err(now)
+                }
+            })
+        }
+    };
     stop.store(true, Ordering::Relaxed);
+    // A client only reading is answered all along, the replica serving while the primary
+    // is being replaced.
+    let reads = reader.await.unwrap();
+    let during: Vec<&Op> = (reads.iter())
+        .filter(|o| o.sent >= began && o.sent < switched)
+        .collect();
+    assert!(!during.is_empty(), "{mode:?}: reads during the failover");
+    for op in &reads {
+        assert_eq!(op.reply, bulk("r0"), "{mode:?}: {op:?}");
+    }
+    let read_during = during.len();
     let mut errors = 0;
     let mut commands = 0;
     let mut direct = Conn::open(d.nodes[1].addr()).await;
@@ -374,11 +442,13 @@ async fn failover_reading_from_replicas(mode: Mode) {
         );
     }
     println!(
-        "sentinel failover reading from replicas, {mode:?}: {errors} of {commands} commands failed after it began ({CLIENTS} clients); the proxy switched after {:?}; reads were on the demoted primary, now a replica, after {:?}",
+        "sentinel failover reading from replicas, {mode:?}, {how:?}: {errors} of {commands} commands failed after it began ({CLIENTS} clients); a reading client got {read_during} answers before the switch; the proxy switched after {:?}; settled (forced: reads on the demoted primary, now a replica; kill: every client writing on the promoted node) after {:?}",
         switched - began,
-        replica_again - began
+        settled - began
     );
-    assert!(errors <= 2 * CLIENTS, "{errors} errors");
+    if how == Failover::Forced {
+        assert!(errors <= 2 * CLIENTS, "{errors} errors");
+    }
     proxy.shutdown().await;
 }
 
