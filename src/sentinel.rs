@@ -209,7 +209,7 @@ impl SentinelWatcher {
         if first {
             self.gate.no_primary_known(reason.clone());
             if let Some(view) = &self.replicas {
-                view.failed(format!("no primary known: {reason}"));
+                view.failed(reason.clone());
             }
         }
         if self.last_failure.as_ref() != Some(&reason) {

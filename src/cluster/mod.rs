@@ -152,9 +152,16 @@ impl ClusterUpstream {
         shared: Option<Arc<shared::SharedNodes>>,
     ) -> Result<(Stream, UpstreamSlot), UpstreamError> {
         if self.view.map().is_none() {
-            return Err(UpstreamError::Unreachable {
-                address: self.gate.address(),
-                reason: format!("no cluster node answered: {}", self.view.last_error()),
+            return Err(match self.view.is_sharded() {
+                true => UpstreamError::Unreachable {
+                    address: self.gate.address(),
+                    reason: format!("no cluster node answered: {}", self.view.last_error()),
+                },
+                // Behind Sentinel: the sentinels' answer, as without replicas.
+                false => UpstreamError::NoPrimary {
+                    address: self.gate.address(),
+                    reason: self.view.last_error(),
+                },
             });
         }
         let slot = self.gate.admit()?;

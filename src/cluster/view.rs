@@ -93,8 +93,8 @@ impl ClusterView {
         self.last_error.lock().expect("view lock").clear();
     }
 
-    /// Why the shard of a replicated view could not be found (the routers' error while no
-    /// map is known).
+    /// Why the shard of a replicated view could not be found (the sentinels' answer, the
+    /// clients' error while no map is known).
     pub fn failed(&self, reason: String) {
         *self.last_error.lock().expect("view lock") = reason;
     }

@@ -509,13 +509,31 @@ async fn a_killed_primary_under_load_is_replaced_by_the_sentinels_choice() {
 /// primary and serves the same client connection.
 #[tokio::test]
 async fn without_a_sentinel_at_start_the_proxy_says_why_then_follows_one_that_comes() {
+    start_without_a_sentinel("").await;
+}
+
+/// The same with a rule reading from replicas (clients then go through a router): the same
+/// error, then served once a sentinel answers.
+#[tokio::test]
+async fn reading_from_replicas_without_a_sentinel_at_start_the_proxy_says_why_the_same_way() {
+    start_without_a_sentinel("[[upstream.read_from]]\npattern = \"r:*\"\nfrom = \"replica\"\n")
+        .await;
+}
+
+/// Start a proxy configured by `toml` behind two sentinels not started yet; see
+/// [`without_a_sentinel_at_start_the_proxy_says_why_then_follows_one_that_comes`].
+async fn start_without_a_sentinel(toml: &str) {
     let ports = [free_port(), free_port()];
     let url = format!(
         "redis-sentinel://127.0.0.1:{},127.0.0.1:{}#{MASTER}",
         ports[0], ports[1]
     );
+    let mut raw = respguard::config::RawConfig::from_toml(toml).unwrap();
+    raw.proxy.listen = "127.0.0.1:0".into();
+    raw.admin.listen = "127.0.0.1:0".into();
+    raw.upstream.url = url;
     let started = Instant::now();
-    let proxy = tokio::time::timeout(WAIT, start_proxy(proxy_config(&url)))
+    let proxy = tokio::time::timeout(WAIT, start_proxy(raw))
         .await
         .expect("the proxy starts without a sentinel");
     assert!(
