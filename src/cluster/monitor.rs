@@ -14,6 +14,7 @@
 //!
 //! A primary a later slot map adds, or one whose connection was lost, is monitored again
 //! at the next check ([`CHECK_EVERY`]); meanwhile the other nodes' lines keep flowing. A
+//! node the map no longer has the router monitor (a demoted primary) is closed. A
 //! replica's stream leaves out the lines of its replication link (their client is its
 //! primary's address), so each write shows once, from its primary.
 //!
@@ -183,11 +184,24 @@ impl Router {
         let Some(nodes) = self.nodes_to_monitor() else {
             return;
         };
-        for (index, primary) in nodes {
-            if !self.monitoring.streaming.contains(&index) {
-                tracing::debug!(node = %self.node_addresses[index], "monitoring another cluster node");
-                self.send(index, resp::simple_command(b"MONITOR"), Expect::Hidden);
-                self.stream_from(index, primary);
+        for (index, primary) in &nodes {
+            if !self.monitoring.streaming.contains(index) {
+                tracing::debug!(node = %self.node_addresses[*index], "monitoring another cluster node");
+                self.send(*index, resp::simple_command(b"MONITOR"), Expect::Hidden);
+            }
+            // A replica's primary may have changed (a failover): its filter follows.
+            self.stream_from(*index, primary.clone());
+        }
+        // A node monitored no more (a primary demoted by a failover) would show its new
+        // primary's writes a second time: its connection closes once it owes nothing.
+        let gone: Vec<usize> = (self.monitoring.streaming.iter())
+            .filter(|i| !nodes.iter().any(|(n, _)| n == *i))
+            .copied()
+            .collect();
+        for index in gone {
+            if self.expects[index].is_empty() {
+                tracing::debug!(node = %self.node_addresses[index], "no longer monitoring a cluster node");
+                self.close_link(index, "no longer monitored");
             }
         }
     }

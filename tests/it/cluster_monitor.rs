@@ -405,3 +405,55 @@ async fn a_lost_node_monitor_is_replaced_and_the_client_keeps_its_stream() {
     assert_eq!(seen.len(), keys);
     proxy.shutdown().await;
 }
+
+/// `CLUSTER FAILOVER` on a replica while a client monitors through the proxy: once the
+/// proxy's slot map names the promoted node, it is monitored and the demoted one no longer
+/// is (its lines would repeat each write its new primary makes), and writes to every slot,
+/// the moved shard's included, show in the client's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_while_monitoring_moves_the_monitor_to_the_promoted_primary() {
+    let cluster = Cluster::start().await;
+    let proxy = proxy_for_cluster(&cluster, "").await;
+    let map = slot_map(&cluster).await;
+    let old = map.shards()[0].primary.clone();
+    let new = map.shards()[0].replicas[0].clone();
+    let mut monitor = Conn::open(proxy.addr).await;
+    assert_eq!(monitor.call(&["MONITOR"]).await, "+OK\r\n");
+    assert_eq!(monitors_on(&cluster, &old).await, 1);
+    assert_eq!(
+        cluster
+            .conn(&new)
+            .await
+            .call(&["CLUSTER", "FAILOVER"])
+            .await,
+        "+OK\r\n"
+    );
+    eventually!(
+        std::time::Duration::from_secs(30),
+        "the promoted node monitored, the demoted one not",
+        {
+            let (on_new, on_old) = (
+                monitors_on(&cluster, &new).await,
+                monitors_on(&cluster, &old).await,
+            );
+            if (on_new, on_old) == (1, 0) {
+                Ok(())
+            } else {
+                Err(format!("{on_new} on {new}, {on_old} on {old}"))
+            }
+        }
+    );
+    let mut writer = Conn::open(proxy.addr).await;
+    let keys = 100;
+    for i in 0..keys {
+        writer.cmd(&["SET", &format!("moved:{i}"), "v"]).await;
+    }
+    assert_eq!(writer.replies(keys).await, "+OK\r\n".repeat(keys));
+    let seen = lines_with(&mut monitor, "\"SET\" \"moved:", keys).await;
+    assert!(seen.iter().all(|l| well_formed(l)), "{seen:?}");
+    let distinct: BTreeSet<&str> = (seen.iter())
+        .filter_map(|l| l.split("\"SET\" \"").nth(1))
+        .collect();
+    assert_eq!(distinct.len(), keys, "every key shows");
+    proxy.shutdown().await;
+}
