@@ -10,6 +10,9 @@
 //! rebuilds a rule goes on counting where the old one stopped, as the recorder's registry
 //! did. The counts live for the process (a counter never goes back); there is one per set of
 //! labels the configuration ever named, so they are bounded by the configurations loaded.
+//!
+//! [`render`] also writes the enqueue guard's counts of the same kind
+//! (`respguard_enqueues_total`, `guard/enqueue/counts.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -63,6 +66,7 @@ impl DecisionCount {
 /// Append every count to `out` in Prometheus's text format, as the recorder writes a
 /// counter: its type line, then one series per set of labels (values escaped).
 pub fn render(out: &mut String) {
+    super::enqueue::counts::render(out);
     let counts = registry().lock().unwrap_or_else(|e| e.into_inner());
     if counts.is_empty() {
         return;
@@ -80,7 +84,7 @@ pub fn render(out: &mut String) {
 }
 
 /// A label value as Prometheus's text format writes it: `\`, `"` and new lines escaped.
-fn escaped(value: &str) -> String {
+pub(super) fn escaped(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -255,9 +255,7 @@ impl ConnectionState {
     #[inline(never)]
     pub fn push_watched(&mut self, command: u16, watch: ReplyWatch) {
         debug_assert!(self.records_as_sent());
-        let mut pending = Pending::forward(command);
-        pending.effect = Effect::Watched(watch);
-        self.queue.push(pending);
+        self.queue.push_watched(command, watch);
     }
 
     /// Record what to do with the replies of `cmd`, sent to Redis, following the connection
