@@ -1,7 +1,8 @@
 //! The enqueue guard's counts, `respguard_enqueues_total{rule, kind}` (`kind` is `first`,
 //! `duplicate`, `repush` or `unread`): one atomic addition on the push's path, rendered in
 //! Prometheus's text format when the metrics are read, as the guards' decision counts are
-//! ([`crate::guard::decisions`], whose `render` writes these too).
+//! ([`crate::guard::decisions`], whose registry holds these too and whose `render` writes
+//! them).
 //!
 //! Why not the `metrics` recorder: every judged payload bumps one of these, and a
 //! recorder's counter is a call through its handle and two atomic additions (the count and
@@ -10,24 +11,10 @@
 //! one stopped, as the recorder's registry did. The counts live for the process, one per
 //! rule name and kind the configurations ever named.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
-use super::super::decisions::escaped;
-
-/// The metric's name.
-const NAME: &str = "respguard_enqueues_total";
-
-/// The counts by rule name and kind, in the order they are rendered.
-type Counts = BTreeMap<(String, &'static str), Arc<AtomicU64>>;
-
-/// Every count of the process.
-fn registry() -> &'static Mutex<Counts> {
-    static COUNTS: OnceLock<Mutex<Counts>> = OnceLock::new();
-    COUNTS.get_or_init(Default::default)
-}
+use super::super::decisions::shared_count;
 
 /// One rule's count of one kind of enqueue.
 #[derive(Debug, Clone)]
@@ -36,9 +23,9 @@ pub struct EnqueueCount(Arc<AtomicU64>);
 impl EnqueueCount {
     /// The count of `kind` for the rule named `rule`, shared with every rule so named.
     pub fn of(rule: &str, kind: &'static str) -> Self {
-        let mut counts = registry().lock().unwrap_or_else(|e| e.into_inner());
-        EnqueueCount(Arc::clone(
-            counts.entry((rule.to_string(), kind)).or_default(),
+        EnqueueCount(shared_count(
+            "respguard_enqueues_total",
+            &[("rule", rule), ("kind", kind)],
         ))
     }
 
@@ -48,30 +35,12 @@ impl EnqueueCount {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The enqueues counted so far (`/metrics` reads them all through [`render`]).
+    /// The enqueues counted so far (`/metrics` reads them all through
+    /// [`super::super::decisions::render`]).
     #[cfg(test)]
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
-}
-
-/// Append every count to `out` in Prometheus's text format, as the recorder wrote them: the
-/// type line, then one series per rule and kind (`rule` escaped).
-pub fn render(out: &mut String) {
-    let counts = registry().lock().unwrap_or_else(|e| e.into_inner());
-    if counts.is_empty() {
-        return;
-    }
-    let _ = writeln!(out, "# TYPE {NAME} counter");
-    for ((rule, kind), count) in counts.iter() {
-        let _ = writeln!(
-            out,
-            "{NAME}{{rule=\"{}\",kind=\"{kind}\"}} {}",
-            escaped(rule),
-            count.load(Ordering::Relaxed)
-        );
-    }
-    out.push('\n');
 }
 
 #[cfg(test)]
@@ -88,7 +57,7 @@ mod tests {
         assert_eq!((first.get(), rebuilt.get()), (3, 3));
         assert_eq!(EnqueueCount::of("counts \"jobs\"", "first").get(), 0);
         let mut text = String::new();
-        render(&mut text);
+        crate::guard::decisions::render(&mut text);
         assert!(
             text.contains("# TYPE respguard_enqueues_total counter\n"),
             "{text}"
