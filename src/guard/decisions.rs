@@ -10,6 +10,10 @@
 //! rebuilds a rule goes on counting where the old one stopped, as the recorder's registry
 //! did. The counts live for the process (a counter never goes back); there is one per set of
 //! labels the configuration ever named, so they are bounded by the configurations loaded.
+//!
+//! The registry is the guards' for every count of this kind: the enqueue guard's
+//! `respguard_enqueues_total{rule, kind}` is kept and rendered here too
+//! ([`shared_count`], `guard/enqueue/counts.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -19,13 +23,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// The metric's name.
 const NAME: &str = "respguard_guard_decisions_total";
 
-/// The labels of one count: guard, rule, action and mode.
-type Labels = (&'static str, String, &'static str, &'static str);
+/// One series: its counter's name, then its labels' names and values, in the order written.
+type Series = (&'static str, Vec<(&'static str, String)>);
 
-/// Every count by its labels, in the order they are rendered.
-fn registry() -> &'static Mutex<BTreeMap<Labels, Arc<AtomicU64>>> {
-    static COUNTS: OnceLock<Mutex<BTreeMap<Labels, Arc<AtomicU64>>>> = OnceLock::new();
+/// Every count by its series, in the order they are rendered (a counter's series together).
+fn registry() -> &'static Mutex<BTreeMap<Series, Arc<AtomicU64>>> {
+    static COUNTS: OnceLock<Mutex<BTreeMap<Series, Arc<AtomicU64>>>> = OnceLock::new();
     COUNTS.get_or_init(Default::default)
+}
+
+/// The count of the counter `name` with `labels` (names and values, in the order they are
+/// written), shared with everyone who asks for the same series; [`render`] writes it.
+pub fn shared_count(name: &'static str, labels: &[(&'static str, &str)]) -> Arc<AtomicU64> {
+    let labels = labels.iter().map(|&(l, v)| (l, v.to_string())).collect();
+    let mut counts = registry().lock().unwrap_or_else(|e| e.into_inner());
+    Arc::clone(counts.entry((name, labels)).or_default())
 }
 
 /// One rule's count of one action.
@@ -35,11 +47,15 @@ pub struct DecisionCount(Arc<AtomicU64>);
 impl DecisionCount {
     /// The count with these labels, shared with every rule that has them.
     pub fn of(guard: &'static str, rule: &str, action: &'static str, mode: &'static str) -> Self {
-        let mut counts = registry().lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts
-            .entry((guard, rule.to_string(), action, mode))
-            .or_default();
-        DecisionCount(Arc::clone(count))
+        DecisionCount(shared_count(
+            NAME,
+            &[
+                ("guard", guard),
+                ("rule", rule),
+                ("action", action),
+                ("mode", mode),
+            ],
+        ))
     }
 
     /// A count no one reads, for the actions a guard never takes.
@@ -61,22 +77,32 @@ impl DecisionCount {
 }
 
 /// Append every count to `out` in Prometheus's text format, as the recorder writes a
-/// counter: its type line, then one series per set of labels (values escaped).
+/// counter: for each counter its type line, then one series per set of labels (values
+/// escaped).
 pub fn render(out: &mut String) {
     let counts = registry().lock().unwrap_or_else(|e| e.into_inner());
-    if counts.is_empty() {
-        return;
+    let mut current = None;
+    for ((name, labels), count) in counts.iter() {
+        if current != Some(*name) {
+            if current.is_some() {
+                out.push('\n');
+            }
+            let _ = writeln!(out, "# TYPE {name} counter");
+            current = Some(*name);
+        }
+        out.push_str(name);
+        for (i, (label, value)) in labels.iter().enumerate() {
+            let open = if i == 0 { '{' } else { ',' };
+            let _ = write!(out, "{open}{label}=\"{}\"", escaped(value));
+        }
+        if !labels.is_empty() {
+            out.push('}');
+        }
+        let _ = writeln!(out, " {}", count.load(Ordering::Relaxed));
     }
-    let _ = writeln!(out, "# TYPE {NAME} counter");
-    for ((guard, rule, action, mode), count) in counts.iter() {
-        let _ = writeln!(
-            out,
-            "{NAME}{{guard=\"{guard}\",rule=\"{}\",action=\"{action}\",mode=\"{mode}\"}} {}",
-            escaped(rule),
-            count.load(Ordering::Relaxed)
-        );
+    if current.is_some() {
+        out.push('\n');
     }
-    out.push('\n');
 }
 
 /// A label value as Prometheus's text format writes it: `\`, `"` and new lines escaped.

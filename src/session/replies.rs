@@ -199,15 +199,15 @@ impl Session {
                 self.confirm_switch();
             }
             Effect::Auth(user) => {
-                self.identity.user = Some(user);
+                self.identity.user = Some(user.into());
                 // Under `[auth]`, an AUTH reaches Redis only with the credentials of the
                 // user the proxy accepted: Redis's +OK completes the authentication.
                 self.set_authenticated(true);
                 // Multiplexed, an AUTH naming another user moved the client to its lanes.
                 self.confirm_switch();
             }
-            Effect::SetName(name) => self.identity.set_name(name),
-            Effect::SetLibName(lib) => self.identity.set_lib_name(lib),
+            Effect::SetName(name) => self.identity.set_name(name.into()),
+            Effect::SetLibName(lib) => self.identity.set_lib_name(lib.into()),
             Effect::Reset => self.identity.reset(),
             Effect::Quit => self.close_when_flushed = true,
             Effect::LaneSwitch => self.confirm_switch(),

@@ -255,9 +255,7 @@ impl ConnectionState {
     #[inline(never)]
     pub fn push_watched(&mut self, command: u16, watch: ReplyWatch) {
         debug_assert!(self.records_as_sent());
-        let mut pending = Pending::forward(command);
-        pending.effect = Effect::Watched(watch);
-        self.queue.push(pending);
+        self.queue.push_watched(command, watch);
     }
 
     /// Record what to do with the replies of `cmd`, sent to Redis, following the connection
@@ -327,18 +325,18 @@ impl ConnectionState {
                         Some(&b"default"[..])
                     };
                     if let Some(u) = user {
-                        pending.effect = Effect::Auth(Bytes::copy_from_slice(u));
+                        pending.effect = Effect::Auth(u.into());
                     }
                 }
                 Special::ClientSetName => {
                     if let Some(n) = cmd.arg(2) {
-                        pending.effect = Effect::SetName(Bytes::copy_from_slice(n));
+                        pending.effect = Effect::SetName(n.into());
                     }
                 }
                 Special::ClientSetInfo => {
                     if let (Some(attr), Some(v)) = (cmd.arg(2), cmd.arg(3)) {
                         if attr.eq_ignore_ascii_case(b"lib-name") {
-                            pending.effect = Effect::SetLibName(Bytes::copy_from_slice(v));
+                            pending.effect = Effect::SetLibName(v.into());
                         }
                     }
                 }

@@ -238,9 +238,9 @@ fn auth_and_setname_record_who_the_client_becomes() {
     assert_eq!(
         effects,
         [
-            Effect::Auth(Bytes::from_static(b"default")),
-            Effect::Auth(Bytes::from_static(b"app")),
-            Effect::SetName(Bytes::from_static(b"n")),
+            Effect::Auth(b"default"[..].into()),
+            Effect::Auth(b"app"[..].into()),
+            Effect::SetName(b"n"[..].into()),
         ]
     );
     assert!(c.state.identity_pending());

@@ -36,6 +36,7 @@
 //! - `rules.rs`: a rule's settings, built from the configuration ([`preset`]s or generic);
 //! - `memory.rs`: [`EnqueueMemory`], its tables and clock, the counting decisions;
 //! - `decision.rs`: a decision counted, logged, and the refusal answered;
+//! - [`counts`]: `respguard_enqueues_total`, atomics rendered when the metrics are read;
 //! - `push.rs`: jobs pushed whole (Sidekiq, Celery, generic), each payload judged;
 //! - `rq.rs`: RQ, whose job hash and queue push are separate commands;
 //! - `job_key.rs`: a generic rule's job key (SET or HSET of the payload, then a push of
@@ -52,6 +53,7 @@
 //!
 //! It never keeps per-session state, and never allocates a table entry per job.
 
+pub mod counts;
 pub mod payload;
 pub mod preset;
 pub mod table;

@@ -5,9 +5,8 @@
 //! It never reads a command or decides about a job: it only says what the other parts of
 //! the guard apply.
 
-use metrics::Counter;
-
 use super::super::rule::{Action as Counted, Mode, Rule, RuleKind, RuleSpec};
+use super::counts::EnqueueCount;
 use super::job_key_rule::JobKeyRule;
 use super::payload::{Format, PayloadSpec};
 use super::preset::{self, Shape, LIST_PUSHES};
@@ -117,13 +116,13 @@ pub struct EnqueueLimits {
     /// XADD: the field holding the payload (a job key rule keeps its own).
     pub field: Option<Box<[u8]>>,
     /// `respguard_enqueues_total{kind="first"}`: a fingerprint's first enqueue.
-    pub first: Counter,
+    pub first: EnqueueCount,
     /// `kind="duplicate"`: the same work under another job id.
-    pub duplicate: Counter,
+    pub duplicate: EnqueueCount,
     /// `kind="repush"`: the same job id pushed again.
-    pub repush: Counter,
+    pub repush: EnqueueCount,
     /// `kind="unread"`: a payload the rule could not read (passed).
-    pub unread: Counter,
+    pub unread: EnqueueCount,
 }
 
 /// Build the rules of `[guards.enqueue]`; `default_mode` and `logs_per_second` are the
@@ -174,7 +173,7 @@ fn build_rule(
             "rule `{name}`: window must be at least 1s"
         )));
     }
-    let counter = |kind: &'static str| metrics::counter!("respguard_enqueues_total", "rule" => name.clone(), "kind" => kind);
+    let counter = |kind: &'static str| EnqueueCount::of(&name, kind);
     let limits = EnqueueLimits {
         index,
         shape,
