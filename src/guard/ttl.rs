@@ -1036,6 +1036,7 @@ fn copy_command(cmd: &CommandView<'_>, out: &mut BytesMut) {
 mod tests {
     use super::*;
     use crate::config::RawConfig;
+    use crate::guard::verdict::with_scanned_view;
 
     fn guard(rules: &str) -> (TtlGuard, RawTtlGuard) {
         let raw = RawConfig::from_toml(rules).expect("parses").guards.ttl;
@@ -1058,11 +1059,8 @@ mod tests {
     /// `changed`), a wrapped SETEX (`ok`) and a clamped EXPIRE and PERSIST (`LT`).
     #[test]
     fn a_wrap_prepended_to_the_clients_arguments_equals_the_whole_rewrite() {
-        use crate::guard::verdict::{find_keys, wire_args};
-        use crate::scanner::request::{Limits, RequestScanner, Step};
         let (g, _) =
             guard("[[guards.ttl.rules]]\npattern = \"*\"\nttl = \"1h\"\nmax_ttl = \"1d\"\n");
-        let table = CommandTable::builtin();
         let client = ClientIdentity::new(([127, 0, 0, 1], 1).into());
         for src in [
             &b"*4\r\n$4\r\nHSET\r\n$3\r\nk:1\r\n$1\r\nf\r\n$5\r\nvalue\r\n"[..],
@@ -1070,52 +1068,36 @@ mod tests {
             b"*3\r\n$6\r\nEXPIRE\r\n$3\r\nk:3\r\n$7\r\n9999999\r\n",
             b"*2\r\n$7\r\nPERSIST\r\n$3\r\nk:4\r\n",
         ] {
-            let mut scanner = RequestScanner::new(Limits::default());
-            let Step::Command { start, end, .. } = scanner.scan(src) else {
-                panic!("a whole command");
-            };
-            let args = scanner.args();
-            let info = table.lookup(&args.iter().map(|r| &src[r.clone()]).collect::<Vec<_>>());
-            let mut keys = Vec::new();
-            find_keys(info, src, args, args.len(), &mut keys);
-            let mut view = CommandView {
-                src,
-                args,
-                keys: &keys,
-                info,
-                argc: args.len(),
-                access: ScriptAccess::Allowed,
-                streaming: None,
-                size: src.len() as u64,
-                wire: wire_args(src, start, end, args.len()),
-                watch: Default::default(),
-            };
-            let mut out = BytesMut::new();
-            let Verdict::Prepend {
-                args: added,
-                fixed,
-                len,
-            } = g.check(&view, &client, &mut out)
-            else {
-                panic!("{} not prepended to", info.name);
-            };
-            let mut sent = Vec::new();
-            resp::array_header(&mut sent, view.argc + added as usize);
-            sent.extend_from_slice(fixed);
-            sent.extend_from_slice(&out[..len]);
-            sent.extend_from_slice(&src[view.wire.clone().expect("multibulk")]);
-            // Without the client's encoding at hand, the guard writes the whole command.
-            view.wire = None;
-            let mut whole = BytesMut::new();
-            let Verdict::Rewrite {
-                replacement: Some(n),
-                hidden: 0,
-            } = g.check(&view, &client, &mut whole)
-            else {
-                panic!("{} not rewritten whole", info.name);
-            };
-            assert_eq!(sent, &whole[..n], "{}", info.name);
-            assert!(sent.starts_with(b"*"), "{}", info.name);
+            with_scanned_view(src, |view| {
+                let info = view.info;
+                let name = &info.name;
+                let mut out = BytesMut::new();
+                let Verdict::Prepend {
+                    args: added,
+                    fixed,
+                    len,
+                } = g.check(view, &client, &mut out)
+                else {
+                    panic!("{name} not prepended to");
+                };
+                let mut sent = Vec::new();
+                resp::array_header(&mut sent, view.argc + added as usize);
+                sent.extend_from_slice(fixed);
+                sent.extend_from_slice(&out[..len]);
+                sent.extend_from_slice(&src[view.wire.clone().expect("multibulk")]);
+                // Without the client's encoding at hand, the guard writes the whole command.
+                view.wire = None;
+                let mut whole = BytesMut::new();
+                let Verdict::Rewrite {
+                    replacement: Some(n),
+                    hidden: 0,
+                } = g.check(view, &client, &mut whole)
+                else {
+                    panic!("{name} not rewritten whole");
+                };
+                assert_eq!(sent, &whole[..n], "{name}");
+                assert!(sent.starts_with(b"*"), "{name}");
+            });
         }
     }
 
@@ -1125,13 +1107,10 @@ mod tests {
     /// changes something, with the client's encoding at hand or not.
     #[test]
     fn a_write_of_one_key_is_judged_as_the_general_path_judges_it() {
-        use crate::guard::verdict::{find_keys, wire_args};
-        use crate::scanner::request::{Limits, RequestScanner, Step};
         let (g, _) = guard(
             "[[guards.ttl.rules]]\npattern = \"keep:*\"\nttl = \"none\"\n\
              [[guards.ttl.rules]]\npattern = \"*\"\nttl = \"1h\"\n",
         );
-        let table = CommandTable::builtin();
         let client = ClientIdentity::new(([127, 0, 0, 1], 1).into());
         let mut wrapped = 0;
         for src in [
@@ -1142,39 +1121,23 @@ mod tests {
             b"*4\r\n$4\r\nHSET\r\n$6\r\nkeep:1\r\n$1\r\nf\r\n$1\r\nv\r\n",
             b"*4\r\n$4\r\nHSET\r\n$13\r\nqueue:default\r\n$1\r\nf\r\n$1\r\nv\r\n",
         ] {
-            let mut scanner = RequestScanner::new(Limits::default());
-            let Step::Command { start, end, .. } = scanner.scan(src) else {
-                panic!("a whole command");
-            };
-            let args = scanner.args();
-            let info = table.lookup(&args.iter().map(|r| &src[r.clone()]).collect::<Vec<_>>());
-            let mut keys = Vec::new();
-            find_keys(info, src, args, args.len(), &mut keys);
-            assert_eq!(keys.len(), 1, "{}", info.name);
-            for wire in [wire_args(src, start, end, args.len()), None] {
-                let view = CommandView {
-                    src,
-                    args,
-                    keys: &keys,
-                    info,
-                    argc: args.len(),
-                    access: ScriptAccess::Allowed,
-                    streaming: None,
-                    size: src.len() as u64,
-                    wire,
-                    watch: Default::default(),
-                };
-                let (mut one, mut general) = (BytesMut::new(), BytesMut::new());
-                let verdict = g.check(&view, &client, &mut one);
-                assert_eq!(
-                    verdict,
-                    g.default_ttls(&view, &client, false, &mut general),
-                    "{}",
-                    info.name
-                );
-                assert_eq!(one, general, "{}", info.name);
-                wrapped += usize::from(verdict != Verdict::Forward);
-            }
+            with_scanned_view(src, |view| {
+                let info = view.info;
+                let name = &info.name;
+                assert_eq!(view.keys.len(), 1, "{name}");
+                for wire in [view.wire.clone(), None] {
+                    view.wire = wire;
+                    let (mut one, mut general) = (BytesMut::new(), BytesMut::new());
+                    let verdict = g.check(view, &client, &mut one);
+                    assert_eq!(
+                        verdict,
+                        g.default_ttls(view, &client, false, &mut general),
+                        "{name}"
+                    );
+                    assert_eq!(one, general, "{name}");
+                    wrapped += usize::from(verdict != Verdict::Forward);
+                }
+            });
         }
         assert_eq!(
             wrapped, 8,

@@ -132,6 +132,39 @@ pub fn with_view<R>(args: &[&[u8]], keys: &[usize], f: impl FnOnce(&CommandView<
     f(&view)
 }
 
+/// Test support: `f` on the whole multibulk command `src`, in the client's own encoding, as
+/// the session shows it to a guard: scanned by the real scanner, looked up in the built-in
+/// command table, its keys found by [`find_keys`], its encoding at hand (`wire`), every
+/// script and expiry allowed. `f` may change the view (drop `wire`, say).
+#[cfg(test)]
+pub fn with_scanned_view<R>(src: &[u8], f: impl FnOnce(&mut CommandView<'_>) -> R) -> R {
+    use crate::command::CommandTable;
+    use crate::scanner::request::{Limits, RequestScanner, Step};
+
+    let table = CommandTable::builtin();
+    let mut scanner = RequestScanner::new(Limits::default());
+    let Step::Command { start, end, .. } = scanner.scan(src) else {
+        panic!("a whole command");
+    };
+    let args = scanner.args();
+    let info = table.lookup(&args.iter().map(|r| &src[r.clone()]).collect::<Vec<_>>());
+    let mut keys = Vec::new();
+    find_keys(info, src, args, args.len(), &mut keys);
+    let mut view = CommandView {
+        src,
+        args,
+        keys: &keys,
+        info,
+        argc: args.len(),
+        access: ScriptAccess::Allowed,
+        streaming: None,
+        size: src.len() as u64,
+        wire: wire_args(src, start, end, args.len()),
+        watch: Default::default(),
+    };
+    f(&mut view)
+}
+
 /// What the client's Redis user may run on the guards' behalf, as the session learnt it
 /// from a probe ([`PROBE`]) after connecting and after each change of user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
