@@ -1,12 +1,15 @@
-//! RESP3 subscriptions kept in the client's order across nodes.
+//! Subscriptions kept in the client's order across nodes.
 //!
-//! In RESP3 a subscription command's answer is one confirmation push per channel (or,
-//! refused, one error reply), and the client goes on sending any command. Over one Redis
-//! connection those pushes come in order with the replies to the commands around them. In
-//! front of a cluster the commands go to different nodes, so the router gives such a
-//! command a place in its queue like any command: its confirmations (or its error) are its
-//! reply ([`Expect::Confirmations`] on its node), released once every command before it is
-//! answered. The pushes that node sends after them (messages on the channels, later
+//! A subscription command's answer is one confirmation per channel (or, refused, one
+//! error reply): in RESP3 a push each, and the client goes on sending any command; in
+//! RESP2 a reply each, taken as a push is while the node's connection is subscribed
+//! (`cluster/subscriptions.rs`), and the client may send only subscription commands,
+//! `PING`, `QUIT` and `RESET` (the others go to a subscribed node, which refuses them as
+//! one Redis does). Over one Redis connection the confirmations come in order with the
+//! replies to the commands around them. In front of a cluster the commands go to
+//! different nodes, so the router gives such a command a place in its queue like any
+//! command: its confirmations (or its error) are its reply ([`Expect::Confirmations`] on
+//! its node), released once every command before it is answered. The pushes that node sends after them (messages on the channels, later
 //! confirmations) wait behind them, so a message never reaches the client before the
 //! confirmation of its subscription.
 //!
@@ -18,13 +21,13 @@
 //! client sent an `SSUBSCRIBE` since (the pub/sub node when none, for Redis's answer to
 //! a client holding none), one entry each, released one after the other.
 //! Pushes held past `MAX_OUTPUT` (behind a blocking command another node has not answered)
-//! end the client's connection, as a RESP2 subscriber's held messages do.
+//! end the client's connection, as Redis ends a subscriber's that far behind.
 
 use bytes::{Bytes, BytesMut};
 
 use super::router::{Entry, Expect, HeldPushes, Kind, Parts, Router, MAX_OUTPUT};
 use super::spread::Merge;
-use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
+use super::subscriptions::{pubsub_frame, PubsubFrame};
 
 impl Router {
     /// Send `raw`, a RESP3 subscription command naming `channels` channels, to node
@@ -151,62 +154,37 @@ impl Router {
         self.release();
     }
 
-    /// The pushes held for entry `seq`, which is being given to the client, appended to
-    /// `out` after its reply.
-    pub(super) fn take_held(&mut self, seq: u64) -> Option<BytesMut> {
+    /// The pushes held for entry `seq`, which is being given to the client (they follow
+    /// its reply).
+    pub(super) fn take_held(&mut self, seq: u64) -> Option<HeldPushes> {
         if self.held_pushes.front().is_some_and(|h| h.seq == seq) {
-            return self.held_pushes.pop_front().map(|h| h.bytes);
+            return self.held_pushes.pop_front();
         }
         None
+    }
+
+    /// Whether a reply from node `index` is a RESP2 subscribed connection's confirmation
+    /// or message, to be taken as a RESP3 push is: the node holds a subscription of the
+    /// client's, or owes the confirmations of one.
+    pub(super) fn subscribed_reply(&self, index: usize, reply: &[u8]) -> bool {
+        self.protocol < 3
+            && (self.subscriptions.subscribed(index) || self.owes_confirmations(index))
+            && pubsub_frame(reply).is_some()
+    }
+
+    /// Whether node `index` owes the confirmations of a subscription command.
+    pub(super) fn owes_confirmations(&self, index: usize) -> bool {
+        self.expects[index].iter().any(|e| {
+            matches!(
+                e,
+                Expect::Confirmations { .. } | Expect::Unsubscriptions { .. }
+            )
+        })
     }
 }
 
 /// Whether `push` is a subscription's confirmation (`subscribe`, `psubscribe`,
 /// `ssubscribe` and their `un` forms), not a message.
 fn is_confirmation(push: &[u8]) -> bool {
-    let mut scanner = ReplyScanner::new();
-    if !matches!(scanner.scan(push), Ok(ReplyStep::Done(_))) {
-        return false;
-    }
-    let info = scanner.info();
-    info.kind == ReplyKind::Push
-        && info.first_str().is_some_and(|kind| {
-            matches!(
-                kind,
-                b"subscribe"
-                    | b"psubscribe"
-                    | b"ssubscribe"
-                    | b"unsubscribe"
-                    | b"punsubscribe"
-                    | b"sunsubscribe"
-            )
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn confirmations_are_told_from_messages() {
-        assert!(is_confirmation(
-            b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
-        ));
-        assert!(is_confirmation(
-            b">3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:0\r\n"
-        ));
-        assert!(is_confirmation(
-            b">3\r\n$10\r\npsubscribe\r\n$2\r\nc*\r\n:2\r\n"
-        ));
-        assert!(!is_confirmation(
-            b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n"
-        ));
-        assert!(!is_confirmation(
-            b">4\r\n$8\r\npmessage\r\n$2\r\nc*\r\n$2\r\nch\r\n$1\r\nx\r\n"
-        ));
-        assert!(
-            !is_confirmation(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"),
-            "a RESP2 confirmation is a reply, not a push"
-        );
-    }
+    matches!(pubsub_frame(push), Some(PubsubFrame::Confirmation { .. }))
 }

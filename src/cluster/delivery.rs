@@ -220,6 +220,24 @@ impl Router {
         let Some(entry) = self.entry_mut(seq) else {
             return;
         };
+        if let Kind::WhileSubscribed { refusal } = &entry.kind {
+            // Redirected by a node still subscribed: refused there all the same. (By one
+            // whose subscription Redis refused, the command runs where it belongs.)
+            let (refusal, node) = (refusal.clone(), entry.parts[usize::from(part)].node);
+            let redirected = Redirect::parse(&reply).is_some_and(|r| {
+                matches!(
+                    r,
+                    Redirect::Moved { .. } | Redirect::Ask { .. } | Redirect::TryAgain
+                )
+            });
+            if redirected && node.is_some_and(|n| self.subscriptions.subscribed(n)) {
+                self.finish_part(seq, part, refusal);
+                return self.release();
+            }
+        }
+        let Some(entry) = self.entry_mut(seq) else {
+            return;
+        };
         if !entry.kind.is_transaction() {
             // `-READONLY` redirects only behind Sentinel (see `Redirect::ReadOnly`).
             let redirect = Redirect::parse(&reply)
@@ -428,12 +446,13 @@ impl Router {
         if self.default_node == Some(index) {
             self.default_node = None;
         }
-        let holds_state = self.tunnel == Some(index)
+        let holds_state = self.subscriptions.subscribed(index)
             || self.watch_node == Some(index)
             || self
                 .transaction
                 .as_ref()
                 .is_some_and(|t| t.node == Some(index));
+        self.subscriptions.forget_node(index);
         if holds_state && connected {
             self.broken = Some(format!(
                 "the connection to cluster node {address}, which held the client's transaction or subscriptions, was lost: {reason}"

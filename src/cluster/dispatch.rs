@@ -35,16 +35,13 @@ pub(super) fn state_key(name: &[u8], sub: &[u8], attribute: &[u8]) -> Option<Vec
 impl Router {
     /// One whole command from the session.
     pub(super) fn on_command(&mut self, raw: Bytes, args: Args<'_>) {
-        if let Some(node) = self.tunnel {
-            // Subscribed: everything goes through the subscribed connection as it is.
-            self.follow_pubsub(node, args);
-            if let Some(link) = &self.links[node] {
-                link.send(raw, 0);
-            }
-            return;
-        }
         let name = args.upper(0);
         let sub = args.upper(1);
+        if let Some(node) = self.subscribed_context(&name) {
+            let info = self.table.classify(&name, || args.get(1));
+            let full_name = info.name.clone();
+            return self.while_subscribed(node, raw, &full_name);
+        }
         if &*name == b"CLIENT" && &*sub == b"REPLY" {
             return self.client_reply(raw, args);
         }
@@ -69,11 +66,8 @@ impl Router {
             b"QUIT" if self.shared.is_some() => self.answer(resp::simple("OK"), silent),
             b"MONITOR" => self.monitor(raw, silent),
             b"RESET" if self.monitoring.is_active() => self.reset_monitoring(raw, silent),
-            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => self.subscribe(raw, args),
-            // RESP3 confirms an unsubscription with a push, never a reply.
-            b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" if self.protocol >= 3 => {
-                self.subscribe(raw, args)
-            }
+            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
+            | b"SUNSUBSCRIBE" => self.subscribe(raw, args),
             b"PUBLISH" => match self.pubsub_index() {
                 Some(node) => self.send_to_node(node, raw, Kind::Plain, silent),
                 None => self.answer(self.no_node(), silent),
@@ -82,6 +76,10 @@ impl Router {
                 Some(node) => self.send_to_node(node, raw, Kind::Plain, silent),
                 None => self.answer(self.no_node(), silent),
             },
+            // Every subscription ends before `+RESET`, as on one connection.
+            b"RESET" if self.subscriptions.first_subscribed().is_some() => {
+                self.reset_every_node(raw, silent)
+            }
             b"RESET" => {
                 self.shard_nodes.clear();
                 self.send_to_default(raw, Kind::Plain, silent);

@@ -17,6 +17,8 @@
 //!   back; [`identity`]: multiplexed, the ACL user a client runs as after `AUTH`;
 //!   [`silence`]: `upstream.reply_timeout` on a router's own node links; [`monitor`]:
 //!   `MONITOR` on every node, its lines relayed ([`monitoring`]: its state);
+//!   [`confirm`] and [`subscriptions`]: a client's subscriptions over the nodes, answered
+//!   in its order and counted as one Redis counts;
 //! - [`read_rules`] and [`replica`]: which reads go to a replica (`[[upstream.read_from]]`)
 //!   and which replica.
 //!
@@ -62,6 +64,7 @@ pub mod silence;
 pub mod slot;
 pub mod spread;
 pub mod state;
+pub mod subscriptions;
 pub mod topology;
 pub mod view;
 

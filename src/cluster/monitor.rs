@@ -154,18 +154,7 @@ impl Router {
     /// `+RESET` reaches the client after every node's last line.
     pub(super) fn reset_monitoring(&mut self, raw: Bytes, silent: bool) {
         self.monitoring.active = false;
-        let mut parts = Parts::new();
-        for index in 0..self.links.len() {
-            if self.links[index].is_some() {
-                parts.push(Part::new(raw.clone(), None, Some(index)));
-            }
-        }
-        self.shard_nodes.clear();
-        self.forget_state();
-        if parts.is_empty() {
-            return self.answer(resp::simple("RESET"), silent);
-        }
-        self.parts_entry(parts, Merge::Same, Kind::Plain, silent);
+        self.reset_every_node(raw, silent);
     }
 
     /// `QUIT` while monitoring: answered `+OK` in its turn; no line follows it.

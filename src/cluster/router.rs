@@ -34,6 +34,7 @@ use super::node::{NodeEvent, NodeLink};
 use super::read_rules::LiveReadRules;
 use super::shared::SharedNodes;
 use super::spread::Merge;
+use super::subscriptions::Subscriptions;
 use super::view::ClusterView;
 use crate::command::CommandTable;
 use crate::config::ReadFrom;
@@ -74,10 +75,10 @@ pub(super) enum Expect {
     Part { seq: u64, part: u16 },
     /// A reply the client never sees (`ASKING`, a state command replayed, a hidden MULTI).
     Hidden,
-    /// RESP3: the confirmation pushes of the subscription command of entry `seq`, `left`
-    /// more to come, or one error reply instead (see `cluster/confirm.rs`).
+    /// The confirmations of the subscription command of entry `seq`, `left` more to come,
+    /// or one error reply instead (see `cluster/confirm.rs`).
     Confirmations { seq: u64, left: u32 },
-    /// RESP3: the confirmation pushes of the `UNSUBSCRIBE`, `PUNSUBSCRIBE` or
+    /// The confirmations of the `UNSUBSCRIBE`, `PUNSUBSCRIBE` or
     /// `SUNSUBSCRIBE` naming no channel of entry `seq` (one per subscription the node
     /// holds), ended by the reply to the hidden `PING` sent after it; `seen` once one came
     /// (before any, an error reply is the command's refusal).
@@ -106,6 +107,9 @@ pub(super) enum Kind {
     },
     /// WATCH: the transaction that follows runs on its node.
     Watch,
+    /// RESP2, subscribed: a command sent to a subscribed node to be refused there as one
+    /// Redis refuses it (see `Router::while_subscribed`); a redirection gets `refusal`.
+    WhileSubscribed { refusal: Bytes },
 }
 
 impl Kind {
@@ -185,8 +189,8 @@ pub(super) struct Entry {
     pub silent: bool,
 }
 
-/// RESP3: pushes from one node held behind a subscription command's place in the queue
-/// until it is given to the client (see `cluster/confirm.rs`).
+/// Pushes from one node (in RESP2, its subscribed connection's replies) held behind a
+/// subscription command's place in the queue until it is given to the client (see `cluster/confirm.rs`).
 #[derive(Debug)]
 pub(super) struct HeldPushes {
     /// The node they come from.
@@ -301,14 +305,14 @@ pub struct Router {
     pub(super) default_node: Option<usize>,
     pub(super) transaction: Option<Transaction>,
     pub(super) watch_node: Option<usize>,
-    /// Subscribed: the node every command and reply goes through as is.
-    pub(super) tunnel: Option<usize>,
-    pub(super) tunnel_held: BytesMut,
-    /// RESP3: pushes held behind subscription commands not yet given to the client, in
-    /// the queue's order (see `cluster/confirm.rs`).
+    /// The client's subscriptions on each node, and the counts it was given (see
+    /// `cluster/subscriptions.rs`).
+    pub(super) subscriptions: Subscriptions,
+    /// Pushes (and, in RESP2, a subscribed connection's replies) held behind subscription
+    /// commands not yet given to the client, in the queue's order (see `cluster/confirm.rs`).
     pub(super) held_pushes: VecDeque<HeldPushes>,
-    /// RESP3: the nodes sent an `SSUBSCRIBE` since the last `SUNSUBSCRIBE` naming no
-    /// channel (or `RESET`), which such a `SUNSUBSCRIBE` goes to.
+    /// The nodes sent an `SSUBSCRIBE` since the last `SUNSUBSCRIBE` naming no channel (or
+    /// `RESET`), which such a `SUNSUBSCRIBE` goes to.
     pub(super) shard_nodes: Vec<usize>,
     /// State commands in force (AUTH, HELLO, CLIENT SETNAME…), replayed on new links.
     pub(super) state: Vec<(Vec<u8>, Bytes)>,
@@ -403,8 +407,7 @@ impl Router {
             default_node: None,
             transaction: None,
             watch_node: None,
-            tunnel: None,
-            tunnel_held: BytesMut::new(),
+            subscriptions: Subscriptions::default(),
             held_pushes: VecDeque::new(),
             shard_nodes: Vec::new(),
             state: Vec::new(),
@@ -689,13 +692,10 @@ impl Router {
                     .extend_from_slice(entry.reply.as_ref().expect("answered"));
             }
             self.on_released(seq, entry.reply.as_ref());
-            if let Some(pushes) = self.take_held(seq) {
-                self.out.extend_from_slice(&pushes);
+            if let Some(held) = self.take_held(seq) {
+                self.subscriptions
+                    .give(held.node, &held.bytes, &mut self.out);
             }
-        }
-        if self.entries.is_empty() && !self.tunnel_held.is_empty() {
-            let held = self.tunnel_held.split();
-            self.out.extend_from_slice(&held);
         }
     }
 
@@ -725,17 +725,17 @@ impl Router {
         if self.on_monitor_reply(index, &reply) {
             return;
         }
-        if self.tunnel == Some(index) && self.expects[index].is_empty() {
-            self.note_pubsub_reply(index, &reply);
-            self.on_tunnel_reply(index, reply);
-            return;
+        if reply.as_ref() == b"+RESET\r\n" {
+            self.subscriptions.forget_node(index);
         }
-        if push {
-            // Out of band (RESP3): between two whole replies, never inside one; behind a
+        if push || self.subscribed_reply(index, &reply) {
+            // Out of band (RESP3, or a RESP2 subscribed connection's confirmation or
+            // message): between two whole replies, never inside one; behind a
             // subscription of the node's not given to the client yet.
             self.note_pubsub_reply(index, &reply);
+            self.subscriptions.note_said(index, &reply);
             if !self.hold_push(index, &reply) {
-                self.out.extend_from_slice(&reply);
+                self.subscriptions.give(index, &reply, &mut self.out);
             }
             return;
         }

@@ -295,8 +295,7 @@ impl Router {
             && self.held.is_none()
             && self.transaction.is_none()
             && self.watch_node.is_none()
-            && self.tunnel.is_none()
-            && self.tunnel_held.is_empty()
+            && self.subscriptions.first_subscribed().is_none()
             && self.broken.is_none()
             && self
                 .pubsub

@@ -86,7 +86,7 @@ impl Router {
     /// Whether node `index` may stay silent: it carries the client's subscriptions, or
     /// owes the reply of a blocking command or WAIT.
     fn excused(&self, index: usize) -> bool {
-        self.tunnel == Some(index)
+        self.subscriptions.subscribed(index)
             || self.expects[index].iter().any(|expect| match *expect {
                 Expect::Part { seq, part } => self
                     .part_command(seq, part)

@@ -10,8 +10,8 @@ use super::args::Args;
 use super::dispatch::state_key;
 use super::dispatch::CROSSSLOT;
 use super::route::Route;
-use super::router::{Expect, Kind, QueuedState, ReplyMode, Router, Transaction, MAX_OUTPUT};
-use super::spread;
+use super::router::{Expect, Kind, Part, Parts, QueuedState, ReplyMode, Router, Transaction};
+use super::spread::{self, Merge};
 use crate::resp;
 use crate::scanner::reply::{ReplyScanner, ReplyStep};
 
@@ -129,6 +129,48 @@ impl Router {
         self.forget_state();
     }
 
+    /// `RESET` sent to every open node, answered once each node's `+RESET` came (no
+    /// monitor line or message of the client's old state follows it).
+    pub(super) fn reset_every_node(&mut self, raw: Bytes, silent: bool) {
+        let mut parts = Parts::new();
+        for index in 0..self.links.len() {
+            if self.links[index].is_some() {
+                parts.push(Part::new(raw.clone(), None, Some(index)));
+            }
+        }
+        self.shard_nodes.clear();
+        self.forget_state();
+        if parts.is_empty() {
+            return self.answer(resp::simple("RESET"), silent);
+        }
+        self.parts_entry(parts, Merge::Same, Kind::Plain, silent);
+    }
+
+    /// RESP2: the node a command must go to because the client is subscribed (see
+    /// [`Self::while_subscribed`]), unless it is one Redis allows there (`name`, upper
+    /// case): a node holding a subscription of the client's, or owing a subscription's
+    /// confirmations.
+    pub(super) fn subscribed_context(&self, name: &[u8]) -> Option<usize> {
+        if self.protocol >= 3
+            || matches!(
+                name,
+                b"SUBSCRIBE"
+                    | b"PSUBSCRIBE"
+                    | b"SSUBSCRIBE"
+                    | b"UNSUBSCRIBE"
+                    | b"PUNSUBSCRIBE"
+                    | b"SUNSUBSCRIBE"
+                    | b"QUIT"
+                    | b"RESET"
+            )
+        {
+            return None;
+        }
+        self.subscriptions
+            .first_subscribed()
+            .or_else(|| (0..self.expects.len()).find(|&node| self.owes_confirmations(node)))
+    }
+
     /// The connection's state forgotten, as RESET does to one Redis connection (the
     /// nodes sent RESET by the caller).
     pub(super) fn forget_state(&mut self) {
@@ -165,41 +207,42 @@ impl Router {
     }
 
     /// SUBSCRIBE, PSUBSCRIBE (one node: the cluster bus spreads messages) or SSUBSCRIBE
-    /// (its channels' slot): from now on that connection carries everything as it is.
+    /// (its channels' slot), and their `UN` forms: answered in the client's turn by their
+    /// confirmations (see `cluster/confirm.rs`), counted over every node
+    /// (`cluster/subscriptions.rs`).
     pub(super) fn subscribe(&mut self, raw: Bytes, args: Args<'_>) {
         let node = match self.route_of(args) {
             Route::Slot(slot) => self.primary_index(slot),
             Route::CrossSlot => return self.answer(resp::error(CROSSSLOT), false),
             Route::Keyless => self.pubsub_index(),
         };
-        match node {
-            Some(node) => {
-                // RESP3 says every subscription event with a push, out of band: the client
-                // goes on sending any command, routed as ever. RESP2 allows only the
-                // subscription commands: the connection becomes a tunnel.
-                if self.protocol < 3 {
-                    self.tunnel = Some(node);
-                }
-                let channels = args.len().saturating_sub(1);
-                if self.protocol >= 3 && channels == 0 {
-                    return self.unsubscribe_all(node, raw, args);
-                }
-                self.follow_pubsub(node, args);
-                if self.protocol >= 3 {
-                    if &*args.upper(0) == b"SSUBSCRIBE" && !self.shard_nodes.contains(&node) {
-                        self.shard_nodes.push(node);
-                    }
-                    return self.send_confirmed(node, raw, channels as u32);
-                }
-                if let Some(link) = &self.links[node] {
-                    link.send(raw, 0);
-                }
-            }
-            None => self.answer(self.no_node(), false),
+        let Some(node) = node else {
+            return self.answer(self.no_node(), false);
+        };
+        let channels = args.len().saturating_sub(1);
+        if channels == 0 {
+            return self.unsubscribe_all(node, raw, args);
         }
+        self.follow_pubsub(node, args);
+        if &*args.upper(0) == b"SSUBSCRIBE" && !self.shard_nodes.contains(&node) {
+            self.shard_nodes.push(node);
+        }
+        self.send_confirmed(node, raw, channels as u32);
     }
 
-    /// RESP3 `UNSUBSCRIBE`, `PUNSUBSCRIBE` or `SUNSUBSCRIBE` naming no channel (`raw`):
+    /// RESP2, subscribed: a command other than a subscription one, `QUIT` or `RESET` goes
+    /// to a node holding a subscription of the client's, which answers as one Redis does
+    /// (`PING` with a `pong` array, anything else refused for the context). A node serving
+    /// another slot than the command's key says so first (`-MOVED`): the command would be
+    /// refused all the same, and gets that refusal.
+    pub(super) fn while_subscribed(&mut self, node: usize, raw: Bytes, name: &str) {
+        let refusal = resp::error(&format!(
+            "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+        ));
+        self.send_to_node(node, raw, Kind::WhileSubscribed { refusal }, false);
+    }
+
+    /// `UNSUBSCRIBE`, `PUNSUBSCRIBE` or `SUNSUBSCRIBE` naming no channel (`raw`):
     /// to the pub/sub node `pubsub`, where channels and patterns are, or, for
     /// `SUNSUBSCRIBE`, to every node that took an `SSUBSCRIBE` of the client since (see
     /// `cluster/confirm.rs`).
@@ -305,45 +348,6 @@ impl Router {
             _ => self.default_index(),
         }
     }
-
-    /// A reply on the subscribed connection: given as it is (after the replies owed
-    /// before it); the last subscription ended, or RESET, ends the tunnel.
-    pub(super) fn on_tunnel_reply(&mut self, index: usize, reply: Bytes) {
-        let ends = reply.as_ref() == b"+RESET\r\n" || ends_subscriptions(&reply);
-        if self.entries.is_empty() {
-            self.out.extend_from_slice(&reply);
-        } else {
-            self.tunnel_held.extend_from_slice(&reply);
-            if self.tunnel_held.len() > MAX_OUTPUT {
-                // Messages behind replies still owed by other nodes: a subscriber that far
-                // behind is let go, as Redis lets a slow subscriber go.
-                self.broken = Some("subscription messages piled up behind replies owed".into());
-            }
-        }
-        if ends {
-            self.tunnel = None;
-            if reply.as_ref() == b"+RESET\r\n" {
-                self.reset_links(Some(index));
-            }
-        }
-    }
-}
-
-/// Whether a subscribed connection's reply says no subscription is left: an
-/// `unsubscribe`, `punsubscribe` or `sunsubscribe` confirmation with a count of 0.
-fn ends_subscriptions(reply: &[u8]) -> bool {
-    let Some(rest) = reply
-        .strip_prefix(b"*3\r\n")
-        .or_else(|| reply.strip_prefix(b">3\r\n"))
-    else {
-        return false;
-    };
-    let named =
-        |word: &[u8]| rest.len() > word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
-    rest.ends_with(b":0\r\n")
-        && (named(b"$11\r\nunsubscribe\r\n")
-            || named(b"$12\r\npunsubscribe\r\n")
-            || named(b"$12\r\nsunsubscribe\r\n"))
 }
 
 impl Transaction {
@@ -443,21 +447,5 @@ mod tests {
         assert!(exec_replies(b"_\r\n").is_none());
         assert!(exec_replies(b"-EXECABORT Transaction discarded\r\n").is_none());
         assert!(exec_replies(b"*2\r\n+OK\r\n").is_none(), "cut short");
-    }
-
-    #[test]
-    fn only_the_last_unsubscription_ends_the_tunnel() {
-        assert!(ends_subscriptions(
-            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
-        ));
-        assert!(ends_subscriptions(
-            b">3\r\n$12\r\npunsubscribe\r\n$1\r\na\r\n:0\r\n"
-        ));
-        assert!(!ends_subscriptions(
-            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n"
-        ));
-        assert!(!ends_subscriptions(
-            b"*3\r\n$7\r\nmessage\r\n$11\r\nunsubscribe\r\n:0\r\n"
-        ));
     }
 }

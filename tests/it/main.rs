@@ -18,6 +18,7 @@ mod cluster_pinning;
 mod cluster_proxy;
 mod cluster_pubsub_order;
 mod cluster_replicas;
+mod cluster_subscriptions;
 mod deploy;
 mod differential;
 mod enqueue;
