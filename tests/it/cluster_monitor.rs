@@ -457,3 +457,31 @@ async fn a_failover_while_monitoring_moves_the_monitor_to_the_promoted_primary()
     assert_eq!(distinct.len(), keys, "every key shows");
     proxy.shutdown().await;
 }
+
+/// A `MONITOR` one primary refuses (its ACL denies the proxy's user the command) gets that
+/// node's refusal, byte for byte a direct connection's; the monitors the other nodes
+/// accepted end, and the client is served as one not monitoring, per client and
+/// multiplexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_one_node_refuses_is_refused_and_ends_on_every_node() {
+    let cluster = Cluster::start().await;
+    let refusing = primaries(&cluster).await[1].clone();
+    let mut admin = cluster.conn(&refusing).await;
+    assert_eq!(
+        admin.call(&["ACL", "SETUSER", "default", "-monitor"]).await,
+        "+OK\r\n"
+    );
+    let refusal = cluster.conn(&refusing).await.call(&["MONITOR"]).await;
+    assert!(refusal.starts_with("-NOPERM"), "{refusal}");
+    for toml in ["", MUX] {
+        let proxy = proxy_for_cluster(&cluster, toml).await;
+        let mut c = Conn::open(proxy.addr).await;
+        assert_eq!(c.call(&["MONITOR"]).await, refusal, "{toml:?}");
+        no_monitor_left(&cluster).await;
+        // Not monitoring: each reply is the command's own, no line before it.
+        assert_eq!(c.call(&["SET", "refused:k", "v"]).await, "+OK\r\n");
+        assert_eq!(c.call(&["GET", "refused:k"]).await, "$1\r\nv\r\n");
+        assert_eq!(c.call(&["PING"]).await, "+PONG\r\n");
+        proxy.shutdown().await;
+    }
+}
