@@ -71,6 +71,7 @@ impl Router {
             self.node_progress(index);
         }
         self.expects[index].push_back(expect(seq));
+        self.last_subscription = Some((seq, index));
         self.held_pushes.push_back(HeldPushes {
             node: index,
             seq,
@@ -100,18 +101,24 @@ impl Router {
     /// A push from node `index`: kept behind a subscription command of that node not yet
     /// given to the client (counted as one of its confirmations when it is one), else
     /// `false` (the caller sends it on).
-    pub(super) fn hold_push(&mut self, index: usize, push: &[u8]) -> bool {
+    pub(super) fn hold_push(
+        &mut self,
+        index: usize,
+        push: &[u8],
+        kind: Option<PubsubFrame>,
+    ) -> bool {
+        let confirmation = matches!(kind, Some(PubsubFrame::Confirmation { .. }));
         // The node's earliest subscription still confirming takes what comes before its
         // confirmations end; after them, the node's latest one not yet given.
         let target = match self.expects[index].front_mut() {
             Some(Expect::Confirmations { seq, left }) => {
-                if *left > 0 && is_confirmation(push) {
+                if *left > 0 && confirmation {
                     *left -= 1;
                 }
                 Some((*seq, *left == 0))
             }
             Some(Expect::Unsubscriptions { seq, seen }) => {
-                *seen |= is_confirmation(push);
+                *seen |= confirmation;
                 Some((*seq, false))
             }
             _ => None,
@@ -163,28 +170,25 @@ impl Router {
         None
     }
 
-    /// Whether a reply from node `index` is a RESP2 subscribed connection's confirmation
-    /// or message, to be taken as a RESP3 push is: the node holds a subscription of the
-    /// client's, or owes the confirmations of one.
-    pub(super) fn subscribed_reply(&self, index: usize, reply: &[u8]) -> bool {
-        self.protocol < 3
-            && (self.subscriptions.subscribed(index) || self.owes_confirmations(index))
-            && pubsub_frame(reply).is_some()
+    /// What a reply from node `index` is when it is a RESP2 subscribed connection's
+    /// confirmation or message, to be taken as a RESP3 push is (`Some`): the node holds a
+    /// subscription of the client's, or the reply is one to a subscription command. A
+    /// client that never subscribed pays one comparison.
+    pub(super) fn subscribed_reply(&self, index: usize, reply: &[u8]) -> Option<PubsubFrame> {
+        let subscribing = matches!(
+            self.expects[index].front(),
+            Some(Expect::Confirmations { .. } | Expect::Unsubscriptions { .. })
+        );
+        if self.protocol >= 3 || !(subscribing || self.subscriptions.subscribed(index)) {
+            return None;
+        }
+        pubsub_frame(reply)
     }
 
-    /// Whether node `index` owes the confirmations of a subscription command.
-    pub(super) fn owes_confirmations(&self, index: usize) -> bool {
-        self.expects[index].iter().any(|e| {
-            matches!(
-                e,
-                Expect::Confirmations { .. } | Expect::Unsubscriptions { .. }
-            )
-        })
+    /// The node of the last subscription command, while it is not given to the client.
+    pub(super) fn subscribing_node(&self) -> Option<usize> {
+        self.last_subscription
+            .filter(|&(seq, _)| seq >= self.first_seq)
+            .map(|(_, node)| node)
     }
-}
-
-/// Whether `push` is a subscription's confirmation (`subscribe`, `psubscribe`,
-/// `ssubscribe` and their `un` forms), not a message.
-fn is_confirmation(push: &[u8]) -> bool {
-    matches!(pubsub_frame(push), Some(PubsubFrame::Confirmation { .. }))
 }

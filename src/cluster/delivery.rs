@@ -29,7 +29,7 @@ pub(super) enum NoTarget {
 
 /// A redirection a node answered instead of running the command.
 #[derive(Debug, PartialEq, Eq)]
-enum Redirect<'a> {
+pub(super) enum Redirect<'a> {
     Moved {
         slot: u16,
         address: &'a str,
@@ -217,23 +217,9 @@ impl Router {
 
     /// A node's reply to part `part` of `seq`: a redirection followed, else the answer.
     pub(super) fn on_part_reply(&mut self, seq: u64, part: u16, reply: Bytes) {
-        let Some(entry) = self.entry_mut(seq) else {
-            return;
-        };
-        if let Kind::WhileSubscribed { refusal } = &entry.kind {
-            // Redirected by a node still subscribed: refused there all the same. (By one
-            // whose subscription Redis refused, the command runs where it belongs.)
-            let (refusal, node) = (refusal.clone(), entry.parts[usize::from(part)].node);
-            let redirected = Redirect::parse(&reply).is_some_and(|r| {
-                matches!(
-                    r,
-                    Redirect::Moved { .. } | Redirect::Ask { .. } | Redirect::TryAgain
-                )
-            });
-            if redirected && node.is_some_and(|n| self.subscriptions.subscribed(n)) {
-                self.finish_part(seq, part, refusal);
-                return self.release();
-            }
+        if let Some(refusal) = self.refusal_while_subscribed(seq, part, &reply) {
+            self.finish_part(seq, part, refusal);
+            return self.release();
         }
         let Some(entry) = self.entry_mut(seq) else {
             return;

@@ -34,7 +34,7 @@ use super::node::{NodeEvent, NodeLink};
 use super::read_rules::LiveReadRules;
 use super::shared::SharedNodes;
 use super::spread::Merge;
-use super::subscriptions::Subscriptions;
+use super::subscriptions::{pubsub_frame, Subscriptions};
 use super::view::ClusterView;
 use crate::command::CommandTable;
 use crate::config::ReadFrom;
@@ -308,6 +308,8 @@ pub struct Router {
     /// The client's subscriptions on each node, and the counts it was given (see
     /// `cluster/subscriptions.rs`).
     pub(super) subscriptions: Subscriptions,
+    /// The entry number and node of the last subscription command sent.
+    pub(super) last_subscription: Option<(u64, usize)>,
     /// Pushes (and, in RESP2, a subscribed connection's replies) held behind subscription
     /// commands not yet given to the client, in the queue's order (see `cluster/confirm.rs`).
     pub(super) held_pushes: VecDeque<HeldPushes>,
@@ -408,6 +410,7 @@ impl Router {
             transaction: None,
             watch_node: None,
             subscriptions: Subscriptions::default(),
+            last_subscription: None,
             held_pushes: VecDeque::new(),
             shard_nodes: Vec::new(),
             state: Vec::new(),
@@ -728,14 +731,17 @@ impl Router {
         if reply.as_ref() == b"+RESET\r\n" {
             self.subscriptions.forget_node(index);
         }
-        if push || self.subscribed_reply(index, &reply) {
+        let pubsub = self.subscribed_reply(index, &reply);
+        if push || pubsub.is_some() {
             // Out of band (RESP3, or a RESP2 subscribed connection's confirmation or
             // message): between two whole replies, never inside one; behind a
             // subscription of the node's not given to the client yet.
+            let kind = if push { pubsub_frame(&reply) } else { pubsub };
             self.note_pubsub_reply(index, &reply);
-            self.subscriptions.note_said(index, &reply);
-            if !self.hold_push(index, &reply) {
-                self.subscriptions.give(index, &reply, &mut self.out);
+            self.subscriptions.note_said(index, kind);
+            if !self.hold_push(index, &reply, kind) {
+                self.subscriptions
+                    .give_frame(index, &reply, kind, &mut self.out);
             }
             return;
         }

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 
 use super::args::Args;
+use super::delivery::Redirect;
 use super::dispatch::state_key;
 use super::dispatch::CROSSSLOT;
 use super::route::Route;
@@ -129,6 +130,31 @@ impl Router {
         self.forget_state();
     }
 
+    /// The refusal a RESP2 subscriber's command sent by [`Self::while_subscribed`] gets
+    /// when the subscribed node redirected it (`reply`) instead of refusing it: it passed
+    /// every check Redis makes before the slot's, so one Redis would refuse it for the
+    /// context. `None` otherwise, and when that node's subscription was refused: the
+    /// command then runs where it belongs.
+    pub(super) fn refusal_while_subscribed(
+        &mut self,
+        seq: u64,
+        part: u16,
+        reply: &[u8],
+    ) -> Option<Bytes> {
+        let entry = self.entry_mut(seq)?;
+        let Kind::WhileSubscribed { refusal } = &entry.kind else {
+            return None;
+        };
+        let (refusal, node) = (refusal.clone(), entry.parts[usize::from(part)].node?);
+        let redirected = Redirect::parse(reply).is_some_and(|r| {
+            matches!(
+                r,
+                Redirect::Moved { .. } | Redirect::Ask { .. } | Redirect::TryAgain
+            )
+        });
+        (redirected && self.subscriptions.subscribed(node)).then_some(refusal)
+    }
+
     /// `RESET` sent to every open node, answered once each node's `+RESET` came (no
     /// monitor line or message of the client's old state follows it).
     pub(super) fn reset_every_node(&mut self, raw: Bytes, silent: bool) {
@@ -168,7 +194,7 @@ impl Router {
         }
         self.subscriptions
             .first_subscribed()
-            .or_else(|| (0..self.expects.len()).find(|&node| self.owes_confirmations(node)))
+            .or_else(|| self.subscribing_node())
     }
 
     /// The connection's state forgotten, as RESET does to one Redis connection (the

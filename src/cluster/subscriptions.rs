@@ -83,9 +83,10 @@ pub(super) struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// Note a frame node `node` sent: a confirmation's count is the node's from now on.
-    pub(super) fn note_said(&mut self, node: usize, frame: &[u8]) {
-        if let Some(PubsubFrame::Confirmation { shard, count }) = pubsub_frame(frame) {
+    /// Note what a frame node `node` sent is: a confirmation's count is the node's from now
+    /// on.
+    pub(super) fn note_said(&mut self, node: usize, frame: Option<PubsubFrame>) {
+        if let Some(PubsubFrame::Confirmation { shard, count }) = frame {
             grown(&mut self.said, node).set(shard, count);
         }
     }
@@ -115,15 +116,26 @@ impl Subscriptions {
                 return;
             };
             let (frame, after) = rest.split_at(end);
-            match pubsub_frame(frame) {
-                Some(PubsubFrame::Confirmation { shard, count }) => {
-                    grown(&mut self.given, node).set(shard, count);
-                    let total = self.given.iter().map(|c| c.get(shard)).sum();
-                    with_count(frame, total, out);
-                }
-                _ => out.extend_from_slice(frame),
-            }
+            self.give_frame(node, frame, pubsub_frame(frame), out);
             rest = after;
+        }
+    }
+
+    /// [`Self::give`] for one whole `frame`, known to be `kind`.
+    pub(super) fn give_frame(
+        &mut self,
+        node: usize,
+        frame: &[u8],
+        kind: Option<PubsubFrame>,
+        out: &mut BytesMut,
+    ) {
+        match kind {
+            Some(PubsubFrame::Confirmation { shard, count }) => {
+                grown(&mut self.given, node).set(shard, count);
+                let total = self.given.iter().map(|c| c.get(shard)).sum();
+                with_count(frame, total, out);
+            }
+            _ => out.extend_from_slice(frame),
         }
     }
 
@@ -229,13 +241,25 @@ mod tests {
     fn a_node_is_subscribed_while_its_last_counts_say_so() {
         let mut subs = Subscriptions::default();
         assert!(!subs.subscribed(1));
-        subs.note_said(1, b"*3\r\n$10\r\nssubscribe\r\n$1\r\na\r\n:1\r\n");
-        subs.note_said(1, b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n");
+        subs.note_said(
+            1,
+            pubsub_frame(b"*3\r\n$10\r\nssubscribe\r\n$1\r\na\r\n:1\r\n"),
+        );
+        subs.note_said(
+            1,
+            pubsub_frame(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n"),
+        );
         assert!(subs.subscribed(1), "a shard channel is still held");
         assert_eq!(subs.first_subscribed(), Some(1));
-        subs.note_said(1, b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n:0\r\n");
+        subs.note_said(
+            1,
+            pubsub_frame(b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n:0\r\n"),
+        );
         assert!(!subs.subscribed(1));
-        subs.note_said(0, b"*3\r\n$10\r\npsubscribe\r\n$2\r\na*\r\n:1\r\n");
+        subs.note_said(
+            0,
+            pubsub_frame(b"*3\r\n$10\r\npsubscribe\r\n$2\r\na*\r\n:1\r\n"),
+        );
         subs.forget_node(0);
         assert_eq!(subs.first_subscribed(), None);
     }
