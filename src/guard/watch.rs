@@ -18,7 +18,10 @@ use crate::scanner::reply::ReplyInfo;
 /// What a guard's watch does with the reply it asked for.
 pub trait ReplyWatcher: Send + Sync + fmt::Debug {
     /// The reply to the watched command arrived and is not an error. Must be cheap: it runs
-    /// on the session's reply path.
+    /// on the session's reply path. Of several integer replies to one watch that arrive
+    /// together, in a row, only the last is handed over (the session does not read the
+    /// others' values): what a watcher records must be a value the newest reply replaces,
+    /// such as a queue's length, never a count of replies.
     fn on_reply(&self, reply: &ReplyInfo);
 }
 

@@ -169,6 +169,9 @@ pub struct Session {
     replies: Pipe<ReplyScanner>,
     /// Whether the reply being scanned goes to the client (decided when it begins).
     reply_forwarded: Option<bool>,
+    /// The watched integer replies the plain-reply loop is passing, each watch handed its
+    /// last when the loop stops (`replies::WatchedRun`).
+    watched_run: replies::WatchedRun,
     /// Some bytes of the reply being scanned already went to the client: if Redis goes
     /// away now, nothing more may be written (it would land inside that reply).
     reply_partly_sent: bool,
@@ -300,6 +303,7 @@ impl Session {
             requests: Pipe::new(requests),
             replies: Pipe::new(ReplyScanner::new()),
             reply_forwarded: None,
+            watched_run: Default::default(),
             reply_partly_sent: false,
             state,
             commands_in_batch: 0,

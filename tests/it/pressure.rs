@@ -394,6 +394,47 @@ pattern = "events:*"
     proxy.shutdown().await;
 }
 
+/// Pushes onto two queues interleaved in one pipeline, the replies read together: each
+/// queue's depth is its own last reply, whether its pushes came in a run or between the
+/// other queue's (the session reads only the last integer of a run one watch asked for).
+#[tokio::test]
+async fn interleaved_pushes_to_two_queues_leave_each_its_last_length() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_toml(
+        &server,
+        r#"
+[[guards.queue.rules]]
+pattern = "queue:*"
+"#,
+    )
+    .await;
+    let mut c = Conn::open(proxy.addr).await;
+    let order = ["a", "a", "b", "a", "b", "b", "b", "a", "a", "b", "b"];
+    let mut bytes = Vec::new();
+    for (i, q) in order.iter().enumerate() {
+        bytes.extend_from_slice(&encode(&[
+            "RPUSH",
+            &format!("queue:{q}"),
+            &format!("job-{i}"),
+        ]));
+    }
+    // A GET between two runs of one queue's pushes, and a push again after it.
+    bytes.extend_from_slice(&encode(&["GET", "x"]));
+    bytes.extend_from_slice(&encode(&["LPUSH", "queue:a", "last", "two"]));
+    c.send(&bytes).await;
+    let replies = c.replies(order.len() + 2).await;
+    let mut direct = Conn::open(server.addr()).await;
+    let (a, b) = (
+        direct.call(&["LLEN", "queue:a"]).await,
+        direct.call(&["LLEN", "queue:b"]).await,
+    );
+    assert_eq!((a.as_str(), b.as_str()), (":7\r\n", ":6\r\n"));
+    assert!(replies.ends_with("$-1\r\n:7\r\n"), "{replies}");
+    assert_eq!(proxy.queues.get(b"queue:a").unwrap().depth(), 7);
+    assert_eq!(proxy.queues.get(b"queue:b").unwrap().depth(), 6);
+    proxy.shutdown().await;
+}
+
 /// Job libraries keep delayed, retry, dead and finished jobs in sorted sets, some queues in
 /// streams, and move jobs between them with scripts: ZADD and XADD replies do not say the
 /// size and a script says nothing, so the monitor reads it (ZCARD, XLEN, TYPE first for a key
