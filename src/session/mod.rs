@@ -53,6 +53,7 @@ mod tunnel;
 mod upstream;
 mod verdicts;
 mod watchdog;
+mod watched_run;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -170,8 +171,8 @@ pub struct Session {
     /// Whether the reply being scanned goes to the client (decided when it begins).
     reply_forwarded: Option<bool>,
     /// The watched integer replies the plain-reply loop is passing, each watch handed its
-    /// last when the loop stops (`replies::WatchedRun`).
-    watched_run: replies::WatchedRun,
+    /// last when the loop stops.
+    watched_run: watched_run::WatchedRun,
     /// Some bytes of the reply being scanned already went to the client: if Redis goes
     /// away now, nothing more may be written (it would land inside that reply).
     reply_partly_sent: bool,
