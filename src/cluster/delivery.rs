@@ -458,7 +458,7 @@ impl Router {
                     self.refused_subscription(seq, &error);
                     continue;
                 }
-                Expect::Hidden => continue,
+                Expect::Hidden | Expect::HiddenAuth => continue,
             };
             if self.may_fall_back(seq, part) {
                 self.fall_back(seq, part, error.clone());

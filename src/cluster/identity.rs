@@ -89,11 +89,11 @@ impl Router {
     }
 
     /// A state command `key` (`raw`) is about to be sent: an `AUTH` (or `HELLO … AUTH`)
-    /// under multiplexing makes the client's next commands wait for Redis's answer, so
-    /// that each runs as the user that answer leaves it (a connection of its own opened
+    /// makes the client's next commands wait for Redis's answer (and every other node's),
+    /// so that each runs as the user that answer leaves it (a connection of its own opened
     /// meanwhile would be given the user in force).
     pub(super) fn verify_if_auth(&mut self, key: &[u8], raw: &Bytes) {
-        if self.pools.is_none() || self.verifying.is_some() || user_in(key, raw).is_none() {
+        if self.verifying.is_some() || user_in(key, raw).is_none() {
             return;
         }
         self.verifying = Some(Verification {
@@ -104,9 +104,10 @@ impl Router {
     }
 
     /// Redis answered the state command `key` (`raw`), `refused` or not: an accepted
-    /// `AUTH` (or `HELLO … AUTH`) under multiplexing makes its user the client's.
+    /// `AUTH` (or `HELLO … AUTH`) makes its user the client's, given to each connection
+    /// of its own as it opens.
     pub(super) fn note_identity_reply(&mut self, key: &[u8], raw: &Bytes, refused: bool) {
-        if self.pools.is_none() || refused {
+        if refused {
             return;
         }
         let Some(user) = user_in(key, raw) else {
@@ -125,7 +126,13 @@ impl Router {
         let Some(verification) = self.verifying.take() else {
             return;
         };
+        let refusal = self.auth_refusal.take();
         if verification.confirmed {
+            if let Some(refusal) = refusal {
+                // Its commands would run on that node as the user it had before.
+                self.broken = Some(refusal);
+                return;
+            }
             tracing::debug!(
                 protocol = self.identity.protocol,
                 "cluster client on the node connections of its user"
@@ -179,30 +186,61 @@ impl Router {
         }
     }
 
-    /// What a connection of the client's own is given first: under multiplexing, `AUTH` as
-    /// its user (checked); nothing else (without multiplexing the client's `AUTH` is
-    /// replayed).
+    /// What a connection of the client's own is given first: `AUTH` as its user, checked
+    /// before the connection carries a command (a refusal is each command's reply there).
     fn own_handshake(&self) -> Handshake {
-        let Some(pools) = &self.pools else {
-            return Handshake::default();
-        };
         let user = LaneIdentity {
             user: self.identity.user.clone(),
             ..SharedNodes::home()
         };
+        let timeout = match &self.pools {
+            Some(pools) => pools.settings().handshake_timeout,
+            None => self.view.gate().connect_timeout(),
+        };
         Handshake {
             commands: user.handshake_from(&SharedNodes::home()),
-            timeout: pools.settings().handshake_timeout,
+            timeout,
         }
     }
 
-    /// The state command `key` (`command`) as replayed on a new connection of the client's
-    /// own: under multiplexing, its user comes from [`Self::own_handshake`], so `AUTH` is
-    /// not replayed and `HELLO` loses its `AUTH` clause.
-    pub(super) fn replayed(&self, key: &[u8], command: &Bytes) -> Option<Bytes> {
-        if self.pools.is_none() {
-            return Some(command.clone());
+    /// Whether the state command `key` (`raw`) authenticates (`AUTH`, `HELLO … AUTH`).
+    pub(super) fn names_user(&self, key: &[u8], raw: &Bytes) -> bool {
+        user_in(key, raw).is_some()
+    }
+
+    /// A node other than the one answering the client refused its `AUTH` (`reply`): the
+    /// nodes disagree on the user (Redis Cluster does not spread ACL changes). Were the
+    /// client's `AUTH` accepted, its commands would run on that node as the user it had
+    /// before, so the client's connection ends instead, the reason logged: at once when the
+    /// `AUTH` is in force (replayed by an `EXEC`), else once its answer accepts it.
+    pub(super) fn on_hidden_auth_reply(&mut self, index: usize, reply: &[u8]) {
+        if reply.first() != Some(&b'-') {
+            return;
         }
+        let refusal = format!(
+            "cluster node {} refused the client's AUTH that another node answers: {}",
+            self.node_addresses[index],
+            String::from_utf8_lossy(reply).trim_end()
+        );
+        if self.verifying.is_some() {
+            self.auth_refusal.get_or_insert(refusal);
+        } else {
+            self.broken = Some(refusal);
+        }
+    }
+
+    /// Whether a node still owes the reply to the client's `AUTH` sent there unseen.
+    pub(super) fn owes_hidden_auth(&self) -> bool {
+        self.expects
+            .iter()
+            .flatten()
+            .any(|owed| matches!(owed, Expect::HiddenAuth))
+    }
+
+    /// The state command `key` (`command`) as replayed on a new connection of the client's
+    /// own: its user comes from [`Self::own_handshake`], so `AUTH` is not replayed and
+    /// `HELLO` loses its `AUTH` clause.
+    pub(super) fn replayed(&self, key: &[u8], command: &Bytes) -> Option<Bytes> {
         match key {
             b"AUTH" => None,
             b"HELLO" => Some(hello_without_auth(command)),

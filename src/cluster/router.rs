@@ -75,6 +75,10 @@ pub(super) enum Expect {
     Part { seq: u64, part: u16 },
     /// A reply the client never sees (`ASKING`, a state command replayed, a hidden MULTI).
     Hidden,
+    /// The reply to the client's `AUTH` (or `HELLO … AUTH`) sent, unseen, to a node other
+    /// than the one answering the client: a refusal means the nodes disagree on the user
+    /// (see `Router::on_hidden_auth_reply`).
+    HiddenAuth,
     /// The confirmations of the subscription command of entry `seq`, `left` more to come,
     /// or one error reply instead (see `cluster/confirm.rs`).
     Confirmations { seq: u64, left: u32 },
@@ -335,6 +339,9 @@ pub struct Router {
     /// Multiplexed: an `AUTH` (or `HELLO … AUTH`) moved the client to another user's
     /// shared connections; the session is not read until Redis answers it.
     pub(super) verifying: Option<Verification>,
+    /// A node refused the client's `AUTH` another node is answering (why), until the
+    /// answer comes (see `Router::on_hidden_auth_reply`).
+    pub(super) auth_refusal: Option<String>,
     /// An EXEC whose transaction changes connection state is unanswered: the client's
     /// next commands wait, unread, so they run with that state on every node.
     pub(super) exec_changes_state: bool,
@@ -421,6 +428,7 @@ impl Router {
             shared,
             identity: SharedNodes::home(),
             verifying: None,
+            auth_refusal: None,
             exec_changes_state: false,
             home: None,
             pubsub: Vec::new(),
@@ -502,7 +510,7 @@ impl Router {
                     }
                 }
             }
-            if self.verifying.is_some() && self.entries.is_empty() {
+            if self.verifying.is_some() && self.entries.is_empty() && !self.owes_hidden_auth() {
                 // Redis answered the AUTH: the client's next commands run as it left it.
                 self.settle_identity();
                 if !self.on_input(&mut scanner, &mut input) {
@@ -747,6 +755,7 @@ impl Router {
         }
         match self.expects[index].pop_front() {
             Some(Expect::Hidden) => {}
+            Some(Expect::HiddenAuth) => self.on_hidden_auth_reply(index, &reply),
             Some(Expect::Part { seq, part }) => self.on_part_reply(seq, part, reply),
             Some(Expect::Confirmations { seq, .. }) => {
                 self.note_pubsub_reply(index, &reply);

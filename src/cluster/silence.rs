@@ -91,7 +91,7 @@ impl Router {
                 Expect::Part { seq, part } => self
                     .part_command(seq, part)
                     .is_some_and(|command| self.waits(command)),
-                Expect::Hidden => false,
+                Expect::Hidden | Expect::HiddenAuth => false,
                 Expect::Confirmations { .. } | Expect::Unsubscriptions { .. } => false,
             })
     }

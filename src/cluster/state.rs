@@ -58,7 +58,7 @@ impl Router {
             if spread::is_error(own) {
                 continue;
             }
-            self.send_to_other_own_links(node, &queued.raw);
+            self.send_to_other_own_links(node, &queued.key, &queued.raw);
             let previous = self.record_state(queued.key.clone(), queued.raw.clone());
             let kind = Kind::State {
                 key: queued.key.clone(),
@@ -75,7 +75,7 @@ impl Router {
         let Some(target) = self.default_index() else {
             return self.answer(self.no_node(), silent);
         };
-        self.send_to_other_own_links(target, &raw);
+        self.send_to_other_own_links(target, &key, &raw);
         let previous = self.record_state(key.clone(), raw.clone());
         self.verify_if_auth(&key, &raw);
         let readwrite = key == b"READWRITE";
@@ -91,14 +91,19 @@ impl Router {
         }
     }
 
-    /// The state command `raw`, answered on node `except`, sent hidden to every other node
-    /// open on a connection of the client's own. A shared connection keeps no client's
+    /// The state command `raw` (of kind `key`), answered on node `except`, sent hidden to
+    /// every other node open on a connection of the client's own (an `AUTH`'s reply
+    /// checked there: `Expect::HiddenAuth`). A shared connection keeps no client's
     /// state: there it is only recorded, for the client's connections of its own should it
     /// move to them.
-    fn send_to_other_own_links(&mut self, except: usize, raw: &Bytes) {
+    fn send_to_other_own_links(&mut self, except: usize, key: &[u8], raw: &Bytes) {
+        let expect = match self.names_user(key, raw) {
+            true => Expect::HiddenAuth,
+            false => Expect::Hidden,
+        };
         for node in 0..self.links.len() {
             if node != except && self.links[node].as_ref().is_some_and(|l| !l.is_shared()) {
-                self.send(node, raw.clone(), Expect::Hidden);
+                self.send(node, raw.clone(), expect);
             }
         }
     }

@@ -394,3 +394,54 @@ async fn auth_inside_a_transaction_makes_the_client_that_user_everywhere() {
     }
     proxy.shutdown().await;
 }
+
+/// Per client too, a node whose ACL disagrees with the others on alice's password never
+/// runs alice's commands as the user the client had before: a node connection opened after
+/// her `AUTH` is given it checked, so a write there gets that node's refusal and changes
+/// nothing; and when a connection to that node was open at the `AUTH`, the client's
+/// upstream ends after it (its `AUTH` accepted elsewhere), as when Redis goes away: the
+/// write sent next gets the connection-lost error, never reaching any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_disagreeing_on_a_password_never_run_a_clients_commands_as_another_user() {
+    let cluster = Cluster::start().await;
+    add_alice(&cluster).await;
+    let primaries = primaries(&cluster).await;
+    let (agreeing, disagreeing) = (&primaries[0], &primaries[1]);
+    let mut admin = cluster.conn(disagreeing).await;
+    let changed = admin
+        .call(&["ACL", "SETUSER", "alice", "resetpass", ">other"])
+        .await;
+    assert_eq!(changed, "+OK\r\n");
+    let refusal = cluster
+        .conn(disagreeing)
+        .await
+        .call(&["AUTH", "alice", "apw"])
+        .await;
+    assert!(refusal.starts_with("-WRONGPASS"), "{refusal}");
+    let keys = keys_on_each(&cluster, "a:").await;
+    let proxy = proxy_for_cluster(&cluster, "").await;
+
+    // Opened after the AUTH: the node refuses alice, each command there gets the refusal.
+    let mut c = Conn::open(proxy.addr).await;
+    assert_eq!(c.call(&["GET", &keys[agreeing]]).await, "$-1\r\n");
+    assert_eq!(c.call(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+    assert_eq!(c.call(&["SET", &keys[disagreeing], "v"]).await, refusal);
+    assert_eq!(c.call(&["SET", &keys[agreeing], "v"]).await, "+OK\r\n");
+
+    // Open before the AUTH: the client's connection ends once the refusal is known.
+    let mut c = Conn::open(proxy.addr).await;
+    assert_eq!(c.call(&["GET", &keys[disagreeing]]).await, "$-1\r\n");
+    assert_eq!(c.call(&["GET", &keys[agreeing]]).await, "$1\r\nv\r\n");
+    c.cmd(&["AUTH", "alice", "apw"]).await;
+    c.cmd(&["SET", &keys[disagreeing], "v"]).await;
+    assert_eq!(c.read_reply_or_close().await, "+OK\r\n");
+    let lost = c.read_reply_or_close().await;
+    assert!(
+        lost.starts_with("-ERR respguard: upstream") && lost.contains("connection lost"),
+        "the write answered as when Redis goes away: {lost:?}"
+    );
+
+    let mut direct = cluster.conn(disagreeing).await;
+    assert_eq!(direct.call(&["EXISTS", &keys[disagreeing]]).await, ":0\r\n");
+    proxy.shutdown().await;
+}
