@@ -82,10 +82,10 @@ pub(super) enum Expect {
     /// The confirmations of the subscription command of entry `seq`, `left` more to come,
     /// or one error reply instead (see `cluster/confirm.rs`).
     Confirmations { seq: u64, left: u32 },
-    /// The confirmations of the `UNSUBSCRIBE`, `PUNSUBSCRIBE` or
-    /// `SUNSUBSCRIBE` naming no channel of entry `seq` (one per subscription the node
-    /// holds), ended by the reply to the hidden `PING` sent after it; `seen` once one came
-    /// (before any, an error reply is the command's refusal).
+    /// The confirmations of the `UNSUBSCRIBE`, `PUNSUBSCRIBE` or `SUNSUBSCRIBE` naming no
+    /// channel of entry `seq` (one per subscription the node holds), ended by the reply to
+    /// the hidden `PING` sent after it; `seen` once one came (before any, an error reply is
+    /// the command's refusal).
     Unsubscriptions { seq: u64, seen: bool },
 }
 
@@ -194,7 +194,8 @@ pub(super) struct Entry {
 }
 
 /// Pushes from one node (in RESP2, its subscribed connection's replies) held behind a
-/// subscription command's place in the queue until it is given to the client (see `cluster/confirm.rs`).
+/// subscription command's place in the queue until it is given to the client (see
+/// `cluster/confirm.rs`).
 #[derive(Debug)]
 pub(super) struct HeldPushes {
     /// The node they come from.
@@ -333,11 +334,13 @@ pub struct Router {
     /// Multiplexed: the node connections of every client, whether or not this one uses
     /// them now (`None` without multiplexing).
     pub(super) pools: Option<Arc<SharedNodes>>,
-    /// Multiplexed: the identity (ACL user, protocol) of the shared connections the client
-    /// uses, or goes back to; its user is the one its connections of its own are given.
+    /// The client's identity (ACL user, protocol): multiplexed, that of the shared
+    /// connections it uses or goes back to; in both modes its user is the one its
+    /// connections of its own are given.
     pub(super) identity: LaneIdentity,
-    /// Multiplexed: an `AUTH` (or `HELLO … AUTH`) moved the client to another user's
-    /// shared connections; the session is not read until Redis answers it.
+    /// An `AUTH` (or `HELLO … AUTH`) was sent (multiplexed, moving the client to another
+    /// user's shared connections): the session is not read until every node it went to
+    /// answered it.
     pub(super) verifying: Option<Verification>,
     /// A node refused the client's `AUTH` another node is answering (why), until the
     /// answer comes (see `Router::on_hidden_auth_reply`).

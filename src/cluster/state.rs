@@ -97,9 +97,10 @@ impl Router {
     /// state: there it is only recorded, for the client's connections of its own should it
     /// move to them.
     fn send_to_other_own_links(&mut self, except: usize, key: &[u8], raw: &Bytes) {
-        let expect = match self.names_user(key, raw) {
-            true => Expect::HiddenAuth,
-            false => Expect::Hidden,
+        let expect = if self.names_user(key, raw) {
+            Expect::HiddenAuth
+        } else {
+            Expect::Hidden
         };
         for node in 0..self.links.len() {
             if node != except && self.links[node].as_ref().is_some_and(|l| !l.is_shared()) {
@@ -270,7 +271,8 @@ impl Router {
         let refusal = resp::error(&format!(
             "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
         ));
-        self.send_to_node(node, raw, Kind::WhileSubscribed { refusal }, false);
+        let silent = self.next_silent();
+        self.send_to_node(node, raw, Kind::WhileSubscribed { refusal }, silent);
     }
 
     /// `UNSUBSCRIBE`, `PUNSUBSCRIBE` or `SUNSUBSCRIBE` naming no channel (`raw`):
