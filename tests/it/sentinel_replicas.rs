@@ -24,17 +24,48 @@ async fn proxy_with_rules(d: &Deployment, mode: Mode, db: u32, rules: &str) -> P
     start_proxy(mode.apply(raw)).await
 }
 
-/// `cmdstat_<command>` calls on the node at `server`, as it counts them.
+/// `cmdstat_<command>` calls on the node at `server`, as it counts them. Sentinel closes a
+/// node's clients when it makes it a replica (`CLIENT KILL TYPE normal`): a question cut
+/// that way is asked again on a new connection.
 async fn calls(server: &RedisServer, command: &str) -> u64 {
-    let info = Conn::open(server.addr())
-        .await
-        .call(&["INFO", "commandstats"])
-        .await;
+    let mut info = None;
+    for _ in 0..20 {
+        info = info_commandstats(server.addr()).await;
+        if info.is_some() {
+            break;
+        }
+    }
+    let info = info.expect("INFO commandstats answered within 20 connections");
     let field = format!("cmdstat_{command}:calls=");
     info.find(&field).map_or(0, |at| {
         let rest = &info[at + field.len()..];
         rest[..rest.find(',').unwrap()].parse().unwrap()
     })
+}
+
+/// `INFO commandstats` of the node at `addr`; `None` when the node closed the connection
+/// before answering.
+async fn info_commandstats(addr: std::net::SocketAddr) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(&encode(&["INFO", "commandstats"]))
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    loop {
+        if let Some(n) = frame_len(&buf) {
+            return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("INFO answered in time");
+        match read {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 /// (calls on the primary, calls on the replica) of `command` since `counts` last saw it.
