@@ -9,9 +9,9 @@
 //! replies to the commands around them. In front of a cluster the commands go to
 //! different nodes, so the router gives such a command a place in its queue like any
 //! command: its confirmations (or its error) are its reply ([`Expect::Confirmations`] on
-//! its node), released once every command before it is answered. The pushes that node sends after them (messages on the channels, later
-//! confirmations) wait behind them, so a message never reaches the client before the
-//! confirmation of its subscription.
+//! its node), released once every command before it is answered. The pushes that node
+//! sends after them (messages on the channels, later confirmations) wait behind them, so
+//! a message never reaches the client before the confirmation of its subscription.
 //!
 //! An `UNSUBSCRIBE`, `PUNSUBSCRIBE` or `SUNSUBSCRIBE` naming no channel gets one
 //! confirmation per subscription its node holds, a number only the node knows: a hidden

@@ -203,11 +203,6 @@ impl Router {
         }
     }
 
-    /// Whether the state command `key` (`raw`) authenticates (`AUTH`, `HELLO … AUTH`).
-    pub(super) fn names_user(&self, key: &[u8], raw: &Bytes) -> bool {
-        user_in(key, raw).is_some()
-    }
-
     /// A node other than the one answering the client refused its `AUTH` (`reply`): the
     /// nodes disagree on the user (Redis Cluster does not spread ACL changes). Were the
     /// client's `AUTH` accepted, its commands would run on that node as the user it had
@@ -285,7 +280,7 @@ fn auth_clause(args: Args<'_>) -> Option<usize> {
 
 /// The credentials the state command `key` (`raw`: `AUTH`, or `HELLO` with an `AUTH`
 /// clause) authenticates with.
-fn user_in(key: &[u8], raw: &Bytes) -> Option<LaneUser> {
+pub(super) fn user_in(key: &[u8], raw: &Bytes) -> Option<LaneUser> {
     read_stored(raw, |args| match key {
         b"AUTH" => LaneUser::from_auth_args(&args.to_vec()[1..]),
         b"HELLO" => {

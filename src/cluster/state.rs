@@ -10,6 +10,7 @@ use super::args::Args;
 use super::delivery::Redirect;
 use super::dispatch::state_key;
 use super::dispatch::CROSSSLOT;
+use super::identity::user_in;
 use super::route::Route;
 use super::router::{Expect, Kind, Part, Parts, QueuedState, ReplyMode, Router, Transaction};
 use super::spread::{self, Merge};
@@ -97,7 +98,7 @@ impl Router {
     /// state: there it is only recorded, for the client's connections of its own should it
     /// move to them.
     fn send_to_other_own_links(&mut self, except: usize, key: &[u8], raw: &Bytes) {
-        let expect = if self.names_user(key, raw) {
+        let expect = if user_in(key, raw).is_some() {
             Expect::HiddenAuth
         } else {
             Expect::Hidden

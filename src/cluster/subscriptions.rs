@@ -15,7 +15,7 @@
 
 use bytes::BytesMut;
 
-use crate::scanner::reply::{ReplyKind, ReplyScanner, ReplyStep};
+use crate::scanner::reply::{ReplyInfo, ReplyKind, ReplyScanner, ReplyStep};
 
 /// What a pub/sub array (`*` in RESP2, `>` in RESP3) is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +33,12 @@ pub(super) fn pubsub_frame(frame: &[u8]) -> Option<PubsubFrame> {
     if !matches!(scanner.scan(frame), Ok(ReplyStep::Done(_))) {
         return None;
     }
-    let info = scanner.info();
+    pubsub_kind(scanner.info())
+}
+
+/// What a whole reply or push the scanner described as `info` is when it is a pub/sub
+/// array.
+fn pubsub_kind(info: &ReplyInfo) -> Option<PubsubFrame> {
     if !matches!(info.kind, ReplyKind::Array | ReplyKind::Push) {
         return None;
     }
@@ -116,7 +121,7 @@ impl Subscriptions {
                 return;
             };
             let (frame, after) = rest.split_at(end);
-            self.give_frame(node, frame, pubsub_frame(frame), out);
+            self.give_frame(node, frame, pubsub_kind(scanner.info()), out);
             rest = after;
         }
     }
