@@ -36,6 +36,7 @@ use crate::pressure::MemoryPressure;
 use crate::runtime::{self, Serving};
 use crate::sentinel::SentinelWatcher;
 use crate::session::Shared;
+use crate::shutdown::ShutdownSignal;
 use crate::telemetry::CommandLatency;
 use crate::telemetry::ProxyMetrics;
 use crate::upstream::{read_replies, ConnectGate, GateSettings};
@@ -331,6 +332,7 @@ pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
         control: Arc::clone(&control),
         lanes,
         cluster,
+        shutdown: Arc::new(ShutdownSignal::new()),
     });
     let admission = Admission::new(
         raw.proxy.max_connections_per_second,

@@ -59,6 +59,7 @@ pub mod runtime;
 pub mod scanner;
 pub mod sentinel;
 pub mod session;
+pub mod shutdown;
 pub mod telemetry;
 pub mod transport;
 pub mod upstream;

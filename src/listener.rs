@@ -112,7 +112,6 @@ impl Listener {
             metrics.clients_accepted.increment(1);
             metrics.clients_open.increment(1.0);
             let shared = Arc::clone(&intake.shared);
-            let shutdown = shutdown.clone();
             let tls = intake.tls.clone();
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
@@ -123,13 +122,15 @@ impl Listener {
                 if let Some(stream) = stream {
                     let session =
                         Session::new(Arc::clone(&shared), stream, ClientIdentity::new(peer));
-                    let end = session.run(shutdown).await;
+                    let end = session.run().await;
                     tracing::debug!(%peer, ?end, "session ended");
                 }
                 shared.metrics.clients_open.decrement(1.0);
                 drop(permit);
             });
         }
+        // Every session starts draining (each listener of the intake rings; once counts).
+        intake.shared.shutdown.ring();
         // Closed at once: a client connecting during the drain is refused rather than left
         // waiting in the accept queue.
         drop(listener);

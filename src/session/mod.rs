@@ -55,14 +55,11 @@ mod verdicts;
 mod watchdog;
 mod watched_run;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
 
 use crate::cluster::ClusterUpstream;
 use crate::command::{CommandTable, LastName};
@@ -74,6 +71,7 @@ use crate::mux::threads::LanesPerThread;
 use crate::mux::{LaneIdentity, LaneUser, SharedConnections};
 use crate::scanner::reply::ReplyScanner;
 use crate::scanner::request::{Limits, RequestScanner};
+use crate::shutdown::{ShutdownSignal, ShutdownWait};
 use crate::telemetry::{CommandLatency, LatencyRun, ProxyMetrics};
 use crate::transport::Stream;
 use crate::upstream::ConnectGate;
@@ -115,6 +113,8 @@ pub struct Shared {
     pub lanes: Option<Arc<LanesPerThread>>,
     /// With a `redis-cluster://` upstream: the cluster each client's router reaches.
     pub cluster: Option<Arc<ClusterUpstream>>,
+    /// Rung by the listeners when shutdown begins; each session subscribes once.
+    pub shutdown: Arc<ShutdownSignal>,
 }
 
 /// Where the rest of a streamed command goes.
@@ -348,18 +348,15 @@ impl Session {
     }
 
     /// Proxy the connection until one side closes or shutdown completes.
-    pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> End {
-        let end = self.serve(shutdown).await;
+    pub async fn run(mut self) -> End {
+        let end = self.serve().await;
         self.hand_back_own_connection();
         end
     }
 
-    async fn serve(&mut self, mut shutdown: watch::Receiver<bool>) -> End {
-        // Wait for shutdown with one future for the whole session, not one per event: each
-        // new wait registers on the channel every session shares, a contended lock.
-        let mut stop = std::pin::pin!(async move {
-            let _ = shutdown.wait_for(|&stopping| stopping).await;
-        });
+    async fn serve(&mut self) -> End {
+        // Subscribed once for the whole session: each wait is then an atomic load.
+        let stop = self.shared.shutdown.subscribe();
         if self.authenticated {
             // Under `[auth]`, only once the client has authenticated.
             self.connect_upstream().await;
@@ -369,7 +366,7 @@ impl Session {
                 return end;
             }
             let interest = self.interest();
-            let event = self.next_event(interest, stop.as_mut()).await;
+            let event = self.next_event(interest, &stop).await;
             if let Some(end) = self.handle(event).await {
                 return end;
             }
@@ -381,7 +378,7 @@ impl Session {
                 self.unpin();
             }
             if self.tunnel {
-                return self.run_tunnel(stop.as_mut()).await;
+                return self.run_tunnel(&stop).await;
             }
         }
     }
@@ -427,11 +424,7 @@ impl Session {
 
     /// Wait for the first of what `want` names: a read or a write on either socket,
     /// shutdown (`stop`), the drain deadline, the reply watchdog.
-    async fn next_event<F: Future<Output = ()>>(
-        &mut self,
-        want: Interest,
-        stop: Pin<&mut F>,
-    ) -> Event {
+    async fn next_event(&mut self, want: Interest, stop: &ShutdownWait) -> Event {
         if want.client_read {
             self.requests.prepare();
         }
@@ -471,7 +464,7 @@ impl Session {
             r = async { up_tx.as_mut().expect("upstream").send(to_upstream).await },
                 if want.upstream_write => Event::UpstreamWrote(r),
             r = client_rx.read_buf(from_client), if want.client_read => Event::ClientRead(r),
-            _ = stop, if want.shutdown => Event::Shutdown,
+            _ = stop.rung(), if want.shutdown => Event::Shutdown,
             _ = async { tokio::time::sleep_until(want.drain.expect("deadline")).await },
                 if want.drain.is_some() => Event::DrainExpired,
             _ = async { watchdog.as_mut().expect("armed").as_mut().await },

@@ -10,14 +10,12 @@
 //! The tunnel waits on the same event loop as the session (`Session::next_event`), with
 //! its own interest: never the reply watchdog or the drain deadline. Never scans a byte.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use super::intercept::Intercept;
 use super::upstream::Upstream;
 use super::{End, Event, Interest, LaneWatch, Session};
 use crate::config::Replication;
 use crate::resp;
+use crate::shutdown::ShutdownWait;
 
 impl Session {
     /// SYNC or PSYNC arrived: forward it, or refuse it with `proxy.replication = "refuse"`.
@@ -46,10 +44,7 @@ impl Session {
 
     /// Carry bytes both ways until either side closes (after what it sent is written to
     /// the other) or the proxy shuts down.
-    pub(super) async fn run_tunnel<F: Future<Output = ()>>(
-        &mut self,
-        mut stop: Pin<&mut F>,
-    ) -> End {
+    pub(super) async fn run_tunnel(&mut self, stop: &ShutdownWait) -> End {
         if self.shutting_down {
             return End::Shutdown;
         }
@@ -76,7 +71,7 @@ impl Session {
                 drain: None,
                 watchdog: false,
             };
-            let event = self.next_event(interest, stop.as_mut()).await;
+            let event = self.next_event(interest, stop).await;
             if let Some(end) = self.on_tunnel_event(event) {
                 return end;
             }

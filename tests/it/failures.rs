@@ -207,6 +207,32 @@ async fn shutdown_lets_in_flight_replies_finish() {
     );
 }
 
+/// Shutdown reaches every session, not only those with replies in flight: a client
+/// waiting for nothing is closed at once, long before the drain timeout, in both modes.
+#[tokio::test]
+async fn shutdown_closes_idle_clients_at_once() {
+    let server = RedisServer::start();
+    for mode in Mode::BOTH {
+        let mut raw = mode.config(&server.url());
+        raw.proxy.drain_timeout = respguard::config::HumanDuration(Duration::from_secs(120));
+        let proxy = start_proxy(raw).await;
+        let mut idle = Vec::new();
+        for _ in 0..5 {
+            let mut c = Conn::open(proxy.addr).await;
+            assert_eq!(c.call(&["PING"]).await, "+PONG\r\n");
+            idle.push(c);
+        }
+        let stopping = tokio::spawn(proxy.shutdown());
+        for c in &mut idle {
+            assert!(c.read_to_close().await.is_empty(), "{mode:?}");
+        }
+        tokio::time::timeout(WAIT, stopping)
+            .await
+            .expect("stopped without waiting for the drain timeout")
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn the_admin_listener_bounds_a_request_and_answers_its_endpoints() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,0 +1,150 @@
+//! The proxy's shutdown, as client sessions wait for it.
+//!
+//! A session's event loop waits on its sockets and on shutdown at once, and goes back to
+//! waiting about twice per unpipelined command. A `watch` channel's `changed()` future,
+//! polled at each of those waits, re-registers its waker under a lock every session shares
+//! (tokio's `Notified`), about 270 instructions per command and a lock both serving
+//! threads take ("Shutdown wait" in `docs/benchmarks.md`). Here a session registers once
+//! ([`ShutdownSignal::subscribe`]); each wait costs an atomic load and an update of the
+//! session's own [`AtomicWaker`], and [`ShutdownSignal::ring`] wakes every subscriber.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+use slab::Slab;
+
+/// Rung once when the proxy starts shutting down; every subscribed session is woken.
+#[derive(Debug, Default)]
+pub struct ShutdownSignal {
+    rung: AtomicBool,
+    /// Each subscriber's waker, by its key. Locked when a session starts or ends and by
+    /// [`ShutdownSignal::ring`], never by a wait.
+    waiting: Mutex<Slab<Arc<AtomicWaker>>>,
+}
+
+impl ShutdownSignal {
+    /// A signal not rung yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Shutdown began: every subscriber's wait ends, now and from now on. Rung again, it
+    /// changes nothing.
+    pub fn ring(&self) {
+        self.rung.store(true, Ordering::SeqCst);
+        for (_, waker) in self.waiting.lock().expect("shutdown lock").iter() {
+            waker.wake();
+        }
+    }
+
+    /// Whether [`ShutdownSignal::ring`] was called.
+    pub fn is_rung(&self) -> bool {
+        self.rung.load(Ordering::SeqCst)
+    }
+
+    /// A session's way to wait for the signal; it unsubscribes when dropped.
+    pub fn subscribe(self: &Arc<Self>) -> ShutdownWait {
+        let waker = Arc::new(AtomicWaker::new());
+        let key = self
+            .waiting
+            .lock()
+            .expect("shutdown lock")
+            .insert(Arc::clone(&waker));
+        ShutdownWait {
+            signal: Arc::clone(self),
+            waker,
+            key,
+        }
+    }
+
+    /// How many sessions are subscribed (for tests: none is left behind).
+    pub fn subscribers(&self) -> usize {
+        self.waiting.lock().expect("shutdown lock").len()
+    }
+}
+
+/// One session's subscription to a [`ShutdownSignal`].
+#[derive(Debug)]
+pub struct ShutdownWait {
+    signal: Arc<ShutdownSignal>,
+    waker: Arc<AtomicWaker>,
+    key: usize,
+}
+
+impl ShutdownWait {
+    /// Ready once the signal is rung; otherwise the task of `cx` is woken when it is.
+    pub fn poll_rung(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.is_rung() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A ring between the first check and the registration woke nobody: look again.
+        if self.signal.is_rung() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Completes once the signal is rung.
+    pub async fn rung(&self) {
+        std::future::poll_fn(|cx| self.poll_rung(cx)).await
+    }
+}
+
+impl Drop for ShutdownWait {
+    fn drop(&mut self) {
+        self.signal
+            .waiting
+            .lock()
+            .expect("shutdown lock")
+            .remove(self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_ring_wakes_every_waiting_subscriber_and_later_ones_see_it_at_once() {
+        let signal = Arc::new(ShutdownSignal::new());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let wait = signal.subscribe();
+                tokio::spawn(async move { wait.rung().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        signal.ring();
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("woken by the ring")
+                .expect("ran");
+        }
+        let late = signal.subscribe();
+        tokio::time::timeout(Duration::from_millis(100), late.rung())
+            .await
+            .expect("a subscriber after the ring sees it at once");
+    }
+
+    #[test]
+    fn a_wait_polled_many_times_stays_one_subscription_and_leaves_none_behind() {
+        let signal = Arc::new(ShutdownSignal::new());
+        let wait = signal.subscribe();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..100 {
+            assert!(wait.poll_rung(&mut cx).is_pending(), "not rung yet");
+        }
+        assert_eq!(signal.subscribers(), 1);
+        signal.ring();
+        assert!(wait.poll_rung(&mut cx).is_ready());
+        drop(wait);
+        assert_eq!(signal.subscribers(), 0);
+    }
+}
