@@ -91,7 +91,6 @@ impl Router {
         reply: &[u8],
     ) {
         if !seen && reply.first() == Some(&b'-') {
-            self.note_pubsub_reply(index, reply);
             self.expects[index].push_front(Expect::Hidden);
             return self.refused_subscription(seq, reply);
         }

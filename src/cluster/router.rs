@@ -40,7 +40,6 @@ use crate::command::CommandTable;
 use crate::config::ReadFrom;
 use crate::mux::pinned::PinnedPermit;
 use crate::mux::LaneIdentity;
-use crate::reply_queue::ReplyQueue;
 use crate::resp;
 use crate::scanner::request::{Limits, RequestScanner, Step};
 
@@ -353,10 +352,6 @@ pub struct Router {
     /// (`None` on shared connections, and for good after a command whose state lasts for
     /// the connection's life).
     pub(super) home: Option<Arc<SharedNodes>>,
-    /// Multiplexed, on connections of its own for a while: per node, the client's
-    /// subscriptions there and the replies its pub/sub commands still get, followed as a
-    /// session follows one Redis connection's ([`ReplyQueue`]).
-    pub(super) pubsub: Vec<(usize, ReplyQueue)>,
     /// A command that moves the client off its shared connections, held (with where it
     /// moves) until every earlier command is answered.
     pub(super) held: Option<(Bytes, Sharing)>,
@@ -434,7 +429,6 @@ impl Router {
             auth_refusal: None,
             exec_changes_state: false,
             home: None,
-            pubsub: Vec::new(),
             held: None,
             slow: false,
             reply_timeout,
@@ -748,7 +742,6 @@ impl Router {
             // message): between two whole replies, never inside one; behind a
             // subscription of the node's not given to the client yet.
             let kind = if push { pubsub_frame(&reply) } else { pubsub };
-            self.note_pubsub_reply(index, &reply);
             self.subscriptions.note_said(index, kind);
             if !self.hold_push(index, &reply, kind) {
                 self.subscriptions
@@ -760,18 +753,12 @@ impl Router {
             Some(Expect::Hidden) => {}
             Some(Expect::HiddenAuth) => self.on_hidden_auth_reply(index, &reply),
             Some(Expect::Part { seq, part }) => self.on_part_reply(seq, part, reply),
-            Some(Expect::Confirmations { seq, .. }) => {
-                self.note_pubsub_reply(index, &reply);
-                self.refused_subscription(seq, &reply);
-            }
+            Some(Expect::Confirmations { seq, .. }) => self.refused_subscription(seq, &reply),
             Some(Expect::Unsubscriptions { seq, seen }) => {
                 self.unsubscriptions_ended(index, seq, seen, &reply);
             }
             // A reply to a command sent while subscribed, after the subscriptions ended.
-            None => {
-                self.note_pubsub_reply(index, &reply);
-                self.out.extend_from_slice(&reply);
-            }
+            None => self.out.extend_from_slice(&reply),
         }
     }
 }

@@ -6,8 +6,8 @@
 //! connections of its own:
 //! - **while the state lasts** ([`Pinning::WhileInUse`], and `XREAD … BLOCK`): MULTI until
 //!   EXEC or DISCARD, WATCH until EXEC, DISCARD or UNWATCH, a blocking command or WAIT until
-//!   answered, subscriptions until none is held (followed per node by a [`ReplyQueue`], as
-//!   a session follows one Redis connection's), and a `CLIENT SETNAME` Redis refuses;
+//!   answered, subscriptions until no node holds one (the counts of each node's last
+//!   confirmation, [`super::subscriptions`]), and a `CLIENT SETNAME` Redis refuses;
 //!   then, once every command is answered, its own connections close and it goes back to
 //!   the shared connections of its protocol ([`Router::return_to_shared`]);
 //! - **for the rest of its life** ([`Pinning::ForLife`]: RESET, READONLY, READWRITE,
@@ -48,13 +48,11 @@ use bytes::Bytes;
 
 use super::args::{read_stored, Args};
 use super::node::NodeLink;
-use super::router::{PlaceWait, Router, Sharing, MAX_ENTRIES};
+use super::router::{PlaceWait, Router, Sharing};
 use crate::command::{Pinning, Special};
 use crate::mux::pinned::{PinnedError, PinnedPermit};
 use crate::mux::LaneIdentity;
-use crate::reply_queue::{Expect, Pending, ReplyQueue};
 use crate::resp;
-use crate::scanner::reply::{ReplyScanner, ReplyStep};
 
 impl Router {
     /// Whether the command `raw` (read as `args`) moves the client off its shared
@@ -281,12 +279,13 @@ impl Router {
     /// connections: it keeps them.
     fn stay_for_life(&mut self) {
         self.home = None;
-        self.pubsub.clear();
     }
 
     /// Whether a client on connections of its own for a while may go back to shared
     /// ones: its state ended (no transaction, watched key, subscription, blocking command),
-    /// every command is answered and nothing is held, and its protocol shares.
+    /// every command is answered and nothing is held, and its protocol shares. A
+    /// subscription command is answered once its confirmations are in, and the last ones
+    /// say what each node still holds (`Subscriptions`): no node holds any.
     pub(super) fn ready_to_return(&self) -> bool {
         let Some(home) = &self.home else {
             return false;
@@ -297,10 +296,6 @@ impl Router {
             && self.watch_node.is_none()
             && self.subscriptions.first_subscribed().is_none()
             && self.broken.is_none()
-            && self
-                .pubsub
-                .iter()
-                .all(|(_, q)| q.is_empty() && !q.is_subscribed())
             && home.admit(&LaneIdentity {
                 protocol: self.protocol,
                 ..self.identity.clone()
@@ -314,7 +309,6 @@ impl Router {
         self.identity.protocol = self.protocol;
         self.shared = self.home.take();
         self.place = None;
-        self.pubsub.clear();
         self.close_links();
         metrics::counter!("respguard_cluster_clients_reshared_total").increment(1);
         tracing::debug!("cluster client back on shared node connections");
@@ -337,51 +331,6 @@ impl Router {
             if let Some(link) = self.links[index].take() {
                 link.hand_back(identity.clone());
             }
-        }
-    }
-
-    /// A pub/sub command (or, subscribed in RESP2, any command) sent to node `node`,
-    /// followed while the client is on connections of its own for a while: how many
-    /// replies it gets, so its subscriptions' end is known. Past [`MAX_ENTRIES`] unanswered
-    /// the client keeps its connections instead.
-    pub(super) fn follow_pubsub(&mut self, node: usize, args: Args<'_>) {
-        if self.home.is_none() {
-            return;
-        }
-        let Some(name) = args.get(0) else {
-            return;
-        };
-        let info = self.table.classify(name, || args.get(1));
-        let resp3 = self.protocol >= 3;
-        let at = match self.pubsub.iter().position(|(n, _)| *n == node) {
-            Some(at) => at,
-            None => {
-                let mut queue = ReplyQueue::new(MAX_ENTRIES);
-                queue.set_resp3(resp3);
-                self.pubsub.push((node, queue));
-                self.pubsub.len() - 1
-            }
-        };
-        let queue = &mut self.pubsub[at].1;
-        if queue.is_full() {
-            return self.stay_for_life();
-        }
-        queue.push(Pending {
-            expect: Expect::of(info.special, args.len()),
-            ..Pending::forward(info.id)
-        });
-    }
-
-    /// A reply from node `index` that no command of the router's queue expects (a
-    /// subscription's confirmation or message, or what a command sent while subscribed
-    /// gets): matched to the pub/sub commands followed there.
-    pub(super) fn note_pubsub_reply(&mut self, index: usize, reply: &[u8]) {
-        let Some((_, queue)) = self.pubsub.iter_mut().find(|(n, _)| *n == index) else {
-            return;
-        };
-        let mut scanner = ReplyScanner::new();
-        if let Ok(ReplyStep::Done(_)) = scanner.scan(reply) {
-            queue.on_reply(scanner.info());
         }
     }
 

@@ -256,7 +256,6 @@ impl Router {
         if channels == 0 {
             return self.unsubscribe_all(node, raw, args);
         }
-        self.follow_pubsub(node, args);
         if &*args.upper(0) == b"SSUBSCRIBE" && !self.shard_nodes.contains(&node) {
             self.shard_nodes.push(node);
         }
@@ -291,7 +290,6 @@ impl Router {
             nodes.push(pubsub);
         }
         for node in nodes {
-            self.follow_pubsub(node, args);
             self.send_unsubscribe_all(node, raw.clone());
         }
     }
