@@ -271,12 +271,17 @@ struct Op {
 }
 
 /// Loop `SET w:<id> n` and `GET r:<id>` (a value written before, read from replicas)
-/// until `stop`; returns every command and how often the connection closed.
+/// until `stop`, and once more; returns every command and how often the connection closed.
 async fn load(proxy: std::net::SocketAddr, id: usize, stop: Arc<AtomicBool>) -> (Vec<Op>, usize) {
     let (mut ops, mut closes) = (Vec::new(), 0);
     let mut c = Conn::open(proxy).await;
     let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    // One more round once `stop` is seen: each client's last write is sent after the test
+    // saw the failover settle (a write sent before it may be acknowledged after, retried
+    // on the promoted node, while the other clients' writes settle it).
+    let mut stopping = false;
+    while !stopping {
+        stopping = stop.load(Ordering::Relaxed);
         n += 1;
         for set in [Some(n), None] {
             let command = match set {
