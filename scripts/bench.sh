@@ -180,18 +180,7 @@ fi
 if wanted haproxy || wanted haproxy+ttl; then
   ports[haproxy]=$(free_port)
   ports[haproxy+ttl]=${ports[haproxy]}
-  cat > "$work/haproxy.cfg" <<CFG
-global
-  maxconn 4000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-listen redis
-  bind 127.0.0.1:${ports[haproxy]}
-  server redis 127.0.0.1:$redis_port
-CFG
+  write_haproxy_config "$work/haproxy.cfg" "${ports[haproxy]}" "$redis_port"
   haproxy -f "$work/haproxy.cfg" -db &
   pids+=($!)
   wait_port "${ports[haproxy]}"

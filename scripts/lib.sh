@@ -114,3 +114,20 @@ bench:
     - 127.0.0.1:$3:1
 CFG
 }
+
+# Write HAProxy's configuration to $1: TCP mode, listening on port $2, in front of the Redis
+# on port $3 (as the benchmarks run it).
+write_haproxy_config() {
+  cat > "$1" <<CFG
+global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+listen redis
+  bind 127.0.0.1:$2
+  server redis 127.0.0.1:$3
+CFG
+}

@@ -23,7 +23,8 @@
 #   runs one thread at a time and slows the proxy many times over, so its batching differs
 #   and cross-thread costs do not show: compare targets measured the same way.
 #
-# Targets: respguard-mux, respguard-mux+all, respguard-mux-percore (guards off, per-core
+# Targets: respguard and respguard+all (one upstream connection per client, guards off and
+# every guard), haproxy (TCP mode), respguard-mux, respguard-mux+all, respguard-mux-percore (guards off, per-core
 # runtime), respguard-mux-1thread (guards off, a multi-thread runtime of one worker),
 # twemproxy, direct (Redis itself: syscalls and batching only).
 # Needs perf with access to tracepoints (run as root, or lower kernel.perf_event_paranoid).
@@ -61,6 +62,8 @@ connections = "multiplexed"'
 # The configuration text of a respguard target.
 config_of() {
   case $1 in
+    respguard) echo "$CONF_GUARDS_OFF" ;;
+    respguard+all) echo "$CONF_ALL_GUARDS" ;;
     respguard-mux) echo "$CONF_GUARDS_OFF$MUX" ;;
     respguard-mux+all) echo "$CONF_ALL_GUARDS$MUX" ;;
     respguard-mux-percore) echo "$CONF_GUARDS_OFF$MUX
@@ -80,6 +83,10 @@ start() {
   port=$(free_port)
   case $t in
     direct) port=$redis_port; pid=$redis_pid; return ;;
+    haproxy)
+      write_haproxy_config "$work/haproxy.cfg" "$port" "$redis_port"
+      "$@" haproxy -f "$work/haproxy.cfg" -db 2>"$work/$t.err" &
+      ;;
     twemproxy)
       write_nutcracker_config "$work/nutcracker.yml" "$port" "$redis_port"
       "$@" nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" 2>"$work/$t.err" &
@@ -102,7 +109,8 @@ start() {
 
 stop() {
   [ "$1" = direct ] && return
-  kill -INT "$pid" 2>/dev/null || true
+  # HAProxy in the foreground (-db) ends on SIGTERM; the others on SIGINT, as on Ctrl-C.
+  if [ "$1" = haproxy ]; then kill -TERM "$pid" 2>/dev/null || true; else kill -INT "$pid" 2>/dev/null || true; fi
   wait "$pid" 2>/dev/null || true
 }
 
