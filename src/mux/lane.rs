@@ -274,7 +274,8 @@ pub(crate) struct Taken {
 /// The lane's state shared with sessions.
 #[derive(Debug, Default)]
 struct LaneState {
-    /// Commands submitted and not yet taken by the writer.
+    /// Commands submitted and not yet taken by the writer: the lane's own buffer, whose
+    /// capacity goes back and forth with the writer's (see [`Lane::serve`]).
     out: BytesMut,
     router: Router<Arc<Slot>>,
 }
@@ -306,6 +307,10 @@ pub(crate) struct Lane {
 /// How long a lane that cannot connect waits between attempts while sessions are attached
 /// (the gate's backoff spaces real attempts further; meanwhile they fail at once).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The most capacity a lane keeps in its two output buffers once a write is done: a burst
+/// past it (many clients' long pipelines at once) is served, then its memory given back.
+const KEPT_OUTPUT: usize = 1 << 20;
 
 impl Lane {
     /// A lane that connects on its first submit.
@@ -497,7 +502,12 @@ impl Lane {
             let owed = {
                 let mut st = self.state.lock().expect("lane lock");
                 if writing.is_empty() {
-                    writing = std::mem::take(&mut st.out);
+                    // The written buffer, empty, takes the submits that follow: both keep
+                    // their capacity, so a batch is neither allocated nor grown anew.
+                    if writing.capacity() > KEPT_OUTPUT {
+                        writing = BytesMut::new();
+                    }
+                    std::mem::swap(&mut writing, &mut st.out);
                 }
                 st.router.owed()
             };
@@ -588,7 +598,9 @@ impl LaneLink {
         st.router.expect(&self.slot, replies);
         // The lane was woken by the submit that made the output non-empty.
         let wake = st.out.is_empty();
-        st.out.unsplit(bytes);
+        // Copied into the lane's buffer, never adopted: a session's bytes taken as the
+        // lane's output when it was empty made the next submit reallocate it.
+        st.out.extend_from_slice(&bytes);
         drop(st);
         if wake {
             self.lane.work.notify_one();
