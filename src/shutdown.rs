@@ -60,7 +60,8 @@ impl ShutdownSignal {
     }
 
     /// How many sessions are subscribed (for tests: none is left behind).
-    pub fn subscribers(&self) -> usize {
+    #[cfg(test)]
+    fn subscribers(&self) -> usize {
         self.waiting.lock().expect("shutdown lock").len()
     }
 }

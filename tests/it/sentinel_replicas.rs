@@ -46,26 +46,11 @@ async fn calls(server: &RedisServer, command: &str) -> u64 {
 /// `INFO commandstats` of the node at `addr`; `None` when the node closed the connection
 /// before answering.
 async fn info_commandstats(addr: std::net::SocketAddr) -> Option<String> {
-    use tokio::io::AsyncReadExt;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(&encode(&["INFO", "commandstats"]))
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    loop {
-        if let Some(n) = frame_len(&buf) {
-            return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        let mut chunk = [0u8; 4096];
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-            .await
-            .expect("INFO answered in time");
-        match read {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    let mut c = Conn::open(addr).await;
+    let question = encode(&["INFO", "commandstats"]);
+    c.stream.write_all(&question).await.ok()?;
+    let reply = c.read_reply_or_close().await;
+    frame_len(reply.as_bytes()).map(|_| reply)
 }
 
 /// (calls on the primary, calls on the replica) of `command` since `counts` last saw it.
