@@ -26,7 +26,8 @@
 //! most), [`keyspace`] (what grows, per key prefix, seen from the commands [`pipeline`]
 //! judges), [`app`] (wiring it all together), [`identity`] (who a client is), [`resp`]
 //! (everything the proxy itself writes in RESP), [`clock`] (time for the guards' windows),
-//! [`offline`] (the guards over a byte stream, for fuzzing), [`cluster`] (slots, the slot
+//! [`offline`] (the guards over a byte stream, for fuzzing), [`shutdown`] and [`wakeup`]
+//! (the cheap waits of a session's event loop), [`cluster`] (slots, the slot
 //! map and command routing for a Redis Cluster upstream still to come).
 //!
 //! See `ARCHITECTURE.md` for the invariants.
@@ -63,3 +64,4 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod transport;
 pub mod upstream;
+pub mod wakeup;

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::event::NodeEvent;
@@ -43,6 +43,7 @@ use crate::mux::LANE_NAME;
 use crate::resp;
 use crate::transport::Stream;
 use crate::upstream::ConnectGate;
+use crate::wakeup::WakeUp;
 
 /// Node addresses and identities with shared connections at once (a cluster has far fewer
 /// nodes; past it, pools no router uses are dropped, and a router gets a connection of its
@@ -207,7 +208,7 @@ impl SharedNodes {
                         handshake_timeout: self.settings.handshake_timeout,
                         reply_timeout: self.settings.reply_timeout,
                         queue: Mutex::new(VecDeque::new()),
-                        work: Notify::new(),
+                        work: WakeUp::new(),
                         attached: AtomicUsize::new(0),
                         running: AtomicBool::new(false),
                         refused: AtomicBool::new(false),
@@ -342,7 +343,7 @@ struct NodeConn {
     reply_timeout: Option<Duration>,
     queue: Mutex<Queue>,
     /// Wakes the task: something submitted, or a router left.
-    work: Notify,
+    work: WakeUp,
     /// Router links attached.
     attached: AtomicUsize,
     running: AtomicBool,
@@ -368,7 +369,7 @@ impl SharedLink {
         }
         queue.push_back((Arc::clone(&self.owner), command, replies));
         drop(queue);
-        self.conn.work.notify_one();
+        self.conn.work.notify();
         true
     }
 }
@@ -378,7 +379,7 @@ impl Drop for SharedLink {
         // Its router no longer reads what comes for it: never waited for, never told.
         self.owner.dead.store(true, Ordering::Release);
         self.conn.attached.fetch_sub(1, Ordering::Relaxed);
-        self.conn.work.notify_one();
+        self.conn.work.notify();
     }
 }
 
@@ -449,7 +450,7 @@ impl NodeConn {
             if self.attached.load(Ordering::Relaxed) == 0 {
                 return false;
             }
-            self.work.notified().await;
+            self.work.wait().await;
         }
     }
 
@@ -565,7 +566,7 @@ impl NodeConn {
                     Ok(n) => { let _ = writing.split_to(n); }
                     Err(e) => return Some(e.to_string()),
                 },
-                _ = self.work.notified(), if writing.is_empty() => {}
+                _ = self.work.wait(), if writing.is_empty() => {}
                 _ = async { tokio::time::sleep_until(deadline.expect("armed")).await },
                     if deadline.is_some() => {
                     let timeout = self.reply_timeout.expect("armed");

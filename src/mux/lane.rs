@@ -34,7 +34,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
+
+use crate::wakeup::WakeUp;
 use tokio::time::Instant;
 
 use super::identity::{give_identity, IdentityFailure};
@@ -202,9 +204,9 @@ struct SlotState {
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
     /// Something new: replies, losses, the end.
-    ready: Notify,
+    ready: WakeUp,
     /// The end only: the client was found too slow.
-    ended: Notify,
+    ended: WakeUp,
 }
 
 impl Owner for Arc<Slot> {
@@ -236,7 +238,7 @@ impl Slot {
         if verdict.is_some() {
             st.slow = verdict;
             st.dead = true;
-            self.ended.notify_one();
+            self.ended.notify();
             st.news.clear();
             st.unread = 0;
         } else {
@@ -244,7 +246,7 @@ impl Slot {
             st.news.push_replies(bytes);
         }
         drop(st);
-        self.ready.notify_one();
+        self.ready.notify();
     }
 
     fn lose(&self, replies: u32, cut: bool, error: &Bytes) {
@@ -258,7 +260,7 @@ impl Slot {
             cut,
         }));
         drop(st);
-        self.ready.notify_one();
+        self.ready.notify();
     }
 }
 
@@ -285,7 +287,7 @@ struct LaneState {
 pub(crate) struct Lane {
     state: Mutex<LaneState>,
     /// Wakes the lane task: something to write, or a session left.
-    work: Notify,
+    work: WakeUp,
     gate: Arc<ConnectGate>,
     settings: LaneSettings,
     sink: Arc<Slot>,
@@ -321,7 +323,7 @@ impl Lane {
     ) -> Self {
         Lane {
             state: Mutex::new(LaneState::default()),
-            work: Notify::new(),
+            work: WakeUp::new(),
             gate,
             settings,
             sink: Slot::sink(),
@@ -436,7 +438,7 @@ impl Lane {
     /// owed (its connection closes).
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
-        self.work.notify_one();
+        self.work.notify();
     }
 
     /// Whether the task must go on: waits until something is submitted (true) or the
@@ -450,7 +452,7 @@ impl Lane {
                 return false;
             }
             tokio::select! {
-                _ = self.work.notified() => {}
+                _ = self.work.wait() => {}
                 r = shutdown.changed() => {
                     if r.is_err() {
                         return false;
@@ -543,7 +545,7 @@ impl Lane {
                     Ok(n) => writing.advance(n),
                     Err(e) => return Some(e.to_string()),
                 },
-                _ = self.work.notified(), if writing.is_empty() => {
+                _ = self.work.wait(), if writing.is_empty() => {
                     // Let the other sessions woken in this tick submit too: one write then
                     // carries all their commands (with one session, there are none).
                     if self.links() > 1 {
@@ -603,7 +605,7 @@ impl LaneLink {
         st.out.extend_from_slice(&bytes);
         drop(st);
         if wake {
-            self.lane.work.notify_one();
+            self.lane.work.notify();
         }
     }
 
@@ -620,8 +622,8 @@ impl LaneLink {
 
     /// Resolves once the client was found too slow (a wake-up may be spurious); waited on
     /// instead of [`Self::ready`] while the session has no room for more replies.
-    pub fn ended(&self) -> tokio::sync::futures::Notified<'_> {
-        self.slot.ended.notified()
+    pub fn ended(&self) -> &WakeUp {
+        &self.slot.ended
     }
 
     /// How many reply bytes the slot may hold untaken.
@@ -642,8 +644,8 @@ impl LaneLink {
     }
 
     /// Resolves once the slot may hold something new (a wake-up may be spurious).
-    pub fn ready(&self) -> tokio::sync::futures::Notified<'_> {
-        self.slot.ready.notified()
+    pub fn ready(&self) -> &WakeUp {
+        &self.slot.ready
     }
 }
 
@@ -655,7 +657,7 @@ impl Drop for LaneLink {
             st.news.clear();
         }
         self.lane.links.fetch_sub(1, Ordering::Relaxed);
-        self.lane.work.notify_one();
+        self.lane.work.notify();
     }
 }
 

@@ -448,7 +448,7 @@ impl Session {
         let watch_lane = inbox.is_some();
         let (from_client, to_upstream) = self.requests.io_parts();
         let (from_upstream, to_client) = self.replies.io_parts();
-        let watchdog = self.watchdog.sleep_mut();
+        let watchdog = &mut self.watchdog;
         // Polled in this order, not at random (which costs a random number and, when a
         // branch is ready, polls others for nothing): replies and writes first, since each is
         // bounded by commands already read, so a client that keeps sending cannot hold back
@@ -459,7 +459,7 @@ impl Session {
             biased;
             r = async { up_rx.as_mut().expect("upstream").read_buf(from_upstream).await },
                 if want.upstream_read => Event::UpstreamRead(r),
-            _ = async { inbox.expect("lane").await }, if watch_lane => Event::Inbox,
+            _ = async { inbox.expect("lane").wait().await }, if watch_lane => Event::Inbox,
             r = client_tx.send(to_client), if want.client_write => Event::ClientWrote(r),
             r = async { up_tx.as_mut().expect("upstream").send(to_upstream).await },
                 if want.upstream_write => Event::UpstreamWrote(r),
@@ -467,8 +467,9 @@ impl Session {
             _ = stop.rung(), if want.shutdown => Event::Shutdown,
             _ = async { tokio::time::sleep_until(want.drain.expect("deadline")).await },
                 if want.drain.is_some() => Event::DrainExpired,
-            _ = async { watchdog.as_mut().expect("armed").as_mut().await },
-                if want.watchdog => Event::WatchdogFired,
+            _ = std::future::poll_fn(|cx| watchdog.poll_fired(cx)), if want.watchdog => {
+                Event::WatchdogFired
+            }
         }
     }
 

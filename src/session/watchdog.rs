@@ -8,11 +8,18 @@
 //! last excused wait ([`Watchdog::fired`]), and it re-arms for what is left. A busy
 //! session touches the timer once per timeout.
 //!
+//! Polling a `Sleep` costs about 240 instructions (the task's budget, its waker stored
+//! again), and a session polls its watchdog at every wait while replies are owed, about
+//! twice per unpipelined command. The timer keeps the waker it was given, so once it holds
+//! the session task's waker [`Watchdog::poll_fired`] only asks whether it fired.
+//!
 //! Never decides what excuses a wait (the session knows: a blocking command, WAIT,
 //! subscribed mode or MONITOR, a command still streaming to Redis, a client too slow to
 //! take its replies) and never closes anything.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -23,6 +30,9 @@ pub(crate) struct Watchdog {
     /// Created the first time replies are owed.
     sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
+    /// The waker the timer holds since its deadline was last set: polled by the same
+    /// task, the timer need not be polled again to wake it.
+    registered: Option<Waker>,
     /// When a wait was last excused, in microseconds of the session's clock: silence
     /// before it does not count.
     excused_us: u64,
@@ -64,12 +74,33 @@ impl Watchdog {
             Some(sleep) => sleep.as_mut().reset(deadline),
             None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
+        self.registered = None;
         self.armed = true;
     }
 
-    /// The timer, for the event loop to wait on while it is armed.
-    pub fn sleep_mut(&mut self) -> &mut Option<Pin<Box<Sleep>>> {
-        &mut self.sleep
+    /// Ready once the deadline passed (the event loop waits on it while armed); otherwise
+    /// the task of `cx` is woken when it does. The timer is polled, and given the waker,
+    /// only the first time after its deadline was set or when another task polls.
+    pub fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(sleep) = &mut self.sleep else {
+            return Poll::Pending;
+        };
+        let holds_this_waker = self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if holds_this_waker {
+            return if sleep.is_elapsed() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            };
+        }
+        let polled = sleep.as_mut().poll(cx);
+        if polled.is_pending() {
+            self.registered = Some(cx.waker().clone());
+        }
+        polled
     }
 
     /// The deadline passed. Returns true when Redis has timed out: nothing excuses the wait
@@ -92,6 +123,7 @@ impl Watchdog {
         let deadline = Instant::now() + left.max(Duration::from_millis(1));
         if let Some(sleep) = &mut self.sleep {
             sleep.as_mut().reset(deadline);
+            self.registered = None;
             self.armed = true;
         }
         false
@@ -128,8 +160,39 @@ mod tests {
         dog.arm(SECOND);
         assert!(!dog.fired(silence(1_000_000, 0, 700_000, false), SECOND));
         assert!(dog.is_armed());
-        let left = dog.sleep_mut().as_ref().unwrap().deadline() - Instant::now();
+        let left = dog.sleep.as_ref().unwrap().deadline() - Instant::now();
         assert!(left <= Duration::from_millis(700) && left > Duration::from_millis(600));
+    }
+
+    /// Waits on `dog` as the event loop does: ends only once the timer fires and wakes
+    /// the task (or `within` passes, an error).
+    async fn fired_within(dog: &mut Watchdog, within: Duration) -> bool {
+        tokio::time::timeout(within, std::future::poll_fn(|cx| dog.poll_fired(cx)))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_polled_again_and_again_still_wakes_when_the_deadline_passes() {
+        // One task throughout, as a session: the timer keeps its waker between waits.
+        let session = tokio::spawn(async {
+            let mut dog = Watchdog::default();
+            dog.arm(SECOND);
+            for _ in 0..3 {
+                assert!(!fired_within(&mut dog, Duration::from_millis(300)).await);
+            }
+            // Nothing but the timer wakes this wait.
+            std::future::poll_fn(|cx| dog.poll_fired(cx)).await;
+            // Re-armed for what is left (800 ms): the old fire is not reported again, and
+            // the timer wakes the task once more.
+            assert!(!dog.fired(silence(1_000_000, 0, 800_000, false), SECOND));
+            assert!(!fired_within(&mut dog, Duration::from_millis(700)).await);
+            std::future::poll_fn(|cx| dog.poll_fired(cx)).await;
+        });
+        tokio::time::timeout(Duration::from_secs(10), session)
+            .await
+            .expect("the timer woke the waiting task each time")
+            .expect("ran");
     }
 
     #[tokio::test]
