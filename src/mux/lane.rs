@@ -35,8 +35,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
-
-use crate::wakeup::WakeUp;
 use tokio::time::Instant;
 
 use super::identity::{give_identity, IdentityFailure};
@@ -45,6 +43,7 @@ use crate::buffer::ReadBuffer;
 use crate::resp;
 use crate::transport::Stream;
 use crate::upstream::ConnectGate;
+use crate::wakeup::WakeUp;
 
 /// The name every shared connection carries in Redis's `CLIENT LIST`.
 pub const LANE_NAME: &str = "respguard-shared";
