@@ -27,7 +27,7 @@
 //! judges), [`app`] (wiring it all together), [`identity`] (who a client is), [`resp`]
 //! (everything the proxy itself writes in RESP), [`clock`] (time for the guards' windows),
 //! [`offline`] (the guards over a byte stream, for fuzzing), [`shutdown`] and [`wakeup`]
-//! (the cheap waits of a session's event loop), [`cluster`] (slots, the slot
+//! (the cheap waits of the sessions' and shared connections' event loops), [`cluster`] (slots, the slot
 //! map and command routing for a Redis Cluster upstream still to come).
 //!
 //! See `ARCHITECTURE.md` for the invariants.

@@ -3,9 +3,9 @@
 //! A multiplexed session waits for its lane's replies at about every other turn of its
 //! event loop, and the lane task waits for submitted commands. tokio's `Notify` serves any
 //! number of waiters: each wait links a node into a list under a lock and unlinks it when
-//! the wait is dropped, and each `notify_one` takes that lock again, about 400 instructions
+//! the wait is dropped, and each `notify_one` takes that lock again, about 640 instructions
 //! per unpipelined command and a lock the lane and the sessions of both threads share
-//! ("Multiplexed wake-ups" in `docs/benchmarks.md`). Each of these waits has exactly one
+//! ("Waits without a lock" in `docs/benchmarks.md`). Each of these waits has exactly one
 //! waiter, so a [`WakeUp`] keeps a flag and that waiter's [`AtomicWaker`]: a wait costs a
 //! load and, when it must sleep, an update of the waker; a notify, a store and a wake.
 
