@@ -26,14 +26,16 @@
 //! most), [`keyspace`] (what grows, per key prefix, seen from the commands [`pipeline`]
 //! judges), [`app`] (wiring it all together), [`identity`] (who a client is), [`resp`]
 //! (everything the proxy itself writes in RESP), [`clock`] (time for the guards' windows),
-//! [`offline`] (the guards over a byte stream, for fuzzing), [`shutdown`] and [`wakeup`]
-//! (the cheap waits of the sessions' and shared connections' event loops), [`cluster`] (slots, the slot
+//! [`offline`] (the guards over a byte stream, for fuzzing), [`shutdown`], [`wakeup`] and
+//! [`alarm`] (the cheap waits and timers of the sessions' and shared connections' event
+//! loops), [`cluster`] (slots, the slot
 //! map and command routing for a Redis Cluster upstream still to come).
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 
 pub mod admin;
 pub mod admission;
+pub mod alarm;
 pub mod app;
 pub mod auth;
 pub mod buffer;

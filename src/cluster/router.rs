@@ -36,6 +36,7 @@ use super::shared::SharedNodes;
 use super::spread::Merge;
 use super::subscriptions::{pubsub_frame, Subscriptions};
 use super::view::ClusterView;
+use crate::alarm::Alarm;
 use crate::command::CommandTable;
 use crate::config::ReadFrom;
 use crate::mux::pinned::PinnedPermit;
@@ -361,8 +362,8 @@ pub struct Router {
     pub(super) reply_timeout: Option<Duration>,
     /// Each node's last progress (a reply, or the first reply owed), by index.
     pub(super) progress: Vec<tokio::time::Instant>,
-    /// When the links' silence is next checked, while armed.
-    pub(super) deadline: Option<tokio::time::Instant>,
+    /// When the links' silence is next checked, while set.
+    pub(super) silence_check: Alarm,
     /// Multiplexed, on connections of its own: the client's one place under
     /// `upstream.pinned_connections`, however many nodes it uses.
     pub(super) place: Option<PinnedPermit>,
@@ -433,7 +434,7 @@ impl Router {
             slow: false,
             reply_timeout,
             progress: Vec::new(),
-            deadline: None,
+            silence_check: Alarm::default(),
             place: None,
             refusing: None,
             monitoring: Monitoring::default(),
@@ -468,11 +469,13 @@ impl Router {
             // let go instead), nor while monitoring (`super::monitor` bounds the lines).
             let monitoring = self.monitoring.is_active();
             let may_take = self.out.len() < MAX_OUTPUT || self.shared.is_some() || monitoring;
-            let deadline = self.silence_deadline(may_take);
+            let check = self.arm_silence_check(may_take);
+            let silence_check = &mut self.silence_check;
             tokio::select! {
                 Some(event) = events.recv(), if may_take => self.on_event(event),
-                _ = async { tokio::time::sleep_until(deadline.expect("armed")).await },
-                    if deadline.is_some() => self.on_silence(&mut events),
+                _ = std::future::poll_fn(|cx| silence_check.poll_rung(cx)), if check => {
+                    self.on_silence(&mut events)
+                }
                 Some((seq, part)) = retries.recv() => self.retry(seq, part),
                 _ = monitor_check.tick(), if monitoring => self.follow_monitored_nodes(),
                 read = reader.read_buf(&mut input), if may_read => {

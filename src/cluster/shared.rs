@@ -30,10 +30,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::event::NodeEvent;
 use super::idle::IdleNodeConnections;
+use crate::alarm::SilenceAlarm;
 use crate::mux::identity::{
     count_identities_exhausted, give_identity, identities_gauge, IdentityFailure, LaneIdentity,
 };
@@ -511,25 +511,16 @@ impl NodeConn {
         let mut input = BytesMut::with_capacity(16 * 1024);
         let mut writing = BytesMut::new();
         let mut replies: Vec<(Arc<Owner>, BytesMut, bool)> = Vec::new();
-        // When the node last showed progress: a reply arrived, or replies began to be owed.
-        let mut progress = Instant::now();
-        let mut owed_before = 0;
+        let mut silence = SilenceAlarm::new(self.reply_timeout);
         loop {
             if writing.is_empty() {
                 self.take_queued(order, &mut writing);
             }
             let owed = order.owed();
-            if owed > 0 && owed_before == 0 {
-                progress = Instant::now();
-            }
-            owed_before = owed;
+            silence.owing(owed > 0);
             if writing.is_empty() && owed == 0 && self.attached.load(Ordering::Relaxed) == 0 {
                 return None;
             }
-            let deadline = self
-                .reply_timeout
-                .filter(|_| owed > 0)
-                .map(|t| progress + t);
             let flush = stream.wants_flush();
             let (mut rx, mut tx) = stream.halves();
             tokio::select! {
@@ -553,7 +544,7 @@ impl NodeConn {
                     }
                     // Progress once every reply read is handed on (a router's full channel
                     // is the proxy's wait, not the node's).
-                    progress = Instant::now();
+                    silence.replied();
                     if let Err(e) = routed {
                         return Some(e.to_string());
                     }
@@ -567,9 +558,8 @@ impl NodeConn {
                     Err(e) => return Some(e.to_string()),
                 },
                 _ = self.work.wait(), if writing.is_empty() => {}
-                _ = async { tokio::time::sleep_until(deadline.expect("armed")).await },
-                    if deadline.is_some() => {
-                    let timeout = self.reply_timeout.expect("armed");
+                timeout = std::future::poll_fn(|cx| silence.poll_silent_too_long(cx)),
+                    if silence.watching() => {
                     metrics::counter!("respguard_upstream_reply_timeouts_total").increment(1);
                     tracing::warn!(
                         node = %self.address,

@@ -6,9 +6,10 @@
 //! WAIT, or carrying the client's subscriptions, is excused, as a session excuses one
 //! Redis. Shared node connections apply the same limit themselves ([`super::shared`]).
 //!
-//! One deadline per router, armed while some link of its own owes replies and re-armed
-//! for what is left when it passes, so a busy router touches the timer once per
-//! `reply_timeout`, not once per reply.
+//! One deadline per router (a [`crate::alarm::Alarm`]), set while some link of its own owes replies and
+//! set again for what is left when it passes, so a busy router touches the timer once per
+//! `reply_timeout`, not once per reply, and waits on it without a timer of its own per
+//! turn.
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -28,26 +29,30 @@ impl Router {
         }
     }
 
-    /// The deadline to wait for: armed (at one `reply_timeout` from now) when some link of
-    /// the router's own owes replies and none is armed; `None` while the router does not
-    /// take node replies (then the proxy is the one not reading).
-    pub(super) fn silence_deadline(&mut self, taking: bool) -> Option<Instant> {
-        let timeout = self.reply_timeout?;
+    /// Whether to wait for the silence check: set (at one `reply_timeout` from now) when
+    /// some link of the router's own owes replies and none is set; cleared while the
+    /// router does not take node replies (then the proxy is the one not reading).
+    pub(super) fn arm_silence_check(&mut self, taking: bool) -> bool {
+        let Some(timeout) = self.reply_timeout else {
+            return false;
+        };
         if !taking {
-            self.deadline = None;
-            return None;
+            self.silence_check.clear();
+            return false;
         }
-        if self.deadline.is_none() && (0..self.links.len()).any(|i| self.owes_on_own(i)) {
-            self.deadline = Some(Instant::now() + timeout);
+        if self.silence_check.deadline().is_none()
+            && (0..self.links.len()).any(|i| self.owes_on_own(i))
+        {
+            self.silence_check.set(Instant::now() + timeout);
         }
-        self.deadline
+        self.silence_check.deadline().is_some()
     }
 
     /// The deadline passed: the replies already read are taken first, then each link of
     /// the router's own silent for `reply_timeout` while owing replies (and not excused)
     /// is closed as lost; the deadline is re-armed for the others.
     pub(super) fn on_silence(&mut self, events: &mut mpsc::Receiver<NodeEvent>) {
-        self.deadline = None;
+        self.silence_check.clear();
         let Some(timeout) = self.reply_timeout else {
             return;
         };
@@ -72,7 +77,9 @@ impl Router {
                 self.time_out(index, timeout);
             }
         }
-        self.deadline = next;
+        if let Some(next) = next {
+            self.silence_check.set(next);
+        }
         self.unpark();
         self.release();
     }

@@ -39,6 +39,7 @@ use tokio::time::Instant;
 
 use super::identity::{give_identity, IdentityFailure};
 use super::router::{Owner, Router};
+use crate::alarm::SilenceAlarm;
 use crate::buffer::ReadBuffer;
 use crate::resp;
 use crate::transport::Stream;
@@ -544,9 +545,7 @@ impl Lane {
         let mut routed = Vec::new();
         let mut writing = Writing::default();
         let mut watching = true;
-        // When Redis last showed progress: a reply arrived, or replies began to be owed.
-        let mut progress = Instant::now();
-        let mut owed_before = 0;
+        let mut silence = SilenceAlarm::new(self.settings.reply_timeout);
         loop {
             let owed = {
                 let mut st = self.state.lock().expect("lane lock");
@@ -555,19 +554,11 @@ impl Lane {
                 }
                 st.router.owed()
             };
-            if owed > 0 && owed_before == 0 {
-                progress = Instant::now();
-            }
-            owed_before = owed;
+            silence.owing(owed > 0);
             if owed == 0 && writing.is_empty() && self.finished(shutdown) {
                 return None;
             }
             let flush = stream.wants_flush();
-            let deadline = self
-                .settings
-                .reply_timeout
-                .filter(|_| owed > 0)
-                .map(|t| progress + t);
             input.prepare();
             let (mut rx, mut tx) = stream.halves();
             tokio::select! {
@@ -576,7 +567,7 @@ impl Lane {
                     Ok(0) => return Some("connection closed by Redis".into()),
                     Ok(n) => {
                         input.after_read(n);
-                        progress = Instant::now();
+                        silence.replied();
                         if let Err(e) = self.route(input.bytes_mut(), &mut routed) {
                             return Some(e);
                         }
@@ -594,9 +585,8 @@ impl Lane {
                         tokio::task::yield_now().await;
                     }
                 }
-                _ = async { tokio::time::sleep_until(deadline.expect("armed")).await },
-                    if deadline.is_some() => {
-                    let timeout = self.settings.reply_timeout.expect("armed");
+                timeout = std::future::poll_fn(|cx| silence.poll_silent_too_long(cx)),
+                    if silence.watching() => {
                     metrics::counter!("respguard_upstream_reply_timeouts_total").increment(1);
                     return Some(format!("no reply within {timeout:?}, upstream.reply_timeout"));
                 }

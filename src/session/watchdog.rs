@@ -8,31 +8,26 @@
 //! last excused wait ([`Watchdog::fired`]), and it re-arms for what is left. A busy
 //! session touches the timer once per timeout.
 //!
-//! Polling a `Sleep` costs about 240 instructions (the task's budget, its waker stored
-//! again), and a session polls its watchdog at every wait while replies are owed, about
-//! twice per unpipelined command. The timer keeps the waker it was given, so once it holds
-//! the session task's waker [`Watchdog::poll_fired`] only asks whether it fired.
+//! A session waits on its watchdog at every turn while replies are owed, about twice per
+//! unpipelined command: the timer is an [`Alarm`], polled once per deadline (a `Sleep`
+//! polled at each wait cost about 240 instructions).
 //!
 //! Never decides what excuses a wait (the session knows: a blocking command, WAIT,
 //! subscribed mode or MONITOR, a command still streaming to Redis, a client too slow to
 //! take its replies) and never closes anything.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+use crate::alarm::Alarm;
 
 /// One timer for a session's owed replies.
 #[derive(Debug, Default)]
 pub(crate) struct Watchdog {
-    /// Created the first time replies are owed.
-    sleep: Option<Pin<Box<Sleep>>>,
-    armed: bool,
-    /// The waker the timer holds since its deadline was last set: polled by the same
-    /// task, the timer need not be polled again to wake it.
-    registered: Option<Waker>,
+    /// Set while armed.
+    alarm: Alarm,
     /// When a wait was last excused, in microseconds of the session's clock: silence
     /// before it does not count.
     excused_us: u64,
@@ -55,58 +50,33 @@ impl Watchdog {
     /// Whether the timer runs.
     #[inline]
     pub fn is_armed(&self) -> bool {
-        self.armed
+        self.alarm.deadline().is_some()
     }
 
     /// Stop the timer (the connection became a tunnel).
     pub fn disarm(&mut self) {
-        self.armed = false;
+        self.alarm.clear();
     }
 
     /// Start the timer for `timeout` unless it runs: while replies keep coming it keeps
     /// its first deadline.
     pub fn arm(&mut self, timeout: Duration) {
-        if self.armed {
-            return;
+        if !self.is_armed() {
+            self.alarm.set(Instant::now() + timeout);
         }
-        let deadline = Instant::now() + timeout;
-        match &mut self.sleep {
-            Some(sleep) => sleep.as_mut().reset(deadline),
-            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-        self.registered = None;
-        self.armed = true;
     }
 
     /// Ready once the deadline passed (the event loop waits on it while armed); otherwise
-    /// the task of `cx` is woken when it does. The timer is polled, and given the waker,
-    /// only the first time after its deadline was set or when another task polls.
+    /// the task of `cx` is woken when it does.
+    #[inline]
     pub fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(sleep) = &mut self.sleep else {
-            return Poll::Pending;
-        };
-        let holds_this_waker = self
-            .registered
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()));
-        if holds_this_waker {
-            return if sleep.is_elapsed() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            };
-        }
-        let polled = sleep.as_mut().poll(cx);
-        if polled.is_pending() {
-            self.registered = Some(cx.waker().clone());
-        }
-        polled
+        self.alarm.poll_rung(cx)
     }
 
     /// The deadline passed. Returns true when Redis has timed out: nothing excuses the wait
     /// and it has been silent for `timeout`. Otherwise the timer re-arms for what is left.
     pub fn fired(&mut self, silence: Silence, timeout: Duration) -> bool {
-        self.armed = false;
+        self.alarm.clear();
         if silence.excused {
             self.excused_us = silence.now_us;
         }
@@ -120,12 +90,8 @@ impl Watchdog {
             return true;
         }
         let left = Duration::from_micros(timeout_us - silent_for.min(timeout_us));
-        let deadline = Instant::now() + left.max(Duration::from_millis(1));
-        if let Some(sleep) = &mut self.sleep {
-            sleep.as_mut().reset(deadline);
-            self.registered = None;
-            self.armed = true;
-        }
+        self.alarm
+            .set(Instant::now() + left.max(Duration::from_millis(1)));
         false
     }
 }
@@ -160,39 +126,8 @@ mod tests {
         dog.arm(SECOND);
         assert!(!dog.fired(silence(1_000_000, 0, 700_000, false), SECOND));
         assert!(dog.is_armed());
-        let left = dog.sleep.as_ref().unwrap().deadline() - Instant::now();
+        let left = dog.alarm.deadline().unwrap() - Instant::now();
         assert!(left <= Duration::from_millis(700) && left > Duration::from_millis(600));
-    }
-
-    /// Waits on `dog` as the event loop does: ends only once the timer fires and wakes
-    /// the task (or `within` passes, an error).
-    async fn fired_within(dog: &mut Watchdog, within: Duration) -> bool {
-        tokio::time::timeout(within, std::future::poll_fn(|cx| dog.poll_fired(cx)))
-            .await
-            .is_ok()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_wait_polled_again_and_again_still_wakes_when_the_deadline_passes() {
-        // One task throughout, as a session: the timer keeps its waker between waits.
-        let session = tokio::spawn(async {
-            let mut dog = Watchdog::default();
-            dog.arm(SECOND);
-            for _ in 0..3 {
-                assert!(!fired_within(&mut dog, Duration::from_millis(300)).await);
-            }
-            // Nothing but the timer wakes this wait.
-            std::future::poll_fn(|cx| dog.poll_fired(cx)).await;
-            // Re-armed for what is left (800 ms): the old fire is not reported again, and
-            // the timer wakes the task once more.
-            assert!(!dog.fired(silence(1_000_000, 0, 800_000, false), SECOND));
-            assert!(!fired_within(&mut dog, Duration::from_millis(700)).await);
-            std::future::poll_fn(|cx| dog.poll_fired(cx)).await;
-        });
-        tokio::time::timeout(Duration::from_secs(10), session)
-            .await
-            .expect("the timer woke the waiting task each time")
-            .expect("ran");
     }
 
     #[tokio::test]
