@@ -28,7 +28,7 @@
 //! (everything the proxy itself writes in RESP), [`clock`] (time for the guards' windows),
 //! [`offline`] (the guards over a byte stream, for fuzzing), [`shutdown`], [`wakeup`] and
 //! [`alarm`] (the cheap waits and timers of the sessions' and shared connections' event
-//! loops), [`cluster`] (slots, the slot
+//! loops), [`write_batch`] (what a shared connection is writing), [`cluster`] (slots, the slot
 //! map and command routing for a Redis Cluster upstream still to come).
 //!
 //! See `ARCHITECTURE.md` for the invariants.
@@ -67,3 +67,4 @@ pub mod telemetry;
 pub mod transport;
 pub mod upstream;
 pub mod wakeup;
+pub mod write_batch;

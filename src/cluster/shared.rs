@@ -44,6 +44,7 @@ use crate::resp;
 use crate::transport::Stream;
 use crate::upstream::ConnectGate;
 use crate::wakeup::WakeUp;
+use crate::write_batch::WriteBatch;
 
 /// Node addresses and identities with shared connections at once (a cluster has far fewer
 /// nodes; past it, pools no router uses are dropped, and a router gets a connection of its
@@ -52,6 +53,9 @@ pub const MAX_POOLS: usize = 2048;
 
 /// Bytes written to a node in one go.
 const WRITE_BATCH: usize = 64 * 1024;
+/// The most capacity the buffer a connection writes from keeps between batches (one batch
+/// stops taking submissions past [`WRITE_BATCH`], plus the last one taken).
+const KEPT_OUTPUT: usize = 4 * WRITE_BATCH;
 
 /// How the shared node connections are set up, from `[upstream]` and `[proxy]`.
 #[derive(Debug, Clone, Copy)]
@@ -509,12 +513,12 @@ impl NodeConn {
         order: &mut OrderRouter<Arc<Owner>>,
     ) -> Option<String> {
         let mut input = BytesMut::with_capacity(16 * 1024);
-        let mut writing = BytesMut::new();
+        let mut writing = WriteBatch::new(KEPT_OUTPUT);
         let mut replies: Vec<(Arc<Owner>, BytesMut, bool)> = Vec::new();
         let mut silence = SilenceAlarm::new(self.reply_timeout);
         loop {
             if writing.is_empty() {
-                self.take_queued(order, &mut writing);
+                self.take_queued(order, writing.refill());
             }
             let owed = order.owed();
             silence.owing(owed > 0);
@@ -552,9 +556,9 @@ impl NodeConn {
                         input.reserve(16 * 1024);
                     }
                 }
-                r = tx.send(&writing), if !writing.is_empty() || flush => match r {
+                r = tx.send(writing.pending()), if !writing.is_empty() || flush => match r {
                     Ok(0) if !writing.is_empty() => return Some("the connection closed".into()),
-                    Ok(n) => { let _ = writing.split_to(n); }
+                    Ok(n) => writing.wrote(n),
                     Err(e) => return Some(e.to_string()),
                 },
                 _ = self.work.wait(), if writing.is_empty() => {}

@@ -45,6 +45,7 @@ use crate::resp;
 use crate::transport::Stream;
 use crate::upstream::ConnectGate;
 use crate::wakeup::WakeUp;
+use crate::write_batch::WriteBatch;
 
 /// The name every shared connection carries in Redis's `CLIENT LIST`.
 pub const LANE_NAME: &str = "respguard-shared";
@@ -312,55 +313,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// The most capacity a lane keeps in its two output buffers once a write is done: a burst
 /// past it (many clients' long pipelines at once) is served, then its memory given back.
+/// Sessions submit into one ([`LaneState::out`], under the lane's lock) while the task
+/// writes the other (a [`WriteBatch`]); the two change places once a batch is written.
 const KEPT_OUTPUT: usize = 1 << 20;
-
-/// The batch a lane's task is writing, and how much of it went out.
-///
-/// The lane keeps two buffers: sessions submit into one ([`LaneState::out`], under the
-/// lane's lock) while the task writes the other, and the two change places once a batch
-/// is written ([`Writing::take_submitted`]), each keeping its capacity. A batch written is
-/// cleared, never advanced: an advanced `BytesMut` keeps its written bytes as an offset
-/// that later submits do not reuse until it fills up, so the buffer grew past
-/// [`KEPT_OUTPUT`], was given back and regrown, batch after batch.
-#[derive(Debug, Default)]
-struct Writing {
-    batch: BytesMut,
-    sent: usize,
-}
-
-impl Writing {
-    /// Nothing left to write.
-    fn is_empty(&self) -> bool {
-        self.batch.is_empty()
-    }
-
-    /// What is still to be written.
-    fn pending(&self) -> &[u8] {
-        &self.batch[self.sent..]
-    }
-
-    /// `n` more bytes went out; a batch written whole is cleared.
-    fn wrote(&mut self, n: usize) {
-        self.sent += n;
-        if self.sent >= self.batch.len() {
-            self.batch.clear();
-            self.sent = 0;
-        }
-    }
-
-    /// With nothing left to write, take what was submitted, leaving the emptied buffer
-    /// (given back if a burst grew it past [`KEPT_OUTPUT`]) to take the next submits.
-    fn take_submitted(&mut self, submitted: &mut BytesMut) {
-        debug_assert!(
-            self.is_empty(),
-            "a batch is taken once the last one is written"
-        );
-        if self.batch.capacity() > KEPT_OUTPUT {
-            self.batch = BytesMut::new();
-        }
-        std::mem::swap(&mut self.batch, submitted);
-    }
-}
 
 impl Lane {
     /// A lane that connects on its first submit.
@@ -543,14 +498,14 @@ impl Lane {
     ) -> Option<String> {
         let mut input = ReadBuffer::new();
         let mut routed = Vec::new();
-        let mut writing = Writing::default();
+        let mut writing = WriteBatch::new(KEPT_OUTPUT);
         let mut watching = true;
         let mut silence = SilenceAlarm::new(self.settings.reply_timeout);
         loop {
             let owed = {
                 let mut st = self.state.lock().expect("lane lock");
                 if writing.is_empty() {
-                    writing.take_submitted(&mut st.out);
+                    writing.swap_in(&mut st.out);
                 }
                 st.router.owed()
             };
@@ -713,43 +668,6 @@ mod tests {
                 News::Lost(lost) => format!("lost {}", lost.replies),
             })
             .collect()
-    }
-
-    #[test]
-    fn a_lanes_two_buffers_keep_their_memory_batch_after_batch() {
-        let command = [b'x'; 1_440];
-        let mut submitted = BytesMut::new();
-        let mut queued = 0;
-        let mut writing = Writing::default();
-        let mut places = std::collections::HashSet::new();
-        for round in 0..1_000 {
-            for _ in 0..50 {
-                submitted.extend_from_slice(&command);
-                queued += 1;
-            }
-            writing.take_submitted(&mut submitted);
-            let batch = std::mem::take(&mut queued) * command.len();
-            // Written in pieces, with submits arriving meanwhile.
-            let mut written = 0;
-            while !writing.is_empty() {
-                let n = writing.pending().len().min(10_000);
-                written += n;
-                writing.wrote(n);
-                submitted.extend_from_slice(&command);
-                queued += 1;
-            }
-            assert_eq!(written, batch, "every byte submitted is written once");
-            if round >= 10 {
-                places.insert(writing.batch.as_ptr() as usize);
-                places.insert(submitted.as_ptr() as usize);
-            }
-        }
-        assert!(
-            places.len() <= 2,
-            "the buffers were reallocated: {} places",
-            places.len()
-        );
-        assert!(writing.batch.capacity() <= 2 * 60 * command.len());
     }
 
     #[test]
