@@ -5,12 +5,13 @@
 //! polled at each of those waits, re-registers its waker under a lock every session shares
 //! (tokio's `Notified`), about 270 instructions per command and a lock both serving
 //! threads take ("Shutdown wait" in `docs/benchmarks.md`). Here a session registers once
-//! ([`ShutdownSignal::subscribe`]); each wait costs an atomic load and an update of the
-//! session's own [`AtomicWaker`], and [`ShutdownSignal::ring`] wakes every subscriber.
+//! ([`ShutdownSignal::subscribe`]) and gives its own [`AtomicWaker`] its task's waker once;
+//! each later wait of the same task costs an atomic load, and [`ShutdownSignal::ring`]
+//! wakes every subscriber.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use atomic_waker::AtomicWaker;
 use slab::Slab;
@@ -56,6 +57,7 @@ impl ShutdownSignal {
             signal: Arc::clone(self),
             waker,
             key,
+            registered: None,
         }
     }
 
@@ -72,15 +74,26 @@ pub struct ShutdownWait {
     signal: Arc<ShutdownSignal>,
     waker: Arc<AtomicWaker>,
     key: usize,
+    /// The waker last registered. Only the ring takes it out, and the ring is for good, so
+    /// while the same task waits again the registration stands and a wait is one load.
+    registered: Option<Waker>,
 }
 
 impl ShutdownWait {
     /// Ready once the signal is rung; otherwise the task of `cx` is woken when it is.
-    pub fn poll_rung(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub fn poll_rung(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.signal.is_rung() {
             return Poll::Ready(());
         }
+        let registered = self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if registered {
+            return Poll::Pending;
+        }
         self.waker.register(cx.waker());
+        self.registered = Some(cx.waker().clone());
         // A ring between the first check and the registration woke nobody: look again.
         if self.signal.is_rung() {
             Poll::Ready(())
@@ -90,7 +103,7 @@ impl ShutdownWait {
     }
 
     /// Completes once the signal is rung.
-    pub async fn rung(&self) {
+    pub async fn rung(&mut self) {
         std::future::poll_fn(|cx| self.poll_rung(cx)).await
     }
 }
@@ -115,7 +128,7 @@ mod tests {
         let signal = Arc::new(ShutdownSignal::new());
         let waiters: Vec<_> = (0..3)
             .map(|_| {
-                let wait = signal.subscribe();
+                let mut wait = signal.subscribe();
                 tokio::spawn(async move { wait.rung().await })
             })
             .collect();
@@ -128,7 +141,7 @@ mod tests {
                 .expect("woken by the ring")
                 .expect("ran");
         }
-        let late = signal.subscribe();
+        let mut late = signal.subscribe();
         tokio::time::timeout(Duration::from_millis(100), late.rung())
             .await
             .expect("a subscriber after the ring sees it at once");
@@ -137,7 +150,7 @@ mod tests {
     #[test]
     fn a_wait_polled_many_times_stays_one_subscription_and_leaves_none_behind() {
         let signal = Arc::new(ShutdownSignal::new());
-        let wait = signal.subscribe();
+        let mut wait = signal.subscribe();
         let mut cx = Context::from_waker(std::task::Waker::noop());
         for _ in 0..100 {
             assert!(wait.poll_rung(&mut cx).is_pending(), "not rung yet");
@@ -147,5 +160,36 @@ mod tests {
         assert!(wait.poll_rung(&mut cx).is_ready());
         drop(wait);
         assert_eq!(signal.subscribers(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_polled_again_and_again_by_one_task_is_still_woken_by_the_ring() {
+        let signal = Arc::new(ShutdownSignal::new());
+        let mut wait = signal.subscribe();
+        let (polled_tx, mut polled_rx) = tokio::sync::mpsc::unbounded_channel();
+        let session = tokio::spawn(async move {
+            // Waits as a session does: the same task polls again and again, woken by other
+            // events (here, by itself) in between.
+            for _ in 0..50 {
+                let pending = std::future::poll_fn(|cx| {
+                    let pending = wait.poll_rung(cx).is_pending();
+                    cx.waker().wake_by_ref();
+                    Poll::Ready(pending)
+                })
+                .await;
+                assert!(pending, "not rung yet");
+                tokio::task::yield_now().await;
+            }
+            polled_tx.send(()).expect("test waits");
+            wait.rung().await;
+        });
+        polled_rx.recv().await.expect("polled");
+        tokio::task::yield_now().await;
+        assert!(!session.is_finished(), "waits for the ring");
+        signal.ring();
+        tokio::time::timeout(Duration::from_secs(5), session)
+            .await
+            .expect("the ring woke the task")
+            .expect("ran");
     }
 }

@@ -356,7 +356,7 @@ impl Session {
 
     async fn serve(&mut self) -> End {
         // Subscribed once for the whole session: each wait is then an atomic load.
-        let stop = self.shared.shutdown.subscribe();
+        let mut stop = self.shared.shutdown.subscribe();
         if self.authenticated {
             // Under `[auth]`, only once the client has authenticated.
             self.connect_upstream().await;
@@ -366,7 +366,7 @@ impl Session {
                 return end;
             }
             let interest = self.interest();
-            let event = self.next_event(interest, &stop).await;
+            let event = self.next_event(interest, &mut stop).await;
             if let Some(end) = self.handle(event).await {
                 return end;
             }
@@ -378,7 +378,7 @@ impl Session {
                 self.unpin();
             }
             if self.tunnel {
-                return self.run_tunnel(&stop).await;
+                return self.run_tunnel(&mut stop).await;
             }
         }
     }
@@ -424,7 +424,7 @@ impl Session {
 
     /// Wait for the first of what `want` names: a read or a write on either socket,
     /// shutdown (`stop`), the drain deadline, the reply watchdog.
-    async fn next_event(&mut self, want: Interest, stop: &ShutdownWait) -> Event {
+    async fn next_event(&mut self, want: Interest, stop: &mut ShutdownWait) -> Event {
         if want.client_read {
             self.requests.prepare();
         }
@@ -554,8 +554,10 @@ impl Session {
             return self.upstream_lost(&reason);
         }
         self.flush_client();
-        // Replies freed room in the queue: carry on with requests already read.
-        self.on_client_input();
+        // Replies freed room in the queue: carry on with requests already read, if any.
+        if self.has_requests_to_judge() {
+            self.on_client_input();
+        }
         self.flush_upstream();
         None
     }
@@ -622,6 +624,18 @@ impl Session {
         } else {
             self.submit_to_lane();
         }
+    }
+
+    /// Whether the request loop has anything to do once replies arrived: bytes read and not
+    /// yet sent, a command streaming, an identity switch to settle, or reads held until an
+    /// identity change is answered (the loop lets them go). Most often none, and then the
+    /// loop (about 200 instructions for nothing) is not run.
+    #[inline]
+    fn has_requests_to_judge(&self) -> bool {
+        !self.requests.input().is_empty()
+            || self.streaming.is_some()
+            || self.switch.is_some()
+            || self.state.identity_pending()
     }
 
     /// Write as much as the client socket takes now, without waiting.

@@ -44,7 +44,7 @@ impl Session {
 
     /// Carry bytes both ways until either side closes (after what it sent is written to
     /// the other) or the proxy shuts down.
-    pub(super) async fn run_tunnel(&mut self, stop: &ShutdownWait) -> End {
+    pub(super) async fn run_tunnel(&mut self, stop: &mut ShutdownWait) -> End {
         if self.shutting_down {
             return End::Shutdown;
         }
