@@ -554,10 +554,8 @@ impl Session {
             return self.upstream_lost(&reason);
         }
         self.flush_client();
-        // Replies freed room in the queue: carry on with requests already read, if any.
-        if self.has_requests_to_judge() {
-            self.on_client_input();
-        }
+        // Replies freed room in the queue: carry on with requests already read.
+        self.on_client_input();
         self.flush_upstream();
         None
     }
@@ -624,18 +622,6 @@ impl Session {
         } else {
             self.submit_to_lane();
         }
-    }
-
-    /// Whether the request loop has anything to do once replies arrived: bytes read and not
-    /// yet sent, a command streaming, an identity switch to settle, or reads held until an
-    /// identity change is answered (the loop lets them go). Most often none, and then the
-    /// loop (about 200 instructions for nothing) is not run.
-    #[inline]
-    fn has_requests_to_judge(&self) -> bool {
-        !self.requests.input().is_empty()
-            || self.streaming.is_some()
-            || self.switch.is_some()
-            || self.state.identity_pending()
     }
 
     /// Write as much as the client socket takes now, without waiting.
