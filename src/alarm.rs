@@ -14,10 +14,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
+
+use crate::wakeup::GivenWaker;
 
 /// One timer with a deadline that moves rarely.
 #[derive(Debug, Default)]
@@ -28,7 +30,7 @@ pub(crate) struct Alarm {
     deadline: Option<Instant>,
     /// The waker the timer holds since its deadline was last set: polled by the same
     /// task, the timer need not be polled again to wake it.
-    registered: Option<Waker>,
+    registered: GivenWaker,
 }
 
 impl Alarm {
@@ -48,7 +50,7 @@ impl Alarm {
             None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
         self.deadline = Some(deadline);
-        self.registered = None;
+        self.registered.forget();
     }
 
     /// Ring no more until set again. The timer is left as it is: a wait on a cleared alarm
@@ -67,11 +69,7 @@ impl Alarm {
         if self.deadline.is_none() {
             return Poll::Pending;
         }
-        let holds_this_waker = self
-            .registered
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()));
-        if holds_this_waker {
+        if self.registered.holds(cx) {
             return if sleep.is_elapsed() {
                 Poll::Ready(())
             } else {
@@ -80,7 +78,7 @@ impl Alarm {
         }
         let polled = sleep.as_mut().poll(cx);
         if polled.is_pending() {
-            self.registered = Some(cx.waker().clone());
+            self.registered.given(cx);
         }
         polled
     }

@@ -11,10 +11,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use slab::Slab;
+
+use crate::wakeup::GivenWaker;
 
 /// Rung once when the proxy starts shutting down; every subscribed session is woken.
 #[derive(Debug, Default)]
@@ -57,7 +59,7 @@ impl ShutdownSignal {
             signal: Arc::clone(self),
             waker,
             key,
-            registered: None,
+            registered: GivenWaker::default(),
         }
     }
 
@@ -76,7 +78,7 @@ pub struct ShutdownWait {
     key: usize,
     /// The waker last registered. Only the ring takes it out, and the ring is for good, so
     /// while the same task waits again the registration stands and a wait is one load.
-    registered: Option<Waker>,
+    registered: GivenWaker,
 }
 
 impl ShutdownWait {
@@ -85,15 +87,11 @@ impl ShutdownWait {
         if self.signal.is_rung() {
             return Poll::Ready(());
         }
-        let registered = self
-            .registered
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()));
-        if registered {
+        if self.registered.holds(cx) {
             return Poll::Pending;
         }
         self.waker.register(cx.waker());
-        self.registered = Some(cx.waker().clone());
+        self.registered.given(cx);
         // A ring between the first check and the registration woke nobody: look again.
         if self.signal.is_rung() {
             Poll::Ready(())

@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use atomic_waker::AtomicWaker;
 
@@ -65,6 +65,34 @@ impl WakeUp {
     #[inline]
     fn take_pending(&self) -> bool {
         self.pending.load(Ordering::Acquire) && self.pending.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// The waker a registration (a timer's, an [`AtomicWaker`]'s) holds while nothing has
+/// taken it out: a later wait of the same task need not register again, which is most of
+/// what such a wait costs. Its owner forgets it whenever the registration may have been
+/// taken out or replaced.
+#[derive(Debug, Default)]
+pub(crate) struct GivenWaker(Option<Waker>);
+
+impl GivenWaker {
+    /// Whether the registration holds the waker of `cx`'s task.
+    #[inline]
+    pub fn holds(&self, cx: &Context<'_>) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+    }
+
+    /// The registration was just given `cx`'s waker.
+    pub fn given(&mut self, cx: &Context<'_>) {
+        self.0 = Some(cx.waker().clone());
+    }
+
+    /// The registration may no longer hold it.
+    #[inline]
+    pub fn forget(&mut self) {
+        self.0 = None;
     }
 }
 

@@ -6,10 +6,10 @@
 //! WAIT, or carrying the client's subscriptions, is excused, as a session excuses one
 //! Redis. Shared node connections apply the same limit themselves ([`super::shared`]).
 //!
-//! One deadline per router (a [`crate::alarm::Alarm`]), set while some link of its own owes replies and
-//! set again for what is left when it passes, so a busy router touches the timer once per
-//! `reply_timeout`, not once per reply, and waits on it without a timer of its own per
-//! turn.
+//! One deadline per router (a [`crate::alarm::Alarm`]), set while some link of its own
+//! owes replies and set again for what is left when it passes, so a busy router touches
+//! the timer once per `reply_timeout`, not once per reply, and waits on it without a timer
+//! of its own per turn.
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
