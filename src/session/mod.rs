@@ -275,6 +275,9 @@ struct Interest {
     shutdown: bool,
     drain: Option<tokio::time::Instant>,
     watchdog: bool,
+    /// Nothing is owed or to be written: the client's next command is what comes next, so
+    /// its socket is polled first (see [`Session::next_event`]).
+    client_first: bool,
 }
 
 impl Session {
@@ -403,22 +406,27 @@ impl Session {
             }
         }
         let room = self.replies.unwritten() < cap;
+        let client_read = client_read && !self.pin_pending;
+        let inbox = match self.upstream.lane() {
+            None => LaneWatch::Off,
+            Some(_) if room => LaneWatch::News,
+            Some(_) => LaneWatch::EndOnly,
+        };
+        let client_write = self.replies.unwritten() > 0 || self.client.wants_flush();
+        let upstream_write = self
+            .upstream
+            .stream()
+            .is_some_and(|u| self.requests.unwritten() > 0 || u.wants_flush());
         Interest {
-            client_read: client_read && !self.pin_pending,
+            client_read,
             upstream_read: self.upstream.stream().is_some() && room,
-            inbox: match self.upstream.lane() {
-                None => LaneWatch::Off,
-                Some(_) if room => LaneWatch::News,
-                Some(_) => LaneWatch::EndOnly,
-            },
-            client_write: self.replies.unwritten() > 0 || self.client.wants_flush(),
-            upstream_write: self
-                .upstream
-                .stream()
-                .is_some_and(|u| self.requests.unwritten() > 0 || u.wants_flush()),
+            inbox,
+            client_write,
+            upstream_write,
             shutdown: !self.shutting_down,
             drain: self.draining,
             watchdog: self.watchdog.is_armed(),
+            client_first: client_read && queue.is_empty() && !client_write && !upstream_write,
         }
     }
 
@@ -449,6 +457,26 @@ impl Session {
         let (from_client, to_upstream) = self.requests.io_parts();
         let (from_upstream, to_client) = self.replies.io_parts();
         let watchdog = &mut self.watchdog;
+        if want.client_first {
+            // Between commands (nothing owed, nothing to write): what wakes the session is
+            // nearly always the client's next command, so its socket is polled first, not
+            // after Redis's (or the lane's) for a reply that cannot be there. Those are
+            // still watched, so a connection Redis closes while the client is idle is
+            // noticed then, as before.
+            return tokio::select! {
+                biased;
+                r = client_rx.read_buf(from_client) => Event::ClientRead(r),
+                r = async { up_rx.as_mut().expect("upstream").read_buf(from_upstream).await },
+                    if want.upstream_read => Event::UpstreamRead(r),
+                _ = async { inbox.expect("lane").wait().await }, if watch_lane => Event::Inbox,
+                _ = stop.rung(), if want.shutdown => Event::Shutdown,
+                _ = async { tokio::time::sleep_until(want.drain.expect("deadline")).await },
+                    if want.drain.is_some() => Event::DrainExpired,
+                _ = std::future::poll_fn(|cx| watchdog.poll_fired(cx)), if want.watchdog => {
+                    Event::WatchdogFired
+                }
+            };
+        }
         // Polled in this order, not at random (which costs a random number and, when a
         // branch is ready, polls others for nothing): replies and writes first, since each is
         // bounded by commands already read, so a client that keeps sending cannot hold back

@@ -70,6 +70,8 @@ impl Session {
                 shutdown: true,
                 drain: None,
                 watchdog: false,
+                // A replication stream: Redis's side is what comes next.
+                client_first: false,
             };
             let event = self.next_event(interest, stop).await;
             if let Some(end) = self.on_tunnel_event(event) {

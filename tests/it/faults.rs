@@ -109,6 +109,28 @@ async fn wait_until_served(proxy: std::net::SocketAddr) -> Conn {
     })
 }
 
+/// Redis closes the connection of a client that is idle between commands (an operator's
+/// CLIENT KILL, as Redis's own `timeout` would): a client connected directly sees its
+/// connection close at once, without sending anything, and so does one through the proxy,
+/// whose session, waiting for the client's next command, still watches Redis's side.
+#[tokio::test]
+async fn an_idle_clients_connection_closed_by_redis_closes_it_as_a_direct_one() {
+    let server = RedisServer::start();
+    let proxy = proxy_for(&server).await;
+    let mut direct = Conn::open(server.addr()).await;
+    let mut proxied = Conn::open(proxy.addr).await;
+    let mut admin = Conn::open(server.addr()).await;
+    for client in [&mut direct, &mut proxied] {
+        // The id of the client's Redis connection; answered, the client is idle.
+        let id = client.call(&["CLIENT", "ID"]).await;
+        let id = id.trim_start_matches(':').trim_end();
+        assert_eq!(admin.call(&["CLIENT", "KILL", "ID", id]).await, ":1\r\n");
+    }
+    let seen_direct = direct.read_to_close().await;
+    assert_eq!(proxied.read_to_close().await, seen_direct);
+    proxy.shutdown().await;
+}
+
 /// Redis's connection is cut in the middle of a 100-command pipeline. The client sees the
 /// replies Redis sent, each to its own request, and then: at a reply boundary, one error
 /// per unanswered command; inside a reply, the part that came and nothing more. Then its
