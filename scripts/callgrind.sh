@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 
 TESTS=${TESTS:-"set get lpush hset"}
 REQUESTS=${REQUESTS:-100000}
-CONFIGS=${CONFIGS:-"all-guards"}   # compared with guards-off; also: metrics-off pressure queue,
+CONFIGS=${CONFIGS:-"all-guards"}   # compared with guards-off; also: defaults metrics-off pressure queue,
 # script-rule (a generic enqueue rule reading the `evalsha` test's script),
 # all-guards-no-insight all-guards-insight-every guards-off-no-insight (keyspace insight),
 # mux mux-all-guards (upstream.connections = "multiplexed")
@@ -45,6 +45,8 @@ wait_port "$redis_port"
 
 declare -A configs
 configs[guards-off]=$CONF_GUARDS_OFF
+# No configuration at all: the defaults (shedding on, Redis's maxmemory its limit).
+configs[defaults]=''
 # Guards off and metrics not recorded: what recording them costs.
 configs[metrics-off]="$CONF_GUARDS_OFF"'
 [admin]

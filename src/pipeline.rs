@@ -218,13 +218,39 @@ pub fn judge(
     with: Judge<'_>,
     connection_allows: impl FnOnce() -> bool,
 ) -> Verdict {
-    let guards = with.guards;
-    let wanted = guards.wanted(info.id);
-    let engaged = if wanted != 0 && connection_allows() {
-        guards.engaged(info.id, wanted, command.span.size)
+    let engaged = engaged_now(with.guards, info.id, command.span.size, connection_allows);
+    judge_engaged(command, info, with, engaged)
+}
+
+/// The guards engaged now for the command with id `command`, of `size` bytes: 0 unless a
+/// guard wants it and the connection lets guards act ([`Guards::engaged`], which counts a
+/// memory-growing write towards the pressure estimate: asked once per command).
+#[inline]
+pub fn engaged_now(
+    guards: &Guards,
+    command: u16,
+    size: u64,
+    connection_allows: impl FnOnce() -> bool,
+) -> u8 {
+    let wanted = guards.wanted(command);
+    if wanted != 0 && connection_allows() {
+        guards.engaged(command, wanted, size)
     } else {
         0
-    };
+    }
+}
+
+/// [`judge`] once the `engaged` guards are known ([`engaged_now`]): the session asks first,
+/// and forwards a command no guard is engaged for without building its view; a write is
+/// counted towards the pressure estimate once.
+#[inline(always)]
+pub fn judge_engaged(
+    command: &Scanned<'_>,
+    info: &CommandInfo,
+    with: Judge<'_>,
+    engaged: u8,
+) -> Verdict {
+    let guards = with.guards;
     if engaged == 0 && with.observe.is_none() {
         return Verdict::Forward;
     }

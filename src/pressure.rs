@@ -265,6 +265,33 @@ impl MemoryPressure {
         estimate >= self.watch_from.load(Ordering::Relaxed)
     }
 
+    /// How many bytes of memory-growing writes [`Self::engaged_for_write`] lets pass before
+    /// it says yes: no limit while shedding is off, none while a level is in force, else
+    /// what is left below the estimate that engages the shed guard.
+    #[inline]
+    pub fn write_headroom(&self) -> u64 {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return u64::MAX;
+        }
+        if self.level.load(Ordering::Relaxed) != Level::Normal as u8 {
+            return 0;
+        }
+        let estimate = (self.used.load(Ordering::Relaxed))
+            .saturating_add(self.written.load(Ordering::Relaxed));
+        self.watch_from
+            .load(Ordering::Relaxed)
+            .saturating_sub(estimate)
+    }
+
+    /// Account for memory-growing writes of `bytes` in all, forwarded within
+    /// [`Self::write_headroom`] without [`Self::engaged_for_write`]: counted as it counts.
+    #[inline]
+    pub fn count_written(&self, bytes: u64) {
+        if self.enabled.load(Ordering::Relaxed) {
+            self.written.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
     /// True when no level is in force now (the cheap check before [`Self::reading`]), or
     /// the reading is stale.
     #[inline]
@@ -440,6 +467,24 @@ mod tests {
             (Level::Normal, Level::Normal)
         );
         assert_eq!(p.reading().level, Level::Normal);
+    }
+
+    #[test]
+    fn the_headroom_is_what_writes_may_add_before_the_guard_engages() {
+        let p = MemoryPressure::new(t());
+        p.record_poll(40, 100, LimitSource::MaxMemory, true, 0);
+        assert_eq!(p.write_headroom(), 10);
+        // Writes counted together within it leave the guard disengaged, as one by one.
+        p.count_written(9);
+        assert_eq!(p.write_headroom(), 1);
+        assert!(!p.engaged_for_write(0), "40 + 9 is below soft's 50%");
+        assert!(p.engaged_for_write(1), "40 + 9 + 1 reaches soft's 50%");
+        assert_eq!(p.write_headroom(), 0);
+        // No limit: no shedding, and nothing counted.
+        p.record_poll(99, 0, LimitSource::MaxMemory, true, 0);
+        p.count_written(1 << 40);
+        assert!(!p.engaged_for_write(1 << 30));
+        assert!(p.write_headroom() > 1 << 40);
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct Guards {
     gated: u8,
     /// By command id: gated guards engaged for it whatever `engaged` says.
     ungated: ByCommand<u8>,
+    /// By command id: whether the one gated guard is the only guard that wants it, and may
+    /// disengage for it ([`Guards::gated_only`]).
+    gated_only: ByCommand<bool>,
     /// Guards that send scripts or expiries as the client's user (the TTL guard).
     as_user: u8,
     /// By command id: bit `i` is set when guard `i` may answer it while Redis is down.
@@ -99,11 +102,22 @@ impl Guards {
                 .filter(|(_, g)| has(g.guard()))
                 .fold(0u8, |bits, (i, _)| bits | 1 << i)
         };
+        let wanted = ByCommand::build(table, |info| mask(&|g| g.wants(info)));
+        let gated = mask(&|g| g.may_disengage());
+        let ungated = ByCommand::build(table, |info| mask(&|g| g.always_engaged(info)));
+        let as_user = mask(&|g| g.acts_as_user());
+        let gated_only = ByCommand::build(table, |info| {
+            gated.count_ones() == 1
+                && gated & as_user == 0
+                && wanted.get(info) == gated
+                && ungated.get(info) == 0
+        });
         Guards {
-            wanted: ByCommand::build(table, |info| mask(&|g| g.wants(info))),
-            gated: mask(&|g| g.may_disengage()),
-            ungated: ByCommand::build(table, |info| mask(&|g| g.always_engaged(info))),
-            as_user: mask(&|g| g.acts_as_user()),
+            wanted,
+            gated,
+            ungated,
+            gated_only,
+            as_user,
             when_down: ByCommand::build(table, |info| mask(&|g| g.wants_when_down(info))),
             ttl: mask(&|g| g.name() == "ttl"),
             chain,
@@ -117,6 +131,7 @@ impl Guards {
             wanted: ByCommand::default(),
             gated: 0,
             ungated: ByCommand::default(),
+            gated_only: ByCommand::default(),
             as_user: 0,
             when_down: ByCommand::default(),
             ttl: 0,
@@ -154,6 +169,43 @@ impl Guards {
             gated &= gated - 1;
         }
         engaged
+    }
+
+    /// Whether the command with this id is wanted by the one guard that may disengage (the
+    /// shed guard: a memory-growing write) and no other, and that guard may say no for it
+    /// ([`Self::engaged`]). Within [`Self::gated_headroom`] such a command is forwarded as
+    /// sent, what judging it would do, its bytes counted ([`Self::count_gated`]).
+    #[inline]
+    pub fn gated_only(&self, command: u16) -> bool {
+        self.gated_only.by_id(command)
+    }
+
+    /// Whether a guard may disengage ([`Self::gated_only`] is true for some command).
+    #[inline]
+    pub fn has_gated(&self) -> bool {
+        self.gated != 0
+    }
+
+    /// How many bytes of [`Self::gated_only`] commands may pass before the gated guard
+    /// engages ([`Guard::headroom`]); 0 with no gated guard.
+    #[inline]
+    pub fn gated_headroom(&self) -> u64 {
+        self.gated_link().map_or(0, Link::headroom)
+    }
+
+    /// Count `bytes` of [`Self::gated_only`] commands forwarded within
+    /// [`Self::gated_headroom`], as [`Self::engaged`] counts each ([`Guard::count_passed`]).
+    #[inline]
+    pub fn count_gated(&self, bytes: u64) {
+        if let Some(link) = self.gated_link() {
+            link.count_passed(bytes);
+        }
+    }
+
+    /// The one guard that may disengage, if there is one.
+    #[inline]
+    fn gated_link(&self) -> Option<&Link> {
+        (self.gated.count_ones() == 1).then(|| &self.chain[self.gated.trailing_zeros() as usize])
     }
 
     /// Whether a guard may send scripts or expiries as the client's user for this command,
@@ -270,6 +322,32 @@ impl Link {
         }
     }
 
+    /// [`Guard::headroom`], called directly.
+    #[inline(always)]
+    fn headroom(&self) -> u64 {
+        match self {
+            Link::Size(g) => g.headroom(),
+            Link::Shed(g) => g.headroom(),
+            Link::Queue(g) => g.headroom(),
+            Link::Enqueue(g) => g.headroom(),
+            Link::Ttl(g) => g.headroom(),
+            Link::FailOpen(g) => g.headroom(),
+        }
+    }
+
+    /// [`Guard::count_passed`], called directly.
+    #[inline(always)]
+    fn count_passed(&self, bytes: u64) {
+        match self {
+            Link::Size(g) => g.count_passed(bytes),
+            Link::Shed(g) => g.count_passed(bytes),
+            Link::Queue(g) => g.count_passed(bytes),
+            Link::Enqueue(g) => g.count_passed(bytes),
+            Link::Ttl(g) => g.count_passed(bytes),
+            Link::FailOpen(g) => g.count_passed(bytes),
+        }
+    }
+
     /// [`Guard::check`], called directly.
     #[inline(always)]
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, out: &mut BytesMut) -> Verdict {
@@ -281,5 +359,49 @@ impl Link {
             Link::Ttl(g) => g.check(cmd, client, out),
             Link::FailOpen(g) => g.check(cmd, client, out),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    fn guards(toml: &str) -> (Guards, CommandTable) {
+        let raw = RawConfig::from_toml(toml).unwrap();
+        let table = CommandTable::builtin();
+        let guards = Guards::build(&raw.guards, &table, &GuardContext::new(&raw.guards)).unwrap();
+        (guards, table)
+    }
+
+    fn gated_only(guards: &Guards, table: &CommandTable, name: &str) -> bool {
+        guards.gated_only(table.lookup_name(name.as_bytes()).expect(name))
+    }
+
+    #[test]
+    fn only_writes_the_shed_guard_alone_wants_are_gated_only() {
+        // The defaults: shedding on, no other guard.
+        let (defaults, table) = guards("");
+        assert!(defaults.has_gated());
+        // Memory-growing writes, and scripts (judged by their source under pressure only).
+        for write in ["set", "lpush", "hset", "incr", "sadd", "eval"] {
+            assert!(gated_only(&defaults, &table, write), "{write}");
+        }
+        // Not wanted at all, or wanted whatever the pressure (a loaded source is learned
+        // at every level).
+        for other in ["get", "del", "lpop", "script|load", "function|load"] {
+            assert!(!gated_only(&defaults, &table, other), "{other}");
+        }
+        // A TTL rule makes SET and HSET the TTL guard's too; LPUSH stays the shed guard's.
+        let ttl = "[[guards.ttl.rules]]\npattern = \"*\"\nttl = \"1h\"";
+        let (with_ttl, table) = guards(ttl);
+        assert!(!gated_only(&with_ttl, &table, "set"));
+        assert!(!gated_only(&with_ttl, &table, "hset"));
+        assert!(gated_only(&with_ttl, &table, "lpush"));
+        // Shedding off: no guard may disengage.
+        let off = "[guards.shed]\nsoft_enter = 0.0\nhard_enter = 0.0";
+        let (none, table) = guards(off);
+        assert!(!none.has_gated());
+        assert!(!gated_only(&none, &table, "set"));
     }
 }

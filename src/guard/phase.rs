@@ -61,6 +61,19 @@ pub trait Guard: Send + Sync {
         true
     }
 
+    /// For a guard that may disengage: how many bytes of the writes it wants may still pass
+    /// before it engages. [`Guard::engaged`] says no for each of several writes whose sizes
+    /// add up to less, as long as they are counted ([`Guard::count_passed`]) and nothing
+    /// else is. Default: 0 (engaged now).
+    fn headroom(&self) -> u64 {
+        0
+    }
+
+    /// For a guard that may disengage: count `bytes` of writes it wants that passed without
+    /// [`Guard::engaged`] being asked, within its [`Guard::headroom`], as `engaged` counts
+    /// one write. Default: nothing to count.
+    fn count_passed(&self, _bytes: u64) {}
+
     /// Decide about one command. Anything written to `out` is used only with a `Rewrite`.
     /// Default: forward.
     fn check(

@@ -300,6 +300,16 @@ impl Guard for ShedGuard {
     }
 
     #[inline]
+    fn headroom(&self) -> u64 {
+        self.pressure.write_headroom()
+    }
+
+    #[inline]
+    fn count_passed(&self, bytes: u64) {
+        self.pressure.count_written(bytes);
+    }
+
+    #[inline]
     fn check(&self, cmd: &CommandView<'_>, client: &ClientIdentity, _: &mut BytesMut) -> Verdict {
         let script = self.scripts.get(cmd.info);
         // The common case, a plain write while no level is in force, decided here: the

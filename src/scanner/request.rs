@@ -598,7 +598,8 @@ impl RequestScanner {
 
     /// Where the command [`Self::skim`] found ends, if the rest of it is whole in `buf` and
     /// read in one step (the same arguments [`Self::scan`] would take in one step).
-    #[inline]
+    /// Always inlined: the request run's loop calls it for every command it forwards.
+    #[inline(always)]
     pub fn skim_end(&self, buf: &[u8], skimmed: &Skimmed) -> Option<usize> {
         let (longest, buffered_limit) = self.rest_bounds(skimmed);
         let (end, remaining) = walk_args(

@@ -6,7 +6,9 @@
 //!
 //! Never judges a command: a command a guard wants leaves the run.
 
+use super::state::ConnectionState;
 use super::Session;
+use crate::guard::Guards;
 use crate::pipeline::{CommandFacts, Span};
 
 impl Session {
@@ -69,7 +71,8 @@ impl Session {
     }
 
     /// One part of [`Self::forward_run`]: the ordinary commands up to the first other one,
-    /// and that one decided.
+    /// and that one decided. With a guard that may disengage (the shed guard), the writes
+    /// only it wants are ordinary too while it cannot engage ([`GatedWrites`]).
     #[inline]
     fn forward_part(&mut self) -> Part {
         let insight = self.policy.keyspace.as_deref();
@@ -82,6 +85,7 @@ impl Session {
         let (scanner, input) = self.requests.scan_parts();
         let (mut sent, mut end) = (0, 0);
         let mut other = None;
+        let mut gated = GatedWrites::default();
         let last_name = &mut self.last_name;
         while sent < limit {
             let Some(skimmed) = scanner.skim(input) else {
@@ -89,8 +93,24 @@ impl Session {
             };
             let info = table.by_own_name_remembered(&input[skimmed.name.clone()], last_name);
             let Some(info) = info.filter(|i| i.plain && !guards.wants(i.id)) else {
-                other = Some((skimmed, info.map(CommandFacts::of)));
-                break;
+                // A write only the shed guard wants goes on too while it cannot engage.
+                let write = info.filter(|i| i.plain && guards.gated_only(i.id));
+                let Some(info) = write else {
+                    other = Some((skimmed, info.map(CommandFacts::of)));
+                    break;
+                };
+                let Some(at) = scanner.skim_end(input, &skimmed) else {
+                    break;
+                };
+                if !gated.pass(guards, &self.state, input.len()) || !self.state.push_plain(info.id)
+                {
+                    other = Some((skimmed, Some(CommandFacts::of(info))));
+                    break;
+                }
+                gated.bytes += (at - skimmed.start) as u64;
+                scanner.take_skimmed(at);
+                (sent, end) = (sent + 1, at);
+                continue;
             };
             let Some(at) = scanner.skim_end(input, &skimmed) else {
                 break;
@@ -102,6 +122,8 @@ impl Session {
             scanner.take_skimmed(at);
             (sent, end) = (sent + 1, at);
         }
+        // Before the command that ends the run is judged (and counted, if it is a write).
+        gated.count(guards, &self.state);
         let taken = other.and_then(|(skimmed, facts)| {
             let end = scanner.take_whole(input, &skimmed)?;
             Some((
@@ -137,6 +159,39 @@ impl Session {
             }
         }
         Part::Ended(Run::Decided)
+    }
+}
+
+/// The writes of a run that only the shed guard wants ([`Guards::gated_only`]), forwarded as
+/// sent while it cannot engage for any of them: while the bytes at hand are fewer than its
+/// [`Guards::gated_headroom`], read once at the first such write. Their bytes are counted
+/// towards the pressure estimate once, after the run, as judging each would count it
+/// ([`Guards::count_gated`]); where guards may not act (RESP2 subscribed, MONITOR) they
+/// pass uncounted, as judging them would.
+#[derive(Default)]
+struct GatedWrites {
+    /// Whether they pass in this run, once asked.
+    passes: Option<bool>,
+    /// Their bytes, forwarded in this run.
+    bytes: u64,
+}
+
+impl GatedWrites {
+    /// Whether a write only the gated guard wants passes in this run, with `input` bytes at
+    /// hand.
+    #[inline(never)]
+    fn pass(&mut self, guards: &Guards, state: &ConnectionState, input: usize) -> bool {
+        *self.passes.get_or_insert_with(|| {
+            !state.guards_may_act() || (input as u64) < guards.gated_headroom()
+        })
+    }
+
+    /// Count the bytes that passed, where guards may act.
+    #[inline]
+    fn count(&self, guards: &Guards, state: &ConnectionState) {
+        if self.bytes > 0 && state.guards_may_act() {
+            guards.count_gated(self.bytes);
+        }
     }
 }
 

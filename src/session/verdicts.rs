@@ -82,7 +82,7 @@ impl Session {
             },
             // Most commands no guard wants: decided by one lookup, before building a view.
             Intercept::Pass if !observe && !self.policy.guards.wants(info.id) => Verdict::Forward,
-            Intercept::Pass => self.judge(info.id, span, &mut watch, observe),
+            Intercept::Pass => self.judge(info.id, span, &mut watch, observe, None),
         };
         let is_reset = matches!(info.special, Special::Reset);
         let changes_user = match info.special {
@@ -121,9 +121,20 @@ impl Session {
             return false;
         }
         self.commands_in_batch += 1;
+        let state = &self.state;
+        let engaged = pipeline::engaged_now(&self.policy.guards, info.id, span.size, || {
+            state.guards_may_act()
+        });
+        if engaged == 0 {
+            // No guard acts on it now (a write only the shed guard wants, while no level is
+            // in force): sent as the client sent it, what judging it would decide, without
+            // finding its keys.
+            self.record(info, span, None);
+            self.send_command(span, Outgoing::AsSent);
+            return true;
+        }
         let mut watch = None;
-        // Forward, at once, when no guard wants the command.
-        let verdict = self.judge(info.id, span, &mut watch, false);
+        let verdict = self.judge(info.id, span, &mut watch, false, Some(engaged));
         self.carry_out(info, span, verdict, watch)
     }
 
@@ -166,7 +177,9 @@ impl Session {
     }
 
     /// Send the whole command at `span` to Redis as decided; how many bytes of the scratch
-    /// buffer that used (any after them are hidden commands).
+    /// buffer that used (any after them are hidden commands). Inlined in both callers: the
+    /// fast path of `decide_plain` and `carry_out`.
+    #[inline(always)]
     fn send_command(&mut self, span: Span, outgoing: Outgoing) -> usize {
         match outgoing {
             Outgoing::AsSent if span.inline => {
@@ -227,7 +240,7 @@ impl Session {
             Verdict::Refuse(resp::error(crate::auth::NOAUTH))
         } else {
             let observe = self.observe_next();
-            self.judge(info.id, span, &mut watch, observe)
+            self.judge(info.id, span, &mut watch, observe, None)
         };
         let (new_head, extra) = match verdict {
             Verdict::Answer(reply) | Verdict::Refuse(reply) => {
@@ -272,7 +285,9 @@ impl Session {
     /// Run the guards on the command at `span`. Not while the connection is in RESP2
     /// subscribed mode or MONITOR, where Redis refuses writes and reply counts are Redis's;
     /// nor when no guard that wants it may act now (the shed guard while memory is low).
-    /// With `observe`, the keyspace insight sees the command and the verdict.
+    /// With `observe`, the keyspace insight sees the command and the verdict. `engaged`:
+    /// the guards the request run found engaged for it, if it asked
+    /// ([`pipeline::engaged_now`] counts a write once).
     #[inline]
     fn judge(
         &mut self,
@@ -280,10 +295,16 @@ impl Session {
         span: Span,
         watch: &mut Option<ReplyWatch>,
         observe: bool,
+        engaged: Option<u8>,
     ) -> Verdict {
         let cmd = Scanned::new(self.requests.scanner(), self.requests.input(), span);
         let info: &CommandInfo = self.shared.table.by_id(command);
         let state = &self.state;
+        let engaged = engaged.unwrap_or_else(|| {
+            pipeline::engaged_now(&self.policy.guards, command, span.size, || {
+                state.guards_may_act()
+            })
+        });
         let with = Judge {
             guards: &self.policy.guards,
             access: self.access,
@@ -293,7 +314,7 @@ impl Session {
             watch,
             observe: self.policy.keyspace.as_deref().filter(|_| observe),
         };
-        pipeline::judge(&cmd, info, with, || state.guards_may_act())
+        pipeline::judge_engaged(&cmd, info, with, engaged)
     }
 
     /// Record what to do with the replies of the command at `span`, sent to Redis, and the

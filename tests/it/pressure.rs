@@ -126,6 +126,65 @@ fn is_oom(reply: &str, level: &str, above: &str) -> bool {
         && reply.contains(&format!("({level} shedding above {above}%"))
 }
 
+/// Writes count towards the pressure estimate however the proxy reads them: a pipeline of
+/// small writes that only the shed guard wants goes on in the request run while the guard
+/// cannot engage, and their bytes are counted there. With the monitor polling once a
+/// minute, a pipeline whose bytes pass the hard level is refused from there on, by the
+/// estimate, before any poll sees Redis's memory.
+#[tokio::test]
+async fn a_pipeline_crossing_hard_between_polls_is_refused_from_there_on() {
+    let server = limited_server();
+    let toml = r#"
+[monitor]
+interval = "60s"
+[guards.shed]
+soft_enter = 0.0
+hard_enter = 0.75
+hard_exit = 0.65
+"#;
+    let proxy = proxy_with_toml(&server, toml).await;
+    while proxy.pressure.polls() == 0 {
+        polls(&proxy, 1).await;
+    }
+    level_within_polls(&proxy, Level::Normal, 1).await;
+    let polled = proxy.pressure.polls();
+    let mut c = Conn::open(proxy.addr).await;
+    let value = "v".repeat(1000);
+    // Each SET is over 1,000 bytes: the estimate passes 75% of maxmemory within this many,
+    // whatever Redis held at the poll.
+    let most_passing = (MAXMEMORY * 3 / 4 / 1000) as usize + 1;
+    let (batch, mut sent, mut first_refused) = (256, 0, None);
+    while first_refused.is_none() {
+        assert!(
+            sent <= most_passing + batch,
+            "no write refused after {sent}"
+        );
+        let mut pipeline = Vec::new();
+        for i in sent..sent + batch {
+            pipeline.extend(encode(&["SET", &format!("fill:{i}"), &value]));
+        }
+        c.send(&pipeline).await;
+        for i in sent..sent + batch {
+            let reply = String::from_utf8_lossy(&c.reply().await).into_owned();
+            match first_refused {
+                None if reply == "+OK\r\n" => {}
+                None => {
+                    assert!(is_oom(&reply, "hard", "75"), "write {i}: {reply}");
+                    first_refused = Some(i);
+                }
+                Some(_) => assert!(is_oom(&reply, "hard", "75"), "write {i}: {reply}"),
+            }
+        }
+        sent += batch;
+    }
+    let first_refused = first_refused.unwrap();
+    assert!(
+        first_refused <= most_passing,
+        "first refused: {first_refused}"
+    );
+    assert_eq!(proxy.pressure.polls(), polled, "no poll in between");
+}
+
 #[tokio::test]
 async fn shedding_follows_memory_through_soft_and_hard_and_back() {
     let server = limited_server();
