@@ -266,14 +266,7 @@ fn check_one_reply(reply: &[u8]) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::RawConfig;
-    use crate::guard::GuardContext;
-
-    fn guards(toml: &str) -> (Guards, CommandTable) {
-        let raw = RawConfig::from_toml(toml).unwrap();
-        let table = CommandTable::builtin();
-        let guards = Guards::build(&raw.guards, &table, &GuardContext::new(&raw.guards)).unwrap();
-        (guards, table)
-    }
+    use crate::guard::{guards_of as guards, GuardContext};
 
     #[test]
     fn every_verdict_of_a_mixed_stream_keeps_replies_matched() {

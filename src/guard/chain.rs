@@ -362,17 +362,19 @@ impl Link {
     }
 }
 
+/// The guards a configuration file `toml` gives, over the built-in command table: for
+/// the unit tests of the modules that judge with them.
+#[cfg(test)]
+pub(crate) fn guards_of(toml: &str) -> (Guards, CommandTable) {
+    let raw = crate::config::RawConfig::from_toml(toml).unwrap();
+    let table = CommandTable::builtin();
+    let guards = Guards::build(&raw.guards, &table, &GuardContext::new(&raw.guards)).unwrap();
+    (guards, table)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RawConfig;
-
-    fn guards(toml: &str) -> (Guards, CommandTable) {
-        let raw = RawConfig::from_toml(toml).unwrap();
-        let table = CommandTable::builtin();
-        let guards = Guards::build(&raw.guards, &table, &GuardContext::new(&raw.guards)).unwrap();
-        (guards, table)
-    }
 
     fn gated_only(guards: &Guards, table: &CommandTable, name: &str) -> bool {
         guards.gated_only(table.lookup_name(name.as_bytes()).expect(name))
@@ -381,7 +383,7 @@ mod tests {
     #[test]
     fn only_writes_the_shed_guard_alone_wants_are_gated_only() {
         // The defaults: shedding on, no other guard.
-        let (defaults, table) = guards("");
+        let (defaults, table) = guards_of("");
         assert!(defaults.has_gated());
         // Memory-growing writes, and scripts (judged by their source under pressure only).
         for write in ["set", "lpush", "hset", "incr", "sadd", "eval"] {
@@ -394,13 +396,13 @@ mod tests {
         }
         // A TTL rule makes SET and HSET the TTL guard's too; LPUSH stays the shed guard's.
         let ttl = "[[guards.ttl.rules]]\npattern = \"*\"\nttl = \"1h\"";
-        let (with_ttl, table) = guards(ttl);
+        let (with_ttl, table) = guards_of(ttl);
         assert!(!gated_only(&with_ttl, &table, "set"));
         assert!(!gated_only(&with_ttl, &table, "hset"));
         assert!(gated_only(&with_ttl, &table, "lpush"));
         // Shedding off: no guard may disengage.
         let off = "[guards.shed]\nsoft_enter = 0.0\nhard_enter = 0.0";
-        let (none, table) = guards(off);
+        let (none, table) = guards_of(off);
         assert!(!none.has_gated());
         assert!(!gated_only(&none, &table, "set"));
     }

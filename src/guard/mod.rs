@@ -45,6 +45,8 @@ mod verdict;
 mod watch;
 
 pub use by_command::ByCommand;
+#[cfg(test)]
+pub(crate) use chain::guards_of;
 pub use chain::Guards;
 pub use context::GuardContext;
 pub use log_limit::LogLimiter;
