@@ -4,7 +4,8 @@
 //! ends the run and is decided (`verdicts`). Also the same shortcut for one command the
 //! general scan read (`forward_if_ordinary`).
 //!
-//! Never judges a command: a command a guard wants leaves the run.
+//! Never judges a command: a command a guard may act on leaves the run (a write only the
+//! shed guard wants stays in it while that guard cannot engage: `GatedWrites`).
 
 use super::state::ConnectionState;
 use super::Session;

@@ -286,8 +286,8 @@ impl Session {
     /// subscribed mode or MONITOR, where Redis refuses writes and reply counts are Redis's;
     /// nor when no guard that wants it may act now (the shed guard while memory is low).
     /// With `observe`, the keyspace insight sees the command and the verdict. `engaged`:
-    /// the guards the request run found engaged for it, if it asked
-    /// ([`pipeline::engaged_now`] counts a write once).
+    /// the guards engaged for it, if the caller already asked (`decide_plain` does:
+    /// [`pipeline::engaged_now`] counts a write, so it is asked once).
     #[inline]
     fn judge(
         &mut self,
